@@ -151,3 +151,59 @@ pub struct Slot {
     /// Whether rota cordoned the node (so that only then it uncordons it).
     pub cordoned_by_rota: bool,
 }
+
+/// What installing a pending package implies for its node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Impact {
+    /// Nothing beyond the package itself.
+    None,
+    /// A service (kubelet, container runtime) must restart.
+    ServiceRestart,
+    /// The node must reboot (kernel, libc, systemd).
+    Reboot,
+}
+
+/// An OS package upgrade the agent found pending.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingPackage {
+    /// Package name.
+    pub name: String,
+    /// Installed version.
+    pub current_version: String,
+    /// Version the upgrade would install.
+    pub candidate_version: String,
+    /// Whether the upgrade is a security update.
+    pub security: bool,
+    /// What installing it implies, when the agent could tell.
+    pub impact: Option<Impact>,
+}
+
+/// The maintenance-relevant facts an agent reports about its node (`ReportFacts`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeFacts {
+    /// Current boot id; a change tells that the node rebooted.
+    pub boot_id: String,
+    /// Running kernel release.
+    pub kernel_running: String,
+    /// Installed kernel releases.
+    pub kernels_installed: Vec<String>,
+    /// Whether a reboot is required.
+    pub reboot_required: bool,
+    /// Why a reboot is required (sentinel file, newer kernel, ...).
+    pub reboot_reasons: Vec<String>,
+    /// Pending package upgrades.
+    pub pending_upgrades: Vec<PendingPackage>,
+    /// Kubelet version the node runs.
+    pub kubelet_version: String,
+    /// Container runtime version.
+    pub container_runtime_version: String,
+    /// OS image name.
+    pub os_image: String,
+    /// Version of the reporting agent.
+    pub agent_version: String,
+    /// Detection problems; never read as "maintenance required".
+    pub errors: Vec<String>,
+}
