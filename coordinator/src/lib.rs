@@ -2,3 +2,5 @@
 //! safety invariants.
 
 pub mod model;
+pub mod drain;
+pub mod kube_client;

@@ -1,0 +1,720 @@
+//! The drain engine: cordon a node, evict its pods with `kubectl drain` semantics without ever
+//! breaking a PodDisruptionBudget, and uncordon it.
+//!
+//! - [`filter`] decides, purely, which pods are evicted, skipped, or keep the drain from starting;
+//! - [`pdb`] knows which budgets cover a pod and whether they allow a disruption;
+//! - `evict` runs one task per pod: post the Eviction, react to 429s when the budget moves
+//!   (a watch, not a blind sleep), wait for the pod to go (a watch, not polling);
+//! - [`Drainer::drain`] ties them together under a per-node deadline and a cancellation token,
+//!   and reports a [`DrainOutcome`] that tells the controller whether to proceed, or to give the
+//!   slot back and name the budget that blocked.
+
+mod cordon;
+pub mod evict;
+pub mod filter;
+pub mod pdb;
+mod watch;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::core::Selector;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, instrument, warn};
+
+pub use cordon::{Cordon, is_unschedulable};
+pub use evict::BlockReason;
+pub use filter::{PodRefusal, RefusalReason, SkipReason, SkippedPod};
+pub use pdb::PdbRef;
+
+use crate::kube_client::Clients;
+use evict::{EvictionContext, Finish, PodReport, Progress};
+use watch::{NodePods, Synced};
+
+/// Errors of the drain engine's API calls. A drain that runs but cannot finish is not an error:
+/// it is a [`DrainOutcome`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The node does not exist.
+    #[error("node {0} not found")]
+    NodeNotFound(String),
+    /// Other writers kept changing the node while rota tried to cordon it.
+    #[error("node {0} kept changing while rota tried to cordon it")]
+    Conflict(String),
+    /// The watch of the node's pods or of the budgets gave no complete list before the deadline.
+    #[error("could not list {0} before the drain's deadline")]
+    NotListed(&'static str),
+    /// The API server refused or failed a request.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// Result alias of the drain engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A pod, by namespace, name and UID (the UID tells a pod from its same-named replacement).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct PodRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// UID.
+    pub uid: String,
+}
+
+impl PodRef {
+    /// The reference of a pod object.
+    pub fn of(pod: &Pod) -> Self {
+        Self {
+            namespace: pod.namespace().unwrap_or_default(),
+            name: pod.name_any(),
+            uid: pod.uid().unwrap_or_default(),
+        }
+    }
+}
+
+impl fmt::Display for PodRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// How to drain a node (the policy's `drain` section, plus the engine's pacing).
+#[derive(Clone, Debug)]
+pub struct DrainSpec {
+    /// Evict pods with emptyDir volumes (their data is lost), like `--delete-emptydir-data`.
+    pub delete_empty_dir_data: bool,
+    /// Evict pods that no controller recreates, like `--force`.
+    pub force: bool,
+    /// Only pods matching this selector are evicted, like `--pod-selector`.
+    pub pod_selector: Option<Selector>,
+    /// `deleteOptions.gracePeriodSeconds`; `None` leaves each pod its own (`--grace-period=-1`).
+    pub grace_period_seconds: Option<i64>,
+    /// Pods deleted longer ago than this are skipped, and count as gone while waiting, like
+    /// `--skip-wait-for-delete-timeout`; `None` or zero never skips.
+    pub skip_wait_for_delete_timeout: Option<Duration>,
+    /// Most eviction requests in flight at once.
+    pub max_parallel: usize,
+    /// Longest wait before retrying a refused eviction when no budget change arrives (kubectl
+    /// always waits this long; rota retries as soon as the budget allows).
+    pub retry_fallback: Duration,
+    /// How long a budget may keep refusing a pod before the drain gives up with
+    /// [`DrainOutcome::Blocked`], so that a stuck drain hands its capacity back.
+    pub blocked_timeout: Duration,
+}
+
+impl Default for DrainSpec {
+    fn default() -> Self {
+        Self {
+            delete_empty_dir_data: false,
+            force: false,
+            pod_selector: None,
+            grace_period_seconds: None,
+            skip_wait_for_delete_timeout: None,
+            max_parallel: 16,
+            retry_fallback: Duration::from_secs(5),
+            blocked_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Counters of one drain, for the controller's metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DrainStats {
+    /// Eviction requests sent.
+    pub evictions_attempted: u64,
+    /// Eviction requests the API server accepted.
+    pub evictions_succeeded: u64,
+    /// Eviction requests refused by a PodDisruptionBudget (HTTP 429).
+    pub evictions_blocked_by_pdb: u64,
+    /// Eviction requests that failed otherwise (transport errors, 5xx, refusals).
+    pub eviction_errors: u64,
+}
+
+impl std::ops::AddAssign for DrainStats {
+    fn add_assign(&mut self, other: Self) {
+        self.evictions_attempted += other.evictions_attempted;
+        self.evictions_succeeded += other.evictions_succeeded;
+        self.evictions_blocked_by_pdb += other.evictions_blocked_by_pdb;
+        self.eviction_errors += other.eviction_errors;
+    }
+}
+
+/// A pod the drain could not evict, and what stood in the way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BlockedBy {
+    /// The pod.
+    pub pod: PodRef,
+    /// The budgets covering it (empty when the refusal was not about budgets).
+    pub pdbs: Vec<PdbRef>,
+    /// Why it could not be evicted.
+    pub reason: BlockReason,
+    /// The API server's message.
+    pub message: String,
+}
+
+/// How a drain ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "camelCase")]
+pub enum DrainOutcome {
+    /// Every pod to evict is gone: the node may be disrupted.
+    #[serde(rename_all = "camelCase")]
+    Drained {
+        /// Pods evicted (or found gone).
+        evicted: Vec<PodRef>,
+        /// Pods left on the node, and why.
+        skipped: Vec<SkippedPod>,
+    },
+    /// The drain did not start: these pods cannot be evicted under the policy. Nothing was
+    /// evicted.
+    Refused {
+        /// Which pods, and why.
+        errors: Vec<PodRefusal>,
+    },
+    /// Some pods cannot be evicted (a budget kept refusing past the blocked timeout, or the API
+    /// refused outright). The other pods were handled.
+    #[serde(rename_all = "camelCase")]
+    Blocked {
+        /// Which pods, and which budgets.
+        by: Vec<BlockedBy>,
+        /// Pods evicted before the drain gave up.
+        evicted_so_far: Vec<PodRef>,
+    },
+    /// The deadline passed with pods still on the node.
+    #[serde(rename_all = "camelCase")]
+    TimedOut {
+        /// Pods not evicted.
+        remaining: Vec<PodRef>,
+        /// Budgets that were refusing the remaining pods.
+        blocking_pdbs: Vec<PdbRef>,
+        /// Pods evicted before the deadline.
+        evicted_so_far: Vec<PodRef>,
+    },
+    /// The drain was cancelled.
+    #[serde(rename_all = "camelCase")]
+    Cancelled {
+        /// Pods not evicted.
+        remaining: Vec<PodRef>,
+        /// Pods evicted before the cancellation.
+        evicted_so_far: Vec<PodRef>,
+    },
+}
+
+impl DrainOutcome {
+    /// Whether the node is drained.
+    pub fn is_drained(&self) -> bool {
+        matches!(self, DrainOutcome::Drained { .. })
+    }
+
+    /// The budgets that kept the drain from finishing (sorted, without duplicates).
+    pub fn blocking_pdbs(&self) -> Vec<PdbRef> {
+        match self {
+            DrainOutcome::Blocked { by, .. } => by
+                .iter()
+                .flat_map(|blocked| blocked.pdbs.iter().cloned())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+            DrainOutcome::TimedOut { blocking_pdbs, .. } => blocking_pdbs.clone(),
+            DrainOutcome::Refused { errors } => errors
+                .iter()
+                .flat_map(|error| match &error.reason {
+                    RefusalReason::MultiplePdbs { pdbs } => pdbs.clone(),
+                    _ => Vec::new(),
+                })
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+            DrainOutcome::Drained { .. } | DrainOutcome::Cancelled { .. } => Vec::new(),
+        }
+    }
+}
+
+impl fmt::Display for DrainOutcome {
+    /// One line for events and logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pdbs = || {
+            let names: Vec<String> = self
+                .blocking_pdbs()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            names.join(", ")
+        };
+        match self {
+            DrainOutcome::Drained { evicted, skipped } => write!(
+                f,
+                "drained: {} pods evicted, {} skipped",
+                evicted.len(),
+                skipped.len()
+            ),
+            DrainOutcome::Refused { errors } => {
+                let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                write!(f, "refused: {}", lines.join("; "))
+            }
+            DrainOutcome::Blocked { by, .. } => {
+                let lines: Vec<String> = by
+                    .iter()
+                    .map(|b| format!("{}: {}", b.pod, b.message))
+                    .collect();
+                write!(
+                    f,
+                    "blocked by PodDisruptionBudget {}: {}",
+                    pdbs(),
+                    lines.join("; ")
+                )
+            }
+            DrainOutcome::TimedOut {
+                remaining,
+                blocking_pdbs,
+                ..
+            } => {
+                write!(f, "timed out with {} pods left", remaining.len())?;
+                if !blocking_pdbs.is_empty() {
+                    write!(f, " (blocked by PodDisruptionBudget {})", pdbs())?;
+                }
+                Ok(())
+            }
+            DrainOutcome::Cancelled { remaining, .. } => {
+                write!(f, "cancelled with {} pods left", remaining.len())
+            }
+        }
+    }
+}
+
+/// A drain's outcome with its counters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DrainReport {
+    /// The node.
+    pub node: String,
+    /// How it ended.
+    pub outcome: DrainOutcome,
+    /// Eviction counters.
+    pub stats: DrainStats,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// Cordons, drains and uncordons nodes.
+#[derive(Clone)]
+pub struct Drainer {
+    /// Watches, node reads and patches.
+    client: Client,
+    /// Evictions: without kube's 429 retry, so budget refusals reach the engine at once.
+    eviction_client: Client,
+}
+
+impl fmt::Debug for Drainer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Drainer").finish_non_exhaustive()
+    }
+}
+
+impl Drainer {
+    /// A drainer using the coordinator's clients.
+    pub fn new(clients: &Clients) -> Self {
+        Self {
+            client: clients.default.clone(),
+            eviction_client: clients.eviction.clone(),
+        }
+    }
+
+    /// Cordons the node; reports whether someone else had cordoned it already.
+    pub async fn cordon(&self, node: &str) -> Result<Cordon> {
+        cordon::cordon(&self.client, node).await
+    }
+
+    /// Uncordons the node.
+    pub async fn uncordon(&self, node: &str) -> Result<()> {
+        cordon::uncordon(&self.client, node).await
+    }
+
+    /// Evicts the node's pods until they are gone, the drain is blocked, `deadline` passes, or
+    /// `cancel` fires. Dropping the returned future stops every task it started.
+    ///
+    /// The node should be cordoned first, or evicted pods may come back.
+    #[instrument(skip(self, spec, cancel), fields(node = %node))]
+    pub async fn drain(
+        &self,
+        node: &str,
+        spec: &DrainSpec,
+        deadline: Instant,
+        cancel: CancellationToken,
+    ) -> Result<DrainReport> {
+        let started = Instant::now();
+        let report = |outcome: DrainOutcome, stats: DrainStats| DrainReport {
+            node: node.to_owned(),
+            outcome,
+            stats,
+            elapsed: started.elapsed(),
+        };
+
+        // Dropping this set (on return, or when the caller drops the future) aborts the watches.
+        let mut watches = JoinSet::new();
+        let mut pods = watch::spawn::<Pod, NodePods>(
+            &mut watches,
+            Api::all(self.client.clone()),
+            watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+            "pods",
+        );
+        let mut pdbs = watch::spawn::<PodDisruptionBudget, pdb::PdbIndex>(
+            &mut watches,
+            Api::all(self.client.clone()),
+            watcher::Config::default(),
+            "poddisruptionbudgets",
+        );
+
+        let mut listing = (
+            wait_listed(&mut pods, deadline, &cancel).await,
+            "the node's pods",
+        );
+        if matches!(listing.0, Listing::Listed) {
+            listing = (
+                wait_listed(&mut pdbs, deadline, &cancel).await,
+                "PodDisruptionBudgets",
+            );
+        }
+        match listing {
+            (Listing::Listed, _) => {}
+            (Listing::TimedOut, what) => return Err(Error::NotListed(what)),
+            (Listing::Cancelled, _) => {
+                let outcome = DrainOutcome::Cancelled {
+                    remaining: Vec::new(),
+                    evicted_so_far: Vec::new(),
+                };
+                return Ok(report(outcome, DrainStats::default()));
+            }
+        }
+
+        let plan = {
+            let pods = pods.borrow().index.pods();
+            filter::plan(&pods, &pdbs.borrow().index, spec, Timestamp::now())
+        };
+        if !plan.refusals.is_empty() {
+            let outcome = DrainOutcome::Refused {
+                errors: plan.refusals,
+            };
+            warn!(%outcome, "drain refused");
+            return Ok(report(outcome, DrainStats::default()));
+        }
+        for skipped in &plan.skipped {
+            info!(pod = %skipped.pod, reason = %skipped.reason, "pod skipped");
+        }
+        for target in plan.evict.iter().filter(|t| !t.warnings.is_empty()) {
+            warn!(pod = %target.pod, warnings = ?target.warnings, "evicting pod");
+        }
+        info!(
+            evict = plan.evict.len(),
+            skipped = plan.skipped.len(),
+            "draining"
+        );
+
+        let ctx = EvictionContext {
+            client: self.eviction_client.clone(),
+            grace_period_seconds: spec.grace_period_seconds,
+            retry_fallback: spec.retry_fallback,
+            blocked_timeout: spec.blocked_timeout,
+            skip_wait_for_delete_timeout: spec.skip_wait_for_delete_timeout,
+            requests: Arc::new(Semaphore::new(spec.max_parallel.max(1))),
+            pods,
+            pdbs,
+            cancel,
+            deadline,
+        };
+        let mut tasks = JoinSet::new();
+        let mut task_pods = HashMap::new();
+        for target in plan.evict {
+            let pod = target.pod.clone();
+            let span = info_span!("evict", node = %node, pod = %pod);
+            let handle = tasks.spawn(evict::evict_pod(ctx.clone(), target).instrument(span));
+            task_pods.insert(handle.id(), pod);
+        }
+        drop(ctx);
+
+        let mut reports = Vec::with_capacity(task_pods.len());
+        while let Some(joined) = tasks.join_next_with_id().await {
+            match joined {
+                Ok((_, pod_report)) => reports.push(pod_report),
+                Err(error) => {
+                    // Tasks do not panic and are not aborted while this loop runs; should one
+                    // still end that way, its pod counts as not evicted rather than as drained.
+                    warn!(%error, "eviction task failed");
+                    if let Some(pod) = task_pods.remove(&error.id()) {
+                        reports.push(PodReport {
+                            pod,
+                            finish: Finish::WatchLost,
+                            progress: Progress::Evicting,
+                            stats: DrainStats::default(),
+                        });
+                    }
+                }
+            }
+        }
+
+        let mut stats = DrainStats::default();
+        for pod_report in &reports {
+            stats += pod_report.stats;
+        }
+        let outcome = outcome(reports, plan.skipped);
+        info!(%outcome, ?stats, "drain finished");
+        Ok(report(outcome, stats))
+    }
+}
+
+/// How waiting for a watch's first list ended.
+enum Listing {
+    Listed,
+    TimedOut,
+    Cancelled,
+}
+
+/// Waits until a watch has listed its objects once, the deadline passes, or the drain is
+/// cancelled.
+async fn wait_listed<T>(
+    rx: &mut tokio::sync::watch::Receiver<Synced<T>>,
+    deadline: Instant,
+    cancel: &CancellationToken,
+) -> Listing {
+    tokio::select! {
+        listed = rx.wait_for(|state| state.synced) => {
+            if listed.is_ok() {
+                return Listing::Listed;
+            }
+            // The watch task is gone; only the deadline or the cancellation can end the wait.
+            tokio::select! {
+                () = sleep_until(deadline) => Listing::TimedOut,
+                () = cancel.cancelled() => Listing::Cancelled,
+            }
+        }
+        () = sleep_until(deadline) => Listing::TimedOut,
+        () = cancel.cancelled() => Listing::Cancelled,
+    }
+}
+
+/// Folds the pods' reports into the drain's outcome. Cancellation wins, then the deadline, then
+/// blocked pods; only a drain whose every pod is gone is [`DrainOutcome::Drained`].
+fn outcome(mut reports: Vec<PodReport>, skipped: Vec<SkippedPod>) -> DrainOutcome {
+    reports.sort_by(|a, b| a.pod.cmp(&b.pod));
+    let mut evicted = Vec::new();
+    let mut blocked = Vec::new();
+    let mut unfinished = Vec::new();
+    let mut blocking_pdbs = BTreeSet::new();
+    let mut cancelled = false;
+    for report in reports {
+        match report.finish {
+            Finish::Evicted => evicted.push(report.pod),
+            Finish::Blocked {
+                reason,
+                pdbs,
+                message,
+            } => {
+                blocking_pdbs.extend(pdbs.iter().cloned());
+                blocked.push(BlockedBy {
+                    pod: report.pod,
+                    pdbs,
+                    reason,
+                    message,
+                });
+            }
+            Finish::TimedOut | Finish::Cancelled | Finish::WatchLost => {
+                cancelled |= report.finish == Finish::Cancelled;
+                if let Progress::BlockedByPdb { pdbs, .. } = report.progress {
+                    blocking_pdbs.extend(pdbs);
+                }
+                unfinished.push(report.pod);
+            }
+        }
+    }
+    if cancelled || !unfinished.is_empty() {
+        let mut remaining = unfinished;
+        remaining.extend(blocked.into_iter().map(|b| b.pod));
+        remaining.sort();
+        return if cancelled {
+            DrainOutcome::Cancelled {
+                remaining,
+                evicted_so_far: evicted,
+            }
+        } else {
+            DrainOutcome::TimedOut {
+                remaining,
+                blocking_pdbs: blocking_pdbs.into_iter().collect(),
+                evicted_so_far: evicted,
+            }
+        };
+    }
+    if !blocked.is_empty() {
+        return DrainOutcome::Blocked {
+            by: blocked,
+            evicted_so_far: evicted,
+        };
+    }
+    DrainOutcome::Drained { evicted, skipped }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str) -> PodRef {
+        PodRef {
+            namespace: "a".into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+        }
+    }
+
+    fn pdb(name: &str) -> PdbRef {
+        PdbRef {
+            namespace: "a".into(),
+            name: name.into(),
+        }
+    }
+
+    fn report(name: &str, finish: Finish, progress: Progress) -> PodReport {
+        PodReport {
+            pod: pod(name),
+            finish,
+            progress,
+            stats: DrainStats::default(),
+        }
+    }
+
+    fn evicted(name: &str) -> PodReport {
+        report(name, Finish::Evicted, Progress::WaitingForDeletion)
+    }
+
+    fn blocked(name: &str, by: &str) -> PodReport {
+        report(
+            name,
+            Finish::Blocked {
+                reason: BlockReason::DisruptionBudget,
+                pdbs: vec![pdb(by)],
+                message: "would violate".into(),
+            },
+            Progress::BlockedByPdb {
+                pdbs: vec![pdb(by)],
+                message: "would violate".into(),
+            },
+        )
+    }
+
+    fn waiting_on(name: &str, by: &str, finish: Finish) -> PodReport {
+        report(
+            name,
+            finish,
+            Progress::BlockedByPdb {
+                pdbs: vec![pdb(by)],
+                message: "would violate".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn outcome_table() {
+        let skipped = vec![SkippedPod {
+            pod: pod("ds"),
+            reason: SkipReason::MirrorPod,
+        }];
+        let cases: Vec<(&str, Vec<PodReport>, DrainOutcome)> = vec![
+            (
+                "nothing to evict",
+                vec![],
+                DrainOutcome::Drained {
+                    evicted: vec![],
+                    skipped: skipped.clone(),
+                },
+            ),
+            (
+                "all evicted, sorted",
+                vec![evicted("b"), evicted("a")],
+                DrainOutcome::Drained {
+                    evicted: vec![pod("a"), pod("b")],
+                    skipped: skipped.clone(),
+                },
+            ),
+            (
+                "one blocked",
+                vec![evicted("a"), blocked("b", "web")],
+                DrainOutcome::Blocked {
+                    by: vec![BlockedBy {
+                        pod: pod("b"),
+                        pdbs: vec![pdb("web")],
+                        reason: BlockReason::DisruptionBudget,
+                        message: "would violate".into(),
+                    }],
+                    evicted_so_far: vec![pod("a")],
+                },
+            ),
+            (
+                "timed out waiting on a budget, another blocked",
+                vec![
+                    evicted("a"),
+                    waiting_on("b", "web", Finish::TimedOut),
+                    blocked("c", "db"),
+                    report("d", Finish::TimedOut, Progress::WaitingForDeletion),
+                ],
+                DrainOutcome::TimedOut {
+                    remaining: vec![pod("b"), pod("c"), pod("d")],
+                    blocking_pdbs: vec![pdb("db"), pdb("web")],
+                    evicted_so_far: vec![pod("a")],
+                },
+            ),
+            (
+                "lost watch counts as unfinished",
+                vec![report("a", Finish::WatchLost, Progress::WaitingForDeletion)],
+                DrainOutcome::TimedOut {
+                    remaining: vec![pod("a")],
+                    blocking_pdbs: vec![],
+                    evicted_so_far: vec![],
+                },
+            ),
+            (
+                "cancelled wins",
+                vec![
+                    evicted("a"),
+                    waiting_on("b", "web", Finish::Cancelled),
+                    report("c", Finish::TimedOut, Progress::Evicting),
+                ],
+                DrainOutcome::Cancelled {
+                    remaining: vec![pod("b"), pod("c")],
+                    evicted_so_far: vec![pod("a")],
+                },
+            ),
+        ];
+        for (case, reports, want) in cases {
+            assert_eq!(outcome(reports, skipped.clone()), want, "{case}");
+        }
+    }
+
+    #[test]
+    fn blocking_pdbs_and_summary() {
+        let blocked = outcome(vec![blocked("a", "web"), blocked("b", "web")], vec![]);
+        assert_eq!(blocked.blocking_pdbs(), vec![pdb("web")]);
+        assert_eq!(
+            blocked.to_string(),
+            "blocked by PodDisruptionBudget a/web: a/a: would violate; a/b: would violate"
+        );
+        let refused = DrainOutcome::Refused {
+            errors: vec![PodRefusal {
+                pod: pod("p"),
+                reason: RefusalReason::MultiplePdbs {
+                    pdbs: vec![pdb("one"), pdb("two")],
+                },
+            }],
+        };
+        assert_eq!(refused.blocking_pdbs(), vec![pdb("one"), pdb("two")]);
+        assert!(!refused.is_drained());
+    }
+}
