@@ -2,5 +2,6 @@
 //! safety invariants.
 
 pub mod model;
+pub mod policy;
 pub mod drain;
 pub mod kube_client;
