@@ -5,3 +5,4 @@ pub mod model;
 pub mod policy;
 pub mod drain;
 pub mod kube_client;
+pub mod slots;

@@ -1,0 +1,1317 @@
+//! The slot ledger: every node's request or held slot, and the cluster-wide fencing counter.
+//!
+//! Pure: no I/O and no clock. Every operation takes `now` from the caller, checks the fencing
+//! token before anything else, and either changes the ledger and returns a [`Transition`] (the
+//! message the I/O layer turns into a persisted annotation, an Event and metrics) or returns a
+//! [`LedgerError`] and changes nothing.
+//!
+//! Capacity rules (DESIGN.md "Slots, leases and fencing"): a slot is held from admission until it
+//! is verified, given back, force-released, requeued after a drain that could not finish, or its
+//! Node is deleted. A failed slot stays held. An expired lease is only reported
+//! ([`Ledger::expired_leases`]); it never frees capacity.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::num::NonZeroU32;
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::model::{FencingToken, NodeName, Operation, Origin, Slot, SlotPhase, SlotRequest};
+
+/// Why the ledger refused an operation. A refused operation changed nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    /// The presented token is not the node's current slot token (an older slot, a forged or
+    /// future token, or no slot at all).
+    #[error("node {node}: fencing token {presented} is stale ({})", current_token_text(*.current))]
+    StaleToken {
+        /// The node.
+        node: NodeName,
+        /// The token the caller presented.
+        presented: FencingToken,
+        /// The node's current slot token, if it holds one.
+        current: Option<FencingToken>,
+    },
+    /// A different operation was requested while the node holds a slot.
+    #[error(
+        "node {node} holds slot {token} for {held}; it cannot ask for {requested} until that slot is released"
+    )]
+    SlotHeld {
+        /// The node.
+        node: NodeName,
+        /// The held slot's token.
+        token: FencingToken,
+        /// The held slot's operation.
+        held: &'static str,
+        /// The operation asked for.
+        requested: &'static str,
+    },
+    /// An agent asked to replace a queued manual request, which takes precedence.
+    #[error(
+        "node {node} has a manual {queued} request queued; an agent request for {requested} cannot replace it"
+    )]
+    ManualRequestQueued {
+        /// The node.
+        node: NodeName,
+        /// The queued manual operation.
+        queued: &'static str,
+        /// The operation the agent asked for.
+        requested: &'static str,
+    },
+    /// The operation needs the node in another state.
+    #[error("node {node} is {state}: cannot {action}")]
+    WrongState {
+        /// The node.
+        node: NodeName,
+        /// Its current state.
+        state: NodeState,
+        /// What was attempted, e.g. "admit".
+        action: &'static str,
+    },
+    /// The queued request is backing off after a drain that could not finish.
+    #[error("node {node} backs off until {until}: cannot admit it before")]
+    BackingOff {
+        /// The node.
+        node: NodeName,
+        /// When the back-off ends.
+        until: Timestamp,
+    },
+    /// The fencing counter reached `u64::MAX`; no further token can be issued.
+    #[error("the fencing token counter is exhausted")]
+    TokensExhausted,
+}
+
+fn current_token_text(current: Option<FencingToken>) -> String {
+    match current {
+        Some(token) => format!("the node's slot has token {token}"),
+        None => "the node holds no slot".to_owned(),
+    }
+}
+
+/// Result of ledger operations.
+pub type LedgerResult<T> = std::result::Result<T, LedgerError>;
+
+/// Where a node stands, as agents and humans see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NodeState {
+    /// No request and no slot.
+    Idle,
+    /// A request waits in the queue.
+    Queued,
+    /// Admitted: the coordinator cordons and drains the node.
+    Draining,
+    /// Drained: the agent performs the operation.
+    Granted,
+    /// The agent reported success; the coordinator checks the node's health.
+    Verifying,
+    /// Maintenance failed; the slot stays held.
+    Failed,
+    /// The last slot was verified and released.
+    Done,
+}
+
+impl NodeState {
+    /// Stable lower-case name (logs, metrics labels).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Idle => "idle",
+            NodeState::Queued => "queued",
+            NodeState::Draining => "draining",
+            NodeState::Granted => "granted",
+            NodeState::Verifying => "verifying",
+            NodeState::Failed => "failed",
+            NodeState::Done => "done",
+        }
+    }
+
+    /// Whether a node in this state holds a slot, i.e. counts against capacity.
+    pub fn holds_slot(self) -> bool {
+        matches!(
+            self,
+            NodeState::Draining | NodeState::Granted | NodeState::Verifying | NodeState::Failed
+        )
+    }
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<SlotPhase> for NodeState {
+    fn from(phase: SlotPhase) -> Self {
+        match phase {
+            SlotPhase::Draining => NodeState::Draining,
+            SlotPhase::Granted => NodeState::Granted,
+            SlotPhase::Verifying => NodeState::Verifying,
+            SlotPhase::Failed => NodeState::Failed,
+        }
+    }
+}
+
+/// Why a transition happened; `as_str` is the Kubernetes Event reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TransitionReason {
+    /// A new request was queued.
+    Requested,
+    /// A queued request was replaced (other operation) or raised to manual priority.
+    RequestReplaced,
+    /// The scheduler admitted the request; a fencing token was issued.
+    Admitted,
+    /// The node is drained; the agent may act.
+    Drained,
+    /// The agent reported success; verification starts.
+    Completed,
+    /// The agent reported that the operation failed.
+    OperationFailed,
+    /// The node is healthy after the operation; the slot is released.
+    Verified,
+    /// The coordinator declared the maintenance failed (e.g. verification timed out).
+    Failed,
+    /// A failed node is healthy again; its slot is released.
+    Recovered,
+    /// The agent gave its slot back without performing the operation.
+    Released,
+    /// The agent withdrew a request that was not admitted yet.
+    Withdrawn,
+    /// A human released the slot or request.
+    ForceReleased,
+    /// The drain could not finish; the slot was given back and the request re-queued.
+    DrainFailed,
+    /// The Node object was deleted.
+    NodeDeleted,
+}
+
+impl TransitionReason {
+    /// CamelCase reason for Kubernetes Events and a stable metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransitionReason::Requested => "SlotRequested",
+            TransitionReason::RequestReplaced => "SlotRequestReplaced",
+            TransitionReason::Admitted => "SlotAdmitted",
+            TransitionReason::Drained => "SlotGranted",
+            TransitionReason::Completed => "OperationCompleted",
+            TransitionReason::OperationFailed => "OperationFailed",
+            TransitionReason::Verified => "MaintenanceSucceeded",
+            TransitionReason::Failed => "MaintenanceFailed",
+            TransitionReason::Recovered => "NodeRecovered",
+            TransitionReason::Released => "SlotReleased",
+            TransitionReason::Withdrawn => "SlotRequestWithdrawn",
+            TransitionReason::ForceReleased => "SlotForceReleased",
+            TransitionReason::DrainFailed => "DrainFailed",
+            TransitionReason::NodeDeleted => "NodeDeleted",
+        }
+    }
+
+    /// Whether the transition is a warning for humans (Event type `Warning`).
+    pub fn is_warning(self) -> bool {
+        matches!(
+            self,
+            TransitionReason::OperationFailed
+                | TransitionReason::Failed
+                | TransitionReason::DrainFailed
+                | TransitionReason::ForceReleased
+        )
+    }
+
+    /// Parses [`TransitionReason::as_str`] back (persisted outcomes).
+    pub fn parse(s: &str) -> Option<Self> {
+        ALL_REASONS.iter().copied().find(|r| r.as_str() == s)
+    }
+}
+
+const ALL_REASONS: [TransitionReason; 14] = [
+    TransitionReason::Requested,
+    TransitionReason::RequestReplaced,
+    TransitionReason::Admitted,
+    TransitionReason::Drained,
+    TransitionReason::Completed,
+    TransitionReason::OperationFailed,
+    TransitionReason::Verified,
+    TransitionReason::Failed,
+    TransitionReason::Recovered,
+    TransitionReason::Released,
+    TransitionReason::Withdrawn,
+    TransitionReason::ForceReleased,
+    TransitionReason::DrainFailed,
+    TransitionReason::NodeDeleted,
+];
+
+/// One change of a node's state: what the I/O layer persists, records as an Event and counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// The node.
+    pub node: NodeName,
+    /// State before.
+    pub from: NodeState,
+    /// State after.
+    pub to: NodeState,
+    /// The slot's fencing token, when a slot is involved.
+    pub token: Option<FencingToken>,
+    /// The operation concerned.
+    pub operation: Operation,
+    /// Why.
+    pub reason: TransitionReason,
+    /// Human-readable detail (Event note).
+    pub message: String,
+    /// When.
+    pub at: Timestamp,
+    /// The transition ended a slot for which rota cordoned the node: uncordon it now.
+    pub uncordon: bool,
+}
+
+impl Transition {
+    /// Whether this transition freed capacity (a slot stopped being held).
+    pub fn frees_capacity(&self) -> bool {
+        self.from.holds_slot() && !self.to.holds_slot()
+    }
+}
+
+/// How a slot or request is given back ([`Ledger::release`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// The agent withdraws a request that was not admitted yet.
+    Withdraw,
+    /// The slot's holder gives it back before the operation completed (draining or granted).
+    Holder(FencingToken),
+    /// The controller saw a failed node healthy again.
+    Recovered(FencingToken),
+    /// A human releases whatever the node has queued or holds.
+    Force,
+}
+
+/// The latest progress note of a granted operation (`ReportProgress`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgressNote {
+    /// Step, e.g. "upgrading", "rebooting".
+    pub step: String,
+    /// Detail.
+    pub message: String,
+    /// When it was reported.
+    pub at: Timestamp,
+}
+
+/// What the agent reported when the operation finished (`Complete`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompletionReport {
+    /// Whether the operation succeeded on the node.
+    pub success: bool,
+    /// The agent's detail.
+    pub message: String,
+    /// Boot id after the operation, for the reboot check.
+    pub boot_id: Option<String>,
+    /// Whether the operation rebooted the node.
+    pub rebooted: bool,
+    /// How many packages the operation changed.
+    pub changed_packages: u32,
+    /// When it was reported.
+    pub at: Timestamp,
+}
+
+/// Scheduler feedback for a queued request (not persisted: the next evaluation recomputes it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Waiting {
+    /// 1-based position in the pool's queue.
+    pub position: Option<NonZeroU32>,
+    /// Every reason the request waits.
+    pub reasons: Vec<String>,
+}
+
+/// A queued request and the note of how it got there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedRequest {
+    /// The request.
+    pub request: SlotRequest,
+    /// Message of the latest transition (e.g. why it was re-queued).
+    pub note: String,
+}
+
+/// A held slot with what the ledger knows about its progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldSlot {
+    /// The slot.
+    pub slot: Slot,
+    /// When the request was first queued; kept so a re-queue keeps its place.
+    pub requested_at: Timestamp,
+    /// Message of the latest transition.
+    pub note: String,
+    /// Latest progress report.
+    pub progress: Option<ProgressNote>,
+    /// The agent's completion report, once it completed.
+    pub completion: Option<CompletionReport>,
+}
+
+/// How the node's latest slot or request ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finished {
+    /// The slot's token; `None` for a request withdrawn before admission.
+    pub token: Option<FencingToken>,
+    /// The operation.
+    pub operation: Operation,
+    /// The transition that ended it.
+    pub reason: TransitionReason,
+    /// When.
+    pub at: Timestamp,
+    /// Its message.
+    pub message: String,
+}
+
+/// What a node currently has in the ledger.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Holding {
+    /// Nothing queued or held.
+    Idle,
+    /// A request waits.
+    Queued(QueuedRequest),
+    /// A slot is held.
+    Held(HeldSlot),
+}
+
+/// One node's ledger entry; its persisted form is the node's `rota.dev/` annotations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeEntry {
+    /// Current request or slot.
+    pub holding: Holding,
+    /// How the latest slot or request ended.
+    pub last: Option<Finished>,
+    /// Scheduler feedback while queued.
+    pub waiting: Waiting,
+}
+
+impl NodeEntry {
+    fn idle() -> Self {
+        NodeEntry {
+            holding: Holding::Idle,
+            last: None,
+            waiting: Waiting::default(),
+        }
+    }
+
+    /// The node's state.
+    pub fn state(&self) -> NodeState {
+        match &self.holding {
+            Holding::Queued(_) => NodeState::Queued,
+            Holding::Held(held) => held.slot.phase.into(),
+            Holding::Idle => match &self.last {
+                Some(last) if last.reason == TransitionReason::Verified => NodeState::Done,
+                _ => NodeState::Idle,
+            },
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self.holding, Holding::Idle) && self.last.is_none()
+    }
+
+    fn token(&self) -> Option<FencingToken> {
+        match &self.holding {
+            Holding::Held(held) => Some(held.slot.token),
+            Holding::Idle | Holding::Queued(_) => None,
+        }
+    }
+}
+
+/// What an agent sees of its node (the domain form of `rota.v1.SlotStatus`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotView {
+    /// The node.
+    pub node: NodeName,
+    /// Its state.
+    pub state: NodeState,
+    /// The operation queued, held, or (when done) finished.
+    pub operation: Option<Operation>,
+    /// The slot's fencing token from admission on (and of the finished slot when done).
+    pub token: Option<FencingToken>,
+    /// Position in the pool's queue while queued, once the scheduler has placed it.
+    pub queue_position: Option<NonZeroU32>,
+    /// Why the request waits.
+    pub waiting_reasons: Vec<String>,
+    /// Lease time-to-live; the agent renews well within it.
+    pub lease_ttl: SignedDuration,
+    /// Human-readable detail of the latest transition.
+    pub message: String,
+}
+
+/// Restoration point for one node, used by the I/O layer to undo a change it could not persist.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    node: NodeName,
+    entry: Option<NodeEntry>,
+}
+
+impl Checkpoint {
+    /// The node's entry at the checkpoint.
+    pub fn entry(&self) -> Option<&NodeEntry> {
+        self.entry.as_ref()
+    }
+}
+
+/// Every node's request or slot, and the fencing counter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ledger {
+    entries: BTreeMap<NodeName, NodeEntry>,
+    last_token: u64,
+    lease_ttl: SignedDuration,
+}
+
+impl Ledger {
+    /// An empty ledger that has issued no token yet.
+    pub fn new(lease_ttl: SignedDuration) -> Self {
+        Ledger {
+            entries: BTreeMap::new(),
+            last_token: 0,
+            lease_ttl,
+        }
+    }
+
+    /// Rebuilds the ledger a restarted coordinator had, from the persisted counter and entries.
+    ///
+    /// The counter continues from the highest of the persisted counter and every token found in
+    /// the entries, so no token is ever issued twice.
+    pub fn from_persisted(
+        lease_ttl: SignedDuration,
+        last_token: u64,
+        entries: impl IntoIterator<Item = (NodeName, NodeEntry)>,
+    ) -> Self {
+        let mut ledger = Ledger::new(lease_ttl);
+        ledger.last_token = last_token;
+        for (node, entry) in entries {
+            let tokens = [
+                entry.token(),
+                entry.last.as_ref().and_then(|last| last.token),
+            ];
+            for token in tokens.into_iter().flatten() {
+                ledger.last_token = ledger.last_token.max(token.0);
+            }
+            if !entry.is_empty() {
+                ledger.entries.insert(node, entry);
+            }
+        }
+        ledger
+    }
+
+    /// Lease time-to-live granted on admission and on every renewal.
+    pub fn lease_ttl(&self) -> SignedDuration {
+        self.lease_ttl
+    }
+
+    /// The highest token ever issued (what the persisted counter must hold), 0 if none.
+    pub fn last_issued_token(&self) -> u64 {
+        self.last_token
+    }
+
+    /// The node's entry, if it has one.
+    pub fn entry(&self, node: &str) -> Option<&NodeEntry> {
+        self.entries.get(node)
+    }
+
+    /// Every node with an entry.
+    pub fn entries(&self) -> impl Iterator<Item = (&NodeName, &NodeEntry)> {
+        self.entries.iter()
+    }
+
+    /// The node's state.
+    pub fn state(&self, node: &str) -> NodeState {
+        self.entries
+            .get(node)
+            .map_or(NodeState::Idle, NodeEntry::state)
+    }
+
+    /// Queued requests (the scheduler's queue), in node-name order.
+    pub fn queue(&self) -> impl Iterator<Item = &SlotRequest> {
+        self.entries.values().filter_map(|e| match &e.holding {
+            Holding::Queued(q) => Some(&q.request),
+            Holding::Idle | Holding::Held(_) => None,
+        })
+    }
+
+    /// Held slots (capacity in use), in node-name order.
+    pub fn slots(&self) -> impl Iterator<Item = &Slot> {
+        self.entries.values().filter_map(|e| match &e.holding {
+            Holding::Held(h) => Some(&h.slot),
+            Holding::Idle | Holding::Queued(_) => None,
+        })
+    }
+
+    /// Slots whose lease expired at `now`. Only information: expiry never frees capacity.
+    pub fn expired_leases(&self, now: Timestamp) -> impl Iterator<Item = &Slot> {
+        self.slots().filter(move |s| s.lease_expires_at <= now)
+    }
+
+    /// What the node's agent sees.
+    pub fn view(&self, node: &str) -> SlotView {
+        let mut view = SlotView {
+            node: node.to_owned(),
+            state: NodeState::Idle,
+            operation: None,
+            token: None,
+            queue_position: None,
+            waiting_reasons: Vec::new(),
+            lease_ttl: self.lease_ttl,
+            message: String::new(),
+        };
+        let Some(entry) = self.entries.get(node) else {
+            return view;
+        };
+        view.state = entry.state();
+        match &entry.holding {
+            Holding::Queued(q) => {
+                view.operation = Some(q.request.operation.clone());
+                view.queue_position = entry.waiting.position;
+                view.waiting_reasons.clone_from(&entry.waiting.reasons);
+                view.message.clone_from(&q.note);
+            }
+            Holding::Held(h) => {
+                view.operation = Some(h.slot.operation.clone());
+                view.token = Some(h.slot.token);
+                view.message.clone_from(&h.note);
+            }
+            Holding::Idle => {
+                if let Some(last) = &entry.last {
+                    if view.state == NodeState::Done {
+                        view.operation = Some(last.operation.clone());
+                        view.token = last.token;
+                    }
+                    view.message.clone_from(&last.message);
+                }
+            }
+        }
+        view
+    }
+
+    /// Queues a request (idempotent per node).
+    ///
+    /// The same operation again returns `Ok(None)`: nothing changes, except that a manual request
+    /// raises an agent's request to manual priority. A different operation replaces a queued
+    /// request, keeping its place, unless an agent would replace a human's request. While a slot
+    /// is held, the same operation is a no-op and another one is refused.
+    pub fn request(
+        &mut self,
+        node: &str,
+        operation: Operation,
+        origin: Origin,
+        now: Timestamp,
+    ) -> LedgerResult<Option<Transition>> {
+        let entry = self.entries.get(node);
+        let from = entry.map_or(NodeState::Idle, NodeEntry::state);
+        match entry.map(|e| &e.holding) {
+            Some(Holding::Held(held)) => {
+                if held.slot.operation == operation {
+                    Ok(None)
+                } else {
+                    Err(LedgerError::SlotHeld {
+                        node: node.to_owned(),
+                        token: held.slot.token,
+                        held: held.slot.operation.name(),
+                        requested: operation.name(),
+                    })
+                }
+            }
+            Some(Holding::Queued(queued)) => {
+                let current = &queued.request;
+                let same_operation = current.operation == operation;
+                if same_operation && (current.origin == origin || origin == Origin::Agent) {
+                    return Ok(None);
+                }
+                if !same_operation && current.origin == Origin::Manual && origin == Origin::Agent {
+                    return Err(LedgerError::ManualRequestQueued {
+                        node: node.to_owned(),
+                        queued: current.operation.name(),
+                        requested: operation.name(),
+                    });
+                }
+                let message = if same_operation {
+                    format!(
+                        "manual request raises the queued {} to priority",
+                        operation.name()
+                    )
+                } else {
+                    format!(
+                        "{} request for {} replaces the queued {}",
+                        origin_name(origin),
+                        operation.name(),
+                        current.operation.name()
+                    )
+                };
+                let request = SlotRequest {
+                    node: node.to_owned(),
+                    operation: operation.clone(),
+                    origin,
+                    requested_at: current.requested_at,
+                    not_before: current.not_before,
+                };
+                self.set_holding(
+                    node,
+                    Holding::Queued(QueuedRequest {
+                        request,
+                        note: message.clone(),
+                    }),
+                );
+                Ok(Some(self.transition(
+                    node,
+                    from,
+                    None,
+                    operation,
+                    TransitionReason::RequestReplaced,
+                    message,
+                    now,
+                    false,
+                )))
+            }
+            Some(Holding::Idle) | None => {
+                let message = format!("{} requested {}", origin_name(origin), operation.name());
+                let request = SlotRequest {
+                    node: node.to_owned(),
+                    operation: operation.clone(),
+                    origin,
+                    requested_at: now,
+                    not_before: None,
+                };
+                self.set_holding(
+                    node,
+                    Holding::Queued(QueuedRequest {
+                        request,
+                        note: message.clone(),
+                    }),
+                );
+                Ok(Some(self.transition(
+                    node,
+                    from,
+                    None,
+                    operation,
+                    TransitionReason::Requested,
+                    message,
+                    now,
+                    false,
+                )))
+            }
+        }
+    }
+
+    /// Admits the node's queued request: issues the next fencing token and holds a slot in
+    /// `Draining`. `cordoned_by_rota` records that rota (not a human) is responsible for the
+    /// node's cordon, so that only then the end of the slot uncordons it.
+    pub fn admit(
+        &mut self,
+        node: &str,
+        now: Timestamp,
+        boot_id_before: Option<String>,
+        cordoned_by_rota: bool,
+    ) -> LedgerResult<(FencingToken, Transition)> {
+        let queued = match self.entries.get(node).map(|e| &e.holding) {
+            Some(Holding::Queued(queued)) => queued,
+            _ => return Err(self.wrong_state(node, "admit a node that has no queued request")),
+        };
+        if let Some(until) = queued.request.not_before
+            && until > now
+        {
+            return Err(LedgerError::BackingOff {
+                node: node.to_owned(),
+                until,
+            });
+        }
+        let token = FencingToken(
+            self.last_token
+                .checked_add(1)
+                .ok_or(LedgerError::TokensExhausted)?,
+        );
+        let request = queued.request.clone();
+        let message = format!(
+            "admitted {} with fencing token {token}",
+            request.operation.name()
+        );
+        let slot = Slot {
+            node: node.to_owned(),
+            operation: request.operation.clone(),
+            origin: request.origin,
+            token,
+            phase: SlotPhase::Draining,
+            admitted_at: now,
+            phase_since: now,
+            lease_expires_at: self.lease_end(now),
+            boot_id_before,
+            cordoned_by_rota,
+        };
+        self.last_token = token.0;
+        self.set_holding(
+            node,
+            Holding::Held(HeldSlot {
+                slot,
+                requested_at: request.requested_at,
+                note: message.clone(),
+                progress: None,
+                completion: None,
+            }),
+        );
+        let transition = self.transition(
+            node,
+            NodeState::Queued,
+            Some(token),
+            request.operation,
+            TransitionReason::Admitted,
+            message,
+            now,
+            false,
+        );
+        Ok((token, transition))
+    }
+
+    /// The drain finished: the slot is granted and its lease starts now.
+    pub fn drained(
+        &mut self,
+        node: &str,
+        token: FencingToken,
+        now: Timestamp,
+    ) -> LedgerResult<Transition> {
+        self.change_phase(node, token, now, "grant", |held, lease_end| {
+            if held.slot.phase != SlotPhase::Draining {
+                return None;
+            }
+            held.slot.lease_expires_at = lease_end;
+            Some(Step {
+                phase: SlotPhase::Granted,
+                reason: TransitionReason::Drained,
+                message: format!(
+                    "node drained; {} granted with fencing token {}",
+                    held.slot.operation.name(),
+                    held.slot.token
+                ),
+            })
+        })
+    }
+
+    /// Extends the lease of a held slot; returns the new expiry. Not a transition: the phase
+    /// stays.
+    pub fn renew(
+        &mut self,
+        node: &str,
+        token: FencingToken,
+        now: Timestamp,
+    ) -> LedgerResult<Timestamp> {
+        let lease_end = self.lease_end(now);
+        let held = self.held_mut(node, token)?;
+        held.slot.lease_expires_at = held.slot.lease_expires_at.max(lease_end);
+        Ok(held.slot.lease_expires_at)
+    }
+
+    /// Records the agent's latest progress on a granted (or failed, while it rolls back) slot.
+    pub fn progress(
+        &mut self,
+        node: &str,
+        token: FencingToken,
+        step: String,
+        message: String,
+        now: Timestamp,
+    ) -> LedgerResult<()> {
+        let held = self.held_mut(node, token)?;
+        if !matches!(held.slot.phase, SlotPhase::Granted | SlotPhase::Failed) {
+            let state = held.slot.phase.into();
+            return Err(LedgerError::WrongState {
+                node: node.to_owned(),
+                state,
+                action: "report progress before the slot is granted or after completion",
+            });
+        }
+        held.progress = Some(ProgressNote {
+            step,
+            message,
+            at: now,
+        });
+        Ok(())
+    }
+
+    /// The agent finished the operation: success moves the slot to `Verifying`, failure to
+    /// `Failed` (capacity stays held). Repeating the same report is a no-op (`Ok(None)`), also
+    /// after the slot was verified, so an agent that lost the answer can retry.
+    pub fn complete(
+        &mut self,
+        node: &str,
+        token: FencingToken,
+        report: CompletionReport,
+    ) -> LedgerResult<Option<Transition>> {
+        if let Some(entry) = self.entries.get(node) {
+            let repeated = match (&entry.holding, &entry.last) {
+                (Holding::Held(held), _) if held.slot.token == token => held
+                    .completion
+                    .as_ref()
+                    .is_some_and(|done| done.success == report.success),
+                (Holding::Idle, Some(last)) => {
+                    last.token == Some(token)
+                        && last.reason == TransitionReason::Verified
+                        && report.success
+                }
+                _ => false,
+            };
+            if repeated {
+                return Ok(None);
+            }
+        }
+        let now = report.at;
+        self.change_phase(node, token, now, "complete", move |held, _| {
+            if held.slot.phase != SlotPhase::Granted {
+                return None;
+            }
+            let operation = held.slot.operation.name();
+            let detail = if report.message.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", report.message)
+            };
+            let step = if report.success {
+                Step {
+                    phase: SlotPhase::Verifying,
+                    reason: TransitionReason::Completed,
+                    message: format!("{operation} completed{detail}; verifying the node"),
+                }
+            } else {
+                Step {
+                    phase: SlotPhase::Failed,
+                    reason: TransitionReason::OperationFailed,
+                    message: format!("{operation} failed on the node{detail}"),
+                }
+            };
+            held.completion = Some(report);
+            Some(step)
+        })
+        .map(Some)
+    }
+
+    /// The node is healthy after the operation: release the slot (`Done`).
+    pub fn verified(
+        &mut self,
+        node: &str,
+        token: FencingToken,
+        now: Timestamp,
+    ) -> LedgerResult<Transition> {
+        let held = self.held(node, token)?;
+        if held.slot.phase != SlotPhase::Verifying {
+            return Err(self.wrong_state(node, "verify a slot that is not verifying"));
+        }
+        let message = format!("{} verified; slot released", held.slot.operation.name());
+        self.finish(
+            node,
+            NodeState::Done,
+            TransitionReason::Verified,
+            message,
+            now,
+        )
+    }
+
+    /// Declares the maintenance failed (the slot stays held; capacity is not freed).
+    pub fn fail(
+        &mut self,
+        node: &str,
+        token: FencingToken,
+        reason: &str,
+        now: Timestamp,
+    ) -> LedgerResult<Transition> {
+        self.change_phase(node, token, now, "fail", |held, _| {
+            if held.slot.phase == SlotPhase::Failed {
+                return None;
+            }
+            Some(Step {
+                phase: SlotPhase::Failed,
+                reason: TransitionReason::Failed,
+                message: format!("{} failed: {reason}", held.slot.operation.name()),
+            })
+        })
+    }
+
+    /// Gives a request or slot back (see [`Release`] for who may release what).
+    pub fn release(
+        &mut self,
+        node: &str,
+        by: Release,
+        reason: &str,
+        now: Timestamp,
+    ) -> LedgerResult<Transition> {
+        match by {
+            Release::Withdraw => {
+                let Some(Holding::Queued(queued)) = self.entries.get(node).map(|e| &e.holding)
+                else {
+                    return Err(self.wrong_state(node, "withdraw: no request is queued"));
+                };
+                let operation = queued.request.operation.clone();
+                let message = with_reason(
+                    format!("request for {} withdrawn", operation.name()),
+                    reason,
+                );
+                Ok(self.end_request(node, operation, TransitionReason::Withdrawn, message, now))
+            }
+            Release::Holder(token) => {
+                let held = self.held(node, token)?;
+                if !matches!(held.slot.phase, SlotPhase::Draining | SlotPhase::Granted) {
+                    return Err(self.wrong_state(
+                        node,
+                        "give back a slot after completion (the coordinator releases it)",
+                    ));
+                }
+                let message = with_reason(format!("slot {token} given back by the agent"), reason);
+                self.finish(
+                    node,
+                    NodeState::Idle,
+                    TransitionReason::Released,
+                    message,
+                    now,
+                )
+            }
+            Release::Recovered(token) => {
+                let held = self.held(node, token)?;
+                if held.slot.phase != SlotPhase::Failed {
+                    return Err(self.wrong_state(node, "recover a slot that has not failed"));
+                }
+                let message = with_reason(
+                    format!("node healthy again; failed slot {token} released"),
+                    reason,
+                );
+                self.finish(
+                    node,
+                    NodeState::Idle,
+                    TransitionReason::Recovered,
+                    message,
+                    now,
+                )
+            }
+            Release::Force => match self.entries.get(node).map(|e| &e.holding) {
+                Some(Holding::Held(held)) => {
+                    let message = with_reason(
+                        format!("slot {} released by a human", held.slot.token),
+                        reason,
+                    );
+                    self.finish(
+                        node,
+                        NodeState::Idle,
+                        TransitionReason::ForceReleased,
+                        message,
+                        now,
+                    )
+                }
+                Some(Holding::Queued(queued)) => {
+                    let operation = queued.request.operation.clone();
+                    let message = with_reason(
+                        format!("request for {} cancelled by a human", operation.name()),
+                        reason,
+                    );
+                    Ok(self.end_request(
+                        node,
+                        operation,
+                        TransitionReason::ForceReleased,
+                        message,
+                        now,
+                    ))
+                }
+                Some(Holding::Idle) | None => {
+                    Err(self.wrong_state(node, "release: nothing is queued or held"))
+                }
+            },
+        }
+    }
+
+    /// The drain could not finish: the slot is given back (its token retired) and the request
+    /// goes back to the queue, keeping its place, not to be admitted before `not_before`.
+    pub fn requeue_after_drain_failure(
+        &mut self,
+        node: &str,
+        token: FencingToken,
+        not_before: Timestamp,
+        reason: &str,
+        now: Timestamp,
+    ) -> LedgerResult<Transition> {
+        let held = self.held(node, token)?;
+        if held.slot.phase != SlotPhase::Draining {
+            return Err(self.wrong_state(node, "requeue after a drain: the slot is not draining"));
+        }
+        let message = with_reason(
+            format!("drain could not finish; slot {token} given back, retry after {not_before}"),
+            reason,
+        );
+        let request = SlotRequest {
+            node: node.to_owned(),
+            operation: held.slot.operation.clone(),
+            origin: held.slot.origin,
+            requested_at: held.requested_at,
+            not_before: Some(not_before),
+        };
+        let uncordon = held.slot.cordoned_by_rota;
+        let operation = request.operation.clone();
+        self.set_holding(
+            node,
+            Holding::Queued(QueuedRequest {
+                request,
+                note: message.clone(),
+            }),
+        );
+        Ok(self.transition(
+            node,
+            NodeState::Draining,
+            Some(token),
+            operation,
+            TransitionReason::DrainFailed,
+            message,
+            now,
+            uncordon,
+        ))
+    }
+
+    /// The Node object is gone: forget it, freeing any slot it held. `None` when it had neither
+    /// a request nor a slot.
+    pub fn node_deleted(&mut self, node: &str, now: Timestamp) -> Option<Transition> {
+        let entry = self.entries.remove(node)?;
+        let from = entry.state();
+        let (token, operation) = match entry.holding {
+            Holding::Held(held) => (Some(held.slot.token), held.slot.operation),
+            Holding::Queued(queued) => (None, queued.request.operation),
+            Holding::Idle => return None,
+        };
+        Some(Transition {
+            node: node.to_owned(),
+            from,
+            to: NodeState::Idle,
+            token,
+            operation,
+            reason: TransitionReason::NodeDeleted,
+            message: "node deleted".to_owned(),
+            at: now,
+            uncordon: false,
+        })
+    }
+
+    /// Stores the scheduler's feedback for a queued request. Returns whether the node's view
+    /// changed (false when it is not queued or nothing differs).
+    pub fn set_waiting(&mut self, node: &str, waiting: Waiting) -> bool {
+        match self.entries.get_mut(node) {
+            Some(entry)
+                if matches!(entry.holding, Holding::Queued(_)) && entry.waiting != waiting =>
+            {
+                entry.waiting = waiting;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Remembers the node's entry so that [`Ledger::rollback`] can restore it.
+    pub fn checkpoint(&self, node: &str) -> Checkpoint {
+        Checkpoint {
+            node: node.to_owned(),
+            entry: self.entries.get(node).cloned(),
+        }
+    }
+
+    /// Restores the node's entry from a checkpoint taken just before a change that could not be
+    /// persisted. The fencing counter is never rolled back: a token issued once stays burned.
+    pub fn rollback(&mut self, checkpoint: Checkpoint) {
+        match checkpoint.entry {
+            Some(entry) => {
+                self.entries.insert(checkpoint.node, entry);
+            }
+            None => {
+                self.entries.remove(&checkpoint.node);
+            }
+        }
+    }
+
+    fn lease_end(&self, now: Timestamp) -> Timestamp {
+        now.saturating_add(self.lease_ttl).unwrap_or(Timestamp::MAX)
+    }
+
+    fn wrong_state(&self, node: &str, action: &'static str) -> LedgerError {
+        LedgerError::WrongState {
+            node: node.to_owned(),
+            state: self.state(node),
+            action,
+        }
+    }
+
+    fn stale(&self, node: &str, presented: FencingToken) -> LedgerError {
+        LedgerError::StaleToken {
+            node: node.to_owned(),
+            presented,
+            current: self.entries.get(node).and_then(NodeEntry::token),
+        }
+    }
+
+    fn held(&self, node: &str, token: FencingToken) -> LedgerResult<&HeldSlot> {
+        match self.entries.get(node).map(|e| &e.holding) {
+            Some(Holding::Held(held)) if held.slot.token == token => Ok(held),
+            _ => Err(self.stale(node, token)),
+        }
+    }
+
+    fn held_mut(&mut self, node: &str, token: FencingToken) -> LedgerResult<&mut HeldSlot> {
+        let err = self.stale(node, token);
+        match self.entries.get_mut(node).map(|e| &mut e.holding) {
+            Some(Holding::Held(held)) if held.slot.token == token => Ok(held),
+            _ => Err(err),
+        }
+    }
+
+    /// Moves a held slot to another phase. `step` inspects (and may amend) the slot and returns
+    /// the next phase, or `None` when the current phase does not allow `action`; it is only
+    /// called after the token matched, and on `None` nothing has been changed.
+    fn change_phase(
+        &mut self,
+        node: &str,
+        token: FencingToken,
+        now: Timestamp,
+        action: &'static str,
+        step: impl FnOnce(&mut HeldSlot, Timestamp) -> Option<Step>,
+    ) -> LedgerResult<Transition> {
+        let lease_end = self.lease_end(now);
+        let before = self.held(node, token)?.clone();
+        let held = self.held_mut(node, token)?;
+        let Some(next) = step(held, lease_end) else {
+            *held = before;
+            return Err(self.wrong_state(node, action));
+        };
+        held.slot.phase = next.phase;
+        held.slot.phase_since = now;
+        held.note.clone_from(&next.message);
+        let operation = held.slot.operation.clone();
+        Ok(self.transition(
+            node,
+            before.slot.phase.into(),
+            Some(token),
+            operation,
+            next.reason,
+            next.message,
+            now,
+            false,
+        ))
+    }
+
+    /// Ends the node's held slot, recording how. Callers checked that the node holds a slot.
+    fn finish(
+        &mut self,
+        node: &str,
+        to: NodeState,
+        reason: TransitionReason,
+        message: String,
+        now: Timestamp,
+    ) -> LedgerResult<Transition> {
+        let Some(entry) = self
+            .entries
+            .get_mut(node)
+            .filter(|e| matches!(e.holding, Holding::Held(_)))
+        else {
+            return Err(self.wrong_state(node, "release: no slot is held"));
+        };
+        let from = entry.state();
+        let Holding::Held(held) = std::mem::replace(&mut entry.holding, Holding::Idle) else {
+            return Err(LedgerError::WrongState {
+                node: node.to_owned(),
+                state: from,
+                action: "release: no slot is held",
+            });
+        };
+        entry.waiting = Waiting::default();
+        entry.last = Some(Finished {
+            token: Some(held.slot.token),
+            operation: held.slot.operation.clone(),
+            reason,
+            at: now,
+            message: message.clone(),
+        });
+        Ok(Transition {
+            node: node.to_owned(),
+            from,
+            to,
+            token: Some(held.slot.token),
+            operation: held.slot.operation,
+            reason,
+            message,
+            at: now,
+            uncordon: held.slot.cordoned_by_rota,
+        })
+    }
+
+    /// Ends the node's queued request, recording how.
+    fn end_request(
+        &mut self,
+        node: &str,
+        operation: Operation,
+        reason: TransitionReason,
+        message: String,
+        now: Timestamp,
+    ) -> Transition {
+        self.set_holding(node, Holding::Idle);
+        if let Some(entry) = self.entries.get_mut(node) {
+            entry.last = Some(Finished {
+                token: None,
+                operation: operation.clone(),
+                reason,
+                at: now,
+                message: message.clone(),
+            });
+        }
+        self.transition(
+            node,
+            NodeState::Queued,
+            None,
+            operation,
+            reason,
+            message,
+            now,
+            false,
+        )
+    }
+
+    fn set_holding(&mut self, node: &str, holding: Holding) {
+        let entry = self
+            .entries
+            .entry(node.to_owned())
+            .or_insert_with(NodeEntry::idle);
+        if !matches!(holding, Holding::Queued(_)) {
+            entry.waiting = Waiting::default();
+        }
+        entry.holding = holding;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn transition(
+        &self,
+        node: &str,
+        from: NodeState,
+        token: Option<FencingToken>,
+        operation: Operation,
+        reason: TransitionReason,
+        message: String,
+        at: Timestamp,
+        uncordon: bool,
+    ) -> Transition {
+        Transition {
+            node: node.to_owned(),
+            from,
+            to: self.state(node),
+            token,
+            operation,
+            reason,
+            message,
+            at,
+            uncordon,
+        }
+    }
+}
+
+/// The next phase of a held slot, chosen by a [`Ledger::change_phase`] step.
+struct Step {
+    phase: SlotPhase,
+    reason: TransitionReason,
+    message: String,
+}
+
+fn origin_name(origin: Origin) -> &'static str {
+    match origin {
+        Origin::Manual => "manual",
+        Origin::Agent => "agent",
+    }
+}
+
+fn with_reason(message: String, reason: &str) -> String {
+    if reason.is_empty() {
+        message
+    } else {
+        format!("{message}: {reason}")
+    }
+}

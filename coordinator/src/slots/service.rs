@@ -1,0 +1,455 @@
+//! [`SlotService`]: the live ledger that the gRPC edge and the controller share.
+//!
+//! Every change goes through one lock, is persisted through the [`LedgerStore`] before anyone is
+//! told about it (the fencing counter first, then the node's annotations), and is undone in
+//! memory when it cannot be persisted. Only then is the node's [`SlotView`] published on its watch
+//! channel (what `WatchSlot` streams) and the [`Transition`] sent as a [`SlotEvent`] to whoever
+//! records Events and metrics.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use jiff::{SignedDuration, Timestamp};
+use tokio::sync::{Mutex, mpsc, watch};
+
+use super::ledger::{
+    CompletionReport, Ledger, LedgerResult, Release, SlotView, Transition, Waiting,
+};
+use super::persist::encode_entry;
+use super::store::LedgerStore;
+use super::{Error, Result};
+use crate::model::{FencingToken, NodeFacts, NodeName, Operation, Origin};
+
+/// Where the service reads the time for the changes it applies.
+pub trait Clock: Send + Sync + 'static {
+    /// Now.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// Settings of the slot service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotServiceConfig {
+    /// Lease time-to-live given on admission, grant and every renewal.
+    pub lease_ttl: SignedDuration,
+}
+
+impl Default for SlotServiceConfig {
+    fn default() -> Self {
+        SlotServiceConfig {
+            lease_ttl: SignedDuration::from_secs(90),
+        }
+    }
+}
+
+/// What the service tells the controller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SlotEvent {
+    /// A node's state changed (persisted already): record an Event, count it, uncordon if asked.
+    Transition(Transition),
+    /// A node reported facts that differ from the previous ones: re-run the scheduler.
+    FactsChanged(NodeName),
+}
+
+/// The agent's report that its operation finished (`Complete`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// Whether the operation succeeded.
+    pub success: bool,
+    /// The agent's detail.
+    pub message: String,
+    /// Boot id now.
+    pub boot_id: Option<String>,
+    /// Whether the operation rebooted the node.
+    pub rebooted: bool,
+    /// Packages changed: `(name, version after)`.
+    pub changed: Vec<(String, String)>,
+}
+
+struct Guarded {
+    ledger: Ledger,
+    /// The counter value known to be persisted, and its `resourceVersion`.
+    persisted_token: u64,
+    counter_version: Option<String>,
+}
+
+struct NodeChannel {
+    view: watch::Sender<SlotView>,
+    facts: Option<Arc<NodeFacts>>,
+}
+
+/// The live, persisted slot ledger with per-node watch channels and the nodes' facts.
+pub struct SlotService<S> {
+    guarded: Mutex<Guarded>,
+    store: S,
+    nodes: RwLock<HashMap<NodeName, NodeChannel>>,
+    events: mpsc::UnboundedSender<SlotEvent>,
+    clock: Arc<dyn Clock>,
+}
+
+impl<S: LedgerStore> SlotService<S> {
+    /// Loads the persisted ledger from `store` (what a starting or failed-over coordinator does)
+    /// and registers every Node the store knows. Returns the service and the receiver of its
+    /// events.
+    pub async fn load(
+        store: S,
+        config: SlotServiceConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<SlotEvent>)> {
+        let stored = store.load().await?;
+        let ledger = Ledger::from_stored(config.lease_ttl, &stored)?;
+        let nodes = stored
+            .nodes
+            .keys()
+            .map(|node| {
+                let channel = NodeChannel {
+                    view: watch::Sender::new(ledger.view(node)),
+                    facts: None,
+                };
+                (node.clone(), channel)
+            })
+            .collect();
+        let (events, receiver) = mpsc::unbounded_channel();
+        let service = SlotService {
+            guarded: Mutex::new(Guarded {
+                persisted_token: stored.last_token,
+                counter_version: stored.counter_version,
+                ledger,
+            }),
+            store,
+            nodes: RwLock::new(nodes),
+            events,
+            clock,
+        };
+        Ok((service, receiver))
+    }
+
+    /// The store behind the service.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Registers a Node (from the controller's Node watch). Idempotent.
+    pub async fn node_added(&self, node: &str) {
+        let guarded = self.guarded.lock().await;
+        let view = guarded.ledger.view(node);
+        self.write_nodes()
+            .entry(node.to_owned())
+            .or_insert_with(|| NodeChannel {
+                view: watch::Sender::new(view),
+                facts: None,
+            });
+    }
+
+    /// Forgets a deleted Node: frees any slot it held and ends its watch streams. The Node's
+    /// annotations went with it, so nothing is written.
+    pub async fn node_deleted(&self, node: &str) -> Option<Transition> {
+        let mut guarded = self.guarded.lock().await;
+        let now = self.clock.now();
+        let transition = guarded.ledger.node_deleted(node, now);
+        self.write_nodes().remove(node);
+        if let Some(transition) = &transition {
+            self.emit(SlotEvent::Transition(transition.clone()));
+        }
+        transition
+    }
+
+    /// Whether the Node is known.
+    pub fn is_known(&self, node: &str) -> bool {
+        self.read_nodes().contains_key(node)
+    }
+
+    /// Stores a node's facts; tells the controller when they changed.
+    pub fn report_facts(&self, node: &str, facts: NodeFacts) -> Result<()> {
+        let changed = {
+            let mut nodes = self.write_nodes();
+            let channel = nodes
+                .get_mut(node)
+                .ok_or_else(|| Error::UnknownNode(node.to_owned()))?;
+            let changed = channel.facts.as_deref() != Some(&facts);
+            if changed {
+                channel.facts = Some(Arc::new(facts));
+            }
+            changed
+        };
+        if changed {
+            self.emit(SlotEvent::FactsChanged(node.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// The node's latest facts.
+    pub fn facts(&self, node: &str) -> Option<Arc<NodeFacts>> {
+        self.read_nodes().get(node).and_then(|c| c.facts.clone())
+    }
+
+    /// Every node's latest facts (for the scheduler's snapshot and status).
+    pub fn all_facts(&self) -> Vec<(NodeName, Arc<NodeFacts>)> {
+        self.read_nodes()
+            .iter()
+            .filter_map(|(node, c)| c.facts.clone().map(|f| (node.clone(), f)))
+            .collect()
+    }
+
+    /// Follows the node's view: the current one at once, then every change. The channel closes
+    /// when the Node is deleted.
+    pub fn watch(&self, node: &str) -> Result<watch::Receiver<SlotView>> {
+        self.read_nodes()
+            .get(node)
+            .map(|c| c.view.subscribe())
+            .ok_or_else(|| Error::UnknownNode(node.to_owned()))
+    }
+
+    /// The node's current view.
+    pub async fn view(&self, node: &str) -> Result<SlotView> {
+        self.ensure_known(node)?;
+        Ok(self.guarded.lock().await.ledger.view(node))
+    }
+
+    /// Reads the ledger (e.g. `queue()` and `slots()` for the scheduler's snapshot).
+    pub async fn read<R>(&self, f: impl FnOnce(&Ledger) -> R) -> R {
+        f(&self.guarded.lock().await.ledger)
+    }
+
+    /// Queues a request (idempotent per node, see [`Ledger::request`]).
+    pub async fn request(
+        &self,
+        node: &str,
+        operation: Operation,
+        origin: Origin,
+    ) -> Result<SlotView> {
+        self.apply(node, |ledger, now| {
+            ledger
+                .request(node, operation, origin, now)
+                .map(|t| ((), t))
+        })
+        .await
+        .map(|((), view)| view)
+    }
+
+    /// Admits the node's queued request with the next fencing token. The boot id before is the
+    /// one from the node's latest facts.
+    pub async fn admit(&self, node: &str, cordoned_by_rota: bool) -> Result<FencingToken> {
+        let boot_id = self
+            .facts(node)
+            .map(|f| f.boot_id.clone())
+            .filter(|b| !b.is_empty());
+        let (token, _) = self
+            .apply(node, |ledger, now| {
+                let (token, t) = ledger.admit(node, now, boot_id, cordoned_by_rota)?;
+                Ok((token, Some(t)))
+            })
+            .await?;
+        Ok(token)
+    }
+
+    /// The drain finished: grant the slot.
+    pub async fn drained(&self, node: &str, token: FencingToken) -> Result<SlotView> {
+        self.transition(node, |ledger, now| ledger.drained(node, token, now))
+            .await
+    }
+
+    /// Renews the lease; returns its new expiry.
+    pub async fn renew(&self, node: &str, token: FencingToken) -> Result<Timestamp> {
+        self.apply(node, |ledger, now| {
+            ledger.renew(node, token, now).map(|expiry| (expiry, None))
+        })
+        .await
+        .map(|(expiry, _)| expiry)
+    }
+
+    /// Records the agent's progress.
+    pub async fn progress(
+        &self,
+        node: &str,
+        token: FencingToken,
+        step: String,
+        message: String,
+    ) -> Result<()> {
+        self.apply(node, |ledger, now| {
+            ledger
+                .progress(node, token, step, message, now)
+                .map(|()| ((), None))
+        })
+        .await
+        .map(|((), _)| ())
+    }
+
+    /// The agent finished the operation.
+    pub async fn complete(
+        &self,
+        node: &str,
+        token: FencingToken,
+        completion: Completion,
+    ) -> Result<SlotView> {
+        if !completion.changed.is_empty() {
+            tracing::info!(
+                node,
+                token = token.0,
+                changed = ?completion.changed,
+                "agent reports changed packages"
+            );
+        }
+        self.apply(node, |ledger, now| {
+            let report = CompletionReport {
+                success: completion.success,
+                message: completion.message,
+                boot_id: completion.boot_id,
+                rebooted: completion.rebooted,
+                changed_packages: u32::try_from(completion.changed.len()).unwrap_or(u32::MAX),
+                at: now,
+            };
+            ledger.complete(node, token, report).map(|t| ((), t))
+        })
+        .await
+        .map(|((), view)| view)
+    }
+
+    /// The node is healthy after the operation: release the slot.
+    pub async fn verified(&self, node: &str, token: FencingToken) -> Result<SlotView> {
+        self.transition(node, |ledger, now| ledger.verified(node, token, now))
+            .await
+    }
+
+    /// The maintenance failed; the slot stays held.
+    pub async fn fail(&self, node: &str, token: FencingToken, reason: &str) -> Result<SlotView> {
+        self.transition(node, |ledger, now| ledger.fail(node, token, reason, now))
+            .await
+    }
+
+    /// Gives a request or slot back.
+    pub async fn release(&self, node: &str, by: Release, reason: &str) -> Result<SlotView> {
+        self.transition(node, |ledger, now| ledger.release(node, by, reason, now))
+            .await
+    }
+
+    /// The drain could not finish: give the slot back and re-queue with back-off.
+    pub async fn requeue_after_drain_failure(
+        &self,
+        node: &str,
+        token: FencingToken,
+        not_before: Timestamp,
+        reason: &str,
+    ) -> Result<SlotView> {
+        self.transition(node, |ledger, now| {
+            ledger.requeue_after_drain_failure(node, token, not_before, reason, now)
+        })
+        .await
+    }
+
+    /// Publishes the scheduler's feedback (queue position, wait reasons) for queued nodes.
+    /// Not persisted: every evaluation recomputes it.
+    pub async fn set_waiting(&self, updates: impl IntoIterator<Item = (NodeName, Waiting)>) {
+        let mut guarded = self.guarded.lock().await;
+        for (node, waiting) in updates {
+            if guarded.ledger.set_waiting(&node, waiting) {
+                self.publish(&node, guarded.ledger.view(&node));
+            }
+        }
+    }
+
+    /// Applies a phase-changing ledger operation.
+    async fn transition(
+        &self,
+        node: &str,
+        op: impl FnOnce(&mut Ledger, Timestamp) -> LedgerResult<Transition>,
+    ) -> Result<SlotView> {
+        self.apply(node, |ledger, now| op(ledger, now).map(|t| ((), Some(t))))
+            .await
+            .map(|((), view)| view)
+    }
+
+    /// Applies one ledger operation: persist (counter first), undo on failure, then publish the
+    /// view and emit the transition. A refused operation changed nothing and writes nothing.
+    async fn apply<T>(
+        &self,
+        node: &str,
+        op: impl FnOnce(&mut Ledger, Timestamp) -> LedgerResult<(T, Option<Transition>)>,
+    ) -> Result<(T, SlotView)> {
+        self.ensure_known(node)?;
+        let mut guarded = self.guarded.lock().await;
+        let now = self.clock.now();
+        let checkpoint = guarded.ledger.checkpoint(node);
+        let (value, transition) = op(&mut guarded.ledger, now)?;
+        let changed = guarded.ledger.entry(node) != checkpoint.entry()
+            || guarded.ledger.last_issued_token() != guarded.persisted_token;
+        if changed && let Err(err) = self.persist(&mut guarded, node).await {
+            tracing::warn!(node, error = %err, "slot change not persisted; undone");
+            guarded.ledger.rollback(checkpoint);
+            return Err(err);
+        }
+        let view = guarded.ledger.view(node);
+        self.publish(node, view.clone());
+        if let Some(transition) = transition {
+            tracing::info!(
+                node,
+                from = %transition.from,
+                to = %transition.to,
+                token = transition.token.map(|t| t.0),
+                reason = transition.reason.as_str(),
+                "{}",
+                transition.message
+            );
+            self.emit(SlotEvent::Transition(transition));
+        }
+        Ok((value, view))
+    }
+
+    async fn persist(&self, guarded: &mut Guarded, node: &str) -> Result<()> {
+        let issued = guarded.ledger.last_issued_token();
+        if issued > guarded.persisted_token {
+            let version = self
+                .store
+                .store_counter(issued, guarded.counter_version.as_deref())
+                .await?;
+            guarded.persisted_token = issued;
+            guarded.counter_version = Some(version);
+        }
+        let annotations = encode_entry(node, guarded.ledger.entry(node))?;
+        self.store.store_node(node, &annotations).await?;
+        Ok(())
+    }
+
+    fn publish(&self, node: &str, view: SlotView) {
+        if let Some(channel) = self.read_nodes().get(node) {
+            channel.view.send_if_modified(|current| {
+                if *current == view {
+                    false
+                } else {
+                    *current = view;
+                    true
+                }
+            });
+        }
+    }
+
+    fn emit(&self, event: SlotEvent) {
+        // Nobody listening (tests, shutdown) is fine: the change is persisted already.
+        let _ = self.events.send(event);
+    }
+
+    fn ensure_known(&self, node: &str) -> Result<()> {
+        if self.is_known(node) {
+            Ok(())
+        } else {
+            Err(Error::UnknownNode(node.to_owned()))
+        }
+    }
+
+    fn read_nodes(&self) -> std::sync::RwLockReadGuard<'_, HashMap<NodeName, NodeChannel>> {
+        self.nodes.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_nodes(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<NodeName, NodeChannel>> {
+        self.nodes.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
