@@ -1,1 +1,4 @@
-//! rota-sim.
+//! rota-sim: an emulated Kubernetes API server and a simulated cluster that rota's real code
+//! runs against, for end-to-end tests, the demo and benchmarks.
+
+pub mod apiserver;
