@@ -6,3 +6,4 @@ pub mod policy;
 pub mod drain;
 pub mod kube_client;
 pub mod slots;
+pub mod grpc;

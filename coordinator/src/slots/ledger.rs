@@ -822,30 +822,21 @@ impl Ledger {
     }
 
     /// The agent finished the operation: success moves the slot to `Verifying`, failure to
-    /// `Failed` (capacity stays held). Repeating the same report is a no-op (`Ok(None)`), also
-    /// after the slot was verified, so an agent that lost the answer can retry.
+    /// `Failed` (capacity stays held). Repeating the same report while the slot is still held is
+    /// a no-op (`Ok(None)`), so an agent that lost the answer can retry.
     pub fn complete(
         &mut self,
         node: &str,
         token: FencingToken,
         report: CompletionReport,
     ) -> LedgerResult<Option<Transition>> {
-        if let Some(entry) = self.entries.get(node) {
-            let repeated = match (&entry.holding, &entry.last) {
-                (Holding::Held(held), _) if held.slot.token == token => held
-                    .completion
-                    .as_ref()
-                    .is_some_and(|done| done.success == report.success),
-                (Holding::Idle, Some(last)) => {
-                    last.token == Some(token)
-                        && last.reason == TransitionReason::Verified
-                        && report.success
-                }
-                _ => false,
-            };
-            if repeated {
-                return Ok(None);
-            }
+        let held = self.held(node, token)?;
+        if held
+            .completion
+            .as_ref()
+            .is_some_and(|done| done.success == report.success)
+        {
+            return Ok(None);
         }
         let now = report.at;
         self.change_phase(node, token, now, "complete", move |held, _| {

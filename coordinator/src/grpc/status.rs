@@ -1,0 +1,57 @@
+//! Domain errors to `tonic::Status`: the only place where that mapping happens.
+
+use tonic::{Code, Status};
+
+use super::auth::AuthError;
+use super::convert::Invalid;
+use crate::slots::{self, LedgerError, StoreError};
+
+/// A request that does not validate.
+pub fn invalid_argument(err: &Invalid) -> Status {
+    Status::invalid_argument(err.to_string())
+}
+
+/// An authentication failure.
+pub fn unauthenticated(err: &AuthError) -> Status {
+    match err {
+        AuthError::Unauthenticated(_) => Status::unauthenticated(err.to_string()),
+        AuthError::Unavailable(_) => Status::unavailable(err.to_string()),
+    }
+}
+
+/// A caller that acts for a node other than its own.
+pub fn permission_denied(caller: &str, node: &str) -> Status {
+    Status::permission_denied(format!(
+        "the caller runs on node {caller} and may only act for it, not for {node}"
+    ))
+}
+
+/// The status code of a slot-layer error.
+pub fn code(err: &slots::Error) -> Code {
+    match err {
+        slots::Error::UnknownNode(_) => Code::NotFound,
+        slots::Error::Ledger(ledger) => match ledger {
+            LedgerError::StaleToken { .. }
+            | LedgerError::SlotHeld { .. }
+            | LedgerError::ManualRequestQueued { .. }
+            | LedgerError::WrongState { .. }
+            | LedgerError::BackingOff { .. } => Code::FailedPrecondition,
+            LedgerError::TokensExhausted => Code::ResourceExhausted,
+        },
+        slots::Error::Store(StoreError::Conflict { .. }) => Code::Aborted,
+        slots::Error::Store(StoreError::Backend(_)) => Code::Unavailable,
+        slots::Error::Persist(_) => Code::Internal,
+    }
+}
+
+/// A slot-layer error as a status; server-side failures are logged here.
+pub fn from_slots(err: &slots::Error) -> Status {
+    let code = code(err);
+    if matches!(
+        code,
+        Code::Internal | Code::Unavailable | Code::Aborted | Code::ResourceExhausted
+    ) {
+        tracing::error!(error = %err, "slot operation failed on the coordinator side");
+    }
+    Status::new(code, err.to_string())
+}
