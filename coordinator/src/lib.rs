@@ -3,6 +3,7 @@
 
 pub mod model;
 pub mod policy;
+pub mod scheduler;
 pub mod drain;
 pub mod kube_client;
 pub mod slots;

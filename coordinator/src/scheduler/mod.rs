@@ -1,0 +1,417 @@
+//! The slot scheduler: which queued nodes may start maintenance now.
+//!
+//! [`schedule`] is a pure function of a [`Snapshot`] and an explicit `now`. It holds the fleet's
+//! safety invariants (DESIGN.md, step 3). A queued node is admitted only when all of these hold:
+//!
+//! - it exists, holds no slot yet, and exactly one pool (policy) selects it;
+//! - the pool is not paused and its circuit breaker is closed (`maxFailures`);
+//! - no blackout is active, and a maintenance window is open — except for manual requests, which
+//!   an on-call engineer wants done now: they skip windows but respect everything else;
+//! - no blocking alert fires for the pool and no blocking pod runs on the node;
+//! - its back-off (`not_before`) has passed;
+//! - for a Kubernetes upgrade, the version skew policy allows it ([`SkewViolation`]);
+//! - capacity: the pool's unavailable nodes (holding a slot, NotReady, or cordoned by anyone,
+//!   plus nodes admitted earlier in this plan) together with this node number at most the pool's
+//!   `maxUnavailable`. A node that is already unavailable adds nothing, so a cordoned or broken
+//!   node can still be maintained when the pool is at its limit only because of itself;
+//! - PDB look-ahead: for every PDB covering a pod the drain would evict, its pods on this node,
+//!   plus its pods still to be evicted from nodes holding a slot, plus those taken by nodes
+//!   admitted earlier in this plan, fit in its `disruptionsAllowed`.
+//!
+//! Order: manual requests first, then control-plane nodes, then FIFO by `requested_at`, then
+//! node name. The scheduler packs: a blocked request reserves nothing, and later requests are
+//! admitted as far as capacity and budgets allow.
+
+mod plan;
+mod skew;
+mod snapshot;
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use jiff::Timestamp;
+
+use crate::model::{NodeName, Origin, Slot, SlotRequest};
+use crate::policy::window::{ClosedReason, is_open};
+use crate::policy::{NamespacedName, ValidatedPolicy};
+
+pub use plan::{Admission, Plan, Unavailability, WaitReason, Waiting};
+pub use skew::SkewViolation;
+pub use snapshot::{EvictablePod, NodeState, PdbIndex, PdbState, Pool, PoolName, Snapshot};
+
+use skew::ControlPlane;
+
+/// Decides which queued nodes to admit at `now`, and why the others wait.
+pub fn schedule(snapshot: &Snapshot, now: Timestamp) -> Plan {
+    let mut scheduler = Scheduler::new(snapshot, now);
+    let mut admit = Vec::new();
+    let mut waiting_in_order = Vec::new();
+    let mut seen = HashSet::new();
+    for request in scheduler.queue_order() {
+        if !seen.insert(request.node.as_str()) {
+            continue;
+        }
+        match scheduler.evaluate(request) {
+            Ok(admissible) => {
+                scheduler.commit(&request.node, &admissible);
+                admit.push(Admission {
+                    node: request.node.clone(),
+                    pool: admissible.pool.name.clone(),
+                    request: request.clone(),
+                });
+            }
+            Err((pool, reasons)) => waiting_in_order.push((request.node.clone(), pool, reasons)),
+        }
+    }
+    let mut positions: HashMap<Option<PoolName>, u32> = HashMap::new();
+    let waiting = waiting_in_order
+        .into_iter()
+        .map(|(node, pool, reasons)| {
+            let position = positions.entry(pool.clone()).or_insert(0);
+            *position += 1;
+            let waiting = Waiting {
+                pool,
+                position: *position,
+                reasons,
+            };
+            (node, waiting)
+        })
+        .collect();
+    Plan { admit, waiting }
+}
+
+/// Per-pool state for one decision.
+struct PoolState<'a> {
+    pool: &'a Pool,
+    /// Resolved `maxUnavailable`.
+    max: u32,
+    /// Unavailable nodes of the pool, by name, updated as nodes are admitted.
+    unavailable: BTreeMap<&'a str, Unavailability>,
+    /// Reasons that hold back every request of the pool (pause, breaker, alerts).
+    gates: Vec<WaitReason>,
+    /// An active blackout (holds back manual requests too).
+    blackout: Option<WaitReason>,
+    /// Outside the windows (manual requests skip it).
+    window_closed: Option<WaitReason>,
+}
+
+impl<'a> PoolState<'a> {
+    fn new(pool: &'a Pool, now: Timestamp) -> Self {
+        let policy: &ValidatedPolicy = &pool.policy;
+        let mut gates = Vec::new();
+        if policy.paused {
+            gates.push(WaitReason::Paused);
+        }
+        if policy.circuit_open(pool.failures) {
+            gates.push(WaitReason::CircuitOpen {
+                failures: pool.failures,
+                max_failures: policy.max_failures,
+            });
+        }
+        if let Some(source) = &policy.blockers.prometheus {
+            let mut alerts: Vec<&String> = pool
+                .firing_alerts
+                .iter()
+                .filter(|a| source.filter.blocks(a))
+                .collect();
+            alerts.sort_unstable();
+            alerts.dedup();
+            gates.extend(alerts.into_iter().map(|alert| WaitReason::AlertFiring {
+                alert: alert.clone(),
+            }));
+        }
+        let window = is_open(policy, now);
+        let (blackout, window_closed) = match window.reason {
+            None => (None, None),
+            Some(ClosedReason::Blackout { reason, until }) => {
+                (Some(WaitReason::Blackout { reason, until }), None)
+            }
+            Some(ClosedReason::OutsideWindows) => (
+                None,
+                Some(WaitReason::WindowClosed {
+                    next_open: window.next_open,
+                }),
+            ),
+        };
+        Self {
+            pool,
+            max: 0,
+            unavailable: BTreeMap::new(),
+            gates,
+            blackout,
+            window_closed,
+        }
+    }
+}
+
+/// A PDB's budget during one decision.
+#[derive(Default)]
+struct Budget {
+    allowed: i32,
+    in_flight: u32,
+    admitted: u32,
+}
+
+impl Budget {
+    fn fits(&self, needed: u32) -> bool {
+        i64::from(self.in_flight) + i64::from(self.admitted) + i64::from(needed)
+            <= i64::from(self.allowed)
+    }
+}
+
+/// What admitting a node takes.
+struct Admissible<'a> {
+    pool: &'a Pool,
+    /// Pods per PDB the drain will evict.
+    pdb_needs: Vec<(&'a NamespacedName, u32)>,
+}
+
+/// Lookup tables and running totals for one decision.
+struct Scheduler<'a> {
+    snapshot: &'a Snapshot,
+    now: Timestamp,
+    nodes: HashMap<&'a str, &'a NodeState>,
+    slots: HashMap<&'a str, &'a Slot>,
+    pools: HashMap<&'a str, PoolState<'a>>,
+    budgets: HashMap<&'a NamespacedName, Budget>,
+    control_plane: ControlPlane<'a>,
+}
+
+impl<'a> Scheduler<'a> {
+    fn new(snapshot: &'a Snapshot, now: Timestamp) -> Self {
+        let nodes: HashMap<&str, &NodeState> = snapshot
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n))
+            .collect();
+        let mut slots: HashMap<&str, &Slot> = HashMap::with_capacity(snapshot.slots.len());
+        for slot in &snapshot.slots {
+            slots.entry(slot.node.as_str()).or_insert(slot);
+        }
+        let mut pools: HashMap<&str, PoolState> = snapshot
+            .pools
+            .iter()
+            .map(|p| (p.name.as_str(), PoolState::new(p, now)))
+            .collect();
+        let mut sizes: HashMap<&str, usize> = HashMap::new();
+        for node in &snapshot.nodes {
+            let why = if slots.contains_key(node.name.as_str()) {
+                Some(Unavailability::HoldsSlot)
+            } else if !node.ready {
+                Some(Unavailability::NotReady)
+            } else if node.unschedulable && node.cordoned_by_rota {
+                Some(Unavailability::CordonedByRota)
+            } else if node.unschedulable {
+                Some(Unavailability::Cordoned)
+            } else {
+                None
+            };
+            for pool_name in &node.pools {
+                if let Some(pool) = pools.get_mut(pool_name.as_str()) {
+                    *sizes.entry(pool_name.as_str()).or_default() += 1;
+                    if let Some(why) = why {
+                        pool.unavailable.insert(node.name.as_str(), why);
+                    }
+                }
+            }
+        }
+        for (name, pool) in &mut pools {
+            let size = sizes.get(name).copied().unwrap_or(0);
+            pool.max = pool.pool.policy.max_unavailable.resolve(size);
+        }
+        let mut budgets: HashMap<&NamespacedName, Budget> = snapshot
+            .pdbs
+            .iter()
+            .map(|p| {
+                let budget = Budget {
+                    allowed: p.disruptions_allowed,
+                    ..Budget::default()
+                };
+                (&p.key, budget)
+            })
+            .collect();
+        for slot in slots.values() {
+            let Some(node) = nodes.get(slot.node.as_str()) else {
+                continue;
+            };
+            for pdb in node.evictable_pods.iter().flat_map(|p| &p.pdbs) {
+                if let Some(budget) = budgets.get_mut(pdb) {
+                    budget.in_flight += 1;
+                }
+            }
+        }
+        Self {
+            snapshot,
+            now,
+            nodes,
+            slots,
+            pools,
+            budgets,
+            control_plane: ControlPlane::new(&snapshot.nodes),
+        }
+    }
+
+    /// The queue in admission order: manual first, then control-plane nodes, then FIFO, then
+    /// name (and, for duplicate requests of one node, a fixed order of their contents).
+    fn queue_order(&self) -> Vec<&'a SlotRequest> {
+        let snapshot = self.snapshot;
+        let key = |r: &SlotRequest| {
+            let control_plane = self
+                .nodes
+                .get(r.node.as_str())
+                .is_some_and(|n| n.control_plane);
+            (r.origin != Origin::Manual, !control_plane, r.requested_at)
+        };
+        let mut order: Vec<(_, &SlotRequest)> =
+            snapshot.queue.iter().map(|r| (key(r), r)).collect();
+        order.sort_by(|(ka, a), (kb, b)| {
+            ka.cmp(kb)
+                .then_with(|| a.node.cmp(&b.node))
+                .then_with(|| duplicate_order(a, b))
+        });
+        order.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Whether `request` can be admitted now; if not, its pool and every reason.
+    fn evaluate(
+        &self,
+        request: &SlotRequest,
+    ) -> Result<Admissible<'a>, (Option<PoolName>, Vec<WaitReason>)> {
+        let Some(node) = self.nodes.get(request.node.as_str()).copied() else {
+            return Err((None, vec![WaitReason::NodeNotFound]));
+        };
+        let pool_name = match node.pools.as_slice() {
+            [one] => one,
+            [] => return Err((None, vec![WaitReason::NoPool])),
+            several => {
+                let mut pools = several.to_vec();
+                pools.sort_unstable();
+                return Err((None, vec![WaitReason::SeveralPools { pools }]));
+            }
+        };
+        let Some(pool) = self.pools.get(pool_name.as_str()) else {
+            return Err((None, vec![WaitReason::NoPool]));
+        };
+        let in_pool = Some(pool_name.clone());
+        if let Some(slot) = self.slots.get(node.name.as_str()) {
+            return Err((in_pool, vec![WaitReason::HoldsSlot { phase: slot.phase }]));
+        }
+
+        let mut reasons = pool.gates.clone();
+        reasons.extend(pool.blackout.clone());
+        if request.origin != Origin::Manual {
+            reasons.extend(pool.window_closed.clone());
+        }
+        if let Some(until) = request.not_before.filter(|&t| t > self.now) {
+            reasons.push(WaitReason::BackingOff { until });
+        }
+        if !node.blocking_pods.is_empty() {
+            let mut pods = node.blocking_pods.clone();
+            pods.sort_unstable();
+            reasons.push(WaitReason::BlockingPods { pods });
+        }
+        if let crate::model::Operation::KubernetesUpgrade { version } = &request.operation {
+            reasons.extend(
+                self.control_plane
+                    .check(node, version, self.snapshot.api_server_version)
+                    .into_iter()
+                    .map(WaitReason::VersionSkew),
+            );
+        }
+
+        let already_unavailable = pool.unavailable.contains_key(node.name.as_str());
+        let after = pool.unavailable.len() + usize::from(!already_unavailable);
+        if after > pool.max as usize {
+            reasons.push(WaitReason::MaxUnavailable {
+                unavailable: pool.unavailable.len(),
+                max: pool.max,
+                examples: pool
+                    .unavailable
+                    .iter()
+                    .take(5)
+                    .map(|(name, why)| ((*name).to_owned(), *why))
+                    .collect(),
+            });
+        }
+
+        let pdb_needs = self.pdb_needs(node, &mut reasons);
+        if reasons.is_empty() {
+            Ok(Admissible {
+                pool: pool.pool,
+                pdb_needs,
+            })
+        } else {
+            Err((in_pool, reasons))
+        }
+    }
+
+    /// Pods per PDB that draining `node` takes; adds a reason for every budget that does not fit.
+    fn pdb_needs(
+        &self,
+        node: &'a NodeState,
+        reasons: &mut Vec<WaitReason>,
+    ) -> Vec<(&'a NamespacedName, u32)> {
+        let mut covered: Vec<&NamespacedName> = Vec::new();
+        for pod in &node.evictable_pods {
+            match pod.pdbs.as_slice() {
+                [] => {}
+                [pdb] => covered.push(pdb),
+                several => {
+                    let mut pdbs = several.to_vec();
+                    pdbs.sort_unstable();
+                    reasons.push(WaitReason::SeveralPdbs {
+                        pod: pod.pod.clone(),
+                        pdbs,
+                    });
+                }
+            }
+        }
+        covered.sort_unstable();
+        let mut needs: Vec<(&NamespacedName, u32)> = Vec::new();
+        for pdb in covered {
+            match needs.last_mut() {
+                Some((last, count)) if *last == pdb => *count += 1,
+                _ => needs.push((pdb, 1)),
+            }
+        }
+        for &(pdb, needed) in &needs {
+            match self.budgets.get(pdb) {
+                None => reasons.push(WaitReason::PdbUnknown { pdb: pdb.clone() }),
+                Some(budget) if !budget.fits(needed) => reasons.push(WaitReason::PdbBudget {
+                    pdb: pdb.clone(),
+                    allowed: budget.allowed,
+                    in_flight: budget.in_flight,
+                    admitted: budget.admitted,
+                    needed,
+                }),
+                Some(_) => {}
+            }
+        }
+        needs
+    }
+
+    /// Takes the capacity and budgets an admitted node uses.
+    fn commit(&mut self, node: &NodeName, admissible: &Admissible<'a>) {
+        if let Some(pool) = self.pools.get_mut(admissible.pool.name.as_str())
+            && let Some(node) = self.nodes.get(node.as_str())
+        {
+            pool.unavailable
+                .entry(node.name.as_str())
+                .or_insert(Unavailability::AdmittedNow);
+        }
+        for &(pdb, needed) in &admissible.pdb_needs {
+            if let Some(budget) = self.budgets.get_mut(pdb) {
+                budget.admitted += needed;
+            }
+        }
+    }
+}
+
+/// A fixed order between two requests of the same node at the same time, so that the plan does
+/// not depend on the queue's order.
+fn duplicate_order(a: &SlotRequest, b: &SlotRequest) -> Ordering {
+    a.not_before
+        .cmp(&b.not_before)
+        .then_with(|| a.operation.name().cmp(b.operation.name()))
+        .then_with(|| format!("{:?}", a.operation).cmp(&format!("{:?}", b.operation)))
+}

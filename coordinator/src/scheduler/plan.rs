@@ -1,0 +1,333 @@
+//! What the scheduler decided: nodes to admit now, and why every other queued node waits.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use jiff::Timestamp;
+
+use crate::model::{NodeName, SlotPhase, SlotRequest};
+use crate::policy::NamespacedName;
+use crate::policy::crd::WaitingReasonSummary;
+
+use super::skew::SkewViolation;
+use super::snapshot::PoolName;
+
+/// The outcome of one scheduling decision.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Nodes to admit now, in queue order. The controller records each slot (with a fencing
+    /// token), then cordons and drains the node.
+    pub admit: Vec<Admission>,
+    /// Every queued node not admitted, with its queue position and all reasons.
+    pub waiting: BTreeMap<NodeName, Waiting>,
+}
+
+/// A node to admit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admission {
+    /// The node.
+    pub node: NodeName,
+    /// Its pool.
+    pub pool: PoolName,
+    /// The request admitted.
+    pub request: SlotRequest,
+}
+
+/// A queued node that is not admitted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    /// Its pool, when it has exactly one.
+    pub pool: Option<PoolName>,
+    /// 1-based position among the waiting nodes of its pool (or of the nodes without a pool),
+    /// in admission order.
+    pub position: u32,
+    /// Every reason it waits; never empty.
+    pub reasons: Vec<WaitReason>,
+}
+
+/// Why a node counts as unavailable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Unavailability {
+    /// It holds a maintenance slot.
+    HoldsSlot,
+    /// Admitted by this same plan.
+    AdmittedNow,
+    /// Its Ready condition is not True.
+    NotReady,
+    /// rota cordoned it but it holds no slot (a leftover, e.g. after a failed release).
+    CordonedByRota,
+    /// Someone cordoned it.
+    Cordoned,
+}
+
+impl Unavailability {
+    fn as_str(self) -> &'static str {
+        match self {
+            Unavailability::HoldsSlot => "holds a slot",
+            Unavailability::AdmittedNow => "admitted now",
+            Unavailability::NotReady => "NotReady",
+            Unavailability::CordonedByRota => "cordoned by rota",
+            Unavailability::Cordoned => "cordoned",
+        }
+    }
+}
+
+/// One reason a queued node is not admitted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WaitReason {
+    /// The queue names a node that does not exist (any more).
+    NodeNotFound,
+    /// No `MaintenancePolicy` selects the node.
+    NoPool,
+    /// Several policies select the node; which one applies is ambiguous.
+    SeveralPools {
+        /// Their names.
+        pools: Vec<PoolName>,
+    },
+    /// The node already holds a slot.
+    HoldsSlot {
+        /// The slot's phase.
+        phase: SlotPhase,
+    },
+    /// The pool's rollout is paused.
+    Paused,
+    /// The circuit breaker paused the pool.
+    CircuitOpen {
+        /// Failures counted.
+        failures: u32,
+        /// The policy's `maxFailures`.
+        max_failures: u32,
+    },
+    /// A blackout is active.
+    Blackout {
+        /// Its reason.
+        reason: String,
+        /// When it (and any blackout overlapping it) ends.
+        until: Timestamp,
+    },
+    /// Outside every maintenance window (manual requests ignore windows).
+    WindowClosed {
+        /// When the next window opens, if known.
+        next_open: Option<Timestamp>,
+    },
+    /// Backing off after a drain that could not finish.
+    BackingOff {
+        /// Not before this instant.
+        until: Timestamp,
+    },
+    /// Admitting the node would make too many nodes of the pool unavailable.
+    MaxUnavailable {
+        /// Unavailable nodes of the pool now (including nodes admitted earlier in this plan).
+        unavailable: usize,
+        /// The pool's limit.
+        max: u32,
+        /// The first few unavailable nodes by name, with why.
+        examples: Vec<(NodeName, Unavailability)>,
+    },
+    /// Draining the node would take more disruptions than a PDB allows.
+    PdbBudget {
+        /// The PDB.
+        pdb: NamespacedName,
+        /// Its `disruptionsAllowed`.
+        allowed: i32,
+        /// Its pods still to be evicted from nodes holding a slot.
+        in_flight: u32,
+        /// Its disruptions taken by nodes admitted earlier in this plan.
+        admitted: u32,
+        /// Its pods on this node.
+        needed: u32,
+    },
+    /// A pod on the node is covered by a PDB the scheduler knows nothing about.
+    PdbUnknown {
+        /// The PDB.
+        pdb: NamespacedName,
+    },
+    /// A pod is covered by several PDBs; the eviction API refuses to evict such a pod.
+    SeveralPdbs {
+        /// The pod.
+        pod: NamespacedName,
+        /// The PDBs.
+        pdbs: Vec<NamespacedName>,
+    },
+    /// Pods matching the policy's blocker selectors run on the node.
+    BlockingPods {
+        /// The pods.
+        pods: Vec<NamespacedName>,
+    },
+    /// A blocking alert is firing.
+    AlertFiring {
+        /// The alert's name.
+        alert: String,
+    },
+    /// The Kubernetes version skew policy forbids the upgrade now.
+    VersionSkew(SkewViolation),
+}
+
+impl WaitReason {
+    /// A stable, machine-readable kind (status summaries, metrics labels, events).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WaitReason::NodeNotFound => "NodeNotFound",
+            WaitReason::NoPool => "NoPool",
+            WaitReason::SeveralPools { .. } => "SeveralPools",
+            WaitReason::HoldsSlot { .. } => "HoldsSlot",
+            WaitReason::Paused => "Paused",
+            WaitReason::CircuitOpen { .. } => "CircuitOpen",
+            WaitReason::Blackout { .. } => "Blackout",
+            WaitReason::WindowClosed { .. } => "WindowClosed",
+            WaitReason::BackingOff { .. } => "BackingOff",
+            WaitReason::MaxUnavailable { .. } => "MaxUnavailable",
+            WaitReason::PdbBudget { .. } => "PdbBudget",
+            WaitReason::PdbUnknown { .. } => "PdbUnknown",
+            WaitReason::SeveralPdbs { .. } => "SeveralPdbs",
+            WaitReason::BlockingPods { .. } => "BlockingPod",
+            WaitReason::AlertFiring { .. } => "AlertFiring",
+            WaitReason::VersionSkew(_) => "VersionSkew",
+        }
+    }
+}
+
+impl fmt::Display for WaitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaitReason::NodeNotFound => f.write_str("node not found"),
+            WaitReason::NoPool => f.write_str("no MaintenancePolicy selects this node"),
+            WaitReason::SeveralPools { pools } => write!(
+                f,
+                "several MaintenancePolicies select this node: {}",
+                pools.join(", ")
+            ),
+            WaitReason::HoldsSlot { phase } => {
+                write!(f, "already holds a slot ({})", phase.as_str())
+            }
+            WaitReason::Paused => f.write_str("rollout paused"),
+            WaitReason::CircuitOpen {
+                failures,
+                max_failures,
+            } => write!(
+                f,
+                "circuit breaker open after {failures} failures (maxFailures {max_failures})"
+            ),
+            WaitReason::Blackout { reason, until } if reason.is_empty() => {
+                write!(f, "blackout until {until}")
+            }
+            WaitReason::Blackout { reason, until } => {
+                write!(f, "blackout {reason:?} until {until}")
+            }
+            WaitReason::WindowClosed {
+                next_open: Some(at),
+            } => write!(f, "maintenance window closed until {at}"),
+            WaitReason::WindowClosed { next_open: None } => {
+                f.write_str("maintenance window closed")
+            }
+            WaitReason::BackingOff { until } => write!(f, "backing off until {until}"),
+            WaitReason::MaxUnavailable {
+                unavailable,
+                max,
+                examples,
+            } => {
+                let names: Vec<String> = examples
+                    .iter()
+                    .map(|(node, why)| format!("{node} ({})", why.as_str()))
+                    .collect();
+                write!(
+                    f,
+                    "maxUnavailable {unavailable}/{max} reached (unavailable: {})",
+                    list_with_more(&names, *unavailable)
+                )
+            }
+            WaitReason::PdbBudget {
+                pdb,
+                allowed,
+                in_flight,
+                admitted,
+                needed,
+            } => {
+                let left =
+                    (i64::from(*allowed) - i64::from(*in_flight) - i64::from(*admitted)).max(0);
+                write!(f, "PDB {pdb} allows {left} of {needed} needed")?;
+                let mut taken = Vec::new();
+                if *in_flight > 0 {
+                    taken.push(format!(
+                        "{in_flight} still being evicted from draining nodes"
+                    ));
+                }
+                if *admitted > 0 {
+                    taken.push(format!("{admitted} taken by nodes admitted now"));
+                }
+                if taken.is_empty() {
+                    Ok(())
+                } else {
+                    write!(f, " (disruptionsAllowed {allowed}; {})", taken.join(", "))
+                }
+            }
+            WaitReason::PdbUnknown { pdb } => {
+                write!(f, "PDB {pdb} covers a pod but its budget is unknown")
+            }
+            WaitReason::SeveralPdbs { pod, pdbs } => {
+                let pdbs: Vec<String> = pdbs.iter().map(ToString::to_string).collect();
+                write!(
+                    f,
+                    "pod {pod} is covered by several PDBs ({}); the eviction API refuses it",
+                    pdbs.join(", ")
+                )
+            }
+            WaitReason::BlockingPods { pods } => {
+                let names: Vec<String> = pods.iter().map(ToString::to_string).collect();
+                let noun = if pods.len() == 1 { "pod" } else { "pods" };
+                write!(f, "blocking {noun} {}", list_with_more(&names, pods.len()))
+            }
+            WaitReason::AlertFiring { alert } => write!(f, "alert {alert} firing"),
+            WaitReason::VersionSkew(violation) => violation.fmt(f),
+        }
+    }
+}
+
+/// Nodes (or pods) listed by name in a reason; the rest are counted.
+const LISTED: usize = 5;
+
+/// `a, b, c` or `a, b, c, d, e and 7 more`, given the first few of `total` items.
+pub(crate) fn list_with_more(first: &[String], total: usize) -> String {
+    let shown = &first[..first.len().min(LISTED)];
+    let mut text = shown.join(", ");
+    if total > shown.len() {
+        text.push_str(&format!(" and {} more", total - shown.len()));
+    }
+    text
+}
+
+impl Plan {
+    /// Why the waiting nodes of `pool` wait, one entry per reason kind (sorted by kind), each
+    /// with up to five example nodes (the first in queue order) — ready for the policy's
+    /// `status.waitingReasons`.
+    pub fn waiting_summary(&self, pool: &str) -> Vec<WaitingReasonSummary> {
+        let mut in_pool: Vec<(&NodeName, &Waiting)> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.pool.as_deref() == Some(pool))
+            .collect();
+        in_pool.sort_by_key(|(_, w)| w.position);
+        let mut by_kind: BTreeMap<&'static str, WaitingReasonSummary> = BTreeMap::new();
+        for (node, waiting) in in_pool {
+            let mut kinds_seen: Vec<&str> = Vec::new();
+            for reason in &waiting.reasons {
+                if kinds_seen.contains(&reason.kind()) {
+                    continue;
+                }
+                kinds_seen.push(reason.kind());
+                let entry = by_kind
+                    .entry(reason.kind())
+                    .or_insert_with(|| WaitingReasonSummary {
+                        reason: reason.kind().to_owned(),
+                        count: 0,
+                        examples: BTreeMap::new(),
+                    });
+                entry.count = entry.count.saturating_add(1);
+                if entry.examples.len() < LISTED {
+                    entry.examples.insert(node.clone(), reason.to_string());
+                }
+            }
+        }
+        by_kind.into_values().collect()
+    }
+}

@@ -1,0 +1,150 @@
+//! What the scheduler decides on: one consistent view of the fleet, built by the controller from
+//! its Kubernetes watches and the slot ledger.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::model::{NodeName, Slot, SlotRequest};
+use crate::policy::{KubeVersion, NamespacedName, Selector, SelectorProblem, ValidatedPolicy};
+
+/// The name of a pool: the name of its `MaintenancePolicy`.
+pub type PoolName = String;
+
+/// Everything one scheduling decision looks at.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Node pools, one per valid `MaintenancePolicy` (the last valid spec when the current one is
+    /// invalid).
+    pub pools: Vec<Pool>,
+    /// Every Node.
+    pub nodes: Vec<NodeState>,
+    /// Version of the oldest kube-apiserver (`/version` of each replica, or the control plane's
+    /// static pods); `None` when unknown, which holds Kubernetes upgrades back.
+    pub api_server_version: Option<KubeVersion>,
+    /// Slots currently held (any phase).
+    pub slots: Vec<Slot>,
+    /// Queued requests, in any order; at most one per node is considered (the first in queue
+    /// order).
+    pub queue: Vec<SlotRequest>,
+    /// Every PodDisruptionBudget that covers a pod in [`NodeState::evictable_pods`].
+    pub pdbs: Vec<PdbState>,
+}
+
+/// A node pool and what the scheduler needs to know about it.
+#[derive(Clone, Debug)]
+pub struct Pool {
+    /// The policy's name.
+    pub name: PoolName,
+    /// The policy in force.
+    pub policy: Arc<ValidatedPolicy>,
+    /// Failed maintenances counted against `maxFailures` (since the rollout was last resumed).
+    pub failures: u32,
+    /// Names of the alerts firing on the policy's Prometheus; the scheduler applies the policy's
+    /// alert filter to them.
+    pub firing_alerts: Vec<String>,
+}
+
+/// A Node as the scheduler sees it.
+#[derive(Clone, Debug, Default)]
+pub struct NodeState {
+    /// Node name.
+    pub name: NodeName,
+    /// Pools whose node selector selects the node. Normally one; none or several keep the node
+    /// from being maintained (with a reason).
+    pub pools: Vec<PoolName>,
+    /// The Node's `Ready` condition is `True`.
+    pub ready: bool,
+    /// `spec.unschedulable` (cordoned, by anyone).
+    pub unschedulable: bool,
+    /// rota cordoned it (recorded on the Node), so a leftover cordon is told from a human's.
+    pub cordoned_by_rota: bool,
+    /// Runs the control plane (`node-role.kubernetes.io/control-plane`).
+    pub control_plane: bool,
+    /// `status.nodeInfo.kubeletVersion`, if it parses.
+    pub kubelet_version: Option<KubeVersion>,
+    /// `topology.kubernetes.io/zone`, for zone-aware packing.
+    pub zone: Option<String>,
+    /// Pods a drain of this node would evict now (after the drain filters: no DaemonSet or mirror
+    /// pods, not terminating, matching the policy's drain pod selector), with the PDBs that cover
+    /// each. Needed for queued nodes and for nodes holding a slot (their remaining pods are
+    /// evictions still to come); may be left empty for others.
+    pub evictable_pods: Vec<EvictablePod>,
+    /// Pods on the node that match the pool's blocker selectors
+    /// ([`crate::policy::Blockers::blocks_pod`]).
+    pub blocking_pods: Vec<NamespacedName>,
+}
+
+impl NodeState {
+    /// Counts against `maxUnavailable` even without a slot: NotReady or cordoned by anyone.
+    pub fn unavailable_without_slot(&self) -> bool {
+        !self.ready || self.unschedulable
+    }
+}
+
+/// A pod a drain would evict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EvictablePod {
+    /// The pod.
+    pub pod: NamespacedName,
+    /// PDBs whose selector matches it (see [`PdbIndex`]); more than one makes the eviction API
+    /// refuse it.
+    pub pdbs: Vec<NamespacedName>,
+}
+
+/// A PodDisruptionBudget's budget.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PdbState {
+    /// The PDB.
+    pub key: NamespacedName,
+    /// `status.disruptionsAllowed`. Pods already evicted are accounted in it by the disruption
+    /// controller; pods still to be evicted from nodes holding a slot are not, and the scheduler
+    /// subtracts them.
+    pub disruptions_allowed: i32,
+}
+
+/// Which PDBs cover a pod, with the eviction API's rules: PDBs in the pod's namespace whose
+/// selector matches its labels; a PDB with an empty or missing selector covers nothing.
+#[derive(Clone, Debug, Default)]
+pub struct PdbIndex {
+    by_namespace: HashMap<String, Vec<(String, Selector)>>,
+}
+
+impl PdbIndex {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) a PDB.
+    pub fn insert(
+        &mut self,
+        pdb: &NamespacedName,
+        selector: Option<&LabelSelector>,
+    ) -> Result<(), Vec<SelectorProblem>> {
+        let selector = selector.map(Selector::parse).transpose()?;
+        let entries = self.by_namespace.entry(pdb.namespace.clone()).or_default();
+        entries.retain(|(name, _)| *name != pdb.name);
+        if let Some(selector) = selector.filter(|s| !s.is_everything()) {
+            entries.push((pdb.name.clone(), selector));
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        Ok(())
+    }
+
+    /// PDBs covering a pod, sorted by name.
+    pub fn covering(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<NamespacedName> {
+        self.by_namespace
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .filter(|(_, selector)| selector.matches(labels))
+            .map(|(name, _)| NamespacedName::new(namespace, name.clone()))
+            .collect()
+    }
+}

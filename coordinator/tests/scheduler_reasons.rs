@@ -1,0 +1,574 @@
+//! Table tests of the scheduler: every wait reason (and its text), ordering, packing, PDB
+//! look-ahead, windows and version skew.
+
+// Test helpers panic on bad fixtures, like the tests that call them.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use rota_coordinator::model::{FencingToken, Operation, Origin, Slot, SlotPhase, SlotRequest};
+use rota_coordinator::policy::{
+    KubeVersion, MaintenancePolicySpec, NamespacedName, ValidatedPolicy, validate,
+};
+use rota_coordinator::scheduler::{
+    EvictablePod, NodeState, PdbIndex, PdbState, Plan, Pool, Snapshot, WaitReason, schedule,
+};
+use serde_json::json;
+
+/// Wednesday 2025-06-04 12:00 UTC.
+fn now() -> Timestamp {
+    "2025-06-04T12:00:00Z".parse().unwrap()
+}
+
+fn policy(spec: serde_json::Value) -> Arc<ValidatedPolicy> {
+    let spec: MaintenancePolicySpec = serde_json::from_value(spec).unwrap();
+    Arc::new(validate(&spec).unwrap())
+}
+
+fn pool(name: &str, spec: serde_json::Value) -> Pool {
+    Pool {
+        name: name.into(),
+        policy: policy(spec),
+        failures: 0,
+        firing_alerts: Vec::new(),
+    }
+}
+
+fn node(name: &str, pool: &str) -> NodeState {
+    NodeState {
+        name: name.into(),
+        pools: vec![pool.into()],
+        ready: true,
+        kubelet_version: Some(KubeVersion::new(1, 33, 1)),
+        ..NodeState::default()
+    }
+}
+
+fn request(node: &str, minute: i64) -> SlotRequest {
+    SlotRequest {
+        node: node.into(),
+        operation: Operation::Reboot,
+        origin: Origin::Agent,
+        requested_at: now() - SignedDuration::from_mins(60 - minute),
+        not_before: None,
+    }
+}
+
+fn manual(node: &str, minute: i64) -> SlotRequest {
+    SlotRequest {
+        origin: Origin::Manual,
+        ..request(node, minute)
+    }
+}
+
+fn upgrade(node: &str, minute: i64, version: &str) -> SlotRequest {
+    SlotRequest {
+        operation: Operation::KubernetesUpgrade {
+            version: version.into(),
+        },
+        ..request(node, minute)
+    }
+}
+
+fn slot(node: &str, phase: SlotPhase) -> Slot {
+    Slot {
+        node: node.into(),
+        operation: Operation::Reboot,
+        origin: Origin::Agent,
+        token: FencingToken(7),
+        phase,
+        admitted_at: now(),
+        phase_since: now(),
+        lease_expires_at: now(),
+        boot_id_before: None,
+        cordoned_by_rota: true,
+    }
+}
+
+fn pdb(ns: &str, name: &str) -> NamespacedName {
+    NamespacedName::new(ns, name)
+}
+
+fn pod(ns: &str, name: &str, pdbs: &[NamespacedName]) -> EvictablePod {
+    EvictablePod {
+        pod: NamespacedName::new(ns, name),
+        pdbs: pdbs.to_vec(),
+    }
+}
+
+fn admitted(plan: &Plan) -> Vec<&str> {
+    plan.admit.iter().map(|a| a.node.as_str()).collect()
+}
+
+fn reasons(plan: &Plan, node: &str) -> Vec<String> {
+    plan.waiting[node]
+        .reasons
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+fn snapshot(pools: Vec<Pool>, nodes: Vec<NodeState>, queue: Vec<SlotRequest>) -> Snapshot {
+    Snapshot {
+        pools,
+        nodes,
+        api_server_version: Some(KubeVersion::new(1, 33, 1)),
+        queue,
+        ..Snapshot::default()
+    }
+}
+
+#[test]
+fn packs_past_a_blocked_head_up_to_max_unavailable() {
+    let mut nodes: Vec<NodeState> = ["a", "b", "c", "d"].iter().map(|n| node(n, "w")).collect();
+    nodes[0].blocking_pods = vec![NamespacedName::new("db", "primary-0")];
+    let snap = snapshot(
+        vec![pool("w", json!({"maxUnavailable": 2}))],
+        nodes,
+        vec![
+            request("a", 0),
+            request("b", 1),
+            request("c", 2),
+            request("d", 3),
+        ],
+    );
+    let plan = schedule(&snap, now());
+    assert_eq!(admitted(&plan), ["b", "c"]);
+    assert_eq!(reasons(&plan, "a"), ["blocking pod db/primary-0"]);
+    assert_eq!(
+        reasons(&plan, "d"),
+        ["maxUnavailable 2/2 reached (unavailable: b (admitted now), c (admitted now))"]
+    );
+    assert_eq!(plan.waiting["a"].position, 1);
+    assert_eq!(plan.waiting["d"].position, 2);
+}
+
+#[test]
+fn unavailable_counts_slots_not_ready_and_cordons_by_anyone() {
+    let mut nodes: Vec<NodeState> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|n| node(n, "w"))
+        .collect();
+    nodes[1].ready = false;
+    nodes[2].unschedulable = true;
+    nodes[3].unschedulable = true;
+    nodes[3].cordoned_by_rota = true;
+    let mut snap = snapshot(
+        vec![pool("w", json!({"maxUnavailable": 4}))],
+        nodes,
+        vec![request("e", 0), request("c", 1)],
+    );
+    snap.slots = vec![slot("a", SlotPhase::Granted)];
+    let plan = schedule(&snap, now());
+    // e would make five unavailable; c is already unavailable (cordoned), so it adds nothing.
+    assert_eq!(admitted(&plan), ["c"]);
+    assert_eq!(
+        reasons(&plan, "e"),
+        [
+            "maxUnavailable 4/4 reached (unavailable: a (holds a slot), b (NotReady), c (cordoned), \
+             d (cordoned by rota))"
+        ]
+    );
+}
+
+#[test]
+fn percent_max_unavailable_lists_five_and_counts_the_rest() {
+    let nodes: Vec<NodeState> = (0..20).map(|i| node(&format!("n{i:02}"), "w")).collect();
+    let mut snap = snapshot(
+        vec![pool("w", json!({"maxUnavailable": "35%"}))],
+        nodes,
+        vec![request("n19", 0)],
+    );
+    snap.slots = (0..7)
+        .map(|i| slot(&format!("n{i:02}"), SlotPhase::Draining))
+        .collect();
+    let plan = schedule(&snap, now());
+    assert_eq!(
+        reasons(&plan, "n19"),
+        [
+            "maxUnavailable 7/7 reached (unavailable: n00 (holds a slot), n01 (holds a slot), n02 \
+             (holds a slot), n03 (holds a slot), n04 (holds a slot) and 2 more)"
+        ]
+    );
+}
+
+#[test]
+fn order_is_manual_then_control_plane_then_fifo_then_name() {
+    let mut nodes: Vec<NodeState> = ["w1", "w2", "w3", "cp1", "w0"]
+        .iter()
+        .map(|n| node(n, "all"))
+        .collect();
+    nodes[3].control_plane = true;
+    let snap = snapshot(
+        vec![pool("all", json!({"maxUnavailable": 1}))],
+        nodes,
+        vec![
+            request("w1", 0),
+            request("cp1", 5),
+            manual("w2", 9),
+            request("w3", 0),
+            request("w0", 3),
+        ],
+    );
+    let plan = schedule(&snap, now());
+    assert_eq!(admitted(&plan), ["w2"]);
+    let order: Vec<(&str, u32)> = ["cp1", "w1", "w3", "w0"]
+        .iter()
+        .map(|n| (*n, plan.waiting[*n].position))
+        .collect();
+    assert_eq!(order, [("cp1", 1), ("w1", 2), ("w3", 3), ("w0", 4)]);
+}
+
+#[test]
+fn pdb_look_ahead_counts_in_flight_and_admitted_evictions() {
+    let web = pdb("shop", "web");
+    let db = pdb("shop", "db");
+    let mut nodes: Vec<NodeState> = ["draining", "a", "b", "c"]
+        .iter()
+        .map(|n| node(n, "w"))
+        .collect();
+    nodes[0].evictable_pods = vec![pod("shop", "web-0", std::slice::from_ref(&web))];
+    nodes[1].evictable_pods = vec![
+        pod("shop", "web-1", std::slice::from_ref(&web)),
+        pod("kube-system", "coredns-x", &[]),
+    ];
+    nodes[2].evictable_pods = vec![pod("shop", "web-2", std::slice::from_ref(&web))];
+    nodes[3].evictable_pods = vec![
+        pod("shop", "db-0", std::slice::from_ref(&db)),
+        pod("shop", "db-1", std::slice::from_ref(&db)),
+    ];
+    let mut snap = snapshot(
+        vec![pool("w", json!({"maxUnavailable": 10}))],
+        nodes,
+        vec![request("a", 0), request("b", 1), request("c", 2)],
+    );
+    snap.slots = vec![slot("draining", SlotPhase::Draining)];
+    snap.pdbs = vec![
+        PdbState {
+            key: web.clone(),
+            disruptions_allowed: 2,
+        },
+        PdbState {
+            key: db.clone(),
+            disruptions_allowed: 1,
+        },
+    ];
+    let plan = schedule(&snap, now());
+    assert_eq!(admitted(&plan), ["a"]);
+    assert_eq!(
+        reasons(&plan, "b"),
+        [
+            "PDB shop/web allows 0 of 1 needed (disruptionsAllowed 2; 1 still being evicted from \
+             draining nodes, 1 taken by nodes admitted now)"
+        ]
+    );
+    assert_eq!(reasons(&plan, "c"), ["PDB shop/db allows 1 of 2 needed"]);
+}
+
+#[test]
+fn pods_with_several_or_unknown_pdbs_hold_the_node() {
+    let mut n = node("a", "w");
+    n.evictable_pods = vec![
+        pod("shop", "web-0", &[pdb("shop", "b"), pdb("shop", "a")]),
+        pod("shop", "cache-0", &[pdb("shop", "gone")]),
+    ];
+    let snap = snapshot(vec![pool("w", json!({}))], vec![n], vec![request("a", 0)]);
+    let plan = schedule(&snap, now());
+    assert_eq!(
+        reasons(&plan, "a"),
+        [
+            "pod shop/web-0 is covered by several PDBs (shop/a, shop/b); the eviction API refuses it",
+            "PDB shop/gone covers a pod but its budget is unknown",
+        ]
+    );
+}
+
+#[test]
+fn node_and_pool_problems() {
+    let mut ambiguous = node("both", "x");
+    ambiguous.pools = vec!["y".into(), "x".into()];
+    let mut orphan = node("orphan", "x");
+    orphan.pools.clear();
+    let mut snap = snapshot(
+        vec![
+            pool("x", json!({"maxUnavailable": 5})),
+            pool("y", json!({})),
+        ],
+        vec![ambiguous, orphan, node("busy", "x"), node("ok", "x")],
+        vec![
+            request("ghost", 0),
+            request("both", 1),
+            request("orphan", 2),
+            request("busy", 3),
+            request("ok", 4),
+            SlotRequest {
+                operation: Operation::KubeletRestart,
+                ..request("ok", 4)
+            },
+        ],
+    );
+    snap.slots = vec![slot("busy", SlotPhase::Verifying)];
+    let plan = schedule(&snap, now());
+    assert_eq!(
+        admitted(&plan),
+        ["ok"],
+        "one admission per node, however often it is queued"
+    );
+    assert_eq!(reasons(&plan, "ghost"), ["node not found"]);
+    assert_eq!(
+        reasons(&plan, "both"),
+        ["several MaintenancePolicies select this node: x, y"]
+    );
+    assert_eq!(
+        reasons(&plan, "orphan"),
+        ["no MaintenancePolicy selects this node"]
+    );
+    assert_eq!(reasons(&plan, "busy"), ["already holds a slot (verifying)"]);
+    assert_eq!(plan.waiting["ghost"].pool, None);
+    assert_eq!(plan.waiting["busy"].pool.as_deref(), Some("x"));
+}
+
+#[test]
+fn pool_gates_pause_breaker_alerts_and_backoff() {
+    let mut paused = pool(
+        "p",
+        json!({
+            "paused": true,
+            "maxFailures": 2,
+            "blockers": {"prometheus": {"url": "http://prom:9090", "alertFilter": "^Watchdog$"}},
+        }),
+    );
+    paused.failures = 3;
+    paused.firing_alerts = vec!["Watchdog".into(), "NodeDown".into(), "EtcdNoLeader".into()];
+    let mut snap = snapshot(
+        vec![paused],
+        vec![node("a", "p"), node("b", "p")],
+        vec![
+            request("a", 0),
+            SlotRequest {
+                not_before: Some(now() + SignedDuration::from_mins(5)),
+                ..request("b", 1)
+            },
+        ],
+    );
+    let plan = schedule(&snap, now());
+    assert_eq!(
+        reasons(&plan, "a"),
+        [
+            "rollout paused",
+            "circuit breaker open after 3 failures (maxFailures 2)",
+            "alert EtcdNoLeader firing",
+            "alert NodeDown firing",
+        ]
+    );
+    assert_eq!(
+        reasons(&plan, "b").last().map(String::as_str),
+        Some("backing off until 2025-06-04T12:05:00Z")
+    );
+
+    // Without pause, breaker and alerts, and with the back-off expired, both go.
+    snap.pools = vec![pool("p", json!({"maxUnavailable": 2, "maxFailures": 0}))];
+    snap.pools[0].failures = 50;
+    let plan = schedule(&snap, now() + SignedDuration::from_mins(5));
+    assert_eq!(admitted(&plan), ["a", "b"]);
+}
+
+#[test]
+fn windows_hold_agent_requests_but_not_manual_ones_and_blackouts_hold_both() {
+    let closed = pool(
+        "night",
+        json!({"windows": [{"start": "22:00", "end": "04:00"}], "maxUnavailable": 5}),
+    );
+    let snap = snapshot(
+        vec![closed],
+        vec![node("a", "night"), node("b", "night")],
+        vec![request("a", 0), manual("b", 1)],
+    );
+    let plan = schedule(&snap, now());
+    assert_eq!(admitted(&plan), ["b"]);
+    assert_eq!(
+        reasons(&plan, "a"),
+        ["maintenance window closed until 2025-06-04T22:00:00Z"]
+    );
+
+    let frozen = pool(
+        "night",
+        json!({"blackouts": [{
+            "start": "2025-06-01T00:00:00Z", "end": "2025-06-10T00:00:00Z", "reason": "release week",
+        }]}),
+    );
+    let snap = Snapshot {
+        pools: vec![frozen],
+        ..snap
+    };
+    let plan = schedule(&snap, now());
+    assert!(plan.admit.is_empty());
+    let expected = "blackout \"release week\" until 2025-06-10T00:00:00Z";
+    assert_eq!(reasons(&plan, "a"), [expected]);
+    assert_eq!(reasons(&plan, "b"), [expected]);
+}
+
+#[test]
+fn version_skew_rules() {
+    let mut cp1 = node("cp1", "all");
+    cp1.control_plane = true;
+    let mut cp2 = node("cp2", "all");
+    cp2.control_plane = true;
+    cp2.kubelet_version = Some(KubeVersion::new(1, 34, 0));
+    let mut unknown = node("unknown", "all");
+    unknown.kubelet_version = None;
+    let nodes = vec![cp1, cp2, node("w1", "all"), unknown];
+    let queue = vec![
+        upgrade("cp1", 0, "v1.35.0"),
+        upgrade("w1", 1, "1.34.0"),
+        upgrade("unknown", 2, "1.33.2"),
+        upgrade("cp2", 3, "1.33.0"),
+    ];
+    let snap = snapshot(
+        vec![pool("all", json!({"maxUnavailable": 4}))],
+        nodes,
+        queue,
+    );
+    let plan = schedule(&snap, now());
+    assert!(plan.admit.is_empty());
+    assert_eq!(
+        reasons(&plan, "cp1"),
+        [
+            "version skew: 1.33.1 to 1.35.0 skips a minor version (one minor at a time)",
+            "version skew: control plane 1.35 would be more than one minor ahead of API server 1.33",
+        ]
+    );
+    assert_eq!(
+        reasons(&plan, "w1"),
+        [
+            "version skew: kubelet 1.34 would be newer than API server 1.33",
+            "version skew: control-plane nodes first (cp1 not at 1.34.0 yet)",
+        ]
+    );
+    assert_eq!(
+        reasons(&plan, "unknown"),
+        [
+            "version skew: kubelet version of the node unknown",
+            "version skew: control-plane nodes first (cp1 not at 1.33.2 yet)",
+        ]
+    );
+    assert_eq!(
+        reasons(&plan, "cp2"),
+        ["version skew: 1.33.0 would downgrade the kubelet from 1.34.0"]
+    );
+
+    // The allowed path: control plane one minor ahead of the API server, then workers.
+    let mut snap = snap;
+    snap.queue = vec![upgrade("cp1", 0, "1.34.0"), upgrade("w1", 1, "1.33.5")];
+    let plan = schedule(&snap, now());
+    assert_eq!(admitted(&plan), ["cp1"]);
+    assert_eq!(
+        reasons(&plan, "w1"),
+        ["version skew: control-plane nodes first (cp1 not at 1.33.5 yet)"]
+    );
+    // Once cp1 runs 1.34.0, workers follow (re-requesting the running version is no downgrade).
+    snap.nodes[0].kubelet_version = Some(KubeVersion::new(1, 34, 0));
+    let plan = schedule(&snap, now());
+    assert_eq!(admitted(&plan), ["cp1", "w1"]);
+
+    snap.api_server_version = None;
+    snap.queue = vec![
+        upgrade("w1", 0, "1.34.0"),
+        upgrade("cp1", 1, "not-a-version"),
+    ];
+    let plan = schedule(&snap, now());
+    assert!(reasons(&plan, "w1").contains(&"version skew: API server version unknown".to_owned()));
+    assert_eq!(
+        reasons(&plan, "cp1"),
+        ["version skew: \"not-a-version\" is not a Kubernetes version"]
+    );
+}
+
+#[test]
+fn waiting_summary_groups_by_kind() {
+    let mut nodes: Vec<NodeState> = (0..8).map(|i| node(&format!("n{i}"), "w")).collect();
+    nodes[7].blocking_pods = vec![NamespacedName::new("a", "b")];
+    let queue = (0..8).map(|i| request(&format!("n{i}"), i)).collect();
+    let plan = schedule(&snapshot(vec![pool("w", json!({}))], nodes, queue), now());
+    assert_eq!(admitted(&plan), ["n0"]);
+    let summary = plan.waiting_summary("w");
+    let kinds: Vec<(&str, i32, usize)> = summary
+        .iter()
+        .map(|s| (s.reason.as_str(), s.count, s.examples.len()))
+        .collect();
+    assert_eq!(kinds, [("BlockingPod", 1, 1), ("MaxUnavailable", 7, 5)]);
+    assert!(summary[1].examples.contains_key("n1") && !summary[1].examples.contains_key("n6"));
+    assert!(plan.waiting_summary("other").is_empty());
+}
+
+#[test]
+fn reason_kinds_are_stable() {
+    let kinds: Vec<&str> = [
+        WaitReason::NodeNotFound,
+        WaitReason::NoPool,
+        WaitReason::Paused,
+        WaitReason::WindowClosed { next_open: None },
+    ]
+    .iter()
+    .map(WaitReason::kind)
+    .collect();
+    assert_eq!(kinds, ["NodeNotFound", "NoPool", "Paused", "WindowClosed"]);
+    assert_eq!(
+        WaitReason::WindowClosed { next_open: None }.to_string(),
+        "maintenance window closed"
+    );
+    assert_eq!(
+        WaitReason::Blackout {
+            reason: String::new(),
+            until: now()
+        }
+        .to_string(),
+        "blackout until 2025-06-04T12:00:00Z"
+    );
+}
+
+#[test]
+fn pdb_index_follows_the_eviction_api() {
+    let mut index = PdbIndex::new();
+    let selector = |pairs: &[(&str, &str)]| LabelSelector {
+        match_labels: Some(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        ),
+        match_expressions: None,
+    };
+    index
+        .insert(&pdb("shop", "web"), Some(&selector(&[("app", "web")])))
+        .unwrap();
+    index
+        .insert(&pdb("shop", "all"), Some(&LabelSelector::default()))
+        .unwrap();
+    index.insert(&pdb("shop", "none"), None).unwrap();
+    index
+        .insert(&pdb("other", "web"), Some(&selector(&[("app", "web")])))
+        .unwrap();
+    index
+        .insert(&pdb("shop", "tier"), Some(&selector(&[("tier", "front")])))
+        .unwrap();
+    let labels = [
+        ("app".to_owned(), "web".to_owned()),
+        ("tier".to_owned(), "front".to_owned()),
+    ]
+    .into();
+    assert_eq!(
+        index.covering("shop", &labels),
+        [pdb("shop", "tier"), pdb("shop", "web")]
+    );
+    index.insert(&pdb("shop", "tier"), None).unwrap();
+    assert_eq!(index.covering("shop", &labels), [pdb("shop", "web")]);
+    assert!(index.covering("empty", &labels).is_empty());
+    let bad = LabelSelector {
+        match_expressions: Some(vec![Default::default()]),
+        match_labels: None,
+    };
+    assert!(index.insert(&pdb("shop", "bad"), Some(&bad)).is_err());
+}
