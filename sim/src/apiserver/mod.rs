@@ -4,7 +4,9 @@
 //! (kube-rs, kubectl) with the behaviour described in `shared/KUBE-SEMANTICS.md`.
 
 pub mod audit;
+pub mod disruption;
 pub mod error;
+pub mod eviction;
 pub mod meta;
 pub mod patch;
 pub mod resources;
