@@ -11,6 +11,8 @@
 pub mod detect;
 mod error;
 pub mod host;
+pub mod ops;
 pub mod packages;
+pub mod state;
 
 pub use error::{Error, Result};

@@ -134,61 +134,27 @@ pub fn detect(host: &dyn Host, config: &DetectConfig) -> NodeFacts {
         ..NodeFacts::default()
     };
     let mut errors = Vec::new();
-    let mut note = |what: &str, e: Error| errors.push(format!("{what}: {e}"));
 
     match host.boot_id() {
         Ok(id) => facts.boot_id = id,
-        Err(e) => note("boot id", e),
+        Err(e) => errors.push(format!("boot id: {e}")),
     }
     let os = match read_os_release(host) {
         Ok(os) => Some(os),
         Err(e) => {
-            note("os-release", e);
+            errors.push(format!("os-release: {e}"));
             None
         }
     };
     let family = os.as_ref().and_then(os::OsRelease::family);
     facts.os_image = os.map(|o| o.pretty_name).unwrap_or_default();
 
-    match sentinel_files(host, &config.sentinel_files) {
-        Ok((reasons, pkgs)) => {
-            facts.reboot_reasons.extend(reasons);
-            facts.reboot_packages = pkgs;
-        }
-        Err(e) => note("sentinel files", e),
-    }
-    if let Some(argv) = &config.sentinel_command {
-        match sentinel_command(host, argv, config.command_timeout) {
-            Ok(Some(reason)) => facts.reboot_reasons.push(reason),
-            Ok(None) => {}
-            Err(e) => note("sentinel command", e),
-        }
-    }
-    match needs_restarting(host, config.command_timeout) {
-        Ok(Some(reason)) => facts.reboot_reasons.push(reason),
-        Ok(None) => {}
-        Err(e) => note("needs-restarting", e),
-    }
-    match host.kernel_release() {
-        Ok(k) => facts.kernel_running = k,
-        Err(e) => note("running kernel", e),
-    }
-    let scheme = family.map_or(VersionScheme::Debian, OsFamily::version_scheme);
-    match installed_kernels(host, scheme) {
-        Ok(kernels) => {
-            if let Some(newest) = kernels.last()
-                && !facts.kernel_running.is_empty()
-                && scheme.compare(newest, &facts.kernel_running).is_gt()
-            {
-                facts.reboot_reasons.push(format!(
-                    "kernel {newest} installed, running {}",
-                    facts.kernel_running
-                ));
-            }
-            facts.kernels_installed = kernels;
-        }
-        Err(e) => note("installed kernels", e),
-    }
+    let check = reboot_check(host, config, family);
+    facts.reboot_reasons = check.reasons;
+    facts.reboot_packages = check.packages;
+    facts.kernel_running = check.kernel_running;
+    facts.kernels_installed = check.kernels_installed;
+    errors.extend(check.errors);
     facts.reboot_required = !facts.reboot_reasons.is_empty();
 
     let pm = host.packages();
@@ -199,7 +165,7 @@ pub fn detect(host: &dyn Host, config: &DetectConfig) -> NodeFacts {
                 let refreshed = if config.refresh { pm.refresh() } else { Ok(()) };
                 match refreshed.and_then(|()| pm.upgradable()) {
                     Ok(p) => facts.pending_upgrades = p,
-                    Err(e) => note("pending upgrades", e),
+                    Err(e) => errors.push(format!("pending upgrades: {e}")),
                 }
             }
             Err(e) => errors.push(format!("package backend: {e}")),
@@ -209,6 +175,71 @@ pub fn detect(host: &dyn Host, config: &DetectConfig) -> NodeFacts {
     facts.container_runtime_version = runtime_version(host, config.command_timeout);
     facts.errors = errors;
     facts
+}
+
+/// The result of the reboot checks alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RebootCheck {
+    /// Why a reboot is required; empty when it is not.
+    pub reasons: Vec<String>,
+    /// Packages that asked for it (`.pkgs` companions of sentinel files).
+    pub packages: Vec<String>,
+    /// Release of the running kernel.
+    pub kernel_running: String,
+    /// Installed kernel releases, oldest first.
+    pub kernels_installed: Vec<String>,
+    /// Checks that could not run; never reasons.
+    pub errors: Vec<String>,
+}
+
+/// Sentinel files, the sentinel command, `needs-restarting` and kernel drift. `family`
+/// chooses the version ordering of kernel releases (Debian's when unknown).
+pub fn reboot_check(
+    host: &dyn Host,
+    config: &DetectConfig,
+    family: Option<OsFamily>,
+) -> RebootCheck {
+    let mut check = RebootCheck::default();
+    match sentinel_files(host, &config.sentinel_files) {
+        Ok((reasons, pkgs)) => {
+            check.reasons.extend(reasons);
+            check.packages = pkgs;
+        }
+        Err(e) => check.errors.push(format!("sentinel files: {e}")),
+    }
+    if let Some(argv) = &config.sentinel_command {
+        match sentinel_command(host, argv, config.command_timeout) {
+            Ok(Some(reason)) => check.reasons.push(reason),
+            Ok(None) => {}
+            Err(e) => check.errors.push(format!("sentinel command: {e}")),
+        }
+    }
+    match needs_restarting(host, config.command_timeout) {
+        Ok(Some(reason)) => check.reasons.push(reason),
+        Ok(None) => {}
+        Err(e) => check.errors.push(format!("needs-restarting: {e}")),
+    }
+    match host.kernel_release() {
+        Ok(k) => check.kernel_running = k,
+        Err(e) => check.errors.push(format!("running kernel: {e}")),
+    }
+    let scheme = family.map_or(VersionScheme::Debian, OsFamily::version_scheme);
+    match installed_kernels(host, scheme) {
+        Ok(kernels) => {
+            if let Some(newest) = kernels.last()
+                && !check.kernel_running.is_empty()
+                && scheme.compare(newest, &check.kernel_running).is_gt()
+            {
+                check.reasons.push(format!(
+                    "kernel {newest} installed, running {}",
+                    check.kernel_running
+                ));
+            }
+            check.kernels_installed = kernels;
+        }
+        Err(e) => check.errors.push(format!("installed kernels: {e}")),
+    }
+    check
 }
 
 /// Reasons from sentinel files, and the packages listed in their `.pkgs` companions.

@@ -439,6 +439,16 @@ impl PackageManager for MemoryPackages<'_> {
         Ok(self.host.lock().installed.clone())
     }
 
+    fn available_versions(&self, name: &str) -> Result<Vec<String>> {
+        Ok(self
+            .host
+            .lock()
+            .available
+            .get(name)
+            .map(|v| v.iter().map(|(v, _)| v.clone()).collect())
+            .unwrap_or_default())
+    }
+
     fn holds(&self) -> Result<Vec<String>> {
         let mut h = self.host.lock().holds.clone();
         h.sort();

@@ -240,6 +240,11 @@ impl PackageManager for Apt<'_> {
         Ok(parse_dpkg_query(&out))
     }
 
+    fn available_versions(&self, name: &str) -> Result<Vec<String>> {
+        let out = self.run_ok(&["apt-cache", "madison", name], QUERY_TIMEOUT)?;
+        Ok(parse_madison(&out, name))
+    }
+
     fn holds(&self) -> Result<Vec<String>> {
         let out = self.run_ok(&["apt-mark", "showhold"], QUERY_TIMEOUT)?;
         let mut holds: Vec<String> = out
@@ -345,6 +350,19 @@ fn parse_dpkg_query(out: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// `apt-cache madison NAME` lines `NAME | VERSION | SOURCE` → versions, deduplicated.
+fn parse_madison(out: &str, name: &str) -> Vec<String> {
+    let mut versions: Vec<String> = out
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('|').map(str::trim);
+            (f.next()? == name).then(|| f.next().map(String::from))?
+        })
+        .collect();
+    versions.dedup();
+    versions
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,6 +405,12 @@ Conf both (1.1 rota:rota, rota-security:rota-security [all])
         assert_eq!(get("kubelet").candidate, "1.30.2");
         assert!(!get("kubelet").security);
         assert_eq!(get("kubelet").impact, Impact::ServiceRestart);
+    }
+
+    #[test]
+    fn madison_versions() {
+        let out = "   kubelet |   1.30.2-1.1 | file:/srv/repo rota/main amd64 Packages\n   kubelet |   1.30.1-1.1 | file:/srv/repo rota/main amd64 Packages\n";
+        assert_eq!(parse_madison(out, "kubelet"), ["1.30.2-1.1", "1.30.1-1.1"]);
     }
 
     #[test]

@@ -178,6 +178,25 @@ impl PackageManager for Dnf<'_> {
         Ok(parse_rpm_qa(&out))
     }
 
+    fn available_versions(&self, name: &str) -> Result<Vec<String>> {
+        let out = self.run_ok(
+            &[
+                "dnf",
+                "-q",
+                "list",
+                "--showduplicates",
+                "--disableexcludes=all",
+                name,
+            ],
+            QUERY_TIMEOUT,
+        )?;
+        Ok(parse_check_update(&out)
+            .into_iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .collect())
+    }
+
     fn holds(&self) -> Result<Vec<String>> {
         let out = self.run(&["dnf", "-q", "versionlock", "list"], QUERY_TIMEOUT)?;
         if !out.success() {

@@ -202,6 +202,9 @@ pub trait PackageManager {
         Ok(self.installed()?.remove(name))
     }
 
+    /// Versions of `name` the repositories offer (any order).
+    fn available_versions(&self, name: &str) -> Result<Vec<String>>;
+
     /// Names of held (version-locked) packages, sorted.
     fn holds(&self) -> Result<Vec<String>>;
 

@@ -1,0 +1,401 @@
+//! Every crash point of every operation, on an in-memory host: the agent dies before an
+//! effect, or after the effect but before its outcome was persisted, then starts again and
+//! resumes from the persisted state.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use super::*;
+use crate::host::memory::{PackageFaults, exited};
+use crate::host::{Host, MemoryHost};
+use crate::packages::PackagePin;
+use crate::state;
+
+#[derive(Default)]
+struct Recorder {
+    steps: Mutex<Vec<String>>,
+    completions: Mutex<Vec<Completion>>,
+}
+
+impl Reporter for Recorder {
+    fn progress(&self, _token: u64, step: &str, _message: &str) {
+        self.steps.lock().unwrap().push(step.to_string());
+    }
+    fn complete(&self, token: u64, completion: &Completion) -> crate::Result<CompleteAck> {
+        assert_eq!(token, 42);
+        self.completions.lock().unwrap().push(completion.clone());
+        Ok(CompleteAck::Accepted)
+    }
+}
+
+fn config() -> ExecutorConfig {
+    ExecutorConfig {
+        health_command: vec!["health".into()],
+        shutdown_wait: Duration::ZERO,
+        ..ExecutorConfig::default()
+    }
+}
+
+/// A Debian host with libc6, containerd, kubelet and kubeadm installed and newer versions
+/// available.
+fn host(healthy: bool) -> MemoryHost {
+    let host = MemoryHost::debian();
+    host.put_file("/boot/vmlinuz-6.1.0-13-amd64", "");
+    for (name, old, new, security) in [
+        ("libc6", "2.36-9", "2.36-9+deb12u4", true),
+        ("containerd", "1.6.20~ds1-1", "1.6.20~ds1-1+deb12u1", false),
+        ("curl", "7.88.1-10", "7.88.1-10+deb12u5", false),
+        ("kubelet", "1.30.1-1.1", "1.30.2-1.1", false),
+        ("kubeadm", "1.30.1-1.1", "1.30.2-1.1", false),
+    ] {
+        host.install(name, old);
+        host.add_available(name, old, false);
+        host.add_available(name, new, security);
+    }
+    host.on_command("health", move |_| {
+        Ok(exited(if healthy { 0 } else { 3 }, ""))
+    });
+    let h = host.clone();
+    host.on_command("kubelet", move |_| {
+        let v = h.installed("kubelet").unwrap_or_default();
+        Ok(exited(
+            0,
+            &format!("Kubernetes v{}\n", crate::detect::upstream_version(&v)),
+        ))
+    });
+    let h = host.clone();
+    host.on_command("kubeadm", move |argv| {
+        h.put_file("/tmp/kubeadm-called", argv.join(" "));
+        Ok(exited(0, ""))
+    });
+    host
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Crash {
+    /// The agent dies before performing the effect of step `n`.
+    Before(usize),
+    /// The agent dies after performing the effect of step `n`, before persisting its outcome.
+    After(usize),
+}
+
+/// Runs `op` to its end, crashing once as told. A reboot request takes the agent down and
+/// boots the host when `reboots_work`.
+fn run(
+    host: &MemoryHost,
+    op: Operation,
+    crash: Option<Crash>,
+    reboots_work: bool,
+) -> Vec<Completion> {
+    let cfg = config();
+    let rec = Recorder::default();
+    let mut ex = Executor::start(host, &cfg, &rec, 42, op, Timestamp::UNIX_EPOCH).unwrap();
+    let mut step = 0;
+    let mut crashed = false;
+    let mut guard = 0;
+    loop {
+        guard += 1;
+        assert!(guard < 100, "operation does not end");
+        let requests = host.reboot_requests();
+        match crash {
+            Some(Crash::Before(n)) if n == step && !crashed => {
+                crashed = true;
+                drop(ex);
+                ex = Executor::resume(host, &cfg, &rec).unwrap().unwrap();
+                continue;
+            }
+            Some(Crash::After(n)) if n == step && !crashed => {
+                crashed = true;
+                if let Some(effect) = ex.record().next_effect() {
+                    ex.perform(effect).unwrap();
+                }
+                drop(ex);
+                if reboots_work && host.reboot_requests() > requests {
+                    host.boot();
+                }
+                match Executor::resume(host, &cfg, &rec).unwrap() {
+                    Some(e) => ex = e,
+                    None => break,
+                }
+                continue;
+            }
+            _ => {}
+        }
+        if !ex.step().unwrap() {
+            break;
+        }
+        step += 1;
+        if reboots_work && host.reboot_requests() > requests {
+            // The host goes down with the agent, and comes back.
+            drop(ex);
+            host.boot();
+            ex = Executor::resume(host, &cfg, &rec).unwrap().unwrap();
+        }
+    }
+    assert!(
+        state::load(host, &cfg.state_path).unwrap().is_none(),
+        "state left behind"
+    );
+    rec.completions.into_inner().unwrap()
+}
+
+/// How many steps the operation takes without a crash.
+fn steps_of(make_host: &dyn Fn() -> MemoryHost, op: &Operation) -> usize {
+    let host = make_host();
+    let cfg = config();
+    let rec = Recorder::default();
+    let mut ex = Executor::start(&host, &cfg, &rec, 42, op.clone(), Timestamp::UNIX_EPOCH).unwrap();
+    let mut n = 0;
+    loop {
+        let requests = host.reboot_requests();
+        if !ex.step().unwrap() {
+            return n + 1;
+        }
+        n += 1;
+        if host.reboot_requests() > requests {
+            drop(ex);
+            host.boot();
+            ex = Executor::resume(&host, &cfg, &rec).unwrap().unwrap();
+        }
+    }
+}
+
+/// Runs `op` with every crash point and checks `verify` plus the invariants: one boot at
+/// most, at most two reboot requests, a final completion.
+fn every_crash_point(
+    make_host: &dyn Fn() -> MemoryHost,
+    op: Operation,
+    verify: &dyn Fn(&MemoryHost, &Completion, Option<Crash>),
+) {
+    let n = steps_of(make_host, &op);
+    let crashes = std::iter::once(None)
+        .chain((0..n).flat_map(|i| [Some(Crash::Before(i)), Some(Crash::After(i))]));
+    for crash in crashes {
+        let host = make_host();
+        let completions = run(&host, op.clone(), crash, true);
+        let last = completions
+            .last()
+            .unwrap_or_else(|| panic!("{crash:?}: no completion"));
+        assert!(
+            host.boots() <= 2,
+            "{crash:?}: rebooted twice: {:?}",
+            host.events()
+        );
+        assert!(
+            host.reboot_requests() <= 2,
+            "{crash:?}: {:?}",
+            host.events()
+        );
+        verify(&host, last, crash);
+    }
+}
+
+#[test]
+fn package_upgrade_with_reboot_survives_every_crash() {
+    let op = Operation::PackageUpgrade {
+        security_only: false,
+        reboot_if_required: true,
+        packages: vec![],
+    };
+    every_crash_point(&|| host(true), op, &|host, done, crash| {
+        assert!(done.success, "{crash:?}: {done:?}");
+        assert!(done.rebooted, "{crash:?}");
+        assert_eq!(host.boots(), 2, "{crash:?}: {:?}", host.events());
+        assert_eq!(host.installed("libc6").unwrap(), "2.36-9+deb12u4");
+        assert_eq!(host.installed("curl").unwrap(), "7.88.1-10+deb12u5");
+        // Kubernetes packages stay where they are in a plain upgrade.
+        assert_eq!(host.installed("kubelet").unwrap(), "1.30.1-1.1");
+        let names: Vec<&str> = done.changed.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["containerd", "curl", "libc6"], "{crash:?}");
+    });
+}
+
+#[test]
+fn security_upgrade_without_reboot_restarts_nothing_it_need_not() {
+    let op = Operation::PackageUpgrade {
+        security_only: true,
+        reboot_if_required: false,
+        packages: vec![],
+    };
+    every_crash_point(&|| host(true), op, &|host, done, crash| {
+        assert!(done.success && !done.rebooted, "{crash:?}: {done:?}");
+        assert_eq!(host.boots(), 1);
+        assert_eq!(host.installed("libc6").unwrap(), "2.36-9+deb12u4");
+        assert_eq!(host.installed("curl").unwrap(), "7.88.1-10");
+        assert!(!host.events().iter().any(|e| e == "restart kubelet"));
+    });
+}
+
+#[test]
+fn reboot_survives_every_crash() {
+    every_crash_point(&|| host(true), Operation::Reboot, &|host, done, crash| {
+        assert!(done.success && done.rebooted, "{crash:?}: {done:?}");
+        assert_eq!(host.boots(), 2, "{crash:?}");
+    });
+}
+
+#[test]
+fn kubelet_restart_survives_every_crash() {
+    every_crash_point(
+        &|| host(true),
+        Operation::KubeletRestart,
+        &|host, done, crash| {
+            assert!(done.success && !done.rebooted, "{crash:?}: {done:?}");
+            assert!(host.events().iter().any(|e| e == "restart kubelet"));
+        },
+    );
+}
+
+#[test]
+fn kubernetes_upgrade_survives_every_crash() {
+    let op = Operation::KubernetesUpgrade {
+        version: "1.30.2".into(),
+    };
+    every_crash_point(&|| host(true), op, &|host, done, crash| {
+        assert!(done.success, "{crash:?}: {done:?}");
+        assert_eq!(host.installed("kubelet").unwrap(), "1.30.2-1.1");
+        assert_eq!(host.installed("kubeadm").unwrap(), "1.30.2-1.1");
+        assert_eq!(
+            host.installed("libc6").unwrap(),
+            "2.36-9",
+            "only Kubernetes packages move"
+        );
+        assert_eq!(
+            host.file("/tmp/kubeadm-called").unwrap(),
+            b"kubeadm upgrade node"
+        );
+        let events = host.events();
+        let restart = events.iter().rposition(|e| e == "restart kubelet").unwrap();
+        let install = events
+            .iter()
+            .rposition(|e| e.starts_with("install kubelet"))
+            .unwrap();
+        assert!(install < restart, "{crash:?}: {events:?}");
+    });
+}
+
+#[test]
+fn failed_health_check_rolls_back_at_every_crash_point() {
+    let op = Operation::PackageUpgrade {
+        security_only: false,
+        reboot_if_required: false,
+        packages: vec![],
+    };
+    every_crash_point(&|| host(false), op, &|host, done, crash| {
+        assert!(!done.success, "{crash:?}");
+        assert!(
+            done.message.contains("rolled back"),
+            "{crash:?}: {}",
+            done.message
+        );
+        assert_eq!(host.installed("libc6").unwrap(), "2.36-9", "{crash:?}");
+        assert_eq!(host.installed("containerd").unwrap(), "1.6.20~ds1-1");
+        assert!(done.changed.is_empty(), "{crash:?}: {:?}", done.changed);
+    });
+}
+
+#[test]
+fn interrupted_dpkg_is_repaired_and_the_partial_upgrade_rolled_back() {
+    let make = || {
+        let h = host(true);
+        h.set_package_faults(PackageFaults {
+            fail_next_upgrade: true,
+            interrupted: false,
+        });
+        h
+    };
+    let op = Operation::PackageUpgrade {
+        security_only: false,
+        reboot_if_required: true,
+        packages: vec![],
+    };
+    every_crash_point(&make, op, &|host, done, crash| {
+        assert!(host.events().iter().any(|e| e == "repair"), "{crash:?}");
+        if done.success {
+            // The agent died before it recorded the failure; after the restart it repaired
+            // dpkg and ran the (idempotent) upgrade again, which went through.
+            assert!(
+                matches!(crash, Some(Crash::After(1))),
+                "{crash:?}: {done:?}"
+            );
+            assert_eq!(
+                host.installed("containerd").unwrap(),
+                "1.6.20~ds1-1+deb12u1"
+            );
+        } else {
+            assert!(
+                done.message.contains("rolled back"),
+                "{crash:?}: {}",
+                done.message
+            );
+            assert_eq!(
+                host.installed("containerd").unwrap(),
+                "1.6.20~ds1-1",
+                "{crash:?}"
+            );
+            assert_eq!(host.reboot_requests(), 0);
+        }
+    });
+}
+
+#[test]
+fn a_reboot_that_never_happens_is_requested_twice_then_reported() {
+    let host = host(true);
+    let completions = run(&host, Operation::Reboot, None, false);
+    assert_eq!(host.reboot_requests(), 2);
+    assert_eq!(host.boots(), 1);
+    let done = completions.last().unwrap();
+    assert!(!done.success && !done.rebooted, "{done:?}");
+    // Also when the agent restarts in between.
+    let host = self::host(true);
+    let completions = run(&host, Operation::Reboot, Some(Crash::After(0)), false);
+    assert_eq!(host.reboot_requests(), 2);
+    assert!(!completions.last().unwrap().success);
+}
+
+#[test]
+fn named_upgrades_refuse_kubernetes_packages() {
+    let host = host(true);
+    let op = Operation::PackageUpgrade {
+        security_only: false,
+        reboot_if_required: false,
+        packages: vec![PackagePin {
+            name: "kubelet".into(),
+            version: "1.30.2-1.1".into(),
+        }],
+    };
+    let done = run(&host, op, None, true);
+    let done = done.last().unwrap();
+    assert!(!done.success);
+    assert!(
+        done.message.contains("Kubernetes upgrade"),
+        "{}",
+        done.message
+    );
+    assert_eq!(host.installed("kubelet").unwrap(), "1.30.1-1.1");
+}
+
+#[test]
+fn progress_is_reported_per_step() {
+    let host = host(true);
+    let cfg = config();
+    let rec = Recorder::default();
+    let mut ex = Executor::start(
+        &host,
+        &cfg,
+        &rec,
+        42,
+        Operation::KubeletRestart,
+        Timestamp::UNIX_EPOCH,
+    )
+    .unwrap();
+    ex.run().unwrap();
+    assert_eq!(*rec.steps.lock().unwrap(), ["verifying", "completing"]);
+    assert!(
+        host.exists(std::path::Path::new(&cfg.state_path))
+            .map(|e| !e)
+            .unwrap()
+    );
+}

@@ -1,0 +1,798 @@
+//! The state machine of one granted operation: phases, effects to perform, outcomes that move
+//! it on. Pure: no I/O, no clock. The [`super::Executor`] performs the effects through the
+//! host and persists the record after every transition, so the persisted phase always names
+//! the effect about to be performed (or being performed when the agent died).
+//!
+//! Rules it keeps:
+//! - the reboot attempt counter is raised *before* a reboot is requested: at most two
+//!   requests per grant, and none once the boot id changed (never reboot twice for one grant);
+//! - a changed boot id outside a reboot phase is reported as a failure, never retried;
+//! - a failed change or health check before a reboot rolls back what changed; after a
+//!   reboot it does not (a rollback of a kernel would need a second reboot).
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::packages::{Impact, InstallPurpose, PackageChange, PackagePin, UpgradeScope, impact_of};
+
+/// How many times a reboot may be requested for one grant.
+pub const MAX_REBOOT_ATTEMPTS: u32 = 2;
+/// How many times an interrupted phase is resumed before the operation gives up.
+pub const MAX_RECOVERIES: u32 = 2;
+
+/// One maintenance operation, as granted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Operation {
+    /// Reboot the node.
+    Reboot,
+    /// Restart the kubelet.
+    KubeletRestart,
+    /// Upgrade packages, then reboot when the node needs it and `reboot_if_required`.
+    #[serde(rename_all = "camelCase")]
+    PackageUpgrade {
+        /// Only security upgrades.
+        security_only: bool,
+        /// Reboot afterwards when required.
+        reboot_if_required: bool,
+        /// Exact versions; empty means every pending upgrade of the scope.
+        packages: Vec<PackagePin>,
+    },
+    /// Move the kubelet (and kubeadm, kubectl where installed) to this version.
+    KubernetesUpgrade {
+        /// Target version, e.g. `1.30.2`.
+        version: String,
+    },
+}
+
+impl Operation {
+    /// Short name for logs and progress.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Operation::Reboot => "reboot",
+            Operation::KubeletRestart => "kubelet-restart",
+            Operation::PackageUpgrade { .. } => "package-upgrade",
+            Operation::KubernetesUpgrade { .. } => "kubernetes-upgrade",
+        }
+    }
+}
+
+/// Where an operation is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "kebab-case")]
+pub enum Phase {
+    /// Repair an interrupted package database and record the versions before any change.
+    Prepare,
+    /// Change packages (upgrade, or install the Kubernetes version).
+    ChangePackages,
+    /// A change was interrupted: repair, find out what changed, then go on or give up.
+    #[serde(rename_all = "camelCase")]
+    Recover {
+        /// The host restarted meanwhile: report, do not retry.
+        boot_changed: bool,
+    },
+    /// `kubeadm upgrade node`, where kubeadm is installed.
+    KubeadmUpgrade,
+    /// Check whether the node needs a reboot now (sentinel re-checked after the upgrade).
+    CheckReboot,
+    /// Request the reboot (the attempt counter was raised on entry).
+    Reboot,
+    /// Reboot requested: wait for the host to go down.
+    AwaitReboot,
+    /// Restart the kubelet through the host's systemd.
+    RestartKubelet,
+    /// Check the node is healthy.
+    Verify,
+    /// Roll back what changed.
+    RollBack {
+        /// Why.
+        reason: String,
+    },
+    /// Tell the coordinator how it went.
+    Finished {
+        /// Whether the operation succeeded.
+        success: bool,
+        /// For humans.
+        message: String,
+    },
+    /// The coordinator knows; nothing left to do.
+    Done,
+}
+
+impl Phase {
+    /// Step name for progress reports.
+    pub fn step(&self) -> &'static str {
+        match self {
+            Phase::Prepare => "preparing",
+            Phase::ChangePackages => "upgrading",
+            Phase::Recover { .. } => "recovering",
+            Phase::KubeadmUpgrade => "kubeadm-upgrade",
+            Phase::CheckReboot => "checking-reboot",
+            Phase::Reboot | Phase::AwaitReboot => "rebooting",
+            Phase::RestartKubelet => "restarting-kubelet",
+            Phase::Verify => "verifying",
+            Phase::RollBack { .. } => "rolling-back",
+            Phase::Finished { .. } => "completing",
+            Phase::Done => "done",
+        }
+    }
+}
+
+/// Everything about one operation that must survive a crash or a reboot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OperationRecord {
+    /// The fencing token of the grant.
+    pub token: u64,
+    /// The operation.
+    pub operation: Operation,
+    /// Where it is.
+    pub phase: Phase,
+    /// The boot id the current phase runs under.
+    pub boot_id: String,
+    /// Installed versions before any change (empty for operations that change no package).
+    pub versions_before: BTreeMap<String, String>,
+    /// What changed so far.
+    pub changes: Vec<PackageChange>,
+    /// Whether the node rebooted for this operation.
+    pub rebooted: bool,
+    /// Reboot requests made so far.
+    pub reboot_attempts: u32,
+    /// Interrupted phases resumed so far.
+    pub recoveries: u32,
+    /// When the operation started.
+    pub started_at: Timestamp,
+}
+
+/// A side effect for the executor to perform.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Repair an interrupted package database, then snapshot installed versions
+    /// ([`Outcome::Prepared`]).
+    Prepare,
+    /// Apply the pending upgrades of `scope` ([`Outcome::Changed`]).
+    Upgrade(UpgradeScope),
+    /// Install exact versions ([`Outcome::Changed`]).
+    Install(Vec<PackagePin>, InstallPurpose),
+    /// Install the Kubernetes packages at `version`, resolved to package versions
+    /// ([`Outcome::Changed`]).
+    InstallKubernetes(String),
+    /// Repair, then report every change since [`OperationRecord::versions_before`]
+    /// ([`Outcome::Changed`]).
+    Recover,
+    /// `kubeadm upgrade node` when kubeadm is installed ([`Outcome::Done`]).
+    KubeadmUpgradeNode,
+    /// Check the reboot sentinels ([`Outcome::RebootRequired`]).
+    CheckRebootRequired,
+    /// Request a reboot ([`Outcome::Done`]).
+    Reboot,
+    /// Wait for the host to go down ([`Outcome::ShutdownTimedOut`] if it does not).
+    AwaitShutdown,
+    /// Restart the kubelet ([`Outcome::Done`]).
+    RestartKubelet,
+    /// Check the node's health; with a version, the kubelet must run it ([`Outcome::Healthy`]).
+    CheckHealth {
+        /// Expected kubelet version.
+        kubelet_version: Option<String>,
+    },
+    /// Roll back these changes, restarting the kubelet if it or the runtime moved
+    /// ([`Outcome::Changed`] with what *remains* changed since the versions before).
+    Rollback(Vec<PackageChange>),
+    /// Report the end to the coordinator ([`Outcome::Done`]).
+    Complete {
+        /// Whether the operation succeeded.
+        success: bool,
+        /// For humans.
+        message: String,
+        /// Whether the node rebooted.
+        rebooted: bool,
+        /// Package versions changed (name, version after).
+        changed: Vec<PackagePin>,
+    },
+}
+
+/// What performing an effect gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// It worked.
+    Done,
+    /// Installed versions before any change.
+    Prepared(BTreeMap<String, String>),
+    /// Packages changed (possibly none).
+    Changed(Vec<PackageChange>),
+    /// A package change failed; `changes` is what changed anyway.
+    ChangeFailed {
+        /// What changed before it failed.
+        changes: Vec<PackageChange>,
+        /// Why it failed.
+        message: String,
+    },
+    /// Whether a reboot is required now.
+    RebootRequired(bool),
+    /// The host did not go down.
+    ShutdownTimedOut,
+    /// The node is healthy.
+    Healthy,
+    /// The node is not healthy.
+    Unhealthy(String),
+    /// The effect failed.
+    Failed(String),
+}
+
+impl OperationRecord {
+    /// A new operation under `token`, starting now on boot `boot_id`.
+    pub fn new(token: u64, operation: Operation, boot_id: String, now: Timestamp) -> Self {
+        let mut record = OperationRecord {
+            token,
+            phase: Phase::Prepare,
+            operation,
+            boot_id,
+            versions_before: BTreeMap::new(),
+            changes: Vec::new(),
+            rebooted: false,
+            reboot_attempts: 0,
+            recoveries: 0,
+            started_at: now,
+        };
+        match record.operation {
+            Operation::Reboot => record.enter_reboot(),
+            Operation::KubeletRestart => record.phase = Phase::RestartKubelet,
+            Operation::PackageUpgrade { .. } | Operation::KubernetesUpgrade { .. } => {}
+        }
+        record
+    }
+
+    /// The effect the current phase calls for; `None` once done.
+    pub fn next_effect(&self) -> Option<Effect> {
+        Some(match &self.phase {
+            Phase::Prepare => Effect::Prepare,
+            Phase::ChangePackages => match &self.operation {
+                Operation::PackageUpgrade {
+                    security_only,
+                    packages,
+                    ..
+                } => {
+                    if packages.is_empty() {
+                        Effect::Upgrade(if *security_only {
+                            UpgradeScope::SecurityOnly
+                        } else {
+                            UpgradeScope::All
+                        })
+                    } else {
+                        Effect::Install(packages.clone(), InstallPurpose::Named)
+                    }
+                }
+                Operation::KubernetesUpgrade { version } => {
+                    Effect::InstallKubernetes(version.clone())
+                }
+                // Never entered for these operations; checking health is harmless.
+                Operation::Reboot | Operation::KubeletRestart => Effect::CheckHealth {
+                    kubelet_version: None,
+                },
+            },
+            Phase::Recover { .. } => Effect::Recover,
+            Phase::KubeadmUpgrade => Effect::KubeadmUpgradeNode,
+            Phase::CheckReboot => Effect::CheckRebootRequired,
+            Phase::Reboot => Effect::Reboot,
+            Phase::AwaitReboot => Effect::AwaitShutdown,
+            Phase::RestartKubelet => Effect::RestartKubelet,
+            Phase::Verify => Effect::CheckHealth {
+                kubelet_version: match &self.operation {
+                    Operation::KubernetesUpgrade { version } => Some(version.clone()),
+                    _ => None,
+                },
+            },
+            Phase::RollBack { .. } => Effect::Rollback(self.changes.clone()),
+            Phase::Finished { success, message } => Effect::Complete {
+                success: *success,
+                message: message.clone(),
+                rebooted: self.rebooted,
+                changed: self
+                    .changes
+                    .iter()
+                    .filter_map(|c| {
+                        c.after.as_ref().map(|v| PackagePin {
+                            name: c.name.clone(),
+                            version: v.clone(),
+                        })
+                    })
+                    .collect(),
+            },
+            Phase::Done => return None,
+        })
+    }
+
+    /// Moves on after the current phase's effect gave `outcome`.
+    pub fn on(&mut self, outcome: Outcome) {
+        let phase = std::mem::replace(&mut self.phase, Phase::Done);
+        self.phase = match (phase, outcome) {
+            (Phase::Prepare, Outcome::Prepared(versions)) => {
+                self.versions_before = versions;
+                match self.kubernetes_skew_problem() {
+                    Some(problem) => finished(false, problem),
+                    None => Phase::ChangePackages,
+                }
+            }
+            (Phase::ChangePackages, Outcome::Changed(c)) => {
+                self.merge_changes(c);
+                self.after_change()
+            }
+            // Whether the interrupted change ran or not, running it again finishes it: upgrades
+            // and exact installs are idempotent.
+            (
+                Phase::Recover {
+                    boot_changed: false,
+                },
+                Outcome::Changed(c),
+            ) => {
+                self.merge_changes(c);
+                Phase::ChangePackages
+            }
+            (Phase::Recover { boot_changed: true }, Outcome::Changed(c)) => {
+                self.merge_changes(c);
+                finished(
+                    false,
+                    "the host restarted during the package change; packages repaired".into(),
+                )
+            }
+            (
+                Phase::ChangePackages | Phase::Recover { .. },
+                Outcome::ChangeFailed { changes, message },
+            ) => {
+                self.merge_changes(changes);
+                self.fail_with_rollback(format!("package change failed: {message}"))
+            }
+            (Phase::KubeadmUpgrade, Outcome::Done) => Phase::RestartKubelet,
+            (Phase::CheckReboot, Outcome::RebootRequired(true)) => {
+                self.enter_reboot();
+                std::mem::replace(&mut self.phase, Phase::Done)
+            }
+            (Phase::CheckReboot, Outcome::RebootRequired(false)) => self.restart_or_verify(),
+            // The packages are in; a broken check is reported, never read as "required" and
+            // no reason to roll back.
+            (Phase::CheckReboot, Outcome::Failed(why)) => {
+                finished(false, format!("reboot check failed: {why}"))
+            }
+            (Phase::Reboot, Outcome::Done) => Phase::AwaitReboot,
+            (Phase::AwaitReboot, Outcome::ShutdownTimedOut) => {
+                if self.reboot_attempts < MAX_REBOOT_ATTEMPTS {
+                    self.enter_reboot();
+                    std::mem::replace(&mut self.phase, Phase::Done)
+                } else {
+                    finished(
+                        false,
+                        format!(
+                            "the node did not reboot after {} requests",
+                            self.reboot_attempts
+                        ),
+                    )
+                }
+            }
+            (Phase::RestartKubelet, Outcome::Done) => Phase::Verify,
+            (Phase::Verify, Outcome::Healthy) => finished(true, self.summary()),
+            (Phase::Verify, Outcome::Unhealthy(why)) => {
+                self.fail_with_rollback(format!("health check failed: {why}"))
+            }
+            (Phase::RollBack { reason }, Outcome::Changed(remaining)) => {
+                self.changes = remaining;
+                finished(false, format!("{reason}; rolled back"))
+            }
+            (
+                Phase::RollBack { reason },
+                Outcome::Failed(why) | Outcome::ChangeFailed { message: why, .. },
+            ) => finished(false, format!("{reason}; rollback failed: {why}")),
+            (Phase::Finished { .. }, Outcome::Done) => Phase::Done,
+            (Phase::Finished { success, message }, Outcome::Failed(_)) => {
+                // Completion is retried by the caller; stay.
+                Phase::Finished { success, message }
+            }
+            (phase, Outcome::Failed(why)) => {
+                self.fail_with_rollback(format!("{}: {why}", phase.step()))
+            }
+            (phase, other) => finished(
+                false,
+                format!(
+                    "internal: unexpected outcome {other:?} in phase {}",
+                    phase.step()
+                ),
+            ),
+        };
+    }
+
+    /// Called when the agent starts with this record persisted and the host's boot id is
+    /// `boot_id_now`: decides how to go on from an interruption.
+    pub fn resume(&mut self, boot_id_now: &str) {
+        let boot_changed = boot_id_now != self.boot_id;
+        let phase = std::mem::replace(&mut self.phase, Phase::Done);
+        self.phase = match phase {
+            Phase::Reboot | Phase::AwaitReboot if boot_changed => {
+                self.rebooted = true;
+                self.boot_id = boot_id_now.to_string();
+                Phase::Verify
+            }
+            Phase::Reboot | Phase::AwaitReboot => {
+                if self.reboot_attempts < MAX_REBOOT_ATTEMPTS {
+                    self.enter_reboot();
+                    std::mem::replace(&mut self.phase, Phase::Done)
+                } else {
+                    finished(
+                        false,
+                        format!(
+                            "the node did not reboot after {} requests",
+                            self.reboot_attempts
+                        ),
+                    )
+                }
+            }
+            Phase::Finished { success, message } => Phase::Finished { success, message },
+            Phase::Done => Phase::Done,
+            _ if self.recoveries >= MAX_RECOVERIES => {
+                self.boot_id = boot_id_now.to_string();
+                finished(false, "the agent was interrupted too often".into())
+            }
+            Phase::RollBack { reason } => {
+                self.recoveries += 1;
+                self.boot_id = boot_id_now.to_string();
+                Phase::RollBack { reason }
+            }
+            Phase::ChangePackages | Phase::Recover { .. } => {
+                self.recoveries += 1;
+                self.boot_id = boot_id_now.to_string();
+                let earlier = matches!(phase, Phase::Recover { boot_changed: true });
+                Phase::Recover {
+                    boot_changed: boot_changed || earlier,
+                }
+            }
+            _ if boot_changed => {
+                self.boot_id = boot_id_now.to_string();
+                finished(
+                    false,
+                    format!("the host restarted unexpectedly during {}", phase.step()),
+                )
+            }
+            // Preparing, checking, restarting and verifying are safe to repeat.
+            phase => {
+                self.recoveries += 1;
+                phase
+            }
+        };
+    }
+
+    /// The record's phase is terminal.
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    fn enter_reboot(&mut self) {
+        self.reboot_attempts += 1;
+        self.phase = Phase::Reboot;
+    }
+
+    fn merge_changes(&mut self, new: Vec<PackageChange>) {
+        for c in new {
+            match self.changes.iter_mut().find(|o| o.name == c.name) {
+                Some(old) => old.after = c.after,
+                None => self.changes.push(c),
+            }
+        }
+        self.changes.retain(|c| c.before != c.after);
+        self.changes.sort();
+    }
+
+    /// After packages changed: kubeadm, reboot check, kubelet restart or verification.
+    fn after_change(&mut self) -> Phase {
+        match &self.operation {
+            Operation::KubernetesUpgrade { .. } => {
+                if self.versions_before.contains_key("kubeadm") {
+                    Phase::KubeadmUpgrade
+                } else {
+                    Phase::RestartKubelet
+                }
+            }
+            Operation::PackageUpgrade {
+                reboot_if_required: true,
+                ..
+            } => Phase::CheckReboot,
+            _ => self.restart_or_verify(),
+        }
+    }
+
+    fn restart_or_verify(&self) -> Phase {
+        let runtime_moved = self
+            .changes
+            .iter()
+            .any(|c| impact_of(&c.name) == Impact::ServiceRestart);
+        if runtime_moved {
+            Phase::RestartKubelet
+        } else {
+            Phase::Verify
+        }
+    }
+
+    fn fail_with_rollback(&self, reason: String) -> Phase {
+        if self.rebooted || self.changes.is_empty() {
+            finished(false, reason)
+        } else {
+            Phase::RollBack { reason }
+        }
+    }
+
+    fn summary(&self) -> String {
+        let mut parts = vec![format!("{} done", self.operation.name())];
+        if !self.changes.is_empty() {
+            parts.push(format!("{} package(s) changed", self.changes.len()));
+        }
+        if self.rebooted {
+            parts.push("rebooted".into());
+        }
+        parts.join(", ")
+    }
+
+    /// A Kubernetes upgrade moves one minor version at a time and never down.
+    fn kubernetes_skew_problem(&self) -> Option<String> {
+        let Operation::KubernetesUpgrade { version } = &self.operation else {
+            return None;
+        };
+        let Some(current) = self.versions_before.get("kubelet") else {
+            return Some("kubelet is not installed".into());
+        };
+        let current = crate::detect::upstream_version(current);
+        let (Some(cur), Some(target)) = (minor_of(&current), minor_of(version)) else {
+            return Some(format!("cannot compare kubelet {current} with {version}"));
+        };
+        if target < cur || target.1 > cur.1 + 1 || target.0 != cur.0 {
+            return Some(format!(
+                "kubelet {current} to {version} is not a patch or a one-minor upgrade"
+            ));
+        }
+        None
+    }
+}
+
+/// `(major, minor)` of `1.30.2` / `v1.30.2`.
+fn minor_of(v: &str) -> Option<(u64, u64)> {
+    let mut parts = v.trim_start_matches('v').split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+fn finished(success: bool, message: String) -> Phase {
+    Phase::Finished { success, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(op: Operation) -> OperationRecord {
+        OperationRecord::new(7, op, "boot-1".into(), Timestamp::UNIX_EPOCH)
+    }
+
+    fn upgrade() -> Operation {
+        Operation::PackageUpgrade {
+            security_only: false,
+            reboot_if_required: true,
+            packages: vec![],
+        }
+    }
+
+    fn change(name: &str, before: &str, after: &str) -> PackageChange {
+        PackageChange {
+            name: name.into(),
+            before: Some(before.into()),
+            after: Some(after.into()),
+        }
+    }
+
+    #[test]
+    fn reboot_is_counted_before_it_is_requested() {
+        let r = record(Operation::Reboot);
+        assert_eq!(r.phase, Phase::Reboot);
+        assert_eq!(r.reboot_attempts, 1);
+        assert_eq!(r.next_effect(), Some(Effect::Reboot));
+    }
+
+    #[test]
+    fn upgrade_needing_a_reboot() {
+        let mut r = record(upgrade());
+        assert_eq!(r.next_effect(), Some(Effect::Prepare));
+        r.on(Outcome::Prepared(BTreeMap::from([(
+            "libc6".into(),
+            "1".into(),
+        )])));
+        assert_eq!(r.next_effect(), Some(Effect::Upgrade(UpgradeScope::All)));
+        r.on(Outcome::Changed(vec![change("libc6", "1", "2")]));
+        assert_eq!(r.next_effect(), Some(Effect::CheckRebootRequired));
+        r.on(Outcome::RebootRequired(true));
+        assert_eq!(r.next_effect(), Some(Effect::Reboot));
+        r.on(Outcome::Done);
+        assert_eq!(r.phase, Phase::AwaitReboot);
+        // The agent starts again on a new boot.
+        r.resume("boot-2");
+        assert!(r.rebooted);
+        assert_eq!(
+            r.next_effect(),
+            Some(Effect::CheckHealth {
+                kubelet_version: None
+            })
+        );
+        r.on(Outcome::Healthy);
+        let Some(Effect::Complete {
+            success,
+            rebooted,
+            changed,
+            ..
+        }) = r.next_effect()
+        else {
+            panic!("expected completion, got {:?}", r.phase);
+        };
+        assert!(success && rebooted);
+        assert_eq!(
+            changed,
+            vec![PackagePin {
+                name: "libc6".into(),
+                version: "2".into()
+            }]
+        );
+        r.on(Outcome::Done);
+        assert!(r.is_done());
+    }
+
+    #[test]
+    fn a_reboot_that_does_not_happen_is_retried_once_then_fails() {
+        let mut r = record(Operation::Reboot);
+        r.on(Outcome::Done);
+        r.on(Outcome::ShutdownTimedOut);
+        assert_eq!(r.phase, Phase::Reboot);
+        assert_eq!(r.reboot_attempts, 2);
+        r.on(Outcome::Done);
+        r.on(Outcome::ShutdownTimedOut);
+        assert!(matches!(r.phase, Phase::Finished { success: false, .. }));
+        // And after an agent restart on the same boot: also no third request.
+        let mut r = record(Operation::Reboot);
+        r.on(Outcome::Done);
+        r.resume("boot-1");
+        assert_eq!(r.reboot_attempts, 2);
+        r.resume("boot-1");
+        assert!(matches!(r.phase, Phase::Finished { success: false, .. }));
+    }
+
+    #[test]
+    fn kubelet_change_restarts_and_failed_health_rolls_back() {
+        let mut r = record(Operation::PackageUpgrade {
+            security_only: true,
+            reboot_if_required: false,
+            packages: vec![],
+        });
+        r.on(Outcome::Prepared(BTreeMap::new()));
+        assert_eq!(
+            r.next_effect(),
+            Some(Effect::Upgrade(UpgradeScope::SecurityOnly))
+        );
+        r.on(Outcome::Changed(vec![change("containerd", "1.6", "1.7")]));
+        assert_eq!(r.next_effect(), Some(Effect::RestartKubelet));
+        r.on(Outcome::Done);
+        r.on(Outcome::Unhealthy("kubelet inactive".into()));
+        assert_eq!(
+            r.next_effect(),
+            Some(Effect::Rollback(vec![change("containerd", "1.6", "1.7")]))
+        );
+        r.on(Outcome::Changed(vec![]));
+        assert!(
+            matches!(&r.phase, Phase::Finished { success: false, message } if message.contains("rolled back"))
+        );
+    }
+
+    #[test]
+    fn kubernetes_upgrades_move_one_minor_at_a_time() {
+        let prepared = |v: &str| {
+            Outcome::Prepared(BTreeMap::from([
+                ("kubelet".to_string(), v.to_string()),
+                ("kubeadm".to_string(), v.to_string()),
+            ]))
+        };
+        let mut ok = record(Operation::KubernetesUpgrade {
+            version: "1.31.0".into(),
+        });
+        ok.on(prepared("1.30.2-1.1"));
+        assert_eq!(
+            ok.next_effect(),
+            Some(Effect::InstallKubernetes("1.31.0".into()))
+        );
+        ok.on(Outcome::Changed(vec![change(
+            "kubelet",
+            "1.30.2-1.1",
+            "1.31.0-1.1",
+        )]));
+        assert_eq!(ok.next_effect(), Some(Effect::KubeadmUpgradeNode));
+        ok.on(Outcome::Done);
+        assert_eq!(ok.next_effect(), Some(Effect::RestartKubelet));
+        ok.on(Outcome::Done);
+        assert_eq!(
+            ok.next_effect(),
+            Some(Effect::CheckHealth {
+                kubelet_version: Some("1.31.0".into())
+            })
+        );
+        for (from, to) in [
+            ("1.29.0-1.1", "1.31.0"),
+            ("1.31.0-1.1", "1.30.9"),
+            ("1.30.0", "2.0.0"),
+        ] {
+            let mut r = record(Operation::KubernetesUpgrade { version: to.into() });
+            r.on(prepared(from));
+            assert!(
+                matches!(r.phase, Phase::Finished { success: false, .. }),
+                "{from} -> {to}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_interrupted_change_recovers_or_reports() {
+        let mut r = record(upgrade());
+        r.on(Outcome::Prepared(BTreeMap::new()));
+        r.resume("boot-1");
+        assert_eq!(
+            r.phase,
+            Phase::Recover {
+                boot_changed: false
+            }
+        );
+        r.on(Outcome::Changed(vec![change("a", "1", "2")]));
+        assert_eq!(r.phase, Phase::ChangePackages);
+        r.on(Outcome::Changed(vec![change("a", "1", "2")]));
+        assert_eq!(r.phase, Phase::CheckReboot);
+
+        let mut r = record(upgrade());
+        r.on(Outcome::Prepared(BTreeMap::new()));
+        r.resume("boot-2");
+        assert_eq!(r.phase, Phase::Recover { boot_changed: true });
+        r.on(Outcome::Changed(vec![]));
+        assert!(matches!(r.phase, Phase::Finished { success: false, .. }));
+    }
+
+    #[test]
+    fn a_failed_change_rolls_back_what_it_changed() {
+        let mut r = record(upgrade());
+        r.on(Outcome::Prepared(BTreeMap::new()));
+        r.on(Outcome::ChangeFailed {
+            changes: vec![change("a", "1", "2")],
+            message: "dpkg error".into(),
+        });
+        assert_eq!(
+            r.next_effect(),
+            Some(Effect::Rollback(vec![change("a", "1", "2")]))
+        );
+        // Nothing changed: nothing to roll back.
+        let mut r = record(upgrade());
+        r.on(Outcome::Prepared(BTreeMap::new()));
+        r.on(Outcome::ChangeFailed {
+            changes: vec![],
+            message: "no network".into(),
+        });
+        assert!(matches!(r.phase, Phase::Finished { success: false, .. }));
+    }
+
+    #[test]
+    fn unexpected_reboot_during_a_safe_phase_is_reported() {
+        let mut r = record(Operation::KubeletRestart);
+        r.resume("boot-2");
+        assert!(
+            matches!(&r.phase, Phase::Finished { success: false, message } if message.contains("restarted unexpectedly"))
+        );
+    }
+
+    #[test]
+    fn records_survive_json() {
+        let mut r = record(upgrade());
+        r.on(Outcome::Prepared(BTreeMap::from([(
+            "a".into(),
+            "1".into(),
+        )])));
+        let json = serde_json::to_string(&r).unwrap();
+        let back: OperationRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+    }
+}
