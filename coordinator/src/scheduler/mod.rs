@@ -206,9 +206,9 @@ impl<'a> Scheduler<'a> {
             } else {
                 None
             };
-            for pool_name in &node.pools {
-                if let Some(pool) = pools.get_mut(pool_name.as_str()) {
-                    *sizes.entry(pool_name.as_str()).or_default() += 1;
+            for pool_name in distinct_pools(node) {
+                if let Some(pool) = pools.get_mut(pool_name) {
+                    *sizes.entry(pool_name).or_default() += 1;
                     if let Some(why) = why {
                         pool.unavailable.insert(node.name.as_str(), why);
                     }
@@ -280,19 +280,18 @@ impl<'a> Scheduler<'a> {
         let Some(node) = self.nodes.get(request.node.as_str()).copied() else {
             return Err((None, vec![WaitReason::NodeNotFound]));
         };
-        let pool_name = match node.pools.as_slice() {
-            [one] => one,
+        let pool_name = match distinct_pools(node).as_slice() {
+            [one] => *one,
             [] => return Err((None, vec![WaitReason::NoPool])),
             several => {
-                let mut pools = several.to_vec();
-                pools.sort_unstable();
+                let pools = several.iter().map(|p| (*p).to_owned()).collect();
                 return Err((None, vec![WaitReason::SeveralPools { pools }]));
             }
         };
-        let Some(pool) = self.pools.get(pool_name.as_str()) else {
+        let Some(pool) = self.pools.get(pool_name) else {
             return Err((None, vec![WaitReason::NoPool]));
         };
-        let in_pool = Some(pool_name.clone());
+        let in_pool = Some(pool_name.to_owned());
         if let Some(slot) = self.slots.get(node.name.as_str()) {
             return Err((in_pool, vec![WaitReason::HoldsSlot { phase: slot.phase }]));
         }
@@ -405,6 +404,14 @@ impl<'a> Scheduler<'a> {
             }
         }
     }
+}
+
+/// The node's pools, sorted, each once.
+fn distinct_pools(node: &NodeState) -> Vec<&str> {
+    let mut pools: Vec<&str> = node.pools.iter().map(String::as_str).collect();
+    pools.sort_unstable();
+    pools.dedup();
+    pools
 }
 
 /// A fixed order between two requests of the same node at the same time, so that the plan does
