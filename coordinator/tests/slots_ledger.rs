@@ -8,7 +8,7 @@ use rota_coordinator::slots::{Ledger, LedgerError, NodeState, Release, Transitio
 const TTL: SignedDuration = SignedDuration::from_secs(60);
 
 fn at(secs: i64) -> Timestamp {
-    Timestamp::from_second(1_700_000_000 + secs).unwrap()
+    Timestamp::constant(1_700_000_000 + secs, 0)
 }
 
 fn report(success: bool, secs: i64) -> CompletionReport {
@@ -30,12 +30,10 @@ fn upgrade() -> Operation {
     }
 }
 
-/// A ledger where `node` was requested and admitted; returns its token.
-fn admitted(ledger: &mut Ledger, node: &str, secs: i64) -> FencingToken {
-    ledger
-        .request(node, Operation::Reboot, Origin::Agent, at(secs))
-        .unwrap();
-    ledger.admit(node, at(secs + 1), None, true).unwrap().0
+/// Requests and admits `node`; returns its token.
+fn admitted(ledger: &mut Ledger, node: &str, secs: i64) -> Result<FencingToken, LedgerError> {
+    ledger.request(node, Operation::Reboot, Origin::Agent, at(secs))?;
+    Ok(ledger.admit(node, at(secs + 1), None, true)?.0)
 }
 
 #[test]
@@ -155,7 +153,7 @@ fn request_is_idempotent_per_node() {
 #[test]
 fn request_while_holding_a_slot() {
     let mut l = Ledger::new(TTL);
-    let token = admitted(&mut l, "n1", 0);
+    let token = admitted(&mut l, "n1", 0).unwrap();
     let before = l.clone();
     assert_eq!(
         l.request("n1", Operation::Reboot, Origin::Agent, at(5))
@@ -181,11 +179,11 @@ fn request_while_holding_a_slot() {
 #[test]
 fn tokens_strictly_increase_and_are_never_reused() {
     let mut l = Ledger::new(TTL);
-    let a = admitted(&mut l, "a", 0);
-    let b = admitted(&mut l, "b", 1);
+    let a = admitted(&mut l, "a", 0).unwrap();
+    let b = admitted(&mut l, "b", 1).unwrap();
     l.release("a", Release::Holder(a), "not needed", at(5))
         .unwrap();
-    let a2 = admitted(&mut l, "a", 6);
+    let a2 = admitted(&mut l, "a", 6).unwrap();
     assert!(a < b && b < a2, "{a} {b} {a2}");
     assert_eq!(l.last_issued_token(), a2.0);
     // The old token of node a is stale for good.
@@ -203,8 +201,8 @@ fn tokens_strictly_increase_and_are_never_reused() {
 #[test]
 fn stale_or_foreign_tokens_are_refused_and_change_nothing() {
     let mut l = Ledger::new(TTL);
-    let a = admitted(&mut l, "a", 0);
-    let b = admitted(&mut l, "b", 0);
+    let a = admitted(&mut l, "a", 0).unwrap();
+    let b = admitted(&mut l, "b", 0).unwrap();
     l.drained("a", a, at(3)).unwrap();
     let before = l.clone();
     for wrong in [b, FencingToken(a.0 + 100), FencingToken(0)] {
@@ -239,7 +237,7 @@ fn stale_or_foreign_tokens_are_refused_and_change_nothing() {
 #[test]
 fn wrong_phase_is_refused_and_changes_nothing() {
     let mut l = Ledger::new(TTL);
-    let t = admitted(&mut l, "n", 0);
+    let t = admitted(&mut l, "n", 0).unwrap();
     let before = l.clone();
     // Draining: not granted yet.
     assert!(matches!(
@@ -289,7 +287,7 @@ fn wrong_phase_is_refused_and_changes_nothing() {
 #[test]
 fn failure_keeps_capacity_until_recovery_or_a_human() {
     let mut l = Ledger::new(TTL);
-    let t = admitted(&mut l, "n", 0);
+    let t = admitted(&mut l, "n", 0).unwrap();
     l.drained("n", t, at(2)).unwrap();
     let tr = l.complete("n", t, report(false, 30)).unwrap().unwrap();
     assert_eq!(
@@ -322,7 +320,7 @@ fn failure_keeps_capacity_until_recovery_or_a_human() {
     assert!(tr.frees_capacity() && tr.uncordon);
 
     // A verification failure keeps capacity too, until a human releases it.
-    let t = admitted(&mut l, "m", 50);
+    let t = admitted(&mut l, "m", 50).unwrap();
     l.drained("m", t, at(52)).unwrap();
     l.complete("m", t, report(true, 60)).unwrap();
     let tr = l.fail("m", t, "not Ready within 10m", at(700)).unwrap();
@@ -345,7 +343,7 @@ fn failure_keeps_capacity_until_recovery_or_a_human() {
 #[test]
 fn expired_leases_are_visible_but_free_nothing() {
     let mut l = Ledger::new(TTL);
-    let t = admitted(&mut l, "n", 0);
+    let t = admitted(&mut l, "n", 0).unwrap();
     l.drained("n", t, at(10)).unwrap();
     assert_eq!(l.expired_leases(at(69)).count(), 0);
     let expired: Vec<_> = l.expired_leases(at(70)).map(|s| s.token).collect();
@@ -428,7 +426,7 @@ fn withdraw_holder_release_and_node_deletion() {
         Err(LedgerError::WrongState { .. })
     ));
 
-    let t = admitted(&mut l, "h", 0);
+    let t = admitted(&mut l, "h", 0).unwrap();
     assert!(matches!(
         l.release("h", Release::Withdraw, "", at(3)),
         Err(LedgerError::WrongState { .. })
@@ -443,7 +441,7 @@ fn withdraw_holder_release_and_node_deletion() {
         )
     );
 
-    let t = admitted(&mut l, "gone", 10);
+    let t = admitted(&mut l, "gone", 10).unwrap();
     l.drained("gone", t, at(12)).unwrap();
     let tr = l.node_deleted("gone", at(20)).unwrap();
     assert_eq!(
@@ -501,7 +499,7 @@ fn waiting_feedback_shows_only_while_queued() {
 #[test]
 fn rebuilt_ledger_never_reissues_a_token() {
     let mut l = Ledger::new(TTL);
-    let t = admitted(&mut l, "n", 0);
+    let t = admitted(&mut l, "n", 0).unwrap();
     let entries: Vec<_> = l.entries().map(|(n, e)| (n.clone(), e.clone())).collect();
     // The counter read back is older than the slot (it cannot be in practice; be safe anyway).
     let mut rebuilt = Ledger::from_persisted(TTL, 0, entries);

@@ -92,6 +92,23 @@ impl MemoryStore {
         store
     }
 
+    /// A store holding `state`, e.g. another store's [`MemoryStore::snapshot`] (what a restarted
+    /// coordinator reads back).
+    pub fn from_state(state: StoredState) -> Self {
+        let counter_generation = state
+            .counter_version
+            .as_deref()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        MemoryStore {
+            state: Mutex::new(MemoryState {
+                stored: state,
+                counter_generation,
+                ..MemoryState::default()
+            }),
+        }
+    }
+
     /// Adds a Node (as the cluster would).
     pub fn add_node(&self, node: &str) {
         self.lock().stored.nodes.entry(node.to_owned()).or_default();

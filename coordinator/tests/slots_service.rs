@@ -1,0 +1,306 @@
+//! The live slot service over the in-memory store: persist before acknowledging, undo what
+//! cannot be persisted, survive a restart, publish views and events.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use rota_coordinator::model::{FencingToken, NodeFacts, Operation, Origin};
+use rota_coordinator::slots::persist::SLOT_ANNOTATION;
+use rota_coordinator::slots::{
+    Clock, Completion, Error, LedgerError, MemoryStore, NodeState, Release, SlotEvent, SlotService,
+    SlotServiceConfig, StoreError, TransitionReason,
+};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+struct ManualClock(Mutex<Timestamp>);
+
+impl ManualClock {
+    fn advance(&self, secs: i64) {
+        let mut now = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        *now += SignedDuration::from_secs(secs);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock(Mutex::new(Timestamp::constant(
+        1_700_000_000,
+        0,
+    ))))
+}
+
+async fn service(
+    store: MemoryStore,
+    clock: Arc<ManualClock>,
+) -> Result<(SlotService<MemoryStore>, UnboundedReceiver<SlotEvent>), Error> {
+    SlotService::load(store, SlotServiceConfig::default(), clock).await
+}
+
+fn facts(boot_id: &str) -> NodeFacts {
+    NodeFacts {
+        boot_id: boot_id.into(),
+        reboot_required: true,
+        ..NodeFacts::default()
+    }
+}
+
+fn transitions(events: &mut UnboundedReceiver<SlotEvent>) -> Vec<TransitionReason> {
+    let mut out = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let SlotEvent::Transition(t) = event {
+            out.push(t.reason);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_change_is_persisted_and_survives_a_restart() {
+    let clock = clock();
+    let (svc, mut events) = service(MemoryStore::with_nodes(["n1", "n2"]), clock.clone())
+        .await
+        .unwrap();
+    svc.report_facts("n1", facts("boot-a")).unwrap();
+    svc.request("n1", Operation::Reboot, Origin::Agent)
+        .await
+        .unwrap();
+    let token = svc.admit("n1", true).await.unwrap();
+    assert_eq!(token, FencingToken(1));
+    let stored = svc.store().snapshot();
+    assert_eq!(
+        stored.last_token, 1,
+        "the counter is persisted with the admission"
+    );
+    assert!(stored.nodes["n1"][SLOT_ANNOTATION].contains("\"bootIdBefore\":\"boot-a\""));
+    svc.drained("n1", token).await.unwrap();
+    assert_eq!(
+        transitions(&mut events),
+        [
+            TransitionReason::Requested,
+            TransitionReason::Admitted,
+            TransitionReason::Drained
+        ]
+    );
+
+    // A restarted coordinator (or the standby replica) reads the same state back.
+    let snapshot = svc.store().snapshot();
+    drop(svc);
+    let (again, _) = service(MemoryStore::from_state(snapshot), clock.clone())
+        .await
+        .unwrap();
+    let view = again.view("n1").await.unwrap();
+    assert_eq!((view.state, view.token), (NodeState::Granted, Some(token)));
+    // It continues the counter: no token is issued twice.
+    again
+        .request("n2", Operation::Reboot, Origin::Agent)
+        .await
+        .unwrap();
+    assert_eq!(again.admit("n2", false).await.unwrap(), FencingToken(2));
+    // And the old slot keeps working with its token only.
+    again.renew("n1", token).await.unwrap();
+    let err = again.renew("n1", FencingToken(2)).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Ledger(LedgerError::StaleToken { .. })),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_change_that_cannot_be_persisted_is_undone() {
+    let (svc, mut events) = service(MemoryStore::with_nodes(["n1"]), clock())
+        .await
+        .unwrap();
+    svc.store().set_failing(true);
+    let err = svc
+        .request("n1", Operation::Reboot, Origin::Agent)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Store(StoreError::Backend(_))), "{err}");
+    assert_eq!(svc.view("n1").await.unwrap().state, NodeState::Idle);
+
+    svc.store().set_failing(false);
+    svc.request("n1", Operation::Reboot, Origin::Agent)
+        .await
+        .unwrap();
+    svc.store().set_failing(true);
+    assert!(svc.admit("n1", true).await.is_err());
+    assert_eq!(svc.view("n1").await.unwrap().state, NodeState::Queued);
+    assert_eq!(svc.read(|l| l.slots().count()).await, 0);
+    assert_eq!(transitions(&mut events), [TransitionReason::Requested]);
+
+    svc.store().set_failing(false);
+    let token = svc.admit("n1", true).await.unwrap();
+    assert_eq!(
+        token,
+        FencingToken(2),
+        "token 1 may have reached the store: it stays burned"
+    );
+    assert_eq!(svc.store().snapshot().last_token, 2);
+}
+
+#[tokio::test]
+async fn another_writer_of_the_counter_stops_admissions() {
+    let (svc, _) = service(MemoryStore::with_nodes(["n1"]), clock())
+        .await
+        .unwrap();
+    svc.request("n1", Operation::Reboot, Origin::Agent)
+        .await
+        .unwrap();
+    svc.store().write_counter_externally(10);
+    let err = svc.admit("n1", true).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Store(StoreError::Conflict { .. })),
+        "{err}"
+    );
+    assert_eq!(svc.view("n1").await.unwrap().state, NodeState::Queued);
+    assert_eq!(svc.store().snapshot().last_token, 10);
+}
+
+#[tokio::test]
+async fn watchers_see_changes_and_end_when_the_node_is_deleted() {
+    let (svc, mut events) = service(MemoryStore::with_nodes(["n1"]), clock())
+        .await
+        .unwrap();
+    let mut rx = svc.watch("n1").unwrap();
+    assert_eq!(rx.borrow_and_update().state, NodeState::Idle);
+    let deadline = Duration::from_secs(5);
+
+    svc.request("n1", Operation::Reboot, Origin::Agent)
+        .await
+        .unwrap();
+    tokio::time::timeout(deadline, rx.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rx.borrow_and_update().state, NodeState::Queued);
+
+    let waiting = rota_coordinator::slots::Waiting {
+        position: std::num::NonZeroU32::new(2),
+        reasons: vec!["maxUnavailable 1/1 reached (unavailable: n0)".into()],
+    };
+    svc.set_waiting([("n1".to_owned(), waiting)]).await;
+    tokio::time::timeout(deadline, rx.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    let view = rx.borrow_and_update().clone();
+    assert_eq!(view.queue_position.map(|p| p.get()), Some(2));
+    assert_eq!(view.waiting_reasons.len(), 1);
+
+    let token = svc.admit("n1", false).await.unwrap();
+    tokio::time::timeout(deadline, rx.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rx.borrow_and_update().token, Some(token));
+
+    let t = svc.node_deleted("n1").await.unwrap();
+    assert_eq!(
+        (t.reason, t.frees_capacity()),
+        (TransitionReason::NodeDeleted, true)
+    );
+    let closed = tokio::time::timeout(deadline, rx.changed()).await.unwrap();
+    assert!(closed.is_err(), "the channel closes with the node");
+    assert!(matches!(svc.watch("n1"), Err(Error::UnknownNode(_))));
+    assert_eq!(
+        transitions(&mut events).last(),
+        Some(&TransitionReason::NodeDeleted)
+    );
+}
+
+#[tokio::test]
+async fn unknown_nodes_and_facts() {
+    let (svc, mut events) = service(MemoryStore::with_nodes(["n1"]), clock())
+        .await
+        .unwrap();
+    assert!(matches!(
+        svc.request("ghost", Operation::Reboot, Origin::Agent).await,
+        Err(Error::UnknownNode(n)) if n == "ghost"
+    ));
+    assert!(matches!(
+        svc.report_facts("ghost", facts("b")),
+        Err(Error::UnknownNode(_))
+    ));
+
+    svc.report_facts("n1", facts("b1")).unwrap();
+    svc.report_facts("n1", facts("b1")).unwrap();
+    svc.report_facts("n1", facts("b2")).unwrap();
+    let mut changed = 0;
+    while let Ok(event) = events.try_recv() {
+        assert_eq!(event, SlotEvent::FactsChanged("n1".into()));
+        changed += 1;
+    }
+    assert_eq!(changed, 2, "identical facts are not a change");
+    assert_eq!(svc.facts("n1").unwrap().boot_id, "b2");
+
+    // A node added later by the Node watch is usable at once.
+    svc.node_added("n9").await;
+    svc.store().add_node("n9");
+    svc.request("n9", Operation::KubeletRestart, Origin::Manual)
+        .await
+        .unwrap();
+    assert_eq!(svc.read(|l| l.queue().count()).await, 1);
+}
+
+#[tokio::test]
+async fn completion_verification_and_lease_expiry() {
+    let clock = clock();
+    let (svc, mut events) = service(MemoryStore::with_nodes(["n1"]), clock.clone())
+        .await
+        .unwrap();
+    svc.request("n1", Operation::Reboot, Origin::Agent)
+        .await
+        .unwrap();
+    let token = svc.admit("n1", true).await.unwrap();
+    svc.drained("n1", token).await.unwrap();
+    svc.progress("n1", token, "rebooting".into(), String::new())
+        .await
+        .unwrap();
+
+    // The node is away longer than the lease: visible, but the slot is still held.
+    clock.advance(600);
+    let now = clock.now();
+    assert_eq!(svc.read(|l| l.expired_leases(now).count()).await, 1);
+    assert_eq!(svc.read(|l| l.slots().count()).await, 1);
+
+    let completion = Completion {
+        success: true,
+        message: "rebooted into 6.1.0-20".into(),
+        boot_id: Some("boot-b".into()),
+        rebooted: true,
+        changed: vec![("linux-image-amd64".into(), "6.1.0-20".into())],
+    };
+    let view = svc.complete("n1", token, completion.clone()).await.unwrap();
+    assert_eq!(view.state, NodeState::Verifying);
+    // Retrying the same report (a lost answer) is harmless.
+    assert_eq!(
+        svc.complete("n1", token, completion).await.unwrap().state,
+        NodeState::Verifying
+    );
+    let view = svc.verified("n1", token).await.unwrap();
+    assert_eq!(view.state, NodeState::Done);
+    let err = svc
+        .release("n1", Release::Holder(token), "late")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Ledger(LedgerError::StaleToken { .. })),
+        "{err}"
+    );
+    assert_eq!(
+        transitions(&mut events),
+        [
+            TransitionReason::Requested,
+            TransitionReason::Admitted,
+            TransitionReason::Drained,
+            TransitionReason::Completed,
+            TransitionReason::Verified
+        ]
+    );
+}
