@@ -8,6 +8,8 @@
 //! executor), `state.rs` (what survives a reboot), `daemon/` (the `run` loop against the
 //! coordinator), `cli.rs` (the `rota-agent` command line).
 
+pub mod cli;
+pub mod daemon;
 pub mod detect;
 mod error;
 pub mod host;

@@ -1,0 +1,451 @@
+//! The `rota-agent` command line: `check`, `upgrade`, `run` and the hidden `__host-exec`.
+//! Every flag can also come from a `ROTA_...` environment variable (the DaemonSet sets those).
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::daemon::{self, RunArgs};
+use crate::detect::{self, DetectConfig, NodeFacts};
+use crate::host::{ChrootHost, Host, HostExecArgs, NamespaceHost, RebootMethod, host_exec_main};
+use crate::ops::{CompleteAck, Completion, Executor, ExecutorConfig, Operation, Reporter};
+use crate::packages::{Blocked, UpgradeScope};
+use crate::{Error, Result, state};
+
+/// rota's node agent.
+#[derive(Debug, Parser)]
+#[command(name = "rota-agent", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print what this node needs: reboot and why, pending upgrades, kernels, versions.
+    Check(CheckArgs),
+    /// Apply package upgrades now, on a node that is already drained.
+    Upgrade(UpgradeArgs),
+    /// The daemon: report facts, ask the coordinator for slots, perform granted operations.
+    Run(Box<RunArgs>),
+    /// Run one command inside the host (used by the agent itself).
+    #[command(name = "__host-exec", hide = true)]
+    HostExec(HostExecArgs),
+}
+
+/// Log output.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, env = "ROTA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain, global = true)]
+    pub log_format: LogFormat,
+    /// Log filter (`RUST_LOG` syntax).
+    #[arg(long, env = "ROTA_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+/// Log formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Which host to act on.
+#[derive(Clone, Debug, Args)]
+pub struct HostArgs {
+    /// Act on the root file system in this directory (chroot) instead of the node (PID 1's
+    /// namespaces).
+    #[arg(long, env = "ROTA_HOST_ROOT")]
+    pub host_root: Option<PathBuf>,
+}
+
+impl HostArgs {
+    /// The host these arguments name.
+    pub fn host(&self) -> Box<dyn Host> {
+        match &self.host_root {
+            Some(dir) => Box::new(ChrootHost::new(dir)),
+            None => Box::new(NamespaceHost::new()),
+        }
+    }
+}
+
+/// How to detect what the node needs.
+#[derive(Clone, Debug, Args)]
+pub struct DetectArgs {
+    /// Reboot sentinel files (comma-separated).
+    #[arg(
+        long = "sentinel",
+        env = "ROTA_SENTINELS",
+        value_delimiter = ',',
+        default_values_t = detect::DEFAULT_SENTINELS.map(String::from)
+    )]
+    pub sentinels: Vec<String>,
+    /// Sentinel command run in the host (split on whitespace): exit 0 = reboot required, 1 =
+    /// not required, anything else is a detection error.
+    #[arg(long, env = "ROTA_SENTINEL_COMMAND")]
+    pub sentinel_command: Option<String>,
+    /// Refresh package lists before looking for upgrades.
+    #[arg(long, env = "ROTA_REFRESH")]
+    pub refresh: bool,
+}
+
+impl DetectArgs {
+    /// The detection configuration.
+    pub fn config(&self) -> DetectConfig {
+        DetectConfig {
+            sentinel_files: self.sentinels.iter().map(PathBuf::from).collect(),
+            sentinel_command: self
+                .sentinel_command
+                .as_ref()
+                .map(|c| c.split_whitespace().map(String::from).collect()),
+            refresh: self.refresh,
+            ..DetectConfig::default()
+        }
+    }
+}
+
+/// How operations are performed.
+#[derive(Clone, Debug, Args)]
+pub struct ExecArgs {
+    /// Where the agent keeps its state on the host.
+    #[arg(long, env = "ROTA_STATE_PATH", default_value = state::DEFAULT_STATE_PATH)]
+    pub state_path: PathBuf,
+    /// Reboot command run in the host (split on whitespace); default `systemctl reboot`.
+    /// `signal` sends SIGINT to the host's PID 1 instead.
+    #[arg(long, env = "ROTA_REBOOT_COMMAND")]
+    pub reboot_command: Option<String>,
+    /// Health check run in the host after an operation: exit 0 = healthy.
+    #[arg(
+        long,
+        env = "ROTA_HEALTH_COMMAND",
+        default_value = "systemctl is-active --quiet kubelet"
+    )]
+    pub health_command: String,
+    /// How long to wait for the node to go down after a reboot request (seconds).
+    #[arg(long, env = "ROTA_REBOOT_TIMEOUT", default_value_t = 600)]
+    pub reboot_timeout: u64,
+}
+
+impl ExecArgs {
+    /// The executor configuration.
+    pub fn config(&self, detect: DetectConfig) -> ExecutorConfig {
+        ExecutorConfig {
+            state_path: self.state_path.clone(),
+            reboot_method: match self.reboot_command.as_deref() {
+                None => RebootMethod::Systemctl,
+                Some("signal") => RebootMethod::SignalInit,
+                Some(cmd) => {
+                    RebootMethod::Command(cmd.split_whitespace().map(String::from).collect())
+                }
+            },
+            health_command: self
+                .health_command
+                .split_whitespace()
+                .map(String::from)
+                .collect(),
+            shutdown_wait: Duration::from_secs(self.reboot_timeout),
+            detect,
+            ..ExecutorConfig::default()
+        }
+    }
+}
+
+/// `rota-agent check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The host.
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// Detection.
+    #[command(flatten)]
+    pub detect: DetectArgs,
+    /// Print JSON instead of text.
+    #[arg(long, env = "ROTA_JSON")]
+    pub json: bool,
+}
+
+/// `rota-agent upgrade`.
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// The host.
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// Detection.
+    #[command(flatten)]
+    pub detect: DetectArgs,
+    /// Execution.
+    #[command(flatten)]
+    pub exec: ExecArgs,
+    /// Only security upgrades.
+    #[arg(long, env = "ROTA_SECURITY_ONLY")]
+    pub security_only: bool,
+    /// Reboot afterwards when the upgrade requires it.
+    #[arg(long, env = "ROTA_REBOOT")]
+    pub reboot: bool,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y', env = "ROTA_YES")]
+    pub yes: bool,
+}
+
+/// Runs the command line. The `__host-exec` helper must be dispatched before any thread is
+/// started, so this is the very first thing `main` calls.
+pub fn main(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::HostExec(args) => {
+            let code = host_exec_main(&args);
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
+        Command::Check(args) => {
+            init_logging(&cli.log);
+            check(&args)
+        }
+        Command::Upgrade(args) => {
+            init_logging(&cli.log);
+            upgrade(&args)
+        }
+        Command::Run(args) => {
+            init_logging(&cli.log);
+            daemon::run_blocking(*args)
+        }
+    }
+}
+
+fn init_logging(log: &LogArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests driving `main` twice) keeps the first subscriber.
+    let _ = match log.log_format {
+        LogFormat::Plain => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// `check`: exit 0 when every check ran, 2 on detection errors.
+fn check(args: &CheckArgs) -> Result<ExitCode> {
+    let host = args.host.host();
+    let facts = detect::detect(host.as_ref(), &args.detect.config());
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let json = serde_json::to_string_pretty(&facts)
+            .map_err(|e| Error::parse("facts as JSON", e.to_string()))?;
+        writeln!(out, "{json}").map_err(|e| Error::io("write", "stdout", e))?;
+    } else {
+        write!(out, "{}", render_facts(&facts)).map_err(|e| Error::io("write", "stdout", e))?;
+    }
+    Ok(if facts.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// The human form of `check`.
+pub fn render_facts(f: &NodeFacts) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let or_none = |v: &str| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    let _ = writeln!(s, "os:              {}", or_none(&f.os_image));
+    let _ = writeln!(s, "boot id:         {}", or_none(&f.boot_id));
+    let _ = writeln!(s, "kernel running:  {}", or_none(&f.kernel_running));
+    let _ = writeln!(
+        s,
+        "kernels:         {}",
+        or_none(&f.kernels_installed.join(", "))
+    );
+    let _ = writeln!(s, "kubelet:         {}", or_none(&f.kubelet_version));
+    let _ = writeln!(
+        s,
+        "runtime:         {}",
+        or_none(&f.container_runtime_version)
+    );
+    let _ = writeln!(
+        s,
+        "reboot required: {}",
+        if f.reboot_required { "yes" } else { "no" }
+    );
+    for r in &f.reboot_reasons {
+        let _ = writeln!(s, "  - {r}");
+    }
+    if !f.reboot_packages.is_empty() {
+        let _ = writeln!(s, "  requested by: {}", f.reboot_packages.join(", "));
+    }
+    let security: Vec<_> = f.actionable_upgrades(true).collect();
+    let other: Vec<_> = f
+        .actionable_upgrades(false)
+        .filter(|p| !p.security)
+        .collect();
+    let kept: Vec<_> = f
+        .pending_upgrades
+        .iter()
+        .filter(|p| p.blocked.is_some())
+        .collect();
+    let _ = writeln!(
+        s,
+        "pending upgrades ({}): {} security, {} other, {} kept back",
+        or_none(&f.package_backend),
+        security.len(),
+        other.len(),
+        kept.len()
+    );
+    for (title, list) in [("security", &security), ("other", &other)] {
+        if !list.is_empty() {
+            let _ = writeln!(s, "  {title}:");
+        }
+        for p in list.iter() {
+            let _ = writeln!(
+                s,
+                "    {} {} -> {} (impact: {:?})",
+                p.name, p.current, p.candidate, p.impact
+            );
+        }
+    }
+    if !kept.is_empty() {
+        let _ = writeln!(s, "  kept back:");
+    }
+    for p in kept {
+        let why = match p.blocked {
+            Some(Blocked::Held) => "held",
+            _ => "moves only in a Kubernetes upgrade",
+        };
+        let _ = writeln!(s, "    {} {} -> {} ({why})", p.name, p.current, p.candidate);
+    }
+    if !f.errors.is_empty() {
+        let _ = writeln!(s, "detection errors:");
+        for e in &f.errors {
+            let _ = writeln!(s, "  - {e}");
+        }
+    }
+    s
+}
+
+/// Prints progress of a manual upgrade on the terminal.
+struct TerminalReporter;
+
+impl Reporter for TerminalReporter {
+    fn progress(&self, _token: u64, step: &str, message: &str) {
+        if message.is_empty() {
+            eprintln!("==> {step}");
+        } else {
+            eprintln!("==> {step}: {message}");
+        }
+    }
+
+    fn complete(&self, _token: u64, c: &Completion) -> Result<CompleteAck> {
+        eprintln!(
+            "==> {}: {}",
+            if c.success { "done" } else { "FAILED" },
+            c.message
+        );
+        for p in &c.changed {
+            println!("changed {} {}", p.name, p.version);
+        }
+        Ok(CompleteAck::Accepted)
+    }
+}
+
+/// `upgrade`: exit 0 when the upgrade succeeded (or there was nothing to do), 1 when it
+/// failed or was not confirmed.
+fn upgrade(args: &UpgradeArgs) -> Result<ExitCode> {
+    let host = args.host.host();
+    let exec = args.exec.config(args.detect.config());
+    if state::load(host.as_ref(), &exec.state_path)?.is_some() {
+        return Err(Error::Refused(format!(
+            "an operation is in progress on this node ({} exists)",
+            exec.state_path.display()
+        )));
+    }
+    let pm = host.packages()?;
+    if args.detect.refresh {
+        pm.refresh()?;
+    }
+    let scope = if args.security_only {
+        UpgradeScope::SecurityOnly
+    } else {
+        UpgradeScope::All
+    };
+    let plan: Vec<_> = pm
+        .upgradable()?
+        .into_iter()
+        .filter(|p| scope.selects(p))
+        .collect();
+    drop(pm);
+    if plan.is_empty() {
+        println!("nothing to upgrade");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("will upgrade {} package(s):", plan.len());
+    for p in &plan {
+        println!(
+            "  {} {} -> {}{}",
+            p.name,
+            p.current,
+            p.candidate,
+            if p.security { " (security)" } else { "" }
+        );
+    }
+    if !args.yes && !confirm()? {
+        println!("not confirmed; nothing changed");
+        return Ok(ExitCode::FAILURE);
+    }
+    let reporter = TerminalReporter;
+    let op = Operation::PackageUpgrade {
+        security_only: args.security_only,
+        reboot_if_required: args.reboot,
+        packages: Vec::new(),
+    };
+    let mut ex = Executor::start(
+        host.as_ref(),
+        &exec,
+        &reporter,
+        0,
+        op,
+        jiff::Timestamp::now(),
+    )?;
+    let mut success = false;
+    while let Some(effect) = ex.record().next_effect() {
+        if let crate::ops::Effect::Complete { success: s, .. } = effect {
+            success = s;
+        }
+        if !ex.step()? {
+            break;
+        }
+    }
+    Ok(if success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn confirm() -> Result<bool> {
+    print!("proceed? [y/N] ");
+    std::io::stdout()
+        .flush()
+        .map_err(|e| Error::io("write", "stdout", e))?;
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| Error::io("read", "stdin", e))?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+}

@@ -1,0 +1,566 @@
+//! `rota-agent run`: the daemon. It reports the node's facts to the coordinator, asks for a
+//! slot when the node needs something, follows the slot on `WatchSlot`, performs the granted
+//! operation with its fencing token (renewing the lease meanwhile), and reports completion —
+//! after a reboot, from the new boot.
+//!
+//! Event-driven: detection runs at start, when a sentinel file appears or disappears
+//! (inotify on its directory), after an operation, and on the package-refresh timer; nothing
+//! polls. The decisions are in [`machine`]; this module only performs them.
+
+pub mod machine;
+pub mod proto;
+mod watch;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use rota_proto::v1 as pb;
+use rota_proto::v1::agent_client::AgentClient;
+use tokio::sync::mpsc;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::cli::{DetectArgs, ExecArgs, HostArgs};
+use crate::detect::{self, DetectConfig, NodeFacts};
+use crate::host::Host;
+use crate::ops::{CompleteAck, Completion, Executor, ExecutorConfig, Operation, Reporter};
+use crate::{Error, Result, state};
+use machine::{Action, Daemon, Input, UpgradePolicy};
+use proto::SlotView;
+
+/// `rota-agent run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The coordinator's gRPC address, e.g. `https://rota-coordinator.rota-system:9443`.
+    #[arg(long, env = "ROTA_COORDINATOR")]
+    pub coordinator: String,
+    /// This node's name (from the downward API).
+    #[arg(long, env = "ROTA_NODE_NAME")]
+    pub node: String,
+    /// Projected service-account token sent as `authorization: Bearer` (re-read per call, so
+    /// rotation works).
+    #[arg(long, env = "ROTA_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) of the coordinator; required for `https://`.
+    #[arg(long, env = "ROTA_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Which upgrades to ask slots for.
+    #[arg(long, env = "ROTA_UPGRADE", value_enum, default_value_t = UpgradePolicy::Security)]
+    pub upgrade: UpgradePolicy,
+    /// Seconds between package list refreshes.
+    #[arg(long, env = "ROTA_REFRESH_INTERVAL", default_value_t = 3600)]
+    pub refresh_interval: u64,
+    /// The host.
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// Detection.
+    #[command(flatten)]
+    pub detect: DetectArgs,
+    /// Execution.
+    #[command(flatten)]
+    pub exec: ExecArgs,
+}
+
+/// What the daemon needs besides its host and client.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    /// The node's name.
+    pub node: String,
+    /// Which upgrades to ask for.
+    pub policy: UpgradePolicy,
+    /// Detection.
+    pub detect: DetectConfig,
+    /// Execution.
+    pub exec: ExecutorConfig,
+    /// Interval of package list refreshes.
+    pub refresh_interval: Duration,
+    /// Back-off before reconnecting a broken watch or retrying a failed completion.
+    pub retry_interval: Duration,
+}
+
+/// Adds the agent's bearer token to every call.
+#[derive(Clone, Debug, Default)]
+pub struct TokenAuth {
+    /// File holding the token; `None` sends no token (tests, plain-text development setups).
+    pub token_file: Option<PathBuf>,
+}
+
+impl Interceptor for TokenAuth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let Some(path) = &self.token_file else {
+            return Ok(req);
+        };
+        let token = std::fs::read_to_string(path).map_err(|e| {
+            tonic::Status::unauthenticated(format!("cannot read {}: {e}", path.display()))
+        })?;
+        let value = format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| tonic::Status::unauthenticated("token is not a valid header value"))?;
+        req.metadata_mut().insert("authorization", value);
+        Ok(req)
+    }
+}
+
+/// The coordinator client the daemon uses.
+pub type Client = AgentClient<InterceptedService<Channel, TokenAuth>>;
+
+/// A client for `url` that connects lazily (the agent starts even while the coordinator is
+/// down).
+pub fn client(url: &str, ca_file: Option<&std::path::Path>, auth: TokenAuth) -> Result<Client> {
+    let mut endpoint = Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(30));
+    if url.starts_with("https://") {
+        let Some(ca) = ca_file else {
+            return Err(Error::Refused(
+                "an https coordinator needs --ca-file".into(),
+            ));
+        };
+        let pem = std::fs::read(ca).map_err(|e| Error::io("read", ca, e))?;
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))?;
+    }
+    Ok(AgentClient::with_interceptor(endpoint.connect_lazy(), auth))
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run_blocking(args: RunArgs) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("start runtime", "/", e))?;
+    let host: Arc<dyn Host> = Arc::from(args.host.host());
+    let detect = args.detect.config();
+    let config = DaemonConfig {
+        node: args.node.clone(),
+        policy: args.upgrade,
+        exec: args.exec.config(detect.clone()),
+        detect,
+        refresh_interval: Duration::from_secs(args.refresh_interval.max(60)),
+        retry_interval: Duration::from_secs(5),
+    };
+    runtime.block_on(async move {
+        let client = client(
+            &args.coordinator,
+            args.ca_file.as_deref(),
+            TokenAuth {
+                token_file: args.token_file.clone(),
+            },
+        )?;
+        run(config, host, client, shutdown_signal()).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers the process still ends on SIGTERM, just not gracefully.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// What the daemon's tasks tell its loop.
+enum Event {
+    Detect { refresh: bool },
+    Facts(Box<NodeFacts>),
+    Slot(SlotView),
+    OperationEnded(u64),
+}
+
+/// Runs the daemon against `client` until `shutdown` completes. An operation in flight at
+/// shutdown is resumed from the persisted state at the next start.
+pub async fn run(
+    config: DaemonConfig,
+    host: Arc<dyn Host>,
+    client: Client,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let config = Arc::new(config);
+    let (tx, mut rx) = mpsc::channel::<Event>(64);
+    let resumed = {
+        let host = host.clone();
+        let path = config.exec.state_path.clone();
+        tokio::task::spawn_blocking(move || state::load(host.as_ref(), &path))
+            .await
+            .map_err(|e| Error::State {
+                path: config.exec.state_path.clone(),
+                detail: e.to_string(),
+            })??
+    };
+    let mut daemon = Daemon::new(config.policy, resumed.as_ref().map(|r| r.token));
+    let mut tasks = tokio::task::JoinSet::new();
+    let lease_ttl = Arc::new(std::sync::atomic::AtomicU32::new(60));
+    if let Some(record) = resumed {
+        tracing::info!(token = record.token, phase = ?record.phase, "resuming the persisted operation");
+        spawn_operation(
+            &mut tasks,
+            &config,
+            &host,
+            &client,
+            &tx,
+            &lease_ttl,
+            record.token,
+            None,
+        );
+    }
+    tasks.spawn(watch_slot(config.clone(), client.clone(), tx.clone()));
+    {
+        let (host, files, tx) = (
+            host.clone(),
+            config.detect.sentinel_files.clone(),
+            tx.clone(),
+        );
+        std::thread::Builder::new()
+            .name("sentinel-watch".into())
+            .spawn(move || watch::sentinels(host, files, tx))
+            .map_err(|e| Error::io("start sentinel watcher", "/", e))?;
+    }
+    tasks.spawn(refresh_timer(config.refresh_interval, tx.clone()));
+    let _ = tx.send(Event::Detect { refresh: false }).await;
+
+    let mut detecting = false;
+    let mut detect_again: Option<bool> = None;
+    tokio::pin!(shutdown);
+    loop {
+        let event = tokio::select! {
+            _ = &mut shutdown => break,
+            event = rx.recv() => event,
+        };
+        let Some(event) = event else { break };
+        let input = match event {
+            Event::Detect { refresh } => {
+                if detecting {
+                    let pending = detect_again.unwrap_or(false);
+                    detect_again = Some(pending || refresh);
+                } else {
+                    detecting = true;
+                    spawn_detect(&host, &config, refresh, &tx);
+                }
+                continue;
+            }
+            Event::Facts(facts) => {
+                detecting = false;
+                if let Some(refresh) = detect_again.take() {
+                    detecting = true;
+                    spawn_detect(&host, &config, refresh, &tx);
+                }
+                Input::Facts(facts)
+            }
+            Event::Slot(slot) => {
+                if slot.lease_ttl_seconds > 0 {
+                    lease_ttl.store(slot.lease_ttl_seconds, std::sync::atomic::Ordering::Relaxed);
+                }
+                Input::Slot(slot)
+            }
+            Event::OperationEnded(token) => {
+                let _ = tx.try_send(Event::Detect { refresh: false });
+                Input::OperationEnded(token)
+            }
+        };
+        for action in daemon.on(input) {
+            perform(action, &mut tasks, &config, &host, &client, &tx, &lease_ttl).await;
+        }
+    }
+    tasks.abort_all();
+    Ok(())
+}
+
+fn spawn_detect(
+    host: &Arc<dyn Host>,
+    config: &Arc<DaemonConfig>,
+    refresh: bool,
+    tx: &mpsc::Sender<Event>,
+) {
+    let host = host.clone();
+    let mut detect = config.detect.clone();
+    detect.refresh = refresh;
+    let tx = tx.clone();
+    tokio::task::spawn_blocking(move || {
+        let facts = detect::detect(host.as_ref(), &detect);
+        if !facts.errors.is_empty() {
+            tracing::warn!(errors = ?facts.errors, "detection errors");
+        }
+        let _ = tx.blocking_send(Event::Facts(Box::new(facts)));
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn perform(
+    action: Action,
+    tasks: &mut tokio::task::JoinSet<()>,
+    config: &Arc<DaemonConfig>,
+    host: &Arc<dyn Host>,
+    client: &Client,
+    tx: &mpsc::Sender<Event>,
+    lease_ttl: &Arc<std::sync::atomic::AtomicU32>,
+) {
+    let mut c = client.clone();
+    let node = config.node.clone();
+    match action {
+        Action::ReportFacts(facts) => {
+            let req = pb::ReportFactsRequest {
+                node,
+                facts: Some(pb::NodeFacts::from(facts.as_ref())),
+            };
+            if let Err(e) = c.report_facts(req).await {
+                tracing::warn!(error = %e, "reporting facts failed");
+            }
+        }
+        Action::RequestSlot(op) => {
+            tracing::info!(operation = op.name(), "requesting a slot");
+            let req = pb::RequestSlotRequest {
+                node,
+                operation: Some(pb::Operation::from(&op)),
+            };
+            match c.request_slot(req).await {
+                Ok(resp) => match SlotView::try_from(resp.get_ref()) {
+                    Ok(slot) => {
+                        let _ = tx.send(Event::Slot(slot)).await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "invalid slot status"),
+                },
+                Err(e) => tracing::warn!(error = %e, "requesting a slot failed"),
+            }
+        }
+        Action::Withdraw => {
+            let req = pb::ReleaseRequest {
+                node,
+                token: 0,
+                reason: "no longer needed".into(),
+            };
+            if let Err(e) = c.release(req).await {
+                tracing::warn!(error = %e, "withdrawing the request failed");
+            }
+        }
+        Action::Start { token, operation } => {
+            tracing::info!(
+                token,
+                operation = operation.name(),
+                "slot granted; starting"
+            );
+            spawn_operation(
+                tasks,
+                config,
+                host,
+                client,
+                tx,
+                lease_ttl,
+                token,
+                Some(operation),
+            );
+        }
+    }
+}
+
+/// Runs an operation (a new one, or the persisted one when `operation` is `None`) on a
+/// blocking thread, renewing the lease meanwhile.
+#[allow(clippy::too_many_arguments)]
+fn spawn_operation(
+    tasks: &mut tokio::task::JoinSet<()>,
+    config: &Arc<DaemonConfig>,
+    host: &Arc<dyn Host>,
+    client: &Client,
+    tx: &mpsc::Sender<Event>,
+    lease_ttl: &Arc<std::sync::atomic::AtomicU32>,
+    token: u64,
+    operation: Option<Operation>,
+) {
+    let renew = tokio::spawn(renew_lease(
+        config.clone(),
+        client.clone(),
+        token,
+        lease_ttl.clone(),
+    ));
+    let reporter = GrpcReporter {
+        runtime: tokio::runtime::Handle::current(),
+        client: client.clone(),
+        node: config.node.clone(),
+    };
+    let (config, host, tx) = (config.clone(), host.clone(), tx.clone());
+    tasks.spawn(async move {
+        let cfg = config.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            execute(&cfg, host.as_ref(), &reporter, token, operation)
+        })
+        .await;
+        renew.abort();
+        match result {
+            Ok(Ok(())) => tracing::info!(token, "operation ended"),
+            Ok(Err(e)) => tracing::error!(token, error = %e, "operation aborted"),
+            Err(e) => tracing::error!(token, error = %e, "operation task failed"),
+        }
+        let _ = tx.send(Event::OperationEnded(token)).await;
+    });
+}
+
+/// Runs the operation to its end on this (blocking) thread. A completion that cannot be
+/// delivered is retried from the persisted state.
+fn execute(
+    config: &DaemonConfig,
+    host: &dyn Host,
+    reporter: &GrpcReporter,
+    token: u64,
+    operation: Option<Operation>,
+) -> Result<()> {
+    if let Some(op) = operation {
+        Executor::start(
+            host,
+            &config.exec,
+            reporter,
+            token,
+            op,
+            jiff::Timestamp::now(),
+        )?
+        .run()?;
+        return Ok(());
+    }
+    loop {
+        let Some(mut ex) = Executor::resume(host, &config.exec, reporter)? else {
+            return Ok(());
+        };
+        match ex.run() {
+            Ok(()) => return Ok(()),
+            Err(e @ (Error::Rpc(_) | Error::Transport(_))) => {
+                tracing::warn!(error = %e, "reporting to the coordinator failed; retrying");
+                std::thread::sleep(config.retry_interval);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reports progress and completion over gRPC from the operation's blocking thread.
+struct GrpcReporter {
+    runtime: tokio::runtime::Handle,
+    client: Client,
+    node: String,
+}
+
+impl Reporter for GrpcReporter {
+    fn progress(&self, token: u64, step: &str, message: &str) {
+        let mut c = self.client.clone();
+        let req = pb::ReportProgressRequest {
+            node: self.node.clone(),
+            token,
+            step: step.to_string(),
+            message: message.to_string(),
+        };
+        if let Err(e) = self.runtime.block_on(c.report_progress(req)) {
+            tracing::warn!(error = %e, step, "reporting progress failed");
+        }
+    }
+
+    fn complete(&self, token: u64, done: &Completion) -> Result<CompleteAck> {
+        let mut c = self.client.clone();
+        let req = pb::CompleteRequest {
+            node: self.node.clone(),
+            token,
+            success: done.success,
+            message: done.message.clone(),
+            boot_id: done.boot_id.clone(),
+            rebooted: done.rebooted,
+            changed: done.changed.iter().map(proto::pin_to_pb).collect(),
+        };
+        match self.runtime.block_on(c.complete(req)) {
+            Ok(_) => Ok(CompleteAck::Accepted),
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => Ok(CompleteAck::Stale),
+            Err(s) => Err(Error::Rpc(Box::new(s))),
+        }
+    }
+}
+
+/// Renews the lease at a third of its time-to-live until aborted.
+async fn renew_lease(
+    config: Arc<DaemonConfig>,
+    mut client: Client,
+    token: u64,
+    ttl: Arc<std::sync::atomic::AtomicU32>,
+) {
+    loop {
+        let secs = ttl.load(std::sync::atomic::Ordering::Relaxed).max(3) / 3;
+        tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
+        let req = pb::RenewRequest {
+            node: config.node.clone(),
+            token,
+        };
+        match client.renew(req).await {
+            Ok(resp) if resp.get_ref().lease_ttl_seconds > 0 => ttl.store(
+                resp.get_ref().lease_ttl_seconds,
+                std::sync::atomic::Ordering::Relaxed,
+            ),
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                tracing::error!(
+                    token,
+                    "the coordinator refused the lease renewal: token is stale"
+                );
+                return;
+            }
+            Err(e) => tracing::warn!(token, error = %e, "lease renewal failed"),
+        }
+    }
+}
+
+/// Follows the slot, reconnecting after a back-off when the stream ends or breaks.
+async fn watch_slot(config: Arc<DaemonConfig>, mut client: Client, tx: mpsc::Sender<Event>) {
+    loop {
+        let req = pb::WatchSlotRequest {
+            node: config.node.clone(),
+        };
+        match client.watch_slot(req).await {
+            Ok(resp) => {
+                let mut stream = resp.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(status)) => match SlotView::try_from(&status) {
+                            Ok(slot) => {
+                                if tx.send(Event::Slot(slot)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => tracing::warn!(error = %e, "invalid slot status"),
+                        },
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "slot watch broke");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch the slot"),
+        }
+        tokio::time::sleep(config.retry_interval).await;
+    }
+}
+
+/// Asks for a detection with a package refresh at every interval.
+async fn refresh_timer(interval: Duration, tx: mpsc::Sender<Event>) {
+    let mut timer = tokio::time::interval(interval);
+    // The first tick is immediate; start-up detection is sent separately.
+    timer.tick().await;
+    loop {
+        timer.tick().await;
+        if tx.send(Event::Detect { refresh: true }).await.is_err() {
+            return;
+        }
+    }
+}
