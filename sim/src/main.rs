@@ -1,1 +1,84 @@
-fn main() {}
+//! `rota-sim`: the emulated Kubernetes API server (and, later, the simulated cluster) as a
+//! process.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use rota_sim::apiserver::Store;
+use rota_sim::apiserver::serve::{self, ServeOptions};
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Debug, Parser)]
+#[clap(
+    name = "rota-sim",
+    version,
+    about = "Emulated Kubernetes API server for rota"
+)]
+struct Cli {
+    /// Log format.
+    #[clap(long, env = "ROTA_LOG_FORMAT", default_value = "plain", value_parser = ["plain", "json"], global = true)]
+    log_format: String,
+    #[clap(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the emulated API server until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    #[clap(flatten)]
+    api: ServeOptions,
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal, exiting now");
+        std::process::exit(130);
+    });
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    match cli.command {
+        Command::Serve(args) => {
+            let handle = serve::start(Store::new(), &args.api)
+                .await
+                .context("starting the API server")?;
+            println!("{}", handle.url());
+            shutdown_signal().await?;
+            tracing::info!("shutting down");
+            handle.shutdown().await;
+        }
+    }
+    Ok(())
+}

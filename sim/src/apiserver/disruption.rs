@@ -468,10 +468,7 @@ async fn run(store: Store) {
             std::time::Duration::try_from(d).unwrap_or_default()
         });
         let event = match wait {
-            Some(wait) => match tokio::time::timeout(wait, rx.recv()).await {
-                Ok(event) => Some(event),
-                Err(_) => None,
-            },
+            Some(wait) => tokio::time::timeout(wait, rx.recv()).await.ok(),
             None => Some(rx.recv().await),
         };
         match event {

@@ -231,8 +231,8 @@ impl State {
             return Ok(());
         }
         let mut opts = opts.clone();
-        if let Some(uid) = opts.preconditions.uid.as_deref().filter(|u| !u.is_empty()) {
-            if uid != meta::uid(pod) {
+        if let Some(uid) = opts.preconditions.uid.as_deref().filter(|u| !u.is_empty())
+            && uid != meta::uid(pod) {
                 return Err(Error::Conflict {
                     qualified: "pods".into(),
                     name: key.name.clone(),
@@ -242,7 +242,6 @@ impl State {
                     ),
                 });
             }
-        }
         if let Some(rv) = opts
             .preconditions
             .resource_version

@@ -145,264 +145,43 @@ impl ResourceInfo {
     }
 }
 
-struct Builtin {
-    group: &'static str,
-    version: &'static str,
-    plural: &'static str,
-    kind: &'static str,
-    namespaced: bool,
-    short: &'static [&'static str],
-    status: bool,
-    generation: bool,
-    all: bool,
-}
+/// (group, version, plural, kind, namespaced, short names, status subresource, generation,
+/// in the `all` category)
+type Builtin = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    bool,
+    &'static [&'static str],
+    bool,
+    bool,
+    bool,
+);
 
-const fn b(
-    group: &'static str,
-    version: &'static str,
-    plural: &'static str,
-    kind: &'static str,
-    namespaced: bool,
-    short: &'static [&'static str],
-    status: bool,
-    generation: bool,
-    all: bool,
-) -> Builtin {
-    Builtin {
-        group,
-        version,
-        plural,
-        kind,
-        namespaced,
-        short,
-        status,
-        generation,
-        all,
-    }
-}
-
+#[rustfmt::skip]
 const BUILTINS: &[Builtin] = &[
-    b(
-        "",
-        "v1",
-        "nodes",
-        "Node",
-        false,
-        &["no"],
-        true,
-        false,
-        false,
-    ),
-    b("", "v1", "pods", "Pod", true, &["po"], true, false, true),
-    b(
-        "",
-        "v1",
-        "namespaces",
-        "Namespace",
-        false,
-        &["ns"],
-        true,
-        false,
-        false,
-    ),
-    b(
-        "",
-        "v1",
-        "events",
-        "Event",
-        true,
-        &["ev"],
-        false,
-        false,
-        false,
-    ),
-    b(
-        "",
-        "v1",
-        "configmaps",
-        "ConfigMap",
-        true,
-        &["cm"],
-        false,
-        false,
-        false,
-    ),
-    b(
-        "",
-        "v1",
-        "secrets",
-        "Secret",
-        true,
-        &[],
-        false,
-        false,
-        false,
-    ),
-    b(
-        "",
-        "v1",
-        "serviceaccounts",
-        "ServiceAccount",
-        true,
-        &["sa"],
-        false,
-        false,
-        false,
-    ),
-    b(
-        "",
-        "v1",
-        "services",
-        "Service",
-        true,
-        &["svc"],
-        true,
-        false,
-        true,
-    ),
-    b(
-        "policy",
-        "v1",
-        "poddisruptionbudgets",
-        "PodDisruptionBudget",
-        true,
-        &["pdb"],
-        true,
-        true,
-        false,
-    ),
-    b(
-        "apps",
-        "v1",
-        "deployments",
-        "Deployment",
-        true,
-        &["deploy"],
-        true,
-        true,
-        true,
-    ),
-    b(
-        "apps",
-        "v1",
-        "replicasets",
-        "ReplicaSet",
-        true,
-        &["rs"],
-        true,
-        true,
-        true,
-    ),
-    b(
-        "apps",
-        "v1",
-        "statefulsets",
-        "StatefulSet",
-        true,
-        &["sts"],
-        true,
-        true,
-        true,
-    ),
-    b(
-        "apps",
-        "v1",
-        "daemonsets",
-        "DaemonSet",
-        true,
-        &["ds"],
-        true,
-        true,
-        true,
-    ),
-    b(
-        "coordination.k8s.io",
-        "v1",
-        "leases",
-        "Lease",
-        true,
-        &[],
-        false,
-        false,
-        false,
-    ),
-    b(
-        "events.k8s.io",
-        "v1",
-        "events",
-        "Event",
-        true,
-        &["ev"],
-        false,
-        false,
-        false,
-    ),
-    b(
-        "authentication.k8s.io",
-        "v1",
-        "tokenreviews",
-        "TokenReview",
-        false,
-        &[],
-        false,
-        false,
-        false,
-    ),
-    b(
-        "apiextensions.k8s.io",
-        "v1",
-        "customresourcedefinitions",
-        "CustomResourceDefinition",
-        false,
-        &["crd", "crds"],
-        true,
-        true,
-        false,
-    ),
-    b(
-        "rbac.authorization.k8s.io",
-        "v1",
-        "clusterroles",
-        "ClusterRole",
-        false,
-        &[],
-        false,
-        false,
-        false,
-    ),
-    b(
-        "rbac.authorization.k8s.io",
-        "v1",
-        "clusterrolebindings",
-        "ClusterRoleBinding",
-        false,
-        &[],
-        false,
-        false,
-        false,
-    ),
-    b(
-        "rbac.authorization.k8s.io",
-        "v1",
-        "roles",
-        "Role",
-        true,
-        &[],
-        false,
-        false,
-        false,
-    ),
-    b(
-        "rbac.authorization.k8s.io",
-        "v1",
-        "rolebindings",
-        "RoleBinding",
-        true,
-        &[],
-        false,
-        false,
-        false,
-    ),
+    ("", "v1", "nodes", "Node", false, &["no"], true, false, false),
+    ("", "v1", "pods", "Pod", true, &["po"], true, false, true),
+    ("", "v1", "namespaces", "Namespace", false, &["ns"], true, false, false),
+    ("", "v1", "events", "Event", true, &["ev"], false, false, false),
+    ("", "v1", "configmaps", "ConfigMap", true, &["cm"], false, false, false),
+    ("", "v1", "secrets", "Secret", true, &[], false, false, false),
+    ("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"], false, false, false),
+    ("", "v1", "services", "Service", true, &["svc"], true, false, true),
+    ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true, &["pdb"], true, true, false),
+    ("apps", "v1", "deployments", "Deployment", true, &["deploy"], true, true, true),
+    ("apps", "v1", "replicasets", "ReplicaSet", true, &["rs"], true, true, true),
+    ("apps", "v1", "statefulsets", "StatefulSet", true, &["sts"], true, true, true),
+    ("apps", "v1", "daemonsets", "DaemonSet", true, &["ds"], true, true, true),
+    ("coordination.k8s.io", "v1", "leases", "Lease", true, &[], false, false, false),
+    ("events.k8s.io", "v1", "events", "Event", true, &["ev"], false, false, false),
+    ("authentication.k8s.io", "v1", "tokenreviews", "TokenReview", false, &[], false, false, false),
+    ("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", false, &["crd", "crds"], true, true, false),
+    ("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", false, &[], false, false, false),
+    ("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", false, &[], false, false, false),
+    ("rbac.authorization.k8s.io", "v1", "roles", "Role", true, &[], false, false, false),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", true, &[], false, false, false),
 ];
 
 /// The set of served resources.
@@ -421,21 +200,22 @@ impl Registry {
     /// The built-in resources.
     pub fn new() -> Self {
         let mut by_resource = BTreeMap::new();
-        for bi in BUILTINS {
+        for &(group, version, plural, kind, namespaced, short, status, generation, all) in BUILTINS
+        {
             let info = ResourceInfo {
-                group: bi.group.to_string(),
-                versions: vec![bi.version.to_string()],
-                plural: bi.plural.to_string(),
-                singular: bi.kind.to_lowercase(),
-                kind: bi.kind.to_string(),
-                namespaced: bi.namespaced,
-                short_names: bi.short.iter().map(|s| s.to_string()).collect(),
-                status_subresource: bi.status,
-                tracks_generation: bi.generation,
-                create_only: bi.plural == "tokenreviews",
+                group: group.to_string(),
+                versions: vec![version.to_string()],
+                plural: plural.to_string(),
+                singular: kind.to_lowercase(),
+                kind: kind.to_string(),
+                namespaced,
+                short_names: short.iter().map(|s| s.to_string()).collect(),
+                status_subresource: status,
+                tracks_generation: generation,
+                create_only: plural == "tokenreviews",
                 custom: false,
                 printer_columns: Vec::new(),
-                categories: if bi.all {
+                categories: if all {
                     vec!["all".to_string()]
                 } else {
                     Vec::new()
@@ -589,24 +369,24 @@ pub fn crd_to_info(crd: &Value) -> Result<ResourceInfo> {
         if v.pointer("/subresources/status").is_some() {
             status_subresource = true;
         }
-        if storage || printer_columns.is_empty() {
-            if let Some(cols) = v.get("additionalPrinterColumns").and_then(Value::as_array) {
-                printer_columns = cols
-                    .iter()
-                    .filter_map(|c| {
-                        Some(PrinterColumn {
-                            name: c.get("name")?.as_str()?.to_string(),
-                            column_type: c
-                                .get("type")
-                                .and_then(Value::as_str)
-                                .unwrap_or("string")
-                                .to_string(),
-                            json_path: c.get("jsonPath")?.as_str()?.to_string(),
-                            priority: c.get("priority").and_then(Value::as_i64).unwrap_or(0),
-                        })
+        if (storage || printer_columns.is_empty())
+            && let Some(cols) = v.get("additionalPrinterColumns").and_then(Value::as_array)
+        {
+            printer_columns = cols
+                .iter()
+                .filter_map(|c| {
+                    Some(PrinterColumn {
+                        name: c.get("name")?.as_str()?.to_string(),
+                        column_type: c
+                            .get("type")
+                            .and_then(Value::as_str)
+                            .unwrap_or("string")
+                            .to_string(),
+                        json_path: c.get("jsonPath")?.as_str()?.to_string(),
+                        priority: c.get("priority").and_then(Value::as_i64).unwrap_or(0),
                     })
-                    .collect();
-            }
+                })
+                .collect();
         }
         if storage {
             versions.insert(0, vname.to_string());

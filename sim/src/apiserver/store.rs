@@ -210,11 +210,10 @@ struct WatchFilter {
 
 impl WatchFilter {
     fn matches(&self, obj: &Value) -> bool {
-        if let Some(ns) = &self.namespace {
-            if meta::namespace(obj) != ns {
+        if let Some(ns) = &self.namespace
+            && meta::namespace(obj) != ns {
                 return false;
             }
-        }
         self.labels.matches(obj) && self.fields.matches(obj)
     }
 
@@ -992,11 +991,10 @@ impl State {
         let mut items = Vec::new();
         let mut continue_token = None;
         for obj in self.iter_objects(resource, namespace) {
-            if let Some((ns, name)) = &after {
-                if (meta::namespace(obj), meta::name(obj)) <= (ns.as_str(), name.as_str()) {
+            if let Some((ns, name)) = &after
+                && (meta::namespace(obj), meta::name(obj)) <= (ns.as_str(), name.as_str()) {
                     continue;
                 }
-            }
             if !labels.matches(obj) || !fields.matches(obj) {
                 continue;
             }
@@ -1140,8 +1138,8 @@ impl State {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        if name.is_empty() {
-            if let Some(prefix) = md
+        if name.is_empty()
+            && let Some(prefix) = md
                 .get("generateName")
                 .and_then(Value::as_str)
                 .filter(|p| !p.is_empty())
@@ -1149,7 +1147,6 @@ impl State {
                 let generated = format!("{prefix}{}", generated_suffix());
                 md.insert("name".into(), json!(generated));
             }
-        }
         md.insert("uid".into(), json!(new_uid()));
         md.insert("creationTimestamp".into(), json!(meta::format_time(now)));
         md.remove("deletionTimestamp");
@@ -1164,11 +1161,9 @@ impl State {
         if strategy
             && info.status_subresource
             && !(info.group.is_empty() && matches!(info.plural.as_str(), "nodes" | "namespaces"))
-        {
-            if let Some(m) = obj.as_object_mut() {
+            && let Some(m) = obj.as_object_mut() {
                 m.remove("status");
             }
-        }
         apply_defaults(&info, &mut obj);
         validate(&info, &obj)?;
         let name = meta::name(&obj).to_string();
@@ -1241,21 +1236,18 @@ impl State {
             .get("metadata")
             .and_then(|m| m.get("namespace"))
             .and_then(Value::as_str)
-        {
-            if info.namespaced && !body_ns.is_empty() && Some(body_ns) != key.namespace.as_deref() {
+            && info.namespaced && !body_ns.is_empty() && Some(body_ns) != key.namespace.as_deref() {
                 return Err(Error::BadRequest(
                     "the namespace of the provided object does not match the namespace sent on the request".into(),
                 ));
             }
-        }
-        if let Some(kind) = map.get("kind").and_then(Value::as_str) {
-            if !kind.is_empty() && kind != info.kind {
+        if let Some(kind) = map.get("kind").and_then(Value::as_str)
+            && !kind.is_empty() && kind != info.kind {
                 return Err(Error::BadRequest(format!(
                     "the kind of the provided object ({kind}) does not match the resource ({})",
                     info.kind
                 )));
             }
-        }
         match map
             .get("metadata")
             .and_then(|m| m.get("resourceVersion"))
@@ -1405,13 +1397,11 @@ impl State {
         let removed = self.write(resource, obj, None, EventType::Deleted, now);
         if resource.group == "apiextensions.k8s.io"
             && resource.resource == "customresourcedefinitions"
-        {
-            if let Ok(info) = super::resources::crd_to_info(&removed) {
+            && let Ok(info) = super::resources::crd_to_info(&removed) {
                 let gr = info.group_resource();
                 self.remove_all(&gr, None, now);
                 self.registry.unregister(&gr);
             }
-        }
         if resource.group.is_empty() && resource.resource == "namespaces" {
             let ns = meta::name(&removed).to_string();
             let namespaced: Vec<GroupResource> = self
@@ -1450,8 +1440,8 @@ impl State {
         }
         let old = self.get(key)?;
         let qualified = Self::qualified(&key.resource);
-        if let Some(uid) = opts.preconditions.uid.as_deref().filter(|u| !u.is_empty()) {
-            if uid != meta::uid(&old) {
+        if let Some(uid) = opts.preconditions.uid.as_deref().filter(|u| !u.is_empty())
+            && uid != meta::uid(&old) {
                 return Err(Error::Conflict {
                     qualified,
                     name: key.name.clone(),
@@ -1461,7 +1451,6 @@ impl State {
                     ),
                 });
             }
-        }
         if let Some(rv) = opts
             .preconditions
             .resource_version
@@ -1557,7 +1546,7 @@ impl State {
                 now,
             )
         };
-        if is_pod && !meta::is_terminating(&old) || is_pod && finished {
+        if is_pod && (!meta::is_terminating(&old) || finished) {
             self.audit.pod_deletions.push(PodDeletionRecord {
                 time: now,
                 resource_version: self.rv,
