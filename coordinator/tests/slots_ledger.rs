@@ -2,7 +2,7 @@
 
 use jiff::{SignedDuration, Timestamp};
 use rota_coordinator::model::{FencingToken, Operation, Origin, SlotPhase};
-use rota_coordinator::slots::ledger::{CompletionReport, Holding};
+use rota_coordinator::slots::{CompletionReport, Holding};
 use rota_coordinator::slots::{Ledger, LedgerError, NodeState, Release, TransitionReason, Waiting};
 
 const TTL: SignedDuration = SignedDuration::from_secs(60);

@@ -1,6 +1,7 @@
 //! Maintenance slots: who may disrupt which node, with fencing tokens.
 //!
-//! - [`ledger`]: the pure per-node state machine and the fencing counter (no I/O, explicit `now`).
+//! - [`ledger`]: the pure per-node state machine and the fencing counter (no I/O, explicit `now`);
+//!   [`entry`] is what it keeps per node, [`transition`] what each change reports.
 //! - [`persist`]: the ledger's persisted form (node annotations under `rota.dev/`, the counter
 //!   ConfigMap) and the rebuild a restarted coordinator does.
 //! - [`store`]: the [`LedgerStore`] trait the Kubernetes writer implements, and an in-memory one.
@@ -8,18 +9,22 @@
 //!   persists every change before acknowledging it, publishes each node's [`SlotView`] on a
 //!   watch channel, and emits every [`Transition`] for Events and metrics.
 
+pub mod entry;
 pub mod ledger;
 pub mod persist;
 pub mod service;
 pub mod store;
+pub mod transition;
 
-pub use ledger::{
-    CompletionReport, Ledger, LedgerError, NodeEntry, NodeState, Release, SlotView, Transition,
-    TransitionReason, Waiting,
+pub use entry::{
+    CompletionReport, Finished, HeldSlot, Holding, NodeEntry, ProgressNote, QueuedRequest,
+    SlotView, Waiting,
 };
+pub use ledger::{Checkpoint, Ledger, LedgerError, LedgerResult, Release};
 pub use persist::PersistError;
 pub use service::{Clock, Completion, SlotEvent, SlotService, SlotServiceConfig, SystemClock};
 pub use store::{LedgerStore, MemoryStore, StoreError, StoredState};
+pub use transition::{NodeState, Transition, TransitionReason};
 
 use crate::model::NodeName;
 

@@ -15,11 +15,12 @@ use std::collections::BTreeMap;
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use super::ledger::{
-    CompletionReport, Finished, HeldSlot, Holding, Ledger, NodeEntry, ProgressNote, QueuedRequest,
-    TransitionReason, Waiting,
+use super::entry::{
+    CompletionReport, Finished, HeldSlot, Holding, NodeEntry, ProgressNote, QueuedRequest, Waiting,
 };
+use super::ledger::Ledger;
 use super::store::StoredState;
+use super::transition::TransitionReason;
 use crate::model::{FencingToken, NodeName, Operation, Origin, Slot, SlotPhase, SlotRequest};
 
 /// Node annotation holding a queued request.

@@ -12,11 +12,11 @@ use std::sync::{Arc, PoisonError, RwLock};
 use jiff::{SignedDuration, Timestamp};
 use tokio::sync::{Mutex, mpsc, watch};
 
-use super::ledger::{
-    CompletionReport, Ledger, LedgerResult, Release, SlotView, Transition, Waiting,
-};
+use super::entry::{CompletionReport, SlotView, Waiting};
+use super::ledger::{Ledger, LedgerResult, Release};
 use super::persist::encode_entry;
 use super::store::LedgerStore;
+use super::transition::Transition;
 use super::{Error, Result};
 use crate::model::{FencingToken, NodeFacts, NodeName, Operation, Origin};
 
