@@ -1,0 +1,680 @@
+//! Real apt and dpkg in a throw-away Debian bookworm root (chroot), with a local `file://`
+//! repository of packages built here with `dpkg-deb`.
+//!
+//! The repository has two suites, `rota` and `rota-security`:
+//! - `kubelet` 1.30.1-1.1 → 1.30.2-1.1 (moves only in a Kubernetes upgrade),
+//! - `linux-image-rota` 1.0 → 1.1, whose postinst writes `/var/run/reboot-required`,
+//! - `heldpkg` 1.0 → 1.1, held with `apt-mark hold`,
+//! - `secpkg` 1.0 → 1.0+sec1, the update only in `rota-security`,
+//! - `ordinary` 1.0 → 1.1.
+//!
+//! There is no systemd in a chroot: the root gets a `systemctl` in `/usr/local/sbin` that
+//! records its arguments in `/var/log/rota-systemctl.log` and succeeds — a test double of the
+//! host's systemd, the only one in this suite.
+//!
+//! The Debian base (`debootstrap --variant=minbase`) is cached as a tarball under
+//! `/var/cache/rota-test/`; the prepared root (repository, packages installed) is built once
+//! per test run, and every test works on its own copy.
+//!
+//! Needs root, `debootstrap`, `dpkg-deb` and `dpkg-scanpackages` (and, for the first run on a
+//! machine, Debian's mirror). Without them the tests fail when `CI` is set and are skipped
+//! with a message otherwise.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use jiff::Timestamp;
+use rota_agent::detect::{self, DetectConfig, NodeFacts};
+use rota_agent::host::{ChrootHost, Host, HostCommand};
+use rota_agent::ops::{CompleteAck, Completion, Executor, ExecutorConfig, Operation, Reporter};
+use rota_agent::packages::{Blocked, InstallPurpose, PackagePin, RepairOutcome, UpgradeScope};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_rota-agent");
+const CACHE_DIR: &str = "/var/cache/rota-test";
+const BASE_TARBALL: &str = "/var/cache/rota-test/bookworm-minbase.tar";
+const MIRROR: &str = "http://deb.debian.org/debian";
+
+/// Runs a command and returns its standard output; panics with its output on failure.
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Why this suite cannot run here, if it cannot.
+fn missing_prerequisite() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not running as root".into());
+    }
+    ["debootstrap", "dpkg-deb", "dpkg-scanpackages", "tar", "cp"]
+        .into_iter()
+        .find(|t| !have(t))
+        .map(|t| format!("{t} is not installed"))
+}
+
+/// The prepared root of this test run, or `None` when the suite is skipped.
+fn prepared() -> Option<&'static Path> {
+    static BASE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let base = BASE.get_or_init(|| match missing_prerequisite() {
+        Some(why) => Err(why),
+        None => Ok(prepare()),
+    });
+    match base {
+        Ok(p) => Some(p.as_path()),
+        Err(why) if std::env::var_os("CI").is_some() => {
+            panic!("the real-package suite cannot run in CI: {why}")
+        }
+        Err(why) => {
+            eprintln!("skipping the real-package suite: {why}");
+            None
+        }
+    }
+}
+
+/// A test's own copy of the prepared root; removed when dropped.
+struct Root {
+    dir: tempfile::TempDir,
+}
+
+impl Root {
+    fn new() -> Option<Root> {
+        let base = prepared()?;
+        let dir = tempfile::Builder::new()
+            .prefix("rota-apt-test.")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        sh(Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", base.display()))
+            .arg(dir.path()));
+        Some(Root { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn host(&self) -> ChrootHost {
+        ChrootHost::with_helper(self.path(), PathBuf::from(AGENT))
+    }
+
+    /// Runs the agent binary on this root.
+    fn agent(&self, args: &[&str]) -> std::process::Output {
+        Command::new(AGENT)
+            .args(args)
+            .arg("--host-root")
+            .arg(self.path())
+            .env_remove("ROTA_HOST_ROOT")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn check(&self, extra: &[&str]) -> (i32, NodeFacts) {
+        let mut args = vec!["check", "--json"];
+        args.extend_from_slice(extra);
+        let out = self.agent(&args);
+        let facts: NodeFacts = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "check printed no facts ({e}):\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code().unwrap_or(-1), facts)
+    }
+
+    fn version(&self, name: &str) -> Option<String> {
+        self.host()
+            .packages()
+            .unwrap()
+            .installed_version(name)
+            .unwrap()
+    }
+
+    fn systemctl_calls(&self) -> Vec<String> {
+        fs::read_to_string(self.path().join("var/log/rota-systemctl.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+}
+
+/// The Debian base: extracted from the cached tarball, bootstrapped first if needed.
+fn base_tarball() -> PathBuf {
+    let tarball = PathBuf::from(BASE_TARBALL);
+    if tarball.exists() {
+        return tarball;
+    }
+    fs::create_dir_all(CACHE_DIR).unwrap();
+    let build = PathBuf::from(format!("{CACHE_DIR}/build.{}", std::process::id()));
+    let _ = fs::remove_dir_all(&build);
+    sh(Command::new("debootstrap")
+        .args(["--variant=minbase", "bookworm"])
+        .arg(&build)
+        .arg(MIRROR));
+    let tmp = PathBuf::from(format!("{BASE_TARBALL}.{}", std::process::id()));
+    sh(Command::new("tar")
+        .arg("-C")
+        .arg(&build)
+        .arg("-cf")
+        .arg(&tmp)
+        .arg("."));
+    fs::rename(&tmp, &tarball).unwrap();
+    fs::remove_dir_all(&build).unwrap();
+    tarball
+}
+
+/// A package file: (path in the package, content, mode).
+type File<'a> = (&'a str, String, u32);
+
+/// Builds `name_version_all.deb` into `pool`.
+fn deb(
+    work: &Path,
+    pool: &Path,
+    name: &str,
+    version: &str,
+    files: &[File],
+    postinst: Option<&str>,
+) {
+    let dir = work.join(format!("{name}_{version}"));
+    fs::create_dir_all(dir.join("DEBIAN")).unwrap();
+    fs::write(
+        dir.join("DEBIAN/control"),
+        format!(
+            "Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: rota tests <rota@example.invalid>\nSection: misc\nPriority: optional\nDescription: rota test package {name}\n"
+        ),
+    )
+    .unwrap();
+    if let Some(script) = postinst {
+        let p = dir.join("DEBIAN/postinst");
+        fs::write(&p, script).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let doc = format!("usr/share/doc/{name}/README");
+    let readme: File = (doc.as_str(), format!("{name} {version}\n"), 0o644);
+    for (path, content, mode) in files.iter().chain(std::iter::once(&readme)) {
+        let p = dir.join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, content).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(*mode)).unwrap();
+    }
+    fs::create_dir_all(pool).unwrap();
+    sh(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .arg(&dir)
+        .arg(pool.join(format!("{name}_{version}_all.deb"))));
+}
+
+fn kubelet_files(version: &str) -> Vec<(&'static str, String, u32)> {
+    vec![(
+        "usr/bin/kubelet",
+        format!("#!/bin/sh\necho 'Kubernetes v{version}'\n"),
+        0o755,
+    )]
+}
+
+const KERNEL_POSTINST: &str = "#!/bin/sh\nset -e\nif [ \"$1\" = configure ]; then\n  touch /var/run/reboot-required\n  echo linux-image-rota >> /var/run/reboot-required.pkgs\nfi\n";
+
+/// Builds the prepared root of this run: the base, the repository, the initial packages.
+fn prepare() -> PathBuf {
+    let tarball = base_tarball();
+    // Prepared roots of earlier runs whose process is gone.
+    if let Ok(entries) = fs::read_dir("/var/tmp") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("rota-apt-root.")
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let root = PathBuf::from(format!("/var/tmp/rota-apt-root.{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    fs::create_dir_all(&root).unwrap();
+    sh(Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-xf")
+        .arg(&tarball));
+
+    let repo = root.join("srv/repo");
+    let work = tempfile::tempdir().unwrap();
+    let rota = repo.join("pool/rota");
+    let security = repo.join("pool/security");
+    deb(
+        work.path(),
+        &rota,
+        "kubelet",
+        "1.30.1-1.1",
+        &kubelet_files("1.30.1"),
+        None,
+    );
+    deb(
+        work.path(),
+        &rota,
+        "kubelet",
+        "1.30.2-1.1",
+        &kubelet_files("1.30.2"),
+        None,
+    );
+    for (version, release) in [("1.0", "6.1.0-rota1"), ("1.1", "6.1.0-rota2")] {
+        let vmlinuz = format!("boot/vmlinuz-{release}");
+        let files: Vec<File> = vec![(vmlinuz.as_str(), "kernel\n".into(), 0o644)];
+        deb(
+            work.path(),
+            &rota,
+            "linux-image-rota",
+            version,
+            &files,
+            Some(KERNEL_POSTINST),
+        );
+    }
+    for v in ["1.0", "1.1"] {
+        deb(work.path(), &rota, "heldpkg", v, &[], None);
+        deb(work.path(), &rota, "ordinary", v, &[], None);
+    }
+    deb(work.path(), &rota, "secpkg", "1.0", &[], None);
+    deb(work.path(), &security, "secpkg", "1.0+sec1", &[], None);
+    for (suite, pool) in [("rota", "pool/rota"), ("rota-security", "pool/security")] {
+        let packages = sh(Command::new("dpkg-scanpackages")
+            .args(["-m", pool, "/dev/null"])
+            .current_dir(&repo));
+        for arch in ["binary-amd64", "binary-all"] {
+            let dir = repo.join(format!("dists/{suite}/main/{arch}"));
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("Packages"), &packages).unwrap();
+        }
+        fs::write(
+            repo.join(format!("dists/{suite}/Release")),
+            format!(
+                "Origin: rota-test\nLabel: {suite}\nSuite: {suite}\nCodename: {suite}\nArchitectures: amd64 all\nComponents: main\nDescription: rota test suite {suite}\n"
+            ),
+        )
+        .unwrap();
+    }
+    // Only the local repository: the tests must not depend on the network after bootstrap.
+    fs::write(root.join("etc/apt/sources.list"), "").unwrap();
+    fs::write(
+        root.join("etc/apt/sources.list.d/rota.list"),
+        "deb [trusted=yes] file:///srv/repo rota main\ndeb [trusted=yes] file:///srv/repo rota-security main\n",
+    )
+    .unwrap();
+    let systemctl = root.join("usr/local/sbin/systemctl");
+    fs::create_dir_all(systemctl.parent().unwrap()).unwrap();
+    fs::write(
+        &systemctl,
+        "#!/bin/sh\n# Test double of the host's systemd: records the call, succeeds.\necho \"$*\" >> /var/log/rota-systemctl.log\nexit 0\n",
+    )
+    .unwrap();
+    fs::set_permissions(&systemctl, fs::Permissions::from_mode(0o755)).unwrap();
+
+    let chroot = |args: &[&str]| {
+        sh(Command::new("chroot")
+            .arg(&root)
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            ))
+    };
+    chroot(&["apt-get", "-q", "update"]);
+    chroot(&[
+        "apt-get",
+        "-q",
+        "-y",
+        "install",
+        "kubelet=1.30.1-1.1",
+        "linux-image-rota=1.0",
+        "heldpkg=1.0",
+        "secpkg=1.0",
+        "ordinary=1.0",
+    ]);
+    chroot(&["apt-mark", "hold", "heldpkg"]);
+    // The initial kernel's postinst asked for a reboot; the node has "rebooted" since.
+    let _ = fs::remove_file(root.join("run/reboot-required"));
+    let _ = fs::remove_file(root.join("run/reboot-required.pkgs"));
+    let _ = fs::remove_file(root.join("var/log/rota-systemctl.log"));
+    root
+}
+
+fn names<'a>(it: impl Iterator<Item = &'a rota_agent::packages::PendingUpgrade>) -> Vec<&'a str> {
+    let mut v: Vec<&str> = it.map(|p| p.name.as_str()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn check_lists_pending_upgrades_with_the_security_split() {
+    let Some(root) = Root::new() else { return };
+    let (code, facts) = root.check(&[]);
+    assert_eq!(code, 0, "{:?}", facts.errors);
+    assert!(facts.errors.is_empty(), "{:?}", facts.errors);
+    assert_eq!(facts.package_backend, "apt");
+    assert_eq!(names(facts.actionable_upgrades(true)), ["secpkg"]);
+    assert_eq!(
+        names(facts.actionable_upgrades(false).filter(|p| !p.security)),
+        ["linux-image-rota", "ordinary"]
+    );
+    let kept: Vec<(&str, Option<Blocked>)> = facts
+        .pending_upgrades
+        .iter()
+        .filter(|p| p.blocked.is_some())
+        .map(|p| (p.name.as_str(), p.blocked))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            ("heldpkg", Some(Blocked::Held)),
+            ("kubelet", Some(Blocked::KubernetesPin))
+        ]
+    );
+    let sec = facts
+        .pending_upgrades
+        .iter()
+        .find(|p| p.name == "secpkg")
+        .unwrap();
+    assert_eq!(
+        (sec.current.as_str(), sec.candidate.as_str()),
+        ("1.0", "1.0+sec1")
+    );
+    assert_eq!(facts.kubelet_version, "1.30.1");
+    assert_eq!(facts.kernels_installed, ["6.1.0-rota1"]);
+    assert!(!facts.reboot_required, "{:?}", facts.reboot_reasons);
+    assert_eq!(facts.os_image, "Debian GNU/Linux 12 (bookworm)");
+    // The proto facts carry only what a plain upgrade would do.
+    let pb = rota_proto::v1::NodeFacts::from(&facts);
+    let mut pb_names: Vec<&str> = pb
+        .pending_upgrades
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    pb_names.sort();
+    assert_eq!(pb_names, ["linux-image-rota", "ordinary", "secpkg"]);
+
+    // The human form says the same.
+    let out = root.agent(&["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("1 security, 2 other, 2 kept back"), "{text}");
+    assert!(text.contains("secpkg 1.0 -> 1.0+sec1"), "{text}");
+    assert!(text.contains("heldpkg 1.0 -> 1.1 (held)"), "{text}");
+    assert!(
+        text.contains("kubelet 1.30.1-1.1 -> 1.30.2-1.1 (moves only in a Kubernetes upgrade)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn upgrade_security_only_upgrades_only_security_packages() {
+    let Some(root) = Root::new() else { return };
+    let out = root.agent(&["upgrade", "--security-only", "--yes"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("will upgrade 1 package(s)"), "{stdout}");
+    assert!(stdout.contains("changed secpkg 1.0+sec1"), "{stdout}");
+    assert_eq!(root.version("secpkg").unwrap(), "1.0+sec1");
+    assert_eq!(root.version("ordinary").unwrap(), "1.0");
+    assert_eq!(root.version("linux-image-rota").unwrap(), "1.0");
+    assert_eq!(root.version("heldpkg").unwrap(), "1.0");
+    assert_eq!(root.version("kubelet").unwrap(), "1.30.1-1.1");
+    // Nothing asked for a reboot, and the kubelet was not restarted.
+    let (_, facts) = root.check(&[]);
+    assert!(!facts.reboot_required);
+    assert!(
+        !root
+            .systemctl_calls()
+            .iter()
+            .any(|c| c.starts_with("restart"))
+    );
+}
+
+#[test]
+fn upgrade_without_confirmation_changes_nothing() {
+    let Some(root) = Root::new() else { return };
+    let out = root.agent(&["upgrade"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not confirmed"));
+    assert_eq!(root.version("ordinary").unwrap(), "1.0");
+}
+
+#[test]
+fn plain_upgrade_keeps_holds_and_kubelet_and_leaves_the_sentinel() {
+    let Some(root) = Root::new() else { return };
+    let out = root.agent(&["upgrade", "--yes"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(root.version("ordinary").unwrap(), "1.1");
+    assert_eq!(root.version("secpkg").unwrap(), "1.0+sec1");
+    assert_eq!(root.version("linux-image-rota").unwrap(), "1.1");
+    assert_eq!(root.version("heldpkg").unwrap(), "1.0", "holds are kept");
+    assert_eq!(
+        root.version("kubelet").unwrap(),
+        "1.30.1-1.1",
+        "kubelet is not moved"
+    );
+    assert_eq!(
+        root.host().packages().unwrap().holds().unwrap(),
+        ["heldpkg"]
+    );
+    // apt-get install marks what it names manual; the agent restores the auto marks.
+    let (code, facts) = root.check(&[]);
+    assert_eq!(code, 0);
+    assert!(facts.reboot_required);
+    assert_eq!(facts.reboot_reasons, ["sentinel /var/run/reboot-required"]);
+    assert_eq!(facts.reboot_packages, ["linux-image-rota"]);
+    // The package replaced its kernel image (Debian installs each ABI as its own package).
+    assert_eq!(facts.kernels_installed, ["6.1.0-rota2"]);
+    assert_eq!(
+        names(facts.pending_upgrades.iter()),
+        ["heldpkg", "kubelet"],
+        "only the held and the pinned package are left"
+    );
+}
+
+/// Records what the executor reports.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<Completion>>);
+
+impl Reporter for Recorder {
+    fn progress(&self, _token: u64, _step: &str, _message: &str) {}
+    fn complete(&self, _token: u64, c: &Completion) -> rota_agent::Result<CompleteAck> {
+        self.0.lock().unwrap().push(c.clone());
+        Ok(CompleteAck::Accepted)
+    }
+}
+
+#[test]
+fn kubernetes_upgrade_moves_kubelet_and_restarts_it_through_systemctl() {
+    let Some(root) = Root::new() else { return };
+    let host = root.host();
+    let config = ExecutorConfig::default();
+    let rec = Recorder::default();
+    let op = Operation::KubernetesUpgrade {
+        version: "1.30.2".into(),
+    };
+    Executor::start(&host, &config, &rec, 11, op, Timestamp::now())
+        .unwrap()
+        .run()
+        .unwrap();
+    let done = rec.0.lock().unwrap().pop().unwrap();
+    assert!(done.success, "{done:?}");
+    assert_eq!(
+        done.changed,
+        [PackagePin {
+            name: "kubelet".into(),
+            version: "1.30.2-1.1".into()
+        }]
+    );
+    assert_eq!(root.version("kubelet").unwrap(), "1.30.2-1.1");
+    assert_eq!(
+        root.version("ordinary").unwrap(),
+        "1.0",
+        "nothing else moves"
+    );
+    assert_eq!(
+        root.systemctl_calls(),
+        [
+            "daemon-reload",
+            "restart kubelet",
+            "is-active --quiet kubelet"
+        ]
+    );
+    assert!(
+        !host.exists(&config.state_path).unwrap(),
+        "state is cleared"
+    );
+    let facts = detect::detect(&host, &DetectConfig::default());
+    assert_eq!(facts.kubelet_version, "1.30.2");
+}
+
+#[test]
+fn rollback_restores_the_previous_versions() {
+    let Some(root) = Root::new() else { return };
+    let host = root.host();
+    let pm = host.packages().unwrap();
+    let changes = pm.upgrade(UpgradeScope::All).unwrap();
+    let changed: Vec<(&str, Option<&str>, Option<&str>)> = changes
+        .iter()
+        .map(|c| (c.name.as_str(), c.before.as_deref(), c.after.as_deref()))
+        .collect();
+    assert_eq!(
+        changed,
+        [
+            ("linux-image-rota", Some("1.0"), Some("1.1")),
+            ("ordinary", Some("1.0"), Some("1.1")),
+            ("secpkg", Some("1.0"), Some("1.0+sec1")),
+        ]
+    );
+    let rolled = pm.rollback(&changes).unwrap();
+    assert_eq!(rolled.len(), 3, "{rolled:?}");
+    assert_eq!(pm.installed_version("ordinary").unwrap().unwrap(), "1.0");
+    assert_eq!(pm.installed_version("secpkg").unwrap().unwrap(), "1.0");
+    assert_eq!(
+        pm.installed_version("linux-image-rota").unwrap().unwrap(),
+        "1.0"
+    );
+    // Held packages stay held through a rollback of a Kubernetes upgrade too.
+    let k = pm
+        .install_versions(
+            &[PackagePin {
+                name: "kubelet".into(),
+                version: "1.30.2-1.1".into(),
+            }],
+            InstallPurpose::Kubernetes,
+        )
+        .unwrap();
+    pm.rollback(&k).unwrap();
+    assert_eq!(
+        pm.installed_version("kubelet").unwrap().unwrap(),
+        "1.30.1-1.1"
+    );
+}
+
+#[test]
+fn plain_rules_refuse_held_and_kubernetes_packages() {
+    let Some(root) = Root::new() else { return };
+    let host = root.host();
+    let pm = host.packages().unwrap();
+    let pin = |n: &str, v: &str| PackagePin {
+        name: n.into(),
+        version: v.into(),
+    };
+    assert!(
+        pm.install_versions(&[pin("heldpkg", "1.1")], InstallPurpose::Named)
+            .is_err()
+    );
+    assert!(
+        pm.install_versions(&[pin("kubelet", "1.30.2-1.1")], InstallPurpose::Named)
+            .is_err()
+    );
+    let named = pm
+        .install_versions(&[pin("ordinary", "1.1")], InstallPurpose::Named)
+        .unwrap();
+    assert_eq!(named.len(), 1);
+    assert_eq!(root.version("heldpkg").unwrap(), "1.0");
+    assert_eq!(root.version("kubelet").unwrap(), "1.30.1-1.1");
+}
+
+#[test]
+fn an_interrupted_dpkg_is_repaired() {
+    let Some(root) = Root::new() else { return };
+    let host = root.host();
+    // Unpacked but never configured: what a dpkg killed mid-run leaves.
+    let unpack = HostCommand::new([
+        "dpkg",
+        "--unpack",
+        "/srv/repo/pool/rota/ordinary_1.1_all.deb",
+    ]);
+    host.run(&unpack).unwrap().check(&unpack).unwrap();
+    let audit = HostCommand::new(["dpkg", "--audit"]);
+    let before = host.run(&audit).unwrap();
+    assert!(before.stdout.contains("ordinary"), "{before:?}");
+    // apt refuses to work on a database in this state; the agent repairs it first.
+    let pm = host.packages().unwrap();
+    match pm.repair().unwrap() {
+        RepairOutcome::Repaired(what) => assert!(what.contains("ordinary"), "{what}"),
+        RepairOutcome::Clean => panic!("the interrupted state was not detected"),
+    }
+    assert!(host.run(&audit).unwrap().stdout.trim().is_empty());
+    assert_eq!(pm.repair().unwrap(), RepairOutcome::Clean);
+    assert_eq!(root.version("ordinary").unwrap(), "1.1");
+    // And an upgrade after the repair works.
+    let changes = pm.upgrade(UpgradeScope::SecurityOnly).unwrap();
+    assert_eq!(changes.len(), 1);
+}
+
+#[test]
+fn a_missing_sentinel_command_is_an_error_not_a_reboot() {
+    let Some(root) = Root::new() else { return };
+    let (code, facts) = root.check(&["--sentinel-command", "/usr/bin/rota-no-such-check"]);
+    assert_ne!(code, 0, "detection errors make check fail");
+    assert!(!facts.reboot_required);
+    assert_eq!(facts.errors.len(), 1, "{:?}", facts.errors);
+    assert!(facts.errors[0].contains("not found"), "{:?}", facts.errors);
+    // A sentinel command that exists and says "required" does make it required.
+    let (code, facts) = root.check(&["--sentinel-command", "true"]);
+    assert_eq!(code, 0);
+    assert!(facts.reboot_required);
+    let (_, facts) = root.check(&["--sentinel-command", "false"]);
+    assert!(!facts.reboot_required && facts.errors.is_empty());
+    // Through the library: a distinct error.
+    let err = detect::sentinel_command(
+        &root.host(),
+        &["/usr/bin/rota-no-such-check".to_string()],
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, rota_agent::Error::CommandNotFound { .. }),
+        "{err}"
+    );
+}
