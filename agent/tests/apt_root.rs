@@ -20,6 +20,9 @@
 //! machine, Debian's mirror). Without them the tests fail when `CI` is set and are skipped
 //! with a message otherwise.
 
+// Test helpers outside `#[test]` functions: a failed set-up step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

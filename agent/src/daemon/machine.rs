@@ -325,7 +325,7 @@ mod tests {
         assert_eq!(d.running(), None);
         // The slot is released before fresh facts arrive: stale facts ask for nothing.
         assert!(d.on(Input::Slot(slot(SlotPhase::Done, 9, None))).is_empty());
-        let a = d.on(Input::Facts(Box::new(NodeFacts::default())));
+        let a = d.on(Input::Facts(Box::default()));
         assert!(
             !a.iter().any(|a| matches!(a, Action::RequestSlot(_))),
             "{a:?}"
