@@ -547,6 +547,9 @@ async fn resource(
         && !info.subresources().contains(&sub.as_str()) {
             return Err(Error::UnknownResource);
         }
+    if info.create_only && !(method == Method::POST && route.name.is_none()) {
+        return Err(Error::MethodNotAllowed);
+    }
     let gr = info.group_resource();
     let ns = route.namespace.as_deref();
     let key = |name: &str| ResourceKey::new(gr.clone(), ns, name);
