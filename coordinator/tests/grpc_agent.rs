@@ -532,3 +532,58 @@ async fn watch_streams_end_cleanly_on_shutdown_and_node_deletion() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn release_withdraws_a_request_or_gives_a_slot_back() {
+    let h = Harness::start().await.unwrap();
+    let mut n1 = h.client(Some("token-n1"));
+    n1.request_slot(request("n1", reboot())).await.unwrap();
+    n1.release(pb::ReleaseRequest {
+        node: "n1".into(),
+        token: 0,
+        reason: "no longer required".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(h.core.view("n1").await.unwrap().state, NodeState::Idle);
+
+    n1.request_slot(request("n1", reboot())).await.unwrap();
+    let token = h.core.admit("n1", true).await.unwrap();
+    // Withdrawing needs a queued request; a held slot needs its token.
+    let err = n1
+        .release(pb::ReleaseRequest {
+            node: "n1".into(),
+            token: 0,
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    // Progress before the grant is refused; after it, accepted.
+    let progress = pb::ReportProgressRequest {
+        node: "n1".into(),
+        token: token.0,
+        step: "upgrading".into(),
+        message: String::new(),
+    };
+    let err = n1.report_progress(progress.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    h.core.drained("n1", token).await.unwrap();
+    n1.report_progress(progress).await.unwrap();
+    n1.release(pb::ReleaseRequest {
+        node: "n1".into(),
+        token: token.0,
+        reason: "operation not needed any more".into(),
+    })
+    .await
+    .unwrap();
+    let view = h.core.view("n1").await.unwrap();
+    assert_eq!(view.state, NodeState::Idle);
+    assert!(
+        view.message.contains("operation not needed"),
+        "{}",
+        view.message
+    );
+    assert_eq!(h.core.read(|l| l.slots().count()).await, 0);
+    h.shutdown().await.unwrap();
+}

@@ -304,3 +304,31 @@ async fn completion_verification_and_lease_expiry() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_admissions_never_share_a_token() {
+    let nodes: Vec<String> = (0..64).map(|i| format!("n{i}")).collect();
+    let (svc, _) = service(MemoryStore::with_nodes(nodes.clone()), clock())
+        .await
+        .unwrap();
+    let svc = Arc::new(svc);
+    let tasks: Vec<_> = nodes
+        .iter()
+        .cloned()
+        .map(|node| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                svc.request(&node, Operation::Reboot, Origin::Agent).await?;
+                svc.admit(&node, true).await
+            })
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for task in tasks {
+        tokens.push(task.await.unwrap().unwrap().0);
+    }
+    tokens.sort_unstable();
+    assert_eq!(tokens, (1..=64).collect::<Vec<u64>>());
+    assert_eq!(svc.store().snapshot().last_token, 64);
+    assert_eq!(svc.read(|l| l.slots().count()).await, 64);
+}

@@ -8,6 +8,28 @@
 //! - [`service`]: [`SlotService`], the live ledger shared by the gRPC edge and the controller:
 //!   persists every change before acknowledging it, publishes each node's [`SlotView`] on a
 //!   watch channel, and emits every [`Transition`] for Events and metrics.
+//!
+//! # How the controller drives it
+//!
+//! 1. On start (after winning leader election): `SlotService::load(store, config, clock)` with
+//!    the Kubernetes [`LedgerStore`]; keep the returned event receiver. Feed the Node watch into
+//!    [`SlotService::node_added`] / [`SlotService::node_deleted`], and manual annotations into
+//!    `request(node, op, Origin::Manual)`; serve agents with [`crate::grpc::AgentGrpc`].
+//! 2. Each scheduling round: `read(|l| (l.queue().cloned().collect(), l.slots().cloned()
+//!    .collect()))` plus [`SlotService::all_facts`] into the scheduler's snapshot; for each
+//!    admission `admit(node, cordoned_by_rota)` (returns the fencing token, already persisted),
+//!    then cordon and drain; publish the plan's positions and reasons with
+//!    [`SlotService::set_waiting`].
+//! 3. Drain finished: `drained(node, token)`; drain stuck: `requeue_after_drain_failure(node,
+//!    token, not_before, why)`. Agent completed: verify the node, then `verified(node, token)` or
+//!    `fail(node, token, why)`; a failed node healthy again: `release(node,
+//!    Release::Recovered(token), ..)`; `rotactl release`: `release(node, Release::Force, why)`.
+//! 4. For every [`SlotEvent::Transition`]: record an Event (`reason.as_str()`, Warning when
+//!    `reason.is_warning()`), count it, and uncordon when `transition.uncordon`. Re-run the
+//!    scheduler on transitions and [`SlotEvent::FactsChanged`]. Lease expiry
+//!    (`read(|l| l.expired_leases(now).count())`) is for alerts only: it never frees a slot.
+//! 5. A [`StoreError::Conflict`] on the fencing counter means another coordinator writes it:
+//!    stop acting, and reload only after re-acquiring leadership.
 
 pub mod entry;
 pub mod ledger;
