@@ -530,6 +530,23 @@ fn reason_kinds_are_stable() {
 }
 
 #[test]
+fn pools_select_nodes_by_label() {
+    let workers = pool(
+        "workers",
+        json!({"nodeSelector": {"matchExpressions": [
+            {"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"},
+        ]}}),
+    );
+    let control_plane = [(
+        "node-role.kubernetes.io/control-plane".to_owned(),
+        String::new(),
+    )]
+    .into();
+    assert!(workers.selects(&Default::default()));
+    assert!(!workers.selects(&control_plane));
+}
+
+#[test]
 fn pdb_index_follows_the_eviction_api() {
     let mut index = PdbIndex::new();
     let selector = |pairs: &[(&str, &str)]| LabelSelector {

@@ -92,7 +92,8 @@ pub struct MaintenancePolicySpec {
     /// nodes, rounded down but never below 1. Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unavailable: Option<IntOrString>,
-    /// When maintenance may start. Empty: always.
+    /// When maintenance may start. Empty: always. Manual requests (`rotactl reboot`, the
+    /// `rota.dev/maintenance-requested` annotation) skip windows, but not blackouts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub windows: Vec<MaintenanceWindow>,
     /// Periods in which no maintenance starts, even inside a window.

@@ -46,6 +46,14 @@ pub struct Pool {
     pub firing_alerts: Vec<String>,
 }
 
+impl Pool {
+    /// Whether the pool's node selector selects a node with these labels (to fill
+    /// [`NodeState::pools`]).
+    pub fn selects(&self, node_labels: &BTreeMap<String, String>) -> bool {
+        self.policy.node_selector.matches(node_labels)
+    }
+}
+
 /// A Node as the scheduler sees it.
 #[derive(Clone, Debug, Default)]
 pub struct NodeState {
