@@ -346,9 +346,10 @@ fn error_response(err: &Error) -> Response {
     let code = StatusCode::from_u16(err.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = json_response(code, &err.to_status());
     if let Some(secs) = err.retry_after()
-        && let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
+        && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+    {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
     resp
 }
 
@@ -544,9 +545,10 @@ async fn resource(
         return Err(Error::UnknownResource);
     }
     if let Some(sub) = &route.sub
-        && !info.subresources().contains(&sub.as_str()) {
-            return Err(Error::UnknownResource);
-        }
+        && !info.subresources().contains(&sub.as_str())
+    {
+        return Err(Error::UnknownResource);
+    }
     if info.create_only && !(method == Method::POST && route.name.is_none()) {
         return Err(Error::MethodNotAllowed);
     }
