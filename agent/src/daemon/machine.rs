@@ -47,6 +47,8 @@ pub enum Input {
     Slot(SlotView),
     /// The operation under this token ended (completion reported or given up).
     OperationEnded(u64),
+    /// Time to tell the coordinator the facts again (a restarted coordinator learns them).
+    ResendFacts,
 }
 
 /// What to do.
@@ -130,6 +132,11 @@ impl Daemon {
                     | SlotPhase::Draining
                     | SlotPhase::Verifying
                     | SlotPhase::Failed => {}
+                }
+            }
+            Input::ResendFacts => {
+                if let Some(facts) = &self.facts {
+                    actions.push(Action::ReportFacts(facts.clone()));
                 }
             }
             Input::OperationEnded(token) => {
@@ -236,8 +243,12 @@ mod tests {
         let a = d.on(Input::Facts(Box::new(facts(true, false))));
         assert!(matches!(a[0], Action::ReportFacts(_)));
         assert_eq!(a[1], Action::RequestSlot(Operation::Reboot));
-        // The same facts again: nothing to say.
+        // The same facts again: nothing to say, until it is time to repeat them.
         assert!(d.on(Input::Facts(Box::new(facts(true, false)))).is_empty());
+        assert_eq!(
+            d.on(Input::ResendFacts),
+            vec![Action::ReportFacts(Box::new(facts(true, false)))]
+        );
         assert!(
             d.on(Input::Slot(slot(
                 SlotPhase::Queued,

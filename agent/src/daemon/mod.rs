@@ -178,12 +178,17 @@ async fn shutdown_signal() {
 }
 
 /// What the daemon's tasks tell its loop.
+#[derive(Clone)]
 enum Event {
     Detect { refresh: bool },
     Facts(Box<NodeFacts>),
     Slot(SlotView),
     OperationEnded(u64),
+    ResendFacts,
 }
+
+/// How often the facts are sent again even when unchanged (the protocol's 30 s).
+const FACTS_RESEND_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Runs the daemon against `client` until `shutdown` completes. An operation in flight at
 /// shutdown is resumed from the persisted state at the next start.
@@ -233,7 +238,16 @@ pub async fn run(
             .spawn(move || watch::sentinels(host, files, tx))
             .map_err(|e| Error::io("start sentinel watcher", "/", e))?;
     }
-    tasks.spawn(refresh_timer(config.refresh_interval, tx.clone()));
+    tasks.spawn(refresh_timer(
+        config.refresh_interval,
+        tx.clone(),
+        Event::Detect { refresh: true },
+    ));
+    tasks.spawn(refresh_timer(
+        FACTS_RESEND_INTERVAL,
+        tx.clone(),
+        Event::ResendFacts,
+    ));
     let _ = tx.send(Event::Detect { refresh: false }).await;
 
     let mut detecting = false;
@@ -274,6 +288,7 @@ pub async fn run(
                 let _ = tx.try_send(Event::Detect { refresh: false });
                 Input::OperationEnded(token)
             }
+            Event::ResendFacts => Input::ResendFacts,
         };
         for action in daemon.on(input) {
             perform(action, &mut tasks, &config, &host, &client, &tx, &lease_ttl).await;
@@ -552,14 +567,14 @@ async fn watch_slot(config: Arc<DaemonConfig>, mut client: Client, tx: mpsc::Sen
     }
 }
 
-/// Asks for a detection with a package refresh at every interval.
-async fn refresh_timer(interval: Duration, tx: mpsc::Sender<Event>) {
+/// Sends `event` at every interval (not at once: start-up work is sent separately).
+async fn refresh_timer(interval: Duration, tx: mpsc::Sender<Event>, event: Event) {
     let mut timer = tokio::time::interval(interval);
-    // The first tick is immediate; start-up detection is sent separately.
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     timer.tick().await;
     loop {
         timer.tick().await;
-        if tx.send(Event::Detect { refresh: true }).await.is_err() {
+        if tx.send(event.clone()).await.is_err() {
             return;
         }
     }
