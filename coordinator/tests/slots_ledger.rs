@@ -2,7 +2,7 @@
 
 use jiff::{SignedDuration, Timestamp};
 use rota_coordinator::model::{FencingToken, Operation, Origin, SlotPhase};
-use rota_coordinator::slots::{CompletionReport, Holding};
+use rota_coordinator::slots::{CompletionReport, Holding, RebootEvidence};
 use rota_coordinator::slots::{Ledger, LedgerError, NodeState, Release, TransitionReason, Waiting};
 
 const TTL: SignedDuration = SignedDuration::from_secs(60);
@@ -522,4 +522,54 @@ fn checkpoint_rollback_restores_the_entry_but_not_the_counter() {
     assert_eq!(l.state("n"), NodeState::Queued);
     let (t2, _) = l.admit("n", at(2), None, false).unwrap();
     assert!(t2 > t, "a token issued once stays burned");
+}
+
+#[test]
+fn reboot_evidence_compares_boot_ids() {
+    let held = |l: &Ledger| match &l.entry("n").unwrap().holding {
+        Holding::Held(h) => h.reboot_evidence(),
+        other => panic!("not held: {other:?}"),
+    };
+    let cases = [
+        (
+            Some("boot-1"),
+            true,
+            Some("boot-2"),
+            RebootEvidence::Confirmed,
+        ),
+        (
+            Some("boot-1"),
+            true,
+            Some("boot-1"),
+            RebootEvidence::BootIdUnchanged,
+        ),
+        (None, true, Some("boot-2"), RebootEvidence::Unverifiable),
+        (Some("boot-1"), true, None, RebootEvidence::Unverifiable),
+        (
+            Some("boot-1"),
+            false,
+            Some("boot-1"),
+            RebootEvidence::NotRebooted,
+        ),
+    ];
+    for (before, rebooted, after, expected) in cases {
+        let mut l = Ledger::new(TTL);
+        l.request("n", Operation::Reboot, Origin::Agent, at(0))
+            .unwrap();
+        let (t, _) = l
+            .admit("n", at(1), before.map(str::to_owned), true)
+            .unwrap();
+        l.drained("n", t, at(2)).unwrap();
+        assert_eq!(held(&l), RebootEvidence::Pending);
+        let report = CompletionReport {
+            success: true,
+            message: String::new(),
+            boot_id: after.map(str::to_owned),
+            rebooted,
+            changed_packages: 0,
+            at: at(3),
+        };
+        l.complete("n", t, report).unwrap();
+        assert_eq!(held(&l), expected, "{before:?} {rebooted} {after:?}");
+    }
 }

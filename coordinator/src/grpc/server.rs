@@ -19,6 +19,11 @@ use crate::model::NodeName;
 use crate::slots::{Release, SlotView};
 
 /// The `rota.v1.Agent` gRPC service: authenticates, validates and forwards to the core.
+///
+/// [`serve`] runs it on plain connections. With TLS or other server settings, build the tonic
+/// server yourself: `Server::builder().tls_config(..)?.add_service(agent.into_service())
+/// .serve_with_incoming_shutdown(incoming, async { signal.await; handle.shutdown() })`, with
+/// `handle` taken from [`AgentGrpc::shutdown_handle`] before `into_service`.
 pub struct AgentGrpc<C, A> {
     core: Arc<C>,
     auth: A,

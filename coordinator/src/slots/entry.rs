@@ -68,6 +68,39 @@ pub struct HeldSlot {
     pub completion: Option<CompletionReport>,
 }
 
+/// What the boot ids say about a reboot, for the verifier (DESIGN.md step 6: after a reboot the
+/// boot id must have changed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RebootEvidence {
+    /// The agent has not completed yet.
+    Pending,
+    /// The agent reports no reboot (the operation did not need one).
+    NotRebooted,
+    /// The agent reports a reboot and the boot id changed since admission.
+    Confirmed,
+    /// The agent reports a reboot but the boot id is the one from before: do not believe it.
+    BootIdUnchanged,
+    /// A boot id is missing, so the reboot cannot be checked.
+    Unverifiable,
+}
+
+impl HeldSlot {
+    /// Compares the boot id at admission with the one the agent reported on completion.
+    pub fn reboot_evidence(&self) -> RebootEvidence {
+        let Some(completion) = &self.completion else {
+            return RebootEvidence::Pending;
+        };
+        if !completion.rebooted {
+            return RebootEvidence::NotRebooted;
+        }
+        match (&self.slot.boot_id_before, &completion.boot_id) {
+            (Some(before), Some(after)) if before == after => RebootEvidence::BootIdUnchanged,
+            (Some(_), Some(_)) => RebootEvidence::Confirmed,
+            _ => RebootEvidence::Unverifiable,
+        }
+    }
+}
+
 /// How the node's latest slot or request ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finished {

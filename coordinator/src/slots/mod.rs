@@ -21,11 +21,14 @@
 //!    then cordon and drain; publish the plan's positions and reasons with
 //!    [`SlotService::set_waiting`].
 //! 3. Drain finished: `drained(node, token)`; drain stuck: `requeue_after_drain_failure(node,
-//!    token, not_before, why)`. Agent completed: verify the node, then `verified(node, token)` or
+//!    token, not_before, why)`. Agent completed: verify the node (Ready, kubelet version,
+//!    DaemonSets, and [`HeldSlot::reboot_evidence`] for a reboot), then `verified(node, token)` or
 //!    `fail(node, token, why)`; a failed node healthy again: `release(node,
 //!    Release::Recovered(token), ..)`; `rotactl release`: `release(node, Release::Force, why)`.
 //! 4. For every [`SlotEvent::Transition`]: record an Event (`reason.as_str()`, Warning when
-//!    `reason.is_warning()`), count it, and uncordon when `transition.uncordon`. Re-run the
+//!    `reason.is_warning()`), count it, and uncordon when `transition.uncordon`; a transition
+//!    out of `Draining` that the controller did not cause (the agent released, a human
+//!    force-released, the Node was deleted) means: stop that drain. Re-run the
 //!    scheduler on transitions and [`SlotEvent::FactsChanged`]. Lease expiry
 //!    (`read(|l| l.expired_leases(now).count())`) is for alerts only: it never frees a slot.
 //! 5. A [`StoreError::Conflict`] on the fencing counter means another coordinator writes it:
@@ -40,7 +43,7 @@ pub mod transition;
 
 pub use entry::{
     CompletionReport, Finished, HeldSlot, Holding, NodeEntry, ProgressNote, QueuedRequest,
-    SlotView, Waiting,
+    RebootEvidence, SlotView, Waiting,
 };
 pub use ledger::{Checkpoint, Ledger, LedgerError, LedgerResult, Release};
 pub use persist::PersistError;

@@ -404,6 +404,7 @@ impl<S: LedgerStore> SlotService<S> {
         Ok((value, view))
     }
 
+    #[tracing::instrument(level = "debug", skip(self, guarded))]
     async fn persist(&self, guarded: &mut Guarded, node: &str) -> Result<()> {
         let issued = guarded.ledger.last_issued_token();
         if issued > guarded.persisted_token {
