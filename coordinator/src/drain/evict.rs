@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 use super::filter::PodToEvict;
 use super::pdb::{Fingerprint, PdbIndex, PdbRef};
 use super::watch::{NodePods, Synced};
-use super::{DrainStats, PodRef};
+use super::{DrainProgress, DrainStats, PodRef};
 
 /// The message the API server gives when a pod is covered by several budgets.
 const MULTIPLE_PDBS: &str = "more than one PodDisruptionBudget";
@@ -155,8 +155,9 @@ pub enum BlockReason {
 }
 
 /// Where one pod's eviction stands.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Progress {
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "camelCase")]
+pub enum PodProgress {
     /// No eviction accepted yet.
     Evicting,
     /// The last attempt was refused by these budgets.
@@ -168,6 +169,15 @@ pub enum Progress {
     },
     /// The eviction was accepted; waiting for the pod to go.
     WaitingForDeletion,
+    /// The pod is gone.
+    Evicted,
+    /// The drain gave up on the pod.
+    NotEvicted {
+        /// Why.
+        reason: BlockReason,
+        /// The server's message.
+        message: String,
+    },
 }
 
 /// How one pod's eviction ended.
@@ -200,7 +210,7 @@ pub struct PodReport {
     /// How it ended.
     pub finish: Finish,
     /// Where it stood when it ended (tells what a timed-out pod was waiting for).
-    pub progress: Progress,
+    pub progress: PodProgress,
     /// Requests this task made.
     pub stats: DrainStats,
 }
@@ -228,25 +238,67 @@ pub struct EvictionContext {
     pub cancel: CancellationToken,
     /// When the drain gives up.
     pub deadline: Instant,
+    /// Where to publish progress, if anyone follows it.
+    pub progress: Option<watch::Sender<DrainProgress>>,
+}
+
+/// One pod's progress and counters, mirrored into the drain's published progress.
+struct Tracker {
+    pod: PodRef,
+    progress: PodProgress,
+    stats: DrainStats,
+    sink: Option<watch::Sender<DrainProgress>>,
+}
+
+impl Tracker {
+    fn set(&mut self, progress: PodProgress) {
+        if let Some(sink) = &self.sink {
+            sink.send_modify(|drain| {
+                drain.pods.insert(self.pod.clone(), progress.clone());
+            });
+        }
+        self.progress = progress;
+    }
+
+    fn count(&mut self, counter: fn(&mut DrainStats) -> &mut u64) {
+        *counter(&mut self.stats) += 1;
+        if let Some(sink) = &self.sink {
+            sink.send_modify(|drain| *counter(&mut drain.stats) += 1);
+        }
+    }
 }
 
 /// Evicts one pod and reports how it went. Never panics; stops at the deadline or on
 /// cancellation.
 pub async fn evict_pod(ctx: EvictionContext, pod: PodToEvict) -> PodReport {
-    let mut progress = Progress::Evicting;
-    let mut stats = DrainStats::default();
+    let mut tracker = Tracker {
+        pod: pod.pod.clone(),
+        progress: PodProgress::Evicting,
+        stats: DrainStats::default(),
+        sink: ctx.progress.clone(),
+    };
     let finish = tokio::select! {
-        finish = run(&ctx, &pod, &mut progress, &mut stats) => finish,
+        finish = run(&ctx, &pod, &mut tracker) => finish,
         () = sleep_until(ctx.deadline) => Finish::TimedOut,
         () = ctx.cancel.cancelled() => Finish::Cancelled,
     };
+    let progress = tracker.progress.clone();
     match &finish {
-        Finish::Evicted => info!("pod evicted"),
+        Finish::Evicted => {
+            info!("pod evicted");
+            tracker.set(PodProgress::Evicted);
+        }
         Finish::Blocked {
             reason,
             pdbs,
             message,
-        } => warn!(?reason, pdb = %join(pdbs), %message, "pod cannot be evicted"),
+        } => {
+            warn!(?reason, pdb = %join(pdbs), %message, "pod cannot be evicted");
+            tracker.set(PodProgress::NotEvicted {
+                reason: reason.clone(),
+                message: message.clone(),
+            });
+        }
         Finish::TimedOut => warn!(?progress, "deadline passed before the pod was evicted"),
         Finish::Cancelled => info!(?progress, "eviction cancelled"),
         Finish::WatchLost => warn!("pod watch ended; cannot tell whether the pod is gone"),
@@ -255,16 +307,11 @@ pub async fn evict_pod(ctx: EvictionContext, pod: PodToEvict) -> PodReport {
         pod: pod.pod,
         finish,
         progress,
-        stats,
+        stats: tracker.stats,
     }
 }
 
-async fn run(
-    ctx: &EvictionContext,
-    target: &PodToEvict,
-    progress: &mut Progress,
-    stats: &mut DrainStats,
-) -> Finish {
+async fn run(ctx: &EvictionContext, target: &PodToEvict, tracker: &mut Tracker) -> Finish {
     let pod = &target.pod;
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace);
     let body = eviction_body(pod, ctx.grace_period_seconds);
@@ -282,7 +329,7 @@ async fn run(
         let response = {
             // The semaphore is never closed; if it were, evicting unbounded is still correct.
             let _permit = ctx.requests.acquire().await.ok();
-            stats.evictions_attempted += 1;
+            tracker.count(|s| &mut s.evictions_attempted);
             let result = api
                 .create_subresource::<_, serde_json::Value>(
                     "eviction",
@@ -296,9 +343,9 @@ async fn run(
         let covering = || pdbs.borrow().index.covering(&pod.namespace, &target.labels);
         match response {
             EvictResponse::Accepted => {
-                stats.evictions_succeeded += 1;
+                tracker.count(|s| &mut s.evictions_succeeded);
                 debug!("eviction accepted; waiting for the pod to go");
-                *progress = Progress::WaitingForDeletion;
+                tracker.set(PodProgress::WaitingForDeletion);
                 return wait_gone(&mut pods, pod, ctx.skip_wait_for_delete_timeout).await;
             }
             EvictResponse::Gone => return Finish::Evicted,
@@ -313,7 +360,7 @@ async fn run(
                     .min(ctx.retry_fallback);
                 let mut until = now + fallback;
                 if budget {
-                    stats.evictions_blocked_by_pdb += 1;
+                    tracker.count(|s| &mut s.evictions_blocked_by_pdb);
                     let covering = covering();
                     debug!(pdb = %join(&covering), %message, "eviction refused by budget");
                     let give_up_at = *blocked_since.get_or_insert(now) + ctx.blocked_timeout;
@@ -325,17 +372,17 @@ async fn run(
                         };
                     }
                     until = until.min(give_up_at);
-                    *progress = Progress::BlockedByPdb {
+                    tracker.set(PodProgress::BlockedByPdb {
                         pdbs: covering,
                         message,
-                    };
+                    });
                 } else {
                     debug!(%message, "eviction throttled");
                 }
                 wait_for_budget(&mut pdbs, target, &mut retried_on, until).await;
             }
             EvictResponse::MultiplePdbs { message } => {
-                stats.eviction_errors += 1;
+                tracker.count(|s| &mut s.eviction_errors);
                 return Finish::Blocked {
                     reason: BlockReason::MultiplePdbs,
                     pdbs: covering(),
@@ -343,7 +390,7 @@ async fn run(
                 };
             }
             EvictResponse::Refused { code, message } => {
-                stats.eviction_errors += 1;
+                tracker.count(|s| &mut s.eviction_errors);
                 return Finish::Blocked {
                     reason: BlockReason::Refused { code },
                     pdbs: covering(),
@@ -351,7 +398,7 @@ async fn run(
                 };
             }
             EvictResponse::Transient { message } => {
-                stats.eviction_errors += 1;
+                tracker.count(|s| &mut s.eviction_errors);
                 warn!(%message, backoff_ms = backoff.as_millis(), "eviction failed; retrying");
                 sleep(backoff).await;
                 backoff = (backoff * 2).min(ctx.retry_fallback);

@@ -15,7 +15,7 @@ pub mod filter;
 pub mod pdb;
 mod watch;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,12 +34,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, instrument, warn};
 
 pub use cordon::{Cordon, is_unschedulable};
-pub use evict::BlockReason;
+pub use evict::{BlockReason, PodProgress};
 pub use filter::{PodRefusal, RefusalReason, SkipReason, SkippedPod};
 pub use pdb::PdbRef;
 
 use crate::kube_client::Clients;
-use evict::{EvictionContext, Finish, PodReport, Progress};
+use evict::{EvictionContext, Finish, PodReport};
 use watch::{NodePods, Synced};
 
 /// Errors of the drain engine's API calls. A drain that runs but cannot finish is not an error:
@@ -149,6 +149,54 @@ impl std::ops::AddAssign for DrainStats {
         self.evictions_succeeded += other.evictions_succeeded;
         self.evictions_blocked_by_pdb += other.evictions_blocked_by_pdb;
         self.eviction_errors += other.eviction_errors;
+    }
+}
+
+/// A live view of a running drain, for status pages and `rotactl`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DrainProgress {
+    /// The pods being evicted and where each stands.
+    pub pods: BTreeMap<PodRef, PodProgress>,
+    /// Counters so far.
+    pub stats: DrainStats,
+}
+
+/// What bounds a running drain, and who follows it.
+#[derive(Clone, Debug)]
+pub struct DrainControl {
+    /// When the drain gives up with [`DrainOutcome::TimedOut`].
+    pub deadline: Instant,
+    /// Fires to stop the drain with [`DrainOutcome::Cancelled`].
+    pub cancel: CancellationToken,
+    progress: Option<tokio::sync::watch::Sender<DrainProgress>>,
+}
+
+impl DrainControl {
+    /// A drain bounded by `deadline`, with its own cancellation token.
+    pub fn new(deadline: Instant) -> Self {
+        Self {
+            deadline,
+            cancel: CancellationToken::new(),
+            progress: None,
+        }
+    }
+
+    /// Uses `cancel` to stop the drain (for example a child of the controller's shutdown token).
+    pub fn with_cancel(mut self, cancel: CancellationToken) -> Self {
+        self.cancel = cancel;
+        self
+    }
+
+    /// Follows the drain's progress: the receiver sees every change while it runs.
+    pub fn progress(&mut self) -> tokio::sync::watch::Receiver<DrainProgress> {
+        match &self.progress {
+            Some(sender) => sender.subscribe(),
+            None => {
+                let (sender, receiver) = tokio::sync::watch::channel(DrainProgress::default());
+                self.progress = Some(sender);
+                receiver
+            }
+        }
     }
 }
 
@@ -341,18 +389,23 @@ impl Drainer {
         cordon::uncordon(&self.client, node).await
     }
 
-    /// Evicts the node's pods until they are gone, the drain is blocked, `deadline` passes, or
-    /// `cancel` fires. Dropping the returned future stops every task it started.
+    /// Evicts the node's pods until they are gone, the drain is blocked, the control's deadline
+    /// passes, or its token is cancelled. Dropping the returned future stops every task it
+    /// started.
     ///
     /// The node should be cordoned first, or evicted pods may come back.
-    #[instrument(skip(self, spec, cancel), fields(node = %node))]
+    #[instrument(skip(self, spec, control), fields(node = %node))]
     pub async fn drain(
         &self,
         node: &str,
         spec: &DrainSpec,
-        deadline: Instant,
-        cancel: CancellationToken,
+        control: DrainControl,
     ) -> Result<DrainReport> {
+        let DrainControl {
+            deadline,
+            cancel,
+            progress,
+        } = control;
         let started = Instant::now();
         let report = |outcome: DrainOutcome, stats: DrainStats| DrainReport {
             node: node.to_owned(),
@@ -421,6 +474,15 @@ impl Drainer {
             "draining"
         );
 
+        if let Some(progress) = &progress {
+            progress.send_modify(|view| {
+                view.pods = plan
+                    .evict
+                    .iter()
+                    .map(|target| (target.pod.clone(), PodProgress::Evicting))
+                    .collect();
+            });
+        }
         let ctx = EvictionContext {
             client: self.eviction_client.clone(),
             grace_period_seconds: spec.grace_period_seconds,
@@ -432,6 +494,7 @@ impl Drainer {
             pdbs,
             cancel,
             deadline,
+            progress,
         };
         let mut tasks = JoinSet::new();
         let mut task_pods = HashMap::new();
@@ -455,7 +518,7 @@ impl Drainer {
                         reports.push(PodReport {
                             pod,
                             finish: Finish::WatchLost,
-                            progress: Progress::Evicting,
+                            progress: PodProgress::Evicting,
                             stats: DrainStats::default(),
                         });
                     }
@@ -488,8 +551,8 @@ async fn wait_listed<T>(
     cancel: &CancellationToken,
 ) -> Listing {
     tokio::select! {
-        listed = rx.wait_for(|state| state.synced) => {
-            if listed.is_ok() {
+        listed = async { rx.wait_for(|state| state.synced).await.is_ok() } => {
+            if listed {
                 return Listing::Listed;
             }
             // The watch task is gone; only the deadline or the cancellation can end the wait.
@@ -530,7 +593,7 @@ fn outcome(mut reports: Vec<PodReport>, skipped: Vec<SkippedPod>) -> DrainOutcom
             }
             Finish::TimedOut | Finish::Cancelled | Finish::WatchLost => {
                 cancelled |= report.finish == Finish::Cancelled;
-                if let Progress::BlockedByPdb { pdbs, .. } = report.progress {
+                if let PodProgress::BlockedByPdb { pdbs, .. } = report.progress {
                     blocking_pdbs.extend(pdbs);
                 }
                 unfinished.push(report.pod);
@@ -582,7 +645,7 @@ mod tests {
         }
     }
 
-    fn report(name: &str, finish: Finish, progress: Progress) -> PodReport {
+    fn report(name: &str, finish: Finish, progress: PodProgress) -> PodReport {
         PodReport {
             pod: pod(name),
             finish,
@@ -592,7 +655,7 @@ mod tests {
     }
 
     fn evicted(name: &str) -> PodReport {
-        report(name, Finish::Evicted, Progress::WaitingForDeletion)
+        report(name, Finish::Evicted, PodProgress::WaitingForDeletion)
     }
 
     fn blocked(name: &str, by: &str) -> PodReport {
@@ -603,7 +666,7 @@ mod tests {
                 pdbs: vec![pdb(by)],
                 message: "would violate".into(),
             },
-            Progress::BlockedByPdb {
+            PodProgress::BlockedByPdb {
                 pdbs: vec![pdb(by)],
                 message: "would violate".into(),
             },
@@ -614,7 +677,7 @@ mod tests {
         report(
             name,
             finish,
-            Progress::BlockedByPdb {
+            PodProgress::BlockedByPdb {
                 pdbs: vec![pdb(by)],
                 message: "would violate".into(),
             },
@@ -663,7 +726,7 @@ mod tests {
                     evicted("a"),
                     waiting_on("b", "web", Finish::TimedOut),
                     blocked("c", "db"),
-                    report("d", Finish::TimedOut, Progress::WaitingForDeletion),
+                    report("d", Finish::TimedOut, PodProgress::WaitingForDeletion),
                 ],
                 DrainOutcome::TimedOut {
                     remaining: vec![pod("b"), pod("c"), pod("d")],
@@ -673,7 +736,11 @@ mod tests {
             ),
             (
                 "lost watch counts as unfinished",
-                vec![report("a", Finish::WatchLost, Progress::WaitingForDeletion)],
+                vec![report(
+                    "a",
+                    Finish::WatchLost,
+                    PodProgress::WaitingForDeletion,
+                )],
                 DrainOutcome::TimedOut {
                     remaining: vec![pod("a")],
                     blocking_pdbs: vec![],
@@ -685,7 +752,7 @@ mod tests {
                 vec![
                     evicted("a"),
                     waiting_on("b", "web", Finish::Cancelled),
-                    report("c", Finish::TimedOut, Progress::Evicting),
+                    report("c", Finish::TimedOut, PodProgress::Evicting),
                 ],
                 DrainOutcome::Cancelled {
                     remaining: vec![pod("b"), pod("c")],
