@@ -269,9 +269,9 @@ impl Ledger {
     ) -> LedgerResult<Option<Transition>> {
         let entry = self.entries.get(node);
         let from = entry.map_or(NodeState::Idle, NodeEntry::state);
-        match entry.map(|e| &e.holding) {
+        let (requested_at, not_before, reason, message) = match entry.map(|e| &e.holding) {
             Some(Holding::Held(held)) => {
-                if held.slot.operation == operation {
+                return if held.slot.operation == operation {
                     Ok(None)
                 } else {
                     Err(LedgerError::SlotHeld {
@@ -280,7 +280,7 @@ impl Ledger {
                         held: held.slot.operation.name(),
                         requested: operation.name(),
                     })
-                }
+                };
             }
             Some(Holding::Queued(queued)) => {
                 let current = &queued.request;
@@ -308,59 +308,37 @@ impl Ledger {
                         current.operation.name()
                     )
                 };
-                let request = SlotRequest {
-                    node: node.to_owned(),
-                    operation: operation.clone(),
-                    origin,
-                    requested_at: current.requested_at,
-                    not_before: current.not_before,
-                };
-                self.set_holding(
-                    node,
-                    Holding::Queued(QueuedRequest {
-                        request,
-                        note: message.clone(),
-                    }),
-                );
-                Ok(Some(self.transition(
-                    node,
-                    from,
-                    None,
-                    operation,
+                (
+                    current.requested_at,
+                    current.not_before,
                     TransitionReason::RequestReplaced,
                     message,
-                    now,
-                    false,
-                )))
+                )
             }
-            Some(Holding::Idle) | None => {
-                let message = format!("{} requested {}", origin_name(origin), operation.name());
-                let request = SlotRequest {
-                    node: node.to_owned(),
-                    operation: operation.clone(),
-                    origin,
-                    requested_at: now,
-                    not_before: None,
-                };
-                self.set_holding(
-                    node,
-                    Holding::Queued(QueuedRequest {
-                        request,
-                        note: message.clone(),
-                    }),
-                );
-                Ok(Some(self.transition(
-                    node,
-                    from,
-                    None,
-                    operation,
-                    TransitionReason::Requested,
-                    message,
-                    now,
-                    false,
-                )))
-            }
-        }
+            Some(Holding::Idle) | None => (
+                now,
+                None,
+                TransitionReason::Requested,
+                format!("{} requested {}", origin_name(origin), operation.name()),
+            ),
+        };
+        let request = SlotRequest {
+            node: node.to_owned(),
+            operation: operation.clone(),
+            origin,
+            requested_at,
+            not_before,
+        };
+        self.set_holding(
+            node,
+            Holding::Queued(QueuedRequest {
+                request,
+                note: message.clone(),
+            }),
+        );
+        Ok(Some(self.transition(
+            node, from, None, operation, reason, message, now, false,
+        )))
     }
 
     /// Admits the node's queued request: issues the next fencing token and holds a slot in
