@@ -376,10 +376,13 @@ async fn run(ctx: &EvictionContext, target: &PodToEvict, tracker: &mut Tracker) 
                         pdbs: covering,
                         message,
                     });
+                    wait_for_budget(&mut pdbs, target, &mut retried_on, until).await;
                 } else {
+                    // API throttling, not a budget: budget changes say nothing about it, the
+                    // server's Retry-After does.
                     debug!(%message, "eviction throttled");
+                    sleep_until(until).await;
                 }
-                wait_for_budget(&mut pdbs, target, &mut retried_on, until).await;
             }
             EvictResponse::MultiplePdbs { message } => {
                 tracker.count(|s| &mut s.eviction_errors);
