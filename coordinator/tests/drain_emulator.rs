@@ -489,6 +489,52 @@ async fn two_budgets_on_one_pod_refuse_the_drain() -> Result<()> {
 }
 
 #[tokio::test]
+async fn second_budget_appearing_mid_drain_blocks_with_the_servers_refusal() -> Result<()> {
+    let cluster = cluster(&["n1", "n2"]).await?;
+    let store = &cluster.store;
+    store.create_as(&web("web-1", "n1"))?;
+    store.create_as(&web("web-2", "n2"))?;
+    store.create_as(&min_available("web", "web", 2))?;
+    wait_allowed(store, "web", 0).await?;
+    let spec = DrainSpec {
+        retry_fallback: Duration::from_millis(100),
+        blocked_timeout: Duration::from_secs(60),
+        ..DrainSpec::default()
+    };
+    let mut control = within(60);
+    let mut progress = control.progress();
+    let drainer = cluster.drainer.clone();
+    let running = tokio::spawn(async move { drainer.drain("n1", &spec, control).await });
+
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        progress.wait_for(|p| p.stats.evictions_blocked_by_pdb >= 1),
+    )
+    .await
+    .context("the first eviction was never refused")??;
+    // The plan saw one budget; the API server now sees two and refuses with a 500.
+    store.create_as(&min_available("web-strict", "web", 1))?;
+
+    let report = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .context("drain did not finish")???;
+    let DrainOutcome::Blocked { by, .. } = &report.outcome else {
+        bail!("expected a blocked drain, got {:?}", report.outcome);
+    };
+    assert_eq!(by.len(), 1);
+    assert_eq!(by[0].reason, BlockReason::MultiplePdbs);
+    assert_eq!(by[0].pdbs, [pdb_ref("web"), pdb_ref("web-strict")]);
+    assert!(
+        by[0].message.contains("more than one PodDisruptionBudget"),
+        "{}",
+        by[0].message
+    );
+    assert_eq!(report.stats.eviction_errors, 1);
+    assert_eq!(pod_names(store, "n1")?, ["web-1"]);
+    Ok(())
+}
+
+#[tokio::test]
 async fn graceful_deletion_is_waited_for_until_the_kubelet_finishes() -> Result<()> {
     let cluster = cluster(&["n1"]).await?;
     let store = &cluster.store;
@@ -561,7 +607,7 @@ async fn deadline_reports_remaining_pods_and_blocking_budgets() -> Result<()> {
     let pod_ref = |name: &str| -> Result<PodRef> { Ok(PodRef::of(&store.get_as(Some(NS), name)?)) };
     let (slow, web_1, api_1) = (pod_ref("slow-1")?, pod_ref("web-1")?, pod_ref("api-1")?);
 
-    let report = drain(&cluster, "n1", &spec, within(2)).await?;
+    let report = drain(&cluster, "n1", &spec, within(3)).await?;
     assert_eq!(
         report.outcome,
         DrainOutcome::TimedOut {

@@ -317,12 +317,16 @@ impl fmt::Display for DrainOutcome {
                     .iter()
                     .map(|b| format!("{}: {}", b.pod, b.message))
                     .collect();
-                write!(
-                    f,
-                    "blocked by PodDisruptionBudget {}: {}",
-                    pdbs(),
-                    lines.join("; ")
-                )
+                if by.iter().all(|b| b.pdbs.is_empty()) {
+                    write!(f, "blocked: {}", lines.join("; "))
+                } else {
+                    write!(
+                        f,
+                        "blocked by PodDisruptionBudget {}: {}",
+                        pdbs(),
+                        lines.join("; ")
+                    )
+                }
             }
             DrainOutcome::TimedOut {
                 remaining,
@@ -773,6 +777,16 @@ mod tests {
             blocked.to_string(),
             "blocked by PodDisruptionBudget a/web: a/a: would violate; a/b: would violate"
         );
+        let forbidden = DrainOutcome::Blocked {
+            by: vec![BlockedBy {
+                pod: pod("p"),
+                pdbs: vec![],
+                reason: BlockReason::Refused { code: 403 },
+                message: "forbidden".into(),
+            }],
+            evicted_so_far: vec![],
+        };
+        assert_eq!(forbidden.to_string(), "blocked: a/p: forbidden");
         let refused = DrainOutcome::Refused {
             errors: vec![PodRefusal {
                 pod: pod("p"),
