@@ -182,7 +182,7 @@ pub enum PodProgress {
 
 /// How one pod's eviction ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Finish {
+pub(crate) enum Finish {
     /// The pod is gone from the node.
     Evicted,
     /// The pod cannot be evicted.
@@ -198,13 +198,13 @@ pub enum Finish {
     TimedOut,
     /// The drain was cancelled first.
     Cancelled,
-    /// The pod watch stopped, so the pod's deletion cannot be observed.
-    WatchLost,
+    /// How the eviction ended cannot be told (the pod watch stopped, or the task failed).
+    Unobserved,
 }
 
 /// The report of one pod's eviction task.
 #[derive(Clone, Debug)]
-pub struct PodReport {
+pub(crate) struct PodReport {
     /// The pod.
     pub pod: PodRef,
     /// How it ended.
@@ -217,7 +217,7 @@ pub struct PodReport {
 
 /// What every eviction task of one drain shares.
 #[derive(Clone)]
-pub struct EvictionContext {
+pub(crate) struct EvictionContext {
     /// Client without kube's 429 retry.
     pub client: Client,
     /// `deleteOptions.gracePeriodSeconds`; `None` for the pod's own.
@@ -270,7 +270,7 @@ impl Tracker {
 
 /// Evicts one pod and reports how it went. Never panics; stops at the deadline or on
 /// cancellation.
-pub async fn evict_pod(ctx: EvictionContext, pod: PodToEvict) -> PodReport {
+pub(crate) async fn evict_pod(ctx: EvictionContext, pod: PodToEvict) -> PodReport {
     let mut tracker = Tracker {
         pod: pod.pod.clone(),
         progress: PodProgress::Evicting,
@@ -301,7 +301,7 @@ pub async fn evict_pod(ctx: EvictionContext, pod: PodToEvict) -> PodReport {
         }
         Finish::TimedOut => warn!(?progress, "deadline passed before the pod was evicted"),
         Finish::Cancelled => info!(?progress, "eviction cancelled"),
-        Finish::WatchLost => warn!("pod watch ended; cannot tell whether the pod is gone"),
+        Finish::Unobserved => warn!("pod watch ended; cannot tell whether the pod is gone"),
     }
     PodReport {
         pod: pod.pod,
@@ -478,7 +478,7 @@ async fn wait_gone(
         tokio::select! {
             changed = pods.changed() => {
                 if changed.is_err() {
-                    return Finish::WatchLost;
+                    return Finish::Unobserved;
                 }
             }
             () = sleep(skip_after.unwrap_or_default()), if skip_after.is_some() => {

@@ -521,7 +521,7 @@ impl Drainer {
                     if let Some(pod) = task_pods.remove(&error.id()) {
                         reports.push(PodReport {
                             pod,
-                            finish: Finish::WatchLost,
+                            finish: Finish::Unobserved,
                             progress: PodProgress::Evicting,
                             stats: DrainStats::default(),
                         });
@@ -595,7 +595,7 @@ fn outcome(mut reports: Vec<PodReport>, skipped: Vec<SkippedPod>) -> DrainOutcom
                     message,
                 });
             }
-            Finish::TimedOut | Finish::Cancelled | Finish::WatchLost => {
+            Finish::TimedOut | Finish::Cancelled | Finish::Unobserved => {
                 cancelled |= report.finish == Finish::Cancelled;
                 if let PodProgress::BlockedByPdb { pdbs, .. } = report.progress {
                     blocking_pdbs.extend(pdbs);
@@ -742,7 +742,7 @@ mod tests {
                 "lost watch counts as unfinished",
                 vec![report(
                     "a",
-                    Finish::WatchLost,
+                    Finish::Unobserved,
                     PodProgress::WaitingForDeletion,
                 )],
                 DrainOutcome::TimedOut {
