@@ -232,16 +232,17 @@ impl State {
         }
         let mut opts = opts.clone();
         if let Some(uid) = opts.preconditions.uid.as_deref().filter(|u| !u.is_empty())
-            && uid != meta::uid(pod) {
-                return Err(Error::Conflict {
-                    qualified: "pods".into(),
-                    name: key.name.clone(),
-                    detail: format!(
-                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                        meta::uid(pod)
-                    ),
-                });
-            }
+            && uid != meta::uid(pod)
+        {
+            return Err(Error::Conflict {
+                qualified: "pods".into(),
+                name: key.name.clone(),
+                detail: format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta::uid(pod)
+                ),
+            });
+        }
         if let Some(rv) = opts
             .preconditions
             .resource_version

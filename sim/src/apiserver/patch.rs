@@ -279,6 +279,63 @@ fn merge_list(field: &str, existing: Option<Value>, patch_items: &[Value]) -> Re
     }
 }
 
+/// A field path (map keys from the root); lists count as single fields, as atomic lists do in
+/// server-side apply.
+pub type FieldPath = Vec<String>;
+
+/// The fields an applied configuration sets: its leaves, excluding the identifying ones.
+pub fn owned_fields(applied: &Value) -> std::collections::BTreeSet<FieldPath> {
+    fn walk(v: &Value, path: &mut FieldPath, out: &mut std::collections::BTreeSet<FieldPath>) {
+        match v {
+            Value::Object(m) if !m.is_empty() => {
+                for (k, child) in m {
+                    let identifying = match path.as_slice() {
+                        [] => matches!(k.as_str(), "apiVersion" | "kind"),
+                        [md] if md == "metadata" => {
+                            matches!(
+                                k.as_str(),
+                                "name" | "namespace" | "resourceVersion" | "uid" | "managedFields"
+                            )
+                        }
+                        _ => false,
+                    };
+                    if identifying {
+                        continue;
+                    }
+                    path.push(k.clone());
+                    walk(child, path, out);
+                    path.pop();
+                }
+            }
+            _ => {
+                out.insert(path.clone());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(applied, &mut Vec::new(), &mut out);
+    out
+}
+
+/// Remove a field, and the maps left empty above it.
+pub fn remove_field(obj: &mut Value, path: &[String]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let Some(parent) = parents
+        .iter()
+        .try_fold(&mut *obj, |cur, k| cur.get_mut(k.as_str()))
+    else {
+        return;
+    };
+    if let Some(m) = parent.as_object_mut() {
+        m.remove(last);
+        if m.is_empty() && !parents.is_empty() {
+            remove_field(obj, parents);
+        }
+    }
+}
+
 fn strip_value_directives(value: &mut Value) {
     if let Value::Object(map) = value {
         strip_directives(map);
@@ -411,6 +468,32 @@ mod tests {
         )
         .unwrap();
         assert_eq!(obj["a"], 2);
+    }
+
+    #[test]
+    fn apply_field_sets() {
+        let applied = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n", "annotations": {"a": "1", "b": "2"}}, "spec": {"taints": [{"key": "x"}]}});
+        let fields = owned_fields(&applied);
+        let want: Vec<Vec<&str>> = vec![
+            vec!["metadata", "annotations", "a"],
+            vec!["metadata", "annotations", "b"],
+            vec!["spec", "taints"],
+        ];
+        assert_eq!(
+            fields
+                .iter()
+                .map(|p| p.iter().map(String::as_str).collect::<Vec<_>>())
+                .collect::<Vec<_>>(),
+            want
+        );
+        let mut obj =
+            json!({"metadata": {"name": "n", "annotations": {"a": "1"}}, "spec": {"x": 1}});
+        remove_field(
+            &mut obj,
+            &["metadata".into(), "annotations".into(), "a".into()],
+        );
+        assert_eq!(obj, json!({"metadata": {"name": "n"}, "spec": {"x": 1}}));
+        remove_field(&mut obj, &["nope".into(), "x".into()]);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! resetting `status` on create), which in-process seeding skips so that tests can create
 //! objects in any state.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use jiff::Timestamp;
@@ -211,9 +211,10 @@ struct WatchFilter {
 impl WatchFilter {
     fn matches(&self, obj: &Value) -> bool {
         if let Some(ns) = &self.namespace
-            && meta::namespace(obj) != ns {
-                return false;
-            }
+            && meta::namespace(obj) != ns
+        {
+            return false;
+        }
         self.labels.matches(obj) && self.fields.matches(obj)
     }
 
@@ -305,6 +306,8 @@ pub(crate) struct State {
     events: broadcast::Sender<Arc<StoreEvent>>,
     pub(crate) audit: AuditLog,
     pub(crate) tokens: HashMap<String, IssuedToken>,
+    /// Fields each server-side-apply manager last applied, per object (and `/status`).
+    applied: HashMap<(ResourceKey, String), BTreeSet<patch::FieldPath>>,
 }
 
 struct Shared {
@@ -356,6 +359,7 @@ impl Store {
             events,
             audit: AuditLog::default(),
             tokens: HashMap::new(),
+            applied: HashMap::new(),
         };
         let store = Store {
             shared: Arc::new(Shared {
@@ -992,9 +996,10 @@ impl State {
         let mut continue_token = None;
         for obj in self.iter_objects(resource, namespace) {
             if let Some((ns, name)) = &after
-                && (meta::namespace(obj), meta::name(obj)) <= (ns.as_str(), name.as_str()) {
-                    continue;
-                }
+                && (meta::namespace(obj), meta::name(obj)) <= (ns.as_str(), name.as_str())
+            {
+                continue;
+            }
             if !labels.matches(obj) || !fields.matches(obj) {
                 continue;
             }
@@ -1054,6 +1059,10 @@ impl State {
         let map = self.objects.entry(resource.clone()).or_default();
         if event_type == EventType::Deleted {
             map.remove(&key);
+            if !self.applied.is_empty() {
+                let gone = ResourceKey::new(resource.clone(), ns.as_deref(), meta::name(&obj));
+                self.applied.retain(|(k, _), _| *k != gone);
+            }
         } else {
             map.insert(key, obj.clone());
         }
@@ -1143,10 +1152,10 @@ impl State {
                 .get("generateName")
                 .and_then(Value::as_str)
                 .filter(|p| !p.is_empty())
-            {
-                let generated = format!("{prefix}{}", generated_suffix());
-                md.insert("name".into(), json!(generated));
-            }
+        {
+            let generated = format!("{prefix}{}", generated_suffix());
+            md.insert("name".into(), json!(generated));
+        }
         md.insert("uid".into(), json!(new_uid()));
         md.insert("creationTimestamp".into(), json!(meta::format_time(now)));
         md.remove("deletionTimestamp");
@@ -1161,9 +1170,10 @@ impl State {
         if strategy
             && info.status_subresource
             && !(info.group.is_empty() && matches!(info.plural.as_str(), "nodes" | "namespaces"))
-            && let Some(m) = obj.as_object_mut() {
-                m.remove("status");
-            }
+            && let Some(m) = obj.as_object_mut()
+        {
+            m.remove("status");
+        }
         apply_defaults(&info, &mut obj);
         validate(&info, &obj)?;
         let name = meta::name(&obj).to_string();
@@ -1236,18 +1246,23 @@ impl State {
             .get("metadata")
             .and_then(|m| m.get("namespace"))
             .and_then(Value::as_str)
-            && info.namespaced && !body_ns.is_empty() && Some(body_ns) != key.namespace.as_deref() {
-                return Err(Error::BadRequest(
+            && info.namespaced
+            && !body_ns.is_empty()
+            && Some(body_ns) != key.namespace.as_deref()
+        {
+            return Err(Error::BadRequest(
                     "the namespace of the provided object does not match the namespace sent on the request".into(),
                 ));
-            }
+        }
         if let Some(kind) = map.get("kind").and_then(Value::as_str)
-            && !kind.is_empty() && kind != info.kind {
-                return Err(Error::BadRequest(format!(
-                    "the kind of the provided object ({kind}) does not match the resource ({})",
-                    info.kind
-                )));
-            }
+            && !kind.is_empty()
+            && kind != info.kind
+        {
+            return Err(Error::BadRequest(format!(
+                "the kind of the provided object ({kind}) does not match the resource ({})",
+                info.kind
+            )));
+        }
         match map
             .get("metadata")
             .and_then(|m| m.get("resourceVersion"))
@@ -1338,11 +1353,26 @@ impl State {
         if info.create_only {
             return Err(Error::MethodNotAllowed);
         }
+        let owner = match kind {
+            PatchKind::Apply { field_manager, .. } if field_manager.is_empty() => {
+                return Err(Error::BadRequest(
+                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"
+                        .into(),
+                ));
+            }
+            PatchKind::Apply { field_manager, .. } => {
+                let manager = if part == Part::Status {
+                    format!("{field_manager}/status")
+                } else {
+                    field_manager.clone()
+                };
+                Some((key.clone(), manager))
+            }
+            _ => None,
+        };
         let old = match self.get(key) {
             Ok(old) => old,
-            Err(Error::NotFound { .. })
-                if matches!(kind, PatchKind::Apply { .. }) && part == Part::Main =>
-            {
+            Err(Error::NotFound { .. }) if owner.is_some() && part == Part::Main => {
                 let mut obj = body.clone();
                 if let Some(m) = obj.as_object_mut() {
                     let md = m.entry("metadata").or_insert_with(|| json!({}));
@@ -1350,7 +1380,12 @@ impl State {
                         md.insert("name".into(), json!(key.name));
                     }
                 }
-                return self.create(&key.resource, key.namespace.as_deref(), obj, now, true);
+                let created =
+                    self.create(&key.resource, key.namespace.as_deref(), obj, now, true)?;
+                if let Some(owner) = owner {
+                    self.applied.insert(owner, patch::owned_fields(body));
+                }
+                return Ok(created);
             }
             Err(e) => return Err(e),
         };
@@ -1366,12 +1401,22 @@ impl State {
                 }
                 patch::strategic_merge(&mut patched, body)?;
             }
-            PatchKind::Apply { field_manager, .. } => {
-                if field_manager.is_empty() {
-                    return Err(Error::BadRequest(
-                        "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"
-                            .into(),
-                    ));
+            PatchKind::Apply { .. } => {
+                // Fields this manager applied before and omits now are removed, unless another
+                // manager applied them too (a simplified server-side apply ownership model).
+                let fields = patch::owned_fields(body);
+                if let Some(owner @ (_, manager)) = &owner {
+                    if let Some(previous) = self.applied.get(owner) {
+                        for path in previous.difference(&fields) {
+                            let shared = self
+                                .applied
+                                .iter()
+                                .any(|((k, m), f)| k == key && m != manager && f.contains(path));
+                            if !shared {
+                                patch::remove_field(&mut patched, path);
+                            }
+                        }
+                    }
                 }
                 let mut applied = body.clone();
                 if let Some(md) = applied.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -1389,7 +1434,11 @@ impl State {
                 "the patch did not produce an object".into(),
             ));
         }
-        self.update(key, patched, part, now)
+        let updated = self.update(key, patched, part, now)?;
+        if let Some(owner) = owner {
+            self.applied.insert(owner, patch::owned_fields(body));
+        }
+        Ok(updated)
     }
 
     /// Remove an object for good and publish DELETED.
@@ -1397,11 +1446,12 @@ impl State {
         let removed = self.write(resource, obj, None, EventType::Deleted, now);
         if resource.group == "apiextensions.k8s.io"
             && resource.resource == "customresourcedefinitions"
-            && let Ok(info) = super::resources::crd_to_info(&removed) {
-                let gr = info.group_resource();
-                self.remove_all(&gr, None, now);
-                self.registry.unregister(&gr);
-            }
+            && let Ok(info) = super::resources::crd_to_info(&removed)
+        {
+            let gr = info.group_resource();
+            self.remove_all(&gr, None, now);
+            self.registry.unregister(&gr);
+        }
         if resource.group.is_empty() && resource.resource == "namespaces" {
             let ns = meta::name(&removed).to_string();
             let namespaced: Vec<GroupResource> = self
@@ -1441,16 +1491,17 @@ impl State {
         let old = self.get(key)?;
         let qualified = Self::qualified(&key.resource);
         if let Some(uid) = opts.preconditions.uid.as_deref().filter(|u| !u.is_empty())
-            && uid != meta::uid(&old) {
-                return Err(Error::Conflict {
-                    qualified,
-                    name: key.name.clone(),
-                    detail: format!(
-                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                        meta::uid(&old)
-                    ),
-                });
-            }
+            && uid != meta::uid(&old)
+        {
+            return Err(Error::Conflict {
+                qualified,
+                name: key.name.clone(),
+                detail: format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta::uid(&old)
+                ),
+            });
+        }
         if let Some(rv) = opts
             .preconditions
             .resource_version
@@ -2122,6 +2173,39 @@ mod tests {
                 .unwrap()
                 .items
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn server_side_apply_removes_fields_a_manager_dropped() {
+        let store = Store::new();
+        let gr = GroupResource::core("configmaps");
+        let key = ResourceKey::new(gr, Some("default"), "c");
+        let apply = |manager: &str, data: Value| {
+            let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": data});
+            let kind = PatchKind::Apply {
+                field_manager: manager.into(),
+                force: true,
+            };
+            store.patch(&key, &kind, &body).unwrap()
+        };
+        apply("rota", json!({"a": "1", "b": "2"}));
+        assert_eq!(apply("rota", json!({"a": "1"}))["data"], json!({"a": "1"}));
+        apply("other", json!({"c": "3", "a": "1"}));
+        assert_eq!(
+            apply("rota", json!({"d": "4"}))["data"],
+            json!({"a": "1", "c": "3", "d": "4"})
+        );
+        let missing_manager = PatchKind::Apply {
+            field_manager: String::new(),
+            force: false,
+        };
+        assert_eq!(
+            store
+                .patch(&key, &missing_manager, &json!({}))
+                .unwrap_err()
+                .code(),
+            400
         );
     }
 

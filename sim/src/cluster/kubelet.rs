@@ -1,0 +1,793 @@
+//! One simulated kubelet per node.
+//!
+//! It registers its Node (labels, taints, addresses, capacity, `nodeInfo` read from the host)
+//! and keeps its Lease and `lastHeartbeatTime` fresh. It runs the pods bound to it, following a
+//! watch of `spec.nodeName=NODE`: a new pod is `Running` at once and `Ready` after
+//! [`Timings::pod_start`]; a pod with a `deletionTimestamp` is removed (deleted with grace 0)
+//! after `min(grace, Timings::pod_stop)`.
+//!
+//! Its host drives the rest: a reboot takes the node down (Ready `Unknown`, every pod gone,
+//! DaemonSet pods too), and after [`Timings::reboot`] the host boots (new boot id, newest
+//! kernel) and the kubelet starts again; a kubelet restart reports the installed kubelet
+//! version. After a start the node is Ready once [`Timings::node_ready`] passed, unless a fault
+//! keeps it down.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Timings;
+use super::faults::Faults;
+use super::host::{KubeletCommand, PowerState, SimHost};
+use super::objects::{self, leases, nodes, pods};
+use super::scenario::NodeSpec;
+use crate::apiserver::{
+    DeleteOptions, ListOptions, Preconditions, ResourceKey, Store, Subscription, WatchEvent,
+    WatchEventType, meta,
+};
+
+/// Pods a node accepts (the kubelet's default `maxPods`).
+pub(crate) const MAX_PODS: u32 = 110;
+/// Lease duration the kubelet announces.
+const LEASE_SECONDS: i64 = 40;
+
+/// Everything a kubelet needs.
+pub(crate) struct KubeletContext {
+    pub(crate) store: Store,
+    pub(crate) spec: NodeSpec,
+    pub(crate) host: SimHost,
+    pub(crate) timings: Timings,
+    pub(crate) faults: watch::Receiver<Faults>,
+    pub(crate) cancel: CancellationToken,
+}
+
+/// Timers, earliest first; equal deadlines fire in insertion order.
+struct Timers<T> {
+    queue: BTreeMap<(Instant, u64), T>,
+    seq: u64,
+}
+
+impl<T> Timers<T> {
+    fn new() -> Self {
+        Timers {
+            queue: BTreeMap::new(),
+            seq: 0,
+        }
+    }
+
+    fn add(&mut self, at: Instant, timer: T) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), timer);
+    }
+
+    fn next(&self) -> Option<Instant> {
+        self.queue.keys().next().map(|(at, _)| *at)
+    }
+
+    fn pop_due(&mut self, now: Instant) -> Option<T> {
+        let first = *self.queue.keys().next()?;
+        if first.0 > now {
+            return None;
+        }
+        self.queue.remove(&first)
+    }
+
+    fn clear(&mut self) {
+        self.queue.clear();
+    }
+}
+
+enum Timer {
+    PodReady { key: ResourceKey, uid: String },
+    PodStopped { key: ResourceKey, uid: String },
+    Heartbeat { epoch: u64 },
+    NodeReady { epoch: u64 },
+    Boot { epoch: u64 },
+}
+
+/// The Ready condition's possible states, with upstream's reasons and messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Readiness {
+    Ready,
+    Starting,
+    Failed,
+    Unknown,
+}
+
+impl Readiness {
+    fn condition(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Readiness::Ready => ("True", "KubeletReady", "kubelet is posting ready status"),
+            Readiness::Starting => (
+                "False",
+                "KubeletNotReady",
+                "container runtime status check may not have completed yet",
+            ),
+            Readiness::Failed => (
+                "False",
+                "KubeletNotReady",
+                "PLEG is not healthy: pleg has yet to be successful",
+            ),
+            Readiness::Unknown => (
+                "Unknown",
+                "NodeStatusUnknown",
+                "Kubelet stopped posting node status.",
+            ),
+        }
+    }
+}
+
+/// The node's status `nodeInfo` from its host.
+fn node_info(spec: &NodeSpec, host: &SimHost) -> Value {
+    use rota_agent::host::Host;
+    let version = host.kubelet_version().unwrap_or_default();
+    json!({
+        "architecture": "amd64",
+        "bootID": host.boot_id().unwrap_or_default(),
+        "containerRuntimeVersion": host.container_runtime_version(),
+        "kernelVersion": host.kernel_release().unwrap_or_default(),
+        "kubeletVersion": version,
+        "machineID": host.machine_id(),
+        "operatingSystem": "linux",
+        "osImage": host.os_image(),
+        "systemUUID": spec.system_uuid,
+    })
+}
+
+/// The pressure conditions a healthy kubelet reports: type, reason, message.
+const PRESSURE_CONDITIONS: [(&str, &str, &str); 3] = [
+    ("MemoryPressure", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+    ("DiskPressure", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+    ("PIDPressure", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+];
+
+/// A pressure condition's status, reason and message under `readiness`.
+fn pressure(readiness: Readiness, reason: &'static str, message: &'static str) -> (&'static str, &'static str, &'static str) {
+    if readiness == Readiness::Unknown {
+        Readiness::Unknown.condition()
+    } else {
+        ("False", reason, message)
+    }
+}
+
+fn node_conditions(readiness: Readiness, now: &str) -> Value {
+    let mut conditions: Vec<Value> = PRESSURE_CONDITIONS
+        .iter()
+        .map(|&(kind, reason, message)| {
+            let (status, reason, message) = pressure(readiness, reason, message);
+            json!({"type": kind, "status": status, "reason": reason, "message": message,
+                   "lastHeartbeatTime": now, "lastTransitionTime": now})
+        })
+        .collect();
+    let (status, reason, message) = readiness.condition();
+    conditions.push(json!({"type": "Ready", "status": status, "reason": reason, "message": message,
+                           "lastHeartbeatTime": now, "lastTransitionTime": now}));
+    Value::Array(conditions)
+}
+
+/// The Node object a kubelet registers, Ready (a cluster that is already running).
+fn node_object(spec: &NodeSpec, host: &SimHost, now: jiff::Timestamp) -> Value {
+    let now = meta::format_time(now);
+    let capacity = json!({
+        "cpu": "4", "memory": "16374584Ki", "pods": MAX_PODS.to_string(),
+        "ephemeral-storage": "101430960Ki", "hugepages-2Mi": "0",
+    });
+    let allocatable = json!({
+        "cpu": "3800m", "memory": "15862584Ki", "pods": MAX_PODS.to_string(),
+        "ephemeral-storage": "93478772582", "hugepages-2Mi": "0",
+    });
+    let mut node = json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": spec.name,
+            "labels": spec.labels,
+            "annotations": {
+                "node.alpha.kubernetes.io/ttl": "0",
+                "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+            },
+        },
+        "spec": {
+            "podCIDR": spec.pod_cidr,
+            "podCIDRs": [spec.pod_cidr],
+            "providerID": format!("sim://{}/{}", spec.zone, spec.name),
+        },
+        "status": {
+            "capacity": capacity,
+            "allocatable": allocatable,
+            "conditions": node_conditions(Readiness::Ready, &now),
+            "addresses": [
+                {"type": "InternalIP", "address": spec.internal_ip},
+                {"type": "Hostname", "address": spec.name},
+            ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "nodeInfo": node_info(spec, host),
+        },
+    });
+    if !spec.taints.is_empty() {
+        node["spec"]["taints"] = json!(spec.taints);
+    }
+    node
+}
+
+fn lease_object(node: &Value, now: jiff::Timestamp) -> Value {
+    json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": meta::name(node),
+            "namespace": "kube-node-lease",
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": meta::name(node), "uid": meta::uid(node)}],
+        },
+        "spec": {
+            "holderIdentity": meta::name(node),
+            "leaseDurationSeconds": LEASE_SECONDS,
+            "renewTime": meta::format_micro_time(now),
+        },
+    })
+}
+
+/// Register the node (Ready) and its Lease.
+pub(crate) fn register(store: &Store, spec: &NodeSpec, host: &SimHost) -> super::Result<()> {
+    let now = store.now();
+    let node = store.create(&nodes(), None, node_object(spec, host, now))?;
+    store.create(&leases(), Some("kube-node-lease"), lease_object(&node, now))?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct Tracked {
+    stopping: bool,
+}
+
+struct Kubelet {
+    ctx: KubeletContext,
+    node_key: ResourceKey,
+    up: bool,
+    /// Changes at every kubelet start and power-off; timers of an older epoch are stale.
+    epoch: u64,
+    pods: HashMap<String, Tracked>,
+    timers: Timers<Timer>,
+    sub: Option<Subscription>,
+    /// The kubelet version the node started with (a different one is an upgrade).
+    first_version: Option<String>,
+    next_ip: u32,
+}
+
+/// Run a node's kubelet until `ctx.cancel`, the command channel closes, or the node is removed.
+/// The node must be registered ([`register`]).
+pub(crate) async fn run(ctx: KubeletContext, mut commands: mpsc::UnboundedReceiver<KubeletCommand>) {
+    let cancel = ctx.cancel.clone();
+    let mut kubelet = Kubelet {
+        node_key: ResourceKey::new(nodes(), None, &ctx.spec.name),
+        first_version: ctx.host.kubelet_version(),
+        ctx,
+        up: true,
+        epoch: 0,
+        pods: HashMap::new(),
+        timers: Timers::new(),
+        sub: None,
+        next_ip: 0,
+    };
+    kubelet.subscribe();
+    kubelet.schedule_heartbeat();
+    loop {
+        let next = kubelet.timers.next();
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            command = commands.recv() => match command {
+                Some(KubeletCommand::Remove) => {
+                    kubelet.remove();
+                    return;
+                }
+                Some(command) => kubelet.on_command(command),
+                None => return,
+            },
+            event = next_event(&mut kubelet.sub) => match event {
+                Some(event) => kubelet.on_pod_event(&event),
+                // The watch fell behind: start over from the current state.
+                None => kubelet.subscribe(),
+            },
+            _ = sleep_until(next) => kubelet.fire_due(),
+        }
+    }
+}
+
+async fn next_event(sub: &mut Option<Subscription>) -> Option<WatchEvent> {
+    match sub {
+        Some(sub) => sub.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Kubelet {
+    fn node(&self) -> &str {
+        &self.ctx.spec.name
+    }
+
+    fn faults(&self) -> Faults {
+        self.ctx.faults.borrow().clone()
+    }
+
+    fn subscribe(&mut self) {
+        let selector = format!("spec.nodeName={}", self.node());
+        match self
+            .ctx
+            .store
+            .subscribe(&pods(), None, &ListOptions::fields(&selector), None)
+        {
+            Ok(mut sub) => {
+                let initial = std::mem::take(&mut sub.initial);
+                let present: Vec<String> = initial
+                    .iter()
+                    .map(|e| meta::uid(&e.object).to_string())
+                    .collect();
+                self.pods.retain(|uid, _| present.contains(uid));
+                self.sub = Some(sub);
+                for event in &initial {
+                    self.on_pod_event(event);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(node = self.node(), error = %e, "kubelet cannot watch its pods");
+                self.sub = None;
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: KubeletCommand) {
+        match command {
+            KubeletCommand::Reboot if self.up => {
+                tracing::info!(node = self.node(), "node rebooting");
+                self.power_off();
+                if !self.faults().never_returns(self.node()) {
+                    let at = Instant::now() + self.ctx.timings.reboot;
+                    self.timers.add(at, Timer::Boot { epoch: self.epoch });
+                } else {
+                    tracing::warn!(node = self.node(), "fault: node does not come back from reboot");
+                }
+            }
+            KubeletCommand::RestartKubelet if self.up => {
+                tracing::info!(node = self.node(), "kubelet restarting");
+                self.start_kubelet();
+            }
+            KubeletCommand::PowerOn if !self.up => self.boot(),
+            _ => {}
+        }
+    }
+
+    fn fire_due(&mut self) {
+        while let Some(timer) = self.timers.pop_due(Instant::now()) {
+            match timer {
+                Timer::PodReady { key, uid } => self.pod_ready(&key, &uid),
+                Timer::PodStopped { key, uid } => self.pod_stopped(&key, &uid),
+                Timer::Heartbeat { epoch } if epoch == self.epoch && self.up => {
+                    self.heartbeat();
+                    self.schedule_heartbeat();
+                }
+                Timer::NodeReady { epoch } if epoch == self.epoch && self.up => {
+                    self.set_readiness(Readiness::Ready);
+                }
+                Timer::Boot { epoch } if epoch == self.epoch && !self.up => self.boot(),
+                _ => {}
+            }
+        }
+    }
+
+    fn schedule_heartbeat(&mut self) {
+        let at = Instant::now() + self.ctx.timings.heartbeat;
+        self.timers.add(at, Timer::Heartbeat { epoch: self.epoch });
+    }
+
+    /// The host goes down: the node stops reporting, its pods are gone.
+    fn power_off(&mut self) {
+        self.up = false;
+        self.epoch += 1;
+        self.sub = None;
+        self.pods.clear();
+        self.timers.clear();
+        self.ctx.host.set_power(PowerState::Down);
+        self.set_readiness(Readiness::Unknown);
+        self.delete_all_pods();
+    }
+
+    fn boot(&mut self) {
+        let boot_id = self.ctx.host.boot();
+        tracing::info!(node = self.node(), %boot_id, "node booted");
+        self.ctx.host.set_power(PowerState::Up { boot_id });
+        self.start_kubelet();
+    }
+
+    /// A kubelet process starts: fresh node info, NotReady until `node_ready` passed (or for
+    /// good when the upgrade fault hits), pods followed again.
+    fn start_kubelet(&mut self) {
+        self.up = true;
+        self.epoch += 1;
+        let version = self.ctx.host.kubelet_version();
+        let failed = self.faults().kubelet_fails(self.node()) && version != self.first_version;
+        let info = node_info(&self.ctx.spec, &self.ctx.host);
+        self.write_node_status(|status, _| {
+            status["nodeInfo"] = info.clone();
+        });
+        if failed {
+            tracing::warn!(node = self.node(), ?version, "fault: kubelet fails after upgrade");
+            self.set_readiness(Readiness::Failed);
+        } else {
+            self.set_readiness(Readiness::Starting);
+            let at = Instant::now() + self.ctx.timings.node_ready;
+            self.timers.add(at, Timer::NodeReady { epoch: self.epoch });
+        }
+        self.schedule_heartbeat();
+        self.subscribe();
+    }
+
+    fn remove(&mut self) {
+        if self.up {
+            self.power_off();
+        }
+        let store = &self.ctx.store;
+        let lease = ResourceKey::new(leases(), Some("kube-node-lease"), self.node());
+        for key in [lease, self.node_key.clone()] {
+            if let Err(e) = store.delete(&key, &DeleteOptions::default())
+                && !objects::is_not_found(&e)
+            {
+                tracing::warn!(node = self.node(), error = %e, "removing the node failed");
+            }
+        }
+        tracing::info!(node = self.node(), "node removed");
+    }
+
+    fn delete_all_pods(&self) {
+        let selector = format!("spec.nodeName={}", self.node());
+        let store = &self.ctx.store;
+        let list = match store.list(&pods(), None, &ListOptions::fields(&selector)) {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!(node = self.node(), error = %e, "listing pods failed");
+                return;
+            }
+        };
+        for pod in list.items {
+            let opts = DeleteOptions {
+                grace_period_seconds: Some(0),
+                preconditions: Preconditions {
+                    uid: Some(meta::uid(&pod).to_string()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            if let Err(e) = store.delete(&objects::key(pods(), &pod), &opts)
+                && !objects::is_not_found(&e)
+            {
+                tracing::warn!(node = self.node(), pod = meta::name(&pod), error = %e, "deleting pod failed");
+            }
+        }
+    }
+
+    /// Read-modify-write of the node's status; `f` gets the status and the formatted time.
+    fn write_node_status(&self, mut f: impl FnMut(&mut Value, &str)) {
+        let now = meta::format_time(self.ctx.store.now());
+        let result = objects::modify(&self.ctx.store, &self.node_key, true, |node| {
+            if !node.get("status").is_some_and(Value::is_object) {
+                node["status"] = json!({});
+            }
+            f(&mut node["status"], &now);
+            true
+        });
+        match result {
+            Ok(_) => {}
+            Err(e) if objects::is_not_found(&e) && self.up => {
+                // Someone deleted the Node: a running kubelet registers it again.
+                tracing::info!(node = self.node(), "node object gone, registering again");
+                if let Err(e) = register(&self.ctx.store, &self.ctx.spec, &self.ctx.host) {
+                    tracing::warn!(node = self.node(), error = %e, "registering the node failed");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(node = self.node(), error = %e, "updating node status failed")
+            }
+        }
+    }
+
+    fn set_readiness(&self, readiness: Readiness) {
+        let store_now = self.ctx.store.now();
+        self.write_node_status(|status, now| {
+            let (ready, reason, message) = readiness.condition();
+            objects::set_condition(status, "Ready", ready, Some(reason), Some(message), store_now);
+            for (kind, reason, message) in PRESSURE_CONDITIONS {
+                let (value, reason, message) = pressure(readiness, reason, message);
+                objects::set_condition(status, kind, value, Some(reason), Some(message), store_now);
+            }
+            // The node lifecycle controller keeps the last heartbeat of a silent kubelet.
+            if readiness != Readiness::Unknown {
+                stamp_heartbeats(status, now);
+            }
+        });
+    }
+
+    fn heartbeat(&self) {
+        self.write_node_status(|status, now| stamp_heartbeats(status, now));
+        let store = &self.ctx.store;
+        let lease = ResourceKey::new(leases(), Some("kube-node-lease"), self.node());
+        let renew = meta::format_micro_time(store.now());
+        let result = objects::modify(store, &lease, false, |l| {
+            l["spec"]["renewTime"] = json!(renew);
+            true
+        });
+        if let Err(e) = result {
+            if objects::is_not_found(&e) {
+                if let Ok(node) = store.get(&self.node_key)
+                    && let Err(e) = store.create(
+                        &leases(),
+                        Some("kube-node-lease"),
+                        lease_object(&node, store.now()),
+                    )
+                {
+                    tracing::warn!(node = self.node(), error = %e, "creating the node lease failed");
+                }
+            } else {
+                tracing::warn!(node = self.node(), error = %e, "renewing the node lease failed");
+            }
+        }
+    }
+
+    fn on_pod_event(&mut self, event: &WatchEvent) {
+        match event.event_type {
+            WatchEventType::Added | WatchEventType::Modified => self.on_pod(&event.object),
+            WatchEventType::Deleted => {
+                self.pods.remove(meta::uid(&event.object));
+            }
+            WatchEventType::Bookmark | WatchEventType::Error => {}
+        }
+    }
+
+    fn on_pod(&mut self, pod: &Value) {
+        if meta::pod_terminal(pod) {
+            return;
+        }
+        let uid = meta::uid(pod).to_string();
+        let key = objects::key(pods(), pod);
+        if meta::is_terminating(pod) {
+            let tracked = self.pods.entry(uid.clone()).or_default();
+            if !tracked.stopping {
+                tracked.stopping = true;
+                let grace = pod
+                    .pointer("/metadata/deletionGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0)
+                    .max(0);
+                let grace = Duration::from_secs(u64::try_from(grace).unwrap_or(0));
+                let at = Instant::now() + grace.min(self.ctx.timings.pod_stop);
+                self.timers.add(at, Timer::PodStopped { key, uid });
+            }
+            return;
+        }
+        if self.pods.contains_key(&uid) {
+            return;
+        }
+        self.pods.insert(uid.clone(), Tracked::default());
+        if meta::pod_ready(pod) {
+            // Already running (the kubelet restarted): adopt it.
+            return;
+        }
+        self.start_pod(&key, &uid, pod);
+        let at = Instant::now() + self.ctx.timings.pod_start;
+        self.timers.add(at, Timer::PodReady { key, uid });
+    }
+
+    fn pod_ip(&mut self, pod: &Value) -> String {
+        if pod.pointer("/spec/hostNetwork").and_then(Value::as_bool) == Some(true) {
+            return self.ctx.spec.internal_ip.clone();
+        }
+        if let Some(ip) = pod.pointer("/status/podIP").and_then(Value::as_str) {
+            return ip.to_string();
+        }
+        self.next_ip = self.next_ip % 250 + 1;
+        let prefix = self
+            .ctx
+            .spec
+            .pod_cidr
+            .rsplit_once('.')
+            .map_or("10.244.0", |(p, _)| p);
+        format!("{prefix}.{}", self.next_ip + 1)
+    }
+
+    /// The pod's containers start: `Running`, not yet Ready.
+    fn start_pod(&mut self, key: &ResourceKey, uid: &str, pod: &Value) {
+        let pod_ip = self.pod_ip(pod);
+        let host_ip = self.ctx.spec.internal_ip.clone();
+        let store = &self.ctx.store;
+        let now = store.now();
+        let result = objects::modify(store, key, true, |p| {
+            if meta::uid(p) != uid || meta::is_terminating(p) {
+                return false;
+            }
+            running_status(p, &host_ip, &pod_ip, now);
+            true
+        });
+        if let Err(e) = result
+            && !objects::is_not_found(&e)
+        {
+            tracing::warn!(node = self.node(), pod = %key.name, error = %e, "starting pod failed");
+        }
+    }
+
+    fn pod_ready(&mut self, key: &ResourceKey, uid: &str) {
+        if !self.up || self.pods.get(uid).is_none_or(|t| t.stopping) {
+            return;
+        }
+        let store = &self.ctx.store;
+        let now = store.now();
+        let result = objects::modify(store, key, true, |p| {
+            if meta::uid(p) != uid || meta::is_terminating(p) {
+                return false;
+            }
+            ready_status(p, now);
+            true
+        });
+        if let Err(e) = result
+            && !objects::is_not_found(&e)
+        {
+            tracing::warn!(node = self.node(), pod = %key.name, error = %e, "marking pod ready failed");
+        }
+    }
+
+    /// The pod's containers stopped: the kubelet removes it for good.
+    fn pod_stopped(&mut self, key: &ResourceKey, uid: &str) {
+        let opts = DeleteOptions {
+            grace_period_seconds: Some(0),
+            preconditions: Preconditions {
+                uid: Some(uid.to_string()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match self.ctx.store.delete(key, &opts) {
+            Ok(_) => {}
+            Err(e) if objects::is_not_found(&e) || e.code() == 409 => {}
+            Err(e) => {
+                tracing::warn!(node = self.node(), pod = %key.name, error = %e, "removing pod failed")
+            }
+        }
+    }
+}
+
+fn stamp_heartbeats(status: &mut Value, now: &str) {
+    if let Some(conditions) = status.get_mut("conditions").and_then(Value::as_array_mut) {
+        for c in conditions {
+            c["lastHeartbeatTime"] = json!(now);
+        }
+    }
+}
+
+fn container_id() -> String {
+    let a: u128 = rand::random();
+    let b: u128 = rand::random();
+    format!("containerd://{a:032x}{b:032x}")
+}
+
+fn running_status(pod: &mut Value, host_ip: &str, pod_ip: &str, now: jiff::Timestamp) {
+    let time = meta::format_time(now);
+    let containers: Vec<Value> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let has_requests = containers
+        .iter()
+        .any(|c| c.pointer("/resources/requests").is_some_and(|r| !r.is_null()));
+    let statuses: Vec<Value> = containers
+        .iter()
+        .map(|c| {
+            let image = meta::str_at(c, "/image");
+            json!({
+                "name": meta::str_at(c, "/name"),
+                "image": image,
+                "imageID": format!("{image}@sha256:{}", &container_id()[13..77]),
+                "containerID": container_id(),
+                "ready": false,
+                "started": true,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": time}},
+            })
+        })
+        .collect();
+    let names: Vec<&str> = containers.iter().map(|c| meta::str_at(c, "/name")).collect();
+    let unready = format!("containers with unready status: [{}]", names.join(" "));
+    if !pod.get("status").is_some_and(Value::is_object) {
+        pod["status"] = json!({});
+    }
+    let status = &mut pod["status"];
+    for (kind, value, reason, message) in [
+        ("PodReadyToStartContainers", "True", None, None),
+        ("Initialized", "True", None, None),
+        ("Ready", "False", Some("ContainersNotReady"), Some(unready.as_str())),
+        ("ContainersReady", "False", Some("ContainersNotReady"), Some(unready.as_str())),
+        ("PodScheduled", "True", None, None),
+    ] {
+        objects::set_condition(status, kind, value, reason, message, now);
+    }
+    status["phase"] = json!("Running");
+    status["hostIP"] = json!(host_ip);
+    status["hostIPs"] = json!([{"ip": host_ip}]);
+    status["podIP"] = json!(pod_ip);
+    status["podIPs"] = json!([{"ip": pod_ip}]);
+    status["startTime"] = json!(time);
+    status["qosClass"] = json!(if has_requests { "Burstable" } else { "BestEffort" });
+    status["containerStatuses"] = json!(statuses);
+}
+
+fn ready_status(pod: &mut Value, now: jiff::Timestamp) {
+    let status = &mut pod["status"];
+    objects::set_condition(status, "Ready", "True", None, None, now);
+    objects::set_condition(status, "ContainersReady", "True", None, None, now);
+    if let Some(statuses) = status
+        .get_mut("containerStatuses")
+        .and_then(Value::as_array_mut)
+    {
+        for s in statuses {
+            s["ready"] = json!(true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timers_fire_in_order() {
+        let mut timers = Timers::new();
+        let now = Instant::now();
+        timers.add(now + Duration::from_secs(2), "b");
+        timers.add(now + Duration::from_secs(1), "a");
+        timers.add(now + Duration::from_secs(1), "a2");
+        assert_eq!(timers.next(), Some(now + Duration::from_secs(1)));
+        assert_eq!(timers.pop_due(now), None);
+        let later = now + Duration::from_secs(1);
+        assert_eq!(timers.pop_due(later), Some("a"));
+        assert_eq!(timers.pop_due(later), Some("a2"));
+        assert_eq!(timers.pop_due(later), None);
+        timers.clear();
+        assert_eq!(timers.next(), None);
+    }
+
+    #[test]
+    fn pod_status_goes_running_then_ready() {
+        let t = jiff::Timestamp::from_second(1_700_000_000).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        let mut pod = json!({
+            "metadata": {"name": "p", "namespace": "default"},
+            "spec": {"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "1"}}}]},
+            "status": {"phase": "Pending", "conditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        });
+        running_status(&mut pod, "10.0.0.1", "10.244.0.2", t);
+        assert_eq!(meta::pod_phase(&pod), "Running");
+        assert!(!meta::pod_ready(&pod));
+        assert_eq!(pod["status"]["qosClass"], "Burstable");
+        assert!(meta::condition_true(&pod, "DisruptionTarget"));
+        assert!(meta::condition_true(&pod, "PodScheduled"));
+        ready_status(&mut pod, t);
+        assert!(meta::pod_ready(&pod));
+        assert_eq!(pod["status"]["containerStatuses"][0]["ready"], true);
+    }
+
+    #[test]
+    fn readiness_conditions() {
+        let c = node_conditions(Readiness::Unknown, "t");
+        assert!(c.as_array().is_some_and(|c| c.iter().all(|c| c["status"] == "Unknown")));
+        let c = node_conditions(Readiness::Ready, "t");
+        assert_eq!(c[3]["status"], "True");
+        assert_eq!(c[0]["status"], "False");
+    }
+}
