@@ -1,0 +1,292 @@
+//! The `rota-coordinator` command line. Every flag can also be set from a `ROTA_*`
+//! environment variable (the Deployment sets the pod name and namespace from the downward API).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser};
+
+use crate::auth::{AgentIdentity, CacheConfig};
+use crate::kube_client::ConfigSource;
+use crate::leader::{ElectionConfig, Timings};
+use crate::telemetry::LogFormat;
+
+/// rota's coordinator: hands out maintenance slots to node agents, drains nodes, and keeps the
+/// fleet's safety invariants.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "rota-coordinator", version)]
+pub struct Config {
+    /// Where the Kubernetes API is.
+    #[clap(flatten)]
+    pub kube: KubeArgs,
+    /// Where the coordinator listens.
+    #[clap(flatten)]
+    pub listen: ListenArgs,
+    /// Who this replica is.
+    #[clap(flatten)]
+    pub identity: IdentityArgs,
+    /// Leader election between replicas.
+    #[clap(flatten)]
+    pub election: ElectionArgs,
+    /// Which callers count as agents.
+    #[clap(flatten)]
+    pub agents: AgentAuthArgs,
+    /// Logging.
+    #[clap(flatten)]
+    pub log: LogArgs,
+    /// Shutdown.
+    #[clap(flatten)]
+    pub shutdown: ShutdownArgs,
+}
+
+/// Kubernetes client configuration.
+#[derive(Clone, Debug, Args)]
+pub struct KubeArgs {
+    /// Kubeconfig file to use (default: `KUBECONFIG`, `~/.kube/config`, else in-cluster).
+    #[clap(long, env = "ROTA_KUBECONFIG", conflicts_with = "in_cluster")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Context of the kubeconfig to use instead of its current one.
+    #[clap(long, env = "ROTA_KUBE_CONTEXT", requires = "kubeconfig")]
+    pub kube_context: Option<String>,
+    /// Use the pod's service account only.
+    #[clap(long, env = "ROTA_IN_CLUSTER")]
+    pub in_cluster: bool,
+}
+
+impl KubeArgs {
+    /// Where the client configuration comes from.
+    pub fn source(&self) -> ConfigSource {
+        match (&self.kubeconfig, self.in_cluster) {
+            (Some(path), _) => ConfigSource::Kubeconfig {
+                path: path.clone(),
+                context: self.kube_context.clone(),
+            },
+            (None, true) => ConfigSource::InCluster,
+            (None, false) => ConfigSource::Infer,
+        }
+    }
+}
+
+/// Listen addresses.
+#[derive(Clone, Debug, Args)]
+pub struct ListenArgs {
+    /// Address of the agents' gRPC server.
+    #[clap(long, env = "ROTA_GRPC_ADDR", default_value = "0.0.0.0:9443")]
+    pub grpc_addr: SocketAddr,
+    /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz`.
+    #[clap(long, env = "ROTA_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+}
+
+/// This replica's identity.
+#[derive(Clone, Debug, Args)]
+pub struct IdentityArgs {
+    /// The coordinator's namespace (its leader Lease lives there).
+    #[clap(long, env = "ROTA_NAMESPACE", default_value = "rota-system")]
+    pub namespace: String,
+    /// This pod's name (downward API `metadata.name`): the leader identity and Event reporter.
+    #[clap(long, env = "ROTA_POD_NAME")]
+    pub pod_name: String,
+}
+
+/// Leader election settings; see `leader` for how they bound a takeover.
+#[derive(Clone, Debug, Args)]
+pub struct ElectionArgs {
+    /// Elect a leader among replicas (turn off only when running exactly one replica).
+    #[clap(long, env = "ROTA_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Name of the leader Lease.
+    #[clap(long, env = "ROTA_LEASE_NAME", default_value = "rota-coordinator")]
+    pub lease_name: String,
+    /// How long a leader's lease lasts after its last renewal.
+    #[clap(long, env = "ROTA_LEASE_DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// The leader stops acting when it could not renew for this long.
+    #[clap(long, env = "ROTA_RENEW_DEADLINE", default_value = "7s", value_parser = parse_duration)]
+    pub renew_deadline: Duration,
+    /// How often the leader renews and standbys poll.
+    #[clap(long, env = "ROTA_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    pub retry_period: Duration,
+}
+
+/// Agents' identity checks.
+#[derive(Clone, Debug, Args)]
+pub struct AgentAuthArgs {
+    /// Namespace of the agents' DaemonSet (default: the coordinator's namespace).
+    #[clap(long, env = "ROTA_AGENT_NAMESPACE")]
+    pub agent_namespace: Option<String>,
+    /// Service account of the agents; tokens of any other are refused.
+    #[clap(long, env = "ROTA_AGENT_SERVICE_ACCOUNT", default_value = "rota-agent")]
+    pub agent_service_account: String,
+    /// Audience of the agents' projected tokens.
+    #[clap(long, env = "ROTA_TOKEN_AUDIENCE", default_value = "rota")]
+    pub token_audience: String,
+    /// How long an accepted token is trusted before it is reviewed again.
+    #[clap(long, env = "ROTA_TOKEN_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub token_cache_ttl: Duration,
+    /// Most tokens kept in the cache.
+    #[clap(long, env = "ROTA_TOKEN_CACHE_SIZE", default_value_t = 16_384)]
+    pub token_cache_size: usize,
+}
+
+/// Logging settings.
+#[derive(Clone, Debug, Args)]
+pub struct LogArgs {
+    /// Log line format.
+    #[clap(long, env = "ROTA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+    /// `RUST_LOG`-style filter, e.g. `info,rota_coordinator=debug` (default: `RUST_LOG`, else
+    /// `info`).
+    #[clap(long, env = "ROTA_LOG")]
+    pub log_filter: Option<String>,
+}
+
+/// Shutdown settings.
+#[derive(Clone, Debug, Args)]
+pub struct ShutdownArgs {
+    /// After SIGTERM/SIGINT, how long to wait for work to finish before exiting anyway (keep
+    /// it below the pod's `terminationGracePeriodSeconds`).
+    #[clap(long, env = "ROTA_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// The leader-election settings.
+    pub fn election(&self) -> ElectionConfig {
+        ElectionConfig {
+            namespace: self.identity.namespace.clone(),
+            lease_name: self.election.lease_name.clone(),
+            identity: self.identity.pod_name.clone(),
+            timings: Timings {
+                lease_duration: self.election.lease_duration,
+                renew_deadline: self.election.renew_deadline,
+                retry_period: self.election.retry_period,
+            },
+        }
+    }
+
+    /// Who counts as an agent.
+    pub fn agent_identity(&self) -> AgentIdentity {
+        AgentIdentity {
+            audience: self.agents.token_audience.clone(),
+            namespace: self
+                .agents
+                .agent_namespace
+                .clone()
+                .unwrap_or_else(|| self.identity.namespace.clone()),
+            service_account: self.agents.agent_service_account.clone(),
+        }
+    }
+
+    /// The token cache settings.
+    pub fn token_cache(&self) -> CacheConfig {
+        CacheConfig {
+            ttl: self.agents.token_cache_ttl,
+            capacity: self.agents.token_cache_size,
+            ..CacheConfig::default()
+        }
+    }
+}
+
+/// Parses `10s`, `1m30s`, `PT10S` and the like.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let signed: jiff::SignedDuration = s
+        .parse()
+        .map_err(|e| format!("not a duration ({e}); write e.g. 10s or 1m30s"))?;
+    Duration::try_from(signed).map_err(|_| "a duration cannot be negative".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_is_well_formed() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_has_an_env_var() {
+        let command = Config::command();
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            let env = arg
+                .get_env()
+                .unwrap_or_else(|| panic!("--{id} has no env var"));
+            assert!(env.to_string_lossy().starts_with("ROTA_"), "{id}: {env:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_and_derived_settings() {
+        let config = Config::try_parse_from(["rota-coordinator", "--pod-name", "coord-0"]).unwrap();
+        let election = config.election();
+        assert_eq!(election.identity, "coord-0");
+        assert_eq!(election.namespace, "rota-system");
+        assert_eq!(election.timings, Timings::default());
+        election.timings.validate().unwrap();
+        let agents = config.agent_identity();
+        assert_eq!(
+            agents.username(),
+            "system:serviceaccount:rota-system:rota-agent"
+        );
+        assert_eq!(agents.audience, "rota");
+        assert!(config.election.leader_elect);
+        assert_eq!(config.kube.source(), ConfigSource::Infer);
+        assert_eq!(config.token_cache().ttl, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let config = Config::try_parse_from([
+            "rota-coordinator",
+            "--pod-name=coord-1",
+            "--namespace=ops",
+            "--agent-namespace=agents",
+            "--leader-elect=false",
+            "--lease-duration=1m",
+            "--renew-deadline=45s",
+            "--retry-period=5s",
+            "--kubeconfig=/tmp/kc",
+            "--kube-context=lab",
+            "--log-format=json",
+            "--log-filter=debug",
+        ])
+        .unwrap();
+        assert!(!config.election.leader_elect);
+        assert_eq!(config.election.lease_duration, Duration::from_secs(60));
+        assert_eq!(config.agent_identity().namespace, "agents");
+        assert_eq!(config.log.log_format, LogFormat::Json);
+        assert_eq!(
+            config.kube.source(),
+            ConfigSource::Kubeconfig {
+                path: "/tmp/kc".into(),
+                context: Some("lab".into())
+            }
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for args in [
+            vec!["rota-coordinator"],
+            vec!["rota-coordinator", "--pod-name=p", "--lease-duration=soon"],
+            vec!["rota-coordinator", "--pod-name=p", "--retry-period=-2s"],
+            vec!["rota-coordinator", "--pod-name=p", "--log-format=xml"],
+            vec![
+                "rota-coordinator",
+                "--pod-name=p",
+                "--in-cluster",
+                "--kubeconfig=/k",
+            ],
+        ] {
+            assert!(Config::try_parse_from(&args).is_err(), "{args:?}");
+        }
+    }
+}
