@@ -2,3 +2,4 @@
 //! runs against, for end-to-end tests, the demo and benchmarks.
 
 pub mod apiserver;
+pub mod cluster;

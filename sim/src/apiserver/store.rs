@@ -1405,16 +1405,16 @@ impl State {
                 // Fields this manager applied before and omits now are removed, unless another
                 // manager applied them too (a simplified server-side apply ownership model).
                 let fields = patch::owned_fields(body);
-                if let Some(owner @ (_, manager)) = &owner {
-                    if let Some(previous) = self.applied.get(owner) {
-                        for path in previous.difference(&fields) {
-                            let shared = self
-                                .applied
-                                .iter()
-                                .any(|((k, m), f)| k == key && m != manager && f.contains(path));
-                            if !shared {
-                                patch::remove_field(&mut patched, path);
-                            }
+                if let Some(owner @ (_, manager)) = &owner
+                    && let Some(previous) = self.applied.get(owner)
+                {
+                    for path in previous.difference(&fields) {
+                        let shared = self
+                            .applied
+                            .iter()
+                            .any(|((k, m), f)| k == key && m != manager && f.contains(path));
+                        if !shared {
+                            patch::remove_field(&mut patched, path);
                         }
                     }
                 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 pub use args::ClusterArgs;
 pub use faults::Faults;
-pub use handle::{Cluster, ClusterHandle, settled};
+pub use handle::{Cluster, ClusterHandle, pods_on, settled, wait_for};
 pub use host::{PowerState, SimHost};
 pub use scenario::{HostSpec, NodeSpec, PdbExpectation, Scenario};
 

@@ -1,0 +1,165 @@
+//! Command-line flags of the simulated cluster (`rota-sim serve --nodes 24 --seed 7 ...`).
+
+use std::time::Duration;
+
+use crate::apiserver::FaultConfig;
+
+use super::{Faults, Scenario, Timings};
+
+/// A duration in jiff's friendly (`300ms`, `1.5s`, `2m`) or ISO 8601 (`PT1.5S`) form.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let signed: jiff::SignedDuration = s.parse().map_err(|e| format!("{e}"))?;
+    Duration::try_from(signed).map_err(|_| format!("{s:?} is negative"))
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(format!("{rate} is not between 0 and 1"))
+    }
+}
+
+fn parse_scale(s: &str) -> Result<f64, String> {
+    let scale: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if scale.is_finite() && scale > 0.0 {
+        Ok(scale)
+    } else {
+        Err(format!("{s} is not a positive number"))
+    }
+}
+
+/// The simulated cluster's flags.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ClusterArgs {
+    /// Simulate a cluster of this many nodes around the API server (0: none).
+    #[clap(long, env = "ROTA_SIM_NODES", default_value_t = 0)]
+    pub nodes: usize,
+    /// Seed of the generated scenario: the same seed gives the same cluster.
+    #[clap(long, env = "ROTA_SIM_SEED", default_value_t = 1)]
+    pub seed: u64,
+    /// Multiply every simulated duration by this factor (2 = twice as slow).
+    #[clap(long, env = "ROTA_SIM_TIME_SCALE", default_value = "1", value_parser = parse_scale)]
+    pub time_scale: f64,
+    /// Time from a pod's binding to its readiness (e.g. `300ms`).
+    #[clap(long, env = "ROTA_SIM_POD_START", value_parser = parse_duration)]
+    pub pod_start: Option<Duration>,
+    /// Longest time a terminating pod takes to stop.
+    #[clap(long, env = "ROTA_SIM_POD_STOP", value_parser = parse_duration)]
+    pub pod_stop: Option<Duration>,
+    /// Time a rebooting node is down.
+    #[clap(long, env = "ROTA_SIM_REBOOT", value_parser = parse_duration)]
+    pub reboot: Option<Duration>,
+    /// Time from a kubelet start to the node's readiness.
+    #[clap(long, env = "ROTA_SIM_NODE_READY", value_parser = parse_duration)]
+    pub node_ready: Option<Duration>,
+    /// Interval of kubelet heartbeats.
+    #[clap(long, env = "ROTA_SIM_HEARTBEAT", value_parser = parse_duration)]
+    pub heartbeat: Option<Duration>,
+    /// Nodes that never come back from a reboot (comma-separated).
+    #[clap(long, env = "ROTA_SIM_FAULT_NEVER_RETURN", value_delimiter = ',')]
+    pub fault_never_return: Vec<String>,
+    /// Nodes whose kubelet stays NotReady after a kubelet upgrade (comma-separated).
+    #[clap(long, env = "ROTA_SIM_FAULT_KUBELET_FAILS", value_delimiter = ',')]
+    pub fault_kubelet_fails: Vec<String>,
+    /// Share of API requests answered with an error (0..=1).
+    #[clap(long, env = "ROTA_SIM_API_ERROR_RATE", default_value = "0", value_parser = parse_rate)]
+    pub api_error_rate: f64,
+    /// Status codes of injected API errors (500, 429, 503; default all three).
+    #[clap(long, env = "ROTA_SIM_API_ERROR_CODES", value_delimiter = ',')]
+    pub api_error_codes: Vec<u16>,
+    /// Latency added to every API request.
+    #[clap(long, env = "ROTA_SIM_API_LATENCY", value_parser = parse_duration)]
+    pub api_latency: Option<Duration>,
+    /// Close every open watch this often.
+    #[clap(long, env = "ROTA_SIM_DROP_WATCHES_EVERY", value_parser = parse_duration)]
+    pub drop_watches_every: Option<Duration>,
+}
+
+impl ClusterArgs {
+    /// The scenario these flags ask for.
+    pub fn scenario(&self) -> Scenario {
+        Scenario::generate(self.nodes, self.seed)
+    }
+
+    /// The timings: defaults, overridden per flag, then scaled.
+    pub fn timings(&self) -> Timings {
+        let defaults = Timings::default();
+        Timings {
+            pod_start: self.pod_start.unwrap_or(defaults.pod_start),
+            pod_stop: self.pod_stop.unwrap_or(defaults.pod_stop),
+            reboot: self.reboot.unwrap_or(defaults.reboot),
+            node_ready: self.node_ready.unwrap_or(defaults.node_ready),
+            heartbeat: self.heartbeat.unwrap_or(defaults.heartbeat),
+        }
+        .scaled(self.time_scale)
+    }
+
+    /// The faults.
+    pub fn faults(&self) -> Faults {
+        Faults {
+            never_return: self.fault_never_return.iter().cloned().collect(),
+            kubelet_fails_after_upgrade: self.fault_kubelet_fails.iter().cloned().collect(),
+            api: FaultConfig {
+                error_rate: self.api_error_rate,
+                error_codes: self.api_error_codes.clone(),
+                latency: self.api_latency.unwrap_or_default(),
+            },
+            drop_watches_every: self.drop_watches_every,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[clap(flatten)]
+        cluster: ClusterArgs,
+    }
+
+    #[test]
+    fn flags_build_timings_and_faults() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--nodes",
+            "6",
+            "--seed",
+            "9",
+            "--reboot",
+            "2s",
+            "--pod-start",
+            "100ms",
+            "--time-scale",
+            "0.5",
+            "--fault-never-return",
+            "worker-01,worker-02",
+            "--api-error-rate",
+            "0.1",
+            "--api-latency",
+            "20ms",
+        ])
+        .unwrap();
+        let t = cli.cluster.timings();
+        assert_eq!(t.reboot, Duration::from_secs(1));
+        assert_eq!(t.pod_start, Duration::from_millis(50));
+        assert_eq!(t.pod_stop, Timings::default().pod_stop / 2);
+        let f = cli.cluster.faults();
+        assert!(f.never_returns("worker-02"));
+        assert_eq!(f.api.error_rate, 0.1);
+        assert_eq!(f.api.latency, Duration::from_millis(20));
+        assert_eq!(cli.cluster.scenario(), Scenario::generate(6, 9));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Cli::try_parse_from(["x", "--api-error-rate", "1.5"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--time-scale", "0"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--reboot", "-1s"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--reboot", "soon"]).is_err());
+    }
+}
