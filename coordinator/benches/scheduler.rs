@@ -92,7 +92,7 @@ fn fleet(now: Timestamp) -> (Snapshot, Duration) {
             }
             pdbs.push(PdbState {
                 key,
-                disruptions_allowed: 1 + rng.below(3) as i32,
+                disruptions_allowed: 1 + rng.below(5) as i32,
             });
         }
     }
@@ -156,7 +156,7 @@ fn fleet(now: Timestamp) -> (Snapshot, Duration) {
         .collect();
     let queue = (0..QUEUED)
         .map(|k| {
-            let node = (k * 9 + 3) % NODES;
+            let node = (k * 10 + 3) % NODES;
             SlotRequest {
                 node: format!("node-{node:04}"),
                 operation: Operation::PackageUpgrade {
@@ -209,6 +209,14 @@ fn main() -> ExitCode {
         warm_up.admit.len(),
         warm_up.waiting.len()
     );
+    for pool in &snapshot.pools {
+        let reasons: Vec<String> = warm_up
+            .waiting_summary(&pool.name)
+            .iter()
+            .map(|s| format!("{} {}", s.reason, s.count))
+            .collect();
+        println!("  {} waiting: {}", pool.name, reasons.join(", "));
+    }
     let mut samples: Vec<Duration> = (0..RUNS)
         .map(|_| {
             let started = Instant::now();
