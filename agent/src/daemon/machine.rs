@@ -47,8 +47,11 @@ pub enum Input {
     Slot(SlotView),
     /// The operation under this token ended (completion reported or given up).
     OperationEnded(u64),
-    /// Time to tell the coordinator the facts again (a restarted coordinator learns them).
+    /// Time to tell the coordinator the facts again (a restarted coordinator learns them);
+    /// also retries a request that did not get through.
     ResendFacts,
+    /// A slot request did not reach the coordinator.
+    RequestFailed,
 }
 
 /// What to do.
@@ -138,7 +141,9 @@ impl Daemon {
                 if let Some(facts) = &self.facts {
                     actions.push(Action::ReportFacts(facts.clone()));
                 }
+                self.reconcile(&mut actions);
             }
+            Input::RequestFailed => self.requested = None,
             Input::OperationEnded(token) => {
                 if self.running == Some(token) {
                     self.running = None;
@@ -294,6 +299,21 @@ mod tests {
             Some(Operation::Reboot),
         )));
         assert_eq!(a.len(), 1);
+    }
+
+    #[test]
+    fn a_failed_request_is_retried_with_the_next_resend() {
+        let mut d = Daemon::new(UpgradePolicy::None, None);
+        d.on(Input::Facts(Box::new(facts(true, false))));
+        assert!(d.on(Input::RequestFailed).is_empty());
+        let a = d.on(Input::ResendFacts);
+        assert_eq!(a.last(), Some(&Action::RequestSlot(Operation::Reboot)));
+        // Once it got through, resending does not ask again.
+        let a = d.on(Input::ResendFacts);
+        assert!(
+            !a.iter().any(|a| matches!(a, Action::RequestSlot(_))),
+            "{a:?}"
+        );
     }
 
     #[test]

@@ -185,6 +185,7 @@ enum Event {
     Slot(SlotView),
     OperationEnded(u64),
     ResendFacts,
+    RequestFailed,
 }
 
 /// How often the facts are sent again even when unchanged (the protocol's 30 s).
@@ -289,6 +290,7 @@ pub async fn run(
                 Input::OperationEnded(token)
             }
             Event::ResendFacts => Input::ResendFacts,
+            Event::RequestFailed => Input::RequestFailed,
         };
         for action in daemon.on(input) {
             perform(action, &mut tasks, &config, &host, &client, &tx, &lease_ttl).await;
@@ -352,7 +354,10 @@ async fn perform(
                     }
                     Err(e) => tracing::warn!(error = %e, "invalid slot status"),
                 },
-                Err(e) => tracing::warn!(error = %e, "requesting a slot failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "requesting a slot failed; retrying with the next facts report");
+                    let _ = tx.send(Event::RequestFailed).await;
+                }
             }
         }
         Action::Withdraw => {
