@@ -403,7 +403,7 @@ mod tests {
         assert_eq!(pending.len(), 2);
         let changes = pm.upgrade(UpgradeScope::SecurityOnly).unwrap();
         let names: Vec<&str> = changes.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, vec![KERNEL_PACKAGE, "linux-image-6.1.0-31-amd64"]);
+        assert_eq!(names, vec!["linux-image-6.1.0-31-amd64", KERNEL_PACKAGE]);
         assert!(host.exists(Path::new("/boot/vmlinuz-6.1.0-31-amd64")).unwrap());
         assert!(host.exists(Path::new("/var/run/reboot-required")).unwrap());
         assert_eq!(host.kernel_release().unwrap(), "6.1.0-28-amd64");

@@ -517,7 +517,7 @@ impl Kubelet {
     }
 
     fn heartbeat(&self) {
-        self.write_node_status(|status, now| stamp_heartbeats(status, now));
+        self.write_node_status(stamp_heartbeats);
         let store = &self.ctx.store;
         let lease = ResourceKey::new(leases(), Some("kube-node-lease"), self.node());
         let renew = meta::format_micro_time(store.now());

@@ -48,13 +48,6 @@ pub(crate) fn controller_uid(obj: &Value) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
-/// The kind of the controller owner reference, if any.
-pub(crate) fn controller_kind(obj: &Value) -> Option<&str> {
-    meta::controller_ref(obj)
-        .and_then(|r| r.get("kind"))
-        .and_then(Value::as_str)
-}
-
 /// An owner reference with `controller: true` to `owner` (which has `apiVersion` and `kind`).
 pub(crate) fn controller_ref_to(owner: &Value) -> Value {
     json!({

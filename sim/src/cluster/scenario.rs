@@ -465,7 +465,7 @@ fn generate_nodes(rng: &mut StdRng, control_planes: usize, workers: usize) -> Ve
 fn generate_host(rng: &mut StdRng, first: bool) -> HostSpec {
     let mut installed: BTreeMap<String, String> = BTreeMap::new();
     let mut available = Vec::new();
-    let mut offer = |available: &mut Vec<AvailablePackage>, name: &str, version: &str, security| {
+    let offer = |available: &mut Vec<AvailablePackage>, name: &str, version: &str, security| {
         available.push(AvailablePackage {
             name: name.into(),
             version: version.into(),
