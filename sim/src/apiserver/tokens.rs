@@ -178,9 +178,10 @@ impl State {
             &issued.pod,
         )) {
             Ok(pod) if meta::uid(&pod) == issued.pod_uid => Ok((issued.clone(), audiences)),
-            Ok(_) => Err(format!(
+            Ok(pod) => Err(format!(
                 "[invalid bearer token, pod UID ({}) does not match claim ({})]",
-                "current", issued.pod_uid
+                meta::uid(&pod),
+                issued.pod_uid
             )),
             Err(_) => Err(format!(
                 "[invalid bearer token, pods \"{}\" not found]",
