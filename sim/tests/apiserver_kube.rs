@@ -1111,3 +1111,45 @@ async fn injected_faults() {
         .unwrap();
     assert!(matches!(next, None | Some(Err(_))), "{next:?}");
 }
+
+#[tokio::test]
+async fn idle_watches_get_bookmarks() {
+    let store = Store::new();
+    let config = rota_sim::apiserver::ServerConfig {
+        bookmark_interval: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let server = ApiServer::start_with(
+        store.clone(),
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        config,
+    )
+    .await
+    .unwrap();
+    let nodes: Api<Node> = Api::all(client(&server, true));
+    let rv = store.resource_version();
+    let mut stream = nodes
+        .watch(&WatchParams::default(), &rv.to_string())
+        .await
+        .unwrap()
+        .boxed();
+    // Writes to other resources advance the bookmark's resourceVersion.
+    store
+        .create(
+            &GroupResource::core("configmaps"),
+            Some("default"),
+            json!({"metadata": {"name": "c"}}),
+        )
+        .unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(10), stream.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match event {
+        WatchEvent::Bookmark(b) => {
+            assert!(b.metadata.resource_version.parse::<u64>().unwrap() > rv)
+        }
+        other => panic!("expected a bookmark, got {other:?}"),
+    }
+}
