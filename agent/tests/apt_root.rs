@@ -23,168 +23,29 @@
 // Test helpers outside `#[test]` functions: a failed set-up step should stop the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use common::{Root, names, sh};
 use jiff::Timestamp;
-use rota_agent::detect::{self, DetectConfig, NodeFacts};
-use rota_agent::host::{ChrootHost, Host, HostCommand};
+use rota_agent::detect::{self, DetectConfig};
+use rota_agent::host::{Host, HostCommand};
 use rota_agent::ops::{CompleteAck, Completion, Executor, ExecutorConfig, Operation, Reporter};
 use rota_agent::packages::{Blocked, InstallPurpose, PackagePin, RepairOutcome, UpgradeScope};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_rota-agent");
-const CACHE_DIR: &str = "/var/cache/rota-test";
-const BASE_TARBALL: &str = "/var/cache/rota-test/bookworm-minbase.tar";
-const MIRROR: &str = "http://deb.debian.org/debian";
-
-/// Runs a command and returns its standard output; panics with its output on failure.
-fn sh(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Why this suite cannot run here, if it cannot.
-fn missing_prerequisite() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("not running as root".into());
-    }
-    ["debootstrap", "dpkg-deb", "dpkg-scanpackages", "tar", "cp"]
-        .into_iter()
-        .find(|t| !have(t))
-        .map(|t| format!("{t} is not installed"))
-}
-
-/// The prepared root of this test run, or `None` when the suite is skipped.
-fn prepared() -> Option<&'static Path> {
+/// A copy of this run's prepared root, or `None` when the suite is skipped.
+fn root() -> Option<Root> {
     static BASE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let base = BASE.get_or_init(|| match missing_prerequisite() {
+    let base = BASE.get_or_init(|| match common::missing_prerequisite() {
         Some(why) => Err(why),
         None => Ok(prepare()),
     });
-    match base {
-        Ok(p) => Some(p.as_path()),
-        Err(why) if std::env::var_os("CI").is_some() => {
-            panic!("the real-package suite cannot run in CI: {why}")
-        }
-        Err(why) => {
-            eprintln!("skipping the real-package suite: {why}");
-            None
-        }
-    }
-}
-
-/// A test's own copy of the prepared root; removed when dropped.
-struct Root {
-    dir: tempfile::TempDir,
-}
-
-impl Root {
-    fn new() -> Option<Root> {
-        let base = prepared()?;
-        let dir = tempfile::Builder::new()
-            .prefix("rota-apt-test.")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        sh(Command::new("cp")
-            .arg("-a")
-            .arg(format!("{}/.", base.display()))
-            .arg(dir.path()));
-        Some(Root { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn host(&self) -> ChrootHost {
-        ChrootHost::with_helper(self.path(), PathBuf::from(AGENT))
-    }
-
-    /// Runs the agent binary on this root.
-    fn agent(&self, args: &[&str]) -> std::process::Output {
-        Command::new(AGENT)
-            .args(args)
-            .arg("--host-root")
-            .arg(self.path())
-            .env_remove("ROTA_HOST_ROOT")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    fn check(&self, extra: &[&str]) -> (i32, NodeFacts) {
-        let mut args = vec!["check", "--json"];
-        args.extend_from_slice(extra);
-        let out = self.agent(&args);
-        let facts: NodeFacts = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "check printed no facts ({e}):\n{}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        (out.status.code().unwrap_or(-1), facts)
-    }
-
-    fn version(&self, name: &str) -> Option<String> {
-        self.host()
-            .packages()
-            .unwrap()
-            .installed_version(name)
-            .unwrap()
-    }
-
-    fn systemctl_calls(&self) -> Vec<String> {
-        fs::read_to_string(self.path().join("var/log/rota-systemctl.log"))
-            .unwrap_or_default()
-            .lines()
-            .map(String::from)
-            .collect()
-    }
-}
-
-/// The Debian base: extracted from the cached tarball, bootstrapped first if needed.
-fn base_tarball() -> PathBuf {
-    let tarball = PathBuf::from(BASE_TARBALL);
-    if tarball.exists() {
-        return tarball;
-    }
-    fs::create_dir_all(CACHE_DIR).unwrap();
-    let build = PathBuf::from(format!("{CACHE_DIR}/build.{}", std::process::id()));
-    let _ = fs::remove_dir_all(&build);
-    sh(Command::new("debootstrap")
-        .args(["--variant=minbase", "bookworm"])
-        .arg(&build)
-        .arg(MIRROR));
-    let tmp = PathBuf::from(format!("{BASE_TARBALL}.{}", std::process::id()));
-    sh(Command::new("tar")
-        .arg("-C")
-        .arg(&build)
-        .arg("-cf")
-        .arg(&tmp)
-        .arg("."));
-    fs::rename(&tmp, &tarball).unwrap();
-    fs::remove_dir_all(&build).unwrap();
-    tarball
+    common::prepared_or_skip(base).map(Root::copy_of)
 }
 
 /// A package file: (path in the package, content, mode).
@@ -240,26 +101,7 @@ const KERNEL_POSTINST: &str = "#!/bin/sh\nset -e\nif [ \"$1\" = configure ]; the
 
 /// Builds the prepared root of this run: the base, the repository, the initial packages.
 fn prepare() -> PathBuf {
-    let tarball = base_tarball();
-    // Prepared roots of earlier runs whose process is gone.
-    if let Ok(entries) = fs::read_dir("/var/tmp") {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = name.strip_prefix("rota-apt-root.")
-                && !Path::new(&format!("/proc/{pid}")).exists()
-            {
-                let _ = fs::remove_dir_all(e.path());
-            }
-        }
-    }
-    let root = PathBuf::from(format!("/var/tmp/rota-apt-root.{}", std::process::id()));
-    let _ = fs::remove_dir_all(&root);
-    fs::create_dir_all(&root).unwrap();
-    sh(Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-xf")
-        .arg(&tarball));
+    let root = common::fresh_root("rota-apt-root", &common::base_tarball());
 
     let repo = root.join("srv/repo");
     let work = tempfile::tempdir().unwrap();
@@ -323,14 +165,7 @@ fn prepare() -> PathBuf {
         "deb [trusted=yes] file:///srv/repo rota main\ndeb [trusted=yes] file:///srv/repo rota-security main\n",
     )
     .unwrap();
-    let systemctl = root.join("usr/local/sbin/systemctl");
-    fs::create_dir_all(systemctl.parent().unwrap()).unwrap();
-    fs::write(
-        &systemctl,
-        "#!/bin/sh\n# Test double of the host's systemd: records the call, succeeds.\necho \"$*\" >> /var/log/rota-systemctl.log\nexit 0\n",
-    )
-    .unwrap();
-    fs::set_permissions(&systemctl, fs::Permissions::from_mode(0o755)).unwrap();
+    common::install_systemctl_double(&root);
 
     let chroot = |args: &[&str]| {
         sh(Command::new("chroot")
@@ -362,15 +197,9 @@ fn prepare() -> PathBuf {
     root
 }
 
-fn names<'a>(it: impl Iterator<Item = &'a rota_agent::packages::PendingUpgrade>) -> Vec<&'a str> {
-    let mut v: Vec<&str> = it.map(|p| p.name.as_str()).collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn check_lists_pending_upgrades_with_the_security_split() {
-    let Some(root) = Root::new() else { return };
+    let Some(root) = root() else { return };
     let (code, facts) = root.check(&[]);
     assert_eq!(code, 0, "{:?}", facts.errors);
     assert!(facts.errors.is_empty(), "{:?}", facts.errors);
@@ -430,7 +259,7 @@ fn check_lists_pending_upgrades_with_the_security_split() {
 
 #[test]
 fn upgrade_security_only_upgrades_only_security_packages() {
-    let Some(root) = Root::new() else { return };
+    let Some(root) = root() else { return };
     let out = root.agent(&["upgrade", "--security-only", "--yes"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -458,7 +287,7 @@ fn upgrade_security_only_upgrades_only_security_packages() {
 
 #[test]
 fn upgrade_without_confirmation_changes_nothing() {
-    let Some(root) = Root::new() else { return };
+    let Some(root) = root() else { return };
     let out = root.agent(&["upgrade"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("not confirmed"));
@@ -467,7 +296,7 @@ fn upgrade_without_confirmation_changes_nothing() {
 
 #[test]
 fn plain_upgrade_keeps_holds_and_kubelet_and_leaves_the_sentinel() {
-    let Some(root) = Root::new() else { return };
+    let Some(root) = root() else { return };
     let out = root.agent(&["upgrade", "--yes"]);
     assert!(
         out.status.success(),
@@ -517,7 +346,7 @@ impl Reporter for Recorder {
 
 #[test]
 fn kubernetes_upgrade_moves_kubelet_and_restarts_it_through_systemctl() {
-    let Some(root) = Root::new() else { return };
+    let Some(root) = root() else { return };
     let host = root.host();
     let config = ExecutorConfig::default();
     let rec = Recorder::default();
@@ -561,7 +390,7 @@ fn kubernetes_upgrade_moves_kubelet_and_restarts_it_through_systemctl() {
 
 #[test]
 fn rollback_restores_the_previous_versions() {
-    let Some(root) = Root::new() else { return };
+    let Some(root) = root() else { return };
     let host = root.host();
     let pm = host.packages().unwrap();
     let changes = pm.upgrade(UpgradeScope::All).unwrap();
@@ -604,7 +433,7 @@ fn rollback_restores_the_previous_versions() {
 
 #[test]
 fn plain_rules_refuse_held_and_kubernetes_packages() {
-    let Some(root) = Root::new() else { return };
+    let Some(root) = root() else { return };
     let host = root.host();
     let pm = host.packages().unwrap();
     let pin = |n: &str, v: &str| PackagePin {
@@ -629,7 +458,7 @@ fn plain_rules_refuse_held_and_kubernetes_packages() {
 
 #[test]
 fn an_interrupted_dpkg_is_repaired() {
-    let Some(root) = Root::new() else { return };
+    let Some(root) = root() else { return };
     let host = root.host();
     // Unpacked but never configured: what a dpkg killed mid-run leaves.
     let unpack = HostCommand::new([
@@ -657,7 +486,7 @@ fn an_interrupted_dpkg_is_repaired() {
 
 #[test]
 fn a_missing_sentinel_command_is_an_error_not_a_reboot() {
-    let Some(root) = Root::new() else { return };
+    let Some(root) = root() else { return };
     let (code, facts) = root.check(&["--sentinel-command", "/usr/bin/rota-no-such-check"]);
     assert_ne!(code, 0, "detection errors make check fail");
     assert!(!facts.reboot_required);

@@ -70,7 +70,16 @@ impl PackageManager for Dnf<'_> {
     }
 
     fn upgradable(&self) -> Result<Vec<PendingUpgrade>> {
-        let cmd = HostCommand::new(["dnf", "-q", "check-update"]).timeout(QUERY_TIMEOUT);
+        // Locked and excluded packages are listed too (and marked blocked below), so `check`
+        // can say what is kept back and why.
+        let cmd = HostCommand::new([
+            "dnf",
+            "-q",
+            "check-update",
+            "--disableplugin=versionlock",
+            "--disableexcludes=all",
+        ])
+        .timeout(QUERY_TIMEOUT);
         let out = self.host.run(&cmd)?;
         let candidates = match out.status {
             ExitStatus::Exited(0) => return Ok(Vec::new()),
@@ -184,6 +193,7 @@ impl PackageManager for Dnf<'_> {
                 "dnf",
                 "-q",
                 "list",
+                "--available",
                 "--showduplicates",
                 "--disableexcludes=all",
                 name,
@@ -300,6 +310,41 @@ fn parse_rpm_qa(out: &str) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Recorded from Debian bookworm's dnf 4.14 on a local createrepo_c repository (the
+    /// fixture of `tests/dnf_root.rs`).
+    #[test]
+    fn recorded_outputs_of_dnf_4_14() {
+        let check_update = "\n\
+kernel-core-rota.noarch                  1.1-1                     rota         \n\
+kubelet.noarch                           1.30.2-1                  rota         \n\
+ordinary.noarch                          1.1-1                     rota         \n\
+secpkg.noarch                            1.0-2                     rota-security\n";
+        assert_eq!(
+            parse_check_update(check_update),
+            [
+                ("kernel-core-rota", "1.1-1"),
+                ("kubelet", "1.30.2-1"),
+                ("ordinary", "1.1-1"),
+                ("secpkg", "1.0-2"),
+            ]
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+        );
+        let updateinfo = "ROTA-2024-0001 Important/Sec. secpkg-1.0-2.noarch\n";
+        assert_eq!(
+            parse_updateinfo(updateinfo),
+            BTreeSet::from(["secpkg".to_string()])
+        );
+        assert_eq!(parse_versionlock("heldpkg-0:1.0-1.*\n"), ["heldpkg"]);
+        let list = "Available Packages\n\
+kubelet.noarch                          1.30.1-1                           rota \n\
+kubelet.noarch                          1.30.2-1                           rota \n";
+        let versions: Vec<String> = parse_check_update(list)
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(versions, ["1.30.1-1", "1.30.2-1"]);
+    }
 
     #[test]
     fn check_update_output() {

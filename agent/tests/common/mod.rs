@@ -1,0 +1,237 @@
+//! What the real-package suites share: prerequisites, the cached Debian base, per-test copies
+//! of a prepared root, and running the agent binary on it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rota_agent::detect::NodeFacts;
+use rota_agent::host::{ChrootHost, Host};
+
+pub const AGENT: &str = env!("CARGO_BIN_EXE_rota-agent");
+const CACHE_DIR: &str = "/var/cache/rota-test";
+const BASE_TARBALL: &str = "/var/cache/rota-test/bookworm-minbase.tar";
+const MIRROR: &str = "http://deb.debian.org/debian";
+
+/// Runs a command and returns its standard output; panics with its output on failure.
+pub fn sh(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `sh -c script` inside `root` (chroot) with a plain environment.
+pub fn in_root(root: &Path, script: &str) -> String {
+    sh(Command::new("chroot")
+        .arg(root)
+        .args(["sh", "-c", script])
+        .env_clear()
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .env("LC_ALL", "C")
+        .env("HOME", "/root")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        ))
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Why the suites cannot run here, if they cannot.
+pub fn missing_prerequisite() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not running as root".into());
+    }
+    [
+        "debootstrap",
+        "dpkg-deb",
+        "dpkg-scanpackages",
+        "tar",
+        "cp",
+        "chroot",
+    ]
+    .into_iter()
+    .find(|t| !have(t))
+    .map(|t| format!("{t} is not installed"))
+}
+
+/// Resolves a prepared root: `None` (with a message) when the suite must be skipped on a
+/// developer machine; a panic in CI.
+pub fn prepared_or_skip(base: &Result<PathBuf, String>) -> Option<&Path> {
+    match base {
+        Ok(p) => Some(p.as_path()),
+        Err(why) if std::env::var_os("CI").is_some() => {
+            panic!("the real-package suite cannot run in CI: {why}")
+        }
+        Err(why) => {
+            eprintln!("skipping the real-package suite: {why}");
+            None
+        }
+    }
+}
+
+/// A cached tarball of a root: built by `build(dir)` the first time on this machine.
+pub fn cached_tarball(name: &str, build: impl FnOnce(&Path)) -> PathBuf {
+    let tarball = PathBuf::from(format!("{CACHE_DIR}/{name}"));
+    if tarball.exists() {
+        return tarball;
+    }
+    fs::create_dir_all(CACHE_DIR).unwrap();
+    let dir = PathBuf::from(format!("{CACHE_DIR}/build-{name}.{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    build(&dir);
+    let tmp = PathBuf::from(format!("{}.{}", tarball.display(), std::process::id()));
+    sh(Command::new("tar")
+        .arg("-C")
+        .arg(&dir)
+        .arg("-cf")
+        .arg(&tmp)
+        .arg("."));
+    fs::rename(&tmp, &tarball).unwrap();
+    fs::remove_dir_all(&dir).unwrap();
+    tarball
+}
+
+/// The Debian bookworm minbase, bootstrapped once per machine.
+pub fn base_tarball() -> PathBuf {
+    let tarball = PathBuf::from(BASE_TARBALL);
+    let name = tarball.file_name().unwrap().to_string_lossy().into_owned();
+    cached_tarball(&name, |dir| {
+        sh(Command::new("debootstrap")
+            .args(["--variant=minbase", "bookworm"])
+            .arg(dir)
+            .arg(MIRROR));
+    })
+}
+
+/// A fresh directory for this run's prepared root (`/var/tmp/PREFIX.PID`), with those of
+/// earlier runs whose process is gone removed, and `tarball` extracted into it.
+pub fn fresh_root(prefix: &str, tarball: &Path) -> PathBuf {
+    if let Ok(entries) = fs::read_dir("/var/tmp") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix(&format!("{prefix}."))
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let root = PathBuf::from(format!("/var/tmp/{prefix}.{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    fs::create_dir_all(&root).unwrap();
+    sh(Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-xf")
+        .arg(tarball));
+    root
+}
+
+/// Installs the test double of the host's systemd: records its arguments, succeeds.
+pub fn install_systemctl_double(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let systemctl = root.join("usr/local/sbin/systemctl");
+    fs::create_dir_all(systemctl.parent().unwrap()).unwrap();
+    fs::write(
+        &systemctl,
+        "#!/bin/sh\n# Test double of the host's systemd: records the call, succeeds.\necho \"$*\" >> /var/log/rota-systemctl.log\nexit 0\n",
+    )
+    .unwrap();
+    fs::set_permissions(&systemctl, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A test's own copy of a prepared root; removed when dropped.
+pub struct Root {
+    dir: tempfile::TempDir,
+}
+
+impl Root {
+    /// Copies `base`.
+    pub fn copy_of(base: &Path) -> Root {
+        let dir = tempfile::Builder::new()
+            .prefix("rota-root-test.")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        sh(Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", base.display()))
+            .arg(dir.path()));
+        Root { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn host(&self) -> ChrootHost {
+        ChrootHost::with_helper(self.path(), PathBuf::from(AGENT))
+    }
+
+    /// Runs the agent binary on this root.
+    pub fn agent(&self, args: &[&str]) -> std::process::Output {
+        Command::new(AGENT)
+            .args(args)
+            .arg("--host-root")
+            .arg(self.path())
+            .env_remove("ROTA_HOST_ROOT")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// `check --json`: exit code and facts.
+    pub fn check(&self, extra: &[&str]) -> (i32, NodeFacts) {
+        let mut args = vec!["check", "--json"];
+        args.extend_from_slice(extra);
+        let out = self.agent(&args);
+        let facts: NodeFacts = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "check printed no facts ({e}):\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code().unwrap_or(-1), facts)
+    }
+
+    pub fn version(&self, name: &str) -> Option<String> {
+        self.host()
+            .packages()
+            .unwrap()
+            .installed_version(name)
+            .unwrap()
+    }
+
+    pub fn systemctl_calls(&self) -> Vec<String> {
+        fs::read_to_string(self.path().join("var/log/rota-systemctl.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+}
+
+/// Sorted names of pending upgrades.
+pub fn names<'a>(
+    it: impl Iterator<Item = &'a rota_agent::packages::PendingUpgrade>,
+) -> Vec<&'a str> {
+    let mut v: Vec<&str> = it.map(|p| p.name.as_str()).collect();
+    v.sort();
+    v
+}
