@@ -2,6 +2,7 @@
 
 use jiff::{SignedDuration, Timestamp};
 use rota_coordinator::model::{FencingToken, Operation, Origin, SlotPhase};
+use rota_coordinator::slots::ledger::MAX_NOTE_BYTES;
 use rota_coordinator::slots::{CompletionReport, Holding, RebootEvidence};
 use rota_coordinator::slots::{Ledger, LedgerError, NodeState, Release, TransitionReason, Waiting};
 
@@ -572,4 +573,42 @@ fn reboot_evidence_compares_boot_ids() {
         l.complete("n", t, report).unwrap();
         assert_eq!(held(&l), expected, "{before:?} {rebooted} {after:?}");
     }
+}
+
+#[test]
+fn long_reasons_are_cut_to_fit_annotations() {
+    let mut l = Ledger::new(TTL);
+    let t = admitted(&mut l, "n", 0).unwrap();
+    let reason = "PDB ä/b allows 0; ".repeat(1000);
+    let tr = l
+        .requeue_after_drain_failure("n", t, at(60), &reason, at(5))
+        .unwrap();
+    assert!(tr.message.len() <= MAX_NOTE_BYTES, "{}", tr.message.len());
+    assert!(tr.message.ends_with('…'));
+    assert_eq!(l.view("n").message, tr.message);
+    let (t, _) = l.admit("n", at(60), None, false).unwrap();
+    l.drained("n", t, at(61)).unwrap();
+    l.progress("n", t, "s".into(), "x".repeat(10_000), at(62))
+        .unwrap();
+    let tr = l
+        .complete(
+            "n",
+            t,
+            CompletionReport {
+                success: false,
+                message: "é".repeat(5000),
+                boot_id: None,
+                rebooted: false,
+                changed_packages: 0,
+                at: at(63),
+            },
+        )
+        .unwrap()
+        .unwrap();
+    assert!(tr.message.len() <= MAX_NOTE_BYTES);
+    let Holding::Held(held) = &l.entry("n").unwrap().holding else {
+        panic!("the failed slot stays held");
+    };
+    assert!(held.progress.as_ref().unwrap().message.len() <= MAX_NOTE_BYTES);
+    assert!(held.completion.as_ref().unwrap().message.len() <= MAX_NOTE_BYTES);
 }

@@ -466,8 +466,8 @@ impl Ledger {
             });
         }
         held.progress = Some(ProgressNote {
-            step,
-            message,
+            step: bounded(step),
+            message: bounded(message),
             at: now,
         });
         Ok(())
@@ -505,16 +505,20 @@ impl Ledger {
                 Step {
                     phase: SlotPhase::Verifying,
                     reason: TransitionReason::Completed,
-                    message: format!("{operation} completed{detail}; verifying the node"),
+                    message: bounded(format!("{operation} completed{detail}; verifying the node")),
                 }
             } else {
                 Step {
                     phase: SlotPhase::Failed,
                     reason: TransitionReason::OperationFailed,
-                    message: format!("{operation} failed on the node{detail}"),
+                    message: bounded(format!("{operation} failed on the node{detail}")),
                 }
             };
-            held.completion = Some(report);
+            held.completion = Some(CompletionReport {
+                message: bounded(report.message),
+                boot_id: report.boot_id.map(bounded),
+                ..report
+            });
             Some(step)
         })
         .map(Some)
@@ -556,7 +560,7 @@ impl Ledger {
             Some(Step {
                 phase: SlotPhase::Failed,
                 reason: TransitionReason::Failed,
-                message: format!("{} failed: {reason}", held.slot.operation.name()),
+                message: bounded(format!("{} failed: {reason}", held.slot.operation.name())),
             })
         })
     }
@@ -955,6 +959,23 @@ fn with_reason(message: String, reason: &str) -> String {
     if reason.is_empty() {
         message
     } else {
-        format!("{message}: {reason}")
+        bounded(format!("{message}: {reason}"))
     }
+}
+
+/// Longest text the ledger keeps in one note or message, in bytes. Notes end up in node
+/// annotations (256 KiB in total per object) and Events, so callers' text is cut here.
+pub const MAX_NOTE_BYTES: usize = 2048;
+
+/// Cuts `text` to [`MAX_NOTE_BYTES`] at a character boundary, marking the cut with `…`.
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_NOTE_BYTES {
+        let mut end = MAX_NOTE_BYTES - '…'.len_utf8();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }
