@@ -30,11 +30,15 @@ pub fn sh(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Runs `sh -c script` inside `root` (chroot) with a plain environment.
+/// Runs `script` with `sh -e` inside `root` (chroot) with a plain environment. The script is
+/// written to the root's `/tmp` so a failure message names the file, not its whole text.
 pub fn in_root(root: &Path, script: &str) -> String {
+    let path = root.join("tmp/rota-setup.sh");
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(&path, script).unwrap();
     sh(Command::new("chroot")
         .arg(root)
-        .args(["sh", "-c", script])
+        .args(["sh", "-e", "/tmp/rota-setup.sh"])
         .env_clear()
         .env("DEBIAN_FRONTEND", "noninteractive")
         .env("LC_ALL", "C")
