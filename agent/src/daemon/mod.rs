@@ -145,7 +145,7 @@ pub fn run_blocking(args: RunArgs) -> Result<ExitCode> {
         refresh_interval: Duration::from_secs(args.refresh_interval.max(60)),
         retry_interval: Duration::from_secs(5),
     };
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let client = client(
             &args.coordinator,
             args.ca_file.as_deref(),
@@ -154,8 +154,12 @@ pub fn run_blocking(args: RunArgs) -> Result<ExitCode> {
             },
         )?;
         run(config, host, client, shutdown_signal()).await
-    })?;
-    Ok(ExitCode::SUCCESS)
+    });
+    // An operation in flight gets a bounded grace period to finish its current step (a dpkg
+    // transaction is better finished than killed); whatever is left resumes from the persisted
+    // state at the next start.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    result.map(|()| ExitCode::SUCCESS)
 }
 
 async fn shutdown_signal() {
@@ -187,6 +191,9 @@ enum Event {
     ResendFacts,
     RequestFailed,
 }
+
+/// How long a shutdown waits for an operation's current step.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// How often the facts are sent again even when unchanged (the protocol's 30 s).
 const FACTS_RESEND_INTERVAL: Duration = Duration::from_secs(30);
