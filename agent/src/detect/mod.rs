@@ -448,6 +448,39 @@ mod tests {
     }
 
     #[test]
+    fn needs_restarting_where_present() {
+        let host = MemoryHost::fedora();
+        assert!(!detect(&host, &DetectConfig::default()).reboot_required);
+        host.put_file("/usr/bin/needs-restarting", "");
+        let code = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(1));
+        let c = code.clone();
+        host.on_command("/usr/bin/needs-restarting", move |_| {
+            Ok(crate::host::memory::exited(
+                c.load(std::sync::atomic::Ordering::SeqCst),
+                "",
+            ))
+        });
+        let facts = detect(&host, &DetectConfig::default());
+        assert_eq!(
+            facts.reboot_reasons,
+            ["needs-restarting -r: reboot required"]
+        );
+        code.store(0, std::sync::atomic::Ordering::SeqCst);
+        assert!(!detect(&host, &DetectConfig::default()).reboot_required);
+        code.store(2, std::sync::atomic::Ordering::SeqCst);
+        let broken = detect(&host, &DetectConfig::default());
+        assert!(!broken.reboot_required);
+        assert!(
+            broken
+                .errors
+                .iter()
+                .any(|e| e.starts_with("needs-restarting")),
+            "{:?}",
+            broken.errors
+        );
+    }
+
+    #[test]
     fn sentinel_file_and_its_package_list() {
         let host = MemoryHost::debian();
         host.put_file("/run/reboot-required", "*** System restart required ***\n");
