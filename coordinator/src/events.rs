@@ -75,6 +75,12 @@ pub enum Reason {
     PoolResumed,
     /// Too many failures: the circuit breaker paused the pool.
     CircuitOpen,
+    /// A human's `rota.dev/maintenance-requested` annotation was queued (and removed).
+    MaintenanceRequested,
+    /// A human's annotation could not be acted upon (unknown value, or refused by the ledger).
+    InvalidRequest,
+    /// A MaintenancePolicy's spec is invalid; the last valid one stays in force.
+    PolicyInvalid,
 }
 
 impl Reason {
@@ -103,6 +109,9 @@ impl Reason {
             Reason::PoolPaused => "PoolPaused",
             Reason::PoolResumed => "PoolResumed",
             Reason::CircuitOpen => "CircuitOpen",
+            Reason::MaintenanceRequested => "MaintenanceRequested",
+            Reason::InvalidRequest => "InvalidRequest",
+            Reason::PolicyInvalid => "PolicyInvalid",
         }
     }
 
@@ -117,15 +126,19 @@ impl Reason {
                 | Reason::SlotForceReleased
                 | Reason::LeaseExpired
                 | Reason::CircuitOpen
+                | Reason::InvalidRequest
+                | Reason::PolicyInvalid
         )
     }
 
     /// The Event's `action`: what rota was doing.
     pub fn action(self) -> &'static str {
         match self {
-            Reason::SlotQueued | Reason::SlotRequestReplaced | Reason::SlotRequestWithdrawn => {
-                "Queue"
-            }
+            Reason::SlotQueued
+            | Reason::SlotRequestReplaced
+            | Reason::SlotRequestWithdrawn
+            | Reason::MaintenanceRequested
+            | Reason::InvalidRequest => "Queue",
             Reason::SlotAdmitted | Reason::Granted => "Admit",
             Reason::Cordoned => "Cordon",
             Reason::DrainBlocked | Reason::Drained | Reason::DrainFailed => "Drain",
@@ -139,7 +152,10 @@ impl Reason {
             | Reason::SlotForceReleased
             | Reason::NodeDeleted
             | Reason::LeaseExpired => "Release",
-            Reason::PoolPaused | Reason::PoolResumed | Reason::CircuitOpen => "Rollout",
+            Reason::PoolPaused
+            | Reason::PoolResumed
+            | Reason::CircuitOpen
+            | Reason::PolicyInvalid => "Rollout",
         }
     }
 }

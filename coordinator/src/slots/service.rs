@@ -163,6 +163,11 @@ impl<S: LedgerStore> SlotService<S> {
         transition
     }
 
+    /// Every registered Node (to reconcile them with the controller's Node watch).
+    pub fn nodes(&self) -> Vec<NodeName> {
+        self.read_nodes().keys().cloned().collect()
+    }
+
     /// Whether the Node is known.
     pub fn is_known(&self, node: &str) -> bool {
         self.read_nodes().contains_key(node)

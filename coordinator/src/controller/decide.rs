@@ -1,0 +1,453 @@
+//! One pass of the controller, decided: from the cluster cache, the ledger and the policies to
+//! the list of things to do ([`Decisions`]). Pure — no I/O and an explicit `now` — so that the
+//! actor ([`super::term`]) only performs what is decided here.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+
+use super::annotations::{
+    AnnotationError, CORDONED, MAINTENANCE_REQUESTED, ManualRequest, RELEASE, parse_release,
+};
+use super::pools::{PolicyBook, PoolCounts};
+use super::snapshot::{self, Inputs, drain_spec, pool_of, pools_of};
+use super::verify::{self, Verdict};
+use crate::drain::{DrainSpec, is_unschedulable};
+use crate::model::{FencingToken, NodeName, Operation, SlotPhase};
+use crate::policy::crd::RebootMode;
+use crate::policy::{DEFAULT_DRAIN_TIMEOUT, Health, MaintenancePolicyStatus};
+use crate::scheduler::{self, Plan, WaitReason};
+use crate::slots::{Holding, NodeEntry, NodeState, Waiting};
+use crate::store::CacheState;
+
+/// Everything one pass looks at.
+pub struct Input<'a> {
+    /// The cluster.
+    pub cache: &'a CacheState,
+    /// The policies (already updated from the cache).
+    pub book: &'a PolicyBook,
+    /// The ledger's entries.
+    pub entries: &'a BTreeMap<NodeName, NodeEntry>,
+    /// Nodes registered with the slot service.
+    pub known: &'a HashSet<NodeName>,
+    /// Drains running now, with their slot's token.
+    pub draining: &'a HashMap<NodeName, FencingToken>,
+    /// Annotation values already explained in an Event (`(node, key) → value`).
+    pub noticed: &'a HashMap<(NodeName, &'static str), String>,
+    /// Expired leases already reported.
+    pub expiry_reported: &'a HashSet<(NodeName, FencingToken)>,
+    /// Longest a budget may refuse one pod before a drain gives its slot back.
+    pub blocked_timeout: Duration,
+    /// Now.
+    pub now: Timestamp,
+}
+
+/// A manual request found on a Node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManualAction {
+    /// The node.
+    pub node: NodeName,
+    /// The annotation's value.
+    pub value: String,
+    /// The Node's `resourceVersion` it was read at (the acknowledgement removes it only if the
+    /// Node did not change since).
+    pub resource_version: Option<String>,
+    /// The operation to queue, or why the value is refused.
+    pub operation: Result<Operation, AnnotationError>,
+}
+
+/// A force release found on a Node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReleaseAction {
+    /// The node.
+    pub node: NodeName,
+    /// The annotation's value.
+    pub value: String,
+    /// The Node's `resourceVersion` it was read at.
+    pub resource_version: Option<String>,
+    /// Whether the value asks for a release.
+    pub valid: Result<(), AnnotationError>,
+}
+
+/// A drain to start (a new admission, or a `Draining` slot without a running drain).
+#[derive(Clone, Debug)]
+pub struct DrainStart {
+    /// The node.
+    pub node: NodeName,
+    /// Its pool, if it has exactly one.
+    pub pool: Option<String>,
+    /// How to drain it.
+    pub spec: DrainSpec,
+    /// How long the drain may take from its admission.
+    pub timeout: SignedDuration,
+}
+
+/// A node to admit now.
+#[derive(Clone, Debug)]
+pub struct AdmitAction {
+    /// The drain that follows the admission.
+    pub drain: DrainStart,
+    /// Whether rota will have cordoned the node (it is not cordoned now, or by rota).
+    pub cordoned_by_rota: bool,
+}
+
+/// What to do about a held slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SlotAction {
+    /// The node is healthy after its operation.
+    Verified,
+    /// The maintenance failed.
+    Fail(String),
+    /// A failed node is healthy again.
+    Recovered,
+}
+
+/// Per-pool numbers for the metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolGauges {
+    /// Slots held.
+    pub held: usize,
+    /// Requests queued.
+    pub queued: usize,
+    /// Slots draining.
+    pub draining: usize,
+    /// Nodes done.
+    pub done: usize,
+    /// Nodes in the pool.
+    pub total: usize,
+    /// Paused by a human.
+    pub paused: bool,
+    /// Held by the circuit breaker.
+    pub circuit_open: bool,
+}
+
+/// What one pass decided.
+#[derive(Debug, Default)]
+pub struct Decisions {
+    /// Nodes to register with the slot service.
+    pub add_nodes: Vec<NodeName>,
+    /// Nodes whose Node object is gone.
+    pub delete_nodes: Vec<NodeName>,
+    /// Manual requests to queue (or explain).
+    pub manual: Vec<ManualAction>,
+    /// Force releases to perform (or explain).
+    pub releases: Vec<ReleaseAction>,
+    /// Running drains to stop: their slot is not draining any more.
+    pub cancel_drains: Vec<NodeName>,
+    /// Nodes rota cordoned that hold no slot: uncordon them.
+    pub uncordon: Vec<NodeName>,
+    /// Verification outcomes.
+    pub slot_actions: Vec<(NodeName, FencingToken, SlotAction)>,
+    /// Leases that expired while their slot is granted (reported, never freed).
+    pub expired_leases: Vec<(NodeName, FencingToken)>,
+    /// Nodes to admit.
+    pub admit: Vec<AdmitAction>,
+    /// Draining slots without a running drain (after a restart, or a failed start).
+    pub resume: Vec<(FencingToken, Timestamp, DrainStart)>,
+    /// Queue positions and reasons to publish.
+    pub waiting: Vec<(NodeName, Waiting)>,
+    /// Policy statuses that changed.
+    pub statuses: Vec<(String, MaintenancePolicyStatus)>,
+    /// Gauges per pool.
+    pub gauges: BTreeMap<String, PoolGauges>,
+    /// When the next pass is due even if nothing changes (a window opens, a back-off or a
+    /// verification ends, a lease expires).
+    pub next_wake: Option<Timestamp>,
+    /// The plan, for logs and tests.
+    pub plan: Plan,
+}
+
+impl Decisions {
+    fn wake_at(&mut self, at: Timestamp) {
+        self.next_wake = Some(self.next_wake.map_or(at, |t| t.min(at)));
+    }
+}
+
+/// Decides one pass.
+pub fn decide(input: &Input<'_>) -> Decisions {
+    let Input {
+        cache,
+        book,
+        entries,
+        known,
+        draining,
+        noticed,
+        expiry_reported,
+        blocked_timeout,
+        now,
+    } = *input;
+    let mut out = Decisions::default();
+    let pools = book.pools();
+    let drain_specs: HashMap<String, DrainSpec> = pools
+        .iter()
+        .map(|p| {
+            (
+                p.name.clone(),
+                drain_spec(book.in_force(&p.name), blocked_timeout),
+            )
+        })
+        .collect();
+    let drain_start = |node: &str| {
+        let pool = cache.node(node).and_then(|n| pool_of(n, &pools));
+        DrainStart {
+            node: node.to_owned(),
+            pool: pool.map(|p| p.name.clone()),
+            spec: pool
+                .and_then(|p| drain_specs.get(&p.name).cloned())
+                .unwrap_or_else(|| drain_spec(None, blocked_timeout)),
+            timeout: pool.map_or(DEFAULT_DRAIN_TIMEOUT, |p| p.policy.drain.timeout),
+        }
+    };
+
+    // Nodes: register new ones, forget deleted ones.
+    out.add_nodes = cache
+        .nodes()
+        .keys()
+        .filter(|n| !known.contains(*n))
+        .cloned()
+        .collect();
+    out.delete_nodes = known
+        .iter()
+        .filter(|n| cache.node(n).is_none())
+        .cloned()
+        .collect();
+    out.delete_nodes.sort();
+
+    // Humans' annotations.
+    for (name, node) in cache.nodes() {
+        let annotations = node.annotations();
+        if let Some(value) = annotations.get(MAINTENANCE_REQUESTED) {
+            let reboot_allowed =
+                pool_of(node, &pools).is_none_or(|p| p.policy.reboot.mode != RebootMode::Never);
+            let operation = value
+                .parse::<ManualRequest>()
+                .map(|r| r.operation(reboot_allowed));
+            let already_explained = operation.is_err()
+                && noticed.get(&(name.clone(), MAINTENANCE_REQUESTED)) == Some(value);
+            if !already_explained {
+                out.manual.push(ManualAction {
+                    node: name.clone(),
+                    value: value.clone(),
+                    resource_version: node.resource_version(),
+                    operation,
+                });
+            }
+        }
+        if let Some(value) = annotations.get(RELEASE) {
+            let valid = parse_release(value);
+            let already_explained =
+                valid.is_err() && noticed.get(&(name.clone(), RELEASE)) == Some(value);
+            if !already_explained {
+                out.releases.push(ReleaseAction {
+                    node: name.clone(),
+                    value: value.clone(),
+                    resource_version: node.resource_version(),
+                    valid,
+                });
+            }
+        }
+    }
+
+    // The schedule.
+    let queue: Vec<_> = entries
+        .values()
+        .filter_map(|e| match &e.holding {
+            Holding::Queued(q) => Some(q.request.clone()),
+            Holding::Idle | Holding::Held(_) => None,
+        })
+        .collect();
+    let slots: Vec<_> = entries
+        .values()
+        .filter_map(|e| match &e.holding {
+            Holding::Held(h) => Some(h.slot.clone()),
+            Holding::Idle | Holding::Queued(_) => None,
+        })
+        .collect();
+    let snapshot = snapshot::build(Inputs {
+        cache,
+        pools: &pools,
+        drain_specs: &drain_specs,
+        queue,
+        slots,
+        now,
+    });
+    let plan = scheduler::schedule(&snapshot, now);
+    let admitted: HashSet<&str> = plan.admit.iter().map(|a| a.node.as_str()).collect();
+    for admission in &plan.admit {
+        let Some(node) = cache.node(&admission.node) else {
+            continue;
+        };
+        out.admit.push(AdmitAction {
+            drain: drain_start(&admission.node),
+            cordoned_by_rota: !is_unschedulable(node) || node.annotations().contains_key(CORDONED),
+        });
+    }
+    for (node, waiting) in &plan.waiting {
+        let note = match entries.get(node).map(|e| &e.holding) {
+            Some(Holding::Queued(q)) => q.note.as_str(),
+            _ => "",
+        };
+        let reasons = waiting
+            .reasons
+            .iter()
+            .map(|reason| match reason {
+                WaitReason::BackingOff { .. } if !note.is_empty() => format!("{reason} ({note})"),
+                _ => reason.to_string(),
+            })
+            .collect();
+        for reason in &waiting.reasons {
+            match reason {
+                WaitReason::WindowClosed {
+                    next_open: Some(at),
+                } => out.wake_at(*at),
+                WaitReason::Blackout { until, .. } | WaitReason::BackingOff { until } => {
+                    out.wake_at(*until);
+                }
+                _ => {}
+            }
+        }
+        out.waiting.push((
+            node.clone(),
+            Waiting {
+                position: NonZeroU32::new(waiting.position),
+                reasons,
+            },
+        ));
+    }
+
+    // Held slots: verify, recover, resume drains, report expired leases.
+    for (name, entry) in entries {
+        let Holding::Held(held) = &entry.holding else {
+            continue;
+        };
+        let token = held.slot.token;
+        let node = cache.node(name).map(AsRef::as_ref);
+        let health = node
+            .and_then(|n| pool_of(n, &pools))
+            .map_or_else(default_health, |p| p.policy.health.clone());
+        let pods = || cache.pods_on(name).map(AsRef::as_ref);
+        match held.slot.phase {
+            SlotPhase::Draining => {
+                if draining.get(name) != Some(&token) && node.is_some() {
+                    out.resume
+                        .push((token, held.slot.phase_since, drain_start(name)));
+                }
+            }
+            SlotPhase::Granted => {
+                let expiry = held.slot.lease_expires_at;
+                if expiry <= now {
+                    if !expiry_reported.contains(&(name.clone(), token)) {
+                        out.expired_leases.push((name.clone(), token));
+                    }
+                } else {
+                    out.wake_at(expiry);
+                }
+            }
+            SlotPhase::Verifying => {
+                match verify::verify(held, node, pods(), cache.daemon_sets(), &health, now) {
+                    Verdict::Healthy => {
+                        out.slot_actions
+                            .push((name.clone(), token, SlotAction::Verified));
+                    }
+                    Verdict::Failed { reason } => {
+                        out.slot_actions
+                            .push((name.clone(), token, SlotAction::Fail(reason)));
+                    }
+                    Verdict::Pending { deadline, .. } => out.wake_at(deadline),
+                }
+            }
+            SlotPhase::Failed => {
+                if verify::recovered(held, node, pods(), cache.daemon_sets(), &health) {
+                    out.slot_actions
+                        .push((name.clone(), token, SlotAction::Recovered));
+                }
+            }
+        }
+    }
+    for (node, token) in draining {
+        let still_draining = matches!(
+            entries.get(node).map(|e| &e.holding),
+            Some(Holding::Held(h)) if h.slot.token == *token && h.slot.phase == SlotPhase::Draining
+        );
+        if !still_draining {
+            out.cancel_drains.push(node.clone());
+        }
+    }
+    out.cancel_drains.sort();
+
+    // Leftover cordons of rota's on nodes that hold no slot.
+    for (name, node) in cache.nodes() {
+        let holds = entries
+            .get(name)
+            .is_some_and(|e| matches!(e.holding, Holding::Held(_)));
+        if node.annotations().contains_key(CORDONED) && !holds && !admitted.contains(name.as_str())
+        {
+            out.uncordon.push(name.clone());
+        }
+    }
+
+    // Status and gauges per pool.
+    let mut counts: BTreeMap<String, (PoolCounts, PoolGauges)> = pools
+        .iter()
+        .map(|p| (p.name.clone(), Default::default()))
+        .collect();
+    for (name, node) in cache.nodes() {
+        let state = entries.get(name).map_or(NodeState::Idle, NodeEntry::state);
+        for pool in pools_of(node, &pools) {
+            let Some((c, g)) = counts.get_mut(&pool) else {
+                continue;
+            };
+            c.nodes += 1;
+            g.total += 1;
+            match state {
+                NodeState::Done => {
+                    c.done += 1;
+                    g.done += 1;
+                }
+                NodeState::Queued => {
+                    c.waiting += 1;
+                    g.queued += 1;
+                }
+                NodeState::Draining | NodeState::Granted | NodeState::Verifying => {
+                    c.in_progress += 1;
+                    g.held += 1;
+                    g.draining += usize::from(state == NodeState::Draining);
+                }
+                NodeState::Failed => g.held += 1,
+                NodeState::Idle => {}
+            }
+        }
+    }
+    for pool in &pools {
+        if let Some((c, g)) = counts.get_mut(&pool.name) {
+            g.paused = pool.policy.paused;
+            g.circuit_open = pool.policy.circuit_open(pool.failures);
+            if let Some(status) =
+                book.status_update(&pool.name, *c, plan.waiting_summary(&pool.name), now)
+            {
+                out.statuses.push((pool.name.clone(), status));
+            }
+        }
+    }
+    for name in book.names() {
+        if !counts.contains_key(name)
+            && let Some(status) = book.status_update(name, PoolCounts::default(), Vec::new(), now)
+        {
+            out.statuses.push((name.clone(), status));
+        }
+    }
+    out.gauges = counts.into_iter().map(|(k, (_, g))| (k, g)).collect();
+    out.plan = plan;
+    out
+}
+
+/// Health settings for a node no policy (or several) selects.
+fn default_health() -> Health {
+    Health {
+        ready_timeout: crate::policy::DEFAULT_READY_TIMEOUT,
+        required_daemon_sets: Vec::new(),
+    }
+}

@@ -1,0 +1,220 @@
+//! From the cluster cache and the ledger to the scheduler's [`Snapshot`]. Pure.
+//!
+//! Pods a drain would evict are found with the drain engine's own filter
+//! ([`crate::drain::filter::classify`]) and the pool's drain settings, so that the scheduler's
+//! PDB look-ahead counts exactly the pods the drain will evict. They are computed only for nodes
+//! that are queued or hold a slot (the only ones the scheduler looks at), from the cache's
+//! per-node pod index.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::ResourceExt;
+
+use super::annotations::CORDONED;
+use super::pools::InForce;
+use super::verify::node_ready;
+use crate::drain::filter::{RefusalReason, Verdict, classify};
+use crate::drain::pdb::PdbIndex;
+use crate::drain::{DrainSpec, is_unschedulable};
+use crate::model::{Slot, SlotRequest};
+use crate::policy::{KubeVersion, NamespacedName};
+use crate::scheduler::{EvictablePod, NodeState, PdbState, Pool, Snapshot};
+use crate::store::CacheState;
+
+/// Node labels that mark a control-plane node.
+const CONTROL_PLANE_LABELS: [&str; 2] = [
+    "node-role.kubernetes.io/control-plane",
+    "node-role.kubernetes.io/master",
+];
+/// Node label of the zone.
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// The drain settings for a pool's nodes, from its policy; `blocked_timeout` caps how long a
+/// budget may refuse one pod before the drain gives its slot back.
+pub fn drain_spec(in_force: Option<&InForce>, blocked_timeout: Duration) -> DrainSpec {
+    let defaults = DrainSpec::default();
+    let Some(in_force) = in_force else {
+        return DrainSpec {
+            blocked_timeout,
+            ..defaults
+        };
+    };
+    let drain = &in_force.policy.drain;
+    let timeout = Duration::try_from(drain.timeout).unwrap_or(blocked_timeout);
+    DrainSpec {
+        delete_empty_dir_data: drain.delete_empty_dir_data,
+        force: drain.force,
+        pod_selector: in_force
+            .spec
+            .drain
+            .pod_selector
+            .clone()
+            .and_then(|s| kube::core::Selector::try_from(s).ok())
+            .filter(|s| !s.selects_all()),
+        grace_period_seconds: drain.grace_period_seconds,
+        blocked_timeout: blocked_timeout.min(timeout),
+        ..defaults
+    }
+}
+
+/// The pools selecting a node.
+pub fn pools_of(node: &Node, pools: &[Pool]) -> Vec<String> {
+    let labels = node.labels();
+    pools
+        .iter()
+        .filter(|p| p.selects(labels))
+        .map(|p| p.name.clone())
+        .collect()
+}
+
+/// The one pool of a node, when exactly one selects it.
+pub fn pool_of<'p>(node: &Node, pools: &'p [Pool]) -> Option<&'p Pool> {
+    let labels = node.labels();
+    let mut selecting = pools.iter().filter(|p| p.selects(labels));
+    let first = selecting.next()?;
+    selecting.next().is_none().then_some(first)
+}
+
+/// Everything [`build`] needs.
+pub struct Inputs<'a> {
+    /// The cluster.
+    pub cache: &'a CacheState,
+    /// The pools in force.
+    pub pools: &'a [Pool],
+    /// Drain settings per pool.
+    pub drain_specs: &'a HashMap<String, DrainSpec>,
+    /// Queued requests.
+    pub queue: Vec<SlotRequest>,
+    /// Held slots.
+    pub slots: Vec<Slot>,
+    /// Now.
+    pub now: Timestamp,
+}
+
+/// Builds the scheduler's view of the fleet.
+pub fn build(inputs: Inputs<'_>) -> Snapshot {
+    let Inputs {
+        cache,
+        pools,
+        drain_specs,
+        queue,
+        slots,
+        now,
+    } = inputs;
+    let pdb_index = PdbIndex::from_objects(cache.pdbs().map(AsRef::as_ref));
+    let queued: HashSet<&str> = queue.iter().map(|r| r.node.as_str()).collect();
+    let holding: HashSet<&str> = slots.iter().map(|s| s.node.as_str()).collect();
+    let default_drain = DrainSpec::default();
+    let nodes = cache
+        .nodes()
+        .values()
+        .map(|node| {
+            let name = node.name_any();
+            let node_pools = pools_of(node, pools);
+            let pool = pool_of(node, pools);
+            let wanted = queued.contains(name.as_str()) || holding.contains(name.as_str());
+            let (evictable_pods, blocking_pods) = if wanted {
+                let spec = pool
+                    .and_then(|p| drain_specs.get(&p.name))
+                    .unwrap_or(&default_drain);
+                let pods: Vec<&Pod> = cache.pods_on(&name).map(AsRef::as_ref).collect();
+                let blocking = match pool {
+                    Some(pool) if queued.contains(name.as_str()) => pods
+                        .iter()
+                        .filter(|p| !finished(p) && pool.policy.blockers.blocks_pod(p.labels()))
+                        .map(|p| pod_key(p))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                (evictable(&pods, &pdb_index, spec, now), blocking)
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            NodeState {
+                pools: node_pools,
+                ready: node_ready(node),
+                unschedulable: is_unschedulable(node),
+                cordoned_by_rota: node.annotations().contains_key(CORDONED),
+                control_plane: CONTROL_PLANE_LABELS
+                    .iter()
+                    .any(|l| node.labels().contains_key(*l)),
+                kubelet_version: node
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.node_info.as_ref())
+                    .and_then(|i| i.kubelet_version.parse::<KubeVersion>().ok()),
+                zone: node.labels().get(ZONE_LABEL).cloned(),
+                evictable_pods,
+                blocking_pods,
+                name,
+            }
+        })
+        .collect();
+    let pdbs = cache
+        .pdbs()
+        .map(|pdb| PdbState {
+            key: NamespacedName::new(pdb.namespace().unwrap_or_default(), pdb.name_any()),
+            disruptions_allowed: pdb.status.as_ref().map_or(0, |s| s.disruptions_allowed),
+        })
+        .collect();
+    Snapshot {
+        pools: pools.to_vec(),
+        nodes,
+        api_server_version: cache.api_server_version(),
+        slots,
+        queue,
+        pdbs,
+    }
+}
+
+fn finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+fn pod_key(pod: &Pod) -> NamespacedName {
+    NamespacedName::new(pod.namespace().unwrap_or_default(), pod.name_any())
+}
+
+/// The pods a drain would evict now, each with the budgets its eviction is checked against
+/// (none for pods the API server deletes without a check: finished, pending or terminating).
+fn evictable(
+    pods: &[&Pod],
+    pdbs: &PdbIndex,
+    spec: &DrainSpec,
+    now: Timestamp,
+) -> Vec<EvictablePod> {
+    pods.iter()
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+        .filter_map(|pod| {
+            let budget_checked = !finished(pod)
+                && pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Pending");
+            let covering = || {
+                pdbs.covering(&pod.namespace().unwrap_or_default(), pod.labels())
+                    .into_iter()
+                    .map(|r| NamespacedName::new(r.namespace, r.name))
+                    .collect::<Vec<_>>()
+            };
+            let pdbs = match classify(pod, pdbs, spec, now) {
+                Verdict::Skip(_) => return None,
+                Verdict::Evict { .. } if budget_checked => covering(),
+                Verdict::Evict { .. } => Vec::new(),
+                // Still counted: the scheduler names the budgets; the drain refuses the pod.
+                Verdict::Refuse(RefusalReason::MultiplePdbs { pdbs }) => pdbs
+                    .into_iter()
+                    .map(|r| NamespacedName::new(r.namespace, r.name))
+                    .collect(),
+                Verdict::Refuse(_) => covering(),
+            };
+            Some(EvictablePod {
+                pod: pod_key(pod),
+                pdbs,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,321 @@
+//! Is a node healthy after its maintenance? (DESIGN.md step 6.) Pure: the caller passes the
+//! node, its pods, the cluster's DaemonSets and `now`.
+//!
+//! A node passes when, within the policy's `health.readyTimeout` after the agent reported
+//! completion:
+//! - it is `Ready`;
+//! - for a Kubernetes upgrade, its kubelet runs the target version;
+//! - when the operation rebooted it, the boot id changed: the agent's report is checked against
+//!   the boot id from before the admission, and so is the kubelet's `status.nodeInfo.bootID`
+//!   (waited for, since the kubelet reports it a little after it starts);
+//! - its DaemonSet pods are Ready: the policy's `health.requiredDaemonSets` that target the node
+//!   (by their pod template's node selector), or, when the policy names none, every DaemonSet pod
+//!   on the node.
+//!
+//! A report that cannot be true (a reboot that did not change the boot id, a `Reboot` that did
+//! not reboot) fails at once; anything else is waited for until the deadline.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod};
+
+use crate::model::Operation;
+use crate::policy::{Health, KubeVersion, NamespacedName};
+use crate::slots::{HeldSlot, RebootEvidence};
+
+/// The outcome of one verification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Healthy: release the slot.
+    Healthy,
+    /// Not yet healthy; checked again on every change, and failed at `deadline`.
+    Pending {
+        /// What is still wrong.
+        problems: Vec<String>,
+        /// When the verification gives up.
+        deadline: Timestamp,
+    },
+    /// The maintenance failed.
+    Failed {
+        /// Why, for the Event and the node's view.
+        reason: String,
+    },
+}
+
+/// What the reboot check says.
+enum RebootCheck {
+    Ok,
+    Wait(String),
+    Fail(String),
+}
+
+/// Verifies a node whose slot is `Verifying`.
+pub fn verify<'a>(
+    held: &HeldSlot,
+    node: Option<&Node>,
+    pods: impl IntoIterator<Item = &'a Pod>,
+    daemon_sets: &BTreeMap<NamespacedName, Arc<DaemonSet>>,
+    health: &Health,
+    now: Timestamp,
+) -> Verdict {
+    let mut problems = Vec::new();
+    match reboot_check(held, node) {
+        RebootCheck::Fail(reason) => return Verdict::Failed { reason },
+        RebootCheck::Wait(problem) => problems.push(problem),
+        RebootCheck::Ok => {}
+    }
+    problems.extend(health_problems(
+        node,
+        pods,
+        daemon_sets,
+        health,
+        &held.slot.operation,
+    ));
+    if problems.is_empty() {
+        return Verdict::Healthy;
+    }
+    let deadline = held
+        .slot
+        .phase_since
+        .saturating_add(health.ready_timeout)
+        .unwrap_or(Timestamp::MAX);
+    if now >= deadline {
+        Verdict::Failed {
+            reason: format!(
+                "node not healthy within {:#}: {}",
+                health.ready_timeout,
+                problems.join("; ")
+            ),
+        }
+    } else {
+        Verdict::Pending { problems, deadline }
+    }
+}
+
+/// Whether a `Failed` slot's node has recovered: the agent did what it was asked (it reported
+/// success, and a reboot it reported is confirmed) and the node is healthy now. A failure the
+/// agent reported, or a reboot that did not happen, needs a human (`rota.dev/release`).
+pub fn recovered<'a>(
+    held: &HeldSlot,
+    node: Option<&Node>,
+    pods: impl IntoIterator<Item = &'a Pod>,
+    daemon_sets: &BTreeMap<NamespacedName, Arc<DaemonSet>>,
+    health: &Health,
+) -> bool {
+    let agent_succeeded = held.completion.as_ref().is_some_and(|c| c.success);
+    agent_succeeded
+        && matches!(reboot_check(held, node), RebootCheck::Ok)
+        && health_problems(node, pods, daemon_sets, health, &held.slot.operation).is_empty()
+}
+
+fn reboot_check(held: &HeldSlot, node: Option<&Node>) -> RebootCheck {
+    let before = held.slot.boot_id_before.as_deref();
+    let evidence = held.reboot_evidence();
+    match evidence {
+        RebootEvidence::Pending => {
+            return RebootCheck::Wait("the agent has not reported completion".to_owned());
+        }
+        RebootEvidence::NotRebooted if held.slot.operation == Operation::Reboot => {
+            return RebootCheck::Fail(
+                "the agent reports that the reboot did not happen".to_owned(),
+            );
+        }
+        RebootEvidence::NotRebooted => return RebootCheck::Ok,
+        RebootEvidence::BootIdUnchanged => {
+            return RebootCheck::Fail(format!(
+                "the agent reports a reboot, but the boot id is still {}",
+                before.unwrap_or_default()
+            ));
+        }
+        RebootEvidence::Confirmed | RebootEvidence::Unverifiable => {}
+    }
+    let kubelet_boot = node
+        .and_then(|n| n.status.as_ref())
+        .and_then(|s| s.node_info.as_ref())
+        .map(|i| i.boot_id.as_str())
+        .filter(|b| !b.is_empty());
+    match (before, kubelet_boot) {
+        (Some(before), Some(now)) if before == now => RebootCheck::Wait(format!(
+            "the kubelet still reports boot id {before} from before the reboot"
+        )),
+        (Some(_), Some(_)) => RebootCheck::Ok,
+        (Some(_), None) if evidence == RebootEvidence::Confirmed => RebootCheck::Ok,
+        (Some(_), None) => RebootCheck::Wait(
+            "no boot id after the reboot yet (neither the agent nor the kubelet reported one)"
+                .to_owned(),
+        ),
+        (None, _) => RebootCheck::Fail(
+            "cannot verify the reboot: the boot id before it is unknown".to_owned(),
+        ),
+    }
+}
+
+/// What is wrong with the node's health now (empty: healthy).
+fn health_problems<'a>(
+    node: Option<&Node>,
+    pods: impl IntoIterator<Item = &'a Pod>,
+    daemon_sets: &BTreeMap<NamespacedName, Arc<DaemonSet>>,
+    health: &Health,
+    operation: &Operation,
+) -> Vec<String> {
+    let Some(node) = node else {
+        return vec!["the Node object is missing".to_owned()];
+    };
+    let mut problems = Vec::new();
+    if !node_ready(node) {
+        problems.push(not_ready_text(node));
+    }
+    if let Operation::KubernetesUpgrade { version } = operation {
+        let running = node
+            .status
+            .as_ref()
+            .and_then(|s| s.node_info.as_ref())
+            .map(|i| i.kubelet_version.as_str())
+            .unwrap_or_default();
+        match (
+            version.parse::<KubeVersion>(),
+            running.parse::<KubeVersion>(),
+        ) {
+            (Ok(target), Ok(now)) if target == now => {}
+            (Ok(target), _) => problems.push(format!(
+                "kubelet runs {}, expected {target}",
+                if running.is_empty() {
+                    "an unknown version"
+                } else {
+                    running
+                }
+            )),
+            (Err(e), _) => problems.push(format!("the target version is invalid: {e}")),
+        }
+    }
+    let pods: Vec<&Pod> = pods.into_iter().collect();
+    problems.extend(daemon_set_problems(
+        node,
+        &pods,
+        daemon_sets,
+        &health.required_daemon_sets,
+    ));
+    problems
+}
+
+/// Whether the Node's `Ready` condition is `True`.
+pub fn node_ready(node: &Node) -> bool {
+    ready_condition(node).is_some_and(|c| c.status == "True")
+}
+
+fn ready_condition(node: &Node) -> Option<&k8s_openapi::api::core::v1::NodeCondition> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+}
+
+fn not_ready_text(node: &Node) -> String {
+    match ready_condition(node) {
+        None => "node has no Ready condition".to_owned(),
+        Some(c) => {
+            let mut text = format!("node is not Ready ({})", c.status);
+            if let Some(reason) = c.reason.as_deref().filter(|r| !r.is_empty()) {
+                text.push_str(&format!(": {reason}"));
+            }
+            text
+        }
+    }
+}
+
+/// Whether a pod's `Ready` condition is `True` and it is not being deleted.
+pub fn pod_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The DaemonSet controlling a pod, if any.
+fn daemon_set_of(pod: &Pod) -> Option<NamespacedName> {
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true) && o.kind == "DaemonSet")?;
+    Some(NamespacedName::new(
+        pod.metadata.namespace.clone().unwrap_or_default(),
+        owner.name.clone(),
+    ))
+}
+
+fn pod_name(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Whether the DaemonSet's pod template's node selector selects the node. (Affinity and
+/// taints are not evaluated: name only DaemonSets that run on every node of the pool.)
+fn targets(daemon_set: &DaemonSet, node: &Node) -> bool {
+    let selector = daemon_set
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.node_selector.as_ref());
+    let labels = node.metadata.labels.as_ref();
+    selector
+        .into_iter()
+        .flatten()
+        .all(|(key, value)| labels.and_then(|l| l.get(key)) == Some(value))
+}
+
+fn daemon_set_problems(
+    node: &Node,
+    pods: &[&Pod],
+    daemon_sets: &BTreeMap<NamespacedName, Arc<DaemonSet>>,
+    required: &[NamespacedName],
+) -> Vec<String> {
+    let running = |pod: &&&Pod| {
+        !matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
+    };
+    if required.is_empty() {
+        return pods
+            .iter()
+            .filter(running)
+            .filter(|p| daemon_set_of(p).is_some() && p.metadata.deletion_timestamp.is_none())
+            .filter(|p| !pod_ready(p))
+            .map(|p| format!("DaemonSet pod {} is not Ready", pod_name(p)))
+            .collect();
+    }
+    let mut problems = Vec::new();
+    for wanted in required {
+        let Some(daemon_set) = daemon_sets.get(wanted) else {
+            problems.push(format!("required DaemonSet {wanted} does not exist"));
+            continue;
+        };
+        if !targets(daemon_set, node) {
+            continue;
+        }
+        let own: Vec<&&Pod> = pods
+            .iter()
+            .filter(running)
+            .filter(|p| daemon_set_of(p).as_ref() == Some(wanted))
+            .collect();
+        if own.is_empty() {
+            problems.push(format!("no pod of DaemonSet {wanted} on the node"));
+        } else if !own.iter().any(|p| pod_ready(p)) {
+            problems.push(format!(
+                "pod {} of DaemonSet {wanted} is not Ready",
+                pod_name(own[0])
+            ));
+        }
+    }
+    problems
+}
