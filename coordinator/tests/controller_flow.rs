@@ -1,0 +1,310 @@
+//! The controller loop against the emulated API server: a node's whole maintenance, drains
+//! blocked by a budget, restarts mid-drain, node deletion and expired leases.
+
+mod controller_support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use anyhow::Result;
+use jiff::SignedDuration;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use rota_coordinator::model::Operation;
+use rota_coordinator::slots::NodeState;
+use rota_sim::apiserver::DeleteOptions;
+
+use controller_support::{Cluster, NS, OffsetClock, Running, settings, spec, wait_until};
+
+const WITHIN: Duration = Duration::from_secs(15);
+
+#[tokio::test]
+async fn a_node_is_drained_granted_verified_and_released() -> Result<()> {
+    let cluster = Cluster::start(true).await?;
+    cluster.add_node("a", &[("pool", "workers")])?;
+    cluster.add_pod("web-a", "a", "web", 0)?;
+    cluster.create_policy("workers", spec("workers"))?;
+    let coordinator = Running::start(&cluster, settings(), OffsetClock::real()).await?;
+
+    coordinator.report("a", "a-boot-1").await?;
+    coordinator.request("a", Operation::Reboot).await?;
+    let token = coordinator.wait_granted("a", WITHIN).await?;
+    assert!(cluster.cordoned("a")?, "rota cordons before it grants");
+    assert!(!cluster.pod_exists("web-a"), "the drain evicted the pod");
+
+    cluster.set_boot_id("a", "a-boot-2")?;
+    coordinator
+        .complete("a", token, true, Some("a-boot-2"))
+        .await?;
+    coordinator
+        .wait_view("a", WITHIN, |v| v.state == NodeState::Done)
+        .await?;
+    wait_until("uncordon", WITHIN, || {
+        (!cluster.cordoned("a").ok()?).then_some(())
+    })
+    .await?;
+    assert!(
+        !cluster.annotations("a")?.contains_key("rota.dev/cordoned"),
+        "the cordon mark goes with the cordon"
+    );
+    let reasons: BTreeSet<String> = wait_until("events", WITHIN, || {
+        let reasons: BTreeSet<String> = cluster
+            .events_about("a")
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+        reasons.contains("Uncordoned").then_some(reasons)
+    })
+    .await?;
+    for reason in [
+        "SlotQueued",
+        "SlotAdmitted",
+        "Cordoned",
+        "Granted",
+        "Verifying",
+        "MaintenanceSucceeded",
+        "Uncordoned",
+    ] {
+        assert!(
+            reasons.contains(reason),
+            "event {reason} missing: {reasons:?}"
+        );
+    }
+    wait_until("status", WITHIN, || {
+        let status = cluster.policy("workers").ok()?.status?;
+        (status.done == 1 && status.nodes == 1 && status.in_progress == 0).then_some(())
+    })
+    .await?;
+    coordinator.stop().await
+}
+
+fn pdb(name: &str, app: &str) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: ObjectMeta {
+            namespace: Some(NS.into()),
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodDisruptionBudgetSpec {
+            min_available: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([("app".to_string(), app.to_string())])),
+                match_expressions: None,
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// A budget the scheduler saw allowing one disruption but whose eviction the API server keeps
+/// refusing (its status lags its spec: the disruption controller is stuck): the drain of `a`
+/// cannot finish, gives its slot back with the budget named, and `b` goes.
+#[tokio::test]
+async fn a_drain_blocked_by_a_pdb_yields_its_slot_to_another_node() -> Result<()> {
+    let cluster = Cluster::start(false).await?;
+    cluster.add_node("a", &[("pool", "workers")])?;
+    cluster.add_node("b", &[("pool", "workers")])?;
+    cluster.add_pod("db-0", "a", "db", 0)?;
+    cluster.add_pod("web-b", "b", "web", 0)?;
+    cluster.store.create_as(&pdb("db", "db"))?;
+    cluster
+        .store
+        .modify_status_as::<PodDisruptionBudget>(Some(NS), "db", |p| {
+            let status = p.status.get_or_insert_with(Default::default);
+            status.disruptions_allowed = 1;
+            status.current_healthy = 1;
+            status.desired_healthy = 0;
+            status.expected_pods = 1;
+            status.observed_generation = Some(0);
+        })?;
+    let mut policy = spec("workers");
+    policy.drain.backoff.initial = Some("1h".into());
+    policy.drain.backoff.max = Some("2h".into());
+    cluster.create_policy("workers", policy)?;
+    let coordinator = Running::start(&cluster, settings(), OffsetClock::real()).await?;
+
+    coordinator.report("a", "a-boot-1").await?;
+    coordinator.report("b", "b-boot-1").await?;
+    coordinator.request("a", Operation::Reboot).await?;
+    coordinator
+        .wait_view("a", WITHIN, |v| v.state == NodeState::Draining)
+        .await?;
+    coordinator.request("b", Operation::Reboot).await?;
+
+    let b_token = coordinator.wait_granted("b", WITHIN).await?;
+    let a = coordinator
+        .wait_view("a", WITHIN, |v| {
+            v.state == NodeState::Queued && !v.waiting_reasons.is_empty()
+        })
+        .await?;
+    assert!(cluster.pod_exists("db-0"), "the budget kept the pod");
+    assert!(
+        a.waiting_reasons
+            .iter()
+            .any(|r| r.contains("backing off") && r.contains("shop/db")),
+        "the waiting reason names the budget: {:?}",
+        a.waiting_reasons
+    );
+    assert!(!cluster.cordoned("a")?, "a's cordon (rota's) was undone");
+    assert!(b_token.0 > 1, "b got a fresh token: {b_token}");
+    let events = cluster.events_about("a");
+    assert!(
+        events
+            .iter()
+            .any(|(reason, note)| reason == "DrainFailed" && note.contains("shop/db")),
+        "a DrainFailed event names the budget: {events:?}"
+    );
+    coordinator.stop().await
+}
+
+/// A coordinator stopped while a pod is still terminating; the next one resumes the drain with
+/// the same token, and every token is issued once.
+#[tokio::test]
+async fn a_restarted_coordinator_resumes_the_drain_and_grants_nothing_twice() -> Result<()> {
+    let cluster = Cluster::start(true).await?;
+    cluster.add_node("a", &[("pool", "workers")])?;
+    cluster.add_node("b", &[("pool", "workers")])?;
+    cluster.add_pod("slow", "a", "slow", 30)?;
+    cluster.create_policy("workers", spec("workers"))?;
+    let mut tokens = cluster.store.subscribe_all();
+
+    let first = Running::start(&cluster, settings(), OffsetClock::real()).await?;
+    first.report("a", "a-boot-1").await?;
+    first.request("a", Operation::Reboot).await?;
+    wait_until("the eviction", WITHIN, || {
+        cluster.pod_terminating("slow").then_some(())
+    })
+    .await?;
+    assert_eq!(cluster.slot("a").map(|s| s.1), Some("draining".into()));
+    first.stop().await?;
+
+    let second = Running::start(&cluster, settings(), OffsetClock::real()).await?;
+    second
+        .wait_view("a", WITHIN, |v| v.state == NodeState::Draining)
+        .await?;
+    cluster.finish_pod("slow")?;
+    let token = second.wait_granted("a", WITHIN).await?;
+    assert_eq!(
+        token.0, 1,
+        "the resumed drain grants the slot admitted before"
+    );
+
+    second.report("a", "a-boot-1").await?;
+    cluster.set_boot_id("a", "a-boot-2")?;
+    second.complete("a", token, true, Some("a-boot-2")).await?;
+    second
+        .wait_view("a", WITHIN, |v| v.state == NodeState::Done)
+        .await?;
+    second.report("b", "b-boot-1").await?;
+    second.request("b", Operation::KubeletRestart).await?;
+    let b_token = second.wait_granted("b", WITHIN).await?;
+    assert_eq!(b_token.0, 2);
+    assert_eq!(cluster.counter(), Some(2));
+    second.stop().await?;
+
+    // Every slot annotation ever written: one node per token.
+    let mut holders: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    while let Ok(event) = tokens.try_recv() {
+        let object = &event.object;
+        if object.get("kind").and_then(|k| k.as_str()) != Some("Node") {
+            continue;
+        }
+        let node: Node = serde_json::from_value((**object).clone())?;
+        let slot = node
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("rota.dev/slot"));
+        if let Some(slot) = slot {
+            let slot: serde_json::Value = serde_json::from_str(slot)?;
+            if let Some(token) = slot.get("token").and_then(serde_json::Value::as_u64) {
+                holders
+                    .entry(token)
+                    .or_default()
+                    .insert(node.metadata.name.clone().unwrap_or_default());
+            }
+        }
+    }
+    assert_eq!(
+        holders,
+        BTreeMap::from([
+            (1, BTreeSet::from(["a".to_string()])),
+            (2, BTreeSet::from(["b".to_string()])),
+        ])
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_deleted_node_frees_its_slot() -> Result<()> {
+    let cluster = Cluster::start(true).await?;
+    cluster.add_node("a", &[("pool", "workers")])?;
+    cluster.add_node("b", &[("pool", "workers")])?;
+    cluster.create_policy("workers", spec("workers"))?;
+    let coordinator = Running::start(&cluster, settings(), OffsetClock::real()).await?;
+    coordinator.report("a", "a-boot-1").await?;
+    coordinator.report("b", "b-boot-1").await?;
+    coordinator.request("a", Operation::Reboot).await?;
+    coordinator.wait_granted("a", WITHIN).await?;
+    coordinator.request("b", Operation::Reboot).await?;
+    let b = coordinator
+        .wait_view("b", WITHIN, |v| !v.waiting_reasons.is_empty())
+        .await?;
+    assert!(
+        b.waiting_reasons
+            .iter()
+            .any(|r| r.contains("maxUnavailable")),
+        "{:?}",
+        b.waiting_reasons
+    );
+
+    cluster
+        .store
+        .delete_as::<Node>(None, "a", &DeleteOptions::default())?;
+    coordinator.wait_granted("b", WITHIN).await?;
+    coordinator.stop().await
+}
+
+/// The agent of a granted node stops renewing (the node went down for its reboot): the lease
+/// expires, an Event says so, and the capacity stays taken.
+#[tokio::test]
+async fn an_expired_lease_of_a_node_that_is_down_keeps_its_capacity() -> Result<()> {
+    let cluster = Cluster::start(true).await?;
+    cluster.add_node("a", &[("pool", "workers")])?;
+    cluster.add_node("b", &[("pool", "workers")])?;
+    cluster.create_policy("workers", spec("workers"))?;
+    let mut settings = settings();
+    settings.lease_ttl = SignedDuration::from_secs(1);
+    let coordinator = Running::start(&cluster, settings, OffsetClock::real()).await?;
+    coordinator.report("a", "a-boot-1").await?;
+    coordinator.report("b", "b-boot-1").await?;
+    coordinator.request("a", Operation::Reboot).await?;
+    coordinator.wait_granted("a", WITHIN).await?;
+    cluster.set_ready("a", false)?;
+    coordinator.request("b", Operation::Reboot).await?;
+
+    wait_until("LeaseExpired event", WITHIN, || {
+        cluster
+            .events_about("a")
+            .iter()
+            .any(|(reason, _)| reason == "LeaseExpired")
+            .then_some(())
+    })
+    .await?;
+    let b = coordinator
+        .wait_view("b", WITHIN, |v| !v.waiting_reasons.is_empty())
+        .await?;
+    assert_eq!(b.state, NodeState::Queued);
+    assert!(
+        b.waiting_reasons
+            .iter()
+            .any(|r| r.contains("maxUnavailable")),
+        "{:?}",
+        b.waiting_reasons
+    );
+    assert_eq!(cluster.slot("a").map(|s| s.1), Some("granted".into()));
+    coordinator.stop().await
+}
