@@ -1,0 +1,298 @@
+//! The controller honours its policies and its humans: windows, pause, the circuit breaker, and
+//! the `rota.dev/` annotations on Nodes.
+
+mod controller_support;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use jiff::Timestamp;
+use jiff::civil::Time;
+use jiff::tz::TimeZone;
+use rota_coordinator::model::Operation;
+use rota_coordinator::policy::crd::MaintenanceWindow;
+use rota_coordinator::slots::NodeState;
+
+use controller_support::{Cluster, OffsetClock, Running, settings, spec, wait_until};
+
+const WITHIN: Duration = Duration::from_secs(15);
+
+/// Today's instant at `hh:mm:ss` UTC.
+fn today_utc(time: &str) -> Result<Timestamp> {
+    let time: Time = time.parse()?;
+    let today = Timestamp::now().to_zoned(TimeZone::UTC).date();
+    Ok(today.to_datetime(time).to_zoned(TimeZone::UTC)?.timestamp())
+}
+
+#[tokio::test]
+async fn a_closed_window_admits_nothing_and_its_opening_admits() -> Result<()> {
+    let cluster = Cluster::start(true).await?;
+    cluster.add_node("a", &[("pool", "workers")])?;
+    let mut policy = spec("workers");
+    policy.windows = vec![MaintenanceWindow {
+        days: Vec::new(),
+        start: "22:00".into(),
+        end: "23:00".into(),
+        time_zone: Some("UTC".into()),
+    }];
+    cluster.create_policy("workers", policy)?;
+    let opens = today_utc("22:00:00")?;
+    // The controller's clock reads six seconds before the window opens.
+    let clock = OffsetClock::at(today_utc("21:59:54")?);
+    let coordinator = Running::start(&cluster, settings(), clock).await?;
+    coordinator.report("a", "a-boot-1").await?;
+    coordinator.request("a", Operation::Reboot).await?;
+
+    let waiting = coordinator
+        .wait_view("a", WITHIN, |v| !v.waiting_reasons.is_empty())
+        .await?;
+    assert_eq!(waiting.state, NodeState::Queued);
+    assert!(
+        waiting
+            .waiting_reasons
+            .iter()
+            .any(|r| r.contains("maintenance window closed until")),
+        "{:?}",
+        waiting.waiting_reasons
+    );
+    let (status, message) = cluster
+        .condition("workers", "WindowOpen")
+        .context("WindowOpen condition")?;
+    assert_eq!(status, "False", "{message}");
+
+    // Nothing but the controller's own timer wakes it at the opening.
+    coordinator.wait_granted("a", WITHIN).await?;
+    let slot: serde_json::Value = serde_json::from_str(
+        cluster
+            .annotations("a")?
+            .get("rota.dev/slot")
+            .context("slot annotation")?,
+    )?;
+    let admitted: Timestamp = slot["admittedAt"].as_str().context("admittedAt")?.parse()?;
+    assert!(
+        admitted >= opens,
+        "admitted at {admitted}, the window opens at {opens}"
+    );
+    coordinator.stop().await
+}
+
+#[tokio::test]
+async fn a_paused_rollout_admits_nothing_until_resumed() -> Result<()> {
+    let cluster = Cluster::start(true).await?;
+    cluster.add_node("a", &[("pool", "workers")])?;
+    let mut policy = spec("workers");
+    policy.paused = true;
+    cluster.create_policy("workers", policy)?;
+    let coordinator = Running::start(&cluster, settings(), OffsetClock::real()).await?;
+    coordinator.report("a", "a-boot-1").await?;
+    coordinator.request("a", Operation::Reboot).await?;
+    let waiting = coordinator
+        .wait_view("a", WITHIN, |v| !v.waiting_reasons.is_empty())
+        .await?;
+    assert_eq!(waiting.waiting_reasons, vec!["rollout paused".to_string()]);
+    wait_until("Paused condition", WITHIN, || {
+        let (status, _) = cluster.condition("workers", "Paused")?;
+        (status == "True").then_some(())
+    })
+    .await?;
+    assert_eq!(cluster.slot("a"), None);
+
+    cluster.update_policy("workers", |s| s.paused = false)?;
+    coordinator.wait_granted("a", WITHIN).await?;
+    wait_until("PoolResumed event", WITHIN, || {
+        cluster
+            .events_about("workers")
+            .iter()
+            .any(|(reason, _)| reason == "PoolResumed")
+            .then_some(())
+    })
+    .await?;
+    coordinator.stop().await
+}
+
+/// Two failures (a reboot that did not change the boot id; a node that stays NotReady past
+/// `readyTimeout`) keep their slots and open the breaker at `maxFailures: 2`. A human releases
+/// the first, the second recovers by itself, and pausing and resuming closes the breaker.
+#[tokio::test]
+async fn failed_verifications_keep_their_slots_and_trip_the_breaker() -> Result<()> {
+    let cluster = Cluster::start(true).await?;
+    for node in ["a", "b", "c"] {
+        cluster.add_node(node, &[("pool", "workers")])?;
+    }
+    let mut policy = spec("workers");
+    policy.max_unavailable =
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(3));
+    policy.max_failures = 2;
+    policy.health.ready_timeout = Some("2s".into());
+    cluster.create_policy("workers", policy)?;
+    let coordinator = Running::start(&cluster, settings(), OffsetClock::real()).await?;
+    for node in ["a", "b", "c"] {
+        coordinator.report(node, &format!("{node}-boot-1")).await?;
+    }
+
+    coordinator.request("a", Operation::Reboot).await?;
+    let a = coordinator.wait_granted("a", WITHIN).await?;
+    coordinator.complete("a", a, true, Some("a-boot-1")).await?;
+    let failed = coordinator
+        .wait_view("a", WITHIN, |v| v.state == NodeState::Failed)
+        .await?;
+    assert!(failed.message.contains("boot id"), "{}", failed.message);
+
+    coordinator.request("b", Operation::KubeletRestart).await?;
+    let b = coordinator.wait_granted("b", WITHIN).await?;
+    cluster.set_ready("b", false)?;
+    coordinator.complete("b", b, true, None).await?;
+    coordinator
+        .wait_view("b", WITHIN, |v| v.state == NodeState::Verifying)
+        .await?;
+    let failed = coordinator
+        .wait_view("b", WITHIN, |v| v.state == NodeState::Failed)
+        .await?;
+    assert!(failed.message.contains("not Ready"), "{}", failed.message);
+
+    coordinator.request("c", Operation::Reboot).await?;
+    let c = coordinator
+        .wait_view("c", WITHIN, |v| !v.waiting_reasons.is_empty())
+        .await?;
+    assert!(
+        c.waiting_reasons
+            .iter()
+            .any(|r| r.contains("circuit breaker open after 2 failures")),
+        "{:?}",
+        c.waiting_reasons
+    );
+    assert_eq!(cluster.slot("a").map(|s| s.1), Some("failed".into()));
+    assert_eq!(cluster.slot("b").map(|s| s.1), Some("failed".into()));
+    assert!(cluster.cordoned("a")? && cluster.cordoned("b")?);
+    wait_until("CircuitOpen condition", WITHIN, || {
+        let policy = cluster.policy("workers").ok()?;
+        let (status, _) = cluster.condition("workers", "CircuitOpen")?;
+        (status == "True" && policy.status?.failed == 2).then_some(())
+    })
+    .await?;
+    wait_until("CircuitOpen event", WITHIN, || {
+        cluster
+            .events_about("workers")
+            .iter()
+            .any(|(reason, _)| reason == "CircuitOpen")
+            .then_some(())
+    })
+    .await?;
+
+    // b was only unhealthy: Ready again, it is released by itself. a needs a human.
+    cluster.set_ready("b", true)?;
+    coordinator
+        .wait_view("b", WITHIN, |v| v.state == NodeState::Idle)
+        .await?;
+    wait_until("b uncordoned", WITHIN, || {
+        (!cluster.cordoned("b").ok()?).then_some(())
+    })
+    .await?;
+    assert_eq!(cluster.slot("a").map(|s| s.1), Some("failed".into()));
+    cluster.annotate("a", "rota.dev/release", Some("true"))?;
+    coordinator
+        .wait_view("a", WITHIN, |v| v.state == NodeState::Idle)
+        .await?;
+    wait_until("release acknowledged", WITHIN, || {
+        let annotations = cluster.annotations("a").ok()?;
+        (!annotations.contains_key("rota.dev/release") && !cluster.cordoned("a").ok()?)
+            .then_some(())
+    })
+    .await?;
+
+    // The breaker holds until the rollout is paused and resumed.
+    let c = coordinator
+        .wait_view("c", WITHIN, |v| !v.waiting_reasons.is_empty())
+        .await?;
+    assert_eq!(c.state, NodeState::Queued);
+    cluster.update_policy("workers", |s| s.paused = true)?;
+    wait_until("Paused condition", WITHIN, || {
+        let (status, _) = cluster.condition("workers", "Paused")?;
+        (status == "True").then_some(())
+    })
+    .await?;
+    cluster.update_policy("workers", |s| s.paused = false)?;
+    coordinator.wait_granted("c", WITHIN).await?;
+    coordinator.stop().await
+}
+
+#[tokio::test]
+async fn a_manual_annotation_goes_before_agent_requests() -> Result<()> {
+    let cluster = Cluster::start(true).await?;
+    for node in ["a", "b", "c"] {
+        cluster.add_node(node, &[("pool", "workers")])?;
+    }
+    let mut policy = spec("workers");
+    policy.paused = true;
+    cluster.create_policy("workers", policy)?;
+    let coordinator = Running::start(&cluster, settings(), OffsetClock::real()).await?;
+    for node in ["a", "b", "c"] {
+        coordinator.report(node, &format!("{node}-boot-1")).await?;
+    }
+    coordinator.request("a", Operation::Reboot).await?;
+    coordinator
+        .wait_view("a", WITHIN, |v| !v.waiting_reasons.is_empty())
+        .await?;
+
+    cluster.annotate(
+        "b",
+        "rota.dev/maintenance-requested",
+        Some("kubelet-restart"),
+    )?;
+    cluster.annotate("c", "rota.dev/maintenance-requested", Some("reboot-now"))?;
+    wait_until("manual request acknowledged", WITHIN, || {
+        let annotations = cluster.annotations("b").ok()?;
+        (!annotations.contains_key("rota.dev/maintenance-requested")).then_some(())
+    })
+    .await?;
+    let b = coordinator
+        .wait_view("b", WITHIN, |v| v.state == NodeState::Queued)
+        .await?;
+    assert_eq!(b.operation, Some(Operation::KubeletRestart));
+    let c_events = wait_until("InvalidRequest event", WITHIN, || {
+        let events = cluster.events_about("c");
+        events
+            .iter()
+            .any(|(reason, _)| reason == "InvalidRequest")
+            .then_some(events)
+    })
+    .await?;
+    assert!(
+        c_events
+            .iter()
+            .any(|(_, note)| note.contains("\"reboot-now\"")),
+        "{c_events:?}"
+    );
+    assert_eq!(
+        cluster
+            .annotations("c")?
+            .get("rota.dev/maintenance-requested")
+            .map(String::as_str),
+        Some("reboot-now"),
+        "an invalid request changes nothing"
+    );
+    assert_eq!(
+        coordinator.wait_view("c", WITHIN, |_| true).await?.state,
+        NodeState::Idle
+    );
+    wait_until("MaintenanceRequested event", WITHIN, || {
+        cluster
+            .events_about("b")
+            .iter()
+            .any(|(reason, _)| reason == "MaintenanceRequested")
+            .then_some(())
+    })
+    .await?;
+
+    cluster.update_policy("workers", |s| s.paused = false)?;
+    coordinator.wait_granted("b", WITHIN).await?;
+    let a = coordinator
+        .wait_view("a", WITHIN, |v| {
+            v.waiting_reasons
+                .iter()
+                .any(|r| r.contains("maxUnavailable"))
+        })
+        .await?;
+    assert_eq!(a.state, NodeState::Queued);
+    coordinator.stop().await
+}
