@@ -18,3 +18,4 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod store;
 pub mod controller;
+pub mod notify;
