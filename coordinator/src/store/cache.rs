@@ -74,12 +74,16 @@ impl fmt::Display for Kind {
 pub struct CacheConfig {
     /// How often the API server's version is read again.
     pub version_refresh: Duration,
+    /// How long the server keeps one watch request open before the watcher re-establishes it
+    /// (`timeoutSeconds`); `None`: kube-runtime's default (290 s).
+    pub watch_timeout: Option<u32>,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             version_refresh: Duration::from_secs(600),
+            watch_timeout: None,
         }
     }
 }
@@ -299,7 +303,11 @@ impl ClusterCache {
         let (sender, changes) = watch::channel(0_u64);
         let sender = Arc::new(sender);
         let mut tasks = JoinSet::new();
-        let ctx = || (state.clone(), sender.clone());
+        let watch = match config.watch_timeout {
+            Some(seconds) => watcher::Config::default().timeout(seconds),
+            None => watcher::Config::default(),
+        };
+        let ctx = || (state.clone(), sender.clone(), watch.clone());
         tasks.spawn(follow::<Node>(Api::all(client.clone()), ctx()));
         tasks.spawn(follow::<Pod>(Api::all(client.clone()), ctx()));
         tasks.spawn(follow::<PodDisruptionBudget>(
@@ -308,7 +316,11 @@ impl ClusterCache {
         ));
         tasks.spawn(follow::<DaemonSet>(Api::all(client.clone()), ctx()));
         tasks.spawn(follow::<MaintenancePolicy>(Api::all(client.clone()), ctx()));
-        tasks.spawn(follow_version(client, config.version_refresh, ctx()));
+        tasks.spawn(follow_version(
+            client,
+            config.version_refresh,
+            (state.clone(), sender.clone()),
+        ));
         (ClusterCache { state, changes }, CacheTasks { tasks })
     }
 
@@ -345,8 +357,15 @@ fn write(state: &RwLock<CacheState>) -> RwLockWriteGuard<'_, CacheState> {
 
 /// Follows one kind until the watch stream ends (it does not: the watcher retries with
 /// back-off).
-async fn follow<K: Cached + 'static>(api: Api<K>, (state, changes): Shared) -> Kind {
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+async fn follow<K: Cached + 'static>(
+    api: Api<K>,
+    (state, changes, config): (
+        Arc<RwLock<CacheState>>,
+        Arc<watch::Sender<u64>>,
+        watcher::Config,
+    ),
+) -> Kind {
+    let stream = watcher::watcher(api, config).default_backoff();
     futures::pin_mut!(stream);
     let mut listing: Vec<K> = Vec::new();
     while let Some(event) = stream.next().await {

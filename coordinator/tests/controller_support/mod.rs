@@ -376,6 +376,15 @@ impl Running {
         clock: Arc<dyn Clock>,
     ) -> Result<Running> {
         let clients = Clients::from_config(cluster.kube_config()?)?;
+        Self::start_with(clients, settings, clock).await
+    }
+
+    /// Starts a coordinator using `clients`.
+    pub async fn start_with(
+        clients: Clients,
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Running> {
         let events = EventSink::new(clients.default.clone(), "rota-coordinator-test");
         let agents = CoreGate::new();
         let metrics = Metrics::new();
