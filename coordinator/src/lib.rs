@@ -19,3 +19,4 @@ pub mod telemetry;
 pub mod store;
 pub mod controller;
 pub mod notify;
+pub mod tls;
