@@ -1,0 +1,386 @@
+//! The post-maintenance health check, table by table (pure: no API server).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
+use k8s_openapi::api::core::v1::{
+    Node, NodeCondition, NodeStatus, NodeSystemInfo, Pod, PodCondition, PodSpec, PodStatus,
+    PodTemplateSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use rota_coordinator::controller::verify::{Verdict, recovered, verify};
+use rota_coordinator::model::{FencingToken, Operation, Origin, Slot, SlotPhase};
+use rota_coordinator::policy::{Health, NamespacedName};
+use rota_coordinator::slots::{CompletionReport, HeldSlot};
+
+fn t(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+const COMPLETED: &str = "2025-06-01T12:00:00Z";
+
+fn held(operation: Operation, boot_before: Option<&str>, completion: CompletionReport) -> HeldSlot {
+    HeldSlot {
+        slot: Slot {
+            node: "n".into(),
+            operation,
+            origin: Origin::Agent,
+            token: FencingToken(7),
+            phase: SlotPhase::Verifying,
+            admitted_at: t("2025-06-01T11:00:00Z"),
+            phase_since: t(COMPLETED),
+            lease_expires_at: t("2025-06-01T12:05:00Z"),
+            boot_id_before: boot_before.map(str::to_owned),
+            cordoned_by_rota: true,
+        },
+        requested_at: t("2025-06-01T10:00:00Z"),
+        note: String::new(),
+        progress: None,
+        completion: Some(completion),
+    }
+}
+
+fn completion(success: bool, boot_after: Option<&str>) -> CompletionReport {
+    CompletionReport {
+        success,
+        message: String::new(),
+        boot_id: boot_after.map(str::to_owned),
+        rebooted: boot_after.is_some(),
+        changed_packages: 0,
+        at: t(COMPLETED),
+    }
+}
+
+fn node(ready: bool, boot_id: &str, kubelet: &str) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some("n".into()),
+            labels: Some(BTreeMap::from([("pool".into(), "workers".into())])),
+            ..ObjectMeta::default()
+        },
+        spec: None,
+        status: Some(NodeStatus {
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                reason: Some(
+                    if ready {
+                        "KubeletReady"
+                    } else {
+                        "KubeletNotReady"
+                    }
+                    .into(),
+                ),
+                ..NodeCondition::default()
+            }]),
+            node_info: Some(NodeSystemInfo {
+                boot_id: boot_id.into(),
+                kubelet_version: kubelet.into(),
+                ..NodeSystemInfo::default()
+            }),
+            ..NodeStatus::default()
+        }),
+    }
+}
+
+fn ds_pod(name: &str, daemon_set: &str, ready: bool) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            namespace: Some("kube-system".into()),
+            name: Some(name.into()),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "DaemonSet".into(),
+                name: daemon_set.into(),
+                uid: format!("uid-{daemon_set}"),
+                controller: Some(true),
+                block_owner_deletion: None,
+            }]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some("n".into()),
+            ..PodSpec::default()
+        }),
+        status: Some(PodStatus {
+            phase: Some("Running".into()),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                ..PodCondition::default()
+            }]),
+            ..PodStatus::default()
+        }),
+    }
+}
+
+fn daemon_set(name: &str, node_selector: &[(&str, &str)]) -> (NamespacedName, Arc<DaemonSet>) {
+    let ds = DaemonSet {
+        metadata: ObjectMeta {
+            namespace: Some("kube-system".into()),
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(DaemonSetSpec {
+            selector: LabelSelector::default(),
+            template: PodTemplateSpec {
+                metadata: None,
+                spec: Some(PodSpec {
+                    node_selector: Some(
+                        node_selector
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                    ),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DaemonSetSpec::default()
+        }),
+        status: None,
+    };
+    (NamespacedName::new("kube-system", name), Arc::new(ds))
+}
+
+fn health(required: &[&str]) -> Health {
+    Health {
+        ready_timeout: SignedDuration::from_mins(10),
+        required_daemon_sets: required
+            .iter()
+            .map(|n| NamespacedName::new("kube-system", *n))
+            .collect(),
+    }
+}
+
+enum Want {
+    Healthy,
+    Pending(&'static str),
+    Failed(&'static str),
+}
+
+#[test]
+fn verdicts() {
+    let before = Some("boot-1");
+    let reboot_done = completion(true, Some("boot-2"));
+    let daemon_sets: BTreeMap<_, _> = [
+        daemon_set("cni", &[]),
+        daemon_set("gpu-driver", &[("gpu", "true")]),
+    ]
+    .into_iter()
+    .collect();
+    let early = t("2025-06-01T12:01:00Z");
+    let late = t("2025-06-01T12:10:00Z");
+    let cases: Vec<(&str, HeldSlot, Node, Vec<Pod>, Health, Timestamp, Want)> = vec![
+        (
+            "rebooted, kubelet agrees, Ready",
+            held(Operation::Reboot, before, reboot_done.clone()),
+            node(true, "boot-2", "v1.33.1"),
+            vec![],
+            health(&[]),
+            early,
+            Want::Healthy,
+        ),
+        (
+            "the agent claims a reboot but its boot id did not change",
+            held(Operation::Reboot, before, completion(true, Some("boot-1"))),
+            node(true, "boot-1", "v1.33.1"),
+            vec![],
+            health(&[]),
+            early,
+            Want::Failed("boot id is still boot-1"),
+        ),
+        (
+            "a reboot operation that did not reboot",
+            held(Operation::Reboot, before, completion(true, None)),
+            node(true, "boot-1", "v1.33.1"),
+            vec![],
+            health(&[]),
+            early,
+            Want::Failed("reboot did not happen"),
+        ),
+        (
+            "the kubelet still reports the old boot id: wait",
+            held(Operation::Reboot, before, reboot_done.clone()),
+            node(true, "boot-1", "v1.33.1"),
+            vec![],
+            health(&[]),
+            early,
+            Want::Pending("still reports boot id boot-1"),
+        ),
+        (
+            "no boot id before: the reboot cannot be verified",
+            held(Operation::Reboot, None, reboot_done.clone()),
+            node(true, "boot-2", "v1.33.1"),
+            vec![],
+            health(&[]),
+            early,
+            Want::Failed("boot id before it is unknown"),
+        ),
+        (
+            "NotReady within the timeout: wait",
+            held(Operation::KubeletRestart, before, completion(true, None)),
+            node(false, "boot-1", "v1.33.1"),
+            vec![],
+            health(&[]),
+            early,
+            Want::Pending("not Ready"),
+        ),
+        (
+            "NotReady past the timeout: failed",
+            held(Operation::KubeletRestart, before, completion(true, None)),
+            node(false, "boot-1", "v1.33.1"),
+            vec![],
+            health(&[]),
+            late,
+            Want::Failed("not healthy within 10m"),
+        ),
+        (
+            "Kubernetes upgrade to the version the kubelet runs",
+            held(
+                Operation::KubernetesUpgrade {
+                    version: "1.34.0".into(),
+                },
+                before,
+                completion(true, None),
+            ),
+            node(true, "boot-1", "v1.34.0"),
+            vec![],
+            health(&[]),
+            early,
+            Want::Healthy,
+        ),
+        (
+            "Kubernetes upgrade, kubelet still old",
+            held(
+                Operation::KubernetesUpgrade {
+                    version: "1.34.0".into(),
+                },
+                before,
+                completion(true, None),
+            ),
+            node(true, "boot-1", "v1.33.1"),
+            vec![],
+            health(&[]),
+            early,
+            Want::Pending("kubelet runs v1.33.1, expected 1.34.0"),
+        ),
+        (
+            "default: every DaemonSet pod on the node must be Ready",
+            held(Operation::KubeletRestart, before, completion(true, None)),
+            node(true, "boot-1", "v1.33.1"),
+            vec![ds_pod("cni-x", "cni", true), ds_pod("log-x", "logs", false)],
+            health(&[]),
+            early,
+            Want::Pending("DaemonSet pod kube-system/log-x is not Ready"),
+        ),
+        (
+            "required DaemonSets only; one not targeting the node is not required",
+            held(Operation::KubeletRestart, before, completion(true, None)),
+            node(true, "boot-1", "v1.33.1"),
+            vec![ds_pod("cni-x", "cni", true), ds_pod("log-x", "logs", false)],
+            health(&["cni", "gpu-driver"]),
+            early,
+            Want::Healthy,
+        ),
+        (
+            "a required DaemonSet without its pod on the node",
+            held(Operation::KubeletRestart, before, completion(true, None)),
+            node(true, "boot-1", "v1.33.1"),
+            vec![],
+            health(&["cni"]),
+            early,
+            Want::Pending("no pod of DaemonSet kube-system/cni"),
+        ),
+        (
+            "a required DaemonSet that does not exist",
+            held(Operation::KubeletRestart, before, completion(true, None)),
+            node(true, "boot-1", "v1.33.1"),
+            vec![],
+            health(&["cni", "ghost"]),
+            early,
+            Want::Pending(
+                "no pod of DaemonSet kube-system/cni on the node; required DaemonSet kube-system/ghost does not exist",
+            ),
+        ),
+    ];
+    for (case, held, node, pods, health, now, want) in cases {
+        let got = verify(&held, Some(&node), &pods, &daemon_sets, &health, now);
+        match (&got, want) {
+            (Verdict::Healthy, Want::Healthy) => {}
+            (Verdict::Pending { problems, deadline }, Want::Pending(text)) => {
+                assert!(problems.join("; ").contains(text), "{case}: {problems:?}");
+                assert_eq!(*deadline, t("2025-06-01T12:10:00Z"), "{case}");
+            }
+            (Verdict::Failed { reason }, Want::Failed(text)) => {
+                assert!(reason.contains(text), "{case}: {reason}");
+            }
+            (got, _) => panic!("{case}: unexpected {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_missing_node_is_not_healthy() {
+    let held = held(Operation::KubeletRestart, Some("b"), completion(true, None));
+    let got = verify(
+        &held,
+        None,
+        &[],
+        &BTreeMap::new(),
+        &health(&[]),
+        t("2025-06-01T12:01:00Z"),
+    );
+    assert!(matches!(got, Verdict::Pending { .. }), "{got:?}");
+}
+
+#[test]
+fn only_a_failed_verification_of_a_node_that_did_its_work_recovers() {
+    let ds = BTreeMap::new();
+    let healthy = node(true, "boot-2", "v1.33.1");
+    let cases = [
+        (
+            "verification timed out, node healthy now",
+            held(
+                Operation::Reboot,
+                Some("boot-1"),
+                completion(true, Some("boot-2")),
+            ),
+            true,
+        ),
+        (
+            "the agent reported failure",
+            held(
+                Operation::Reboot,
+                Some("boot-1"),
+                completion(false, Some("boot-2")),
+            ),
+            false,
+        ),
+        (
+            "the reboot did not happen",
+            held(
+                Operation::Reboot,
+                Some("boot-1"),
+                completion(true, Some("boot-1")),
+            ),
+            false,
+        ),
+    ];
+    for (case, mut held, want) in cases {
+        held.slot.phase = SlotPhase::Failed;
+        assert_eq!(
+            recovered(&held, Some(&healthy), &[], &ds, &health(&[])),
+            want,
+            "{case}"
+        );
+    }
+    let still_down = node(false, "boot-2", "v1.33.1");
+    let held = held(
+        Operation::Reboot,
+        Some("boot-1"),
+        completion(true, Some("boot-2")),
+    );
+    assert!(!recovered(&held, Some(&still_down), &[], &ds, &health(&[])));
+}
