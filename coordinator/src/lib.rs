@@ -20,3 +20,4 @@ pub mod store;
 pub mod controller;
 pub mod notify;
 pub mod tls;
+pub mod rotactl;
