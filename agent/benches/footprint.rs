@@ -36,6 +36,7 @@ fn main() {
             "run",
             "--coordinator",
             "http://127.0.0.1:9",
+            "--insecure-plaintext",
             "--node",
             "bench",
             "--host-root",

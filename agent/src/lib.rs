@@ -16,5 +16,6 @@ pub mod host;
 pub mod ops;
 pub mod packages;
 pub mod state;
+pub mod tls;
 
 pub use error::{Error, Result};

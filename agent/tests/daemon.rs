@@ -200,7 +200,11 @@ async fn run_until_complete(
     cfg: DaemonConfig,
     auth: TokenAuth,
 ) {
-    let client = daemon::client(&harness.url, None, auth).unwrap();
+    let plaintext = rota_agent::tls::TlsArgs {
+        insecure_plaintext: true,
+        ..Default::default()
+    };
+    let client = daemon::client(&harness.url, &plaintext, auth).unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let shared: Arc<dyn Host> = Arc::new(host.clone());
     let agent = tokio::spawn(daemon::run(cfg, shared, client, async move {

@@ -22,12 +22,13 @@ use rota_proto::v1::agent_client::AgentClient;
 use tokio::sync::mpsc;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 
 use crate::cli::{DetectArgs, ExecArgs, HostArgs};
 use crate::detect::{self, DetectConfig, NodeFacts};
 use crate::host::Host;
 use crate::ops::{CompleteAck, Completion, Executor, ExecutorConfig, Operation, Reporter};
+use crate::tls::{self, TlsArgs};
 use crate::{Error, Result, state};
 use machine::{Action, Daemon, Input, UpgradePolicy};
 use proto::SlotView;
@@ -45,9 +46,9 @@ pub struct RunArgs {
     /// rotation works).
     #[arg(long, env = "ROTA_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// CA certificate (PEM) of the coordinator; required for `https://`.
-    #[arg(long, env = "ROTA_CA_FILE")]
-    pub ca_file: Option<PathBuf>,
+    /// TLS to the coordinator.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Which upgrades to ask slots for.
     #[arg(long, env = "ROTA_UPGRADE", value_enum, default_value_t = UpgradePolicy::Security)]
     pub upgrade: UpgradePolicy,
@@ -109,21 +110,12 @@ impl Interceptor for TokenAuth {
 pub type Client = AgentClient<InterceptedService<Channel, TokenAuth>>;
 
 /// A client for `url` that connects lazily (the agent starts even while the coordinator is
-/// down).
-pub fn client(url: &str, ca_file: Option<&std::path::Path>, auth: TokenAuth) -> Result<Client> {
-    let mut endpoint = Endpoint::from_shared(url.to_string())?
+/// down). TLS as [`tls::endpoint`] decides: `http://` is refused without
+/// `--insecure-plaintext`.
+pub fn client(url: &str, tls: &TlsArgs, auth: TokenAuth) -> Result<Client> {
+    let endpoint = tls::endpoint(url, tls)?
         .connect_timeout(Duration::from_secs(10))
         .http2_keep_alive_interval(Duration::from_secs(30));
-    if url.starts_with("https://") {
-        let Some(ca) = ca_file else {
-            return Err(Error::Refused(
-                "an https coordinator needs --ca-file".into(),
-            ));
-        };
-        let pem = std::fs::read(ca).map_err(|e| Error::io("read", ca, e))?;
-        endpoint = endpoint
-            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))?;
-    }
     Ok(AgentClient::with_interceptor(endpoint.connect_lazy(), auth))
 }
 
@@ -148,7 +140,7 @@ pub fn run_blocking(args: RunArgs) -> Result<ExitCode> {
     let result = runtime.block_on(async move {
         let client = client(
             &args.coordinator,
-            args.ca_file.as_deref(),
+            &args.tls,
             TokenAuth {
                 token_file: args.token_file.clone(),
             },
