@@ -6,7 +6,7 @@
 mod controller_support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
@@ -38,11 +38,14 @@ impl Counter {
     }
 
     fn log_since(&self, from: usize) -> Vec<String> {
-        self.log.lock().unwrap()[from..].to_vec()
+        self.log.lock().unwrap_or_else(PoisonError::into_inner)[from..].to_vec()
     }
 
     fn logged(&self) -> usize {
-        self.log.lock().unwrap().len()
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
@@ -84,7 +87,7 @@ where
         self.counter
             .log
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .push(format!("{} {path}", request.method()));
         self.inner.call(request)
     }

@@ -15,11 +15,14 @@ use rota_coordinator::model::{FencingToken, Operation, Origin, Slot, SlotPhase};
 use rota_coordinator::policy::{Health, NamespacedName};
 use rota_coordinator::slots::{CompletionReport, HeldSlot};
 
-fn t(s: &str) -> Timestamp {
-    s.parse().unwrap()
-}
-
-const COMPLETED: &str = "2025-06-01T12:00:00Z";
+const REQUESTED: Timestamp = Timestamp::constant(1_748_772_000, 0);
+const ADMITTED: Timestamp = Timestamp::constant(1_748_775_600, 0);
+/// The agent reported completion at 2025-06-01T12:00:00Z.
+const COMPLETED: Timestamp = Timestamp::constant(1_748_779_200, 0);
+const EARLY: Timestamp = Timestamp::constant(1_748_779_260, 0);
+const LEASE_END: Timestamp = Timestamp::constant(1_748_779_500, 0);
+/// Completion plus the ten-minute ready timeout.
+const DEADLINE: Timestamp = Timestamp::constant(1_748_779_800, 0);
 
 fn held(operation: Operation, boot_before: Option<&str>, completion: CompletionReport) -> HeldSlot {
     HeldSlot {
@@ -29,13 +32,13 @@ fn held(operation: Operation, boot_before: Option<&str>, completion: CompletionR
             origin: Origin::Agent,
             token: FencingToken(7),
             phase: SlotPhase::Verifying,
-            admitted_at: t("2025-06-01T11:00:00Z"),
-            phase_since: t(COMPLETED),
-            lease_expires_at: t("2025-06-01T12:05:00Z"),
+            admitted_at: ADMITTED,
+            phase_since: COMPLETED,
+            lease_expires_at: LEASE_END,
             boot_id_before: boot_before.map(str::to_owned),
             cordoned_by_rota: true,
         },
-        requested_at: t("2025-06-01T10:00:00Z"),
+        requested_at: REQUESTED,
         note: String::new(),
         progress: None,
         completion: Some(completion),
@@ -49,7 +52,7 @@ fn completion(success: bool, boot_after: Option<&str>) -> CompletionReport {
         boot_id: boot_after.map(str::to_owned),
         rebooted: boot_after.is_some(),
         changed_packages: 0,
-        at: t(COMPLETED),
+        at: COMPLETED,
     }
 }
 
@@ -170,8 +173,7 @@ fn verdicts() {
     ]
     .into_iter()
     .collect();
-    let early = t("2025-06-01T12:01:00Z");
-    let late = t("2025-06-01T12:10:00Z");
+    let (early, late) = (EARLY, DEADLINE);
     let cases: Vec<(&str, HeldSlot, Node, Vec<Pod>, Health, Timestamp, Want)> = vec![
         (
             "rebooted, kubelet agrees, Ready",
@@ -311,7 +313,7 @@ fn verdicts() {
             (Verdict::Healthy, Want::Healthy) => {}
             (Verdict::Pending { problems, deadline }, Want::Pending(text)) => {
                 assert!(problems.join("; ").contains(text), "{case}: {problems:?}");
-                assert_eq!(*deadline, t("2025-06-01T12:10:00Z"), "{case}");
+                assert_eq!(*deadline, DEADLINE, "{case}");
             }
             (Verdict::Failed { reason }, Want::Failed(text)) => {
                 assert!(reason.contains(text), "{case}: {reason}");
@@ -324,14 +326,7 @@ fn verdicts() {
 #[test]
 fn a_missing_node_is_not_healthy() {
     let held = held(Operation::KubeletRestart, Some("b"), completion(true, None));
-    let got = verify(
-        &held,
-        None,
-        &[],
-        &BTreeMap::new(),
-        &health(&[]),
-        t("2025-06-01T12:01:00Z"),
-    );
+    let got = verify(&held, None, &[], &BTreeMap::new(), &health(&[]), EARLY);
     assert!(matches!(got, Verdict::Pending { .. }), "{got:?}");
 }
 

@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -46,29 +46,28 @@ pub const NS: &str = "shop";
 /// test.
 #[derive(Debug)]
 pub struct OffsetClock {
-    offset: Mutex<SignedDuration>,
+    offset: SignedDuration,
 }
 
 impl OffsetClock {
     /// The real time.
     pub fn real() -> Arc<Self> {
         Arc::new(OffsetClock {
-            offset: Mutex::new(SignedDuration::ZERO),
+            offset: SignedDuration::ZERO,
         })
     }
 
     /// A clock reading `at` now.
     pub fn at(at: Timestamp) -> Arc<Self> {
         Arc::new(OffsetClock {
-            offset: Mutex::new(at.duration_since(Timestamp::now())),
+            offset: at.duration_since(Timestamp::now()),
         })
     }
 }
 
 impl Clock for OffsetClock {
     fn now(&self) -> Timestamp {
-        let offset = *self.offset.lock().unwrap();
-        Timestamp::now() + offset
+        Timestamp::now() + self.offset
     }
 }
 
