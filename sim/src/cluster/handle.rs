@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,8 @@ pub struct ClusterHandle {
     faults: watch::Sender<Faults>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    /// Tasks that do not watch `cancel` (the API server's disruption controller): aborted.
+    foreign: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for ClusterHandle {
@@ -121,6 +123,7 @@ impl Cluster {
             faults,
             cancel,
             tasks,
+            foreign: Vec::new(),
         })
     }
 
@@ -133,7 +136,7 @@ impl Cluster {
         faults: Faults,
     ) -> Result<ClusterHandle> {
         let mut handle = Self::start(store.clone(), scenario, timings, faults)?;
-        handle.tasks.push(disruption::spawn(store));
+        handle.foreign.push(disruption::spawn(store));
         Ok(handle)
     }
 }
@@ -249,6 +252,9 @@ impl ClusterHandle {
     /// Stop every simulated component and wait for it to finish.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
+        for task in &self.foreign {
+            task.abort();
+        }
         for task in std::mem::take(&mut self.tasks) {
             if let Err(e) = task.await
                 && e.is_panic()
@@ -262,6 +268,9 @@ impl ClusterHandle {
 impl Drop for ClusterHandle {
     fn drop(&mut self) {
         self.cancel.cancel();
+        for task in &self.foreign {
+            task.abort();
+        }
     }
 }
 
@@ -274,26 +283,28 @@ pub async fn wait_for<T>(
 ) -> Result<T> {
     let mut rx = store.subscribe_all();
     let deadline = tokio::time::Instant::now() + timeout;
+    let timed_out = |last: String| Error::Timeout {
+        what: what.to_string(),
+        timeout,
+        last,
+    };
     loop {
         let last = match check(store) {
             Ok(value) => return Ok(value),
             Err(reason) => reason,
         };
+        // A busy store keeps `recv` ready, so the deadline is checked before waiting too.
+        if tokio::time::Instant::now() >= deadline {
+            return Err(timed_out(last));
+        }
         match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Err(_) => {
-                return Err(Error::Timeout {
-                    what: what.to_string(),
-                    timeout,
-                    last,
-                });
-            }
+            Err(_) => return Err(timed_out(last)),
             Ok(Err(RecvError::Closed)) => return Err(Error::Stopped),
             Ok(Ok(_) | Err(RecvError::Lagged(_))) => {
                 // Evaluate once per batch, not once per event.
                 while !matches!(
                     rx.try_recv(),
-                    Err(tokio::sync::broadcast::error::TryRecvError::Empty
-                        | tokio::sync::broadcast::error::TryRecvError::Closed)
+                    Err(TryRecvError::Empty | TryRecvError::Closed)
                 ) {}
             }
         }
