@@ -223,6 +223,43 @@ async fn a_killed_leader_is_replaced_within_the_lease_bound() {
 }
 
 #[tokio::test]
+async fn with_default_timings_a_standby_takes_over_within_fifteen_seconds() {
+    let server = emulator().await;
+    let url = server.url();
+    let log = Log::default();
+    let timings = Timings::default();
+    let a = replica(&url, "a", timings, &log);
+    leader_of(&[&a], Duration::from_secs(5)).await;
+    let b = replica(&url, "b", timings, &log);
+    until("b to follow a", Duration::from_secs(5), || {
+        (b.leadership.state()
+            == LeaderState::Follower {
+                holder: Some("a".into()),
+            })
+        .then_some(())
+    })
+    .await;
+    // Die right after a renewal, the worst moment for the standby.
+    let renewed = lease(&url).await.metadata.resource_version;
+    let mut current = renewed.clone();
+    while current == renewed {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        current = lease(&url).await.metadata.resource_version;
+    }
+    let killed = Instant::now();
+    a.task.abort();
+    until("b to lead", Duration::from_secs(20), || {
+        b.leadership.is_leader().then_some(())
+    })
+    .await;
+    let took = killed.elapsed();
+    println!("takeover with default timings: {took:?}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    log.assert_one_leader_at_a_time();
+    drop(b.stop);
+}
+
+#[tokio::test]
 async fn graceful_release_hands_over_at_once() {
     let server = emulator().await;
     let url = server.url();

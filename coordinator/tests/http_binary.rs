@@ -1,0 +1,223 @@
+//! The `rota-coordinator` binary against the emulated API server: two replicas elect one
+//! leader, the probes and metrics say who leads, agents reach the TokenReview-checked gRPC
+//! edge, and SIGTERM hands leadership over at once and exits cleanly.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rota_proto::v1 as pb;
+use rota_proto::v1::agent_client::AgentClient;
+use rota_sim::apiserver::{ApiServer, GroupResource, Store};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+use tonic::Code;
+use tonic::metadata::MetadataValue;
+
+const NS: &str = "kube-system";
+const WITHIN: Duration = Duration::from_secs(15);
+
+fn free_addr() -> SocketAddr {
+    let listener = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    listener.local_addr().unwrap()
+}
+
+struct Replica {
+    child: Child,
+    http: SocketAddr,
+    grpc: SocketAddr,
+}
+
+fn start(kubeconfig: &std::path::Path, name: &str) -> Replica {
+    let (http, grpc) = (free_addr(), free_addr());
+    let child = Command::new(env!("CARGO_BIN_EXE_rota-coordinator"))
+        .env_remove("KUBECONFIG")
+        .env("ROTA_KUBECONFIG", kubeconfig)
+        .env("ROTA_POD_NAME", name)
+        .env("ROTA_NAMESPACE", NS)
+        .env("ROTA_HTTP_ADDR", http.to_string())
+        .env("ROTA_GRPC_ADDR", grpc.to_string())
+        .env("ROTA_LEASE_DURATION", "2s")
+        .env("ROTA_RENEW_DEADLINE", "1s")
+        .env("ROTA_RETRY_PERIOD", "100ms")
+        .env("ROTA_SHUTDOWN_GRACE", "5s")
+        .env("ROTA_LOG_FORMAT", "json")
+        .env("ROTA_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    Replica { child, http, grpc }
+}
+
+impl Replica {
+    fn signal(&self, signal: Signal) {
+        let pid = i32::try_from(self.child.id().unwrap()).unwrap();
+        kill(Pid::from_raw(pid), signal).unwrap();
+    }
+
+    async fn exit(&mut self) -> ExitStatus {
+        tokio::time::timeout(WITHIN, self.child.wait())
+            .await
+            .expect("the process must exit")
+            .unwrap()
+    }
+}
+
+/// `GET path`: status and body, or `None` while nothing listens.
+async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut conn = TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).await.ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some((head.split(' ').nth(1)?.parse().ok()?, body.to_owned()))
+}
+
+/// Polls `path` until its body contains `needle` with status `status`.
+async fn until(addr: SocketAddr, path: &str, status: u16, needle: &str) {
+    let deadline = Instant::now() + WITHIN;
+    let mut last = None;
+    while Instant::now() < deadline {
+        last = get(addr, path).await;
+        if let Some((code, body)) = &last
+            && *code == status
+            && body.contains(needle)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{path} never answered {status} with {needle:?}; last: {last:?}");
+}
+
+async fn holder(client: &kube::Client) -> Option<String> {
+    Api::<Lease>::namespaced(client.clone(), NS)
+        .get_opt("rota-coordinator")
+        .await
+        .unwrap()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+}
+
+#[tokio::test]
+async fn two_replicas_elect_serve_and_hand_over_on_sigterm() {
+    let store = Store::new();
+    store
+        .create(
+            &GroupResource::core("nodes"),
+            None,
+            json!({"metadata": {"name": "n1"}}),
+        )
+        .unwrap();
+    store
+        .create(
+            &GroupResource::core("pods"),
+            Some(NS),
+            json!({"metadata": {"name": "agent-n1"}, "spec": {"nodeName": "n1", "serviceAccountName": "rota-agent", "containers": [{"name": "agent", "image": "rota-agent"}]}}),
+        )
+        .unwrap();
+    let token = store
+        .issue_service_account_token(NS, "agent-n1", "rota", Duration::from_secs(3600))
+        .unwrap();
+    let server = ApiServer::start(store, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
+    let client = kube::Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
+
+    let mut first = start(&kubeconfig, "coord-0");
+    until(first.http, "/healthz", 200, "ok").await;
+    until(first.http, "/metrics", 200, "\nrota_leader 1\n").await;
+    assert_eq!(holder(&client).await.as_deref(), Some("coord-0"));
+    // Leading, but no controller has synced caches: not ready for agents yet.
+    until(first.http, "/readyz", 503, "caches are not synced").await;
+
+    let mut second = start(&kubeconfig, "coord-1");
+    until(second.http, "/healthz", 200, "ok").await;
+    until(
+        second.http,
+        "/readyz",
+        503,
+        "not the leader (leader: coord-0)",
+    )
+    .await;
+    until(second.http, "/metrics", 200, "\nrota_leader 0\n").await;
+
+    // The agents' edge checks tokens with the TokenReview API, then finds no core installed.
+    let mut agent = AgentClient::connect(format!("http://{}", first.grpc))
+        .await
+        .unwrap();
+    let facts = |token: Option<&str>| {
+        let mut request = tonic::Request::new(pb::ReportFactsRequest {
+            node: "n1".into(),
+            facts: Some(pb::NodeFacts {
+                boot_id: "boot-1".into(),
+                ..pb::NodeFacts::default()
+            }),
+        });
+        if let Some(token) = token {
+            request.metadata_mut().insert(
+                "authorization",
+                MetadataValue::try_from(format!("Bearer {token}")).unwrap(),
+            );
+        }
+        request
+    };
+    let anonymous = agent.report_facts(facts(None)).await.unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated, "{anonymous:?}");
+    let known = agent.report_facts(facts(Some(&token))).await.unwrap_err();
+    assert_eq!(known.code(), Code::Unavailable, "{known:?}");
+    drop(agent);
+    until(
+        first.http,
+        "/metrics",
+        200,
+        "rota_grpc_requests_total{method=\"ReportFacts\",code=\"Unavailable\"} 1",
+    )
+    .await;
+
+    // SIGTERM: the leader releases its lease and exits 0; the standby takes over well within
+    // one lease duration.
+    let sent = Instant::now();
+    first.signal(Signal::SIGTERM);
+    assert!(first.exit().await.success());
+    until(second.http, "/metrics", 200, "\nrota_leader 1\n").await;
+    let handover = sent.elapsed();
+    println!("handover after SIGTERM: {handover:?}");
+    assert!(handover < Duration::from_secs(2), "{handover:?}");
+    assert_eq!(holder(&client).await.as_deref(), Some("coord-1"));
+
+    second.signal(Signal::SIGINT);
+    assert!(second.exit().await.success());
+    assert_eq!(holder(&client).await, None);
+}
+
+#[tokio::test]
+async fn bad_configuration_fails_fast() {
+    let output = Command::new(env!("CARGO_BIN_EXE_rota-coordinator"))
+        .env("ROTA_POD_NAME", "coord-0")
+        .env("ROTA_LEASE_DURATION", "1s")
+        .env("ROTA_RENEW_DEADLINE", "2s")
+        .env("ROTA_KUBECONFIG", "/nonexistent/kubeconfig")
+        .env("ROTA_HTTP_ADDR", free_addr().to_string())
+        .env("ROTA_GRPC_ADDR", free_addr().to_string())
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("kubeconfig"), "{stderr}");
+}
