@@ -15,17 +15,31 @@ use crate::store::WriteGate;
 /// Attempts when another writer changes the node between our read and our patch.
 const CONFLICT_RETRIES: usize = 5;
 
-/// Cordons the node (idempotent). Returns whether the cordon is rota's: true when rota cordoned
-/// it now or earlier, false when someone else had.
+/// Who cordoned a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cordoned {
+    /// rota, just now.
+    Now,
+    /// rota, earlier (a resumed drain).
+    Earlier,
+    /// Someone else: rota leaves the cordon in place afterwards.
+    BySomeoneElse,
+}
+
+/// Cordons the node (idempotent), and tells whose cordon it is.
 #[instrument(skip(api, gate))]
-pub async fn cordon(api: &Api<Node>, gate: &WriteGate, node: &str) -> Result<bool> {
+pub async fn cordon(api: &Api<Node>, gate: &WriteGate, node: &str) -> Result<Cordoned> {
     for _ in 0..CONFLICT_RETRIES {
         let current = api
             .get_opt(node)
             .await?
             .ok_or_else(|| Error::NodeNotFound(node.to_owned()))?;
         if is_unschedulable(&current) {
-            return Ok(current.annotations().contains_key(CORDONED));
+            return Ok(if current.annotations().contains_key(CORDONED) {
+                Cordoned::Earlier
+            } else {
+                Cordoned::BySomeoneElse
+            });
         }
         let patch = json!({
             "metadata": {
@@ -41,7 +55,7 @@ pub async fn cordon(api: &Api<Node>, gate: &WriteGate, node: &str) -> Result<boo
         {
             Ok(_) => {
                 info!("node cordoned");
-                return Ok(true);
+                return Ok(Cordoned::Now);
             }
             Err(kube::Error::Api(status)) if status.code == 409 => continue,
             Err(kube::Error::Api(status)) if status.code == 404 => {

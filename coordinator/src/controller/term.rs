@@ -1,6 +1,6 @@
 //! One leadership term: the actor that performs what [`super::decide`] decides.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,14 +16,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::annotations::{MAINTENANCE_REQUESTED, RELEASE};
-use super::cordon::{cordon, uncordon_own};
+use super::cordon::{Cordoned, cordon, uncordon_own};
 use super::decide::{
     self, AdmitAction, Decisions, DrainStart, ManualAction, ReleaseAction, SlotAction,
 };
 use super::pools::{PolicyBook, PolicyChange};
 use super::snapshot::pool_of;
 use super::{Coordinator, Error, TermEnd};
-use crate::drain::{DrainControl, DrainReport, Drainer};
+use crate::drain::{DrainControl, DrainProgress, DrainReport, Drainer, PdbRef, PodProgress};
 use crate::events::{EventSink, Reason};
 use crate::metrics::{Metrics, Outcome};
 use crate::model::{FencingToken, NodeName};
@@ -482,7 +482,8 @@ impl<'a> Term<'a> {
         );
         let left =
             Duration::try_from(deadline.duration_since(self.now())).unwrap_or(Duration::ZERO);
-        let control = DrainControl::new(Instant::now() + left).with_cancel(cancel);
+        let mut control = DrainControl::new(Instant::now() + left).with_cancel(cancel);
+        let progress = control.progress();
         let (nodes, gate, drainer, events) = (
             self.nodes.clone(),
             self.gate.clone(),
@@ -494,17 +495,34 @@ impl<'a> Term<'a> {
         self.drains.spawn(
             async move {
                 let result = async {
-                    let ours = cordon(&nodes, &gate, &node).await?;
-                    if ours {
+                    let cordoned = cordon(&nodes, &gate, &node).await?;
+                    if cordoned == Cordoned::Now {
                         let _ = events.send(EventJob::Node {
                             node: node.clone(),
-                            uid,
+                            uid: uid.clone(),
                             reason: Reason::Cordoned,
                             note: format!("cordoned for maintenance slot {token}"),
                         });
                     }
                     gate.check()?;
-                    Ok(drainer.drain(&node, &spec, control).await?)
+                    let drain = drainer.drain(&node, &spec, control);
+                    let blocked = report_blocked(progress, |pdbs| {
+                        let names: Vec<String> = pdbs.iter().map(ToString::to_string).collect();
+                        let _ = events.send(EventJob::Node {
+                            node: node.clone(),
+                            uid: uid.clone(),
+                            reason: Reason::DrainBlocked,
+                            note: format!(
+                                "evictions held back by PodDisruptionBudget {}; retrying as the budget changes",
+                                names.join(", ")
+                            ),
+                        });
+                    });
+                    tokio::pin!(drain);
+                    tokio::select! {
+                        report = &mut drain => Ok(report?),
+                        never = blocked => match never {},
+                    }
                 }
                 .await;
                 DrainDone {
@@ -769,6 +787,38 @@ impl<'a> Term<'a> {
         {
             Ok(_) => self.book.mark_written(policy, status),
             Err(error) => warn!(policy, %error, "writing the policy status failed; retrying"),
+        }
+    }
+}
+
+/// Calls `report` with the budgets that newly hold back an eviction of a running drain, each
+/// once. Never ends (the drain ending drops it).
+async fn report_blocked(
+    mut progress: tokio::sync::watch::Receiver<DrainProgress>,
+    mut report: impl FnMut(Vec<PdbRef>),
+) -> std::convert::Infallible {
+    let mut reported: BTreeSet<PdbRef> = BTreeSet::new();
+    loop {
+        let fresh: Vec<PdbRef> = progress
+            .borrow_and_update()
+            .pods
+            .values()
+            .filter_map(|p| match p {
+                PodProgress::BlockedByPdb { pdbs, .. } => Some(pdbs.iter()),
+                _ => None,
+            })
+            .flatten()
+            .filter(|pdb| !reported.contains(*pdb))
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if !fresh.is_empty() {
+            reported.extend(fresh.iter().cloned());
+            report(fresh);
+        }
+        if progress.changed().await.is_err() {
+            return std::future::pending().await;
         }
     }
 }

@@ -278,7 +278,7 @@ pub struct ClusterCache {
 /// The cache's background tasks; dropping this stops them.
 #[derive(Debug)]
 pub struct CacheTasks {
-    tasks: JoinSet<Kind>,
+    tasks: JoinSet<String>,
 }
 
 impl CacheTasks {
@@ -286,12 +286,9 @@ impl CacheTasks {
     /// longer follows the cluster, and the coordinator must stop loudly.
     pub async fn stopped(&mut self) -> Error {
         match self.tasks.join_next().await {
-            Some(Ok(kind)) => Error::WatchStopped(kind),
-            Some(Err(e)) => {
-                warn!(error = %e, "a cache task failed");
-                Error::WatchStopped(Kind::Nodes)
-            }
-            None => Error::WatchStopped(Kind::Nodes),
+            Some(Ok(task)) => Error::Stopped(task),
+            Some(Err(e)) => Error::Stopped(format!("a cache task ({e})")),
+            None => Error::Stopped("every cache task".to_owned()),
         }
     }
 }
@@ -364,7 +361,7 @@ async fn follow<K: Cached + 'static>(
         Arc<watch::Sender<u64>>,
         watcher::Config,
     ),
-) -> Kind {
+) -> String {
     let stream = watcher::watcher(api, config).default_backoff();
     futures::pin_mut!(stream);
     let mut listing: Vec<K> = Vec::new();
@@ -402,7 +399,7 @@ async fn follow<K: Cached + 'static>(
             }
         }
     }
-    K::KIND
+    format!("the {} watch", K::KIND)
 }
 
 /// Drops what rota never reads and what would only cost memory.
@@ -412,7 +409,7 @@ fn trimmed<K: Resource>(mut obj: K) -> K {
 }
 
 /// Reads `/version` now and then every `refresh`.
-async fn follow_version(client: Client, refresh: Duration, (state, changes): Shared) -> Kind {
+async fn follow_version(client: Client, refresh: Duration, (state, changes): Shared) -> String {
     loop {
         match client.apiserver_version().await {
             Ok(info) => match info.git_version.parse::<KubeVersion>() {

@@ -20,9 +20,10 @@ pub use ledger::KubeLedgerStore;
 /// Errors of the Kubernetes state layer.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A watch task of the cache ended; the cache no longer follows the cluster.
-    #[error("the cluster cache's {0} watch stopped")]
-    WatchStopped(Kind),
+    /// A task of the cache ended (they never do on their own): the cache no longer follows
+    /// the cluster.
+    #[error("the cluster cache stopped: {0} ended")]
+    Stopped(String),
     /// The API server refused or failed a request.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
