@@ -114,7 +114,10 @@ mod tests {
         tx.send_modify(|f| f.api = wanted.clone());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while api.config() != wanted {
-            assert!(tokio::time::Instant::now() < deadline, "fault config not applied");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "fault config not applied"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         cancel.cancel();

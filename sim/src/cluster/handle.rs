@@ -225,7 +225,9 @@ impl ClusterHandle {
         mut condition: impl FnMut(&Store) -> bool,
     ) -> Result<()> {
         self.wait_for(what, timeout, |store| {
-            condition(store).then_some(()).ok_or_else(|| "not yet".to_string())
+            condition(store)
+                .then_some(())
+                .ok_or_else(|| "not yet".to_string())
         })
         .await
     }
@@ -246,7 +248,8 @@ impl ClusterHandle {
 
     /// Wait until the whole cluster settled (see [`settled`]).
     pub async fn wait_settled(&self, timeout: Duration) -> Result<()> {
-        self.wait_for("the cluster to settle", timeout, settled).await
+        self.wait_for("the cluster to settle", timeout, settled)
+            .await
     }
 
     /// Stop every simulated component and wait for it to finish.
@@ -322,9 +325,8 @@ pub fn settled(store: &Store) -> std::result::Result<(), String> {
             .map_err(|e| e.to_string())
     };
     let int = |obj: &Value, pointer: &str| obj.pointer(pointer).and_then(Value::as_i64);
-    let observed = |obj: &Value| {
-        int(obj, "/status/observedGeneration") == int(obj, "/metadata/generation")
-    };
+    let observed =
+        |obj: &Value| int(obj, "/status/observedGeneration") == int(obj, "/metadata/generation");
     let id = |obj: &Value| format!("{}/{}", meta::namespace(obj), meta::name(obj));
     for node in list(nodes())? {
         if !meta::node_ready(&node) {

@@ -364,12 +364,16 @@ mod tests {
 
     fn spec() -> HostSpec {
         HostSpec {
-            os_release: "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_ID=\"12\"\n"
-                .into(),
+            os_release:
+                "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_ID=\"12\"\n"
+                    .into(),
             kernel: "6.1.0-28-amd64".into(),
             installed: BTreeMap::from([
                 (KERNEL_PACKAGE.to_string(), "6.1.119-1".to_string()),
-                ("linux-image-6.1.0-28-amd64".to_string(), "6.1.119-1".to_string()),
+                (
+                    "linux-image-6.1.0-28-amd64".to_string(),
+                    "6.1.119-1".to_string(),
+                ),
                 (KUBELET_PACKAGE.to_string(), "1.33.0-1.1".to_string()),
                 (CONTAINERD_PACKAGE.to_string(), "1.7.24-1".to_string()),
                 ("curl".to_string(), "7.88.1-10+deb12u8".to_string()),
@@ -404,7 +408,10 @@ mod tests {
         let changes = pm.upgrade(UpgradeScope::SecurityOnly).unwrap();
         let names: Vec<&str> = changes.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, vec!["linux-image-6.1.0-31-amd64", KERNEL_PACKAGE]);
-        assert!(host.exists(Path::new("/boot/vmlinuz-6.1.0-31-amd64")).unwrap());
+        assert!(
+            host.exists(Path::new("/boot/vmlinuz-6.1.0-31-amd64"))
+                .unwrap()
+        );
         assert!(host.exists(Path::new("/var/run/reboot-required")).unwrap());
         assert_eq!(host.kernel_release().unwrap(), "6.1.0-28-amd64");
         host.boot();
@@ -440,12 +447,14 @@ mod tests {
         let (host, _rx) = SimHost::new("w1", &spec());
         host.write_file_atomic(Path::new("/var/lib/rota/state.json"), b"{}")
             .unwrap();
-        host.write_file_atomic(Path::new("/run/lock/x"), b"1").unwrap();
+        host.write_file_atomic(Path::new("/run/lock/x"), b"1")
+            .unwrap();
         let before = host.boot_id().unwrap();
         let after = host.boot();
         assert_ne!(before, after);
         assert_eq!(
-            host.read_file(Path::new("/var/lib/rota/state.json")).unwrap(),
+            host.read_file(Path::new("/var/lib/rota/state.json"))
+                .unwrap(),
             b"{}"
         );
         assert!(!host.exists(Path::new("/run/lock/x")).unwrap());

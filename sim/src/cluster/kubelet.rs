@@ -140,13 +140,29 @@ fn node_info(spec: &NodeSpec, host: &SimHost) -> Value {
 
 /// The pressure conditions a healthy kubelet reports: type, reason, message.
 const PRESSURE_CONDITIONS: [(&str, &str, &str); 3] = [
-    ("MemoryPressure", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-    ("DiskPressure", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-    ("PIDPressure", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+    (
+        "MemoryPressure",
+        "KubeletHasSufficientMemory",
+        "kubelet has sufficient memory available",
+    ),
+    (
+        "DiskPressure",
+        "KubeletHasNoDiskPressure",
+        "kubelet has no disk pressure",
+    ),
+    (
+        "PIDPressure",
+        "KubeletHasSufficientPID",
+        "kubelet has sufficient PID available",
+    ),
 ];
 
 /// A pressure condition's status, reason and message under `readiness`.
-fn pressure(readiness: Readiness, reason: &'static str, message: &'static str) -> (&'static str, &'static str, &'static str) {
+fn pressure(
+    readiness: Readiness,
+    reason: &'static str,
+    message: &'static str,
+) -> (&'static str, &'static str, &'static str) {
     if readiness == Readiness::Unknown {
         Readiness::Unknown.condition()
     } else {
@@ -164,8 +180,10 @@ fn node_conditions(readiness: Readiness, now: &str) -> Value {
         })
         .collect();
     let (status, reason, message) = readiness.condition();
-    conditions.push(json!({"type": "Ready", "status": status, "reason": reason, "message": message,
-                           "lastHeartbeatTime": now, "lastTransitionTime": now}));
+    conditions.push(
+        json!({"type": "Ready", "status": status, "reason": reason, "message": message,
+                           "lastHeartbeatTime": now, "lastTransitionTime": now}),
+    );
     Value::Array(conditions)
 }
 
@@ -260,7 +278,10 @@ struct Kubelet {
 
 /// Run a node's kubelet until `ctx.cancel`, the command channel closes, or the node is removed.
 /// The node must be registered ([`register`]).
-pub(crate) async fn run(ctx: KubeletContext, mut commands: mpsc::UnboundedReceiver<KubeletCommand>) {
+pub(crate) async fn run(
+    ctx: KubeletContext,
+    mut commands: mpsc::UnboundedReceiver<KubeletCommand>,
+) {
     let cancel = ctx.cancel.clone();
     let mut kubelet = Kubelet {
         node_key: ResourceKey::new(nodes(), None, &ctx.spec.name),
@@ -355,7 +376,10 @@ impl Kubelet {
                     let at = Instant::now() + self.ctx.timings.reboot;
                     self.timers.add(at, Timer::Boot { epoch: self.epoch });
                 } else {
-                    tracing::warn!(node = self.node(), "fault: node does not come back from reboot");
+                    tracing::warn!(
+                        node = self.node(),
+                        "fault: node does not come back from reboot"
+                    );
                 }
             }
             KubeletCommand::RestartKubelet if self.up => {
@@ -377,7 +401,7 @@ impl Kubelet {
                     self.schedule_heartbeat();
                 }
                 Timer::NodeReady { epoch } if epoch == self.epoch && self.up => {
-                    self.set_readiness(Readiness::Ready);
+                    self.set_readiness(Readiness::Ready, None);
                 }
                 Timer::Boot { epoch } if epoch == self.epoch && !self.up => self.boot(),
                 _ => {}
@@ -398,7 +422,7 @@ impl Kubelet {
         self.pods.clear();
         self.timers.clear();
         self.ctx.host.set_power(PowerState::Down);
-        self.set_readiness(Readiness::Unknown);
+        self.set_readiness(Readiness::Unknown, None);
         self.delete_all_pods();
     }
 
@@ -417,14 +441,15 @@ impl Kubelet {
         let version = self.ctx.host.kubelet_version();
         let failed = self.faults().kubelet_fails(self.node()) && version != self.first_version;
         let info = node_info(&self.ctx.spec, &self.ctx.host);
-        self.write_node_status(|status, _| {
-            status["nodeInfo"] = info.clone();
-        });
         if failed {
-            tracing::warn!(node = self.node(), ?version, "fault: kubelet fails after upgrade");
-            self.set_readiness(Readiness::Failed);
+            tracing::warn!(
+                node = self.node(),
+                ?version,
+                "fault: kubelet fails after upgrade"
+            );
+            self.set_readiness(Readiness::Failed, Some(info));
         } else {
-            self.set_readiness(Readiness::Starting);
+            self.set_readiness(Readiness::Starting, Some(info));
             let at = Instant::now() + self.ctx.timings.node_ready;
             self.timers.add(at, Timer::NodeReady { epoch: self.epoch });
         }
@@ -500,11 +525,23 @@ impl Kubelet {
         }
     }
 
-    fn set_readiness(&self, readiness: Readiness) {
+    /// Write the node's conditions for `readiness` (and a new `nodeInfo` in the same write,
+    /// so nobody sees the new version with the old readiness).
+    fn set_readiness(&self, readiness: Readiness, info: Option<Value>) {
         let store_now = self.ctx.store.now();
         self.write_node_status(|status, now| {
+            if let Some(info) = &info {
+                status["nodeInfo"] = info.clone();
+            }
             let (ready, reason, message) = readiness.condition();
-            objects::set_condition(status, "Ready", ready, Some(reason), Some(message), store_now);
+            objects::set_condition(
+                status,
+                "Ready",
+                ready,
+                Some(reason),
+                Some(message),
+                store_now,
+            );
             for (kind, reason, message) in PRESSURE_CONDITIONS {
                 let (value, reason, message) = pressure(readiness, reason, message);
                 objects::set_condition(status, kind, value, Some(reason), Some(message), store_now);
@@ -684,9 +721,10 @@ fn running_status(pod: &mut Value, host_ip: &str, pod_ip: &str, now: jiff::Times
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let has_requests = containers
-        .iter()
-        .any(|c| c.pointer("/resources/requests").is_some_and(|r| !r.is_null()));
+    let has_requests = containers.iter().any(|c| {
+        c.pointer("/resources/requests")
+            .is_some_and(|r| !r.is_null())
+    });
     let statuses: Vec<Value> = containers
         .iter()
         .map(|c| {
@@ -703,7 +741,10 @@ fn running_status(pod: &mut Value, host_ip: &str, pod_ip: &str, now: jiff::Times
             })
         })
         .collect();
-    let names: Vec<&str> = containers.iter().map(|c| meta::str_at(c, "/name")).collect();
+    let names: Vec<&str> = containers
+        .iter()
+        .map(|c| meta::str_at(c, "/name"))
+        .collect();
     let unready = format!("containers with unready status: [{}]", names.join(" "));
     if !pod.get("status").is_some_and(Value::is_object) {
         pod["status"] = json!({});
@@ -712,8 +753,18 @@ fn running_status(pod: &mut Value, host_ip: &str, pod_ip: &str, now: jiff::Times
     for (kind, value, reason, message) in [
         ("PodReadyToStartContainers", "True", None, None),
         ("Initialized", "True", None, None),
-        ("Ready", "False", Some("ContainersNotReady"), Some(unready.as_str())),
-        ("ContainersReady", "False", Some("ContainersNotReady"), Some(unready.as_str())),
+        (
+            "Ready",
+            "False",
+            Some("ContainersNotReady"),
+            Some(unready.as_str()),
+        ),
+        (
+            "ContainersReady",
+            "False",
+            Some("ContainersNotReady"),
+            Some(unready.as_str()),
+        ),
         ("PodScheduled", "True", None, None),
     ] {
         objects::set_condition(status, kind, value, reason, message, now);
@@ -724,7 +775,11 @@ fn running_status(pod: &mut Value, host_ip: &str, pod_ip: &str, now: jiff::Times
     status["podIP"] = json!(pod_ip);
     status["podIPs"] = json!([{"ip": pod_ip}]);
     status["startTime"] = json!(time);
-    status["qosClass"] = json!(if has_requests { "Burstable" } else { "BestEffort" });
+    status["qosClass"] = json!(if has_requests {
+        "Burstable"
+    } else {
+        "BestEffort"
+    });
     status["containerStatuses"] = json!(statuses);
 }
 
@@ -785,7 +840,10 @@ mod tests {
     #[test]
     fn readiness_conditions() {
         let c = node_conditions(Readiness::Unknown, "t");
-        assert!(c.as_array().is_some_and(|c| c.iter().all(|c| c["status"] == "Unknown")));
+        assert!(
+            c.as_array()
+                .is_some_and(|c| c.iter().all(|c| c["status"] == "Unknown"))
+        );
         let c = node_conditions(Readiness::Ready, "t");
         assert_eq!(c[3]["status"], "True");
         assert_eq!(c[0]["status"], "False");

@@ -34,11 +34,7 @@ pub(crate) fn leases() -> GroupResource {
 /// The key of a namespaced object.
 pub(crate) fn key(resource: GroupResource, obj: &Value) -> ResourceKey {
     let ns = meta::namespace(obj);
-    ResourceKey::new(
-        resource,
-        (!ns.is_empty()).then_some(ns),
-        meta::name(obj),
-    )
+    ResourceKey::new(resource, (!ns.is_empty()).then_some(ns), meta::name(obj))
 }
 
 /// The uid of the controller owner reference, if any.
@@ -131,7 +127,9 @@ pub(crate) fn node_placement_view(node: &Value) -> (bool, bool, Value, Value) {
     (
         meta::node_ready(node),
         meta::node_unschedulable(node),
-        node.pointer("/metadata/labels").cloned().unwrap_or(Value::Null),
+        node.pointer("/metadata/labels")
+            .cloned()
+            .unwrap_or(Value::Null),
         node.pointer("/spec/taints").cloned().unwrap_or(Value::Null),
     )
 }
@@ -264,17 +262,30 @@ mod tests {
         let taint = json!({"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"});
         assert!(tolerates(&[json!({"operator": "Exists"})], &taint));
         assert!(tolerates(
-            &[json!({"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"})],
+            &[
+                json!({"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"})
+            ],
             &taint
         ));
         assert!(!tolerates(
-            &[json!({"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoExecute"})],
+            &[
+                json!({"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoExecute"})
+            ],
             &taint
         ));
-        assert!(!tolerates(&[json!({"key": "other", "operator": "Exists"})], &taint));
+        assert!(!tolerates(
+            &[json!({"key": "other", "operator": "Exists"})],
+            &taint
+        ));
         let valued = json!({"key": "dedicated", "value": "db", "effect": "NoSchedule"});
-        assert!(tolerates(&[json!({"key": "dedicated", "value": "db"})], &valued));
-        assert!(!tolerates(&[json!({"key": "dedicated", "value": "web"})], &valued));
+        assert!(tolerates(
+            &[json!({"key": "dedicated", "value": "db"})],
+            &valued
+        ));
+        assert!(!tolerates(
+            &[json!({"key": "dedicated", "value": "web"})],
+            &valued
+        ));
         assert!(!tolerates(&[], &valued));
     }
 
@@ -287,7 +298,14 @@ mod tests {
         ]}});
         let found = untolerated_taint(&node, &[], &["node.kubernetes.io/unschedulable"]);
         assert_eq!(found.map(|t| meta::str_at(t, "/key")), Some("hard"));
-        assert!(untolerated_taint(&node, &[json!({"key": "hard", "operator": "Exists"})], &["node.kubernetes.io/unschedulable"]).is_none());
+        assert!(
+            untolerated_taint(
+                &node,
+                &[json!({"key": "hard", "operator": "Exists"})],
+                &["node.kubernetes.io/unschedulable"]
+            )
+            .is_none()
+        );
     }
 
     #[test]
@@ -295,12 +313,39 @@ mod tests {
         let t1 = Timestamp::from_second(1_000).unwrap_or(Timestamp::UNIX_EPOCH);
         let t2 = Timestamp::from_second(2_000).unwrap_or(Timestamp::UNIX_EPOCH);
         let mut status = json!({});
-        assert!(set_condition(&mut status, "Ready", "False", Some("A"), None, t1));
-        assert!(!set_condition(&mut status, "Ready", "False", Some("A"), None, t2));
-        assert!(set_condition(&mut status, "Ready", "False", Some("B"), None, t2));
-        assert_eq!(status["conditions"][0]["lastTransitionTime"], meta::format_time(t1));
+        assert!(set_condition(
+            &mut status,
+            "Ready",
+            "False",
+            Some("A"),
+            None,
+            t1
+        ));
+        assert!(!set_condition(
+            &mut status,
+            "Ready",
+            "False",
+            Some("A"),
+            None,
+            t2
+        ));
+        assert!(set_condition(
+            &mut status,
+            "Ready",
+            "False",
+            Some("B"),
+            None,
+            t2
+        ));
+        assert_eq!(
+            status["conditions"][0]["lastTransitionTime"],
+            meta::format_time(t1)
+        );
         assert!(set_condition(&mut status, "Ready", "True", None, None, t2));
-        assert_eq!(status["conditions"][0]["lastTransitionTime"], meta::format_time(t2));
+        assert_eq!(
+            status["conditions"][0]["lastTransitionTime"],
+            meta::format_time(t2)
+        );
         assert_eq!(status["conditions"].as_array().map(Vec::len), Some(1));
     }
 
@@ -320,6 +365,9 @@ mod tests {
         assert_eq!(a, stable_hash(&json!({"x": 1})));
         assert_ne!(a, stable_hash(&json!({"x": 2})));
         assert_eq!(a.len(), 10);
-        assert!(a.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        assert!(
+            a.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        );
     }
 }

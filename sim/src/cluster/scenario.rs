@@ -283,8 +283,18 @@ impl Scenario {
             deployments: Vec::new(),
             statefulsets: Vec::new(),
             daemonsets: vec![
-                daemonset("kube-system", "sim-cni", "registry.local/sim-cni:1.16.5", true),
-                daemonset("logging", "log-agent", "registry.local/log-agent:3.2.1", false),
+                daemonset(
+                    "kube-system",
+                    "sim-cni",
+                    "registry.local/sim-cni:1.16.5",
+                    true,
+                ),
+                daemonset(
+                    "logging",
+                    "log-agent",
+                    "registry.local/log-agent:3.2.1",
+                    false,
+                ),
             ],
             pdbs: Vec::new(),
             pods: Vec::new(),
@@ -318,7 +328,11 @@ impl Scenario {
         for i in 0..(1 + workers / 8) {
             let name = nth_name(&STATEFULSET_NAMES, i);
             let parallel = rng.random_bool(0.25);
-            let image = format!("registry.local/{name}:{}.{}", 10 + i, rng.random_range(0..10));
+            let image = format!(
+                "registry.local/{name}:{}.{}",
+                10 + i,
+                rng.random_range(0..10)
+            );
             scenario
                 .statefulsets
                 .push(statefulset("data", &name, 3, &image, parallel));
@@ -400,7 +414,11 @@ impl Scenario {
     pub fn expected_pod_count(&self) -> usize {
         let replicas = |objs: &[Value]| -> usize {
             objs.iter()
-                .map(|o| o.pointer("/spec/replicas").and_then(Value::as_u64).unwrap_or(1) as usize)
+                .map(|o| {
+                    o.pointer("/spec/replicas")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(1) as usize
+                })
                 .sum()
         };
         replicas(&self.deployments)
@@ -490,12 +508,48 @@ fn generate_host(rng: &mut StdRng, first: bool) -> HostSpec {
         offer(&mut available, CONTAINERD_PACKAGE, "1.7.25-1", false);
     }
     let groups: [(&[&str], &str, &str, bool, f64); 6] = [
-        (&["openssl", "libssl3"], "3.0.15-1~deb12u1", "3.0.16-1~deb12u1", true, 0.5),
-        (&["curl", "libcurl4"], "7.88.1-10+deb12u8", "7.88.1-10+deb12u12", true, 0.4),
-        (&["libc6", "libc-bin"], "2.36-9+deb12u9", "2.36-9+deb12u10", true, 0.2),
-        (&["tzdata"], "2024a-0+deb12u1", "2025b-0+deb12u1", false, 0.5),
-        (&["vim", "vim-runtime"], "2:9.0.1378-2", "2:9.0.1378-2+deb12u2", false, 0.3),
-        (&["systemd", "libsystemd0"], "252.33-1~deb12u1", "252.36-1~deb12u1", false, 0.15),
+        (
+            &["openssl", "libssl3"],
+            "3.0.15-1~deb12u1",
+            "3.0.16-1~deb12u1",
+            true,
+            0.5,
+        ),
+        (
+            &["curl", "libcurl4"],
+            "7.88.1-10+deb12u8",
+            "7.88.1-10+deb12u12",
+            true,
+            0.4,
+        ),
+        (
+            &["libc6", "libc-bin"],
+            "2.36-9+deb12u9",
+            "2.36-9+deb12u10",
+            true,
+            0.2,
+        ),
+        (
+            &["tzdata"],
+            "2024a-0+deb12u1",
+            "2025b-0+deb12u1",
+            false,
+            0.5,
+        ),
+        (
+            &["vim", "vim-runtime"],
+            "2:9.0.1378-2",
+            "2:9.0.1378-2+deb12u2",
+            false,
+            0.3,
+        ),
+        (
+            &["systemd", "libsystemd0"],
+            "252.33-1~deb12u1",
+            "252.36-1~deb12u1",
+            false,
+            0.15,
+        ),
     ];
     for (i, (names, current, newer, security, p)) in groups.into_iter().enumerate() {
         let forced = first && (i == 0 || i == 3);
@@ -638,8 +692,18 @@ mod tests {
         let big = Scenario::generate(9, 1);
         assert_eq!(big.control_plane_names().len(), 3);
         for zone in ZONES {
-            assert!(big.nodes.iter().filter(|n| n.control_plane).any(|n| n.zone == zone));
-            assert!(big.nodes.iter().filter(|n| !n.control_plane).any(|n| n.zone == zone));
+            assert!(
+                big.nodes
+                    .iter()
+                    .filter(|n| n.control_plane)
+                    .any(|n| n.zone == zone)
+            );
+            assert!(
+                big.nodes
+                    .iter()
+                    .filter(|n| !n.control_plane)
+                    .any(|n| n.zone == zone)
+            );
         }
         let single = Scenario::generate(1, 1);
         assert!(single.nodes[0].taints.is_empty());

@@ -56,7 +56,10 @@ fn misfit(pod: &Value, candidate: &Candidate<'_>) -> Option<Misfit> {
     if meta::node_unschedulable(node) && !objects::tolerates(&tolerations, &cordon) {
         return Some(Misfit::Unschedulable);
     }
-    if !objects::map_selects(spec.and_then(|s| s.get("nodeSelector")), &objects::labels(node)) {
+    if !objects::map_selects(
+        spec.and_then(|s| s.get("nodeSelector")),
+        &objects::labels(node),
+    ) {
         return Some(Misfit::Selector);
     }
     if objects::untolerated_taint(node, &tolerations, &[]).is_some() {
@@ -119,7 +122,10 @@ fn needs_scheduling(pod: &Value) -> bool {
 /// Whether a store change may let a pending pod fit somewhere (or is a new pending pod).
 fn wakes(event: &StoreEvent) -> bool {
     let obj = &event.object;
-    match (event.resource.group.as_str(), event.resource.resource.as_str()) {
+    match (
+        event.resource.group.as_str(),
+        event.resource.resource.as_str(),
+    ) {
         ("", "pods") => match event.event_type {
             EventType::Deleted => !meta::str_at(obj, "/spec/nodeName").is_empty(),
             _ => needs_scheduling(obj),
@@ -188,7 +194,11 @@ fn schedule_pending(store: &Store) -> crate::apiserver::Result<bool> {
             }
             Err(reasons) => {
                 left = true;
-                mark_unschedulable(store, pod, &unschedulable_message(candidates.len(), &reasons))?;
+                mark_unschedulable(
+                    store,
+                    pod,
+                    &unschedulable_message(candidates.len(), &reasons),
+                )?;
             }
         }
     }
@@ -288,7 +298,8 @@ mod tests {
     fn pod(owner: Option<&str>, selector: Option<Value>) -> Value {
         let mut p = json!({"metadata": {"name": "p"}, "spec": {}});
         if let Some(uid) = owner {
-            p["metadata"]["ownerReferences"] = json!([{"kind": "ReplicaSet", "name": "rs", "uid": uid, "controller": true}]);
+            p["metadata"]["ownerReferences"] =
+                json!([{"kind": "ReplicaSet", "name": "rs", "uid": uid, "controller": true}]);
         }
         if let Some(s) = selector {
             p["spec"]["nodeSelector"] = s;
@@ -309,7 +320,11 @@ mod tests {
         let a = node("a", true, false, json!({}));
         let b = node("b", true, false, json!({}));
         let c = node("c", true, false, json!({}));
-        let candidates = [candidate(&a, 1, 1), candidate(&b, 5, 0), candidate(&c, 3, 0)];
+        let candidates = [
+            candidate(&a, 1, 1),
+            candidate(&b, 5, 0),
+            candidate(&c, 3, 0),
+        ];
         assert_eq!(choose(&pod(Some("rs-1"), None), &candidates), Ok(2));
         assert_eq!(choose(&pod(None, None), &candidates), Ok(0));
         let tied = [candidate(&b, 2, 0), candidate(&a, 2, 0)];
@@ -321,7 +336,8 @@ mod tests {
         let down = node("down", false, false, json!({}));
         let cordoned = node("cordoned", true, true, json!({}));
         let mut tainted = node("cp", true, false, json!({}));
-        tainted["spec"]["taints"] = json!([{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]);
+        tainted["spec"]["taints"] =
+            json!([{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]);
         let edge = node("edge", true, false, json!({"role": "edge"}));
         let candidates = [
             candidate(&down, 0, 0),
@@ -329,43 +345,72 @@ mod tests {
             candidate(&tainted, 0, 0),
             candidate(&edge, 9, 0),
         ];
-        assert_eq!(choose(&pod(None, Some(json!({"role": "edge"}))), &candidates), Ok(3));
+        assert_eq!(
+            choose(&pod(None, Some(json!({"role": "edge"}))), &candidates),
+            Ok(3)
+        );
         let reasons = choose(&pod(None, Some(json!({"role": "db"}))), &candidates).unwrap_err();
         assert_eq!(reasons.get(&Misfit::NotReady), Some(&1));
         assert_eq!(reasons.get(&Misfit::Unschedulable), Some(&1));
         assert_eq!(reasons.get(&Misfit::Selector), Some(&2));
         let message = unschedulable_message(4, &reasons);
-        assert!(message.starts_with("0/4 nodes are available: 1 node(s) were not ready"), "{message}");
+        assert!(
+            message.starts_with("0/4 nodes are available: 1 node(s) were not ready"),
+            "{message}"
+        );
         let mut tolerant = pod(None, None);
         tolerant["spec"]["tolerations"] = json!([{"operator": "Exists"}]);
         let only_cp = [candidate(&tainted, 0, 0)];
         assert_eq!(choose(&tolerant, &only_cp), Ok(0));
         let full = [candidate(&edge, MAX_PODS as usize, 0)];
         assert_eq!(
-            choose(&pod(None, None), &full).unwrap_err().get(&Misfit::TooManyPods),
+            choose(&pod(None, None), &full)
+                .unwrap_err()
+                .get(&Misfit::TooManyPods),
             Some(&1)
         );
     }
 
     #[test]
     fn wakes_only_on_relevant_changes() {
-        let store_event = |resource: &str, event_type, object: Value, previous: Option<Value>| StoreEvent {
-            event_type,
-            resource: crate::apiserver::GroupResource::core(resource),
-            resource_version: 1,
-            object: Arc::new(object),
-            previous: previous.map(Arc::new),
-        };
+        let store_event =
+            |resource: &str, event_type, object: Value, previous: Option<Value>| StoreEvent {
+                event_type,
+                resource: crate::apiserver::GroupResource::core(resource),
+                resource_version: 1,
+                object: Arc::new(object),
+                previous: previous.map(Arc::new),
+            };
         let ready = node("a", true, false, json!({}));
         let mut beat = ready.clone();
         beat["status"]["conditions"][0]["lastHeartbeatTime"] = json!("2025-01-01T00:00:00Z");
-        assert!(!wakes(&store_event("nodes", EventType::Modified, beat, Some(ready.clone()))));
+        assert!(!wakes(&store_event(
+            "nodes",
+            EventType::Modified,
+            beat,
+            Some(ready.clone())
+        )));
         let cordoned = node("a", true, true, json!({}));
-        assert!(wakes(&store_event("nodes", EventType::Modified, cordoned, Some(ready))));
+        assert!(wakes(&store_event(
+            "nodes",
+            EventType::Modified,
+            cordoned,
+            Some(ready)
+        )));
         let mut bound = pod(None, None);
         bound["spec"]["nodeName"] = json!("a");
-        assert!(!wakes(&store_event("pods", EventType::Modified, bound.clone(), None)));
+        assert!(!wakes(&store_event(
+            "pods",
+            EventType::Modified,
+            bound.clone(),
+            None
+        )));
         assert!(wakes(&store_event("pods", EventType::Deleted, bound, None)));
-        assert!(wakes(&store_event("pods", EventType::Added, pod(None, None), None)));
+        assert!(wakes(&store_event(
+            "pods",
+            EventType::Added,
+            pod(None, None),
+            None
+        )));
     }
 }

@@ -182,7 +182,12 @@ fn affected(event: &StoreEvent, dirty: &mut BTreeSet<Work>) {
 fn owner_of(obj: &Value, kind: &str) -> Option<String> {
     let owner = meta::controller_ref(obj)?;
     (owner.get("kind").and_then(Value::as_str) == Some(kind))
-        .then(|| owner.get("name").and_then(Value::as_str).map(str::to_string))
+        .then(|| {
+            owner
+                .get("name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
         .flatten()
 }
 
@@ -392,8 +397,15 @@ fn sync_replicaset(store: &Store, ns: &str, name: &str, dirty: &mut BTreeSet<Wor
         "terminatingReplicas".into(),
         json!(all.iter().filter(|p| meta::is_terminating(p)).count()),
     );
-    status.insert("observedGeneration".into(), json!(int(&rs, "/metadata/generation")));
-    write_status(store, &objects::key(apps("replicasets"), &rs), Value::Object(status))
+    status.insert(
+        "observedGeneration".into(),
+        json!(int(&rs, "/metadata/generation")),
+    );
+    write_status(
+        store,
+        &objects::key(apps("replicasets"), &rs),
+        Value::Object(status),
+    )
 }
 
 // --- Deployments -------------------------------------------------------------------------
@@ -495,17 +507,45 @@ fn sync_deployment(store: &Store, ns: &str, name: &str) -> SyncResult {
     status["availableReplicas"] = json!(available);
     status["unavailableReplicas"] = json!((replicas - available).max(0));
     let (value, reason, message) = if available >= replicas {
-        ("True", "MinimumReplicasAvailable", "Deployment has minimum availability.")
+        (
+            "True",
+            "MinimumReplicasAvailable",
+            "Deployment has minimum availability.",
+        )
     } else {
-        ("False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.")
+        (
+            "False",
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.",
+        )
     };
-    objects::set_condition(&mut status, "Available", value, Some(reason), Some(message), now);
+    objects::set_condition(
+        &mut status,
+        "Available",
+        value,
+        Some(reason),
+        Some(message),
+        now,
+    );
     let progress = if updated >= replicas && available >= replicas {
-        ("NewReplicaSetAvailable", format!("ReplicaSet \"{name}-{hash}\" has successfully progressed."))
+        (
+            "NewReplicaSetAvailable",
+            format!("ReplicaSet \"{name}-{hash}\" has successfully progressed."),
+        )
     } else {
-        ("ReplicaSetUpdated", format!("ReplicaSet \"{name}-{hash}\" is progressing."))
+        (
+            "ReplicaSetUpdated",
+            format!("ReplicaSet \"{name}-{hash}\" is progressing."),
+        )
     };
-    objects::set_condition(&mut status, "Progressing", "True", Some(progress.0), Some(&progress.1), now);
+    objects::set_condition(
+        &mut status,
+        "Progressing",
+        "True",
+        Some(progress.0),
+        Some(&progress.1),
+        now,
+    );
     write_status(store, &objects::key(apps("deployments"), &d), status)
 }
 
@@ -597,7 +637,10 @@ fn sync_statefulset(store: &Store, ns: &str, name: &str) -> SyncResult {
     let uid = meta::uid(&sts);
     let replicas = replicas_of(&sts) as usize;
     let parallel = meta::str_at(&sts, "/spec/podManagementPolicy") == "Parallel";
-    let template = sts.pointer("/spec/template").cloned().unwrap_or(Value::Null);
+    let template = sts
+        .pointer("/spec/template")
+        .cloned()
+        .unwrap_or(Value::Null);
     let revision = format!("{name}-{}", objects::stable_hash(&template));
     let owned = owned_pods(store, ns, uid)?;
     let mut by_ordinal = BTreeMap::new();
@@ -654,7 +697,10 @@ fn sync_statefulset(store: &Store, ns: &str, name: &str) -> SyncResult {
         .filter(|p| meta::pod_ready(p) && !meta::is_terminating(p))
         .count();
     let mut status = old_status(&sts);
-    status.insert("observedGeneration".into(), json!(int(&sts, "/metadata/generation")));
+    status.insert(
+        "observedGeneration".into(),
+        json!(int(&sts, "/metadata/generation")),
+    );
     status.insert("replicas".into(), json!(counted.len()));
     status.insert("readyReplicas".into(), json!(ready));
     status.insert("availableReplicas".into(), json!(ready));
@@ -663,7 +709,11 @@ fn sync_statefulset(store: &Store, ns: &str, name: &str) -> SyncResult {
     status.insert("currentRevision".into(), json!(revision));
     status.insert("updateRevision".into(), json!(revision));
     status.insert("collisionCount".into(), json!(0));
-    write_status(store, &objects::key(apps("statefulsets"), &sts), Value::Object(status))
+    write_status(
+        store,
+        &objects::key(apps("statefulsets"), &sts),
+        Value::Object(status),
+    )
 }
 
 // --- DaemonSets --------------------------------------------------------------------------
@@ -790,7 +840,11 @@ fn sync_daemonset(store: &Store, ns: &str, name: &str) -> SyncResult {
     status.insert("numberReady".into(), json!(ready));
     status.insert("numberAvailable".into(), json!(ready));
     status.insert("numberUnavailable".into(), json!(desired - ready));
-    write_status(store, &objects::key(apps("daemonsets"), &ds), Value::Object(status))
+    write_status(
+        store,
+        &objects::key(apps("daemonsets"), &ds),
+        Value::Object(status),
+    )
 }
 
 // --- Garbage collection ------------------------------------------------------------------
@@ -803,7 +857,10 @@ fn collect_garbage(store: &Store, ns: &str, owner_uid: &str) -> SyncResult {
         .items
     {
         if objects::controller_uid(&rs) == Some(owner_uid) {
-            match store.delete(&objects::key(apps("replicasets"), &rs), &DeleteOptions::default()) {
+            match store.delete(
+                &objects::key(apps("replicasets"), &rs),
+                &DeleteOptions::default(),
+            ) {
                 Ok(_) => {}
                 Err(e) if objects::is_not_found(&e) => {}
                 Err(e) => return Err(e),
@@ -829,14 +886,24 @@ mod tests {
     #[test]
     fn ordered_statefulset_creates_one_at_a_time() {
         let none = BTreeMap::new();
-        assert_eq!(plan_statefulset("db", 3, false, &none, &[]), vec![SetAction::Create(0)]);
+        assert_eq!(
+            plan_statefulset("db", 3, false, &none, &[]),
+            vec![SetAction::Create(0)]
+        );
         let first = BTreeMap::from([(0, state(false, false, false))]);
         assert!(plan_statefulset("db", 3, false, &first, &[]).is_empty());
         let first = BTreeMap::from([(0, state(true, false, false))]);
-        assert_eq!(plan_statefulset("db", 3, false, &first, &[]), vec![SetAction::Create(1)]);
+        assert_eq!(
+            plan_statefulset("db", 3, false, &first, &[]),
+            vec![SetAction::Create(1)]
+        );
         assert_eq!(
             plan_statefulset("db", 3, true, &none, &[]),
-            vec![SetAction::Create(0), SetAction::Create(1), SetAction::Create(2)]
+            vec![
+                SetAction::Create(0),
+                SetAction::Create(1),
+                SetAction::Create(2)
+            ]
         );
     }
 
@@ -849,8 +916,14 @@ mod tests {
         ]);
         assert!(plan_statefulset("db", 3, false, &pods, &[]).is_empty());
         assert!(plan_statefulset("db", 3, true, &pods, &[]).is_empty());
-        let gone = BTreeMap::from([(0, state(true, false, false)), (2, state(true, false, false))]);
-        assert_eq!(plan_statefulset("db", 3, false, &gone, &[]), vec![SetAction::Create(1)]);
+        let gone = BTreeMap::from([
+            (0, state(true, false, false)),
+            (2, state(true, false, false)),
+        ]);
+        assert_eq!(
+            plan_statefulset("db", 3, false, &gone, &[]),
+            vec![SetAction::Create(1)]
+        );
         let failed = BTreeMap::from([(0, state(false, false, true))]);
         assert_eq!(
             plan_statefulset("db", 1, false, &failed, &[]),
@@ -867,7 +940,10 @@ mod tests {
         );
         assert_eq!(
             plan_statefulset("db", 2, true, &pods, &[]),
-            vec![SetAction::Delete("db-3".into()), SetAction::Delete("db-2".into())]
+            vec![
+                SetAction::Delete("db-3".into()),
+                SetAction::Delete("db-2".into())
+            ]
         );
         let mut stopping = pods.clone();
         stopping.insert(3, state(true, true, false));

@@ -1,0 +1,302 @@
+//! Simulated hosts driving their nodes: a reboot cycle through the host (NotReady, pods gone,
+//! Ready again with a new boot id and the new kernel, DaemonSet pods back), a kubelet restart
+//! after a kubelet upgrade, agent state surviving the reboot, and the node faults.
+
+// Helpers outside #[test] functions fail the test the same way the tests do.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rota_agent::host::{Host, RebootMethod};
+use rota_agent::packages::{InstallPurpose, PackagePin, UpgradeScope};
+use rota_sim::apiserver::{GroupResource, ResourceKey, Store, meta};
+use rota_sim::cluster::scenario::{KERNEL_UPDATE, KUBELET_PATCH};
+use rota_sim::cluster::{
+    Cluster, ClusterHandle, Error, Faults, PowerState, Scenario, Timings, pods_on,
+};
+use serde_json::Value;
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+async fn start(nodes: usize, seed: u64, faults: Faults) -> (Scenario, ClusterHandle) {
+    let scenario = Scenario::generate(nodes, seed);
+    let cluster = Cluster::start_with_disruption_controller(
+        Store::new(),
+        &scenario,
+        Timings::default(),
+        faults,
+    )
+    .unwrap();
+    cluster.wait_settled(SETTLE).await.unwrap();
+    (scenario, cluster)
+}
+
+fn node(store: &Store, name: &str) -> Arc<Value> {
+    store
+        .get(&ResourceKey::new(GroupResource::core("nodes"), None, name))
+        .unwrap()
+}
+
+fn ready_condition(node: &Value) -> (String, String, String) {
+    let c = node["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    let s = |f: &str| c[f].as_str().unwrap_or_default().to_string();
+    (s("status"), s("reason"), s("message"))
+}
+
+fn daemon_pods(store: &Store, node: &str) -> Vec<Arc<Value>> {
+    pods_on(store, node)
+        .into_iter()
+        .filter(|p| meta::controller_ref(p).and_then(|r| r["kind"].as_str()) == Some("DaemonSet"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reboot_through_the_host_cycles_the_node() {
+    let (scenario, cluster) = start(4, 21, Faults::none()).await;
+    let store = cluster.store().clone();
+    let name = scenario.worker_names()[0].clone();
+    let host = cluster.host(&name).unwrap().clone();
+    let agent_host: Arc<dyn Host> = Arc::new(host.clone());
+    let before = node(&store, &name);
+    let old_boot = meta::str_at(&before, "/status/nodeInfo/bootID").to_string();
+    assert_eq!(old_boot, agent_host.boot_id().unwrap());
+    assert_eq!(daemon_pods(&store, &name).len(), scenario.daemonsets.len());
+
+    // The agent's view: a kernel update, applied, asks for a reboot.
+    let packages = agent_host.packages().unwrap();
+    assert!(
+        packages
+            .upgradable()
+            .unwrap()
+            .iter()
+            .any(|p| p.name == "linux-image-amd64")
+    );
+    packages.upgrade(UpgradeScope::SecurityOnly).unwrap();
+    drop(packages);
+    assert!(
+        agent_host
+            .exists(Path::new("/var/run/reboot-required"))
+            .unwrap()
+    );
+    agent_host
+        .write_file_atomic(
+            Path::new("/var/lib/rota/state.json"),
+            b"{\"op\":\"reboot\"}",
+        )
+        .unwrap();
+
+    let mut power = host.power();
+    agent_host.reboot(&RebootMethod::Systemctl).unwrap();
+    cluster
+        .wait_for("the node to go down with its pods", SETTLE, |store| {
+            let n = node(store, &name);
+            let (status, reason, _) = ready_condition(&n);
+            let left = pods_on(store, &name).len();
+            if status == "Unknown" && reason == "NodeStatusUnknown" && left == 0 {
+                Ok(())
+            } else {
+                Err(format!("Ready={status}, {left} pods left"))
+            }
+        })
+        .await
+        .unwrap();
+    tokio::time::timeout(SETTLE, power.wait_for(|p| !p.is_up()))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let new_boot = cluster.wait_node_ready(&name, SETTLE).await.unwrap();
+    assert_ne!(new_boot, old_boot);
+    assert_eq!(new_boot, agent_host.boot_id().unwrap());
+    assert_eq!(
+        host.power_state(),
+        PowerState::Up {
+            boot_id: new_boot.clone()
+        }
+    );
+    let after = node(&store, &name);
+    assert_eq!(
+        after["status"]["nodeInfo"]["kernelVersion"],
+        KERNEL_UPDATE.0
+    );
+    assert_eq!(agent_host.kernel_release().unwrap(), KERNEL_UPDATE.0);
+    assert!(
+        !agent_host
+            .exists(Path::new("/var/run/reboot-required"))
+            .unwrap()
+    );
+    assert_eq!(
+        agent_host
+            .read_file(Path::new("/var/lib/rota/state.json"))
+            .unwrap(),
+        b"{\"op\":\"reboot\"}"
+    );
+
+    cluster
+        .wait_until("the DaemonSet pods to be back and Ready", SETTLE, |store| {
+            let pods = daemon_pods(store, &name);
+            pods.len() == scenario.daemonsets.len() && pods.iter().all(|p| meta::pod_ready(p))
+        })
+        .await
+        .unwrap();
+    cluster.wait_settled(SETTLE).await.unwrap();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubelet_restart_after_an_upgrade_reports_the_new_version() {
+    let (scenario, cluster) = start(4, 4, Faults::none()).await;
+    let store = cluster.store().clone();
+    // The first node always has the kubelet patch pending.
+    let name = scenario.nodes[0].name.clone();
+    let host = cluster.host(&name).unwrap().clone();
+    assert_eq!(
+        node(&store, &name)["status"]["nodeInfo"]["kubeletVersion"],
+        "v1.33.0"
+    );
+    let pods_before: Vec<String> = pods_on(&store, &name)
+        .iter()
+        .map(|p| meta::uid(p).to_string())
+        .collect();
+
+    let pins: Vec<PackagePin> = ["kubelet", "kubeadm", "kubectl"]
+        .into_iter()
+        .map(|n| PackagePin {
+            name: n.into(),
+            version: KUBELET_PATCH.into(),
+        })
+        .collect();
+    host.packages()
+        .unwrap()
+        .install_versions(&pins, InstallPurpose::Kubernetes)
+        .unwrap();
+    // Installing alone changes nothing the node reports.
+    assert_eq!(
+        node(&store, &name)["status"]["nodeInfo"]["kubeletVersion"],
+        "v1.33.0"
+    );
+    host.restart_unit("kubelet").unwrap();
+    cluster
+        .wait_for("the node to report v1.33.1 and be Ready", SETTLE, |store| {
+            let n = node(store, &name);
+            let version = meta::str_at(&n, "/status/nodeInfo/kubeletVersion").to_string();
+            if version == "v1.33.1" && meta::node_ready(&n) {
+                Ok(())
+            } else {
+                Err(format!("{version}, ready={}", meta::node_ready(&n)))
+            }
+        })
+        .await
+        .unwrap();
+    let pods_after: Vec<String> = pods_on(&store, &name)
+        .iter()
+        .map(|p| meta::uid(p).to_string())
+        .collect();
+    assert_eq!(pods_before, pods_after, "a kubelet restart keeps the pods");
+    assert!(
+        host.memory()
+            .events()
+            .contains(&"restart kubelet".to_string())
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_never_returns_stays_down_until_powered_on() {
+    let scenario = Scenario::generate(4, 9);
+    let victim = scenario.worker_names()[1].clone();
+    let (_, cluster) = start(4, 9, Faults::none().with_never_return(&victim)).await;
+    let host = cluster.host(&victim).unwrap().clone();
+    let old_boot = host.boot_id().unwrap();
+    host.reboot(&RebootMethod::Systemctl).unwrap();
+    cluster
+        .wait_until("the node to go down", SETTLE, |store| {
+            !meta::node_ready(&node(store, &victim))
+        })
+        .await
+        .unwrap();
+    let reboot = cluster.timings().reboot;
+    // Several reboot durations pass without the node coming back.
+    let err = cluster
+        .wait_node_ready(&victim, reboot * 4)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    assert_eq!(host.power_state(), PowerState::Down);
+    assert!(pods_on(cluster.store(), &victim).is_empty());
+
+    cluster.power_on(&victim).unwrap();
+    let boot = cluster.wait_node_ready(&victim, SETTLE).await.unwrap();
+    assert_ne!(boot, old_boot);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubelet_that_fails_after_an_upgrade_stays_not_ready() {
+    let scenario = Scenario::generate(4, 4);
+    let name = scenario.nodes[0].name.clone();
+    let (_, cluster) = start(4, 4, Faults::none()).await;
+    // Faults can be switched on while the cluster runs.
+    cluster.set_faults(Faults::none().with_kubelet_failure(&name));
+    let host = cluster.host(&name).unwrap().clone();
+    // A restart without an upgrade is harmless.
+    host.restart_unit("kubelet").unwrap();
+    cluster.wait_node_ready(&name, SETTLE).await.unwrap();
+
+    host.packages()
+        .unwrap()
+        .install_versions(
+            &[PackagePin {
+                name: "kubelet".into(),
+                version: KUBELET_PATCH.into(),
+            }],
+            InstallPurpose::Kubernetes,
+        )
+        .unwrap();
+    host.restart_unit("kubelet").unwrap();
+    let message = cluster
+        .wait_for("the kubelet to fail", SETTLE, |store| {
+            let n = node(store, &name);
+            let (status, _, message) = ready_condition(&n);
+            let version = meta::str_at(&n, "/status/nodeInfo/kubeletVersion").to_string();
+            if status == "False" && version == "v1.33.1" && message.contains("PLEG") {
+                Ok(message)
+            } else {
+                Err(format!("Ready={status} {version}: {message}"))
+            }
+        })
+        .await
+        .unwrap();
+    assert!(message.contains("PLEG is not healthy"));
+    let err = cluster
+        .wait_node_ready(&name, cluster.timings().node_ready * 5)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_takes_its_pods_with_it() {
+    let (scenario, cluster) = start(4, 13, Faults::none()).await;
+    let name = scenario.worker_names()[2].clone();
+    cluster.remove_node(&name).unwrap();
+    cluster
+        .wait_until("the node and its pods to be gone", SETTLE, |store| {
+            store
+                .get(&ResourceKey::new(GroupResource::core("nodes"), None, &name))
+                .is_err()
+                && pods_on(store, &name).is_empty()
+        })
+        .await
+        .unwrap();
+    assert_eq!(cluster.host(&name).unwrap().power_state(), PowerState::Down);
+    cluster.shutdown().await;
+}
