@@ -802,7 +802,15 @@ mod tests {
         let mine = record(Some(ME), 10);
         let free = record(None, 1);
         // (what, lease, seen_at offset, renewed_at offset, now offset, expected)
-        let cases: Vec<(&str, Option<&LeaseRecord>, u64, Option<u64>, u64, Decision)> = vec![
+        type Case<'a> = (
+            &'a str,
+            Option<&'a LeaseRecord>,
+            u64,
+            Option<u64>,
+            u64,
+            Decision,
+        );
+        let cases: Vec<Case<'_>> = vec![
             ("no lease: create it", None, 0, None, 0, Decision::Acquire),
             (
                 "released lease: take it",

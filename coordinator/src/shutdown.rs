@@ -66,18 +66,17 @@ pub async fn run_until_signalled<F: Future>(
     stop.cancel();
     let deadline = tokio::time::sleep(grace);
     tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            output = &mut work => return Ok(output),
-            () = &mut deadline => return Err(Error::GraceExpired(grace)),
-            signal = signals.next() => match signal {
-                Some(second) => return Err(Error::Aborted(second)),
-                None => return tokio::select! {
-                    output = &mut work => Ok(output),
-                    () = &mut deadline => Err(Error::GraceExpired(grace)),
-                },
+    tokio::select! {
+        output = &mut work => Ok(output),
+        () = &mut deadline => Err(Error::GraceExpired(grace)),
+        signal = signals.next() => match signal {
+            Some(second) => Err(Error::Aborted(second)),
+            // No more signals can come: only the work or the deadline ends this.
+            None => tokio::select! {
+                output = &mut work => Ok(output),
+                () = &mut deadline => Err(Error::GraceExpired(grace)),
             },
-        }
+        },
     }
 }
 

@@ -1,6 +1,8 @@
 //! The TokenReview authenticator against the emulated API server, alone and behind the real
 //! gRPC edge: each way an agent's token is accepted or refused.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};

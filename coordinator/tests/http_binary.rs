@@ -2,6 +2,8 @@
 //! leader, the probes and metrics say who leads, agents reach the TokenReview-checked gRPC
 //! edge, and SIGTERM hands leadership over at once and exits cleanly.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! election against the emulated API server, `/metrics` in OpenMetrics format with the gRPC
 //! calls counted by `MeteredGrpc` and refused by a closed `CoreGate`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! leader dies or is cut off (and the cut-off leader stops first), immediate handover on
 //! graceful release.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

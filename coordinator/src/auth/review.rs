@@ -70,7 +70,7 @@ pub fn claim(
         return Err(format!("token refused: {why}"));
     }
     let audiences = status.audiences.as_deref().unwrap_or_default();
-    if !audiences.iter().any(|a| *a == identity.audience) {
+    if !audiences.contains(&identity.audience) {
         return Err(format!(
             "the token is not for audience {:?} (it is for {audiences:?})",
             identity.audience
