@@ -316,7 +316,15 @@ impl Ca {
     pub fn generate(now: Timestamp, validity: SignedDuration) -> Result<Ca> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = name(CA_COMMON_NAME);
+        // A name of its own (from its key) per CA: clients tell CAs apart by name first, so a
+        // client trusting another rota CA gets "unknown issuer", not a signature mismatch.
+        let key_id: String = params
+            .key_identifier(&key)
+            .iter()
+            .take(6)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        params.distinguished_name = name(&format!("{CA_COMMON_NAME} {key_id}"));
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
