@@ -16,7 +16,10 @@ use rota_coordinator::model::Operation;
 use rota_coordinator::slots::NodeState;
 use rota_sim::apiserver::DeleteOptions;
 
-use controller_support::{Cluster, NS, OffsetClock, Running, settings, spec, wait_until};
+use controller_support::{Cluster, NS, OffsetClock, Running, Webhook, settings, spec, wait_until};
+use rota_coordinator::kube_client::Clients;
+use rota_coordinator::notify::{Notifier, NotifierConfig};
+use tokio_util::sync::CancellationToken;
 
 const WITHIN: Duration = Duration::from_secs(15);
 
@@ -26,7 +29,17 @@ async fn a_node_is_drained_granted_verified_and_released() -> Result<()> {
     cluster.add_node("a", &[("pool", "workers")])?;
     cluster.add_pod("web-a", "a", "web", 0)?;
     cluster.create_policy("workers", spec("workers"))?;
-    let coordinator = Running::start(&cluster, settings(), OffsetClock::real()).await?;
+    let webhook = Webhook::start().await?;
+    let stop_notifier = CancellationToken::new();
+    let (notifier, _delivery) =
+        Notifier::spawn(NotifierConfig::new(&webhook.url), stop_notifier.clone())?;
+    let coordinator = Running::start_notifying(
+        Clients::from_config(cluster.kube_config()?)?,
+        settings(),
+        OffsetClock::real(),
+        notifier,
+    )
+    .await?;
 
     coordinator.report("a", "a-boot-1").await?;
     coordinator.request("a", Operation::Reboot).await?;
@@ -77,6 +90,19 @@ async fn a_node_is_drained_granted_verified_and_released() -> Result<()> {
         (status.done == 1 && status.nodes == 1 && status.in_progress == 0).then_some(())
     })
     .await?;
+    let texts = wait_until("chat notifications", WITHIN, || {
+        let texts = webhook.texts();
+        (texts.len() >= 2).then_some(texts)
+    })
+    .await?;
+    assert_eq!(
+        texts,
+        vec![
+            "rota: rollout started in pool workers: 1 node to maintain".to_string(),
+            "rota: rollout done in pool workers: 1 node maintained".to_string(),
+        ]
+    );
+    stop_notifier.cancel();
     coordinator.stop().await
 }
 

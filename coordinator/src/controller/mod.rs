@@ -43,6 +43,7 @@ use crate::http::Readiness;
 use crate::kube_client::Clients;
 use crate::leader::{CoreGate, Leadership, NotLeading};
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::slots::{Clock, SlotService, SystemClock};
 use crate::store::{CacheConfig, ClusterCache, KubeLedgerStore, WriteGate};
 
@@ -117,6 +118,7 @@ pub struct Coordinator {
     leadership: Leadership,
     agents: CoreGate,
     readiness: Option<Readiness>,
+    notifier: Notifier,
     clock: Arc<dyn Clock>,
 }
 
@@ -158,6 +160,7 @@ impl Coordinator {
             leadership,
             agents,
             readiness: None,
+            notifier: Notifier::disabled(),
             clock: Arc::new(SystemClock),
         }
     }
@@ -165,6 +168,13 @@ impl Coordinator {
     /// Reports "caches synced" to `/readyz`.
     pub fn with_readiness(mut self, readiness: Readiness) -> Self {
         self.readiness = Some(readiness);
+        self
+    }
+
+    /// Tells a chat webhook about rollouts starting and finishing, failed nodes and paused
+    /// pools.
+    pub fn with_notifier(mut self, notifier: Notifier) -> Self {
+        self.notifier = notifier;
         self
     }
 

@@ -18,7 +18,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::annotations::{MAINTENANCE_REQUESTED, RELEASE};
 use super::cordon::{Cordoned, cordon, uncordon_own};
 use super::decide::{
-    self, AdmitAction, Decisions, DrainStart, ManualAction, ReleaseAction, SlotAction,
+    self, AdmitAction, Decisions, DrainStart, ManualAction, PoolGauges, ReleaseAction, SlotAction,
 };
 use super::pools::{PolicyBook, PolicyChange};
 use super::snapshot::pool_of;
@@ -27,6 +27,7 @@ use crate::drain::{DrainControl, DrainProgress, DrainReport, Drainer, PdbRef, Po
 use crate::events::{EventSink, Reason};
 use crate::metrics::{Metrics, Outcome};
 use crate::model::{FencingToken, NodeName};
+use crate::notify::{Notification, PauseCause};
 use crate::policy::{DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, MaintenancePolicy};
 use crate::slots::{
     self, Holding, LedgerError, NodeEntry, Release, SlotEvent, SlotService, StoreError, Transition,
@@ -84,6 +85,8 @@ pub(super) struct Term<'a> {
     /// Annotation values (or refusals) already explained in an Event.
     noticed: HashMap<(NodeName, &'static str), String>,
     expiry_reported: HashSet<(NodeName, FencingToken)>,
+    /// Whether each pool held or queued anything at the last pass (for rollout notifications).
+    busy: HashMap<String, bool>,
     events: mpsc::UnboundedSender<EventJob>,
     event_task: tokio::task::JoinHandle<()>,
     next_wake: Option<Timestamp>,
@@ -125,6 +128,7 @@ impl<'a> Term<'a> {
             attempts: HashMap::new(),
             noticed: HashMap::new(),
             expiry_reported: HashSet::new(),
+            busy: HashMap::new(),
             events,
             event_task,
             next_wake: None,
@@ -236,8 +240,18 @@ impl<'a> Term<'a> {
                         &transition.operation,
                         Outcome::Failed,
                     );
+                    self.coordinator.notifier.notify(Notification::NodeFailed {
+                        pool: pool.clone(),
+                        node: transition.node.clone(),
+                        operation: transition.operation.name().to_owned(),
+                        reason: transition.message.clone(),
+                    });
                     if self.book.record_failure(pool) {
                         let failures = self.book.failures(pool);
+                        self.coordinator.notifier.notify(Notification::PoolPaused {
+                            pool: pool.clone(),
+                            cause: PauseCause::CircuitOpen { failed: failures },
+                        });
                         warn!(
                             pool,
                             failures, "circuit breaker open: the pool's rollout stops"
@@ -390,6 +404,7 @@ impl<'a> Term<'a> {
                 ),
             });
         }
+        self.announce_rollouts(&gauges, &admit);
         for action in admit {
             self.admit(action, now).await?;
         }
@@ -404,7 +419,7 @@ impl<'a> Term<'a> {
         for (policy, status) in statuses {
             self.write_status(&policy, status).await;
         }
-        for (pool, g) in gauges {
+        for (pool, g) in &gauges {
             let metrics = self.metrics();
             metrics.set_slots(&pool, g.held, g.queued);
             metrics.set_drains_in_progress(&pool, g.draining);
@@ -412,6 +427,38 @@ impl<'a> Term<'a> {
             metrics.set_rollout_progress(&pool, g.done, g.total);
         }
         Ok(())
+    }
+
+    /// Tells the chat webhook when a pool that was idle admits its first node, and when a pool
+    /// that was busy has nothing held or queued any more. What a term saw first is its starting
+    /// point, not news.
+    fn announce_rollouts(&mut self, gauges: &BTreeMap<String, PoolGauges>, admit: &[AdmitAction]) {
+        for (pool, g) in gauges {
+            let admitting = admit
+                .iter()
+                .filter(|a| a.drain.pool.as_deref() == Some(pool.as_str()))
+                .count();
+            let busy = g.held + g.queued > 0;
+            match self.busy.insert(pool.clone(), busy) {
+                Some(_) if g.held == 0 && admitting > 0 => {
+                    self.coordinator
+                        .notifier
+                        .notify(Notification::RolloutStarted {
+                            pool: pool.clone(),
+                            nodes: u32::try_from(g.queued).unwrap_or(u32::MAX),
+                        });
+                }
+                Some(true) if !busy => {
+                    self.coordinator.notifier.notify(Notification::RolloutDone {
+                        pool: pool.clone(),
+                        done: u32::try_from(g.done).unwrap_or(u32::MAX),
+                        failed: self.book.failures(pool),
+                    });
+                }
+                _ => {}
+            }
+        }
+        self.busy.retain(|pool, _| gauges.contains_key(pool));
     }
 
     fn on_policy_change(&mut self, change: PolicyChange) {
@@ -425,12 +472,18 @@ impl<'a> Term<'a> {
                     note: message,
                 });
             }
-            PolicyChange::Paused { policy } => self.event(EventJob::Policy {
-                uid: self.book.uid(&policy).map(str::to_owned),
-                policy,
-                reason: Reason::PoolPaused,
-                note: "rollout paused: no node is admitted; nodes in maintenance finish".into(),
-            }),
+            PolicyChange::Paused { policy } => {
+                self.coordinator.notifier.notify(Notification::PoolPaused {
+                    pool: policy.clone(),
+                    cause: PauseCause::Manual,
+                });
+                self.event(EventJob::Policy {
+                    uid: self.book.uid(&policy).map(str::to_owned),
+                    policy,
+                    reason: Reason::PoolPaused,
+                    note: "rollout paused: no node is admitted; nodes in maintenance finish".into(),
+                });
+            }
             PolicyChange::Resumed { policy } => self.event(EventJob::Policy {
                 uid: self.book.uid(&policy).map(str::to_owned),
                 policy,

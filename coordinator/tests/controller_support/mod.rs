@@ -26,6 +26,7 @@ use rota_coordinator::kube_client::Clients;
 use rota_coordinator::leader::{CoreGate, Leadership};
 use rota_coordinator::metrics::Metrics;
 use rota_coordinator::model::{FencingToken, NodeFacts, Operation};
+use rota_coordinator::notify::Notifier;
 use rota_coordinator::policy::{MaintenancePolicy, MaintenancePolicySpec};
 use rota_coordinator::slots::{Clock, Completion, NodeState, SlotView};
 use rota_sim::apiserver::{
@@ -363,6 +364,7 @@ pub fn spec(pool: &str) -> MaintenancePolicySpec {
 pub struct Running {
     pub agents: CoreGate,
     pub metrics: Metrics,
+    pub notifier: Notifier,
     stop: CancellationToken,
     task: JoinHandle<rota_coordinator::controller::Result<()>>,
 }
@@ -384,6 +386,16 @@ impl Running {
         settings: Settings,
         clock: Arc<dyn Clock>,
     ) -> Result<Running> {
+        Self::start_notifying(clients, settings, clock, Notifier::disabled()).await
+    }
+
+    /// Starts a coordinator using `clients` that notifies through `notifier`.
+    pub async fn start_notifying(
+        clients: Clients,
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+        notifier: Notifier,
+    ) -> Result<Running> {
         let events = EventSink::new(clients.default.clone(), "rota-coordinator-test");
         let agents = CoreGate::new();
         let metrics = Metrics::new();
@@ -395,12 +407,14 @@ impl Running {
             Leadership::unconditional(),
             agents.clone(),
         )
-        .with_clock(clock);
+        .with_clock(clock)
+        .with_notifier(notifier.clone());
         let stop = CancellationToken::new();
         let task = tokio::spawn(coordinator.run(stop.clone()));
         Ok(Running {
             agents,
             metrics,
+            notifier,
             stop,
             task,
         })
@@ -531,5 +545,78 @@ pub async fn wait_until<T>(
             bail!("{what}: not within {within:?}");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A chat webhook that accepts every POST and keeps the message texts.
+pub struct Webhook {
+    pub url: String,
+    texts: Arc<std::sync::Mutex<Vec<String>>>,
+    _server: JoinHandle<()>,
+}
+
+impl Webhook {
+    /// Listens on a free local port.
+    pub async fn start() -> Result<Webhook> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/hook", listener.local_addr()?);
+        let texts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = texts.clone();
+        let server = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            match conn.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        while buf.len() < end + 4 + length {
+                            match conn.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let body: Vec<u8> = buf.drain(..end + 4 + length).skip(end + 4).collect();
+                        if let Ok(message) = serde_json::from_slice::<Value>(&body)
+                            && let Some(text) = message.get("text").and_then(Value::as_str)
+                        {
+                            seen.lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .push(text.to_owned());
+                        }
+                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                        if conn.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Webhook {
+            url,
+            texts,
+            _server: server,
+        })
+    }
+
+    /// The texts received so far.
+    pub fn texts(&self) -> Vec<String> {
+        self.texts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
