@@ -1,10 +1,11 @@
-//! `rota-sim`: the emulated Kubernetes API server (and, later, the simulated cluster) as a
-//! process.
+//! `rota-sim`: the emulated Kubernetes API server and, with `--nodes N`, the simulated cluster
+//! around it, as a process.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rota_sim::apiserver::Store;
 use rota_sim::apiserver::serve::{self, ServeOptions};
+use rota_sim::cluster::{Cluster, ClusterArgs};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Debug, Parser)]
@@ -31,6 +32,8 @@ enum Command {
 struct ServeArgs {
     #[clap(flatten)]
     api: ServeOptions,
+    #[clap(flatten)]
+    cluster: ClusterArgs,
 }
 
 fn init_tracing(format: &str) {
@@ -71,12 +74,27 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(&cli.log_format);
     match cli.command {
         Command::Serve(args) => {
-            let handle = serve::start(Store::new(), &args.api)
+            let store = Store::new();
+            let handle = serve::start(store.clone(), &args.api)
                 .await
                 .context("starting the API server")?;
+            let faults = args.cluster.faults();
+            handle.faults().set(faults.api.clone());
+            let cluster = if args.cluster.nodes > 0 {
+                let scenario = args.cluster.scenario();
+                let mut cluster = Cluster::start(store, &scenario, args.cluster.timings(), faults)
+                    .context("starting the simulated cluster")?;
+                cluster.drive_api_faults(handle.faults().clone());
+                Some(cluster)
+            } else {
+                None
+            };
             println!("{}", handle.url());
             shutdown_signal().await?;
             tracing::info!("shutting down");
+            if let Some(cluster) = cluster {
+                cluster.shutdown().await;
+            }
             handle.shutdown().await;
         }
     }
