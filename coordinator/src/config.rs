@@ -8,9 +8,12 @@ use std::time::Duration;
 use clap::{Args, Parser};
 
 use crate::auth::{AgentIdentity, CacheConfig};
+use crate::controller::Settings;
 use crate::kube_client::ConfigSource;
 use crate::leader::{ElectionConfig, Timings};
+use crate::notify::NotifyArgs;
 use crate::telemetry::LogFormat;
+use crate::tls::TlsOptions;
 
 /// rota's coordinator: hands out maintenance slots to node agents, drains nodes, and keeps the
 /// fleet's safety invariants.
@@ -32,6 +35,15 @@ pub struct Config {
     /// Which callers count as agents.
     #[clap(flatten)]
     pub agents: AgentAuthArgs,
+    /// TLS of the agents' gRPC server.
+    #[clap(flatten)]
+    pub tls: TlsOptions,
+    /// The controller.
+    #[clap(flatten)]
+    pub controller: ControllerArgs,
+    /// Chat notifications.
+    #[clap(flatten)]
+    pub notify: NotifyArgs,
     /// Logging.
     #[clap(flatten)]
     pub log: LogArgs,
@@ -130,6 +142,18 @@ pub struct AgentAuthArgs {
     pub token_cache_size: usize,
 }
 
+/// Controller settings.
+#[derive(Clone, Debug, Args)]
+pub struct ControllerArgs {
+    /// Time-to-live of a maintenance slot's lease; agents renew well within it.
+    #[clap(long, env = "ROTA_SLOT_LEASE_TTL", default_value = "90s", value_parser = parse_duration)]
+    pub slot_lease_ttl: Duration,
+    /// Longest a PodDisruptionBudget may hold one eviction back before the drain gives its slot
+    /// back and retries later (capped by the policy's drain timeout).
+    #[clap(long, env = "ROTA_DRAIN_BLOCKED_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub drain_blocked_timeout: Duration,
+}
+
 /// Logging settings.
 #[derive(Clone, Debug, Args)]
 pub struct LogArgs {
@@ -177,6 +201,16 @@ impl Config {
                 .unwrap_or_else(|| self.identity.namespace.clone()),
             service_account: self.agents.agent_service_account.clone(),
         }
+    }
+
+    /// The controller's settings.
+    pub fn controller(&self) -> Settings {
+        let mut settings = Settings::new(self.identity.namespace.clone());
+        // Durations from the command line are far below jiff's range; saturate regardless.
+        settings.lease_ttl = jiff::SignedDuration::try_from(self.controller.slot_lease_ttl)
+            .unwrap_or(jiff::SignedDuration::MAX);
+        settings.drain_blocked_timeout = self.controller.drain_blocked_timeout;
+        settings
     }
 
     /// The token cache settings.
@@ -240,6 +274,11 @@ mod tests {
         assert!(config.election.leader_elect);
         assert_eq!(config.kube.source(), ConfigSource::Infer);
         assert_eq!(config.token_cache().ttl, Duration::from_secs(60));
+        assert!(!config.tls.grpc_insecure_plaintext);
+        let settings = config.controller();
+        assert_eq!(settings.namespace, "rota-system");
+        assert_eq!(settings.lease_ttl, jiff::SignedDuration::from_secs(90));
+        assert_eq!(settings.drain_blocked_timeout, Duration::from_secs(120));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `rota-coordinator` binary against the emulated API server: two replicas elect one
-//! leader, the probes and metrics say who leads, agents reach the TokenReview-checked gRPC
-//! edge, and SIGTERM hands leadership over at once and exits cleanly.
+//! leader, the probes and metrics say who leads, agents reach the leader's controller over TLS
+//! (bootstrapped CA) through the TokenReview-checked gRPC edge, and SIGTERM hands leadership
+//! over at once and exits cleanly.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,9 +10,11 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::Api;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{Api, CustomResourceExt};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use rota_coordinator::policy::MaintenancePolicy;
 use rota_proto::v1 as pb;
 use rota_proto::v1::agent_client::AgentClient;
 use rota_sim::apiserver::{ApiServer, GroupResource, Store};
@@ -22,6 +25,7 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 const NS: &str = "kube-system";
 const WITHIN: Duration = Duration::from_secs(15);
@@ -115,6 +119,7 @@ async fn holder(client: &kube::Client) -> Option<String> {
 #[tokio::test]
 async fn two_replicas_elect_serve_and_hand_over_on_sigterm() {
     let store = Store::new();
+    store.create_as(&MaintenancePolicy::crd()).unwrap();
     store
         .create(
             &GroupResource::core("nodes"),
@@ -144,8 +149,8 @@ async fn two_replicas_elect_serve_and_hand_over_on_sigterm() {
     until(first.http, "/healthz", 200, "ok").await;
     until(first.http, "/metrics", 200, "\nrota_leader 1\n").await;
     assert_eq!(holder(&client).await.as_deref(), Some("coord-0"));
-    // Leading, but no controller has synced caches: not ready for agents yet.
-    until(first.http, "/readyz", 503, "caches are not synced").await;
+    // Leading, with the controller's caches synced: ready for agents.
+    until(first.http, "/readyz", 200, "ready").await;
 
     let mut second = start(&kubeconfig, "coord-1");
     until(second.http, "/healthz", 200, "ok").await;
@@ -158,10 +163,27 @@ async fn two_replicas_elect_serve_and_hand_over_on_sigterm() {
     .await;
     until(second.http, "/metrics", 200, "\nrota_leader 0\n").await;
 
-    // The agents' edge checks tokens with the TokenReview API, then finds no core installed.
-    let mut agent = AgentClient::connect(format!("http://{}", first.grpc))
+    // Agents reach the leader over TLS with the CA the coordinator bootstrapped and published.
+    let ca = Api::<ConfigMap>::namespaced(client.clone(), NS)
+        .get("rota-ca")
+        .await
+        .unwrap()
+        .data
+        .unwrap()
+        .remove("ca.crt")
+        .unwrap();
+    let channel = Endpoint::from_shared(format!("https://{}", first.grpc))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&ca))
+                .domain_name(format!("rota-coordinator.{NS}.svc")),
+        )
+        .unwrap()
+        .connect()
         .await
         .unwrap();
+    let mut agent = AgentClient::new(channel);
     let facts = |token: Option<&str>| {
         let mut request = tonic::Request::new(pb::ReportFactsRequest {
             node: "n1".into(),
@@ -180,14 +202,40 @@ async fn two_replicas_elect_serve_and_hand_over_on_sigterm() {
     };
     let anonymous = agent.report_facts(facts(None)).await.unwrap_err();
     assert_eq!(anonymous.code(), Code::Unauthenticated, "{anonymous:?}");
-    let known = agent.report_facts(facts(Some(&token))).await.unwrap_err();
-    assert_eq!(known.code(), Code::Unavailable, "{known:?}");
+    // The controller's term opens the gate shortly after leadership is acquired.
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        match agent.report_facts(facts(Some(&token))).await {
+            Ok(_) => break,
+            Err(status) if status.code() == Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("the agent's call failed: {status:?}"),
+        }
+    }
+    // The standby keeps agents out.
+    let standby = Endpoint::from_shared(format!("https://{}", second.grpc))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&ca))
+                .domain_name(format!("rota-coordinator.{NS}.svc")),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let refused = AgentClient::new(standby)
+        .report_facts(facts(Some(&token)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     drop(agent);
     until(
         first.http,
         "/metrics",
         200,
-        "rota_grpc_requests_total{method=\"ReportFacts\",code=\"Unavailable\"} 1",
+        "rota_grpc_requests_total{method=\"ReportFacts\",code=\"Ok\"} 1",
     )
     .await;
 

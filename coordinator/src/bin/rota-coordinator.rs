@@ -5,19 +5,24 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use futures::Stream;
 use rota_coordinator::auth::TokenReviewAuthenticator;
 use rota_coordinator::config::Config;
+use rota_coordinator::controller::Coordinator;
+use rota_coordinator::events::EventSink;
 use rota_coordinator::grpc::{AgentGrpc, Authenticator};
 use rota_coordinator::http::{self, Readiness};
 use rota_coordinator::kube_client::Clients;
 use rota_coordinator::leader::{CoreGate, LeaderElector, Leadership};
 use rota_coordinator::metrics::{MeteredGrpc, Metrics};
-use rota_coordinator::shutdown;
-use rota_coordinator::telemetry;
+use rota_coordinator::notify::Notifier;
+use rota_coordinator::{shutdown, telemetry, tls};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::Connected;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -29,9 +34,13 @@ async fn main() -> anyhow::Result<()> {
     shutdown::run_until_signalled(run(config, stop.clone()), stop, signals, grace).await?
 }
 
+type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
+
 /// Starts every task, and supervises them: one that ends before `stop` is a failure that
 /// stops the others and the process.
 async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> {
+    let namespace = config.identity.namespace.clone();
+    let identity = config.identity.pod_name.clone();
     let clients = Clients::load(&config.kube.source())
         .await
         .context("connecting to the Kubernetes API")?;
@@ -42,14 +51,27 @@ async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> {
     let grpc_listener = TcpListener::bind(config.listen.grpc_addr)
         .await
         .with_context(|| format!("binding the gRPC address {}", config.listen.grpc_addr))?;
+    let server_tls = if config.tls.grpc_insecure_plaintext {
+        tracing::warn!(
+            "serving gRPC WITHOUT TLS (--grpc-insecure-plaintext): agents' tokens travel in clear text; never do this outside local development"
+        );
+        None
+    } else {
+        let tls = tls::server_config(&config.tls, clients.default.clone(), &namespace)
+            .await
+            .context("setting up TLS for the gRPC server")?;
+        Some(tls)
+    };
     tracing::info!(
         http = %config.listen.http_addr,
         grpc = %config.listen.grpc_addr,
-        identity = %config.identity.pod_name,
+        tls = server_tls.is_some(),
+        %identity,
+        %namespace,
         "rota-coordinator starting"
     );
 
-    let mut tasks = JoinSet::new();
+    let mut tasks = Tasks::new();
     let leadership = if config.election.leader_elect {
         let (elector, leadership) = LeaderElector::new(clients.default.clone(), config.election())?;
         let stopped = stop.clone().cancelled_owned();
@@ -61,26 +83,6 @@ async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> {
     } else {
         Leadership::unconditional()
     };
-    let readiness = Readiness::new(leadership.clone());
-    let agents = CoreGate::new();
-    let authenticator = TokenReviewAuthenticator::new(
-        clients.default.clone(),
-        config.agent_identity(),
-        config.token_cache(),
-    );
-
-    let router = http::router(metrics.clone(), readiness.clone());
-    let stopped = stop.clone().cancelled_owned();
-    tasks.spawn(async move {
-        let served = http::serve(http_listener, router, stopped).await;
-        ("HTTP server", served.context("serving HTTP"))
-    });
-    let (gate, served_metrics, stopped) = (agents.clone(), metrics.clone(), stop.clone());
-    tasks.spawn(async move {
-        let served =
-            serve_agents(gate, authenticator, served_metrics, grpc_listener, stopped).await;
-        ("gRPC server", served)
-    });
     tasks.spawn({
         let (leadership, metrics, stop) = (leadership.clone(), metrics.clone(), stop.clone());
         async move {
@@ -91,11 +93,76 @@ async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> {
             ("leader gauge", Ok(()))
         }
     });
-    // The controller loop (`coordinator/src/controller`) plugs in here, as one more task: it
-    // gets `clients`, `metrics`, `leadership`, `readiness` and `agents`; while it leads it
-    // installs its AgentCore with `agents.install(..)` (dropping the guard when leadership is
-    // lost) and calls `readiness.set_synced(true)` once its caches are synced. Until then no
-    // replica is ready and agents get UNAVAILABLE.
+
+    let readiness = Readiness::new(leadership.clone());
+    let router = http::router(metrics.clone(), readiness.clone());
+    let stopped = stop.clone().cancelled_owned();
+    tasks.spawn(async move {
+        let served = http::serve(http_listener, router, stopped).await;
+        ("HTTP server", served.context("serving HTTP"))
+    });
+
+    // The agents' calls reach the controller's slot service through this gate while this
+    // replica leads; otherwise they get UNAVAILABLE.
+    let agents = CoreGate::new();
+    let authenticator = TokenReviewAuthenticator::new(
+        clients.default.clone(),
+        config.agent_identity(),
+        config.token_cache(),
+    );
+    let grpc = (agents.clone(), metrics.clone(), stop.clone());
+    match server_tls {
+        Some(server_tls) => {
+            let incoming = server_tls.incoming(grpc_listener);
+            tasks.spawn({
+                let stopped = stop.clone().cancelled_owned();
+                async move {
+                    server_tls.keep_fresh(stopped).await;
+                    ("TLS refresh", Ok(()))
+                }
+            });
+            tasks.spawn(async move {
+                let (gate, metrics, stop) = grpc;
+                let served = serve_agents(gate, authenticator, metrics, incoming, stop).await;
+                ("gRPC server", served)
+            });
+        }
+        None => {
+            tasks.spawn(async move {
+                let (gate, metrics, stop) = grpc;
+                let incoming = TcpListenerStream::new(grpc_listener);
+                let served = serve_agents(gate, authenticator, metrics, incoming, stop).await;
+                ("gRPC server", served)
+            });
+        }
+    }
+
+    let notifier = match config.notify.config() {
+        Some(notify) => {
+            let (notifier, delivery) = Notifier::spawn(notify, stop.clone())?;
+            tasks.spawn(async move {
+                let ended = delivery.await.context("the notifier task failed");
+                ("notifier", ended)
+            });
+            notifier
+        }
+        None => Notifier::disabled(),
+    };
+    let controller = Coordinator::new(
+        clients.clone(),
+        config.controller(),
+        EventSink::new(clients.default.clone(), &identity),
+        metrics,
+        leadership,
+        agents,
+    )
+    .with_readiness(readiness)
+    .with_notifier(notifier);
+    let stopped = stop.clone();
+    tasks.spawn(async move {
+        let ran = controller.run(stopped).await;
+        ("controller", ran.context("the controller stopped"))
+    });
 
     supervise(tasks, stop, config.shutdown.shutdown_grace).await
 }
@@ -103,7 +170,7 @@ async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> {
 /// Waits for every task; the first one that ends (or fails) before `stop` is cancelled stops
 /// the rest, bounded by `grace`.
 async fn supervise(
-    mut tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+    mut tasks: Tasks,
     stop: CancellationToken,
     grace: Duration,
 ) -> anyhow::Result<()> {
@@ -116,7 +183,7 @@ async fn supervise(
             Err(e) => anyhow::anyhow!("a task panicked or was aborted: {e}"),
         };
         tracing::error!(error = format!("{outcome:#}"), "stopping");
-        failure.get_or_insert(outcome);
+        failure = Some(outcome);
         stop.cancel();
         if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
             .await
@@ -129,22 +196,28 @@ async fn supervise(
     failure.map_or(Ok(()), Err)
 }
 
-/// Serves `rota.v1.Agent` through `gate`, metered, until `stop`; then ends the `WatchSlot`
-/// streams and drains the connections.
-async fn serve_agents<A: Authenticator>(
+/// Serves `rota.v1.Agent` through `gate`, metered, on `incoming` connections until `stop`;
+/// then ends the `WatchSlot` streams and drains the connections.
+async fn serve_agents<A, I, IO, IE>(
     gate: CoreGate,
     authenticator: A,
     metrics: Metrics,
-    listener: TcpListener,
+    incoming: I,
     stop: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<()>
+where
+    A: Authenticator,
+    I: Stream<Item = Result<IO, IE>>,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let agent = AgentGrpc::new(Arc::new(gate), authenticator);
     let streams = agent.shutdown_handle();
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(MeteredGrpc::new(agent.into_service(), metrics))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             stop.cancelled().await;
             streams.shutdown();
         })
