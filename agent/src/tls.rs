@@ -24,7 +24,7 @@ pub const DEFAULT_SERVER_NAME: &str = "rota-coordinator.rota-system.svc";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// TLS settings of the agent's connection to the coordinator.
-#[derive(Clone, Debug, Args)]
+#[derive(Clone, Debug, PartialEq, Eq, Args)]
 pub struct TlsArgs {
     /// CA certificate(s) (PEM) the coordinator's certificate must chain to.
     #[arg(long, env = "ROTA_CA_FILE", default_value = DEFAULT_CA_FILE)]
@@ -151,6 +151,7 @@ mod tests {
             assert!(env.to_string_lossy().starts_with("ROTA_"), "{id}: {env:?}");
         }
         let parsed = Cli::try_parse_from(["x"]).unwrap().tls;
+        assert_eq!(parsed, TlsArgs::default());
         assert_eq!(parsed.ca_file, Path::new(DEFAULT_CA_FILE));
         assert_eq!(parsed.tls_server_name, DEFAULT_SERVER_NAME);
         assert!(!parsed.insecure_plaintext);

@@ -478,3 +478,45 @@ async fn certificate_files_are_served_and_reloaded_when_they_change() {
         .unwrap();
     served.shutdown().await;
 }
+
+#[tokio::test]
+async fn keep_fresh_picks_up_rotated_files_until_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = TlsOptions::default().subject_names(NS).unwrap();
+    let ca = new_ca();
+    let first = ca
+        .issue_serving(&names, Timestamp::now(), tls::pki::SERVING_VALIDITY)
+        .unwrap();
+    let options = TlsOptions {
+        tls_cert_file: Some(write(dir.path(), "tls.crt", &first.cert_pem)),
+        tls_key_file: Some(write(dir.path(), "tls.key", &first.key_pem)),
+        tls_refresh_interval: Duration::from_millis(20),
+        ..TlsOptions::default()
+    };
+    let nowhere =
+        kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap())).unwrap();
+    let tls = tls::server_config(&options, nowhere, NS).await.unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(tls.clone().keep_fresh(async {
+        let _ = stopped.await;
+    }));
+
+    let second = ca
+        .issue_serving(&names, Timestamp::now(), tls::pki::SERVING_VALIDITY)
+        .unwrap();
+    // The key first, then the certificate, as a careless rotation would: a refresh that
+    // lands in between fails (mismatched pair), keeps the first certificate, and the next one
+    // picks the pair up.
+    write(dir.path(), "tls.key", &second.key_pem);
+    write(dir.path(), "tls.crt", &second.cert_pem);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while tls.cert_pem() != second.cert_pem {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rotated certificate was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(()).unwrap();
+    tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
+}

@@ -120,7 +120,7 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// TLS flags of the coordinator's gRPC server (flatten into the command line).
-#[derive(Clone, Debug, Args)]
+#[derive(Clone, Debug, PartialEq, Eq, Args)]
 pub struct TlsOptions {
     /// Certificate chain (PEM) the gRPC server presents; with --tls-key-file. Without both,
     /// the coordinator bootstraps its own CA into Secrets of its namespace.
@@ -231,11 +231,8 @@ mod tests {
             assert!(env.to_string_lossy().starts_with("ROTA_"), "{id}: {env:?}");
         }
         let defaults = Cli::try_parse_from(["x"]).unwrap().tls;
+        assert_eq!(defaults, TlsOptions::default());
         assert_eq!(defaults.tls_refresh_interval, Duration::from_secs(60));
-        assert_eq!(
-            defaults.tls_service_name,
-            TlsOptions::default().tls_service_name
-        );
         let set = Cli::try_parse_from([
             "x",
             "--tls-extra-san=rota.example.com,10.0.0.1",
