@@ -157,6 +157,9 @@ fn health(required: &[&str]) -> Health {
     }
 }
 
+/// A name, the slot, the node, its pods, the health settings, now, and the verdict wanted.
+type Case = (&'static str, HeldSlot, Node, Vec<Pod>, Health, Timestamp, Want);
+
 enum Want {
     Healthy,
     Pending(&'static str),
@@ -174,7 +177,7 @@ fn verdicts() {
     .into_iter()
     .collect();
     let (early, late) = (EARLY, DEADLINE);
-    let cases: Vec<(&str, HeldSlot, Node, Vec<Pod>, Health, Timestamp, Want)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "rebooted, kubelet agrees, Ready",
             held(Operation::Reboot, before, reboot_done.clone()),

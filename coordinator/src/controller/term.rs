@@ -421,10 +421,10 @@ impl<'a> Term<'a> {
         }
         for (pool, g) in &gauges {
             let metrics = self.metrics();
-            metrics.set_slots(&pool, g.held, g.queued);
-            metrics.set_drains_in_progress(&pool, g.draining);
-            metrics.set_pool_state(&pool, g.paused, g.circuit_open);
-            metrics.set_rollout_progress(&pool, g.done, g.total);
+            metrics.set_slots(pool, g.held, g.queued);
+            metrics.set_drains_in_progress(pool, g.draining);
+            metrics.set_pool_state(pool, g.paused, g.circuit_open);
+            metrics.set_rollout_progress(pool, g.done, g.total);
         }
         Ok(())
     }
