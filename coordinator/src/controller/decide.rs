@@ -19,7 +19,7 @@ use crate::drain::{DrainSpec, is_unschedulable};
 use crate::model::{FencingToken, NodeName, Operation, SlotPhase};
 use crate::policy::crd::RebootMode;
 use crate::policy::{DEFAULT_DRAIN_TIMEOUT, Health, MaintenancePolicyStatus};
-use crate::scheduler::{self, Plan, WaitReason};
+use crate::scheduler::{self, WaitReason};
 use crate::slots::{Holding, NodeEntry, NodeState, Waiting};
 use crate::store::CacheState;
 
@@ -156,8 +156,6 @@ pub struct Decisions {
     /// When the next pass is due even if nothing changes (a window opens, a back-off or a
     /// verification ends, a lease expires).
     pub next_wake: Option<Timestamp>,
-    /// The plan, for logs and tests.
-    pub plan: Plan,
 }
 
 impl Decisions {
@@ -440,7 +438,6 @@ pub fn decide(input: &Input<'_>) -> Decisions {
         }
     }
     out.gauges = counts.into_iter().map(|(k, (_, g))| (k, g)).collect();
-    out.plan = plan;
     out
 }
 

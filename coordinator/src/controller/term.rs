@@ -345,7 +345,6 @@ impl<'a> Term<'a> {
             statuses,
             gauges,
             next_wake,
-            plan: _,
         } = decisions;
         self.next_wake = next_wake;
         for change in policy_changes {
