@@ -1,0 +1,1195 @@
+//! `deploy/` (kustomize and the Helm chart) and the Dockerfile, checked against the code.
+//!
+//! - Every manifest parses strictly into its Kubernetes type: deserialized into the k8s-openapi
+//!   type (or, for the Prometheus-operator kinds, a struct that denies unknown fields),
+//!   serialized again, and the original must be contained in the result, so a misspelled
+//!   field, which the type would silently drop, fails.
+//! - The security settings operators rely on (non-root, read-only root, no privilege
+//!   escalation, no capabilities, RuntimeDefault seccomp for the coordinator; no API token, no
+//!   host mounts for the agent).
+//! - Flags: the containers' environment is parsed by the binaries' own command lines, and what
+//!   it configures (ports, namespace, audience, service account, CA) matches the objects.
+//! - Alerts and the dashboard only use metrics the coordinator exports.
+//! - The Helm chart, rendered with its default values, equals the kustomize output.
+//! - The Dockerfile builds binaries that exist, into the images the manifests name.
+//!
+//! `ROTA_BLESS=1 cargo test -p rota-coordinator --test deploy_manifests` refreshes the chart's
+//! copies of the generated CRD and the dashboard.
+
+// Test helpers panic on bad fixtures, like the tests that call them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use clap::{CommandFactory, Parser};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, PodSpec, Service, ServiceAccount,
+};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use rota_coordinator::config::Config;
+use rota_coordinator::metrics::Metrics;
+use rota_coordinator::policy::{MaintenancePolicy, validate};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+const NAMESPACE: &str = "rota-system";
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn yaml_documents(text: &str, what: &str) -> Vec<Value> {
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(text).unwrap_or_else(|e| panic!("{what}: {e}"));
+    docs.into_iter().filter(|d| !d.is_null()).collect()
+}
+
+/// `kubectl kustomize deploy/<dir>` (offline, with the machine's kubectl).
+fn kustomize(dir: &str) -> Vec<Value> {
+    let output = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(repo(dir))
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    yaml_documents(&String::from_utf8(output.stdout).unwrap(), dir)
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind} {name} missing"))
+}
+
+fn typed<K: DeserializeOwned>(doc: &Value) -> K {
+    serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{doc}: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Strict parsing
+
+/// `original` must be contained in `round_trip`: every field of it present with the same
+/// value (the round trip may add defaults, never lose a field).
+fn assert_contained(path: &str, original: &Value, round_trip: &Value) {
+    match (original, round_trip) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, value) in a {
+                let Some(other) = b.get(key) else {
+                    panic!("{path}.{key}: unknown field (dropped by the type)");
+                };
+                assert_contained(&format!("{path}.{key}"), value, other);
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            assert_eq!(a.len(), b.len(), "{path}: list length");
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert_contained(&format!("{path}[{i}]"), x, y);
+            }
+        }
+        (Value::Number(a), Value::Number(b)) => {
+            assert_eq!(a.as_f64(), b.as_f64(), "{path}");
+        }
+        (a, b) => assert_eq!(a, b, "{path}"),
+    }
+}
+
+fn round_trip<K: DeserializeOwned + Serialize>(doc: &Value) -> Value {
+    let object: K = typed(doc);
+    serde_json::to_value(object).unwrap()
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ServiceMonitor {
+    api_version: String,
+    kind: String,
+    metadata: ObjectMeta,
+    spec: ServiceMonitorSpec,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ServiceMonitorSpec {
+    selector: LabelSelector,
+    endpoints: Vec<MonitorEndpoint>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct MonitorEndpoint {
+    port: String,
+    path: String,
+    interval: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PrometheusRule {
+    api_version: String,
+    kind: String,
+    metadata: ObjectMeta,
+    spec: RuleSpec,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSpec {
+    groups: Vec<RuleGroup>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleGroup {
+    name: String,
+    rules: Vec<AlertRule>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertRule {
+    alert: String,
+    expr: String,
+    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+    for_: Option<String>,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+}
+
+/// Parses `doc` strictly into its type; returns its kind.
+fn strict(doc: &Value) -> String {
+    let api_version = doc["apiVersion"].as_str().unwrap_or_default();
+    let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
+    let again = match (api_version, kind.as_str()) {
+        ("v1", "Namespace") => round_trip::<Namespace>(doc),
+        ("v1", "ServiceAccount") => round_trip::<ServiceAccount>(doc),
+        ("v1", "Service") => round_trip::<Service>(doc),
+        ("v1", "ConfigMap") => round_trip::<ConfigMap>(doc),
+        ("apps/v1", "Deployment") => round_trip::<Deployment>(doc),
+        ("apps/v1", "DaemonSet") => round_trip::<DaemonSet>(doc),
+        ("policy/v1", "PodDisruptionBudget") => round_trip::<PodDisruptionBudget>(doc),
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => round_trip::<ClusterRole>(doc),
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+            round_trip::<ClusterRoleBinding>(doc)
+        }
+        ("rbac.authorization.k8s.io/v1", "Role") => round_trip::<Role>(doc),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => round_trip::<RoleBinding>(doc),
+        ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
+            round_trip::<CustomResourceDefinition>(doc)
+        }
+        ("monitoring.coreos.com/v1", "ServiceMonitor") => round_trip::<ServiceMonitor>(doc),
+        ("monitoring.coreos.com/v1", "PrometheusRule") => round_trip::<PrometheusRule>(doc),
+        ("rota.dev/v1alpha1", "MaintenancePolicy") => {
+            let policy: MaintenancePolicy = typed(doc);
+            validate(&policy.spec).unwrap_or_else(|e| panic!("invalid example policy: {e:?}"));
+            serde_json::to_value(policy).unwrap()
+        }
+        other => panic!("no strict type for {other:?}; add one"),
+    };
+    let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+    assert_contained(&format!("{kind}/{name}"), doc, &again);
+    kind
+}
+
+#[test]
+fn every_manifest_parses_strictly() {
+    let mut kinds = BTreeSet::new();
+    for dir in ["deploy", "deploy/base"] {
+        for doc in kustomize(dir) {
+            kinds.insert(strict(&doc));
+        }
+    }
+    for dir in [
+        "deploy/base",
+        "deploy/monitoring",
+        "deploy/crd",
+        "deploy/crd/examples",
+    ] {
+        for entry in std::fs::read_dir(repo(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.ends_with(".yaml") || name == "kustomization.yaml" {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for doc in yaml_documents(&text, &name) {
+                kinds.insert(strict(&doc));
+            }
+        }
+    }
+    for doc in helm_render(&helm_values()) {
+        strict(&doc);
+    }
+    let expected = [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "CustomResourceDefinition",
+        "DaemonSet",
+        "Deployment",
+        "MaintenancePolicy",
+        "Namespace",
+        "PodDisruptionBudget",
+        "PrometheusRule",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ServiceAccount",
+        "ServiceMonitor",
+    ];
+    assert_eq!(kinds, expected.iter().map(|k| k.to_string()).collect());
+}
+
+#[test]
+fn a_misspelled_field_is_caught() {
+    let doc: Value = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+        "spec": {"replicas": 2, "selector": {}, "template": {"spec": {"containers": [
+            {"name": "c", "image": "i", "securityContext": {"readOnlyRootFileSystem": true}}
+        ]}}}
+    });
+    let caught = std::panic::catch_unwind(|| strict(&doc));
+    assert!(
+        caught.is_err(),
+        "readOnlyRootFileSystem (capital S) must be refused"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Security
+
+fn pod_spec<K: DeserializeOwned>(doc: &Value) -> PodSpec {
+    let value = &doc["spec"]["template"]["spec"];
+    let _: K = typed(doc);
+    typed(value)
+}
+
+fn env_value(container: &Container, name: &str) -> Option<String> {
+    container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+}
+
+fn env_field(container: &Container, name: &str) -> Option<String> {
+    container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value_from.as_ref())
+        .and_then(|v| v.field_ref.as_ref())
+        .map(|f| f.field_path.clone())
+}
+
+#[test]
+fn the_coordinator_is_locked_down_probed_and_highly_available() {
+    let docs = kustomize("deploy");
+    let doc = find(&docs, "Deployment", "rota-coordinator");
+    let deployment: Deployment = typed(doc);
+    assert_eq!(deployment.metadata.namespace.as_deref(), Some(NAMESPACE));
+    let spec = deployment.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    assert_eq!(
+        spec.strategy.as_ref().and_then(|s| s.type_.as_deref()),
+        Some("Recreate"),
+        "only the leader is ever Ready: a rolling update would never finish"
+    );
+    let pod = pod_spec::<Deployment>(doc);
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some("rota-coordinator")
+    );
+    let security = pod.security_context.as_ref().unwrap();
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert!(security.run_as_user.is_some_and(|u| u > 0));
+    assert_eq!(
+        security.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+    let affinity = pod
+        .affinity
+        .as_ref()
+        .and_then(|a| a.pod_anti_affinity.as_ref());
+    assert!(affinity.is_some(), "replicas spread over nodes");
+    assert_eq!(pod.containers.len(), 1);
+    let container = &pod.containers[0];
+    let sc = container.security_context.as_ref().unwrap();
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_ne!(sc.privileged, Some(true));
+    let dropped = sc
+        .capabilities
+        .as_ref()
+        .and_then(|c| c.drop.clone())
+        .unwrap_or_default();
+    assert_eq!(dropped, ["ALL"]);
+    assert!(sc.capabilities.as_ref().unwrap().add.is_none());
+    assert!(pod.volumes.is_none(), "the coordinator needs no volume");
+    let resources = container.resources.as_ref().unwrap();
+    assert!(
+        resources
+            .requests
+            .as_ref()
+            .is_some_and(|r| r.contains_key("cpu") && r.contains_key("memory"))
+    );
+    assert!(
+        resources
+            .limits
+            .as_ref()
+            .is_some_and(|r| r.contains_key("memory"))
+    );
+    let probe_path = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
+        probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.clone())
+    };
+    assert_eq!(
+        probe_path(&container.liveness_probe).as_deref(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        probe_path(&container.readiness_probe).as_deref(),
+        Some("/readyz")
+    );
+    assert_eq!(
+        env_field(container, "ROTA_POD_NAME").as_deref(),
+        Some("metadata.name")
+    );
+    assert_eq!(
+        env_field(container, "ROTA_NAMESPACE").as_deref(),
+        Some("metadata.namespace")
+    );
+    let grace = pod.termination_grace_period_seconds.unwrap();
+    let config = coordinator_config(container);
+    assert!(
+        config.shutdown.shutdown_grace.as_secs() < u64::try_from(grace).unwrap(),
+        "the shutdown grace fits in the pod's termination grace period"
+    );
+
+    let pdb: PodDisruptionBudget = typed(find(&docs, "PodDisruptionBudget", "rota-coordinator"));
+    let template_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
+    let selector = pdb.spec.unwrap().selector.unwrap().match_labels.unwrap();
+    assert!(
+        selector
+            .iter()
+            .all(|(k, v)| template_labels.get(k) == Some(v))
+    );
+}
+
+#[test]
+fn the_agent_has_no_api_token_no_rbac_and_no_host_mounts() {
+    let docs = kustomize("deploy");
+    let doc = find(&docs, "DaemonSet", "rota-agent");
+    let pod = pod_spec::<DaemonSet>(doc);
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    let account: ServiceAccount = typed(find(&docs, "ServiceAccount", "rota-agent"));
+    assert_eq!(account.automount_service_account_token, Some(false));
+    assert_eq!(pod.service_account_name.as_deref(), Some("rota-agent"));
+    assert_eq!(pod.host_pid, Some(true), "it enters PID 1's namespaces");
+    assert_ne!(pod.host_network, Some(true));
+    assert_ne!(pod.host_ipc, Some(true));
+    let volumes = pod.volumes.clone().unwrap_or_default();
+    assert!(
+        volumes.iter().all(|v| v.host_path.is_none()),
+        "the agent reaches host files through /proc/1/root, never a hostPath"
+    );
+    let tolerates_all =
+        pod.tolerations.iter().flatten().any(|t| {
+            t.operator.as_deref() == Some("Exists") && t.key.is_none() && t.effect.is_none()
+        });
+    assert!(
+        tolerates_all,
+        "every node is maintained, whatever its taints"
+    );
+    let container = &pod.containers[0];
+    let sc = container.security_context.as_ref().unwrap();
+    assert_eq!(sc.privileged, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    let resources = container.resources.as_ref().unwrap();
+    assert!(resources.requests.is_some() && resources.limits.is_some());
+    assert_eq!(
+        env_field(container, "ROTA_NODE_NAME").as_deref(),
+        Some("spec.nodeName")
+    );
+
+    // The projected token: audience rota, short-lived, mounted where ROTA_TOKEN_FILE points.
+    let projected = volumes
+        .iter()
+        .find_map(|v| {
+            let sources = v.projected.as_ref()?.sources.as_ref()?;
+            let token = sources
+                .iter()
+                .find_map(|s| s.service_account_token.clone())?;
+            Some((v.name.clone(), token))
+        })
+        .expect("a projected service-account token");
+    let coordinator = coordinator_config(
+        &pod_spec::<Deployment>(find(&docs, "Deployment", "rota-coordinator")).containers[0],
+    );
+    assert_eq!(
+        projected.1.audience.as_deref(),
+        Some(coordinator.agents.token_audience.as_str())
+    );
+    assert!(
+        projected
+            .1
+            .expiration_seconds
+            .is_some_and(|s| (600..=3600).contains(&s))
+    );
+    let mount = |volume: &str| {
+        container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == volume)
+            .map(|m| (m.mount_path.clone(), m.read_only))
+            .unwrap_or_else(|| panic!("{volume} not mounted"))
+    };
+    let (token_dir, read_only) = mount(&projected.0);
+    assert_eq!(read_only, Some(true));
+    assert_eq!(
+        env_value(container, "ROTA_TOKEN_FILE"),
+        Some(format!("{token_dir}/{}", projected.1.path))
+    );
+    // The coordinator's CA, from the ConfigMap the TLS bootstrap publishes.
+    let ca = volumes
+        .iter()
+        .find(|v| {
+            v.config_map
+                .as_ref()
+                .is_some_and(|c| c.name == rota_coordinator::tls::CA_CONFIGMAP)
+        })
+        .expect("the CA ConfigMap is mounted");
+    let (ca_dir, _) = mount(&ca.name);
+    assert_eq!(
+        env_value(container, "ROTA_CA_FILE"),
+        Some(format!("{ca_dir}/ca.crt"))
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Flags
+
+/// Every env var of a command line, with the argument it sets.
+fn env_args(command: &clap::Command) -> BTreeMap<String, clap::Arg> {
+    command
+        .get_arguments()
+        .filter_map(|a| Some((a.get_env()?.to_string_lossy().into_owned(), a.clone())))
+        .collect()
+}
+
+/// The container's env as command-line arguments of `command` (downward-API values stand in
+/// as given), failing on a variable the binary does not read.
+fn env_as_args(
+    container: &Container,
+    command: &clap::Command,
+    downward: &BTreeMap<&str, &str>,
+) -> Vec<String> {
+    let known = env_args(command);
+    let mut args = Vec::new();
+    for var in container.env.iter().flatten() {
+        let arg = known.get(&var.name).unwrap_or_else(|| {
+            panic!(
+                "{}: the binary reads no {} (its variables: {:?})",
+                container.name,
+                var.name,
+                known.keys().collect::<Vec<_>>()
+            )
+        });
+        let value = match (&var.value, &var.value_from) {
+            (Some(value), _) => value.clone(),
+            (None, Some(from)) => {
+                let field = &from.field_ref.as_ref().expect("downward API").field_path;
+                downward
+                    .get(field.as_str())
+                    .unwrap_or_else(|| panic!("no stand-in for {field}"))
+                    .to_string()
+            }
+            (None, None) => panic!("{} has no value", var.name),
+        };
+        let long = arg.get_long().expect("env args have a long flag");
+        if arg.get_action().takes_values() {
+            args.push(format!("--{long}={value}"));
+        } else if value == "true" {
+            args.push(format!("--{long}"));
+        }
+    }
+    args
+}
+
+fn coordinator_config(container: &Container) -> Config {
+    let downward = BTreeMap::from([
+        ("metadata.name", "rota-coordinator-0"),
+        ("metadata.namespace", NAMESPACE),
+    ]);
+    let mut argv = vec!["rota-coordinator".to_owned()];
+    argv.extend(env_as_args(container, &Config::command(), &downward));
+    argv.extend(container.args.iter().flatten().cloned());
+    Config::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+}
+
+#[test]
+fn the_coordinator_reads_its_environment_and_it_matches_the_objects() {
+    let docs = kustomize("deploy");
+    let pod = pod_spec::<Deployment>(find(&docs, "Deployment", "rota-coordinator"));
+    let container = &pod.containers[0];
+    let config = coordinator_config(container);
+    assert_eq!(config.identity.namespace, NAMESPACE);
+    assert!(config.election.leader_elect);
+    let port = |name: &str| {
+        container
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name))
+            .map(|p| u16::try_from(p.container_port).unwrap())
+            .unwrap_or_else(|| panic!("port {name}"))
+    };
+    assert_eq!(config.listen.grpc_addr.port(), port("grpc"));
+    assert_eq!(config.listen.http_addr.port(), port("http"));
+    let agents = config.agent_identity();
+    assert_eq!(agents.namespace, NAMESPACE);
+    let daemonset = find(&docs, "DaemonSet", "rota-agent");
+    assert_eq!(daemonset["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(
+        pod_spec::<DaemonSet>(daemonset)
+            .service_account_name
+            .as_deref(),
+        Some(agents.service_account.as_str())
+    );
+    // The leader Lease and the fencing counter are the objects the Role names.
+    let role = find(&docs, "Role", "rota-coordinator").to_string();
+    assert!(
+        role.contains(&format!("\"{}\"", config.election.lease_name)),
+        "{role}"
+    );
+    assert!(
+        role.contains(&format!(
+            "\"{}\"",
+            rota_coordinator::slots::persist::COUNTER_CONFIGMAP
+        )),
+        "{role}"
+    );
+}
+
+#[test]
+fn the_agent_reads_its_environment_and_reaches_the_coordinators_service() {
+    let docs = kustomize("deploy");
+    let pod = pod_spec::<DaemonSet>(find(&docs, "DaemonSet", "rota-agent"));
+    let container = &pod.containers[0];
+    let args = container.args.clone().unwrap_or_default();
+    assert_eq!(args, ["run"]);
+    let cli = rota_agent::cli::Cli::command();
+    let run = cli.find_subcommand("run").expect("rota-agent run").clone();
+    // Global flags (logging) are defined on the top-level command.
+    let mut all = run.clone();
+    for arg in cli.get_arguments() {
+        if arg.is_global_set() {
+            all = all.arg(arg.clone());
+        }
+    }
+    let downward = BTreeMap::from([("spec.nodeName", "node-1")]);
+    let mut argv = vec!["rota-agent".to_owned(), "run".to_owned()];
+    argv.extend(env_as_args(container, &all, &downward));
+    let parsed = rota_agent::cli::Cli::try_parse_from(&argv);
+    assert!(parsed.is_ok(), "{argv:?}: {:?}", parsed.err());
+
+    let url = env_value(container, "ROTA_COORDINATOR").unwrap();
+    let service: Service = typed(find(&docs, "Service", "rota-coordinator"));
+    let grpc_port = service
+        .spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("grpc"))
+        .unwrap()
+        .port;
+    assert_eq!(
+        url,
+        format!("https://rota-coordinator.{NAMESPACE}.svc:{grpc_port}"),
+        "TLS to the Service's name, which the bootstrapped certificate carries"
+    );
+    assert!(service.spec.as_ref().unwrap().publish_not_ready_addresses != Some(true));
+}
+
+#[test]
+fn services_and_the_service_monitor_select_the_coordinator() {
+    let docs = kustomize("deploy");
+    let pod_labels: BTreeMap<String, String> = serde_json::from_value(
+        find(&docs, "Deployment", "rota-coordinator")["spec"]["template"]["metadata"]["labels"]
+            .clone(),
+    )
+    .unwrap();
+    let ports: BTreeSet<String> =
+        pod_spec::<Deployment>(find(&docs, "Deployment", "rota-coordinator")).containers[0]
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.name.clone())
+            .collect();
+    for name in ["rota-coordinator", "rota-coordinator-metrics"] {
+        let service: Service = typed(find(&docs, "Service", name));
+        let spec = service.spec.unwrap();
+        for (k, v) in spec.selector.unwrap() {
+            assert_eq!(pod_labels.get(&k), Some(&v), "{name} selects the pods");
+        }
+        for port in spec.ports.unwrap() {
+            let target = serde_json::to_value(&port.target_port).unwrap();
+            assert!(ports.contains(target.as_str().unwrap()), "{name}: {target}");
+        }
+    }
+    let metrics: Service = typed(find(&docs, "Service", "rota-coordinator-metrics"));
+    assert_eq!(
+        metrics.spec.as_ref().unwrap().publish_not_ready_addresses,
+        Some(true),
+        "standbys are scraped too"
+    );
+    let monitor: ServiceMonitor = typed(find(&docs, "ServiceMonitor", "rota-coordinator"));
+    let labels = metrics.metadata.labels.unwrap();
+    for (k, v) in monitor.spec.selector.match_labels.unwrap() {
+        assert_eq!(labels.get(&k), Some(&v));
+    }
+    let metric_ports: BTreeSet<String> = metrics
+        .spec
+        .unwrap()
+        .ports
+        .unwrap()
+        .into_iter()
+        .filter_map(|p| p.name)
+        .collect();
+    for endpoint in monitor.spec.endpoints {
+        assert!(metric_ports.contains(&endpoint.port));
+        assert_eq!(endpoint.path, "/metrics");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Metrics
+
+/// Every series name the coordinator exports (`_total` for counters, `_bucket`/`_sum`/
+/// `_count` for histograms): every family populated once through its setter, then encoded.
+fn exported_series() -> BTreeSet<String> {
+    use rota_coordinator::metrics::Outcome;
+    use rota_coordinator::model::Operation;
+    let metrics = Metrics::new();
+    metrics.set_slots("p", 1, 1);
+    metrics.set_drains_in_progress("p", 1);
+    metrics.eviction("p");
+    metrics.eviction_blocked("p");
+    metrics.maintenance_outcome("p", &Operation::Reboot, Outcome::Failed);
+    metrics.set_pool_state("p", true, true);
+    metrics.set_rollout_progress("p", 1, 2);
+    metrics.lease_expired("p");
+    metrics.set_leader(true);
+    metrics.grpc_request(
+        "Renew",
+        tonic::Code::Ok,
+        std::time::Duration::from_millis(3),
+    );
+    let text = metrics.encode().unwrap();
+    let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
+    let documented = read("coordinator/src/metrics.rs")
+        .lines()
+        .filter(|l| l.starts_with("//! | `rota_"))
+        .count();
+    assert_eq!(
+        families, documented,
+        "every documented family is populated here"
+    );
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn metrics_in(expr: &str) -> BTreeSet<String> {
+    regex::Regex::new(r"\brota_[a-z_]+")
+        .unwrap()
+        .find_iter(expr)
+        .map(|m| m.as_str().to_owned())
+        .collect()
+}
+
+#[test]
+fn alerts_and_the_dashboard_use_metrics_that_exist() {
+    let exported = exported_series();
+    assert!(exported.contains("rota_evictions_total"), "{exported:?}");
+    let docs = kustomize("deploy");
+    let rule: PrometheusRule = typed(find(&docs, "PrometheusRule", "rota"));
+    let mut alerts = BTreeSet::new();
+    for rule in rule.spec.groups.iter().flat_map(|g| &g.rules) {
+        let used = metrics_in(&rule.expr);
+        assert!(!used.is_empty(), "{}: uses no rota metric", rule.alert);
+        for metric in used {
+            assert!(
+                exported.contains(&metric),
+                "{}: {metric} is not exported",
+                rule.alert
+            );
+        }
+        assert!(rule.labels.contains_key("severity"), "{}", rule.alert);
+        assert!(rule.annotations.contains_key("summary"), "{}", rule.alert);
+        alerts.insert(rule.alert.clone());
+    }
+    for wanted in [
+        "RotaDrainStuck",
+        "RotaNodeMaintenanceFailed",
+        "RotaPoolPaused",
+        "RotaCircuitOpen",
+        "RotaSlotHeldTooLong",
+    ] {
+        assert!(alerts.contains(wanted), "missing alert {wanted}");
+    }
+
+    let dashboard = find(&docs, "ConfigMap", "rota-grafana-dashboard");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let json: Value = serde_json::from_str(dashboard["data"]["rota.json"].as_str().unwrap())
+        .expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    collect_exprs(&json, &mut exprs);
+    assert!(exprs.len() >= 8, "{} queries", exprs.len());
+    for expr in exprs {
+        for metric in metrics_in(&expr) {
+            assert!(
+                exported.contains(&metric),
+                "dashboard: {metric} is not exported"
+            );
+        }
+    }
+}
+
+fn collect_exprs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("expr" | "query", Value::String(s)) => out.push(s.clone()),
+                    _ => collect_exprs(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_exprs(v, out)),
+        _ => {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Helm
+
+fn helm_values() -> Value {
+    yaml_documents(&read("deploy/helm/rota/values.yaml"), "values.yaml").remove(0)
+}
+
+/// Renders the chart's templates the way `helm template` does for the constructs the chart
+/// is limited to: `{{ .Values.x.y }}`, `{{ .Release.Namespace }}`, `` {{`raw`}} ``,
+/// `{{ if .Values.x }}` ... `{{ end }}`, `{{ .Files.Get "f" | nindent N }}` and the `{{-`/`-}}`
+/// whitespace trimming. Anything else fails: keep the chart minimal. `crds/` is included as
+/// Helm installs it, untemplated.
+fn helm_render(values: &Value) -> Vec<Value> {
+    let chart = repo("deploy/helm/rota");
+    let mut docs = Vec::new();
+    let mut crds: Vec<PathBuf> = std::fs::read_dir(chart.join("crds"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    crds.sort();
+    for path in crds {
+        docs.extend(yaml_documents(
+            &std::fs::read_to_string(&path).unwrap(),
+            "crd",
+        ));
+    }
+    let mut templates: Vec<PathBuf> = std::fs::read_dir(chart.join("templates"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    templates.sort();
+    for path in templates {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let rendered = render_template(&text, values, &chart);
+        docs.extend(yaml_documents(&rendered, &path.display().to_string()));
+    }
+    docs
+}
+
+fn lookup<'a>(values: &'a Value, path: &str) -> &'a Value {
+    let found = path
+        .split('.')
+        .filter(|s| !s.is_empty())
+        .fold(values, |v, key| &v[key]);
+    assert!(!found.is_null(), "no value .Values.{path}");
+    found
+}
+
+fn scalar(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => panic!("not a scalar: {other}"),
+    }
+}
+
+fn render_template(text: &str, values: &Value, chart: &Path) -> String {
+    let mut out = String::new();
+    // Whether each enclosing `if` is true.
+    let mut conditions: Vec<bool> = Vec::new();
+    let mut rest = text;
+    let mut trim_next = false;
+    while let Some(start) = rest.find("{{") {
+        let mut literal = &rest[..start];
+        if trim_next {
+            literal = literal.trim_start();
+        }
+        let after = &rest[start + 2..];
+        // A raw string may contain "}}": the action ends after its closing backquote.
+        let search_from = match after.trim_start_matches('-').trim_start().strip_prefix('`') {
+            Some(raw) => {
+                let opening = after.len() - raw.len();
+                opening + raw.find('`').expect("unclosed raw string") + 1
+            }
+            None => 0,
+        };
+        let end = search_from + after[search_from..].find("}}").expect("unclosed action");
+        let mut action = &after[..end];
+        rest = &after[end + 2..];
+        let active = conditions.iter().all(|c| *c);
+        let mut piece = literal.to_owned();
+        if let Some(a) = action.strip_prefix('-') {
+            piece = piece.trim_end().to_owned();
+            action = a;
+        }
+        trim_next = false;
+        if let Some(a) = action.strip_suffix('-') {
+            trim_next = true;
+            action = a;
+        }
+        if active {
+            out.push_str(&piece);
+        }
+        let action = action.trim();
+        if let Some(raw) = action.strip_prefix('`').and_then(|a| a.strip_suffix('`')) {
+            if active {
+                out.push_str(raw);
+            }
+        } else if let Some(path) = action.strip_prefix("if .Values.") {
+            let v = &values
+                .pointer(&format!("/{}", path.replace('.', "/")))
+                .cloned()
+                .unwrap_or(Value::Null);
+            let truthy = match v {
+                Value::Bool(b) => *b,
+                Value::Null => false,
+                Value::String(s) => !s.is_empty(),
+                _ => true,
+            };
+            conditions.push(truthy);
+        } else if action == "end" {
+            conditions.pop().expect("end without if");
+        } else if action == ".Release.Namespace" {
+            if active {
+                out.push_str(NAMESPACE);
+            }
+        } else if let Some(path) = action.strip_prefix(".Values.") {
+            if active {
+                out.push_str(&scalar(lookup(values, path)));
+            }
+        } else if let Some(call) = action.strip_prefix(".Files.Get ") {
+            let (file, indent) = call
+                .split_once("| nindent ")
+                .expect("Files.Get | nindent N");
+            let file = file.trim().trim_matches('"');
+            let indent: usize = indent.trim().parse().unwrap();
+            if active {
+                let content = std::fs::read_to_string(chart.join(file)).unwrap();
+                let pad = " ".repeat(indent);
+                out.push('\n');
+                out.push_str(
+                    &content
+                        .split('\n')
+                        .map(|l| format!("{pad}{l}"))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                );
+            }
+        } else {
+            panic!("unsupported template action {{{{ {action} }}}}; keep the chart minimal");
+        }
+    }
+    let mut tail = rest;
+    if trim_next {
+        tail = tail.trim_start();
+    }
+    out.push_str(tail);
+    assert!(conditions.is_empty(), "if without end");
+    out
+}
+
+/// Objects keyed by kind, namespace and name.
+fn by_id(docs: Vec<Value>) -> BTreeMap<(String, String, String), Value> {
+    docs.into_iter()
+        .map(|d| {
+            let id = (
+                d["kind"].as_str().unwrap_or_default().to_owned(),
+                d["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                d["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+            (id, d)
+        })
+        .collect()
+}
+
+#[test]
+fn the_helm_chart_renders_what_kustomize_renders() {
+    let helm = by_id(helm_render(&helm_values()));
+    // The chart installs into a namespace the operator creates (and labels for privileged
+    // pods); everything else is the same.
+    let rendered = by_id(
+        kustomize("deploy")
+            .into_iter()
+            .filter(|d| d["kind"] != "Namespace")
+            .collect(),
+    );
+    let helm_ids: BTreeSet<_> = helm.keys().collect();
+    let kustomize_ids: BTreeSet<_> = rendered.keys().collect();
+    assert_eq!(helm_ids, kustomize_ids);
+    for (id, object) in &rendered {
+        assert_eq!(
+            &helm[id], object,
+            "{id:?} differs between Helm and kustomize"
+        );
+    }
+
+    let mut without_monitoring = helm_values();
+    without_monitoring["monitoring"]["enabled"] = Value::Bool(false);
+    let core = by_id(helm_render(&without_monitoring));
+    let base = by_id(
+        kustomize("deploy/base")
+            .into_iter()
+            .filter(|d| d["kind"] != "Namespace")
+            .collect(),
+    );
+    assert_eq!(
+        core.keys().collect::<BTreeSet<_>>(),
+        base.keys().collect::<BTreeSet<_>>(),
+        "monitoring.enabled=false renders deploy/base"
+    );
+}
+
+#[test]
+fn the_template_renderer_follows_helm() {
+    let values: Value = serde_json::json!({"a": {"b": "x", "on": true, "off": false}});
+    let chart = repo("deploy/helm/rota");
+    assert_eq!(
+        render_template(
+            "k: {{ .Values.a.b }}\n{{- if .Values.a.off }}\nno: 1\n{{- end }}\nz: {{`{{ $l }}`}}\n",
+            &values,
+            &chart
+        ),
+        "k: x\nz: {{ $l }}\n"
+    );
+    let unsupported =
+        std::panic::catch_unwind(|| render_template("{{ include \"x\" . }}", &values, &chart));
+    assert!(unsupported.is_err());
+}
+
+/// The chart carries copies of generated files (Helm cannot reach outside its directory).
+#[test]
+fn the_charts_copies_are_current() {
+    for (original, copy) in [
+        (
+            "deploy/crd/maintenancepolicy.yaml",
+            "deploy/helm/rota/crds/maintenancepolicy.yaml",
+        ),
+        (
+            "deploy/monitoring/dashboards/rota.json",
+            "deploy/helm/rota/dashboards/rota.json",
+        ),
+    ] {
+        let want = read(original);
+        if std::env::var_os("ROTA_BLESS").is_some_and(|v| v == "1") {
+            std::fs::write(repo(copy), &want).unwrap();
+            continue;
+        }
+        assert!(
+            read(copy) == want,
+            "{copy} differs from {original}; refresh it with \
+             ROTA_BLESS=1 cargo test -p rota-coordinator --test deploy_manifests"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Dockerfile
+
+/// Binary targets of the workspace, by package.
+fn workspace_binaries() -> BTreeMap<String, BTreeSet<String>> {
+    let output = std::process::Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(repo(""))
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metadata: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mut bins: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for package in metadata["packages"].as_array().unwrap() {
+        for target in package["targets"].as_array().unwrap() {
+            if target["kind"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k == "bin")
+            {
+                bins.entry(package["name"].as_str().unwrap().to_owned())
+                    .or_default()
+                    .insert(target["name"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    bins
+}
+
+#[test]
+fn the_dockerfile_builds_binaries_that_exist_into_the_images_the_manifests_name() {
+    let dockerfile = read("Dockerfile");
+    let bins = workspace_binaries();
+    let all: BTreeSet<&String> = bins.values().flatten().collect();
+    // `-p PACKAGE --bin NAME ...` and `target/release/NAME`.
+    let build_command = dockerfile
+        .split("cargo build")
+        .nth(1)
+        .and_then(|rest| rest.split("&&").next())
+        .expect("a cargo build command");
+    let words: Vec<&str> = build_command.split_whitespace().collect();
+    let mut current = None;
+    for pair in words.windows(2) {
+        match pair {
+            ["-p", name] => {
+                assert!(
+                    bins.contains_key(*name),
+                    "Dockerfile builds unknown package {name}"
+                );
+                current = Some(*name);
+            }
+            ["--bin", name] => {
+                let package = current.expect("--bin after -p");
+                assert!(
+                    bins[package].contains(*name),
+                    "{package} has no binary {name}"
+                );
+            }
+            _ => {}
+        }
+    }
+    let copied = regex::Regex::new(r"target/release/([A-Za-z0-9_-]+)").unwrap();
+    let mut names = BTreeSet::new();
+    for captures in copied.captures_iter(&dockerfile) {
+        let name = captures[1].to_owned();
+        assert!(
+            all.contains(&name),
+            "the Dockerfile copies {name}, which no package builds"
+        );
+        names.insert(name);
+    }
+    for wanted in ["rota-coordinator", "rota-agent", "rotactl"] {
+        assert!(
+            names.contains(wanted),
+            "the Dockerfile does not build {wanted}"
+        );
+    }
+    assert!(dockerfile.contains("ARG RUST_IMAGE=rust:1-bookworm"));
+
+    // Stages and what they run.
+    let mut stages: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut stage = String::new();
+    for line in dockerfile.lines() {
+        if let Some(from) = line.strip_prefix("FROM ") {
+            stage = from
+                .split(" AS ")
+                .nth(1)
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
+        }
+        stages
+            .entry(stage.clone())
+            .or_default()
+            .push(line.to_owned());
+    }
+    let stage_text = |name: &str| stages.get(name).map(|l| l.join("\n")).unwrap_or_default();
+    let coordinator = stage_text("coordinator");
+    assert!(coordinator.contains("FROM gcr.io/distroless/cc-debian12"));
+    assert!(coordinator.contains(r#"ENTRYPOINT ["/usr/local/bin/rota-coordinator"]"#));
+    let agent = stage_text("agent");
+    assert!(agent.contains(r#"ENTRYPOINT ["/usr/local/bin/rota-agent"]"#));
+    assert!(!agent.contains("chroot"), "the agent image needs no chroot");
+
+    // The images the manifests run are the ones the Dockerfile's usage builds, and the
+    // coordinator's user is the one its securityContext asks for.
+    let docs = kustomize("deploy");
+    let deployment = pod_spec::<Deployment>(find(&docs, "Deployment", "rota-coordinator"));
+    let run_as = deployment.security_context.unwrap().run_as_user.unwrap();
+    assert!(
+        coordinator.contains(&format!("USER {run_as}:{run_as}")),
+        "{coordinator}"
+    );
+    let usage = dockerfile.split_whitespace().collect::<Vec<_>>().join(" ");
+    for (kind, name, target) in [
+        ("Deployment", "rota-coordinator", "coordinator"),
+        ("DaemonSet", "rota-agent", "agent"),
+    ] {
+        let image = find(&docs, kind, name)["spec"]["template"]["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let build = format!("--target {target} -t {image} .");
+        assert!(
+            usage.contains(&build),
+            "the Dockerfile's usage does not build {image} (want `{build}`)"
+        );
+    }
+}
