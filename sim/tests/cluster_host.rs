@@ -300,3 +300,39 @@ async fn a_removed_node_takes_its_pods_with_it() {
     assert_eq!(cluster.host(&name).unwrap().power_state(), PowerState::Down);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelets_heartbeat_through_their_lease_and_node_status() {
+    let scenario = Scenario::generate(2, 3);
+    let timings = Timings {
+        heartbeat: Duration::from_millis(100),
+        ..Timings::default()
+    };
+    let cluster = Cluster::start(Store::new(), &scenario, timings, Faults::none()).unwrap();
+    let name = scenario.nodes[1].name.clone();
+    let lease_key = ResourceKey::new(
+        GroupResource::new("coordination.k8s.io", "leases"),
+        Some("kube-node-lease"),
+        &name,
+    );
+    let lease = cluster.store().get(&lease_key).unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], name.as_str());
+    let first_renew = lease["spec"]["renewTime"].clone();
+    let first_beat =
+        node(cluster.store(), &name)["status"]["conditions"][3]["lastHeartbeatTime"].clone();
+    cluster
+        .wait_until(
+            "the lease to be renewed and the node to heartbeat",
+            SETTLE,
+            |store| {
+                let renewed = store.get(&lease_key).unwrap()["spec"]["renewTime"] != first_renew;
+                // Node times have second precision.
+                let beat =
+                    node(store, &name)["status"]["conditions"][3]["lastHeartbeatTime"].clone();
+                renewed && beat != first_beat
+            },
+        )
+        .await
+        .unwrap();
+    cluster.shutdown().await;
+}

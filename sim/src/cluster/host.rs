@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use rota_agent::host::memory::exited;
 use rota_agent::host::{CommandOutput, Host, HostCommand, MemoryHost, RebootMethod};
 use rota_agent::packages::{
     InstallPurpose, PackageChange, PackageManager, PackagePin, PendingUpgrade, RepairOutcome,
@@ -248,8 +249,31 @@ impl SimHost {
 }
 
 impl Host for SimHost {
+    /// `kubelet --version`, `containerd --version` and `uname -r` answer from the package
+    /// database and the running kernel, as the binaries on a host do; other commands go to
+    /// the handlers registered on [`SimHost::memory`].
     fn run(&self, cmd: &HostCommand) -> rota_agent::Result<CommandOutput> {
-        self.inner.memory.run(cmd)
+        let args: Vec<&str> = cmd.argv.iter().map(String::as_str).collect();
+        let memory = &self.inner.memory;
+        let installed = |name: &str| {
+            memory
+                .installed(name)
+                .map(|v| rota_agent::detect::upstream_version(&v))
+        };
+        let output = match args.as_slice() {
+            ["kubelet", "--version"] => {
+                installed(KUBELET_PACKAGE).map(|v| format!("Kubernetes v{v}\n"))
+            }
+            ["containerd", "--version"] => installed(CONTAINERD_PACKAGE).map(|v| {
+                format!("containerd containerd.io {v} 88c3d9bc5b5a193f40b7c14fa996d23532d6f956\n")
+            }),
+            ["uname", "-r"] => Some(format!("{}\n", memory.kernel_release()?)),
+            _ => None,
+        };
+        match output {
+            Some(stdout) => Ok(exited(0, &stdout)),
+            None => memory.run(cmd),
+        }
     }
 
     fn read_file(&self, path: &Path) -> rota_agent::Result<Vec<u8>> {
@@ -427,6 +451,40 @@ mod tests {
         assert_eq!(host.os_image(), "Debian GNU/Linux 12 (bookworm)");
         assert_eq!(host.machine_id(), "0123456789abcdef0123456789abcdef");
         assert_eq!(host.packages().unwrap().holds().unwrap(), vec!["curl"]);
+    }
+
+    #[test]
+    fn version_commands_answer_like_the_binaries() {
+        let (host, _rx) = SimHost::new("w1", &spec());
+        let run = |argv: &[&str]| {
+            host.run(&HostCommand::new(argv.iter().copied()))
+                .unwrap()
+                .stdout
+        };
+        assert_eq!(run(&["kubelet", "--version"]), "Kubernetes v1.33.0\n");
+        assert!(run(&["containerd", "--version"]).contains(" 1.7.24 "));
+        assert_eq!(run(&["uname", "-r"]), "6.1.0-28-amd64\n");
+        assert!(matches!(
+            host.run(&HostCommand::new(["apt-get", "update"])),
+            Err(rota_agent::Error::CommandNotFound { .. })
+        ));
+        let facts = rota_agent::detect::detect(&host, &rota_agent::detect::DetectConfig::default());
+        assert!(facts.errors.is_empty(), "{:?}", facts.errors);
+        assert_eq!(facts.kubelet_version, "1.33.0");
+        assert_eq!(facts.container_runtime_version, "containerd 1.7.24");
+        assert_eq!(facts.os_image, "Debian GNU/Linux 12 (bookworm)");
+        assert!(!facts.reboot_required);
+        assert_eq!(facts.pending_upgrades.len(), 2);
+        host.packages()
+            .unwrap()
+            .upgrade(UpgradeScope::SecurityOnly)
+            .unwrap();
+        let facts = rota_agent::detect::detect(&host, &rota_agent::detect::DetectConfig::default());
+        assert!(facts.reboot_required, "{facts:?}");
+        assert_eq!(
+            facts.kernels_installed,
+            vec!["6.1.0-28-amd64", "6.1.0-31-amd64"]
+        );
     }
 
     #[test]
