@@ -35,7 +35,7 @@ use tokio::time::Instant;
 
 use crate::grpc::AgentCore;
 use crate::model::{FencingToken, NodeFacts, Operation};
-use crate::slots::{self, Completion, Release, SlotView, StoreError};
+use crate::slots::{self, Completion, Release, SlotView};
 
 /// Errors of leader election.
 #[derive(Debug, thiserror::Error)]
@@ -640,7 +640,7 @@ impl CoreGate {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-            .ok_or_else(|| slots::Error::Store(StoreError::Backend(Box::new(NotLeading))))
+            .ok_or(slots::Error::NotLeading)
     }
 }
 

@@ -880,6 +880,7 @@ async fn report_blocked(
 fn log_refusal(node: &str, action: &str, error: &slots::Error) {
     match error {
         slots::Error::Ledger(refusal) => debug!(node, action, %refusal, "ledger refused"),
+        slots::Error::NotLeading => debug!(node, action, "not leading any more"),
         other => warn!(node, action, error = %other, "slot change failed; retrying"),
     }
 }

@@ -9,7 +9,8 @@
 //! unset operation), `PERMISSION_DENIED` (the caller is another node), `NOT_FOUND` (unknown
 //! node), `FAILED_PRECONDITION` (stale token, or the node's state does not allow the call),
 //! `OUT_OF_RANGE` (message over [`MAX_MESSAGE_BYTES`], from tonic's codec), `ABORTED` (a
-//! concurrent writer; retry), `UNAVAILABLE` (persistence or identity backend down; retry).
+//! concurrent writer; retry), `UNAVAILABLE` (this replica does not lead, or the persistence or
+//! identity backend is down; retry).
 
 mod auth;
 pub mod convert;

@@ -38,16 +38,22 @@ pub fn code(err: &slots::Error) -> Code {
             | LedgerError::BackingOff { .. } => Code::FailedPrecondition,
             LedgerError::TokensExhausted => Code::ResourceExhausted,
         },
+        // A standby (or a leader between terms) is not failing: the agent retries and reaches
+        // the leader through the Service.
+        slots::Error::NotLeading => Code::Unavailable,
         slots::Error::Store(StoreError::Conflict { .. }) => Code::Aborted,
         slots::Error::Store(StoreError::Backend(_)) => Code::Unavailable,
         slots::Error::Persist(_) => Code::Internal,
     }
 }
 
-/// A slot-layer error as a status; server-side failures are logged here.
+/// A slot-layer error as a status; server-side failures are logged here. A replica that does
+/// not lead refuses every agent call by design, so that refusal is logged at debug level only.
 pub fn from_slots(err: &slots::Error) -> Status {
     let code = code(err);
-    if matches!(
+    if matches!(err, slots::Error::NotLeading) {
+        tracing::debug!(error = %err, "agent call refused: not leading");
+    } else if matches!(
         code,
         Code::Internal | Code::Unavailable | Code::Aborted | Code::ResourceExhausted
     ) {

@@ -62,12 +62,29 @@ pub enum Error {
     /// The ledger refused the operation; nothing changed.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// This replica does not lead (or its controller has not started, or its term just ended):
+    /// nothing changed, and the caller should retry, reaching the leader.
+    #[error("this coordinator replica does not lead (or is still starting); retry")]
+    NotLeading,
     /// The change could not be persisted; it was undone.
     #[error("could not persist slot state: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// Persisted state could not be encoded or decoded.
     #[error(transparent)]
     Persist(#[from] PersistError),
+}
+
+impl From<StoreError> for Error {
+    /// A store that refuses to write because this replica stopped leading is not a failing
+    /// backend: it is the normal state of a standby, reported as [`Error::NotLeading`].
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Backend(source) if source.is::<crate::leader::NotLeading>() => {
+                Error::NotLeading
+            }
+            other => Error::Store(other),
+        }
+    }
 }
 
 /// Result of the slot layer.

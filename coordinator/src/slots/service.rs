@@ -388,7 +388,11 @@ impl<S: LedgerStore> SlotService<S> {
         let changed = guarded.ledger.entry(node) != checkpoint.entry()
             || guarded.ledger.last_issued_token() != guarded.persisted_token;
         if changed && let Err(err) = self.persist(&mut guarded, node).await {
-            tracing::warn!(node, error = %err, "slot change not persisted; undone");
+            if matches!(err, Error::NotLeading) {
+                tracing::debug!(node, "slot change not persisted (not leading); undone");
+            } else {
+                tracing::warn!(node, error = %err, "slot change not persisted; undone");
+            }
             guarded.ledger.rollback(checkpoint);
             return Err(err);
         }

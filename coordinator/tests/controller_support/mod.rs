@@ -517,7 +517,8 @@ where
             Err(e) if Instant::now() < deadline => {
                 let unavailable = matches!(
                     e,
-                    rota_coordinator::slots::Error::Store(_)
+                    rota_coordinator::slots::Error::NotLeading
+                        | rota_coordinator::slots::Error::Store(_)
                         | rota_coordinator::slots::Error::UnknownNode(_)
                 );
                 if !unavailable {
