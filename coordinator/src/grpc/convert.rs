@@ -194,9 +194,12 @@ pub fn facts(value: Option<pb::NodeFacts>) -> Result<NodeFacts, Invalid> {
             pending_package,
         )?,
         kubelet_version: ident("facts.kubelet_version", f.kubelet_version)?,
-        container_runtime_version: ident(
+        // The agent reports `containerd 1.7.24` (runtime, space, version): free text, like
+        // the OS image.
+        container_runtime_version: text(
             "facts.container_runtime_version",
             f.container_runtime_version,
+            MAX_IDENT_BYTES,
         )?,
         os_image: text("facts.os_image", f.os_image, MAX_IDENT_BYTES)?,
         agent_version: ident("facts.agent_version", f.agent_version)?,
