@@ -497,7 +497,18 @@ impl<'a> Term<'a> {
     /// fencing counter ends the term.
     async fn admit(&mut self, action: AdmitAction, now: Timestamp) -> Result<(), TermEnd> {
         let node = action.drain.node.clone();
-        match self.service.admit(&node, action.cordoned_by_rota).await {
+        let kubelet_boot_id = self
+            .cache
+            .read()
+            .node(&node)
+            .and_then(|n| n.status.as_ref())
+            .and_then(|s| s.node_info.as_ref())
+            .map(|i| i.boot_id.clone());
+        match self
+            .service
+            .admit_with_boot_id(&node, action.cordoned_by_rota, kubelet_boot_id)
+            .await
+        {
             Ok(token) => {
                 let deadline = now
                     .saturating_add(action.drain.timeout)

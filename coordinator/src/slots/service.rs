@@ -244,10 +244,23 @@ impl<S: LedgerStore> SlotService<S> {
     /// Admits the node's queued request with the next fencing token. The boot id before is the
     /// one from the node's latest facts.
     pub async fn admit(&self, node: &str, cordoned_by_rota: bool) -> Result<FencingToken> {
+        self.admit_with_boot_id(node, cordoned_by_rota, None).await
+    }
+
+    /// [`SlotService::admit`], with the boot id the kubelet reports for the node as the
+    /// fallback when the agent's facts have not arrived yet (an agent that started before the
+    /// coordinator led); without any, a reboot could never be verified.
+    pub async fn admit_with_boot_id(
+        &self,
+        node: &str,
+        cordoned_by_rota: bool,
+        kubelet_boot_id: Option<String>,
+    ) -> Result<FencingToken> {
         let boot_id = self
             .facts(node)
             .map(|f| f.boot_id.clone())
-            .filter(|b| !b.is_empty());
+            .filter(|b| !b.is_empty())
+            .or(kubelet_boot_id.filter(|b| !b.is_empty()));
         let (token, _) = self
             .apply(node, |ledger, now| {
                 let (token, t) = ledger.admit(node, now, boot_id, cordoned_by_rota)?;
