@@ -6,24 +6,31 @@ use clap::{Parser, Subcommand};
 use rota_sim::apiserver::Store;
 use rota_sim::apiserver::serve::{self, ServeOptions};
 use rota_sim::cluster::{Cluster, ClusterArgs};
+use rota_sim::demo::cli::DemoArgs;
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Debug, Parser)]
 #[clap(
     name = "rota-sim",
     version,
-    about = "Emulated Kubernetes API server for rota"
+    about = "rota on an emulated cluster: the demo, and the emulated Kubernetes API server",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     /// Log format.
     #[clap(long, env = "ROTA_LOG_FORMAT", default_value = "plain", value_parser = ["plain", "json"], global = true)]
     log_format: String,
     #[clap(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// Without a subcommand: the demo's flags.
+    #[clap(flatten)]
+    demo: DemoArgs,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Roll maintenance through an emulated cluster with rota (the default).
+    Demo(DemoArgs),
     /// Serve the emulated API server until SIGINT/SIGTERM.
     Serve(ServeArgs),
 }
@@ -36,9 +43,9 @@ struct ServeArgs {
     cluster: ClusterArgs,
 }
 
-fn init_tracing(format: &str) {
+fn init_tracing(format: &str, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -69,11 +76,19 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
-    init_tracing(&cli.log_format);
-    match cli.command {
+    match cli.command.unwrap_or(Command::Demo(cli.demo)) {
+        Command::Demo(args) => {
+            // The live view owns the terminal: only problems are logged.
+            init_tracing(&cli.log_format, "warn,rota_coordinator::drain=error");
+            let code = rota_sim::demo::cli::run(args)
+                .await
+                .context("the demo failed")?;
+            return Ok(std::process::ExitCode::from(code));
+        }
         Command::Serve(args) => {
+            init_tracing(&cli.log_format, "info");
             let store = Store::new();
             let handle = serve::start(store.clone(), &args.api)
                 .await
@@ -98,5 +113,5 @@ async fn main() -> anyhow::Result<()> {
             handle.shutdown().await;
         }
     }
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
 }

@@ -1,0 +1,59 @@
+//! The rota demo: rota's whole job on an emulated cluster, and the comparison with kured.
+//!
+//! - [`fleet`]: the harness — emulator, simulated cluster, real coordinator replicas and one
+//!   real agent per node ([`Fleet`]); also what the end-to-end tests drive.
+//! - [`kured`]: a documented model of kured's behaviour on the same cluster.
+//! - [`report`]: the summary computed from the emulator's own record ([`Report`]).
+//! - [`progress`]: the live view of a rollout.
+//! - [`cli`]: `rota-sim demo` (the binary's default).
+//! - `coordinator`, `nodes`, `process`, `record`: how the replicas, the per-node daemons and
+//!   their processes run, and the record of persisted fencing tokens.
+
+pub mod cli;
+mod coordinator;
+pub mod fleet;
+pub mod kured;
+mod nodes;
+mod process;
+pub mod progress;
+mod record;
+pub mod report;
+
+pub use coordinator::{AGENT_SERVICE_ACCOUNT, CoordinatorOptions, SYSTEM_NAMESPACE};
+pub use fleet::{Fleet, FleetOptions, POLICY_NAME, Scheduler, demo_policy, slot_phase};
+pub use kured::KuredOptions;
+pub use nodes::AgentOptions;
+pub use progress::{NodeState, NodeView, Snapshot};
+pub use report::{Report, Stopped, render_comparison};
+
+/// Errors of the demo and its harness.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The simulated cluster failed or a wait timed out.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::Error),
+    /// A call to the emulator's store failed.
+    #[error("API: {0}")]
+    Api(#[from] crate::apiserver::Error),
+    /// A host operation failed.
+    #[error("host: {0}")]
+    Host(#[from] rota_agent::Error),
+    /// A Kubernetes client call failed.
+    #[error("Kubernetes client: {0}")]
+    Kube(#[from] kube::Error),
+    /// Local I/O failed (threads, sockets, files).
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// A coordinator replica could not start or stopped.
+    #[error("coordinator: {0}")]
+    Coordinator(String),
+    /// A request or setting does not make sense.
+    #[error("{0}")]
+    Invalid(String),
+    /// The fleet (or the part asked for) is shut down.
+    #[error("the fleet is shut down")]
+    Stopped,
+}
+
+/// The result type of the demo.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,626 @@
+//! The summary of a rollout, computed from the emulator's own record and the simulated hosts —
+//! never from what rota (or the kured model) reports about itself.
+//!
+//! Definitions (also printed with the numbers):
+//! - a node's **cycle** is the total time the emulator saw it unavailable (NotReady or
+//!   cordoned) during the rollout; the **per-node cycle** is the median cycle of the nodes
+//!   that finished;
+//! - the **makespan** runs from the rollout's start (the MaintenancePolicy applied, or the kured
+//!   DaemonSet created) to the moment the last finished node became available again (to the
+//!   end of the run when some node never finished);
+//! - the **lower bound** is `ceil(N / maxUnavailable) × per-node cycle`: no scheduler can do
+//!   better with `maxUnavailable` nodes down at a time and cycles that long;
+//! - **pods disrupted** counts distinct (pod, node) pairs the emulator saw deleted during the
+//!   rollout, by eviction or because their node went down;
+//! - a node is **maintained** once per reboot or kubelet restart its host performed (the host's
+//!   own record); **done** means the emulator shows it Ready, schedulable, on the new kernel and
+//!   the expected kubelet, with nothing held or queued for it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::apiserver::{AuditLog, NodeRecord};
+
+/// Why a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Stopped {
+    /// Every node is done.
+    AllDone,
+    /// Nothing changed for the stall timeout.
+    Stalled,
+    /// The run's deadline passed.
+    Deadline,
+}
+
+impl Stopped {
+    fn describe(self) -> &'static str {
+        match self {
+            Stopped::AllDone => "every node done",
+            Stopped::Stalled => "stalled (nothing changed for the stall timeout)",
+            Stopped::Deadline => "deadline reached",
+        }
+    }
+}
+
+/// Everything a report is computed from.
+#[derive(Debug)]
+pub struct ReportInput<'a> {
+    /// `rota` or `kured`.
+    pub scheduler: &'a str,
+    /// The scenario's seed.
+    pub seed: u64,
+    /// Nodes of the cluster.
+    pub nodes: Vec<String>,
+    /// Most nodes the scheduler may take down at once (rota's `maxUnavailable`, kured's
+    /// `--concurrency`).
+    pub max_unavailable: usize,
+    /// The emulator's audit record.
+    pub audit: &'a AuditLog,
+    /// Reboots plus kubelet restarts per node, from the hosts.
+    pub maintenance_counts: BTreeMap<String, u32>,
+    /// Nodes done at the end.
+    pub done: BTreeSet<String>,
+    /// Why the others are not.
+    pub reasons: BTreeMap<String, String>,
+    /// Start of the rollout.
+    pub started: Timestamp,
+    /// End of the run.
+    pub ended: Timestamp,
+    /// Why the run ended.
+    pub stopped: Stopped,
+    /// Fencing tokens persisted on Nodes (`None`: the scheduler has none), and whether that
+    /// record is complete.
+    pub api_tokens: Option<(BTreeMap<u64, BTreeSet<String>>, bool)>,
+    /// Fencing tokens the agents acted with on their hosts.
+    pub host_tokens: Option<BTreeMap<u64, BTreeSet<String>>>,
+}
+
+/// The summary of one rollout (also the `--report` JSON).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// `rota` or `kured`.
+    pub scheduler: String,
+    /// The scenario's seed.
+    pub seed: u64,
+    /// Nodes of the cluster.
+    pub nodes: usize,
+    /// Most nodes allowed down at once.
+    pub max_unavailable: usize,
+    /// What one simulated second stands for.
+    pub time_scale: String,
+    /// Why the run ended.
+    pub stopped: Stopped,
+    /// Rollout start to the last finished node available again, seconds.
+    pub makespan_seconds: f64,
+    /// Median cycle of the finished nodes, seconds.
+    pub per_node_cycle_seconds: f64,
+    /// How the per-node cycle is measured.
+    pub per_node_cycle_definition: String,
+    /// `ceil(N / maxUnavailable) × per-node cycle`, seconds.
+    pub lower_bound_seconds: f64,
+    /// The lower bound's formula with the numbers.
+    pub lower_bound_formula: String,
+    /// Makespan over lower bound (0 when the lower bound is 0).
+    pub makespan_over_lower_bound: f64,
+    /// The most nodes unavailable at any moment.
+    pub max_unavailable_observed: usize,
+    /// Evictions that took a PDB below its desired healthy pods.
+    pub pdb_violations: usize,
+    /// One line per violation.
+    pub pdb_violation_details: Vec<String>,
+    /// Accepted evictions.
+    pub evictions: usize,
+    /// Distinct (pod, node) pairs deleted during the rollout.
+    pub pods_disrupted: usize,
+    /// Nodes done.
+    pub nodes_done: usize,
+    /// Nodes whose maintenance started (they were unavailable or rebooted) but did not finish.
+    pub nodes_failed: usize,
+    /// Their names, each with why it is not done.
+    pub failed_nodes: Vec<String>,
+    /// Nodes never touched.
+    pub nodes_not_started: usize,
+    /// Whether every node was maintained (rebooted or kubelet-restarted) exactly once.
+    pub maintained_exactly_once: bool,
+    /// Nodes maintained more than once, with the count.
+    pub maintained_more_than_once: BTreeMap<String, u32>,
+    /// Whether no fencing token was persisted on, or acted with by, two nodes (`None`: the
+    /// scheduler has no fencing tokens).
+    pub fencing_tokens_unique: Option<bool>,
+    /// Tokens persisted on Nodes.
+    pub fencing_tokens_issued: Option<usize>,
+    /// Broken invariants, in words; empty when every invariant held.
+    pub invariant_violations: Vec<String>,
+}
+
+fn seconds(d: jiff::SignedDuration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// A node's unavailable intervals within `[started, ended]`; an interval still open at the end
+/// closes at `ended`.
+fn unavailable_intervals(
+    records: &[&NodeRecord],
+    started: Timestamp,
+    ended: Timestamp,
+) -> Vec<(Timestamp, Timestamp)> {
+    let mut out = Vec::new();
+    let mut since: Option<Timestamp> = None;
+    for record in records {
+        match (since, record.unavailable()) {
+            (None, true) => since = Some(record.time.max(started)),
+            (Some(from), false) => {
+                if record.time > started {
+                    out.push((from, record.time));
+                }
+                since = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(from) = since {
+        out.push((from, ended.max(from)));
+    }
+    out
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// The time scale every duration of the simulation follows.
+pub const TIME_SCALE: &str = "1 simulated second = 1 real minute";
+
+impl Report {
+    /// Computes the report.
+    pub fn compute(input: &ReportInput<'_>) -> Report {
+        let mut per_node: BTreeMap<&str, Vec<&NodeRecord>> = BTreeMap::new();
+        for record in &input.audit.nodes {
+            per_node
+                .entry(record.node.as_str())
+                .or_default()
+                .push(record);
+        }
+        let mut cycles = Vec::new();
+        let mut end = input.started;
+        let mut touched = BTreeSet::new();
+        for node in &input.nodes {
+            let records = per_node.get(node.as_str()).cloned().unwrap_or_default();
+            let intervals = unavailable_intervals(&records, input.started, input.ended);
+            if !intervals.is_empty() {
+                touched.insert(node.clone());
+            }
+            if input.done.contains(node) {
+                let cycle: f64 = intervals
+                    .iter()
+                    .map(|(a, b)| seconds(b.duration_since(*a)))
+                    .sum();
+                cycles.push(cycle);
+                if let Some((_, last)) = intervals.last() {
+                    end = end.max(*last);
+                }
+            }
+        }
+        for (node, count) in &input.maintenance_counts {
+            if *count > 0 {
+                touched.insert(node.clone());
+            }
+        }
+        let all_done = input.nodes.iter().all(|n| input.done.contains(n));
+        if !all_done {
+            end = input.ended;
+        }
+        let makespan = seconds(end.duration_since(input.started)).max(0.0);
+        let cycle = median(cycles);
+        let n = input.nodes.len();
+        let k = input.max_unavailable.max(1);
+        let rounds = n.div_ceil(k);
+        let lower_bound = rounds as f64 * cycle;
+        let ratio = if lower_bound > 0.0 {
+            makespan / lower_bound
+        } else {
+            0.0
+        };
+        let lower_bound_formula = format!(
+            "ceil(N / maxUnavailable) × per-node cycle = ceil({n} / {k}) × {cycle:.2} s = {rounds} × {cycle:.2} s = {lower_bound:.2} s"
+        );
+
+        let violations = input.audit.pdb_violations();
+        let pdb_violation_details = violations
+            .iter()
+            .map(|v| {
+                format!(
+                    "{}/{} on {}: PDB {} left with {} healthy, {} desired",
+                    v.namespace,
+                    v.pod,
+                    v.node.as_deref().unwrap_or("?"),
+                    v.pdb.as_deref().unwrap_or("?"),
+                    v.current_healthy.unwrap_or_default(),
+                    v.desired_healthy.unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>();
+        let pods_disrupted = input
+            .audit
+            .pod_deletions
+            .iter()
+            .filter(|d| d.time >= input.started)
+            .map(|d| (&d.namespace, &d.pod, &d.node))
+            .collect::<BTreeSet<_>>()
+            .len();
+        let max_unavailable_observed = input
+            .audit
+            .unavailable_timeline()
+            .iter()
+            .map(|p| p.unavailable)
+            .max()
+            .unwrap_or(0);
+
+        let failed_nodes: Vec<String> = input
+            .nodes
+            .iter()
+            .filter(|n| !input.done.contains(*n) && touched.contains(*n))
+            .map(|n| match input.reasons.get(n) {
+                Some(why) => format!("{n} ({why})"),
+                None => n.clone(),
+            })
+            .collect();
+        let nodes_not_started = input
+            .nodes
+            .iter()
+            .filter(|n| !input.done.contains(*n) && !touched.contains(*n))
+            .count();
+        let maintained_more_than_once: BTreeMap<String, u32> = input
+            .maintenance_counts
+            .iter()
+            .filter(|(_, c)| **c > 1)
+            .map(|(n, c)| (n.clone(), *c))
+            .collect();
+        let maintained_exactly_once = input
+            .nodes
+            .iter()
+            .all(|n| input.maintenance_counts.get(n).copied().unwrap_or(0) == 1);
+
+        let mut invariant_violations = Vec::new();
+        if !violations.is_empty() {
+            invariant_violations.push(format!("{} PDB violation(s)", violations.len()));
+        }
+        if max_unavailable_observed > k {
+            invariant_violations.push(format!(
+                "{max_unavailable_observed} nodes unavailable at once, more than {k}"
+            ));
+        }
+        if !maintained_more_than_once.is_empty() {
+            invariant_violations.push(format!(
+                "nodes maintained more than once: {}",
+                maintained_more_than_once
+                    .iter()
+                    .map(|(n, c)| format!("{n} ×{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let mut fencing_tokens_unique = None;
+        let mut fencing_tokens_issued = None;
+        if let Some((api, complete)) = &input.api_tokens {
+            let mut shared = Vec::new();
+            let host = input.host_tokens.clone().unwrap_or_default();
+            for (token, nodes) in api.iter().chain(host.iter()) {
+                if nodes.len() > 1 {
+                    shared.push(format!(
+                        "token {token} on {}",
+                        nodes.iter().cloned().collect::<Vec<_>>().join(" and ")
+                    ));
+                }
+            }
+            for (token, nodes) in &host {
+                if let Some(api_nodes) = api.get(token)
+                    && api_nodes != nodes
+                {
+                    shared.push(format!(
+                        "token {token} persisted for {api_nodes:?}, acted with on {nodes:?}"
+                    ));
+                }
+            }
+            if !shared.is_empty() {
+                invariant_violations.push(format!(
+                    "fencing tokens held by two nodes: {}",
+                    shared.join("; ")
+                ));
+            }
+            if !complete {
+                invariant_violations.push(
+                    "the fencing record missed API writes; it cannot vouch for the tokens".into(),
+                );
+            }
+            fencing_tokens_unique = Some(shared.is_empty());
+            fencing_tokens_issued = Some(api.len());
+        }
+
+        Report {
+            scheduler: input.scheduler.to_string(),
+            seed: input.seed,
+            nodes: n,
+            max_unavailable: k,
+            time_scale: TIME_SCALE.into(),
+            stopped: input.stopped,
+            makespan_seconds: makespan,
+            per_node_cycle_seconds: cycle,
+            per_node_cycle_definition: "median, over the finished nodes, of the total time the emulator saw each one NotReady or cordoned".into(),
+            lower_bound_seconds: lower_bound,
+            lower_bound_formula,
+            makespan_over_lower_bound: ratio,
+            max_unavailable_observed,
+            pdb_violations: violations.len(),
+            pdb_violation_details,
+            evictions: input.audit.evictions.len(),
+            pods_disrupted,
+            nodes_done: input.done.len(),
+            nodes_failed: failed_nodes.len(),
+            failed_nodes,
+            nodes_not_started,
+            maintained_exactly_once,
+            maintained_more_than_once,
+            fencing_tokens_unique,
+            fencing_tokens_issued,
+            invariant_violations,
+        }
+    }
+
+    /// Whether every invariant held.
+    pub fn invariants_hold(&self) -> bool {
+        self.invariant_violations.is_empty()
+    }
+
+    /// Whether every node is done.
+    pub fn complete(&self) -> bool {
+        self.nodes_done == self.nodes
+    }
+
+    fn rows(&self) -> Vec<(&'static str, String)> {
+        let yes_no = |b: bool| if b { "yes" } else { "NO" }.to_string();
+        vec![
+            ("ended", self.stopped.describe().to_string()),
+            ("makespan", format!("{:.1} s", self.makespan_seconds)),
+            (
+                "per-node cycle (median)",
+                format!("{:.2} s", self.per_node_cycle_seconds),
+            ),
+            ("lower bound", format!("{:.1} s", self.lower_bound_seconds)),
+            (
+                "makespan / lower bound",
+                format!("{:.2}", self.makespan_over_lower_bound),
+            ),
+            (
+                "most nodes unavailable at once",
+                format!(
+                    "{} (allowed {})",
+                    self.max_unavailable_observed, self.max_unavailable
+                ),
+            ),
+            ("PDB violations", self.pdb_violations.to_string()),
+            ("evictions", self.evictions.to_string()),
+            ("pods disrupted", self.pods_disrupted.to_string()),
+            (
+                "nodes done",
+                format!("{} / {}", self.nodes_done, self.nodes),
+            ),
+            ("nodes failed", self.nodes_failed.to_string()),
+            ("nodes not started", self.nodes_not_started.to_string()),
+            (
+                "every node maintained exactly once",
+                yes_no(self.maintained_exactly_once),
+            ),
+            (
+                "no fencing token held by two nodes",
+                match self.fencing_tokens_unique {
+                    Some(unique) => format!(
+                        "{} ({} tokens issued)",
+                        yes_no(unique),
+                        self.fencing_tokens_issued.unwrap_or(0)
+                    ),
+                    None => "n/a (no fencing tokens)".into(),
+                },
+            ),
+        ]
+    }
+
+    /// The summary as text: a table, the formula, the definitions and any broken invariant.
+    pub fn render(&self) -> String {
+        let mut table = Table::new();
+        table
+            .load_preset(UTF8_FULL_CONDENSED)
+            .set_content_arrangement(ContentArrangement::Dynamic)
+            .set_header(vec![
+                format!(
+                    "{} — {} nodes, seed {}",
+                    self.scheduler, self.nodes, self.seed
+                ),
+                String::new(),
+            ]);
+        for (label, value) in self.rows() {
+            table.add_row(vec![label.to_string(), value]);
+        }
+        let mut out = format!("{table}\n");
+        self.notes(&mut out);
+        out
+    }
+
+    fn notes(&self, out: &mut String) {
+        let _ = writeln!(out, "lower bound: {}", self.lower_bound_formula);
+        let _ = writeln!(out, "per-node cycle: {}", self.per_node_cycle_definition);
+        let _ = writeln!(out, "time scale: {}", self.time_scale);
+        if !self.failed_nodes.is_empty() {
+            let _ = writeln!(out, "failed nodes: {}", self.failed_nodes.join(", "));
+        }
+        for detail in &self.pdb_violation_details {
+            let _ = writeln!(out, "PDB violation: {detail}");
+        }
+        for violation in &self.invariant_violations {
+            let _ = writeln!(out, "INVARIANT BROKEN: {violation}");
+        }
+    }
+}
+
+/// Two reports side by side, with the ratio of their makespans (`other / rota`).
+pub fn render_comparison(rota: &Report, other: &Report) -> String {
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(vec![
+            format!("{} nodes, seed {}", rota.nodes, rota.seed),
+            rota.scheduler.clone(),
+            other.scheduler.clone(),
+        ]);
+    for ((label, a), (_, b)) in rota.rows().into_iter().zip(other.rows()) {
+        table.add_row(vec![label.to_string(), a, b]);
+    }
+    let ratio = if rota.makespan_seconds > 0.0 {
+        other.makespan_seconds / rota.makespan_seconds
+    } else {
+        0.0
+    };
+    let mut out = format!("{table}\n");
+    let _ = writeln!(
+        out,
+        "makespan: {} {:.1} s, {} {:.1} s — {} takes {ratio:.1}× as long as {}",
+        rota.scheduler,
+        rota.makespan_seconds,
+        other.scheduler,
+        other.makespan_seconds,
+        other.scheduler,
+        rota.scheduler
+    );
+    let _ = writeln!(
+        out,
+        "{}: lower bound {}",
+        rota.scheduler, rota.lower_bound_formula
+    );
+    let _ = writeln!(
+        out,
+        "{}: lower bound {}",
+        other.scheduler, other.lower_bound_formula
+    );
+    let _ = writeln!(out, "time scale: {TIME_SCALE}");
+    for report in [rota, other] {
+        for violation in &report.invariant_violations {
+            let _ = writeln!(out, "INVARIANT BROKEN ({}): {violation}", report.scheduler);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + s).unwrap()
+    }
+
+    fn record(t: i64, node: &str, ready: bool, cordoned: bool) -> NodeRecord {
+        NodeRecord {
+            time: at(t),
+            resource_version: t as u64,
+            node: node.into(),
+            ready,
+            unschedulable: cordoned,
+            deleted: false,
+        }
+    }
+
+    #[test]
+    fn intervals_follow_the_nodes_availability() {
+        let records = [
+            record(0, "a", true, false),
+            record(10, "a", true, true),
+            record(12, "a", false, true),
+            record(15, "a", true, true),
+            record(16, "a", true, false),
+            record(20, "a", true, true),
+        ];
+        let refs: Vec<&NodeRecord> = records.iter().collect();
+        let intervals = unavailable_intervals(&refs, at(5), at(30));
+        assert_eq!(intervals, vec![(at(10), at(16)), (at(20), at(30))]);
+    }
+
+    #[test]
+    fn report_numbers_and_invariants() {
+        let mut audit = AuditLog::default();
+        for (t, node, ready, cordoned) in [
+            (0, "a", true, false),
+            (0, "b", true, false),
+            (0, "c", true, false),
+            (10, "a", true, true),
+            (10, "b", true, true),
+            (14, "a", true, false),
+            (16, "b", true, false),
+            (16, "c", true, true),
+            (20, "c", true, false),
+        ] {
+            audit.record_node(record(t, node, ready, cordoned));
+        }
+        let done: BTreeSet<String> = ["a", "b", "c"].map(String::from).into();
+        let input = ReportInput {
+            scheduler: "rota",
+            seed: 1,
+            nodes: vec!["a".into(), "b".into(), "c".into()],
+            max_unavailable: 2,
+            audit: &audit,
+            maintenance_counts: [("a", 1), ("b", 1), ("c", 2)]
+                .map(|(n, c)| (n.to_string(), c))
+                .into(),
+            done,
+            reasons: BTreeMap::new(),
+            started: at(5),
+            ended: at(30),
+            stopped: Stopped::AllDone,
+            api_tokens: Some((
+                [
+                    (1, BTreeSet::from(["a".to_string()])),
+                    (2, BTreeSet::from(["b".to_string(), "c".to_string()])),
+                ]
+                .into(),
+                true,
+            )),
+            host_tokens: Some(BTreeMap::new()),
+        };
+        let report = Report::compute(&input);
+        assert_eq!(report.makespan_seconds, 15.0);
+        assert_eq!(report.per_node_cycle_seconds, 4.0);
+        assert_eq!(report.lower_bound_seconds, 8.0);
+        assert!((report.makespan_over_lower_bound - 1.875).abs() < 1e-9);
+        assert_eq!(report.max_unavailable_observed, 2);
+        assert!(report.lower_bound_formula.contains("ceil(3 / 2)"));
+        assert!(!report.maintained_exactly_once);
+        assert_eq!(report.fencing_tokens_unique, Some(false));
+        assert_eq!(
+            report.invariant_violations.len(),
+            2,
+            "{:?}",
+            report.invariant_violations
+        );
+        assert!(report.complete());
+        assert!(report.render().contains("makespan / lower bound"));
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["makespanSeconds"], 15.0);
+        let text = render_comparison(&report, &report);
+        assert!(text.contains("1.0×"), "{text}");
+    }
+}
