@@ -1,0 +1,191 @@
+//! What every end-to-end scenario shares: the fleet's settings for fast, secure runs and the
+//! invariants, checked from the emulator's own record (never from what rota reports).
+//!
+//! Every fleet runs the real coordinators and agents with TLS (a CA the coordinator bootstraps
+//! into Secrets) and token authentication (projected service-account tokens checked by
+//! TokenReview) on; [`start`] refuses to run a fleet without them.
+
+// Helpers outside #[test] functions fail the test the same way the tests do.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use rota_sim::apiserver::{GroupResource, ResourceKey, meta};
+use rota_sim::demo::{Fleet, FleetOptions, Report, SYSTEM_NAMESPACE, Scheduler, Stopped};
+use serde_json::Value;
+
+/// The longest any one wait of a scenario may take. Generous: debug builds on two busy cores.
+pub const WAIT: Duration = Duration::from_secs(180);
+
+/// A fleet of `nodes` nodes from `seed`, maintained by rota `max_unavailable` at a time, with
+/// `replicas` coordinator replicas, TLS and token authentication on.
+pub fn options(nodes: usize, seed: u64, max_unavailable: u32, replicas: usize) -> FleetOptions {
+    let mut options = FleetOptions::new(nodes, seed, max_unavailable);
+    if let Scheduler::Rota { coordinators, .. } = &mut options.scheduler {
+        coordinators.replicas = replicas;
+        coordinators.tls = true;
+    }
+    options
+}
+
+/// Logs to the test's output when `RUST_LOG` asks for it (to debug a failing scenario).
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// Starts the fleet and checks that the agents reach the coordinators over TLS with tokens:
+/// the coordinator published the CA it bootstrapped, and every agent pod was issued a token.
+pub async fn start(options: FleetOptions) -> Fleet {
+    init_logs();
+    let Scheduler::Rota { coordinators, .. } = &options.scheduler else {
+        panic!("the end-to-end scenarios run rota");
+    };
+    assert!(coordinators.tls, "the end-to-end scenarios run with TLS");
+    let fleet = Fleet::start(options).await.unwrap();
+    let ca = ResourceKey::new(
+        GroupResource::core("configmaps"),
+        Some(SYSTEM_NAMESPACE),
+        "rota-ca",
+    );
+    fleet
+        .wait_for("the coordinator's CA published", WAIT, |fleet| {
+            fleet
+                .store()
+                .get(&ca)
+                .ok()
+                .filter(|cm| cm.pointer("/data/ca.crt").and_then(Value::as_str).is_some())
+                .map(|_| ())
+                .ok_or_else(|| "no CA ConfigMap yet".to_string())
+        })
+        .await
+        .unwrap();
+    fleet
+}
+
+/// Runs until every node is done (or nothing moved for `stall`, or `deadline`), and returns
+/// the report with the time it took.
+pub async fn run(fleet: &Fleet, deadline: Duration, stall: Duration) -> (Report, Duration) {
+    let began = Instant::now();
+    let stopped = fleet
+        .run_to_end(deadline, stall, Duration::from_millis(200), |_| {})
+        .await;
+    let report = fleet.report(stopped);
+    (report, began.elapsed())
+}
+
+/// The safety invariants, whatever else happened: no PDB broken, never more nodes down than
+/// allowed, no node maintained twice, no fencing token persisted on or acted with by two
+/// nodes, and every token an agent acted with was persisted for its own node by a coordinator.
+pub fn assert_safe(fleet: &Fleet, report: &Report) {
+    let text = report.render();
+    assert_eq!(
+        report.pdb_violations, 0,
+        "PDB violations: {:?}\n{text}",
+        report.pdb_violation_details
+    );
+    assert!(
+        report.max_unavailable_observed <= report.max_unavailable,
+        "{} nodes down at once, {} allowed\n{text}",
+        report.max_unavailable_observed,
+        report.max_unavailable
+    );
+    assert!(
+        report.maintained_more_than_once.is_empty(),
+        "maintained more than once: {:?}\n{text}",
+        report.maintained_more_than_once
+    );
+    assert_eq!(report.fencing_tokens_unique, Some(true), "{text}");
+    let persisted = fleet.persisted_tokens();
+    for (token, nodes) in fleet.host_tokens() {
+        let granted = persisted.get(&token).cloned().unwrap_or_default();
+        assert!(
+            nodes.is_subset(&granted),
+            "agents of {nodes:?} acted with token {token}, persisted for {granted:?}\n{text}"
+        );
+    }
+    assert!(report.invariants_hold(), "{text}");
+}
+
+/// [`assert_safe`], and every node done, each maintained exactly once.
+pub fn assert_complete(fleet: &Fleet, report: &Report) {
+    assert_safe(fleet, report);
+    let text = report.render();
+    assert_eq!(report.stopped, Stopped::AllDone, "{text}");
+    assert!(report.complete(), "{text}");
+    assert!(report.maintained_exactly_once, "{text}");
+    let counts = fleet.maintenance_counts();
+    assert_eq!(counts.len(), report.nodes, "{counts:?}");
+    assert!(counts.values().all(|c| *c == 1), "{counts:?}");
+}
+
+/// The Node object of `node`.
+pub fn node(fleet: &Fleet, node: &str) -> Value {
+    let key = ResourceKey::new(GroupResource::core("nodes"), None, node);
+    (*fleet.store().get(&key).unwrap()).clone()
+}
+
+/// The annotation `key` of `node`, if set.
+pub fn annotation(node: &Value, key: &str) -> Option<String> {
+    node.pointer("/metadata/annotations")
+        .and_then(|a| a.get(key))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+/// The scenario's worker nodes, in order.
+pub fn workers(fleet: &Fleet) -> Vec<String> {
+    fleet
+        .scenario()
+        .nodes
+        .iter()
+        .filter(|n| !n.control_plane)
+        .map(|n| n.name.clone())
+        .collect()
+}
+
+/// Nodes that were ever unavailable (NotReady or cordoned), by when they first were, from the
+/// emulator's record.
+pub fn first_unavailable(fleet: &Fleet) -> BTreeMap<String, jiff::Timestamp> {
+    let mut first = BTreeMap::new();
+    for record in fleet.audit().nodes {
+        if record.unavailable() {
+            first.entry(record.node.clone()).or_insert(record.time);
+        }
+    }
+    first
+}
+
+/// Nodes currently holding a rota slot.
+pub fn slot_holders(fleet: &Fleet) -> BTreeSet<String> {
+    fleet
+        .scenario()
+        .nodes
+        .iter()
+        .filter(|n| rota_sim::demo::slot_phase(&node(fleet, &n.name)).is_some())
+        .map(|n| n.name.clone())
+        .collect()
+}
+
+/// Prints how long a scenario took, for the test log.
+pub fn print_timing(name: &str, took: Duration, report: &Report) {
+    println!(
+        "{name}: {:.1} s wall clock; makespan {:.1} s, {} / {} nodes done, most down at once {} (allowed {})",
+        took.as_secs_f64(),
+        report.makespan_seconds,
+        report.nodes_done,
+        report.nodes,
+        report.max_unavailable_observed,
+        report.max_unavailable
+    );
+}
+
+/// Name of a node as the emulator stores it.
+pub fn name(node: &Value) -> &str {
+    meta::name(node)
+}
