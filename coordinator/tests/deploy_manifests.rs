@@ -522,13 +522,15 @@ fn env_as_args(
         });
         let value = match (&var.value, &var.value_from) {
             (Some(value), _) => value.clone(),
-            (None, Some(from)) => {
-                let field = &from.field_ref.as_ref().expect("downward API").field_path;
-                downward
-                    .get(field.as_str())
-                    .unwrap_or_else(|| panic!("no stand-in for {field}"))
-                    .to_string()
-            }
+            (None, Some(from)) => match (&from.field_ref, &from.secret_key_ref) {
+                (Some(field), _) => downward
+                    .get(field.field_path.as_str())
+                    .unwrap_or_else(|| panic!("no stand-in for {}", field.field_path))
+                    .to_string(),
+                // A secret's value is the operator's; any well-formed one stands in.
+                (None, Some(_)) => "https://hooks.example/services/T0/B0/x".to_owned(),
+                (None, None) => panic!("{}: only downward API and Secret values", var.name),
+            },
             (None, None) => panic!("{} has no value", var.name),
         };
         let long = arg.get_long().expect("env args have a long flag");
@@ -559,6 +561,26 @@ fn the_coordinator_reads_its_environment_and_it_matches_the_objects() {
     let container = &pod.containers[0];
     let config = coordinator_config(container);
     assert_eq!(config.identity.namespace, NAMESPACE);
+    assert!(
+        !config.tls.grpc_insecure_plaintext,
+        "agents' tokens never travel in clear text"
+    );
+    assert!(
+        config.notify.config().is_some(),
+        "the webhook is read from its Secret"
+    );
+    let secret = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "ROTA_NOTIFY_WEBHOOK_URL")
+        .and_then(|e| e.value_from.as_ref()?.secret_key_ref.clone())
+        .expect("the webhook URL comes from a Secret (it is a credential)");
+    assert_eq!(
+        secret.optional,
+        Some(true),
+        "no Secret: no notifications, still starts"
+    );
     assert!(config.election.leader_elect);
     let port = |name: &str| {
         container

@@ -182,6 +182,12 @@ pub fn print(
             serde_json::to_writer_pretty(&mut *out, events)?;
             writeln!(out)?;
         }
+        Output::Table if events.is_empty() => {
+            writeln!(
+                out,
+                "no Events about this node (the API server keeps them about an hour)"
+            )?;
+        }
         Output::Table => {
             let mut table =
                 plain_table(&["AGE", "TIME", "TYPE", "REASON", "FROM", "COUNT", "MESSAGE"]);
