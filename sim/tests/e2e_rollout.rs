@@ -8,7 +8,7 @@ mod e2e_common;
 
 use std::time::Duration;
 
-use e2e_common::{assert_complete, options, print_timing, run, start};
+use e2e_common::{assert_complete, assert_one_grant_per_node, options, print_timing, run, start};
 use rota_sim::apiserver::FaultConfig;
 
 /// A rolling reboot of 30 nodes, three at a time: every node done exactly once, never more
@@ -20,6 +20,7 @@ async fn rolling_reboot_of_30_nodes() {
     print_timing("rolling reboot of 30 nodes", took, &report);
     println!("{}", report.render());
     assert_complete(&fleet, &report);
+    assert_one_grant_per_node(&fleet);
     fleet.shutdown().await;
 }
 

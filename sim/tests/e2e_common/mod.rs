@@ -11,7 +11,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use rota_coordinator::model::SlotPhase;
+use rota_coordinator::slots::persist::SLOT_ANNOTATION;
 use rota_sim::apiserver::{GroupResource, ResourceKey, meta};
+use rota_sim::cluster::Faults;
 use rota_sim::demo::{Fleet, FleetOptions, Report, SYSTEM_NAMESPACE, Scheduler, Stopped};
 use serde_json::Value;
 
@@ -188,4 +191,91 @@ pub fn print_timing(name: &str, took: Duration, report: &Report) {
 /// Name of a node as the emulator stores it.
 pub fn name(node: &Value) -> &str {
     meta::name(node)
+}
+
+/// Every node's slot phase now (`None`: no slot), with its fencing token.
+pub fn slot_states(fleet: &Fleet) -> BTreeMap<String, Option<(u64, SlotPhase)>> {
+    fleet
+        .scenario()
+        .nodes
+        .iter()
+        .map(|n| {
+            let node = node(fleet, &n.name);
+            let token = annotation(&node, SLOT_ANNOTATION)
+                .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+                .and_then(|s| s.get("token").and_then(Value::as_u64));
+            let state = token.zip(rota_sim::demo::slot_phase(&node));
+            (n.name.clone(), state)
+        })
+        .collect()
+}
+
+/// Waits until a node's slot changes (one is admitted, changes phase or is released) and
+/// returns `true`, or returns `false` once every node is done.
+pub async fn wait_slot_change(fleet: &Fleet) -> bool {
+    let before = slot_states(fleet);
+    let total = fleet.scenario().nodes.len();
+    fleet
+        .wait_for("a slot to change, or every node done", WAIT, |fleet| {
+            if fleet.done_nodes().len() == total {
+                Ok(false)
+            } else if slot_states(fleet) != before {
+                Ok(true)
+            } else {
+                Err(format!(
+                    "no slot changed; not done: {:?}",
+                    fleet.not_done_reasons()
+                ))
+            }
+        })
+        .await
+        .unwrap()
+}
+
+/// Polls `check` every `interval` until it returns `Some`, for state outside the API server
+/// (a host's files); panics with `what` at the deadline.
+pub async fn poll_until<T>(
+    what: &str,
+    timeout: Duration,
+    interval: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// The fencing tokens persisted on each node's slot annotation, by node.
+pub fn tokens_by_node(fleet: &Fleet) -> BTreeMap<String, BTreeSet<u64>> {
+    let mut by_node: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    for (token, nodes) in fleet.persisted_tokens() {
+        for node in nodes {
+            by_node.entry(node).or_default().insert(token);
+        }
+    }
+    by_node
+}
+
+/// Every node was granted exactly one slot: no coordinator restart, failover or agent restart
+/// made rota grant a node twice.
+pub fn assert_one_grant_per_node(fleet: &Fleet) {
+    let by_node = tokens_by_node(fleet);
+    assert_eq!(by_node.len(), fleet.scenario().nodes.len(), "{by_node:?}");
+    assert!(by_node.values().all(|t| t.len() == 1), "{by_node:?}");
+}
+
+/// Changes the simulated cluster's faults (API errors and latency included) while it runs.
+pub fn set_faults(fleet: &Fleet, change: impl FnOnce(&mut Faults)) {
+    let cluster = fleet.cluster().unwrap();
+    let mut faults = cluster.faults();
+    change(&mut faults);
+    cluster.set_faults(faults);
 }
