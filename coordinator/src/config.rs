@@ -100,6 +100,10 @@ pub struct IdentityArgs {
     /// This pod's name (downward API `metadata.name`): the leader identity and Event reporter.
     #[clap(long, env = "ROTA_POD_NAME")]
     pub pod_name: String,
+    /// The node this pod runs on (downward API `spec.nodeName`). When set, the leader hands
+    /// its Lease over while that node is cordoned, so that the node can drain.
+    #[clap(long, env = "ROTA_NODE_NAME")]
+    pub node_name: Option<String>,
 }
 
 /// Leader election settings; see `leader` for how they bound a takeover.
@@ -120,6 +124,10 @@ pub struct ElectionArgs {
     /// How often the leader renews and standbys poll.
     #[clap(long, env = "ROTA_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
     pub retry_period: Duration,
+    /// While this replica's node is cordoned and no other replica took the Lease it released,
+    /// how long it leads before it tries to hand over again (at least the lease duration).
+    #[clap(long, env = "ROTA_HANDOVER_RETRY", default_value = "1m", value_parser = parse_duration)]
+    pub handover_retry: Duration,
 }
 
 /// Agents' identity checks.
@@ -272,6 +280,11 @@ mod tests {
         );
         assert_eq!(agents.audience, "rota");
         assert!(config.election.leader_elect);
+        assert_eq!(config.identity.node_name, None);
+        assert_eq!(
+            config.election.handover_retry,
+            crate::handover::DEFAULT_RETRY
+        );
         assert_eq!(config.kube.source(), ConfigSource::Infer);
         assert_eq!(config.token_cache().ttl, Duration::from_secs(60));
         assert!(!config.tls.grpc_insecure_plaintext);
@@ -292,6 +305,8 @@ mod tests {
             "--lease-duration=1m",
             "--renew-deadline=45s",
             "--retry-period=5s",
+            "--node-name=node-7",
+            "--handover-retry=2m",
             "--kubeconfig=/tmp/kc",
             "--kube-context=lab",
             "--log-format=json",
@@ -300,6 +315,8 @@ mod tests {
         .unwrap();
         assert!(!config.election.leader_elect);
         assert_eq!(config.election.lease_duration, Duration::from_secs(60));
+        assert_eq!(config.identity.node_name.as_deref(), Some("node-7"));
+        assert_eq!(config.election.handover_retry, Duration::from_secs(120));
         assert_eq!(config.agent_identity().namespace, "agents");
         assert_eq!(config.log.log_format, LogFormat::Json);
         assert_eq!(

@@ -17,6 +17,8 @@
 //!   3 s of margin for clock-rate differences and slow requests.
 //! - Graceful shutdown clears `holderIdentity`; a standby takes a free lease on its next poll
 //!   (within one retry period).
+//! - A leader whose node is cordoned releases the lease the same way, and does not take it back
+//!   while its node stays cordoned unless nobody else does: see [`crate::handover`].
 //!
 //! The decision of each round is the pure function [`decide`]; [`LeaderElector`] does the I/O.
 //! Writes use optimistic concurrency: a 409 means someone else wrote, and the elector re-reads.
@@ -34,6 +36,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::grpc::AgentCore;
+use crate::handover::{self, Handover, Standing};
 use crate::model::{FencingToken, NodeFacts, Operation};
 use crate::slots::{self, Completion, Release, SlotView};
 
@@ -157,6 +160,9 @@ pub enum Decision {
     },
     /// We led but may no longer act: the deadline passed or someone else holds the lease.
     Lost,
+    /// We lead but hand the lease over: stop acting and release it (our node is cordoned;
+    /// see [`crate::handover`]). The plain rule [`decide`] never returns it.
+    Release,
 }
 
 /// The election rule for one round, a pure function of what `me` knows at `now`.
@@ -299,6 +305,9 @@ pub struct LeaderElector {
     state: watch::Sender<LeaderState>,
     observed: Option<Observed>,
     renewed_at: Option<Instant>,
+    handover: Option<Handover>,
+    /// See [`Standing::last_attempt`].
+    last_attempt: Option<Instant>,
 }
 
 impl std::fmt::Debug for LeaderElector {
@@ -306,6 +315,8 @@ impl std::fmt::Debug for LeaderElector {
         f.debug_struct("LeaderElector")
             .field("config", &self.config)
             .field("renewed_at", &self.renewed_at)
+            .field("handover", &self.handover)
+            .field("last_attempt", &self.last_attempt)
             .finish_non_exhaustive()
     }
 }
@@ -331,8 +342,24 @@ impl LeaderElector {
             state,
             observed: None,
             renewed_at: None,
+            handover: None,
+            last_attempt: None,
         };
         Ok((elector, Leadership { rx, _fixed: None }))
+    }
+
+    /// Hands the lease over while this replica's node is cordoned (see [`crate::handover`]).
+    /// The retry must be at least the lease duration: a shorter one would release again
+    /// before a standby could have been told apart from no standby.
+    pub fn with_handover(mut self, handover: Handover) -> Result<Self> {
+        if handover.retry < self.config.timings.lease_duration {
+            return Err(Error::Timings(format!(
+                "the handover retry ({:?}) must be at least the lease duration ({:?})",
+                handover.retry, self.config.timings.lease_duration
+            )));
+        }
+        self.handover = Some(handover);
+        Ok(self)
     }
 
     /// Takes part in the election until `shutdown` resolves, then stops acting and, if it held
@@ -347,10 +374,13 @@ impl LeaderElector {
                 () = &mut shutdown => break,
                 pause = self.round() => pause,
             };
+            let cordon = self.handover.as_mut().map(|h| &mut h.cordoned);
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
                 () = tokio::time::sleep(pause) => {}
+                // A cordon is acted on at once, not at the next renewal.
+                () = cordon_changed(cordon) => {}
             }
         }
         self.step_down();
@@ -374,7 +404,20 @@ impl LeaderElector {
             seen_at,
             renewed_at: self.renewed_at,
         };
-        match decide(view, &self.config.identity, now, &timings) {
+        let standing = self.standing();
+        let plain = decide(view, &self.config.identity, now, &timings);
+        let decision = match &self.handover {
+            Some(h) => handover::decide(plain, &view, standing, now, &timings, h.retry),
+            None => plain,
+        };
+        match decision {
+            Decision::Release => {
+                tracing::info!("this replica's node is cordoned: handing leadership over");
+                self.step_down();
+                self.release().await;
+                self.last_attempt = Some(now);
+                timings.retry_period
+            }
             Decision::Lost => {
                 tracing::warn!(holder = ?record.and_then(|r| r.holder), "leadership lost");
                 self.step_down();
@@ -398,6 +441,13 @@ impl LeaderElector {
                     Ok(term) => {
                         if self.renewed_at.is_none() {
                             tracing::info!(term, "leadership acquired");
+                            if standing.cordoned {
+                                // Nobody took the lease: lead, and try again after the retry.
+                                tracing::info!(
+                                    "this replica's node is cordoned but no other replica took the lease: leading until the next handover attempt"
+                                );
+                                self.last_attempt = Some(started);
+                            }
                         }
                         self.renewed_at = Some(started);
                         self.state.send_if_modified(|s| {
@@ -416,6 +466,21 @@ impl LeaderElector {
                     }
                 }
             }
+        }
+    }
+
+    /// Whether our node is cordoned now; an uncordon forgets past handover attempts.
+    fn standing(&mut self) -> Standing {
+        let cordoned = self
+            .handover
+            .as_mut()
+            .is_some_and(|h| *h.cordoned.borrow_and_update());
+        if !cordoned {
+            self.last_attempt = None;
+        }
+        Standing {
+            cordoned,
+            last_attempt: self.last_attempt,
         }
     }
 
@@ -560,7 +625,11 @@ impl LeaderElector {
                     .replace(&self.config.lease_name, &PostParams::default(), &lease)
                     .await
                 {
-                    Ok(_) => return Ok(true),
+                    Ok(written) => {
+                        // A handover goes on electing: it measures from this version.
+                        self.observe(Some(written));
+                        return Ok(true);
+                    }
                     Err(kube::Error::Api(status)) if status.code == 409 => continue,
                     Err(e) => return Err(e),
                 }
@@ -575,6 +644,17 @@ impl LeaderElector {
             Err(_) => tracing::warn!("releasing the leader lease timed out"),
         }
     }
+}
+
+/// Resolves when the cordon flag changes; never when there is none or its sender is gone (the
+/// last value stays in force).
+async fn cordon_changed(cordon: Option<&mut watch::Receiver<bool>>) {
+    if let Some(rx) = cordon
+        && rx.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 /// The agents' calls go to the core that the leader's controller installed; a replica that

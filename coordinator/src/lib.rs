@@ -13,6 +13,7 @@ pub mod config;
 pub mod events;
 pub mod http;
 pub mod leader;
+pub mod handover;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;

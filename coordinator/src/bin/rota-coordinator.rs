@@ -6,11 +6,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use futures::Stream;
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
 use rota_coordinator::auth::TokenReviewAuthenticator;
 use rota_coordinator::config::Config;
 use rota_coordinator::controller::Coordinator;
 use rota_coordinator::events::EventSink;
 use rota_coordinator::grpc::{AgentGrpc, Authenticator};
+use rota_coordinator::handover::{self, Handover};
 use rota_coordinator::http::{self, Readiness};
 use rota_coordinator::kube_client::Clients;
 use rota_coordinator::leader::{CoreGate, LeaderElector, Leadership};
@@ -19,6 +22,7 @@ use rota_coordinator::notify::Notifier;
 use rota_coordinator::{shutdown, telemetry, tls};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -73,7 +77,30 @@ async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> {
 
     let mut tasks = Tasks::new();
     let leadership = if config.election.leader_elect {
-        let (elector, leadership) = LeaderElector::new(clients.default.clone(), config.election())?;
+        let (mut elector, leadership) =
+            LeaderElector::new(clients.default.clone(), config.election())?;
+        match config.identity.node_name.clone() {
+            Some(node) => {
+                // Hand the Lease over while our node is cordoned, so that it can drain.
+                let (cordoned, follow) = watch::channel(false);
+                elector = elector.with_handover(Handover {
+                    cordoned: follow,
+                    retry: config.election.handover_retry,
+                })?;
+                let nodes = Api::<Node>::all(clients.default.clone());
+                let stopped = stop.clone();
+                tasks.spawn(async move {
+                    tokio::select! {
+                        () = handover::follow_node(nodes, node, cordoned) => {}
+                        () = stopped.cancelled() => {}
+                    }
+                    ("node watch", Ok(()))
+                });
+            }
+            None => tracing::warn!(
+                "no --node-name (ROTA_NODE_NAME): the leader keeps the Lease when its node is cordoned, and that node drains only after a failover"
+            ),
+        }
         let stopped = stop.clone().cancelled_owned();
         tasks.spawn(async move {
             elector.run(stopped).await;
