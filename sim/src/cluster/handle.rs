@@ -1,6 +1,6 @@
 //! Starting a simulated cluster, and the handle that tests and the demo hold.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +32,7 @@ pub struct ClusterHandle {
     timings: Timings,
     faults: watch::Sender<Faults>,
     cancel: CancellationToken,
+    runtime: tokio::runtime::Handle,
     tasks: Vec<JoinHandle<()>>,
     /// Tasks that do not watch `cancel` (the API server's disruption controller): aborted.
     foreign: Vec<JoinHandle<()>>,
@@ -68,13 +69,18 @@ impl Cluster {
         faults: Faults,
     ) -> Result<ClusterHandle> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        // Before any pod exists, so that the router misses nothing the kubelets do not list.
+        let pod_events = store.subscribe_all();
         let cancel = CancellationToken::new();
+        let mut routes = HashMap::new();
         let (faults, _) = watch::channel(faults);
         let mut hosts = BTreeMap::new();
         let mut kubelets = Vec::new();
         for spec in &scenario.nodes {
             let (host, commands) = SimHost::new(&spec.name, &spec.host);
             kubelet::register(&store, spec, &host)?;
+            let (pod_tx, pod_rx) = tokio::sync::mpsc::unbounded_channel();
+            routes.insert(spec.name.clone(), pod_tx);
             kubelets.push((
                 KubeletContext {
                     store: store.clone(),
@@ -85,6 +91,7 @@ impl Cluster {
                     cancel: cancel.clone(),
                 },
                 commands,
+                pod_rx,
             ));
             hosts.insert(spec.name.clone(), host);
         }
@@ -106,8 +113,9 @@ impl Cluster {
         create_all(&store, pods(), &scenario.pods)?;
 
         let mut tasks = Vec::new();
-        for (ctx, commands) in kubelets {
-            tasks.push(runtime.spawn(kubelet::run(ctx, commands)));
+        tasks.push(runtime.spawn(kubelet::route_pods(pod_events, routes, cancel.clone())));
+        for (ctx, commands, updates) in kubelets {
+            tasks.push(runtime.spawn(kubelet::run(ctx, commands, updates)));
         }
         tasks.push(runtime.spawn(workloads::run(store.clone(), cancel.clone())));
         tasks.push(runtime.spawn(scheduler::run(store.clone(), cancel.clone())));
@@ -122,6 +130,7 @@ impl Cluster {
             timings,
             faults,
             cancel,
+            runtime,
             tasks,
             foreign: Vec::new(),
         })
@@ -182,7 +191,7 @@ impl ClusterHandle {
     /// Keep `api` (the HTTP server's fault controls) in step with [`Faults::api`] and
     /// [`Faults::drop_watches_every`] for as long as the cluster runs.
     pub fn drive_api_faults(&mut self, api: ApiFaults) {
-        let task = tokio::spawn(faults::drive_api_faults(
+        let task = self.runtime.spawn(faults::drive_api_faults(
             self.faults.subscribe(),
             api,
             self.cancel.clone(),

@@ -13,10 +13,12 @@
 //! keeps it down.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -26,8 +28,7 @@ use super::host::{KubeletCommand, PowerState, SimHost};
 use super::objects::{self, leases, nodes, pods};
 use super::scenario::NodeSpec;
 use crate::apiserver::{
-    DeleteOptions, ListOptions, Preconditions, ResourceKey, Store, Subscription, WatchEvent,
-    WatchEventType, meta,
+    DeleteOptions, EventType, ListOptions, Preconditions, ResourceKey, Store, StoreEvent, meta,
 };
 
 /// Pods a node accepts (the kubelet's default `maxPods`).
@@ -257,6 +258,74 @@ pub(crate) fn register(store: &Store, spec: &NodeSpec, host: &SimHost) -> super:
     Ok(())
 }
 
+/// What the pod router tells a kubelet about its node's pods.
+#[derive(Clone, Debug)]
+pub(crate) enum PodUpdate {
+    /// The pod is bound to the node (new or changed).
+    Present(Arc<Value>),
+    /// The pod left the node (deleted, or bound elsewhere).
+    Gone(Arc<Value>),
+    /// Changes were missed: list the node's pods again.
+    Resync,
+}
+
+/// The sending end of a kubelet's pod updates.
+pub(crate) type PodSender = mpsc::UnboundedSender<PodUpdate>;
+
+fn node_name_of(pod: &Value) -> &str {
+    meta::str_at(pod, "/spec/nodeName")
+}
+
+fn route(kubelets: &HashMap<String, PodSender>, event: &StoreEvent) {
+    if !(event.resource.group.is_empty() && event.resource.resource == "pods") {
+        return;
+    }
+    let send = |node: &str, update: PodUpdate| {
+        if let Some(tx) = kubelets.get(node) {
+            // A kubelet that is gone (removed node) needs no updates.
+            let _ = tx.send(update);
+        }
+    };
+    let node = node_name_of(&event.object);
+    match event.event_type {
+        EventType::Deleted => send(node, PodUpdate::Gone(event.object.clone())),
+        EventType::Added => send(node, PodUpdate::Present(event.object.clone())),
+        EventType::Modified => {
+            if let Some(before) = event.previous.as_deref().map(node_name_of)
+                && before != node
+            {
+                send(before, PodUpdate::Gone(event.object.clone()));
+            }
+            send(node, PodUpdate::Present(event.object.clone()));
+        }
+    }
+}
+
+/// Route every pod change to the kubelet of the node the pod is bound to, until `cancel`: one
+/// store subscription for all kubelets rather than one filtered watch each, so the cost of a
+/// change does not grow with the number of nodes. `events` must be subscribed before the
+/// kubelets list their pods.
+pub(crate) async fn route_pods(
+    mut events: broadcast::Receiver<Arc<StoreEvent>>,
+    kubelets: HashMap<String, PodSender>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            event = events.recv() => match event {
+                Ok(event) => route(&kubelets, &event),
+                Err(RecvError::Lagged(_)) => {
+                    for tx in kubelets.values() {
+                        let _ = tx.send(PodUpdate::Resync);
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
 #[derive(Default)]
 struct Tracked {
     stopping: bool,
@@ -270,17 +339,17 @@ struct Kubelet {
     epoch: u64,
     pods: HashMap<String, Tracked>,
     timers: Timers<Timer>,
-    sub: Option<Subscription>,
     /// The kubelet version the node started with (a different one is an upgrade).
     first_version: Option<String>,
     next_ip: u32,
 }
 
 /// Run a node's kubelet until `ctx.cancel`, the command channel closes, or the node is removed.
-/// The node must be registered ([`register`]).
+/// The node must be registered ([`register`]); `updates` come from [`route_pods`].
 pub(crate) async fn run(
     ctx: KubeletContext,
     mut commands: mpsc::UnboundedReceiver<KubeletCommand>,
+    mut updates: mpsc::UnboundedReceiver<PodUpdate>,
 ) {
     let cancel = ctx.cancel.clone();
     let mut kubelet = Kubelet {
@@ -291,10 +360,9 @@ pub(crate) async fn run(
         epoch: 0,
         pods: HashMap::new(),
         timers: Timers::new(),
-        sub: None,
         next_ip: 0,
     };
-    kubelet.subscribe();
+    kubelet.resync();
     kubelet.schedule_heartbeat();
     loop {
         let next = kubelet.timers.next();
@@ -308,20 +376,18 @@ pub(crate) async fn run(
                 Some(command) => kubelet.on_command(command),
                 None => return,
             },
-            event = next_event(&mut kubelet.sub) => match event {
-                Some(event) => kubelet.on_pod_event(&event),
-                // The watch fell behind: start over from the current state.
-                None => kubelet.subscribe(),
+            update = updates.recv() => match update {
+                // A kubelet that is down sees nothing; it lists its pods when it starts.
+                Some(_) if !kubelet.up => {}
+                Some(PodUpdate::Present(pod)) => kubelet.on_pod(&pod),
+                Some(PodUpdate::Gone(pod)) => {
+                    kubelet.pods.remove(meta::uid(&pod));
+                }
+                Some(PodUpdate::Resync) => kubelet.resync(),
+                None => return,
             },
             _ = sleep_until(next) => kubelet.fire_due(),
         }
-    }
-}
-
-async fn next_event(sub: &mut Option<Subscription>) -> Option<WatchEvent> {
-    match sub {
-        Some(sub) => sub.next().await,
-        None => std::future::pending().await,
     }
 }
 
@@ -341,28 +407,23 @@ impl Kubelet {
         self.ctx.faults.borrow().clone()
     }
 
-    fn subscribe(&mut self) {
+    /// Take the node's pods as they are now (at start and after missed updates).
+    fn resync(&mut self) {
         let selector = format!("spec.nodeName={}", self.node());
         match self
             .ctx
             .store
-            .subscribe(&pods(), None, &ListOptions::fields(&selector), None)
+            .list(&pods(), None, &ListOptions::fields(&selector))
         {
-            Ok(mut sub) => {
-                let initial = std::mem::take(&mut sub.initial);
-                let present: Vec<String> = initial
-                    .iter()
-                    .map(|e| meta::uid(&e.object).to_string())
-                    .collect();
-                self.pods.retain(|uid, _| present.contains(uid));
-                self.sub = Some(sub);
-                for event in &initial {
-                    self.on_pod_event(event);
+            Ok(list) => {
+                let present: Vec<&str> = list.items.iter().map(|p| meta::uid(p)).collect();
+                self.pods.retain(|uid, _| present.contains(&uid.as_str()));
+                for pod in &list.items {
+                    self.on_pod(pod);
                 }
             }
             Err(e) => {
-                tracing::warn!(node = self.node(), error = %e, "kubelet cannot watch its pods");
-                self.sub = None;
+                tracing::warn!(node = self.node(), error = %e, "kubelet cannot list its pods")
             }
         }
     }
@@ -418,7 +479,6 @@ impl Kubelet {
     fn power_off(&mut self) {
         self.up = false;
         self.epoch += 1;
-        self.sub = None;
         self.pods.clear();
         self.timers.clear();
         self.ctx.host.set_power(PowerState::Down);
@@ -454,7 +514,7 @@ impl Kubelet {
             self.timers.add(at, Timer::NodeReady { epoch: self.epoch });
         }
         self.schedule_heartbeat();
-        self.subscribe();
+        self.resync();
     }
 
     fn remove(&mut self) {
@@ -576,16 +636,6 @@ impl Kubelet {
             } else {
                 tracing::warn!(node = self.node(), error = %e, "renewing the node lease failed");
             }
-        }
-    }
-
-    fn on_pod_event(&mut self, event: &WatchEvent) {
-        match event.event_type {
-            WatchEventType::Added | WatchEventType::Modified => self.on_pod(&event.object),
-            WatchEventType::Deleted => {
-                self.pods.remove(meta::uid(&event.object));
-            }
-            WatchEventType::Bookmark | WatchEventType::Error => {}
         }
     }
 

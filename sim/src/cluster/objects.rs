@@ -56,19 +56,17 @@ pub(crate) fn controller_ref_to(owner: &Value) -> Value {
     })
 }
 
-/// `metadata.labels` as a map (empty when absent).
-pub(crate) fn labels(obj: &Value) -> Map<String, Value> {
-    obj.pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default()
+/// `metadata.labels`, if any.
+pub(crate) fn labels(obj: &Value) -> Option<&Map<String, Value>> {
+    obj.pointer("/metadata/labels").and_then(Value::as_object)
 }
 
 /// Whether every `key: value` of `selector` (a `nodeSelector` map) is among `labels`.
-pub(crate) fn map_selects(selector: Option<&Value>, labels: &Map<String, Value>) -> bool {
-    selector
-        .and_then(Value::as_object)
-        .is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+pub(crate) fn map_selects(selector: Option<&Value>, labels: Option<&Map<String, Value>>) -> bool {
+    selector.and_then(Value::as_object).is_none_or(|sel| {
+        sel.iter()
+            .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+    })
 }
 
 /// Whether a pod's `tolerations` tolerate `taint` (upstream `ToleratesTaint`).
@@ -352,11 +350,13 @@ mod tests {
     #[test]
     fn node_selectors() {
         let labels = json!({"a": "1", "b": "2"});
-        let labels = labels.as_object().cloned().unwrap_or_default();
-        assert!(map_selects(None, &labels));
-        assert!(map_selects(Some(&json!({"a": "1"})), &labels));
-        assert!(!map_selects(Some(&json!({"a": "2"})), &labels));
-        assert!(!map_selects(Some(&json!({"c": "1"})), &labels));
+        let labels = labels.as_object();
+        assert!(map_selects(None, labels));
+        assert!(map_selects(None, None));
+        assert!(map_selects(Some(&json!({"a": "1"})), labels));
+        assert!(!map_selects(Some(&json!({"a": "2"})), labels));
+        assert!(!map_selects(Some(&json!({"c": "1"})), labels));
+        assert!(!map_selects(Some(&json!({"a": "1"})), None));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::CancellationToken;
 
@@ -37,32 +37,65 @@ impl Misfit {
     }
 }
 
-/// What the scheduler knows of one node.
+/// What the scheduler knows of one node, read once per scheduling round.
 #[derive(Debug)]
 struct Candidate<'a> {
     node: &'a Value,
+    name: &'a str,
+    ready: bool,
+    unschedulable: bool,
+    labels: Option<&'a Map<String, Value>>,
     pods: usize,
     by_owner: HashMap<String, usize>,
 }
 
-fn misfit(pod: &Value, candidate: &Candidate<'_>) -> Option<Misfit> {
-    let node = candidate.node;
-    let spec = pod.get("spec");
-    if !meta::node_ready(node) {
+impl<'a> Candidate<'a> {
+    fn new(node: &'a Value) -> Self {
+        Candidate {
+            node,
+            name: meta::name(node),
+            ready: meta::node_ready(node),
+            unschedulable: meta::node_unschedulable(node),
+            labels: objects::labels(node),
+            pods: 0,
+            by_owner: HashMap::new(),
+        }
+    }
+}
+
+/// What a pod asks of a node, read once per pod.
+struct Needs<'a> {
+    owner: &'a str,
+    selector: Option<&'a Value>,
+    tolerations: Vec<Value>,
+    tolerates_cordon: bool,
+}
+
+impl<'a> Needs<'a> {
+    fn of(pod: &'a Value) -> Self {
+        let spec = pod.get("spec");
+        let tolerations = objects::tolerations_of(spec);
+        let cordon = json!({"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"});
+        Needs {
+            owner: objects::controller_uid(pod).unwrap_or_default(),
+            selector: spec.and_then(|s| s.get("nodeSelector")),
+            tolerates_cordon: objects::tolerates(&tolerations, &cordon),
+            tolerations,
+        }
+    }
+}
+
+fn misfit(needs: &Needs<'_>, candidate: &Candidate<'_>) -> Option<Misfit> {
+    if !candidate.ready {
         return Some(Misfit::NotReady);
     }
-    let tolerations = objects::tolerations_of(spec);
-    let cordon = json!({"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"});
-    if meta::node_unschedulable(node) && !objects::tolerates(&tolerations, &cordon) {
+    if candidate.unschedulable && !needs.tolerates_cordon {
         return Some(Misfit::Unschedulable);
     }
-    if !objects::map_selects(
-        spec.and_then(|s| s.get("nodeSelector")),
-        &objects::labels(node),
-    ) {
+    if !objects::map_selects(needs.selector, candidate.labels) {
         return Some(Misfit::Selector);
     }
-    if objects::untolerated_taint(node, &tolerations, &[]).is_some() {
+    if objects::untolerated_taint(candidate.node, &needs.tolerations, &[]).is_some() {
         return Some(Misfit::Taint);
     }
     if candidate.pods >= MAX_PODS as usize {
@@ -72,21 +105,21 @@ fn misfit(pod: &Value, candidate: &Candidate<'_>) -> Option<Misfit> {
 }
 
 /// The node for `pod`, or the reasons why none fits.
-fn choose<'a>(pod: &Value, candidates: &[Candidate<'a>]) -> Result<usize, BTreeMap<Misfit, usize>> {
-    let owner = objects::controller_uid(pod).unwrap_or_default();
+fn choose(pod: &Value, candidates: &[Candidate<'_>]) -> Result<usize, BTreeMap<Misfit, usize>> {
+    let needs = Needs::of(pod);
     let mut reasons = BTreeMap::new();
     let mut best: Option<(usize, (usize, usize, &str))> = None;
     for (i, c) in candidates.iter().enumerate() {
-        if let Some(m) = misfit(pod, c) {
+        if let Some(m) = misfit(&needs, c) {
             *reasons.entry(m).or_insert(0) += 1;
             continue;
         }
-        let same_owner = if owner.is_empty() {
+        let same_owner = if needs.owner.is_empty() {
             0
         } else {
-            c.by_owner.get(owner).copied().unwrap_or(0)
+            c.by_owner.get(needs.owner).copied().unwrap_or(0)
         };
-        let rank = (same_owner, c.pods, meta::name(c.node));
+        let rank = (same_owner, c.pods, c.name);
         if best.as_ref().is_none_or(|(_, r)| rank < *r) {
             best = Some((i, rank));
         }
@@ -148,14 +181,7 @@ fn schedule_pending(store: &Store) -> crate::apiserver::Result<bool> {
         return Ok(false);
     }
     let node_list = store.list(&nodes(), None, &ListOptions::default())?.items;
-    let mut candidates: Vec<Candidate<'_>> = node_list
-        .iter()
-        .map(|node| Candidate {
-            node,
-            pods: 0,
-            by_owner: HashMap::new(),
-        })
-        .collect();
+    let mut candidates: Vec<Candidate<'_>> = node_list.iter().map(|n| Candidate::new(n)).collect();
     let index: HashMap<&str, usize> = node_list
         .iter()
         .enumerate()
@@ -184,7 +210,7 @@ fn schedule_pending(store: &Store) -> crate::apiserver::Result<bool> {
     for pod in pending {
         match choose(pod, &candidates) {
             Ok(i) => {
-                let node = meta::name(candidates[i].node).to_string();
+                let node = candidates[i].name.to_string();
                 if bind(store, pod, &node)? {
                     candidates[i].pods += 1;
                     if let Some(owner) = objects::controller_uid(pod) {
@@ -309,9 +335,9 @@ mod tests {
 
     fn candidate(node: &Value, pods: usize, owned: usize) -> Candidate<'_> {
         Candidate {
-            node,
             pods,
             by_owner: HashMap::from([("rs-1".to_string(), owned)]),
+            ..Candidate::new(node)
         }
     }
 

@@ -720,17 +720,14 @@ fn sync_statefulset(store: &Store, ns: &str, name: &str) -> SyncResult {
 
 /// Whether a daemon pod of `template` should run on `node`: its node selector matches and it
 /// tolerates the node's taints (cordons do not count: daemon pods tolerate them).
-fn should_run(template: &Value, node: &Value) -> bool {
-    if meta::is_terminating(node) {
-        return false;
-    }
-    let spec = template.get("spec");
-    let selects = objects::map_selects(
-        spec.and_then(|s| s.get("nodeSelector")),
-        &objects::labels(node),
-    );
-    let tolerations = daemon_tolerations(spec);
-    selects && objects::untolerated_taint(node, &tolerations, &[]).is_none()
+/// `tolerations` are the daemon pod's ([`daemon_tolerations`]).
+fn should_run(template: &Value, tolerations: &[Value], node: &Value) -> bool {
+    !meta::is_terminating(node)
+        && objects::map_selects(
+            template.pointer("/spec/nodeSelector"),
+            objects::labels(node),
+        )
+        && objects::untolerated_taint(node, tolerations, &[]).is_none()
 }
 
 fn daemon_tolerations(spec: Option<&Value>) -> Vec<Value> {
@@ -759,11 +756,16 @@ fn sync_daemonset(store: &Store, ns: &str, name: &str) -> SyncResult {
             .push(pod);
     }
     let prefix = format!("{name}-");
-    for node in &nodes {
+    let tolerations = daemon_tolerations(template.get("spec"));
+    let eligible: Vec<bool> = nodes
+        .iter()
+        .map(|n| should_run(&template, &tolerations, n))
+        .collect();
+    for (node, &eligible) in nodes.iter().zip(&eligible) {
         let node_name = meta::name(node);
         let here = by_node.remove(node_name).unwrap_or_default();
         let mut running: Vec<&&Arc<Value>> = here.iter().filter(|p| active(p)).collect();
-        if !should_run(&template, node) {
+        if !eligible {
             for pod in running {
                 delete_pod(store, pod, None)?;
             }
@@ -784,7 +786,7 @@ fn sync_daemonset(store: &Store, ns: &str, name: &str) -> SyncResult {
                 ],
             );
             pod["spec"]["nodeName"] = json!(node_name);
-            pod["spec"]["tolerations"] = json!(daemon_tolerations(template.get("spec")));
+            pod["spec"]["tolerations"] = json!(tolerations);
             pod["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
                 "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node_name]}]}]
             }}});
@@ -809,25 +811,29 @@ fn sync_daemonset(store: &Store, ns: &str, name: &str) -> SyncResult {
         }
     }
 
-    let owned = owned_pods(store, ns, uid)?;
+    // Active daemon pods per node: (how many, whether one is Ready).
+    let mut active_by_node: BTreeMap<String, (usize, bool)> = BTreeMap::new();
+    for pod in owned_pods(store, ns, uid)?.iter().filter(|p| active(p)) {
+        let entry = active_by_node
+            .entry(meta::str_at(pod, "/spec/nodeName").to_string())
+            .or_default();
+        entry.0 += 1;
+        entry.1 |= meta::pod_ready(pod);
+    }
     let mut desired = 0;
     let mut scheduled = 0;
     let mut ready = 0;
     let mut misscheduled = 0;
-    for node in &nodes {
-        let here: Vec<&Arc<Value>> = owned
-            .iter()
-            .filter(|p| meta::str_at(p, "/spec/nodeName") == meta::name(node) && active(p))
-            .collect();
-        if should_run(&template, node) {
+    for (node, &eligible) in nodes.iter().zip(&eligible) {
+        let (count, any_ready) = active_by_node
+            .get(meta::name(node))
+            .copied()
+            .unwrap_or_default();
+        if eligible {
             desired += 1;
-            if !here.is_empty() {
-                scheduled += 1;
-            }
-            if here.iter().any(|p| meta::pod_ready(p)) {
-                ready += 1;
-            }
-        } else if !here.is_empty() {
+            scheduled += usize::from(count > 0);
+            ready += usize::from(any_ready);
+        } else if count > 0 {
             misscheduled += 1;
         }
     }
@@ -953,18 +959,22 @@ mod tests {
         assert_eq!(ordinal("db", "db-x"), None);
     }
 
+    fn runs_on(template: &Value, node: &Value) -> bool {
+        should_run(template, &daemon_tolerations(template.get("spec")), node)
+    }
+
     #[test]
     fn daemon_pods_tolerate_cordons_but_honour_selectors_and_taints() {
         let template = json!({"spec": {"nodeSelector": {"role": "edge"}}});
         let node = json!({"metadata": {"labels": {"role": "edge"}}, "spec": {"unschedulable": true,
             "taints": [{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]}});
-        assert!(should_run(&template, &node));
+        assert!(runs_on(&template, &node));
         let other = json!({"metadata": {"labels": {"role": "core"}}});
-        assert!(!should_run(&template, &other));
+        assert!(!runs_on(&template, &other));
         let tainted = json!({"metadata": {"labels": {"role": "edge"}}, "spec": {"taints": [{"key": "dedicated", "effect": "NoSchedule"}]}});
-        assert!(!should_run(&template, &tainted));
+        assert!(!runs_on(&template, &tainted));
         let tolerant = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
-        assert!(should_run(&tolerant, &tainted));
+        assert!(runs_on(&tolerant, &tainted));
     }
 
     #[test]
