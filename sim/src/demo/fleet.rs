@@ -339,6 +339,9 @@ pub struct Fleet {
     cluster: Option<ClusterHandle>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    /// The node daemons: cancelled first at shutdown, so no agent sees its coordinator vanish.
+    daemon_cancel: CancellationToken,
+    daemon_tasks: Vec<JoinHandle<()>>,
     routes: watch::Receiver<Routes>,
     replicas: Vec<Replica>,
     daemons: BTreeMap<String, NodeDaemon>,
@@ -393,8 +396,10 @@ impl Fleet {
             store,
             server: Some(server),
             cluster: Some(cluster),
-            cancel,
+            cancel: cancel.clone(),
             tasks: vec![record_task],
+            daemon_cancel: cancel.child_token(),
+            daemon_tasks: Vec::new(),
             routes: idle_routes,
             replicas: Vec::new(),
             daemons: BTreeMap::new(),
@@ -511,9 +516,9 @@ impl Fleet {
         let hosts = self.cluster()?.hosts().clone();
         for (node, host) in hosts {
             let (daemon, task) =
-                NodeDaemon::start(node.clone(), host, kind.clone(), self.cancel.clone());
+                NodeDaemon::start(node.clone(), host, kind.clone(), self.daemon_cancel.clone());
             self.daemons.insert(node, daemon);
-            self.tasks.push(task);
+            self.daemon_tasks.push(task);
         }
         Ok(())
     }
@@ -907,6 +912,10 @@ impl Fleet {
 
     /// Stops every process, the cluster and the API server.
     pub async fn shutdown(mut self) {
+        self.daemon_cancel.cancel();
+        for task in std::mem::take(&mut self.daemon_tasks) {
+            let _ = task.await;
+        }
         self.cancel.cancel();
         for task in std::mem::take(&mut self.tasks) {
             let _ = task.await;

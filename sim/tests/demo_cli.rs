@@ -1,0 +1,52 @@
+//! The `rota-sim` binary: `demo --compare` on a small cluster prints both schedulers' numbers
+//! and their ratio, writes the same numbers as JSON, and exits 0 when every invariant held.
+
+use std::process::Command;
+
+#[test]
+fn demo_compare_prints_both_makespans_and_writes_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_rota-sim"))
+        .args(["demo", "--nodes", "6", "--seed", "3", "--compare"])
+        .args(["--kured-period", "3s", "--timeout", "5m", "--report"])
+        .arg(&report)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit {:?}\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains("makespan: rota"), "{stdout}");
+    assert!(stdout.contains("× as long as rota"), "{stdout}");
+    assert!(stdout.contains("ceil(6 / 3)"), "{stdout}");
+    // Not a terminal: plain progress lines, no cursor movement.
+    assert!(stdout.contains("[rota "), "{stdout}");
+    assert!(!stdout.contains('\u{1b}'), "{stdout}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    for scheduler in ["rota", "kured"] {
+        assert_eq!(json[scheduler]["scheduler"], scheduler);
+        assert_eq!(json[scheduler]["nodesDone"], 6, "{json}");
+        assert_eq!(json[scheduler]["pdbViolations"], 0, "{json}");
+    }
+    let ratio = json["kuredOverRotaMakespan"].as_f64().unwrap();
+    let expected = json["kured"]["makespanSeconds"].as_f64().unwrap()
+        / json["rota"]["makespanSeconds"].as_f64().unwrap();
+    assert!((ratio - expected).abs() < 1e-9, "{json}");
+}
+
+#[test]
+fn bad_flags_are_refused() {
+    let output = Command::new(env!("CARGO_BIN_EXE_rota-sim"))
+        .args(["demo", "--api-error-rate", "3"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("between 0 and 1"));
+}
