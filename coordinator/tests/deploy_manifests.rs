@@ -547,6 +547,7 @@ fn coordinator_config(container: &Container) -> Config {
     let downward = BTreeMap::from([
         ("metadata.name", "rota-coordinator-0"),
         ("metadata.namespace", NAMESPACE),
+        ("spec.nodeName", "node-1"),
     ]);
     let mut argv = vec!["rota-coordinator".to_owned()];
     argv.extend(env_as_args(container, &Config::command(), &downward));
@@ -582,6 +583,11 @@ fn the_coordinator_reads_its_environment_and_it_matches_the_objects() {
         "no Secret: no notifications, still starts"
     );
     assert!(config.election.leader_elect);
+    assert_eq!(
+        config.identity.node_name.as_deref(),
+        Some("node-1"),
+        "the leader knows its node, to hand over when it is cordoned"
+    );
     let port = |name: &str| {
         container
             .ports
