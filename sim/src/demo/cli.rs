@@ -11,8 +11,10 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use rota_coordinator::policy::crd::MaintenanceWindow;
 
+use super::coordinator::CoordinatorOptions;
 use super::fleet::{Fleet, FleetOptions, Scheduler, demo_policy};
 use super::kured::KuredOptions;
+use super::nodes::AgentOptions;
 use super::progress::Printer;
 use super::report::{Report, render_comparison};
 use super::{Error, Result};
@@ -148,19 +150,13 @@ impl DemoArgs {
             PolicyChoice::Rota => {
                 let mut spec = demo_policy(self.max_unavailable);
                 spec.windows = self.windows()?;
-                let Scheduler::Rota {
-                    mut coordinators,
-                    agents,
-                    ..
-                } = Scheduler::rota(self.max_unavailable)
-                else {
-                    return Err(Error::Invalid("rota's defaults are not rota's".into()));
-                };
-                coordinators.replicas = self.coordinators.max(1);
-                coordinators.tls = !self.plaintext;
                 Scheduler::Rota {
-                    coordinators,
-                    agents,
+                    coordinators: CoordinatorOptions {
+                        replicas: self.coordinators.max(1),
+                        tls: !self.plaintext,
+                        ..CoordinatorOptions::default()
+                    },
+                    agents: AgentOptions::default(),
                     policy: Some(Box::new(spec)),
                 }
             }

@@ -26,10 +26,12 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResourceExt;
 use rota_agent::daemon::machine::UpgradePolicy;
 use rota_agent::host::ExitStatus;
 use rota_coordinator::model::SlotPhase;
+use rota_coordinator::policy::crd::{BackoffSpec, DrainSpec, HealthSpec, UpgradeMode, UpgradeSpec};
 use rota_coordinator::policy::{MaintenancePolicy, MaintenancePolicySpec};
 use rota_coordinator::slots::persist::{REQUEST_ANNOTATION, SLOT_ANNOTATION};
 use serde_json::{Value, json};
@@ -105,10 +107,8 @@ impl Scheduler {
                 .as_ref()
                 .and_then(|p| p.max_unavailable.as_ref())
                 .map(|m| match m {
-                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => {
-                        usize::try_from(*n).unwrap_or(1)
-                    }
-                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(p) => {
+                    IntOrString::Int(n) => usize::try_from(*n).unwrap_or(1),
+                    IntOrString::String(p) => {
                         let percent: usize = p.trim_end_matches('%').parse().unwrap_or(0);
                         (nodes * percent / 100).max(1)
                     }
@@ -123,22 +123,34 @@ impl Scheduler {
 /// that may delete emptyDir data and bare pods (as kured's do), health checked on the CNI and
 /// agent DaemonSets. Durations follow the simulation's scale (1 s stands for 1 min).
 pub fn demo_policy(max_unavailable: u32) -> MaintenancePolicySpec {
-    let spec = json!({
-        "maxUnavailable": max_unavailable,
-        "upgrade": {"mode": "all"},
-        "drain": {
-            "timeout": "15s",
-            "force": true,
-            "deleteEmptyDirData": true,
-            "backoff": {"initial": "1s", "max": "30s"},
+    MaintenancePolicySpec {
+        max_unavailable: Some(IntOrString::Int(
+            i32::try_from(max_unavailable).unwrap_or(i32::MAX),
+        )),
+        upgrade: UpgradeSpec {
+            mode: UpgradeMode::All,
+            ..UpgradeSpec::default()
         },
-        "health": {
-            "readyTimeout": "15s",
-            "requiredDaemonSets": ["kube-system/sim-cni", "rota-system/rota-agent"],
+        drain: DrainSpec {
+            timeout: Some("15s".into()),
+            force: true,
+            delete_empty_dir_data: true,
+            backoff: BackoffSpec {
+                initial: Some("1s".into()),
+                max: Some("30s".into()),
+            },
+            ..DrainSpec::default()
         },
-        "maxFailures": 3,
-    });
-    serde_json::from_value(spec).unwrap_or_default()
+        health: HealthSpec {
+            ready_timeout: Some("15s".into()),
+            required_daemon_sets: vec![
+                "kube-system/sim-cni".into(),
+                format!("{SYSTEM_NAMESPACE}/rota-agent"),
+            ],
+        },
+        max_failures: 3,
+        ..MaintenancePolicySpec::default()
+    }
 }
 
 /// What to start.

@@ -84,17 +84,7 @@ impl Snapshot {
 
     /// One line: time, done, in progress, queue, unavailable and the first blocker.
     pub fn line(&self) -> String {
-        let busy: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|n| {
-                !matches!(
-                    n.state,
-                    NodeState::Idle | NodeState::Queued | NodeState::Done
-                )
-            })
-            .map(|n| format!("{} {}", n.name, n.state.label()))
-            .collect();
+        let busy = self.busy();
         let mut line = format!(
             "[{} {:>6.1}s] done {}/{} | slots {}/{} | queued {} | unavailable {}",
             self.scheduler,
@@ -115,9 +105,32 @@ impl Snapshot {
         line
     }
 
-    /// The full view: a header, the nodes in columns, and the blockers.
+    /// The nodes in maintenance, with what they are doing (`worker-01 upgrading (rebooting)`).
+    fn busy(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| {
+                !matches!(
+                    n.state,
+                    NodeState::Idle | NodeState::Queued | NodeState::Done
+                )
+            })
+            .map(|n| {
+                if n.detail.is_empty() {
+                    format!("{} {}", n.name, n.state.label())
+                } else {
+                    format!("{} {} ({})", n.name, n.state.label(), n.detail)
+                }
+            })
+            .collect()
+    }
+
+    /// The full view: a header, the nodes in columns, the nodes in maintenance and the
+    /// blockers.
     pub fn view(&self, width: usize) -> Vec<String> {
-        let mut lines = vec![self.header()];
+        let mut header = self.header();
+        truncate(&mut header, width);
+        let mut lines = vec![header];
         let cell = self
             .nodes
             .iter()
@@ -133,6 +146,9 @@ impl Snapshot {
             }
             lines.push(line.trim_end().to_string());
         }
+        let mut busy = format!("in maintenance: {}", self.busy().join(", "));
+        truncate(&mut busy, width);
+        lines.push(busy);
         if self.blockers.is_empty() {
             lines.push("waiting: —".into());
         }
@@ -251,7 +267,10 @@ mod tests {
             leader: Some(0),
             nodes: vec![
                 node("cp-1", NodeState::Done),
-                node("worker-01", NodeState::Draining),
+                NodeView {
+                    detail: "evicting 3 pods".into(),
+                    ..node("worker-01", NodeState::Draining)
+                },
                 node("worker-02", NodeState::Rebooting),
                 node("worker-03", NodeState::Queued),
             ],
@@ -265,16 +284,23 @@ mod tests {
         let line = s.line();
         assert!(line.contains("done 1/4"), "{line}");
         assert!(
-            line.contains("worker-01 draining, worker-02 rebooting"),
+            line.contains("worker-01 draining (evicting 3 pods), worker-02 rebooting"),
             "{line}"
         );
         assert!(line.contains("waiting: MaxUnavailable"), "{line}");
-        let view = s.view(80);
+        let view = s.view(100);
         assert!(view[0].contains("leader: coordinator-0"), "{view:?}");
         assert!(
             view.iter().any(|l| l.contains("worker-03 queued")),
             "{view:?}"
         );
-        assert!(view.iter().all(|l| l.chars().count() <= 80), "{view:?}");
+        assert!(
+            view.iter()
+                .any(|l| l.contains("in maintenance: worker-01 draining")),
+            "{view:?}"
+        );
+        let narrow = s.view(60);
+        assert!(narrow.iter().all(|l| l.chars().count() <= 60), "{narrow:?}");
+        assert!(narrow[0].ends_with('…'), "{narrow:?}");
     }
 }
