@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{
     PodTemplateSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
-use rota_coordinator::controller::verify::{Verdict, recovered, verify};
+use rota_coordinator::controller::verify::{Verdict, abandoned, recovered, verify};
 use rota_coordinator::model::{FencingToken, Operation, Origin, Slot, SlotPhase};
 use rota_coordinator::policy::{Health, NamespacedName};
 use rota_coordinator::slots::{CompletionReport, HeldSlot};
@@ -158,7 +158,15 @@ fn health(required: &[&str]) -> Health {
 }
 
 /// A name, the slot, the node, its pods, the health settings, now, and the verdict wanted.
-type Case = (&'static str, HeldSlot, Node, Vec<Pod>, Health, Timestamp, Want);
+type Case = (
+    &'static str,
+    HeldSlot,
+    Node,
+    Vec<Pod>,
+    Health,
+    Timestamp,
+    Want,
+);
 
 enum Want {
     Healthy,
@@ -381,4 +389,48 @@ fn only_a_failed_verification_of_a_node_that_did_its_work_recovers() {
         completion(true, Some("boot-2")),
     );
     assert!(!recovered(&held, Some(&still_down), &[], &ds, &health(&[])));
+}
+
+#[test]
+fn a_granted_slot_whose_agent_went_silent_fails_only_if_its_node_stays_down() {
+    let mut held = held(Operation::Reboot, Some("boot-1"), completion(true, None));
+    held.slot.phase = SlotPhase::Granted;
+    held.completion = None;
+    let down = node(false, "boot-1", "v1.33.1");
+    let up = node(true, "boot-1", "v1.33.1");
+    let ten_minutes = SignedDuration::from_mins(10);
+    let after_expiry = LEASE_END.checked_add(SignedDuration::from_mins(1)).unwrap();
+    let past_timeout = LEASE_END.checked_add(ten_minutes).unwrap();
+    let h = health(&[]);
+
+    assert_eq!(
+        abandoned(&held, Some(&down), &h, EARLY),
+        None,
+        "lease running"
+    );
+    assert_eq!(
+        abandoned(&held, Some(&up), &h, past_timeout),
+        None,
+        "node Ready"
+    );
+    assert_eq!(
+        abandoned(&held, None, &h, past_timeout),
+        None,
+        "Node deleted"
+    );
+    match abandoned(&held, Some(&down), &h, after_expiry) {
+        Some(Verdict::Pending { problems, deadline }) => {
+            assert_eq!(deadline, past_timeout);
+            assert!(problems[0].contains("not Ready"), "{problems:?}");
+        }
+        other => panic!("within the ready timeout: {other:?}"),
+    }
+    match abandoned(&held, Some(&down), &h, past_timeout) {
+        Some(Verdict::Failed { reason }) => {
+            assert!(reason.contains("stopped renewing its lease"), "{reason}");
+            assert!(reason.contains("10m later"), "{reason}");
+            assert!(reason.contains("KubeletNotReady"), "{reason}");
+        }
+        other => panic!("past the ready timeout: {other:?}"),
+    }
 }

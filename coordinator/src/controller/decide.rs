@@ -343,6 +343,14 @@ pub fn decide(input: &Input<'_>) -> Decisions {
                 } else {
                     out.wake_at(expiry);
                 }
+                match verify::abandoned(held, node, &health, now) {
+                    Some(Verdict::Failed { reason }) => {
+                        out.slot_actions
+                            .push((name.clone(), token, SlotAction::Fail(reason)));
+                    }
+                    Some(Verdict::Pending { deadline, .. }) => out.wake_at(deadline),
+                    Some(Verdict::Healthy) | None => {}
+                }
             }
             SlotPhase::Verifying => {
                 match verify::verify(held, node, pods(), cache.daemon_sets(), &health, now) {

@@ -95,6 +95,46 @@ pub fn verify<'a>(
     }
 }
 
+/// Judges a `Granted` slot whose lease expired: its agent stopped renewing, typically because
+/// the node went away during its reboot. The expired lease frees no capacity (DESIGN.md,
+/// "Slots, leases and fencing"), but a node that is still not Ready `health.readyTimeout` after
+/// the lease expired has failed its maintenance: the slot fails and stays held, so that an Event
+/// fires and the failure counts towards the circuit breaker. Without this, a node that never
+/// comes back would hold its slot in `Granted` forever and the breaker would never open.
+///
+/// `None`: nothing to judge — the lease runs, the node is Ready (its agent resumes from its
+/// persisted state when it comes back), or the Node object is gone (its deletion frees the
+/// slot).
+pub fn abandoned(
+    held: &HeldSlot,
+    node: Option<&Node>,
+    health: &Health,
+    now: Timestamp,
+) -> Option<Verdict> {
+    let expired = held.slot.lease_expires_at;
+    let node = node?;
+    if now < expired || node_ready(node) {
+        return None;
+    }
+    let deadline = expired
+        .saturating_add(health.ready_timeout)
+        .unwrap_or(Timestamp::MAX);
+    let problem = not_ready_text(node);
+    Some(if now >= deadline {
+        Verdict::Failed {
+            reason: format!(
+                "the agent stopped renewing its lease at {expired}; {:#} later, the {problem}",
+                health.ready_timeout
+            ),
+        }
+    } else {
+        Verdict::Pending {
+            problems: vec![problem],
+            deadline,
+        }
+    })
+}
+
 /// Whether a `Failed` slot's node has recovered: the agent did what it was asked (it reported
 /// success, and a reboot it reported is confirmed) and the node is healthy now. A failure the
 /// agent reported, or a reboot that did not happen, needs a human (`rota.dev/release`).
