@@ -9,14 +9,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rota_coordinator::model::SlotPhase;
+use rota_coordinator::policy::MaintenancePolicySpec;
+use rota_coordinator::policy::conditions::CIRCUIT_OPEN;
 use rota_coordinator::slots::persist::SLOT_ANNOTATION;
-use rota_sim::apiserver::{GroupResource, ResourceKey, meta};
+use rota_sim::apiserver::{GroupResource, ListOptions, ResourceKey, meta};
 use rota_sim::cluster::Faults;
-use rota_sim::demo::{Fleet, FleetOptions, Report, SYSTEM_NAMESPACE, Scheduler, Stopped};
+use rota_sim::demo::{
+    CoordinatorOptions, Fleet, FleetOptions, POLICY_NAME, Report, SYSTEM_NAMESPACE, Scheduler,
+    Stopped,
+};
 use serde_json::Value;
+use tokio::sync::broadcast::error::RecvError;
 
 /// The longest any one wait of a scenario may take. Generous: debug builds on two busy cores.
 pub const WAIT: Duration = Duration::from_secs(180);
@@ -278,4 +285,168 @@ pub fn set_faults(fleet: &Fleet, change: impl FnOnce(&mut Faults)) {
     let mut faults = cluster.faults();
     change(&mut faults);
     cluster.set_faults(faults);
+}
+
+/// The coordinators' options and the policy of a rota fleet, to adjust before it starts.
+pub fn rota_settings(
+    options: &mut FleetOptions,
+) -> (&mut CoordinatorOptions, &mut MaintenancePolicySpec) {
+    match &mut options.scheduler {
+        Scheduler::Rota {
+            coordinators,
+            policy: Some(policy),
+            ..
+        } => (coordinators, policy.as_mut()),
+        _ => panic!("a rota fleet with a policy"),
+    }
+}
+
+/// The fleet's MaintenancePolicy as stored.
+pub fn policy(fleet: &Fleet) -> Value {
+    let key = ResourceKey::new(
+        GroupResource::new("rota.dev", "maintenancepolicies"),
+        None,
+        POLICY_NAME,
+    );
+    (*fleet.store().get(&key).unwrap()).clone()
+}
+
+/// The status (`True`/`False`) of the policy's condition `kind`.
+pub fn condition(policy: &Value, kind: &str) -> Option<String> {
+    policy
+        .pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
+        .and_then(|c| c.get("status").and_then(Value::as_str))
+        .map(str::to_string)
+}
+
+/// The policy's waiting-reason summary of kind `kind`: how many nodes wait for it, and the
+/// examples (node → reason in words).
+pub fn waiting_reason(policy: &Value, kind: &str) -> Option<(i64, BTreeMap<String, String>)> {
+    let reason = policy
+        .pointer("/status/waitingReasons")?
+        .as_array()?
+        .iter()
+        .find(|r| r.get("reason").and_then(Value::as_str) == Some(kind))?;
+    let count = reason.get("count").and_then(Value::as_i64).unwrap_or(0);
+    let examples = reason
+        .get("examples")
+        .and_then(Value::as_object)
+        .map(|e| {
+            e.iter()
+                .map(|(node, why)| (node.clone(), why.as_str().unwrap_or("").to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((count, examples))
+}
+
+#[derive(Debug, Default)]
+struct TimelineRecord {
+    /// Token → the node it was first persisted on and the resourceVersion of that write.
+    tokens: BTreeMap<u64, (String, u64)>,
+    /// ResourceVersion of the first policy status with `CircuitOpen=True`.
+    circuit_opened: Option<u64>,
+    /// The subscriber fell behind: the record may miss writes.
+    lagged: bool,
+}
+
+/// The order in which the API server saw slots admitted and the circuit breaker open, by
+/// resourceVersion (one global, increasing counter): what "after the breaker opened" means.
+pub struct Timeline {
+    record: Arc<Mutex<TimelineRecord>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Timeline {
+    /// Starts following `fleet`'s store. Writes before the start are not seen; they came
+    /// before anything the scenarios ask about.
+    pub fn start(fleet: &Fleet) -> Timeline {
+        let record = Arc::new(Mutex::new(TimelineRecord::default()));
+        let mut events = fleet.store().subscribe_all();
+        let shared = record.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let event = match events.recv().await {
+                    Ok(event) => event,
+                    Err(RecvError::Lagged(_)) => {
+                        shared.lock().unwrap().lagged = true;
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                let rv = event.resource_version;
+                let mut record = shared.lock().unwrap();
+                if event.resource == GroupResource::core("nodes") {
+                    let token = annotation(&event.object, SLOT_ANNOTATION)
+                        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+                        .and_then(|s| s.get("token").and_then(Value::as_u64));
+                    if let Some(token) = token {
+                        let node = meta::name(&event.object).to_string();
+                        record.tokens.entry(token).or_insert((node, rv));
+                    }
+                } else if event.resource == GroupResource::new("rota.dev", "maintenancepolicies")
+                    && record.circuit_opened.is_none()
+                    && condition(&event.object, CIRCUIT_OPEN).as_deref() == Some("True")
+                {
+                    record.circuit_opened = Some(rv);
+                }
+            }
+        });
+        Timeline { record, task }
+    }
+
+    /// Where the breaker opened, if it did.
+    pub fn circuit_opened(&self) -> Option<u64> {
+        self.record.lock().unwrap().circuit_opened
+    }
+
+    /// Tokens first persisted after resourceVersion `rv`, with their node.
+    pub fn tokens_after(&self, rv: u64) -> Vec<(u64, String)> {
+        let record = self.record.lock().unwrap();
+        assert!(!record.lagged, "the timeline missed writes");
+        record
+            .tokens
+            .iter()
+            .filter(|(_, (_, at))| *at > rv)
+            .map(|(token, (node, _))| (*token, node.clone()))
+            .collect()
+    }
+}
+
+impl Drop for Timeline {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The Events rota recorded about `node`: (reason, note), oldest first.
+pub fn events_about(fleet: &Fleet, node: &str) -> Vec<(String, String)> {
+    let events = fleet
+        .store()
+        .list(
+            &GroupResource::new("events.k8s.io", "events"),
+            None,
+            &ListOptions::default(),
+        )
+        .unwrap();
+    let mut about: Vec<(String, String, String)> = events
+        .items
+        .iter()
+        .filter(|e| meta::str_at(e, "/regarding/name") == node)
+        .map(|e| {
+            (
+                meta::str_at(e, "/eventTime").to_string(),
+                meta::str_at(e, "/reason").to_string(),
+                meta::str_at(e, "/note").to_string(),
+            )
+        })
+        .collect();
+    about.sort();
+    about
+        .into_iter()
+        .map(|(_, reason, note)| (reason, note))
+        .collect()
 }

@@ -1,0 +1,271 @@
+//! End to end: nodes rota cannot finish. A node that never comes back from its reboot keeps
+//! its capacity and opens the circuit breaker; a node whose pod's PodDisruptionBudget allows
+//! no disruption waits, named, without holding capacity, while the others finish.
+
+// Helpers outside #[test] functions fail the test the same way the tests do.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod e2e_common;
+
+use std::time::Duration;
+
+use e2e_common::{
+    Timeline, WAIT, annotation, assert_safe, condition, events_about, node, options, policy,
+    poll_until, print_timing, rota_settings, set_faults, slot_holders, start, tokens_by_node,
+    waiting_reason,
+};
+use jiff::{SignedDuration, Timestamp};
+use rota_coordinator::model::SlotPhase;
+use rota_coordinator::slots::persist::SLOT_ANNOTATION;
+use rota_sim::apiserver::{GroupResource, PatchKind, ResourceKey, meta};
+use rota_sim::cluster::Faults;
+use rota_sim::demo::{Stopped, slot_phase};
+use serde_json::{Value, json};
+
+/// When the lease of `node`'s slot expires, as persisted.
+fn lease_expiry(node: &Value) -> Option<Timestamp> {
+    let slot: Value = serde_json::from_str(&annotation(node, SLOT_ANNOTATION)?).ok()?;
+    slot.get("leaseExpiresAt")?.as_str()?.parse().ok()
+}
+
+/// The first node to be admitted (control-plane nodes go first) never comes back from its
+/// reboot. Its verification times out, the slot fails and stays held (also once its lease
+/// expired: the capacity of a broken node is not freed), the circuit breaker opens at
+/// `maxFailures: 1`, and no node is admitted after that; the nodes already in maintenance
+/// finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_never_comes_back_pauses_the_pool() {
+    let lost = "cp-1";
+    let mut options = options(12, 41, 3, 2);
+    options.faults = Faults::none().with_never_return(lost);
+    let (coordinators, spec) = rota_settings(&mut options);
+    coordinators.lease_ttl = SignedDuration::from_secs(5);
+    spec.max_failures = 1;
+    spec.health.ready_timeout = Some("5s".into());
+    let began = std::time::Instant::now();
+    let fleet = start(options).await;
+    let timeline = Timeline::start(&fleet);
+
+    fleet
+        .wait_for(
+            "the circuit breaker to open",
+            WAIT,
+            |fleet| match condition(&policy(fleet), "CircuitOpen").as_deref() {
+                Some("True") => Ok(()),
+                other => Err(format!("CircuitOpen is {other:?}")),
+            },
+        )
+        .await
+        .unwrap();
+    let opened = poll_until(
+        "the timeline to see the breaker open",
+        WAIT,
+        Duration::from_millis(10),
+        || timeline.circuit_opened(),
+    )
+    .await;
+    let total = fleet.scenario().nodes.len() as i64;
+    // Settled: only the lost node holds a slot (failed, its lease expired), and the coordinator
+    // says every other node not done waits for the breaker.
+    let waiting = fleet
+        .wait_for("the pool to settle behind the breaker", WAIT, |fleet| {
+            let holders = slot_holders(fleet);
+            let lost_node = node(fleet, lost);
+            let done = fleet.done_nodes().len() as i64;
+            let policy = policy(fleet);
+            let circuit = waiting_reason(&policy, "CircuitOpen").map(|(count, _)| count);
+            let expired = lease_expiry(&lost_node).is_some_and(|t| t < fleet.store().now());
+            if holders.len() == 1
+                && slot_phase(&lost_node) == Some(SlotPhase::Failed)
+                && expired
+                && circuit == Some(total - done - 1)
+            {
+                Ok(circuit.unwrap_or(0))
+            } else {
+                Err(format!(
+                    "holders {holders:?}, {lost} {:?} (lease expired: {expired}), {done} done, waiting for the breaker: {circuit:?}",
+                    slot_phase(&lost_node)
+                ))
+            }
+        })
+        .await
+        .unwrap();
+    let report = fleet.report(Stopped::Stalled);
+    print_timing("a node that never comes back", began.elapsed(), &report);
+    println!("{}", report.render());
+
+    assert!(
+        waiting > 0,
+        "some nodes were still queued when the breaker opened"
+    );
+    let admitted_after = timeline.tokens_after(opened);
+    assert!(
+        admitted_after.is_empty(),
+        "admitted after the breaker opened: {admitted_after:?}"
+    );
+    let lost_node = node(&fleet, lost);
+    assert_eq!(slot_phase(&lost_node), Some(SlotPhase::Failed));
+    assert!(!meta::node_ready(&lost_node), "{lost} is still down");
+    assert_eq!(report.nodes_failed, 1, "{}", report.render());
+    assert!(
+        report.failed_nodes[0].starts_with(lost),
+        "{:?}",
+        report.failed_nodes
+    );
+    assert_eq!(report.nodes_done as i64, total - waiting - 1);
+    assert_safe(&fleet, &report);
+    fleet.shutdown().await;
+}
+
+/// The scenario's `license-server` pod runs on one worker under a PodDisruptionBudget with
+/// `minAvailable: 1` and one replica: that node can never be drained. It waits with the budget
+/// named and holds no capacity (no slot, not cordoned); every other node finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pdb_allowing_no_disruption_holds_back_only_its_node() {
+    let mut options = options(9, 42, 2, 2);
+    options.keep_blocked_pdb = true;
+    let (coordinators, _) = rota_settings(&mut options);
+    coordinators.drain_blocked_timeout = Duration::from_secs(2);
+    let began = std::time::Instant::now();
+    let fleet = start(options).await;
+    let blocked = fleet.scenario().blocked_node.clone().unwrap();
+    let others = fleet.scenario().nodes.len() - 1;
+    fleet
+        .wait_for("every other node done", WAIT, |fleet| {
+            let done = fleet.done_nodes();
+            if done.len() == others && !done.contains(&blocked) {
+                Ok(())
+            } else {
+                Err(format!("not done: {:?}", fleet.not_done_reasons()))
+            }
+        })
+        .await
+        .unwrap();
+    let why = fleet
+        .wait_for("the blocked node to wait on its budget", WAIT, |fleet| {
+            let examples = waiting_reason(&policy(fleet), "PdbBudget")
+                .map(|(_, examples)| examples)
+                .unwrap_or_default();
+            let node = node(fleet, &blocked);
+            match examples.get(&blocked) {
+                Some(why) if slot_phase(&node).is_none() && !meta::node_unschedulable(&node) => {
+                    Ok(why.clone())
+                }
+                _ => Err(format!(
+                    "{blocked}: slot {:?}, waiting reasons {:?}",
+                    slot_phase(&node),
+                    policy(fleet).pointer("/status/waitingReasons")
+                )),
+            }
+        })
+        .await
+        .unwrap();
+    let report = fleet.report(Stopped::Stalled);
+    print_timing("a PDB allowing no disruption", began.elapsed(), &report);
+    println!("{}", report.render());
+    println!(
+        "{blocked} waits: {why}; grants: {:?}",
+        e2e_common::tokens_by_node(&fleet).get(&blocked)
+    );
+    assert!(why.contains("license-server"), "{why}");
+    assert_eq!(report.nodes_done, others, "{}", report.render());
+    assert_safe(&fleet, &report);
+    fleet.shutdown().await;
+}
+
+/// The same budget, relaxed (`minAvailable: 0`) until rota admits the node, then tightened
+/// again while the drain starts (the API is slowed so that no eviction is served before): the
+/// drain is refused, gives its slot back within the blocked timeout, uncordons the node and
+/// names the budget; the node then waits on it while every other node finishes. The pod is
+/// never evicted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_blocked_by_a_pdb_gives_its_slot_back() {
+    let mut options = options(9, 43, 2, 2);
+    options.keep_blocked_pdb = true;
+    let (coordinators, _) = rota_settings(&mut options);
+    coordinators.drain_blocked_timeout = Duration::from_secs(2);
+    let began = std::time::Instant::now();
+    let fleet = start(options).await;
+    let blocked = fleet.scenario().blocked_node.clone().unwrap();
+    let budget = ResourceKey::new(
+        GroupResource::new("policy", "poddisruptionbudgets"),
+        Some("legacy"),
+        "license-server",
+    );
+    let set_min_available = |n: i64| {
+        fleet
+            .store()
+            .patch(
+                &budget,
+                &PatchKind::Merge,
+                &json!({"spec": {"minAvailable": n}}),
+            )
+            .unwrap();
+    };
+    set_faults(&fleet, |f| f.api.latency = Duration::from_millis(300));
+    set_min_available(0);
+    fleet
+        .wait_node_phase(&blocked, SlotPhase::Draining, WAIT)
+        .await
+        .unwrap();
+    set_min_available(1);
+    set_faults(&fleet, |f| f.api.latency = Duration::ZERO);
+
+    let others = fleet.scenario().nodes.len() - 1;
+    let why = fleet
+        .wait_for("the others done, the blocked node waiting", WAIT, |fleet| {
+            let done = fleet.done_nodes();
+            let node = node(fleet, &blocked);
+            let examples = waiting_reason(&policy(fleet), "PdbBudget")
+                .map(|(_, examples)| examples)
+                .unwrap_or_default();
+            match examples.get(&blocked) {
+                Some(why)
+                    if done.len() == others
+                        && slot_phase(&node).is_none()
+                        && !meta::node_unschedulable(&node) =>
+                {
+                    Ok(why.clone())
+                }
+                _ => Err(format!(
+                    "{} done; {blocked}: slot {:?}, cordoned {}; waiting: {:?}",
+                    done.len(),
+                    slot_phase(&node),
+                    meta::node_unschedulable(&node),
+                    policy(fleet).pointer("/status/waitingReasons")
+                )),
+            }
+        })
+        .await
+        .unwrap();
+    let report = fleet.report(Stopped::Stalled);
+    print_timing("a drain blocked by a PDB", began.elapsed(), &report);
+    println!("{}", report.render());
+    let events = events_about(&fleet, &blocked);
+    println!("{blocked} waits: {why}\nevents: {events:#?}");
+
+    assert!(why.contains("license-server"), "{why}");
+    assert_eq!(
+        tokens_by_node(&fleet).get(&blocked).map(|t| t.len()),
+        Some(1),
+        "{blocked} was admitted once"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|(_, note)| note.contains("license-server") && note.contains("slot")),
+        "an Event names the budget the slot was given back for: {events:#?}"
+    );
+    assert!(
+        !fleet
+            .audit()
+            .evictions
+            .iter()
+            .any(|e| e.pod.starts_with("license-server")),
+        "the license server was never evicted"
+    );
+    assert_eq!(fleet.maintenance_counts()[&blocked], 0);
+    assert_eq!(report.nodes_done, others, "{}", report.render());
+    assert_safe(&fleet, &report);
+    fleet.shutdown().await;
+}
