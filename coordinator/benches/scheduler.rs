@@ -74,6 +74,7 @@ fn fleet(now: Timestamp) -> (Snapshot, Duration) {
         ),
         failures: 0,
         firing_alerts: vec!["Watchdog".to_owned()],
+        alerts_unknown: None,
     })
     .collect();
 

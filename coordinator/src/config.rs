@@ -160,6 +160,14 @@ pub struct ControllerArgs {
     /// back and retries later (capped by the policy's drain timeout).
     #[clap(long, env = "ROTA_DRAIN_BLOCKED_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
     pub drain_blocked_timeout: Duration,
+    /// How often the Prometheus servers named by policies' alert blockers are asked for their
+    /// firing alerts.
+    #[clap(long, env = "ROTA_PROMETHEUS_INTERVAL", default_value = "30s", value_parser = parse_positive_duration)]
+    pub prometheus_interval: Duration,
+    /// Longest wait for a Prometheus answer; a slower (or unreachable) Prometheus holds back
+    /// the pools that name it.
+    #[clap(long, env = "ROTA_PROMETHEUS_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub prometheus_timeout: Duration,
 }
 
 /// Logging settings.
@@ -218,6 +226,8 @@ impl Config {
         settings.lease_ttl = jiff::SignedDuration::try_from(self.controller.slot_lease_ttl)
             .unwrap_or(jiff::SignedDuration::MAX);
         settings.drain_blocked_timeout = self.controller.drain_blocked_timeout;
+        settings.alerts.interval = self.controller.prometheus_interval;
+        settings.alerts.timeout = self.controller.prometheus_timeout;
         settings
     }
 
@@ -237,6 +247,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|e| format!("not a duration ({e}); write e.g. 10s or 1m30s"))?;
     Duration::try_from(signed).map_err(|_| "a duration cannot be negative".to_owned())
+}
+
+/// A duration that must not be zero (a zero poll interval would spin).
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let duration = parse_duration(s)?;
+    if duration.is_zero() {
+        return Err("the duration must be positive".to_owned());
+    }
+    Ok(duration)
 }
 
 #[cfg(test)]
@@ -292,6 +311,7 @@ mod tests {
         assert_eq!(settings.namespace, "rota-system");
         assert_eq!(settings.lease_ttl, jiff::SignedDuration::from_secs(90));
         assert_eq!(settings.drain_blocked_timeout, Duration::from_secs(120));
+        assert_eq!(settings.alerts, crate::blockers::AlertSettings::default());
     }
 
     #[test]
@@ -311,8 +331,13 @@ mod tests {
             "--kube-context=lab",
             "--log-format=json",
             "--log-filter=debug",
+            "--prometheus-interval=1m",
+            "--prometheus-timeout=5s",
         ])
         .unwrap();
+        let alerts = config.controller().alerts;
+        assert_eq!(alerts.interval, Duration::from_secs(60));
+        assert_eq!(alerts.timeout, Duration::from_secs(5));
         assert!(!config.election.leader_elect);
         assert_eq!(config.election.lease_duration, Duration::from_secs(60));
         assert_eq!(config.identity.node_name.as_deref(), Some("node-7"));
@@ -335,6 +360,11 @@ mod tests {
             vec!["rota-coordinator", "--pod-name=p", "--lease-duration=soon"],
             vec!["rota-coordinator", "--pod-name=p", "--retry-period=-2s"],
             vec!["rota-coordinator", "--pod-name=p", "--log-format=xml"],
+            vec![
+                "rota-coordinator",
+                "--pod-name=p",
+                "--prometheus-interval=0s",
+            ],
             vec![
                 "rota-coordinator",
                 "--pod-name=p",

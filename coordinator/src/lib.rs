@@ -4,6 +4,7 @@
 pub mod model;
 pub mod policy;
 pub mod scheduler;
+pub mod blockers;
 pub mod drain;
 pub mod kube_client;
 pub mod slots;

@@ -1,6 +1,8 @@
 //! Property tests of the scheduler's safety invariants on random snapshots:
 //! - never more than `maxUnavailable` unavailable nodes in a pool it admits to;
-//! - never a set of drains that, with in-flight evictions, exceeds a PDB's `disruptionsAllowed`;
+//! - never a set of drains that, with in-flight evictions, exceeds a PDB's `disruptionsAllowed` —
+//!   except one drain alone on a budget that allows a disruption (a sequential drain): a PDB is
+//!   never shared by two draining nodes when one of them needs more than the allowance;
 //! - never a node admitted twice, nor one holding a slot, nor one a gate holds back;
 //! - no starvation: a waiting node that no gate holds back would break capacity or a budget if it
 //!   were admitted on top of what was admitted (so only what went ahead of it keeps it waiting);
@@ -48,6 +50,8 @@ struct PoolCase {
     max_failures: u32,
     failures: u32,
     alert: bool,
+    /// Its Prometheus could not be asked.
+    alerts_unknown: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -109,15 +113,17 @@ fn pool_case() -> impl Strategy<Value = PoolCase> {
         0u32..=2,
         0u32..=2,
         0u8..10,
+        0u8..10,
     )
         .prop_map(
-            |(max, paused, window, max_failures, failures, alert)| PoolCase {
+            |(max, paused, window, max_failures, failures, alert, unknown)| PoolCase {
                 max,
                 paused: paused == 0,
                 window,
                 max_failures,
                 failures,
                 alert: alert == 0,
+                alerts_unknown: unknown == 0,
             },
         )
 }
@@ -254,6 +260,7 @@ impl Case {
                     } else {
                         Vec::new()
                     },
+                    alerts_unknown: p.alerts_unknown.then(|| "connection refused".to_owned()),
                 }
             })
             .collect();
@@ -392,6 +399,43 @@ impl Case {
         usage
     }
 
+    /// Nodes that use `pdb`: slot holders with pods it covers (their evictions are still to
+    /// come), and `admitted` nodes with pods it alone covers.
+    fn pdb_users(&self, pdb: usize, admitted: &BTreeSet<usize>) -> BTreeSet<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| {
+                let n = &self.nodes[i];
+                if n.slot.is_some() {
+                    n.pods.iter().flatten().any(|p| *p == pdb)
+                } else {
+                    admitted.contains(&i) && n.pods.iter().any(|p| p.as_slice() == [pdb])
+                }
+            })
+            .collect()
+    }
+
+    /// Pods of `pdb` (alone covering them) on node `i`.
+    fn pods_of(&self, i: usize, pdb: usize) -> u32 {
+        self.nodes[i]
+            .pods
+            .iter()
+            .filter(|p| p.as_slice() == [pdb])
+            .count() as u32
+    }
+
+    /// Whether `pdb`'s budget is broken with `admitted` admitted: its users together need more
+    /// than it allows, unless a single admitted node has a budget that allows a disruption to
+    /// itself (a sequential drain).
+    fn over_budget(&self, pdb: usize, admitted: &BTreeSet<usize>) -> bool {
+        let allowed = i64::from(self.pdb_allowed[pdb]);
+        if self.pdb_usage(admitted)[&pdb] <= allowed {
+            return false;
+        }
+        let users = self.pdb_users(pdb, admitted);
+        let alone = users.len() == 1 && users.iter().all(|i| admitted.contains(i));
+        !(alone && allowed >= 1)
+    }
+
     /// Whether something other than capacity or a PDB budget holds `request` back.
     fn gated(&self, request: &RequestCase) -> bool {
         let Some(n) = self.nodes.get(request.node) else {
@@ -405,6 +449,7 @@ impl Case {
             || p.paused
             || (p.max_failures > 0 && p.failures >= p.max_failures)
             || p.alert
+            || p.alerts_unknown
             || p.window == WindowMode::Blackout
             || (p.window == WindowMode::Closed && !request.manual)
             || request.backoff.is_some_and(|m| m > 0)
@@ -469,7 +514,8 @@ proptest! {
             let request = request.expect("admitted nodes were queued");
             let n = &case.nodes[request.node];
             let p = &case.pools[n.distinct_pools()[0]];
-            prop_assert!(!p.paused && !p.alert && p.window != WindowMode::Blackout);
+            prop_assert!(!p.paused && !p.alert && !p.alerts_unknown);
+            prop_assert!(p.window != WindowMode::Blackout);
             prop_assert!(p.max_failures == 0 || p.failures < p.max_failures);
             prop_assert!(!n.blocking);
             prop_assert!(a.request.not_before.is_none_or(|t| t <= now()));
@@ -489,19 +535,36 @@ proptest! {
             }
         }
 
-        // PDBs touched by an admission stay within budget; no admitted node has a pod the
-        // eviction API would refuse.
+        // PDBs touched by an admission stay within budget, or one admitted node has the budget
+        // to itself (and the plan says so); no admitted node has a pod the eviction API would
+        // refuse.
         let usage = case.pdb_usage(&admitted);
-        for &i in &admitted {
+        for a in &plan.admit {
+            let i = case.node_index(&a.node).expect("admitted node exists");
             for pod in &case.nodes[i].pods {
                 prop_assert!(pod.len() <= 1 && !pod.contains(&PDBS));
                 if let [pdb] = pod.as_slice() {
+                    let allowed = i64::from(case.pdb_allowed[*pdb]);
                     prop_assert!(
-                        usage[pdb] <= i64::from(case.pdb_allowed[*pdb]),
-                        "PDB {} used {} > allowed {}", pdb, usage[pdb], case.pdb_allowed[*pdb]
+                        !case.over_budget(*pdb, &admitted),
+                        "PDB {} used {} > allowed {} by {:?}",
+                        pdb, usage[pdb], allowed, case.pdb_users(*pdb, &admitted)
                     );
                 }
             }
+            // Sequential: exactly the budgets its own pods outnumber.
+            let mut expected: Vec<(NamespacedName, u32, u32)> = (0..PDBS)
+                .filter(|&p| i64::from(case.pods_of(i, p)) > i64::from(case.pdb_allowed[p]))
+                .map(|p| (pdb_key(p), case.pdb_allowed[p] as u32, case.pods_of(i, p)))
+                .collect();
+            expected.sort();
+            let mut sequential: Vec<(NamespacedName, u32, u32)> = a
+                .sequential
+                .iter()
+                .map(|s| (s.pdb.clone(), s.allowed, s.pods))
+                .collect();
+            sequential.sort();
+            prop_assert_eq!(sequential, expected, "{}", a.node);
         }
 
         // Every distinct queued node is either admitted or waiting with a reason.
@@ -537,9 +600,8 @@ proptest! {
             let mut with_it = admitted.clone();
             with_it.insert(i);
             let over_capacity = case.unavailable_after(pool, &with_it).len() > case.max_unavailable(pool);
-            let usage = case.pdb_usage(&with_it);
             let over_budget = case.nodes[i].pods.iter().any(|pod| match pod.as_slice() {
-                [pdb] => usage[pdb] > i64::from(case.pdb_allowed[*pdb]),
+                [pdb] => case.over_budget(*pdb, &with_it),
                 _ => false,
             });
             prop_assert!(

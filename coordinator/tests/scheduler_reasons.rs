@@ -13,7 +13,8 @@ use rota_coordinator::policy::{
     KubeVersion, MaintenancePolicySpec, NamespacedName, ValidatedPolicy, validate,
 };
 use rota_coordinator::scheduler::{
-    EvictablePod, NodeState, PdbIndex, PdbState, Plan, Pool, Snapshot, WaitReason, schedule,
+    EvictablePod, NodeState, PdbIndex, PdbState, Plan, Pool, SequentialPdb, Snapshot, WaitReason,
+    schedule,
 };
 use serde_json::json;
 
@@ -33,6 +34,7 @@ fn pool(name: &str, spec: serde_json::Value) -> Pool {
         policy: policy(spec),
         failures: 0,
         firing_alerts: Vec::new(),
+        alerts_unknown: None,
     }
 }
 
@@ -256,7 +258,17 @@ fn pdb_look_ahead_counts_in_flight_and_admitted_evictions() {
         },
     ];
     let plan = schedule(&snap, now());
-    assert_eq!(admitted(&plan), ["a"]);
+    // c's two db pods outnumber the budget, but nobody else uses it: c drains them in turn.
+    assert_eq!(admitted(&plan), ["a", "c"]);
+    assert!(plan.admit[0].sequential.is_empty());
+    assert_eq!(
+        plan.admit[1].sequential,
+        [SequentialPdb {
+            pdb: db.clone(),
+            allowed: 1,
+            pods: 2
+        }]
+    );
     assert_eq!(
         reasons(&plan, "b"),
         [
@@ -264,7 +276,210 @@ fn pdb_look_ahead_counts_in_flight_and_admitted_evictions() {
              draining nodes, 1 taken by nodes admitted now)"
         ]
     );
-    assert_eq!(reasons(&plan, "c"), ["PDB shop/db allows 1 of 2 needed"]);
+}
+
+/// A PDB a drain has to itself, as `(name, allowed, pods)`.
+type Sequential = (&'static str, u32, u32);
+/// An admitted node with its sequential PDBs, as compared.
+type AdmittedRow = (String, Vec<(String, u32, u32)>);
+
+/// One row: PDB `shop/p` allows `allowed`; `holders` hold slots with that many of its pods
+/// still to evict; `queue` lists queued nodes in order with their pods of `shop/p` and of
+/// `shop/q` (which allows 5 unless `q_allowed` says otherwise).
+struct SequentialCase {
+    name: &'static str,
+    allowed: i32,
+    q_allowed: i32,
+    holders: &'static [(&'static str, usize)],
+    queue: &'static [(&'static str, usize, usize)],
+    /// Admitted nodes with their sequential PDBs as `(name, allowed, pods)`.
+    admitted: &'static [(&'static str, &'static [Sequential])],
+    /// Waiting nodes with their reasons.
+    waiting: &'static [(&'static str, &'static [&'static str])],
+}
+
+#[test]
+fn a_pdb_outnumbered_on_one_node_drains_sequentially_when_the_node_has_it_to_itself() {
+    let cases = [
+        SequentialCase {
+            name: "two replicas of a maxUnavailable 1 app on one node",
+            allowed: 1,
+            q_allowed: 5,
+            holders: &[],
+            queue: &[("x", 2, 0)],
+            admitted: &[("x", &[("p", 1, 2)])],
+            waiting: &[],
+        },
+        SequentialCase {
+            name: "a budget that allows nothing is never taken",
+            allowed: 0,
+            q_allowed: 5,
+            holders: &[],
+            queue: &[("x", 2, 0)],
+            admitted: &[],
+            waiting: &[("x", &["PDB shop/p allows 0 of 2 needed"])],
+        },
+        SequentialCase {
+            name: "a draining node still evicting from the budget keeps it",
+            allowed: 1,
+            q_allowed: 5,
+            holders: &[("y", 1)],
+            queue: &[("x", 2, 0)],
+            admitted: &[],
+            waiting: &[(
+                "x",
+                &[
+                    "PDB shop/p allows 0 of 2 needed (disruptionsAllowed 1; 1 still being evicted \
+                   from draining nodes)",
+                ],
+            )],
+        },
+        SequentialCase {
+            name: "a draining node that already evicted its pods of the budget does not keep it",
+            allowed: 1,
+            q_allowed: 5,
+            holders: &[("y", 0)],
+            queue: &[("x", 2, 0)],
+            admitted: &[("x", &[("p", 1, 2)])],
+            waiting: &[],
+        },
+        SequentialCase {
+            name: "an earlier admission that fits takes the budget first",
+            allowed: 2,
+            q_allowed: 5,
+            holders: &[],
+            queue: &[("z", 1, 0), ("x", 3, 0)],
+            admitted: &[("z", &[])],
+            waiting: &[(
+                "x",
+                &[
+                    "PDB shop/p allows 1 of 3 needed (disruptionsAllowed 2; 1 taken by nodes \
+                   admitted now)",
+                ],
+            )],
+        },
+        SequentialCase {
+            name: "a sequential drain keeps later admissions off its budget",
+            allowed: 1,
+            q_allowed: 5,
+            holders: &[],
+            queue: &[("x", 2, 0), ("z", 1, 0), ("w", 0, 1)],
+            admitted: &[("x", &[("p", 1, 2)]), ("w", &[])],
+            waiting: &[(
+                "z",
+                &[
+                    "PDB shop/p allows 0 of 1 needed (disruptionsAllowed 1; 2 taken by nodes \
+                   admitted now)",
+                ],
+            )],
+        },
+        SequentialCase {
+            name: "other budgets of the node still have to fit",
+            allowed: 1,
+            q_allowed: 0,
+            holders: &[],
+            queue: &[("x", 2, 1)],
+            admitted: &[],
+            waiting: &[("x", &["PDB shop/q allows 0 of 1 needed"])],
+        },
+        SequentialCase {
+            name: "two outnumbered budgets on one node, each to itself",
+            allowed: 1,
+            q_allowed: 2,
+            holders: &[],
+            queue: &[("x", 3, 5)],
+            admitted: &[("x", &[("p", 1, 3), ("q", 2, 5)])],
+            waiting: &[],
+        },
+    ];
+    for case in &cases {
+        let p = pdb("shop", "p");
+        let q = pdb("shop", "q");
+        let pods = |node: &str, of_p: usize, of_q: usize| {
+            let mut pods: Vec<EvictablePod> = (0..of_p)
+                .map(|i| pod("shop", &format!("{node}-p-{i}"), std::slice::from_ref(&p)))
+                .collect();
+            pods.extend(
+                (0..of_q).map(|i| pod("shop", &format!("{node}-q-{i}"), std::slice::from_ref(&q))),
+            );
+            pods
+        };
+        let mut nodes = Vec::new();
+        for &(name, of_p) in case.holders {
+            let mut n = node(name, "w");
+            n.evictable_pods = pods(name, of_p, 0);
+            nodes.push(n);
+        }
+        for &(name, of_p, of_q) in case.queue {
+            let mut n = node(name, "w");
+            n.evictable_pods = pods(name, of_p, of_q);
+            nodes.push(n);
+        }
+        let queue = case
+            .queue
+            .iter()
+            .zip(0..)
+            .map(|(&(name, _, _), minute)| request(name, minute))
+            .collect();
+        let mut snap = snapshot(vec![pool("w", json!({"maxUnavailable": 10}))], nodes, queue);
+        snap.slots = case
+            .holders
+            .iter()
+            .map(|&(name, _)| slot(name, SlotPhase::Draining))
+            .collect();
+        snap.pdbs = vec![
+            PdbState {
+                key: p.clone(),
+                disruptions_allowed: case.allowed,
+            },
+            PdbState {
+                key: q.clone(),
+                disruptions_allowed: case.q_allowed,
+            },
+        ];
+        let plan = schedule(&snap, now());
+        let got: Vec<AdmittedRow> = plan
+            .admit
+            .iter()
+            .map(|a| {
+                let sequential = a
+                    .sequential
+                    .iter()
+                    .map(|s| (s.pdb.name.clone(), s.allowed, s.pods))
+                    .collect();
+                (a.node.clone(), sequential)
+            })
+            .collect();
+        let want: Vec<AdmittedRow> = case
+            .admitted
+            .iter()
+            .map(|&(node, sequential)| {
+                let sequential = sequential
+                    .iter()
+                    .map(|&(pdb, allowed, pods)| (pdb.to_owned(), allowed, pods))
+                    .collect();
+                (node.to_owned(), sequential)
+            })
+            .collect();
+        assert_eq!(got, want, "{}", case.name);
+        assert_eq!(plan.waiting.len(), case.waiting.len(), "{}", case.name);
+        for &(node, expected) in case.waiting {
+            assert_eq!(reasons(&plan, node), expected, "{}", case.name);
+        }
+    }
+}
+
+#[test]
+fn sequential_rounds_follow_the_allowance() {
+    let seq = |allowed, pods| SequentialPdb {
+        pdb: pdb("shop", "p"),
+        allowed,
+        pods,
+    };
+    assert_eq!(seq(1, 2).rounds(), 2);
+    assert_eq!(seq(1, 5).rounds(), 5);
+    assert_eq!(seq(2, 5).rounds(), 3);
+    assert_eq!(seq(3, 4).rounds(), 2);
 }
 
 #[test]
@@ -484,6 +699,129 @@ fn version_skew_rules() {
         reasons(&plan, "cp1"),
         ["version skew: \"not-a-version\" is not a Kubernetes version"]
     );
+}
+
+#[test]
+fn kubernetes_upgrades_go_to_the_pool_target_only() {
+    // The API server already runs 1.34, so the skew policy lets workers move to it.
+    let with_target = |target: Option<&str>| {
+        let spec = match target {
+            Some(t) => json!({"maxUnavailable": 10, "upgrade": {"kubernetesVersion": t}}),
+            None => json!({"maxUnavailable": 10}),
+        };
+        pool("w", spec)
+    };
+    let cases: [(Option<&str>, &str, &[&str]); 8] = [
+        (Some("v1.34.2"), "1.34.2", &[]),
+        (Some("v1.34.2"), "v1.34.2", &[]),
+        (Some("1.34.2"), "v1.34.2-eks-8a2f", &[]),
+        (
+            Some("v1.34.2"),
+            "1.34.1",
+            &["Kubernetes upgrade to 1.34.1 requested, but the policy's \
+               upgrade.kubernetesVersion is 1.34.2"],
+        ),
+        // A target without a patch means patch 0.
+        (
+            Some("1.34"),
+            "1.34.2",
+            &["Kubernetes upgrade to 1.34.2 requested, but the policy's \
+               upgrade.kubernetesVersion is 1.34.0"],
+        ),
+        // Both rules are reported.
+        (
+            Some("1.34.2"),
+            "1.35.0",
+            &[
+                "Kubernetes upgrade to 1.35.0 requested, but the policy's \
+                 upgrade.kubernetesVersion is 1.34.2",
+                "version skew: 1.33.1 to 1.35.0 skips a minor version (one minor at a time)",
+                "version skew: kubelet 1.35 would be newer than API server 1.34",
+            ],
+        ),
+        // Without a target, only the skew policy decides.
+        (None, "1.34.1", &[]),
+        // A version that does not parse is the skew check's to report, once.
+        (
+            Some("1.34.2"),
+            "latest",
+            &["version skew: \"latest\" is not a Kubernetes version"],
+        ),
+    ];
+    for (target, requested, expected) in cases {
+        let mut snap = snapshot(
+            vec![with_target(target)],
+            vec![node("a", "w")],
+            vec![upgrade("a", 0, requested)],
+        );
+        snap.api_server_version = Some(KubeVersion::new(1, 34, 2));
+        let plan = schedule(&snap, now());
+        let what = format!("target {target:?}, requested {requested}");
+        if expected.is_empty() {
+            assert_eq!(admitted(&plan), ["a"], "{what}: {:?}", plan.waiting);
+        } else {
+            assert_eq!(reasons(&plan, "a"), expected, "{what}");
+            let kinds: Vec<&str> = plan.waiting["a"]
+                .reasons
+                .iter()
+                .map(WaitReason::kind)
+                .collect();
+            assert_eq!(
+                kinds.contains(&"NotTargetVersion"),
+                expected[0].starts_with("Kubernetes upgrade"),
+                "{what}"
+            );
+        }
+    }
+    // Other operations are not upgrades: the target does not concern them.
+    let snap = snapshot(
+        vec![with_target(Some("1.34.2"))],
+        vec![node("a", "w")],
+        vec![request("a", 0)],
+    );
+    assert_eq!(admitted(&schedule(&snap, now())), ["a"]);
+}
+
+#[test]
+fn alerts_that_cannot_be_checked_hold_the_pool() {
+    let prometheus = json!({
+        "maxUnavailable": 5,
+        "blockers": {"prometheus": {"url": "http://prom:9090", "alertFilter": "^Watchdog$"}},
+    });
+    let mut unknown = pool("p", prometheus.clone());
+    unknown.alerts_unknown = Some("connection refused".into());
+    let snap = snapshot(
+        vec![unknown],
+        vec![node("a", "p"), node("b", "p")],
+        vec![request("a", 0), manual("b", 1)],
+    );
+    let plan = schedule(&snap, now());
+    assert!(plan.admit.is_empty(), "manual requests wait too");
+    for node in ["a", "b"] {
+        assert_eq!(
+            reasons(&plan, node),
+            ["cannot reach Prometheus at http://prom:9090: connection refused"]
+        );
+        assert_eq!(plan.waiting[node].reasons[0].kind(), "AlertsUnknown");
+    }
+
+    // Known alerts: the filter ignores Watchdog, nothing else fires.
+    let mut known = pool("p", prometheus);
+    known.firing_alerts = vec!["Watchdog".into()];
+    let snap = Snapshot {
+        pools: vec![known],
+        ..snap.clone()
+    };
+    assert_eq!(admitted(&schedule(&snap, now())), ["b", "a"]);
+
+    // Without a Prometheus blocker, an unknown state (stale or irrelevant) changes nothing.
+    let mut plain = pool("p", json!({"maxUnavailable": 5}));
+    plain.alerts_unknown = Some("no answer yet".into());
+    let snap = Snapshot {
+        pools: vec![plain],
+        ..snap
+    };
+    assert_eq!(admitted(&schedule(&snap, now())), ["b", "a"]);
 }
 
 #[test]

@@ -15,11 +15,12 @@ use super::annotations::{
 use super::pools::{PolicyBook, PoolCounts};
 use super::snapshot::{self, Inputs, drain_spec, pool_of, pools_of};
 use super::verify::{self, Verdict};
+use crate::blockers::AlertReports;
 use crate::drain::{DrainSpec, is_unschedulable};
 use crate::model::{FencingToken, NodeName, Operation, SlotPhase};
 use crate::policy::crd::RebootMode;
 use crate::policy::{DEFAULT_DRAIN_TIMEOUT, Health, MaintenancePolicyStatus};
-use crate::scheduler::{self, WaitReason};
+use crate::scheduler::{self, SequentialPdb, WaitReason};
 use crate::slots::{Holding, NodeEntry, NodeState, Waiting};
 use crate::store::CacheState;
 
@@ -29,6 +30,8 @@ pub struct Input<'a> {
     pub cache: &'a CacheState,
     /// The policies (already updated from the cache).
     pub book: &'a PolicyBook,
+    /// What the policies' Prometheus servers said last.
+    pub alerts: &'a AlertReports,
     /// The ledger's entries.
     pub entries: &'a BTreeMap<NodeName, NodeEntry>,
     /// Nodes registered with the slot service.
@@ -92,6 +95,9 @@ pub struct AdmitAction {
     pub drain: DrainStart,
     /// Whether rota will have cordoned the node (it is not cordoned now, or by rota).
     pub cordoned_by_rota: bool,
+    /// PDBs the drain has to itself and empties a few pods at a time (see
+    /// [`scheduler::Admission::sequential`]); its blocked timeout covers every round.
+    pub sequential: Vec<SequentialPdb>,
 }
 
 /// What to do about a held slot.
@@ -169,6 +175,7 @@ pub fn decide(input: &Input<'_>) -> Decisions {
     let Input {
         cache,
         book,
+        alerts,
         entries,
         known,
         draining,
@@ -178,7 +185,8 @@ pub fn decide(input: &Input<'_>) -> Decisions {
         now,
     } = *input;
     let mut out = Decisions::default();
-    let pools = book.pools();
+    let mut pools = book.pools();
+    alerts.apply(&mut pools);
     let drain_specs: HashMap<String, DrainSpec> = pools
         .iter()
         .map(|p| {
@@ -278,9 +286,23 @@ pub fn decide(input: &Input<'_>) -> Decisions {
         let Some(node) = cache.node(&admission.node) else {
             continue;
         };
+        let mut drain = drain_start(&admission.node);
+        if let Some(rounds) = admission.sequential.iter().map(SequentialPdb::rounds).max() {
+            // Refusals are expected while earlier rounds' replacements start: a pod of the
+            // last round may wait for every round before it. Still bounded by the drain's own
+            // timeout, so that a budget that never recovers hands the slot back.
+            let whole = Duration::try_from(drain.timeout).unwrap_or(drain.spec.blocked_timeout);
+            drain.spec.blocked_timeout = drain
+                .spec
+                .blocked_timeout
+                .saturating_mul(rounds)
+                .min(whole)
+                .max(drain.spec.blocked_timeout);
+        }
         out.admit.push(AdmitAction {
-            drain: drain_start(&admission.node),
+            drain,
             cordoned_by_rota: !is_unschedulable(node) || node.annotations().contains_key(CORDONED),
+            sequential: admission.sequential.clone(),
         });
     }
     for (node, waiting) in &plan.waiting {

@@ -6,8 +6,10 @@
 //! the loop of one actor that owns every write:
 //!
 //! 1. it wakes on cache changes, on the slot service's transitions (agents' requests, completions
-//!    and releases), on drain completions and on the one timer the last pass asked for (a window
-//!    opening, a back-off or a verification ending, a lease expiring) — never on a poll;
+//!    and releases), on drain completions, on a change of the policies' Prometheus alerts
+//!    ([`crate::blockers::AlertWatch`], polled by its own task for the term) and on the one timer
+//!    the last pass asked for (a window opening, a back-off or a verification ending, a lease
+//!    expiring) — never on a poll of its own;
 //! 2. each pass is decided purely ([`decide::decide`]: snapshot → [`crate::scheduler::schedule`],
 //!    verifications, annotations, statuses) and then performed: admissions are persisted first,
 //!    then the node is cordoned (marking the cordon as rota's) and drained in a task; a finished
@@ -38,6 +40,7 @@ use jiff::SignedDuration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::blockers::AlertSettings;
 use crate::events::EventSink;
 use crate::http::Readiness;
 use crate::kube_client::Clients;
@@ -93,6 +96,8 @@ pub struct Settings {
     pub max_idle: Duration,
     /// The cluster cache.
     pub cache: CacheConfig,
+    /// How the policies' Prometheus blockers are polled.
+    pub alerts: AlertSettings,
 }
 
 impl Settings {
@@ -105,6 +110,7 @@ impl Settings {
             drain_blocked_timeout: Duration::from_secs(120),
             max_idle: Duration::from_secs(600),
             cache: CacheConfig::default(),
+            alerts: AlertSettings::default(),
         }
     }
 }

@@ -223,6 +223,7 @@ impl PolicyBook {
                     policy: f.policy.clone(),
                     failures: entry.failures,
                     firing_alerts: Vec::new(),
+                    alerts_unknown: None,
                 })
             })
             .collect()

@@ -23,6 +23,7 @@ use super::decide::{
 use super::pools::{PolicyBook, PolicyChange};
 use super::snapshot::pool_of;
 use super::{Coordinator, Error, TermEnd};
+use crate::blockers::{AlertWatch, prometheus};
 use crate::drain::{DrainControl, DrainProgress, DrainReport, Drainer, PdbRef, PodProgress};
 use crate::events::{EventSink, Reason};
 use crate::metrics::{Metrics, Outcome};
@@ -89,6 +90,8 @@ pub(super) struct Term<'a> {
     busy: HashMap<String, bool>,
     events: mpsc::UnboundedSender<EventJob>,
     event_task: tokio::task::JoinHandle<()>,
+    /// The policies' Prometheus alerts, polled for this term.
+    alerts: AlertWatch,
     next_wake: Option<Timestamp>,
 }
 
@@ -131,6 +134,7 @@ impl<'a> Term<'a> {
             busy: HashMap::new(),
             events,
             event_task,
+            alerts: AlertWatch::spawn(coordinator.settings.alerts.clone()),
             next_wake: None,
         }
     }
@@ -171,6 +175,7 @@ impl<'a> Term<'a> {
         let lost = leadership.lost();
         tokio::pin!(lost);
         let mut changes = self.cache.changes();
+        let mut alerts = self.alerts.subscribe();
         let interval = self.coordinator.settings.pass_interval;
         let mut dirty = true;
         let mut last_pass: Option<Instant> = None;
@@ -205,6 +210,7 @@ impl<'a> Term<'a> {
                     dirty = true;
                 }
                 Ok(()) = changes.changed() => dirty = true,
+                Ok(()) = alerts.changed() => dirty = true,
                 () = tokio::time::sleep_until(wake) => dirty = true,
             }
         }
@@ -302,9 +308,12 @@ impl<'a> Term<'a> {
         let (decisions, policy_changes) = {
             let cache = self.cache.read();
             let changes = self.book.update(cache.policies());
+            self.alerts.set_urls(prometheus::urls(&self.book.pools()));
+            let alerts = self.alerts.reports();
             let decisions = decide::decide(&decide::Input {
                 cache: &cache,
                 book: &self.book,
+                alerts: &alerts,
                 entries: &entries,
                 known: &known,
                 draining: &draining,
@@ -510,6 +519,20 @@ impl<'a> Term<'a> {
             .await
         {
             Ok(token) => {
+                if !action.sequential.is_empty() {
+                    let budgets: Vec<String> = action
+                        .sequential
+                        .iter()
+                        .map(|s| format!("{} ({} pods, {} at a time)", s.pdb, s.pods, s.allowed))
+                        .collect();
+                    info!(
+                        %node,
+                        token = token.0,
+                        budgets = budgets.join(", "),
+                        blocked_timeout = ?action.drain.spec.blocked_timeout,
+                        "sequential drain: the node has these budgets to itself and evicts as replacements become Ready"
+                    );
+                }
                 let deadline = now
                     .saturating_add(action.drain.timeout)
                     .unwrap_or(Timestamp::MAX);

@@ -7,16 +7,26 @@
 //! - the pool is not paused and its circuit breaker is closed (`maxFailures`);
 //! - no blackout is active, and a maintenance window is open — except for manual requests, which
 //!   an on-call engineer wants done now: they skip windows but respect everything else;
-//! - no blocking alert fires for the pool and no blocking pod runs on the node;
+//! - no blocking alert fires for the pool — and its Prometheus answered: alerts that cannot be
+//!   checked block (fail closed) — and no blocking pod runs on the node;
 //! - its back-off (`not_before`) has passed;
 //! - for a Kubernetes upgrade, the version skew policy allows it ([`SkewViolation`]);
 //! - capacity: the pool's unavailable nodes (holding a slot, NotReady, or cordoned by anyone,
 //!   plus nodes admitted earlier in this plan) together with this node number at most the pool's
 //!   `maxUnavailable`. A node that is already unavailable adds nothing, so a cordoned or broken
 //!   node can still be maintained when the pool is at its limit only because of itself;
+//! - for a Kubernetes upgrade, the requested version is the pool's target
+//!   (`upgrade.kubernetesVersion`), when the policy sets one;
 //! - PDB look-ahead: for every PDB covering a pod the drain would evict, its pods on this node,
 //!   plus its pods still to be evicted from nodes holding a slot, plus those taken by nodes
-//!   admitted earlier in this plan, fit in its `disruptionsAllowed`.
+//!   admitted earlier in this plan, fit in its `disruptionsAllowed`. One exception keeps a node
+//!   whose pods of one PDB outnumber the allowance (two replicas of a `maxUnavailable: 1` app)
+//!   from starving: it is admitted anyway when the PDB allows at least one disruption and no
+//!   other node uses it — none holding a slot still has pods of it, none admitted earlier in
+//!   this plan takes from it. That drain then has the budget to itself and evicts as
+//!   replacements become Ready, as `kubectl drain` would (the drain engine retries the
+//!   refusals); the admission records it ([`Admission::sequential`]), and no other node is
+//!   admitted against that PDB while its pods remain.
 //!
 //! Order: manual requests first, then control-plane nodes, then FIFO by `requested_at`, then
 //! node name. The scheduler packs: a blocked request reserves nothing, and later requests are
@@ -33,9 +43,9 @@ use jiff::Timestamp;
 
 use crate::model::{NodeName, Origin, Slot, SlotRequest};
 use crate::policy::window::{ClosedReason, is_open};
-use crate::policy::{NamespacedName, ValidatedPolicy};
+use crate::policy::{KubeVersion, NamespacedName, ValidatedPolicy};
 
-pub use plan::{Admission, Plan, Unavailability, WaitReason, Waiting};
+pub use plan::{Admission, Plan, SequentialPdb, Unavailability, WaitReason, Waiting};
 pub use skew::SkewViolation;
 pub use snapshot::{EvictablePod, NodeState, PdbIndex, PdbState, Pool, PoolName, Snapshot};
 
@@ -58,6 +68,7 @@ pub fn schedule(snapshot: &Snapshot, now: Timestamp) -> Plan {
                     node: request.node.clone(),
                     pool: admissible.pool.name.clone(),
                     request: request.clone(),
+                    sequential: admissible.sequential.clone(),
                 });
             }
             Err((pool, reasons)) => waiting_in_order.push((request.node.clone(), pool, reasons)),
@@ -109,6 +120,12 @@ impl<'a> PoolState<'a> {
             });
         }
         if let Some(source) = &policy.blockers.prometheus {
+            if let Some(reason) = &pool.alerts_unknown {
+                gates.push(WaitReason::AlertsUnknown {
+                    url: source.url.clone(),
+                    reason: reason.clone(),
+                });
+            }
             let mut alerts: Vec<&String> = pool
                 .firing_alerts
                 .iter()
@@ -157,6 +174,15 @@ impl Budget {
         i64::from(self.in_flight) + i64::from(self.admitted) + i64::from(needed)
             <= i64::from(self.allowed)
     }
+
+    /// Whether a drain needing more than the allowance may have the budget to itself: it
+    /// allows a disruption and nobody else uses it. The drain then evicts as the budget allows
+    /// while replacements become Ready, and [`Scheduler::commit`] takes the whole need, which
+    /// keeps every later admission of this plan off the budget; in later plans the pods still
+    /// to be evicted keep it (`in_flight`).
+    fn exclusive(&self) -> bool {
+        self.allowed >= 1 && self.in_flight == 0 && self.admitted == 0
+    }
 }
 
 /// What admitting a node takes.
@@ -164,6 +190,8 @@ struct Admissible<'a> {
     pool: &'a Pool,
     /// Pods per PDB the drain will evict.
     pdb_needs: Vec<(&'a NamespacedName, u32)>,
+    /// PDBs the drain has to itself because its pods outnumber the allowance.
+    sequential: Vec<SequentialPdb>,
 }
 
 /// Lookup tables and running totals for one decision.
@@ -310,6 +338,15 @@ impl<'a> Scheduler<'a> {
             reasons.push(WaitReason::BlockingPods { pods });
         }
         if let crate::model::Operation::KubernetesUpgrade { version } = &request.operation {
+            // A version that does not parse is reported by the skew check below.
+            if let Some(target) = pool.pool.policy.upgrade.kubernetes_version
+                && version.parse::<KubeVersion>().is_ok_and(|v| v != target)
+            {
+                reasons.push(WaitReason::NotTargetVersion {
+                    requested: version.clone(),
+                    target,
+                });
+            }
             reasons.extend(
                 self.control_plane
                     .check(node, version, self.snapshot.api_server_version)
@@ -333,23 +370,25 @@ impl<'a> Scheduler<'a> {
             });
         }
 
-        let pdb_needs = self.pdb_needs(node, &mut reasons);
+        let (pdb_needs, sequential) = self.pdb_needs(node, &mut reasons);
         if reasons.is_empty() {
             Ok(Admissible {
                 pool: pool.pool,
                 pdb_needs,
+                sequential,
             })
         } else {
             Err((in_pool, reasons))
         }
     }
 
-    /// Pods per PDB that draining `node` takes; adds a reason for every budget that does not fit.
+    /// Pods per PDB that draining `node` takes, and the budgets it would have to itself; adds a
+    /// reason for every budget that does not fit.
     fn pdb_needs(
         &self,
         node: &'a NodeState,
         reasons: &mut Vec<WaitReason>,
-    ) -> Vec<(&'a NamespacedName, u32)> {
+    ) -> (Vec<(&'a NamespacedName, u32)>, Vec<SequentialPdb>) {
         let mut covered: Vec<&NamespacedName> = Vec::new();
         for pod in &node.evictable_pods {
             match pod.pdbs.as_slice() {
@@ -373,20 +412,26 @@ impl<'a> Scheduler<'a> {
                 _ => needs.push((pdb, 1)),
             }
         }
+        let mut sequential = Vec::new();
         for &(pdb, needed) in &needs {
             match self.budgets.get(pdb) {
                 None => reasons.push(WaitReason::PdbUnknown { pdb: pdb.clone() }),
-                Some(budget) if !budget.fits(needed) => reasons.push(WaitReason::PdbBudget {
+                Some(budget) if budget.fits(needed) => {}
+                Some(budget) if budget.exclusive() => sequential.push(SequentialPdb {
+                    pdb: pdb.clone(),
+                    allowed: budget.allowed.unsigned_abs(),
+                    pods: needed,
+                }),
+                Some(budget) => reasons.push(WaitReason::PdbBudget {
                     pdb: pdb.clone(),
                     allowed: budget.allowed,
                     in_flight: budget.in_flight,
                     admitted: budget.admitted,
                     needed,
                 }),
-                Some(_) => {}
             }
         }
-        needs
+        (needs, sequential)
     }
 
     /// Takes the capacity and budgets an admitted node uses.

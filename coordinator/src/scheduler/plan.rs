@@ -6,8 +6,8 @@ use std::fmt;
 use jiff::Timestamp;
 
 use crate::model::{NodeName, SlotPhase, SlotRequest};
-use crate::policy::NamespacedName;
 use crate::policy::crd::WaitingReasonSummary;
+use crate::policy::{KubeVersion, NamespacedName};
 
 use super::skew::SkewViolation;
 use super::snapshot::PoolName;
@@ -31,6 +31,30 @@ pub struct Admission {
     pub pool: PoolName,
     /// The request admitted.
     pub request: SlotRequest,
+    /// PDBs whose pods on the node outnumber their allowance (empty for most drains). The
+    /// drain has each of them to itself and evicts their pods as the budget allows — the
+    /// others are refused until earlier replacements are Ready — so it takes longer than a
+    /// drain whose pods all fit at once.
+    pub sequential: Vec<SequentialPdb>,
+}
+
+/// A PDB that an admitted drain has to itself, its pods being evicted a few at a time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SequentialPdb {
+    /// The PDB.
+    pub pdb: NamespacedName,
+    /// Its `disruptionsAllowed` at admission (at least 1).
+    pub allowed: u32,
+    /// Its pods on the node (more than `allowed`).
+    pub pods: u32,
+}
+
+impl SequentialPdb {
+    /// How many times the drain waits for the budget at most: evictions go in rounds of
+    /// `allowed`, each after the previous round's replacements are Ready.
+    pub fn rounds(&self) -> u32 {
+        self.pods.div_ceil(self.allowed.max(1))
+    }
 }
 
 /// A queued node that is not admitted.
@@ -159,8 +183,22 @@ pub enum WaitReason {
         /// The alert's name.
         alert: String,
     },
+    /// The pool's Prometheus could not tell which alerts fire, so none can be ruled out.
+    AlertsUnknown {
+        /// The Prometheus URL of the policy.
+        url: String,
+        /// Why its alerts are not known.
+        reason: String,
+    },
     /// The Kubernetes version skew policy forbids the upgrade now.
     VersionSkew(SkewViolation),
+    /// A Kubernetes upgrade to another version than the pool's target.
+    NotTargetVersion {
+        /// The version requested.
+        requested: String,
+        /// The policy's `upgrade.kubernetesVersion`.
+        target: KubeVersion,
+    },
 }
 
 impl WaitReason {
@@ -182,7 +220,9 @@ impl WaitReason {
             WaitReason::SeveralPdbs { .. } => "SeveralPdbs",
             WaitReason::BlockingPods { .. } => "BlockingPod",
             WaitReason::AlertFiring { .. } => "AlertFiring",
+            WaitReason::AlertsUnknown { .. } => "AlertsUnknown",
             WaitReason::VersionSkew(_) => "VersionSkew",
+            WaitReason::NotTargetVersion { .. } => "NotTargetVersion",
         }
     }
 }
@@ -278,7 +318,15 @@ impl fmt::Display for WaitReason {
                 write!(f, "blocking {noun} {}", list_with_more(&names, pods.len()))
             }
             WaitReason::AlertFiring { alert } => write!(f, "alert {alert} firing"),
+            WaitReason::AlertsUnknown { url, reason } => {
+                write!(f, "cannot reach Prometheus at {url}: {reason}")
+            }
             WaitReason::VersionSkew(violation) => violation.fmt(f),
+            WaitReason::NotTargetVersion { requested, target } => write!(
+                f,
+                "Kubernetes upgrade to {requested} requested, but the policy's \
+                 upgrade.kubernetesVersion is {target}"
+            ),
         }
     }
 }

@@ -44,6 +44,11 @@ pub struct Pool {
     /// Names of the alerts firing on the policy's Prometheus; the scheduler applies the policy's
     /// alert filter to them.
     pub firing_alerts: Vec<String>,
+    /// Why the firing alerts of the policy's Prometheus are not known (it cannot be reached,
+    /// answered something that is not an alert list, or has not answered yet). A blocker that
+    /// cannot be checked holds the whole pool back rather than silently allowing maintenance.
+    /// Ignored when the policy has no Prometheus blocker.
+    pub alerts_unknown: Option<String>,
 }
 
 impl Pool {
