@@ -86,7 +86,8 @@ async fn agents_killed_mid_drain_and_mid_upgrade() {
         // Mid-upgrade: the agent persisted the package change and reports it (the report waits
         // on the slowed API) when it dies; dpkg dies with it and leaves its database
         // interrupted.
-        let upgrading = node_in_phase(&fleet, SlotPhase::Draining, &[draining.clone()]).await;
+        let upgrading =
+            node_in_phase(&fleet, SlotPhase::Draining, std::slice::from_ref(&draining)).await;
         slow_api(&fleet, true);
         poll_until(
             &format!("the agent of {upgrading} to persist its package change"),

@@ -195,11 +195,6 @@ pub fn print_timing(name: &str, took: Duration, report: &Report) {
     );
 }
 
-/// Name of a node as the emulator stores it.
-pub fn name(node: &Value) -> &str {
-    meta::name(node)
-}
-
 /// Every node's slot phase now (`None`: no slot), with its fencing token.
 pub fn slot_states(fleet: &Fleet) -> BTreeMap<String, Option<(u64, SlotPhase)>> {
     fleet
