@@ -84,6 +84,12 @@ pub struct DemoArgs {
     /// kured's `--concurrency`.
     #[clap(long, env = "ROTA_DEMO_KURED_CONCURRENCY", default_value_t = 1)]
     pub kured_concurrency: usize,
+    /// kured's `--drain-timeout` at the simulation's scale (0: wait forever, kured's default).
+    #[clap(long, env = "ROTA_DEMO_KURED_DRAIN_TIMEOUT", default_value = "0s", value_parser = parse_duration)]
+    pub kured_drain_timeout: Duration,
+    /// kured's `--lock-release-delay` at the simulation's scale.
+    #[clap(long, env = "ROTA_DEMO_KURED_LOCK_RELEASE_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub kured_lock_release_delay: Duration,
     /// Give up after this long.
     #[clap(long, env = "ROTA_DEMO_TIMEOUT", default_value = "15m", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -163,6 +169,9 @@ impl DemoArgs {
             PolicyChoice::Kured => Scheduler::Kured(KuredOptions {
                 period: self.kured_period,
                 concurrency: self.kured_concurrency.max(1),
+                drain_timeout: (!self.kured_drain_timeout.is_zero())
+                    .then_some(self.kured_drain_timeout),
+                lock_release_delay: self.kured_lock_release_delay,
                 seed: self.seed,
                 ..KuredOptions::default()
             }),
@@ -293,7 +302,21 @@ mod tests {
         assert_eq!(policy.as_ref().unwrap().windows[0].start, "22:00");
         assert_eq!(coordinators.replicas, 2);
         let kured = cli.demo.fleet_options(PolicyChoice::Kured).unwrap();
-        assert_eq!(kured.scheduler.name(), "kured");
+        let Scheduler::Kured(k) = &kured.scheduler else {
+            panic!("not kured");
+        };
+        assert_eq!(k.drain_timeout, None, "kured's default: no drain timeout");
+        assert_eq!(k.period, Duration::from_secs(60));
+        let timed = Cli::try_parse_from(["x", "--kured-drain-timeout", "15s"]).unwrap();
+        let Scheduler::Kured(k) = timed
+            .demo
+            .fleet_options(PolicyChoice::Kured)
+            .unwrap()
+            .scheduler
+        else {
+            panic!("not kured");
+        };
+        assert_eq!(k.drain_timeout, Some(Duration::from_secs(15)));
         assert!(Cli::try_parse_from(["x", "--api-error-rate", "2"]).is_err());
         assert!(
             Cli::try_parse_from(["x", "--window", "soon"])

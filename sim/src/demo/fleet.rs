@@ -362,7 +362,8 @@ pub struct Fleet {
     expectations: BTreeMap<String, Expectation>,
     rollout_started: Option<Timestamp>,
     kured: Option<Arc<KuredSetup>>,
-    _workdir: tempfile::TempDir,
+    /// Holds the agents' token files.
+    workdir: tempfile::TempDir,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -419,7 +420,7 @@ impl Fleet {
             host_tokens: HostTokenLog::default(),
             rollout_started: None,
             kured: None,
-            _workdir: workdir,
+            workdir,
         };
         match fleet.options.scheduler.clone() {
             Scheduler::Rota {
@@ -482,7 +483,7 @@ impl Fleet {
             coordinator: service,
             tls: coordinators.tls,
             options: agents,
-            token_dir: self._workdir.path().to_path_buf(),
+            token_dir: self.workdir.path().to_path_buf(),
             tokens: self.host_tokens.clone(),
         });
         self.start_daemons(DaemonKind::RotaAgent(setup))?;
