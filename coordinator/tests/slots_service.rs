@@ -332,3 +332,24 @@ async fn concurrent_admissions_never_share_a_token() {
     assert_eq!(svc.store().snapshot().last_token, 64);
     assert_eq!(svc.read(|l| l.slots().count()).await, 64);
 }
+
+#[tokio::test]
+async fn admission_takes_the_kubelets_boot_id_only_when_the_agents_is_unknown() {
+    let clock = clock();
+    let (svc, _events) = service(MemoryStore::with_nodes(["n1", "n2"]), clock)
+        .await
+        .unwrap();
+    // n1's agent reported; n2's facts have not arrived (it started before the coordinator led).
+    svc.report_facts("n1", facts("agent-boot")).unwrap();
+    for node in ["n1", "n2"] {
+        svc.request(node, Operation::Reboot, Origin::Agent)
+            .await
+            .unwrap();
+        svc.admit_with_boot_id(node, true, Some("kubelet-boot".into()))
+            .await
+            .unwrap();
+    }
+    let stored = svc.store().snapshot();
+    assert!(stored.nodes["n1"][SLOT_ANNOTATION].contains("\"bootIdBefore\":\"agent-boot\""));
+    assert!(stored.nodes["n2"][SLOT_ANNOTATION].contains("\"bootIdBefore\":\"kubelet-boot\""));
+}
