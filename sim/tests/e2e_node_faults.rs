@@ -36,12 +36,15 @@ fn lease_expiry(node: &Value) -> Option<Timestamp> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_never_comes_back_pauses_the_pool() {
     let lost = "cp-1";
-    let mut options = options(12, 41, 3, 2);
+    // Two at a time: while the lost node fails (lease and ready timeout, about 8 s), one slot
+    // works through the queue, which takes far longer, so nodes are still queued when the
+    // breaker opens.
+    let mut options = options(12, 41, 2, 2);
     options.faults = Faults::none().with_never_return(lost);
     let (coordinators, spec) = rota_settings(&mut options);
     coordinators.lease_ttl = SignedDuration::from_secs(5);
     spec.max_failures = 1;
-    spec.health.ready_timeout = Some("5s".into());
+    spec.health.ready_timeout = Some("3s".into());
     let began = std::time::Instant::now();
     let fleet = start(options).await;
     let timeline = Timeline::start(&fleet);
@@ -219,16 +222,21 @@ async fn a_drain_blocked_by_a_pdb_gives_its_slot_back() {
             let examples = waiting_reason(&policy(fleet), "PdbBudget")
                 .map(|(_, examples)| examples)
                 .unwrap_or_default();
+            // Events are recorded in the background: wait for the one of the slot given back.
+            let given_back = events_about(fleet, &blocked)
+                .iter()
+                .any(|(_, note)| note.contains("license-server") && note.contains("given back"));
             match examples.get(&blocked) {
                 Some(why)
                     if done.len() == others
+                        && given_back
                         && slot_phase(&node).is_none()
                         && !meta::node_unschedulable(&node) =>
                 {
                     Ok(why.clone())
                 }
                 _ => Err(format!(
-                    "{} done; {blocked}: slot {:?}, cordoned {}; waiting: {:?}",
+                    "{} done; {blocked}: slot {:?}, cordoned {}, slot given back {given_back}; waiting: {:?}",
                     done.len(),
                     slot_phase(&node),
                     meta::node_unschedulable(&node),
@@ -248,13 +256,8 @@ async fn a_drain_blocked_by_a_pdb_gives_its_slot_back() {
     assert_eq!(
         tokens_by_node(&fleet).get(&blocked).map(|t| t.len()),
         Some(1),
-        "{blocked} was admitted once"
-    );
-    assert!(
-        events
-            .iter()
-            .any(|(_, note)| note.contains("license-server") && note.contains("slot")),
-        "an Event names the budget the slot was given back for: {events:#?}"
+        "{blocked} was admitted once: {:?}",
+        tokens_by_node(&fleet)
     );
     assert!(
         !fleet
