@@ -383,7 +383,11 @@ async fn reboot_and_upgrade_write_the_annotation_the_controller_reads() {
     let status: Value = serde_json::from_str(&c.ok(&["status", "-o", "json"]).await).unwrap();
     assert_eq!(node_json(&status, "n1")["requested"], "kubelet-restart");
 
-    assert!(c.ok(&["history", "n1"]).await.contains("no Events about this node"));
+    assert!(
+        c.ok(&["history", "n1"])
+            .await
+            .contains("no Events about this node")
+    );
 
     let missing = c.rotactl(&["reboot", "nope"]).await;
     assert_eq!(missing.code, 1);
