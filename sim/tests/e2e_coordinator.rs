@@ -6,11 +6,12 @@
 
 mod e2e_common;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use e2e_common::{
-    WAIT, assert_complete, assert_one_grant_per_node, options, print_timing, run, start,
-    wait_slot_change,
+    WAIT, assert_complete, assert_one_grant_per_node, options, print_timing, run, slot_states,
+    start, wait_slot_change,
 };
 
 /// The single coordinator replica killed (no graceful step) and started again every few
@@ -24,12 +25,18 @@ async fn coordinator_killed_every_few_seconds() {
             Duration::from_millis(1500),
             Duration::from_secs(3),
         ];
-        let mut kills = 0;
+        // What the slots were doing at each kill.
+        let mut kills: Vec<BTreeSet<&'static str>> = Vec::new();
         while wait_slot_change(&fleet).await {
             // Varied distance from the last write; this paces the faults, nothing waits on it.
-            tokio::time::sleep(paces[kills % paces.len()]).await;
+            tokio::time::sleep(paces[kills.len() % paces.len()]).await;
+            let in_flight = slot_states(&fleet)
+                .into_values()
+                .flatten()
+                .map(|(_, phase)| phase.as_str())
+                .collect();
             fleet.restart_coordinator(0).await.unwrap();
-            kills += 1;
+            kills.push(in_flight);
         }
         kills
     };
@@ -37,11 +44,21 @@ async fn coordinator_killed_every_few_seconds() {
         killer,
         run(&fleet, Duration::from_secs(400), Duration::from_secs(90))
     );
-    print_timing(&format!("{kills} coordinator kills"), took, &report);
+    print_timing(&format!("{} coordinator kills", kills.len()), took, &report);
+    println!("slot phases at each kill: {kills:?}");
     println!("{}", report.render());
     assert_complete(&fleet, &report);
     assert_one_grant_per_node(&fleet);
-    assert!(kills >= 6, "only {kills} kills during the rollout");
+    assert!(
+        kills.len() >= 6,
+        "only {} kills during the rollout",
+        kills.len()
+    );
+    let mid_maintenance = kills.iter().filter(|k| !k.is_empty()).count();
+    assert!(
+        mid_maintenance >= 3,
+        "only {mid_maintenance} kills while slots were held: {kills:?}"
+    );
     fleet.shutdown().await;
 }
 
