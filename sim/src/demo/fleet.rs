@@ -355,6 +355,7 @@ pub struct Fleet {
     daemon_cancel: CancellationToken,
     daemon_tasks: Vec<JoinHandle<()>>,
     routes: watch::Receiver<Routes>,
+    service: Option<std::net::SocketAddr>,
     replicas: Vec<Replica>,
     daemons: BTreeMap<String, NodeDaemon>,
     slot_record: SlotRecord,
@@ -414,6 +415,7 @@ impl Fleet {
             daemon_cancel: cancel.child_token(),
             daemon_tasks: Vec::new(),
             routes: idle_routes,
+            service: None,
             replicas: Vec::new(),
             daemons: BTreeMap::new(),
             slot_record,
@@ -452,6 +454,7 @@ impl Fleet {
         self.routes = routes.clone();
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let service = listener.local_addr()?;
+        self.service = Some(service);
         self.tasks.push(tokio::spawn(coordinator::serve_proxy(
             listener,
             routes,
@@ -605,6 +608,11 @@ impl Fleet {
     /// The fencing tokens each node's agent acted with on its host.
     pub fn host_tokens(&self) -> BTreeMap<u64, BTreeSet<String>> {
         self.host_tokens.tokens()
+    }
+
+    /// The address the agents reach the coordinators by (their Service), when rota runs.
+    pub fn coordinator_address(&self) -> Option<std::net::SocketAddr> {
+        self.service
     }
 
     /// Index of the coordinator replica that leads now.

@@ -16,6 +16,8 @@ use rota_coordinator::model::SlotPhase;
 use rota_coordinator::policy::MaintenancePolicySpec;
 use rota_coordinator::policy::conditions::CIRCUIT_OPEN;
 use rota_coordinator::slots::persist::SLOT_ANNOTATION;
+use rota_proto::v1::RenewRequest;
+use rota_proto::v1::agent_client::AgentClient;
 use rota_sim::apiserver::{GroupResource, ListOptions, ResourceKey, meta};
 use rota_sim::cluster::Faults;
 use rota_sim::demo::{
@@ -24,6 +26,8 @@ use rota_sim::demo::{
 };
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
+use tonic::Code;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 /// The longest any one wait of a scenario may take. Generous: debug builds on two busy cores.
 pub const WAIT: Duration = Duration::from_secs(180);
@@ -49,8 +53,53 @@ pub fn init_logs() {
     }
 }
 
-/// Starts the fleet and checks that the agents reach the coordinators over TLS with tokens:
-/// the coordinator published the CA it bootstrapped, and every agent pod was issued a token.
+/// The name the coordinator's serving certificate is issued for (its Service's name).
+const COORDINATOR_NAME: &str = "rota-coordinator.rota-system.svc";
+
+/// Checks on the wire what the agents' connections go through: the coordinators' Service
+/// refuses plaintext, and over TLS (trusting the CA the coordinator bootstrapped and published)
+/// a call without a service-account token is refused as unauthenticated.
+async fn assert_tls_and_tokens_enforced(fleet: &Fleet, ca: &str) {
+    let addr = fleet.coordinator_address().expect("rota runs");
+    let probe = RenewRequest {
+        node: fleet.scenario().nodes[0].name.clone(),
+        token: 1,
+    };
+    let plaintext = async {
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        AgentClient::new(channel)
+            .renew(probe.clone())
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let refused = tokio::time::timeout(WAIT, plaintext).await.unwrap();
+    assert!(
+        refused.is_err(),
+        "a plaintext call was answered: {refused:?}"
+    );
+
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name(COORDINATOR_NAME);
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap();
+    let err = AgentClient::new(channel).renew(probe).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+}
+
+/// Starts the fleet and checks that the agents reach the coordinators over TLS with tokens
+/// (see [`assert_tls_and_tokens_enforced`]).
 pub async fn start(options: FleetOptions) -> Fleet {
     init_logs();
     let Scheduler::Rota { coordinators, .. } = &options.scheduler else {
@@ -63,18 +112,22 @@ pub async fn start(options: FleetOptions) -> Fleet {
         Some(SYSTEM_NAMESPACE),
         "rota-ca",
     );
-    fleet
+    let ca = fleet
         .wait_for("the coordinator's CA published", WAIT, |fleet| {
             fleet
                 .store()
                 .get(&ca)
                 .ok()
-                .filter(|cm| cm.pointer("/data/ca.crt").and_then(Value::as_str).is_some())
-                .map(|_| ())
+                .and_then(|cm| {
+                    cm.pointer("/data/ca.crt")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
                 .ok_or_else(|| "no CA ConfigMap yet".to_string())
         })
         .await
         .unwrap();
+    assert_tls_and_tokens_enforced(&fleet, &ca).await;
     fleet
 }
 
