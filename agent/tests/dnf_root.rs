@@ -27,7 +27,7 @@ use common::{Root, in_root, names};
 use jiff::Timestamp;
 use rota_agent::detect::{self, DetectConfig};
 use rota_agent::host::Host;
-use rota_agent::ops::{CompleteAck, Completion, Executor, ExecutorConfig, Operation, Reporter};
+use rota_agent::ops::{Executor, ExecutorConfig, Operation};
 use rota_agent::packages::{Blocked, UpgradeScope};
 
 /// A copy of this run's prepared root, or `None` when the suite is skipped.
@@ -286,23 +286,12 @@ fn rollback_restores_the_previous_versions() {
     );
 }
 
-#[derive(Default)]
-struct Recorder(std::sync::Mutex<Vec<Completion>>);
-
-impl Reporter for Recorder {
-    fn progress(&self, _token: u64, _step: &str, _message: &str) {}
-    fn complete(&self, _token: u64, c: &Completion) -> rota_agent::Result<CompleteAck> {
-        self.0.lock().unwrap().push(c.clone());
-        Ok(CompleteAck::Accepted)
-    }
-}
-
 #[test]
 fn kubernetes_upgrade_moves_kubelet_and_restarts_it_through_systemctl() {
     let Some(root) = root() else { return };
     let host = root.host();
     let config = ExecutorConfig::default();
-    let rec = Recorder::default();
+    let rec = common::Recorder::default();
     let op = Operation::KubernetesUpgrade {
         version: "1.30.2".into(),
     };

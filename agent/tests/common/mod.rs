@@ -9,6 +9,7 @@ use std::process::Command;
 
 use rota_agent::detect::NodeFacts;
 use rota_agent::host::{ChrootHost, Host};
+use rota_agent::ops::{CompleteAck, Completion, Reporter};
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_rota-agent");
 const CACHE_DIR: &str = "/var/cache/rota-test";
@@ -238,4 +239,16 @@ pub fn names<'a>(
     let mut v: Vec<&str> = it.map(|p| p.name.as_str()).collect();
     v.sort();
     v
+}
+
+/// Records the completions an executor reports.
+#[derive(Default)]
+pub struct Recorder(pub std::sync::Mutex<Vec<Completion>>);
+
+impl Reporter for Recorder {
+    fn progress(&self, _token: u64, _step: &str, _message: &str) {}
+    fn complete(&self, _token: u64, c: &Completion) -> rota_agent::Result<CompleteAck> {
+        self.0.lock().unwrap().push(c.clone());
+        Ok(CompleteAck::Accepted)
+    }
 }
