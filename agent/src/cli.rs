@@ -1,5 +1,6 @@
 //! The `rota-agent` command line: `check`, `upgrade`, `run` and the hidden `__host-exec`.
 //! Every flag can also come from a `ROTA_...` environment variable (the DaemonSet sets those).
+use rota_core::model::{Blocked, NodeFacts, Operation};
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -9,10 +10,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::daemon::{self, RunArgs};
-use crate::detect::{self, DetectConfig, NodeFacts};
+use crate::detect::{self, DetectConfig};
 use crate::host::{ChrootHost, Host, HostExecArgs, NamespaceHost, RebootMethod, host_exec_main};
-use crate::ops::{CompleteAck, Completion, Executor, ExecutorConfig, Operation, Reporter};
-use crate::packages::{Blocked, UpgradeScope};
+use crate::ops::{CompleteAck, Completion, Executor, ExecutorConfig, Reporter};
+use crate::packages::UpgradeScope;
 use crate::{Error, Result, state};
 
 /// rota's node agent.
@@ -316,7 +317,7 @@ pub fn render_facts(f: &NodeFacts) -> String {
             let _ = writeln!(
                 s,
                 "    {} {} -> {} (impact: {:?})",
-                p.name, p.current, p.candidate, p.impact
+                p.name, p.current_version, p.candidate_version, p.impact
             );
         }
     }
@@ -328,7 +329,11 @@ pub fn render_facts(f: &NodeFacts) -> String {
             Some(Blocked::Held) => "held",
             _ => "moves only in a Kubernetes upgrade",
         };
-        let _ = writeln!(s, "    {} {} -> {} ({why})", p.name, p.current, p.candidate);
+        let _ = writeln!(
+            s,
+            "    {} {} -> {} ({why})",
+            p.name, p.current_version, p.candidate_version
+        );
     }
     if !f.errors.is_empty() {
         let _ = writeln!(s, "detection errors:");
@@ -399,8 +404,8 @@ fn upgrade(args: &UpgradeArgs) -> Result<ExitCode> {
         println!(
             "  {} {} -> {}{}",
             p.name,
-            p.current,
-            p.candidate,
+            p.current_version,
+            p.candidate_version,
             if p.security { " (security)" } else { "" }
         );
     }

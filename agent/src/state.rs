@@ -62,7 +62,7 @@ pub fn clear(host: &dyn Host, path: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use crate::host::MemoryHost;
-    use crate::ops::Operation;
+    use rota_core::model::Operation;
 
     #[test]
     fn round_trip_and_corruption() {

@@ -3,6 +3,7 @@
 //! in-memory host.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+use rota_core::model::Operation;
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,7 @@ use rota_agent::daemon::{self, DaemonConfig, TokenAuth, machine::UpgradePolicy};
 use rota_agent::detect::DetectConfig;
 use rota_agent::host::memory::exited;
 use rota_agent::host::{Host, MemoryHost};
-use rota_agent::ops::{ExecutorConfig, Operation, OperationRecord, Outcome};
+use rota_agent::ops::{ExecutorConfig, OperationRecord, Outcome};
 use rota_agent::state;
 use rota_proto::v1 as pb;
 use rota_proto::v1::agent_server::{Agent, AgentServer};

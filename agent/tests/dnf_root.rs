@@ -18,6 +18,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+use rota_core::model::{Blocked, Operation};
 
 use std::fs;
 use std::path::PathBuf;
@@ -27,8 +28,8 @@ use common::{Root, in_root, names};
 use jiff::Timestamp;
 use rota_agent::detect::{self, DetectConfig};
 use rota_agent::host::Host;
-use rota_agent::ops::{Executor, ExecutorConfig, Operation};
-use rota_agent::packages::{Blocked, UpgradeScope};
+use rota_agent::ops::{Executor, ExecutorConfig};
+use rota_agent::packages::UpgradeScope;
 
 /// A copy of this run's prepared root, or `None` when the suite is skipped.
 fn root() -> Option<Root> {
@@ -218,7 +219,7 @@ fn check_lists_pending_upgrades_with_the_security_split() {
         .find(|p| p.name == "secpkg")
         .unwrap();
     assert_eq!(
-        (sec.current.as_str(), sec.candidate.as_str()),
+        (sec.current_version.as_str(), sec.candidate_version.as_str()),
         ("1.0-1", "1.0-2")
     );
     assert_eq!(facts.kubelet_version, "1.30.1");

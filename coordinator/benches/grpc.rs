@@ -78,6 +78,8 @@ fn facts(i: usize) -> pb::NodeFacts {
         kubelet_version: "1.33.2".into(),
         container_runtime_version: "containerd://1.7.24".into(),
         os_image: "Debian GNU/Linux 12 (bookworm)".into(),
+        reboot_packages: vec!["linux-image-6.1.0-20-amd64".into()],
+        package_backend: "apt".into(),
         agent_version: "0.1.0".into(),
         errors: vec![],
     }

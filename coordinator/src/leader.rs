@@ -37,8 +37,8 @@ use tokio::time::Instant;
 
 use crate::grpc::AgentCore;
 use crate::handover::{self, Handover, Standing};
-use crate::model::{FencingToken, NodeFacts, Operation};
 use crate::slots::{self, Completion, Release, SlotView};
+use rota_core::model::{FencingToken, NodeFacts, Operation};
 
 /// Errors of leader election.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,6 @@ pub mod http;
 pub mod kube_client;
 pub mod leader;
 pub mod metrics;
-pub mod model;
 pub mod notify;
 pub mod policy;
 pub mod rotactl;

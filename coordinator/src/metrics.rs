@@ -38,7 +38,7 @@ use tonic::Code;
 use tonic::codegen::Service;
 use tonic::server::NamedService;
 
-use crate::model::Operation;
+use rota_core::model::Operation;
 
 /// The content type of [`Metrics::encode`]'s output.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -524,7 +524,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Operation;
+    use rota_core::model::Operation;
 
     #[test]
     fn families_are_named_rota_and_typed() {

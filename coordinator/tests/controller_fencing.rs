@@ -16,7 +16,7 @@ use rota_coordinator::grpc::AgentCore;
 use rota_coordinator::kube_client::Clients;
 use rota_coordinator::leader::{CoreGate, ElectionConfig, LeaderElector, Timings};
 use rota_coordinator::metrics::Metrics;
-use rota_coordinator::model::{NodeFacts, Operation};
+use rota_core::model::{NodeFacts, Operation};
 use rota_sim::apiserver::Store;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;

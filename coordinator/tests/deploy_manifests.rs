@@ -724,7 +724,7 @@ fn services_and_the_service_monitor_select_the_coordinator() {
 /// `_count` for histograms): every family populated once through its setter, then encoded.
 fn exported_series() -> BTreeSet<String> {
     use rota_coordinator::metrics::Outcome;
-    use rota_coordinator::model::Operation;
+    use rota_core::model::Operation;
     let metrics = Metrics::new();
     metrics.set_slots("p", 1, 1);
     metrics.set_drains_in_progress("p", 1);

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use rota_coordinator::grpc::{AgentGrpc, StaticAuthenticator, serve};
 use rota_coordinator::leader::{CoreGate, NotLeading};
-use rota_coordinator::model::{Operation, Origin};
 use rota_coordinator::slots::{
     self, LedgerStore, MemoryStore, SlotService, SlotServiceConfig, StoreError, StoredState,
     SystemClock,
 };
+use rota_core::model::{Operation, Origin};
 use rota_proto::v1 as pb;
 use rota_proto::v1::agent_client::AgentClient;
 use tokio::net::TcpListener;

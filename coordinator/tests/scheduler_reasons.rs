@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use rota_coordinator::model::{FencingToken, Operation, Origin, Slot, SlotPhase, SlotRequest};
 use rota_coordinator::policy::{
     KubeVersion, MaintenancePolicySpec, NamespacedName, ValidatedPolicy, validate,
 };
@@ -16,6 +15,7 @@ use rota_coordinator::scheduler::{
     EvictablePod, NodeState, PdbIndex, PdbState, Plan, Pool, SequentialPdb, Snapshot, WaitReason,
     schedule,
 };
+use rota_core::model::{FencingToken, Operation, Origin, Slot, SlotPhase, SlotRequest};
 use serde_json::json;
 
 /// Wednesday 2025-06-04 12:00 UTC.

@@ -5,12 +5,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use rota_coordinator::model::{FencingToken, NodeFacts, Operation, Origin};
 use rota_coordinator::slots::persist::SLOT_ANNOTATION;
 use rota_coordinator::slots::{
     Clock, Completion, Error, LedgerError, MemoryStore, NodeState, Release, SlotEvent, SlotService,
     SlotServiceConfig, StoreError, TransitionReason,
 };
+use rota_core::model::{FencingToken, NodeFacts, Operation, Origin, PackagePin};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 struct ManualClock(Mutex<Timestamp>);
@@ -274,7 +274,10 @@ async fn completion_verification_and_lease_expiry() {
         message: "rebooted into 6.1.0-20".into(),
         boot_id: Some("boot-b".into()),
         rebooted: true,
-        changed: vec![("linux-image-amd64".into(), "6.1.0-20".into())],
+        changed: vec![PackagePin {
+            name: "linux-image-amd64".into(),
+            version: "6.1.0-20".into(),
+        }],
     };
     let view = svc.complete("n1", token, completion.clone()).await.unwrap();
     assert_eq!(view.state, NodeState::Verifying);

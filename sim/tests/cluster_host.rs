@@ -4,13 +4,14 @@
 
 // Helpers outside #[test] functions fail the test the same way the tests do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+use rota_core::model::PackagePin;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rota_agent::host::{Host, RebootMethod};
-use rota_agent::packages::{InstallPurpose, PackagePin, UpgradeScope};
+use rota_agent::packages::{InstallPurpose, UpgradeScope};
 use rota_sim::apiserver::{GroupResource, ResourceKey, Store, meta};
 use rota_sim::cluster::scenario::{KERNEL_UPDATE, KUBELET_PATCH};
 use rota_sim::cluster::{

@@ -3,11 +3,12 @@
 
 // Helpers outside #[test] functions fail the test the same way the tests do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+use rota_core::model::{Blocked, Impact};
 
 use std::collections::BTreeSet;
 
 use rota_agent::host::Host;
-use rota_agent::packages::{Blocked, Impact};
+
 use rota_sim::apiserver::{GroupResource, ListOptions, Store, meta};
 use rota_sim::cluster::scenario::{
     CONTROL_PLANE_LABEL, HOSTNAME_LABEL, KUBELET_PATCH, ZONE_LABEL, ZONES,
@@ -184,7 +185,7 @@ async fn every_host_has_a_kernel_update_and_some_have_more() {
         assert_eq!(kernel.impact, Impact::Reboot);
         assert!(kernel.security);
         if let Some(kubelet) = pending.iter().find(|p| p.name == "kubelet") {
-            assert_eq!(kubelet.candidate, KUBELET_PATCH);
+            assert_eq!(kubelet.candidate_version, KUBELET_PATCH);
             assert_eq!(kubelet.impact, Impact::ServiceRestart);
             assert_eq!(kubelet.blocked, Some(Blocked::KubernetesPin));
             kubelet_patches += 1;

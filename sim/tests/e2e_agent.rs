@@ -16,7 +16,7 @@ use e2e_common::{
 };
 use rota_agent::host::memory::PackageFaults;
 use rota_agent::ops::Phase;
-use rota_coordinator::model::SlotPhase;
+use rota_core::model::SlotPhase;
 use rota_sim::cluster::host::KERNEL_PACKAGE;
 use rota_sim::demo::{Fleet, slot_phase};
 

@@ -15,8 +15,8 @@ use e2e_common::{
     waiting_reason,
 };
 use jiff::{SignedDuration, Timestamp};
-use rota_coordinator::model::SlotPhase;
 use rota_coordinator::slots::persist::SLOT_ANNOTATION;
+use rota_core::model::SlotPhase;
 use rota_sim::apiserver::{GroupResource, PatchKind, ResourceKey, meta};
 use rota_sim::cluster::Faults;
 use rota_sim::demo::{Stopped, slot_phase};

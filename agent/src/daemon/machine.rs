@@ -1,8 +1,8 @@
 //! The daemon's decisions, apart from I/O: what to report, which slot to ask for, when to
 //! start an operation. The runner feeds it inputs and performs the actions it returns.
+use rota_core::model::NodeFacts;
 
-use crate::detect::NodeFacts;
-use crate::ops::Operation;
+use rota_core::model::Operation;
 
 use super::proto::{SlotPhase, SlotView};
 
@@ -191,15 +191,15 @@ impl Daemon {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packages::{Impact, PendingUpgrade};
+    use rota_core::model::{Impact, PendingPackage};
 
     fn facts(reboot: bool, security: bool) -> NodeFacts {
         NodeFacts {
             reboot_required: reboot,
-            pending_upgrades: vec![PendingUpgrade {
+            pending_upgrades: vec![PendingPackage {
                 name: "curl".into(),
-                current: "1".into(),
-                candidate: "2".into(),
+                current_version: "1".into(),
+                candidate_version: "2".into(),
                 security,
                 impact: Impact::None,
                 blocked: None,

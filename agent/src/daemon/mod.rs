@@ -10,6 +10,7 @@
 pub mod machine;
 pub mod proto;
 mod watch;
+use rota_core::model::{NodeFacts, Operation};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,9 +26,9 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::cli::{DetectArgs, ExecArgs, HostArgs};
-use crate::detect::{self, DetectConfig, NodeFacts};
+use crate::detect::{self, DetectConfig};
 use crate::host::Host;
-use crate::ops::{CompleteAck, Completion, Executor, ExecutorConfig, Operation, Reporter};
+use crate::ops::{CompleteAck, Completion, Executor, ExecutorConfig, Reporter};
 use crate::tls::{self, TlsArgs};
 use crate::{Error, Result, state};
 use machine::{Action, Daemon, Input, UpgradePolicy};
@@ -496,7 +497,7 @@ impl Reporter for GrpcReporter {
             message: done.message.clone(),
             boot_id: done.boot_id.clone(),
             rebooted: done.rebooted,
-            changed: done.changed.iter().map(proto::pin_to_pb).collect(),
+            changed: done.changed.iter().map(pb::PackagePin::from).collect(),
         };
         match self.runtime.block_on(c.complete(req)) {
             Ok(_) => Ok(CompleteAck::Accepted),

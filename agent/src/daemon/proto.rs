@@ -3,8 +3,9 @@
 
 use rota_proto::v1 as pb;
 
-use crate::ops::Operation;
-use crate::packages::PackagePin;
+use rota_core::model::Operation;
+use rota_proto::convert as wire;
+
 use crate::{Error, Result};
 
 /// The phase of the node's slot.
@@ -57,7 +58,12 @@ impl TryFrom<&pb::SlotStatus> for SlotView {
                 return Err(Error::parse("slot status", format!("phase {}", s.phase)));
             }
         };
-        let operation = s.operation.as_ref().map(Operation::try_from).transpose()?;
+        let operation = s
+            .operation
+            .clone()
+            .map(|op| wire::operation(Some(op)))
+            .transpose()
+            .map_err(|e| Error::parse("slot status", e.to_string()))?;
         if phase == SlotPhase::Granted && (s.token == 0 || operation.is_none()) {
             return Err(Error::parse(
                 "slot status",
@@ -74,94 +80,10 @@ impl TryFrom<&pb::SlotStatus> for SlotView {
     }
 }
 
-impl TryFrom<&pb::Operation> for Operation {
-    type Error = Error;
-
-    fn try_from(op: &pb::Operation) -> Result<Self> {
-        use pb::operation::Kind;
-        match &op.kind {
-            Some(Kind::Reboot(_)) => Ok(Operation::Reboot),
-            Some(Kind::KubeletRestart(_)) => Ok(Operation::KubeletRestart),
-            Some(Kind::PackageUpgrade(u)) => Ok(Operation::PackageUpgrade {
-                security_only: u.security_only,
-                reboot_if_required: u.reboot_if_required,
-                packages: u
-                    .packages
-                    .iter()
-                    .map(|p| {
-                        if p.name.is_empty() || p.version.is_empty() {
-                            Err(Error::parse(
-                                "operation",
-                                "a package pin without name or version",
-                            ))
-                        } else {
-                            Ok(PackagePin {
-                                name: p.name.clone(),
-                                version: p.version.clone(),
-                            })
-                        }
-                    })
-                    .collect::<Result<_>>()?,
-            }),
-            Some(Kind::KubernetesUpgrade(k)) => {
-                let v = k.version.trim_start_matches('v');
-                let valid = v.split('.').count() == 3
-                    && v.split('.')
-                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-                if !valid {
-                    return Err(Error::parse(
-                        "operation",
-                        format!(
-                            "Kubernetes version {:?} is not MAJOR.MINOR.PATCH",
-                            k.version
-                        ),
-                    ));
-                }
-                Ok(Operation::KubernetesUpgrade {
-                    version: v.to_string(),
-                })
-            }
-            None => Err(Error::parse("operation", "no kind")),
-        }
-    }
-}
-
-impl From<&Operation> for pb::Operation {
-    fn from(op: &Operation) -> Self {
-        use pb::operation::Kind;
-        let kind = match op {
-            Operation::Reboot => Kind::Reboot(pb::Reboot {}),
-            Operation::KubeletRestart => Kind::KubeletRestart(pb::KubeletRestart {}),
-            Operation::PackageUpgrade {
-                security_only,
-                reboot_if_required,
-                packages,
-            } => Kind::PackageUpgrade(pb::PackageUpgrade {
-                security_only: *security_only,
-                reboot_if_required: *reboot_if_required,
-                packages: packages.iter().map(pin_to_pb).collect(),
-            }),
-            Operation::KubernetesUpgrade { version } => {
-                Kind::KubernetesUpgrade(pb::KubernetesUpgrade {
-                    version: version.clone(),
-                })
-            }
-        };
-        pb::Operation { kind: Some(kind) }
-    }
-}
-
-/// A package pin as protobuf.
-pub fn pin_to_pb(p: &PackagePin) -> pb::PackagePin {
-    pb::PackagePin {
-        name: p.name.clone(),
-        version: p.version.clone(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rota_core::model::PackagePin;
 
     #[test]
     fn operations_round_trip_and_bad_ones_are_refused() {
@@ -182,9 +104,9 @@ mod tests {
         ];
         for op in ops {
             let pb = pb::Operation::from(&op);
-            assert_eq!(Operation::try_from(&pb).unwrap(), op);
+            assert_eq!(wire::operation(Some(pb)).unwrap(), op);
         }
-        assert!(Operation::try_from(&pb::Operation { kind: None }).is_err());
+        assert!(wire::operation(Some(pb::Operation { kind: None })).is_err());
         let bad = pb::Operation {
             kind: Some(pb::operation::Kind::KubernetesUpgrade(
                 pb::KubernetesUpgrade {
@@ -192,7 +114,7 @@ mod tests {
                 },
             )),
         };
-        assert!(Operation::try_from(&bad).is_err());
+        assert!(wire::operation(Some(bad)).is_err());
         let grant_without_token = pb::SlotStatus {
             phase: pb::SlotPhase::Granted as i32,
             operation: Some(pb::Operation::from(&Operation::Reboot)),

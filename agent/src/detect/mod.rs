@@ -10,10 +10,10 @@ pub mod version;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use rota_core::model::NodeFacts;
 
 use crate::host::{ExitStatus, Host, HostCommand, read_text_opt};
-use crate::packages::{Impact, PendingUpgrade, read_os_release};
+use crate::packages::read_os_release;
 use crate::{Error, Result};
 use os::OsFamily;
 use version::VersionScheme;
@@ -45,83 +45,6 @@ impl Default for DetectConfig {
             command_timeout: Duration::from_secs(30),
             packages: true,
             refresh: false,
-        }
-    }
-}
-
-/// Everything the agent found on its node.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeFacts {
-    /// Current boot id.
-    pub boot_id: String,
-    /// Release of the running kernel.
-    pub kernel_running: String,
-    /// Releases of the installed kernels, oldest first.
-    pub kernels_installed: Vec<String>,
-    /// Whether a reboot is required.
-    pub reboot_required: bool,
-    /// Why, e.g. `sentinel /var/run/reboot-required`.
-    pub reboot_reasons: Vec<String>,
-    /// Packages that asked for the reboot (`/var/run/reboot-required.pkgs`).
-    pub reboot_packages: Vec<String>,
-    /// The package backend (`apt`, `dnf`), empty when none fits the OS.
-    pub package_backend: String,
-    /// Every package with a newer candidate, blocked ones included.
-    pub pending_upgrades: Vec<PendingUpgrade>,
-    /// Kubelet version without the leading `v` (`1.30.1`); empty when there is no kubelet.
-    pub kubelet_version: String,
-    /// Container runtime and version (`containerd 1.7.2`); empty when none was found.
-    pub container_runtime_version: String,
-    /// `PRETTY_NAME` of os-release.
-    pub os_image: String,
-    /// Version of this agent.
-    pub agent_version: String,
-    /// Detection problems; never treated as "required".
-    pub errors: Vec<String>,
-}
-
-impl NodeFacts {
-    /// Pending upgrades a plain upgrade would apply (`security_only`: only security ones).
-    pub fn actionable_upgrades(
-        &self,
-        security_only: bool,
-    ) -> impl Iterator<Item = &PendingUpgrade> {
-        self.pending_upgrades
-            .iter()
-            .filter(move |p| p.blocked.is_none() && (!security_only || p.security))
-    }
-}
-
-impl From<&NodeFacts> for rota_proto::v1::NodeFacts {
-    fn from(f: &NodeFacts) -> Self {
-        use rota_proto::v1 as pb;
-        rota_proto::v1::NodeFacts {
-            boot_id: f.boot_id.clone(),
-            kernel_running: f.kernel_running.clone(),
-            kernels_installed: f.kernels_installed.clone(),
-            reboot_required: f.reboot_required,
-            reboot_reasons: f.reboot_reasons.clone(),
-            pending_upgrades: f
-                .pending_upgrades
-                .iter()
-                .filter(|p| p.blocked.is_none())
-                .map(|p| pb::PendingPackage {
-                    name: p.name.clone(),
-                    current_version: p.current.clone(),
-                    candidate_version: p.candidate.clone(),
-                    security: p.security,
-                    impact: match p.impact {
-                        Impact::None => pb::Impact::None,
-                        Impact::ServiceRestart => pb::Impact::ServiceRestart,
-                        Impact::Reboot => pb::Impact::Reboot,
-                    } as i32,
-                })
-                .collect(),
-            kubelet_version: f.kubelet_version.clone(),
-            container_runtime_version: f.container_runtime_version.clone(),
-            os_image: f.os_image.clone(),
-            agent_version: f.agent_version.clone(),
-            errors: f.errors.clone(),
         }
     }
 }

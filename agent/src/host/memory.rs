@@ -8,6 +8,7 @@
 //! - installing a package whose impact is [`Impact::Reboot`] writes `/run/reboot-required`
 //!   (and `.pkgs`), as Debian's kernel and libc packages do;
 //! - commands are handled by closures registered per program; anything else does not exist.
+use rota_core::model::{Blocked, Impact, PackagePin, PendingPackage};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,8 +17,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::{CommandOutput, ExitStatus, Host, HostCommand, RebootMethod};
 use crate::detect::version::VersionScheme;
 use crate::packages::{
-    Blocked, Impact, InstallPurpose, KUBERNETES_PACKAGES, PackageChange, PackageManager,
-    PackagePin, PendingUpgrade, RepairOutcome, UpgradeScope, check_pins, diff, impact_of,
+    InstallPurpose, KUBERNETES_PACKAGES, PackageChange, PackageManager, RepairOutcome,
+    UpgradeScope, check_pins, diff,
 };
 use crate::{Error, Result};
 
@@ -347,7 +348,7 @@ impl MemoryPackages<'_> {
             s.installed.insert(pin.name.clone(), pin.version.clone());
             s.events
                 .push(format!("install {}={}", pin.name, pin.version));
-            if impact_of(&pin.name) == Impact::Reboot {
+            if Impact::of_package(&pin.name) == Impact::Reboot {
                 s.files.insert(
                     PathBuf::from("/run/reboot-required"),
                     b"*** System restart required ***\n".to_vec(),
@@ -381,7 +382,7 @@ impl PackageManager for MemoryPackages<'_> {
         Ok(())
     }
 
-    fn upgradable(&self) -> Result<Vec<PendingUpgrade>> {
+    fn upgradable(&self) -> Result<Vec<PendingPackage>> {
         let s = self.host.lock();
         let scheme = VersionScheme::Debian;
         let mut out = Vec::new();
@@ -394,12 +395,12 @@ impl PackageManager for MemoryPackages<'_> {
                 .filter(|(v, _)| scheme.compare(v, current).is_gt())
                 .max_by(|a, b| scheme.compare(&a.0, &b.0));
             if let Some((candidate, security)) = newest {
-                out.push(PendingUpgrade {
+                out.push(PendingPackage {
                     name: name.clone(),
-                    current: current.clone(),
-                    candidate: candidate.clone(),
+                    current_version: current.clone(),
+                    candidate_version: candidate.clone(),
                     security: *security,
-                    impact: impact_of(name),
+                    impact: Impact::of_package(name),
                     blocked: if KUBERNETES_PACKAGES.contains(&name.as_str()) {
                         Some(Blocked::KubernetesPin)
                     } else if s.holds.contains(name) {
@@ -420,7 +421,7 @@ impl PackageManager for MemoryPackages<'_> {
             .filter(|p| scope.selects(p))
             .map(|p| PackagePin {
                 name: p.name,
-                version: p.candidate,
+                version: p.candidate_version,
             })
             .collect();
         self.apply(&pins)

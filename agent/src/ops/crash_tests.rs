@@ -1,6 +1,7 @@
 //! Every crash point of every operation, on an in-memory host: the agent dies before an
 //! effect, or after the effect but before its outcome was persisted, then starts again and
 //! resumes from the persisted state.
+use rota_core::model::{Operation, PackagePin};
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use jiff::Timestamp;
 use super::*;
 use crate::host::memory::{PackageFaults, exited};
 use crate::host::{Host, MemoryHost};
-use crate::packages::PackagePin;
+
 use crate::state;
 
 #[derive(Default)]

@@ -1,17 +1,16 @@
 //! Performs the effects of an [`OperationRecord`] through a [`Host`] and persists the record
 //! after every transition.
+use rota_core::model::{Impact, Operation, PackagePin};
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::machine::{Effect, Operation, OperationRecord, Outcome, Phase};
+use super::machine::{Effect, OperationRecord, Outcome, Phase};
 use crate::detect::{self, DetectConfig};
 use crate::host::{Host, HostCommand, RebootMethod};
-use crate::packages::{
-    Impact, InstallPurpose, KUBERNETES_PACKAGES, PackageManager, PackagePin, diff, impact_of,
-};
+use crate::packages::{InstallPurpose, KUBERNETES_PACKAGES, PackageManager, diff};
 use crate::state;
 use crate::{Error, Result};
 
@@ -233,7 +232,7 @@ impl<'a> Executor<'a> {
                     pm.rollback(&changes)?;
                     if changes
                         .iter()
-                        .any(|c| impact_of(&c.name) == Impact::ServiceRestart)
+                        .any(|c| Impact::of_package(&c.name) == Impact::ServiceRestart)
                     {
                         self.host.restart_unit(&self.config.kubelet_unit)?;
                     }

@@ -15,49 +15,14 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::packages::{Impact, InstallPurpose, PackageChange, PackagePin, UpgradeScope, impact_of};
+use rota_core::model::{Impact, Operation, PackagePin};
+
+use crate::packages::{InstallPurpose, PackageChange, UpgradeScope};
 
 /// How many times a reboot may be requested for one grant.
 pub const MAX_REBOOT_ATTEMPTS: u32 = 2;
 /// How many times an interrupted phase is resumed before the operation gives up.
 pub const MAX_RECOVERIES: u32 = 2;
-
-/// One maintenance operation, as granted.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Operation {
-    /// Reboot the node.
-    Reboot,
-    /// Restart the kubelet.
-    KubeletRestart,
-    /// Upgrade packages, then reboot when the node needs it and `reboot_if_required`.
-    #[serde(rename_all = "camelCase")]
-    PackageUpgrade {
-        /// Only security upgrades.
-        security_only: bool,
-        /// Reboot afterwards when required.
-        reboot_if_required: bool,
-        /// Exact versions; empty means every pending upgrade of the scope.
-        packages: Vec<PackagePin>,
-    },
-    /// Move the kubelet (and kubeadm, kubectl where installed) to this version.
-    KubernetesUpgrade {
-        /// Target version, e.g. `1.30.2`.
-        version: String,
-    },
-}
-
-impl Operation {
-    /// Short name for logs and progress.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Operation::Reboot => "reboot",
-            Operation::KubeletRestart => "kubelet-restart",
-            Operation::PackageUpgrade { .. } => "package-upgrade",
-            Operation::KubernetesUpgrade { .. } => "kubernetes-upgrade",
-        }
-    }
-}
 
 /// Where an operation is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -503,7 +468,7 @@ impl OperationRecord {
         let runtime_moved = self
             .changes
             .iter()
-            .any(|c| impact_of(&c.name) == Impact::ServiceRestart);
+            .any(|c| Impact::of_package(&c.name) == Impact::ServiceRestart);
         if runtime_moved {
             Phase::RestartKubelet
         } else {

@@ -7,4 +7,4 @@ pub mod executor;
 pub mod machine;
 
 pub use executor::{CompleteAck, Completion, Executor, ExecutorConfig, Reporter};
-pub use machine::{Effect, Operation, OperationRecord, Outcome, Phase};
+pub use machine::{Effect, OperationRecord, Outcome, Phase};

@@ -6,14 +6,15 @@
 //! `jammy-security`, `Debian-Security:12/stable-security`). Upgrades install exact candidate
 //! versions of the selected packages, so nothing outside the selection (holds, Kubernetes
 //! packages) can move.
+use rota_core::model::{Blocked, Impact, PackagePin, PendingPackage};
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use super::{
-    Blocked, InstallPurpose, KUBERNETES_PACKAGES, PackageChange, PackageManager, PackagePin,
-    PendingUpgrade, RepairOutcome, UpgradeScope, check_pins, diff, impact_of,
+    InstallPurpose, KUBERNETES_PACKAGES, PackageChange, PackageManager, RepairOutcome,
+    UpgradeScope, check_pins, diff,
 };
 use crate::host::{Host, HostCommand, tail};
 use crate::{Error, Result};
@@ -140,7 +141,7 @@ impl PackageManager for Apt<'_> {
         self.run_ok(&["apt-get", "update"], QUERY_TIMEOUT).map(drop)
     }
 
-    fn upgradable(&self) -> Result<Vec<PendingUpgrade>> {
+    fn upgradable(&self) -> Result<Vec<PendingPackage>> {
         let out = self.run_ok(
             &[
                 "apt-get",
@@ -171,7 +172,7 @@ impl PackageManager for Apt<'_> {
             .upgradable()?
             .into_iter()
             .filter(|p| scope.selects(p))
-            .map(|p| format!("{}={}", p.name, p.candidate))
+            .map(|p| format!("{}={}", p.name, p.candidate_version))
             .collect();
         if specs.is_empty() {
             return Ok(Vec::new());
@@ -304,14 +305,14 @@ impl PackageManager for Apt<'_> {
 
 /// Parses the `Inst` lines of `apt-get -s dist-upgrade` into pending upgrades (of installed
 /// packages; new dependencies are not upgrades). `blocked` is left unset. Sorted by name.
-pub(crate) fn parse_simulation(out: &str) -> Vec<PendingUpgrade> {
-    let mut pending: Vec<PendingUpgrade> = out.lines().filter_map(parse_inst).collect();
+pub(crate) fn parse_simulation(out: &str) -> Vec<PendingPackage> {
+    let mut pending: Vec<PendingPackage> = out.lines().filter_map(parse_inst).collect();
     pending.sort_by(|a, b| a.name.cmp(&b.name));
     pending
 }
 
 /// `Inst NAME [OLD] (NEW LABEL:SUITE, LABEL:VERSION/SUITE [ARCH])`.
-fn parse_inst(line: &str) -> Option<PendingUpgrade> {
+fn parse_inst(line: &str) -> Option<PendingPackage> {
     let rest = line.strip_prefix("Inst ")?;
     let (name, rest) = rest.split_once(' ')?;
     let rest = rest.trim_start();
@@ -323,14 +324,14 @@ fn parse_inst(line: &str) -> Option<PendingUpgrade> {
     let (candidate, releases) = inner.split_once(' ').unwrap_or((inner, ""));
     let releases = releases.rsplit_once('[').map_or(releases, |(r, _)| r);
     let name = name.split(':').next().unwrap_or(name);
-    Some(PendingUpgrade {
+    Some(PendingPackage {
         name: name.to_string(),
-        current: current.to_string(),
-        candidate: candidate.to_string(),
+        current_version: current.to_string(),
+        candidate_version: candidate.to_string(),
         security: releases
             .split(',')
             .any(|r| r.to_ascii_lowercase().contains("security")),
-        impact: impact_of(name),
+        impact: Impact::of_package(name),
         blocked: None,
     })
 }
@@ -366,7 +367,6 @@ fn parse_madison(out: &str, name: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packages::Impact;
 
     /// Recorded from `apt-get -s --ignore-hold dist-upgrade` on Debian bookworm with the
     /// security archive and a local repository.
@@ -398,11 +398,11 @@ Conf both (1.1 rota:rota, rota-security:rota-security [all])
         assert!(get("both").security);
         assert!(!get("foo").security);
         assert!(get("secpkg").security);
-        assert_eq!(get("libc6").current, "2.36-9+deb12u3");
-        assert_eq!(get("libc6").candidate, "2.36-9+deb12u4");
+        assert_eq!(get("libc6").current_version, "2.36-9+deb12u3");
+        assert_eq!(get("libc6").candidate_version, "2.36-9+deb12u4");
         assert!(get("libc6").security);
         assert_eq!(get("libc6").impact, Impact::Reboot);
-        assert_eq!(get("kubelet").candidate, "1.30.2");
+        assert_eq!(get("kubelet").candidate_version, "1.30.2");
         assert!(!get("kubelet").security);
         assert_eq!(get("kubelet").impact, Impact::ServiceRestart);
     }

@@ -3,13 +3,14 @@
 //! Pending upgrades come from `dnf check-update` (exit 100 when there are some), the security
 //! split from `dnf updateinfo list --security --updates`, holds from `dnf versionlock list`.
 //! Upgrades name exact versions, so nothing outside the selection moves.
+use rota_core::model::{Blocked, Impact, PackagePin, PendingPackage};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::{
-    Blocked, InstallPurpose, KUBERNETES_PACKAGES, PackageChange, PackageManager, PackagePin,
-    PendingUpgrade, RepairOutcome, UpgradeScope, check_pins, diff, impact_of,
+    InstallPurpose, KUBERNETES_PACKAGES, PackageChange, PackageManager, RepairOutcome,
+    UpgradeScope, check_pins, diff,
 };
 use crate::detect::version::VersionScheme;
 use crate::host::{ExitStatus, Host, HostCommand};
@@ -69,7 +70,7 @@ impl PackageManager for Dnf<'_> {
             .map(drop)
     }
 
-    fn upgradable(&self) -> Result<Vec<PendingUpgrade>> {
+    fn upgradable(&self) -> Result<Vec<PendingPackage>> {
         // Locked and excluded packages are listed too (and marked blocked below), so `check`
         // can say what is kept back and why.
         let cmd = HostCommand::new([
@@ -94,13 +95,13 @@ impl PackageManager for Dnf<'_> {
         let installed = self.installed()?;
         let security = self.security_names()?;
         let holds = self.holds()?;
-        let mut pending: Vec<PendingUpgrade> = candidates
+        let mut pending: Vec<PendingPackage> = candidates
             .into_iter()
             .filter_map(|(name, candidate)| {
                 let current = installed.get(&name)?.clone();
-                Some(PendingUpgrade {
+                Some(PendingPackage {
                     security: security.contains(&name),
-                    impact: impact_of(&name),
+                    impact: Impact::of_package(&name),
                     blocked: if KUBERNETES_PACKAGES.contains(&name.as_str()) {
                         Some(Blocked::KubernetesPin)
                     } else if holds.contains(&name) {
@@ -109,8 +110,8 @@ impl PackageManager for Dnf<'_> {
                         None
                     },
                     name,
-                    current,
-                    candidate,
+                    current_version: current,
+                    candidate_version: candidate,
                 })
             })
             .collect();
@@ -123,7 +124,7 @@ impl PackageManager for Dnf<'_> {
             .upgradable()?
             .into_iter()
             .filter(|p| scope.selects(p))
-            .map(|p| format!("{}-{}", p.name, p.candidate))
+            .map(|p| format!("{}-{}", p.name, p.candidate_version))
             .collect();
         if specs.is_empty() {
             return Ok(Vec::new());

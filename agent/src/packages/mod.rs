@@ -12,6 +12,7 @@ mod dnf;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use rota_core::model::{PackagePin, PendingPackage};
 use serde::{Deserialize, Serialize};
 
 pub use apt::Apt;
@@ -23,85 +24,6 @@ use crate::{Error, Result};
 
 /// Packages that move only in a Kubernetes upgrade operation, never in a plain upgrade.
 pub const KUBERNETES_PACKAGES: [&str; 3] = ["kubelet", "kubeadm", "kubectl"];
-
-/// What installing a package implies for the node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Impact {
-    /// Nothing beyond the package itself.
-    None,
-    /// The kubelet (or the container runtime under it) must be restarted.
-    ServiceRestart,
-    /// The node must reboot (kernel, C library, systemd, D-Bus).
-    Reboot,
-}
-
-/// The impact of upgrading the package `name`.
-pub fn impact_of(name: &str) -> Impact {
-    const REBOOT_EXACT: [&str; 12] = [
-        "libc6",
-        "libc-bin",
-        "glibc",
-        "glibc-common",
-        "systemd",
-        "libsystemd0",
-        "systemd-libs",
-        "systemd-udev",
-        "dbus",
-        "dbus-daemon",
-        "dbus-broker",
-        "kernel",
-    ];
-    const REBOOT_PREFIXES: [&str; 4] = [
-        "linux-image",
-        "linux-modules",
-        "kernel-core",
-        "kernel-modules",
-    ];
-    const RESTART_EXACT: [&str; 7] = [
-        "kubelet",
-        "containerd",
-        "containerd.io",
-        "cri-o",
-        "runc",
-        "crun",
-        "moby-containerd",
-    ];
-    if REBOOT_EXACT.contains(&name) || REBOOT_PREFIXES.iter().any(|p| name.starts_with(p)) {
-        Impact::Reboot
-    } else if RESTART_EXACT.contains(&name) {
-        Impact::ServiceRestart
-    } else {
-        Impact::None
-    }
-}
-
-/// Why a pending upgrade will not be applied by a plain upgrade.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Blocked {
-    /// The package is held (`apt-mark hold`, dnf versionlock).
-    Held,
-    /// A Kubernetes package: it moves only in a Kubernetes upgrade.
-    KubernetesPin,
-}
-
-/// A package with a newer candidate version.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingUpgrade {
-    /// Package name.
-    pub name: String,
-    /// Installed version.
-    pub current: String,
-    /// The version an upgrade would install.
-    pub candidate: String,
-    /// Whether the candidate comes from a security source.
-    pub security: bool,
-    /// What installing it implies.
-    pub impact: Impact,
-    /// Set when a plain upgrade leaves it alone.
-    pub blocked: Option<Blocked>,
-}
 
 /// Which pending upgrades a plain upgrade applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,18 +37,9 @@ pub enum UpgradeScope {
 
 impl UpgradeScope {
     /// Whether this scope applies `p`.
-    pub fn selects(self, p: &PendingUpgrade) -> bool {
+    pub fn selects(self, p: &PendingPackage) -> bool {
         p.blocked.is_none() && (self == UpgradeScope::All || p.security)
     }
-}
-
-/// A package at an exact version.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct PackagePin {
-    /// Package name.
-    pub name: String,
-    /// Exact version (as the package manager spells it).
-    pub version: String,
 }
 
 /// One package that changed.
@@ -178,8 +91,8 @@ pub trait PackageManager {
     fn refresh(&self) -> Result<()>;
 
     /// Every installed package with a newer candidate, with the security split, impact, and
-    /// whether a plain upgrade leaves it alone ([`PendingUpgrade::blocked`]). Sorted by name.
-    fn upgradable(&self) -> Result<Vec<PendingUpgrade>>;
+    /// whether a plain upgrade leaves it alone ([`PendingPackage::blocked`]). Sorted by name.
+    fn upgradable(&self) -> Result<Vec<PendingPackage>>;
 
     /// Applies the pending upgrades selected by `scope` ([`UpgradeScope::selects`]): holds and
     /// [`KUBERNETES_PACKAGES`] never move.
@@ -312,23 +225,6 @@ pub(crate) fn check_pins(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn impacts() {
-        assert_eq!(impact_of("linux-image-6.1.0-13-amd64"), Impact::Reboot);
-        assert_eq!(impact_of("linux-image-amd64"), Impact::Reboot);
-        assert_eq!(impact_of("kernel-core"), Impact::Reboot);
-        assert_eq!(impact_of("libc6"), Impact::Reboot);
-        assert_eq!(impact_of("glibc"), Impact::Reboot);
-        assert_eq!(impact_of("systemd"), Impact::Reboot);
-        assert_eq!(impact_of("dbus"), Impact::Reboot);
-        assert_eq!(impact_of("kubelet"), Impact::ServiceRestart);
-        assert_eq!(impact_of("containerd.io"), Impact::ServiceRestart);
-        assert_eq!(impact_of("cri-o"), Impact::ServiceRestart);
-        assert_eq!(impact_of("runc"), Impact::ServiceRestart);
-        assert_eq!(impact_of("curl"), Impact::None);
-        assert_eq!(impact_of("kernelshark"), Impact::None);
-    }
 
     #[test]
     fn diff_reports_changed_new_and_removed() {

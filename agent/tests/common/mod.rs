@@ -2,12 +2,12 @@
 //! of a prepared root, and running the agent binary on it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+use rota_core::model::NodeFacts;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rota_agent::detect::NodeFacts;
 use rota_agent::host::{ChrootHost, Host};
 use rota_agent::ops::{CompleteAck, Completion, Reporter};
 
@@ -233,9 +233,7 @@ impl Root {
 }
 
 /// Sorted names of pending upgrades.
-pub fn names<'a>(
-    it: impl Iterator<Item = &'a rota_agent::packages::PendingUpgrade>,
-) -> Vec<&'a str> {
+pub fn names<'a>(it: impl Iterator<Item = &'a rota_core::model::PendingPackage>) -> Vec<&'a str> {
     let mut v: Vec<&str> = it.map(|p| p.name.as_str()).collect();
     v.sort();
     v

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::model::NodeName;
+use rota_core::model::NodeName;
 
 /// How long outcomes are kept, and how many.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -25,7 +25,7 @@ pub use cache::{Cache, CacheConfig};
 pub use review::{AgentIdentity, Claim};
 
 use crate::grpc::{AuthError, Authenticator, bearer_token};
-use crate::model::NodeName;
+use rota_core::model::NodeName;
 
 /// How long one call to the API server (review or pod lookup) may take before the agent gets
 /// `UNAVAILABLE` and retries.

@@ -6,7 +6,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jiff::Timestamp;
 use k8s_openapi::api::authentication::v1::TokenReviewStatus;
 
-use crate::model::NodeName;
+use rota_core::model::NodeName;
 
 /// `status.user.extra` key naming the node of the pod the token is bound to (Kubernetes ≥ 1.30).
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";

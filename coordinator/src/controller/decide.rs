@@ -17,12 +17,12 @@ use super::snapshot::{self, Inputs, drain_spec, pool_of, pools_of};
 use super::verify::{self, Verdict};
 use crate::blockers::AlertReports;
 use crate::drain::{DrainSpec, is_unschedulable};
-use crate::model::{FencingToken, NodeName, Operation, SlotPhase};
 use crate::policy::crd::RebootMode;
 use crate::policy::{DEFAULT_DRAIN_TIMEOUT, Health, MaintenancePolicyStatus};
 use crate::scheduler::{self, SequentialPdb, WaitReason};
 use crate::slots::{Holding, NodeEntry, NodeState, Waiting};
 use crate::store::CacheState;
+use rota_core::model::{FencingToken, NodeName, Operation, SlotPhase};
 
 /// Everything one pass looks at.
 pub struct Input<'a> {

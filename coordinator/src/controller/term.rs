@@ -27,7 +27,6 @@ use crate::blockers::{AlertWatch, prometheus};
 use crate::drain::{DrainControl, DrainProgress, DrainReport, Drainer, PdbRef, PodProgress};
 use crate::events::{EventSink, Reason};
 use crate::metrics::{Metrics, Outcome};
-use crate::model::{FencingToken, NodeName};
 use crate::notify::{Notification, PauseCause};
 use crate::policy::{DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, MaintenancePolicy};
 use crate::slots::{
@@ -35,6 +34,7 @@ use crate::slots::{
     TransitionReason,
 };
 use crate::store::{ClusterCache, KubeLedgerStore, WriteGate};
+use rota_core::model::{FencingToken, NodeName};
 
 type Service = SlotService<KubeLedgerStore>;
 
@@ -750,7 +750,7 @@ impl<'a> Term<'a> {
         };
         match self
             .service
-            .request(&node, operation.clone(), crate::model::Origin::Manual)
+            .request(&node, operation.clone(), rota_core::model::Origin::Manual)
             .await
         {
             Ok(_) => {

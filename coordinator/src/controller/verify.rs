@@ -22,9 +22,9 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 
-use crate::model::Operation;
 use crate::policy::{Health, KubeVersion, NamespacedName};
 use crate::slots::{HeldSlot, RebootEvidence};
+use rota_core::model::Operation;
 
 /// The outcome of one verification.
 #[derive(Clone, Debug, PartialEq, Eq)]

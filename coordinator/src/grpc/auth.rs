@@ -6,7 +6,7 @@ use std::future::Future;
 
 use tonic::metadata::MetadataMap;
 
-use crate::model::NodeName;
+use rota_core::model::NodeName;
 
 /// Why a caller could not be authenticated.
 #[derive(Debug, thiserror::Error)]

@@ -25,8 +25,8 @@ use tokio::sync::watch;
 pub use auth::{AuthError, Authenticator, StaticAuthenticator, bearer_token};
 pub use server::{AgentGrpc, ShutdownHandle, serve};
 
-use crate::model::{FencingToken, NodeFacts, Operation, Origin};
 use crate::slots::{self, Completion, LedgerStore, Release, SlotService, SlotView};
+use rota_core::model::{FencingToken, NodeFacts, Operation, Origin};
 
 /// Largest message the server decodes or encodes (1 MiB); larger ones are refused with
 /// `OUT_OF_RANGE` before they are parsed.

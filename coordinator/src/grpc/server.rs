@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use rota_proto::convert as wire;
 use rota_proto::v1 as pb;
 use rota_proto::v1::agent_server::{Agent, AgentServer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -15,8 +16,8 @@ use tonic::{Request, Response, Status};
 
 use super::auth::Authenticator;
 use super::{AgentCore, MAX_MESSAGE_BYTES, convert, status};
-use crate::model::NodeName;
 use crate::slots::{Release, SlotView};
+use rota_core::model::NodeName;
 
 /// The `rota.v1.Agent` gRPC service: authenticates, validates and forwards to the core.
 ///
@@ -60,7 +61,7 @@ impl<C: AgentCore, A: Authenticator> AgentGrpc<C, A> {
             .authenticate(request.metadata())
             .await
             .map_err(|e| status::unauthenticated(&e))?;
-        let node = convert::node_name("node", node).map_err(|e| status::invalid_argument(&e))?;
+        let node = wire::node_name("node", node).map_err(|e| status::invalid_argument(&e))?;
         if caller != node {
             return Err(status::permission_denied(&caller, &node));
         }
@@ -135,7 +136,7 @@ impl<C: AgentCore, A: Authenticator> Agent for AgentGrpc<C, A> {
     ) -> Result<Response<pb::ReportFactsResponse>, Status> {
         let node = self.authorize(&request, &request.get_ref().node).await?;
         let facts =
-            convert::facts(request.into_inner().facts).map_err(|e| status::invalid_argument(&e))?;
+            wire::facts(request.into_inner().facts).map_err(|e| status::invalid_argument(&e))?;
         self.core
             .report_facts(&node, facts)
             .await
@@ -148,7 +149,7 @@ impl<C: AgentCore, A: Authenticator> Agent for AgentGrpc<C, A> {
         request: Request<pb::RequestSlotRequest>,
     ) -> Result<Response<pb::SlotStatus>, Status> {
         let node = self.authorize(&request, &request.get_ref().node).await?;
-        let operation = convert::operation(request.into_inner().operation)
+        let operation = wire::operation(request.into_inner().operation)
             .map_err(|e| status::invalid_argument(&e))?;
         let view = self
             .core
@@ -181,7 +182,7 @@ impl<C: AgentCore, A: Authenticator> Agent for AgentGrpc<C, A> {
         request: Request<pb::RenewRequest>,
     ) -> Result<Response<pb::RenewResponse>, Status> {
         let node = self.authorize(&request, &request.get_ref().node).await?;
-        let token = convert::token("token", request.get_ref().token)
+        let token = wire::token("token", request.get_ref().token)
             .map_err(|e| status::invalid_argument(&e))?;
         let ttl = self
             .core
@@ -199,9 +200,9 @@ impl<C: AgentCore, A: Authenticator> Agent for AgentGrpc<C, A> {
     ) -> Result<Response<pb::ReportProgressResponse>, Status> {
         let node = self.authorize(&request, &request.get_ref().node).await?;
         let req = request.into_inner();
-        let parsed = convert::token("token", req.token).and_then(|token| {
-            let step = convert::text("step", req.step, convert::MAX_IDENT_BYTES)?;
-            let message = convert::text("message", req.message, convert::MAX_TEXT_BYTES)?;
+        let parsed = wire::token("token", req.token).and_then(|token| {
+            let step = wire::text("step", req.step, wire::MAX_IDENT_BYTES)?;
+            let message = wire::text("message", req.message, wire::MAX_TEXT_BYTES)?;
             Ok((token, step, message))
         });
         let (token, step, message) = parsed.map_err(|e| status::invalid_argument(&e))?;
@@ -219,7 +220,7 @@ impl<C: AgentCore, A: Authenticator> Agent for AgentGrpc<C, A> {
         let node = self.authorize(&request, &request.get_ref().node).await?;
         let req = request.into_inner();
         let parsed =
-            convert::token("token", req.token).and_then(|t| Ok((t, convert::completion(req)?)));
+            wire::token("token", req.token).and_then(|t| Ok((t, convert::completion(req)?)));
         let (token, completion) = parsed.map_err(|e| status::invalid_argument(&e))?;
         let view = self
             .core
@@ -237,9 +238,9 @@ impl<C: AgentCore, A: Authenticator> Agent for AgentGrpc<C, A> {
         let req = request.into_inner();
         let release = match req.token {
             0 => Release::Withdraw,
-            token => Release::Holder(crate::model::FencingToken(token)),
+            token => Release::Holder(rota_core::model::FencingToken(token)),
         };
-        let reason = convert::text("reason", req.reason, convert::MAX_TEXT_BYTES)
+        let reason = wire::text("reason", req.reason, wire::MAX_TEXT_BYTES)
             .map_err(|e| status::invalid_argument(&e))?;
         self.core
             .release(&node, release, reason)

@@ -3,8 +3,8 @@
 use tonic::{Code, Status};
 
 use super::auth::AuthError;
-use super::convert::Invalid;
 use crate::slots::{self, LedgerError, StoreError};
+use rota_proto::convert::Invalid;
 
 /// A request that does not validate.
 pub fn invalid_argument(err: &Invalid) -> Status {

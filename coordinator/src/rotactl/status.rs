@@ -19,10 +19,10 @@ use serde::Serialize;
 
 use super::{Error, Output, Result, age};
 use crate::controller::annotations::{MAINTENANCE_REQUESTED, RELEASE};
-use crate::model::{Operation, Origin};
 use crate::policy::{MaintenancePolicy, Selector, conditions};
 use crate::slots::persist::decode_entry;
 use crate::slots::{Holding, NodeEntry, NodeState};
+use rota_core::model::{Operation, Origin};
 
 /// Node labels of control-plane nodes (admitted before workers, as the scheduler does).
 const CONTROL_PLANE_LABELS: [&str; 2] = [

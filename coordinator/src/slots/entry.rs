@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 use jiff::{SignedDuration, Timestamp};
 
 use super::transition::{NodeState, TransitionReason};
-use crate::model::{FencingToken, NodeName, Operation, Slot, SlotRequest};
+use rota_core::model::{FencingToken, NodeName, Operation, Slot, SlotRequest};
 
 /// The latest progress note of a granted operation (`ReportProgress`).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -51,7 +51,7 @@ pub use service::{Clock, Completion, SlotEvent, SlotService, SlotServiceConfig, 
 pub use store::{LedgerStore, MemoryStore, StoreError, StoredState};
 pub use transition::{NodeState, Transition, TransitionReason};
 
-use crate::model::NodeName;
+use rota_core::model::NodeName;
 
 /// Errors of the slot layer.
 #[derive(Debug, thiserror::Error)]

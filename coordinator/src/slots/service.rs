@@ -18,7 +18,7 @@ use super::persist::encode_entry;
 use super::store::LedgerStore;
 use super::transition::Transition;
 use super::{Error, Result};
-use crate::model::{FencingToken, NodeFacts, NodeName, Operation, Origin};
+use rota_core::model::{FencingToken, NodeFacts, NodeName, Operation, Origin, PackagePin};
 
 /// Where the service reads the time for the changes it applies.
 pub trait Clock: Send + Sync + 'static {
@@ -72,7 +72,7 @@ pub struct Completion {
     /// Whether the operation rebooted the node.
     pub rebooted: bool,
     /// Packages changed: `(name, version after)`.
-    pub changed: Vec<(String, String)>,
+    pub changed: Vec<PackagePin>,
 }
 
 struct Guarded {

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::persist::NodeAnnotations;
-use crate::model::NodeName;
+use rota_core::model::NodeName;
 
 /// Everything the ledger persisted, as read back by [`LedgerStore::load`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

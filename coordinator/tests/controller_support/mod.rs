@@ -25,10 +25,10 @@ use rota_coordinator::grpc::AgentCore;
 use rota_coordinator::kube_client::Clients;
 use rota_coordinator::leader::{CoreGate, Leadership};
 use rota_coordinator::metrics::Metrics;
-use rota_coordinator::model::{FencingToken, NodeFacts, Operation};
 use rota_coordinator::notify::Notifier;
 use rota_coordinator::policy::{MaintenancePolicy, MaintenancePolicySpec};
 use rota_coordinator::slots::{Clock, Completion, NodeState, SlotView};
+use rota_core::model::{FencingToken, NodeFacts, Operation};
 use rota_sim::apiserver::{
     ApiServer, DeleteOptions, GroupResource, ListOptions, ResourceKey, ServerConfig, ServerHandle,
     Store,

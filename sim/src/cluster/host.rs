@@ -12,6 +12,7 @@
 //!   (`/boot/vmlinuz-RELEASE`) and writes the reboot sentinel, as Debian's packages do.
 //!
 //! The agent calls these from blocking threads; the kubelet is told through a channel.
+use rota_core::model::{PackagePin, PendingPackage};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,8 +22,7 @@ use parking_lot::Mutex;
 use rota_agent::host::memory::exited;
 use rota_agent::host::{CommandOutput, Host, HostCommand, MemoryHost, RebootMethod};
 use rota_agent::packages::{
-    InstallPurpose, PackageChange, PackageManager, PackagePin, PendingUpgrade, RepairOutcome,
-    UpgradeScope,
+    InstallPurpose, PackageChange, PackageManager, RepairOutcome, UpgradeScope,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -344,7 +344,7 @@ impl PackageManager for SimPackages<'_> {
         self.inner.refresh()
     }
 
-    fn upgradable(&self) -> rota_agent::Result<Vec<PendingUpgrade>> {
+    fn upgradable(&self) -> rota_agent::Result<Vec<PendingPackage>> {
         self.inner.upgradable()
     }
 

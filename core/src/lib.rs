@@ -1,0 +1,10 @@
+//! rota's pure core: the domain model shared by the agent and the coordinator, and every
+//! decision rota makes, as plain functions of their inputs and an explicit `now`.
+//!
+//! This crate performs no I/O: it depends on no async runtime, no Kubernetes client, no gRPC or
+//! HTTP stack — its `Cargo.toml` is the proof, and a test of the workspace checks it. The
+//! coordinator and the agent are shells around it that read the world, call in here, and carry
+//! out what comes back.
+
+pub mod clock;
+pub mod model;

@@ -1,0 +1,13 @@
+//! The domain model shared by the agent and the coordinator: operations, node facts, slots and
+//! fencing tokens. One definition each, one serde form each (camelCase), so that what the agent
+//! persists, what the coordinator persists and what both log say the same thing.
+//!
+//! Nothing here performs I/O or reads the clock: times are explicit `jiff::Timestamp`s.
+
+mod facts;
+mod operation;
+mod slot;
+
+pub use facts::{Blocked, Impact, NodeFacts, PackagePin, PendingPackage};
+pub use operation::Operation;
+pub use slot::{FencingToken, NodeName, Origin, Slot, SlotPhase, SlotRequest};

@@ -1,0 +1,330 @@
+//! rota's domain model (`rota_core::model`) to proto and back.
+//!
+//! Both ends use these: the coordinator validates everything an agent sends with them (a request
+//! that does not validate is refused with `INVALID_ARGUMENT` before the core sees it), and the
+//! agent reads its grants with the same rules. Domain values become proto with `From`.
+
+use std::fmt;
+
+use rota_core::model::{
+    FencingToken, Impact, NodeFacts, NodeName, Operation, PackagePin, PendingPackage,
+};
+
+use crate::v1 as pb;
+
+/// Longest free-text field (messages, reasons, steps), in bytes.
+pub const MAX_TEXT_BYTES: usize = 1024;
+/// Longest identifier-like field (boot id, versions, package names), in bytes.
+pub const MAX_IDENT_BYTES: usize = 253;
+/// Most entries of a list of strings (kernels, reasons, errors).
+pub const MAX_LIST_ENTRIES: usize = 256;
+/// Most packages in one list (pending upgrades, pins, changed packages).
+pub const MAX_PACKAGES: usize = 4096;
+
+/// A field of a request that does not validate.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct Invalid {
+    /// Path of the field, e.g. `operation.kubernetes_upgrade.version`.
+    pub field: String,
+    /// Why it is refused.
+    pub reason: String,
+}
+
+/// A refusal of `field`.
+pub fn invalid(field: impl fmt::Display, reason: impl Into<String>) -> Invalid {
+    Invalid {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// A Kubernetes Node name (RFC 1123 subdomain).
+pub fn node_name(field: &str, value: &str) -> Result<NodeName, Invalid> {
+    if value.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    if value.len() > MAX_IDENT_BYTES {
+        return Err(invalid(
+            field,
+            format!(
+                "is {} bytes; a node name has at most {MAX_IDENT_BYTES}",
+                value.len()
+            ),
+        ));
+    }
+    let labels_ok = value.split('.').all(|label| {
+        let bytes = label.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= 63
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+            && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+            && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+    });
+    if !labels_ok {
+        return Err(invalid(
+            field,
+            format!("{value:?} is not a valid node name (lower-case RFC 1123 subdomain)"),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// A fencing token; 0 is "none" in the proto and refused where a token is required.
+pub fn token(field: &str, value: u64) -> Result<FencingToken, Invalid> {
+    if value == 0 {
+        return Err(invalid(field, "is required (the slot's fencing token)"));
+    }
+    Ok(FencingToken(value))
+}
+
+/// Free text up to `max` bytes.
+pub fn text(field: &str, value: String, max: usize) -> Result<String, Invalid> {
+    if value.len() > max {
+        return Err(invalid(
+            field,
+            format!("is {} bytes; at most {max} are accepted", value.len()),
+        ));
+    }
+    Ok(value)
+}
+
+/// A non-empty identifier (no whitespace, at most [`MAX_IDENT_BYTES`]).
+pub fn required_ident(field: &str, value: String) -> Result<String, Invalid> {
+    if value.trim().is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    ident(field, value)
+}
+
+/// An identifier, possibly empty (no whitespace, at most [`MAX_IDENT_BYTES`]).
+pub fn ident(field: &str, value: String) -> Result<String, Invalid> {
+    if value.chars().any(char::is_whitespace) {
+        return Err(invalid(field, format!("{value:?} contains whitespace")));
+    }
+    text(field, value, MAX_IDENT_BYTES)
+}
+
+/// A list of at most `max` entries, each validated by `each` with its indexed field path.
+pub fn list<T, U>(
+    field: &str,
+    values: Vec<T>,
+    max: usize,
+    mut each: impl FnMut(&str, T) -> Result<U, Invalid>,
+) -> Result<Vec<U>, Invalid> {
+    if values.len() > max {
+        return Err(invalid(
+            field,
+            format!("has {} entries; at most {max} are accepted", values.len()),
+        ));
+    }
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| each(&format!("{field}[{i}]"), v))
+        .collect()
+}
+
+/// The operation of a `RequestSlot`; an unset operation is refused.
+pub fn operation(value: Option<pb::Operation>) -> Result<Operation, Invalid> {
+    use pb::operation::Kind;
+    let kind = value.and_then(|op| op.kind).ok_or_else(|| {
+        invalid(
+            "operation",
+            "is required (reboot, kubelet_restart, package_upgrade or kubernetes_upgrade)",
+        )
+    })?;
+    Ok(match kind {
+        Kind::Reboot(pb::Reboot {}) => Operation::Reboot,
+        Kind::KubeletRestart(pb::KubeletRestart {}) => Operation::KubeletRestart,
+        Kind::PackageUpgrade(up) => Operation::PackageUpgrade {
+            security_only: up.security_only,
+            reboot_if_required: up.reboot_if_required,
+            packages: list(
+                "operation.package_upgrade.packages",
+                up.packages,
+                MAX_PACKAGES,
+                pin,
+            )?,
+        },
+        Kind::KubernetesUpgrade(up) => Operation::KubernetesUpgrade {
+            version: kubernetes_version("operation.kubernetes_upgrade.version", &up.version)?,
+        },
+    })
+}
+
+pub fn pin(field: &str, pin: pb::PackagePin) -> Result<PackagePin, Invalid> {
+    Ok(PackagePin {
+        name: required_ident(&format!("{field}.name"), pin.name)?,
+        version: required_ident(&format!("{field}.version"), pin.version)?,
+    })
+}
+
+/// A Kubernetes version `MAJOR.MINOR.PATCH` (a leading `v` is dropped).
+pub fn kubernetes_version(field: &str, value: &str) -> Result<String, Invalid> {
+    let bare = value.strip_prefix('v').unwrap_or(value);
+    let parts: Vec<&str> = bare.split('.').collect();
+    let numeric = |p: &&str| !p.is_empty() && p.len() <= 9 && p.bytes().all(|b| b.is_ascii_digit());
+    if parts.len() != 3 || !parts.iter().all(numeric) {
+        return Err(invalid(
+            field,
+            format!("{value:?} is not a Kubernetes version like 1.33.2"),
+        ));
+    }
+    Ok(bare.to_owned())
+}
+
+/// The facts of a `ReportFacts`; missing facts or boot id are refused.
+pub fn facts(value: Option<pb::NodeFacts>) -> Result<NodeFacts, Invalid> {
+    let f = value.ok_or_else(|| invalid("facts", "is required"))?;
+    Ok(NodeFacts {
+        boot_id: required_ident("facts.boot_id", f.boot_id)?,
+        kernel_running: ident("facts.kernel_running", f.kernel_running)?,
+        kernels_installed: list(
+            "facts.kernels_installed",
+            f.kernels_installed,
+            MAX_LIST_ENTRIES,
+            required_ident,
+        )?,
+        reboot_required: f.reboot_required,
+        reboot_reasons: list(
+            "facts.reboot_reasons",
+            f.reboot_reasons,
+            MAX_LIST_ENTRIES,
+            |field, v| text(field, v, MAX_TEXT_BYTES),
+        )?,
+        reboot_packages: list(
+            "facts.reboot_packages",
+            f.reboot_packages,
+            MAX_PACKAGES,
+            required_ident,
+        )?,
+        package_backend: ident("facts.package_backend", f.package_backend)?,
+        pending_upgrades: list(
+            "facts.pending_upgrades",
+            f.pending_upgrades,
+            MAX_PACKAGES,
+            pending_package,
+        )?,
+        kubelet_version: ident("facts.kubelet_version", f.kubelet_version)?,
+        // The agent reports `containerd 1.7.24` (runtime, space, version): free text, like
+        // the OS image.
+        container_runtime_version: text(
+            "facts.container_runtime_version",
+            f.container_runtime_version,
+            MAX_IDENT_BYTES,
+        )?,
+        os_image: text("facts.os_image", f.os_image, MAX_IDENT_BYTES)?,
+        agent_version: ident("facts.agent_version", f.agent_version)?,
+        errors: list("facts.errors", f.errors, MAX_LIST_ENTRIES, |field, v| {
+            text(field, v, MAX_TEXT_BYTES)
+        })?,
+    })
+}
+
+fn pending_package(field: &str, p: pb::PendingPackage) -> Result<PendingPackage, Invalid> {
+    let impact = match pb::Impact::try_from(p.impact) {
+        // An agent that could not tell: the rules the agent itself applies.
+        Ok(pb::Impact::Unspecified) => Impact::of_package(&p.name),
+        Ok(pb::Impact::None) => Impact::None,
+        Ok(pb::Impact::ServiceRestart) => Impact::ServiceRestart,
+        Ok(pb::Impact::Reboot) => Impact::Reboot,
+        Err(_) => {
+            return Err(invalid(
+                format!("{field}.impact"),
+                format!("{} is not a known impact", p.impact),
+            ));
+        }
+    };
+    Ok(PendingPackage {
+        name: required_ident(&format!("{field}.name"), p.name)?,
+        current_version: ident(&format!("{field}.current_version"), p.current_version)?,
+        candidate_version: required_ident(
+            &format!("{field}.candidate_version"),
+            p.candidate_version,
+        )?,
+        security: p.security,
+        impact,
+        // The agent sends only what a plain upgrade would apply.
+        blocked: None,
+    })
+}
+
+impl From<&Operation> for pb::Operation {
+    fn from(op: &Operation) -> Self {
+        use pb::operation::Kind;
+        let kind = match op {
+            Operation::Reboot => Kind::Reboot(pb::Reboot {}),
+            Operation::KubeletRestart => Kind::KubeletRestart(pb::KubeletRestart {}),
+            Operation::PackageUpgrade {
+                security_only,
+                reboot_if_required,
+                packages,
+            } => Kind::PackageUpgrade(pb::PackageUpgrade {
+                security_only: *security_only,
+                reboot_if_required: *reboot_if_required,
+                packages: packages.iter().map(pb::PackagePin::from).collect(),
+            }),
+            Operation::KubernetesUpgrade { version } => {
+                Kind::KubernetesUpgrade(pb::KubernetesUpgrade {
+                    version: version.clone(),
+                })
+            }
+        };
+        pb::Operation { kind: Some(kind) }
+    }
+}
+
+impl From<Impact> for pb::Impact {
+    fn from(impact: Impact) -> Self {
+        match impact {
+            Impact::None => pb::Impact::None,
+            Impact::ServiceRestart => pb::Impact::ServiceRestart,
+            Impact::Reboot => pb::Impact::Reboot,
+        }
+    }
+}
+
+impl From<&PackagePin> for pb::PackagePin {
+    fn from(pin: &PackagePin) -> Self {
+        pb::PackagePin {
+            name: pin.name.clone(),
+            version: pin.version.clone(),
+        }
+    }
+}
+
+/// Facts as the agent sends them: blocked upgrades stay home (a plain upgrade leaves them
+/// alone, so they are not the coordinator's business).
+impl From<&NodeFacts> for pb::NodeFacts {
+    fn from(f: &NodeFacts) -> Self {
+        pb::NodeFacts {
+            boot_id: f.boot_id.clone(),
+            kernel_running: f.kernel_running.clone(),
+            kernels_installed: f.kernels_installed.clone(),
+            reboot_required: f.reboot_required,
+            reboot_reasons: f.reboot_reasons.clone(),
+            pending_upgrades: f
+                .pending_upgrades
+                .iter()
+                .filter(|p| p.blocked.is_none())
+                .map(|p| pb::PendingPackage {
+                    name: p.name.clone(),
+                    current_version: p.current_version.clone(),
+                    candidate_version: p.candidate_version.clone(),
+                    security: p.security,
+                    impact: pb::Impact::from(p.impact).into(),
+                })
+                .collect(),
+            kubelet_version: f.kubelet_version.clone(),
+            container_runtime_version: f.container_runtime_version.clone(),
+            os_image: f.os_image.clone(),
+            agent_version: f.agent_version.clone(),
+            errors: f.errors.clone(),
+            reboot_packages: f.reboot_packages.clone(),
+            package_backend: f.package_backend.clone(),
+        }
+    }
+}
