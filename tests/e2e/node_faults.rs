@@ -5,21 +5,19 @@
 // Helpers outside #[test] functions fail the test the same way the tests do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod e2e_common;
-
 use std::time::Duration;
 
-use e2e_common::{
-    Timeline, WAIT, annotation, assert_safe, condition, events_about, node, options, policy,
-    poll_until, print_timing, rota_settings, set_faults, slot_holders, start, tokens_by_node,
-    waiting_reason,
-};
 use jiff::{SignedDuration, Timestamp};
 use rota_coordinator::slots::persist::SLOT_ANNOTATION;
 use rota_core::model::SlotPhase;
 use rota_sim::apiserver::{GroupResource, PatchKind, ResourceKey, meta};
 use rota_sim::cluster::Faults;
 use rota_sim::demo::{Stopped, slot_phase};
+use rota_tests::e2e::{
+    self, Timeline, WAIT, annotation, assert_safe, condition, events_about, node, options, policy,
+    poll_until, print_timing, rota_settings, set_faults, slot_holders, start, tokens_by_node,
+    waiting_reason,
+};
 use serde_json::{Value, json};
 
 /// When the lease of `node`'s slot expires, as persisted.
@@ -168,7 +166,7 @@ async fn a_pdb_allowing_no_disruption_holds_back_only_its_node() {
     println!("{}", report.render());
     println!(
         "{blocked} waits: {why}; grants: {:?}",
-        e2e_common::tokens_by_node(&fleet).get(&blocked)
+        e2e::tokens_by_node(&fleet).get(&blocked)
     );
     assert!(why.contains("license-server"), "{why}");
     assert_eq!(report.nodes_done, others, "{}", report.render());

@@ -4,12 +4,12 @@
 // Helpers outside #[test] functions fail the test the same way the tests do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod e2e_common;
-
 use std::time::Duration;
 
-use e2e_common::{assert_complete, assert_one_grant_per_node, options, print_timing, run, start};
 use rota_sim::apiserver::FaultConfig;
+use rota_tests::e2e::{
+    assert_complete, assert_one_grant_per_node, options, print_timing, run, start,
+};
 
 /// A rolling reboot of 30 nodes, three at a time: every node done exactly once, never more
 /// than three down, no PDB broken, no fencing token on two nodes.

@@ -5,20 +5,18 @@
 // Helpers outside #[test] functions fail the test the same way the tests do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod e2e_common;
-
 use std::time::Duration;
 
-use e2e_common::{
-    WAIT, annotation, assert_complete, assert_one_grant_per_node, condition, node, options, policy,
-    print_timing, rota_settings, run, start, tokens_by_node, waiting_reason,
-};
 use jiff::{SignedDuration, Timestamp, tz::TimeZone};
 use rota_coordinator::controller::annotations::MAINTENANCE_REQUESTED;
 use rota_coordinator::policy::MaintenancePolicySpec;
 use rota_coordinator::policy::crd::MaintenanceWindow;
 use rota_coordinator::slots::persist::SLOT_ANNOTATION;
 use rota_sim::demo::Fleet;
+use rota_tests::e2e::{
+    self, WAIT, annotation, assert_complete, assert_one_grant_per_node, condition, node, options,
+    policy, print_timing, rota_settings, run, start, tokens_by_node, waiting_reason,
+};
 use serde_json::Value;
 
 const KUBECTL: &str = "/usr/bin/kubectl";
@@ -81,7 +79,7 @@ async fn a_manual_request_goes_first() {
     let began = std::time::Instant::now();
     let mut fleet = start(options).await;
     wait_all_waiting(&fleet, "Paused").await;
-    let urgent = e2e_common::workers(&fleet).last().cloned().unwrap();
+    let urgent = e2e::workers(&fleet).last().cloned().unwrap();
 
     kubectl_annotate(&fleet, &urgent, &format!("{MAINTENANCE_REQUESTED}=upgrade")).await;
     // The coordinator takes the request into its ledger and removes the annotation.
@@ -131,7 +129,7 @@ async fn a_manual_request_goes_first() {
         vec![urgent.clone()],
         "the first token went to {urgent}"
     );
-    let first_down = e2e_common::first_unavailable(&fleet)
+    let first_down = e2e::first_unavailable(&fleet)
         .into_iter()
         .min_by_key(|(_, at)| *at)
         .map(|(node, _)| node);

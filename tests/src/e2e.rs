@@ -5,8 +5,8 @@
 //! into Secrets) and token authentication (projected service-account tokens checked by
 //! TokenReview) on; [`start`] refuses to run a fleet without them.
 
-// Helpers outside #[test] functions fail the test the same way the tests do.
-#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+// These helpers run only inside tests, and fail the test the same way the tests do: by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

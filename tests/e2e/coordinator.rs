@@ -4,14 +4,12 @@
 // Helpers outside #[test] functions fail the test the same way the tests do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod e2e_common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use e2e_common::{
-    WAIT, assert_complete, assert_one_grant_per_node, options, print_timing, run, slot_states,
-    start, wait_slot_change,
+use rota_tests::e2e::{
+    self, WAIT, assert_complete, assert_one_grant_per_node, options, print_timing, run,
+    slot_states, start, wait_slot_change,
 };
 
 /// The single coordinator replica killed (no graceful step) and started again every few
@@ -75,7 +73,7 @@ async fn leader_killed_while_a_standby_runs() {
             let in_flight = 1 + round * 2;
             fleet
                 .wait_for("slots in flight", WAIT, |fleet| {
-                    let held = e2e_common::slot_holders(fleet).len();
+                    let held = e2e::slot_holders(fleet).len();
                     let done = fleet.done_nodes().len();
                     if held > 0 && done >= in_flight - 1 {
                         Ok(())

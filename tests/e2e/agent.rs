@@ -5,20 +5,18 @@
 // Helpers outside #[test] functions fail the test the same way the tests do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod e2e_common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use e2e_common::{
-    WAIT, assert_complete, assert_one_grant_per_node, options, poll_until, print_timing, run,
-    set_faults, start, tokens_by_node,
-};
 use rota_agent::host::memory::PackageFaults;
 use rota_agent::ops::Phase;
 use rota_core::model::SlotPhase;
 use rota_sim::cluster::host::KERNEL_PACKAGE;
 use rota_sim::demo::{Fleet, slot_phase};
+use rota_tests::e2e::{
+    self, WAIT, assert_complete, assert_one_grant_per_node, options, poll_until, print_timing, run,
+    set_faults, start, tokens_by_node,
+};
 
 /// Latency added to every API request while an agent is caught at a step: the coordinator's
 /// writes (the drain's evictions, the progress an agent reports and waits for) take at least
@@ -43,9 +41,7 @@ async fn node_in_phase(fleet: &Fleet, phase: SlotPhase, except: &[String]) -> St
                 .nodes
                 .iter()
                 .map(|n| n.name.clone())
-                .find(|n| {
-                    !except.contains(n) && slot_phase(&e2e_common::node(fleet, n)) == Some(phase)
-                })
+                .find(|n| !except.contains(n) && slot_phase(&e2e::node(fleet, n)) == Some(phase))
                 .ok_or_else(|| format!("no node {}", phase.as_str()))
         })
         .await
@@ -70,7 +66,7 @@ async fn agents_killed_mid_drain_and_mid_upgrade() {
         slow_api(&fleet, true);
         let draining = node_in_phase(&fleet, SlotPhase::Draining, &[]).await;
         fleet.kill_agent(&draining).await.unwrap();
-        let phase_at_kill = slot_phase(&e2e_common::node(&fleet, &draining));
+        let phase_at_kill = slot_phase(&e2e::node(&fleet, &draining));
         slow_api(&fleet, false);
         fleet
             .wait_node_phase(&draining, SlotPhase::Granted, WAIT)
