@@ -11,6 +11,8 @@
 //!
 //! Run: `cargo bench -p rota-coordinator --bench grpc`. Knobs (environment): `ROTA_BENCH_AGENTS`
 //! (5000), `ROTA_BENCH_PERIOD_SECS` (5), `ROTA_BENCH_ROUNDS` (3), `ROTA_BENCH_CONNECTIONS` (50).
+use rota_coordinator::slot_service::{SlotService, SlotServiceConfig};
+use rota_core::clock::SystemClock;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -21,7 +23,7 @@ use anyhow::{Context, bail};
 use nix::sched::{CpuSet, sched_setaffinity};
 use nix::unistd::Pid;
 use rota_coordinator::grpc::{AgentGrpc, StaticAuthenticator, serve};
-use rota_coordinator::slots::{MemoryStore, SlotService, SlotServiceConfig, SystemClock};
+use rota_core::slots::MemoryStore;
 use rota_proto::v1 as pb;
 use rota_proto::v1::agent_client::AgentClient;
 use tokio::sync::{Barrier, oneshot};

@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
-use crate::policy::MaintenancePolicy;
-use crate::slots::{Transition, TransitionReason};
+use rota_core::policy::MaintenancePolicy;
+use rota_core::slots::{Transition, TransitionReason};
 
 /// `reportingController` of every Event rota records.
 pub const REPORTING_CONTROLLER: &str = "rota-coordinator";

@@ -37,8 +37,8 @@ use tokio::time::Instant;
 
 use crate::grpc::AgentCore;
 use crate::handover::{self, Handover, Standing};
-use crate::slots::{self, Completion, Release, SlotView};
 use rota_core::model::{FencingToken, NodeFacts, Operation};
+use rota_core::slots::{self, Completion, Release, SlotView};
 
 /// Errors of leader election.
 #[derive(Debug, thiserror::Error)]

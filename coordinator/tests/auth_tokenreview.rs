@@ -2,6 +2,8 @@
 //! gRPC edge: each way an agent's token is accepted or refused.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+use rota_coordinator::slot_service::{SlotService, SlotServiceConfig};
+use rota_core::clock::SystemClock;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use rota_coordinator::auth::{AgentIdentity, CacheConfig, TokenReviewAuthenticator};
 use rota_coordinator::grpc::{AgentGrpc, AuthError, Authenticator, serve};
-use rota_coordinator::slots::{MemoryStore, SlotService, SlotServiceConfig, SystemClock};
+use rota_core::slots::MemoryStore;
 use rota_proto::v1 as pb;
 use rota_proto::v1::agent_client::AgentClient;
 use rota_sim::apiserver::{

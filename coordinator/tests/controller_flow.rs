@@ -12,8 +12,8 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use rota_coordinator::slots::NodeState;
 use rota_core::model::Operation;
+use rota_core::slots::NodeState;
 use rota_sim::apiserver::DeleteOptions;
 
 use controller_support::{Cluster, NS, OffsetClock, Running, Webhook, settings, spec, wait_until};

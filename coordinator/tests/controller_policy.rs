@@ -9,9 +9,9 @@ use anyhow::{Context, Result};
 use jiff::Timestamp;
 use jiff::civil::Time;
 use jiff::tz::TimeZone;
-use rota_coordinator::policy::crd::MaintenanceWindow;
-use rota_coordinator::slots::NodeState;
 use rota_core::model::Operation;
+use rota_core::policy::crd::MaintenanceWindow;
+use rota_core::slots::NodeState;
 
 use controller_support::{Cluster, OffsetClock, Running, settings, spec, wait_until};
 

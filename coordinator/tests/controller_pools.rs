@@ -6,7 +6,7 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use rota_coordinator::controller::pools::{PolicyBook, PolicyChange, PoolCounts};
-use rota_coordinator::policy::{MaintenancePolicy, MaintenancePolicySpec, MaintenancePolicyStatus};
+use rota_core::policy::{MaintenancePolicy, MaintenancePolicySpec, MaintenancePolicyStatus};
 use serde_json::json;
 
 /// 2025-06-01T12:00:00.123456Z.

@@ -19,8 +19,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::client::ClientBuilder;
 use rota_coordinator::kube_client::Clients;
-use rota_coordinator::policy::crd::MaintenanceWindow;
 use rota_core::model::Operation;
+use rota_core::policy::crd::MaintenanceWindow;
 use tokio::time::Instant;
 
 use controller_support::{Cluster, NS, OffsetClock, Running, settings, spec, wait_until};

@@ -11,9 +11,9 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use rota_coordinator::controller::verify::{Verdict, abandoned, recovered, verify};
-use rota_coordinator::policy::{Health, NamespacedName};
-use rota_coordinator::slots::{CompletionReport, HeldSlot};
 use rota_core::model::{FencingToken, Operation, Origin, Slot, SlotPhase};
+use rota_core::policy::{Health, NamespacedName};
+use rota_core::slots::{CompletionReport, HeldSlot};
 
 const REQUESTED: Timestamp = Timestamp::constant(1_748_772_000, 0);
 const ADMITTED: Timestamp = Timestamp::constant(1_748_775_600, 0);

@@ -33,7 +33,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use rota_coordinator::config::Config;
 use rota_coordinator::metrics::Metrics;
-use rota_coordinator::policy::{MaintenancePolicy, validate};
+use rota_core::policy::{MaintenancePolicy, validate};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -618,7 +618,7 @@ fn the_coordinator_reads_its_environment_and_it_matches_the_objects() {
     assert!(
         role.contains(&format!(
             "\"{}\"",
-            rota_coordinator::slots::persist::COUNTER_CONFIGMAP
+            rota_core::slots::persist::COUNTER_CONFIGMAP
         )),
         "{role}"
     );

@@ -1,13 +1,13 @@
 //! The `rota.v1.Agent` gRPC edge, in process on port 0, driven by a real tonic client.
+use rota_coordinator::slot_service::{SlotService, SlotServiceConfig};
+use rota_core::clock::SystemClock;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rota_coordinator::grpc::{AgentGrpc, StaticAuthenticator, serve};
-use rota_coordinator::slots::{
-    MemoryStore, NodeState, SlotService, SlotServiceConfig, SystemClock, Waiting,
-};
+use rota_core::slots::{MemoryStore, NodeState, Waiting};
 use rota_proto::v1 as pb;
 use rota_proto::v1::agent_client::AgentClient;
 use tokio::net::TcpListener;

@@ -1,5 +1,7 @@
 //! A replica that does not lead refuses agents with `UNAVAILABLE` and a clear message, and
 //! does not log that normal refusal as an error; a real backend failure still is one.
+use rota_coordinator::slot_service::{SlotService, SlotServiceConfig};
+use rota_core::clock::SystemClock;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -7,11 +9,8 @@ use std::time::Duration;
 
 use rota_coordinator::grpc::{AgentGrpc, StaticAuthenticator, serve};
 use rota_coordinator::leader::{CoreGate, NotLeading};
-use rota_coordinator::slots::{
-    self, LedgerStore, MemoryStore, SlotService, SlotServiceConfig, StoreError, StoredState,
-    SystemClock,
-};
 use rota_core::model::{Operation, Origin};
+use rota_core::slots::{self, LedgerStore, MemoryStore, StoreError, StoredState};
 use rota_proto::v1 as pb;
 use rota_proto::v1::agent_client::AgentClient;
 use tokio::net::TcpListener;

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, CustomResourceExt};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use rota_coordinator::policy::MaintenancePolicy;
+use rota_core::policy::MaintenancePolicy;
 use rota_proto::v1 as pb;
 use rota_proto::v1::agent_client::AgentClient;
 use rota_sim::apiserver::{ApiServer, GroupResource, Store};

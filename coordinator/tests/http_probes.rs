@@ -3,6 +3,8 @@
 //! calls counted by `MeteredGrpc` and refused by a closed `CoreGate`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+use rota_coordinator::slot_service::{SlotService, SlotServiceConfig};
+use rota_core::clock::SystemClock;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use rota_coordinator::grpc::{AgentGrpc, StaticAuthenticator};
 use rota_coordinator::http::{self, Readiness};
 use rota_coordinator::leader::{CoreGate, ElectionConfig, LeaderElector, Leadership, Timings};
 use rota_coordinator::metrics::{MeteredGrpc, Metrics};
-use rota_coordinator::slots::{MemoryStore, SlotService, SlotServiceConfig, SystemClock};
+use rota_core::slots::MemoryStore;
 use rota_proto::v1 as pb;
 use rota_proto::v1::agent_client::AgentClient;
 use rota_sim::apiserver::{ApiServer, Store};

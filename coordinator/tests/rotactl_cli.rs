@@ -18,13 +18,13 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, ObjectMeta, Time};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, CustomResourceExt};
-use rota_coordinator::policy::crd::WaitingReasonSummary;
-use rota_coordinator::policy::{MaintenancePolicy, MaintenancePolicySpec, MaintenancePolicyStatus};
-use rota_coordinator::slots::persist::encode_entry;
-use rota_coordinator::slots::{
+use rota_core::model::{FencingToken, Operation, Origin, Slot, SlotPhase, SlotRequest};
+use rota_core::policy::crd::WaitingReasonSummary;
+use rota_core::policy::{MaintenancePolicy, MaintenancePolicySpec, MaintenancePolicyStatus};
+use rota_core::slots::persist::encode_entry;
+use rota_core::slots::{
     Finished, HeldSlot, Holding, NodeEntry, QueuedRequest, TransitionReason, Waiting,
 };
-use rota_core::model::{FencingToken, Operation, Origin, Slot, SlotPhase, SlotRequest};
 use rota_sim::apiserver::{ApiServer, ServerHandle, Store};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};

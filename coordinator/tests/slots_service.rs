@@ -1,16 +1,17 @@
 //! The live slot service over the in-memory store: persist before acknowledging, undo what
 //! cannot be persisted, survive a restart, publish views and events.
+use rota_coordinator::slot_service::{SlotEvent, SlotService, SlotServiceConfig};
+use rota_core::clock::Clock;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use rota_coordinator::slots::persist::SLOT_ANNOTATION;
-use rota_coordinator::slots::{
-    Clock, Completion, Error, LedgerError, MemoryStore, NodeState, Release, SlotEvent, SlotService,
-    SlotServiceConfig, StoreError, TransitionReason,
-};
 use rota_core::model::{FencingToken, NodeFacts, Operation, Origin, PackagePin};
+use rota_core::slots::persist::SLOT_ANNOTATION;
+use rota_core::slots::{
+    Completion, Error, LedgerError, MemoryStore, NodeState, Release, StoreError, TransitionReason,
+};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 struct ManualClock(Mutex<Timestamp>);
@@ -180,7 +181,7 @@ async fn watchers_see_changes_and_end_when_the_node_is_deleted() {
         .unwrap();
     assert_eq!(rx.borrow_and_update().state, NodeState::Queued);
 
-    let waiting = rota_coordinator::slots::Waiting {
+    let waiting = rota_core::slots::Waiting {
         position: std::num::NonZeroU32::new(2),
         reasons: vec!["maxUnavailable 1/1 reached (unavailable: n0)".into()],
     };

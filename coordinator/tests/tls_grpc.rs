@@ -5,6 +5,8 @@
 //! renewed or reloaded certificate reaches new connections.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+use rota_coordinator::slot_service::{SlotService, SlotServiceConfig};
+use rota_core::clock::SystemClock;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -17,10 +19,10 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 use kube::api::PostParams;
 use rota_coordinator::grpc::{AgentGrpc, StaticAuthenticator};
-use rota_coordinator::slots::{MemoryStore, SlotService, SlotServiceConfig, SystemClock};
 use rota_coordinator::tls::{
     self, CA_CONFIGMAP, CA_SECRET, Ca, SERVING_SECRET, ServerTls, TlsOptions,
 };
+use rota_core::slots::MemoryStore;
 use rota_proto::v1 as pb;
 use rota_proto::v1::agent_client::AgentClient;
 use rota_sim::apiserver::{ApiServer, GroupResource, ServerHandle, Store};

@@ -8,3 +8,6 @@
 
 pub mod clock;
 pub mod model;
+pub mod policy;
+pub mod scheduler;
+pub mod slots;

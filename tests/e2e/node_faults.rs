@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use rota_coordinator::slots::persist::SLOT_ANNOTATION;
 use rota_core::model::SlotPhase;
+use rota_core::slots::persist::SLOT_ANNOTATION;
 use rota_sim::apiserver::{GroupResource, PatchKind, ResourceKey, meta};
 use rota_sim::cluster::Faults;
 use rota_sim::demo::{Stopped, slot_phase};

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp, tz::TimeZone};
 use rota_coordinator::controller::annotations::MAINTENANCE_REQUESTED;
-use rota_coordinator::policy::MaintenancePolicySpec;
-use rota_coordinator::policy::crd::MaintenanceWindow;
-use rota_coordinator::slots::persist::SLOT_ANNOTATION;
+use rota_core::policy::MaintenancePolicySpec;
+use rota_core::policy::crd::MaintenanceWindow;
+use rota_core::slots::persist::SLOT_ANNOTATION;
 use rota_sim::demo::Fleet;
 use rota_tests::e2e::{
     self, WAIT, annotation, assert_complete, assert_one_grant_per_node, condition, node, options,

@@ -12,10 +12,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rota_coordinator::policy::MaintenancePolicySpec;
-use rota_coordinator::policy::conditions::CIRCUIT_OPEN;
-use rota_coordinator::slots::persist::SLOT_ANNOTATION;
 use rota_core::model::SlotPhase;
+use rota_core::policy::MaintenancePolicySpec;
+use rota_core::policy::conditions::CIRCUIT_OPEN;
+use rota_core::slots::persist::SLOT_ANNOTATION;
 use rota_proto::v1::RenewRequest;
 use rota_proto::v1::agent_client::AgentClient;
 use rota_sim::apiserver::{GroupResource, ListOptions, ResourceKey, meta};

@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, info_span, instrument, warn};
 
 use super::{Error, Result};
-use crate::scheduler::Pool;
+use rota_core::scheduler::Pool;
 
 /// The alerts endpoint, relative to the policy's base URL.
 const ALERTS_PATH: &str = "/api/v1/alerts";

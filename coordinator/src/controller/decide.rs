@@ -17,12 +17,12 @@ use super::snapshot::{self, Inputs, drain_spec, pool_of, pools_of};
 use super::verify::{self, Verdict};
 use crate::blockers::AlertReports;
 use crate::drain::{DrainSpec, is_unschedulable};
-use crate::policy::crd::RebootMode;
-use crate::policy::{DEFAULT_DRAIN_TIMEOUT, Health, MaintenancePolicyStatus};
-use crate::scheduler::{self, SequentialPdb, WaitReason};
-use crate::slots::{Holding, NodeEntry, NodeState, Waiting};
 use crate::store::CacheState;
 use rota_core::model::{FencingToken, NodeName, Operation, SlotPhase};
+use rota_core::policy::crd::RebootMode;
+use rota_core::policy::{DEFAULT_DRAIN_TIMEOUT, Health, MaintenancePolicyStatus};
+use rota_core::scheduler::{self, SequentialPdb, WaitReason};
+use rota_core::slots::{Holding, NodeEntry, NodeState, Waiting};
 
 /// Everything one pass looks at.
 pub struct Input<'a> {
@@ -474,7 +474,7 @@ pub fn decide(input: &Input<'_>) -> Decisions {
 /// Health settings for a node no policy (or several) selects.
 fn default_health() -> Health {
     Health {
-        ready_timeout: crate::policy::DEFAULT_READY_TIMEOUT,
+        ready_timeout: rota_core::policy::DEFAULT_READY_TIMEOUT,
         required_daemon_sets: Vec::new(),
     }
 }

@@ -10,7 +10,7 @@
 //!    ([`crate::blockers::AlertWatch`], polled by its own task for the term) and on the one timer
 //!    the last pass asked for (a window opening, a back-off or a verification ending, a lease
 //!    expiring) — never on a poll of its own;
-//! 2. each pass is decided purely ([`decide::decide`]: snapshot → [`crate::scheduler::schedule`],
+//! 2. each pass is decided purely ([`decide::decide`]: snapshot → [`rota_core::scheduler::schedule`],
 //!    verifications, annotations, statuses) and then performed: admissions are persisted first,
 //!    then the node is cordoned (marking the cordon as rota's) and drained in a task; a finished
 //!    drain grants the slot, a stuck one gives it back with a back-off and the reason (which
@@ -32,6 +32,7 @@ pub mod pools;
 pub mod snapshot;
 mod term;
 pub mod verify;
+use crate::slot_service::SlotService;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,8 +48,8 @@ use crate::kube_client::Clients;
 use crate::leader::{CoreGate, Leadership, NotLeading};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
-use crate::slots::{Clock, SlotService, SystemClock};
 use crate::store::{CacheConfig, ClusterCache, KubeLedgerStore, WriteGate};
+use rota_core::clock::{Clock, SystemClock};
 
 /// Errors of the controller.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +68,7 @@ pub enum Error {
     Kube(#[from] kube::Error),
     /// The slot ledger refused or could not persist a change.
     #[error(transparent)]
-    Slots(#[from] crate::slots::Error),
+    Slots(#[from] rota_core::slots::Error),
     /// The drain engine failed.
     #[error(transparent)]
     Drain(#[from] crate::drain::Error),
@@ -264,7 +265,7 @@ impl Coordinator {
             &self.settings.namespace,
             gate.clone(),
         );
-        let config = crate::slots::SlotServiceConfig {
+        let config = crate::slot_service::SlotServiceConfig {
             lease_ttl: self.settings.lease_ttl,
         };
         let loaded = tokio::select! {

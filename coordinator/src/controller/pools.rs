@@ -17,13 +17,13 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use crate::policy::crd::WaitingReasonSummary;
-use crate::policy::window::{ClosedReason, is_open};
-use crate::policy::{
+use rota_core::policy::crd::WaitingReasonSummary;
+use rota_core::policy::window::{ClosedReason, is_open};
+use rota_core::policy::{
     MaintenancePolicy, MaintenancePolicySpec, MaintenancePolicyStatus, PolicyError,
     ValidatedPolicy, conditions, validate,
 };
-use crate::scheduler::Pool;
+use rota_core::scheduler::Pool;
 
 /// What changed about a policy, for Events.
 #[derive(Clone, Debug, PartialEq, Eq)]

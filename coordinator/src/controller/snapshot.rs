@@ -19,10 +19,10 @@ use super::verify::node_ready;
 use crate::drain::filter::{RefusalReason, Verdict, classify};
 use crate::drain::pdb::PdbIndex;
 use crate::drain::{DrainSpec, is_unschedulable};
-use crate::policy::{KubeVersion, NamespacedName};
-use crate::scheduler::{EvictablePod, NodeState, PdbState, Pool, Snapshot};
 use crate::store::CacheState;
 use rota_core::model::{Slot, SlotRequest};
+use rota_core::policy::{KubeVersion, NamespacedName};
+use rota_core::scheduler::{EvictablePod, NodeState, PdbState, Pool, Snapshot};
 
 /// Node labels that mark a control-plane node.
 const CONTROL_PLANE_LABELS: [&str; 2] = [

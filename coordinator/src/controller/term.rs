@@ -1,4 +1,5 @@
 //! One leadership term: the actor that performs what [`super::decide`] decides.
+use crate::slot_service::{SlotEvent, SlotService};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -28,13 +29,12 @@ use crate::drain::{DrainControl, DrainProgress, DrainReport, Drainer, PdbRef, Po
 use crate::events::{EventSink, Reason};
 use crate::metrics::{Metrics, Outcome};
 use crate::notify::{Notification, PauseCause};
-use crate::policy::{DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, MaintenancePolicy};
-use crate::slots::{
-    self, Holding, LedgerError, NodeEntry, Release, SlotEvent, SlotService, StoreError, Transition,
-    TransitionReason,
-};
 use crate::store::{ClusterCache, KubeLedgerStore, WriteGate};
 use rota_core::model::{FencingToken, NodeName};
+use rota_core::policy::{DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, MaintenancePolicy};
+use rota_core::slots::{
+    self, Holding, LedgerError, NodeEntry, Release, StoreError, Transition, TransitionReason,
+};
 
 type Service = SlotService<KubeLedgerStore>;
 
@@ -661,7 +661,7 @@ impl<'a> Term<'a> {
         };
         let attempt = self.attempts.entry(node.clone()).or_insert(0);
         let backoff = pool.as_deref().and_then(|p| self.book.in_force(p)).map_or(
-            crate::policy::Backoff {
+            rota_core::policy::Backoff {
                 initial: DEFAULT_BACKOFF_INITIAL,
                 max: DEFAULT_BACKOFF_MAX,
             },
@@ -846,7 +846,11 @@ impl<'a> Term<'a> {
 
     /// Writes a policy's status (merge patch; empty lists are written as null so that stale
     /// entries go).
-    async fn write_status(&mut self, policy: &str, status: crate::policy::MaintenancePolicyStatus) {
+    async fn write_status(
+        &mut self,
+        policy: &str,
+        status: rota_core::policy::MaintenancePolicyStatus,
+    ) {
         if self.gate.check().is_err() {
             return;
         }

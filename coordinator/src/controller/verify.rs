@@ -22,9 +22,9 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 
-use crate::policy::{Health, KubeVersion, NamespacedName};
-use crate::slots::{HeldSlot, RebootEvidence};
 use rota_core::model::Operation;
+use rota_core::policy::{Health, KubeVersion, NamespacedName};
+use rota_core::slots::{HeldSlot, RebootEvidence};
 
 /// The outcome of one verification.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 use rota_proto::convert::{Invalid, MAX_PACKAGES, MAX_TEXT_BYTES, ident, list, pin, text};
 use rota_proto::v1 as pb;
 
-use crate::slots::{Completion, NodeState, SlotView};
+use rota_core::slots::{Completion, NodeState, SlotView};
 
 /// The completion report of a `Complete` (node and token are validated separately).
 pub fn completion(req: pb::CompleteRequest) -> Result<Completion, Invalid> {

@@ -2,7 +2,7 @@
 //!
 //! The edge authenticates the caller ([`Authenticator`]), checks that it acts for its own node,
 //! turns proto messages into domain types ([`convert`]), calls the coordinator's core
-//! ([`AgentCore`], implemented by [`crate::slots::SlotService`]) and maps domain errors to
+//! ([`AgentCore`], implemented by [`rota_core::slots::SlotService`]) and maps domain errors to
 //! `tonic::Status` ([`status`]) — here and nowhere else.
 //!
 //! Status codes: `UNAUTHENTICATED` (no or bad credential), `INVALID_ARGUMENT` (malformed request,
@@ -16,6 +16,7 @@ mod auth;
 pub mod convert;
 mod server;
 pub mod status;
+use crate::slot_service::SlotService;
 
 use std::future::Future;
 
@@ -25,8 +26,8 @@ use tokio::sync::watch;
 pub use auth::{AuthError, Authenticator, StaticAuthenticator, bearer_token};
 pub use server::{AgentGrpc, ShutdownHandle, serve};
 
-use crate::slots::{self, Completion, LedgerStore, Release, SlotService, SlotView};
 use rota_core::model::{FencingToken, NodeFacts, Operation, Origin};
+use rota_core::slots::{self, Completion, LedgerStore, Release, SlotView};
 
 /// Largest message the server decodes or encodes (1 MiB); larger ones are refused with
 /// `OUT_OF_RANGE` before they are parsed.

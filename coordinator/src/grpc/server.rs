@@ -16,8 +16,8 @@ use tonic::{Request, Response, Status};
 
 use super::auth::Authenticator;
 use super::{AgentCore, MAX_MESSAGE_BYTES, convert, status};
-use crate::slots::{Release, SlotView};
 use rota_core::model::NodeName;
+use rota_core::slots::{Release, SlotView};
 
 /// The `rota.v1.Agent` gRPC service: authenticates, validates and forwards to the core.
 ///

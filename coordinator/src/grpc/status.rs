@@ -3,7 +3,7 @@
 use tonic::{Code, Status};
 
 use super::auth::AuthError;
-use crate::slots::{self, LedgerError, StoreError};
+use rota_core::slots::{self, LedgerError, StoreError};
 use rota_proto::convert::Invalid;
 
 /// A request that does not validate.
@@ -40,7 +40,7 @@ pub fn code(err: &slots::Error) -> Code {
         },
         // A standby (or a leader between terms) is not failing: the agent retries and reaches
         // the leader through the Service.
-        slots::Error::NotLeading => Code::Unavailable,
+        slots::Error::NotLeading | slots::Error::Store(StoreError::NotLeading) => Code::Unavailable,
         slots::Error::Store(StoreError::Conflict { .. }) => Code::Aborted,
         slots::Error::Store(StoreError::Backend(_)) => Code::Unavailable,
         slots::Error::Persist(_) => Code::Internal,

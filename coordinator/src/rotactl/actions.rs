@@ -14,9 +14,9 @@ use serde_json::json;
 use super::status::operation_label;
 use super::{Error, Result, age};
 use crate::controller::annotations::{MAINTENANCE_REQUESTED, ManualRequest, RELEASE};
-use crate::policy::{MaintenancePolicy, conditions};
-use crate::slots::Holding;
-use crate::slots::persist::decode_entry;
+use rota_core::policy::{MaintenancePolicy, conditions};
+use rota_core::slots::Holding;
+use rota_core::slots::persist::decode_entry;
 
 /// Field manager of rotactl's writes (shown in `managedFields`, so audits tell who did it).
 const FIELD_MANAGER: &str = "rotactl";

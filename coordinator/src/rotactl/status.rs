@@ -19,10 +19,10 @@ use serde::Serialize;
 
 use super::{Error, Output, Result, age};
 use crate::controller::annotations::{MAINTENANCE_REQUESTED, RELEASE};
-use crate::policy::{MaintenancePolicy, Selector, conditions};
-use crate::slots::persist::decode_entry;
-use crate::slots::{Holding, NodeEntry, NodeState};
 use rota_core::model::{Operation, Origin};
+use rota_core::policy::{MaintenancePolicy, Selector, conditions};
+use rota_core::slots::persist::decode_entry;
+use rota_core::slots::{Holding, NodeEntry, NodeState};
 
 /// Node labels of control-plane nodes (admitted before workers, as the scheduler does).
 const CONTROL_PLANE_LABELS: [&str; 2] = [

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 
 use super::status::{self, Filter, PoolView, View};
 use super::{Error, Result};
-use crate::policy::MaintenancePolicy;
+use rota_core::policy::MaintenancePolicy;
 
 /// Shortest time between two redraws: a burst of changes is drawn once.
 const REDRAW_INTERVAL: Duration = Duration::from_millis(250);

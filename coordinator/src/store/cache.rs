@@ -30,7 +30,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::Error;
-use crate::policy::{KubeVersion, MaintenancePolicy, NamespacedName};
+use rota_core::policy::{KubeVersion, MaintenancePolicy, NamespacedName};
 
 /// A kind of object the cache follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -9,17 +9,17 @@ use kube::{Api, Client, ResourceExt};
 use tracing::instrument;
 
 use super::gate::WriteGate;
-use crate::slots::persist::{
+use rota_core::slots::persist::{
     COUNTER_CONFIGMAP, COUNTER_KEY, NodeAnnotations, decode_counter, encode_counter,
 };
-use crate::slots::{LedgerStore, StoreError, StoredState};
+use rota_core::slots::{LedgerStore, StoreError, StoredState};
 
 /// Nodes listed per request when the ledger is loaded.
 const LIST_PAGE: u32 = 500;
 
 /// The ledger's [`LedgerStore`] over the Kubernetes API: node annotations written with merge
 /// patches, and the fencing counter in the ConfigMap
-/// [`COUNTER_CONFIGMAP`](crate::slots::persist::COUNTER_CONFIGMAP) of the coordinator's
+/// [`COUNTER_CONFIGMAP`](rota_core::slots::persist::COUNTER_CONFIGMAP) of the coordinator's
 /// namespace, created or replaced only at the `resourceVersion` last read (a 409 is a
 /// [`StoreError::Conflict`]: another coordinator issued tokens, so this one must re-read before
 /// it issues any).
@@ -122,7 +122,7 @@ impl LedgerStore for KubeLedgerStore {
         last_token: u64,
         expected: Option<&str>,
     ) -> Result<String, StoreError> {
-        self.gate.check().map_err(backend)?;
+        self.gate.check().map_err(|_| StoreError::NotLeading)?;
         let cm = ConfigMap {
             metadata: ObjectMeta {
                 name: Some(COUNTER_CONFIGMAP.to_owned()),
@@ -168,7 +168,7 @@ impl LedgerStore for KubeLedgerStore {
         node: &str,
         annotations: &NodeAnnotations,
     ) -> Result<(), StoreError> {
-        self.gate.check().map_err(backend)?;
+        self.gate.check().map_err(|_| StoreError::NotLeading)?;
         self.nodes
             .patch(
                 node,

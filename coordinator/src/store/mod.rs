@@ -1,6 +1,6 @@
 //! The coordinator's state in the Kubernetes API, and its view of the cluster.
 //!
-//! - [`KubeLedgerStore`]: the slot ledger's [`crate::slots::LedgerStore`] over the API — each
+//! - [`KubeLedgerStore`]: the slot ledger's [`rota_core::slots::LedgerStore`] over the API — each
 //!   node's entry as `rota.dev/` annotations on its Node (merge patches) and the fencing counter
 //!   in a ConfigMap written with optimistic concurrency, so that two coordinators can never issue
 //!   the same token. Every write first asks the [`WriteGate`]: a coordinator that lost its

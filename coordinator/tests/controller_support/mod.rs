@@ -4,6 +4,7 @@
 //! emulator's store (flip Ready, change boot ids, finish pod deletions).
 
 #![allow(dead_code)]
+use rota_core::clock::Clock;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,9 +27,9 @@ use rota_coordinator::kube_client::Clients;
 use rota_coordinator::leader::{CoreGate, Leadership};
 use rota_coordinator::metrics::Metrics;
 use rota_coordinator::notify::Notifier;
-use rota_coordinator::policy::{MaintenancePolicy, MaintenancePolicySpec};
-use rota_coordinator::slots::{Clock, Completion, NodeState, SlotView};
 use rota_core::model::{FencingToken, NodeFacts, Operation};
+use rota_core::policy::{MaintenancePolicy, MaintenancePolicySpec};
+use rota_core::slots::{Completion, NodeState, SlotView};
 use rota_sim::apiserver::{
     ApiServer, DeleteOptions, GroupResource, ListOptions, ResourceKey, ServerConfig, ServerHandle,
     Store,
@@ -508,7 +509,7 @@ impl Running {
 async fn retry<T, F, Fut>(call: F) -> Result<T>
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = rota_coordinator::slots::Result<T>>,
+    Fut: std::future::Future<Output = rota_core::slots::Result<T>>,
 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -517,9 +518,9 @@ where
             Err(e) if Instant::now() < deadline => {
                 let unavailable = matches!(
                     e,
-                    rota_coordinator::slots::Error::NotLeading
-                        | rota_coordinator::slots::Error::Store(_)
-                        | rota_coordinator::slots::Error::UnknownNode(_)
+                    rota_core::slots::Error::NotLeading
+                        | rota_core::slots::Error::Store(_)
+                        | rota_core::slots::Error::UnknownNode(_)
                 );
                 if !unavailable {
                     bail!("agent call refused: {e}");

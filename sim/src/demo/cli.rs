@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use rota_coordinator::policy::crd::MaintenanceWindow;
+use rota_core::policy::crd::MaintenanceWindow;
 
 use super::coordinator::CoordinatorOptions;
 use super::fleet::{Fleet, FleetOptions, Scheduler, demo_policy};

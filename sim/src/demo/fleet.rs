@@ -30,10 +30,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResourceExt;
 use rota_agent::daemon::machine::UpgradePolicy;
 use rota_agent::host::ExitStatus;
-use rota_coordinator::policy::crd::{BackoffSpec, DrainSpec, HealthSpec, UpgradeMode, UpgradeSpec};
-use rota_coordinator::policy::{MaintenancePolicy, MaintenancePolicySpec};
-use rota_coordinator::slots::persist::{REQUEST_ANNOTATION, SLOT_ANNOTATION};
 use rota_core::model::SlotPhase;
+use rota_core::policy::crd::{BackoffSpec, DrainSpec, HealthSpec, UpgradeMode, UpgradeSpec};
+use rota_core::policy::{MaintenancePolicy, MaintenancePolicySpec};
+use rota_core::slots::persist::{REQUEST_ANNOTATION, SLOT_ANNOTATION};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -997,7 +997,7 @@ mod tests {
     #[test]
     fn the_demo_policy_is_valid() {
         let spec = demo_policy(3);
-        rota_coordinator::policy::validate(&spec).unwrap();
+        rota_core::policy::validate(&spec).unwrap();
         assert_eq!(Scheduler::rota(3).max_unavailable(24), 3);
     }
 

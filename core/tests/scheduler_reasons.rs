@@ -8,14 +8,14 @@ use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use rota_coordinator::policy::{
+use rota_core::model::{FencingToken, Operation, Origin, Slot, SlotPhase, SlotRequest};
+use rota_core::policy::{
     KubeVersion, MaintenancePolicySpec, NamespacedName, ValidatedPolicy, validate,
 };
-use rota_coordinator::scheduler::{
+use rota_core::scheduler::{
     EvictablePod, NodeState, PdbIndex, PdbState, Plan, Pool, SequentialPdb, Snapshot, WaitReason,
     schedule,
 };
-use rota_core::model::{FencingToken, Operation, Origin, Slot, SlotPhase, SlotRequest};
 use serde_json::json;
 
 /// Wednesday 2025-06-04 12:00 UTC.

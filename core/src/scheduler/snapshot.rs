@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
+use crate::model::{NodeName, Slot, SlotRequest};
 use crate::policy::{KubeVersion, NamespacedName, Selector, SelectorProblem, ValidatedPolicy};
-use rota_core::model::{NodeName, Slot, SlotRequest};
 
 /// The name of a pool: the name of its `MaintenancePolicy`.
 pub type PoolName = String;

@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 use jiff::{SignedDuration, Timestamp};
 
 use super::transition::{NodeState, TransitionReason};
-use rota_core::model::{FencingToken, NodeName, Operation, Slot, SlotRequest};
+use crate::model::{FencingToken, NodeName, Operation, PackagePin, Slot, SlotRequest};
 
 /// The latest progress note of a granted operation (`ReportProgress`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -190,4 +190,19 @@ pub struct SlotView {
     pub lease_ttl: SignedDuration,
     /// Human-readable detail of the latest transition.
     pub message: String,
+}
+
+/// The agent's report that its operation finished (`Complete`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// Whether the operation succeeded.
+    pub success: bool,
+    /// The agent's detail.
+    pub message: String,
+    /// Boot id now.
+    pub boot_id: Option<String>,
+    /// Whether the operation rebooted the node.
+    pub rebooted: bool,
+    /// Packages changed: `(name, version after)`.
+    pub changed: Vec<PackagePin>,
 }

@@ -1,10 +1,10 @@
 //! Table-style tests of the slot ledger's transitions, refusals and fencing.
 
 use jiff::{SignedDuration, Timestamp};
-use rota_coordinator::slots::ledger::MAX_NOTE_BYTES;
-use rota_coordinator::slots::{CompletionReport, Holding, RebootEvidence};
-use rota_coordinator::slots::{Ledger, LedgerError, NodeState, Release, TransitionReason, Waiting};
 use rota_core::model::{FencingToken, Operation, Origin, SlotPhase};
+use rota_core::slots::ledger::MAX_NOTE_BYTES;
+use rota_core::slots::{CompletionReport, Holding, RebootEvidence};
+use rota_core::slots::{Ledger, LedgerError, NodeState, Release, TransitionReason, Waiting};
 
 const TTL: SignedDuration = SignedDuration::from_secs(60);
 

@@ -4,8 +4,8 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use jiff::Timestamp;
-use rota_coordinator::policy::window::{ClosedReason, WindowState, is_open};
-use rota_coordinator::policy::{MaintenancePolicySpec, ValidatedPolicy, validate};
+use rota_core::policy::window::{ClosedReason, WindowState, is_open};
+use rota_core::policy::{MaintenancePolicySpec, ValidatedPolicy, validate};
 use serde_json::json;
 
 fn policy(value: serde_json::Value) -> ValidatedPolicy {

@@ -4,7 +4,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use jiff::SignedDuration;
-use rota_coordinator::policy::{
+use rota_core::policy::{
     KubeVersion, MaintenancePolicySpec, MaxUnavailable, NamespacedName, PolicyError, validate,
 };
 use serde_json::json;

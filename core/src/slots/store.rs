@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::persist::NodeAnnotations;
-use rota_core::model::NodeName;
+use crate::model::NodeName;
 
 /// Everything the ledger persisted, as read back by [`LedgerStore::load`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -31,6 +31,10 @@ pub enum StoreError {
         /// The resourceVersion the write expected.
         expected: Option<String>,
     },
+    /// The writer no longer leads (or does not yet): it wrote nothing, and that is not a
+    /// failure of the backend.
+    #[error("this coordinator replica does not lead; nothing was written")]
+    NotLeading,
     /// The backend failed (network, API server, permissions).
     #[error("store backend: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),

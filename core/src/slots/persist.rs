@@ -21,7 +21,7 @@ use super::entry::{
 use super::ledger::Ledger;
 use super::store::StoredState;
 use super::transition::TransitionReason;
-use rota_core::model::{FencingToken, NodeName, Operation, Origin, Slot, SlotPhase, SlotRequest};
+use crate::model::{FencingToken, NodeName, Operation, Origin, Slot, SlotPhase, SlotRequest};
 
 /// Node annotation holding a queued request.
 pub const REQUEST_ANNOTATION: &str = "rota.dev/request";

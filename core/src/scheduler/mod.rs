@@ -41,9 +41,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use jiff::Timestamp;
 
+use crate::model::{NodeName, Origin, Slot, SlotRequest};
 use crate::policy::window::{ClosedReason, is_open};
 use crate::policy::{KubeVersion, NamespacedName, ValidatedPolicy};
-use rota_core::model::{NodeName, Origin, Slot, SlotRequest};
 
 pub use plan::{Admission, Plan, SequentialPdb, Unavailability, WaitReason, Waiting};
 pub use skew::SkewViolation;
@@ -337,7 +337,7 @@ impl<'a> Scheduler<'a> {
             pods.sort_unstable();
             reasons.push(WaitReason::BlockingPods { pods });
         }
-        if let rota_core::model::Operation::KubernetesUpgrade { version } = &request.operation {
+        if let crate::model::Operation::KubernetesUpgrade { version } = &request.operation {
             // A version that does not parse is reported by the skew check below.
             if let Some(target) = pool.pool.policy.upgrade.kubernetes_version
                 && version.parse::<KubeVersion>().is_ok_and(|v| v != target)

@@ -16,11 +16,9 @@ use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
-use rota_coordinator::policy::{KubeVersion, MaintenancePolicySpec, NamespacedName, validate};
-use rota_coordinator::scheduler::{
-    EvictablePod, NodeState, PdbState, Plan, Pool, Snapshot, schedule,
-};
 use rota_core::model::{FencingToken, Operation, Origin, Slot, SlotPhase, SlotRequest};
+use rota_core::policy::{KubeVersion, MaintenancePolicySpec, NamespacedName, validate};
+use rota_core::scheduler::{EvictablePod, NodeState, PdbState, Plan, Pool, Snapshot, schedule};
 use serde_json::json;
 
 const PDBS: usize = 4;

@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 
 use jiff::{SignedDuration, Timestamp};
-use rota_coordinator::slots::persist::{
+use rota_core::model::{Operation, Origin};
+use rota_core::slots::persist::{
     LAST_ANNOTATION, REQUEST_ANNOTATION, SLOT_ANNOTATION, decode_counter, decode_entry,
     encode_counter, encode_entry,
 };
-use rota_coordinator::slots::{Ledger, PersistError, Release, StoredState};
-use rota_core::model::{Operation, Origin};
+use rota_core::slots::{Ledger, PersistError, Release, StoredState};
 use serde_json::{Value, json};
 
 const TTL: SignedDuration = SignedDuration::from_secs(60);

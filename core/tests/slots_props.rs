@@ -5,12 +5,12 @@ use std::collections::{BTreeMap, HashSet};
 
 use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
-use rota_coordinator::slots::CompletionReport;
-use rota_coordinator::slots::persist::encode_entry;
-use rota_coordinator::slots::{
+use rota_core::model::{FencingToken, Operation, Origin};
+use rota_core::slots::CompletionReport;
+use rota_core::slots::persist::encode_entry;
+use rota_core::slots::{
     Ledger, LedgerError, PersistError, Release, StoredState, Transition, TransitionReason,
 };
-use rota_core::model::{FencingToken, Operation, Origin};
 
 const NODES: [&str; 3] = ["a", "b", "c"];
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::CustomResource;
+use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
     shortname = "mp",
     status = "MaintenancePolicyStatus",
     derive = "PartialEq",
+    crates(kube_core = "::kube_core"),
     doc = "How rota maintains one pool of nodes: which nodes, how many at once, when, and how.",
     printcolumn(
         name = "Paused",

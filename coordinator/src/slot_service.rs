@@ -12,29 +12,13 @@ use std::sync::{Arc, PoisonError, RwLock};
 use jiff::{SignedDuration, Timestamp};
 use tokio::sync::{Mutex, mpsc, watch};
 
-use super::entry::{CompletionReport, SlotView, Waiting};
-use super::ledger::{Ledger, LedgerResult, Release};
-use super::persist::encode_entry;
-use super::store::LedgerStore;
-use super::transition::Transition;
-use super::{Error, Result};
-use rota_core::model::{FencingToken, NodeFacts, NodeName, Operation, Origin, PackagePin};
-
-/// Where the service reads the time for the changes it applies.
-pub trait Clock: Send + Sync + 'static {
-    /// Now.
-    fn now(&self) -> Timestamp;
-}
-
-/// The system clock.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Timestamp {
-        Timestamp::now()
-    }
-}
+use rota_core::clock::Clock;
+use rota_core::model::{FencingToken, NodeFacts, NodeName, Operation, Origin};
+use rota_core::slots::persist::encode_entry;
+use rota_core::slots::{
+    Completion, CompletionReport, Error, Ledger, LedgerResult, LedgerStore, Release, Result,
+    SlotView, Transition, Waiting,
+};
 
 /// Settings of the slot service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,21 +42,6 @@ pub enum SlotEvent {
     Transition(Transition),
     /// A node reported facts that differ from the previous ones: re-run the scheduler.
     FactsChanged(NodeName),
-}
-
-/// The agent's report that its operation finished (`Complete`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Completion {
-    /// Whether the operation succeeded.
-    pub success: bool,
-    /// The agent's detail.
-    pub message: String,
-    /// Boot id now.
-    pub boot_id: Option<String>,
-    /// Whether the operation rebooted the node.
-    pub rebooted: bool,
-    /// Packages changed: `(name, version after)`.
-    pub changed: Vec<PackagePin>,
 }
 
 struct Guarded {

@@ -9,8 +9,8 @@
 
 use std::fmt;
 
+use crate::model::NodeName;
 use crate::policy::KubeVersion;
-use rota_core::model::NodeName;
 
 use super::plan::list_with_more;
 use super::snapshot::NodeState;

@@ -6,8 +6,8 @@
 
 use std::path::PathBuf;
 
-use kube::CustomResourceExt;
-use rota_coordinator::policy::{MaintenancePolicy, MaintenancePolicySpec, validate};
+use kube_core::CustomResourceExt;
+use rota_core::policy::{MaintenancePolicy, MaintenancePolicySpec, validate};
 
 fn repo_file(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

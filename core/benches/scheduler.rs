@@ -11,11 +11,9 @@ use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use rota_coordinator::policy::{KubeVersion, MaintenancePolicySpec, NamespacedName, validate};
-use rota_coordinator::scheduler::{
-    EvictablePod, NodeState, PdbIndex, PdbState, Pool, Snapshot, schedule,
-};
 use rota_core::model::{FencingToken, Operation, Origin, Slot, SlotPhase, SlotRequest};
+use rota_core::policy::{KubeVersion, MaintenancePolicySpec, NamespacedName, validate};
+use rota_core::scheduler::{EvictablePod, NodeState, PdbIndex, PdbState, Pool, Snapshot, schedule};
 
 const NODES: usize = 5_000;
 const PODS_PER_NODE: usize = 30;

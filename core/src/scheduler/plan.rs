@@ -5,9 +5,9 @@ use std::fmt;
 
 use jiff::Timestamp;
 
+use crate::model::{NodeName, SlotPhase, SlotRequest};
 use crate::policy::crd::WaitingReasonSummary;
 use crate::policy::{KubeVersion, NamespacedName};
-use rota_core::model::{NodeName, SlotPhase, SlotRequest};
 
 use super::skew::SkewViolation;
 use super::snapshot::PoolName;

@@ -5,7 +5,7 @@ use std::fmt;
 
 use jiff::Timestamp;
 
-use rota_core::model::{FencingToken, NodeName, Operation, SlotPhase};
+use crate::model::{FencingToken, NodeName, Operation, SlotPhase};
 
 /// Where a node stands, as agents and humans see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

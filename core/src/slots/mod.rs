@@ -37,21 +37,19 @@
 pub mod entry;
 pub mod ledger;
 pub mod persist;
-pub mod service;
 pub mod store;
 pub mod transition;
 
 pub use entry::{
-    CompletionReport, Finished, HeldSlot, Holding, NodeEntry, ProgressNote, QueuedRequest,
-    RebootEvidence, SlotView, Waiting,
+    Completion, CompletionReport, Finished, HeldSlot, Holding, NodeEntry, ProgressNote,
+    QueuedRequest, RebootEvidence, SlotView, Waiting,
 };
 pub use ledger::{Checkpoint, Ledger, LedgerError, LedgerResult, Release};
 pub use persist::PersistError;
-pub use service::{Clock, Completion, SlotEvent, SlotService, SlotServiceConfig, SystemClock};
 pub use store::{LedgerStore, MemoryStore, StoreError, StoredState};
 pub use transition::{NodeState, Transition, TransitionReason};
 
-use rota_core::model::NodeName;
+use crate::model::NodeName;
 
 /// Errors of the slot layer.
 #[derive(Debug, thiserror::Error)]
@@ -79,9 +77,7 @@ impl From<StoreError> for Error {
     /// backend: it is the normal state of a standby, reported as [`Error::NotLeading`].
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::Backend(source) if source.is::<crate::leader::NotLeading>() => {
-                Error::NotLeading
-            }
+            StoreError::NotLeading => Error::NotLeading,
             other => Error::Store(other),
         }
     }

@@ -19,7 +19,7 @@ use super::entry::{
     SlotView, Waiting,
 };
 use super::transition::{NodeState, Transition, TransitionReason};
-use rota_core::model::{FencingToken, NodeName, Operation, Origin, Slot, SlotPhase, SlotRequest};
+use crate::model::{FencingToken, NodeName, Operation, Origin, Slot, SlotPhase, SlotRequest};
 
 /// Why the ledger refused an operation. A refused operation changed nothing.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
