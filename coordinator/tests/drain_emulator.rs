@@ -1,6 +1,10 @@
 //! The drain engine against the emulated API server (`rota-sim`), through the real kube client
 //! over HTTP. The emulator runs its disruption controller, so budgets move as pods come and go,
 //! as they do in a cluster; the tests play the kubelet where a pod's deletion needs one.
+use rota_core::drain::{
+    BlockReason, DrainOutcome, DrainReport, DrainSpec, PdbRef, PodProgress, PodRef, RefusalReason,
+    SkipReason,
+};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,11 +17,12 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use rota_coordinator::drain::{
-    BlockReason, Cordon, DrainControl, DrainOutcome, DrainReport, DrainSpec, Drainer, Error,
-    PdbRef, PodProgress, PodRef, RefusalReason, SkipReason,
-};
+use rota_coordinator::controller;
+use rota_coordinator::controller::cordon::{Cordoned, cordon, uncordon_own};
+use rota_coordinator::drain::{DrainControl, Drainer};
 use rota_coordinator::kube_client::Clients;
+use rota_coordinator::leader::Leadership;
+use rota_coordinator::store::WriteGate;
 use rota_sim::apiserver::{
     ApiServer, DeleteOptions, FaultConfig, ListOptions, ServerHandle, Store,
 };
@@ -36,7 +41,7 @@ async fn cluster(nodes: &[&str]) -> Result<Cluster> {
     let store = Store::new();
     let server = ApiServer::start(store.clone(), "127.0.0.1:0".parse()?).await?;
     let config = kube::Config::new(server.url().parse()?);
-    let drainer = Drainer::new(&Clients::from_config(config)?);
+    let drainer = Drainer::new(&Clients::from_config(config)?, rota_core::clock::system());
     store.create_as(&Namespace {
         metadata: ObjectMeta {
             name: Some(NS.into()),
@@ -209,47 +214,43 @@ async fn drain(
     Ok(cluster.drainer.drain(node, spec, control).await?)
 }
 
+/// rota has one cordon path, the controller's: the cordon and rota's mark are one write, so an
+/// uncordon undoes only rota's own cordons and a human's stays.
 #[tokio::test]
-async fn cordon_reports_whether_rota_cordoned() -> Result<()> {
+async fn cordon_marks_rotas_own_and_uncordon_keeps_a_humans() -> Result<()> {
     let cluster = cluster(&["n1"]).await?;
     cluster.store.create_as(&node("n2", true))?;
+    let client = kube::Client::try_from(kube::Config::new(cluster.server.url().parse()?))?;
+    let nodes = kube::Api::<Node>::all(client);
+    let gate = WriteGate::new(Leadership::unconditional());
     let unschedulable = |name: &str| -> Result<bool> {
         let node: Node = cluster.store.get_as(None, name)?;
-        Ok(node.spec.and_then(|s| s.unschedulable).unwrap_or(false))
+        Ok(rota_core::node::is_unschedulable(&node))
     };
 
-    let first = cluster.drainer.cordon("n1").await?;
-    assert_eq!(
-        first,
-        Cordon {
-            already_cordoned: false
-        }
-    );
+    assert_eq!(cordon(&nodes, &gate, "n1").await?, Cordoned::Now);
     assert!(unschedulable("n1")?);
-    let again = cluster.drainer.cordon("n1").await?;
-    assert_eq!(
-        again,
-        Cordon {
-            already_cordoned: true
-        }
-    );
+    assert_eq!(cordon(&nodes, &gate, "n1").await?, Cordoned::Earlier);
+    assert_eq!(cordon(&nodes, &gate, "n2").await?, Cordoned::BySomeoneElse);
 
-    let manual = cluster.drainer.cordon("n2").await?;
-    assert_eq!(
-        manual,
-        Cordon {
-            already_cordoned: true
-        }
-    );
-
-    cluster.drainer.uncordon("n1").await?;
+    assert!(uncordon_own(&nodes, &gate, "n1").await?);
     assert!(!unschedulable("n1")?);
+    assert!(
+        !uncordon_own(&nodes, &gate, "n2").await?,
+        "a human's cordon stays"
+    );
     assert!(unschedulable("n2")?);
 
-    let missing = cluster.drainer.cordon("n9").await;
-    assert!(matches!(missing, Err(Error::NodeNotFound(name)) if name == "n9"));
-    let missing = cluster.drainer.uncordon("n9").await;
-    assert!(matches!(missing, Err(Error::NodeNotFound(name)) if name == "n9"));
+    let missing = cordon(&nodes, &gate, "n9").await;
+    assert!(matches!(missing, Err(controller::Error::NodeNotFound(name)) if name == "n9"));
+    assert!(!uncordon_own(&nodes, &gate, "n9").await?);
+
+    gate.close();
+    assert!(
+        cordon(&nodes, &gate, "n1").await.is_err(),
+        "a closed write gate cordons nothing"
+    );
+    assert!(!unschedulable("n1")?);
     Ok(())
 }
 

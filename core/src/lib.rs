@@ -7,7 +7,9 @@
 //! out what comes back.
 
 pub mod clock;
+pub mod drain;
 pub mod model;
+pub mod node;
 pub mod policy;
 pub mod scheduler;
 pub mod slots;

@@ -1,5 +1,6 @@
 //! rota's cordons: the cordon and the [`CORDONED`] mark are one write, so that rota undoes only
 //! its own cordons, also after a restart (a node a human had cordoned stays cordoned).
+use rota_core::node::is_unschedulable;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
@@ -9,7 +10,7 @@ use tracing::{info, instrument};
 
 use super::annotations::CORDONED;
 use super::{Error, Result};
-use crate::drain::is_unschedulable;
+
 use crate::store::WriteGate;
 
 /// Attempts when another writer changes the node between our read and our patch.

@@ -1,6 +1,8 @@
 //! One pass of the controller, decided: from the cluster cache, the ledger and the policies to
 //! the list of things to do ([`Decisions`]). Pure — no I/O and an explicit `now` — so that the
 //! actor ([`super::term`]) only performs what is decided here.
+use rota_core::drain::DrainSpec;
+use rota_core::node::is_unschedulable;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroU32;
@@ -16,7 +18,7 @@ use super::pools::{PolicyBook, PoolCounts};
 use super::snapshot::{self, Inputs, drain_spec, pool_of, pools_of};
 use super::verify::{self, Verdict};
 use crate::blockers::AlertReports;
-use crate::drain::{DrainSpec, is_unschedulable};
+
 use crate::store::CacheState;
 use rota_core::model::{FencingToken, NodeName, Operation, SlotPhase};
 use rota_core::policy::crd::RebootMode;

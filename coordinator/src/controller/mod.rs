@@ -26,7 +26,7 @@
 //! granted ones wait for their agent, verifying ones are verified again.
 
 pub mod annotations;
-mod cordon;
+pub mod cordon;
 pub mod decide;
 pub mod pools;
 pub mod snapshot;

@@ -1,10 +1,12 @@
 //! From the cluster cache and the ledger to the scheduler's [`Snapshot`]. Pure.
 //!
 //! Pods a drain would evict are found with the drain engine's own filter
-//! ([`crate::drain::filter::classify`]) and the pool's drain settings, so that the scheduler's
+//! ([`rota_core::drain::filter::classify`]) and the pool's drain settings, so that the scheduler's
 //! PDB look-ahead counts exactly the pods the drain will evict. They are computed only for nodes
 //! that are queued or hold a slot (the only ones the scheduler looks at), from the cache's
 //! per-node pod index.
+use rota_core::drain::DrainSpec;
+use rota_core::node::is_unschedulable;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -16,9 +18,9 @@ use kube::ResourceExt;
 use super::annotations::CORDONED;
 use super::pools::InForce;
 use super::verify::node_ready;
-use crate::drain::filter::{RefusalReason, Verdict, classify};
-use crate::drain::pdb::PdbIndex;
-use crate::drain::{DrainSpec, is_unschedulable};
+use rota_core::drain::filter::{RefusalReason, Verdict, classify};
+use rota_core::drain::pdb::PdbIndex;
+
 use crate::store::CacheState;
 use rota_core::model::{Slot, SlotRequest};
 use rota_core::policy::{KubeVersion, NamespacedName};

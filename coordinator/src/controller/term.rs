@@ -1,5 +1,6 @@
 //! One leadership term: the actor that performs what [`super::decide`] decides.
 use crate::slot_service::{SlotEvent, SlotService};
+use rota_core::drain::{DrainProgress, DrainReport, PdbRef, PodProgress};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use super::pools::{PolicyBook, PolicyChange};
 use super::snapshot::pool_of;
 use super::{Coordinator, Error, TermEnd};
 use crate::blockers::{AlertWatch, prometheus};
-use crate::drain::{DrainControl, DrainProgress, DrainReport, Drainer, PdbRef, PodProgress};
+use crate::drain::{DrainControl, Drainer};
 use crate::events::{EventSink, Reason};
 use crate::metrics::{Metrics, Outcome};
 use crate::notify::{Notification, PauseCause};
@@ -124,7 +125,7 @@ impl<'a> Term<'a> {
             service,
             nodes: Api::all(client.clone()),
             policies: Api::all(client),
-            drainer: Drainer::new(&coordinator.clients),
+            drainer: Drainer::new(&coordinator.clients, coordinator.clock.clone()),
             book: PolicyBook::new(),
             drains: JoinSet::new(),
             running: HashMap::new(),
@@ -650,7 +651,10 @@ impl<'a> Term<'a> {
                 return Ok(());
             }
             Ok(report)
-                if matches!(report.outcome, crate::drain::DrainOutcome::Cancelled { .. }) =>
+                if matches!(
+                    report.outcome,
+                    rota_core::drain::DrainOutcome::Cancelled { .. }
+                ) =>
             {
                 return Ok(());
             }

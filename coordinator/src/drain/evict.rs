@@ -11,16 +11,16 @@ use k8s_openapi::api::policy::v1::Eviction;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, ObjectMeta, Preconditions};
 use kube::api::PostParams;
 use kube::{Api, Client};
-use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::filter::PodToEvict;
-use super::pdb::{Fingerprint, PdbIndex, PdbRef};
 use super::watch::{NodePods, Synced};
-use super::{DrainProgress, DrainStats, PodRef};
+use rota_core::clock::{Clock, SharedClock};
+use rota_core::drain::filter::PodToEvict;
+use rota_core::drain::pdb::{Fingerprint, PdbIndex, PdbRef};
+use rota_core::drain::{BlockReason, DrainProgress, DrainStats, PodProgress, PodRef};
 
 /// The message the API server gives when a pod is covered by several budgets.
 const MULTIPLE_PDBS: &str = "more than one PodDisruptionBudget";
@@ -139,47 +139,6 @@ impl EvictResponse {
     }
 }
 
-/// Why a pod could not be evicted.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "camelCase")]
-pub enum BlockReason {
-    /// Its budget kept refusing (HTTP 429) for the drain's blocked timeout.
-    DisruptionBudget,
-    /// Several budgets cover it (HTTP 500).
-    MultiplePdbs,
-    /// The API server refused the eviction outright.
-    Refused {
-        /// HTTP status code.
-        code: u16,
-    },
-}
-
-/// Where one pod's eviction stands.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "state", rename_all = "camelCase")]
-pub enum PodProgress {
-    /// No eviction accepted yet.
-    Evicting,
-    /// The last attempt was refused by these budgets.
-    BlockedByPdb {
-        /// The budgets covering the pod when it was refused.
-        pdbs: Vec<PdbRef>,
-        /// The server's message.
-        message: String,
-    },
-    /// The eviction was accepted; waiting for the pod to go.
-    WaitingForDeletion,
-    /// The pod is gone.
-    Evicted,
-    /// The drain gave up on the pod.
-    NotEvicted {
-        /// Why.
-        reason: BlockReason,
-        /// The server's message.
-        message: String,
-    },
-}
-
 /// How one pod's eviction ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Finish {
@@ -230,6 +189,8 @@ pub(crate) struct EvictionContext {
     pub skip_wait_for_delete_timeout: Option<Duration>,
     /// Bounds concurrent eviction requests.
     pub requests: Arc<Semaphore>,
+    /// The wall clock (how long ago a pod was deleted).
+    pub clock: SharedClock,
     /// The node's pods.
     pub pods: watch::Receiver<Synced<NodePods>>,
     /// The cluster's budgets.
@@ -346,7 +307,8 @@ async fn run(ctx: &EvictionContext, target: &PodToEvict, tracker: &mut Tracker) 
                 tracker.count(|s| &mut s.evictions_succeeded);
                 debug!("eviction accepted; waiting for the pod to go");
                 tracker.set(PodProgress::WaitingForDeletion);
-                return wait_gone(&mut pods, pod, ctx.skip_wait_for_delete_timeout).await;
+                let timeout = ctx.skip_wait_for_delete_timeout;
+                return wait_gone(&mut pods, pod, timeout, ctx.clock.as_ref()).await;
             }
             EvictResponse::Gone => return Finish::Evicted,
             EvictResponse::TooManyRequests {
@@ -456,6 +418,7 @@ async fn wait_gone(
     pods: &mut watch::Receiver<Synced<NodePods>>,
     pod: &PodRef,
     skip_wait_for_delete_timeout: Option<Duration>,
+    clock: &dyn Clock,
 ) -> Finish {
     loop {
         let deleted_at = {
@@ -471,7 +434,7 @@ async fn wait_gone(
         };
         let skip_after = match (deleted_at, skip_wait_for_delete_timeout) {
             (Some(since), Some(timeout)) if !timeout.is_zero() => {
-                Some(remaining_until(since, timeout, Timestamp::now()))
+                Some(remaining_until(since, timeout, clock.now()))
             }
             _ => None,
         };

@@ -9,37 +9,33 @@
 //!   and reports a [`DrainOutcome`] that tells the controller whether to proceed, or to give the
 //!   slot back and name the budget that blocked.
 
-mod cordon;
 pub mod evict;
-pub mod filter;
-pub mod pdb;
 mod watch;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
-use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::core::Selector;
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
-use serde::Serialize;
+use kube::{Api, Client};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, instrument, warn};
 
-pub use cordon::{Cordon, is_unschedulable};
-pub use evict::{BlockReason, PodProgress};
-pub use filter::{PodRefusal, RefusalReason, SkipReason, SkippedPod};
-pub use pdb::PdbRef;
+use rota_core::drain::{
+    BlockedBy, DrainOutcome, DrainProgress, DrainReport, DrainSpec, DrainStats, PodProgress,
+    filter, pdb,
+};
+
+use rota_core::clock::SharedClock;
 
 use crate::kube_client::Clients;
 use evict::{EvictionContext, Finish, PodReport};
+use filter::SkippedPod;
 use watch::{NodePods, Synced};
 
 /// Errors of the drain engine's API calls. A drain that runs but cannot finish is not an error:
@@ -62,104 +58,6 @@ pub enum Error {
 
 /// Result alias of the drain engine.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// A pod, by namespace, name and UID (the UID tells a pod from its same-named replacement).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct PodRef {
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-    /// UID.
-    pub uid: String,
-}
-
-impl PodRef {
-    /// The reference of a pod object.
-    pub fn of(pod: &Pod) -> Self {
-        Self {
-            namespace: pod.namespace().unwrap_or_default(),
-            name: pod.name_any(),
-            uid: pod.uid().unwrap_or_default(),
-        }
-    }
-}
-
-impl fmt::Display for PodRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-/// How to drain a node (the policy's `drain` section, plus the engine's pacing).
-#[derive(Clone, Debug)]
-pub struct DrainSpec {
-    /// Evict pods with emptyDir volumes (their data is lost), like `--delete-emptydir-data`.
-    pub delete_empty_dir_data: bool,
-    /// Evict pods that no controller recreates, like `--force`.
-    pub force: bool,
-    /// Only pods matching this selector are evicted, like `--pod-selector`.
-    pub pod_selector: Option<Selector>,
-    /// `deleteOptions.gracePeriodSeconds`; `None` leaves each pod its own (`--grace-period=-1`).
-    pub grace_period_seconds: Option<i64>,
-    /// Pods deleted longer ago than this are skipped, and count as gone while waiting, like
-    /// `--skip-wait-for-delete-timeout`; `None` or zero never skips.
-    pub skip_wait_for_delete_timeout: Option<Duration>,
-    /// Most eviction requests in flight at once.
-    pub max_parallel: usize,
-    /// Longest wait before retrying a refused eviction when no budget change arrives (kubectl
-    /// always waits this long; rota retries as soon as the budget allows).
-    pub retry_fallback: Duration,
-    /// How long a budget may keep refusing a pod before the drain gives up with
-    /// [`DrainOutcome::Blocked`], so that a stuck drain hands its capacity back.
-    pub blocked_timeout: Duration,
-}
-
-impl Default for DrainSpec {
-    fn default() -> Self {
-        Self {
-            delete_empty_dir_data: false,
-            force: false,
-            pod_selector: None,
-            grace_period_seconds: None,
-            skip_wait_for_delete_timeout: None,
-            max_parallel: 16,
-            retry_fallback: Duration::from_secs(5),
-            blocked_timeout: Duration::from_secs(120),
-        }
-    }
-}
-
-/// Counters of one drain, for the controller's metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct DrainStats {
-    /// Eviction requests sent.
-    pub evictions_attempted: u64,
-    /// Eviction requests the API server accepted.
-    pub evictions_succeeded: u64,
-    /// Eviction requests refused by a PodDisruptionBudget (HTTP 429).
-    pub evictions_blocked_by_pdb: u64,
-    /// Eviction requests that failed otherwise (transport errors, 5xx, refusals).
-    pub eviction_errors: u64,
-}
-
-impl std::ops::AddAssign for DrainStats {
-    fn add_assign(&mut self, other: Self) {
-        self.evictions_attempted += other.evictions_attempted;
-        self.evictions_succeeded += other.evictions_succeeded;
-        self.evictions_blocked_by_pdb += other.evictions_blocked_by_pdb;
-        self.eviction_errors += other.eviction_errors;
-    }
-}
-
-/// A live view of a running drain, for status pages and `rotactl`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct DrainProgress {
-    /// The pods being evicted and where each stands.
-    pub pods: BTreeMap<PodRef, PodProgress>,
-    /// Counters so far.
-    pub stats: DrainStats,
-}
 
 /// What bounds a running drain, and who follows it.
 #[derive(Clone, Debug)]
@@ -200,165 +98,6 @@ impl DrainControl {
     }
 }
 
-/// A pod the drain could not evict, and what stood in the way.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct BlockedBy {
-    /// The pod.
-    pub pod: PodRef,
-    /// The budgets covering it (empty when the refusal was not about budgets).
-    pub pdbs: Vec<PdbRef>,
-    /// Why it could not be evicted.
-    pub reason: BlockReason,
-    /// The API server's message.
-    pub message: String,
-}
-
-/// How a drain ended.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "result", rename_all = "camelCase")]
-pub enum DrainOutcome {
-    /// Every pod to evict is gone: the node may be disrupted.
-    #[serde(rename_all = "camelCase")]
-    Drained {
-        /// Pods evicted (or found gone).
-        evicted: Vec<PodRef>,
-        /// Pods left on the node, and why.
-        skipped: Vec<SkippedPod>,
-    },
-    /// The drain did not start: these pods cannot be evicted under the policy. Nothing was
-    /// evicted.
-    Refused {
-        /// Which pods, and why.
-        errors: Vec<PodRefusal>,
-    },
-    /// Some pods cannot be evicted (a budget kept refusing past the blocked timeout, or the API
-    /// refused outright). The other pods were handled.
-    #[serde(rename_all = "camelCase")]
-    Blocked {
-        /// Which pods, and which budgets.
-        by: Vec<BlockedBy>,
-        /// Pods evicted before the drain gave up.
-        evicted_so_far: Vec<PodRef>,
-    },
-    /// The deadline passed with pods still on the node.
-    #[serde(rename_all = "camelCase")]
-    TimedOut {
-        /// Pods not evicted.
-        remaining: Vec<PodRef>,
-        /// Budgets that were refusing the remaining pods.
-        blocking_pdbs: Vec<PdbRef>,
-        /// Pods evicted before the deadline.
-        evicted_so_far: Vec<PodRef>,
-    },
-    /// The drain was cancelled.
-    #[serde(rename_all = "camelCase")]
-    Cancelled {
-        /// Pods not evicted.
-        remaining: Vec<PodRef>,
-        /// Pods evicted before the cancellation.
-        evicted_so_far: Vec<PodRef>,
-    },
-}
-
-impl DrainOutcome {
-    /// Whether the node is drained.
-    pub fn is_drained(&self) -> bool {
-        matches!(self, DrainOutcome::Drained { .. })
-    }
-
-    /// The budgets that kept the drain from finishing (sorted, without duplicates).
-    pub fn blocking_pdbs(&self) -> Vec<PdbRef> {
-        match self {
-            DrainOutcome::Blocked { by, .. } => by
-                .iter()
-                .flat_map(|blocked| blocked.pdbs.iter().cloned())
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect(),
-            DrainOutcome::TimedOut { blocking_pdbs, .. } => blocking_pdbs.clone(),
-            DrainOutcome::Refused { errors } => errors
-                .iter()
-                .flat_map(|error| match &error.reason {
-                    RefusalReason::MultiplePdbs { pdbs } => pdbs.clone(),
-                    _ => Vec::new(),
-                })
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect(),
-            DrainOutcome::Drained { .. } | DrainOutcome::Cancelled { .. } => Vec::new(),
-        }
-    }
-}
-
-impl fmt::Display for DrainOutcome {
-    /// One line for events and logs.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let pdbs = || {
-            let names: Vec<String> = self
-                .blocking_pdbs()
-                .iter()
-                .map(ToString::to_string)
-                .collect();
-            names.join(", ")
-        };
-        match self {
-            DrainOutcome::Drained { evicted, skipped } => write!(
-                f,
-                "drained: {} pods evicted, {} skipped",
-                evicted.len(),
-                skipped.len()
-            ),
-            DrainOutcome::Refused { errors } => {
-                let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                write!(f, "refused: {}", lines.join("; "))
-            }
-            DrainOutcome::Blocked { by, .. } => {
-                let lines: Vec<String> = by
-                    .iter()
-                    .map(|b| format!("{}: {}", b.pod, b.message))
-                    .collect();
-                if by.iter().all(|b| b.pdbs.is_empty()) {
-                    write!(f, "blocked: {}", lines.join("; "))
-                } else {
-                    write!(
-                        f,
-                        "blocked by PodDisruptionBudget {}: {}",
-                        pdbs(),
-                        lines.join("; ")
-                    )
-                }
-            }
-            DrainOutcome::TimedOut {
-                remaining,
-                blocking_pdbs,
-                ..
-            } => {
-                write!(f, "timed out with {} pods left", remaining.len())?;
-                if !blocking_pdbs.is_empty() {
-                    write!(f, " (blocked by PodDisruptionBudget {})", pdbs())?;
-                }
-                Ok(())
-            }
-            DrainOutcome::Cancelled { remaining, .. } => {
-                write!(f, "cancelled with {} pods left", remaining.len())
-            }
-        }
-    }
-}
-
-/// A drain's outcome with its counters.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct DrainReport {
-    /// The node.
-    pub node: String,
-    /// How it ended.
-    pub outcome: DrainOutcome,
-    /// Eviction counters.
-    pub stats: DrainStats,
-    /// How long it took.
-    pub elapsed: Duration,
-}
-
 /// Cordons, drains and uncordons nodes.
 #[derive(Clone)]
 pub struct Drainer {
@@ -366,6 +105,8 @@ pub struct Drainer {
     client: Client,
     /// Evictions: without kube's 429 retry, so budget refusals reach the engine at once.
     eviction_client: Client,
+    /// The wall clock the drain's decisions read (pods deleted how long ago), the controller's.
+    clock: SharedClock,
 }
 
 impl fmt::Debug for Drainer {
@@ -375,22 +116,13 @@ impl fmt::Debug for Drainer {
 }
 
 impl Drainer {
-    /// A drainer using the coordinator's clients.
-    pub fn new(clients: &Clients) -> Self {
+    /// A drainer using the coordinator's clients and clock.
+    pub fn new(clients: &Clients, clock: SharedClock) -> Self {
         Self {
             client: clients.default.clone(),
             eviction_client: clients.eviction.clone(),
+            clock,
         }
-    }
-
-    /// Cordons the node; reports whether someone else had cordoned it already.
-    pub async fn cordon(&self, node: &str) -> Result<Cordon> {
-        cordon::cordon(&self.client, node).await
-    }
-
-    /// Uncordons the node.
-    pub async fn uncordon(&self, node: &str) -> Result<()> {
-        cordon::uncordon(&self.client, node).await
     }
 
     /// Evicts the node's pods until they are gone, the drain is blocked, the control's deadline
@@ -457,7 +189,7 @@ impl Drainer {
 
         let plan = {
             let pods = pods.borrow().index.pods();
-            filter::plan(&pods, &pdbs.borrow().index, spec, Timestamp::now())
+            filter::plan(&pods, &pdbs.borrow().index, spec, self.clock.now())
         };
         if !plan.refusals.is_empty() {
             let outcome = DrainOutcome::Refused {
@@ -494,6 +226,7 @@ impl Drainer {
             blocked_timeout: spec.blocked_timeout,
             skip_wait_for_delete_timeout: spec.skip_wait_for_delete_timeout,
             requests: Arc::new(Semaphore::new(spec.max_parallel.max(1))),
+            clock: self.clock.clone(),
             pods,
             pdbs,
             cancel,
@@ -633,6 +366,7 @@ fn outcome(mut reports: Vec<PodReport>, skipped: Vec<SkippedPod>) -> DrainOutcom
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rota_core::drain::{BlockReason, PdbRef, PodRef, PodRefusal, RefusalReason, SkipReason};
 
     fn pod(name: &str) -> PodRef {
         PodRef {

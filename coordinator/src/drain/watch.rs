@@ -16,8 +16,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{Instrument, Span, debug, warn};
 
-use super::PodRef;
-use super::pdb::PdbIndex;
+use rota_core::drain::PodRef;
+use rota_core::drain::pdb::PdbIndex;
 
 /// An index and whether it holds a complete list yet.
 #[derive(Debug, Default)]

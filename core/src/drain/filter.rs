@@ -21,7 +21,7 @@ use std::fmt;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Pod;
-use kube::core::SelectorExt;
+use kube_core::SelectorExt;
 use serde::Serialize;
 
 use super::pdb::{PdbIndex, PdbRef};
@@ -303,7 +303,7 @@ mod tests {
 
     use k8s_openapi::api::core::v1::{EmptyDirVolumeSource, PodSpec, PodStatus, Volume};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
-    use kube::core::{Expression, Selector};
+    use kube_core::{Expression, Selector};
 
     use super::super::pdb::tests::{labels, match_labels, pdb};
     use super::*;

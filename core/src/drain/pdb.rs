@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::ResourceExt;
-use kube::core::{Selector, SelectorExt};
+use kube_core::ResourceExt;
+use kube_core::{Selector, SelectorExt};
 use serde::Serialize;
 
 /// A PodDisruptionBudget's name.

@@ -1,0 +1,112 @@
+//! What rota reads off a Node object: whether it is cordoned, Ready, a control-plane node, and
+//! in which zone. One definition for the controller, the scheduler's snapshot, the leader's
+//! handover and `rotactl`, so that they cannot disagree about a node.
+
+use k8s_openapi::api::core::v1::{Node, NodeCondition};
+
+/// Node labels that mark a control-plane node (kubeadm's current and former role labels).
+pub const CONTROL_PLANE_LABELS: [&str; 2] = [
+    "node-role.kubernetes.io/control-plane",
+    "node-role.kubernetes.io/master",
+];
+
+/// Node label of the zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// Whether the node is cordoned (`spec.unschedulable`), by anyone.
+pub fn is_unschedulable(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|spec| spec.unschedulable)
+        .unwrap_or(false)
+}
+
+/// The node's `Ready` condition, if it has one.
+pub fn ready_condition(node: &Node) -> Option<&NodeCondition> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+}
+
+/// Whether the node's `Ready` condition is `True`.
+pub fn is_ready(node: &Node) -> bool {
+    ready_condition(node).is_some_and(|c| c.status == "True")
+}
+
+/// Whether the node carries a control-plane role label.
+pub fn is_control_plane(node: &Node) -> bool {
+    node.metadata
+        .labels
+        .as_ref()
+        .is_some_and(|labels| CONTROL_PLANE_LABELS.iter().any(|l| labels.contains_key(*l)))
+}
+
+/// The node's zone label, if any.
+pub fn zone(node: &Node) -> Option<&str> {
+    node.metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(ZONE_LABEL))
+        .map(String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::{NodeSpec, NodeStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn node(labels: &[(&str, &str)], unschedulable: Option<bool>, ready: Option<&str>) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect::<BTreeMap<_, _>>(),
+                ),
+                ..ObjectMeta::default()
+            },
+            spec: Some(NodeSpec {
+                unschedulable,
+                ..NodeSpec::default()
+            }),
+            status: ready.map(|status| NodeStatus {
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: status.into(),
+                    ..NodeCondition::default()
+                }]),
+                ..NodeStatus::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn predicates() {
+        let cp = node(
+            &[
+                ("node-role.kubernetes.io/control-plane", ""),
+                (ZONE_LABEL, "a"),
+            ],
+            Some(true),
+            Some("True"),
+        );
+        assert!(is_control_plane(&cp) && is_unschedulable(&cp) && is_ready(&cp));
+        assert_eq!(zone(&cp), Some("a"));
+        let old_master = node(
+            &[("node-role.kubernetes.io/master", "")],
+            None,
+            Some("Unknown"),
+        );
+        assert!(is_control_plane(&old_master));
+        assert!(!is_unschedulable(&old_master) && !is_ready(&old_master));
+        let worker = node(&[], Some(false), None);
+        assert!(!is_control_plane(&worker) && !is_unschedulable(&worker) && !is_ready(&worker));
+        assert_eq!(zone(&worker), None);
+    }
+}
