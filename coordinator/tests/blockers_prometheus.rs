@@ -2,6 +2,7 @@
 //! alerts API: firing alerts block, pending ones do not, the policy's filter is honoured, a
 //! Prometheus that cannot be asked blocks with a clear reason (fail closed), and recovery
 //! unblocks. The reports go through the real scheduler to check what they mean for admission.
+use rota_core::blockers::{AlertReport, AlertReports, urls};
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,8 +15,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use jiff::Timestamp;
-use rota_coordinator::blockers::prometheus::urls;
-use rota_coordinator::blockers::{AlertReport, AlertReports, AlertSettings, AlertWatch};
+
+use rota_coordinator::blockers::{AlertSettings, AlertWatch};
 use rota_core::model::{Operation, Origin, SlotRequest};
 use rota_core::policy::{KubeVersion, MaintenancePolicySpec, validate};
 use rota_core::scheduler::{NodeState, Pool, Snapshot, schedule};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use rota_coordinator::controller::pools::{PolicyBook, PolicyChange, PoolCounts};
+use rota_core::controller::pools::{PolicyBook, PolicyChange, PoolCounts};
 use rota_core::policy::{MaintenancePolicy, MaintenancePolicySpec, MaintenancePolicyStatus};
 use serde_json::json;
 

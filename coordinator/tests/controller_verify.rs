@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{
     PodTemplateSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
-use rota_coordinator::controller::verify::{Verdict, abandoned, recovered, verify};
+use rota_core::controller::verify::{Verdict, abandoned, recovered, verify};
 use rota_core::model::{FencingToken, Operation, Origin, Slot, SlotPhase};
 use rota_core::policy::{Health, NamespacedName};
 use rota_core::slots::{CompletionReport, HeldSlot};

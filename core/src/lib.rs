@@ -6,7 +6,10 @@
 //! coordinator and the agent are shells around it that read the world, call in here, and carry
 //! out what comes back.
 
+pub mod blockers;
 pub mod clock;
+pub mod cluster;
+pub mod controller;
 pub mod drain;
 pub mod model;
 pub mod node;

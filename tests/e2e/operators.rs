@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp, tz::TimeZone};
-use rota_coordinator::controller::annotations::MAINTENANCE_REQUESTED;
+use rota_core::controller::annotations::MAINTENANCE_REQUESTED;
 use rota_core::policy::MaintenancePolicySpec;
 use rota_core::policy::crd::MaintenanceWindow;
 use rota_core::slots::persist::SLOT_ANNOTATION;

@@ -10,7 +10,7 @@
 
 pub mod prometheus;
 
-pub use prometheus::{AlertReport, AlertReports, AlertSettings, AlertWatch};
+pub use prometheus::{AlertSettings, AlertWatch};
 
 /// Errors of the blockers.
 #[derive(Debug, thiserror::Error)]

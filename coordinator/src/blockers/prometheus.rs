@@ -33,12 +33,10 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, info_span, instrument, warn};
 
 use super::{Error, Result};
-use rota_core::scheduler::Pool;
+use rota_core::blockers::{AlertReport, AlertReports};
 
 /// The alerts endpoint, relative to the policy's base URL.
 const ALERTS_PATH: &str = "/api/v1/alerts";
-/// Why a pool whose Prometheus has not been asked yet waits.
-const NOT_ASKED_YET: &str = "no answer yet";
 /// How much of an error answer's body a reason quotes.
 const QUOTED_BYTES: usize = 200;
 
@@ -61,62 +59,6 @@ impl Default for AlertSettings {
             max_answer_bytes: 16 * 1024 * 1024,
         }
     }
-}
-
-/// What one Prometheus said last.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AlertReport {
-    /// The names of its firing alerts, sorted, each once (before any policy's filter).
-    Firing(Vec<String>),
-    /// Its alerts are not known, and why.
-    Unknown(String),
-}
-
-/// What every Prometheus asked said last, by URL (as the policies spell it).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AlertReports {
-    by_url: BTreeMap<String, AlertReport>,
-}
-
-impl AlertReports {
-    /// Reports from `(url, report)` pairs.
-    pub fn from_reports(reports: impl IntoIterator<Item = (String, AlertReport)>) -> Self {
-        AlertReports {
-            by_url: reports.into_iter().collect(),
-        }
-    }
-
-    /// What the Prometheus at `url` said last, if it was asked.
-    pub fn get(&self, url: &str) -> Option<&AlertReport> {
-        self.by_url.get(url)
-    }
-
-    /// Fills in the alerts of every pool with a Prometheus blocker: its firing alerts, or why
-    /// they are not known — including a Prometheus not asked yet, so that a pool is never
-    /// admitted to before its Prometheus answered.
-    pub fn apply(&self, pools: &mut [Pool]) {
-        for pool in pools {
-            let Some(source) = &pool.policy.blockers.prometheus else {
-                continue;
-            };
-            let (firing, unknown) = match self.by_url.get(&source.url) {
-                Some(AlertReport::Firing(names)) => (names.clone(), None),
-                Some(AlertReport::Unknown(why)) => (Vec::new(), Some(why.clone())),
-                None => (Vec::new(), Some(NOT_ASKED_YET.to_owned())),
-            };
-            pool.firing_alerts = firing;
-            pool.alerts_unknown = unknown;
-        }
-    }
-}
-
-/// The Prometheus URLs the pools' blockers name, each once.
-pub fn urls(pools: &[Pool]) -> BTreeSet<String> {
-    pools
-        .iter()
-        .filter_map(|p| p.policy.blockers.prometheus.as_ref())
-        .map(|source| source.url.clone())
-        .collect()
 }
 
 /// The alerts endpoint of a Prometheus base URL (which may carry a path prefix, e.g. behind a
@@ -393,8 +335,8 @@ async fn poll(
 
 /// Logs what changed, once per change (not on every round).
 fn log_changes(before: &AlertReports, after: &AlertReports) {
-    for (url, report) in &after.by_url {
-        let previous = before.by_url.get(url);
+    for (url, report) in after.iter() {
+        let previous = before.get(url);
         if previous == Some(report) {
             continue;
         }
@@ -410,11 +352,7 @@ fn log_changes(before: &AlertReports, after: &AlertReports) {
             },
         }
     }
-    for url in before
-        .by_url
-        .keys()
-        .filter(|u| !after.by_url.contains_key(*u))
-    {
+    for (url, _) in before.iter().filter(|(u, _)| !after.contains(u)) {
         debug!(%url, "no policy names this Prometheus any more");
     }
 }

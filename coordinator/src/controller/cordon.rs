@@ -8,8 +8,8 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument};
 
-use super::annotations::CORDONED;
 use super::{Error, Result};
+use rota_core::controller::annotations::CORDONED;
 
 use crate::store::WriteGate;
 

@@ -10,11 +10,11 @@
 //!    ([`crate::blockers::AlertWatch`], polled by its own task for the term) and on the one timer
 //!    the last pass asked for (a window opening, a back-off or a verification ending, a lease
 //!    expiring) — never on a poll of its own;
-//! 2. each pass is decided purely ([`decide::decide`]: snapshot → [`rota_core::scheduler::schedule`],
+//! 2. each pass is decided purely ([`rota_core::controller::decide::decide`]: snapshot → [`rota_core::scheduler::schedule`],
 //!    verifications, annotations, statuses) and then performed: admissions are persisted first,
 //!    then the node is cordoned (marking the cordon as rota's) and drained in a task; a finished
 //!    drain grants the slot, a stuck one gives it back with a back-off and the reason (which
-//!    PDB); an agent's completion is verified ([`verify`]) and the slot released or failed;
+//!    PDB); an agent's completion is verified ([`rota_core::controller::verify`]) and the slot released or failed;
 //! 3. failures count towards the pool's circuit breaker; statuses are written only when they
 //!    change.
 //!
@@ -25,13 +25,9 @@
 //! term resumes where the ledger says: draining slots drain again (the cordon is idempotent),
 //! granted ones wait for their agent, verifying ones are verified again.
 
-pub mod annotations;
 pub mod cordon;
-pub mod decide;
-pub mod pools;
-pub mod snapshot;
 mod term;
-pub mod verify;
+
 use crate::slot_service::SlotService;
 
 use std::sync::Arc;

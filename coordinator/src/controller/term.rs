@@ -1,4 +1,4 @@
-//! One leadership term: the actor that performs what [`super::decide`] decides.
+//! One leadership term: the actor that performs what [`rota_core::controller::decide`] decides.
 use crate::slot_service::{SlotEvent, SlotService};
 use rota_core::drain::{DrainProgress, DrainReport, PdbRef, PodProgress};
 
@@ -17,20 +17,20 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::annotations::{MAINTENANCE_REQUESTED, RELEASE};
 use super::cordon::{Cordoned, cordon, uncordon_own};
-use super::decide::{
-    self, AdmitAction, Decisions, DrainStart, ManualAction, PoolGauges, ReleaseAction, SlotAction,
-};
-use super::pools::{PolicyBook, PolicyChange};
-use super::snapshot::pool_of;
 use super::{Coordinator, Error, TermEnd};
-use crate::blockers::{AlertWatch, prometheus};
+use crate::blockers::AlertWatch;
 use crate::drain::{DrainControl, Drainer};
 use crate::events::{EventSink, Reason};
 use crate::metrics::{Metrics, Outcome};
 use crate::notify::{Notification, PauseCause};
 use crate::store::{ClusterCache, KubeLedgerStore, WriteGate};
+use rota_core::controller::annotations::{MAINTENANCE_REQUESTED, RELEASE};
+use rota_core::controller::decide::{
+    self, AdmitAction, Decisions, DrainStart, ManualAction, PoolGauges, ReleaseAction, SlotAction,
+};
+use rota_core::controller::pools::{PolicyBook, PolicyChange};
+use rota_core::controller::snapshot::pool_of;
 use rota_core::model::{FencingToken, NodeName};
 use rota_core::policy::{DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, MaintenancePolicy};
 use rota_core::slots::{
@@ -309,7 +309,8 @@ impl<'a> Term<'a> {
         let (decisions, policy_changes) = {
             let cache = self.cache.read();
             let changes = self.book.update(cache.policies());
-            self.alerts.set_urls(prometheus::urls(&self.book.pools()));
+            self.alerts
+                .set_urls(rota_core::blockers::urls(&self.book.pools()));
             let alerts = self.alerts.reports();
             let decisions = decide::decide(&decide::Input {
                 cache: &cache,

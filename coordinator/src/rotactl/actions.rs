@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::status::operation_label;
 use super::{Error, Result, age};
-use crate::controller::annotations::{MAINTENANCE_REQUESTED, ManualRequest, RELEASE};
+use rota_core::controller::annotations::{MAINTENANCE_REQUESTED, ManualRequest, RELEASE};
 use rota_core::policy::{MaintenancePolicy, conditions};
 use rota_core::slots::Holding;
 use rota_core::slots::persist::decode_entry;

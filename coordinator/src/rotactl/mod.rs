@@ -25,7 +25,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use crate::controller::annotations::ManualRequest;
+use rota_core::controller::annotations::ManualRequest;
 
 /// Errors of `rotactl`.
 #[derive(Debug, thiserror::Error)]

@@ -18,17 +18,13 @@ use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 
 use super::{Error, Output, Result, age};
-use crate::controller::annotations::{MAINTENANCE_REQUESTED, RELEASE};
+use rota_core::controller::annotations::{MAINTENANCE_REQUESTED, RELEASE};
 use rota_core::model::{Operation, Origin};
+use rota_core::node::{is_control_plane, is_ready, is_unschedulable};
 use rota_core::policy::{MaintenancePolicy, Selector, conditions};
+use rota_core::scheduler::QueueKey;
 use rota_core::slots::persist::decode_entry;
 use rota_core::slots::{Holding, NodeEntry, NodeState};
-
-/// Node labels of control-plane nodes (admitted before workers, as the scheduler does).
-const CONTROL_PLANE_LABELS: [&str; 2] = [
-    "node-role.kubernetes.io/control-plane",
-    "node-role.kubernetes.io/master",
-];
 
 /// A pool's progress.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -181,11 +177,7 @@ pub fn build(nodes: &[Node], policies: &[MaintenancePolicy], now: Timestamp) -> 
             node: name.clone(),
             pools,
             ready: is_ready(node),
-            cordoned: node
-                .spec
-                .as_ref()
-                .and_then(|s| s.unschedulable)
-                .unwrap_or(false),
+            cordoned: is_unschedulable(node),
             state: NodeState::Idle.as_str().to_owned(),
             operation: None,
             token: None,
@@ -197,7 +189,7 @@ pub fn build(nodes: &[Node], policies: &[MaintenancePolicy], now: Timestamp) -> 
         };
         match decode_entry(&name, annotations) {
             Ok(Some(entry)) => {
-                if let Some(key) = describe(&mut view, &entry, labels, now)
+                if let Some(key) = describe(&mut view, &entry, is_control_plane(node), now)
                     && let [pool] = view.pools.as_slice()
                 {
                     queues
@@ -233,14 +225,11 @@ pub fn build(nodes: &[Node], policies: &[MaintenancePolicy], now: Timestamp) -> 
     }
 }
 
-/// Queue order of the scheduler: manual first, control-plane first, oldest first, then name.
-type QueueKey = (bool, bool, Timestamp, String);
-
 /// Fills in what the ledger entry says; returns the queue key of a queued node.
 fn describe(
     view: &mut NodeView,
     entry: &NodeEntry,
-    labels: &BTreeMap<String, String>,
+    control_plane: bool,
     now: Timestamp,
 ) -> Option<QueueKey> {
     view.state = entry.state().as_str().to_owned();
@@ -259,13 +248,7 @@ fn describe(
             if !queued.note.is_empty() {
                 view.detail.push(queued.note.clone());
             }
-            let control_plane = CONTROL_PLANE_LABELS.iter().any(|l| labels.contains_key(*l));
-            Some((
-                request.origin != Origin::Manual,
-                !control_plane,
-                request.requested_at,
-                view.node.clone(),
-            ))
+            Some(QueueKey::of(request, control_plane))
         }
         Holding::Held(held) => {
             let slot = &held.slot;
@@ -393,15 +376,6 @@ fn condition_true(policy: &MaintenancePolicy, kind: &str) -> bool {
         .iter()
         .flat_map(|s| &s.conditions)
         .any(|c| c.type_ == kind && c.status == "True")
-}
-
-fn is_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .into_iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 /// The operation as humans name it (the `maintenance-requested` values where one fits).

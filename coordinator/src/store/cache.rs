@@ -12,8 +12,6 @@
 //! Every change bumps a counter on a watch channel ([`ClusterCache::changes`]) that the controller
 //! wakes on.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -23,51 +21,14 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
+use kube::{Api, Client, Resource};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::Error;
-use rota_core::policy::{KubeVersion, MaintenancePolicy, NamespacedName};
-
-/// A kind of object the cache follows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    /// Nodes.
-    Nodes,
-    /// Pods (all namespaces).
-    Pods,
-    /// PodDisruptionBudgets (all namespaces).
-    PodDisruptionBudgets,
-    /// DaemonSets (all namespaces).
-    DaemonSets,
-    /// MaintenancePolicies.
-    MaintenancePolicies,
-}
-
-impl Kind {
-    const ALL: [Kind; 5] = [
-        Kind::Nodes,
-        Kind::Pods,
-        Kind::PodDisruptionBudgets,
-        Kind::DaemonSets,
-        Kind::MaintenancePolicies,
-    ];
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Kind::Nodes => "nodes",
-            Kind::Pods => "pods",
-            Kind::PodDisruptionBudgets => "poddisruptionbudgets",
-            Kind::DaemonSets => "daemonsets",
-            Kind::MaintenancePolicies => "maintenancepolicies",
-        })
-    }
-}
+use rota_core::cluster::{ClusterState, Indexed};
+use rota_core::policy::{KubeVersion, MaintenancePolicy};
 
 /// Settings of the cache.
 #[derive(Clone, Debug)]
@@ -88,190 +49,10 @@ impl Default for CacheConfig {
     }
 }
 
-/// The cached objects. Read it through [`ClusterCache::read`]; never hold the guard across an
-/// `.await`.
-#[derive(Debug, Default)]
-pub struct CacheState {
-    nodes: BTreeMap<String, Arc<Node>>,
-    pods: HashMap<NamespacedName, Arc<Pod>>,
-    pods_by_node: HashMap<String, BTreeSet<NamespacedName>>,
-    pdbs: BTreeMap<NamespacedName, Arc<PodDisruptionBudget>>,
-    daemon_sets: BTreeMap<NamespacedName, Arc<DaemonSet>>,
-    policies: BTreeMap<String, Arc<MaintenancePolicy>>,
-    api_server_version: Option<KubeVersion>,
-    synced: HashSet<Kind>,
-}
-
-impl CacheState {
-    /// Every Node, by name.
-    pub fn nodes(&self) -> &BTreeMap<String, Arc<Node>> {
-        &self.nodes
-    }
-
-    /// One Node.
-    pub fn node(&self, name: &str) -> Option<&Arc<Node>> {
-        self.nodes.get(name)
-    }
-
-    /// The pods bound to a node.
-    pub fn pods_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Arc<Pod>> + 'a {
-        self.pods_by_node
-            .get(node)
-            .into_iter()
-            .flatten()
-            .filter_map(|key| self.pods.get(key))
-    }
-
-    /// How many pods are cached.
-    pub fn pod_count(&self) -> usize {
-        self.pods.len()
-    }
-
-    /// Every PodDisruptionBudget.
-    pub fn pdbs(&self) -> impl Iterator<Item = &Arc<PodDisruptionBudget>> {
-        self.pdbs.values()
-    }
-
-    /// Every DaemonSet, by namespace and name.
-    pub fn daemon_sets(&self) -> &BTreeMap<NamespacedName, Arc<DaemonSet>> {
-        &self.daemon_sets
-    }
-
-    /// Every MaintenancePolicy, by name.
-    pub fn policies(&self) -> &BTreeMap<String, Arc<MaintenancePolicy>> {
-        &self.policies
-    }
-
-    /// The API server's version, once read.
-    pub fn api_server_version(&self) -> Option<KubeVersion> {
-        self.api_server_version
-    }
-
-    /// Whether every watch has delivered its initial list.
-    pub fn is_synced(&self) -> bool {
-        Kind::ALL.iter().all(|k| self.synced.contains(k))
-    }
-}
-
-fn key_of<K: Resource>(obj: &K) -> NamespacedName {
-    NamespacedName::new(
-        obj.meta().namespace.clone().unwrap_or_default(),
-        obj.meta().name.clone().unwrap_or_default(),
-    )
-}
-
-/// A kind the cache follows: where its objects go in [`CacheState`].
-trait Cached: Resource<DynamicType = ()> + Clone + DeserializeOwned + fmt::Debug + Send + Sync {
-    const KIND: Kind;
-    fn insert(state: &mut CacheState, obj: Self);
-    fn remove(state: &mut CacheState, obj: &Self);
-    fn clear(state: &mut CacheState);
-}
-
-impl Cached for Node {
-    const KIND: Kind = Kind::Nodes;
-    fn insert(state: &mut CacheState, mut obj: Self) {
-        // Image lists are large and of no use to rota.
-        if let Some(status) = obj.status.as_mut() {
-            status.images = None;
-        }
-        state.nodes.insert(obj.name_any(), Arc::new(obj));
-    }
-    fn remove(state: &mut CacheState, obj: &Self) {
-        state.nodes.remove(&obj.name_any());
-    }
-    fn clear(state: &mut CacheState) {
-        state.nodes.clear();
-    }
-}
-
-impl Cached for Pod {
-    const KIND: Kind = Kind::Pods;
-    fn insert(state: &mut CacheState, obj: Self) {
-        let key = key_of(&obj);
-        let node = obj.spec.as_ref().and_then(|s| s.node_name.clone());
-        let previous = state.pods.insert(key.clone(), Arc::new(obj));
-        let previous_node =
-            previous.and_then(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()));
-        if previous_node != node
-            && let Some(old) = previous_node
-        {
-            unindex(&mut state.pods_by_node, &old, &key);
-        }
-        if let Some(node) = node {
-            state.pods_by_node.entry(node).or_default().insert(key);
-        }
-    }
-    fn remove(state: &mut CacheState, obj: &Self) {
-        let key = key_of(obj);
-        if let Some(previous) = state.pods.remove(&key)
-            && let Some(node) = previous.spec.as_ref().and_then(|s| s.node_name.as_ref())
-        {
-            unindex(&mut state.pods_by_node, node, &key);
-        }
-    }
-    fn clear(state: &mut CacheState) {
-        state.pods.clear();
-        state.pods_by_node.clear();
-    }
-}
-
-fn unindex(
-    index: &mut HashMap<String, BTreeSet<NamespacedName>>,
-    node: &str,
-    key: &NamespacedName,
-) {
-    if let Some(keys) = index.get_mut(node) {
-        keys.remove(key);
-        if keys.is_empty() {
-            index.remove(node);
-        }
-    }
-}
-
-impl Cached for PodDisruptionBudget {
-    const KIND: Kind = Kind::PodDisruptionBudgets;
-    fn insert(state: &mut CacheState, obj: Self) {
-        state.pdbs.insert(key_of(&obj), Arc::new(obj));
-    }
-    fn remove(state: &mut CacheState, obj: &Self) {
-        state.pdbs.remove(&key_of(obj));
-    }
-    fn clear(state: &mut CacheState) {
-        state.pdbs.clear();
-    }
-}
-
-impl Cached for DaemonSet {
-    const KIND: Kind = Kind::DaemonSets;
-    fn insert(state: &mut CacheState, obj: Self) {
-        state.daemon_sets.insert(key_of(&obj), Arc::new(obj));
-    }
-    fn remove(state: &mut CacheState, obj: &Self) {
-        state.daemon_sets.remove(&key_of(obj));
-    }
-    fn clear(state: &mut CacheState) {
-        state.daemon_sets.clear();
-    }
-}
-
-impl Cached for MaintenancePolicy {
-    const KIND: Kind = Kind::MaintenancePolicies;
-    fn insert(state: &mut CacheState, obj: Self) {
-        state.policies.insert(obj.name_any(), Arc::new(obj));
-    }
-    fn remove(state: &mut CacheState, obj: &Self) {
-        state.policies.remove(&obj.name_any());
-    }
-    fn clear(state: &mut CacheState) {
-        state.policies.clear();
-    }
-}
-
 /// The shared cache. Clones see the same state.
 #[derive(Clone, Debug)]
 pub struct ClusterCache {
-    state: Arc<RwLock<CacheState>>,
+    state: Arc<RwLock<ClusterState>>,
     changes: watch::Receiver<u64>,
 }
 
@@ -296,7 +77,7 @@ impl CacheTasks {
 impl ClusterCache {
     /// Starts following the cluster through `client`.
     pub fn start(client: Client, config: CacheConfig) -> (ClusterCache, CacheTasks) {
-        let state = Arc::new(RwLock::new(CacheState::default()));
+        let state = Arc::new(RwLock::new(ClusterState::default()));
         let (sender, changes) = watch::channel(0_u64);
         let sender = Arc::new(sender);
         let mut tasks = JoinSet::new();
@@ -322,7 +103,7 @@ impl ClusterCache {
     }
 
     /// The current state. Do not hold the guard across an `.await`.
-    pub fn read(&self) -> RwLockReadGuard<'_, CacheState> {
+    pub fn read(&self) -> RwLockReadGuard<'_, ClusterState> {
         self.state.read().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -346,18 +127,18 @@ impl ClusterCache {
     }
 }
 
-type Shared = (Arc<RwLock<CacheState>>, Arc<watch::Sender<u64>>);
+type Shared = (Arc<RwLock<ClusterState>>, Arc<watch::Sender<u64>>);
 
-fn write(state: &RwLock<CacheState>) -> RwLockWriteGuard<'_, CacheState> {
+fn write(state: &RwLock<ClusterState>) -> RwLockWriteGuard<'_, ClusterState> {
     state.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Follows one kind until the watch stream ends (it does not: the watcher retries with
 /// back-off).
-async fn follow<K: Cached + 'static>(
+async fn follow<K: Indexed + 'static>(
     api: Api<K>,
     (state, changes, config): (
-        Arc<RwLock<CacheState>>,
+        Arc<RwLock<ClusterState>>,
         Arc<watch::Sender<u64>>,
         watcher::Config,
     ),
@@ -384,7 +165,7 @@ async fn follow<K: Cached + 'static>(
                     for obj in listing.drain(..) {
                         K::insert(&mut state, obj);
                     }
-                    state.synced.insert(K::KIND);
+                    state.mark_synced(K::KIND);
                 }
                 info!(kind = %K::KIND, count, "listed");
                 changes.send_modify(|n| *n = n.wrapping_add(1));
@@ -416,9 +197,7 @@ async fn follow_version(client: Client, refresh: Duration, (state, changes): Sha
                 Ok(version) => {
                     let changed = {
                         let mut state = write(&state);
-                        let changed = state.api_server_version != Some(version);
-                        state.api_server_version = Some(version);
-                        changed
+                        state.set_api_server_version(version)
                     };
                     if changed {
                         debug!(version = %info.git_version, "API server version");

@@ -13,7 +13,7 @@ mod cache;
 mod gate;
 mod ledger;
 
-pub use cache::{CacheConfig, CacheState, CacheTasks, ClusterCache, Kind};
+pub use cache::{CacheConfig, CacheTasks, ClusterCache};
 pub use gate::WriteGate;
 pub use ledger::KubeLedgerStore;
 

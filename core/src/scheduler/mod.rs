@@ -288,15 +288,11 @@ impl<'a> Scheduler<'a> {
                 .nodes
                 .get(r.node.as_str())
                 .is_some_and(|n| n.control_plane);
-            (r.origin != Origin::Manual, !control_plane, r.requested_at)
+            QueueKey::of(r, control_plane)
         };
         let mut order: Vec<(_, &SlotRequest)> =
             snapshot.queue.iter().map(|r| (key(r), r)).collect();
-        order.sort_by(|(ka, a), (kb, b)| {
-            ka.cmp(kb)
-                .then_with(|| a.node.cmp(&b.node))
-                .then_with(|| duplicate_order(a, b))
-        });
+        order.sort_by(|(ka, a), (kb, b)| ka.cmp(kb).then_with(|| duplicate_order(a, b)));
         order.into_iter().map(|(_, r)| r).collect()
     }
 
@@ -457,6 +453,29 @@ fn distinct_pools(node: &NodeState) -> Vec<&str> {
     pools.sort_unstable();
     pools.dedup();
     pools
+}
+
+/// Where a request stands in the admission order: manual requests first, then control-plane
+/// nodes, then first come first served, then by node name. `rotactl` shows queue positions in
+/// this same order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct QueueKey {
+    automatic: bool,
+    worker: bool,
+    requested_at: Timestamp,
+    node: NodeName,
+}
+
+impl QueueKey {
+    /// The key of `request`, whose node is a control-plane node or not.
+    pub fn of(request: &SlotRequest, control_plane: bool) -> Self {
+        QueueKey {
+            automatic: request.origin != Origin::Manual,
+            worker: !control_plane,
+            requested_at: request.requested_at,
+            node: request.node.clone(),
+        }
+    }
 }
 
 /// A fixed order between two requests of the same node at the same time, so that the plan does

@@ -1,15 +1,17 @@
 //! One pass of the controller, decided: from the cluster cache, the ledger and the policies to
 //! the list of things to do ([`Decisions`]). Pure — no I/O and an explicit `now` — so that the
-//! actor ([`super::term`]) only performs what is decided here.
-use rota_core::drain::DrainSpec;
-use rota_core::node::is_unschedulable;
+//! actor ([`crate::controller::decide`]) only performs what is decided here.
+use crate::blockers::AlertReports;
+use crate::cluster::ClusterState;
+use crate::drain::DrainSpec;
+use crate::node::is_unschedulable;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use kube::ResourceExt;
+use kube_core::ResourceExt;
 
 use super::annotations::{
     AnnotationError, CORDONED, MAINTENANCE_REQUESTED, ManualRequest, RELEASE, parse_release,
@@ -17,19 +19,17 @@ use super::annotations::{
 use super::pools::{PolicyBook, PoolCounts};
 use super::snapshot::{self, Inputs, drain_spec, pool_of, pools_of};
 use super::verify::{self, Verdict};
-use crate::blockers::AlertReports;
 
-use crate::store::CacheState;
-use rota_core::model::{FencingToken, NodeName, Operation, SlotPhase};
-use rota_core::policy::crd::RebootMode;
-use rota_core::policy::{DEFAULT_DRAIN_TIMEOUT, Health, MaintenancePolicyStatus};
-use rota_core::scheduler::{self, SequentialPdb, WaitReason};
-use rota_core::slots::{Holding, NodeEntry, NodeState, Waiting};
+use crate::model::{FencingToken, NodeName, Operation, SlotPhase};
+use crate::policy::crd::RebootMode;
+use crate::policy::{DEFAULT_DRAIN_TIMEOUT, Health, MaintenancePolicyStatus};
+use crate::scheduler::{self, SequentialPdb, WaitReason};
+use crate::slots::{Holding, NodeEntry, NodeState, Waiting};
 
 /// Everything one pass looks at.
 pub struct Input<'a> {
     /// The cluster.
-    pub cache: &'a CacheState,
+    pub cache: &'a ClusterState,
     /// The policies (already updated from the cache).
     pub book: &'a PolicyBook,
     /// What the policies' Prometheus servers said last.
@@ -476,7 +476,7 @@ pub fn decide(input: &Input<'_>) -> Decisions {
 /// Health settings for a node no policy (or several) selects.
 fn default_health() -> Health {
     Health {
-        ready_timeout: rota_core::policy::DEFAULT_READY_TIMEOUT,
+        ready_timeout: crate::policy::DEFAULT_READY_TIMEOUT,
         required_daemon_sets: Vec::new(),
     }
 }

@@ -13,7 +13,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use rota_core::model::Operation;
+use crate::model::Operation;
 
 /// Node annotation queuing a manual maintenance.
 pub const MAINTENANCE_REQUESTED: &str = "rota.dev/maintenance-requested";

@@ -1,38 +1,29 @@
 //! From the cluster cache and the ledger to the scheduler's [`Snapshot`]. Pure.
 //!
 //! Pods a drain would evict are found with the drain engine's own filter
-//! ([`rota_core::drain::filter::classify`]) and the pool's drain settings, so that the scheduler's
+//! ([`crate::drain::filter::classify`]) and the pool's drain settings, so that the scheduler's
 //! PDB look-ahead counts exactly the pods the drain will evict. They are computed only for nodes
 //! that are queued or hold a slot (the only ones the scheduler looks at), from the cache's
 //! per-node pod index.
-use rota_core::drain::DrainSpec;
-use rota_core::node::is_unschedulable;
+use crate::cluster::ClusterState;
+use crate::drain::DrainSpec;
+use crate::node::{self, is_control_plane, is_ready, is_unschedulable};
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::ResourceExt;
+use kube_core::ResourceExt;
 
 use super::annotations::CORDONED;
 use super::pools::InForce;
-use super::verify::node_ready;
-use rota_core::drain::filter::{RefusalReason, Verdict, classify};
-use rota_core::drain::pdb::PdbIndex;
+use crate::drain::filter::{RefusalReason, Verdict, classify};
+use crate::drain::pdb::PdbIndex;
 
-use crate::store::CacheState;
-use rota_core::model::{Slot, SlotRequest};
-use rota_core::policy::{KubeVersion, NamespacedName};
-use rota_core::scheduler::{EvictablePod, NodeState, PdbState, Pool, Snapshot};
-
-/// Node labels that mark a control-plane node.
-const CONTROL_PLANE_LABELS: [&str; 2] = [
-    "node-role.kubernetes.io/control-plane",
-    "node-role.kubernetes.io/master",
-];
-/// Node label of the zone.
-const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+use crate::model::{Slot, SlotRequest};
+use crate::policy::{KubeVersion, NamespacedName};
+use crate::scheduler::{EvictablePod, NodeState, PdbState, Pool, Snapshot};
 
 /// The drain settings for a pool's nodes, from its policy; `blocked_timeout` caps how long a
 /// budget may refuse one pod before the drain gives its slot back.
@@ -54,7 +45,7 @@ pub fn drain_spec(in_force: Option<&InForce>, blocked_timeout: Duration) -> Drai
             .drain
             .pod_selector
             .clone()
-            .and_then(|s| kube::core::Selector::try_from(s).ok())
+            .and_then(|s| kube_core::Selector::try_from(s).ok())
             .filter(|s| !s.selects_all()),
         grace_period_seconds: drain.grace_period_seconds,
         blocked_timeout: blocked_timeout.min(timeout),
@@ -83,7 +74,7 @@ pub fn pool_of<'p>(node: &Node, pools: &'p [Pool]) -> Option<&'p Pool> {
 /// Everything [`build`] needs.
 pub struct Inputs<'a> {
     /// The cluster.
-    pub cache: &'a CacheState,
+    pub cache: &'a ClusterState,
     /// The pools in force.
     pub pools: &'a [Pool],
     /// Drain settings per pool.
@@ -137,18 +128,16 @@ pub fn build(inputs: Inputs<'_>) -> Snapshot {
             };
             NodeState {
                 pools: node_pools,
-                ready: node_ready(node),
+                ready: is_ready(node),
                 unschedulable: is_unschedulable(node),
                 cordoned_by_rota: node.annotations().contains_key(CORDONED),
-                control_plane: CONTROL_PLANE_LABELS
-                    .iter()
-                    .any(|l| node.labels().contains_key(*l)),
+                control_plane: is_control_plane(node),
                 kubelet_version: node
                     .status
                     .as_ref()
                     .and_then(|s| s.node_info.as_ref())
                     .and_then(|i| i.kubelet_version.parse::<KubeVersion>().ok()),
-                zone: node.labels().get(ZONE_LABEL).cloned(),
+                zone: node::zone(node).map(str::to_owned),
                 evictable_pods,
                 blocking_pods,
                 name,

@@ -15,15 +15,15 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::ResourceExt;
+use kube_core::ResourceExt;
 
-use rota_core::policy::crd::WaitingReasonSummary;
-use rota_core::policy::window::{ClosedReason, is_open};
-use rota_core::policy::{
+use crate::policy::crd::WaitingReasonSummary;
+use crate::policy::window::{ClosedReason, is_open};
+use crate::policy::{
     MaintenancePolicy, MaintenancePolicySpec, MaintenancePolicyStatus, PolicyError,
     ValidatedPolicy, conditions, validate,
 };
-use rota_core::scheduler::Pool;
+use crate::scheduler::Pool;
 
 /// What changed about a policy, for Events.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -22,9 +22,10 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 
-use rota_core::model::Operation;
-use rota_core::policy::{Health, KubeVersion, NamespacedName};
-use rota_core::slots::{HeldSlot, RebootEvidence};
+use crate::model::Operation;
+use crate::node::{is_ready, ready_condition};
+use crate::policy::{Health, KubeVersion, NamespacedName};
+use crate::slots::{HeldSlot, RebootEvidence};
 
 /// The outcome of one verification.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,7 +114,7 @@ pub fn abandoned(
 ) -> Option<Verdict> {
     let expired = held.slot.lease_expires_at;
     let node = node?;
-    if now < expired || node_ready(node) {
+    if now < expired || is_ready(node) {
         return None;
     }
     let deadline = expired
@@ -205,7 +206,7 @@ fn health_problems<'a>(
         return vec!["the Node object is missing".to_owned()];
     };
     let mut problems = Vec::new();
-    if !node_ready(node) {
+    if !is_ready(node) {
         problems.push(not_ready_text(node));
     }
     if let Operation::KubernetesUpgrade { version } = operation {
@@ -239,18 +240,6 @@ fn health_problems<'a>(
         &health.required_daemon_sets,
     ));
     problems
-}
-
-/// Whether the Node's `Ready` condition is `True`.
-pub fn node_ready(node: &Node) -> bool {
-    ready_condition(node).is_some_and(|c| c.status == "True")
-}
-
-fn ready_condition(node: &Node) -> Option<&k8s_openapi::api::core::v1::NodeCondition> {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
 }
 
 fn not_ready_text(node: &Node) -> String {

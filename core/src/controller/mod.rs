@@ -1,0 +1,15 @@
+//! The controller's decisions, as functions of the cluster's state, the slot ledger, the policies
+//! and an explicit `now`: what each pass admits, drains, verifies, releases, requeues and writes
+//! back. The coordinator's controller loop performs them.
+//!
+//! - [`decide`]: one pass, from inputs to the actions to perform;
+//! - [`snapshot`]: the scheduler's snapshot from the cluster state;
+//! - [`pools`]: which policy is in force for which nodes, and the pools' counts;
+//! - [`verify`]: whether a node came back healthy after its maintenance;
+//! - [`annotations`]: the `rota.dev/` annotations humans and rota write on Nodes.
+
+pub mod annotations;
+pub mod decide;
+pub mod pools;
+pub mod snapshot;
+pub mod verify;
