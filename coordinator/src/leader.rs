@@ -1,5 +1,5 @@
-//! Leader election on a `coordination.k8s.io/v1` Lease, and the gate that keeps leader-only work
-//! (the controller, the agents' gRPC calls) on the replica that holds it.
+//! Leader election on a `coordination.k8s.io/v1` Lease, and the [`Leadership`] that keeps
+//! leader-only work (the controller, its writes, the agents' calls) on the replica that holds it.
 //!
 //! # Timings
 //!
@@ -24,21 +24,23 @@
 //! Writes use optimistic concurrency: a 409 means someone else wrote, and the elector re-reads.
 
 use std::future::Future;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::grpc::AgentCore;
 use crate::handover::{self, Handover, Standing};
-use rota_core::model::{FencingToken, NodeFacts, Operation};
-use rota_core::slots::{self, Completion, Release, SlotView};
+
+/// The refusal of work that only the leader may do (a write to the API, say), on a replica
+/// that does not lead now.
+#[derive(Debug, thiserror::Error)]
+#[error("this coordinator replica does not lead (or is still starting); retry")]
+pub struct NotLeading;
 
 /// Errors of leader election.
 #[derive(Debug, thiserror::Error)]
@@ -655,208 +657,6 @@ async fn cordon_changed(cordon: Option<&mut watch::Receiver<bool>>) {
         return;
     }
     std::future::pending().await
-}
-
-/// The agents' calls go to the core that the leader's controller installed; a replica that
-/// does not lead (or whose controller has not started) answers `UNAVAILABLE`, so agents retry
-/// and reach the leader through the Service (which routes by `/readyz`).
-#[derive(Clone, Default)]
-pub struct CoreGate {
-    current: Arc<RwLock<Option<Arc<dyn DynCore>>>>,
-}
-
-impl std::fmt::Debug for CoreGate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CoreGate")
-            .field("open", &self.is_open())
-            .finish()
-    }
-}
-
-/// Removes the installed core when dropped (leader-only work ended).
-#[derive(Debug)]
-#[must_use = "the core is removed when the guard is dropped"]
-pub struct Installed {
-    gate: CoreGate,
-}
-
-impl Drop for Installed {
-    fn drop(&mut self) {
-        *self
-            .gate
-            .current
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = None;
-    }
-}
-
-/// The refusal of a replica without an installed core.
-#[derive(Debug, thiserror::Error)]
-#[error("this coordinator replica does not lead (or is still starting); retry")]
-pub struct NotLeading;
-
-impl CoreGate {
-    /// A closed gate.
-    pub fn new() -> Self {
-        CoreGate::default()
-    }
-
-    /// Routes the agents' calls to `core` until the returned guard is dropped.
-    pub fn install<C: AgentCore>(&self, core: Arc<C>) -> Installed {
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(core);
-        Installed { gate: self.clone() }
-    }
-
-    /// Whether a core is installed.
-    pub fn is_open(&self) -> bool {
-        self.current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
-    }
-
-    fn core(&self) -> slots::Result<Arc<dyn DynCore>> {
-        self.current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .ok_or(slots::Error::NotLeading)
-    }
-}
-
-/// [`AgentCore`] in an object-safe form, so that the gate can hold whichever core the
-/// controller builds.
-trait DynCore: Send + Sync {
-    fn report_facts<'a>(
-        &'a self,
-        node: &'a str,
-        facts: NodeFacts,
-    ) -> BoxFuture<'a, slots::Result<()>>;
-    fn request_slot<'a>(
-        &'a self,
-        node: &'a str,
-        operation: Operation,
-    ) -> BoxFuture<'a, slots::Result<SlotView>>;
-    fn watch_slot(&self, node: &str) -> slots::Result<watch::Receiver<SlotView>>;
-    fn renew<'a>(
-        &'a self,
-        node: &'a str,
-        token: FencingToken,
-    ) -> BoxFuture<'a, slots::Result<SignedDuration>>;
-    fn report_progress<'a>(
-        &'a self,
-        node: &'a str,
-        token: FencingToken,
-        step: String,
-        message: String,
-    ) -> BoxFuture<'a, slots::Result<()>>;
-    fn complete<'a>(
-        &'a self,
-        node: &'a str,
-        token: FencingToken,
-        completion: Completion,
-    ) -> BoxFuture<'a, slots::Result<SlotView>>;
-    fn release<'a>(
-        &'a self,
-        node: &'a str,
-        release: Release,
-        reason: String,
-    ) -> BoxFuture<'a, slots::Result<()>>;
-}
-
-impl<C: AgentCore> DynCore for C {
-    fn report_facts<'a>(
-        &'a self,
-        node: &'a str,
-        facts: NodeFacts,
-    ) -> BoxFuture<'a, slots::Result<()>> {
-        Box::pin(AgentCore::report_facts(self, node, facts))
-    }
-    fn request_slot<'a>(
-        &'a self,
-        node: &'a str,
-        operation: Operation,
-    ) -> BoxFuture<'a, slots::Result<SlotView>> {
-        Box::pin(AgentCore::request_slot(self, node, operation))
-    }
-    fn watch_slot(&self, node: &str) -> slots::Result<watch::Receiver<SlotView>> {
-        AgentCore::watch_slot(self, node)
-    }
-    fn renew<'a>(
-        &'a self,
-        node: &'a str,
-        token: FencingToken,
-    ) -> BoxFuture<'a, slots::Result<SignedDuration>> {
-        Box::pin(AgentCore::renew(self, node, token))
-    }
-    fn report_progress<'a>(
-        &'a self,
-        node: &'a str,
-        token: FencingToken,
-        step: String,
-        message: String,
-    ) -> BoxFuture<'a, slots::Result<()>> {
-        Box::pin(AgentCore::report_progress(self, node, token, step, message))
-    }
-    fn complete<'a>(
-        &'a self,
-        node: &'a str,
-        token: FencingToken,
-        completion: Completion,
-    ) -> BoxFuture<'a, slots::Result<SlotView>> {
-        Box::pin(AgentCore::complete(self, node, token, completion))
-    }
-    fn release<'a>(
-        &'a self,
-        node: &'a str,
-        release: Release,
-        reason: String,
-    ) -> BoxFuture<'a, slots::Result<()>> {
-        Box::pin(AgentCore::release(self, node, release, reason))
-    }
-}
-
-impl AgentCore for CoreGate {
-    async fn report_facts(&self, node: &str, facts: NodeFacts) -> slots::Result<()> {
-        self.core()?.report_facts(node, facts).await
-    }
-
-    async fn request_slot(&self, node: &str, operation: Operation) -> slots::Result<SlotView> {
-        self.core()?.request_slot(node, operation).await
-    }
-
-    fn watch_slot(&self, node: &str) -> slots::Result<watch::Receiver<SlotView>> {
-        self.core()?.watch_slot(node)
-    }
-
-    async fn renew(&self, node: &str, token: FencingToken) -> slots::Result<SignedDuration> {
-        self.core()?.renew(node, token).await
-    }
-
-    async fn report_progress(
-        &self,
-        node: &str,
-        token: FencingToken,
-        step: String,
-        message: String,
-    ) -> slots::Result<()> {
-        self.core()?
-            .report_progress(node, token, step, message)
-            .await
-    }
-
-    async fn complete(
-        &self,
-        node: &str,
-        token: FencingToken,
-        completion: Completion,
-    ) -> slots::Result<SlotView> {
-        self.core()?.complete(node, token, completion).await
-    }
-
-    async fn release(&self, node: &str, release: Release, reason: String) -> slots::Result<()> {
-        self.core()?.release(node, release, reason).await
-    }
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use rota_coordinator::core_gate::CoreGate;
 use rota_coordinator::grpc::{AgentGrpc, StaticAuthenticator, serve};
-use rota_coordinator::leader::CoreGate;
 use rota_core::model::{Operation, Origin};
 use rota_core::slots::{self, LedgerStore, MemoryStore, StoreError, StoredState};
 use rota_proto::v1 as pb;

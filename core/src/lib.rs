@@ -6,6 +6,7 @@
 //! coordinator and the agent are shells around it that read the world, call in here, and carry
 //! out what comes back.
 
+pub mod agent_api;
 pub mod clock;
 pub mod model;
 pub mod policy;
