@@ -8,6 +8,7 @@
 
 pub mod agent_api;
 pub mod clock;
+pub mod election;
 pub mod model;
 pub mod policy;
 pub mod scheduler;
