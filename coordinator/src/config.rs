@@ -10,10 +10,11 @@ use clap::{Args, Parser};
 use crate::auth::{AgentIdentity, CacheConfig};
 use crate::controller::Settings;
 use crate::kube_client::ConfigSource;
-use crate::leader::{ElectionConfig, Timings};
+use crate::leader::ElectionConfig;
 use crate::notify::NotifyArgs;
 use crate::telemetry::LogFormat;
 use crate::tls::TlsOptions;
+use rota_core::election::Timings;
 
 /// rota's coordinator: hands out maintenance slots to node agents, drains nodes, and keeps the
 /// fleet's safety invariants.

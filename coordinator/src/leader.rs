@@ -1,195 +1,35 @@
-//! Leader election on a `coordination.k8s.io/v1` Lease, and the gate that keeps leader-only work
-//! (the controller, the agents' gRPC calls) on the replica that holds it.
+//! Leader election on a `coordination.k8s.io/v1` Lease: the I/O that applies
+//! [`rota_core::election`]'s rules, and the [`Leadership`] that keeps leader-only work (the
+//! controller, its writes, the agents' calls) on the replica that holds it.
 //!
-//! # Timings
-//!
-//! Defaults: lease **10 s**, renew deadline **7 s**, retry period **2 s**.
-//!
-//! - The leader renews every retry period. It stops acting (its [`LeaderState`] turns to
-//!   follower, [`Leadership::lost`] resolves) when no renewal *started* within the last renew
-//!   deadline succeeded — 7 s after the last good one at the latest, even while a request hangs.
-//! - A standby measures expiry on its own monotonic clock from the moment it first saw the
-//!   current lease record (as client-go does; clocks of the replicas need not agree): it takes
-//!   over `leaseDurationSeconds` after that moment. It polls every retry period, so it sees the
-//!   leader's last renewal (at `r`) by `r + 2 s` and takes over by `r + 2 s + 10 s`: **within
-//!   12 s (plus one API round trip) of the leader dying**, inside the 15 s bound.
-//! - The old leader stops by `r + 7 s`, before the standby can act (no earlier than `r + 10 s`):
-//!   3 s of margin for clock-rate differences and slow requests.
-//! - Graceful shutdown clears `holderIdentity`; a standby takes a free lease on its next poll
-//!   (within one retry period).
-//! - A leader whose node is cordoned releases the lease the same way, and does not take it back
-//!   while its node stays cordoned unless nobody else does: see [`crate::handover`].
-//!
-//! The decision of each round is the pure function [`decide`]; [`LeaderElector`] does the I/O.
-//! Writes use optimistic concurrency: a 409 means someone else wrote, and the elector re-reads.
+//! Each round the [`LeaderElector`] reads the Lease, asks [`election::decide`] (and, while its
+//! node is cordoned, [`election::handover::decide`]) what to do on its own monotonic clock,
+//! writes, and publishes the outcome: its [`LeaderState`] turns to follower and
+//! [`Leadership::lost`] resolves as soon as the rules say it may no longer act. The timings and
+//! why they are safe are documented with the rules. Writes use optimistic concurrency: a 409
+//! means someone else wrote, and the elector re-reads. A leader whose node is cordoned hands
+//! the lease over; whether it is comes from [`crate::handover`].
 
 use std::future::Future;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::grpc::AgentCore;
-use crate::handover::{self, Handover, Standing};
-use rota_core::model::{FencingToken, NodeFacts, Operation};
-use rota_core::slots::{self, Completion, Release, SlotView};
+use crate::handover::Handover;
+use rota_core::election::handover::Standing;
+use rota_core::election::{self, Decision, LeaseRecord, Result, Timings, View};
 
-/// Errors of leader election.
+/// The refusal of work that only the leader may do (a write to the API, say), on a replica
+/// that does not lead now.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The timings cannot give a safe election.
-    #[error("invalid leader-election timings: {0}")]
-    Timings(String),
-}
-
-/// Result alias of this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// How long a lease lasts, how long a leader keeps trying to renew it, and how often
-/// replicas act.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Timings {
-    /// How long a lease is valid after its last renewal (written as whole seconds, rounded up).
-    pub lease_duration: Duration,
-    /// The leader stops acting when no renewal started within this much time succeeded.
-    pub renew_deadline: Duration,
-    /// How often the leader renews and a standby polls.
-    pub retry_period: Duration,
-}
-
-impl Default for Timings {
-    fn default() -> Self {
-        Timings {
-            lease_duration: Duration::from_secs(10),
-            renew_deadline: Duration::from_secs(7),
-            retry_period: Duration::from_secs(2),
-        }
-    }
-}
-
-impl Timings {
-    /// Checks `0 < retry_period < renew_deadline < lease_duration`, which keeps an old leader
-    /// from acting once a standby may take over.
-    pub fn validate(&self) -> Result<()> {
-        if self.retry_period.is_zero() {
-            return Err(Error::Timings("the retry period must be positive".into()));
-        }
-        if self.retry_period >= self.renew_deadline {
-            return Err(Error::Timings(format!(
-                "the retry period ({:?}) must be shorter than the renew deadline ({:?})",
-                self.retry_period, self.renew_deadline
-            )));
-        }
-        if self.renew_deadline >= self.lease_duration {
-            return Err(Error::Timings(format!(
-                "the renew deadline ({:?}) must be shorter than the lease duration ({:?})",
-                self.renew_deadline, self.lease_duration
-            )));
-        }
-        if lease_seconds(self.lease_duration) == i32::MAX {
-            return Err(Error::Timings("the lease duration is too long".into()));
-        }
-        Ok(())
-    }
-}
-
-/// `leaseDurationSeconds` for a duration: whole seconds, rounded up.
-fn lease_seconds(duration: Duration) -> i32 {
-    let secs = duration
-        .as_secs()
-        .saturating_add(u64::from(duration.subsec_nanos() > 0));
-    i32::try_from(secs).unwrap_or(i32::MAX)
-}
-
-/// The part of a Lease that election decisions read.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LeaseRecord {
-    /// Who holds the lease; `None` (or empty in the object) when it is free.
-    pub holder: Option<String>,
-    /// `leaseDurationSeconds` as written by the holder.
-    pub lease_duration: Duration,
-    /// `leaseTransitions`: how many times the lease changed hands.
-    pub transitions: i32,
-}
-
-impl LeaseRecord {
-    /// Reads the record out of a Lease object (missing fields: free, zero).
-    pub fn from_lease(lease: &Lease) -> Self {
-        let spec = lease.spec.as_ref();
-        let holder = spec
-            .and_then(|s| s.holder_identity.clone())
-            .filter(|h| !h.is_empty());
-        let secs = spec.and_then(|s| s.lease_duration_seconds).unwrap_or(0);
-        LeaseRecord {
-            holder,
-            lease_duration: Duration::from_secs(u64::try_from(secs).unwrap_or(0)),
-            transitions: spec.and_then(|s| s.lease_transitions).unwrap_or(0),
-        }
-    }
-}
-
-/// What one replica knows when it decides.
-#[derive(Clone, Copy, Debug)]
-pub struct View<'a> {
-    /// The lease as last read; `None` when it does not exist.
-    pub lease: Option<&'a LeaseRecord>,
-    /// When this replica first saw the current version of the lease (its own clock).
-    pub seen_at: Instant,
-    /// When the last successful acquisition or renewal by this replica was *started*, while it
-    /// leads; `None` when it does not.
-    pub renewed_at: Option<Instant>,
-}
-
-/// What to do this round.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// Take the lease (create it, take a free or expired one, or reclaim our own).
-    Acquire,
-    /// Extend our lease.
-    Renew,
-    /// Another replica holds a valid lease: poll again, at the latest at `until` (its expiry).
-    Wait {
-        /// When the current holder's lease expires, by our clock.
-        until: Instant,
-    },
-    /// We led but may no longer act: the deadline passed or someone else holds the lease.
-    Lost,
-    /// We lead but hand the lease over: stop acting and release it (our node is cordoned;
-    /// see [`crate::handover`]). The plain rule [`decide`] never returns it.
-    Release,
-}
-
-/// The election rule for one round, a pure function of what `me` knows at `now`.
-pub fn decide(view: View<'_>, me: &str, now: Instant, timings: &Timings) -> Decision {
-    let holder = view.lease.and_then(|l| l.holder.as_deref());
-    if let Some(renewed_at) = view.renewed_at {
-        if now >= renewed_at + timings.renew_deadline || holder != Some(me) {
-            return Decision::Lost;
-        }
-        return Decision::Renew;
-    }
-    match (view.lease, holder) {
-        (None, _) | (Some(_), None) => Decision::Acquire,
-        // Our own record, but we are not leading (we missed the deadline, or restarted with
-        // the same identity): nobody else may act before it expires, and the write's
-        // resourceVersion check fails if someone else took it meanwhile.
-        (Some(_), Some(h)) if h == me => Decision::Acquire,
-        (Some(lease), Some(_)) => {
-            let until = view.seen_at + lease.lease_duration;
-            if now >= until {
-                Decision::Acquire
-            } else {
-                Decision::Wait { until }
-            }
-        }
-    }
-}
+#[error("this coordinator replica does not lead (or is still starting); retry")]
+pub struct NotLeading;
 
 /// This replica's role, published on a watch channel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -297,7 +137,7 @@ struct Observed {
     seen_at: Instant,
 }
 
-/// Runs leader election for one replica: reads the Lease, [`decide`]s, writes, and publishes
+/// Runs leader election for one replica: reads the Lease, [`election::decide`]s, writes, and publishes
 /// the outcome on its [`Leadership`].
 pub struct LeaderElector {
     api: Api<Lease>,
@@ -352,12 +192,7 @@ impl LeaderElector {
     /// The retry must be at least the lease duration: a shorter one would release again
     /// before a standby could have been told apart from no standby.
     pub fn with_handover(mut self, handover: Handover) -> Result<Self> {
-        if handover.retry < self.config.timings.lease_duration {
-            return Err(Error::Timings(format!(
-                "the handover retry ({:?}) must be at least the lease duration ({:?})",
-                handover.retry, self.config.timings.lease_duration
-            )));
-        }
+        election::handover::validate_retry(handover.retry, &self.config.timings)?;
         self.handover = Some(handover);
         Ok(self)
     }
@@ -399,15 +234,20 @@ impl LeaderElector {
         let now = Instant::now();
         let record = self.observed.as_ref().and_then(|o| o.record.clone());
         let seen_at = self.observed.as_ref().map_or(now, |o| o.seen_at);
+        // The rules take std instants; tokio's are std instants underneath (shifted while the
+        // clock is paused in tests), so converting keeps one monotonic clock throughout.
+        let now_std = now.into_std();
         let view = View {
             lease: record.as_ref(),
-            seen_at,
-            renewed_at: self.renewed_at,
+            seen_at: seen_at.into_std(),
+            renewed_at: self.renewed_at.map(Instant::into_std),
         };
         let standing = self.standing();
-        let plain = decide(view, &self.config.identity, now, &timings);
+        let plain = election::decide(view, &self.config.identity, now_std, &timings);
         let decision = match &self.handover {
-            Some(h) => handover::decide(plain, &view, standing, now, &timings, h.retry),
+            Some(h) => {
+                election::handover::decide(plain, &view, standing, now_std, &timings, h.retry)
+            }
             None => plain,
         };
         match decision {
@@ -433,7 +273,7 @@ impl LeaderElector {
                 });
                 timings
                     .retry_period
-                    .min(until.saturating_duration_since(now))
+                    .min(until.saturating_duration_since(now_std))
             }
             decision @ (Decision::Acquire | Decision::Renew) => {
                 let started = Instant::now();
@@ -480,7 +320,7 @@ impl LeaderElector {
         }
         Standing {
             cordoned,
-            last_attempt: self.last_attempt,
+            last_attempt: self.last_attempt.map(Instant::into_std),
         }
     }
 
@@ -559,9 +399,7 @@ impl LeaderElector {
                     },
                     spec: Some(LeaseSpec {
                         holder_identity: Some(identity),
-                        lease_duration_seconds: Some(lease_seconds(
-                            self.config.timings.lease_duration,
-                        )),
+                        lease_duration_seconds: Some(self.config.timings.lease_duration_seconds()),
                         acquire_time: Some(now.clone()),
                         renew_time: Some(now),
                         lease_transitions: Some(0),
@@ -583,8 +421,7 @@ impl LeaderElector {
                     spec.acquire_time = Some(now.clone());
                 }
                 spec.holder_identity = Some(identity);
-                spec.lease_duration_seconds =
-                    Some(lease_seconds(self.config.timings.lease_duration));
+                spec.lease_duration_seconds = Some(self.config.timings.lease_duration_seconds());
                 spec.renew_time = Some(now);
                 spec.lease_transitions = Some(term);
                 let call = self.api.replace(&self.config.lease_name, &pp, &lease);
@@ -657,413 +494,9 @@ async fn cordon_changed(cordon: Option<&mut watch::Receiver<bool>>) {
     std::future::pending().await
 }
 
-/// The agents' calls go to the core that the leader's controller installed; a replica that
-/// does not lead (or whose controller has not started) answers `UNAVAILABLE`, so agents retry
-/// and reach the leader through the Service (which routes by `/readyz`).
-#[derive(Clone, Default)]
-pub struct CoreGate {
-    current: Arc<RwLock<Option<Arc<dyn DynCore>>>>,
-}
-
-impl std::fmt::Debug for CoreGate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CoreGate")
-            .field("open", &self.is_open())
-            .finish()
-    }
-}
-
-/// Removes the installed core when dropped (leader-only work ended).
-#[derive(Debug)]
-#[must_use = "the core is removed when the guard is dropped"]
-pub struct Installed {
-    gate: CoreGate,
-}
-
-impl Drop for Installed {
-    fn drop(&mut self) {
-        *self
-            .gate
-            .current
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = None;
-    }
-}
-
-/// The refusal of a replica without an installed core.
-#[derive(Debug, thiserror::Error)]
-#[error("this coordinator replica does not lead (or is still starting); retry")]
-pub struct NotLeading;
-
-impl CoreGate {
-    /// A closed gate.
-    pub fn new() -> Self {
-        CoreGate::default()
-    }
-
-    /// Routes the agents' calls to `core` until the returned guard is dropped.
-    pub fn install<C: AgentCore>(&self, core: Arc<C>) -> Installed {
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(core);
-        Installed { gate: self.clone() }
-    }
-
-    /// Whether a core is installed.
-    pub fn is_open(&self) -> bool {
-        self.current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
-    }
-
-    fn core(&self) -> slots::Result<Arc<dyn DynCore>> {
-        self.current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .ok_or(slots::Error::NotLeading)
-    }
-}
-
-/// [`AgentCore`] in an object-safe form, so that the gate can hold whichever core the
-/// controller builds.
-trait DynCore: Send + Sync {
-    fn report_facts<'a>(
-        &'a self,
-        node: &'a str,
-        facts: NodeFacts,
-    ) -> BoxFuture<'a, slots::Result<()>>;
-    fn request_slot<'a>(
-        &'a self,
-        node: &'a str,
-        operation: Operation,
-    ) -> BoxFuture<'a, slots::Result<SlotView>>;
-    fn watch_slot(&self, node: &str) -> slots::Result<watch::Receiver<SlotView>>;
-    fn renew<'a>(
-        &'a self,
-        node: &'a str,
-        token: FencingToken,
-    ) -> BoxFuture<'a, slots::Result<SignedDuration>>;
-    fn report_progress<'a>(
-        &'a self,
-        node: &'a str,
-        token: FencingToken,
-        step: String,
-        message: String,
-    ) -> BoxFuture<'a, slots::Result<()>>;
-    fn complete<'a>(
-        &'a self,
-        node: &'a str,
-        token: FencingToken,
-        completion: Completion,
-    ) -> BoxFuture<'a, slots::Result<SlotView>>;
-    fn release<'a>(
-        &'a self,
-        node: &'a str,
-        release: Release,
-        reason: String,
-    ) -> BoxFuture<'a, slots::Result<()>>;
-}
-
-impl<C: AgentCore> DynCore for C {
-    fn report_facts<'a>(
-        &'a self,
-        node: &'a str,
-        facts: NodeFacts,
-    ) -> BoxFuture<'a, slots::Result<()>> {
-        Box::pin(AgentCore::report_facts(self, node, facts))
-    }
-    fn request_slot<'a>(
-        &'a self,
-        node: &'a str,
-        operation: Operation,
-    ) -> BoxFuture<'a, slots::Result<SlotView>> {
-        Box::pin(AgentCore::request_slot(self, node, operation))
-    }
-    fn watch_slot(&self, node: &str) -> slots::Result<watch::Receiver<SlotView>> {
-        AgentCore::watch_slot(self, node)
-    }
-    fn renew<'a>(
-        &'a self,
-        node: &'a str,
-        token: FencingToken,
-    ) -> BoxFuture<'a, slots::Result<SignedDuration>> {
-        Box::pin(AgentCore::renew(self, node, token))
-    }
-    fn report_progress<'a>(
-        &'a self,
-        node: &'a str,
-        token: FencingToken,
-        step: String,
-        message: String,
-    ) -> BoxFuture<'a, slots::Result<()>> {
-        Box::pin(AgentCore::report_progress(self, node, token, step, message))
-    }
-    fn complete<'a>(
-        &'a self,
-        node: &'a str,
-        token: FencingToken,
-        completion: Completion,
-    ) -> BoxFuture<'a, slots::Result<SlotView>> {
-        Box::pin(AgentCore::complete(self, node, token, completion))
-    }
-    fn release<'a>(
-        &'a self,
-        node: &'a str,
-        release: Release,
-        reason: String,
-    ) -> BoxFuture<'a, slots::Result<()>> {
-        Box::pin(AgentCore::release(self, node, release, reason))
-    }
-}
-
-impl AgentCore for CoreGate {
-    async fn report_facts(&self, node: &str, facts: NodeFacts) -> slots::Result<()> {
-        self.core()?.report_facts(node, facts).await
-    }
-
-    async fn request_slot(&self, node: &str, operation: Operation) -> slots::Result<SlotView> {
-        self.core()?.request_slot(node, operation).await
-    }
-
-    fn watch_slot(&self, node: &str) -> slots::Result<watch::Receiver<SlotView>> {
-        self.core()?.watch_slot(node)
-    }
-
-    async fn renew(&self, node: &str, token: FencingToken) -> slots::Result<SignedDuration> {
-        self.core()?.renew(node, token).await
-    }
-
-    async fn report_progress(
-        &self,
-        node: &str,
-        token: FencingToken,
-        step: String,
-        message: String,
-    ) -> slots::Result<()> {
-        self.core()?
-            .report_progress(node, token, step, message)
-            .await
-    }
-
-    async fn complete(
-        &self,
-        node: &str,
-        token: FencingToken,
-        completion: Completion,
-    ) -> slots::Result<SlotView> {
-        self.core()?.complete(node, token, completion).await
-    }
-
-    async fn release(&self, node: &str, release: Release, reason: String) -> slots::Result<()> {
-        self.core()?.release(node, release, reason).await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const ME: &str = "me";
-
-    fn record(holder: Option<&str>, secs: u64) -> LeaseRecord {
-        LeaseRecord {
-            holder: holder.map(str::to_owned),
-            lease_duration: Duration::from_secs(secs),
-            transitions: 3,
-        }
-    }
-
-    #[test]
-    fn decision_table() {
-        let t = Timings::default();
-        let base = Instant::now();
-        let s = Duration::from_secs;
-        let theirs = record(Some("other"), 10);
-        let mine = record(Some(ME), 10);
-        let free = record(None, 1);
-        // (what, lease, seen_at offset, renewed_at offset, now offset, expected)
-        type Case<'a> = (
-            &'a str,
-            Option<&'a LeaseRecord>,
-            u64,
-            Option<u64>,
-            u64,
-            Decision,
-        );
-        let cases: Vec<Case<'_>> = vec![
-            ("no lease: create it", None, 0, None, 0, Decision::Acquire),
-            (
-                "released lease: take it",
-                Some(&free),
-                0,
-                None,
-                0,
-                Decision::Acquire,
-            ),
-            (
-                "valid foreign lease: wait for its expiry",
-                Some(&theirs),
-                5,
-                None,
-                7,
-                Decision::Wait {
-                    until: base + s(15),
-                },
-            ),
-            (
-                "foreign lease just before expiry",
-                Some(&theirs),
-                5,
-                None,
-                14,
-                Decision::Wait {
-                    until: base + s(15),
-                },
-            ),
-            (
-                "foreign lease expired: take it",
-                Some(&theirs),
-                5,
-                None,
-                15,
-                Decision::Acquire,
-            ),
-            (
-                "leader within deadline: renew",
-                Some(&mine),
-                0,
-                Some(2),
-                8,
-                Decision::Renew,
-            ),
-            (
-                "leader at its deadline: lost",
-                Some(&mine),
-                0,
-                Some(2),
-                9,
-                Decision::Lost,
-            ),
-            (
-                "leader whose lease was taken: lost",
-                Some(&theirs),
-                0,
-                Some(2),
-                3,
-                Decision::Lost,
-            ),
-            (
-                "leader whose lease was released: lost",
-                Some(&free),
-                0,
-                Some(2),
-                3,
-                Decision::Lost,
-            ),
-            (
-                "leader whose lease was deleted: lost",
-                None,
-                0,
-                Some(2),
-                3,
-                Decision::Lost,
-            ),
-            (
-                "own record while not leading: reclaim",
-                Some(&mine),
-                0,
-                None,
-                1,
-                Decision::Acquire,
-            ),
-        ];
-        for (what, lease, seen, renewed, now, expected) in cases {
-            let view = View {
-                lease,
-                seen_at: base + s(seen),
-                renewed_at: renewed.map(|r| base + s(r)),
-            };
-            assert_eq!(decide(view, ME, base + s(now), &t), expected, "{what}");
-        }
-    }
-
-    #[test]
-    fn expiry_uses_the_recorded_duration_not_ours() {
-        let t = Timings::default();
-        let base = Instant::now();
-        let long = record(Some("other"), 60);
-        let view = View {
-            lease: Some(&long),
-            seen_at: base,
-            renewed_at: None,
-        };
-        assert_eq!(
-            decide(view, ME, base + Duration::from_secs(30), &t),
-            Decision::Wait {
-                until: base + Duration::from_secs(60)
-            }
-        );
-    }
-
-    #[test]
-    fn default_timings_hand_over_within_fifteen_seconds() {
-        let t = Timings::default();
-        t.validate().unwrap();
-        // Worst case: the leader renews at r and dies; a standby sees that renewal up to one
-        // poll later and takes over one lease duration after seeing it.
-        assert!(t.retry_period + t.lease_duration < Duration::from_secs(15));
-        // The old leader has stopped before a standby can take over.
-        assert!(t.renew_deadline < t.lease_duration);
-    }
-
-    #[test]
-    fn unsafe_timings_are_refused() {
-        let s = Duration::from_secs;
-        let bad = [
-            (s(10), s(10), s(2)),
-            (s(10), s(12), s(2)),
-            (s(10), s(7), s(7)),
-            (s(10), s(7), Duration::ZERO),
-        ];
-        for (lease_duration, renew_deadline, retry_period) in bad {
-            let t = Timings {
-                lease_duration,
-                renew_deadline,
-                retry_period,
-            };
-            assert!(t.validate().is_err(), "{t:?}");
-        }
-    }
-
-    #[test]
-    fn lease_seconds_round_up() {
-        assert_eq!(lease_seconds(Duration::from_millis(1500)), 2);
-        assert_eq!(lease_seconds(Duration::from_secs(10)), 10);
-    }
-
-    #[test]
-    fn record_reads_an_empty_holder_as_free() {
-        let lease = Lease {
-            spec: Some(LeaseSpec {
-                holder_identity: Some(String::new()),
-                lease_duration_seconds: Some(10),
-                lease_transitions: Some(4),
-                ..LeaseSpec::default()
-            }),
-            ..Lease::default()
-        };
-        assert_eq!(
-            LeaseRecord::from_lease(&lease),
-            record(None, 10).with_transitions(4)
-        );
-    }
-
-    impl LeaseRecord {
-        fn with_transitions(mut self, n: i32) -> Self {
-            self.transitions = n;
-            self
-        }
-    }
 
     #[tokio::test]
     async fn leadership_of_a_stopped_elector_is_lost() {

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod blockers;
 pub mod config;
 pub mod controller;
+pub mod core_gate;
 pub mod drain;
 pub mod events;
 pub mod grpc;

@@ -1,4 +1,5 @@
-//! [`SlotService`]: the live ledger that the gRPC edge and the controller share.
+//! [`SlotService`]: the live ledger that the gRPC edge and the controller share. It serves the
+//! agents' API ([`AgentCore`]) that the edge forwards their calls to.
 //!
 //! Every change goes through one lock, is persisted through the [`LedgerStore`] before anyone is
 //! told about it (the fencing counter first, then the node's annotations), and is undone in
@@ -11,7 +12,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use jiff::{SignedDuration, Timestamp};
 use tokio::sync::{Mutex, mpsc, watch};
+use tokio_stream::wrappers::WatchStream;
 
+use rota_core::agent_api::AgentCore;
 use rota_core::clock::Clock;
 use rota_core::model::{FencingToken, NodeFacts, NodeName, Operation, Origin};
 use rota_core::slots::persist::encode_entry;
@@ -443,5 +446,52 @@ impl<S: LedgerStore> SlotService<S> {
 
     fn write_nodes(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<NodeName, NodeChannel>> {
         self.nodes.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The agents' calls, as the gRPC edge forwards them.
+impl<S: LedgerStore> AgentCore for SlotService<S> {
+    type SlotUpdates = WatchStream<SlotView>;
+
+    async fn report_facts(&self, node: &str, facts: NodeFacts) -> Result<()> {
+        SlotService::report_facts(self, node, facts)
+    }
+
+    async fn request_slot(&self, node: &str, operation: Operation) -> Result<SlotView> {
+        self.request(node, operation, Origin::Agent).await
+    }
+
+    fn watch_slot(&self, node: &str) -> Result<Self::SlotUpdates> {
+        // `new`, not `from_changes`: the stream starts with the current view.
+        self.watch(node).map(WatchStream::new)
+    }
+
+    async fn renew(&self, node: &str, token: FencingToken) -> Result<SignedDuration> {
+        SlotService::renew(self, node, token).await?;
+        Ok(self.read(|ledger| ledger.lease_ttl()).await)
+    }
+
+    async fn report_progress(
+        &self,
+        node: &str,
+        token: FencingToken,
+        step: String,
+        message: String,
+    ) -> Result<()> {
+        self.progress(node, token, step, message).await
+    }
+
+    async fn complete(
+        &self,
+        node: &str,
+        token: FencingToken,
+        completion: Completion,
+    ) -> Result<SlotView> {
+        SlotService::complete(self, node, token, completion).await
+    }
+
+    async fn release(&self, node: &str, release: Release, reason: String) -> Result<()> {
+        SlotService::release(self, node, release, &reason).await?;
+        Ok(())
     }
 }

@@ -7,8 +7,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use rota_coordinator::core_gate::CoreGate;
 use rota_coordinator::grpc::{AgentGrpc, StaticAuthenticator, serve};
-use rota_coordinator::leader::{CoreGate, NotLeading};
 use rota_core::model::{Operation, Origin};
 use rota_core::slots::{self, LedgerStore, MemoryStore, StoreError, StoredState};
 use rota_proto::v1 as pb;
@@ -178,7 +178,7 @@ async fn a_standby_answers_unavailable_without_logging_an_error() -> Result<(), 
 }
 
 /// A store whose writes are refused by a closed write gate, as the Kubernetes store's are when
-/// the term ends while an agent's call is in flight.
+/// the term ends while an agent's call is in flight (it reports `StoreError::NotLeading`).
 struct GateClosed(MemoryStore);
 
 impl LedgerStore for GateClosed {
@@ -191,7 +191,7 @@ impl LedgerStore for GateClosed {
         _last_token: u64,
         _expected: Option<&str>,
     ) -> Result<String, StoreError> {
-        Err(StoreError::Backend(Box::new(NotLeading)))
+        Err(StoreError::NotLeading)
     }
 
     async fn store_node(
@@ -199,7 +199,7 @@ impl LedgerStore for GateClosed {
         _node: &str,
         _annotations: &slots::persist::NodeAnnotations,
     ) -> Result<(), StoreError> {
-        Err(StoreError::Backend(Box::new(NotLeading)))
+        Err(StoreError::NotLeading)
     }
 }
 

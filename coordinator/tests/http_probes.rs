@@ -10,10 +10,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rota_coordinator::core_gate::CoreGate;
 use rota_coordinator::grpc::{AgentGrpc, StaticAuthenticator};
 use rota_coordinator::http::{self, Readiness};
-use rota_coordinator::leader::{CoreGate, ElectionConfig, LeaderElector, Leadership, Timings};
+use rota_coordinator::leader::{ElectionConfig, LeaderElector, Leadership};
 use rota_coordinator::metrics::{MeteredGrpc, Metrics};
+use rota_core::election::Timings;
 use rota_core::slots::MemoryStore;
 use rota_proto::v1 as pb;
 use rota_proto::v1::agent_client::AgentClient;

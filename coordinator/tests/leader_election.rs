@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use rota_coordinator::leader::{ElectionConfig, LeaderElector, LeaderState, Leadership, Timings};
+use rota_coordinator::leader::{ElectionConfig, LeaderElector, LeaderState, Leadership};
+use rota_core::election::Timings;
 use rota_sim::apiserver::{ApiServer, ServerHandle, Store};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;

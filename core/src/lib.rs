@@ -6,11 +6,13 @@
 //! coordinator and the agent are shells around it that read the world, call in here, and carry
 //! out what comes back.
 
+pub mod agent_api;
 pub mod blockers;
 pub mod clock;
 pub mod cluster;
 pub mod controller;
 pub mod drain;
+pub mod election;
 pub mod model;
 pub mod node;
 pub mod policy;

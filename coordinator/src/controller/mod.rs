@@ -38,10 +38,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::blockers::AlertSettings;
+use crate::core_gate::CoreGate;
 use crate::events::EventSink;
 use crate::http::Readiness;
 use crate::kube_client::Clients;
-use crate::leader::{CoreGate, Leadership, NotLeading};
+use crate::leader::{Leadership, NotLeading};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::store::{CacheConfig, ClusterCache, KubeLedgerStore, WriteGate};

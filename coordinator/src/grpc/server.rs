@@ -15,7 +15,8 @@ use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 
 use super::auth::Authenticator;
-use super::{AgentCore, MAX_MESSAGE_BYTES, convert, status};
+use super::{MAX_MESSAGE_BYTES, convert, status};
+use rota_core::agent_api::AgentCore;
 use rota_core::model::NodeName;
 use rota_core::slots::{Release, SlotView};
 
@@ -108,23 +109,20 @@ where
 
 type SlotStream = Pin<Box<dyn Stream<Item = Result<pb::SlotStatus, Status>> + Send + 'static>>;
 
-/// The node's current view at once, then every change; ends when the node is deleted (its
-/// channel closes) or the server shuts down. Intermediate states may be coalesced: an agent
-/// always gets the latest one.
-fn slot_stream(views: watch::Receiver<SlotView>, shutdown: watch::Receiver<bool>) -> SlotStream {
-    let stream = futures::stream::unfold(
-        (views, shutdown, true),
-        |(mut views, mut shutdown, first)| async move {
-            if !first {
-                tokio::select! {
-                    changed = views.changed() => changed.ok()?,
-                    _ = shutdown.wait_for(|stop| *stop) => return None,
-                }
-            }
-            let status = convert::slot_status(&views.borrow_and_update());
-            Some((Ok(status), (views, shutdown, false)))
-        },
-    );
+/// The core's `views` on the wire: the node's current view at once, then every change (as
+/// [`AgentCore::SlotUpdates`] promises); ends when the node is deleted (the views end) or the
+/// server shuts down.
+fn slot_stream<V>(views: V, mut shutdown: watch::Receiver<bool>) -> SlotStream
+where
+    V: Stream<Item = SlotView> + Send + 'static,
+{
+    // A dropped sender (the service is gone) ends the stream as a shutdown does.
+    let stopped = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    let stream = views
+        .take_until(stopped)
+        .map(|view| Ok(convert::slot_status(&view)));
     Box::pin(stream.fuse())
 }
 

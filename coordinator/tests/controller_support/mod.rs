@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{
     Container, Namespace, Node, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Pod,
@@ -21,12 +22,13 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::CustomResourceExt;
 use rota_coordinator::controller::{Coordinator, Settings};
+use rota_coordinator::core_gate::CoreGate;
 use rota_coordinator::events::EventSink;
-use rota_coordinator::grpc::AgentCore;
 use rota_coordinator::kube_client::Clients;
-use rota_coordinator::leader::{CoreGate, Leadership};
+use rota_coordinator::leader::Leadership;
 use rota_coordinator::metrics::Metrics;
 use rota_coordinator::notify::Notifier;
+use rota_core::agent_api::AgentCore;
 use rota_core::model::{FencingToken, NodeFacts, Operation};
 use rota_core::policy::{MaintenancePolicy, MaintenancePolicySpec};
 use rota_core::slots::{Completion, NodeState, SlotView};
@@ -452,30 +454,31 @@ impl Running {
         pred: impl Fn(&SlotView) -> bool,
     ) -> Result<SlotView> {
         let deadline = Instant::now() + within;
-        let mut rx = loop {
+        let mut views = loop {
             match self.agents.watch_slot(node) {
-                Ok(rx) => break rx,
+                Ok(views) => break views,
                 Err(_) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Err(e) => bail!("no view of {node}: {e}"),
             }
         };
-        let outcome = {
-            let wait = rx.wait_for(|v| pred(v));
-            match tokio::time::timeout_at(deadline, wait).await {
-                Ok(Ok(view)) => Ok(view.clone()),
-                Ok(Err(_)) => Err("the view closed"),
-                Err(_) => Err("timed out"),
+        let mut last = None;
+        let wait = async {
+            while let Some(view) = views.next().await {
+                if pred(&view) {
+                    return Ok(view);
+                }
+                last = Some(view);
             }
+            Err("the view closed")
         };
-        match outcome {
-            Ok(view) => Ok(view),
-            Err(why) => bail!(
-                "{node}: condition not met within {within:?} ({why}); view: {:?}",
-                *rx.borrow()
-            ),
-        }
+        let outcome = tokio::time::timeout_at(deadline, wait)
+            .await
+            .unwrap_or(Err("timed out"));
+        outcome.or_else(|why| {
+            bail!("{node}: condition not met within {within:?} ({why}); last view: {last:?}")
+        })
     }
 
     /// Waits until the node's slot is granted; returns its token.
