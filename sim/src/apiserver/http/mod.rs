@@ -651,9 +651,7 @@ async fn resource(
             let list = store.list(&gr, ns, &list_options(query)?)?;
             let mut items = Vec::new();
             for obj in &list.items {
-                let k =
-                    ResourceKey::new(gr.clone(), non_empty(meta::namespace(obj)), meta::name(obj));
-                match store.delete(&k, &opts) {
+                match store.delete(&ResourceKey::for_object(gr.clone(), obj), &opts) {
                     Ok(d) => items.push(d.object),
                     Err(Error::NotFound { .. }) => {}
                     Err(e) => return Err(e),
@@ -668,10 +666,6 @@ async fn resource(
         }
         _ => Err(Error::MethodNotAllowed),
     }
-}
-
-fn non_empty(s: &str) -> Option<&str> {
-    (!s.is_empty()).then_some(s)
 }
 
 fn parse_apply_body(body: &Bytes) -> Result<Value> {
