@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{DeleteOptions, Deleted, EventType, ResourceKey, State};
 use crate::apiserver::audit::PodDeletionRecord;
-use crate::apiserver::error::{Error, Result};
+use crate::apiserver::error::Result;
 use crate::apiserver::meta;
 use crate::apiserver::resources::{GroupResource, ResourceInfo};
 
@@ -25,36 +25,8 @@ impl State {
     ) -> Result<Deleted> {
         self.served(&key.resource)?;
         let old = self.get(key)?;
-        let qualified = key.resource.qualified();
-        if let Some(uid) = opts.preconditions.uid.as_deref().filter(|u| !u.is_empty())
-            && uid != meta::uid(&old)
-        {
-            return Err(Error::Conflict {
-                qualified,
-                name: key.name.clone(),
-                detail: format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    meta::uid(&old)
-                ),
-            });
-        }
-        if let Some(rv) = opts
-            .preconditions
-            .resource_version
-            .as_deref()
-            .filter(|r| !r.is_empty())
-        {
-            let current = meta::str_at(&old, "/metadata/resourceVersion");
-            if rv != current {
-                return Err(Error::Conflict {
-                    qualified,
-                    name: key.name.clone(),
-                    detail: format!(
-                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {current}"
-                    ),
-                });
-            }
-        }
+        opts.preconditions
+            .check(&key.resource.qualified(), &key.name, &old)?;
         let is_pod = key.resource.group.is_empty() && key.resource.resource == "pods";
         let grace = if is_pod {
             let mut period = opts

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::apiserver::error::{Error, Result};
 use crate::apiserver::meta;
 use crate::apiserver::resources::GroupResource;
 
@@ -91,6 +92,35 @@ pub struct Preconditions {
     pub resource_version: Option<String>,
 }
 
+impl Preconditions {
+    /// Check them against `obj` (the current `name` of resource `qualified`); a mismatch is a
+    /// 409 Conflict, as upstream's "Precondition failed".
+    pub(crate) fn check(&self, qualified: &str, name: &str, obj: &Value) -> Result<()> {
+        let conflict = |detail: String| Error::Conflict {
+            qualified: qualified.to_string(),
+            name: name.to_string(),
+            detail,
+        };
+        if let Some(uid) = self.uid.as_deref().filter(|u| !u.is_empty())
+            && uid != meta::uid(obj)
+        {
+            return Err(conflict(format!(
+                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                meta::uid(obj)
+            )));
+        }
+        if let Some(rv) = self.resource_version.as_deref().filter(|r| !r.is_empty()) {
+            let current = meta::str_at(obj, "/metadata/resourceVersion");
+            if rv != current {
+                return Err(conflict(format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {current}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The parts of `DeleteOptions` the emulator honours.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeleteOptions {
@@ -100,6 +130,31 @@ pub struct DeleteOptions {
     pub preconditions: Preconditions,
     /// `dryRun=All`: check, change nothing.
     pub dry_run: bool,
+}
+
+impl DeleteOptions {
+    /// The options a `DeleteOptions` JSON body asks for (`Null`: none); a dry run when the body
+    /// says `dryRun: ["All"]` or `query_dry_run` (the request's `?dryRun=All`).
+    pub(crate) fn from_json(body: &Value, query_dry_run: bool) -> Self {
+        let body_dry_run = body
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|d| d.iter().any(|v| v == "All"));
+        DeleteOptions {
+            grace_period_seconds: body.get("gracePeriodSeconds").and_then(Value::as_i64),
+            preconditions: Preconditions {
+                uid: body
+                    .pointer("/preconditions/uid")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                resource_version: body
+                    .pointer("/preconditions/resourceVersion")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            },
+            dry_run: query_dry_run || body_dry_run,
+        }
+    }
 }
 
 /// The result of a delete.
