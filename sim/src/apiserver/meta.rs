@@ -36,6 +36,15 @@ pub fn non_empty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
 
+/// The strings of a JSON array (other elements skipped); none when `value` is not an array.
+pub fn strings(value: Option<&Value>) -> impl Iterator<Item = &str> {
+    value
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+}
+
 /// Whether `metadata.finalizers` holds any finalizer (deletion then waits for them).
 pub fn has_finalizers(obj: &Value) -> bool {
     obj.pointer("/metadata/finalizers")

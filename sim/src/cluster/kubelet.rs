@@ -695,39 +695,40 @@ impl Kubelet {
     fn start_pod(&mut self, key: &ResourceKey, uid: &str, pod: &Value) {
         let pod_ip = self.pod_ip(pod);
         let host_ip = self.ctx.spec.internal_ip.clone();
-        let store = &self.ctx.store;
-        let now = store.now();
-        let result = store.modify(key, Part::Status, |p| {
-            if meta::uid(p) != uid || meta::is_terminating(p) {
-                return Ok(false);
-            }
-            running_status(p, &host_ip, &pod_ip, now);
-            Ok(true)
+        let now = self.ctx.store.now();
+        self.write_pod_status(key, uid, "starting pod", |p| {
+            running_status(p, &host_ip, &pod_ip, now)
         });
-        if let Err(e) = result
-            && !objects::is_not_found(&e)
-        {
-            tracing::warn!(node = self.node(), pod = %key.name, error = %e, "starting pod failed");
-        }
     }
 
     fn pod_ready(&mut self, key: &ResourceKey, uid: &str) {
         if !self.up || self.pods.get(uid).is_none_or(|t| t.stopping) {
             return;
         }
-        let store = &self.ctx.store;
-        let now = store.now();
-        let result = store.modify(key, Part::Status, |p| {
+        let now = self.ctx.store.now();
+        self.write_pod_status(key, uid, "marking pod ready", |p| ready_status(p, now));
+    }
+
+    /// Change the status of the pod `uid` at `key` with `f`, unless the pod was replaced or is
+    /// terminating meanwhile (a pod that is gone needs nothing; other failures are logged).
+    fn write_pod_status(
+        &self,
+        key: &ResourceKey,
+        uid: &str,
+        action: &str,
+        mut f: impl FnMut(&mut Value),
+    ) {
+        let result = self.ctx.store.modify(key, Part::Status, |p| {
             if meta::uid(p) != uid || meta::is_terminating(p) {
                 return Ok(false);
             }
-            ready_status(p, now);
+            f(p);
             Ok(true)
         });
         if let Err(e) = result
             && !objects::is_not_found(&e)
         {
-            tracing::warn!(node = self.node(), pod = %key.name, error = %e, "marking pod ready failed");
+            tracing::warn!(node = self.node(), pod = %key.name, error = %e, "{action} failed");
         }
     }
 
