@@ -209,21 +209,15 @@ impl Error {
     }
 
     fn details(&self) -> Option<Value> {
-        let split = |qualified: &str| -> (String, String) {
-            match qualified.split_once('.') {
-                Some((resource, group)) => (resource.to_string(), group.to_string()),
-                None => (qualified.to_string(), String::new()),
-            }
-        };
-        let named = |qualified: &str, name: &str| {
-            let (kind, group) = split(qualified);
+        // `details` of an error about one object: its name, group (when not core) and kind.
+        let named = |kind: &str, group: &str, name: &str| {
             let mut d = Map::new();
             d.insert("name".into(), json!(name));
             if !group.is_empty() {
                 d.insert("group".into(), json!(group));
             }
             d.insert("kind".into(), json!(kind));
-            Value::Object(d)
+            d
         };
         match self {
             Error::NotFound { qualified, name }
@@ -233,19 +227,17 @@ impl Error {
             }
             | Error::Forbidden {
                 qualified, name, ..
-            } => Some(named(qualified, name)),
+            } => {
+                let (kind, group) = qualified.split_once('.').unwrap_or((qualified, ""));
+                Some(Value::Object(named(kind, group, name)))
+            }
             Error::Invalid {
                 kind,
                 group,
                 name,
                 causes,
             } => {
-                let mut d = Map::new();
-                d.insert("name".into(), json!(name));
-                if !group.is_empty() {
-                    d.insert("group".into(), json!(group));
-                }
-                d.insert("kind".into(), json!(kind));
+                let mut d = named(kind, group, name);
                 d.insert("causes".into(), causes_json(causes));
                 Some(Value::Object(d))
             }

@@ -13,7 +13,7 @@ use super::error::{Cause, Error, Result, success_status};
 use super::meta;
 use super::resources::GroupResource;
 use super::selector::LabelSelector;
-use super::store::{DeleteOptions, Part, Preconditions, ResourceKey, State, Store};
+use super::store::{DeleteOptions, Part, ResourceKey, State, Store};
 
 /// Upstream `MaxDisruptedPodSize`.
 const MAX_DISRUPTED_PODS: usize = 2000;
@@ -21,28 +21,8 @@ const MAX_DISRUPTED_PODS: usize = 2000;
 /// Parse an `Eviction` body's `deleteOptions`; `dry_run` comes from the query (`dryRun=All`)
 /// or the body.
 pub fn delete_options_of(eviction: &Value, query_dry_run: bool) -> DeleteOptions {
-    let opts = eviction
-        .get("deleteOptions")
-        .cloned()
-        .unwrap_or(Value::Null);
-    let body_dry_run = opts
-        .get("dryRun")
-        .and_then(Value::as_array)
-        .is_some_and(|d| d.iter().any(|v| v == "All"));
-    DeleteOptions {
-        grace_period_seconds: opts.get("gracePeriodSeconds").and_then(Value::as_i64),
-        preconditions: Preconditions {
-            uid: opts
-                .pointer("/preconditions/uid")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            resource_version: opts
-                .pointer("/preconditions/resourceVersion")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-        },
-        dry_run: query_dry_run || body_dry_run,
-    }
+    let opts = eviction.get("deleteOptions").unwrap_or(&Value::Null);
+    DeleteOptions::from_json(opts, query_dry_run)
 }
 
 fn too_many_requests(message: String, retry_after_seconds: u32) -> Error {
@@ -231,35 +211,7 @@ impl State {
             return Ok(());
         }
         let mut opts = opts.clone();
-        if let Some(uid) = opts.preconditions.uid.as_deref().filter(|u| !u.is_empty())
-            && uid != meta::uid(pod)
-        {
-            return Err(Error::Conflict {
-                qualified: "pods".into(),
-                name: key.name.clone(),
-                detail: format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    meta::uid(pod)
-                ),
-            });
-        }
-        if let Some(rv) = opts
-            .preconditions
-            .resource_version
-            .as_deref()
-            .filter(|r| !r.is_empty())
-        {
-            let current = meta::str_at(pod, "/metadata/resourceVersion");
-            if rv != current {
-                return Err(Error::Conflict {
-                    qualified: "pods".into(),
-                    name: key.name.clone(),
-                    detail: format!(
-                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {current}"
-                    ),
-                });
-            }
-        }
+        opts.preconditions.check("pods", &key.name, pod)?;
         let was_healthy = pdb.is_some_and(|pdb| {
             meta::pod_ready(pod)
                 && !meta::is_terminating(pod)

@@ -14,6 +14,11 @@ pub fn namespace(obj: &Value) -> &str {
     str_at(obj, "/metadata/namespace")
 }
 
+/// `metadata.namespace`, or `None` when it is empty (cluster-scoped objects).
+pub fn namespace_opt(obj: &Value) -> Option<&str> {
+    non_empty(namespace(obj))
+}
+
 /// `metadata.uid` or `""`.
 pub fn uid(obj: &Value) -> &str {
     str_at(obj, "/metadata/uid")
@@ -24,6 +29,27 @@ pub fn str_at<'a>(obj: &'a Value, pointer: &str) -> &'a str {
     obj.pointer(pointer)
         .and_then(Value::as_str)
         .unwrap_or_default()
+}
+
+/// `s`, or `None` when it is empty (the API's "unset" for strings).
+pub fn non_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// The strings of a JSON array (other elements skipped); none when `value` is not an array.
+pub fn strings(value: Option<&Value>) -> impl Iterator<Item = &str> {
+    value
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+}
+
+/// Whether `metadata.finalizers` holds any finalizer (deletion then waits for them).
+pub fn has_finalizers(obj: &Value) -> bool {
+    obj.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty())
 }
 
 /// `metadata.resourceVersion` parsed, if present and numeric.

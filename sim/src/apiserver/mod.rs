@@ -34,6 +34,7 @@ pub use error::{Error, Result};
 pub use http::{ApiServer, FaultConfig, Faults, ServerConfig, ServerHandle, kubeconfig_yaml};
 pub use patch::PatchKind;
 pub use resources::{GroupResource, Registry, ResourceInfo};
+pub(crate) use store::Part;
 pub use store::{
     Clock, DeleteOptions, Deleted, EventType, ListOptions, ObjectList, Preconditions, ResourceKey,
     Store, StoreEvent, Subscription, WatchEvent, WatchEventType,

@@ -10,6 +10,7 @@
 use serde_json::{Map, Value};
 
 use super::error::{Error, Result};
+use super::meta;
 
 /// The kind of a PATCH request, from its `Content-Type`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,16 +161,10 @@ fn merge_map(target: &mut Value, patch: &Map<String, Value>) -> Result<()> {
     if !target.is_object() {
         *target = Value::Object(Map::new());
     }
-    let retain: Option<Vec<String>> =
-        patch
-            .get("$retainKeys")
-            .and_then(Value::as_array)
-            .map(|keys| {
-                keys.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            });
+    let retain: Option<Vec<String>> = patch
+        .get("$retainKeys")
+        .filter(|keys| keys.is_array())
+        .map(|keys| meta::strings(Some(keys)).map(str::to_string).collect());
     let Value::Object(target_map) = target else {
         return Ok(());
     };

@@ -9,6 +9,7 @@ use std::fmt;
 use serde_json::Value;
 
 use super::error::{Cause, Error, Result};
+use super::meta;
 
 /// A resource without its version: `("apps", "deployments")`, `("", "pods")`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -333,16 +334,8 @@ pub fn crd_to_info(crd: &Value) -> Result<ResourceInfo> {
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_else(|| kind.to_lowercase());
-    let strings = |v: Option<&Value>| -> Vec<String> {
-        v.and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let strings =
+        |v: Option<&Value>| -> Vec<String> { meta::strings(v).map(str::to_string).collect() };
     let short_names = strings(names.get("shortNames"));
     let categories = strings(names.get("categories"));
     let namespaced = spec.get("scope").and_then(Value::as_str) != Some("Cluster");

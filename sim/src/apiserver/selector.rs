@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use serde_json::{Map, Value};
 
 use super::error::{Error, Result};
+use super::meta;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Op {
@@ -107,16 +108,8 @@ impl LabelSelector {
         if let Some(exprs) = selector.get("matchExpressions").and_then(Value::as_array) {
             for e in exprs {
                 let key = e.get("key").and_then(Value::as_str).unwrap_or_default();
-                let values: BTreeSet<String> = e
-                    .get("values")
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(Value::as_str)
-                            .map(str::to_string)
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let values: BTreeSet<String> =
+                    meta::strings(e.get("values")).map(str::to_string).collect();
                 let op = match e.get("operator").and_then(Value::as_str) {
                     Some("In") => Op::In,
                     Some("NotIn") => Op::NotIn,

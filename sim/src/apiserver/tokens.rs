@@ -94,16 +94,9 @@ impl State {
             .pointer("/spec/token")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let requested: Vec<String> = review
-            .pointer("/spec/audiences")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let requested: Vec<String> = meta::strings(review.pointer("/spec/audiences"))
+            .map(str::to_string)
+            .collect();
         let requested = if requested.is_empty() {
             vec![API_AUDIENCE.to_string()]
         } else {

@@ -1,4 +1,5 @@
-//! Command-line flags of the simulated cluster (`rota-sim serve --nodes 24 --seed 7 ...`).
+//! Command-line flags of the simulated cluster (`rota-sim serve --nodes 24 --seed 7 ...`), and
+//! the fault-injection flags that `rota-sim serve` and `rota-sim demo` share ([`FaultArgs`]).
 
 use std::time::Duration;
 
@@ -6,8 +7,9 @@ use crate::apiserver::FaultConfig;
 
 use super::{Faults, Scenario, Timings};
 
-/// A duration in jiff's friendly (`300ms`, `1.5s`, `2m`) or ISO 8601 (`PT1.5S`) form.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// A duration in jiff's friendly (`300ms`, `1.5s`, `2m`) or ISO 8601 (`PT1.5S`) form; the
+/// value parser of every duration flag of `rota-sim`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let signed: jiff::SignedDuration = s.parse().map_err(|e| format!("{e}"))?;
     Duration::try_from(signed).map_err(|_| format!("{s:?} is negative"))
 }
@@ -57,24 +59,9 @@ pub struct ClusterArgs {
     /// Interval of kubelet heartbeats.
     #[clap(long, env = "ROTA_SIM_HEARTBEAT", value_parser = parse_duration)]
     pub heartbeat: Option<Duration>,
-    /// Nodes that never come back from a reboot (comma-separated).
-    #[clap(long, env = "ROTA_SIM_FAULT_NEVER_RETURN", value_delimiter = ',')]
-    pub fault_never_return: Vec<String>,
-    /// Nodes whose kubelet stays NotReady after a kubelet upgrade (comma-separated).
-    #[clap(long, env = "ROTA_SIM_FAULT_KUBELET_FAILS", value_delimiter = ',')]
-    pub fault_kubelet_fails: Vec<String>,
-    /// Share of API requests answered with an error (0..=1).
-    #[clap(long, env = "ROTA_SIM_API_ERROR_RATE", default_value = "0", value_parser = parse_rate)]
-    pub api_error_rate: f64,
-    /// Status codes of injected API errors (500, 429, 503; default all three).
-    #[clap(long, env = "ROTA_SIM_API_ERROR_CODES", value_delimiter = ',')]
-    pub api_error_codes: Vec<u16>,
-    /// Latency added to every API request.
-    #[clap(long, env = "ROTA_SIM_API_LATENCY", value_parser = parse_duration)]
-    pub api_latency: Option<Duration>,
-    /// Close every open watch this often.
-    #[clap(long, env = "ROTA_SIM_DROP_WATCHES_EVERY", value_parser = parse_duration)]
-    pub drop_watches_every: Option<Duration>,
+    /// The faults to inject.
+    #[clap(flatten)]
+    pub fault_flags: FaultArgs,
 }
 
 impl ClusterArgs {
@@ -97,6 +84,38 @@ impl ClusterArgs {
     }
 
     /// The faults.
+    pub fn faults(&self) -> Faults {
+        self.fault_flags.faults()
+    }
+}
+
+/// The fault-injection flags, declared once for every command that runs a simulated cluster
+/// (`rota-sim serve` and `rota-sim demo` flatten them), so both read the same `ROTA_SIM_*`
+/// environment variables.
+#[derive(Clone, Debug, clap::Args)]
+pub struct FaultArgs {
+    /// Nodes that never come back from a reboot (comma-separated).
+    #[clap(long, env = "ROTA_SIM_FAULT_NEVER_RETURN", value_delimiter = ',')]
+    pub fault_never_return: Vec<String>,
+    /// Nodes whose kubelet stays NotReady after a kubelet upgrade (comma-separated).
+    #[clap(long, env = "ROTA_SIM_FAULT_KUBELET_FAILS", value_delimiter = ',')]
+    pub fault_kubelet_fails: Vec<String>,
+    /// Share of API requests answered with an error (0..=1).
+    #[clap(long, env = "ROTA_SIM_API_ERROR_RATE", default_value = "0", value_parser = parse_rate)]
+    pub api_error_rate: f64,
+    /// Status codes of injected API errors (500, 429, 503; default all three).
+    #[clap(long, env = "ROTA_SIM_API_ERROR_CODES", value_delimiter = ',')]
+    pub api_error_codes: Vec<u16>,
+    /// Latency added to every API request (e.g. `20ms`).
+    #[clap(long, env = "ROTA_SIM_API_LATENCY", value_parser = parse_duration)]
+    pub api_latency: Option<Duration>,
+    /// Close every open watch this often.
+    #[clap(long, env = "ROTA_SIM_DROP_WATCHES_EVERY", value_parser = parse_duration)]
+    pub drop_watches_every: Option<Duration>,
+}
+
+impl FaultArgs {
+    /// The faults these flags ask for.
     pub fn faults(&self) -> Faults {
         Faults {
             never_return: self.fault_never_return.iter().cloned().collect(),
@@ -142,6 +161,12 @@ mod tests {
             "0.1",
             "--api-latency",
             "20ms",
+            "--api-error-codes",
+            "429,503",
+            "--fault-kubelet-fails",
+            "worker-03",
+            "--drop-watches-every",
+            "5s",
         ])
         .unwrap();
         let t = cli.cluster.timings();
@@ -152,6 +177,9 @@ mod tests {
         assert!(f.never_returns("worker-02"));
         assert_eq!(f.api.error_rate, 0.1);
         assert_eq!(f.api.latency, Duration::from_millis(20));
+        assert_eq!(f.api.error_codes, vec![429, 503]);
+        assert!(f.kubelet_fails("worker-03"));
+        assert_eq!(f.drop_watches_every, Some(Duration::from_secs(5)));
         assert_eq!(cli.cluster.scenario(), Scenario::generate(6, 9));
     }
 

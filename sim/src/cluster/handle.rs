@@ -49,8 +49,7 @@ impl std::fmt::Debug for ClusterHandle {
 
 fn create_all(store: &Store, resource: GroupResource, objects: &[Value]) -> Result<()> {
     for obj in objects {
-        let ns = meta::namespace(obj);
-        store.create(&resource, (!ns.is_empty()).then_some(ns), obj.clone())?;
+        store.create(&resource, meta::namespace_opt(obj), obj.clone())?;
     }
     Ok(())
 }

@@ -28,7 +28,8 @@ use super::host::{KubeletCommand, PowerState, SimHost};
 use super::objects::{self, leases, nodes, pods};
 use super::scenario::NodeSpec;
 use crate::apiserver::{
-    DeleteOptions, EventType, ListOptions, Preconditions, ResourceKey, Store, StoreEvent, meta,
+    DeleteOptions, EventType, ListOptions, Part, Preconditions, ResourceKey, Store, StoreEvent,
+    meta,
 };
 
 /// Pods a node accepts (the kubelet's default `maxPods`).
@@ -552,7 +553,7 @@ impl Kubelet {
                 },
                 ..Default::default()
             };
-            if let Err(e) = store.delete(&objects::key(pods(), &pod), &opts)
+            if let Err(e) = store.delete(&ResourceKey::for_object(pods(), &pod), &opts)
                 && !objects::is_not_found(&e)
             {
                 tracing::warn!(node = self.node(), pod = meta::name(&pod), error = %e, "deleting pod failed");
@@ -563,12 +564,12 @@ impl Kubelet {
     /// Read-modify-write of the node's status; `f` gets the status and the formatted time.
     fn write_node_status(&self, mut f: impl FnMut(&mut Value, &str)) {
         let now = meta::format_time(self.ctx.store.now());
-        let result = objects::modify(&self.ctx.store, &self.node_key, true, |node| {
+        let result = self.ctx.store.modify(&self.node_key, Part::Status, |node| {
             if !node.get("status").is_some_and(Value::is_object) {
                 node["status"] = json!({});
             }
             f(&mut node["status"], &now);
-            true
+            Ok(true)
         });
         match result {
             Ok(_) => {}
@@ -618,9 +619,9 @@ impl Kubelet {
         let store = &self.ctx.store;
         let lease = ResourceKey::new(leases(), Some("kube-node-lease"), self.node());
         let renew = meta::format_micro_time(store.now());
-        let result = objects::modify(store, &lease, false, |l| {
+        let result = store.modify(&lease, Part::Main, |l| {
             l["spec"]["renewTime"] = json!(renew);
-            true
+            Ok(true)
         });
         if let Err(e) = result {
             if objects::is_not_found(&e) {
@@ -644,7 +645,7 @@ impl Kubelet {
             return;
         }
         let uid = meta::uid(pod).to_string();
-        let key = objects::key(pods(), pod);
+        let key = ResourceKey::for_object(pods(), pod);
         if meta::is_terminating(pod) {
             let tracked = self.pods.entry(uid.clone()).or_default();
             if !tracked.stopping {
@@ -694,39 +695,40 @@ impl Kubelet {
     fn start_pod(&mut self, key: &ResourceKey, uid: &str, pod: &Value) {
         let pod_ip = self.pod_ip(pod);
         let host_ip = self.ctx.spec.internal_ip.clone();
-        let store = &self.ctx.store;
-        let now = store.now();
-        let result = objects::modify(store, key, true, |p| {
-            if meta::uid(p) != uid || meta::is_terminating(p) {
-                return false;
-            }
-            running_status(p, &host_ip, &pod_ip, now);
-            true
+        let now = self.ctx.store.now();
+        self.write_pod_status(key, uid, "starting pod", |p| {
+            running_status(p, &host_ip, &pod_ip, now)
         });
-        if let Err(e) = result
-            && !objects::is_not_found(&e)
-        {
-            tracing::warn!(node = self.node(), pod = %key.name, error = %e, "starting pod failed");
-        }
     }
 
     fn pod_ready(&mut self, key: &ResourceKey, uid: &str) {
         if !self.up || self.pods.get(uid).is_none_or(|t| t.stopping) {
             return;
         }
-        let store = &self.ctx.store;
-        let now = store.now();
-        let result = objects::modify(store, key, true, |p| {
+        let now = self.ctx.store.now();
+        self.write_pod_status(key, uid, "marking pod ready", |p| ready_status(p, now));
+    }
+
+    /// Change the status of the pod `uid` at `key` with `f`, unless the pod was replaced or is
+    /// terminating meanwhile (a pod that is gone needs nothing; other failures are logged).
+    fn write_pod_status(
+        &self,
+        key: &ResourceKey,
+        uid: &str,
+        action: &str,
+        mut f: impl FnMut(&mut Value),
+    ) {
+        let result = self.ctx.store.modify(key, Part::Status, |p| {
             if meta::uid(p) != uid || meta::is_terminating(p) {
-                return false;
+                return Ok(false);
             }
-            ready_status(p, now);
-            true
+            f(p);
+            Ok(true)
         });
         if let Err(e) = result
             && !objects::is_not_found(&e)
         {
-            tracing::warn!(node = self.node(), pod = %key.name, error = %e, "marking pod ready failed");
+            tracing::warn!(node = self.node(), pod = %key.name, error = %e, "{action} failed");
         }
     }
 

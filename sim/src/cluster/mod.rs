@@ -21,7 +21,7 @@ mod workloads;
 
 use std::time::Duration;
 
-pub use args::ClusterArgs;
+pub use args::{ClusterArgs, FaultArgs};
 pub use faults::Faults;
 pub use handle::{Cluster, ClusterHandle, pods_on, settled, wait_for};
 pub use host::{PowerState, SimHost};

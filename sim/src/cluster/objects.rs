@@ -1,15 +1,10 @@
 //! Small helpers over the JSON objects the simulated cluster reads and writes: resources,
-//! owner references, conditions, taints and tolerations, read-modify-write with conflict retry.
-
-use std::sync::Arc;
+//! owner references, conditions, taints and tolerations.
 
 use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 
-use crate::apiserver::{Error as ApiError, GroupResource, ResourceKey, Store, meta};
-
-/// How often a read-modify-write is retried on a 409 before giving up.
-const CONFLICT_ATTEMPTS: usize = 16;
+use crate::apiserver::{Error as ApiError, GroupResource, meta};
 
 /// Core `pods`.
 pub(crate) fn pods() -> GroupResource {
@@ -29,12 +24,6 @@ pub(crate) fn apps(resource: &str) -> GroupResource {
 /// `coordination.k8s.io` `leases`.
 pub(crate) fn leases() -> GroupResource {
     GroupResource::new("coordination.k8s.io", "leases")
-}
-
-/// The key of a namespaced object.
-pub(crate) fn key(resource: GroupResource, obj: &Value) -> ResourceKey {
-    let ns = meta::namespace(obj);
-    ResourceKey::new(resource, (!ns.is_empty()).then_some(ns), meta::name(obj))
 }
 
 /// The uid of the controller owner reference, if any.
@@ -194,36 +183,6 @@ pub(crate) fn set_condition(
         }
     }
     true
-}
-
-/// Read-modify-write of an object's main resource or `/status`, retrying on conflicts. `f`
-/// returns `false` to leave the object alone (for example when it has another uid). Returns
-/// the written object, or `None` when `f` declined.
-pub(crate) fn modify(
-    store: &Store,
-    key: &ResourceKey,
-    status: bool,
-    mut f: impl FnMut(&mut Value) -> bool,
-) -> crate::apiserver::Result<Option<Arc<Value>>> {
-    let mut last = None;
-    for _ in 0..CONFLICT_ATTEMPTS {
-        let current = store.get(key)?;
-        let mut next = (*current).clone();
-        if !f(&mut next) {
-            return Ok(None);
-        }
-        let written = if status {
-            store.update_status(key, next)
-        } else {
-            store.update(key, next)
-        };
-        match written {
-            Ok(obj) => return Ok(Some(obj)),
-            Err(e @ ApiError::Conflict { .. }) => last = Some(e),
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| ApiError::stale(&key.resource.qualified(), &key.name)))
 }
 
 /// A short, stable hash of a JSON value (FNV-1a over its canonical serialization), spelled

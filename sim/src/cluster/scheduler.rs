@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::kubelet::MAX_PODS;
 use super::objects::{self, nodes, pods};
-use crate::apiserver::{EventType, ListOptions, Store, StoreEvent, meta};
+use crate::apiserver::{EventType, ListOptions, Part, ResourceKey, Store, StoreEvent, meta};
 
 /// Why a node cannot take a pod (counted for the `FailedScheduling` message).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -234,13 +234,13 @@ fn schedule_pending(store: &Store) -> crate::apiserver::Result<bool> {
 /// Bind `pod` to `node` (what a `pods/binding` does). Returns whether it was bound.
 fn bind(store: &Store, pod: &Value, node: &str) -> crate::apiserver::Result<bool> {
     let uid = meta::uid(pod).to_string();
-    let key = objects::key(pods(), pod);
-    match objects::modify(store, &key, false, |p| {
+    let key = ResourceKey::for_object(pods(), pod);
+    match store.modify(&key, Part::Main, |p| {
         if meta::uid(p) != uid || !needs_scheduling(p) {
-            return false;
+            return Ok(false);
         }
         p["spec"]["nodeName"] = json!(node);
-        true
+        Ok(true)
     }) {
         Ok(bound) => {
             if bound.is_some() {
@@ -256,21 +256,21 @@ fn bind(store: &Store, pod: &Value, node: &str) -> crate::apiserver::Result<bool
 fn mark_unschedulable(store: &Store, pod: &Value, message: &str) -> crate::apiserver::Result<()> {
     let uid = meta::uid(pod).to_string();
     let now = store.now();
-    match objects::modify(store, &objects::key(pods(), pod), true, |p| {
+    match store.modify(&ResourceKey::for_object(pods(), pod), Part::Status, |p| {
         if meta::uid(p) != uid || !needs_scheduling(p) {
-            return false;
+            return Ok(false);
         }
         if !p.get("status").is_some_and(Value::is_object) {
             p["status"] = json!({"phase": "Pending"});
         }
-        objects::set_condition(
+        Ok(objects::set_condition(
             &mut p["status"],
             "PodScheduled",
             "False",
             Some("Unschedulable"),
             Some(message),
             now,
-        )
+        ))
     }) {
         Ok(_) => Ok(()),
         Err(e) if objects::is_not_found(&e) => Ok(()),

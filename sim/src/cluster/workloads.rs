@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::objects::{self, apps, nodes, pods};
 use crate::apiserver::{
-    DeleteOptions, EventType, ListOptions, Preconditions, ResourceKey, Store, StoreEvent, meta,
+    DeleteOptions, EventType, ListOptions, Part, Preconditions, ResourceKey, Store, StoreEvent,
+    meta,
 };
 
 /// The label that ties a ReplicaSet and its pods to a Deployment's template.
@@ -312,7 +313,7 @@ fn delete_pod(store: &Store, pod: &Value, grace: Option<i64>) -> SyncResult {
         },
         ..Default::default()
     };
-    match store.delete(&objects::key(pods(), pod), &opts) {
+    match store.delete(&ResourceKey::for_object(pods(), pod), &opts) {
         Ok(_) => Ok(()),
         Err(e) if objects::is_not_found(&e) || e.code() == 409 => Ok(()),
         Err(e) => Err(e),
@@ -321,12 +322,12 @@ fn delete_pod(store: &Store, pod: &Value, grace: Option<i64>) -> SyncResult {
 
 /// Replace `status` of an object when it differs.
 fn write_status(store: &Store, key: &ResourceKey, status: Value) -> SyncResult {
-    match objects::modify(store, key, true, |obj| {
+    match store.modify(key, Part::Status, |obj| {
         if obj.get("status") == Some(&status) {
-            return false;
+            return Ok(false);
         }
         obj["status"] = status.clone();
-        true
+        Ok(true)
     }) {
         Ok(_) => Ok(()),
         Err(e) if objects::is_not_found(&e) => Ok(()),
@@ -403,7 +404,7 @@ fn sync_replicaset(store: &Store, ns: &str, name: &str, dirty: &mut BTreeSet<Wor
     );
     write_status(
         store,
-        &objects::key(apps("replicasets"), &rs),
+        &ResourceKey::for_object(apps("replicasets"), &rs),
         Value::Object(status),
     )
 }
@@ -546,14 +547,18 @@ fn sync_deployment(store: &Store, ns: &str, name: &str) -> SyncResult {
         Some(&progress.1),
         now,
     );
-    write_status(store, &objects::key(apps("deployments"), &d), status)
+    write_status(
+        store,
+        &ResourceKey::for_object(apps("deployments"), &d),
+        status,
+    )
 }
 
 fn scale(store: &Store, obj: &Value, replicas: i64) -> SyncResult {
-    let key = objects::key(apps("replicasets"), obj);
-    match objects::modify(store, &key, false, |rs| {
+    let key = ResourceKey::for_object(apps("replicasets"), obj);
+    match store.modify(&key, Part::Main, |rs| {
         rs["spec"]["replicas"] = json!(replicas);
-        true
+        Ok(true)
     }) {
         Ok(_) => Ok(()),
         Err(e) if objects::is_not_found(&e) => Ok(()),
@@ -711,7 +716,7 @@ fn sync_statefulset(store: &Store, ns: &str, name: &str) -> SyncResult {
     status.insert("collisionCount".into(), json!(0));
     write_status(
         store,
-        &objects::key(apps("statefulsets"), &sts),
+        &ResourceKey::for_object(apps("statefulsets"), &sts),
         Value::Object(status),
     )
 }
@@ -848,7 +853,7 @@ fn sync_daemonset(store: &Store, ns: &str, name: &str) -> SyncResult {
     status.insert("numberUnavailable".into(), json!(desired - ready));
     write_status(
         store,
-        &objects::key(apps("daemonsets"), &ds),
+        &ResourceKey::for_object(apps("daemonsets"), &ds),
         Value::Object(status),
     )
 }
@@ -864,7 +869,7 @@ fn collect_garbage(store: &Store, ns: &str, owner_uid: &str) -> SyncResult {
     {
         if objects::controller_uid(&rs) == Some(owner_uid) {
             match store.delete(
-                &objects::key(apps("replicasets"), &rs),
+                &ResourceKey::for_object(apps("replicasets"), &rs),
                 &DeleteOptions::default(),
             ) {
                 Ok(_) => {}

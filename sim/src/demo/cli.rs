@@ -18,22 +18,8 @@ use super::nodes::AgentOptions;
 use super::progress::Printer;
 use super::report::{Report, render_comparison};
 use super::{Error, Result};
-use crate::apiserver::FaultConfig;
-use crate::cluster::Faults;
-
-fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let signed: jiff::SignedDuration = s.parse().map_err(|e| format!("{e}"))?;
-    Duration::try_from(signed).map_err(|_| format!("{s:?} is negative"))
-}
-
-fn parse_rate(s: &str) -> std::result::Result<f64, String> {
-    let rate: f64 = s.parse().map_err(|e| format!("{e}"))?;
-    if (0.0..=1.0).contains(&rate) {
-        Ok(rate)
-    } else {
-        Err(format!("{rate} is not between 0 and 1"))
-    }
-}
+use crate::cluster::FaultArgs;
+use crate::cluster::args::parse_duration;
 
 /// Who maintains the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -96,40 +82,12 @@ pub struct DemoArgs {
     /// Stop when no node changed state for this long.
     #[clap(long, env = "ROTA_DEMO_STALL_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
     pub stall_timeout: Duration,
-    /// Share of API requests answered with an error (0..=1).
-    #[clap(long, env = "ROTA_DEMO_API_ERROR_RATE", default_value = "0", value_parser = parse_rate)]
-    pub api_error_rate: f64,
-    /// Status codes of injected API errors (500, 429, 503; default all three).
-    #[clap(long, env = "ROTA_DEMO_API_ERROR_CODES", value_delimiter = ',')]
-    pub api_error_codes: Vec<u16>,
-    /// Latency added to every API request (e.g. `20ms`).
-    #[clap(long, env = "ROTA_DEMO_API_LATENCY", value_parser = parse_duration)]
-    pub api_latency: Option<Duration>,
-    /// Close every open watch this often.
-    #[clap(long, env = "ROTA_DEMO_DROP_WATCHES_EVERY", value_parser = parse_duration)]
-    pub drop_watches_every: Option<Duration>,
-    /// Nodes that never come back from a reboot (comma-separated).
-    #[clap(long, env = "ROTA_DEMO_FAULT_NEVER_RETURN", value_delimiter = ',')]
-    pub fault_never_return: Vec<String>,
-    /// Nodes whose kubelet stays NotReady after a kubelet upgrade (comma-separated).
-    #[clap(long, env = "ROTA_DEMO_FAULT_KUBELET_FAILS", value_delimiter = ',')]
-    pub fault_kubelet_fails: Vec<String>,
+    /// The faults to inject.
+    #[clap(flatten)]
+    pub fault_flags: FaultArgs,
 }
 
 impl DemoArgs {
-    fn faults(&self) -> Faults {
-        Faults {
-            never_return: self.fault_never_return.iter().cloned().collect(),
-            kubelet_fails_after_upgrade: self.fault_kubelet_fails.iter().cloned().collect(),
-            api: FaultConfig {
-                error_rate: self.api_error_rate,
-                error_codes: self.api_error_codes.clone(),
-                latency: self.api_latency.unwrap_or_default(),
-            },
-            drop_watches_every: self.drop_watches_every,
-        }
-    }
-
     fn windows(&self) -> Result<Vec<MaintenanceWindow>> {
         self.windows
             .iter()
@@ -150,7 +108,7 @@ impl DemoArgs {
     /// The fleet for `policy`.
     pub fn fleet_options(&self, policy: PolicyChoice) -> Result<FleetOptions> {
         let mut options = FleetOptions::new(self.nodes, self.seed, self.max_unavailable);
-        options.faults = self.faults();
+        options.faults = self.fault_flags.faults();
         options.keep_blocked_pdb = self.keep_blocked_pdb;
         options.scheduler = match policy {
             PolicyChoice::Rota => {

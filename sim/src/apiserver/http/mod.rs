@@ -29,7 +29,7 @@ use super::error::{Error, Result};
 use super::meta;
 use super::patch::PatchKind;
 use super::resources::ResourceInfo;
-use super::store::{DeleteOptions, ListOptions, Preconditions, ResourceKey, Store};
+use super::store::{DeleteOptions, ListOptions, ResourceKey, Store};
 
 /// Largest request body accepted (the API server's default limit).
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -651,9 +651,7 @@ async fn resource(
             let list = store.list(&gr, ns, &list_options(query)?)?;
             let mut items = Vec::new();
             for obj in &list.items {
-                let k =
-                    ResourceKey::new(gr.clone(), non_empty(meta::namespace(obj)), meta::name(obj));
-                match store.delete(&k, &opts) {
+                match store.delete(&ResourceKey::for_object(gr.clone(), obj), &opts) {
                     Ok(d) => items.push(d.object),
                     Err(Error::NotFound { .. }) => {}
                     Err(e) => return Err(e),
@@ -670,10 +668,6 @@ async fn resource(
     }
 }
 
-fn non_empty(s: &str) -> Option<&str> {
-    (!s.is_empty()).then_some(s)
-}
-
 fn parse_apply_body(body: &Bytes) -> Result<Value> {
     if let Ok(v) = serde_json::from_slice::<Value>(body) {
         return Ok(v);
@@ -685,30 +679,12 @@ fn parse_apply_body(body: &Bytes) -> Result<Value> {
 }
 
 fn delete_options(query: &HashMap<String, String>, body: &Bytes) -> Result<DeleteOptions> {
-    let mut opts = DeleteOptions {
-        dry_run: dry_run(query),
-        ..Default::default()
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        parse_body(body)?
     };
-    if !body.iter().all(u8::is_ascii_whitespace) {
-        let v = parse_body(body)?;
-        opts.grace_period_seconds = v.get("gracePeriodSeconds").and_then(Value::as_i64);
-        opts.preconditions = Preconditions {
-            uid: v
-                .pointer("/preconditions/uid")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            resource_version: v
-                .pointer("/preconditions/resourceVersion")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-        };
-        if v.get("dryRun")
-            .and_then(Value::as_array)
-            .is_some_and(|d| d.iter().any(|x| x == "All"))
-        {
-            opts.dry_run = true;
-        }
-    }
+    let mut opts = DeleteOptions::from_json(&body, dry_run(query));
     if let Some(g) = query.get("gracePeriodSeconds").filter(|g| !g.is_empty()) {
         opts.grace_period_seconds = Some(
             g.parse()
