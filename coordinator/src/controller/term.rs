@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
@@ -29,10 +29,11 @@ use rota_core::controller::annotations::{MAINTENANCE_REQUESTED, RELEASE};
 use rota_core::controller::decide::{
     self, AdmitAction, Decisions, DrainStart, ManualAction, PoolGauges, ReleaseAction, SlotAction,
 };
+use rota_core::controller::drained::{AfterDrain, DrainEnd, after_drain};
 use rota_core::controller::pools::{PolicyBook, PolicyChange};
 use rota_core::controller::snapshot::pool_of;
 use rota_core::model::{FencingToken, NodeName};
-use rota_core::policy::{DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, MaintenancePolicy};
+use rota_core::policy::{Backoff, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, MaintenancePolicy};
 use rota_core::slots::{
     self, Holding, LedgerError, NodeEntry, Release, StoreError, Transition, TransitionReason,
 };
@@ -643,50 +644,44 @@ impl<'a> Term<'a> {
                 self.metrics().eviction_blocked(pool);
             }
         }
-        let why = match result {
-            Ok(report) if report.outcome.is_drained() => {
-                self.attempts.remove(&node);
-                if let Err(error) = self.service.drained(&node, token).await {
-                    log_refusal(&node, "grant", &error);
-                }
-                return Ok(());
-            }
-            Ok(report)
-                if matches!(
-                    report.outcome,
-                    rota_core::drain::DrainOutcome::Cancelled { .. }
-                ) =>
-            {
-                return Ok(());
-            }
-            Ok(report) => report.outcome.to_string(),
-            Err(Error::NotLeading(_)) => return Ok(()),
-            Err(Error::NodeNotFound(_)) => return Ok(()),
-            Err(error) => format!("drain failed: {error}"),
+        let end = match &result {
+            Ok(report) => DrainEnd::Outcome(&report.outcome),
+            Err(Error::NotLeading(_) | Error::NodeNotFound(_)) => DrainEnd::Moot,
+            Err(error) => DrainEnd::Failed(error.to_string()),
         };
-        let attempt = self.attempts.entry(node.clone()).or_insert(0);
+        let attempts = self.attempts.get(&node).copied().unwrap_or(0);
         let backoff = pool.as_deref().and_then(|p| self.book.in_force(p)).map_or(
-            rota_core::policy::Backoff {
+            Backoff {
                 initial: DEFAULT_BACKOFF_INITIAL,
                 max: DEFAULT_BACKOFF_MAX,
             },
             |f| f.policy.drain.backoff,
         );
-        let delay: SignedDuration = backoff.delay(*attempt);
-        *attempt = attempt.saturating_add(1);
-        let not_before = self.now().saturating_add(delay).unwrap_or(Timestamp::MAX);
-        warn!(%node, token = token.0, %why, %not_before, "drain could not finish; giving the slot back");
-        match self
-            .service
-            .requeue_after_drain_failure(&node, token, not_before, &why)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(error) => {
-                log_refusal(&node, "requeue", &error);
-                Ok(())
+        match after_drain(end, attempts, backoff, self.now()) {
+            AfterDrain::Grant => {
+                self.attempts.remove(&node);
+                if let Err(error) = self.service.drained(&node, token).await {
+                    log_refusal(&node, "grant", &error);
+                }
+            }
+            AfterDrain::Nothing => {}
+            AfterDrain::GiveBack {
+                not_before,
+                why,
+                attempts,
+            } => {
+                self.attempts.insert(node.clone(), attempts);
+                warn!(%node, token = token.0, %why, %not_before, "drain could not finish; giving the slot back");
+                if let Err(error) = self
+                    .service
+                    .requeue_after_drain_failure(&node, token, not_before, &why)
+                    .await
+                {
+                    log_refusal(&node, "requeue", &error);
+                }
             }
         }
+        Ok(())
     }
 
     /// Uncordons a node rota cordoned that holds no slot any more.
