@@ -1,4 +1,4 @@
-//! Is a node healthy after its maintenance? (DESIGN.md step 6.) Pure: the caller passes the
+//! Is a node healthy after its maintenance? (`docs/architecture.md`, step 6.) Pure: the caller passes the
 //! node, its pods, the cluster's DaemonSets and `now`.
 //!
 //! A node passes when, within the policy's `health.readyTimeout` after the agent reported
@@ -97,7 +97,7 @@ pub fn verify<'a>(
 }
 
 /// Judges a `Granted` slot whose lease expired: its agent stopped renewing, typically because
-/// the node went away during its reboot. The expired lease frees no capacity (DESIGN.md,
+/// the node went away during its reboot. The expired lease frees no capacity (`docs/architecture.md`,
 /// "Slots, leases and fencing"), but a node that is still not Ready `health.readyTimeout` after
 /// the lease expired has failed its maintenance: the slot fails and stays held, so that an Event
 /// fires and the failure counts towards the circuit breaker. Without this, a node that never

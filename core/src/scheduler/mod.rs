@@ -1,7 +1,7 @@
 //! The slot scheduler: which queued nodes may start maintenance now.
 //!
 //! [`schedule`] is a pure function of a [`Snapshot`] and an explicit `now`. It holds the fleet's
-//! safety invariants (DESIGN.md, step 3). A queued node is admitted only when all of these hold:
+//! safety invariants (`docs/architecture.md`, step 3). A queued node is admitted only when all of these hold:
 //!
 //! - it exists, holds no slot yet, and exactly one pool (policy) selects it;
 //! - the pool is not paused and its circuit breaker is closed (`maxFailures`);

@@ -68,7 +68,7 @@ pub struct HeldSlot {
     pub completion: Option<CompletionReport>,
 }
 
-/// What the boot ids say about a reboot, for the verifier (DESIGN.md step 6: after a reboot the
+/// What the boot ids say about a reboot, for the verifier (`docs/architecture.md`, step 6: after a reboot the
 /// boot id must have changed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RebootEvidence {

@@ -5,7 +5,7 @@
 //! message the I/O layer turns into a persisted annotation, an Event and metrics) or returns a
 //! [`LedgerError`] and changes nothing.
 //!
-//! Capacity rules (DESIGN.md "Slots, leases and fencing"): a slot is held from admission until it
+//! Capacity rules (`docs/architecture.md`, "Slots, leases and fencing"): a slot is held from admission until it
 //! is verified, given back, force-released, requeued after a drain that could not finish, or its
 //! Node is deleted. A failed slot stays held. An expired lease is only reported
 //! ([`Ledger::expired_leases`]); it never frees capacity.

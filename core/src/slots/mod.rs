@@ -5,21 +5,22 @@
 //! - [`persist`]: the ledger's persisted form (node annotations under `rota.dev/`, the counter
 //!   ConfigMap) and the rebuild a restarted coordinator does.
 //! - [`store`]: the [`LedgerStore`] trait the Kubernetes writer implements, and an in-memory one.
-//! - [`service`]: [`SlotService`], the live ledger shared by the gRPC edge and the controller:
-//!   persists every change before acknowledging it, publishes each node's [`SlotView`] on a
-//!   watch channel, and emits every [`Transition`] for Events and metrics.
+//!
+//! The live ledger, `SlotService` in the coordinator (`coordinator/src/slot_service.rs`), is
+//! shared by the gRPC edge and the controller: it persists every change before acknowledging it,
+//! publishes each node's [`SlotView`], and emits every [`Transition`] for Events and metrics.
 //!
 //! # How the controller drives it
 //!
 //! 1. On start (after winning leader election): `SlotService::load(store, config, clock)` with
 //!    the Kubernetes [`LedgerStore`]; keep the returned event receiver. Feed the Node watch into
-//!    [`SlotService::node_added`] / [`SlotService::node_deleted`], and manual annotations into
-//!    `request(node, op, Origin::Manual)`; serve agents with [`crate::grpc::AgentGrpc`].
+//!    `SlotService::node_added` / `SlotService::node_deleted`, and manual annotations into
+//!    `request(node, op, Origin::Manual)`; serve agents with `rota_coordinator::grpc::AgentGrpc`.
 //! 2. Each scheduling round: `read(|l| (l.queue().cloned().collect(), l.slots().cloned()
-//!    .collect()))` plus [`SlotService::all_facts`] into the scheduler's snapshot; for each
+//!    .collect()))` plus `SlotService::all_facts` into the scheduler's snapshot; for each
 //!    admission `admit(node, cordoned_by_rota)` (returns the fencing token, already persisted),
 //!    then cordon and drain; publish the plan's positions and reasons with
-//!    [`SlotService::set_waiting`].
+//!    `SlotService::set_waiting`.
 //! 3. Drain finished: `drained(node, token)`; drain stuck: `requeue_after_drain_failure(node,
 //!    token, not_before, why)`. Agent completed: verify the node (Ready, kubelet version,
 //!    DaemonSets, and [`HeldSlot::reboot_evidence`] for a reboot), then `verified(node, token)` or

@@ -1,7 +1,7 @@
 //! An emulated Kubernetes API server.
 //!
 //! [`Store`] holds the cluster state in process; [`ApiServer`] serves it over HTTP to real
-//! clients (kube-rs, kubectl) with the behaviour described in `shared/KUBE-SEMANTICS.md`.
+//! clients (kube-rs, kubectl) with the behaviour described in `docs/kubernetes.md`.
 //!
 //! - `store`: objects, resourceVersions, 409s, graceful pod deletion, finalizers, watch
 //!   history and 410s, typed helpers (`get_as`, `list_as`, `create_as`, `update_as`,
