@@ -1,18 +1,22 @@
 //! The `rota-agent` command line: `check`, `upgrade`, `run` and the hidden `__host-exec`.
 //! Every flag can also come from a `ROTA_...` environment variable (the DaemonSet sets those).
 
+use std::future::Future;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::daemon::{self, RunArgs};
+use crate::daemon::machine::UpgradePolicy;
+use crate::daemon::{self, DaemonConfig, TokenAuth};
 use crate::detect::{self, DetectConfig, NodeFacts};
 use crate::host::{ChrootHost, Host, HostExecArgs, NamespaceHost, RebootMethod, host_exec_main};
 use crate::ops::{CompleteAck, Completion, Executor, ExecutorConfig, Operation, Reporter};
 use crate::packages::{Blocked, UpgradeScope};
+use crate::tls::TlsArgs;
 use crate::{Error, Result, state};
 
 /// rota's node agent.
@@ -198,6 +202,111 @@ pub struct UpgradeArgs {
     pub yes: bool,
 }
 
+/// `rota-agent run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The coordinator's gRPC address, e.g. `https://rota-coordinator.rota-system:9443`.
+    #[arg(long, env = "ROTA_COORDINATOR")]
+    pub coordinator: String,
+    /// This node's name (from the downward API).
+    #[arg(long, env = "ROTA_NODE_NAME")]
+    pub node: String,
+    /// Projected service-account token sent as `authorization: Bearer` (re-read per call, so
+    /// rotation works).
+    #[arg(long, env = "ROTA_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// TLS to the coordinator.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Which upgrades to ask slots for.
+    #[arg(long, env = "ROTA_UPGRADE", value_enum, default_value_t = UpgradePolicy::Security)]
+    pub upgrade: UpgradePolicy,
+    /// Seconds between package list refreshes (at least 60).
+    #[arg(long, env = "ROTA_REFRESH_INTERVAL", default_value_t = 3600)]
+    pub refresh_interval: u64,
+    /// Milliseconds to wait before reconnecting a broken slot watch or retrying a completion
+    /// the coordinator did not take.
+    #[arg(long, env = "ROTA_RETRY_INTERVAL_MS", default_value_t = 5000)]
+    pub retry_interval_ms: u64,
+    /// The host.
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// Detection.
+    #[command(flatten)]
+    pub detect: DetectArgs,
+    /// Execution.
+    #[command(flatten)]
+    pub exec: ExecArgs,
+}
+
+impl RunArgs {
+    /// The daemon's configuration: the one conversion of these flags.
+    pub fn daemon_config(&self) -> DaemonConfig {
+        let detect = self.detect.config();
+        DaemonConfig {
+            node: self.node.clone(),
+            policy: self.upgrade,
+            exec: self.exec.config(detect.clone()),
+            detect,
+            refresh_interval: Duration::from_secs(self.refresh_interval.max(60)),
+            retry_interval: Duration::from_millis(self.retry_interval_ms),
+        }
+    }
+
+    /// Runs the daemon on `host` until `shutdown`, as `rota-agent run` does; `host` is the one
+    /// [`HostArgs::host`] names, or a stand-in (the simulator's hosts).
+    pub async fn run(
+        &self,
+        host: Arc<dyn Host>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
+        let auth = TokenAuth {
+            token_file: self.token_file.clone(),
+        };
+        let client = daemon::client(&self.coordinator, &self.tls, auth)?;
+        daemon::run(self.daemon_config(), host, client, shutdown).await
+    }
+}
+
+/// How long a shutdown waits for an operation's current step.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// `run`: the daemon until SIGTERM or SIGINT.
+fn run_daemon(args: &RunArgs) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("start runtime", "/", e))?;
+    let host: Arc<dyn Host> = Arc::from(args.host.host());
+    let result = runtime.block_on(args.run(host, shutdown_signal()));
+    // An operation in flight gets a bounded grace period to finish its current step (a dpkg
+    // transaction is better finished than killed); whatever is left resumes from the persisted
+    // state at the next start.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers the process still ends on SIGTERM, just not gracefully.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Runs the command line. The `__host-exec` helper must be dispatched before any thread is
 /// started, so this is the very first thing `main` calls.
 pub fn main(cli: Cli) -> Result<ExitCode> {
@@ -216,7 +325,7 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
         }
         Command::Run(args) => {
             init_logging(&cli.log);
-            daemon::run_blocking(*args)
+            run_daemon(&args)
         }
     }
 }

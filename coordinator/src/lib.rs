@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod policy;
+pub mod replica;
 pub mod rotactl;
 pub mod scheduler;
 pub mod shutdown;
