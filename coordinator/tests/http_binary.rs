@@ -5,106 +5,32 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
-use std::process::{ExitStatus, Stdio};
+mod binary_support;
+
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, CustomResourceExt};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use rota_coordinator::policy::MaintenancePolicy;
 use rota_proto::v1 as pb;
 use rota_proto::v1::agent_client::AgentClient;
 use rota_sim::apiserver::{ApiServer, GroupResource, Store};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
+use binary_support::{Binary, WITHIN, free_addr, start_binary, until};
+
 const NS: &str = "kube-system";
-const WITHIN: Duration = Duration::from_secs(15);
 
-fn free_addr() -> SocketAddr {
-    let listener = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    listener.local_addr().unwrap()
-}
-
-struct Replica {
-    child: Child,
-    http: SocketAddr,
-    grpc: SocketAddr,
-}
-
-fn start(kubeconfig: &std::path::Path, name: &str) -> Replica {
-    let (http, grpc) = (free_addr(), free_addr());
-    let child = Command::new(env!("CARGO_BIN_EXE_rota-coordinator"))
-        .env_remove("KUBECONFIG")
-        .env("ROTA_KUBECONFIG", kubeconfig)
-        .env("ROTA_POD_NAME", name)
-        .env("ROTA_NAMESPACE", NS)
-        .env("ROTA_HTTP_ADDR", http.to_string())
-        .env("ROTA_GRPC_ADDR", grpc.to_string())
-        .env("ROTA_LEASE_DURATION", "2s")
-        .env("ROTA_RENEW_DEADLINE", "1s")
-        .env("ROTA_RETRY_PERIOD", "100ms")
-        .env("ROTA_SHUTDOWN_GRACE", "5s")
-        .env("ROTA_LOG_FORMAT", "json")
-        .env("ROTA_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    Replica { child, http, grpc }
-}
-
-impl Replica {
-    fn signal(&self, signal: Signal) {
-        let pid = i32::try_from(self.child.id().unwrap()).unwrap();
-        kill(Pid::from_raw(pid), signal).unwrap();
-    }
-
-    async fn exit(&mut self) -> ExitStatus {
-        tokio::time::timeout(WITHIN, self.child.wait())
-            .await
-            .expect("the process must exit")
-            .unwrap()
-    }
-}
-
-/// `GET path`: status and body, or `None` while nothing listens.
-async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut conn = TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    conn.write_all(request.as_bytes()).await.ok()?;
-    let mut raw = Vec::new();
-    conn.read_to_end(&mut raw).await.ok()?;
-    let text = String::from_utf8(raw).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    Some((head.split(' ').nth(1)?.parse().ok()?, body.to_owned()))
-}
-
-/// Polls `path` until its body contains `needle` with status `status`.
-async fn until(addr: SocketAddr, path: &str, status: u16, needle: &str) {
-    let deadline = Instant::now() + WITHIN;
-    let mut last = None;
-    while Instant::now() < deadline {
-        last = get(addr, path).await;
-        if let Some((code, body)) = &last
-            && *code == status
-            && body.contains(needle)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{path} never answered {status} with {needle:?}; last: {last:?}");
+fn start(kubeconfig: &std::path::Path, name: &str) -> Binary {
+    start_binary(kubeconfig, name, &[("ROTA_NAMESPACE", NS)])
 }
 
 async fn holder(client: &kube::Client) -> Option<String> {
