@@ -255,11 +255,7 @@ impl RunArgs {
 
     /// Runs the daemon on `host` until `shutdown`, as `rota-agent run` does; `host` is the one
     /// [`HostArgs::host`] names, or a stand-in (the simulator's hosts).
-    pub async fn run(
-        &self,
-        host: Arc<dyn Host>,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<()> {
+    pub async fn run(&self, host: Arc<dyn Host>, shutdown: impl Future<Output = ()>) -> Result<()> {
         let auth = TokenAuth {
             token_file: self.token_file.clone(),
         };
@@ -558,4 +554,75 @@ fn confirm() -> Result<bool> {
         .read_line(&mut line)
         .map_err(|e| Error::io("read", "stdin", e))?;
     Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn run_args(flags: &[&str]) -> RunArgs {
+        let flags = [
+            "rota-agent",
+            "run",
+            "--coordinator=https://c:9443",
+            "--node=n1",
+        ]
+        .iter()
+        .chain(flags);
+        match Cli::try_parse_from(flags).unwrap().command {
+            Command::Run(args) => *args,
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_run_flag_has_an_env_var() {
+        Cli::command().debug_assert();
+        let command = Cli::command();
+        let run = command.find_subcommand("run").unwrap();
+        for arg in run.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" {
+                continue;
+            }
+            let env = arg
+                .get_env()
+                .unwrap_or_else(|| panic!("--{id} has no env var"));
+            assert!(env.to_string_lossy().starts_with("ROTA_"), "{id}: {env:?}");
+        }
+    }
+
+    #[test]
+    fn the_daemon_config_follows_the_flags() {
+        let defaults = run_args(&[]).daemon_config();
+        assert_eq!(defaults.node, "n1");
+        assert_eq!(defaults.policy, UpgradePolicy::Security);
+        assert_eq!(defaults.refresh_interval, Duration::from_secs(3600));
+        assert_eq!(defaults.retry_interval, Duration::from_secs(5));
+        assert_eq!(defaults.exec.detect, defaults.detect);
+
+        let set = run_args(&[
+            "--upgrade=all",
+            "--refresh-interval=10",
+            "--retry-interval-ms=250",
+            "--sentinel=/run/needs-reboot",
+            "--reboot-timeout=7",
+        ])
+        .daemon_config();
+        assert_eq!(set.policy, UpgradePolicy::All);
+        assert_eq!(
+            set.refresh_interval,
+            Duration::from_secs(60),
+            "refreshes at most every minute"
+        );
+        assert_eq!(set.retry_interval, Duration::from_millis(250));
+        assert_eq!(
+            set.detect.sentinel_files,
+            [PathBuf::from("/run/needs-reboot")]
+        );
+        assert_eq!(set.exec.detect, set.detect);
+        assert_eq!(set.exec.shutdown_wait, Duration::from_secs(7));
+    }
 }

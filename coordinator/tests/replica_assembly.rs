@@ -59,10 +59,16 @@ async fn leader_of(client: &kube::Client, members: &[Member]) -> usize {
     let deadline = Instant::now() + WITHIN;
     loop {
         let held = holder(client).await;
-        if let Some(index) = members.iter().position(|m| Some(&m.identity) == held.as_ref()) {
+        if let Some(index) = members
+            .iter()
+            .position(|m| Some(&m.identity) == held.as_ref())
+        {
             return index;
         }
-        assert!(Instant::now() < deadline, "no leader; the Lease says {held:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no leader; the Lease says {held:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

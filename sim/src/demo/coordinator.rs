@@ -313,7 +313,10 @@ async fn supervise(
         let process_ctx = ctx.clone();
         let process = match Process::spawn(&name, move || async move {
             if let Err(e) = run_replica(process_ctx).await {
-                tracing::error!(error = &e as &dyn std::error::Error, "coordinator replica stopped");
+                tracing::error!(
+                    error = &e as &dyn std::error::Error,
+                    "coordinator replica stopped"
+                );
             }
         }) {
             Ok(process) => process,

@@ -191,8 +191,8 @@ fn agent_flags(setup: &AgentSetup, node: &str, token_file: &Path) -> Result<Vec<
 
 /// The agent's `run` arguments, parsed by the `rota-agent` command line itself.
 fn run_args(flags: Vec<String>) -> Result<RunArgs> {
-    let cli = Cli::try_parse_from(flags)
-        .map_err(|e| Error::Invalid(format!("agent flags: {e}")))?;
+    let cli =
+        Cli::try_parse_from(flags).map_err(|e| Error::Invalid(format!("agent flags: {e}")))?;
     match cli.command {
         Command::Run(args) => Ok(*args),
         other => Err(Error::Invalid(format!("not the agent's daemon: {other:?}"))),
