@@ -11,7 +11,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, CustomResourceExt};
 use nix::sys::signal::Signal;
 use rota_coordinator::policy::MaintenancePolicy;
@@ -23,9 +22,8 @@ use tokio::process::Command;
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
-use binary_support::{Binary, WITHIN, free_addr, start_binary, until};
+use binary_support::{Binary, WITHIN, agent_channel, free_addr, start_binary, until};
 
 const NS: &str = "kube-system";
 
@@ -90,25 +88,7 @@ async fn two_replicas_elect_serve_and_hand_over_on_sigterm() {
     until(second.http, "/metrics", 200, "\nrota_leader 0\n").await;
 
     // Agents reach the leader over TLS with the CA the coordinator bootstrapped and published.
-    let ca = Api::<ConfigMap>::namespaced(client.clone(), NS)
-        .get("rota-ca")
-        .await
-        .unwrap()
-        .data
-        .unwrap()
-        .remove("ca.crt")
-        .unwrap();
-    let channel = Endpoint::from_shared(format!("https://{}", first.grpc))
-        .unwrap()
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&ca))
-                .domain_name(format!("rota-coordinator.{NS}.svc")),
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = agent_channel(&client, NS, first.grpc).await;
     let mut agent = AgentClient::new(channel);
     let facts = |token: Option<&str>| {
         let mut request = tonic::Request::new(pb::ReportFactsRequest {
@@ -140,17 +120,7 @@ async fn two_replicas_elect_serve_and_hand_over_on_sigterm() {
         }
     }
     // The standby keeps agents out.
-    let standby = Endpoint::from_shared(format!("https://{}", second.grpc))
-        .unwrap()
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&ca))
-                .domain_name(format!("rota-coordinator.{NS}.svc")),
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let standby = agent_channel(&client, NS, second.grpc).await;
     let refused = AgentClient::new(standby)
         .report_facts(facts(Some(&token)))
         .await

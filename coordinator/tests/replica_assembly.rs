@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, CustomResourceExt};
 use rota_coordinator::policy::MaintenancePolicy;
@@ -25,9 +25,8 @@ use rota_sim::demo::{AgentOptions, CoordinatorOptions, Fleet, FleetOptions, Sche
 use serde_json::json;
 use tokio::time::Instant;
 use tonic::Code;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
-use binary_support::{WITHIN, get, start_binary, until};
+use binary_support::{WITHIN, agent_channel, get, start_binary, until};
 
 /// The coordinators' namespace, the demo's and the binary's default.
 const NS: &str = "rota-system";
@@ -73,28 +72,10 @@ async fn leader_of(client: &kube::Client, members: &[Member]) -> usize {
     }
 }
 
-/// Asks the leader's agents' service, over TLS with the CA the coordinator published, to
-/// take facts without a token: UNAUTHENTICATED shows the service and its authentication.
+/// Asks the agents' service at `grpc`, over TLS as an agent reaches it, to take facts
+/// without a token: UNAUTHENTICATED shows the service and its authentication.
 async fn call_without_token(client: &kube::Client, grpc: SocketAddr) -> tonic::Status {
-    let ca = Api::<ConfigMap>::namespaced(client.clone(), NS)
-        .get("rota-ca")
-        .await
-        .unwrap()
-        .data
-        .unwrap()
-        .remove("ca.crt")
-        .unwrap();
-    let channel = Endpoint::from_shared(format!("https://{grpc}"))
-        .unwrap()
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&ca))
-                .domain_name(format!("rota-coordinator.{NS}.svc")),
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = agent_channel(client, NS, grpc).await;
     AgentClient::new(channel)
         .report_facts(pb::ReportFactsRequest {
             node: "anyone".into(),
@@ -174,14 +155,20 @@ async fn the_demos_replicas_pass_the_check() {
         policy: None,
     };
     let fleet = Fleet::start(options).await.unwrap();
-    let members = [0, 1].map(|index| {
-        let addrs = fleet.coordinator_replica_addrs(index).unwrap();
-        Member {
-            identity: format!("rota-coordinator-{index}"),
-            node: names[index].clone(),
-            http: addrs.http,
-            grpc: addrs.grpc,
+    // The fleet starts once one replica leads; the other may still be starting.
+    let deadline = Instant::now() + WITHIN;
+    let addrs = loop {
+        if let [Some(first), Some(second)] = [0, 1].map(|i| fleet.coordinator_replica_addrs(i)) {
+            break [first, second];
         }
+        assert!(Instant::now() < deadline, "the replicas did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let members = [0, 1].map(|index| Member {
+        identity: format!("rota-coordinator-{index}"),
+        node: names[index].clone(),
+        http: addrs[index].http,
+        grpc: addrs[index].grpc,
     });
     check(&client(&fleet.api_url().unwrap()), &members).await;
     fleet.shutdown().await;

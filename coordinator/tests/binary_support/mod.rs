@@ -1,5 +1,6 @@
 //! Shared by the tests that run the `rota-coordinator` binary: starting it against an emulated
-//! API server, and asking its HTTP server (probes, metrics) until it says what is expected.
+//! API server, asking its HTTP server (probes, metrics) until it says what is expected, and
+//! reaching its gRPC server as an agent does.
 
 #![allow(dead_code)]
 
@@ -8,12 +9,15 @@ use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// How long anything the tests wait for may take.
 pub const WITHIN: Duration = Duration::from_secs(15);
@@ -97,4 +101,28 @@ pub async fn until(addr: SocketAddr, path: &str, status: u16, needle: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("{addr}{path} never answered {status} with {needle:?}; last: {last:?}");
+}
+
+/// A TLS channel to the coordinator's gRPC server at `grpc`, trusting the CA it published in
+/// `namespace` (ConfigMap `rota-ca`) and checking its Service's name, as the agents do.
+pub async fn agent_channel(client: &kube::Client, namespace: &str, grpc: SocketAddr) -> Channel {
+    let ca = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .get("rota-ca")
+        .await
+        .unwrap()
+        .data
+        .unwrap()
+        .remove("ca.crt")
+        .unwrap();
+    Endpoint::from_shared(format!("https://{grpc}"))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&ca))
+                .domain_name(format!("rota-coordinator.{namespace}.svc")),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
 }
