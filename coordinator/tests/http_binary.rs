@@ -7,23 +7,23 @@
 
 mod binary_support;
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::{Api, CustomResourceExt};
+use kube::Api;
 use nix::sys::signal::Signal;
-use rota_coordinator::policy::MaintenancePolicy;
 use rota_proto::v1 as pb;
 use rota_proto::v1::agent_client::AgentClient;
-use rota_sim::apiserver::{ApiServer, GroupResource, Store};
+use rota_sim::apiserver::GroupResource;
 use serde_json::json;
 use tokio::process::Command;
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 
-use binary_support::{Binary, WITHIN, agent_channel, free_addr, start_binary, until};
+use binary_support::{
+    Binary, WITHIN, agent_channel, coordinator_store, emulator, free_addr, start_binary, until,
+};
 
 const NS: &str = "kube-system";
 
@@ -42,15 +42,7 @@ async fn holder(client: &kube::Client) -> Option<String> {
 
 #[tokio::test]
 async fn two_replicas_elect_serve_and_hand_over_on_sigterm() {
-    let store = Store::new();
-    store.create_as(&MaintenancePolicy::crd()).unwrap();
-    store
-        .create(
-            &GroupResource::core("nodes"),
-            None,
-            json!({"metadata": {"name": "n1"}}),
-        )
-        .unwrap();
+    let store = coordinator_store(NS, &["n1"]);
     store
         .create(
             &GroupResource::core("pods"),
@@ -61,22 +53,19 @@ async fn two_replicas_elect_serve_and_hand_over_on_sigterm() {
     let token = store
         .issue_service_account_token(NS, "agent-n1", "rota", Duration::from_secs(3600))
         .unwrap();
-    let server = ApiServer::start(store, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
-    let client = kube::Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
+    let emulator = emulator(store).await;
+    let kubeconfig = &emulator.kubeconfig;
+    let client =
+        kube::Client::try_from(kube::Config::new(emulator.server.url().parse().unwrap())).unwrap();
 
-    let mut first = start(&kubeconfig, "coord-0");
+    let mut first = start(kubeconfig, "coord-0");
     until(first.http, "/healthz", 200, "ok").await;
     until(first.http, "/metrics", 200, "\nrota_leader 1\n").await;
     assert_eq!(holder(&client).await.as_deref(), Some("coord-0"));
     // Leading, with the controller's caches synced: ready for agents.
     until(first.http, "/readyz", 200, "ready").await;
 
-    let mut second = start(&kubeconfig, "coord-1");
+    let mut second = start(kubeconfig, "coord-1");
     until(second.http, "/healthz", 200, "ok").await;
     until(
         second.http,

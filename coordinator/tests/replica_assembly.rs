@@ -9,24 +9,24 @@
 
 mod binary_support;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
+use kube::Api;
 use kube::api::{Patch, PatchParams};
-use kube::{Api, CustomResourceExt};
-use rota_coordinator::policy::MaintenancePolicy;
 use rota_proto::v1 as pb;
 use rota_proto::v1::agent_client::AgentClient;
-use rota_sim::apiserver::{ApiServer, GroupResource, Store};
 use rota_sim::cluster::Scenario;
 use rota_sim::demo::{AgentOptions, CoordinatorOptions, Fleet, FleetOptions, Scheduler};
 use serde_json::json;
 use tokio::time::Instant;
 use tonic::Code;
 
-use binary_support::{WITHIN, agent_channel, get, start_binary, until};
+use binary_support::{
+    WITHIN, agent_channel, coordinator_store, emulator, get, start_binary, until,
+};
 
 /// The coordinators' namespace, the demo's and the binary's default.
 const NS: &str = "rota-system";
@@ -176,34 +176,11 @@ async fn the_demos_replicas_pass_the_check() {
 
 #[tokio::test]
 async fn the_binarys_replicas_pass_the_check() {
-    let store = Store::new();
-    store.create_as(&MaintenancePolicy::crd()).unwrap();
-    store
-        .create(
-            &GroupResource::core("namespaces"),
-            None,
-            json!({"metadata": {"name": NS}}),
-        )
-        .unwrap();
-    for node in ["node-a", "node-b"] {
-        store
-            .create(
-                &GroupResource::core("nodes"),
-                None,
-                json!({"metadata": {"name": node}}),
-            )
-            .unwrap();
-    }
-    let server = ApiServer::start(store, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
+    let emulator = emulator(coordinator_store(NS, &["node-a", "node-b"])).await;
     let replicas = [("coord-0", "node-a"), ("coord-1", "node-b")];
     let binaries = replicas.map(|(name, node)| {
         start_binary(
-            &kubeconfig,
+            &emulator.kubeconfig,
             name,
             &[("ROTA_NAMESPACE", NS), ("ROTA_NODE_NAME", node)],
         )
@@ -214,5 +191,5 @@ async fn the_binarys_replicas_pass_the_check() {
         http: binaries[index].http,
         grpc: binaries[index].grpc,
     });
-    check(&client(&server.url()), &members).await;
+    check(&client(&emulator.server.url()), &members).await;
 }

@@ -5,14 +5,17 @@
 #![allow(dead_code)]
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::Api;
+use kube::{Api, CustomResourceExt};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use rota_coordinator::policy::MaintenancePolicy;
+use rota_sim::apiserver::{ApiServer, GroupResource, ServerHandle, Store};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -26,6 +29,51 @@ pub const WITHIN: Duration = Duration::from_secs(15);
 pub fn free_addr() -> SocketAddr {
     let listener = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     listener.local_addr().unwrap()
+}
+
+/// A store with what a coordinator in `namespace` needs: the MaintenancePolicy CRD, the
+/// namespace, and the Nodes `nodes`.
+pub fn coordinator_store(namespace: &str, nodes: &[&str]) -> Store {
+    let store = Store::new();
+    store.create_as(&MaintenancePolicy::crd()).unwrap();
+    let namespaces = GroupResource::core("namespaces");
+    let created = store.create(&namespaces, None, json!({"metadata": {"name": namespace}}));
+    // The store starts with the well-known namespaces (`kube-system`, ...).
+    if let Err(e) = created {
+        assert_eq!(e.code(), 409, "{e}");
+    }
+    for node in nodes {
+        store
+            .create(
+                &GroupResource::core("nodes"),
+                None,
+                json!({"metadata": {"name": node}}),
+            )
+            .unwrap();
+    }
+    store
+}
+
+/// The emulated API server, and a kubeconfig file for it.
+pub struct Emulator {
+    pub server: ServerHandle,
+    pub kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Serves `store` on a free port.
+pub async fn emulator(store: Store) -> Emulator {
+    let server = ApiServer::start(store, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
+    Emulator {
+        server,
+        kubeconfig,
+        _dir: dir,
+    }
 }
 
 /// A running `rota-coordinator` process and its addresses.
