@@ -46,10 +46,10 @@ use crate::metrics::{MeteredGrpc, Metrics};
 use crate::notify::{self, Notifier};
 use crate::tls::{self, ServerTls};
 
-/// How often the gRPC server pings an idle agent connection, and how long it waits for the
-/// answer before dropping it: a vanished agent (its node rebooted) frees its `WatchSlot`
-/// stream within a minute instead of when TCP gives up.
+/// How often the gRPC server pings an idle agent connection.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a ping may go unanswered before the connection is dropped: a vanished agent (its
+/// node rebooted) frees its `WatchSlot` stream within a minute, not when TCP gives up.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The error a task ended with.

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use jiff::SignedDuration;
 use rota_coordinator::config::Config;
 use rota_coordinator::leader::Timings;
@@ -192,6 +192,16 @@ fn flags(ctx: &ReplicaContext) -> Vec<String> {
     flags
 }
 
+/// The replica's [`Config`], parsed by the binary's own command line from [`flags`] alone:
+/// the `ROTA_*` variables of the process running the simulation are not the replica's.
+fn config(ctx: &ReplicaContext) -> Result<Config> {
+    let command = Config::command().mut_args(|arg| arg.env(None::<&str>));
+    command
+        .try_get_matches_from(flags(ctx))
+        .and_then(|matches| Config::from_arg_matches(&matches))
+        .map_err(|e| Error::Invalid(format!("coordinator flags: {e}")))
+}
+
 /// Runs one replica, built as the `rota-coordinator` binary builds it, until it fails (the
 /// process is normally killed, never stopped).
 async fn run_replica(ctx: ReplicaContext) -> Result<()> {
@@ -199,9 +209,7 @@ async fn run_replica(ctx: ReplicaContext) -> Result<()> {
         .api_url
         .parse()
         .map_err(|e| Error::Invalid(format!("API server URL {}: {e}", ctx.api_url)))?;
-    let config = Config::try_parse_from(flags(&ctx))
-        .map_err(|e| Error::Invalid(format!("coordinator flags: {e}")))?;
-    let replica = replica::Replica::builder(config)
+    let replica = replica::Replica::builder(config(&ctx)?)
         .kube_config(kube::Config::new(url))
         .start()
         .await?;
@@ -464,7 +472,7 @@ mod tests {
             options: options.clone(),
             routes: routes.clone(),
         };
-        let config = Config::try_parse_from(flags(&ctx(0))).unwrap();
+        let config = config(&ctx(0)).unwrap();
         let election = config.election();
         assert_eq!(election.identity, "rota-coordinator-0");
         assert_eq!(election.namespace, SYSTEM_NAMESPACE);
@@ -481,7 +489,7 @@ mod tests {
         assert_eq!(agents.service_account, AGENT_SERVICE_ACCOUNT);
         assert!(config.tls.grpc_insecure_plaintext);
         assert_eq!(config.identity.node_name.as_deref(), Some("node-a"));
-        let second = Config::try_parse_from(flags(&ctx(1))).unwrap();
+        let second = super::config(&ctx(1)).unwrap();
         assert_eq!(second.identity.node_name, None, "no node given");
     }
 

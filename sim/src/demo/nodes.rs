@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, ValueEnum};
 use rota_agent::cli::{Cli, Command, RunArgs};
 use rota_agent::daemon::machine::UpgradePolicy;
 use rota_agent::host::Host;
@@ -189,10 +189,17 @@ fn agent_flags(setup: &AgentSetup, node: &str, token_file: &Path) -> Result<Vec<
     Ok(flags)
 }
 
-/// The agent's `run` arguments, parsed by the `rota-agent` command line itself.
+/// The agent's `run` arguments, parsed by the `rota-agent` command line itself from `flags`
+/// alone: the `ROTA_*` variables of the process running the simulation are not the pod's.
 fn run_args(flags: Vec<String>) -> Result<RunArgs> {
-    let cli =
-        Cli::try_parse_from(flags).map_err(|e| Error::Invalid(format!("agent flags: {e}")))?;
+    let no_env = |arg: clap::Arg| arg.env(None::<&str>);
+    let command = Cli::command()
+        .mut_args(no_env)
+        .mut_subcommand("run", |run| run.mut_args(no_env));
+    let cli = command
+        .try_get_matches_from(flags)
+        .and_then(|matches| Cli::from_arg_matches(&matches))
+        .map_err(|e| Error::Invalid(format!("agent flags: {e}")))?;
     match cli.command {
         Command::Run(args) => Ok(*args),
         other => Err(Error::Invalid(format!("not the agent's daemon: {other:?}"))),
