@@ -2,18 +2,22 @@
 //! Every flag can also come from a `ROTA_...` environment variable (the DaemonSet sets those).
 use rota_core::model::{Blocked, NodeFacts, Operation};
 
+use std::future::Future;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::daemon::{self, RunArgs};
+use crate::daemon::machine::UpgradePolicy;
+use crate::daemon::{self, DaemonConfig, TokenAuth};
 use crate::detect::{self, DetectConfig};
 use crate::host::{ChrootHost, Host, HostExecArgs, NamespaceHost, RebootMethod, host_exec_main};
 use crate::ops::{CompleteAck, Completion, Executor, ExecutorConfig, Reporter};
 use crate::packages::UpgradeScope;
+use crate::tls::TlsArgs;
 use crate::{Error, Result, state};
 
 /// rota's node agent.
@@ -199,6 +203,107 @@ pub struct UpgradeArgs {
     pub yes: bool,
 }
 
+/// `rota-agent run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The coordinator's gRPC address, e.g. `https://rota-coordinator.rota-system:9443`.
+    #[arg(long, env = "ROTA_COORDINATOR")]
+    pub coordinator: String,
+    /// This node's name (from the downward API).
+    #[arg(long, env = "ROTA_NODE_NAME")]
+    pub node: String,
+    /// Projected service-account token sent as `authorization: Bearer` (re-read per call, so
+    /// rotation works).
+    #[arg(long, env = "ROTA_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// TLS to the coordinator.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Which upgrades to ask slots for.
+    #[arg(long, env = "ROTA_UPGRADE", value_enum, default_value_t = UpgradePolicy::Security)]
+    pub upgrade: UpgradePolicy,
+    /// Seconds between package list refreshes (at least 60).
+    #[arg(long, env = "ROTA_REFRESH_INTERVAL", default_value_t = 3600)]
+    pub refresh_interval: u64,
+    /// Milliseconds to wait before reconnecting a broken slot watch or retrying a completion
+    /// the coordinator did not take.
+    #[arg(long, env = "ROTA_RETRY_INTERVAL_MS", default_value_t = 5000)]
+    pub retry_interval_ms: u64,
+    /// The host.
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// Detection.
+    #[command(flatten)]
+    pub detect: DetectArgs,
+    /// Execution.
+    #[command(flatten)]
+    pub exec: ExecArgs,
+}
+
+impl RunArgs {
+    /// The daemon's configuration: the one conversion of these flags.
+    pub fn daemon_config(&self) -> DaemonConfig {
+        let detect = self.detect.config();
+        DaemonConfig {
+            node: self.node.clone(),
+            policy: self.upgrade,
+            exec: self.exec.config(detect.clone()),
+            detect,
+            refresh_interval: Duration::from_secs(self.refresh_interval.max(60)),
+            retry_interval: Duration::from_millis(self.retry_interval_ms),
+        }
+    }
+
+    /// Runs the daemon on `host` until `shutdown`, as `rota-agent run` does; `host` is the one
+    /// [`HostArgs::host`] names, or a stand-in (the simulator's hosts).
+    pub async fn run(&self, host: Arc<dyn Host>, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let auth = TokenAuth {
+            token_file: self.token_file.clone(),
+        };
+        let client = daemon::client(&self.coordinator, &self.tls, auth)?;
+        daemon::run(self.daemon_config(), host, client, shutdown).await
+    }
+}
+
+/// How long a shutdown waits for an operation's current step.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// `run`: the daemon until SIGTERM or SIGINT.
+fn run_daemon(args: &RunArgs) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("start runtime", "/", e))?;
+    let host: Arc<dyn Host> = Arc::from(args.host.host());
+    let result = runtime.block_on(args.run(host, shutdown_signal()));
+    // An operation in flight gets a bounded grace period to finish its current step (a dpkg
+    // transaction is better finished than killed); whatever is left resumes from the persisted
+    // state at the next start.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers the process still ends on SIGTERM, just not gracefully.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Runs the command line. The `__host-exec` helper must be dispatched before any thread is
 /// started, so this is the very first thing `main` calls.
 pub fn main(cli: Cli) -> Result<ExitCode> {
@@ -217,7 +322,7 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
         }
         Command::Run(args) => {
             init_logging(&cli.log);
-            daemon::run_blocking(*args)
+            run_daemon(&args)
         }
     }
 }
@@ -454,4 +559,78 @@ fn confirm() -> Result<bool> {
         .read_line(&mut line)
         .map_err(|e| Error::io("read", "stdin", e))?;
     Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn run_args(flags: &[&str]) -> RunArgs {
+        let flags = [
+            "rota-agent",
+            "run",
+            "--coordinator=https://c:9443",
+            "--node=n1",
+        ]
+        .iter()
+        .chain(flags);
+        match Cli::try_parse_from(flags).unwrap().command {
+            Command::Run(args) => *args,
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_run_flag_has_an_env_var() {
+        Cli::command().debug_assert();
+        let command = Cli::command();
+        let run = command.find_subcommand("run").unwrap();
+        let without: Vec<&str> = run
+            .get_arguments()
+            .filter(|arg| arg.get_id() != "help")
+            .filter(|arg| {
+                !arg.get_env()
+                    .is_some_and(|env| env.to_string_lossy().starts_with("ROTA_"))
+            })
+            .map(|arg| arg.get_id().as_str())
+            .collect();
+        assert!(
+            without.is_empty(),
+            "flags without a ROTA_ variable: {without:?}"
+        );
+    }
+
+    #[test]
+    fn the_daemon_config_follows_the_flags() {
+        let defaults = run_args(&[]).daemon_config();
+        assert_eq!(defaults.node, "n1");
+        assert_eq!(defaults.policy, UpgradePolicy::Security);
+        assert_eq!(defaults.refresh_interval, Duration::from_secs(3600));
+        assert_eq!(defaults.retry_interval, Duration::from_secs(5));
+        assert_eq!(defaults.exec.detect, defaults.detect);
+
+        let set = run_args(&[
+            "--upgrade=all",
+            "--refresh-interval=10",
+            "--retry-interval-ms=250",
+            "--sentinel=/run/needs-reboot",
+            "--reboot-timeout=7",
+        ])
+        .daemon_config();
+        assert_eq!(set.policy, UpgradePolicy::All);
+        assert_eq!(
+            set.refresh_interval,
+            Duration::from_secs(60),
+            "refreshes at most every minute"
+        );
+        assert_eq!(set.retry_interval, Duration::from_millis(250));
+        assert_eq!(
+            set.detect.sentinel_files,
+            [PathBuf::from("/run/needs-reboot")]
+        );
+        assert_eq!(set.exec.detect, set.detect);
+        assert_eq!(set.exec.shutdown_wait, Duration::from_secs(7));
+    }
 }

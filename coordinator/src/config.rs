@@ -161,6 +161,10 @@ pub struct ControllerArgs {
     /// back and retries later (capped by the policy's drain timeout).
     #[clap(long, env = "ROTA_DRAIN_BLOCKED_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
     pub drain_blocked_timeout: Duration,
+    /// Shortest time between two controller passes: changes that arrive closer together are
+    /// handled in one pass.
+    #[clap(long, env = "ROTA_PASS_INTERVAL", default_value = "200ms", value_parser = parse_positive_duration)]
+    pub pass_interval: Duration,
     /// How often the Prometheus servers named by policies' alert blockers are asked for their
     /// firing alerts.
     #[clap(long, env = "ROTA_PROMETHEUS_INTERVAL", default_value = "30s", value_parser = parse_positive_duration)]
@@ -227,6 +231,7 @@ impl Config {
         settings.lease_ttl = jiff::SignedDuration::try_from(self.controller.slot_lease_ttl)
             .unwrap_or(jiff::SignedDuration::MAX);
         settings.drain_blocked_timeout = self.controller.drain_blocked_timeout;
+        settings.pass_interval = self.controller.pass_interval;
         settings.alerts.interval = self.controller.prometheus_interval;
         settings.alerts.timeout = self.controller.prometheus_timeout;
         settings
@@ -312,6 +317,10 @@ mod tests {
         assert_eq!(settings.namespace, "rota-system");
         assert_eq!(settings.lease_ttl, jiff::SignedDuration::from_secs(90));
         assert_eq!(settings.drain_blocked_timeout, Duration::from_secs(120));
+        assert_eq!(
+            settings.pass_interval,
+            Settings::new("rota-system").pass_interval
+        );
         assert_eq!(settings.alerts, crate::blockers::AlertSettings::default());
     }
 
@@ -334,11 +343,16 @@ mod tests {
             "--log-filter=debug",
             "--prometheus-interval=1m",
             "--prometheus-timeout=5s",
+            "--pass-interval=100ms",
         ])
         .unwrap();
         let alerts = config.controller().alerts;
         assert_eq!(alerts.interval, Duration::from_secs(60));
         assert_eq!(alerts.timeout, Duration::from_secs(5));
+        assert_eq!(
+            config.controller().pass_interval,
+            Duration::from_millis(100)
+        );
         assert!(!config.election.leader_elect);
         assert_eq!(config.election.lease_duration, Duration::from_secs(60));
         assert_eq!(config.identity.node_name.as_deref(), Some("node-7"));

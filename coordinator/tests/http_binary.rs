@@ -5,106 +5,30 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
-use std::process::{ExitStatus, Stdio};
+mod binary_support;
+
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::{Api, CustomResourceExt};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use rota_core::policy::MaintenancePolicy;
+use kube::Api;
+use nix::sys::signal::Signal;
 use rota_proto::v1 as pb;
 use rota_proto::v1::agent_client::AgentClient;
-use rota_sim::apiserver::{ApiServer, GroupResource, Store};
+use rota_sim::apiserver::GroupResource;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+use binary_support::{
+    Binary, WITHIN, agent_channel, coordinator_store, emulator, free_addr, start_binary, until,
+};
 
 const NS: &str = "kube-system";
-const WITHIN: Duration = Duration::from_secs(15);
 
-fn free_addr() -> SocketAddr {
-    let listener = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    listener.local_addr().unwrap()
-}
-
-struct Replica {
-    child: Child,
-    http: SocketAddr,
-    grpc: SocketAddr,
-}
-
-fn start(kubeconfig: &std::path::Path, name: &str) -> Replica {
-    let (http, grpc) = (free_addr(), free_addr());
-    let child = Command::new(env!("CARGO_BIN_EXE_rota-coordinator"))
-        .env_remove("KUBECONFIG")
-        .env("ROTA_KUBECONFIG", kubeconfig)
-        .env("ROTA_POD_NAME", name)
-        .env("ROTA_NAMESPACE", NS)
-        .env("ROTA_HTTP_ADDR", http.to_string())
-        .env("ROTA_GRPC_ADDR", grpc.to_string())
-        .env("ROTA_LEASE_DURATION", "2s")
-        .env("ROTA_RENEW_DEADLINE", "1s")
-        .env("ROTA_RETRY_PERIOD", "100ms")
-        .env("ROTA_SHUTDOWN_GRACE", "5s")
-        .env("ROTA_LOG_FORMAT", "json")
-        .env("ROTA_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    Replica { child, http, grpc }
-}
-
-impl Replica {
-    fn signal(&self, signal: Signal) {
-        let pid = i32::try_from(self.child.id().unwrap()).unwrap();
-        kill(Pid::from_raw(pid), signal).unwrap();
-    }
-
-    async fn exit(&mut self) -> ExitStatus {
-        tokio::time::timeout(WITHIN, self.child.wait())
-            .await
-            .expect("the process must exit")
-            .unwrap()
-    }
-}
-
-/// `GET path`: status and body, or `None` while nothing listens.
-async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut conn = TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    conn.write_all(request.as_bytes()).await.ok()?;
-    let mut raw = Vec::new();
-    conn.read_to_end(&mut raw).await.ok()?;
-    let text = String::from_utf8(raw).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    Some((head.split(' ').nth(1)?.parse().ok()?, body.to_owned()))
-}
-
-/// Polls `path` until its body contains `needle` with status `status`.
-async fn until(addr: SocketAddr, path: &str, status: u16, needle: &str) {
-    let deadline = Instant::now() + WITHIN;
-    let mut last = None;
-    while Instant::now() < deadline {
-        last = get(addr, path).await;
-        if let Some((code, body)) = &last
-            && *code == status
-            && body.contains(needle)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{path} never answered {status} with {needle:?}; last: {last:?}");
+fn start(kubeconfig: &std::path::Path, name: &str) -> Binary {
+    start_binary(kubeconfig, name, &[("ROTA_NAMESPACE", NS)])
 }
 
 async fn holder(client: &kube::Client) -> Option<String> {
@@ -118,15 +42,7 @@ async fn holder(client: &kube::Client) -> Option<String> {
 
 #[tokio::test]
 async fn two_replicas_elect_serve_and_hand_over_on_sigterm() {
-    let store = Store::new();
-    store.create_as(&MaintenancePolicy::crd()).unwrap();
-    store
-        .create(
-            &GroupResource::core("nodes"),
-            None,
-            json!({"metadata": {"name": "n1"}}),
-        )
-        .unwrap();
+    let store = coordinator_store(NS, &["n1"]);
     store
         .create(
             &GroupResource::core("pods"),
@@ -137,22 +53,19 @@ async fn two_replicas_elect_serve_and_hand_over_on_sigterm() {
     let token = store
         .issue_service_account_token(NS, "agent-n1", "rota", Duration::from_secs(3600))
         .unwrap();
-    let server = ApiServer::start(store, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
-    let client = kube::Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
+    let emulator = emulator(store).await;
+    let kubeconfig = &emulator.kubeconfig;
+    let client =
+        kube::Client::try_from(kube::Config::new(emulator.server.url().parse().unwrap())).unwrap();
 
-    let mut first = start(&kubeconfig, "coord-0");
+    let mut first = start(kubeconfig, "coord-0");
     until(first.http, "/healthz", 200, "ok").await;
     until(first.http, "/metrics", 200, "\nrota_leader 1\n").await;
     assert_eq!(holder(&client).await.as_deref(), Some("coord-0"));
     // Leading, with the controller's caches synced: ready for agents.
     until(first.http, "/readyz", 200, "ready").await;
 
-    let mut second = start(&kubeconfig, "coord-1");
+    let mut second = start(kubeconfig, "coord-1");
     until(second.http, "/healthz", 200, "ok").await;
     until(
         second.http,
@@ -164,25 +77,7 @@ async fn two_replicas_elect_serve_and_hand_over_on_sigterm() {
     until(second.http, "/metrics", 200, "\nrota_leader 0\n").await;
 
     // Agents reach the leader over TLS with the CA the coordinator bootstrapped and published.
-    let ca = Api::<ConfigMap>::namespaced(client.clone(), NS)
-        .get("rota-ca")
-        .await
-        .unwrap()
-        .data
-        .unwrap()
-        .remove("ca.crt")
-        .unwrap();
-    let channel = Endpoint::from_shared(format!("https://{}", first.grpc))
-        .unwrap()
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&ca))
-                .domain_name(format!("rota-coordinator.{NS}.svc")),
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = agent_channel(&client, NS, first.grpc).await;
     let mut agent = AgentClient::new(channel);
     let facts = |token: Option<&str>| {
         let mut request = tonic::Request::new(pb::ReportFactsRequest {
@@ -214,17 +109,7 @@ async fn two_replicas_elect_serve_and_hand_over_on_sigterm() {
         }
     }
     // The standby keeps agents out.
-    let standby = Endpoint::from_shared(format!("https://{}", second.grpc))
-        .unwrap()
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&ca))
-                .domain_name(format!("rota-coordinator.{NS}.svc")),
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let standby = agent_channel(&client, NS, second.grpc).await;
     let refused = AgentClient::new(standby)
         .report_facts(facts(Some(&token)))
         .await

@@ -80,8 +80,12 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Demo(cli.demo)) {
         Command::Demo(args) => {
-            // The live view owns the terminal: only problems are logged.
-            init_tracing(&cli.log_format, "warn,rota_coordinator::drain=error");
+            // The live view owns the terminal: only problems are logged. The replicas' start-up
+            // warnings (no node name, plain text) describe the demo's set-up, not a problem.
+            init_tracing(
+                &cli.log_format,
+                "warn,rota_coordinator::drain=error,rota_coordinator::replica=error",
+            );
             let code = rota_sim::demo::cli::run(args)
                 .await
                 .context("the demo failed")?;

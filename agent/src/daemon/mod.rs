@@ -13,11 +13,9 @@ mod watch;
 use rota_core::model::{NodeFacts, Operation};
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Args;
 use rota_proto::v1 as pb;
 use rota_proto::v1::agent_client::AgentClient;
 use tokio::sync::mpsc;
@@ -25,7 +23,6 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::cli::{DetectArgs, ExecArgs, HostArgs};
 use crate::detect::{self, DetectConfig};
 use crate::host::Host;
 use crate::ops::{CompleteAck, Completion, Executor, ExecutorConfig, Reporter};
@@ -33,39 +30,6 @@ use crate::tls::{self, TlsArgs};
 use crate::{Error, Result, state};
 use machine::{Action, Daemon, Input, UpgradePolicy};
 use proto::SlotView;
-
-/// `rota-agent run`.
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    /// The coordinator's gRPC address, e.g. `https://rota-coordinator.rota-system:9443`.
-    #[arg(long, env = "ROTA_COORDINATOR")]
-    pub coordinator: String,
-    /// This node's name (from the downward API).
-    #[arg(long, env = "ROTA_NODE_NAME")]
-    pub node: String,
-    /// Projected service-account token sent as `authorization: Bearer` (re-read per call, so
-    /// rotation works).
-    #[arg(long, env = "ROTA_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-    /// TLS to the coordinator.
-    #[command(flatten)]
-    pub tls: TlsArgs,
-    /// Which upgrades to ask slots for.
-    #[arg(long, env = "ROTA_UPGRADE", value_enum, default_value_t = UpgradePolicy::Security)]
-    pub upgrade: UpgradePolicy,
-    /// Seconds between package list refreshes.
-    #[arg(long, env = "ROTA_REFRESH_INTERVAL", default_value_t = 3600)]
-    pub refresh_interval: u64,
-    /// The host.
-    #[command(flatten)]
-    pub host: HostArgs,
-    /// Detection.
-    #[command(flatten)]
-    pub detect: DetectArgs,
-    /// Execution.
-    #[command(flatten)]
-    pub exec: ExecArgs,
-}
 
 /// What the daemon needs besides its host and client.
 #[derive(Clone, Debug)]
@@ -120,60 +84,6 @@ pub fn client(url: &str, tls: &TlsArgs, auth: TokenAuth) -> Result<Client> {
     Ok(AgentClient::with_interceptor(endpoint.connect_lazy(), auth))
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub fn run_blocking(args: RunArgs) -> Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .max_blocking_threads(4)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("start runtime", "/", e))?;
-    let host: Arc<dyn Host> = Arc::from(args.host.host());
-    let detect = args.detect.config();
-    let config = DaemonConfig {
-        node: args.node.clone(),
-        policy: args.upgrade,
-        exec: args.exec.config(detect.clone()),
-        detect,
-        refresh_interval: Duration::from_secs(args.refresh_interval.max(60)),
-        retry_interval: Duration::from_secs(5),
-    };
-    let result = runtime.block_on(async move {
-        let client = client(
-            &args.coordinator,
-            &args.tls,
-            TokenAuth {
-                token_file: args.token_file.clone(),
-            },
-        )?;
-        run(config, host, client, shutdown_signal()).await
-    });
-    // An operation in flight gets a bounded grace period to finish its current step (a dpkg
-    // transaction is better finished than killed); whatever is left resumes from the persisted
-    // state at the next start.
-    runtime.shutdown_timeout(SHUTDOWN_GRACE);
-    result.map(|()| ExitCode::SUCCESS)
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            // Without signal handlers the process still ends on SIGTERM, just not gracefully.
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
 /// What the daemon's tasks tell its loop.
 #[derive(Clone)]
 enum Event {
@@ -184,9 +94,6 @@ enum Event {
     ResendFacts,
     RequestFailed,
 }
-
-/// How long a shutdown waits for an operation's current step.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// How often the facts are sent again even when unchanged (the protocol's 30 s).
 const FACTS_RESEND_INTERVAL: Duration = Duration::from_secs(30);

@@ -1,11 +1,12 @@
 //! rota's coordinator replicas in the simulation, and the Service the agents reach them by.
 //!
-//! A replica is the real coordinator — [`LeaderElector`] on the `rota-coordinator` Lease,
-//! [`Coordinator::run`] (cluster cache, slot ledger, drains, verification) and the agents' gRPC
-//! server with TokenReview authentication and, when asked, TLS bootstrapped into Secrets — in
-//! its own [`Process`], talking to the emulated API server over HTTP like a pod would. A
-//! supervisor per replica restarts one that ended by itself (as a Deployment does) and kills or
-//! restarts it on request.
+//! A replica is the `rota-coordinator` binary's replica — its [`Config`] parsed from the flags
+//! a Deployment would pass, built and supervised by [`replica::Replica`] exactly as the binary does
+//! (leader election with the cordon handover when it is given a node, controller, metered gRPC
+//! server with TokenReview authentication and TLS bootstrapped into Secrets unless turned
+//! off, `/metrics` and probes) — in its own [`Process`], talking to the emulated API server
+//! over HTTP like a pod would. A supervisor per replica restarts one that ended by itself (as a
+//! Deployment does) and kills or restarts it on request.
 //!
 //! The agents connect to one address, a TCP proxy standing in for the coordinator's Service:
 //! a new connection goes to the replica that leads (else to any live one, which answers
@@ -14,24 +15,16 @@
 //! leader passes), so agents reconnect to the leader.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use jiff::{SignedDuration, Timestamp};
-use rota_coordinator::auth::{AgentIdentity, CacheConfig, TokenReviewAuthenticator};
-use rota_coordinator::controller::{Coordinator, Settings};
-use rota_coordinator::core_gate::CoreGate;
-use rota_coordinator::events::EventSink;
-use rota_coordinator::grpc::AgentGrpc;
-use rota_coordinator::kube_client::Clients;
-use rota_coordinator::leader::{ElectionConfig, LeaderElector};
-use rota_coordinator::metrics::Metrics;
-use rota_coordinator::tls::{ServerTls, TlsOptions};
+use clap::{CommandFactory, FromArgMatches};
+use jiff::SignedDuration;
+use rota_coordinator::config::Config;
+use rota_coordinator::replica;
 use rota_core::election::Timings;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use super::process::Process;
@@ -61,6 +54,10 @@ pub struct CoordinatorOptions {
     pub lease_ttl: SignedDuration,
     /// Longest a PodDisruptionBudget may refuse one pod before a drain gives its slot back.
     pub drain_blocked_timeout: Duration,
+    /// The nodes the replicas run on, by index (`--node-name`): a leader hands its Lease over
+    /// while its node is cordoned. A replica past the end runs on no known node and keeps
+    /// the Lease (the default: the demo's replicas run outside the simulated cluster).
+    pub nodes: Vec<String>,
 }
 
 impl Default for CoordinatorOptions {
@@ -76,15 +73,25 @@ impl Default for CoordinatorOptions {
             pass_interval: Duration::from_millis(100),
             lease_ttl: SignedDuration::from_secs(30),
             drain_blocked_timeout: Duration::from_secs(10),
+            nodes: Vec::new(),
         }
     }
+}
+
+/// Where a replica listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaAddrs {
+    /// The agents' gRPC server.
+    pub grpc: SocketAddr,
+    /// The metrics and probes server.
+    pub http: SocketAddr,
 }
 
 /// A replica the proxy can route to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Backend {
     generation: u64,
-    addr: SocketAddr,
+    addrs: ReplicaAddrs,
     leader: bool,
 }
 
@@ -101,6 +108,11 @@ impl Routes {
             .iter()
             .find(|(_, b)| b.leader)
             .map(|(index, _)| *index)
+    }
+
+    /// Where the live replica `index` listens.
+    pub(crate) fn addrs(&self, index: usize) -> Option<ReplicaAddrs> {
+        self.backends.get(&index).map(|b| b.addrs)
     }
 
     /// Where a new connection goes: the leader, else the first live replica.
@@ -137,76 +149,86 @@ impl ReplicaContext {
     }
 }
 
-/// Runs one replica until it fails (the process is normally killed, never stopped).
+/// The replica's command line: what the `rota-coordinator` Deployment would pass, with the
+/// demo's timings.
+fn flags(ctx: &ReplicaContext) -> Vec<String> {
+    let options = &ctx.options;
+    let duration = |d: Duration| {
+        // Every flag duration parses jiff's friendly format; sub-second values stay exact.
+        let d = jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX);
+        format!("{d:#}")
+    };
+    let mut flags = vec![
+        "rota-coordinator".to_owned(),
+        format!("--pod-name={}", ctx.identity()),
+        format!("--namespace={SYSTEM_NAMESPACE}"),
+        format!("--agent-service-account={AGENT_SERVICE_ACCOUNT}"),
+        format!("--token-audience={TOKEN_AUDIENCE}"),
+        // Port 0: the proxy learns each replica's address from the replica itself.
+        "--grpc-addr=127.0.0.1:0".to_owned(),
+        "--http-addr=127.0.0.1:0".to_owned(),
+        format!(
+            "--lease-duration={}",
+            duration(options.election.lease_duration)
+        ),
+        format!(
+            "--renew-deadline={}",
+            duration(options.election.renew_deadline)
+        ),
+        format!("--retry-period={}", duration(options.election.retry_period)),
+        format!("--pass-interval={}", duration(options.pass_interval)),
+        format!("--slot-lease-ttl={:#}", options.lease_ttl),
+        format!(
+            "--drain-blocked-timeout={}",
+            duration(options.drain_blocked_timeout)
+        ),
+    ];
+    if !options.tls {
+        flags.push("--grpc-insecure-plaintext".to_owned());
+    }
+    if let Some(node) = options.nodes.get(ctx.index) {
+        flags.push(format!("--node-name={node}"));
+    }
+    flags
+}
+
+/// The replica's [`Config`], parsed by the binary's own command line from [`flags`] alone:
+/// the `ROTA_*` variables of the process running the simulation are not the replica's.
+fn config(ctx: &ReplicaContext) -> Result<Config> {
+    let command = Config::command().mut_args(|arg| arg.env(None::<&str>));
+    command
+        .try_get_matches_from(flags(ctx))
+        .and_then(|matches| Config::from_arg_matches(&matches))
+        .map_err(|e| Error::Invalid(format!("coordinator flags: {e}")))
+}
+
+/// Runs one replica, built as the `rota-coordinator` binary builds it, until it fails (the
+/// process is normally killed, never stopped).
 async fn run_replica(ctx: ReplicaContext) -> Result<()> {
     let url = ctx
         .api_url
         .parse()
         .map_err(|e| Error::Invalid(format!("API server URL {}: {e}", ctx.api_url)))?;
-    let clients = Clients::from_config(kube::Config::new(url))
-        .map_err(|e| Error::Coordinator(e.to_string()))?;
-    let identity = ctx.identity();
-    let (elector, leadership) = LeaderElector::new(
-        clients.default.clone(),
-        ElectionConfig {
-            namespace: SYSTEM_NAMESPACE.into(),
-            lease_name: "rota-coordinator".into(),
-            identity: identity.clone(),
-            timings: ctx.options.election,
-        },
-    )
-    .map_err(|e| Error::Coordinator(e.to_string()))?;
-    let gate = CoreGate::new();
-    let authenticator = TokenReviewAuthenticator::new(
-        clients.default.clone(),
-        AgentIdentity {
-            audience: TOKEN_AUDIENCE.into(),
-            namespace: SYSTEM_NAMESPACE.into(),
-            service_account: AGENT_SERVICE_ACCOUNT.into(),
-        },
-        CacheConfig::default(),
-    );
-    let mut settings = Settings::new(SYSTEM_NAMESPACE);
-    settings.pass_interval = ctx.options.pass_interval;
-    settings.lease_ttl = ctx.options.lease_ttl;
-    settings.drain_blocked_timeout = ctx.options.drain_blocked_timeout;
-    let coordinator = Coordinator::new(
-        clients.clone(),
-        settings,
-        EventSink::new(clients.default.clone(), &identity),
-        Metrics::new(),
-        leadership.clone(),
-        gate.clone(),
-    );
-    let tls = if ctx.options.tls {
-        let options = TlsOptions::default();
-        Some(
-            ServerTls::start(
-                &options,
-                clients.default.clone(),
-                SYSTEM_NAMESPACE,
-                Timestamp::now(),
-            )
-            .await
-            .map_err(|e| Error::Coordinator(format!("TLS: {e}")))?,
-        )
-    } else {
-        None
+    let replica = replica::Replica::builder(config(&ctx)?)
+        .kube_config(kube::Config::new(url))
+        .start()
+        .await?;
+    let addrs = ReplicaAddrs {
+        grpc: replica.grpc_addr(),
+        http: replica.http_addr(),
     };
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-    let addr = listener.local_addr()?;
     let (index, generation) = (ctx.index, ctx.generation);
     ctx.routes.send_modify(|r| {
         r.backends.insert(
             index,
             Backend {
                 generation,
-                addr,
+                addrs,
                 leader: false,
             },
         );
     });
-    let mut leader_changes = leadership.subscribe();
+    let mut leader_changes = replica.leadership().subscribe();
     let routes = ctx.routes.clone();
     tokio::spawn(async move {
         loop {
@@ -223,36 +245,9 @@ async fn run_replica(ctx: ReplicaContext) -> Result<()> {
             }
         }
     });
-    tracing::info!(replica = %identity, %addr, tls = tls.is_some(), "coordinator replica started");
-
-    let agent = AgentGrpc::new(Arc::new(gate), authenticator).into_service();
-    let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(agent);
-    let serve = async move {
-        match tls {
-            Some(tls) => router.serve_with_incoming(tls.incoming(listener)).await,
-            None => {
-                router
-                    .serve_with_incoming(TcpListenerStream::new(listener))
-                    .await
-            }
-        }
-    };
-    let never = CancellationToken::new();
-    tokio::select! {
-        () = elector.run(std::future::pending::<()>()) => {
-            Err(Error::Coordinator("leader election ended".into()))
-        }
-        result = coordinator.run(never) => match result {
-            Ok(()) => Err(Error::Coordinator("the controller ended".into())),
-            Err(e) => Err(Error::Coordinator(format!("the controller failed: {e}"))),
-        },
-        result = serve => Err(Error::Coordinator(match result {
-            Ok(()) => "the gRPC server ended".into(),
-            Err(e) => format!("the gRPC server failed: {e}"),
-        })),
-    }
+    tracing::info!(replica = %ctx.identity(), grpc = %addrs.grpc, http = %addrs.http, "coordinator replica started");
+    replica.run().await?;
+    Err(Error::Coordinator("the replica stopped".into()))
 }
 
 /// What the harness asks of a replica's supervisor.
@@ -326,7 +321,10 @@ async fn supervise(
         let process_ctx = ctx.clone();
         let process = match Process::spawn(&name, move || async move {
             if let Err(e) = run_replica(process_ctx).await {
-                tracing::error!(error = %e, "coordinator replica stopped");
+                tracing::error!(
+                    error = &e as &dyn std::error::Error,
+                    "coordinator replica stopped"
+                );
             }
         }) {
             Ok(process) => process,
@@ -424,7 +422,7 @@ async fn proxy_connection(mut inbound: TcpStream, mut routes: watch::Receiver<Ro
         // No replica: the connection is refused, the agent retries.
         return;
     };
-    let Ok(mut outbound) = TcpStream::connect(backend.addr).await else {
+    let Ok(mut outbound) = TcpStream::connect(backend.addrs.grpc).await else {
         return;
     };
     let _ = inbound.set_nodelay(true);
@@ -448,11 +446,51 @@ mod tests {
     use super::*;
 
     fn backend(generation: u64, port: u16, leader: bool) -> Backend {
+        let addr = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
         Backend {
             generation,
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            addrs: ReplicaAddrs {
+                grpc: addr,
+                http: addr,
+            },
             leader,
         }
+    }
+
+    #[test]
+    fn the_replicas_flags_carry_every_option() {
+        let options = CoordinatorOptions {
+            tls: false,
+            nodes: vec!["node-a".into()],
+            ..CoordinatorOptions::default()
+        };
+        let (routes, _) = watch::channel(Routes::default());
+        let ctx = |index| ReplicaContext {
+            index,
+            generation: 1,
+            api_url: "http://127.0.0.1:1".into(),
+            options: options.clone(),
+            routes: routes.clone(),
+        };
+        let config = config(&ctx(0)).unwrap();
+        let election = config.election();
+        assert_eq!(election.identity, "rota-coordinator-0");
+        assert_eq!(election.namespace, SYSTEM_NAMESPACE);
+        assert_eq!(election.timings, options.election);
+        let settings = config.controller();
+        assert_eq!(settings.pass_interval, options.pass_interval);
+        assert_eq!(settings.lease_ttl, options.lease_ttl);
+        assert_eq!(
+            settings.drain_blocked_timeout,
+            options.drain_blocked_timeout
+        );
+        let agents = config.agent_identity();
+        assert_eq!(agents.audience, TOKEN_AUDIENCE);
+        assert_eq!(agents.service_account, AGENT_SERVICE_ACCOUNT);
+        assert!(config.tls.grpc_insecure_plaintext);
+        assert_eq!(config.identity.node_name.as_deref(), Some("node-a"));
+        let second = super::config(&ctx(1)).unwrap();
+        assert_eq!(second.identity.node_name, None, "no node given");
     }
 
     #[test]

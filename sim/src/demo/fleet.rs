@@ -40,7 +40,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::coordinator::{self, CoordinatorOptions, Replica, Routes, SYSTEM_NAMESPACE};
+use super::coordinator::{
+    self, CoordinatorOptions, Replica, ReplicaAddrs, Routes, SYSTEM_NAMESPACE,
+};
 use super::kured::{self, KuredOptions, KuredSetup};
 use super::nodes::{AgentOptions, AgentSetup, DaemonKind, NodeDaemon};
 use super::process::HostTokenLog;
@@ -613,6 +615,12 @@ impl Fleet {
     /// The address the agents reach the coordinators by (their Service), when rota runs.
     pub fn coordinator_address(&self) -> Option<std::net::SocketAddr> {
         self.service
+    }
+
+    /// Where coordinator replica `index` listens while it runs: its own gRPC server (not the
+    /// Service) and its metrics and probes.
+    pub fn coordinator_replica_addrs(&self, index: usize) -> Option<ReplicaAddrs> {
+        self.routes.borrow().addrs(index)
     }
 
     /// Index of the coordinator replica that leads now.

@@ -19,7 +19,7 @@ pub mod progress;
 mod record;
 pub mod report;
 
-pub use coordinator::{AGENT_SERVICE_ACCOUNT, CoordinatorOptions, SYSTEM_NAMESPACE};
+pub use coordinator::{AGENT_SERVICE_ACCOUNT, CoordinatorOptions, ReplicaAddrs, SYSTEM_NAMESPACE};
 pub use fleet::{Fleet, FleetOptions, POLICY_NAME, Scheduler, demo_policy, slot_phase};
 pub use kured::KuredOptions;
 pub use nodes::AgentOptions;
@@ -47,6 +47,9 @@ pub enum Error {
     /// A coordinator replica could not start or stopped.
     #[error("coordinator: {0}")]
     Coordinator(String),
+    /// A coordinator replica could not start, or one of its tasks stopped it.
+    #[error("coordinator replica")]
+    Replica(#[from] rota_coordinator::replica::Error),
     /// A request or setting does not make sense.
     #[error("{0}")]
     Invalid(String),

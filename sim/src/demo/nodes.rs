@@ -11,12 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use clap::{CommandFactory, FromArgMatches, ValueEnum};
+use rota_agent::cli::{Cli, Command, RunArgs};
 use rota_agent::daemon::machine::UpgradePolicy;
-use rota_agent::daemon::{self, Client, DaemonConfig, TokenAuth};
-use rota_agent::detect::DetectConfig;
 use rota_agent::host::Host;
-use rota_agent::ops::ExecutorConfig;
-use rota_proto::v1::agent_client::AgentClient;
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, oneshot};
@@ -150,28 +148,62 @@ impl Drop for AliveGuard {
     }
 }
 
-/// The agent's gRPC client to the coordinator Service (TLS: the published CA, the Service's
-/// name).
-fn agent_client(setup: &AgentSetup, token_file: &Path) -> Result<Client> {
-    let auth = TokenAuth {
-        token_file: Some(token_file.to_path_buf()),
-    };
-    let scheme = if setup.tls { "https" } else { "http" };
-    let mut endpoint =
-        tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", setup.coordinator))
-            .map_err(|e| Error::Invalid(format!("coordinator address: {e}")))?
-            .connect_timeout(Duration::from_secs(5));
+/// The command line of the agent's container in the DaemonSet pod on `node`: the Service's
+/// address, the projected token, the mounted CA (TLS), and the demo's timings.
+fn agent_flags(setup: &AgentSetup, node: &str, token_file: &Path) -> Result<Vec<String>> {
+    let upgrade = setup
+        .options
+        .upgrade
+        .to_possible_value()
+        .ok_or_else(|| Error::Invalid("the agents' upgrade policy has no flag value".into()))?;
+    let mut flags = vec![
+        "rota-agent".to_owned(),
+        "run".to_owned(),
+        format!("--node={node}"),
+        format!("--token-file={}", token_file.display()),
+        format!("--upgrade={}", upgrade.get_name()),
+        format!(
+            "--retry-interval-ms={}",
+            setup.options.retry_interval.as_millis()
+        ),
+        // A simulated host goes down at once; no need to wait for it as for a real machine.
+        "--reboot-timeout=5".to_owned(),
+    ];
     if setup.tls {
+        // The pod mounts the CA the coordinator published (ConfigMap `rota-ca`).
         let ca = coordinator_ca(&setup.store)
             .ok_or_else(|| Error::Invalid("the coordinator's CA is not published".into()))?;
-        let tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-            .domain_name(SERVICE_DNS_NAME);
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| Error::Invalid(format!("agent TLS: {e}")))?;
+        let ca_file = setup.token_dir.join(format!("{node}.ca.crt"));
+        std::fs::write(&ca_file, ca)?;
+        flags.extend([
+            format!("--coordinator=https://{}", setup.coordinator),
+            format!("--ca-file={}", ca_file.display()),
+            format!("--tls-server-name={SERVICE_DNS_NAME}"),
+        ]);
+    } else {
+        flags.extend([
+            format!("--coordinator=http://{}", setup.coordinator),
+            "--insecure-plaintext".to_owned(),
+        ]);
     }
-    Ok(AgentClient::with_interceptor(endpoint.connect_lazy(), auth))
+    Ok(flags)
+}
+
+/// The agent's `run` arguments, parsed by the `rota-agent` command line itself from `flags`
+/// alone: the `ROTA_*` variables of the process running the simulation are not the pod's.
+fn run_args(flags: Vec<String>) -> Result<RunArgs> {
+    let no_env = |arg: clap::Arg| arg.env(None::<&str>);
+    let command = Cli::command()
+        .mut_args(no_env)
+        .mut_subcommand("run", |run| run.mut_args(no_env));
+    let cli = command
+        .try_get_matches_from(flags)
+        .and_then(|matches| Cli::from_arg_matches(&matches))
+        .map_err(|e| Error::Invalid(format!("agent flags: {e}")))?;
+    match cli.command {
+        Command::Run(args) => Ok(*args),
+        other => Err(Error::Invalid(format!("not the agent's daemon: {other:?}"))),
+    }
 }
 
 fn start_agent(setup: &Arc<AgentSetup>, node: &str, pod: &str, host: &SimHost) -> Result<Process> {
@@ -184,39 +216,19 @@ fn start_agent(setup: &Arc<AgentSetup>, node: &str, pod: &str, host: &SimHost) -
     )?;
     let token_file = setup.token_dir.join(format!("{node}.token"));
     std::fs::write(&token_file, token)?;
-    let exec = ExecutorConfig {
-        shutdown_wait: Duration::from_secs(5),
-        ..ExecutorConfig::default()
-    };
-    let config = DaemonConfig {
-        node: node.to_string(),
-        policy: setup.options.upgrade,
-        detect: DetectConfig::default(),
-        exec: exec.clone(),
-        refresh_interval: Duration::from_secs(3600),
-        retry_interval: setup.options.retry_interval,
-    };
+    let args = run_args(agent_flags(setup, node, &token_file)?)?;
     let alive = Arc::new(AtomicBool::new(true));
     let host: Arc<dyn Host> = Arc::new(ProcessHost::new(
         host.clone(),
         alive.clone(),
-        Some(exec.state_path),
+        Some(args.daemon_config().exec.state_path),
         setup.tokens.clone(),
     )?);
-    let setup = setup.clone();
     let name = format!("agent-{node}");
     Process::spawn(&name, move || async move {
         let _alive = AliveGuard(alive);
-        let client = match agent_client(&setup, &token_file) {
-            Ok(client) => client,
-            Err(e) => {
-                tracing::error!(node = %config.node, error = %e, "agent cannot build its client");
-                return;
-            }
-        };
-        let node = config.node.clone();
-        if let Err(e) = daemon::run(config, host, client, std::future::pending()).await {
-            tracing::error!(%node, error = %e, "agent stopped");
+        if let Err(e) = args.run(host, std::future::pending()).await {
+            tracing::error!(node = %args.node, error = %e, "agent stopped");
         }
     })
 }
@@ -405,5 +417,33 @@ async fn supervise(
             }
             Ended::Control(None) | Ended::Cancelled => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agents_flags_carry_every_option() {
+        let dir = tempfile::tempdir().unwrap();
+        let setup = AgentSetup {
+            store: Store::new(),
+            coordinator: ([127, 0, 0, 1], 9443).into(),
+            tls: false,
+            options: AgentOptions::default(),
+            token_dir: dir.path().to_path_buf(),
+            tokens: HostTokenLog::default(),
+        };
+        let token_file = dir.path().join("n1.token");
+        let args = run_args(agent_flags(&setup, "n1", &token_file).unwrap()).unwrap();
+        assert_eq!(args.coordinator, "http://127.0.0.1:9443");
+        assert!(args.tls.insecure_plaintext);
+        assert_eq!(args.token_file.as_deref(), Some(token_file.as_path()));
+        let config = args.daemon_config();
+        assert_eq!(config.node, "n1");
+        assert_eq!(config.policy, setup.options.upgrade);
+        assert_eq!(config.retry_interval, setup.options.retry_interval);
+        assert_eq!(config.exec.shutdown_wait, Duration::from_secs(5));
     }
 }
