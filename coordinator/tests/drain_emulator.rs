@@ -22,7 +22,7 @@ use rota_coordinator::controller::cordon::{Cordoned, cordon, uncordon_own};
 use rota_coordinator::drain::{DrainControl, Drainer};
 use rota_coordinator::kube_client::Clients;
 use rota_coordinator::leader::Leadership;
-use rota_coordinator::store::WriteGate;
+use rota_coordinator::store::{CacheConfig, CacheTasks, ClusterCache, WriteGate};
 use rota_sim::apiserver::{
     ApiServer, DeleteOptions, FaultConfig, ListOptions, ServerHandle, Store,
 };
@@ -35,13 +35,17 @@ struct Cluster {
     store: Store,
     server: ServerHandle,
     drainer: Drainer,
+    /// The cache whose budgets the drainer follows, as the controller's does.
+    _cache: CacheTasks,
 }
 
 async fn cluster(nodes: &[&str]) -> Result<Cluster> {
     let store = Store::new();
     let server = ApiServer::start(store.clone(), "127.0.0.1:0".parse()?).await?;
     let config = kube::Config::new(server.url().parse()?);
-    let drainer = Drainer::new(&Clients::from_config(config)?, rota_core::clock::system());
+    let clients = Clients::from_config(config)?;
+    let (cache, cache_tasks) = ClusterCache::start(clients.default.clone(), CacheConfig::default());
+    let drainer = Drainer::new(&clients, rota_core::clock::system(), cache.pdb_feed());
     store.create_as(&Namespace {
         metadata: ObjectMeta {
             name: Some(NS.into()),
@@ -56,6 +60,7 @@ async fn cluster(nodes: &[&str]) -> Result<Cluster> {
         store,
         server,
         drainer,
+        _cache: cache_tasks,
     })
 }
 

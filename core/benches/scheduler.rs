@@ -10,10 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use rota_core::drain::pdb::PdbIndex;
 use rota_core::model::{FencingToken, Operation, Origin, Slot, SlotPhase, SlotRequest};
 use rota_core::policy::{KubeVersion, MaintenancePolicySpec, NamespacedName, validate};
-use rota_core::scheduler::{EvictablePod, NodeState, PdbIndex, PdbState, Pool, Snapshot, schedule};
+use rota_core::scheduler::{EvictablePod, NodeState, PdbState, Pool, Snapshot, schedule};
 
 const NODES: usize = 5_000;
 const PODS_PER_NODE: usize = 30;
@@ -77,18 +79,26 @@ fn fleet(now: Timestamp) -> (Snapshot, Duration) {
     .collect();
 
     // PDBs: each covers one app of its namespace; two apps per namespace have none.
-    let mut index = PdbIndex::new();
+    let mut index = PdbIndex::default();
     let mut pdbs = Vec::new();
     for ns in 0..NAMESPACES {
         for app in 0..PDBS_PER_NAMESPACE {
             let key = NamespacedName::new(format!("ns-{ns}"), format!("pdb-{app}"));
-            let selector = LabelSelector {
-                match_labels: Some(app_labels(app)),
-                match_expressions: None,
-            };
-            if let Err(problems) = index.insert(&key, Some(&selector)) {
-                panic!("benchmark PDB selector is invalid: {problems:?}");
-            }
+            index.apply(&PodDisruptionBudget {
+                metadata: ObjectMeta {
+                    namespace: Some(key.namespace.clone()),
+                    name: Some(key.name.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(PodDisruptionBudgetSpec {
+                    selector: Some(LabelSelector {
+                        match_labels: Some(app_labels(app)),
+                        match_expressions: None,
+                    }),
+                    ..PodDisruptionBudgetSpec::default()
+                }),
+                status: None,
+            });
             pdbs.push(PdbState {
                 key,
                 disruptions_allowed: 1 + rng.below(5) as i32,
@@ -110,7 +120,11 @@ fn fleet(now: Timestamp) -> (Snapshot, Duration) {
                 let ns = rng.below(NAMESPACES);
                 let app = rng.below(APPS_PER_NAMESPACE);
                 let namespace = format!("ns-{ns}");
-                let pdbs = index.covering(&namespace, &app_labels(app));
+                let pdbs = index
+                    .covering(&namespace, &app_labels(app))
+                    .into_iter()
+                    .map(|pdb| NamespacedName::new(pdb.namespace, pdb.name))
+                    .collect();
                 EvictablePod {
                     pod: NamespacedName::new(namespace, format!("app-{app}-{i}-{p}")),
                     pdbs,

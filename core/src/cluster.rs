@@ -13,6 +13,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube_core::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use crate::drain::pdb::PdbIndex;
 use crate::policy::{KubeVersion, MaintenancePolicy, NamespacedName};
 
 /// A kind of object the cache follows.
@@ -61,6 +62,9 @@ pub struct ClusterState {
     pods: HashMap<NamespacedName, Arc<Pod>>,
     pods_by_node: HashMap<String, BTreeSet<NamespacedName>>,
     pdbs: BTreeMap<NamespacedName, Arc<PodDisruptionBudget>>,
+    /// Which budgets cover which pods: the one index the scheduler's snapshot and every drain
+    /// read, kept in step with `pdbs`.
+    pdb_index: PdbIndex,
     daemon_sets: BTreeMap<NamespacedName, Arc<DaemonSet>>,
     policies: BTreeMap<String, Arc<MaintenancePolicy>>,
     api_server_version: Option<KubeVersion>,
@@ -110,6 +114,16 @@ impl ClusterState {
     /// The API server's version, once read.
     pub fn api_server_version(&self) -> Option<KubeVersion> {
         self.api_server_version
+    }
+
+    /// Which budgets cover which pods, and whether they allow a disruption now.
+    pub fn pdb_index(&self) -> &PdbIndex {
+        &self.pdb_index
+    }
+
+    /// Whether `kind` has been listed in full.
+    pub fn is_listed(&self, kind: Kind) -> bool {
+        self.synced.contains(&kind)
     }
 
     /// Whether every kind has been listed once.
@@ -215,12 +229,15 @@ fn unindex(
 impl Indexed for PodDisruptionBudget {
     const KIND: Kind = Kind::PodDisruptionBudgets;
     fn insert(state: &mut ClusterState, obj: Self) {
+        state.pdb_index.apply(&obj);
         state.pdbs.insert(key_of(&obj), Arc::new(obj));
     }
     fn remove(state: &mut ClusterState, obj: &Self) {
+        state.pdb_index.delete(obj);
         state.pdbs.remove(&key_of(obj));
     }
     fn clear(state: &mut ClusterState) {
+        state.pdb_index = PdbIndex::default();
         state.pdbs.clear();
     }
 }

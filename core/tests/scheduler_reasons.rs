@@ -7,14 +7,16 @@
 use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use rota_core::drain::PdbRef;
+use rota_core::drain::pdb::PdbIndex;
 use rota_core::model::{FencingToken, Operation, Origin, Slot, SlotPhase, SlotRequest};
 use rota_core::policy::{
     KubeVersion, MaintenancePolicySpec, NamespacedName, ValidatedPolicy, validate,
 };
 use rota_core::scheduler::{
-    EvictablePod, NodeState, PdbIndex, PdbState, Plan, Pool, SequentialPdb, Snapshot, WaitReason,
-    schedule,
+    EvictablePod, NodeState, PdbState, Plan, Pool, SequentialPdb, Snapshot, WaitReason, schedule,
 };
 use serde_json::json;
 
@@ -884,9 +886,11 @@ fn pools_select_nodes_by_label() {
     assert!(!workers.selects(&control_plane));
 }
 
+/// The one budget index (the scheduler's snapshot and every drain read it) follows the eviction
+/// API's rules: budgets in the pod's namespace whose selector matches; an empty, missing or
+/// invalid selector covers nothing.
 #[test]
 fn pdb_index_follows_the_eviction_api() {
-    let mut index = PdbIndex::new();
     let selector = |pairs: &[(&str, &str)]| LabelSelector {
         match_labels: Some(
             pairs
@@ -896,19 +900,30 @@ fn pdb_index_follows_the_eviction_api() {
         ),
         match_expressions: None,
     };
-    index
-        .insert(&pdb("shop", "web"), Some(&selector(&[("app", "web")])))
-        .unwrap();
-    index
-        .insert(&pdb("shop", "all"), Some(&LabelSelector::default()))
-        .unwrap();
-    index.insert(&pdb("shop", "none"), None).unwrap();
-    index
-        .insert(&pdb("other", "web"), Some(&selector(&[("app", "web")])))
-        .unwrap();
-    index
-        .insert(&pdb("shop", "tier"), Some(&selector(&[("tier", "front")])))
-        .unwrap();
+    let budget =
+        |namespace: &str, name: &str, selector: Option<LabelSelector>| PodDisruptionBudget {
+            metadata: ObjectMeta {
+                namespace: Some(namespace.to_owned()),
+                name: Some(name.to_owned()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PodDisruptionBudgetSpec {
+                selector,
+                ..PodDisruptionBudgetSpec::default()
+            }),
+            status: None,
+        };
+    let pdb_ref = |namespace: &str, name: &str| PdbRef {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    };
+    let mut index = PdbIndex::from_objects(&[
+        budget("shop", "web", Some(selector(&[("app", "web")]))),
+        budget("shop", "all", Some(LabelSelector::default())),
+        budget("shop", "none", None),
+        budget("other", "web", Some(selector(&[("app", "web")]))),
+        budget("shop", "tier", Some(selector(&[("tier", "front")]))),
+    ]);
     let labels = [
         ("app".to_owned(), "web".to_owned()),
         ("tier".to_owned(), "front".to_owned()),
@@ -916,14 +931,17 @@ fn pdb_index_follows_the_eviction_api() {
     .into();
     assert_eq!(
         index.covering("shop", &labels),
-        [pdb("shop", "tier"), pdb("shop", "web")]
+        [pdb_ref("shop", "tier"), pdb_ref("shop", "web")]
     );
-    index.insert(&pdb("shop", "tier"), None).unwrap();
-    assert_eq!(index.covering("shop", &labels), [pdb("shop", "web")]);
+    index.apply(&budget("shop", "tier", None));
+    assert_eq!(index.covering("shop", &labels), [pdb_ref("shop", "web")]);
     assert!(index.covering("empty", &labels).is_empty());
     let bad = LabelSelector {
         match_expressions: Some(vec![Default::default()]),
         match_labels: None,
     };
-    assert!(index.insert(&pdb("shop", "bad"), Some(&bad)).is_err());
+    index.apply(&budget("shop", "bad", Some(bad)));
+    assert_eq!(index.covering("shop", &labels), [pdb_ref("shop", "web")]);
+    index.delete(&budget("shop", "web", None));
+    assert!(index.covering("shop", &labels).is_empty());
 }

@@ -126,7 +126,11 @@ impl<'a> Term<'a> {
             service,
             nodes: Api::all(client.clone()),
             policies: Api::all(client),
-            drainer: Drainer::new(&coordinator.clients, coordinator.clock.clone()),
+            drainer: Drainer::new(
+                &coordinator.clients,
+                coordinator.clock.clone(),
+                cache.pdb_feed(),
+            ),
             book: PolicyBook::new(),
             drains: JoinSet::new(),
             running: HashMap::new(),

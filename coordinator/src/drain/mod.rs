@@ -17,7 +17,6 @@ use std::fmt;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::sync::Semaphore;
@@ -27,16 +26,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, instrument, warn};
 
 use rota_core::drain::{
-    BlockedBy, DrainOutcome, DrainProgress, DrainReport, DrainSpec, DrainStats, PodProgress,
-    filter, pdb,
+    BlockedBy, DrainOutcome, DrainProgress, DrainReport, DrainSpec, DrainStats, PodProgress, filter,
 };
 
 use rota_core::clock::SharedClock;
+use rota_core::drain::pdb::PdbIndex;
+use tokio::sync::watch as watch_channel;
 
 use crate::kube_client::Clients;
 use evict::{EvictionContext, Finish, PodReport};
 use filter::SkippedPod;
-use watch::{NodePods, Synced};
+use watch::NodePods;
+
+use crate::store::Synced;
 
 /// Errors of the drain engine's API calls. A drain that runs but cannot finish is not an error:
 /// it is a [`DrainOutcome`].
@@ -107,6 +109,8 @@ pub struct Drainer {
     eviction_client: Client,
     /// The wall clock the drain's decisions read (pods deleted how long ago), the controller's.
     clock: SharedClock,
+    /// The cluster's budgets, from the controller's cache.
+    pdbs: watch_channel::Receiver<Synced<PdbIndex>>,
 }
 
 impl fmt::Debug for Drainer {
@@ -116,12 +120,18 @@ impl fmt::Debug for Drainer {
 }
 
 impl Drainer {
-    /// A drainer using the coordinator's clients and clock.
-    pub fn new(clients: &Clients, clock: SharedClock) -> Self {
+    /// A drainer using the coordinator's clients and clock, and the budgets of its cache
+    /// ([`crate::store::ClusterCache::pdb_feed`]).
+    pub fn new(
+        clients: &Clients,
+        clock: SharedClock,
+        pdbs: watch_channel::Receiver<Synced<PdbIndex>>,
+    ) -> Self {
         Self {
             client: clients.default.clone(),
             eviction_client: clients.eviction.clone(),
             clock,
+            pdbs,
         }
     }
 
@@ -158,12 +168,7 @@ impl Drainer {
             watcher::Config::default().fields(&format!("spec.nodeName={node}")),
             "pods",
         );
-        let mut pdbs = watch::spawn::<PodDisruptionBudget, pdb::PdbIndex>(
-            &mut watches,
-            Api::all(self.client.clone()),
-            watcher::Config::default(),
-            "poddisruptionbudgets",
-        );
+        let mut pdbs = self.pdbs.clone();
 
         let mut listing = (
             wait_listed(&mut pods, deadline, &cancel).await,
@@ -288,7 +293,7 @@ async fn wait_listed<T>(
     cancel: &CancellationToken,
 ) -> Listing {
     tokio::select! {
-        listed = async { rx.wait_for(|state| state.synced).await.is_ok() } => {
+        listed = async { rx.wait_for(|state| state.listed).await.is_ok() } => {
             if listed {
                 return Listing::Listed;
             }

@@ -1,14 +1,13 @@
-//! The two watches a drain runs while it works: the pods on the node (to list them and to see
-//! them go) and the cluster's PodDisruptionBudgets (to retry a refused eviction as soon as its
-//! budget moves). Each watch feeds an index published on a `tokio::sync::watch` channel, so any
-//! number of eviction tasks can wait on a change without polling the API server.
+//! The watch a drain runs while it works: the pods on its node (to list them and to see them go),
+//! feeding an index published on a `tokio::sync::watch` channel, so that any number of eviction
+//! tasks can wait on a change without polling the API server. The budgets come from the cluster
+//! cache's one index instead ([`crate::store::ClusterCache::pdb_feed`]).
 
 use std::collections::HashMap;
 use std::fmt::Debug;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -17,16 +16,8 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, Span, debug, warn};
 
 use rota_core::drain::PodRef;
-use rota_core::drain::pdb::PdbIndex;
 
-/// An index and whether it holds a complete list yet.
-#[derive(Debug, Default)]
-pub struct Synced<T> {
-    /// The index.
-    pub index: T,
-    /// Whether the watch delivered its first complete list.
-    pub synced: bool,
-}
+use crate::store::Synced;
 
 /// What an index does with watch events.
 pub trait ObjectIndex<K>: Default + Send + Sync + 'static {
@@ -34,16 +25,6 @@ pub trait ObjectIndex<K>: Default + Send + Sync + 'static {
     fn apply(&mut self, object: &K);
     /// An object was deleted.
     fn delete(&mut self, object: &K);
-}
-
-impl ObjectIndex<PodDisruptionBudget> for PdbIndex {
-    fn apply(&mut self, object: &PodDisruptionBudget) {
-        PdbIndex::apply(self, object);
-    }
-
-    fn delete(&mut self, object: &PodDisruptionBudget) {
-        PdbIndex::delete(self, object);
-    }
 }
 
 /// The pods bound to one node, by namespace and name.
@@ -126,7 +107,7 @@ where
                             debug!(what, "watch listed");
                             tx.send_modify(|state| {
                                 state.index = index;
-                                state.synced = true;
+                                state.listed = true;
                             });
                         }
                     }

@@ -27,7 +27,8 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::Error;
-use rota_core::cluster::{ClusterState, Indexed};
+use rota_core::cluster::{ClusterState, Indexed, Kind};
+use rota_core::drain::pdb::PdbIndex;
 use rota_core::policy::{KubeVersion, MaintenancePolicy};
 
 /// Settings of the cache.
@@ -49,11 +50,41 @@ impl Default for CacheConfig {
     }
 }
 
+/// An index as a watch publishes it: empty and not `listed` until the first full list.
+#[derive(Clone, Debug, Default)]
+pub struct Synced<T> {
+    /// The index.
+    pub index: T,
+    /// Whether it was listed in full at least once.
+    pub listed: bool,
+}
+
 /// The shared cache. Clones see the same state.
 #[derive(Clone, Debug)]
 pub struct ClusterCache {
     state: Arc<RwLock<ClusterState>>,
     changes: watch::Receiver<u64>,
+    pdbs: watch::Receiver<Synced<PdbIndex>>,
+}
+
+/// Who hears of the cache's changes: everyone of every change, the drains of the budgets'.
+#[derive(Debug)]
+struct Feeds {
+    changes: watch::Sender<u64>,
+    pdbs: watch::Sender<Synced<PdbIndex>>,
+}
+
+impl Feeds {
+    /// Tells the followers that `kind` changed in `state`.
+    fn changed(&self, state: &ClusterState, kind: Kind) {
+        if kind == Kind::PodDisruptionBudgets {
+            self.pdbs.send_replace(Synced {
+                index: state.pdb_index().clone(),
+                listed: state.is_listed(kind),
+            });
+        }
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }
 
 /// The cache's background tasks; dropping this stops them.
@@ -78,8 +109,12 @@ impl ClusterCache {
     /// Starts following the cluster through `client`.
     pub fn start(client: Client, config: CacheConfig) -> (ClusterCache, CacheTasks) {
         let state = Arc::new(RwLock::new(ClusterState::default()));
-        let (sender, changes) = watch::channel(0_u64);
-        let sender = Arc::new(sender);
+        let (changes_tx, changes) = watch::channel(0_u64);
+        let (pdbs_tx, pdbs) = watch::channel(Synced::default());
+        let sender = Arc::new(Feeds {
+            changes: changes_tx,
+            pdbs: pdbs_tx,
+        });
         let mut tasks = JoinSet::new();
         let watch = match config.watch_timeout {
             Some(seconds) => watcher::Config::default().timeout(seconds),
@@ -99,12 +134,24 @@ impl ClusterCache {
             config.version_refresh,
             (state.clone(), sender.clone()),
         ));
-        (ClusterCache { state, changes }, CacheTasks { tasks })
+        let cache = ClusterCache {
+            state,
+            changes,
+            pdbs,
+        };
+        (cache, CacheTasks { tasks })
     }
 
     /// The current state. Do not hold the guard across an `.await`.
     pub fn read(&self) -> RwLockReadGuard<'_, ClusterState> {
         self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The budgets' index, published on every change of a budget: what a drain reacts to when
+    /// a budget refused an eviction. The same index as [`ClusterState::pdb_index`], so drains and
+    /// the scheduler read one view and no drain opens a watch of its own.
+    pub fn pdb_feed(&self) -> watch::Receiver<Synced<PdbIndex>> {
+        self.pdbs.clone()
     }
 
     /// A receiver that changes whenever the cache does.
@@ -127,7 +174,7 @@ impl ClusterCache {
     }
 }
 
-type Shared = (Arc<RwLock<ClusterState>>, Arc<watch::Sender<u64>>);
+type Shared = (Arc<RwLock<ClusterState>>, Arc<Feeds>);
 
 fn write(state: &RwLock<ClusterState>) -> RwLockWriteGuard<'_, ClusterState> {
     state.write().unwrap_or_else(PoisonError::into_inner)
@@ -137,11 +184,7 @@ fn write(state: &RwLock<ClusterState>) -> RwLockWriteGuard<'_, ClusterState> {
 /// back-off).
 async fn follow<K: Indexed + 'static>(
     api: Api<K>,
-    (state, changes, config): (
-        Arc<RwLock<ClusterState>>,
-        Arc<watch::Sender<u64>>,
-        watcher::Config,
-    ),
+    (state, feeds, config): (Arc<RwLock<ClusterState>>, Arc<Feeds>, watcher::Config),
 ) -> String {
     let stream = watcher::watcher(api, config).default_backoff();
     futures::pin_mut!(stream);
@@ -159,24 +202,25 @@ async fn follow<K: Indexed + 'static>(
             Event::InitApply(obj) => listing.push(trimmed(obj)),
             Event::InitDone => {
                 let count = listing.len();
-                {
-                    let mut state = write(&state);
-                    K::clear(&mut state);
-                    for obj in listing.drain(..) {
-                        K::insert(&mut state, obj);
-                    }
-                    state.mark_synced(K::KIND);
+                let mut state = write(&state);
+                K::clear(&mut state);
+                for obj in listing.drain(..) {
+                    K::insert(&mut state, obj);
                 }
+                state.mark_synced(K::KIND);
+                feeds.changed(&state, K::KIND);
+                drop(state);
                 info!(kind = %K::KIND, count, "listed");
-                changes.send_modify(|n| *n = n.wrapping_add(1));
             }
             Event::Apply(obj) => {
-                K::insert(&mut write(&state), trimmed(obj));
-                changes.send_modify(|n| *n = n.wrapping_add(1));
+                let mut state = write(&state);
+                K::insert(&mut state, trimmed(obj));
+                feeds.changed(&state, K::KIND);
             }
             Event::Delete(obj) => {
-                K::remove(&mut write(&state), &obj);
-                changes.send_modify(|n| *n = n.wrapping_add(1));
+                let mut state = write(&state);
+                K::remove(&mut state, &obj);
+                feeds.changed(&state, K::KIND);
             }
         }
     }
@@ -190,7 +234,7 @@ fn trimmed<K: Resource>(mut obj: K) -> K {
 }
 
 /// Reads `/version` now and then every `refresh`.
-async fn follow_version(client: Client, refresh: Duration, (state, changes): Shared) -> String {
+async fn follow_version(client: Client, refresh: Duration, (state, feeds): Shared) -> String {
     loop {
         match client.apiserver_version().await {
             Ok(info) => match info.git_version.parse::<KubeVersion>() {
@@ -201,7 +245,7 @@ async fn follow_version(client: Client, refresh: Duration, (state, changes): Sha
                     };
                     if changed {
                         debug!(version = %info.git_version, "API server version");
-                        changes.send_modify(|n| *n = n.wrapping_add(1));
+                        feeds.changes.send_modify(|n| *n = n.wrapping_add(1));
                     }
                 }
                 Err(error) => warn!(%error, "the API server reports an unreadable version"),

@@ -13,7 +13,7 @@ mod cache;
 mod gate;
 mod ledger;
 
-pub use cache::{CacheConfig, CacheTasks, ClusterCache};
+pub use cache::{CacheConfig, CacheTasks, ClusterCache, Synced};
 pub use gate::WriteGate;
 pub use ledger::KubeLedgerStore;
 

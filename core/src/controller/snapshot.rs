@@ -97,7 +97,7 @@ pub fn build(inputs: Inputs<'_>) -> Snapshot {
         slots,
         now,
     } = inputs;
-    let pdb_index = PdbIndex::from_objects(cache.pdbs().map(AsRef::as_ref));
+    let pdb_index = cache.pdb_index();
     let queued: HashSet<&str> = queue.iter().map(|r| r.node.as_str()).collect();
     let holding: HashSet<&str> = slots.iter().map(|s| s.node.as_str()).collect();
     let default_drain = DrainSpec::default();
@@ -122,7 +122,7 @@ pub fn build(inputs: Inputs<'_>) -> Snapshot {
                         .collect(),
                     _ => Vec::new(),
                 };
-                (evictable(&pods, &pdb_index, spec, now), blocking)
+                (evictable(&pods, pdb_index, spec, now), blocking)
             } else {
                 (Vec::new(), Vec::new())
             };

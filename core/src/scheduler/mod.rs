@@ -47,7 +47,7 @@ use crate::policy::{KubeVersion, NamespacedName, ValidatedPolicy};
 
 pub use plan::{Admission, Plan, SequentialPdb, Unavailability, WaitReason, Waiting};
 pub use skew::SkewViolation;
-pub use snapshot::{EvictablePod, NodeState, PdbIndex, PdbState, Pool, PoolName, Snapshot};
+pub use snapshot::{EvictablePod, NodeState, PdbState, Pool, PoolName, Snapshot};
 
 use skew::ControlPlane;
 

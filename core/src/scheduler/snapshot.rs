@@ -1,13 +1,11 @@
 //! What the scheduler decides on: one consistent view of the fleet, built by the controller from
 //! its Kubernetes watches and the slot ledger.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-
 use crate::model::{NodeName, Slot, SlotRequest};
-use crate::policy::{KubeVersion, NamespacedName, Selector, SelectorProblem, ValidatedPolicy};
+use crate::policy::{KubeVersion, NamespacedName, ValidatedPolicy};
 
 /// The name of a pool: the name of its `MaintenancePolicy`.
 pub type PoolName = String;
@@ -101,7 +99,8 @@ impl NodeState {
 pub struct EvictablePod {
     /// The pod.
     pub pod: NamespacedName,
-    /// PDBs whose selector matches it (see [`PdbIndex`]); more than one makes the eviction API
+    /// PDBs whose selector matches it (see [`crate::drain::pdb::PdbIndex`]); more than one makes
+    /// the eviction API
     /// refuse it.
     pub pdbs: Vec<NamespacedName>,
 }
@@ -115,49 +114,4 @@ pub struct PdbState {
     /// controller; pods still to be evicted from nodes holding a slot are not, and the scheduler
     /// subtracts them.
     pub disruptions_allowed: i32,
-}
-
-/// Which PDBs cover a pod, with the eviction API's rules: PDBs in the pod's namespace whose
-/// selector matches its labels; a PDB with an empty or missing selector covers nothing.
-#[derive(Clone, Debug, Default)]
-pub struct PdbIndex {
-    by_namespace: HashMap<String, Vec<(String, Selector)>>,
-}
-
-impl PdbIndex {
-    /// An empty index.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds (or replaces) a PDB.
-    pub fn insert(
-        &mut self,
-        pdb: &NamespacedName,
-        selector: Option<&LabelSelector>,
-    ) -> Result<(), Vec<SelectorProblem>> {
-        let selector = selector.map(Selector::parse).transpose()?;
-        let entries = self.by_namespace.entry(pdb.namespace.clone()).or_default();
-        entries.retain(|(name, _)| *name != pdb.name);
-        if let Some(selector) = selector.filter(|s| !s.is_everything()) {
-            entries.push((pdb.name.clone(), selector));
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-        }
-        Ok(())
-    }
-
-    /// PDBs covering a pod, sorted by name.
-    pub fn covering(
-        &self,
-        namespace: &str,
-        labels: &BTreeMap<String, String>,
-    ) -> Vec<NamespacedName> {
-        self.by_namespace
-            .get(namespace)
-            .into_iter()
-            .flatten()
-            .filter(|(_, selector)| selector.matches(labels))
-            .map(|(name, _)| NamespacedName::new(namespace, name.clone()))
-            .collect()
-    }
 }
