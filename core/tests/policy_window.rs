@@ -4,7 +4,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use jiff::Timestamp;
-use rota_core::policy::window::{ClosedReason, WindowState, is_open};
+use rota_core::policy::window::{ClosedReason, WindowState};
 use rota_core::policy::{MaintenancePolicySpec, ValidatedPolicy, validate};
 use serde_json::json;
 
@@ -18,14 +18,14 @@ fn ts(text: &str) -> Timestamp {
 }
 
 fn open_at(p: &ValidatedPolicy, at: &str) -> bool {
-    is_open(p, ts(at)).open
+    p.window_state(ts(at)).open
 }
 
 #[test]
 fn no_windows_means_always_open() {
     let p = policy(json!({}));
     assert_eq!(
-        is_open(&p, ts("2025-06-01T12:00:00Z")),
+        p.window_state(ts("2025-06-01T12:00:00Z")),
         WindowState {
             open: true,
             reason: None,
@@ -52,7 +52,7 @@ fn window_crossing_midnight_belongs_to_its_start_day() {
     for (at, want) in table {
         assert_eq!(open_at(&p, at), want, "{at}");
     }
-    let state = is_open(&p, ts("2025-06-09T10:00:00Z"));
+    let state = p.window_state(ts("2025-06-09T10:00:00Z"));
     assert_eq!(state.reason, Some(ClosedReason::OutsideWindows));
     assert_eq!(state.next_open, Some(ts("2025-06-13T22:00:00Z")));
 }
@@ -63,7 +63,7 @@ fn end_at_midnight_crosses_midnight_and_days_default_to_every_day() {
     assert!(open_at(&p, "2025-06-03T23:59:00Z"));
     assert!(!open_at(&p, "2025-06-04T00:00:00Z"));
     assert_eq!(
-        is_open(&p, ts("2025-06-04T00:00:00Z")).next_open,
+        p.window_state(ts("2025-06-04T00:00:00Z")).next_open,
         Some(ts("2025-06-04T20:00:00Z"))
     );
 }
@@ -104,14 +104,14 @@ fn spring_forward_skipped_hour_shortens_the_window() {
     assert!(open_at(&p, "2025-03-30T01:59:00Z"));
     assert!(!open_at(&p, "2025-03-30T02:00:00Z"));
     assert_eq!(
-        is_open(&p, ts("2025-03-29T23:00:00Z")).next_open,
+        p.window_state(ts("2025-03-29T23:00:00Z")).next_open,
         Some(ts("2025-03-30T01:00:00Z"))
     );
     // A window lying entirely in the skipped hour moves with the clock: 03:15-03:45 CEST.
     let p = policy(json!({"windows": [
         {"start": "02:15", "end": "02:45", "timeZone": "Europe/Berlin"},
     ]}));
-    let state = is_open(&p, ts("2025-03-29T23:00:00Z"));
+    let state = p.window_state(ts("2025-03-29T23:00:00Z"));
     assert!(!state.open);
     assert_eq!(state.next_open, Some(ts("2025-03-30T01:15:00Z")));
     assert!(open_at(&p, "2025-03-30T01:44:00Z"));
@@ -141,7 +141,7 @@ fn blackout_edges_chains_and_reopening() {
         ],
     }));
     assert!(open_at(&p, "2025-12-19T11:59:59Z"));
-    let state = is_open(&p, ts("2025-12-20T00:00:00Z"));
+    let state = p.window_state(ts("2025-12-20T00:00:00Z"));
     assert!(!state.open, "start is inclusive");
     assert_eq!(
         state.reason,
@@ -159,17 +159,17 @@ fn blackout_edges_chains_and_reopening() {
         "windows": [{"start": "22:00", "end": "02:00"}],
         "blackouts": [{"start": "2025-12-01T00:00:00Z", "end": "2025-12-02T03:00:00Z"}],
     }));
-    let state = is_open(&p, ts("2025-12-01T23:00:00Z"));
+    let state = p.window_state(ts("2025-12-01T23:00:00Z"));
     assert_eq!(state.next_open, Some(ts("2025-12-02T22:00:00Z")));
     // A blackout ending inside a window reopens at its end.
-    let state = is_open(&p, ts("2025-12-02T01:00:00Z"));
+    let state = p.window_state(ts("2025-12-02T01:00:00Z"));
     assert!(!state.open);
     let p2 = policy(json!({
         "windows": [{"start": "22:00", "end": "02:00"}],
         "blackouts": [{"start": "2025-12-01T00:00:00Z", "end": "2025-12-01T23:00:00Z"}],
     }));
     assert_eq!(
-        is_open(&p2, ts("2025-12-01T12:00:00Z")).next_open,
+        p2.window_state(ts("2025-12-01T12:00:00Z")).next_open,
         Some(ts("2025-12-01T23:00:00Z"))
     );
 }
@@ -180,7 +180,7 @@ fn long_blackout_pushes_next_open_past_it() {
         "windows": [{"days": ["Sat"], "start": "01:00", "end": "05:00"}],
         "blackouts": [{"start": "2025-07-01T00:00:00Z", "end": "2025-09-01T00:00:00Z"}],
     }));
-    let state = is_open(&p, ts("2025-07-15T00:00:00Z"));
+    let state = p.window_state(ts("2025-07-15T00:00:00Z"));
     // 2025-09-06 is the first Saturday after the blackout.
     assert_eq!(state.next_open, Some(ts("2025-09-06T01:00:00Z")));
 }

@@ -23,7 +23,7 @@ pub use memory::{MemoryHost, MemoryPackages};
 pub use rootfs::RootFs;
 
 use crate::Result;
-use crate::packages::PackageManager;
+use crate::packages::manager::PackageManager;
 
 /// The `PATH` commands get in the host: the agent's own environment never leaks into the host.
 pub const HOST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

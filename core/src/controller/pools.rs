@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube_core::ResourceExt;
 
 use crate::policy::crd::WaitingReasonSummary;
-use crate::policy::window::{ClosedReason, is_open};
+use crate::policy::window::ClosedReason;
 use crate::policy::{
     MaintenancePolicy, MaintenancePolicySpec, MaintenancePolicyStatus, PolicyError,
     ValidatedPolicy, conditions, validate,
@@ -338,7 +338,7 @@ impl PolicyBook {
                     ),
                 )
             });
-            let window = is_open(policy, now.0);
+            let window = policy.window_state(now.0);
             conditions_now.push(match window.reason {
                 None => condition(conditions::WINDOW_OPEN, true, "InsideWindow", String::new()),
                 Some(ClosedReason::OutsideWindows) => condition(

@@ -4,9 +4,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use jiff::SignedDuration;
 use jiff::civil::Time;
 use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use regex::Regex;
@@ -17,7 +17,7 @@ use super::crd::{
 };
 use super::selector::Selector;
 use super::version::KubeVersion;
-use super::window::{BlackoutPeriod, Window};
+use super::window::{self, BlackoutPeriod, Window, WindowState};
 
 /// One problem in a spec: where (`spec.windows[0].start`) and why.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -223,6 +223,13 @@ pub struct ValidatedPolicy {
     pub health: Health,
     /// Failures that open the circuit breaker; 0: the breaker is off.
     pub max_failures: u32,
+}
+
+impl ValidatedPolicy {
+    /// Whether the policy's windows and blackouts allow maintenance to start at `now`.
+    pub fn window_state(&self, now: Timestamp) -> WindowState {
+        window::is_open(&self.windows, &self.blackouts, now)
+    }
 }
 
 impl ValidatedPolicy {

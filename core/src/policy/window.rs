@@ -13,8 +13,6 @@ use jiff::civil::{Date, Time, Weekday};
 use jiff::tz::TimeZone;
 use jiff::{Span, Timestamp};
 
-use super::validate::ValidatedPolicy;
-
 /// A validated weekly window.
 #[derive(Clone, Debug)]
 pub struct Window {
@@ -130,16 +128,15 @@ pub enum ClosedReason {
     },
 }
 
-/// Whether the policy's windows and blackouts allow maintenance to start at `now`.
-pub fn is_open(policy: &ValidatedPolicy, now: Timestamp) -> WindowState {
-    let in_window =
-        |t: Timestamp| policy.windows.is_empty() || policy.windows.iter().any(|w| w.contains(t));
-    let blacked_out = |t: Timestamp| policy.blackouts.iter().any(|b| b.contains(t));
-    let blackout = policy.blackouts.iter().find(|b| b.contains(now));
+/// Whether `windows` (none: always) and `blackouts` allow maintenance to start at `now`.
+pub fn is_open(windows: &[Window], blackouts: &[BlackoutPeriod], now: Timestamp) -> WindowState {
+    let in_window = |t: Timestamp| windows.is_empty() || windows.iter().any(|w| w.contains(t));
+    let blacked_out = |t: Timestamp| blackouts.iter().any(|b| b.contains(t));
+    let blackout = blackouts.iter().find(|b| b.contains(now));
     let reason = match blackout {
         Some(b) => Some(ClosedReason::Blackout {
             reason: b.reason.clone(),
-            until: blackout_chain_end(&policy.blackouts, b.end),
+            until: blackout_chain_end(blackouts, b.end),
         }),
         None if !in_window(now) => Some(ClosedReason::OutsideWindows),
         None => None,
@@ -155,10 +152,10 @@ pub fn is_open(policy: &ValidatedPolicy, now: Timestamp) -> WindowState {
     // Candidates for the next opening: blackout ends and window starts around `now` and around
     // every later blackout end (a long blackout pushes the next opening past it).
     let mut anchors = vec![now];
-    anchors.extend(policy.blackouts.iter().map(|b| b.end).filter(|&e| e > now));
+    anchors.extend(blackouts.iter().map(|b| b.end).filter(|&e| e > now));
     let mut candidates: Vec<Timestamp> = anchors.iter().copied().filter(|&a| a > now).collect();
     for &anchor in &anchors {
-        for window in &policy.windows {
+        for window in windows {
             let day = window.tz.to_datetime(anchor).date();
             for offset in -1..=8 {
                 let Ok(d) = day.checked_add(Span::new().days(offset)) else {

@@ -42,7 +42,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use jiff::Timestamp;
 
 use crate::model::{NodeName, Origin, Slot, SlotRequest};
-use crate::policy::window::{ClosedReason, is_open};
+use crate::policy::window::ClosedReason;
 use crate::policy::{KubeVersion, NamespacedName, ValidatedPolicy};
 
 pub use plan::{Admission, Plan, SequentialPdb, Unavailability, WaitReason, Waiting};
@@ -137,7 +137,7 @@ impl<'a> PoolState<'a> {
                 alert: alert.clone(),
             }));
         }
-        let window = is_open(policy, now);
+        let window = policy.window_state(now);
         let (blackout, window_closed) = match window.reason {
             None => (None, None),
             Some(ClosedReason::Blackout { reason, until }) => {
@@ -485,4 +485,17 @@ fn duplicate_order(a: &SlotRequest, b: &SlotRequest) -> Ordering {
         .cmp(&b.not_before)
         .then_with(|| a.operation.name().cmp(b.operation.name()))
         .then_with(|| format!("{:?}", a.operation).cmp(&format!("{:?}", b.operation)))
+}
+
+/// Nodes (or pods) listed by name in a reason; the rest are counted.
+pub(crate) const LISTED: usize = 5;
+
+/// `a, b, c` or `a, b, c, d, e and 7 more`, given the first few of `total` items.
+pub(crate) fn list_with_more(first: &[String], total: usize) -> String {
+    let shown = &first[..first.len().min(LISTED)];
+    let mut text = shown.join(", ");
+    if total > shown.len() {
+        text.push_str(&format!(" and {} more", total - shown.len()));
+    }
+    text
 }

@@ -11,6 +11,7 @@ use crate::policy::{KubeVersion, NamespacedName};
 
 use super::skew::SkewViolation;
 use super::snapshot::PoolName;
+use super::{LISTED, list_with_more};
 
 /// The outcome of one scheduling decision.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -329,19 +330,6 @@ impl fmt::Display for WaitReason {
             ),
         }
     }
-}
-
-/// Nodes (or pods) listed by name in a reason; the rest are counted.
-const LISTED: usize = 5;
-
-/// `a, b, c` or `a, b, c, d, e and 7 more`, given the first few of `total` items.
-pub(crate) fn list_with_more(first: &[String], total: usize) -> String {
-    let shown = &first[..first.len().min(LISTED)];
-    let mut text = shown.join(", ");
-    if total > shown.len() {
-        text.push_str(&format!(" and {} more", total - shown.len()));
-    }
-    text
 }
 
 impl Plan {

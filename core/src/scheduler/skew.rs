@@ -12,8 +12,8 @@ use std::fmt;
 use crate::model::NodeName;
 use crate::policy::KubeVersion;
 
-use super::plan::list_with_more;
 use super::snapshot::NodeState;
+use super::{LISTED, list_with_more};
 
 /// Why a Kubernetes upgrade of a node would break the version skew policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,9 +118,6 @@ impl fmt::Display for SkewViolation {
 pub(crate) struct ControlPlane<'a> {
     nodes: Vec<(&'a str, Option<KubeVersion>)>,
 }
-
-/// Names listed in a [`SkewViolation::ControlPlaneFirst`].
-const LISTED: usize = 5;
 
 impl<'a> ControlPlane<'a> {
     pub(crate) fn new(nodes: &'a [NodeState]) -> Self {

@@ -47,7 +47,8 @@ pub use entry::{
 };
 pub use ledger::{Checkpoint, Ledger, LedgerError, LedgerResult, Release};
 pub use persist::PersistError;
-pub use store::{LedgerStore, MemoryStore, StoreError, StoredState};
+pub use persist::StoredState;
+pub use store::{LedgerStore, MemoryStore, StoreError};
 pub use transition::{NodeState, Transition, TransitionReason};
 
 use crate::model::NodeName;

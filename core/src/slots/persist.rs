@@ -19,9 +19,19 @@ use super::entry::{
     CompletionReport, Finished, HeldSlot, Holding, NodeEntry, ProgressNote, QueuedRequest, Waiting,
 };
 use super::ledger::Ledger;
-use super::store::StoredState;
 use super::transition::TransitionReason;
 use crate::model::{FencingToken, NodeName, Operation, Origin, Slot, SlotPhase, SlotRequest};
+
+/// Everything the ledger persisted, as read back by [`super::LedgerStore::load`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredState {
+    /// The fencing counter: the last issued token (0 when the counter does not exist yet).
+    pub last_token: u64,
+    /// The counter object's `resourceVersion`; `None` when it does not exist yet.
+    pub counter_version: Option<String>,
+    /// Every Node with its annotations (the ledger reads only its own `rota.dev/` keys).
+    pub nodes: BTreeMap<NodeName, BTreeMap<String, String>>,
+}
 
 /// Node annotation holding a queued request.
 pub const REQUEST_ANNOTATION: &str = "rota.dev/request";

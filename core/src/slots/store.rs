@@ -6,19 +6,8 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::persist::NodeAnnotations;
+use super::persist::{NodeAnnotations, StoredState};
 use crate::model::NodeName;
-
-/// Everything the ledger persisted, as read back by [`LedgerStore::load`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StoredState {
-    /// The fencing counter: the last issued token (0 when the counter does not exist yet).
-    pub last_token: u64,
-    /// The counter object's `resourceVersion`; `None` when it does not exist yet.
-    pub counter_version: Option<String>,
-    /// Every Node with its annotations (the ledger reads only its own `rota.dev/` keys).
-    pub nodes: BTreeMap<NodeName, BTreeMap<String, String>>,
-}
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
