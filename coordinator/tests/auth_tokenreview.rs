@@ -3,11 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use rota_coordinator::slot_service::{SlotService, SlotServiceConfig};
-use rota_core::clock::SystemClock;
+use rota_core::clock::{Clock, OffsetClock, SystemClock};
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -33,19 +32,13 @@ const HOUR: Duration = Duration::from_secs(3600);
 struct Cluster {
     store: Store,
     server: ServerHandle,
-    skew: Arc<AtomicI64>,
+    skew: Arc<OffsetClock>,
 }
 
 impl Cluster {
     async fn start() -> Cluster {
-        let skew = Arc::new(AtomicI64::new(0));
-        let offset = skew.clone();
-        let clock = Arc::new(move || {
-            Timestamp::now()
-                .checked_add(SignedDuration::from_secs(offset.load(Ordering::SeqCst)))
-                .unwrap()
-        });
-        let store = Store::with_config(10_000, clock);
+        let skew = Arc::new(OffsetClock::default());
+        let store = Store::with_config(10_000, skew.clone());
         let create = |resource: &str, ns: Option<&str>, obj: serde_json::Value| {
             store
                 .create(&GroupResource::core(resource), ns, obj)
@@ -88,8 +81,9 @@ impl Cluster {
     }
 
     fn advance(&self, by: Duration) {
-        let secs = i64::try_from(by.as_secs()).unwrap();
-        self.skew.fetch_add(secs, Ordering::SeqCst);
+        let ahead = self.skew.now().duration_since(Timestamp::now());
+        let by = SignedDuration::try_from(by).unwrap();
+        self.skew.set_offset(ahead.checked_add(by).unwrap());
     }
 
     fn authenticator(&self, cache: CacheConfig) -> TokenReviewAuthenticator {

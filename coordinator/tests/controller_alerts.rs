@@ -4,6 +4,7 @@
 //! policy's status) until the policy names one that answers.
 
 mod controller_support;
+use rota_core::clock::OffsetClock;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -18,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use controller_support::{Cluster, OffsetClock, Running, settings, spec, wait_until};
+use controller_support::{Cluster, Running, settings, spec, wait_until};
 
 const WITHIN: Duration = Duration::from_secs(15);
 
@@ -91,8 +92,12 @@ async fn a_firing_alert_holds_the_pool_until_it_resolves() -> Result<()> {
     let mut policy = spec("workers");
     policy.blockers.prometheus = blocker(&prometheus.url);
     cluster.create_policy("workers", policy)?;
-    let coordinator =
-        Running::start(&cluster, settings_with_fast_alerts(), OffsetClock::real()).await?;
+    let coordinator = Running::start(
+        &cluster,
+        settings_with_fast_alerts(),
+        Arc::new(OffsetClock::default()),
+    )
+    .await?;
     coordinator.report("a", "a-boot-1").await?;
     coordinator.request("a", Operation::Reboot).await?;
 
@@ -136,8 +141,12 @@ async fn an_unreachable_prometheus_holds_the_pool_until_one_answers() -> Result<
     let mut policy = spec("workers");
     policy.blockers.prometheus = blocker(&closed);
     cluster.create_policy("workers", policy)?;
-    let coordinator =
-        Running::start(&cluster, settings_with_fast_alerts(), OffsetClock::real()).await?;
+    let coordinator = Running::start(
+        &cluster,
+        settings_with_fast_alerts(),
+        Arc::new(OffsetClock::default()),
+    )
+    .await?;
     coordinator.report("a", "a-boot-1").await?;
     coordinator.request("a", Operation::Reboot).await?;
 

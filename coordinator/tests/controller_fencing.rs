@@ -2,6 +2,7 @@
 //! and a coordinator that loses its leadership stops serving at once.
 
 mod controller_support;
+use rota_core::clock::OffsetClock;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use rota_sim::apiserver::Store;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use controller_support::{Cluster, OffsetClock, Running, SYSTEM_NS, settings, spec, wait_until};
+use controller_support::{Cluster, Running, SYSTEM_NS, settings, spec, wait_until};
 
 const WITHIN: Duration = Duration::from_secs(20);
 
@@ -80,8 +81,8 @@ async fn two_coordinators_racing_never_issue_a_token_twice() -> Result<()> {
     cluster.create_policy("workers", policy)?;
     let mut events = cluster.store.subscribe_all();
 
-    let first = Running::start(&cluster, settings(), OffsetClock::real()).await?;
-    let second = Running::start(&cluster, settings(), OffsetClock::real()).await?;
+    let first = Running::start(&cluster, settings(), Arc::new(OffsetClock::default())).await?;
+    let second = Running::start(&cluster, settings(), Arc::new(OffsetClock::default())).await?;
     for (i, node) in nodes.iter().enumerate() {
         let coordinator = if i % 2 == 0 { &first } else { &second };
         coordinator.report(node, &format!("{node}-boot-1")).await?;

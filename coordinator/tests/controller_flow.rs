@@ -2,6 +2,9 @@
 //! blocked by a budget, restarts mid-drain, node deletion and expired leases.
 
 mod controller_support;
+use std::sync::Arc;
+
+use rota_core::clock::OffsetClock;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -16,7 +19,7 @@ use rota_core::model::Operation;
 use rota_core::slots::NodeState;
 use rota_sim::apiserver::DeleteOptions;
 
-use controller_support::{Cluster, NS, OffsetClock, Running, Webhook, settings, spec, wait_until};
+use controller_support::{Cluster, NS, Running, Webhook, settings, spec, wait_until};
 use rota_coordinator::kube_client::Clients;
 use rota_coordinator::notify::{Notifier, NotifierConfig};
 use tokio_util::sync::CancellationToken;
@@ -36,7 +39,7 @@ async fn a_node_is_drained_granted_verified_and_released() -> Result<()> {
     let coordinator = Running::start_notifying(
         Clients::from_config(cluster.kube_config()?)?,
         settings(),
-        OffsetClock::real(),
+        Arc::new(OffsetClock::default()),
         notifier,
     )
     .await?;
@@ -150,7 +153,8 @@ async fn a_drain_blocked_by_a_pdb_yields_its_slot_to_another_node() -> Result<()
     policy.drain.backoff.initial = Some("1h".into());
     policy.drain.backoff.max = Some("2h".into());
     cluster.create_policy("workers", policy)?;
-    let coordinator = Running::start(&cluster, settings(), OffsetClock::real()).await?;
+    let coordinator =
+        Running::start(&cluster, settings(), Arc::new(OffsetClock::default())).await?;
 
     coordinator.report("a", "a-boot-1").await?;
     coordinator.report("b", "b-boot-1").await?;
@@ -201,7 +205,7 @@ async fn a_restarted_coordinator_resumes_the_drain_and_grants_nothing_twice() ->
     cluster.create_policy("workers", spec("workers"))?;
     let mut tokens = cluster.store.subscribe_all();
 
-    let first = Running::start(&cluster, settings(), OffsetClock::real()).await?;
+    let first = Running::start(&cluster, settings(), Arc::new(OffsetClock::default())).await?;
     first.report("a", "a-boot-1").await?;
     first.request("a", Operation::Reboot).await?;
     wait_until("the eviction", WITHIN, || {
@@ -211,7 +215,7 @@ async fn a_restarted_coordinator_resumes_the_drain_and_grants_nothing_twice() ->
     assert_eq!(cluster.slot("a").map(|s| s.1), Some("draining".into()));
     first.stop().await?;
 
-    let second = Running::start(&cluster, settings(), OffsetClock::real()).await?;
+    let second = Running::start(&cluster, settings(), Arc::new(OffsetClock::default())).await?;
     second
         .wait_view("a", WITHIN, |v| v.state == NodeState::Draining)
         .await?;
@@ -274,7 +278,8 @@ async fn a_deleted_node_frees_its_slot() -> Result<()> {
     cluster.add_node("a", &[("pool", "workers")])?;
     cluster.add_node("b", &[("pool", "workers")])?;
     cluster.create_policy("workers", spec("workers"))?;
-    let coordinator = Running::start(&cluster, settings(), OffsetClock::real()).await?;
+    let coordinator =
+        Running::start(&cluster, settings(), Arc::new(OffsetClock::default())).await?;
     coordinator.report("a", "a-boot-1").await?;
     coordinator.report("b", "b-boot-1").await?;
     coordinator.request("a", Operation::Reboot).await?;
@@ -308,7 +313,7 @@ async fn an_expired_lease_of_a_node_that_is_down_keeps_its_capacity() -> Result<
     cluster.create_policy("workers", spec("workers"))?;
     let mut settings = settings();
     settings.lease_ttl = SignedDuration::from_secs(1);
-    let coordinator = Running::start(&cluster, settings, OffsetClock::real()).await?;
+    let coordinator = Running::start(&cluster, settings, Arc::new(OffsetClock::default())).await?;
     coordinator.report("a", "a-boot-1").await?;
     coordinator.report("b", "b-boot-1").await?;
     coordinator.request("a", Operation::Reboot).await?;

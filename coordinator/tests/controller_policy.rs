@@ -2,6 +2,9 @@
 //! the `rota.dev/` annotations on Nodes.
 
 mod controller_support;
+use std::sync::Arc;
+
+use rota_core::clock::OffsetClock;
 
 use std::time::Duration;
 
@@ -13,7 +16,7 @@ use rota_core::model::Operation;
 use rota_core::policy::crd::MaintenanceWindow;
 use rota_core::slots::NodeState;
 
-use controller_support::{Cluster, OffsetClock, Running, settings, spec, wait_until};
+use controller_support::{Cluster, Running, settings, spec, wait_until};
 
 const WITHIN: Duration = Duration::from_secs(15);
 
@@ -38,7 +41,7 @@ async fn a_closed_window_admits_nothing_and_its_opening_admits() -> Result<()> {
     cluster.create_policy("workers", policy)?;
     let opens = today_utc("22:00:00")?;
     // The controller's clock reads six seconds before the window opens.
-    let clock = OffsetClock::at(today_utc("21:59:54")?);
+    let clock = Arc::new(OffsetClock::reading(today_utc("21:59:54")?));
     let coordinator = Running::start(&cluster, settings(), clock).await?;
     coordinator.report("a", "a-boot-1").await?;
     coordinator.request("a", Operation::Reboot).await?;
@@ -83,7 +86,8 @@ async fn a_paused_rollout_admits_nothing_until_resumed() -> Result<()> {
     let mut policy = spec("workers");
     policy.paused = true;
     cluster.create_policy("workers", policy)?;
-    let coordinator = Running::start(&cluster, settings(), OffsetClock::real()).await?;
+    let coordinator =
+        Running::start(&cluster, settings(), Arc::new(OffsetClock::default())).await?;
     coordinator.report("a", "a-boot-1").await?;
     coordinator.request("a", Operation::Reboot).await?;
     let waiting = coordinator
@@ -125,7 +129,8 @@ async fn failed_verifications_keep_their_slots_and_trip_the_breaker() -> Result<
     policy.max_failures = 2;
     policy.health.ready_timeout = Some("2s".into());
     cluster.create_policy("workers", policy)?;
-    let coordinator = Running::start(&cluster, settings(), OffsetClock::real()).await?;
+    let coordinator =
+        Running::start(&cluster, settings(), Arc::new(OffsetClock::default())).await?;
     for node in ["a", "b", "c"] {
         coordinator.report(node, &format!("{node}-boot-1")).await?;
     }
@@ -225,7 +230,8 @@ async fn a_manual_annotation_goes_before_agent_requests() -> Result<()> {
     let mut policy = spec("workers");
     policy.paused = true;
     cluster.create_policy("workers", policy)?;
-    let coordinator = Running::start(&cluster, settings(), OffsetClock::real()).await?;
+    let coordinator =
+        Running::start(&cluster, settings(), Arc::new(OffsetClock::default())).await?;
     for node in ["a", "b", "c"] {
         coordinator.report(node, &format!("{node}-boot-1")).await?;
     }

@@ -4,6 +4,7 @@
 //! the coordinator's own kube clients; the numbers are printed.
 
 mod controller_support;
+use rota_core::clock::OffsetClock;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,7 +24,7 @@ use rota_core::model::Operation;
 use rota_core::policy::crd::MaintenanceWindow;
 use tokio::time::Instant;
 
-use controller_support::{Cluster, NS, OffsetClock, Running, settings, spec, wait_until};
+use controller_support::{Cluster, NS, Running, settings, spec, wait_until};
 
 /// Counts the requests a client sends, and remembers what they were.
 #[derive(Clone, Default)]
@@ -171,7 +172,7 @@ async fn measure(nodes: usize) -> Result<Measurement> {
     let coordinator = Running::start_with(
         counting_clients(&cluster, &counter)?,
         settings,
-        OffsetClock::real(),
+        Arc::new(OffsetClock::default()),
     )
     .await?;
     for (i, name) in names.iter().enumerate() {

@@ -5,6 +5,9 @@
 //! with a pod of that app get the budget.
 
 mod controller_support;
+use std::sync::Arc;
+
+use rota_core::clock::OffsetClock;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rota_core::model::Operation;
 use rota_core::slots::NodeState;
 
-use controller_support::{Cluster, NS, OffsetClock, Running, settings, spec, wait_until};
+use controller_support::{Cluster, NS, Running, settings, spec, wait_until};
 
 const WITHIN: Duration = Duration::from_secs(15);
 
@@ -68,7 +71,7 @@ async fn two_replicas_on_one_node_are_evicted_one_after_the_other() -> Result<()
     let mut settings = settings();
     // Each round of a sequential drain may wait this long for the budget.
     settings.drain_blocked_timeout = Duration::from_secs(5);
-    let coordinator = Running::start(&cluster, settings, OffsetClock::real()).await?;
+    let coordinator = Running::start(&cluster, settings, Arc::new(OffsetClock::default())).await?;
     coordinator.report("a", "a-boot-1").await?;
     coordinator.report("b", "b-boot-1").await?;
 

@@ -13,6 +13,7 @@
 //!    why).
 
 mod controller_support;
+use rota_core::clock::OffsetClock;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -39,9 +40,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{MetadataMap, MetadataValue};
 
-use controller_support::{
-    Cluster, NS, OffsetClock, Running, SYSTEM_NS, settings, spec, wait_until,
-};
+use controller_support::{Cluster, NS, Running, SYSTEM_NS, settings, spec, wait_until};
 
 /// Where a permission applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -718,7 +717,8 @@ async fn every_request_of_a_real_run_is_in_the_table_and_every_row_is_used() -> 
     let election = tokio::spawn(elector.run(stop.clone().cancelled_owned()));
     let mut settings = settings();
     settings.namespace = config.identity.namespace.clone();
-    let running = Running::start_with(clients.clone(), settings, OffsetClock::real()).await?;
+    let running =
+        Running::start_with(clients.clone(), settings, Arc::new(OffsetClock::default())).await?;
 
     // Two maintenances one after the other: the second one updates the fencing counter the
     // first one created.

@@ -1,9 +1,9 @@
 //! The live slot service over the in-memory store: persist before acknowledging, undo what
 //! cannot be persisted, survive a restart, publish views and events.
 use rota_coordinator::slot_service::{SlotEvent, SlotService, SlotServiceConfig};
-use rota_core::clock::Clock;
+use rota_core::clock::{Clock, ManualClock};
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -14,26 +14,8 @@ use rota_core::slots::{
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 
-struct ManualClock(Mutex<Timestamp>);
-
-impl ManualClock {
-    fn advance(&self, secs: i64) {
-        let mut now = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        *now += SignedDuration::from_secs(secs);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Timestamp {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
 fn clock() -> Arc<ManualClock> {
-    Arc::new(ManualClock(Mutex::new(Timestamp::constant(
-        1_700_000_000,
-        0,
-    ))))
+    Arc::new(ManualClock::new(Timestamp::constant(1_700_000_000, 0)))
 }
 
 async fn service(
@@ -265,7 +247,7 @@ async fn completion_verification_and_lease_expiry() {
         .unwrap();
 
     // The node is away longer than the lease: visible, but the slot is still held.
-    clock.advance(600);
+    clock.advance(SignedDuration::from_secs(600));
     let now = clock.now();
     assert_eq!(svc.read(|l| l.expired_leases(now).count()).await, 1);
     assert_eq!(svc.read(|l| l.slots().count()).await, 1);

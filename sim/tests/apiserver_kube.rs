@@ -233,7 +233,7 @@ async fn list_and_watch_with_selectors() {
 
 #[tokio::test]
 async fn watch_resumes_from_a_resource_version_and_expires() {
-    let store = Store::with_config(20, std::sync::Arc::new(jiff::Timestamp::now));
+    let store = Store::with_config(20, rota_core::clock::system());
     let server = start(&store).await;
     let api: Api<ConfigMap> = Api::default_namespaced(client(&server, true));
     let first = api
@@ -325,7 +325,7 @@ async fn streaming_list_watch_ends_initial_events_with_a_bookmark() {
 /// Run a kube-runtime watcher, checking it sees `late` after its watch was dropped and its
 /// resourceVersion expired (so it must relist).
 async fn watcher_survives_drops_and_expiry(config: watcher::Config) {
-    let store = Store::with_config(30, std::sync::Arc::new(jiff::Timestamp::now));
+    let store = Store::with_config(30, rota_core::clock::system());
     store
         .create(
             &pods(),

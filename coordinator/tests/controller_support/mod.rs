@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
-use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{
     Container, Namespace, Node, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Pod,
     PodCondition, PodSpec, PodStatus,
@@ -45,35 +44,6 @@ use tokio_util::sync::CancellationToken;
 pub const SYSTEM_NS: &str = "rota-system";
 /// Namespace of the workloads.
 pub const NS: &str = "shop";
-
-/// A clock at a fixed offset from the real one, so that windows can open a few seconds into a
-/// test.
-#[derive(Debug)]
-pub struct OffsetClock {
-    offset: SignedDuration,
-}
-
-impl OffsetClock {
-    /// The real time.
-    pub fn real() -> Arc<Self> {
-        Arc::new(OffsetClock {
-            offset: SignedDuration::ZERO,
-        })
-    }
-
-    /// A clock reading `at` now.
-    pub fn at(at: Timestamp) -> Arc<Self> {
-        Arc::new(OffsetClock {
-            offset: at.duration_since(Timestamp::now()),
-        })
-    }
-}
-
-impl Clock for OffsetClock {
-    fn now(&self) -> Timestamp {
-        Timestamp::now() + self.offset
-    }
-}
 
 /// The emulated cluster.
 pub struct Cluster {

@@ -36,6 +36,6 @@ pub use patch::PatchKind;
 pub use resources::{GroupResource, Registry, ResourceInfo};
 pub(crate) use store::Part;
 pub use store::{
-    Clock, DeleteOptions, Deleted, EventType, ListOptions, ObjectList, Preconditions, ResourceKey,
-    Store, StoreEvent, Subscription, WatchEvent, WatchEventType,
+    DeleteOptions, Deleted, EventType, ListOptions, ObjectList, Preconditions, ResourceKey, Store,
+    StoreEvent, Subscription, WatchEvent, WatchEventType,
 };

@@ -159,26 +159,21 @@ fn set_deletion(obj: &mut Value, at: Timestamp, grace: i64) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicI64, Ordering};
+    use rota_core::clock::ManualClock;
 
     use super::super::fixtures::{pod, pods};
     use super::*;
     use crate::apiserver::PatchKind;
-    use crate::apiserver::store::{Clock, ListOptions, Preconditions, Store};
+    use crate::apiserver::store::{ListOptions, Preconditions, Store};
 
-    fn fixed_clock(start: i64) -> (Clock, Arc<AtomicI64>) {
-        let secs = Arc::new(AtomicI64::new(start));
-        let s = secs.clone();
-        let clock: Clock = Arc::new(move || {
-            Timestamp::from_second(s.load(Ordering::SeqCst)).unwrap_or(Timestamp::UNIX_EPOCH)
-        });
-        (clock, secs)
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH)
     }
 
     #[test]
     fn graceful_pod_deletion() {
-        let (clock, secs) = fixed_clock(1_000);
-        let store = Store::with_config(100, clock);
+        let clock = Arc::new(ManualClock::new(at(1_000)));
+        let store = Store::with_config(100, clock.clone());
         store
             .create(&pods(), Some("default"), pod("a", Some("n1")))
             .unwrap();
@@ -190,7 +185,7 @@ mod tests {
             d.object["metadata"]["deletionTimestamp"],
             "1970-01-01T00:17:10Z"
         );
-        secs.store(1_005, Ordering::SeqCst);
+        clock.set(at(1_005));
         let again = store
             .delete(
                 &key,

@@ -42,13 +42,12 @@ pub use types::{
 pub use watch::{Subscription, WatchEvent, WatchEventType};
 
 use super::audit::{AuditLog, EvictionRecord, PodDeletionRecord, UnavailablePoint};
+use rota_core::clock::SharedClock;
+
 use super::error::{Error, Result};
 use super::patch::{self, PatchKind};
 use super::resources::{GroupResource, Registry, ResourceInfo};
 use super::tokens::IssuedToken;
-
-/// A source of the current time (the store stamps objects with it).
-pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
 /// Events kept for watch resumption unless configured otherwise.
 pub const DEFAULT_HISTORY: usize = 20_000;
@@ -85,7 +84,7 @@ pub(crate) struct State {
 
 struct Shared {
     state: Mutex<State>,
-    clock: Clock,
+    clock: SharedClock,
 }
 
 /// A thread-safe handle on the emulated cluster state; clones share it.
@@ -108,19 +107,15 @@ impl Default for Store {
     }
 }
 
-fn system_clock() -> Clock {
-    Arc::new(Timestamp::now)
-}
-
 impl Store {
     /// A store with the wall clock, the default history and the namespaces every cluster has
     /// (`default`, `kube-system`, `kube-public`, `kube-node-lease`).
     pub fn new() -> Self {
-        Self::with_config(DEFAULT_HISTORY, system_clock())
+        Self::with_config(DEFAULT_HISTORY, rota_core::clock::system())
     }
 
     /// A store with a given watch history length and clock.
-    pub fn with_config(history_limit: usize, clock: Clock) -> Self {
+    pub fn with_config(history_limit: usize, clock: SharedClock) -> Self {
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
         let state = State {
             rv: 0,
@@ -154,7 +149,7 @@ impl Store {
 
     /// The store's clock.
     pub fn now(&self) -> Timestamp {
-        (self.shared.clock)()
+        self.shared.clock.now()
     }
 
     /// The current global resourceVersion.

@@ -275,12 +275,12 @@ mod tests {
     use super::super::fixtures::{pod, pods};
     use super::*;
     use crate::apiserver::PatchKind;
-    use crate::apiserver::store::{ResourceKey, system_clock};
+    use crate::apiserver::store::ResourceKey;
 
     #[tokio::test]
     async fn watch_resumes_and_expires() {
         use futures::StreamExt;
-        let store = Store::with_config(3, system_clock());
+        let store = Store::with_config(3, rota_core::clock::system());
         let a = store
             .create(&pods(), Some("default"), pod("a", None))
             .unwrap();
