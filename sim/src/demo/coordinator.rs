@@ -27,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::process::Process;
+use super::process::{CRASH_BACKOFF, Control, Process, Supervisor};
 use super::{Error, Result};
 
 /// The coordinator's namespace (its leader Lease, fencing counter and TLS objects live there).
@@ -250,64 +250,28 @@ async fn run_replica(ctx: ReplicaContext) -> Result<()> {
     Err(Error::Coordinator("the replica stopped".into()))
 }
 
-/// What the harness asks of a replica's supervisor.
-#[derive(Debug)]
-pub(crate) enum Control {
-    /// Kill the process and keep it down; answers once it is dead.
-    Kill(oneshot::Sender<()>),
-    /// Kill the process if it runs and start a new one; answers once the new one started.
-    Restart(oneshot::Sender<()>),
-}
-
 /// The harness's handle on one replica's supervisor.
-#[derive(Debug)]
-pub(crate) struct Replica {
-    control: mpsc::Sender<Control>,
+pub(crate) type Replica = Supervisor;
+
+/// Starts the supervisor of replica `index`, which starts the replica at once.
+pub(crate) fn start_replica(
+    index: usize,
+    api_url: String,
+    options: CoordinatorOptions,
+    routes: watch::Sender<Routes>,
+    cancel: CancellationToken,
+) -> (Replica, tokio::task::JoinHandle<()>) {
+    let (replica, rx) = Supervisor::channel();
+    let ctx = ReplicaContext {
+        index,
+        generation: 0,
+        api_url,
+        options,
+        routes,
+    };
+    let task = tokio::spawn(supervise(ctx, rx, cancel));
+    (replica, task)
 }
-
-impl Replica {
-    /// Starts the supervisor of replica `index`, which starts the replica at once.
-    pub(crate) fn start(
-        index: usize,
-        api_url: String,
-        options: CoordinatorOptions,
-        routes: watch::Sender<Routes>,
-        cancel: CancellationToken,
-    ) -> (Replica, tokio::task::JoinHandle<()>) {
-        let (control, rx) = mpsc::channel(4);
-        let ctx = ReplicaContext {
-            index,
-            generation: 0,
-            api_url,
-            options,
-            routes,
-        };
-        let task = tokio::spawn(supervise(ctx, rx, cancel));
-        (Replica { control }, task)
-    }
-
-    async fn ask(&self, make: impl FnOnce(oneshot::Sender<()>) -> Control) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.control
-            .send(make(tx))
-            .await
-            .map_err(|_| Error::Stopped)?;
-        rx.await.map_err(|_| Error::Stopped)
-    }
-
-    /// Kills the replica (as a process dies: no graceful step) and keeps it down.
-    pub(crate) async fn kill(&self) -> Result<()> {
-        self.ask(Control::Kill).await
-    }
-
-    /// Starts the replica again (killing it first if it runs).
-    pub(crate) async fn restart(&self) -> Result<()> {
-        self.ask(Control::Restart).await
-    }
-}
-
-/// How long a replica that ended by itself stays down before it is started again.
-const CRASH_BACKOFF: Duration = Duration::from_secs(1);
 
 async fn supervise(
     mut ctx: ReplicaContext,

@@ -44,7 +44,7 @@ use super::coordinator::{
     self, CoordinatorOptions, Replica, ReplicaAddrs, Routes, SYSTEM_NAMESPACE,
 };
 use super::kured::{self, KuredOptions, KuredSetup};
-use super::nodes::{AgentOptions, AgentSetup, DaemonKind, NodeDaemon};
+use super::nodes::{self, AgentOptions, AgentSetup, DaemonKind, NodeDaemon};
 use super::process::HostTokenLog;
 use super::progress::{NodeState, NodeView, Snapshot};
 use super::record::SlotRecord;
@@ -463,7 +463,7 @@ impl Fleet {
             self.cancel.clone(),
         )));
         for index in 0..coordinators.replicas.max(1) {
-            let (replica, task) = Replica::start(
+            let (replica, task) = coordinator::start_replica(
                 index,
                 api_url.clone(),
                 coordinators.clone(),
@@ -534,7 +534,7 @@ impl Fleet {
         let hosts = self.cluster()?.hosts().clone();
         for (node, host) in hosts {
             let (daemon, task) =
-                NodeDaemon::start(node.clone(), host, kind.clone(), self.daemon_cancel.clone());
+                nodes::start_daemon(node.clone(), host, kind.clone(), self.daemon_cancel.clone());
             self.daemons.insert(node, daemon);
             self.daemon_tasks.push(task);
         }

@@ -17,12 +17,12 @@ use rota_agent::daemon::machine::UpgradePolicy;
 use rota_agent::host::Host;
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::coordinator::{SERVICE_DNS_NAME, SYSTEM_NAMESPACE, TOKEN_AUDIENCE};
 use super::kured::KuredSetup;
-use super::process::{HostTokenLog, Process, ProcessHost};
+use super::process::{CRASH_BACKOFF, Control, HostTokenLog, Process, ProcessHost, Supervisor};
 use super::{Error, Result};
 use crate::apiserver::{GroupResource, ListOptions, ResourceKey, Store, meta};
 use crate::cluster::{PowerState, SimHost};
@@ -247,54 +247,32 @@ pub(crate) async fn until<T>(store: &Store, mut check: impl FnMut(&Store) -> Opt
     }
 }
 
-/// What the harness asks of a node daemon's supervisor.
-#[derive(Debug)]
-enum Control {
-    Kill(oneshot::Sender<()>),
-    Restart(oneshot::Sender<()>),
-}
-
 /// The harness's handle on one node's daemon.
-#[derive(Debug)]
-pub(crate) struct NodeDaemon {
-    control: mpsc::Sender<Control>,
+pub(crate) type NodeDaemon = Supervisor;
+
+/// Starts the supervisor of `node`'s daemon. Its answer to a restart comes at once: the start
+/// itself may wait for the host and the pod.
+pub(crate) fn start_daemon(
+    node: String,
+    host: SimHost,
+    kind: DaemonKind,
+    cancel: CancellationToken,
+) -> (NodeDaemon, tokio::task::JoinHandle<()>) {
+    let (daemon, rx) = Supervisor::channel();
+    let task = tokio::spawn(supervise(node, host, kind, rx, cancel));
+    (daemon, task)
 }
 
-/// How long a daemon that ended by itself stays down before it is started again.
-const CRASH_BACKOFF: Duration = Duration::from_secs(1);
-
-impl NodeDaemon {
-    /// Starts the supervisor of `node`'s daemon.
-    pub(crate) fn start(
-        node: String,
-        host: SimHost,
-        kind: DaemonKind,
-        cancel: CancellationToken,
-    ) -> (NodeDaemon, tokio::task::JoinHandle<()>) {
-        let (control, rx) = mpsc::channel(4);
-        let task = tokio::spawn(supervise(node, host, kind, rx, cancel));
-        (NodeDaemon { control }, task)
-    }
-
-    async fn ask(&self, make: impl FnOnce(oneshot::Sender<()>) -> Control) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.control
-            .send(make(tx))
-            .await
-            .map_err(|_| Error::Stopped)?;
-        rx.await.map_err(|_| Error::Stopped)
-    }
-
-    /// Kills the daemon and keeps it down (answers once it is dead).
-    pub(crate) async fn kill(&self) -> Result<()> {
-        self.ask(Control::Kill).await
-    }
-
-    /// Lets the daemon run again: killed first if it runs, started as soon as its host and pod
-    /// allow (answers at once; the start may wait for the host).
-    pub(crate) async fn restart(&self) -> Result<()> {
-        self.ask(Control::Restart).await
-    }
+/// Answers the harness's `command` to a daemon that runs or waits to: whether it is to stay down
+/// (`Some(true)` for a kill, `Some(false)` for a restart, which lets it run), or `None` when the
+/// harness is gone.
+fn answer(command: Option<Control>) -> Option<bool> {
+    let (kill, ack) = match command? {
+        Control::Kill(ack) => (true, ack),
+        Control::Restart(ack) => (false, ack),
+    };
+    let _ = ack.send(());
+    Some(kill)
 }
 
 async fn supervise(
@@ -309,14 +287,8 @@ async fn supervise(
     loop {
         if stopped {
             tokio::select! {
-                command = control.recv() => match command {
-                    Some(Control::Restart(ack)) => {
-                        stopped = false;
-                        let _ = ack.send(());
-                    }
-                    Some(Control::Kill(ack)) => {
-                        let _ = ack.send(());
-                    }
+                command = control.recv() => match answer(command) {
+                    Some(kill) => stopped = kill,
                     None => return,
                 },
                 () = cancel.cancelled() => return,
@@ -330,14 +302,8 @@ async fn supervise(
                 Err(_) => return,
             },
             command = control.recv() => {
-                match command {
-                    Some(Control::Kill(ack)) => {
-                        stopped = true;
-                        let _ = ack.send(());
-                    }
-                    Some(Control::Restart(ack)) => {
-                        let _ = ack.send(());
-                    }
+                match answer(command) {
+                    Some(kill) => stopped = kill,
                     None => return,
                 }
                 continue;
@@ -353,14 +319,8 @@ async fn supervise(
                 continue;
             }
             command = control.recv() => {
-                match command {
-                    Some(Control::Kill(ack)) => {
-                        stopped = true;
-                        let _ = ack.send(());
-                    }
-                    Some(Control::Restart(ack)) => {
-                        let _ = ack.send(());
-                    }
+                match answer(command) {
+                    Some(kill) => stopped = kill,
                     None => return,
                 }
                 continue;
@@ -407,15 +367,16 @@ async fn supervise(
                     () = cancel.cancelled() => return,
                 }
             }
-            Ended::Control(Some(Control::Kill(ack))) => {
-                tracing::info!(%node, "node daemon killed");
-                stopped = true;
-                let _ = ack.send(());
-            }
-            Ended::Control(Some(Control::Restart(ack))) => {
-                let _ = ack.send(());
-            }
-            Ended::Control(None) | Ended::Cancelled => return,
+            Ended::Control(command) => match answer(command) {
+                Some(kill) => {
+                    if kill {
+                        tracing::info!(%node, "node daemon killed");
+                    }
+                    stopped = kill;
+                }
+                None => return,
+            },
+            Ended::Cancelled => return,
         }
     }
 }

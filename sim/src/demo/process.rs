@@ -11,11 +11,12 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use rota_agent::host::{CommandOutput, Host, HostCommand, RebootMethod};
 use rota_agent::packages::PackageManager;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Error, Result};
 use crate::cluster::{PowerState, SimHost};
@@ -258,6 +259,53 @@ impl Host for ProcessHost {
 
     fn local_path(&self, _path: &Path) -> Option<PathBuf> {
         None
+    }
+}
+
+/// How long a supervised process that ended by itself stays down before it is started again.
+pub(crate) const CRASH_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What the harness asks of a process's supervisor (a Deployment's or a DaemonSet's controller,
+/// in a real cluster).
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// Kill the process and keep it down; answered once it is dead.
+    Kill(oneshot::Sender<()>),
+    /// Let it run again, killing it first if it runs; when the answer comes is the supervisor's
+    /// to say.
+    Restart(oneshot::Sender<()>),
+}
+
+/// The harness's handle on one supervisor: the coordinator replicas' and the node daemons'.
+#[derive(Debug)]
+pub(crate) struct Supervisor {
+    control: mpsc::Sender<Control>,
+}
+
+impl Supervisor {
+    /// A handle and the receiver its supervisor task reads.
+    pub(crate) fn channel() -> (Supervisor, mpsc::Receiver<Control>) {
+        let (control, rx) = mpsc::channel(4);
+        (Supervisor { control }, rx)
+    }
+
+    async fn ask(&self, make: impl FnOnce(oneshot::Sender<()>) -> Control) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.control
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Kills the process (as a process dies: no graceful step) and keeps it down.
+    pub(crate) async fn kill(&self) -> Result<()> {
+        self.ask(Control::Kill).await
+    }
+
+    /// Lets the process run again (killing it first if it runs).
+    pub(crate) async fn restart(&self) -> Result<()> {
+        self.ask(Control::Restart).await
     }
 }
 
