@@ -18,7 +18,7 @@ fn repo_file(path: &str) -> PathBuf {
 fn generated() -> String {
     let yaml = serde_saphyr::to_string(&MaintenancePolicy::crd()).expect("CRD serializes to YAML");
     format!(
-        "# Generated from coordinator/src/policy/crd.rs; do not edit.\n\
+        "# Generated from core/src/policy/crd.rs; do not edit.\n\
          # Regenerate: ROTA_BLESS=1 cargo test -p rota-coordinator --test policy_crd\n{yaml}"
     )
 }
