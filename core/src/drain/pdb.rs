@@ -76,10 +76,11 @@ impl PdbEntry {
     }
 }
 
-/// The budgets of the cluster, by namespace and name.
+/// The budgets of the cluster, by namespace and name: a pod's budgets are found among those of
+/// its namespace only, so a lookup costs what the namespace holds, not the cluster.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PdbIndex {
-    entries: HashMap<PdbRef, PdbEntry>,
+    by_namespace: HashMap<String, BTreeMap<String, PdbEntry>>,
 }
 
 /// A comparable summary of the budgets covering one pod: their names and resource versions.
@@ -98,43 +99,61 @@ impl PdbIndex {
 
     /// Adds or replaces one budget.
     pub fn apply(&mut self, pdb: &PodDisruptionBudget) {
-        self.entries
-            .insert(pdb_ref(pdb), PdbEntry::from_object(pdb));
+        let PdbRef { namespace, name } = pdb_ref(pdb);
+        self.by_namespace
+            .entry(namespace)
+            .or_default()
+            .insert(name, PdbEntry::from_object(pdb));
     }
 
     /// Removes one budget.
     pub fn delete(&mut self, pdb: &PodDisruptionBudget) {
-        self.entries.remove(&pdb_ref(pdb));
+        let PdbRef { namespace, name } = pdb_ref(pdb);
+        if let Some(entries) = self.by_namespace.get_mut(&namespace) {
+            entries.remove(&name);
+            if entries.is_empty() {
+                self.by_namespace.remove(&namespace);
+            }
+        }
     }
 
     /// The entry of one budget.
     pub fn get(&self, pdb: &PdbRef) -> Option<&PdbEntry> {
-        self.entries.get(pdb)
+        self.by_namespace.get(&pdb.namespace)?.get(&pdb.name)
+    }
+
+    /// The budgets of `namespace` covering a pod with these labels, by name.
+    fn covering_entries<'a>(
+        &'a self,
+        namespace: &str,
+        labels: &'a BTreeMap<String, String>,
+    ) -> impl Iterator<Item = (&'a String, &'a PdbEntry)> + 'a {
+        self.by_namespace
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .filter(move |(_, entry)| entry.covers(labels))
     }
 
     /// The budgets covering a pod with these labels in this namespace, sorted by name.
     pub fn covering(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Vec<PdbRef> {
-        let mut refs: Vec<PdbRef> = self
-            .entries
-            .iter()
-            .filter(|(pdb, entry)| pdb.namespace == namespace && entry.covers(labels))
-            .map(|(pdb, _)| pdb.clone())
-            .collect();
-        refs.sort();
-        refs
+        self.covering_entries(namespace, labels)
+            .map(|(name, _)| PdbRef {
+                namespace: namespace.to_owned(),
+                name: name.clone(),
+            })
+            .collect()
     }
 
     /// The fingerprint of the budgets covering a pod.
     pub fn fingerprint(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Fingerprint {
-        self.covering(namespace, labels)
-            .into_iter()
-            .map(|pdb| {
-                let version = self
-                    .entries
-                    .get(&pdb)
-                    .map(|entry| entry.resource_version.clone())
-                    .unwrap_or_default();
-                (pdb, version)
+        self.covering_entries(namespace, labels)
+            .map(|(name, entry)| {
+                let pdb = PdbRef {
+                    namespace: namespace.to_owned(),
+                    name: name.clone(),
+                };
+                (pdb, entry.resource_version.clone())
             })
             .collect()
     }
@@ -142,9 +161,7 @@ impl PdbIndex {
     /// Whether every budget covering the pod currently allows a disruption (true when none
     /// covers it).
     pub fn allows_eviction(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
-        self.entries
-            .iter()
-            .filter(|(pdb, entry)| pdb.namespace == namespace && entry.covers(labels))
+        self.covering_entries(namespace, labels)
             .all(|(_, entry)| entry.allows_disruption())
     }
 }
