@@ -45,7 +45,7 @@ async fn cluster(nodes: &[&str]) -> Result<Cluster> {
     let config = kube::Config::new(server.url().parse()?);
     let clients = Clients::from_config(config)?;
     let (cache, cache_tasks) = ClusterCache::start(clients.default.clone(), CacheConfig::default());
-    let drainer = Drainer::new(&clients, rota_core::clock::system(), cache.pdb_feed());
+    let drainer = Drainer::new(&clients, rota_core::clock::system(), cache);
     store.create_as(&Namespace {
         metadata: ObjectMeta {
             name: Some(NS.into()),

@@ -16,7 +16,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::watch::NodePods;
+use super::node_pods::NodePods;
 use crate::store::Synced;
 use rota_core::clock::{Clock, SharedClock};
 use rota_core::drain::filter::PodToEvict;

@@ -1,24 +1,24 @@
-//! The drain engine: cordon a node, evict its pods with `kubectl drain` semantics without ever
-//! breaking a PodDisruptionBudget, and uncordon it.
+//! The drain engine: evict a cordoned node's pods with `kubectl drain` semantics without ever
+//! breaking a PodDisruptionBudget. (The controller cordons and uncordons: `controller::cordon`.)
 //!
-//! - [`filter`] decides, purely, which pods are evicted, skipped, or keep the drain from starting;
-//! - [`pdb`] knows which budgets cover a pod and whether they allow a disruption;
+//! - what to evict, skip or refuse is decided purely by `rota_core::drain::filter`, under the
+//!   budgets of `rota_core::drain::pdb`;
+//! - the node's pods and the budgets come from the controller's cluster cache (one index, no
+//!   watch of the drain's own): `node_pods` follows the node's pods there;
 //! - `evict` runs one task per pod: post the Eviction, react to 429s when the budget moves
-//!   (a watch, not a blind sleep), wait for the pod to go (a watch, not polling);
+//!   (the cache's budget feed, not a blind sleep), wait for the pod to go;
 //! - [`Drainer::drain`] ties them together under a per-node deadline and a cancellation token,
 //!   and reports a [`DrainOutcome`] that tells the controller whether to proceed, or to give the
 //!   slot back and name the budget that blocked.
 
 pub mod evict;
-mod watch;
+mod node_pods;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::watcher;
-use kube::{Api, Client};
+use kube::Client;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
@@ -30,15 +30,12 @@ use rota_core::drain::{
 };
 
 use rota_core::clock::SharedClock;
-use rota_core::drain::pdb::PdbIndex;
-use tokio::sync::watch as watch_channel;
 
 use crate::kube_client::Clients;
 use evict::{EvictionContext, Finish, PodReport};
 use filter::SkippedPod;
-use watch::NodePods;
 
-use crate::store::Synced;
+use crate::store::{ClusterCache, Synced};
 
 /// Errors of the drain engine's API calls. A drain that runs but cannot finish is not an error:
 /// it is a [`DrainOutcome`].
@@ -103,14 +100,12 @@ impl DrainControl {
 /// Cordons, drains and uncordons nodes.
 #[derive(Clone)]
 pub struct Drainer {
-    /// Watches, node reads and patches.
-    client: Client,
     /// Evictions: without kube's 429 retry, so budget refusals reach the engine at once.
     eviction_client: Client,
     /// The wall clock the drain's decisions read (pods deleted how long ago), the controller's.
     clock: SharedClock,
-    /// The cluster's budgets, from the controller's cache.
-    pdbs: watch_channel::Receiver<Synced<PdbIndex>>,
+    /// The controller's cache: the node's pods and the budgets, as the scheduler sees them.
+    cache: ClusterCache,
 }
 
 impl fmt::Debug for Drainer {
@@ -120,18 +115,12 @@ impl fmt::Debug for Drainer {
 }
 
 impl Drainer {
-    /// A drainer using the coordinator's clients and clock, and the budgets of its cache
-    /// ([`crate::store::ClusterCache::pdb_feed`]).
-    pub fn new(
-        clients: &Clients,
-        clock: SharedClock,
-        pdbs: watch_channel::Receiver<Synced<PdbIndex>>,
-    ) -> Self {
+    /// A drainer using the coordinator's clients, clock and cluster cache.
+    pub fn new(clients: &Clients, clock: SharedClock, cache: ClusterCache) -> Self {
         Self {
-            client: clients.default.clone(),
             eviction_client: clients.eviction.clone(),
             clock,
-            pdbs,
+            cache,
         }
     }
 
@@ -160,15 +149,10 @@ impl Drainer {
             elapsed: started.elapsed(),
         };
 
-        // Dropping this set (on return, or when the caller drops the future) aborts the watches.
-        let mut watches = JoinSet::new();
-        let mut pods = watch::spawn::<Pod, NodePods>(
-            &mut watches,
-            Api::all(self.client.clone()),
-            watcher::Config::default().fields(&format!("spec.nodeName={node}")),
-            "pods",
-        );
-        let mut pdbs = self.pdbs.clone();
+        // Dropping this set (on return, or when the caller drops the future) stops following.
+        let mut followers = JoinSet::new();
+        let mut pods = node_pods::follow(&mut followers, &self.cache, node);
+        let mut pdbs = self.cache.pdb_feed();
 
         let mut listing = (
             wait_listed(&mut pods, deadline, &cancel).await,

@@ -111,7 +111,7 @@ impl<'a> Term<'a> {
             drainer: Drainer::new(
                 &coordinator.clients,
                 coordinator.clock.clone(),
-                cache.pdb_feed(),
+                cache.clone(),
             ),
             book: PolicyBook::new(),
             drains: JoinSet::new(),
