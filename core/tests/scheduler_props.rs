@@ -18,7 +18,10 @@ use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
 use rota_core::model::{FencingToken, Operation, Origin, Slot, SlotPhase, SlotRequest};
 use rota_core::policy::{KubeVersion, MaintenancePolicySpec, NamespacedName, validate};
-use rota_core::scheduler::{EvictablePod, NodeState, PdbState, Plan, Pool, Snapshot, schedule};
+use rota_core::scheduler::{
+    CONTROL_PLANE_MAX_UNAVAILABLE, EvictablePod, NodeState, PdbState, Plan, Pool, Snapshot,
+    schedule,
+};
 use serde_json::json;
 
 const PDBS: usize = 4;
@@ -378,6 +381,17 @@ impl Case {
             .collect()
     }
 
+    /// Control-plane nodes unavailable in the whole cluster once `admitted` are admitted.
+    fn control_plane_unavailable_after(&self, admitted: &BTreeSet<usize>) -> BTreeSet<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| {
+                let n = &self.nodes[i];
+                n.control_plane
+                    && (n.slot.is_some() || !n.ready || n.unschedulable || admitted.contains(&i))
+            })
+            .collect()
+    }
+
     /// Pods per PDB still to be evicted from slot holders, plus those of `admitted` nodes.
     fn pdb_usage(&self, admitted: &BTreeSet<usize>) -> HashMap<usize, i64> {
         let mut usage = HashMap::new();
@@ -533,6 +547,16 @@ proptest! {
             }
         }
 
+        // The control-plane guard, across pools: an admitted control-plane node leaves at most
+        // one control-plane node unavailable in the whole cluster.
+        if admitted.iter().any(|&i| case.nodes[i].control_plane) {
+            let unavailable = case.control_plane_unavailable_after(&admitted);
+            prop_assert!(
+                unavailable.len() <= CONTROL_PLANE_MAX_UNAVAILABLE,
+                "control-plane nodes {:?} unavailable at once", unavailable
+            );
+        }
+
         // PDBs touched by an admission stay within budget, or one admitted node has the budget
         // to itself (and the plan says so); no admitted node has a pod the eviction API would
         // refuse.
@@ -602,8 +626,11 @@ proptest! {
                 [pdb] => case.over_budget(*pdb, &with_it),
                 _ => false,
             });
+            let over_control_plane = case.nodes[i].control_plane
+                && case.control_plane_unavailable_after(&with_it).len()
+                    > CONTROL_PLANE_MAX_UNAVAILABLE;
             prop_assert!(
-                over_capacity || over_budget,
+                over_capacity || over_budget || over_control_plane,
                 "{} starves: {:?}", node, waiting.reasons
             );
         }

@@ -143,7 +143,7 @@ pub async fn run(fleet: &Fleet, deadline: Duration, stall: Duration) -> (Report,
 }
 
 /// The safety invariants, whatever else happened: no PDB broken, never more nodes down than
-/// allowed, no node maintained twice, no fencing token persisted on or acted with by two
+/// allowed, never two control-plane nodes down at once, no node maintained twice, no fencing token persisted on or acted with by two
 /// nodes, and every token an agent acted with was persisted for its own node by a coordinator.
 pub fn assert_safe(fleet: &Fleet, report: &Report) {
     let text = report.render();
@@ -157,6 +157,11 @@ pub fn assert_safe(fleet: &Fleet, report: &Report) {
         "{} nodes down at once, {} allowed\n{text}",
         report.max_unavailable_observed,
         report.max_unavailable
+    );
+    assert!(
+        report.max_control_plane_unavailable_observed <= 1,
+        "{} control-plane nodes down at once\n{text}",
+        report.max_control_plane_unavailable_observed
     );
     assert!(
         report.maintained_more_than_once.is_empty(),

@@ -15,6 +15,11 @@
 //!   plus nodes admitted earlier in this plan) together with this node number at most the pool's
 //!   `maxUnavailable`. A node that is already unavailable adds nothing, so a cordoned or broken
 //!   node can still be maintained when the pool is at its limit only because of itself;
+//! - control-plane guard, whatever the pools say: at most [`CONTROL_PLANE_MAX_UNAVAILABLE`]
+//!   control-plane node unavailable in the whole cluster (holding a slot, NotReady, or cordoned
+//!   by anyone, plus those admitted earlier in this plan), across every pool — a kubeadm
+//!   control-plane node runs a stacked etcd member and an API server that no PDB covers, so
+//!   `maxUnavailable` alone could take etcd below quorum;
 //! - for a Kubernetes upgrade, the requested version is the pool's target
 //!   (`upgrade.kubernetesVersion`), when the policy sets one;
 //! - PDB look-ahead: for every PDB covering a pod the drain would evict, its pods on this node,
@@ -35,6 +40,11 @@
 mod plan;
 mod skew;
 mod snapshot;
+
+/// Most control-plane nodes unavailable at once in the whole cluster, whatever `maxUnavailable`
+/// says: with the three stacked etcd members of a usual kubeadm control plane, one down keeps
+/// quorum; two down lose it.
+pub const CONTROL_PLANE_MAX_UNAVAILABLE: usize = 1;
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -203,6 +213,8 @@ struct Scheduler<'a> {
     pools: HashMap<&'a str, PoolState<'a>>,
     budgets: HashMap<&'a NamespacedName, Budget>,
     control_plane: ControlPlane<'a>,
+    /// Control-plane nodes unavailable in the whole cluster, and why.
+    control_plane_unavailable: BTreeMap<&'a str, Unavailability>,
 }
 
 impl<'a> Scheduler<'a> {
@@ -222,6 +234,7 @@ impl<'a> Scheduler<'a> {
             .map(|p| (p.name.as_str(), PoolState::new(p, now)))
             .collect();
         let mut sizes: HashMap<&str, usize> = HashMap::new();
+        let mut control_plane_unavailable = BTreeMap::new();
         for node in &snapshot.nodes {
             let why = if slots.contains_key(node.name.as_str()) {
                 Some(Unavailability::HoldsSlot)
@@ -234,6 +247,9 @@ impl<'a> Scheduler<'a> {
             } else {
                 None
             };
+            if let (true, Some(why)) = (node.control_plane, why) {
+                control_plane_unavailable.insert(node.name.as_str(), why);
+            }
             for pool_name in distinct_pools(node) {
                 if let Some(pool) = pools.get_mut(pool_name) {
                     *sizes.entry(pool_name).or_default() += 1;
@@ -276,6 +292,7 @@ impl<'a> Scheduler<'a> {
             pools,
             budgets,
             control_plane: ControlPlane::new(&snapshot.nodes),
+            control_plane_unavailable,
         }
     }
 
@@ -366,6 +383,21 @@ impl<'a> Scheduler<'a> {
             });
         }
 
+        if node.control_plane {
+            let unavailable = &self.control_plane_unavailable;
+            let already = unavailable.contains_key(node.name.as_str());
+            if unavailable.len() + usize::from(!already) > CONTROL_PLANE_MAX_UNAVAILABLE {
+                reasons.push(WaitReason::ControlPlaneUnavailable {
+                    max: CONTROL_PLANE_MAX_UNAVAILABLE,
+                    unavailable: unavailable
+                        .iter()
+                        .filter(|(name, _)| **name != node.name.as_str())
+                        .map(|(name, why)| ((*name).to_owned(), *why))
+                        .collect(),
+                });
+            }
+        }
+
         let (pdb_needs, sequential) = self.pdb_needs(node, &mut reasons);
         if reasons.is_empty() {
             Ok(Admissible {
@@ -432,6 +464,13 @@ impl<'a> Scheduler<'a> {
 
     /// Takes the capacity and budgets an admitted node uses.
     fn commit(&mut self, node: &NodeName, admissible: &Admissible<'a>) {
+        if let Some(state) = self.nodes.get(node.as_str())
+            && state.control_plane
+        {
+            self.control_plane_unavailable
+                .entry(state.name.as_str())
+                .or_insert(Unavailability::AdmittedNow);
+        }
         if let Some(pool) = self.pools.get_mut(admissible.pool.name.as_str())
             && let Some(node) = self.nodes.get(node.as_str())
         {

@@ -140,6 +140,14 @@ pub enum WaitReason {
         /// Not before this instant.
         until: Timestamp,
     },
+    /// Another control-plane node is unavailable: at most
+    /// [`super::CONTROL_PLANE_MAX_UNAVAILABLE`] at a time in the whole cluster.
+    ControlPlaneUnavailable {
+        /// The limit.
+        max: usize,
+        /// The other control-plane nodes unavailable, and why.
+        unavailable: Vec<(NodeName, Unavailability)>,
+    },
     /// Admitting the node would make too many nodes of the pool unavailable.
     MaxUnavailable {
         /// Unavailable nodes of the pool now (including nodes admitted earlier in this plan).
@@ -216,6 +224,7 @@ impl WaitReason {
             WaitReason::WindowClosed { .. } => "WindowClosed",
             WaitReason::BackingOff { .. } => "BackingOff",
             WaitReason::MaxUnavailable { .. } => "MaxUnavailable",
+            WaitReason::ControlPlaneUnavailable { .. } => "ControlPlaneUnavailable",
             WaitReason::PdbBudget { .. } => "PdbBudget",
             WaitReason::PdbUnknown { .. } => "PdbUnknown",
             WaitReason::SeveralPdbs { .. } => "SeveralPdbs",
@@ -262,6 +271,18 @@ impl fmt::Display for WaitReason {
                 f.write_str("maintenance window closed")
             }
             WaitReason::BackingOff { until } => write!(f, "backing off until {until}"),
+            WaitReason::ControlPlaneUnavailable { max, unavailable } => {
+                let names: Vec<String> = unavailable
+                    .iter()
+                    .map(|(name, why)| format!("{name} ({})", why.as_str()))
+                    .collect();
+                write!(
+                    f,
+                    "control plane: at most {max} control-plane node unavailable at a time \
+                     (unavailable: {})",
+                    list_with_more(&names, names.len())
+                )
+            }
             WaitReason::MaxUnavailable {
                 unavailable,
                 max,

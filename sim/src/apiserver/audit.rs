@@ -3,7 +3,7 @@
 //! deletions, and node readiness/cordon changes. Demos and end-to-end tests read it to prove
 //! that no PodDisruptionBudget was broken and to report the most nodes unavailable at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 
@@ -149,6 +149,22 @@ impl AuditLog {
         &self.timeline
     }
 
+    /// The most of `nodes` (say, the control-plane nodes) unavailable at any moment, replayed
+    /// from the node records.
+    pub fn max_unavailable_among(&self, nodes: &BTreeSet<String>) -> usize {
+        let mut down: BTreeSet<&str> = BTreeSet::new();
+        let mut most = 0;
+        for record in self.nodes.iter().filter(|r| nodes.contains(&r.node)) {
+            if !record.deleted && (!record.ready || record.unschedulable) {
+                down.insert(record.node.as_str());
+            } else {
+                down.remove(record.node.as_str());
+            }
+            most = most.max(down.len());
+        }
+        most
+    }
+
     /// The most nodes unavailable at any moment.
     pub fn max_unavailable(&self) -> usize {
         self.timeline
@@ -183,6 +199,11 @@ mod tests {
         log.record_node(node(2, 4, "b", false, false));
         log.record_node(node(2, 5, "b", false, false));
         log.record_node(node(3, 6, "a", true, false));
+        let a = BTreeSet::from(["a".to_owned()]);
+        assert_eq!(log.max_unavailable_among(&a), 1);
+        let both = BTreeSet::from(["a".to_owned(), "b".to_owned()]);
+        assert_eq!(log.max_unavailable_among(&both), 2);
+        assert_eq!(log.max_unavailable_among(&BTreeSet::new()), 0);
         let counts: Vec<usize> = log
             .unavailable_timeline()
             .iter()

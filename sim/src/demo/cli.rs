@@ -301,6 +301,7 @@ mod tests {
             lower_bound_formula: String::new(),
             makespan_over_lower_bound: 1.0,
             max_unavailable_observed: 1,
+            max_control_plane_unavailable_observed: 1,
             pdb_violations: 0,
             pdb_violation_details: Vec::new(),
             evictions: 0,

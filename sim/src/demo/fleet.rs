@@ -926,6 +926,7 @@ impl Fleet {
                 .options
                 .scheduler
                 .max_unavailable(self.expectations.len()),
+            control_plane: self.scenario.control_plane_names().into_iter().collect(),
             audit: &audit,
             maintenance_counts: self.maintenance_counts(),
             done: self.done_nodes(),

@@ -59,6 +59,8 @@ pub struct ReportInput<'a> {
     /// Most nodes the scheduler may take down at once (rota's `maxUnavailable`, kured's
     /// `--concurrency`).
     pub max_unavailable: usize,
+    /// The control-plane nodes (at most one may be unavailable at a time).
+    pub control_plane: BTreeSet<String>,
     /// The emulator's audit record.
     pub audit: &'a AuditLog,
     /// Reboots plus kubelet restarts per node, from the hosts.
@@ -110,6 +112,9 @@ pub struct Report {
     pub makespan_over_lower_bound: f64,
     /// The most nodes unavailable at any moment.
     pub max_unavailable_observed: usize,
+    /// The most control-plane nodes unavailable at any moment (more than one risks etcd's
+    /// quorum), from the emulator's node records.
+    pub max_control_plane_unavailable_observed: usize,
     /// Evictions that took a PDB below its desired healthy pods.
     pub pdb_violations: usize,
     /// One line per violation.
@@ -271,6 +276,9 @@ impl Report {
             .max()
             .unwrap_or(0);
 
+        let max_control_plane_unavailable_observed =
+            input.audit.max_unavailable_among(&input.control_plane);
+
         let failed_nodes: Vec<String> = input
             .nodes
             .iter()
@@ -303,6 +311,11 @@ impl Report {
         if max_unavailable_observed > k {
             invariant_violations.push(format!(
                 "{max_unavailable_observed} nodes unavailable at once, more than {k}"
+            ));
+        }
+        if max_control_plane_unavailable_observed > 1 {
+            invariant_violations.push(format!(
+                "{max_control_plane_unavailable_observed} control-plane nodes unavailable at once"
             ));
         }
         if !maintained_more_than_once.is_empty() {
@@ -366,6 +379,7 @@ impl Report {
             lower_bound_formula,
             makespan_over_lower_bound: ratio,
             max_unavailable_observed,
+            max_control_plane_unavailable_observed,
             pdb_violations: violations.len(),
             pdb_violation_details,
             evictions: input.audit.evictions.len(),
@@ -411,6 +425,13 @@ impl Report {
                 format!(
                     "{} (allowed {})",
                     self.max_unavailable_observed, self.max_unavailable
+                ),
+            ),
+            (
+                "most control-plane nodes unavailable at once",
+                format!(
+                    "{} (allowed 1)",
+                    self.max_control_plane_unavailable_observed
                 ),
             ),
             ("PDB violations", self.pdb_violations.to_string()),
@@ -582,6 +603,7 @@ mod tests {
             seed: 1,
             nodes: vec!["a".into(), "b".into(), "c".into()],
             max_unavailable: 2,
+            control_plane: BTreeSet::from(["a".to_string()]),
             audit: &audit,
             maintenance_counts: [("a", 1), ("b", 1), ("c", 2)]
                 .map(|(n, c)| (n.to_string(), c))
