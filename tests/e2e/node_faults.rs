@@ -221,20 +221,26 @@ async fn a_drain_blocked_by_a_pdb_gives_its_slot_back() {
                 .map(|(_, examples)| examples)
                 .unwrap_or_default();
             // Events are recorded in the background: wait for the one of the slot given back.
-            let given_back = events_about(fleet, &blocked)
+            let events = events_about(fleet, &blocked);
+            let given_back = events
                 .iter()
                 .any(|(_, note)| note.contains("license-server") && note.contains("given back"));
+            // The cordon lifted after the give-back says so, not "after maintenance".
+            let uncordoned = events.iter().any(|(reason, note)| {
+                reason == "Uncordoned" && note.contains("gave its slot back")
+            });
             match examples.get(&blocked) {
                 Some(why)
                     if done.len() == others
                         && given_back
+                        && uncordoned
                         && slot_phase(&node).is_none()
                         && !meta::node_unschedulable(&node) =>
                 {
                     Ok(why.clone())
                 }
                 _ => Err(format!(
-                    "{} done; {blocked}: slot {:?}, cordoned {}, slot given back {given_back}; waiting: {:?}",
+                    "{} done; {blocked}: slot {:?}, cordoned {}, slot given back {given_back}, uncordon event {uncordoned}; waiting: {:?}",
                     done.len(),
                     slot_phase(&node),
                     meta::node_unschedulable(&node),
@@ -251,6 +257,12 @@ async fn a_drain_blocked_by_a_pdb_gives_its_slot_back() {
     println!("{blocked} waits: {why}\nevents: {events:#?}");
 
     assert!(why.contains("license-server"), "{why}");
+    assert!(
+        !events
+            .iter()
+            .any(|(_, note)| note.contains("after maintenance")),
+        "{blocked} was never maintained: {events:?}"
+    );
     assert_eq!(
         tokens_by_node(&fleet).get(&blocked).map(|t| t.len()),
         Some(1),

@@ -24,7 +24,7 @@ use crate::model::{FencingToken, NodeName, Operation, SlotPhase};
 use crate::policy::crd::RebootMode;
 use crate::policy::{DEFAULT_DRAIN_TIMEOUT, Health, MaintenancePolicyStatus};
 use crate::scheduler::{self, SequentialPdb, WaitReason};
-use crate::slots::{Holding, NodeEntry, NodeState, Waiting};
+use crate::slots::{Holding, NodeEntry, NodeState, TransitionReason, Waiting};
 
 /// Everything one pass looks at.
 pub struct Input<'a> {
@@ -145,8 +145,8 @@ pub struct Decisions {
     pub releases: Vec<ReleaseAction>,
     /// Running drains to stop: their slot is not draining any more.
     pub cancel_drains: Vec<NodeName>,
-    /// Nodes rota cordoned that hold no slot: uncordon them.
-    pub uncordon: Vec<NodeName>,
+    /// Nodes rota cordoned that hold no slot: uncordon them, saying why.
+    pub uncordon: Vec<(NodeName, String)>,
     /// Verification outcomes.
     pub slot_actions: Vec<(NodeName, FencingToken, SlotAction)>,
     /// Leases that expired while their slot is granted (reported, never freed).
@@ -415,7 +415,8 @@ pub fn decide(input: &Input<'_>) -> Decisions {
             .is_some_and(|e| matches!(e.holding, Holding::Held(_)));
         if node.annotations().contains_key(CORDONED) && !holds && !admitted.contains(name.as_str())
         {
-            out.uncordon.push(name.clone());
+            let why = uncordon_note(entries.get(name));
+            out.uncordon.push((name.clone(), why));
         }
     }
 
@@ -478,5 +479,100 @@ fn default_health() -> Health {
     Health {
         ready_timeout: crate::policy::DEFAULT_READY_TIMEOUT,
         required_daemon_sets: Vec::new(),
+    }
+}
+
+/// Why rota lifts its cordon from a node that holds no slot, from its ledger entry: a request
+/// queued again means its drain gave the slot back; otherwise how the last slot ended.
+pub fn uncordon_note(entry: Option<&NodeEntry>) -> String {
+    let with = |what: &str, message: &str| {
+        if message.is_empty() {
+            format!("uncordoned: {what}")
+        } else {
+            format!("uncordoned: {what} ({message})")
+        }
+    };
+    let Some(entry) = entry else {
+        return "uncordoned: rota's cordon outlived its slot".to_owned();
+    };
+    if let Holding::Queued(queued) = &entry.holding {
+        return with(
+            "the drain could not finish and gave its slot back",
+            &queued.note,
+        );
+    }
+    let Some(last) = &entry.last else {
+        return "uncordoned: rota's cordon outlived its slot".to_owned();
+    };
+    let what = match last.reason {
+        TransitionReason::Verified | TransitionReason::Recovered => "after maintenance",
+        TransitionReason::DrainFailed => "the drain could not finish and gave its slot back",
+        TransitionReason::ForceReleased => "a human released the slot",
+        TransitionReason::Released => "the agent gave its slot back",
+        TransitionReason::NodeDeleted => "the node was deleted",
+        _ => "the slot ended",
+    };
+    with(what, &last.message)
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::Timestamp;
+
+    use super::*;
+    use crate::model::SlotRequest;
+    use crate::slots::{Finished, QueuedRequest};
+
+    fn finished(reason: TransitionReason, message: &str) -> NodeEntry {
+        NodeEntry {
+            holding: Holding::Idle,
+            last: Some(Finished {
+                token: Some(FencingToken(7)),
+                operation: Operation::Reboot,
+                reason,
+                at: Timestamp::UNIX_EPOCH,
+                message: message.to_owned(),
+            }),
+            waiting: Waiting::default(),
+        }
+    }
+
+    #[test]
+    fn an_uncordon_says_why_the_cordon_ends() {
+        assert_eq!(
+            uncordon_note(Some(&finished(TransitionReason::Verified, ""))),
+            "uncordoned: after maintenance"
+        );
+        let gave_back = uncordon_note(Some(&finished(
+            TransitionReason::DrainFailed,
+            "blocked by PodDisruptionBudget shop/license-server",
+        )));
+        assert!(gave_back.contains("gave its slot back"), "{gave_back}");
+        assert!(gave_back.contains("shop/license-server"), "{gave_back}");
+        assert!(!gave_back.contains("after maintenance"), "{gave_back}");
+        assert!(
+            uncordon_note(Some(&finished(TransitionReason::ForceReleased, "")))
+                .contains("a human released")
+        );
+        assert!(uncordon_note(None).contains("outlived"));
+        let requeued = NodeEntry {
+            holding: Holding::Queued(QueuedRequest {
+                request: SlotRequest {
+                    node: "n1".into(),
+                    operation: Operation::Reboot,
+                    origin: crate::model::Origin::Agent,
+                    requested_at: Timestamp::UNIX_EPOCH,
+                    not_before: None,
+                },
+                note: "blocked by PodDisruptionBudget shop/license-server".into(),
+            }),
+            last: None,
+            waiting: Waiting::default(),
+        };
+        let note = uncordon_note(Some(&requeued));
+        assert!(
+            note.contains("gave its slot back") && note.contains("license-server"),
+            "{note}"
+        );
     }
 }

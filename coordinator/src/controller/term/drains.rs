@@ -207,13 +207,13 @@ impl Term<'_> {
     }
 
     /// Uncordons a node rota cordoned that holds no slot any more.
-    pub(super) async fn uncordon(&mut self, node: &str) {
+    pub(super) async fn uncordon(&mut self, node: &str, why: String) {
         match uncordon_own(&self.nodes, &self.gate, node).await {
             Ok(true) => self.event(EventJob::Node {
                 node: node.to_owned(),
                 uid: self.node_uid(node),
                 reason: Reason::Uncordoned,
-                note: "uncordoned after maintenance".into(),
+                note: why,
             }),
             Ok(false) => {}
             Err(error) => warn!(node, %error, "uncordon failed; retrying on the next pass"),

@@ -369,8 +369,8 @@ impl<'a> Term<'a> {
                 running.cancel.cancel();
             }
         }
-        for node in uncordon {
-            self.uncordon(&node).await;
+        for (node, why) in uncordon {
+            self.uncordon(&node, why).await;
         }
         for (node, token, action) in slot_actions {
             let result = match &action {
