@@ -7,7 +7,8 @@
 //! controller — and [`Replica::run`] supervises them: a task that ends before the replica is
 //! stopped is a failure that stops the rest. The binary, the simulator's demo and the tests all
 //! build their replicas here, so what they run is what ships; the builder's methods are the
-//! only seams (a ready client instead of the kubeconfig, pre-bound listeners, the stop token).
+//! only seams (a client configuration instead of the kubeconfig flags, pre-bound listeners, the
+//! stop token).
 //!
 //! ```no_run
 //! # async fn replica(config: rota_coordinator::config::Config) -> Result<(), rota_coordinator::replica::Error> {
@@ -114,8 +115,6 @@ enum KubeSource {
     Flags,
     /// A loaded configuration.
     Config(Box<kube::Config>),
-    /// Ready clients.
-    Clients(Clients),
 }
 
 /// Builds one coordinator replica from its [`Config`]; see the [module docs](self).
@@ -150,12 +149,6 @@ impl ReplicaBuilder {
     /// Reaches the Kubernetes API with `config` instead of what the kubeconfig flags say.
     pub fn kube_config(mut self, config: kube::Config) -> Self {
         self.kube = KubeSource::Config(Box::new(config));
-        self
-    }
-
-    /// Reaches the Kubernetes API through `clients` instead of what the kubeconfig flags say.
-    pub fn clients(mut self, clients: Clients) -> Self {
-        self.kube = KubeSource::Clients(clients);
         self
     }
 
@@ -194,7 +187,6 @@ impl ReplicaBuilder {
         let clients = match kube {
             KubeSource::Flags => Clients::load(&config.kube.source()).await,
             KubeSource::Config(kube) => Clients::from_config(*kube),
-            KubeSource::Clients(clients) => Ok(clients),
         }
         .map_err(Error::Kube)?;
         let metrics = Metrics::new();
