@@ -10,7 +10,6 @@
 mod binary_support;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
@@ -21,11 +20,10 @@ use rota_proto::v1::agent_client::AgentClient;
 use rota_sim::cluster::Scenario;
 use rota_sim::demo::{AgentOptions, CoordinatorOptions, Fleet, FleetOptions, Scheduler};
 use serde_json::json;
-use tokio::time::Instant;
 use tonic::Code;
 
 use binary_support::{
-    WITHIN, agent_channel, coordinator_store, emulator, get, start_binary, until,
+    agent_channel, coordinator_store, emulator, eventually, get, start_binary, until,
 };
 
 /// The coordinators' namespace, the demo's and the binary's default.
@@ -55,21 +53,14 @@ async fn holder(client: &kube::Client) -> Option<String> {
 
 /// Waits until one of `members` holds the Lease; its index.
 async fn leader_of(client: &kube::Client, members: &[Member]) -> usize {
-    let deadline = Instant::now() + WITHIN;
-    loop {
+    eventually("no leader", || async {
         let held = holder(client).await;
-        if let Some(index) = members
+        members
             .iter()
             .position(|m| Some(&m.identity) == held.as_ref())
-        {
-            return index;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no leader; the Lease says {held:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            .ok_or_else(|| format!("the Lease says {held:?}"))
+    })
+    .await
 }
 
 /// Asks the agents' service at `grpc`, over TLS as an agent reaches it, to take facts
@@ -122,11 +113,13 @@ async fn check(client: &kube::Client, members: &[Member; 2]) {
         )
         .await
         .unwrap();
-    let deadline = Instant::now() + WITHIN;
-    while holder(client).await.as_ref() != Some(&standby.identity) {
-        assert!(Instant::now() < deadline, "the Lease was not handed over");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the Lease was not handed over", || async {
+        match holder(client).await {
+            Some(held) if held == standby.identity => Ok(()),
+            held => Err(format!("the Lease says {held:?}")),
+        }
+    })
+    .await;
     until(standby.http, "/readyz", 200, "ready").await;
     until(standby.http, "/metrics", 200, "\nrota_leader 1\n").await;
     until(leader.http, "/readyz", 503, "not the leader").await;
@@ -156,14 +149,13 @@ async fn the_demos_replicas_pass_the_check() {
     };
     let fleet = Fleet::start(options).await.unwrap();
     // The fleet starts once one replica leads; the other may still be starting.
-    let deadline = Instant::now() + WITHIN;
-    let addrs = loop {
-        if let [Some(first), Some(second)] = [0, 1].map(|i| fleet.coordinator_replica_addrs(i)) {
-            break [first, second];
+    let addrs = eventually("the replicas did not start", || async {
+        match [0, 1].map(|i| fleet.coordinator_replica_addrs(i)) {
+            [Some(first), Some(second)] => Ok([first, second]),
+            started => Err(format!("{started:?}")),
         }
-        assert!(Instant::now() < deadline, "the replicas did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     let members = [0, 1].map(|index| Member {
         identity: format!("rota-coordinator-{index}"),
         node: names[index].clone(),

@@ -17,9 +17,8 @@ use rota_tests::e2e::{
     self, WAIT, annotation, assert_complete, assert_one_grant_per_node, condition, node, options,
     policy, print_timing, rota_settings, run, start, tokens_by_node, waiting_reason,
 };
+use rota_tests::kubectl::Kubectl;
 use serde_json::Value;
-
-const KUBECTL: &str = "/usr/bin/kubectl";
 
 /// The fleet's policy as it is in force now.
 fn spec(fleet: &Fleet) -> MaintenancePolicySpec {
@@ -47,25 +46,9 @@ async fn wait_all_waiting(fleet: &Fleet, kind: &str) {
 
 /// `kubectl annotate` against the fleet's API server, as the on-call engineer runs it.
 async fn kubectl_annotate(fleet: &Fleet, node: &str, annotation: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, fleet.server().unwrap().kubeconfig()).unwrap();
-    let mut cmd = tokio::process::Command::new(KUBECTL);
-    cmd.arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .args(["annotate", "node", node, annotation])
-        .env("HOME", dir.path())
-        .env("KUBECACHEDIR", dir.path().join("cache"))
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .expect("kubectl timed out")
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl annotate failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    Kubectl::new(&fleet.server().unwrap().kubeconfig())
+        .run(&["annotate", "node", node, annotation])
+        .await;
 }
 
 /// The rollout is paused while every agent queues its request; the on-call engineer then asks

@@ -9,17 +9,15 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use rota_sim::apiserver::{ApiServer, GroupResource, ResourceKey, ServerHandle, Store, meta};
+use rota_tests::kubectl::Kubectl;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-const KUBECTL: &str = "/usr/bin/kubectl";
-
 struct Cluster {
     store: Store,
     _server: ServerHandle,
-    dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
+    kubectl: Kubectl,
 }
 
 impl Cluster {
@@ -27,40 +25,21 @@ impl Cluster {
         let server = ApiServer::start(store.clone(), SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
             .await
             .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
+        let kubectl = Kubectl::new(&server.kubeconfig());
         Cluster {
             store,
             _server: server,
-            dir,
-            kubeconfig,
+            kubectl,
         }
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(KUBECTL);
-        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
-        // Keep kubectl's discovery cache inside the test's directory.
-        cmd.env("HOME", self.dir.path())
-            .env("KUBECACHEDIR", self.dir.path().join("cache"));
-        cmd.kill_on_drop(true);
-        cmd
+        self.kubectl.command(args)
     }
 
     /// Run kubectl, requiring success; returns stdout.
     async fn kubectl(&self, args: &[&str]) -> String {
-        let out = tokio::time::timeout(Duration::from_secs(60), self.command(args).output())
-            .await
-            .expect("kubectl timed out")
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}\n{stdout}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
+        self.kubectl.run(args).await
     }
 
     fn get(&self, resource: GroupResource, ns: Option<&str>, name: &str) -> Option<Value> {
@@ -71,7 +50,7 @@ impl Cluster {
     }
 
     fn write(&self, name: &str, content: &str) -> PathBuf {
-        let path = self.dir.path().join(name);
+        let path = self.kubectl.dir().join(name);
         std::fs::write(&path, content).unwrap();
         path
     }

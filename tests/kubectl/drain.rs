@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -14,11 +13,11 @@ use rota_sim::apiserver::{
     ApiServer, DeleteOptions, GroupResource, ListOptions, ResourceKey, ServerHandle, Store, meta,
 };
 use rota_sim::cluster::{Cluster, ClusterHandle, Faults, Scenario, Timings, pods_on};
+use rota_tests::kubectl::Kubectl;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-const KUBECTL: &str = "/usr/bin/kubectl";
 const SETTLE: Duration = Duration::from_secs(60);
 const PDB_RETRY: &str = "Cannot evict pod as it would violate the pod's disruption budget";
 
@@ -26,8 +25,7 @@ struct Env {
     scenario: Scenario,
     cluster: ClusterHandle,
     server: ServerHandle,
-    dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
+    kubectl: Kubectl,
 }
 
 impl Env {
@@ -38,25 +36,17 @@ impl Env {
             .unwrap();
         let scenario = Scenario::generate(nodes, seed);
         let cluster = Cluster::start(store, &scenario, Timings::default(), Faults::none()).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
+        let kubectl = Kubectl::new(&server.kubeconfig());
         Env {
             scenario,
             cluster,
             server,
-            dir,
-            kubeconfig,
+            kubectl,
         }
     }
 
     fn kubectl(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(KUBECTL);
-        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
-        cmd.env("HOME", self.dir.path())
-            .env("KUBECACHEDIR", self.dir.path().join("cache"));
-        cmd.kill_on_drop(true);
-        cmd
+        self.kubectl.command(args)
     }
 
     fn store(&self) -> &Store {

@@ -6,3 +6,4 @@
 //! against the emulated API server, as the oracle of what a Kubernetes client expects from it.
 
 pub mod e2e;
+pub mod kubectl;

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -134,21 +135,34 @@ pub async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((head.split(' ').nth(1)?.parse().ok()?, body.to_owned()))
 }
 
-/// Polls `path` until its body contains `needle` with status `status`.
-pub async fn until(addr: SocketAddr, path: &str, status: u16, needle: &str) {
+/// Polls `probe` until it gives a value, for at most [`WITHIN`]; the panic says `what` was
+/// awaited and the last thing `probe` reported.
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
     let deadline = Instant::now() + WITHIN;
-    let mut last = None;
-    while Instant::now() < deadline {
-        last = get(addr, path).await;
-        if let Some((code, body)) = &last
-            && *code == status
-            && body.contains(needle)
-        {
-            return;
-        }
+    loop {
+        let last = match probe().await {
+            Ok(value) => return value,
+            Err(last) => last,
+        };
+        assert!(Instant::now() < deadline, "{what}; last: {last}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("{addr}{path} never answered {status} with {needle:?}; last: {last:?}");
+}
+
+/// Polls `path` until its body contains `needle` with status `status`.
+pub async fn until(addr: SocketAddr, path: &str, status: u16, needle: &str) {
+    let what = format!("{addr}{path} never answered {status} with {needle:?}");
+    eventually(&what, || async {
+        match get(addr, path).await {
+            Some((code, body)) if code == status && body.contains(needle) => Ok(()),
+            last => Err(format!("{last:?}")),
+        }
+    })
+    .await;
 }
 
 /// A TLS channel to the coordinator's gRPC server at `grpc`, trusting the CA it published in

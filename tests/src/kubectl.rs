@@ -1,0 +1,66 @@
+//! The real `kubectl`, pointed at an emulated API server, in a throw-away home of its own (its
+//! kubeconfig and discovery cache), as the kubectl suites and an on-call engineer's commands in
+//! the e2e suites run it.
+
+// Helpers outside #[test] functions fail the test the same way the tests do.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::process::Command;
+
+/// The `kubectl` the suites run (CI installs it).
+pub const KUBECTL: &str = "/usr/bin/kubectl";
+
+/// A `kubectl` home: a kubeconfig for one API server and a discovery cache.
+#[derive(Debug)]
+pub struct Kubectl {
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Kubectl {
+    /// A home whose kubeconfig is `kubeconfig` (the API server's own, e.g.
+    /// `ServerHandle::kubeconfig`).
+    pub fn new(kubeconfig: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        std::fs::write(&path, kubeconfig).unwrap();
+        Kubectl {
+            dir,
+            kubeconfig: path,
+        }
+    }
+
+    /// The home's directory (for manifests the test writes).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `kubectl ARGS`, not started; killed when dropped.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(KUBECTL);
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        // Keep kubectl's discovery cache inside the test's directory.
+        cmd.env("HOME", self.dir.path())
+            .env("KUBECACHEDIR", self.dir.path().join("cache"));
+        cmd.kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs `kubectl ARGS` within a minute, requiring success; its stdout.
+    pub async fn run(&self, args: &[&str]) -> String {
+        let out = tokio::time::timeout(Duration::from_secs(60), self.command(args).output())
+            .await
+            .expect("kubectl timed out")
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+}
