@@ -15,7 +15,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use rota_core::drain::pdb::PdbIndex;
 use rota_core::model::{FencingToken, Operation, Origin, Slot, SlotPhase, SlotRequest};
 use rota_core::policy::{KubeVersion, MaintenancePolicySpec, NamespacedName, validate};
-use rota_core::scheduler::{EvictablePod, NodeState, PdbState, Pool, Snapshot, schedule};
+use rota_core::scheduler::{
+    ControlPlanePod, EvictablePod, NodeState, PdbState, Pool, Snapshot, schedule,
+};
 
 const NODES: usize = 5_000;
 const PODS_PER_NODE: usize = 30;
@@ -138,6 +140,18 @@ fn fleet(now: Timestamp) -> (Snapshot, Duration) {
             unschedulable: rng.below(300) == 0,
             cordoned_by_rota: false,
             control_plane,
+            control_plane_pods: if control_plane {
+                ControlPlanePod::COMPONENTS
+                    .iter()
+                    .map(|component| ControlPlanePod {
+                        pod: NamespacedName::new("kube-system", format!("{component}-{i}")),
+                        component: (*component).to_owned(),
+                        ready: true,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
             kubelet_version: Some(KubeVersion::new(1, 33, 1)),
             zone: Some(format!("zone-{}", i % 3)),
             evictable_pods,

@@ -3,7 +3,13 @@
 //! - never a set of drains that, with in-flight evictions, exceeds a PDB's `disruptionsAllowed` —
 //!   except one drain alone on a budget that allows a disruption (a sequential drain): a PDB is
 //!   never shared by two draining nodes when one of them needs more than the allowance;
-//! - never a node admitted twice, nor one holding a slot, nor one a gate holds back;
+//! - the control-plane quorum guard, across pools: an admitted control-plane node leaves at most
+//!   the smallest `controlPlane.maxUnavailable` of the pools selecting control-plane nodes
+//!   unavailable, was admitted only while every other control-plane node and its static pods
+//!   were healthy, and never leaves fewer than a quorum of etcd members up (an etcd of one or two
+//!   members loses a member only when every such pool allows it, and then one at a time);
+//! - never a node admitted twice, nor one holding a slot, nor one a gate holds back (including
+//!   an operation its policy forbids);
 //! - no starvation: a waiting node that no gate holds back would break capacity or a budget if it
 //!   were admitted on top of what was admitted (so only what went ahead of it keeps it waiting);
 //! - the plan is deterministic and does not depend on the order of the snapshot's lists.
@@ -19,8 +25,7 @@ use proptest::prelude::*;
 use rota_core::model::{FencingToken, Operation, Origin, Slot, SlotPhase, SlotRequest};
 use rota_core::policy::{KubeVersion, MaintenancePolicySpec, NamespacedName, validate};
 use rota_core::scheduler::{
-    CONTROL_PLANE_MAX_UNAVAILABLE, EvictablePod, NodeState, PdbState, Plan, Pool, Snapshot,
-    schedule,
+    ControlPlanePod, EvictablePod, NodeState, PdbState, Plan, Pool, Snapshot, schedule,
 };
 use serde_json::json;
 
@@ -53,6 +58,14 @@ struct PoolCase {
     alert: bool,
     /// Its Prometheus could not be asked.
     alerts_unknown: bool,
+    /// `controlPlane.maxUnavailable`.
+    control_plane_max: u32,
+    /// `controlPlane.allowEtcdQuorumLoss`.
+    allow_quorum_loss: bool,
+    /// `upgrade.mode: none`.
+    upgrade_none: bool,
+    /// `reboot.mode: never`.
+    reboot_never: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -64,6 +77,10 @@ struct NodeCase {
     unschedulable: bool,
     cordoned_by_rota: bool,
     control_plane: bool,
+    /// A control-plane node's etcd member: `Some(ready)`.
+    etcd: Option<bool>,
+    /// A control-plane node's other static pods are Ready.
+    static_pods_ready: bool,
     kubelet_minor: Option<u32>,
     blocking: bool,
     /// Per pod: indices of covering PDBs (`PDBS` = a PDB missing from the snapshot).
@@ -78,6 +95,8 @@ struct RequestCase {
     manual: bool,
     minute: i64,
     upgrade_minor: Option<u32>,
+    /// A package upgrade (when not a Kubernetes upgrade).
+    package: bool,
     backoff: Option<i64>,
 }
 
@@ -91,6 +110,26 @@ struct Case {
 }
 
 impl NodeCase {
+    /// The static control-plane pods of node `i`.
+    fn static_pods(&self, i: usize) -> Vec<ControlPlanePod> {
+        if !self.control_plane {
+            return Vec::new();
+        }
+        let pod = |component: &str, ready: bool| ControlPlanePod {
+            pod: NamespacedName::new("kube-system", format!("{component}-{}", node_name(i))),
+            component: component.to_owned(),
+            ready,
+        };
+        let mut pods = vec![pod("kube-apiserver", self.static_pods_ready)];
+        pods.extend(self.etcd.map(|ready| pod("etcd", ready)));
+        pods
+    }
+
+    /// A control-plane node that is not Ready or whose static pods are not.
+    fn unhealthy(&self) -> bool {
+        self.control_plane && (!self.ready || !self.static_pods_ready || self.etcd == Some(false))
+    }
+
     fn distinct_pools(&self) -> Vec<usize> {
         let mut pools = self.pools.clone();
         pools.sort_unstable();
@@ -115,16 +154,29 @@ fn pool_case() -> impl Strategy<Value = PoolCase> {
         0u32..=2,
         0u8..10,
         0u8..10,
+        (
+            prop_oneof![4 => Just(1u32), 1 => 2u32..=3],
+            0u8..3,
+            0u8..10,
+            0u8..10,
+        ),
     )
         .prop_map(
-            |(max, paused, window, max_failures, failures, alert, unknown)| PoolCase {
-                max,
-                paused: paused == 0,
-                window,
-                max_failures,
-                failures,
-                alert: alert == 0,
-                alerts_unknown: unknown == 0,
+            |(max, paused, window, max_failures, failures, alert, unknown, control_plane)| {
+                let (control_plane_max, allow, upgrade_none, reboot_never) = control_plane;
+                PoolCase {
+                    max,
+                    paused: paused == 0,
+                    window,
+                    max_failures,
+                    failures,
+                    alert: alert == 0,
+                    alerts_unknown: unknown == 0,
+                    control_plane_max,
+                    allow_quorum_loss: allow == 0,
+                    upgrade_none: upgrade_none == 0,
+                    reboot_never: reboot_never == 0,
+                }
             },
         )
 }
@@ -143,7 +195,11 @@ fn node_case(pools: usize) -> impl Strategy<Value = NodeCase> {
     ];
     (
         membership,
-        (0u8..10, 0u8..10, any::<bool>(), 0u8..6),
+        (0u8..10, 0u8..10, any::<bool>(), 0u8..4),
+        (
+            prop_oneof![1 => Just(None), 4 => Just(Some(true)), 1 => Just(Some(false))],
+            0u8..8,
+        ),
         prop_oneof![4 => (32u32..=34).prop_map(Some), 1 => Just(None)],
         0u8..10,
         prop::collection::vec(pod, 0..4),
@@ -155,13 +211,24 @@ fn node_case(pools: usize) -> impl Strategy<Value = NodeCase> {
         ],
     )
         .prop_map(
-            |(pools, (ready, unsched, by_rota, cp), kubelet_minor, blocking, pods, slot)| {
+            |(
+                pools,
+                (ready, unsched, by_rota, cp),
+                (etcd, statics),
+                kubelet_minor,
+                blocking,
+                pods,
+                slot,
+            )| {
+                let control_plane = cp == 0;
                 NodeCase {
                     pools,
                     ready: ready != 0,
                     unschedulable: unsched == 0,
                     cordoned_by_rota: by_rota,
-                    control_plane: cp == 0,
+                    control_plane,
+                    etcd: etcd.filter(|_| control_plane),
+                    static_pods_ready: statics != 0,
                     kubelet_minor,
                     blocking: blocking == 0,
                     pods,
@@ -178,13 +245,15 @@ fn request_case(nodes: usize) -> impl Strategy<Value = RequestCase> {
         0i64..6,
         prop_oneof![4 => Just(None), 1 => (32u32..=35).prop_map(Some)],
         prop_oneof![4 => Just(None), 1 => (-10i64..10).prop_map(Some)],
+        0u8..4,
     )
         .prop_map(
-            |(node, manual, minute, upgrade_minor, backoff)| RequestCase {
+            |(node, manual, minute, upgrade_minor, backoff, package)| RequestCase {
                 node,
                 manual: manual == 0,
                 minute,
                 upgrade_minor,
+                package: package == 0,
                 backoff,
             },
         )
@@ -239,6 +308,12 @@ impl Case {
                     "paused": p.paused,
                     "maxFailures": p.max_failures,
                     "blockers": {"prometheus": {"url": "http://prometheus:9090"}},
+                    "controlPlane": {
+                        "maxUnavailable": p.control_plane_max,
+                        "allowEtcdQuorumLoss": p.allow_quorum_loss,
+                    },
+                    "upgrade": {"mode": if p.upgrade_none { "none" } else { "all" }},
+                    "reboot": {"mode": if p.reboot_never { "never" } else { "whenRequired" }},
                 });
                 match p.window {
                     WindowMode::AlwaysOpen => {}
@@ -276,6 +351,7 @@ impl Case {
                 unschedulable: n.unschedulable,
                 cordoned_by_rota: n.unschedulable && n.cordoned_by_rota,
                 control_plane: n.control_plane,
+                control_plane_pods: n.static_pods(i),
                 kubelet_version: n.kubelet_minor.map(|m| KubeVersion::new(1, m, 0)),
                 zone: None,
                 evictable_pods: n
@@ -324,6 +400,11 @@ impl Case {
                 operation: match r.upgrade_minor {
                     Some(minor) => Operation::KubernetesUpgrade {
                         version: format!("1.{minor}.0"),
+                    },
+                    None if r.package => Operation::PackageUpgrade {
+                        security_only: false,
+                        reboot_if_required: true,
+                        packages: Vec::new(),
                     },
                     None => Operation::Reboot,
                 },
@@ -392,6 +473,68 @@ impl Case {
             .collect()
     }
 
+    /// The pools selecting a control-plane node (each once).
+    fn control_plane_pools(&self) -> BTreeSet<usize> {
+        self.nodes
+            .iter()
+            .filter(|n| n.control_plane)
+            .flat_map(|n| n.distinct_pools())
+            .collect()
+    }
+
+    /// The cluster's control-plane limit: the smallest of those pools' (default 1).
+    fn control_plane_max(&self) -> usize {
+        self.control_plane_pools()
+            .into_iter()
+            .map(|p| self.pools[p].control_plane_max as usize)
+            .min()
+            .unwrap_or(1)
+    }
+
+    /// Etcd members.
+    fn etcd_members(&self) -> usize {
+        self.nodes.iter().filter(|n| n.etcd.is_some()).count()
+    }
+
+    /// Most etcd members down at once: ⌊(m−1)/2⌋, or one for an etcd of one or two members
+    /// when every pool selecting control-plane nodes allows losing quorum.
+    fn etcd_max_down(&self) -> usize {
+        let spare = self.etcd_members().saturating_sub(1) / 2;
+        let pools = self.control_plane_pools();
+        let allow = !pools.is_empty() && pools.iter().all(|&p| self.pools[p].allow_quorum_loss);
+        if spare == 0 && allow { 1 } else { spare }
+    }
+
+    /// Etcd members down once `admitted` are admitted: holding a slot, NotReady, etcd pod not
+    /// Ready, or admitted.
+    fn etcd_down_after(&self, admitted: &BTreeSet<usize>) -> BTreeSet<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| {
+                let n = &self.nodes[i];
+                n.etcd.is_some()
+                    && (n.slot.is_some()
+                        || !n.ready
+                        || n.etcd == Some(false)
+                        || admitted.contains(&i))
+            })
+            .collect()
+    }
+
+    /// Whether the control-plane guard holds node `i` back with `admitted` admitted.
+    fn control_plane_blocks(&self, i: usize, admitted: &BTreeSet<usize>) -> bool {
+        let n = &self.nodes[i];
+        if !n.control_plane {
+            return false;
+        }
+        let mut with_it = admitted.clone();
+        with_it.insert(i);
+        let others_unhealthy = (0..self.nodes.len()).any(|j| j != i && self.nodes[j].unhealthy());
+        let etcd_over =
+            n.etcd.is_some() && self.etcd_down_after(&with_it).len() > self.etcd_max_down();
+        let over = self.control_plane_unavailable_after(&with_it).len() > self.control_plane_max();
+        others_unhealthy || etcd_over || over
+    }
+
     /// Pods per PDB still to be evicted from slot holders, plus those of `admitted` nodes.
     fn pdb_usage(&self, admitted: &BTreeSet<usize>) -> HashMap<usize, i64> {
         let mut usage = HashMap::new();
@@ -457,7 +600,13 @@ impl Case {
             return true;
         };
         let p = &self.pools[pool];
+        let forbidden = match (request.upgrade_minor, request.package) {
+            (Some(_), _) => false,
+            (None, true) => p.upgrade_none,
+            (None, false) => p.reboot_never,
+        };
         n.slot.is_some()
+            || forbidden
             || p.paused
             || (p.max_failures > 0 && p.failures >= p.max_failures)
             || p.alert
@@ -548,13 +697,45 @@ proptest! {
         }
 
         // The control-plane guard, across pools: an admitted control-plane node leaves at most
-        // one control-plane node unavailable in the whole cluster.
-        if admitted.iter().any(|&i| case.nodes[i].control_plane) {
+        // the cluster's limit of control-plane nodes unavailable, and was admitted only while
+        // every other control-plane node was healthy.
+        let control_plane_admitted: Vec<usize> =
+            admitted.iter().copied().filter(|&i| case.nodes[i].control_plane).collect();
+        if !control_plane_admitted.is_empty() {
             let unavailable = case.control_plane_unavailable_after(&admitted);
             prop_assert!(
-                unavailable.len() <= CONTROL_PLANE_MAX_UNAVAILABLE,
-                "control-plane nodes {:?} unavailable at once", unavailable
+                unavailable.len() <= case.control_plane_max(),
+                "control-plane nodes {:?} unavailable at once (limit {})",
+                unavailable, case.control_plane_max()
             );
+            if case.pools.iter().all(|p| p.control_plane_max == 1) {
+                prop_assert!(unavailable.len() <= 1);
+            }
+            for &i in &control_plane_admitted {
+                let unhealthy: Vec<usize> = (0..case.nodes.len())
+                    .filter(|&j| j != i && case.nodes[j].unhealthy())
+                    .collect();
+                prop_assert!(
+                    unhealthy.is_empty(),
+                    "{} admitted while {:?} are unhealthy", node_name(i), unhealthy
+                );
+            }
+        }
+        // Etcd quorum: an admitted member never leaves fewer than a quorum of members up.
+        if admitted.iter().any(|&i| case.nodes[i].etcd.is_some()) {
+            let members = case.etcd_members();
+            let down = case.etcd_down_after(&admitted);
+            prop_assert!(
+                down.len() <= case.etcd_max_down(),
+                "etcd members {:?} of {} down at once", down, members
+            );
+            let allowed_loss = members < 3 && case.etcd_max_down() == 1;
+            if !allowed_loss {
+                prop_assert!(
+                    members - down.len() > members / 2,
+                    "etcd below quorum: {:?} of {} down", down, members
+                );
+            }
         }
 
         // PDBs touched by an admission stay within budget, or one admitted node has the budget
@@ -626,9 +807,7 @@ proptest! {
                 [pdb] => case.over_budget(*pdb, &with_it),
                 _ => false,
             });
-            let over_control_plane = case.nodes[i].control_plane
-                && case.control_plane_unavailable_after(&with_it).len()
-                    > CONTROL_PLANE_MAX_UNAVAILABLE;
+            let over_control_plane = case.control_plane_blocks(i, &admitted);
             prop_assert!(
                 over_capacity || over_budget || over_control_plane,
                 "{} starves: {:?}", node, waiting.reasons

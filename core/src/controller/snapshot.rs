@@ -23,7 +23,9 @@ use crate::drain::pdb::PdbIndex;
 
 use crate::model::{Slot, SlotRequest};
 use crate::policy::{KubeVersion, NamespacedName};
-use crate::scheduler::{EvictablePod, NodeState, PdbState, Pool, Snapshot};
+use crate::scheduler::{ControlPlanePod, EvictablePod, NodeState, PdbState, Pool, Snapshot};
+
+use super::verify::pod_ready;
 
 /// The drain settings for a pool's nodes, from its policy; `blocked_timeout` caps how long a
 /// budget may refuse one pod before the drain gives its slot back.
@@ -126,12 +128,14 @@ pub fn build(inputs: Inputs<'_>) -> Snapshot {
             } else {
                 (Vec::new(), Vec::new())
             };
+            let control_plane_pods = control_plane_pods(cache, &name);
             NodeState {
                 pools: node_pools,
                 ready: is_ready(node),
                 unschedulable: is_unschedulable(node),
                 cordoned_by_rota: node.annotations().contains_key(CORDONED),
-                control_plane: is_control_plane(node),
+                control_plane: is_control_plane(node) || !control_plane_pods.is_empty(),
+                control_plane_pods,
                 kubelet_version: node
                     .status
                     .as_ref()
@@ -160,6 +164,29 @@ pub fn build(inputs: Inputs<'_>) -> Snapshot {
         pdbs,
     }
 }
+
+/// The node's static control-plane pods: mirror pods in `kube-system` labelled with a
+/// control-plane `component`, as kubeadm writes them.
+fn control_plane_pods(cache: &ClusterState, node: &str) -> Vec<ControlPlanePod> {
+    cache
+        .pods_on(node)
+        .filter(|pod| pod.metadata.namespace.as_deref() == Some(KUBE_SYSTEM))
+        .filter(|pod| !finished(pod))
+        .filter_map(|pod| {
+            let component = pod.labels().get("component")?;
+            ControlPlanePod::COMPONENTS
+                .contains(&component.as_str())
+                .then(|| ControlPlanePod {
+                    pod: pod_key(pod),
+                    component: component.clone(),
+                    ready: pod_ready(pod),
+                })
+        })
+        .collect()
+}
+
+/// Where kubeadm's static control-plane pods run.
+const KUBE_SYSTEM: &str = "kube-system";
 
 fn finished(pod: &Pod) -> bool {
     matches!(

@@ -122,6 +122,34 @@ pub struct MaintenancePolicySpec {
     /// breaker off. Default 1: stop at the first failure.
     #[serde(default = "default_max_failures")]
     pub max_failures: i32,
+    /// The control-plane quorum guard, which holds whatever `maxUnavailable` says.
+    #[serde(default, skip_serializing_if = "ControlPlaneSpec::is_default")]
+    pub control_plane: ControlPlaneSpec,
+}
+
+/// How many control-plane nodes may be unavailable at once. The guard holds across pools: the
+/// smallest `controlPlane.maxUnavailable` of the policies that select control-plane nodes applies
+/// to the whole cluster, and stacked etcd members never go below quorum whatever it says.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlPlaneSpec {
+    /// Most control-plane nodes unavailable at once in the whole cluster (holding a slot,
+    /// NotReady, or cordoned by anyone). At least 1; default 1. With m stacked etcd members, at
+    /// most (m-1)/2 of them are ever down, whatever this says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<i32>,
+    /// Let a member of an etcd cluster with fewer than three members be maintained (one at a
+    /// time, only when the other member is healthy). Such an etcd has no quorum to spare: the
+    /// API server is unavailable while the member is down. Default false: those nodes wait, with
+    /// a reason that says so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_etcd_quorum_loss: bool,
+}
+
+impl ControlPlaneSpec {
+    fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 fn default_max_failures() -> i32 {
@@ -142,6 +170,7 @@ impl Default for MaintenancePolicySpec {
             blockers: BlockersSpec::default(),
             health: HealthSpec::default(),
             max_failures: default_max_failures(),
+            control_plane: ControlPlaneSpec::default(),
         }
     }
 }

@@ -16,9 +16,10 @@ pub mod window;
 pub use crd::{MaintenancePolicy, MaintenancePolicySpec, MaintenancePolicyStatus};
 pub use selector::{Selector, SelectorProblem};
 pub use validate::{
-    AlertFilter, AlertSource, Backoff, Blockers, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_READY_TIMEOUT, DEFAULT_SENTINEL_FILE, Drain, Health,
-    MaxUnavailable, NamespacedName, PolicyError, Reboot, Upgrade, ValidatedPolicy, validate,
+    AlertFilter, AlertSource, Backoff, Blockers, ControlPlane, DEFAULT_BACKOFF_INITIAL,
+    DEFAULT_BACKOFF_MAX, DEFAULT_CONTROL_PLANE_MAX_UNAVAILABLE, DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_READY_TIMEOUT, DEFAULT_SENTINEL_FILE, Drain, Health, MaxUnavailable, NamespacedName,
+    PolicyError, Reboot, Upgrade, ValidatedPolicy, validate,
 };
 pub use version::{KubeVersion, VersionError};
 pub use window::{BlackoutPeriod, ClosedReason, Window, WindowState};

@@ -223,6 +223,26 @@ pub struct ValidatedPolicy {
     pub health: Health,
     /// Failures that open the circuit breaker; 0: the breaker is off.
     pub max_failures: u32,
+    /// The control-plane quorum guard.
+    pub control_plane: ControlPlane,
+}
+
+/// The control-plane quorum guard's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ControlPlane {
+    /// Most control-plane nodes unavailable at once in the whole cluster (at least 1).
+    pub max_unavailable: u32,
+    /// A member of an etcd with fewer than three members may be maintained.
+    pub allow_etcd_quorum_loss: bool,
+}
+
+impl Default for ControlPlane {
+    fn default() -> Self {
+        ControlPlane {
+            max_unavailable: DEFAULT_CONTROL_PLANE_MAX_UNAVAILABLE,
+            allow_etcd_quorum_loss: false,
+        }
+    }
 }
 
 impl ValidatedPolicy {
@@ -247,6 +267,9 @@ pub const DEFAULT_READY_TIMEOUT: SignedDuration = SignedDuration::from_mins(15);
 pub const DEFAULT_BACKOFF_INITIAL: SignedDuration = SignedDuration::from_mins(1);
 /// Default longest back-off delay.
 pub const DEFAULT_BACKOFF_MAX: SignedDuration = SignedDuration::from_mins(30);
+/// Default `controlPlane.maxUnavailable`: with the three stacked etcd members of a usual kubeadm
+/// control plane, one down keeps quorum; two down lose it.
+pub const DEFAULT_CONTROL_PLANE_MAX_UNAVAILABLE: u32 = 1;
 /// Default reboot sentinel file (as kured and Debian/Ubuntu's update-notifier use it).
 pub const DEFAULT_SENTINEL_FILE: &str = "/var/run/reboot-required";
 
@@ -303,6 +326,17 @@ pub fn validate(spec: &MaintenancePolicySpec) -> Result<ValidatedPolicy, Vec<Pol
             0
         }
     };
+    let max_unavailable_control_plane = match spec.control_plane.max_unavailable {
+        None => DEFAULT_CONTROL_PLANE_MAX_UNAVAILABLE,
+        Some(n) if n >= 1 => n.unsigned_abs(),
+        Some(n) => {
+            v.error(
+                "spec.controlPlane.maxUnavailable",
+                format!("{n} is not a count of at least 1"),
+            );
+            DEFAULT_CONTROL_PLANE_MAX_UNAVAILABLE
+        }
+    };
     match (node_selector, max_unavailable, drain, health) {
         (Some(node_selector), Some(max_unavailable), Some(drain), Some(health))
             if v.errors.is_empty() =>
@@ -319,6 +353,10 @@ pub fn validate(spec: &MaintenancePolicySpec) -> Result<ValidatedPolicy, Vec<Pol
                 blockers,
                 health,
                 max_failures,
+                control_plane: ControlPlane {
+                    max_unavailable: max_unavailable_control_plane,
+                    allow_etcd_quorum_loss: spec.control_plane.allow_etcd_quorum_loss,
+                },
             })
         }
         _ => Err(v.errors),

@@ -15,11 +15,12 @@
 //!   plus nodes admitted earlier in this plan) together with this node number at most the pool's
 //!   `maxUnavailable`. A node that is already unavailable adds nothing, so a cordoned or broken
 //!   node can still be maintained when the pool is at its limit only because of itself;
-//! - control-plane guard, whatever the pools say: at most [`CONTROL_PLANE_MAX_UNAVAILABLE`]
-//!   control-plane node unavailable in the whole cluster (holding a slot, NotReady, or cordoned
-//!   by anyone, plus those admitted earlier in this plan), across every pool — a kubeadm
-//!   control-plane node runs a stacked etcd member and an API server that no PDB covers, so
-//!   `maxUnavailable` alone could take etcd below quorum;
+//! - the control-plane quorum guard ([`control_plane`]), whatever the pools say: at most
+//!   `controlPlane.maxUnavailable` (default 1) control-plane nodes unavailable in the whole
+//!   cluster, across every pool; every other control-plane node and its static pods Ready; and
+//!   never fewer than a quorum of stacked etcd members up;
+//! - the pool's policy allows the operation: no `PackageUpgrade` under `upgrade.mode: none`,
+//!   no `Reboot` under `reboot.mode: never`, whoever asks;
 //! - for a Kubernetes upgrade, the requested version is the pool's target
 //!   (`upgrade.kubernetesVersion`), when the policy sets one;
 //! - PDB look-ahead: for every PDB covering a pod the drain would evict, its pods on this node,
@@ -37,27 +38,24 @@
 //! node name. The scheduler packs: a blocked request reserves nothing, and later requests are
 //! admitted as far as capacity and budgets allow.
 
+pub mod control_plane;
 mod plan;
 mod skew;
 mod snapshot;
-
-/// Most control-plane nodes unavailable at once in the whole cluster, whatever `maxUnavailable`
-/// says: with the three stacked etcd members of a usual kubeadm control plane, one down keeps
-/// quorum; two down lose it.
-pub const CONTROL_PLANE_MAX_UNAVAILABLE: usize = 1;
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use jiff::Timestamp;
 
-use crate::model::{NodeName, Origin, Slot, SlotRequest};
+use crate::model::{NodeName, Operation, Origin, Slot, SlotRequest};
+use crate::policy::crd::{RebootMode, UpgradeMode};
 use crate::policy::window::ClosedReason;
 use crate::policy::{KubeVersion, NamespacedName, ValidatedPolicy};
 
 pub use plan::{Admission, Plan, SequentialPdb, Unavailability, WaitReason, Waiting};
 pub use skew::SkewViolation;
-pub use snapshot::{EvictablePod, NodeState, PdbState, Pool, PoolName, Snapshot};
+pub use snapshot::{ControlPlanePod, EvictablePod, NodeState, PdbState, Pool, PoolName, Snapshot};
 
 use skew::ControlPlane;
 
@@ -213,8 +211,7 @@ struct Scheduler<'a> {
     pools: HashMap<&'a str, PoolState<'a>>,
     budgets: HashMap<&'a NamespacedName, Budget>,
     control_plane: ControlPlane<'a>,
-    /// Control-plane nodes unavailable in the whole cluster, and why.
-    control_plane_unavailable: BTreeMap<&'a str, Unavailability>,
+    guard: control_plane::Guard<'a>,
 }
 
 impl<'a> Scheduler<'a> {
@@ -234,9 +231,8 @@ impl<'a> Scheduler<'a> {
             .map(|p| (p.name.as_str(), PoolState::new(p, now)))
             .collect();
         let mut sizes: HashMap<&str, usize> = HashMap::new();
-        let mut control_plane_unavailable = BTreeMap::new();
-        for node in &snapshot.nodes {
-            let why = if slots.contains_key(node.name.as_str()) {
+        let unavailability = |node: &NodeState| {
+            if slots.contains_key(node.name.as_str()) {
                 Some(Unavailability::HoldsSlot)
             } else if !node.ready {
                 Some(Unavailability::NotReady)
@@ -246,10 +242,10 @@ impl<'a> Scheduler<'a> {
                 Some(Unavailability::Cordoned)
             } else {
                 None
-            };
-            if let (true, Some(why)) = (node.control_plane, why) {
-                control_plane_unavailable.insert(node.name.as_str(), why);
             }
+        };
+        for node in &snapshot.nodes {
+            let why = unavailability(node);
             for pool_name in distinct_pools(node) {
                 if let Some(pool) = pools.get_mut(pool_name) {
                     *sizes.entry(pool_name).or_default() += 1;
@@ -284,6 +280,7 @@ impl<'a> Scheduler<'a> {
                 }
             }
         }
+        let guard = control_plane::Guard::new(&snapshot.nodes, &pools, unavailability);
         Self {
             snapshot,
             now,
@@ -292,7 +289,7 @@ impl<'a> Scheduler<'a> {
             pools,
             budgets,
             control_plane: ControlPlane::new(&snapshot.nodes),
-            control_plane_unavailable,
+            guard,
         }
     }
 
@@ -342,6 +339,7 @@ impl<'a> Scheduler<'a> {
         if request.origin != Origin::Manual {
             reasons.extend(pool.window_closed.clone());
         }
+        reasons.extend(forbidden(&pool.pool.policy, &request.operation));
         if let Some(until) = request.not_before.filter(|&t| t > self.now) {
             reasons.push(WaitReason::BackingOff { until });
         }
@@ -350,7 +348,7 @@ impl<'a> Scheduler<'a> {
             pods.sort_unstable();
             reasons.push(WaitReason::BlockingPods { pods });
         }
-        if let crate::model::Operation::KubernetesUpgrade { version } = &request.operation {
+        if let Operation::KubernetesUpgrade { version } = &request.operation {
             // A version that does not parse is reported by the skew check below.
             if let Some(target) = pool.pool.policy.upgrade.kubernetes_version
                 && version.parse::<KubeVersion>().is_ok_and(|v| v != target)
@@ -383,20 +381,7 @@ impl<'a> Scheduler<'a> {
             });
         }
 
-        if node.control_plane {
-            let unavailable = &self.control_plane_unavailable;
-            let already = unavailable.contains_key(node.name.as_str());
-            if unavailable.len() + usize::from(!already) > CONTROL_PLANE_MAX_UNAVAILABLE {
-                reasons.push(WaitReason::ControlPlaneUnavailable {
-                    max: CONTROL_PLANE_MAX_UNAVAILABLE,
-                    unavailable: unavailable
-                        .iter()
-                        .filter(|(name, _)| **name != node.name.as_str())
-                        .map(|(name, why)| ((*name).to_owned(), *why))
-                        .collect(),
-                });
-            }
-        }
+        self.guard.check(node, &mut reasons);
 
         let (pdb_needs, sequential) = self.pdb_needs(node, &mut reasons);
         if reasons.is_empty() {
@@ -464,12 +449,8 @@ impl<'a> Scheduler<'a> {
 
     /// Takes the capacity and budgets an admitted node uses.
     fn commit(&mut self, node: &NodeName, admissible: &Admissible<'a>) {
-        if let Some(state) = self.nodes.get(node.as_str())
-            && state.control_plane
-        {
-            self.control_plane_unavailable
-                .entry(state.name.as_str())
-                .or_insert(Unavailability::AdmittedNow);
+        if let Some(state) = self.nodes.get(node.as_str()) {
+            self.guard.commit(state);
         }
         if let Some(pool) = self.pools.get_mut(admissible.pool.name.as_str())
             && let Some(node) = self.nodes.get(node.as_str())
@@ -483,6 +464,25 @@ impl<'a> Scheduler<'a> {
                 budget.admitted += needed;
             }
         }
+    }
+}
+
+/// Why the policy forbids `operation`, whoever asks for it.
+fn forbidden(policy: &ValidatedPolicy, operation: &Operation) -> Option<WaitReason> {
+    match operation {
+        Operation::PackageUpgrade { .. } if policy.upgrade.mode == UpgradeMode::None => {
+            Some(WaitReason::Forbidden {
+                field: "upgrade.mode",
+                value: "none",
+            })
+        }
+        Operation::Reboot if policy.reboot.mode == RebootMode::Never => {
+            Some(WaitReason::Forbidden {
+                field: "reboot.mode",
+                value: "never",
+            })
+        }
+        _ => None,
     }
 }
 

@@ -140,13 +140,35 @@ pub enum WaitReason {
         /// Not before this instant.
         until: Timestamp,
     },
-    /// Another control-plane node is unavailable: at most
-    /// [`super::CONTROL_PLANE_MAX_UNAVAILABLE`] at a time in the whole cluster.
+    /// Other control-plane nodes are unavailable: at most `controlPlane.maxUnavailable` at a
+    /// time in the whole cluster ([`super::control_plane`]).
     ControlPlaneUnavailable {
         /// The limit.
         max: usize,
         /// The other control-plane nodes unavailable, and why.
         unavailable: Vec<(NodeName, Unavailability)>,
+    },
+    /// Other control-plane nodes, or their static control-plane pods, are not healthy: a
+    /// control-plane node is maintained only when all the others are.
+    ControlPlaneUnhealthy {
+        /// Each unhealthy node with what is wrong (NotReady, `etcd-cp-2 not Ready`, ...).
+        nodes: Vec<(NodeName, Vec<String>)>,
+    },
+    /// Taking the node's etcd member down would leave fewer than a quorum of members up.
+    EtcdQuorum {
+        /// Etcd members (nodes running an etcd static pod).
+        members: usize,
+        /// Most members down at once.
+        max_down: usize,
+        /// The other members down, and why.
+        down: Vec<(NodeName, String)>,
+    },
+    /// The pool's policy forbids the operation, whoever asks for it.
+    Forbidden {
+        /// The policy field, e.g. `reboot.mode`.
+        field: &'static str,
+        /// Its value, e.g. `never`.
+        value: &'static str,
     },
     /// Admitting the node would make too many nodes of the pool unavailable.
     MaxUnavailable {
@@ -225,6 +247,9 @@ impl WaitReason {
             WaitReason::BackingOff { .. } => "BackingOff",
             WaitReason::MaxUnavailable { .. } => "MaxUnavailable",
             WaitReason::ControlPlaneUnavailable { .. } => "ControlPlaneUnavailable",
+            WaitReason::ControlPlaneUnhealthy { .. } => "ControlPlaneUnhealthy",
+            WaitReason::EtcdQuorum { .. } => "EtcdQuorum",
+            WaitReason::Forbidden { .. } => "ForbiddenByPolicy",
             WaitReason::PdbBudget { .. } => "PdbBudget",
             WaitReason::PdbUnknown { .. } => "PdbUnknown",
             WaitReason::SeveralPdbs { .. } => "SeveralPdbs",
@@ -276,12 +301,55 @@ impl fmt::Display for WaitReason {
                     .iter()
                     .map(|(name, why)| format!("{name} ({})", why.as_str()))
                     .collect();
+                let noun = if *max == 1 { "node" } else { "nodes" };
                 write!(
                     f,
-                    "control plane: at most {max} control-plane node unavailable at a time \
+                    "control plane: at most {max} control-plane {noun} unavailable at a time \
                      (unavailable: {})",
                     list_with_more(&names, names.len())
                 )
+            }
+            WaitReason::ControlPlaneUnhealthy { nodes } => {
+                let names: Vec<String> = nodes
+                    .iter()
+                    .map(|(name, problems)| format!("{name} ({})", problems.join(", ")))
+                    .collect();
+                write!(
+                    f,
+                    "control plane: every other control-plane node must be healthy first \
+                     (unhealthy: {})",
+                    list_with_more(&names, names.len())
+                )
+            }
+            WaitReason::EtcdQuorum {
+                members,
+                max_down,
+                down,
+            } => {
+                let names: Vec<String> = down
+                    .iter()
+                    .map(|(name, why)| format!("{name} ({why})"))
+                    .collect();
+                if *max_down == 0 {
+                    write!(
+                        f,
+                        "etcd quorum: {members} member(s), none to spare; maintaining this one \
+                         takes the API server down (controlPlane.allowEtcdQuorumLoss allows it)"
+                    )?;
+                } else {
+                    write!(
+                        f,
+                        "etcd quorum: at most {max_down} of {members} members down at a time"
+                    )?;
+                }
+                if names.is_empty() {
+                    Ok(())
+                } else {
+                    write!(f, " (down: {})", list_with_more(&names, names.len()))
+                }
+            }
+            WaitReason::Forbidden { field, value } => {
+                write!(f, "the policy forbids it: {field} is {value}")
             }
             WaitReason::MaxUnavailable {
                 unavailable,

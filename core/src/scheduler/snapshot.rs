@@ -71,8 +71,13 @@ pub struct NodeState {
     pub unschedulable: bool,
     /// rota cordoned it (recorded on the Node), so a leftover cordon is told from a human's.
     pub cordoned_by_rota: bool,
-    /// Runs the control plane (`node-role.kubernetes.io/control-plane`).
+    /// Runs the control plane: labelled `node-role.kubernetes.io/control-plane` (or `master`),
+    /// or runs static control-plane pods.
     pub control_plane: bool,
+    /// Its static control-plane pods: the mirror pods in `kube-system` whose `component` label
+    /// names etcd, kube-apiserver, kube-controller-manager or kube-scheduler (as kubeadm
+    /// labels them).
+    pub control_plane_pods: Vec<ControlPlanePod>,
     /// `status.nodeInfo.kubeletVersion`, if it parses.
     pub kubelet_version: Option<KubeVersion>,
     /// `topology.kubernetes.io/zone`, for zone-aware packing.
@@ -92,6 +97,36 @@ impl NodeState {
     pub fn unavailable_without_slot(&self) -> bool {
         !self.ready || self.unschedulable
     }
+
+    /// Runs a stacked etcd member (an `etcd` static pod).
+    pub fn etcd_member(&self) -> bool {
+        self.control_plane_pods
+            .iter()
+            .any(|p| p.component == ControlPlanePod::ETCD)
+    }
+}
+
+/// A static control-plane pod, seen through its mirror pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlPlanePod {
+    /// The mirror pod.
+    pub pod: NamespacedName,
+    /// Its `component` label: one of [`ControlPlanePod::COMPONENTS`].
+    pub component: String,
+    /// Its `Ready` condition is `True` and it is not being deleted.
+    pub ready: bool,
+}
+
+impl ControlPlanePod {
+    /// The `component` of an etcd member.
+    pub const ETCD: &'static str = "etcd";
+    /// The `component` labels of the static control-plane pods.
+    pub const COMPONENTS: [&'static str; 4] = [
+        Self::ETCD,
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+    ];
 }
 
 /// A pod a drain would evict.
