@@ -6,10 +6,12 @@ use std::sync::Arc;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
-    Node, NodeCondition, NodeStatus, NodeSystemInfo, Pod, PodCondition, PodSpec, PodStatus,
-    PodTemplateSpec,
+    ContainerState, ContainerStateRunning, ContainerStatus, Node, NodeCondition, NodeStatus,
+    NodeSystemInfo, Pod, PodCondition, PodSpec, PodStatus, PodTemplateSpec,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, ObjectMeta, OwnerReference, Time,
+};
 use rota_core::controller::verify::{Verdict, abandoned, recovered, verify};
 use rota_core::model::{FencingToken, Operation, Origin, Slot, SlotPhase};
 use rota_core::policy::{Health, NamespacedName};
@@ -17,6 +19,12 @@ use rota_core::slots::{CompletionReport, HeldSlot};
 
 const REQUESTED: Timestamp = Timestamp::constant(1_748_772_000, 0);
 const ADMITTED: Timestamp = Timestamp::constant(1_748_775_600, 0);
+/// The drain finished and the slot was granted (half a second into the second).
+const GRANTED: Timestamp = Timestamp::constant(1_748_777_400, 500_000_000);
+/// Reported by the kubelet in the second of the grant, after it.
+const GRANT_SECOND: Timestamp = Timestamp::constant(1_748_777_400, 0);
+/// Before the maintenance began.
+const STALE: Timestamp = Timestamp::constant(1_748_770_000, 0);
 /// The agent reported completion at 2025-06-01T12:00:00Z.
 const COMPLETED: Timestamp = Timestamp::constant(1_748_779_200, 0);
 const EARLY: Timestamp = Timestamp::constant(1_748_779_260, 0);
@@ -34,6 +42,7 @@ fn held(operation: Operation, boot_before: Option<&str>, completion: CompletionR
             phase: SlotPhase::Verifying,
             admitted_at: ADMITTED,
             phase_since: COMPLETED,
+            granted_at: Some(GRANTED),
             lease_expires_at: LEASE_END,
             boot_id_before: boot_before.map(str::to_owned),
             cordoned_by_rota: true,
@@ -57,6 +66,11 @@ fn completion(success: bool, boot_after: Option<&str>) -> CompletionReport {
 }
 
 fn node(ready: bool, boot_id: &str, kubelet: &str) -> Node {
+    node_reported(ready, boot_id, kubelet, COMPLETED)
+}
+
+/// A node whose kubelet last reported its Ready condition at `reported`.
+fn node_reported(ready: bool, boot_id: &str, kubelet: &str, reported: Timestamp) -> Node {
     Node {
         metadata: ObjectMeta {
             name: Some("n".into()),
@@ -76,6 +90,8 @@ fn node(ready: bool, boot_id: &str, kubelet: &str) -> Node {
                     }
                     .into(),
                 ),
+                last_heartbeat_time: Some(Time(reported)),
+                last_transition_time: Some(Time(STALE)),
                 ..NodeCondition::default()
             }]),
             node_info: Some(NodeSystemInfo {
@@ -89,6 +105,18 @@ fn node(ready: bool, boot_id: &str, kubelet: &str) -> Node {
 }
 
 fn ds_pod(name: &str, daemon_set: &str, ready: bool) -> Pod {
+    ds_pod_at(name, daemon_set, ready, COMPLETED, COMPLETED)
+}
+
+/// A DaemonSet pod created long ago whose Ready condition changed at `ready_at` and whose
+/// container started at `started`.
+fn ds_pod_at(
+    name: &str,
+    daemon_set: &str,
+    ready: bool,
+    ready_at: Timestamp,
+    started: Timestamp,
+) -> Pod {
     Pod {
         metadata: ObjectMeta {
             namespace: Some("kube-system".into()),
@@ -101,6 +129,7 @@ fn ds_pod(name: &str, daemon_set: &str, ready: bool) -> Pod {
                 controller: Some(true),
                 block_owner_deletion: None,
             }]),
+            creation_timestamp: Some(Time(STALE)),
             ..ObjectMeta::default()
         },
         spec: Some(PodSpec {
@@ -112,7 +141,19 @@ fn ds_pod(name: &str, daemon_set: &str, ready: bool) -> Pod {
             conditions: Some(vec![PodCondition {
                 type_: "Ready".into(),
                 status: if ready { "True" } else { "False" }.into(),
+                last_transition_time: Some(Time(ready_at)),
                 ..PodCondition::default()
+            }]),
+            container_statuses: Some(vec![ContainerStatus {
+                name: "main".into(),
+                ready,
+                state: Some(ContainerState {
+                    running: Some(ContainerStateRunning {
+                        started_at: Some(Time(started)),
+                    }),
+                    ..ContainerState::default()
+                }),
+                ..ContainerStatus::default()
             }]),
             ..PodStatus::default()
         }),
@@ -305,6 +346,88 @@ fn verdicts() {
             health(&["cni"]),
             early,
             Want::Pending("no pod of DaemonSet kube-system/cni"),
+        ),
+        (
+            "rebooted, but a DaemonSet pod is Ready only as reported before the reboot",
+            held(Operation::Reboot, before, reboot_done.clone()),
+            node(true, "boot-2", "v1.33.1"),
+            vec![ds_pod_at("cni-x", "cni", true, STALE, STALE)],
+            health(&[]),
+            early,
+            Want::Pending(
+                "DaemonSet pod kube-system/cni-x is Ready only as reported before the reboot",
+            ),
+        ),
+        (
+            "rebooted, a required DaemonSet's pod is Ready only from before",
+            held(Operation::Reboot, before, reboot_done.clone()),
+            node(true, "boot-2", "v1.33.1"),
+            vec![ds_pod_at("cni-x", "cni", true, STALE, STALE)],
+            health(&["cni"]),
+            early,
+            Want::Pending("kube-system/cni-x is Ready only as reported before the reboot"),
+        ),
+        (
+            "rebooted, the pod's containers restarted in the grant's second (Ready kept its time)",
+            held(Operation::Reboot, before, reboot_done.clone()),
+            node(true, "boot-2", "v1.33.1"),
+            vec![ds_pod_at("cni-x", "cni", true, STALE, GRANT_SECOND)],
+            health(&["cni"]),
+            early,
+            Want::Healthy,
+        ),
+        (
+            "rebooted, the pod became Ready again since the grant",
+            held(Operation::Reboot, before, reboot_done.clone()),
+            node(true, "boot-2", "v1.33.1"),
+            vec![ds_pod_at("cni-x", "cni", true, COMPLETED, STALE)],
+            health(&[]),
+            early,
+            Want::Healthy,
+        ),
+        (
+            "rebooted, the kubelet's last Ready report is from before the grant",
+            held(Operation::Reboot, before, reboot_done.clone()),
+            node_reported(true, "boot-2", "v1.33.1", STALE),
+            vec![],
+            health(&[]),
+            early,
+            Want::Pending("has not reported the node Ready since the maintenance began"),
+        ),
+        (
+            "kubelet restarted, but no Ready report since the grant",
+            held(Operation::KubeletRestart, before, completion(true, None)),
+            node_reported(true, "boot-1", "v1.33.1", STALE),
+            vec![],
+            health(&[]),
+            early,
+            Want::Pending("has not reported the node Ready since the maintenance began"),
+        ),
+        (
+            "kubelet restarted: its containers kept running, so old pods are fine",
+            held(Operation::KubeletRestart, before, completion(true, None)),
+            node(true, "boot-1", "v1.33.1"),
+            vec![ds_pod_at("cni-x", "cni", true, STALE, STALE)],
+            health(&[]),
+            early,
+            Want::Healthy,
+        ),
+        (
+            "a package upgrade that restarted nothing: Ready is enough",
+            held(
+                Operation::PackageUpgrade {
+                    security_only: true,
+                    reboot_if_required: true,
+                    packages: Vec::new(),
+                },
+                before,
+                completion(true, None),
+            ),
+            node_reported(true, "boot-1", "v1.33.1", STALE),
+            vec![ds_pod_at("cni-x", "cni", true, STALE, STALE)],
+            health(&[]),
+            early,
+            Want::Healthy,
         ),
         (
             "a required DaemonSet that does not exist",

@@ -196,6 +196,7 @@ fn held(node: &str, phase: SlotPhase, token: u64) -> NodeEntry {
                 phase,
                 admitted_at: at(600),
                 phase_since: at(300),
+                granted_at: None,
                 lease_expires_at: at(-60),
                 boot_id_before: Some("boot-1".into()),
                 cordoned_by_rota: true,

@@ -175,6 +175,7 @@ fn fleet(now: Timestamp) -> (Snapshot, Duration) {
                 },
                 admitted_at: now,
                 phase_since: now,
+                granted_at: None,
                 lease_expires_at: now,
                 boot_id_before: None,
                 cordoned_by_rota: true,

@@ -386,6 +386,7 @@ impl Case {
                     phase,
                     admitted_at: now(),
                     phase_since: now(),
+                    granted_at: None,
                     lease_expires_at: now(),
                     boot_id_before: None,
                     cordoned_by_rota: true,

@@ -85,6 +85,7 @@ fn slot(node: &str, phase: SlotPhase) -> Slot {
         phase,
         admitted_at: now(),
         phase_since: now(),
+        granted_at: None,
         lease_expires_at: now(),
         boot_id_before: None,
         cordoned_by_rota: true,

@@ -10,7 +10,12 @@
 //!   (waited for, since the kubelet reports it a little after it starts);
 //! - its DaemonSet pods are Ready: the policy's `health.requiredDaemonSets` that target the node
 //!   (by their pod template's node selector), or, when the policy names none, every DaemonSet pod
-//!   on the node.
+//!   on the node;
+//! - what it sees post-dates the maintenance ([`Freshness`]): after a reboot or a kubelet restart
+//!   the kubelet must have reported the node Ready since the slot was granted, and after a reboot
+//!   each of those DaemonSet pods must have started or become Ready since then. A pod survives a
+//!   reboot as an API object and keeps its old `Ready=True` until the new kubelet resyncs it, so
+//!   "Ready" alone can be a report from before the reboot.
 //!
 //! A report that cannot be true (a reboot that did not change the boot id, a `Reboot` that did
 //! not reboot) fails at once; anything else is waited for until the deadline.
@@ -68,13 +73,7 @@ pub fn verify<'a>(
         RebootCheck::Wait(problem) => problems.push(problem),
         RebootCheck::Ok => {}
     }
-    problems.extend(health_problems(
-        node,
-        pods,
-        daemon_sets,
-        health,
-        &held.slot.operation,
-    ));
+    problems.extend(health_problems(held, node, pods, daemon_sets, health));
     if problems.is_empty() {
         return Verdict::Healthy;
     }
@@ -149,7 +148,7 @@ pub fn recovered<'a>(
     let agent_succeeded = held.completion.as_ref().is_some_and(|c| c.success);
     agent_succeeded
         && matches!(reboot_check(held, node), RebootCheck::Ok)
-        && health_problems(node, pods, daemon_sets, health, &held.slot.operation).is_empty()
+        && health_problems(held, node, pods, daemon_sets, health).is_empty()
 }
 
 fn reboot_check(held: &HeldSlot, node: Option<&Node>) -> RebootCheck {
@@ -196,18 +195,26 @@ fn reboot_check(held: &HeldSlot, node: Option<&Node>) -> RebootCheck {
 
 /// What is wrong with the node's health now (empty: healthy).
 fn health_problems<'a>(
+    held: &HeldSlot,
     node: Option<&Node>,
     pods: impl IntoIterator<Item = &'a Pod>,
     daemon_sets: &BTreeMap<NamespacedName, Arc<DaemonSet>>,
     health: &Health,
-    operation: &Operation,
 ) -> Vec<String> {
     let Some(node) = node else {
         return vec!["the Node object is missing".to_owned()];
     };
+    let operation = &held.slot.operation;
+    let fresh = Freshness::of(held);
     let mut problems = Vec::new();
     if !is_ready(node) {
         problems.push(not_ready_text(node));
+    } else if let Some(since) = fresh.node_since()
+        && !ready_reported_since(node, since)
+    {
+        problems.push(format!(
+            "the kubelet has not reported the node Ready since the maintenance began ({since})"
+        ));
     }
     if let Operation::KubernetesUpgrade { version } = operation {
         let running = node
@@ -238,8 +245,106 @@ fn health_problems<'a>(
         &pods,
         daemon_sets,
         &health.required_daemon_sets,
+        fresh.pods_since(),
     ));
     problems
+}
+
+/// What must post-date the maintenance, by what the operation restarted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    /// Nothing restarted (a package upgrade that needed no restart): Ready is enough.
+    Any,
+    /// The kubelet restarted (a kubelet restart, a Kubernetes upgrade): the kubelet reported
+    /// the node Ready since `since`. Its containers keep running, so its pods need not restart.
+    Kubelet {
+        /// When the maintenance began.
+        since: Timestamp,
+    },
+    /// The node rebooted: the kubelet reported the node Ready since `since`, and each
+    /// DaemonSet pod that counts started, or became Ready, since then.
+    Node {
+        /// When the maintenance began.
+        since: Timestamp,
+    },
+}
+
+impl Freshness {
+    /// The rule for `held`. The maintenance begins at the grant (the agent acts only after
+    /// it; a slot recorded without it falls back to its admission), rounded down to the second
+    /// since Kubernetes' condition and container times have whole seconds.
+    pub fn of(held: &HeldSlot) -> Freshness {
+        let began = held.slot.granted_at.unwrap_or(held.slot.admitted_at);
+        let since = Timestamp::from_second(began.as_second()).unwrap_or(began);
+        let rebooted = held.completion.as_ref().is_some_and(|c| c.rebooted);
+        match &held.slot.operation {
+            _ if rebooted => Freshness::Node { since },
+            Operation::KubeletRestart | Operation::KubernetesUpgrade { .. } => {
+                Freshness::Kubelet { since }
+            }
+            _ => Freshness::Any,
+        }
+    }
+
+    fn node_since(self) -> Option<Timestamp> {
+        match self {
+            Freshness::Any => None,
+            Freshness::Kubelet { since } | Freshness::Node { since } => Some(since),
+        }
+    }
+
+    fn pods_since(self) -> Option<Timestamp> {
+        match self {
+            Freshness::Node { since } => Some(since),
+            Freshness::Any | Freshness::Kubelet { .. } => None,
+        }
+    }
+}
+
+/// Whether the node's `Ready` condition was reported (heartbeat) or changed since `since`. A
+/// kubelet reports the node's status as soon as it starts, so this holds shortly after a
+/// restart; `lastTransitionTime` alone would not do, since a reboot quicker than the node
+/// monitor's grace period never turns the node NotReady.
+fn ready_reported_since(node: &Node, since: Timestamp) -> bool {
+    ready_condition(node).is_some_and(|c| {
+        [&c.last_heartbeat_time, &c.last_transition_time]
+            .into_iter()
+            .flatten()
+            .any(|t| t.0 >= since)
+    })
+}
+
+/// Whether a pod started, or became Ready, since `since`: created since, its `Ready` condition
+/// changed since, or every container of it (re)started since.
+fn pod_fresh(pod: &Pod, since: Timestamp) -> bool {
+    if pod
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .is_some_and(|t| t.0 >= since)
+    {
+        return true;
+    }
+    let Some(status) = pod.status.as_ref() else {
+        return false;
+    };
+    let ready_since = status.conditions.iter().flatten().any(|c| {
+        c.type_ == "Ready"
+            && c.status == "True"
+            && c.last_transition_time
+                .as_ref()
+                .is_some_and(|t| t.0 >= since)
+    });
+    let containers = status.container_statuses.as_deref().unwrap_or_default();
+    let restarted = !containers.is_empty()
+        && containers.iter().all(|c| {
+            c.state
+                .as_ref()
+                .and_then(|s| s.running.as_ref())
+                .and_then(|r| r.started_at.as_ref())
+                .is_some_and(|t| t.0 >= since)
+        });
+    ready_since || restarted
 }
 
 fn not_ready_text(node: &Node) -> String {
@@ -307,7 +412,16 @@ fn daemon_set_problems(
     pods: &[&Pod],
     daemon_sets: &BTreeMap<NamespacedName, Arc<DaemonSet>>,
     required: &[NamespacedName],
+    since: Option<Timestamp>,
 ) -> Vec<String> {
+    let stale = |pod: &Pod| since.is_some_and(|since| !pod_fresh(pod, since));
+    let stale_text = |pod: &Pod| {
+        format!(
+            "DaemonSet pod {} is Ready only as reported before the reboot (nothing since {})",
+            pod_name(pod),
+            since.unwrap_or_default()
+        )
+    };
     let running = |pod: &&&Pod| {
         !matches!(
             pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -319,8 +433,15 @@ fn daemon_set_problems(
             .iter()
             .filter(running)
             .filter(|p| daemon_set_of(p).is_some() && p.metadata.deletion_timestamp.is_none())
-            .filter(|p| !pod_ready(p))
-            .map(|p| format!("DaemonSet pod {} is not Ready", pod_name(p)))
+            .filter_map(|p| {
+                if !pod_ready(p) {
+                    Some(format!("DaemonSet pod {} is not Ready", pod_name(p)))
+                } else if stale(p) {
+                    Some(stale_text(p))
+                } else {
+                    None
+                }
+            })
             .collect();
     }
     let mut problems = Vec::new();
@@ -344,6 +465,8 @@ fn daemon_set_problems(
                 "pod {} of DaemonSet {wanted} is not Ready",
                 pod_name(own[0])
             ));
+        } else if !own.iter().any(|p| pod_ready(p) && !stale(p)) {
+            problems.push(stale_text(own[0]));
         }
     }
     problems

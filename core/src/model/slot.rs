@@ -92,6 +92,11 @@ pub struct Slot {
     pub admitted_at: Timestamp,
     /// When the phase last changed.
     pub phase_since: Timestamp,
+    /// When the drain finished and the slot was granted: the agent acts only after it, so what
+    /// the health gate sees must post-date it. `None` before the grant (and in slots recorded by
+    /// coordinators that did not record it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_at: Option<Timestamp>,
     /// Lease expiry; renewed by the agent. Expiry alone never frees capacity.
     pub lease_expires_at: Timestamp,
     /// Boot id when the slot was admitted, to tell that a reboot happened.

@@ -381,6 +381,7 @@ impl Ledger {
             phase: SlotPhase::Draining,
             admitted_at: now,
             phase_since: now,
+            granted_at: None,
             lease_expires_at: self.lease_end(now),
             boot_id_before,
             cordoned_by_rota,
@@ -421,6 +422,7 @@ impl Ledger {
                 return None;
             }
             held.slot.lease_expires_at = lease_end;
+            held.slot.granted_at = Some(now);
             Some(Step {
                 phase: SlotPhase::Granted,
                 reason: TransitionReason::Drained,

@@ -117,6 +117,8 @@ struct SlotRecord {
     requested_at: Timestamp,
     admitted_at: Timestamp,
     since: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    granted_at: Option<Timestamp>,
     lease_expires_at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     boot_id_before: Option<String>,
@@ -246,6 +248,7 @@ pub fn encode_entry(
                 requested_at: held.requested_at,
                 admitted_at: slot.admitted_at,
                 since: slot.phase_since,
+                granted_at: slot.granted_at,
                 lease_expires_at: slot.lease_expires_at,
                 boot_id_before: slot.boot_id_before.clone(),
                 cordoned_by_rota: slot.cordoned_by_rota,
@@ -314,6 +317,7 @@ pub fn decode_entry(
                 phase: s.phase,
                 admitted_at: s.admitted_at,
                 phase_since: s.since,
+                granted_at: s.granted_at,
                 lease_expires_at: s.lease_expires_at,
                 boot_id_before: s.boot_id_before,
                 cordoned_by_rota: s.cordoned_by_rota,

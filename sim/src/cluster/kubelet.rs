@@ -234,6 +234,69 @@ fn node_object(spec: &NodeSpec, host: &SimHost, now: jiff::Timestamp) -> Value {
     node
 }
 
+/// Where kubeadm's static pods run.
+const KUBE_SYSTEM: &str = "kube-system";
+
+/// The etcd image kubeadm 1.33 deploys.
+const ETCD_IMAGE: &str = "registry.k8s.io/etcd:3.5.21-0";
+
+/// The mirror pods of a kubeadm control-plane node: etcd, kube-apiserver,
+/// kube-controller-manager and kube-scheduler, labelled `component` and `tier: control-plane`,
+/// annotated `kubernetes.io/config.mirror` and owned by the Node, as the kubelet publishes them.
+/// The control-plane images carry the kubelet's version (`kubeadm upgrade` moves them together).
+fn static_pods(node: &Value, kubelet_version: Option<&str>) -> Vec<Value> {
+    let name = meta::name(node);
+    let version = kubelet_version.unwrap_or("v1.33.2");
+    let version = if version.starts_with('v') {
+        version.to_owned()
+    } else {
+        format!("v{version}")
+    };
+    [
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+    ]
+    .into_iter()
+    .map(|component| {
+        let image = if component == "etcd" {
+            ETCD_IMAGE.to_owned()
+        } else {
+            format!("registry.k8s.io/{component}:{version}")
+        };
+        let hash = format!("{:016x}", rand::random::<u64>());
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": format!("{component}-{name}"),
+                "namespace": KUBE_SYSTEM,
+                "labels": {"component": component, "tier": "control-plane"},
+                "annotations": {
+                    "kubernetes.io/config.hash": hash,
+                    "kubernetes.io/config.mirror": hash,
+                    "kubernetes.io/config.source": "file",
+                },
+                "ownerReferences": [{
+                    "apiVersion": "v1", "kind": "Node", "name": name,
+                    "uid": meta::uid(node), "controller": true,
+                }],
+            },
+            "spec": {
+                "nodeName": name,
+                "hostNetwork": true,
+                "priorityClassName": "system-node-critical",
+                "priority": 2_000_001_000,
+                "containers": [{"name": component, "image": image}],
+                "tolerations": [{"operator": "Exists", "effect": "NoExecute"}],
+            },
+            "status": {"phase": "Pending"},
+        })
+    })
+    .collect()
+}
+
 fn lease_object(node: &Value, now: jiff::Timestamp) -> Value {
     json!({
         "apiVersion": "coordination.k8s.io/v1",
@@ -363,6 +426,7 @@ pub(crate) async fn run(
         timers: Timers::new(),
         next_ip: 0,
     };
+    kubelet.ensure_static_pods();
     kubelet.resync();
     kubelet.schedule_heartbeat();
     loop {
@@ -515,7 +579,31 @@ impl Kubelet {
             self.timers.add(at, Timer::NodeReady { epoch: self.epoch });
         }
         self.schedule_heartbeat();
+        self.ensure_static_pods();
         self.resync();
+    }
+
+    /// A control-plane node's kubelet runs kubeadm's static pods from its manifest directory
+    /// and publishes a mirror pod for each: created here when missing (at start, and after a
+    /// reboot removed them), then started like any other pod of the node.
+    fn ensure_static_pods(&self) {
+        if !self.ctx.spec.control_plane {
+            return;
+        }
+        let store = &self.ctx.store;
+        let Ok(node) = store.get(&self.node_key) else {
+            return;
+        };
+        let version = self.ctx.host.kubelet_version();
+        for pod in static_pods(&node, version.as_deref()) {
+            match store.create(&pods(), Some(KUBE_SYSTEM), pod) {
+                Ok(_) => {}
+                Err(e) if e.code() == 409 => {}
+                Err(e) => {
+                    tracing::warn!(node = self.node(), error = %e, "creating a mirror pod failed")
+                }
+            }
+        }
     }
 
     fn remove(&mut self) {
