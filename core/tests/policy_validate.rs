@@ -60,6 +60,11 @@ fn every_invalid_input_is_reported_with_field_and_reason() {
         ),
         (json!({"maxFailures": -1}), "spec.maxFailures", "negative"),
         (
+            json!({"controlPlane": {"maxUnavailable": 0}}),
+            "spec.controlPlane.maxUnavailable",
+            "at least 1",
+        ),
+        (
             json!({"windows": [{"start": "25:00", "end": "02:00"}]}),
             "spec.windows[0].start",
             "HH:MM",
@@ -241,6 +246,15 @@ fn defaults_and_parsed_values() {
     assert_eq!(p.reboot.sentinel_files, ["/var/run/reboot-required"]);
     assert_eq!(p.reboot.command, ["systemctl", "reboot"]);
     assert!(p.windows.is_empty() && p.blackouts.is_empty());
+    assert_eq!(p.control_plane.max_unavailable, 1);
+    assert!(!p.control_plane.allow_etcd_quorum_loss);
+
+    let p = validate(&spec(json!({
+        "controlPlane": {"maxUnavailable": 2, "allowEtcdQuorumLoss": true},
+    })))
+    .expect("valid");
+    assert_eq!(p.control_plane.max_unavailable, 2);
+    assert!(p.control_plane.allow_etcd_quorum_loss);
 
     let p = validate(&spec(json!({
         "maxUnavailable": "25%",

@@ -16,7 +16,7 @@ use rota_core::policy::{
     KubeVersion, MaintenancePolicySpec, NamespacedName, ValidatedPolicy, validate,
 };
 use rota_core::scheduler::{
-    EvictablePod, NodeState, PdbState, Plan, Pool, SequentialPdb, Snapshot, WaitReason, schedule,
+    ControlPlanePod, EvictablePod, NodeState, PdbState, Plan, Pool, SequentialPdb, Snapshot, WaitReason, schedule,
 };
 use serde_json::json;
 
@@ -945,4 +945,248 @@ fn pdb_index_follows_the_eviction_api() {
     assert_eq!(index.covering("shop", &labels), [pdb_ref("shop", "web")]);
     index.delete(&budget("shop", "web", None));
     assert!(index.covering("shop", &labels).is_empty());
+}
+
+/// A control-plane node with kubeadm's static pods; `etcd` adds an etcd member whose pod is
+/// Ready or not.
+fn control_plane(name: &str, pool: &str, etcd: Option<bool>) -> NodeState {
+    let static_pod = |component: &str, ready: bool| ControlPlanePod {
+        pod: NamespacedName::new("kube-system", format!("{component}-{name}")),
+        component: component.into(),
+        ready,
+    };
+    let mut pods = vec![
+        static_pod("kube-apiserver", true),
+        static_pod("kube-controller-manager", true),
+        static_pod("kube-scheduler", true),
+    ];
+    pods.extend(etcd.map(|ready| static_pod("etcd", ready)));
+    NodeState {
+        control_plane: true,
+        control_plane_pods: pods,
+        ..node(name, pool)
+    }
+}
+
+#[test]
+fn one_control_plane_node_at_a_time_by_default_whatever_max_unavailable_says() {
+    let nodes = ["cp-1", "cp-2", "cp-3"]
+        .iter()
+        .map(|n| control_plane(n, "all", Some(true)))
+        .collect();
+    let snap = snapshot(
+        vec![pool("all", json!({"maxUnavailable": 3}))],
+        nodes,
+        vec![request("cp-1", 0), request("cp-2", 1), request("cp-3", 2)],
+    );
+    let plan = schedule(&snap, now());
+    assert_eq!(admitted(&plan), ["cp-1"]);
+    assert_eq!(
+        reasons(&plan, "cp-2"),
+        [
+            "control plane: at most 1 control-plane node unavailable at a time (unavailable: \
+             cp-1 (admitted now))",
+            "etcd quorum: at most 1 of 3 members down at a time (down: cp-1 (admitted now))"
+        ]
+    );
+}
+
+#[test]
+fn control_plane_max_unavailable_is_the_smallest_of_the_pools_selecting_control_plane_nodes() {
+    let nodes: Vec<NodeState> = (1..=5)
+        .map(|i| control_plane(&format!("cp-{i}"), if i <= 3 { "a" } else { "b" }, Some(true)))
+        .collect();
+    let queue: Vec<SlotRequest> = (1..=5).map(|i| request(&format!("cp-{i}"), i)).collect();
+    let two = json!({"maxUnavailable": 3, "controlPlane": {"maxUnavailable": 2}});
+    let three = json!({"maxUnavailable": 3, "controlPlane": {"maxUnavailable": 3}});
+    // Five etcd members keep quorum with two down: both pools say at least 2, so 2 go.
+    let snap = snapshot(
+        vec![pool("a", two.clone()), pool("b", three)],
+        nodes.clone(),
+        queue.clone(),
+    );
+    assert_eq!(admitted(&schedule(&snap, now())), ["cp-1", "cp-2"]);
+    // A second pool that says 1 holds the first one to 1 as well.
+    let snap = snapshot(
+        vec![pool("a", two), pool("b", json!({"maxUnavailable": 3}))],
+        nodes,
+        queue,
+    );
+    let plan = schedule(&snap, now());
+    assert_eq!(admitted(&plan), ["cp-1"]);
+    assert!(reasons(&plan, "cp-2")[0].starts_with("control plane: at most 1 control-plane node"));
+}
+
+#[test]
+fn etcd_quorum_caps_control_plane_max_unavailable() {
+    // Three members keep quorum with one down, whatever controlPlane.maxUnavailable says.
+    let nodes = ["cp-1", "cp-2", "cp-3"]
+        .iter()
+        .map(|n| control_plane(n, "all", Some(true)))
+        .collect();
+    let snap = snapshot(
+        vec![pool(
+            "all",
+            json!({"maxUnavailable": 3, "controlPlane": {"maxUnavailable": 3}}),
+        )],
+        nodes,
+        vec![request("cp-1", 0), request("cp-2", 1)],
+    );
+    let plan = schedule(&snap, now());
+    assert_eq!(admitted(&plan), ["cp-1"]);
+    assert_eq!(
+        reasons(&plan, "cp-2"),
+        ["etcd quorum: at most 1 of 3 members down at a time (down: cp-1 (admitted now))"]
+    );
+}
+
+#[test]
+fn an_unhealthy_etcd_member_or_static_pod_elsewhere_holds_control_plane_nodes() {
+    let mut cp3 = control_plane("cp-3", "all", Some(true));
+    cp3.control_plane_pods[0].ready = false;
+    let nodes = vec![
+        control_plane("cp-1", "all", Some(true)),
+        control_plane("cp-2", "all", Some(false)),
+        cp3,
+        node("w-1", "all"),
+    ];
+    let snap = snapshot(
+        vec![pool("all", json!({"maxUnavailable": 3}))],
+        nodes,
+        vec![request("cp-1", 0), request("w-1", 1)],
+    );
+    let plan = schedule(&snap, now());
+    // Workers are not held.
+    assert_eq!(admitted(&plan), ["w-1"]);
+    assert_eq!(
+        reasons(&plan, "cp-1"),
+        [
+            "control plane: every other control-plane node must be healthy first (unhealthy: \
+             cp-2 (etcd-cp-2 not Ready), cp-3 (kube-apiserver-cp-3 not Ready))",
+            "etcd quorum: at most 1 of 3 members down at a time (down: cp-2 (etcd pod not \
+             Ready))"
+        ]
+    );
+    assert_eq!(plan.waiting["cp-1"].reasons[0].kind(), "ControlPlaneUnhealthy");
+    assert_eq!(plan.waiting["cp-1"].reasons[1].kind(), "EtcdQuorum");
+}
+
+#[test]
+fn a_node_running_static_control_plane_pods_is_guarded_without_the_label() {
+    let mut unlabelled = control_plane("cp-2", "all", Some(true));
+    unlabelled.control_plane = true; // set by the snapshot from its static pods
+    let nodes = vec![control_plane("cp-1", "all", Some(true)), unlabelled];
+    let mut slots = vec![slot("cp-1", SlotPhase::Granted)];
+    slots[0].node = "cp-1".into();
+    let snap = Snapshot {
+        slots,
+        ..snapshot(
+            vec![pool("all", json!({"maxUnavailable": 3}))],
+            nodes,
+            vec![request("cp-2", 0)],
+        )
+    };
+    let plan = schedule(&snap, now());
+    assert!(plan.admit.is_empty());
+    assert_eq!(plan.waiting["cp-2"].reasons[0].kind(), "ControlPlaneUnavailable");
+}
+
+#[test]
+fn a_one_member_etcd_waits_unless_the_policy_allows_losing_quorum() {
+    let snap = |spec: serde_json::Value| {
+        snapshot(
+            vec![pool("all", spec)],
+            vec![control_plane("cp-1", "all", Some(true)), node("w-1", "all")],
+            vec![request("cp-1", 0)],
+        )
+    };
+    let plan = schedule(&snap(json!({})), now());
+    assert!(plan.admit.is_empty());
+    assert_eq!(
+        reasons(&plan, "cp-1"),
+        [
+            "etcd quorum: 1 member(s), none to spare; maintaining this one takes the API server \
+             down (controlPlane.allowEtcdQuorumLoss allows it)"
+        ]
+    );
+    let plan = schedule(
+        &snap(json!({"controlPlane": {"allowEtcdQuorumLoss": true}})),
+        now(),
+    );
+    assert_eq!(admitted(&plan), ["cp-1"]);
+}
+
+#[test]
+fn a_control_plane_without_stacked_etcd_is_held_by_the_count_only() {
+    let nodes = vec![
+        control_plane("cp-1", "all", None),
+        control_plane("cp-2", "all", None),
+    ];
+    let snap = snapshot(
+        vec![pool("all", json!({"controlPlane": {"maxUnavailable": 2}, "maxUnavailable": 2}))],
+        nodes,
+        vec![request("cp-1", 0), request("cp-2", 1)],
+    );
+    assert_eq!(admitted(&schedule(&snap, now())), ["cp-1", "cp-2"]);
+}
+
+#[test]
+fn upgrade_mode_none_refuses_package_upgrades_from_any_origin() {
+    let package = |node: &str, origin: Origin| SlotRequest {
+        operation: Operation::PackageUpgrade {
+            security_only: true,
+            reboot_if_required: true,
+            packages: Vec::new(),
+        },
+        origin,
+        ..request(node, 0)
+    };
+    let snap = |mode: &str| {
+        snapshot(
+            vec![pool("w", json!({"maxUnavailable": 3, "upgrade": {"mode": mode}}))],
+            vec![node("a", "w"), node("b", "w"), node("c", "w")],
+            vec![
+                package("a", Origin::Agent),
+                package("b", Origin::Manual),
+                request("c", 1),
+            ],
+        )
+    };
+    let plan = schedule(&snap("none"), now());
+    assert_eq!(admitted(&plan), ["c"]);
+    for node in ["a", "b"] {
+        assert_eq!(
+            reasons(&plan, node),
+            ["the policy forbids it: upgrade.mode is none"]
+        );
+        assert_eq!(plan.waiting[node].reasons[0].kind(), "ForbiddenByPolicy");
+    }
+    assert_eq!(admitted(&schedule(&snap("security"), now())), ["b", "a", "c"]);
+}
+
+#[test]
+fn reboot_mode_never_refuses_reboots_from_any_origin() {
+    let snap = |mode: &str| {
+        snapshot(
+            vec![pool("w", json!({"maxUnavailable": 3, "reboot": {"mode": mode}}))],
+            vec![node("a", "w"), node("b", "w"), node("c", "w")],
+            vec![
+                request("a", 0),
+                manual("b", 1),
+                SlotRequest {
+                    operation: Operation::KubeletRestart,
+                    ..request("c", 2)
+                },
+            ],
+        )
+    };
+    let plan = schedule(&snap("never"), now());
+    assert_eq!(admitted(&plan), ["c"]);
+    for node in ["a", "b"] {
+        assert_eq!(
+            reasons(&plan, node),
+            ["the policy forbids it: reboot.mode is never"]
+        );
+    }
+    assert_eq!(admitted(&schedule(&snap("whenRequired"), now())), ["b", "a", "c"]);
 }
