@@ -16,7 +16,8 @@ use rota_core::policy::{
     KubeVersion, MaintenancePolicySpec, NamespacedName, ValidatedPolicy, validate,
 };
 use rota_core::scheduler::{
-    ControlPlanePod, EvictablePod, NodeState, PdbState, Plan, Pool, SequentialPdb, Snapshot, WaitReason, schedule,
+    ControlPlanePod, EvictablePod, NodeState, PdbState, Plan, Pool, SequentialPdb, Snapshot,
+    WaitReason, schedule,
 };
 use serde_json::json;
 
@@ -994,7 +995,13 @@ fn one_control_plane_node_at_a_time_by_default_whatever_max_unavailable_says() {
 #[test]
 fn control_plane_max_unavailable_is_the_smallest_of_the_pools_selecting_control_plane_nodes() {
     let nodes: Vec<NodeState> = (1..=5)
-        .map(|i| control_plane(&format!("cp-{i}"), if i <= 3 { "a" } else { "b" }, Some(true)))
+        .map(|i| {
+            control_plane(
+                &format!("cp-{i}"),
+                if i <= 3 { "a" } else { "b" },
+                Some(true),
+            )
+        })
         .collect();
     let queue: Vec<SlotRequest> = (1..=5).map(|i| request(&format!("cp-{i}"), i)).collect();
     let two = json!({"maxUnavailable": 3, "controlPlane": {"maxUnavailable": 2}});
@@ -1067,7 +1074,10 @@ fn an_unhealthy_etcd_member_or_static_pod_elsewhere_holds_control_plane_nodes() 
              Ready))"
         ]
     );
-    assert_eq!(plan.waiting["cp-1"].reasons[0].kind(), "ControlPlaneUnhealthy");
+    assert_eq!(
+        plan.waiting["cp-1"].reasons[0].kind(),
+        "ControlPlaneUnhealthy"
+    );
     assert_eq!(plan.waiting["cp-1"].reasons[1].kind(), "EtcdQuorum");
 }
 
@@ -1088,7 +1098,10 @@ fn a_node_running_static_control_plane_pods_is_guarded_without_the_label() {
     };
     let plan = schedule(&snap, now());
     assert!(plan.admit.is_empty());
-    assert_eq!(plan.waiting["cp-2"].reasons[0].kind(), "ControlPlaneUnavailable");
+    assert_eq!(
+        plan.waiting["cp-2"].reasons[0].kind(),
+        "ControlPlaneUnavailable"
+    );
 }
 
 #[test]
@@ -1123,7 +1136,10 @@ fn a_control_plane_without_stacked_etcd_is_held_by_the_count_only() {
         control_plane("cp-2", "all", None),
     ];
     let snap = snapshot(
-        vec![pool("all", json!({"controlPlane": {"maxUnavailable": 2}, "maxUnavailable": 2}))],
+        vec![pool(
+            "all",
+            json!({"controlPlane": {"maxUnavailable": 2}, "maxUnavailable": 2}),
+        )],
         nodes,
         vec![request("cp-1", 0), request("cp-2", 1)],
     );
@@ -1143,7 +1159,10 @@ fn upgrade_mode_none_refuses_package_upgrades_from_any_origin() {
     };
     let snap = |mode: &str| {
         snapshot(
-            vec![pool("w", json!({"maxUnavailable": 3, "upgrade": {"mode": mode}}))],
+            vec![pool(
+                "w",
+                json!({"maxUnavailable": 3, "upgrade": {"mode": mode}}),
+            )],
             vec![node("a", "w"), node("b", "w"), node("c", "w")],
             vec![
                 package("a", Origin::Agent),
@@ -1161,14 +1180,20 @@ fn upgrade_mode_none_refuses_package_upgrades_from_any_origin() {
         );
         assert_eq!(plan.waiting[node].reasons[0].kind(), "ForbiddenByPolicy");
     }
-    assert_eq!(admitted(&schedule(&snap("security"), now())), ["b", "a", "c"]);
+    assert_eq!(
+        admitted(&schedule(&snap("security"), now())),
+        ["b", "a", "c"]
+    );
 }
 
 #[test]
 fn reboot_mode_never_refuses_reboots_from_any_origin() {
     let snap = |mode: &str| {
         snapshot(
-            vec![pool("w", json!({"maxUnavailable": 3, "reboot": {"mode": mode}}))],
+            vec![pool(
+                "w",
+                json!({"maxUnavailable": 3, "reboot": {"mode": mode}}),
+            )],
             vec![node("a", "w"), node("b", "w"), node("c", "w")],
             vec![
                 request("a", 0),
@@ -1188,5 +1213,8 @@ fn reboot_mode_never_refuses_reboots_from_any_origin() {
             ["the policy forbids it: reboot.mode is never"]
         );
     }
-    assert_eq!(admitted(&schedule(&snap("whenRequired"), now())), ["b", "a", "c"]);
+    assert_eq!(
+        admitted(&schedule(&snap("whenRequired"), now())),
+        ["b", "a", "c"]
+    );
 }
