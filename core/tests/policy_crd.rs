@@ -1,5 +1,5 @@
 //! The checked-in CRD (`deploy/crd/maintenancepolicy.yaml`) is generated from the Rust types.
-//! Regenerate it with `ROTA_BLESS=1 cargo test -p rota-coordinator --test policy_crd`.
+//! Regenerate it with `ROTA_BLESS=1 cargo test -p rota-core --test policy_crd`.
 
 // Test helpers panic on bad fixtures, like the tests that call them.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -19,7 +19,7 @@ fn generated() -> String {
     let yaml = serde_saphyr::to_string(&MaintenancePolicy::crd()).expect("CRD serializes to YAML");
     format!(
         "# Generated from core/src/policy/crd.rs; do not edit.\n\
-         # Regenerate: ROTA_BLESS=1 cargo test -p rota-coordinator --test policy_crd\n{yaml}"
+         # Regenerate: ROTA_BLESS=1 cargo test -p rota-core --test policy_crd\n{yaml}"
     )
 }
 
@@ -48,7 +48,7 @@ fn checked_in_crd_matches_the_rust_types() {
     };
     panic!(
         "{} is out of date (first difference at line {}):\n  checked in: {}\n  generated:  {}\n\
-         Regenerate it with ROTA_BLESS=1 cargo test -p rota-coordinator --test policy_crd",
+         Regenerate it with ROTA_BLESS=1 cargo test -p rota-core --test policy_crd",
         path.display(),
         first_difference + 1,
         line(&have),
@@ -109,4 +109,107 @@ fn example_policy_is_valid() {
     let minimal: MaintenancePolicySpec = serde_json::from_str("{}").expect("empty spec parses");
     assert_eq!(minimal, MaintenancePolicySpec::default());
     validate(&minimal).expect("defaults are valid");
+}
+
+/// Every field of the CRD's spec, as a dotted path (`windows[].start`); label selectors are
+/// fields of their own (their inside is Kubernetes'), and so are leaves. With each path, the
+/// enum values it takes (empty for other types).
+fn crd_fields() -> Vec<(String, Vec<String>)> {
+    fn walk(schema: &serde_json::Value, path: &str, out: &mut Vec<(String, Vec<String>)>) {
+        let properties = schema.get("properties").and_then(|p| p.as_object());
+        let items = schema.get("items");
+        let is_selector = properties
+            .is_some_and(|p| p.contains_key("matchLabels") && p.contains_key("matchExpressions"));
+        match (properties, items) {
+            (Some(properties), _) if !is_selector => {
+                for (name, field) in properties {
+                    let sub = if path.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{path}.{name}")
+                    };
+                    walk(field, &sub, out);
+                }
+            }
+            (None, Some(items)) if items.get("properties").is_some() => {
+                let is_selector = items["properties"].get("matchLabels").is_some();
+                if is_selector {
+                    out.push((path.to_owned(), Vec::new()));
+                } else {
+                    walk(items, &format!("{path}[]"), out);
+                }
+            }
+            _ => {
+                let values = schema
+                    .get("enum")
+                    .and_then(|e| e.as_array())
+                    .map(|e| {
+                        e.iter()
+                            .filter_map(|v| v.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push((path.to_owned(), values));
+            }
+        }
+    }
+    let crd = serde_json::to_value(MaintenancePolicy::crd()).expect("CRD to JSON");
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let mut out = Vec::new();
+    walk(spec, "", &mut out);
+    out.sort();
+    out
+}
+
+/// The rows of the README's MaintenancePolicy reference: field path and the rest of the row.
+fn readme_fields() -> Vec<(String, String)> {
+    let readme = std::fs::read_to_string(repo_file("README.md")).expect("README.md");
+    let section = readme
+        .split("### MaintenancePolicy")
+        .nth(1)
+        .expect("README has a MaintenancePolicy reference");
+    let mut rows: Vec<(String, String)> = section
+        .lines()
+        .skip_while(|l| !l.starts_with("| field |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|row| {
+            let cells: Vec<&str> = row.trim_matches('|').splitn(2, '|').collect();
+            let field = cells[0].trim().trim_matches('`').to_owned();
+            (field, cells.get(1).copied().unwrap_or_default().to_owned())
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn readme_configuration_reference_matches_the_crd() {
+    let crd = crd_fields();
+    let readme = readme_fields();
+    let crd_paths: Vec<&str> = crd.iter().map(|(p, _)| p.as_str()).collect();
+    let readme_paths: Vec<&str> = readme.iter().map(|(p, _)| p.as_str()).collect();
+    let missing: Vec<&&str> = crd_paths
+        .iter()
+        .filter(|p| !readme_paths.contains(p))
+        .collect();
+    let unknown: Vec<&&str> = readme_paths
+        .iter()
+        .filter(|p| !crd_paths.contains(p))
+        .collect();
+    assert!(
+        missing.is_empty() && unknown.is_empty(),
+        "README's MaintenancePolicy table and the CRD disagree.\n\
+         In the CRD, not in the README: {missing:?}\n\
+         In the README, not in the CRD: {unknown:?}"
+    );
+    for (path, values) in &crd {
+        let row = &readme.iter().find(|(p, _)| p == path).expect("row").1;
+        for value in values {
+            assert!(
+                row.contains(&format!("`{value}`")),
+                "README's row for `{path}` does not name the value `{value}`: {row}"
+            );
+        }
+    }
 }
