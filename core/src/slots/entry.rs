@@ -117,6 +117,11 @@ pub struct Finished {
 }
 
 /// What a node currently has in the ledger.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one entry per node, most of them holding a request or a slot: boxing the slot \
+              would save nothing and add an allocation per admission"
+)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Holding {
     /// Nothing queued or held.
