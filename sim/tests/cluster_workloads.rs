@@ -74,12 +74,25 @@ async fn pods_become_ready_daemonsets_cover_every_node_and_pdbs_settle() {
         }
     }
 
-    // Control-plane nodes are tainted: only daemon pods run there.
+    // Control-plane nodes are tainted: only daemon pods run there, and the kubelet's mirror
+    // pods of kubeadm's static pods (owned by the Node).
     for cp in scenario.control_plane_names() {
+        let mut mirrors = Vec::new();
         for pod in pods_on(store, &cp) {
             let kind = meta::controller_ref(&pod)
                 .and_then(|r| r.get("kind"))
                 .cloned();
+            if kind == Some(json!("Node")) {
+                assert_eq!(meta::namespace(&pod), "kube-system");
+                assert!(
+                    pod.pointer("/metadata/annotations/kubernetes.io~1config.mirror")
+                        .is_some(),
+                    "{} is a mirror pod",
+                    meta::name(&pod)
+                );
+                mirrors.push(pod["metadata"]["labels"]["component"].clone());
+                continue;
+            }
             assert_eq!(
                 kind,
                 Some(json!("DaemonSet")),
@@ -87,6 +100,17 @@ async fn pods_become_ready_daemonsets_cover_every_node_and_pdbs_settle() {
                 meta::name(&pod)
             );
         }
+        mirrors.sort_by_key(ToString::to_string);
+        assert_eq!(
+            mirrors,
+            [
+                "etcd",
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler"
+            ],
+            "{cp}"
+        );
     }
 
     // The pinned singleton runs on the blocked node; the bare pods on theirs.

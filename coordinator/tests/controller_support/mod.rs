@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::CustomResourceExt;
 use rota_coordinator::controller::{Coordinator, Settings};
 use rota_coordinator::core_gate::CoreGate;
@@ -111,11 +111,13 @@ impl Cluster {
         Ok(())
     }
 
-    /// Plays the kubelet: sets the node's Ready condition.
+    /// Plays the kubelet: sets the node's Ready condition (reported now).
     pub fn set_ready(&self, node: &str, ready: bool) -> Result<()> {
+        let now = Time(self.store.now());
         self.store.modify_status_as::<Node>(None, node, |n| {
             if let Some(conditions) = n.status.as_mut().and_then(|s| s.conditions.as_mut()) {
                 for c in conditions.iter_mut().filter(|c| c.type_ == "Ready") {
+                    c.last_heartbeat_time = Some(now.clone());
                     c.status = if ready { "True" } else { "False" }.into();
                     c.reason = Some(
                         if ready {
@@ -131,11 +133,19 @@ impl Cluster {
         Ok(())
     }
 
-    /// Plays the kubelet after a reboot: a new boot id.
+    /// Plays the kubelet after a reboot: a new boot id, with a fresh status report.
     pub fn set_boot_id(&self, node: &str, boot_id: &str) -> Result<()> {
+        let now = Time(self.store.now());
         self.store.modify_status_as::<Node>(None, node, |n| {
-            if let Some(info) = n.status.as_mut().and_then(|s| s.node_info.as_mut()) {
+            let Some(status) = n.status.as_mut() else {
+                return;
+            };
+            if let Some(info) = status.node_info.as_mut() {
                 info.boot_id = boot_id.into();
+            }
+            // The kubelet that started reports the node's status at once.
+            for c in status.conditions.iter_mut().flatten() {
+                c.last_heartbeat_time = Some(now.clone());
             }
         })?;
         Ok(())

@@ -32,6 +32,10 @@ pub const KUBELET_PATCH: &str = "1.33.1-1.1";
 pub const INITIAL_KERNEL: (&str, &str) = ("6.1.0-28-amd64", "6.1.119-1");
 /// The kernel update every node has pending, and its metapackage version.
 pub const KERNEL_UPDATE: (&str, &str) = ("6.1.0-31-amd64", "6.1.129-1");
+/// Mirror pods of kubeadm's static pods on each control-plane node: etcd, kube-apiserver,
+/// kube-controller-manager and kube-scheduler.
+pub const STATIC_PODS_PER_CONTROL_PLANE_NODE: usize = 4;
+
 /// The label of a control-plane node.
 pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
 /// The zone label.
@@ -409,8 +413,8 @@ impl Scenario {
             .collect()
     }
 
-    /// Pods the workloads want once settled: replicas of Deployments and StatefulSets, one
-    /// pod per node and DaemonSet, and the bare pods.
+    /// Pods the cluster runs once settled: replicas of Deployments and StatefulSets, one pod
+    /// per node and DaemonSet, the bare pods, and the control-plane nodes' static pods.
     pub fn expected_pod_count(&self) -> usize {
         let replicas = |objs: &[Value]| -> usize {
             objs.iter()
@@ -425,6 +429,7 @@ impl Scenario {
             + replicas(&self.statefulsets)
             + self.daemonsets.len() * self.nodes.len()
             + self.pods.len()
+            + STATIC_PODS_PER_CONTROL_PLANE_NODE * self.control_plane_names().len()
     }
 }
 
