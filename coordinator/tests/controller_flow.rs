@@ -343,3 +343,70 @@ async fn an_expired_lease_of_a_node_that_is_down_keeps_its_capacity() -> Result<
     assert_eq!(cluster.slot("a").map(|s| s.1), Some("granted".into()));
     coordinator.stop().await
 }
+
+/// A node that does not come back from its reboot within `health.readyTimeout` fails its slot
+/// (the breaker counts it). When it does come back and its agent reports the reboot from the new
+/// boot, the controller verifies the node again, releases the slot with a `NodeRecovered`
+/// Event and lifts its own cordon; the failure stays counted.
+#[tokio::test]
+async fn a_node_that_came_back_too_late_is_verified_again_and_released() -> Result<()> {
+    let cluster = Cluster::start(true).await?;
+    cluster.add_node("a", &[("pool", "workers")])?;
+    let mut policy = spec("workers");
+    policy.max_failures = 3;
+    policy.health.ready_timeout = Some("1s".into());
+    cluster.create_policy("workers", policy)?;
+    let mut settings = settings();
+    settings.lease_ttl = SignedDuration::from_secs(1);
+    let coordinator = Running::start(&cluster, settings, Arc::new(OffsetClock::default())).await?;
+    coordinator.report("a", "a-boot-1").await?;
+    coordinator.request("a", Operation::Reboot).await?;
+    let token = coordinator.wait_granted("a", WITHIN).await?;
+    cluster.set_ready("a", false)?;
+    let failed = coordinator
+        .wait_view("a", WITHIN, |v| v.state == NodeState::Failed)
+        .await?;
+    assert!(
+        failed.message.contains("stopped renewing"),
+        "{}",
+        failed.message
+    );
+    wait_until("the failure counted", WITHIN, || {
+        (cluster.policy("workers").ok()?.status?.failed == 1).then_some(())
+    })
+    .await?;
+
+    // Back, at last: the kubelet reports the new boot, the agent completes from it.
+    cluster.set_boot_id("a", "a-boot-2")?;
+    cluster.set_ready("a", true)?;
+    let view = coordinator
+        .complete("a", token, true, Some("a-boot-2"))
+        .await?;
+    assert_ne!(
+        view.state,
+        NodeState::Verifying,
+        "no second verification run"
+    );
+    coordinator
+        .wait_view("a", WITHIN, |v| v.state == NodeState::Idle)
+        .await?;
+    wait_until("uncordon", WITHIN, || {
+        (!cluster.cordoned("a").ok()?).then_some(())
+    })
+    .await?;
+    let recovered = wait_until("NodeRecovered event", WITHIN, || {
+        cluster
+            .events_about("a")
+            .into_iter()
+            .find(|(reason, _)| reason == "NodeRecovered")
+    })
+    .await?;
+    assert!(recovered.1.contains("healthy again"), "{recovered:?}");
+    assert_eq!(cluster.slot("a"), None);
+    let status = cluster.policy("workers")?.status.unwrap_or_default();
+    assert_eq!(
+        status.failed, 1,
+        "a recovery does not undo the failure count"
+    );
+    coordinator.stop().await
+}

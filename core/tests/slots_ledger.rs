@@ -341,6 +341,65 @@ fn failure_keeps_capacity_until_recovery_or_a_human() {
     );
 }
 
+/// A node that did not come back within the ready timeout is failed by the coordinator before
+/// its agent reports; the agent's late report is recorded (so that the controller can verify the
+/// node again and release the slot), the slot stays failed meanwhile, and the report is not a
+/// second failure.
+#[test]
+fn a_completion_after_the_coordinator_failed_the_slot_is_recorded_for_recovery() {
+    let mut l = Ledger::new(TTL);
+    l.request("n", Operation::Reboot, Origin::Agent, at(0))
+        .unwrap();
+    let (t, _) = l.admit("n", at(1), Some("boot-1".into()), true).unwrap();
+    l.drained("n", t, at(2)).unwrap();
+    l.fail("n", t, "the agent stopped renewing its lease", at(700))
+        .unwrap();
+    let held = |l: &Ledger| match &l.entry("n").unwrap().holding {
+        Holding::Held(h) => h.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(held(&l).reboot_evidence(), RebootEvidence::Pending);
+
+    let tr = l.complete("n", t, report(true, 900)).unwrap().unwrap();
+    assert_eq!(
+        (tr.from, tr.to, tr.reason),
+        (
+            NodeState::Failed,
+            NodeState::Failed,
+            TransitionReason::Completed
+        )
+    );
+    assert!(!tr.reason.is_warning() && !tr.frees_capacity());
+    assert!(
+        tr.message.contains("after the slot had failed"),
+        "{}",
+        tr.message
+    );
+    assert_eq!(held(&l).slot.phase, SlotPhase::Failed);
+    assert_eq!(held(&l).reboot_evidence(), RebootEvidence::Confirmed);
+    assert_eq!(l.view("n").message, tr.message);
+    // Retried: nothing new.
+    assert_eq!(l.complete("n", t, report(true, 901)).unwrap(), None);
+    let tr = l.release("n", Release::Recovered(t), "", at(950)).unwrap();
+    assert_eq!(tr.reason, TransitionReason::Recovered);
+    assert!(tr.frees_capacity() && tr.uncordon);
+
+    // A late failure report explains the failed slot, and is no second failure.
+    let t = admitted(&mut l, "m", 1000).unwrap();
+    l.drained("m", t, at(1002)).unwrap();
+    l.fail("m", t, "lease", at(1700)).unwrap();
+    let mut failed = report(false, 1800);
+    failed.message = "apt-get failed".into();
+    assert_eq!(l.complete("m", t, failed).unwrap(), None);
+    assert!(l.view("m").message.contains("apt-get failed"));
+    assert_eq!(l.state("m"), NodeState::Failed);
+    // An agent's own failure cannot be turned into a success afterwards.
+    assert!(matches!(
+        l.complete("m", t, report(true, 1801)),
+        Err(LedgerError::WrongState { .. })
+    ));
+}
+
 #[test]
 fn expired_leases_are_visible_but_free_nothing() {
     let mut l = Ledger::new(TTL);

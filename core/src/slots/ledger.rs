@@ -476,6 +476,11 @@ impl Ledger {
     /// The agent finished the operation: success moves the slot to `Verifying`, failure to
     /// `Failed` (capacity stays held). Repeating the same report while the slot is still held is
     /// a no-op (`Ok(None)`), so an agent that lost the answer can retry.
+    ///
+    /// A report for a slot the coordinator failed before the agent reported (the node did not
+    /// come back within `health.readyTimeout`) is recorded and the slot stays `Failed`: with a
+    /// successful report, the controller verifies the node again and releases the slot once
+    /// it is healthy ([`Release::Recovered`]).
     pub fn complete(
         &mut self,
         node: &str,
@@ -489,6 +494,9 @@ impl Ledger {
             .is_some_and(|done| done.success == report.success)
         {
             return Ok(None);
+        }
+        if held.slot.phase == SlotPhase::Failed && held.completion.is_none() {
+            return self.complete_after_failure(node, token, report);
         }
         let now = report.at;
         self.change_phase(node, token, now, "complete", move |held, _| {
@@ -522,6 +530,56 @@ impl Ledger {
             Some(step)
         })
         .map(Some)
+    }
+
+    /// Records a completion that arrives after the coordinator failed the slot. Only a success
+    /// is a transition (an Event, and a reason for the controller to verify the node again); a
+    /// failure only explains the failed slot.
+    fn complete_after_failure(
+        &mut self,
+        node: &str,
+        token: FencingToken,
+        report: CompletionReport,
+    ) -> LedgerResult<Option<Transition>> {
+        let now = report.at;
+        let held = self.held_mut(node, token)?;
+        let operation = held.slot.operation.clone();
+        let detail = if report.message.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", report.message)
+        };
+        let success = report.success;
+        let message = bounded(if success {
+            format!(
+                "{} completed after the slot had failed{detail}; the slot is released once the node is healthy",
+                operation.name()
+            )
+        } else {
+            format!(
+                "{} failed on the node after the slot had failed{detail}",
+                operation.name()
+            )
+        });
+        held.completion = Some(CompletionReport {
+            message: bounded(report.message),
+            boot_id: report.boot_id.map(bounded),
+            ..report
+        });
+        held.note.clone_from(&message);
+        if !success {
+            return Ok(None);
+        }
+        Ok(Some(self.transition(
+            node,
+            NodeState::Failed,
+            Some(token),
+            operation,
+            TransitionReason::Completed,
+            message,
+            now,
+            false,
+        )))
     }
 
     /// The node is healthy after the operation: release the slot (`Done`).
