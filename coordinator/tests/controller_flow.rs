@@ -410,3 +410,82 @@ async fn a_node_that_came_back_too_late_is_verified_again_and_released() -> Resu
     );
     coordinator.stop().await
 }
+
+/// A node a human cordoned before rota admitted it stays cordoned: after its maintenance, and
+/// after a drain that could not finish gave its slot back. Both through the controller's own
+/// cordon path (the admission, the drain task's cordon, the uncordon of leftover cordons).
+#[tokio::test]
+async fn a_humans_cordon_outlives_the_maintenance_and_a_drain_that_gave_up() -> Result<()> {
+    let cluster = Cluster::start(false).await?;
+    cluster.add_node("a", &[("pool", "workers")])?;
+    cluster.add_node("b", &[("pool", "workers")])?;
+    cluster.add_pod("db-0", "b", "db", 0)?;
+    cluster.store.create_as(&pdb("db", "db"))?;
+    cluster
+        .store
+        .modify_status_as::<PodDisruptionBudget>(Some(NS), "db", |p| {
+            let status = p.status.get_or_insert_with(Default::default);
+            status.disruptions_allowed = 1;
+            status.current_healthy = 1;
+            status.expected_pods = 1;
+            status.observed_generation = Some(0);
+        })?;
+    cluster.cordon("a")?;
+    cluster.cordon("b")?;
+    let mut policy = spec("workers");
+    policy.max_unavailable = Some(IntOrString::Int(2));
+    policy.drain.backoff.initial = Some("1h".into());
+    policy.drain.backoff.max = Some("2h".into());
+    cluster.create_policy("workers", policy)?;
+    let coordinator =
+        Running::start(&cluster, settings(), Arc::new(OffsetClock::default())).await?;
+    coordinator.report("a", "a-boot-1").await?;
+    coordinator.report("b", "b-boot-1").await?;
+
+    // a: a whole maintenance.
+    coordinator.request("a", Operation::Reboot).await?;
+    let token = coordinator.wait_granted("a", WITHIN).await?;
+    cluster.set_boot_id("a", "a-boot-2")?;
+    coordinator
+        .complete("a", token, true, Some("a-boot-2"))
+        .await?;
+    coordinator
+        .wait_view("a", WITHIN, |v| v.state == NodeState::Done)
+        .await?;
+
+    // b: a drain the budget never lets finish gives its slot back. Its waiting reasons come
+    // from a pass that saw it queued again, after that pass lifted rota's leftover cordons.
+    coordinator.request("b", Operation::Reboot).await?;
+    coordinator
+        .wait_view("b", WITHIN, |v| v.state == NodeState::Draining)
+        .await?;
+    coordinator
+        .wait_view("b", WITHIN, |v| {
+            v.state == NodeState::Queued && !v.waiting_reasons.is_empty()
+        })
+        .await?;
+    wait_until("DrainFailed event", WITHIN, || {
+        cluster
+            .events_about("b")
+            .iter()
+            .any(|(reason, _)| reason == "DrainFailed")
+            .then_some(())
+    })
+    .await?;
+
+    for node in ["a", "b"] {
+        assert!(cluster.cordoned(node)?, "{node}: the human's cordon stays");
+        assert!(
+            !cluster.annotations(node)?.contains_key("rota.dev/cordoned"),
+            "{node}: rota never called the cordon its own"
+        );
+        let events = cluster.events_about(node);
+        assert!(
+            !events
+                .iter()
+                .any(|(reason, _)| reason == "Cordoned" || reason == "Uncordoned"),
+            "{node}: {events:?}"
+        );
+    }
+    coordinator.stop().await
+}

@@ -163,6 +163,14 @@ impl Cluster {
         Ok(node.metadata.annotations.unwrap_or_default())
     }
 
+    /// Cordons the node as a human would (`kubectl cordon`: no rota mark).
+    pub fn cordon(&self, node: &str) -> Result<()> {
+        self.store.modify_as::<Node>(None, node, |n| {
+            n.spec.get_or_insert_with(Default::default).unschedulable = Some(true);
+        })?;
+        Ok(())
+    }
+
     /// Whether the node is cordoned.
     pub fn cordoned(&self, node: &str) -> Result<bool> {
         let node: Node = self.store.get_as(None, node)?;
