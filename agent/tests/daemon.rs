@@ -3,7 +3,7 @@
 //! in-memory host.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-use rota_core::model::Operation;
+use rota_core::model::{Operation, UpgradeReboot};
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -250,7 +250,7 @@ async fn a_security_upgrade_is_requested_granted_performed_and_completed() {
     assert!(facts.pending_upgrades[0].security);
     let expected = pb::Operation::from(&Operation::PackageUpgrade {
         security_only: true,
-        reboot_if_required: true,
+        reboot: UpgradeReboot::IfRequired,
         packages: vec![],
     });
     // The watch may deliver the initial IDLE after the request went out; the agent then asks

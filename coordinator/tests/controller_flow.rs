@@ -128,6 +128,30 @@ fn pdb(name: &str, app: &str) -> PodDisruptionBudget {
     }
 }
 
+/// A budget over the pods labelled `app=<app>` whose status allows one disruption while the API
+/// server keeps refusing the eviction (its status lags its spec: the disruption controller of
+/// this cluster is off): a drain of its pod cannot finish.
+fn stuck_pdb(cluster: &Cluster, app: &str) -> Result<()> {
+    cluster.store.create_as(&pdb(app, app))?;
+    cluster
+        .store
+        .modify_status_as::<PodDisruptionBudget>(Some(NS), app, |p| {
+            let status = p.status.get_or_insert_with(Default::default);
+            status.disruptions_allowed = 1;
+            status.current_healthy = 1;
+            status.desired_healthy = 0;
+            status.expected_pods = 1;
+            status.observed_generation = Some(0);
+        })?;
+    Ok(())
+}
+
+/// A drain that gave its slot back is not retried within the test.
+fn backoff_an_hour(policy: &mut rota_core::policy::MaintenancePolicySpec) {
+    policy.drain.backoff.initial = Some("1h".into());
+    policy.drain.backoff.max = Some("2h".into());
+}
+
 /// A budget the scheduler saw allowing one disruption but whose eviction the API server keeps
 /// refusing (its status lags its spec: the disruption controller is stuck): the drain of `a`
 /// cannot finish, gives its slot back with the budget named, and `b` goes.
@@ -138,20 +162,9 @@ async fn a_drain_blocked_by_a_pdb_yields_its_slot_to_another_node() -> Result<()
     cluster.add_node("b", &[("pool", "workers")])?;
     cluster.add_pod("db-0", "a", "db", 0)?;
     cluster.add_pod("web-b", "b", "web", 0)?;
-    cluster.store.create_as(&pdb("db", "db"))?;
-    cluster
-        .store
-        .modify_status_as::<PodDisruptionBudget>(Some(NS), "db", |p| {
-            let status = p.status.get_or_insert_with(Default::default);
-            status.disruptions_allowed = 1;
-            status.current_healthy = 1;
-            status.desired_healthy = 0;
-            status.expected_pods = 1;
-            status.observed_generation = Some(0);
-        })?;
+    stuck_pdb(&cluster, "db")?;
     let mut policy = spec("workers");
-    policy.drain.backoff.initial = Some("1h".into());
-    policy.drain.backoff.max = Some("2h".into());
+    backoff_an_hour(&mut policy);
     cluster.create_policy("workers", policy)?;
     let coordinator =
         Running::start(&cluster, settings(), Arc::new(OffsetClock::default())).await?;
@@ -394,14 +407,8 @@ async fn a_node_that_came_back_too_late_is_verified_again_and_released() -> Resu
         (!cluster.cordoned("a").ok()?).then_some(())
     })
     .await?;
-    let recovered = wait_until("NodeRecovered event", WITHIN, || {
-        cluster
-            .events_about("a")
-            .into_iter()
-            .find(|(reason, _)| reason == "NodeRecovered")
-    })
-    .await?;
-    assert!(recovered.1.contains("healthy again"), "{recovered:?}");
+    let recovered = cluster.wait_event("a", "NodeRecovered", WITHIN).await?;
+    assert!(recovered.contains("healthy again"), "{recovered}");
     assert_eq!(cluster.slot("a"), None);
     let status = cluster.policy("workers")?.status.unwrap_or_default();
     assert_eq!(
@@ -420,22 +427,12 @@ async fn a_humans_cordon_outlives_the_maintenance_and_a_drain_that_gave_up() -> 
     cluster.add_node("a", &[("pool", "workers")])?;
     cluster.add_node("b", &[("pool", "workers")])?;
     cluster.add_pod("db-0", "b", "db", 0)?;
-    cluster.store.create_as(&pdb("db", "db"))?;
-    cluster
-        .store
-        .modify_status_as::<PodDisruptionBudget>(Some(NS), "db", |p| {
-            let status = p.status.get_or_insert_with(Default::default);
-            status.disruptions_allowed = 1;
-            status.current_healthy = 1;
-            status.expected_pods = 1;
-            status.observed_generation = Some(0);
-        })?;
+    stuck_pdb(&cluster, "db")?;
     cluster.cordon("a")?;
     cluster.cordon("b")?;
     let mut policy = spec("workers");
     policy.max_unavailable = Some(IntOrString::Int(2));
-    policy.drain.backoff.initial = Some("1h".into());
-    policy.drain.backoff.max = Some("2h".into());
+    backoff_an_hour(&mut policy);
     cluster.create_policy("workers", policy)?;
     let coordinator =
         Running::start(&cluster, settings(), Arc::new(OffsetClock::default())).await?;
@@ -464,14 +461,7 @@ async fn a_humans_cordon_outlives_the_maintenance_and_a_drain_that_gave_up() -> 
             v.state == NodeState::Queued && !v.waiting_reasons.is_empty()
         })
         .await?;
-    wait_until("DrainFailed event", WITHIN, || {
-        cluster
-            .events_about("b")
-            .iter()
-            .any(|(reason, _)| reason == "DrainFailed")
-            .then_some(())
-    })
-    .await?;
+    cluster.wait_event("b", "DrainFailed", WITHIN).await?;
 
     for node in ["a", "b"] {
         assert!(cluster.cordoned(node)?, "{node}: the human's cordon stays");

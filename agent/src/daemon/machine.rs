@@ -2,7 +2,7 @@
 //! start an operation. The runner feeds it inputs and performs the actions it returns.
 use rota_core::model::NodeFacts;
 
-use rota_core::model::Operation;
+use rota_core::model::{Operation, UpgradeReboot};
 
 use super::proto::{SlotPhase, SlotView};
 
@@ -28,7 +28,7 @@ pub fn desired_operation(facts: &NodeFacts, policy: UpgradePolicy) -> Option<Ope
     if upgrades {
         Some(Operation::PackageUpgrade {
             security_only: policy == UpgradePolicy::Security,
-            reboot_if_required: true,
+            reboot: UpgradeReboot::IfRequired,
             packages: Vec::new(),
         })
     } else if facts.reboot_required {
@@ -232,7 +232,7 @@ mod tests {
             desired_operation(&facts(false, true), UpgradePolicy::Security),
             Some(Operation::PackageUpgrade {
                 security_only: true,
-                reboot_if_required: true,
+                reboot: UpgradeReboot::IfRequired,
                 ..
             })
         ));

@@ -1,7 +1,7 @@
 //! Every crash point of every operation, on an in-memory host: the agent dies before an
 //! effect, or after the effect but before its outcome was persisted, then starts again and
 //! resumes from the persisted state.
-use rota_core::model::{Operation, PackagePin};
+use rota_core::model::{Operation, PackagePin, UpgradeReboot};
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -197,7 +197,7 @@ fn every_crash_point(
 fn package_upgrade_with_reboot_survives_every_crash() {
     let op = Operation::PackageUpgrade {
         security_only: false,
-        reboot_if_required: true,
+        reboot: UpgradeReboot::IfRequired,
         packages: vec![],
     };
     every_crash_point(&|| host(true), op, &|host, done, crash| {
@@ -217,7 +217,7 @@ fn package_upgrade_with_reboot_survives_every_crash() {
 fn security_upgrade_without_reboot_restarts_nothing_it_need_not() {
     let op = Operation::PackageUpgrade {
         security_only: true,
-        reboot_if_required: false,
+        reboot: UpgradeReboot::Never,
         packages: vec![],
     };
     every_crash_point(&|| host(true), op, &|host, done, crash| {
@@ -281,7 +281,7 @@ fn kubernetes_upgrade_survives_every_crash() {
 fn failed_health_check_rolls_back_at_every_crash_point() {
     let op = Operation::PackageUpgrade {
         security_only: false,
-        reboot_if_required: false,
+        reboot: UpgradeReboot::Never,
         packages: vec![],
     };
     every_crash_point(&|| host(false), op, &|host, done, crash| {
@@ -309,7 +309,7 @@ fn interrupted_dpkg_is_repaired_and_the_partial_upgrade_rolled_back() {
     };
     let op = Operation::PackageUpgrade {
         security_only: false,
-        reboot_if_required: true,
+        reboot: UpgradeReboot::IfRequired,
         packages: vec![],
     };
     every_crash_point(&make, op, &|host, done, crash| {
@@ -361,7 +361,7 @@ fn named_upgrades_refuse_kubernetes_packages() {
     let host = host(true);
     let op = Operation::PackageUpgrade {
         security_only: false,
-        reboot_if_required: false,
+        reboot: UpgradeReboot::Never,
         packages: vec![PackagePin {
             name: "kubelet".into(),
             version: "1.30.2-1.1".into(),

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use rota_core::model::{Impact, Operation, PackagePin};
+use rota_core::model::{Impact, Operation, PackagePin, UpgradeReboot};
 
 use crate::packages::{InstallPurpose, PackageChange, UpgradeScope};
 
@@ -457,9 +457,17 @@ impl OperationRecord {
                 }
             }
             Operation::PackageUpgrade {
-                reboot_if_required: true,
+                reboot: UpgradeReboot::IfRequired,
                 ..
             } => Phase::CheckReboot,
+            // A human's reboot joined the upgrade: reboot whatever the upgrade needs.
+            Operation::PackageUpgrade {
+                reboot: UpgradeReboot::Always,
+                ..
+            } => {
+                self.enter_reboot();
+                std::mem::replace(&mut self.phase, Phase::Done)
+            }
             _ => self.restart_or_verify(),
         }
     }
@@ -537,7 +545,7 @@ mod tests {
     fn upgrade() -> Operation {
         Operation::PackageUpgrade {
             security_only: false,
-            reboot_if_required: true,
+            reboot: UpgradeReboot::IfRequired,
             packages: vec![],
         }
     }
@@ -604,6 +612,32 @@ mod tests {
         assert!(r.is_done());
     }
 
+    /// A human's reboot joined the upgrade: the node reboots even though nothing asks for it.
+    #[test]
+    fn an_upgrade_merged_with_a_manual_reboot_always_reboots() {
+        let mut r = record(Operation::PackageUpgrade {
+            security_only: false,
+            reboot: UpgradeReboot::Always,
+            packages: vec![],
+        });
+        r.on(Outcome::Prepared(BTreeMap::new()));
+        r.on(Outcome::Changed(vec![change("curl", "1", "2")]));
+        assert_eq!(r.next_effect(), Some(Effect::Reboot), "no reboot check");
+        assert_eq!(r.reboot_attempts, 1);
+        r.on(Outcome::Done);
+        r.resume("boot-2");
+        assert!(r.rebooted);
+        // Nothing to upgrade: the reboot still happens.
+        let mut r = record(Operation::PackageUpgrade {
+            security_only: false,
+            reboot: UpgradeReboot::Always,
+            packages: vec![],
+        });
+        r.on(Outcome::Prepared(BTreeMap::new()));
+        r.on(Outcome::Changed(vec![]));
+        assert_eq!(r.next_effect(), Some(Effect::Reboot));
+    }
+
     #[test]
     fn a_reboot_that_does_not_happen_is_retried_once_then_fails() {
         let mut r = record(Operation::Reboot);
@@ -627,7 +661,7 @@ mod tests {
     fn kubelet_change_restarts_and_failed_health_rolls_back() {
         let mut r = record(Operation::PackageUpgrade {
             security_only: true,
-            reboot_if_required: false,
+            reboot: UpgradeReboot::Never,
             packages: vec![],
         });
         r.on(Outcome::Prepared(BTreeMap::new()));

@@ -305,6 +305,17 @@ impl Cluster {
             .collect()
     }
 
+    /// Waits for an Event with this reason about `name`; returns its note.
+    pub async fn wait_event(&self, name: &str, reason: &str, within: Duration) -> Result<String> {
+        wait_until(&format!("{reason} event about {name}"), within, || {
+            self.events_about(name)
+                .into_iter()
+                .find(|(r, _)| r == reason)
+                .map(|(_, note)| note)
+        })
+        .await
+    }
+
     /// The node's persisted slot: `(token, phase)`.
     pub fn slot(&self, node: &str) -> Option<(u64, String)> {
         let annotations = self.annotations(node).ok()?;
