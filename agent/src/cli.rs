@@ -1,6 +1,6 @@
 //! The `rota-agent` command line: `check`, `upgrade`, `run` and the hidden `__host-exec`.
 //! Every flag can also come from a `ROTA_...` environment variable (the DaemonSet sets those).
-use rota_core::model::{Blocked, NodeFacts, Operation};
+use rota_core::model::{Blocked, NodeFacts, Operation, UpgradeReboot};
 
 use std::future::Future;
 use std::io::{BufRead, Write};
@@ -521,7 +521,7 @@ fn upgrade(args: &UpgradeArgs) -> Result<ExitCode> {
     let reporter = TerminalReporter;
     let op = Operation::PackageUpgrade {
         security_only: args.security_only,
-        reboot_if_required: args.reboot,
+        reboot: UpgradeReboot::from_legacy(args.reboot),
         packages: Vec::new(),
     };
     let mut ex = Executor::start(

@@ -24,7 +24,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use rota_core::model::{Blocked, Operation, PackagePin};
+use rota_core::model::{Blocked, Operation, PackagePin, UpgradeReboot};
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -417,6 +417,64 @@ fn rollback_restores_the_previous_versions() {
     assert_eq!(
         pm.installed_version("kubelet").unwrap().unwrap(),
         "1.30.1-1.1"
+    );
+}
+
+/// A coordinator that takes a completion and verifies the node (its health gate may still
+/// fail the slot).
+#[derive(Default)]
+struct Verifying(common::Recorder);
+
+impl rota_agent::ops::Reporter for Verifying {
+    fn progress(&self, token: u64, step: &str, message: &str) {
+        self.0.progress(token, step, message);
+    }
+    fn complete(
+        &self,
+        token: u64,
+        c: &rota_agent::ops::Completion,
+    ) -> rota_agent::Result<rota_agent::ops::CompleteAck> {
+        self.0.complete(token, c)?;
+        Ok(rota_agent::ops::CompleteAck::Verifying)
+    }
+}
+
+/// The coordinator's health gate fails the slot of a security upgrade that needed no reboot,
+/// after the agent completed: the agent's rollback really puts the version from before back.
+#[test]
+fn a_failed_health_gate_after_completion_really_rolls_the_upgrade_back() {
+    let Some(root) = root() else { return };
+    let host = root.host();
+    let config = ExecutorConfig::default();
+    let rec = Verifying::default();
+    let op = Operation::PackageUpgrade {
+        security_only: true,
+        reboot: UpgradeReboot::Never,
+        packages: vec![],
+    };
+    let mut ex = Executor::start(&host, &config, &rec, 12, op, Timestamp::now()).unwrap();
+    ex.run().unwrap();
+    assert!(ex.record().awaits_verdict(), "{:?}", ex.record().phase);
+    assert_eq!(root.version("secpkg").unwrap(), "1.0+sec1");
+    assert!(host.exists(&config.state_path).unwrap(), "versions kept");
+
+    Executor::roll_back_after_gate_failure(&host, &config, &rec, 12)
+        .unwrap()
+        .expect("a rollback starts")
+        .run()
+        .unwrap();
+    assert_eq!(root.version("secpkg").unwrap(), "1.0", "rolled back");
+    assert_eq!(root.version("ordinary").unwrap(), "1.0", "untouched");
+    assert_eq!(rec.0.0.lock().unwrap().len(), 1, "one completion");
+    assert!(
+        !host.exists(&config.state_path).unwrap(),
+        "state is cleared"
+    );
+    assert!(
+        Executor::roll_back_after_gate_failure(&host, &config, &rec, 12)
+            .unwrap()
+            .is_none(),
+        "never twice"
     );
 }
 

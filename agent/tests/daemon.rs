@@ -3,7 +3,7 @@
 //! in-memory host.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-use rota_core::model::Operation;
+use rota_core::model::{Operation, UpgradeReboot};
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -26,6 +26,7 @@ struct Seen {
     facts: Vec<pb::NodeFacts>,
     requests: Vec<pb::Operation>,
     progress: Vec<String>,
+    progress_messages: Vec<String>,
     completes: Vec<pb::CompleteRequest>,
     tokens: Vec<String>,
 }
@@ -35,6 +36,9 @@ struct FakeCoordinator {
     slot: watch::Sender<pb::SlotStatus>,
     completed: Arc<Notify>,
     next_token: u64,
+    /// Whether the health gate fails the slot after a completion (VERIFYING, then FAILED)
+    /// rather than releasing it (DONE).
+    gate_fails: bool,
 }
 
 impl FakeCoordinator {
@@ -108,7 +112,9 @@ impl Agent for FakeCoordinator {
         req: Request<pb::ReportProgressRequest>,
     ) -> Result<Response<pb::ReportProgressResponse>, Status> {
         let r = req.into_inner();
-        self.seen.lock().unwrap().progress.push(r.step);
+        let mut seen = self.seen.lock().unwrap();
+        seen.progress.push(r.step);
+        seen.progress_messages.push(r.message);
         Ok(Response::new(pb::ReportProgressResponse {}))
     }
 
@@ -117,15 +123,24 @@ impl Agent for FakeCoordinator {
         req: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::SlotStatus>, Status> {
         let r = req.into_inner();
-        let done = pb::SlotStatus {
+        let status = |phase: pb::SlotPhase| pb::SlotStatus {
             node: r.node.clone(),
-            phase: pb::SlotPhase::Done as i32,
+            phase: phase as i32,
+            token: r.token,
             ..Default::default()
         };
+        let (answer, then) = if self.gate_fails {
+            (
+                status(pb::SlotPhase::Verifying),
+                status(pb::SlotPhase::Failed),
+            )
+        } else {
+            (status(pb::SlotPhase::Done), status(pb::SlotPhase::Done))
+        };
         self.seen.lock().unwrap().completes.push(r);
-        self.slot.send_replace(done.clone());
+        self.slot.send_replace(then);
         self.completed.notify_one();
-        Ok(Response::new(done))
+        Ok(Response::new(answer))
     }
 
     async fn release(
@@ -143,6 +158,10 @@ struct Harness {
 }
 
 async fn start_coordinator(token: u64) -> Harness {
+    start_coordinator_with(token, false).await
+}
+
+async fn start_coordinator_with(token: u64, gate_fails: bool) -> Harness {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let completed = Arc::new(Notify::new());
     let (slot, _) = watch::channel(pb::SlotStatus {
@@ -155,6 +174,7 @@ async fn start_coordinator(token: u64) -> Harness {
         slot,
         completed: completed.clone(),
         next_token: token,
+        gate_fails,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -250,7 +270,7 @@ async fn a_security_upgrade_is_requested_granted_performed_and_completed() {
     assert!(facts.pending_upgrades[0].security);
     let expected = pb::Operation::from(&Operation::PackageUpgrade {
         security_only: true,
-        reboot_if_required: true,
+        reboot: UpgradeReboot::IfRequired,
         packages: vec![],
     });
     // The watch may deliver the initial IDLE after the request went out; the agent then asks
@@ -319,4 +339,46 @@ async fn after_a_reboot_the_agent_resumes_and_completes_with_the_persisted_token
     assert_eq!(done.boot_id, "boot-1");
     assert_eq!(host.reboot_requests(), 0, "no second reboot");
     assert!(seen.requests.is_empty(), "{:?}", seen.requests);
+}
+
+/// The coordinator takes the completion of an upgrade that needed no reboot, then its health
+/// gate fails the slot (VERIFYING, then FAILED on WatchSlot): the agent rolls the package back
+/// to the version before, says so in its progress reports, completes nothing twice and drops
+/// its state.
+#[tokio::test]
+async fn a_failed_health_gate_after_an_upgrade_without_reboot_rolls_the_packages_back() {
+    let harness = start_coordinator_with(8, true).await;
+    let host = node();
+    run_until_complete(
+        host.clone(),
+        &harness,
+        config(UpgradePolicy::Security),
+        TokenAuth::default(),
+    )
+    .await;
+    assert_eq!(host.installed("curl").unwrap(), "7.88.1-10", "rolled back");
+    let seen = harness.seen.lock().unwrap();
+    assert_eq!(
+        seen.completes.len(),
+        1,
+        "one completion, before the verdict"
+    );
+    assert!(seen.completes[0].success && !seen.completes[0].rebooted);
+    let steps = &seen.progress;
+    let at = |step: &str| steps.iter().position(|s| s == step);
+    assert!(
+        at("completing") < at("rolling-back") && at("rolling-back") < at("rolled-back"),
+        "{steps:?}"
+    );
+    assert_eq!(
+        steps.iter().filter(|s| *s == "rolling-back").count(),
+        1,
+        "{steps:?}"
+    );
+    let report = seen.progress_messages.last().unwrap();
+    assert!(
+        report.contains("health gate failed slot 8")
+            && report.contains("curl 7.88.1-10+deb12u5 to 7.88.1-10"),
+        "{report}"
+    );
 }

@@ -128,6 +128,30 @@ fn pdb(name: &str, app: &str) -> PodDisruptionBudget {
     }
 }
 
+/// A budget over the pods labelled `app=<app>` whose status allows one disruption while the API
+/// server keeps refusing the eviction (its status lags its spec: the disruption controller of
+/// this cluster is off): a drain of its pod cannot finish.
+fn stuck_pdb(cluster: &Cluster, app: &str) -> Result<()> {
+    cluster.store.create_as(&pdb(app, app))?;
+    cluster
+        .store
+        .modify_status_as::<PodDisruptionBudget>(Some(NS), app, |p| {
+            let status = p.status.get_or_insert_with(Default::default);
+            status.disruptions_allowed = 1;
+            status.current_healthy = 1;
+            status.desired_healthy = 0;
+            status.expected_pods = 1;
+            status.observed_generation = Some(0);
+        })?;
+    Ok(())
+}
+
+/// A drain that gave its slot back is not retried within the test.
+fn backoff_an_hour(policy: &mut rota_core::policy::MaintenancePolicySpec) {
+    policy.drain.backoff.initial = Some("1h".into());
+    policy.drain.backoff.max = Some("2h".into());
+}
+
 /// A budget the scheduler saw allowing one disruption but whose eviction the API server keeps
 /// refusing (its status lags its spec: the disruption controller is stuck): the drain of `a`
 /// cannot finish, gives its slot back with the budget named, and `b` goes.
@@ -138,20 +162,9 @@ async fn a_drain_blocked_by_a_pdb_yields_its_slot_to_another_node() -> Result<()
     cluster.add_node("b", &[("pool", "workers")])?;
     cluster.add_pod("db-0", "a", "db", 0)?;
     cluster.add_pod("web-b", "b", "web", 0)?;
-    cluster.store.create_as(&pdb("db", "db"))?;
-    cluster
-        .store
-        .modify_status_as::<PodDisruptionBudget>(Some(NS), "db", |p| {
-            let status = p.status.get_or_insert_with(Default::default);
-            status.disruptions_allowed = 1;
-            status.current_healthy = 1;
-            status.desired_healthy = 0;
-            status.expected_pods = 1;
-            status.observed_generation = Some(0);
-        })?;
+    stuck_pdb(&cluster, "db")?;
     let mut policy = spec("workers");
-    policy.drain.backoff.initial = Some("1h".into());
-    policy.drain.backoff.max = Some("2h".into());
+    backoff_an_hour(&mut policy);
     cluster.create_policy("workers", policy)?;
     let coordinator =
         Running::start(&cluster, settings(), Arc::new(OffsetClock::default())).await?;
@@ -341,5 +354,128 @@ async fn an_expired_lease_of_a_node_that_is_down_keeps_its_capacity() -> Result<
         b.waiting_reasons
     );
     assert_eq!(cluster.slot("a").map(|s| s.1), Some("granted".into()));
+    coordinator.stop().await
+}
+
+/// A node that does not come back from its reboot within `health.readyTimeout` fails its slot
+/// (the breaker counts it). When it does come back and its agent reports the reboot from the new
+/// boot, the controller verifies the node again, releases the slot with a `NodeRecovered`
+/// Event and lifts its own cordon; the failure stays counted.
+#[tokio::test]
+async fn a_node_that_came_back_too_late_is_verified_again_and_released() -> Result<()> {
+    let cluster = Cluster::start(true).await?;
+    cluster.add_node("a", &[("pool", "workers")])?;
+    let mut policy = spec("workers");
+    policy.max_failures = 3;
+    policy.health.ready_timeout = Some("1s".into());
+    cluster.create_policy("workers", policy)?;
+    let mut settings = settings();
+    settings.lease_ttl = SignedDuration::from_secs(1);
+    let coordinator = Running::start(&cluster, settings, Arc::new(OffsetClock::default())).await?;
+    coordinator.report("a", "a-boot-1").await?;
+    coordinator.request("a", Operation::Reboot).await?;
+    let token = coordinator.wait_granted("a", WITHIN).await?;
+    cluster.set_ready("a", false)?;
+    let failed = coordinator
+        .wait_view("a", WITHIN, |v| v.state == NodeState::Failed)
+        .await?;
+    assert!(
+        failed.message.contains("stopped renewing"),
+        "{}",
+        failed.message
+    );
+    wait_until("the failure counted", WITHIN, || {
+        (cluster.policy("workers").ok()?.status?.failed == 1).then_some(())
+    })
+    .await?;
+
+    // Back, at last: the kubelet reports the new boot, the agent completes from it.
+    cluster.set_boot_id("a", "a-boot-2")?;
+    cluster.set_ready("a", true)?;
+    let view = coordinator
+        .complete("a", token, true, Some("a-boot-2"))
+        .await?;
+    assert_ne!(
+        view.state,
+        NodeState::Verifying,
+        "no second verification run"
+    );
+    coordinator
+        .wait_view("a", WITHIN, |v| v.state == NodeState::Idle)
+        .await?;
+    wait_until("uncordon", WITHIN, || {
+        (!cluster.cordoned("a").ok()?).then_some(())
+    })
+    .await?;
+    let recovered = cluster.wait_event("a", "NodeRecovered", WITHIN).await?;
+    assert!(recovered.contains("healthy again"), "{recovered}");
+    assert_eq!(cluster.slot("a"), None);
+    let status = cluster.policy("workers")?.status.unwrap_or_default();
+    assert_eq!(
+        status.failed, 1,
+        "a recovery does not undo the failure count"
+    );
+    coordinator.stop().await
+}
+
+/// A node a human cordoned before rota admitted it stays cordoned: after its maintenance, and
+/// after a drain that could not finish gave its slot back. Both through the controller's own
+/// cordon path (the admission, the drain task's cordon, the uncordon of leftover cordons).
+#[tokio::test]
+async fn a_humans_cordon_outlives_the_maintenance_and_a_drain_that_gave_up() -> Result<()> {
+    let cluster = Cluster::start(false).await?;
+    cluster.add_node("a", &[("pool", "workers")])?;
+    cluster.add_node("b", &[("pool", "workers")])?;
+    cluster.add_pod("db-0", "b", "db", 0)?;
+    stuck_pdb(&cluster, "db")?;
+    cluster.cordon("a")?;
+    cluster.cordon("b")?;
+    let mut policy = spec("workers");
+    policy.max_unavailable = Some(IntOrString::Int(2));
+    backoff_an_hour(&mut policy);
+    cluster.create_policy("workers", policy)?;
+    let coordinator =
+        Running::start(&cluster, settings(), Arc::new(OffsetClock::default())).await?;
+    coordinator.report("a", "a-boot-1").await?;
+    coordinator.report("b", "b-boot-1").await?;
+
+    // a: a whole maintenance.
+    coordinator.request("a", Operation::Reboot).await?;
+    let token = coordinator.wait_granted("a", WITHIN).await?;
+    cluster.set_boot_id("a", "a-boot-2")?;
+    coordinator
+        .complete("a", token, true, Some("a-boot-2"))
+        .await?;
+    coordinator
+        .wait_view("a", WITHIN, |v| v.state == NodeState::Done)
+        .await?;
+
+    // b: a drain the budget never lets finish gives its slot back. Its waiting reasons come
+    // from a pass that saw it queued again, after that pass lifted rota's leftover cordons.
+    coordinator.request("b", Operation::Reboot).await?;
+    coordinator
+        .wait_view("b", WITHIN, |v| v.state == NodeState::Draining)
+        .await?;
+    coordinator
+        .wait_view("b", WITHIN, |v| {
+            v.state == NodeState::Queued && !v.waiting_reasons.is_empty()
+        })
+        .await?;
+    cluster.wait_event("b", "DrainFailed", WITHIN).await?;
+
+    for node in ["a", "b"] {
+        assert!(cluster.cordoned(node)?, "{node}: the human's cordon stays");
+        assert!(
+            !cluster.annotations(node)?.contains_key("rota.dev/cordoned"),
+            "{node}: rota never called the cordon its own"
+        );
+        let events = cluster.events_about(node);
+        assert!(
+            !events
+                .iter()
+                .any(|(reason, _)| reason == "Cordoned" || reason == "Uncordoned"),
+            "{node}: {events:?}"
+        );
+    }
     coordinator.stop().await
 }

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use jiff::Timestamp;
 use jiff::civil::Time;
 use jiff::tz::TimeZone;
-use rota_core::model::Operation;
+use rota_core::model::{Operation, UpgradeReboot};
 use rota_core::policy::crd::MaintenanceWindow;
 use rota_core::slots::NodeState;
 
@@ -221,10 +221,11 @@ async fn failed_verifications_keep_their_slots_and_trip_the_breaker() -> Result<
     coordinator.stop().await
 }
 
-#[tokio::test]
-async fn a_manual_annotation_goes_before_agent_requests() -> Result<()> {
+/// A paused pool `workers` of these nodes, one at a time, with a running coordinator whose
+/// agents have reported.
+async fn paused_pool(nodes: &[&str]) -> Result<(Cluster, Running)> {
     let cluster = Cluster::start(true).await?;
-    for node in ["a", "b", "c"] {
+    for node in nodes {
         cluster.add_node(node, &[("pool", "workers")])?;
     }
     let mut policy = spec("workers");
@@ -232,9 +233,15 @@ async fn a_manual_annotation_goes_before_agent_requests() -> Result<()> {
     cluster.create_policy("workers", policy)?;
     let coordinator =
         Running::start(&cluster, settings(), Arc::new(OffsetClock::default())).await?;
-    for node in ["a", "b", "c"] {
+    for node in nodes {
         coordinator.report(node, &format!("{node}-boot-1")).await?;
     }
+    Ok((cluster, coordinator))
+}
+
+#[tokio::test]
+async fn a_manual_annotation_goes_before_agent_requests() -> Result<()> {
+    let (cluster, coordinator) = paused_pool(&["a", "b", "c"]).await?;
     coordinator.request("a", Operation::Reboot).await?;
     coordinator
         .wait_view("a", WITHIN, |v| !v.waiting_reasons.is_empty())
@@ -300,5 +307,57 @@ async fn a_manual_annotation_goes_before_agent_requests() -> Result<()> {
         })
         .await?;
     assert_eq!(a.state, NodeState::Queued);
+    coordinator.stop().await
+}
+
+/// A human's `reboot` annotation meets the agent's pending package upgrade on node `b`: one
+/// request with the human's priority (before `a`, which asked first), and one slot that
+/// upgrades, then always reboots.
+#[tokio::test]
+async fn a_manual_reboot_and_a_pending_upgrade_become_one_maintenance() -> Result<()> {
+    let (cluster, coordinator) = paused_pool(&["a", "b"]).await?;
+    let upgrade = Operation::PackageUpgrade {
+        security_only: true,
+        reboot: UpgradeReboot::IfRequired,
+        packages: vec![],
+    };
+    let merged = Operation::PackageUpgrade {
+        security_only: true,
+        reboot: UpgradeReboot::Always,
+        packages: vec![],
+    };
+    coordinator.request("a", Operation::Reboot).await?;
+    coordinator.request("b", upgrade.clone()).await?;
+    cluster.annotate("b", "rota.dev/maintenance-requested", Some("reboot"))?;
+    let b = coordinator
+        .wait_view("b", WITHIN, |v| v.operation.as_ref() == Some(&merged))
+        .await?;
+    assert_eq!(b.state, NodeState::Queued);
+    assert!(
+        b.message.contains("upgrades, then reboots"),
+        "{}",
+        b.message
+    );
+    // The agent asks again (a retry, a restart): nothing changes.
+    let again = coordinator.request("b", upgrade).await?;
+    assert_eq!(again.operation, Some(merged.clone()));
+
+    cluster.update_policy("workers", |s| s.paused = false)?;
+    let token = coordinator.wait_granted("b", WITHIN).await?;
+    let granted = coordinator.wait_view("b", WITHIN, |_| true).await?;
+    assert_eq!(granted.operation, Some(merged));
+    assert_eq!(
+        coordinator.wait_view("a", WITHIN, |_| true).await?.state,
+        NodeState::Queued,
+        "the merged request kept the human's priority"
+    );
+    cluster.set_boot_id("b", "b-boot-2")?;
+    coordinator
+        .complete("b", token, true, Some("b-boot-2"))
+        .await?;
+    coordinator
+        .wait_view("b", WITHIN, |v| v.state == NodeState::Done)
+        .await?;
+    coordinator.wait_granted("a", WITHIN).await?;
     coordinator.stop().await
 }

@@ -18,7 +18,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, ObjectMeta, Time};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, CustomResourceExt};
-use rota_core::model::{FencingToken, Operation, Origin, Slot, SlotPhase, SlotRequest};
+use rota_core::model::{
+    FencingToken, Operation, Origin, Slot, SlotPhase, SlotRequest, UpgradeReboot,
+};
 use rota_core::policy::crd::WaitingReasonSummary;
 use rota_core::policy::{MaintenancePolicy, MaintenancePolicySpec, MaintenancePolicyStatus};
 use rota_core::slots::persist::encode_entry;
@@ -188,7 +190,7 @@ fn held(node: &str, phase: SlotPhase, token: u64) -> NodeEntry {
                 node: node.into(),
                 operation: Operation::PackageUpgrade {
                     security_only: true,
-                    reboot_if_required: true,
+                    reboot: UpgradeReboot::IfRequired,
                     packages: Vec::new(),
                 },
                 origin: Origin::Agent,

@@ -13,7 +13,9 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use rota_core::drain::pdb::PdbIndex;
-use rota_core::model::{FencingToken, Operation, Origin, Slot, SlotPhase, SlotRequest};
+use rota_core::model::{
+    FencingToken, Operation, Origin, Slot, SlotPhase, SlotRequest, UpgradeReboot,
+};
 use rota_core::policy::{KubeVersion, MaintenancePolicySpec, NamespacedName, validate};
 use rota_core::scheduler::{
     ControlPlanePod, EvictablePod, NodeState, PdbState, Pool, Snapshot, schedule,
@@ -189,7 +191,7 @@ fn fleet(now: Timestamp) -> (Snapshot, Duration) {
                 node: format!("node-{node:04}"),
                 operation: Operation::PackageUpgrade {
                     security_only: true,
-                    reboot_if_required: true,
+                    reboot: UpgradeReboot::IfRequired,
                     packages: Vec::new(),
                 },
                 origin: if k % 50 == 0 {

@@ -1,7 +1,7 @@
 //! Table-style tests of the slot ledger's transitions, refusals and fencing.
 
 use jiff::{SignedDuration, Timestamp};
-use rota_core::model::{FencingToken, Operation, Origin, SlotPhase};
+use rota_core::model::{FencingToken, Operation, Origin, SlotPhase, UpgradeReboot};
 use rota_core::slots::ledger::MAX_NOTE_BYTES;
 use rota_core::slots::{CompletionReport, Holding, RebootEvidence};
 use rota_core::slots::{Ledger, LedgerError, NodeState, Release, TransitionReason, Waiting};
@@ -26,7 +26,7 @@ fn report(success: bool, secs: i64) -> CompletionReport {
 fn upgrade() -> Operation {
     Operation::PackageUpgrade {
         security_only: true,
-        reboot_if_required: true,
+        reboot: UpgradeReboot::IfRequired,
         packages: vec![],
     }
 }
@@ -149,6 +149,95 @@ fn request_is_idempotent_per_node() {
         "{err}"
     );
     assert_eq!(l, before);
+}
+
+/// A human's reboot and the agent's package upgrade meet in the queue, in either order: one
+/// request with the human's priority and the first request's place, that upgrades and then
+/// always reboots. Its slot includes the agent's upgrade; withdrawing the upgrade keeps the
+/// human's reboot.
+#[test]
+fn a_manual_reboot_and_the_agents_upgrade_become_one_maintenance() {
+    let merged = Operation::PackageUpgrade {
+        security_only: true,
+        reboot: UpgradeReboot::Always,
+        packages: vec![],
+    };
+    for (first, second) in [
+        (
+            (upgrade(), Origin::Agent),
+            (Operation::Reboot, Origin::Manual),
+        ),
+        (
+            (Operation::Reboot, Origin::Manual),
+            (upgrade(), Origin::Agent),
+        ),
+    ] {
+        let mut l = Ledger::new(TTL);
+        l.request("n1", first.0.clone(), first.1, at(0)).unwrap();
+        let t = l
+            .request("n1", second.0.clone(), second.1, at(5))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (t.from, t.to, t.reason),
+            (
+                NodeState::Queued,
+                NodeState::Queued,
+                TransitionReason::RequestReplaced
+            )
+        );
+        assert!(
+            t.message.contains("upgrades, then reboots"),
+            "{}",
+            t.message
+        );
+        let queued = l.queue().next().unwrap().clone();
+        assert_eq!(
+            (&queued.operation, queued.origin, queued.requested_at),
+            (&merged, Origin::Manual, at(0))
+        );
+        // Either request again changes nothing.
+        let before = l.clone();
+        for (op, origin) in [&first, &second] {
+            assert_eq!(l.request("n1", op.clone(), *origin, at(6)).unwrap(), None);
+        }
+        assert_eq!(l, before);
+    }
+
+    // The slot includes the agent's upgrade: asking again is no refusal.
+    let mut l = Ledger::new(TTL);
+    l.request("n1", Operation::Reboot, Origin::Manual, at(0))
+        .unwrap();
+    l.request("n1", upgrade(), Origin::Agent, at(1)).unwrap();
+    let (token, _) = l.admit("n1", at(2), None, true).unwrap();
+    assert_eq!(
+        l.request("n1", upgrade(), Origin::Agent, at(3)).unwrap(),
+        None
+    );
+    assert_eq!(l.slots().next().unwrap().operation, merged);
+    assert_eq!(l.view("n1").token, Some(token));
+
+    // The agent no longer needs its upgrade: the human's reboot stays queued.
+    let mut l = Ledger::new(TTL);
+    l.request("n1", upgrade(), Origin::Agent, at(0)).unwrap();
+    l.request("n1", Operation::Reboot, Origin::Manual, at(1))
+        .unwrap();
+    let t = l
+        .release("n1", Release::Withdraw, "no longer needed", at(2))
+        .unwrap();
+    assert_eq!(t.reason, TransitionReason::RequestReplaced);
+    let queued = l.queue().next().unwrap();
+    assert_eq!(
+        (&queued.operation, queued.origin, queued.requested_at),
+        (&Operation::Reboot, Origin::Manual, at(0))
+    );
+
+    // Two agent requests do not merge: the newer replaces the older, as before.
+    let mut l = Ledger::new(TTL);
+    l.request("n1", Operation::Reboot, Origin::Agent, at(0))
+        .unwrap();
+    l.request("n1", upgrade(), Origin::Agent, at(1)).unwrap();
+    assert_eq!(l.queue().next().unwrap().operation, upgrade());
 }
 
 #[test]
@@ -339,6 +428,65 @@ fn failure_keeps_capacity_until_recovery_or_a_human() {
         "{}",
         tr.message
     );
+}
+
+/// A node that did not come back within the ready timeout is failed by the coordinator before
+/// its agent reports; the agent's late report is recorded (so that the controller can verify the
+/// node again and release the slot), the slot stays failed meanwhile, and the report is not a
+/// second failure.
+#[test]
+fn a_completion_after_the_coordinator_failed_the_slot_is_recorded_for_recovery() {
+    let mut l = Ledger::new(TTL);
+    l.request("n", Operation::Reboot, Origin::Agent, at(0))
+        .unwrap();
+    let (t, _) = l.admit("n", at(1), Some("boot-1".into()), true).unwrap();
+    l.drained("n", t, at(2)).unwrap();
+    l.fail("n", t, "the agent stopped renewing its lease", at(700))
+        .unwrap();
+    let held = |l: &Ledger| match &l.entry("n").unwrap().holding {
+        Holding::Held(h) => h.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(held(&l).reboot_evidence(), RebootEvidence::Pending);
+
+    let tr = l.complete("n", t, report(true, 900)).unwrap().unwrap();
+    assert_eq!(
+        (tr.from, tr.to, tr.reason),
+        (
+            NodeState::Failed,
+            NodeState::Failed,
+            TransitionReason::Completed
+        )
+    );
+    assert!(!tr.reason.is_warning() && !tr.frees_capacity());
+    assert!(
+        tr.message.contains("after the slot had failed"),
+        "{}",
+        tr.message
+    );
+    assert_eq!(held(&l).slot.phase, SlotPhase::Failed);
+    assert_eq!(held(&l).reboot_evidence(), RebootEvidence::Confirmed);
+    assert_eq!(l.view("n").message, tr.message);
+    // Retried: nothing new.
+    assert_eq!(l.complete("n", t, report(true, 901)).unwrap(), None);
+    let tr = l.release("n", Release::Recovered(t), "", at(950)).unwrap();
+    assert_eq!(tr.reason, TransitionReason::Recovered);
+    assert!(tr.frees_capacity() && tr.uncordon);
+
+    // A late failure report explains the failed slot, and is no second failure.
+    let t = admitted(&mut l, "m", 1000).unwrap();
+    l.drained("m", t, at(1002)).unwrap();
+    l.fail("m", t, "lease", at(1700)).unwrap();
+    let mut failed = report(false, 1800);
+    failed.message = "apt-get failed".into();
+    assert_eq!(l.complete("m", t, failed).unwrap(), None);
+    assert!(l.view("m").message.contains("apt-get failed"));
+    assert_eq!(l.state("m"), NodeState::Failed);
+    // An agent's own failure cannot be turned into a success afterwards.
+    assert!(matches!(
+        l.complete("m", t, report(true, 1801)),
+        Err(LedgerError::WrongState { .. })
+    ));
 }
 
 #[test]

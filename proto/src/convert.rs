@@ -7,7 +7,7 @@
 use std::fmt;
 
 use rota_core::model::{
-    FencingToken, Impact, NodeFacts, NodeName, Operation, PackagePin, PendingPackage,
+    FencingToken, Impact, NodeFacts, NodeName, Operation, PackagePin, PendingPackage, UpgradeReboot,
 };
 
 use crate::v1 as pb;
@@ -141,7 +141,12 @@ pub fn operation(value: Option<pb::Operation>) -> Result<Operation, Invalid> {
         Kind::KubeletRestart(pb::KubeletRestart {}) => Operation::KubeletRestart,
         Kind::PackageUpgrade(up) => Operation::PackageUpgrade {
             security_only: up.security_only,
-            reboot_if_required: up.reboot_if_required,
+            reboot: match up.reboot() {
+                pb::UpgradeReboot::Unspecified => UpgradeReboot::from_legacy(up.reboot_if_required),
+                pb::UpgradeReboot::IfRequired => UpgradeReboot::IfRequired,
+                pb::UpgradeReboot::Always => UpgradeReboot::Always,
+                pb::UpgradeReboot::Never => UpgradeReboot::Never,
+            },
             packages: list(
                 "operation.package_upgrade.packages",
                 up.packages,
@@ -260,11 +265,16 @@ impl From<&Operation> for pb::Operation {
             Operation::KubeletRestart => Kind::KubeletRestart(pb::KubeletRestart {}),
             Operation::PackageUpgrade {
                 security_only,
-                reboot_if_required,
+                reboot,
                 packages,
             } => Kind::PackageUpgrade(pb::PackageUpgrade {
                 security_only: *security_only,
-                reboot_if_required: *reboot_if_required,
+                reboot_if_required: *reboot != UpgradeReboot::Never,
+                reboot: match reboot {
+                    UpgradeReboot::IfRequired => pb::UpgradeReboot::IfRequired,
+                    UpgradeReboot::Always => pb::UpgradeReboot::Always,
+                    UpgradeReboot::Never => pb::UpgradeReboot::Never,
+                } as i32,
                 packages: packages.iter().map(pb::PackagePin::from).collect(),
             }),
             Operation::KubernetesUpgrade { version } => {

@@ -2,7 +2,7 @@
 //! start an operation. The runner feeds it inputs and performs the actions it returns.
 use rota_core::model::NodeFacts;
 
-use rota_core::model::Operation;
+use rota_core::model::{Operation, UpgradeReboot};
 
 use super::proto::{SlotPhase, SlotView};
 
@@ -28,7 +28,7 @@ pub fn desired_operation(facts: &NodeFacts, policy: UpgradePolicy) -> Option<Ope
     if upgrades {
         Some(Operation::PackageUpgrade {
             security_only: policy == UpgradePolicy::Security,
-            reboot_if_required: true,
+            reboot: UpgradeReboot::IfRequired,
             packages: Vec::new(),
         })
     } else if facts.reboot_required {
@@ -47,6 +47,9 @@ pub enum Input {
     Slot(SlotView),
     /// The operation under this token ended (completion reported or given up).
     OperationEnded(u64),
+    /// The operation under this token completed and keeps its versions before until the
+    /// coordinator's verdict (a package upgrade without a reboot).
+    AwaitingVerdict(u64),
     /// Time to tell the coordinator the facts again (a restarted coordinator learns them);
     /// also retries a request that did not get through.
     ResendFacts,
@@ -70,6 +73,17 @@ pub enum Action {
         /// The operation.
         operation: Operation,
     },
+    /// The coordinator's health gate failed the slot after the operation completed: roll its
+    /// packages back (ends with [`Input::OperationEnded`]).
+    RollBack {
+        /// Fencing token of the failed slot.
+        token: u64,
+    },
+    /// The slot ended without that failure: forget the versions kept for a rollback.
+    AcceptVerdict {
+        /// Fencing token of the slot.
+        token: u64,
+    },
 }
 
 /// The daemon's memory.
@@ -79,8 +93,11 @@ pub struct Daemon {
     facts: Option<Box<NodeFacts>>,
     requested: Option<Operation>,
     slot: Option<SlotPhase>,
+    /// Token of the latest slot view (0 when it has none).
+    slot_token: u64,
     running: Option<u64>,
     finished: Vec<u64>,
+    awaiting_verdict: Option<u64>,
 }
 
 impl Daemon {
@@ -92,8 +109,10 @@ impl Daemon {
             facts: None,
             requested: None,
             slot: None,
+            slot_token: 0,
             running: resumed,
             finished: Vec::new(),
+            awaiting_verdict: None,
         }
     }
 
@@ -115,6 +134,8 @@ impl Daemon {
             }
             Input::Slot(slot) => {
                 self.slot = Some(slot.phase);
+                self.slot_token = slot.token;
+                self.follow_verdict(&mut actions);
                 match slot.phase {
                     SlotPhase::Granted => {
                         let fresh = self.running.is_none() && !self.finished.contains(&slot.token);
@@ -144,6 +165,10 @@ impl Daemon {
                 self.reconcile(&mut actions);
             }
             Input::RequestFailed => self.requested = None,
+            Input::AwaitingVerdict(token) => {
+                self.awaiting_verdict = Some(token);
+                self.follow_verdict(&mut actions);
+            }
             Input::OperationEnded(token) => {
                 if self.running == Some(token) {
                     self.running = None;
@@ -156,6 +181,31 @@ impl Daemon {
             }
         }
         actions
+    }
+
+    /// Acts on the coordinator's verdict on a completed operation that kept its versions
+    /// before: its slot FAILED (the health gate) means roll back, once; any other end of the
+    /// slot means forget them. Still held and not failed: wait.
+    fn follow_verdict(&mut self, actions: &mut Vec<Action>) {
+        let (Some(token), Some(phase)) = (self.awaiting_verdict, self.slot) else {
+            return;
+        };
+        let same_slot = self.slot_token == token;
+        if same_slot
+            && matches!(
+                phase,
+                SlotPhase::Draining | SlotPhase::Granted | SlotPhase::Verifying
+            )
+        {
+            return;
+        }
+        self.awaiting_verdict = None;
+        if same_slot && phase == SlotPhase::Failed {
+            self.running = Some(token);
+            actions.push(Action::RollBack { token });
+        } else {
+            actions.push(Action::AcceptVerdict { token });
+        }
     }
 
     /// Asks for what the node needs, or withdraws what it no longer needs, while nothing is
@@ -232,7 +282,7 @@ mod tests {
             desired_operation(&facts(false, true), UpgradePolicy::Security),
             Some(Operation::PackageUpgrade {
                 security_only: true,
-                reboot_if_required: true,
+                reboot: UpgradeReboot::IfRequired,
                 ..
             })
         ));
@@ -337,6 +387,67 @@ mod tests {
         )));
         let a = d.on(Input::Facts(Box::new(facts(false, false))));
         assert!(!a.contains(&Action::Withdraw));
+    }
+
+    /// A completed upgrade waits for the verdict: its slot FAILED (the coordinator's health
+    /// gate) rolls it back, once, whichever of the verdict and the operation's end comes first;
+    /// any other end of the slot forgets the versions kept.
+    #[test]
+    fn a_failed_verdict_rolls_back_once_and_any_other_end_forgets() {
+        let up = || {
+            Some(Operation::PackageUpgrade {
+                security_only: false,
+                reboot: UpgradeReboot::IfRequired,
+                packages: vec![],
+            })
+        };
+        let mut d = Daemon::new(UpgradePolicy::All, None);
+        d.on(Input::Slot(slot(SlotPhase::Granted, 4, up())));
+        d.on(Input::OperationEnded(4));
+        assert!(d.on(Input::AwaitingVerdict(4)).is_empty(), "granted: wait");
+        assert!(
+            d.on(Input::Slot(slot(SlotPhase::Verifying, 4, up())))
+                .is_empty()
+        );
+        assert_eq!(
+            d.on(Input::Slot(slot(SlotPhase::Failed, 4, up()))),
+            vec![Action::RollBack { token: 4 }]
+        );
+        assert_eq!(d.running(), Some(4), "no new request while rolling back");
+        assert!(
+            d.on(Input::Slot(slot(SlotPhase::Failed, 4, up())))
+                .is_empty()
+        );
+        d.on(Input::OperationEnded(4));
+        assert!(
+            d.on(Input::Slot(slot(SlotPhase::Failed, 4, up())))
+                .is_empty()
+        );
+
+        // The verdict seen before the operation's end (and after an agent restart).
+        let mut d = Daemon::new(UpgradePolicy::All, Some(5));
+        d.on(Input::Slot(slot(SlotPhase::Failed, 5, up())));
+        d.on(Input::OperationEnded(5));
+        assert_eq!(
+            d.on(Input::AwaitingVerdict(5)),
+            vec![Action::RollBack { token: 5 }]
+        );
+
+        // Verified and released, or released by a human, or a newer slot: forget.
+        for (phase, token) in [
+            (SlotPhase::Done, 6),
+            (SlotPhase::Idle, 0),
+            (SlotPhase::Failed, 7),
+        ] {
+            let mut d = Daemon::new(UpgradePolicy::All, Some(6));
+            d.on(Input::OperationEnded(6));
+            d.on(Input::AwaitingVerdict(6));
+            assert_eq!(
+                d.on(Input::Slot(slot(phase, token, up()))),
+                vec![Action::AcceptVerdict { token: 6 }],
+                "{phase:?} {token}"
+            );
+        }
     }
 
     #[test]

@@ -91,6 +91,7 @@ enum Event {
     Facts(Box<NodeFacts>),
     Slot(SlotView),
     OperationEnded(u64),
+    AwaitingVerdict(u64),
     ResendFacts,
     RequestFailed,
 }
@@ -131,7 +132,7 @@ pub async fn run(
             &tx,
             &lease_ttl,
             record.token,
-            None,
+            Run::Resume,
         );
     }
     tasks.spawn(watch_slot(config.clone(), client.clone(), tx.clone()));
@@ -196,6 +197,7 @@ pub async fn run(
                 let _ = tx.try_send(Event::Detect { refresh: false });
                 Input::OperationEnded(token)
             }
+            Event::AwaitingVerdict(token) => Input::AwaitingVerdict(token),
             Event::ResendFacts => Input::ResendFacts,
             Event::RequestFailed => Input::RequestFailed,
         };
@@ -277,28 +279,59 @@ async fn perform(
                 tracing::warn!(error = %e, "withdrawing the request failed");
             }
         }
-        Action::Start { token, operation } => {
-            tracing::info!(
-                token,
-                operation = operation.name(),
-                "slot granted; starting"
-            );
-            spawn_operation(
-                tasks,
-                config,
-                host,
-                client,
-                tx,
-                lease_ttl,
-                token,
-                Some(operation),
-            );
+        Action::Start { .. } | Action::RollBack { .. } => {
+            let (token, run) = match action {
+                Action::Start { token, operation } => {
+                    tracing::info!(
+                        token,
+                        operation = operation.name(),
+                        "slot granted; starting"
+                    );
+                    (token, Run::Start(operation))
+                }
+                Action::RollBack { token } => {
+                    tracing::warn!(
+                        token,
+                        "the coordinator's health gate failed the slot after completion; rolling the packages back"
+                    );
+                    (token, Run::RollBack)
+                }
+                _ => return,
+            };
+            spawn_operation(tasks, config, host, client, tx, lease_ttl, token, run);
+        }
+        Action::AcceptVerdict { token } => {
+            let (host, config) = (host.clone(), config.clone());
+            let forgotten = tokio::task::spawn_blocking(move || {
+                Executor::accept_verdict(host.as_ref(), &config.exec, token)
+            })
+            .await;
+            match forgotten {
+                Ok(Ok(true)) => {
+                    tracing::info!(
+                        token,
+                        "slot ended without a failed verdict; rollback data dropped"
+                    );
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::error!(token, error = %e, "cannot drop the rollback data"),
+                Err(e) => tracing::error!(token, error = %e, "dropping the rollback data failed"),
+            }
         }
     }
 }
 
-/// Runs an operation (a new one, or the persisted one when `operation` is `None`) on a
-/// blocking thread, renewing the lease meanwhile.
+/// Which way an operation's thread drives its record.
+enum Run {
+    /// A new grant.
+    Start(Operation),
+    /// The persisted operation, after an agent restart or a reboot.
+    Resume,
+    /// The persisted operation that awaits the verdict: the health gate failed its slot.
+    RollBack,
+}
+
+/// Runs an operation (see [`Run`]) on a blocking thread, renewing the lease meanwhile.
 #[allow(clippy::too_many_arguments)]
 fn spawn_operation(
     tasks: &mut tokio::task::JoinSet<()>,
@@ -308,7 +341,7 @@ fn spawn_operation(
     tx: &mpsc::Sender<Event>,
     lease_ttl: &Arc<std::sync::atomic::AtomicU32>,
     token: u64,
-    operation: Option<Operation>,
+    run: Run,
 ) {
     let renew = tokio::spawn(renew_lease(
         config.clone(),
@@ -325,46 +358,68 @@ fn spawn_operation(
     tasks.spawn(async move {
         let cfg = config.clone();
         let result = tokio::task::spawn_blocking(move || {
-            execute(&cfg, host.as_ref(), &reporter, token, operation)
+            execute(&cfg, host.as_ref(), &reporter, token, run)
         })
         .await;
         renew.abort();
-        match result {
-            Ok(Ok(())) => tracing::info!(token, "operation ended"),
-            Ok(Err(e)) => tracing::error!(token, error = %e, "operation aborted"),
-            Err(e) => tracing::error!(token, error = %e, "operation task failed"),
-        }
+        let awaiting_verdict = match result {
+            Ok(Ok(awaiting)) => {
+                tracing::info!(token, awaiting_verdict = awaiting, "operation ended");
+                awaiting
+            }
+            Ok(Err(e)) => {
+                tracing::error!(token, error = %e, "operation aborted");
+                false
+            }
+            Err(e) => {
+                tracing::error!(token, error = %e, "operation task failed");
+                false
+            }
+        };
         let _ = tx.send(Event::OperationEnded(token)).await;
+        if awaiting_verdict {
+            let _ = tx.send(Event::AwaitingVerdict(token)).await;
+        }
     });
 }
 
-/// Runs the operation to its end on this (blocking) thread. A completion that cannot be
-/// delivered is retried from the persisted state.
+/// Runs the operation to its end on this (blocking) thread; returns whether it awaits the
+/// coordinator's verdict. A completion that cannot be delivered is retried from the persisted
+/// state.
 fn execute(
     config: &DaemonConfig,
     host: &dyn Host,
     reporter: &GrpcReporter,
     token: u64,
-    operation: Option<Operation>,
-) -> Result<()> {
-    if let Some(op) = operation {
-        Executor::start(
+    run: Run,
+) -> Result<bool> {
+    let first = match run {
+        Run::Start(op) => Some(Executor::start(
             host,
             &config.exec,
             reporter,
             token,
             op,
             jiff::Timestamp::now(),
-        )?
-        .run()?;
-        return Ok(());
+        )?),
+        Run::RollBack => {
+            match Executor::roll_back_after_gate_failure(host, &config.exec, reporter, token)? {
+                Some(ex) => Some(ex),
+                None => return Ok(false),
+            }
+        }
+        Run::Resume => None,
+    };
+    if let Some(mut ex) = first {
+        ex.run()?;
+        return Ok(ex.record().awaits_verdict());
     }
     loop {
         let Some(mut ex) = Executor::resume(host, &config.exec, reporter)? else {
-            return Ok(());
+            return Ok(false);
         };
         match ex.run() {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(ex.record().awaits_verdict()),
             Err(e @ (Error::Rpc(_) | Error::Transport(_))) => {
                 tracing::warn!(error = %e, "reporting to the coordinator failed; retrying");
                 std::thread::sleep(config.retry_interval);
@@ -407,6 +462,14 @@ impl Reporter for GrpcReporter {
             changed: done.changed.iter().map(pb::PackagePin::from).collect(),
         };
         match self.runtime.block_on(c.complete(req)) {
+            // Verifying now: the health gate may still fail the slot. A slot that had failed
+            // already (the node came back late) is no verdict on this completion.
+            Ok(resp)
+                if resp.get_ref().phase == pb::SlotPhase::Verifying as i32
+                    && resp.get_ref().token == token =>
+            {
+                Ok(CompleteAck::Verifying)
+            }
             Ok(_) => Ok(CompleteAck::Accepted),
             Err(s) if s.code() == tonic::Code::FailedPrecondition => Ok(CompleteAck::Stale),
             Err(s) => Err(Error::Rpc(Box::new(s))),

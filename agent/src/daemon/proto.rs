@@ -83,7 +83,7 @@ impl TryFrom<&pb::SlotStatus> for SlotView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rota_core::model::PackagePin;
+    use rota_core::model::{PackagePin, UpgradeReboot};
 
     #[test]
     fn operations_round_trip_and_bad_ones_are_refused() {
@@ -92,7 +92,7 @@ mod tests {
             Operation::KubeletRestart,
             Operation::PackageUpgrade {
                 security_only: true,
-                reboot_if_required: true,
+                reboot: UpgradeReboot::IfRequired,
                 packages: vec![PackagePin {
                     name: "curl".into(),
                     version: "1".into(),

@@ -1,7 +1,7 @@
 //! Every crash point of every operation, on an in-memory host: the agent dies before an
 //! effect, or after the effect but before its outcome was persisted, then starts again and
 //! resumes from the persisted state.
-use rota_core::model::{Operation, PackagePin};
+use rota_core::model::{Operation, PackagePin, UpgradeReboot};
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -18,6 +18,8 @@ use crate::state;
 struct Recorder {
     steps: Mutex<Vec<String>>,
     completions: Mutex<Vec<Completion>>,
+    /// Answer completions as a coordinator that verifies the node now.
+    verifying: bool,
 }
 
 impl Reporter for Recorder {
@@ -27,7 +29,11 @@ impl Reporter for Recorder {
     fn complete(&self, token: u64, completion: &Completion) -> crate::Result<CompleteAck> {
         assert_eq!(token, 42);
         self.completions.lock().unwrap().push(completion.clone());
-        Ok(CompleteAck::Accepted)
+        Ok(if self.verifying {
+            CompleteAck::Verifying
+        } else {
+            CompleteAck::Accepted
+        })
     }
 }
 
@@ -197,7 +203,7 @@ fn every_crash_point(
 fn package_upgrade_with_reboot_survives_every_crash() {
     let op = Operation::PackageUpgrade {
         security_only: false,
-        reboot_if_required: true,
+        reboot: UpgradeReboot::IfRequired,
         packages: vec![],
     };
     every_crash_point(&|| host(true), op, &|host, done, crash| {
@@ -217,7 +223,7 @@ fn package_upgrade_with_reboot_survives_every_crash() {
 fn security_upgrade_without_reboot_restarts_nothing_it_need_not() {
     let op = Operation::PackageUpgrade {
         security_only: true,
-        reboot_if_required: false,
+        reboot: UpgradeReboot::Never,
         packages: vec![],
     };
     every_crash_point(&|| host(true), op, &|host, done, crash| {
@@ -281,7 +287,7 @@ fn kubernetes_upgrade_survives_every_crash() {
 fn failed_health_check_rolls_back_at_every_crash_point() {
     let op = Operation::PackageUpgrade {
         security_only: false,
-        reboot_if_required: false,
+        reboot: UpgradeReboot::Never,
         packages: vec![],
     };
     every_crash_point(&|| host(false), op, &|host, done, crash| {
@@ -309,7 +315,7 @@ fn interrupted_dpkg_is_repaired_and_the_partial_upgrade_rolled_back() {
     };
     let op = Operation::PackageUpgrade {
         security_only: false,
-        reboot_if_required: true,
+        reboot: UpgradeReboot::IfRequired,
         packages: vec![],
     };
     every_crash_point(&make, op, &|host, done, crash| {
@@ -361,7 +367,7 @@ fn named_upgrades_refuse_kubernetes_packages() {
     let host = host(true);
     let op = Operation::PackageUpgrade {
         security_only: false,
-        reboot_if_required: false,
+        reboot: UpgradeReboot::Never,
         packages: vec![PackagePin {
             name: "kubelet".into(),
             version: "1.30.2-1.1".into(),
@@ -399,4 +405,70 @@ fn progress_is_reported_per_step() {
             .map(|e| !e)
             .unwrap()
     );
+}
+
+/// After an upgrade without a reboot, the agent keeps its record until the verdict, also
+/// across a restart. The rollback the failed verdict starts survives a crash in the middle (it
+/// resumes the rollback, not the wait), and once it ended nothing starts it again.
+#[test]
+fn a_rollback_after_a_failed_verdict_survives_restarts_and_runs_once() {
+    let op = Operation::PackageUpgrade {
+        security_only: false,
+        reboot: UpgradeReboot::Never,
+        packages: vec![],
+    };
+    let path = std::path::Path::new(state::DEFAULT_STATE_PATH);
+    for crash in [false, true] {
+        let host = host(true);
+        let cfg = config();
+        let rec = Recorder {
+            verifying: true,
+            ..Recorder::default()
+        };
+        let mut ex =
+            Executor::start(&host, &cfg, &rec, 42, op.clone(), Timestamp::UNIX_EPOCH).unwrap();
+        ex.run().unwrap();
+        assert!(ex.record().awaits_verdict());
+        assert_eq!(host.installed("curl").unwrap(), "7.88.1-10+deb12u5");
+        drop(ex);
+        let mut resumed = Executor::resume(&host, &cfg, &rec).unwrap().unwrap();
+        resumed.run().unwrap();
+        assert!(resumed.record().awaits_verdict() && host.exists(path).unwrap());
+
+        let mut ex = Executor::roll_back_after_gate_failure(&host, &cfg, &rec, 42)
+            .unwrap()
+            .unwrap();
+        if crash {
+            let effect = ex.record().next_effect().unwrap();
+            ex.perform(effect).unwrap();
+            drop(ex);
+            assert!(
+                Executor::roll_back_after_gate_failure(&host, &cfg, &rec, 42)
+                    .unwrap()
+                    .is_none(),
+                "rolling back already"
+            );
+            ex = Executor::resume(&host, &cfg, &rec).unwrap().unwrap();
+        }
+        ex.run().unwrap();
+        assert_eq!(
+            host.installed("curl").unwrap(),
+            "7.88.1-10",
+            "crash: {crash}"
+        );
+        assert_eq!(host.installed("libc6").unwrap(), "2.36-9");
+        assert!(!host.exists(path).unwrap(), "state dropped");
+        assert!(
+            Executor::roll_back_after_gate_failure(&host, &cfg, &rec, 42)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(rec.completions.lock().unwrap().len(), 1);
+        assert!(
+            rec.steps
+                .lock()
+                .unwrap()
+                .contains(&"rolled-back".to_string())
+        );
+    }
 }

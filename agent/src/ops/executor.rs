@@ -70,6 +70,9 @@ pub struct Completion {
 pub enum CompleteAck {
     /// Taken.
     Accepted,
+    /// Taken, and the coordinator now verifies the node: its health gate may still fail the
+    /// slot (then a package upgrade without a reboot is rolled back).
+    Verifying,
     /// The token is no longer the slot's: nothing more to say to anyone.
     Stale,
 }
@@ -136,11 +139,54 @@ impl<'a> Executor<'a> {
         &self.record
     }
 
+    /// Picks up the persisted operation under `token` that awaits the coordinator's verdict,
+    /// now that its health gate failed the slot: the returned executor rolls the packages back.
+    /// `None` when there is nothing to roll back (no such record, or it is rolling back
+    /// already: a rollback starts once).
+    pub fn roll_back_after_gate_failure(
+        host: &'a dyn Host,
+        config: &'a ExecutorConfig,
+        reporter: &'a dyn Reporter,
+        token: u64,
+    ) -> Result<Option<Self>> {
+        let Some(mut record) = state::load(host, &config.state_path)? else {
+            return Ok(None);
+        };
+        if record.token != token || !record.gate_failed() {
+            return Ok(None);
+        }
+        state::save(host, &config.state_path, &record)?;
+        if let Phase::RollBack { reason } = &record.phase {
+            tracing::warn!(token, reason, "rolling the packages back");
+            reporter.progress(token, record.phase.step(), reason);
+        }
+        Ok(Some(Executor {
+            host,
+            config,
+            reporter,
+            record,
+        }))
+    }
+
+    /// The coordinator's verdict on the operation under `token` is in and it is no failure:
+    /// forgets the versions kept for a rollback. Returns whether there were any.
+    pub fn accept_verdict(host: &dyn Host, config: &ExecutorConfig, token: u64) -> Result<bool> {
+        match state::load(host, &config.state_path)? {
+            Some(record) if record.token == token && record.awaits_verdict() => {
+                state::clear(host, &config.state_path)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Performs the next effect and persists the outcome. Returns `false` once the operation
-    /// is over (and its state removed).
+    /// is over (and its state removed) or waits for the coordinator's verdict (state kept).
     pub fn step(&mut self) -> Result<bool> {
         let Some(effect) = self.record.next_effect() else {
-            state::clear(self.host, &self.config.state_path)?;
+            if !self.record.awaits_verdict() {
+                state::clear(self.host, &self.config.state_path)?;
+            }
             return Ok(false);
         };
         let before = self.record.phase.step();
@@ -155,7 +201,7 @@ impl<'a> Executor<'a> {
         if step != before {
             let message = match &self.record.phase {
                 Phase::RollBack { reason } => reason.as_str(),
-                Phase::Finished { message, .. } => message.as_str(),
+                Phase::Finished { message, .. } | Phase::RolledBack { message } => message.as_str(),
                 _ => "",
             };
             self.reporter.progress(self.record.token, step, message);
@@ -253,13 +299,16 @@ impl<'a> Executor<'a> {
                     changed,
                 };
                 match self.reporter.complete(self.record.token, &completion)? {
-                    CompleteAck::Accepted => {}
-                    CompleteAck::Stale => tracing::warn!(
-                        token = self.record.token,
-                        "the coordinator no longer knows this token; dropping the operation"
-                    ),
+                    CompleteAck::Accepted => Outcome::Done,
+                    CompleteAck::Verifying => Outcome::Verifying,
+                    CompleteAck::Stale => {
+                        tracing::warn!(
+                            token = self.record.token,
+                            "the coordinator no longer knows this token; dropping the operation"
+                        );
+                        Outcome::Done
+                    }
                 }
-                Outcome::Done
             }
         };
         Ok(outcome)

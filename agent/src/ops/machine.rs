@@ -8,14 +8,18 @@
 //!   requests per grant, and none once the boot id changed (never reboot twice for one grant);
 //! - a changed boot id outside a reboot phase is reported as a failure, never retried;
 //! - a failed change or health check before a reboot rolls back what changed; after a
-//!   reboot it does not (a rollback of a kernel would need a second reboot).
+//!   reboot it does not (a rollback of a kernel would need a second reboot);
+//! - a package upgrade that changed packages without a reboot keeps its record after the
+//!   coordinator took the completion ([`Phase::AwaitVerdict`]): when the coordinator's health
+//!   gate then fails the slot, the agent rolls the packages back ([`OperationRecord::gate_failed`]),
+//!   once — the record is gone afterwards.
 
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use rota_core::model::{Impact, Operation, PackagePin};
+use rota_core::model::{Impact, Operation, PackagePin, UpgradeReboot};
 
 use crate::packages::{InstallPurpose, PackageChange, UpgradeScope};
 
@@ -55,6 +59,15 @@ pub enum Phase {
         /// Why.
         reason: String,
     },
+    /// Completed; the coordinator verifies the node. The versions before are kept until its
+    /// verdict, to roll back if its health gate fails the slot.
+    AwaitVerdict,
+    /// Rolled back after the coordinator's health gate failed the slot; reported as progress
+    /// (the completion stands: the slot is already failed).
+    RolledBack {
+        /// What was done.
+        message: String,
+    },
     /// Tell the coordinator how it went.
     Finished {
         /// Whether the operation succeeded.
@@ -80,6 +93,8 @@ impl Phase {
             Phase::Verify => "verifying",
             Phase::RollBack { .. } => "rolling-back",
             Phase::Finished { .. } => "completing",
+            Phase::AwaitVerdict => "awaiting-verdict",
+            Phase::RolledBack { .. } => "rolled-back",
             Phase::Done => "done",
         }
     }
@@ -107,6 +122,9 @@ pub struct OperationRecord {
     pub reboot_attempts: u32,
     /// Interrupted phases resumed so far.
     pub recoveries: u32,
+    /// The rollback under way follows the coordinator's failed verdict, after completion.
+    #[serde(default)]
+    pub after_verdict: bool,
     /// When the operation started.
     pub started_at: Timestamp,
 }
@@ -145,7 +163,8 @@ pub enum Effect {
     /// Roll back these changes, restarting the kubelet if it or the runtime moved
     /// ([`Outcome::Changed`] with what *remains* changed since the versions before).
     Rollback(Vec<PackageChange>),
-    /// Report the end to the coordinator ([`Outcome::Done`]).
+    /// Report the end to the coordinator ([`Outcome::Done`], or [`Outcome::Verifying`] when
+    /// the coordinator now verifies the node).
     Complete {
         /// Whether the operation succeeded.
         success: bool,
@@ -184,6 +203,9 @@ pub enum Outcome {
     Unhealthy(String),
     /// The effect failed.
     Failed(String),
+    /// The coordinator took the completion and verifies the node: its health gate may still
+    /// fail the slot.
+    Verifying,
 }
 
 impl OperationRecord {
@@ -199,6 +221,7 @@ impl OperationRecord {
             rebooted: false,
             reboot_attempts: 0,
             recoveries: 0,
+            after_verdict: false,
             started_at: now,
         };
         match record.operation {
@@ -265,7 +288,7 @@ impl OperationRecord {
                     })
                     .collect(),
             },
-            Phase::Done => return None,
+            Phase::AwaitVerdict | Phase::RolledBack { .. } | Phase::Done => return None,
         })
     }
 
@@ -340,6 +363,11 @@ impl OperationRecord {
             (Phase::Verify, Outcome::Unhealthy(why)) => {
                 self.fail_with_rollback(format!("health check failed: {why}"))
             }
+            (Phase::RollBack { reason }, Outcome::Changed(remaining)) if self.after_verdict => {
+                let message = format!("{reason}; rolled back {}", self.rolled_back(&remaining));
+                self.changes = remaining;
+                Phase::RolledBack { message }
+            }
             (Phase::RollBack { reason }, Outcome::Changed(remaining)) => {
                 self.changes = remaining;
                 finished(false, format!("{reason}; rolled back"))
@@ -347,8 +375,19 @@ impl OperationRecord {
             (
                 Phase::RollBack { reason },
                 Outcome::Failed(why) | Outcome::ChangeFailed { message: why, .. },
+            ) if self.after_verdict => Phase::RolledBack {
+                message: format!("{reason}; rollback failed: {why}"),
+            },
+            (
+                Phase::RollBack { reason },
+                Outcome::Failed(why) | Outcome::ChangeFailed { message: why, .. },
             ) => finished(false, format!("{reason}; rollback failed: {why}")),
-            (Phase::Finished { .. }, Outcome::Done) => Phase::Done,
+            (Phase::Finished { success: true, .. }, Outcome::Verifying)
+                if self.can_roll_back_after_verdict() =>
+            {
+                Phase::AwaitVerdict
+            }
+            (Phase::Finished { .. }, Outcome::Done | Outcome::Verifying) => Phase::Done,
             (Phase::Finished { success, message }, Outcome::Failed(_)) => {
                 // Completion is retried by the caller; stay.
                 Phase::Finished { success, message }
@@ -392,7 +431,16 @@ impl OperationRecord {
                 }
             }
             Phase::Finished { success, message } => Phase::Finished { success, message },
+            // Waiting is safe to repeat; a rollback already reported needs nothing more.
+            phase @ (Phase::AwaitVerdict | Phase::RolledBack { .. }) => phase,
             Phase::Done => Phase::Done,
+            _ if self.recoveries >= MAX_RECOVERIES && self.after_verdict => {
+                self.boot_id = boot_id_now.to_string();
+                Phase::RolledBack {
+                    message: "the rollback after the failed verdict was interrupted too often"
+                        .into(),
+                }
+            }
             _ if self.recoveries >= MAX_RECOVERIES => {
                 self.boot_id = boot_id_now.to_string();
                 finished(false, "the agent was interrupted too often".into())
@@ -430,6 +478,63 @@ impl OperationRecord {
         self.phase == Phase::Done
     }
 
+    /// The operation completed and its record waits for the coordinator's verdict.
+    pub fn awaits_verdict(&self) -> bool {
+        self.phase == Phase::AwaitVerdict
+    }
+
+    /// The coordinator's health gate failed the slot after completion: roll back what changed.
+    /// Returns whether a rollback starts (only from [`Phase::AwaitVerdict`], so never twice).
+    pub fn gate_failed(&mut self) -> bool {
+        if !self.awaits_verdict() {
+            return false;
+        }
+        self.after_verdict = true;
+        self.phase = Phase::RollBack {
+            reason: format!(
+                "the coordinator's health gate failed slot {} after the {}",
+                self.token,
+                self.operation.name()
+            ),
+        };
+        true
+    }
+
+    /// Only a package upgrade that changed packages and did not reboot is rolled back after a
+    /// failed verdict (a rollback after a reboot would need a second one).
+    fn can_roll_back_after_verdict(&self) -> bool {
+        matches!(self.operation, Operation::PackageUpgrade { .. })
+            && !self.rebooted
+            && !self.changes.is_empty()
+    }
+
+    /// `name before → after` for each change rolled back (what no longer differs from before).
+    fn rolled_back(&self, remaining: &[PackageChange]) -> String {
+        let undone: Vec<String> = self
+            .changes
+            .iter()
+            .filter(|c| !remaining.iter().any(|r| r.name == c.name))
+            .map(|c| {
+                format!(
+                    "{} {} to {}",
+                    c.name,
+                    c.after.as_deref().unwrap_or("(removed)"),
+                    c.before.as_deref().unwrap_or("(not installed)")
+                )
+            })
+            .collect();
+        let mut text = if undone.is_empty() {
+            "nothing".to_owned()
+        } else {
+            undone.join(", ")
+        };
+        if !remaining.is_empty() {
+            let names: Vec<&str> = remaining.iter().map(|c| c.name.as_str()).collect();
+            text.push_str(&format!("; still changed: {}", names.join(", ")));
+        }
+        text
+    }
+
     fn enter_reboot(&mut self) {
         self.reboot_attempts += 1;
         self.phase = Phase::Reboot;
@@ -457,9 +562,17 @@ impl OperationRecord {
                 }
             }
             Operation::PackageUpgrade {
-                reboot_if_required: true,
+                reboot: UpgradeReboot::IfRequired,
                 ..
             } => Phase::CheckReboot,
+            // A human's reboot joined the upgrade: reboot whatever the upgrade needs.
+            Operation::PackageUpgrade {
+                reboot: UpgradeReboot::Always,
+                ..
+            } => {
+                self.enter_reboot();
+                std::mem::replace(&mut self.phase, Phase::Done)
+            }
             _ => self.restart_or_verify(),
         }
     }
@@ -537,7 +650,7 @@ mod tests {
     fn upgrade() -> Operation {
         Operation::PackageUpgrade {
             security_only: false,
-            reboot_if_required: true,
+            reboot: UpgradeReboot::IfRequired,
             packages: vec![],
         }
     }
@@ -604,6 +717,104 @@ mod tests {
         assert!(r.is_done());
     }
 
+    /// A human's reboot joined the upgrade: the node reboots even though nothing asks for it.
+    #[test]
+    fn an_upgrade_merged_with_a_manual_reboot_always_reboots() {
+        let mut r = record(Operation::PackageUpgrade {
+            security_only: false,
+            reboot: UpgradeReboot::Always,
+            packages: vec![],
+        });
+        r.on(Outcome::Prepared(BTreeMap::new()));
+        r.on(Outcome::Changed(vec![change("curl", "1", "2")]));
+        assert_eq!(r.next_effect(), Some(Effect::Reboot), "no reboot check");
+        assert_eq!(r.reboot_attempts, 1);
+        r.on(Outcome::Done);
+        r.resume("boot-2");
+        assert!(r.rebooted);
+        // Nothing to upgrade: the reboot still happens.
+        let mut r = record(Operation::PackageUpgrade {
+            security_only: false,
+            reboot: UpgradeReboot::Always,
+            packages: vec![],
+        });
+        r.on(Outcome::Prepared(BTreeMap::new()));
+        r.on(Outcome::Changed(vec![]));
+        assert_eq!(r.next_effect(), Some(Effect::Reboot));
+    }
+
+    /// Completed without a reboot, then the coordinator's health gate fails the slot: the
+    /// versions before were kept, the packages go back, the end is reported as progress (no
+    /// second completion), and a second failed verdict starts nothing.
+    #[test]
+    fn a_failed_verdict_after_an_upgrade_without_reboot_rolls_back_once() {
+        let completed = |reboot| {
+            let mut r = record(Operation::PackageUpgrade {
+                security_only: false,
+                reboot,
+                packages: vec![],
+            });
+            r.on(Outcome::Prepared(BTreeMap::from([(
+                "curl".into(),
+                "1".into(),
+            )])));
+            r.on(Outcome::Changed(vec![change("curl", "1", "2")]));
+            if reboot == UpgradeReboot::IfRequired {
+                r.on(Outcome::RebootRequired(false));
+            }
+            r.on(Outcome::Healthy);
+            assert!(matches!(
+                r.next_effect(),
+                Some(Effect::Complete { success: true, .. })
+            ));
+            r
+        };
+        let mut r = completed(UpgradeReboot::IfRequired);
+        r.on(Outcome::Verifying);
+        assert!(r.awaits_verdict() && !r.is_done());
+        assert_eq!(r.next_effect(), None);
+        // An agent restart meanwhile keeps waiting.
+        r.resume("boot-1");
+        assert!(r.awaits_verdict());
+
+        assert!(r.gate_failed());
+        assert_eq!(
+            r.next_effect(),
+            Some(Effect::Rollback(vec![change("curl", "1", "2")]))
+        );
+        assert!(!r.gate_failed(), "a rollback starts once");
+        r.on(Outcome::Changed(vec![]));
+        let Phase::RolledBack { message } = &r.phase else {
+            panic!("{:?}", r.phase);
+        };
+        assert!(message.contains("health gate failed slot 7"), "{message}");
+        assert!(message.contains("curl 2 to 1"), "{message}");
+        assert_eq!(r.next_effect(), None, "no completion after the verdict");
+        assert!(!r.gate_failed());
+
+        // A coordinator that only took the completion (a terminal, an older coordinator), an
+        // upgrade that changed nothing, or one that rebooted: nothing is kept.
+        let mut r = completed(UpgradeReboot::Never);
+        r.on(Outcome::Done);
+        assert!(r.is_done());
+        let mut r = record(upgrade());
+        r.on(Outcome::Prepared(BTreeMap::new()));
+        r.on(Outcome::Changed(vec![]));
+        r.on(Outcome::RebootRequired(false));
+        r.on(Outcome::Healthy);
+        r.on(Outcome::Verifying);
+        assert!(r.is_done());
+        let mut r = record(upgrade());
+        r.on(Outcome::Prepared(BTreeMap::new()));
+        r.on(Outcome::Changed(vec![change("libc6", "1", "2")]));
+        r.on(Outcome::RebootRequired(true));
+        r.on(Outcome::Done);
+        r.resume("boot-2");
+        r.on(Outcome::Healthy);
+        r.on(Outcome::Verifying);
+        assert!(r.is_done(), "{:?}", r.phase);
+    }
+
     #[test]
     fn a_reboot_that_does_not_happen_is_retried_once_then_fails() {
         let mut r = record(Operation::Reboot);
@@ -627,7 +838,7 @@ mod tests {
     fn kubelet_change_restarts_and_failed_health_rolls_back() {
         let mut r = record(Operation::PackageUpgrade {
             security_only: true,
-            reboot_if_required: false,
+            reboot: UpgradeReboot::Never,
             packages: vec![],
         });
         r.on(Outcome::Prepared(BTreeMap::new()));

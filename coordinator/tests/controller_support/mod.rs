@@ -173,6 +173,14 @@ impl Cluster {
         Ok(node.metadata.annotations.unwrap_or_default())
     }
 
+    /// Cordons the node as a human would (`kubectl cordon`: no rota mark).
+    pub fn cordon(&self, node: &str) -> Result<()> {
+        self.store.modify_as::<Node>(None, node, |n| {
+            n.spec.get_or_insert_with(Default::default).unschedulable = Some(true);
+        })?;
+        Ok(())
+    }
+
     /// Whether the node is cordoned.
     pub fn cordoned(&self, node: &str) -> Result<bool> {
         let node: Node = self.store.get_as(None, node)?;
@@ -305,6 +313,17 @@ impl Cluster {
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
             .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
             .collect()
+    }
+
+    /// Waits for an Event with this reason about `name`; returns its note.
+    pub async fn wait_event(&self, name: &str, reason: &str, within: Duration) -> Result<String> {
+        wait_until(&format!("{reason} event about {name}"), within, || {
+            self.events_about(name)
+                .into_iter()
+                .find(|(r, _)| r == reason)
+                .map(|(_, note)| note)
+        })
+        .await
     }
 
     /// The node's persisted slot: `(token, phase)`.

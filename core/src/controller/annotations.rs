@@ -13,7 +13,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::model::Operation;
+use crate::model::{Operation, UpgradeReboot};
 
 /// Node annotation queuing a manual maintenance.
 pub const MAINTENANCE_REQUESTED: &str = "rota.dev/maintenance-requested";
@@ -61,7 +61,11 @@ impl ManualRequest {
             ManualRequest::KubeletRestart => Operation::KubeletRestart,
             ManualRequest::Upgrade | ManualRequest::SecurityUpgrade => Operation::PackageUpgrade {
                 security_only: self == ManualRequest::SecurityUpgrade,
-                reboot_if_required: reboot_allowed,
+                reboot: if reboot_allowed {
+                    UpgradeReboot::IfRequired
+                } else {
+                    UpgradeReboot::Never
+                },
                 packages: Vec::new(),
             },
         }
@@ -148,7 +152,7 @@ mod tests {
             ManualRequest::SecurityUpgrade.operation(true),
             Operation::PackageUpgrade {
                 security_only: true,
-                reboot_if_required: true,
+                reboot: UpgradeReboot::IfRequired,
                 packages: Vec::new(),
             }
         );
@@ -156,7 +160,7 @@ mod tests {
             ManualRequest::Upgrade.operation(false),
             Operation::PackageUpgrade {
                 security_only: false,
-                reboot_if_required: false,
+                reboot: UpgradeReboot::Never,
                 packages: Vec::new(),
             }
         );

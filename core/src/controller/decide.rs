@@ -537,6 +537,91 @@ mod tests {
         }
     }
 
+    /// A Ready node with this kubelet boot id.
+    fn node(name: &str, boot_id: &str) -> k8s_openapi::api::core::v1::Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"unschedulable": true},
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "nodeInfo": {
+                    "bootID": boot_id, "architecture": "", "containerRuntimeVersion": "",
+                    "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": "",
+                    "machineID": "", "operatingSystem": "", "osImage": "", "systemUUID": ""
+                }
+            }
+        }))
+        .unwrap_or_default()
+    }
+
+    fn slot_actions(
+        cache: &ClusterState,
+        ledger: &crate::slots::Ledger,
+        now: Timestamp,
+    ) -> Vec<(NodeName, FencingToken, SlotAction)> {
+        let entries: BTreeMap<_, _> = ledger
+            .entries()
+            .map(|(n, e)| (n.clone(), e.clone()))
+            .collect();
+        let known = cache.nodes().keys().cloned().collect();
+        decide(&Input {
+            cache,
+            book: &super::super::pools::PolicyBook::new(),
+            alerts: &AlertReports::default(),
+            entries: &entries,
+            known: &known,
+            draining: &HashMap::new(),
+            noticed: &HashMap::new(),
+            expiry_reported: &HashSet::new(),
+            blocked_timeout: Duration::from_secs(60),
+            now,
+        })
+        .slot_actions
+    }
+
+    /// A node that never came back within the ready timeout fails its slot; once its agent
+    /// reports the reboot after all and the node is healthy, the controller verifies it again
+    /// and releases the slot. Without the agent's report (it may still be mid-operation), the
+    /// slot stays failed.
+    #[test]
+    fn a_failed_node_that_comes_back_is_verified_again_and_released() {
+        use crate::cluster::Indexed;
+        use crate::slots::{CompletionReport, Ledger};
+        let at = |s: i64| Timestamp::constant(1_700_000_000 + s, 0);
+        let mut ledger = Ledger::new(SignedDuration::from_secs(60));
+        ledger
+            .request("a", Operation::Reboot, crate::model::Origin::Agent, at(0))
+            .unwrap_or_default();
+        let token = ledger
+            .admit("a", at(1), Some("boot-1".into()), true)
+            .map(|(t, _)| t)
+            .unwrap_or(FencingToken(0));
+        assert!(ledger.drained("a", token, at(2)).is_ok());
+        assert!(ledger.fail("a", token, "not back in time", at(900)).is_ok());
+
+        let mut cache = ClusterState::default();
+        Indexed::insert(&mut cache, node("a", "boot-2"));
+        assert_eq!(slot_actions(&cache, &ledger, at(1000)), vec![]);
+
+        let late = CompletionReport {
+            success: true,
+            message: String::new(),
+            boot_id: Some("boot-2".into()),
+            rebooted: true,
+            changed_packages: 0,
+            at: at(1000),
+        };
+        assert!(ledger.complete("a", token, late).is_ok());
+        // The kubelet still reports the boot from before: not yet.
+        let mut stale = ClusterState::default();
+        Indexed::insert(&mut stale, node("a", "boot-1"));
+        assert_eq!(slot_actions(&stale, &ledger, at(1001)), vec![]);
+        assert_eq!(
+            slot_actions(&cache, &ledger, at(1001)),
+            vec![("a".to_owned(), token, SlotAction::Recovered)]
+        );
+    }
+
     #[test]
     fn an_uncordon_says_why_the_cordon_ends() {
         assert_eq!(

@@ -9,5 +9,5 @@ mod operation;
 mod slot;
 
 pub use facts::{Blocked, Impact, NodeFacts, PackagePin, PendingPackage};
-pub use operation::Operation;
+pub use operation::{Operation, UpgradeReboot};
 pub use slot::{FencingToken, NodeName, Origin, Slot, SlotPhase, SlotRequest};

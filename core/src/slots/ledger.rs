@@ -258,8 +258,11 @@ impl Ledger {
     ///
     /// The same operation again returns `Ok(None)`: nothing changes, except that a manual request
     /// raises an agent's request to manual priority. A different operation replaces a queued
-    /// request, keeping its place, unless an agent would replace a human's request. While a slot
-    /// is held, the same operation is a no-op and another one is refused.
+    /// request, keeping its place, unless an agent would replace a human's request. A human's
+    /// reboot and a package upgrade meeting in the queue become one request with manual
+    /// priority: the upgrade, then a reboot whatever the upgrade needs
+    /// ([`Operation::merge_manual_reboot`]). While a slot is held, the same operation (or one
+    /// the held slot already includes) is a no-op and another one is refused.
     pub fn request(
         &mut self,
         node: &str,
@@ -269,9 +272,41 @@ impl Ledger {
     ) -> LedgerResult<Option<Transition>> {
         let entry = self.entries.get(node);
         let from = entry.map_or(NodeState::Idle, NodeEntry::state);
+        if let Some(Holding::Queued(queued)) = entry.map(|e| &e.holding)
+            && let Some((merged, merged_origin)) = merged(
+                (&queued.request.operation, queued.request.origin),
+                (&operation, origin),
+            )
+        {
+            let current = &queued.request;
+            if merged == current.operation && merged_origin == current.origin {
+                return Ok(None);
+            }
+            let message = format!(
+                "{} request for {} joins the queued {}: one maintenance that upgrades, then reboots",
+                origin_name(origin),
+                operation.name(),
+                current.operation.name()
+            );
+            let request = SlotRequest {
+                operation: merged,
+                origin: merged_origin,
+                ..current.clone()
+            };
+            return Ok(Some(self.enqueue(
+                from,
+                request,
+                TransitionReason::RequestReplaced,
+                message,
+                now,
+            )));
+        }
         let (requested_at, not_before, reason, message) = match entry.map(|e| &e.holding) {
             Some(Holding::Held(held)) => {
-                return if held.slot.operation == operation {
+                let current = (&held.slot.operation, held.slot.origin);
+                let included = merged(current, (&operation, origin))
+                    .is_some_and(|(op, _)| op == held.slot.operation);
+                return if held.slot.operation == operation || included {
                     Ok(None)
                 } else {
                     Err(LedgerError::SlotHeld {
@@ -324,21 +359,33 @@ impl Ledger {
         };
         let request = SlotRequest {
             node: node.to_owned(),
-            operation: operation.clone(),
+            operation,
             origin,
             requested_at,
             not_before,
         };
+        Ok(Some(self.enqueue(from, request, reason, message, now)))
+    }
+
+    /// Puts `request` in the queue (as new, or replacing the node's queued request).
+    fn enqueue(
+        &mut self,
+        from: NodeState,
+        request: SlotRequest,
+        reason: TransitionReason,
+        message: String,
+        now: Timestamp,
+    ) -> Transition {
+        let node = request.node.clone();
+        let operation = request.operation.clone();
         self.set_holding(
-            node,
+            &node,
             Holding::Queued(QueuedRequest {
                 request,
                 note: message.clone(),
             }),
         );
-        Ok(Some(self.transition(
-            node, from, None, operation, reason, message, now, false,
-        )))
+        self.transition(&node, from, None, operation, reason, message, now, false)
     }
 
     /// Admits the node's queued request: issues the next fencing token and holds a slot in
@@ -478,6 +525,11 @@ impl Ledger {
     /// The agent finished the operation: success moves the slot to `Verifying`, failure to
     /// `Failed` (capacity stays held). Repeating the same report while the slot is still held is
     /// a no-op (`Ok(None)`), so an agent that lost the answer can retry.
+    ///
+    /// A report for a slot the coordinator failed before the agent reported (the node did not
+    /// come back within `health.readyTimeout`) is recorded and the slot stays `Failed`: with a
+    /// successful report, the controller verifies the node again and releases the slot once
+    /// it is healthy ([`Release::Recovered`]).
     pub fn complete(
         &mut self,
         node: &str,
@@ -491,6 +543,9 @@ impl Ledger {
             .is_some_and(|done| done.success == report.success)
         {
             return Ok(None);
+        }
+        if held.slot.phase == SlotPhase::Failed && held.completion.is_none() {
+            return self.complete_after_failure(node, token, report);
         }
         let now = report.at;
         self.change_phase(node, token, now, "complete", move |held, _| {
@@ -524,6 +579,56 @@ impl Ledger {
             Some(step)
         })
         .map(Some)
+    }
+
+    /// Records a completion that arrives after the coordinator failed the slot. Only a success
+    /// is a transition (an Event, and a reason for the controller to verify the node again); a
+    /// failure only explains the failed slot.
+    fn complete_after_failure(
+        &mut self,
+        node: &str,
+        token: FencingToken,
+        report: CompletionReport,
+    ) -> LedgerResult<Option<Transition>> {
+        let now = report.at;
+        let held = self.held_mut(node, token)?;
+        let operation = held.slot.operation.clone();
+        let detail = if report.message.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", report.message)
+        };
+        let success = report.success;
+        let message = bounded(if success {
+            format!(
+                "{} completed after the slot had failed{detail}; the slot is released once the node is healthy",
+                operation.name()
+            )
+        } else {
+            format!(
+                "{} failed on the node after the slot had failed{detail}",
+                operation.name()
+            )
+        });
+        held.completion = Some(CompletionReport {
+            message: bounded(report.message),
+            boot_id: report.boot_id.map(bounded),
+            ..report
+        });
+        held.note.clone_from(&message);
+        if !success {
+            return Ok(None);
+        }
+        Ok(Some(self.transition(
+            node,
+            NodeState::Failed,
+            Some(token),
+            operation,
+            TransitionReason::Completed,
+            message,
+            now,
+            false,
+        )))
     }
 
     /// The node is healthy after the operation: release the slot (`Done`).
@@ -582,6 +687,28 @@ impl Ledger {
                     return Err(self.wrong_state(node, "withdraw: no request is queued"));
                 };
                 let operation = queued.request.operation.clone();
+                if queued.request.origin == Origin::Manual
+                    && matches!(operation, Operation::PackageUpgrade { .. })
+                    && operation.always_reboots()
+                {
+                    // The agent's upgrade joined a human's reboot: only the upgrade goes.
+                    let request = SlotRequest {
+                        operation: Operation::Reboot,
+                        ..queued.request.clone()
+                    };
+                    let message = with_reason(
+                        "the agent withdrew its package-upgrade; the manual reboot stays queued"
+                            .to_owned(),
+                        reason,
+                    );
+                    return Ok(self.enqueue(
+                        NodeState::Queued,
+                        request,
+                        TransitionReason::RequestReplaced,
+                        message,
+                        now,
+                    ));
+                }
                 let message = with_reason(
                     format!("request for {} withdrawn", operation.name()),
                     reason,
@@ -948,6 +1075,23 @@ struct Step {
     phase: SlotPhase,
     reason: TransitionReason,
     message: String,
+}
+
+/// A human's reboot and a package upgrade that meet on one node, as one request: the merged
+/// operation, with manual priority. `None` unless one side is a manual request that always
+/// reboots and the other a package upgrade.
+fn merged(
+    (current, current_origin): (&Operation, Origin),
+    (new, new_origin): (&Operation, Origin),
+) -> Option<(Operation, Origin)> {
+    let carrying = |origin: Origin, reboot: &Operation, other: &Operation| {
+        (origin == Origin::Manual)
+            .then(|| Operation::merge_manual_reboot(reboot, other))
+            .flatten()
+    };
+    carrying(current_origin, current, new)
+        .or_else(|| carrying(new_origin, new, current))
+        .map(|op| (op, Origin::Manual))
 }
 
 fn origin_name(origin: Origin) -> &'static str {

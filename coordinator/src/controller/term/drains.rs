@@ -107,6 +107,9 @@ impl Term<'_> {
             async move {
                 let result = async {
                     let cordoned = cordon(&nodes, &gate, &node).await?;
+                    if cordoned == Cordoned::BySomeoneElse {
+                        info!("node was cordoned by someone else: rota leaves that cordon in place after the slot");
+                    }
                     if cordoned == Cordoned::Now {
                         let _ = events.send(EventJob::Node {
                             node: node.clone(),
