@@ -57,7 +57,7 @@ impl Agent for FakeCoordinator {
         self.auth(req.metadata());
         let facts = req.into_inner().facts.unwrap_or_default();
         self.seen.lock().unwrap().facts.push(facts);
-        Ok(Response::new(pb::ReportFactsResponse {}))
+        Ok(Response::new(pb::ReportFactsResponse::default()))
     }
 
     async fn request_slot(

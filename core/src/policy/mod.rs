@@ -17,8 +17,8 @@ pub use crd::{MaintenancePolicy, MaintenancePolicySpec, MaintenancePolicyStatus}
 pub use selector::{Selector, SelectorProblem};
 pub use validate::{
     AlertFilter, AlertSource, Backoff, Blockers, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_READY_TIMEOUT, DEFAULT_SENTINEL_FILE, Drain, Health,
-    MaxUnavailable, NamespacedName, PolicyError, Reboot, Upgrade, ValidatedPolicy, validate,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_READY_TIMEOUT, Drain, Health, MaxUnavailable, NamespacedName,
+    PolicyError, Reboot, Upgrade, ValidatedPolicy, validate,
 };
 pub use version::{KubeVersion, VersionError};
 pub use window::{BlackoutPeriod, ClosedReason, Window, WindowState};
