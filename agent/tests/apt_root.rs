@@ -382,7 +382,7 @@ fn rollback_restores_the_previous_versions() {
     let Some(root) = root() else { return };
     let host = root.host();
     let pm = host.packages().unwrap();
-    let changes = pm.upgrade(UpgradeScope::All).unwrap();
+    let changes = pm.upgrade(&UpgradeScope::All.into()).unwrap();
     let changed: Vec<(&str, Option<&str>, Option<&str>)> = changes
         .iter()
         .map(|c| (c.name.as_str(), c.before.as_deref(), c.after.as_deref()))
@@ -469,7 +469,7 @@ fn an_interrupted_dpkg_is_repaired() {
     assert_eq!(pm.repair().unwrap(), RepairOutcome::Clean);
     assert_eq!(root.version("ordinary").unwrap(), "1.1");
     // And an upgrade after the repair works.
-    let changes = pm.upgrade(UpgradeScope::SecurityOnly).unwrap();
+    let changes = pm.upgrade(&UpgradeScope::SecurityOnly.into()).unwrap();
     assert_eq!(changes.len(), 1);
 }
 

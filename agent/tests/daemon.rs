@@ -173,7 +173,7 @@ async fn start_coordinator(token: u64) -> Harness {
 fn config(policy: UpgradePolicy) -> DaemonConfig {
     DaemonConfig {
         node: "node-a".into(),
-        policy,
+        upgrade: policy,
         detect: DetectConfig::default(),
         exec: ExecutorConfig {
             health_command: vec!["health".into()],
