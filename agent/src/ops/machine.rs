@@ -942,6 +942,18 @@ mod tests {
         };
         assert!(success && !rebooted);
         assert!(message.contains("reboot still required"), "{message}");
+        // An upgrade asked for without a reboot still checks, to report it.
+        let mut r = record(Operation::PackageUpgrade {
+            security_only: false,
+            reboot_if_required: false,
+            packages: vec![],
+        })
+        .under(Some(pool(UpgradeMode::All, RebootMode::Never)));
+        r.on(Outcome::Prepared(BTreeMap::new()));
+        r.on(Outcome::Changed(vec![change("libc6", "1", "2")]));
+        r.on(Outcome::RebootRequired(true));
+        assert!(r.reboot_withheld);
+        assert_eq!(r.reboot_attempts, 0);
         // The same upgrade under whenRequired reboots.
         let mut r = record(upgrade()).under(Some(pool(UpgradeMode::All, RebootMode::WhenRequired)));
         r.on(Outcome::Prepared(BTreeMap::new()));
