@@ -750,7 +750,7 @@ fn confirm() -> Result<bool> {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, FromArgMatches};
 
     use super::*;
 
@@ -819,5 +819,44 @@ mod tests {
         );
         assert_eq!(set.exec.detect, set.detect);
         assert_eq!(set.exec.shutdown_wait, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn check_tells_flags_from_defaults_and_says_when_no_policy_was_consulted() {
+        let matches = Cli::command()
+            .try_get_matches_from([
+                "rota-agent",
+                "check",
+                "--upgrade=all",
+                "--reboot-command=signal",
+            ])
+            .unwrap();
+        let check = matches.subcommand_matches("check").unwrap();
+        let sources = agent_sources(check);
+        assert_eq!(sources.upgrade, "flag");
+        assert_eq!(sources.reboot_command, "flag");
+        // Unless the test's environment sets them.
+        if std::env::var_os("ROTA_SENTINELS").is_none() {
+            assert_eq!(sources.sentinel_files, "default");
+        }
+        let Command::Check(args) = Cli::from_arg_matches(&matches).unwrap().command else {
+            panic!("not check");
+        };
+        let own = Own {
+            upgrade: args.upgrade.upgrade,
+            sentinel_files: args.detect.config().sentinel_files,
+            sentinel_command: None,
+            reboot_method: args.reboot.method(),
+        };
+        let text = render_settings(&Effective::resolve(&own, None).report(&sources, false, None));
+        assert!(text.contains("no policy consulted"), "{text}");
+        assert!(text.contains("upgrade:          all (flag)"), "{text}");
+        assert!(text.contains("reboot command:   signal (flag)"), "{text}");
+        assert!(text.contains("holds:            - (default)"), "{text}");
+        // --coordinator needs the node's name.
+        assert!(
+            Cli::try_parse_from(["rota-agent", "check", "--coordinator=https://c:9443"]).is_err()
+                || std::env::var_os("ROTA_NODE_NAME").is_some()
+        );
     }
 }
