@@ -1,6 +1,6 @@
 //! The `rota-agent` command line: `check`, `upgrade`, `run` and the hidden `__host-exec`.
 //! Every flag can also come from a `ROTA_...` environment variable (the DaemonSet sets those).
-use rota_core::model::{Blocked, NodeFacts, Operation, UpgradeReboot};
+use rota_core::model::{Blocked, NodeFacts, NodePolicy, Operation, UpgradeReboot};
 
 use std::future::Future;
 use std::io::{BufRead, Write};
@@ -9,14 +9,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::parser::ValueSource;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::daemon::machine::UpgradePolicy;
 use crate::daemon::{self, DaemonConfig, TokenAuth};
 use crate::detect::{self, DetectConfig};
 use crate::host::{ChrootHost, Host, HostExecArgs, NamespaceHost, RebootMethod, host_exec_main};
 use crate::ops::{CompleteAck, Completion, Executor, ExecutorConfig, Reporter};
 use crate::packages::UpgradeScope;
+use crate::settings::UpgradePolicy;
+use crate::settings::{self, AgentSources, Effective, Own, Report};
 use crate::tls::TlsArgs;
 use crate::{Error, Result, state};
 
@@ -88,7 +90,8 @@ impl HostArgs {
 /// How to detect what the node needs.
 #[derive(Clone, Debug, Args)]
 pub struct DetectArgs {
-    /// Reboot sentinel files (comma-separated).
+    /// Reboot sentinel files (comma-separated); the pool's `reboot.sentinelFiles` overrides
+    /// them.
     #[arg(
         long = "sentinel",
         env = "ROTA_SENTINELS",
@@ -97,7 +100,8 @@ pub struct DetectArgs {
     )]
     pub sentinels: Vec<String>,
     /// Sentinel command run in the host (split on whitespace): exit 0 = reboot required, 1 =
-    /// not required, anything else is a detection error.
+    /// not required, anything else is a detection error. The pool's `reboot.sentinelCommand`
+    /// overrides it.
     #[arg(long, env = "ROTA_SENTINEL_COMMAND")]
     pub sentinel_command: Option<String>,
     /// Refresh package lists before looking for upgrades.
@@ -120,16 +124,44 @@ impl DetectArgs {
     }
 }
 
+/// How the node reboots.
+#[derive(Clone, Debug, Args)]
+pub struct RebootArgs {
+    /// Reboot command run in the host (split on whitespace); default `systemctl reboot`.
+    /// `signal` sends SIGINT to the host's PID 1 instead. The pool's `reboot.command`
+    /// overrides it.
+    #[arg(long, env = "ROTA_REBOOT_COMMAND")]
+    pub reboot_command: Option<String>,
+}
+
+impl RebootArgs {
+    /// The reboot method these arguments name.
+    pub fn method(&self) -> RebootMethod {
+        match self.reboot_command.as_deref() {
+            None => RebootMethod::Systemctl,
+            Some("signal") => RebootMethod::SignalInit,
+            Some(cmd) => RebootMethod::Command(cmd.split_whitespace().map(String::from).collect()),
+        }
+    }
+}
+
+/// Which upgrades the daemon asks slots for.
+#[derive(Clone, Debug, Args)]
+pub struct UpgradeModeArgs {
+    /// Which upgrades to ask slots for; the pool's `upgrade.mode` overrides it.
+    #[arg(long, env = "ROTA_UPGRADE", value_enum, default_value_t = UpgradePolicy::Security)]
+    pub upgrade: UpgradePolicy,
+}
+
 /// How operations are performed.
 #[derive(Clone, Debug, Args)]
 pub struct ExecArgs {
     /// Where the agent keeps its state on the host.
     #[arg(long, env = "ROTA_STATE_PATH", default_value = state::DEFAULT_STATE_PATH)]
     pub state_path: PathBuf,
-    /// Reboot command run in the host (split on whitespace); default `systemctl reboot`.
-    /// `signal` sends SIGINT to the host's PID 1 instead.
-    #[arg(long, env = "ROTA_REBOOT_COMMAND")]
-    pub reboot_command: Option<String>,
+    /// Rebooting.
+    #[command(flatten)]
+    pub reboot: RebootArgs,
     /// Health check run in the host after an operation: exit 0 = healthy.
     #[arg(
         long,
@@ -147,13 +179,7 @@ impl ExecArgs {
     pub fn config(&self, detect: DetectConfig) -> ExecutorConfig {
         ExecutorConfig {
             state_path: self.state_path.clone(),
-            reboot_method: match self.reboot_command.as_deref() {
-                None => RebootMethod::Systemctl,
-                Some("signal") => RebootMethod::SignalInit,
-                Some(cmd) => {
-                    RebootMethod::Command(cmd.split_whitespace().map(String::from).collect())
-                }
-            },
+            reboot_method: self.reboot.method(),
             health_command: self
                 .health_command
                 .split_whitespace()
@@ -175,6 +201,25 @@ pub struct CheckArgs {
     /// Detection.
     #[command(flatten)]
     pub detect: DetectArgs,
+    /// The daemon's upgrade mode (shown with its source).
+    #[command(flatten)]
+    pub upgrade: UpgradeModeArgs,
+    /// The daemon's reboot method (shown with its source).
+    #[command(flatten)]
+    pub reboot: RebootArgs,
+    /// Ask the coordinator for this node's policy (one `ReportFacts`), e.g.
+    /// `https://rota-coordinator.rota-system:9443`; without it no policy is consulted.
+    #[arg(long, env = "ROTA_COORDINATOR", requires = "node")]
+    pub coordinator: Option<String>,
+    /// This node's name, for --coordinator.
+    #[arg(long, env = "ROTA_NODE_NAME")]
+    pub node: Option<String>,
+    /// Token file for --coordinator (as `run` uses it).
+    #[arg(long, env = "ROTA_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// TLS to the coordinator.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Print JSON instead of text.
     #[arg(long, env = "ROTA_JSON")]
     pub json: bool,
@@ -220,8 +265,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub tls: TlsArgs,
     /// Which upgrades to ask slots for.
-    #[arg(long, env = "ROTA_UPGRADE", value_enum, default_value_t = UpgradePolicy::Security)]
-    pub upgrade: UpgradePolicy,
+    #[command(flatten)]
+    pub upgrade: UpgradeModeArgs,
     /// Seconds between package list refreshes (at least 60).
     #[arg(long, env = "ROTA_REFRESH_INTERVAL", default_value_t = 3600)]
     pub refresh_interval: u64,
@@ -246,7 +291,7 @@ impl RunArgs {
         let detect = self.detect.config();
         DaemonConfig {
             node: self.node.clone(),
-            policy: self.upgrade,
+            upgrade: self.upgrade.upgrade,
             exec: self.exec.config(detect.clone()),
             detect,
             refresh_interval: Duration::from_secs(self.refresh_interval.max(60)),
@@ -304,9 +349,10 @@ async fn shutdown_signal() {
     }
 }
 
-/// Runs the command line. The `__host-exec` helper must be dispatched before any thread is
-/// started, so this is the very first thing `main` calls.
-pub fn main(cli: Cli) -> Result<ExitCode> {
+/// Runs the command line parsed into `matches` (which tell `check` where each flag's value
+/// came from). The `__host-exec` helper must be dispatched before any thread is started, so
+/// this is the very first thing `main` calls.
+pub fn main(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
     match cli.command {
         Command::HostExec(args) => {
             let code = host_exec_main(&args);
@@ -314,7 +360,11 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
         }
         Command::Check(args) => {
             init_logging(&cli.log);
-            check(&args)
+            let sources = matches
+                .subcommand_matches("check")
+                .map(agent_sources)
+                .unwrap_or_default();
+            check(&args, &sources)
         }
         Command::Upgrade(args) => {
             init_logging(&cli.log);
@@ -341,23 +391,160 @@ fn init_logging(log: &LogArgs) {
     };
 }
 
-/// `check`: exit 0 when every check ran, 2 on detection errors.
-fn check(args: &CheckArgs) -> Result<ExitCode> {
+/// `check`: exit 0 when every check ran, 2 on detection errors. With `--coordinator`, the
+/// node's facts are reported once and the answer's policy is applied (detecting again when it
+/// changes what detection looks at); the settings are shown with their sources either way.
+fn check(args: &CheckArgs, sources: &AgentSources) -> Result<ExitCode> {
     let host = args.host.host();
-    let facts = detect::detect(host.as_ref(), &args.detect.config());
+    let base = args.detect.config();
+    let own = Own {
+        upgrade: args.upgrade.upgrade,
+        sentinel_files: base.sentinel_files.clone(),
+        sentinel_command: base.sentinel_command.clone(),
+        reboot_method: args.reboot.method(),
+    };
+    let mut facts = detect::detect(host.as_ref(), &base);
+    let policy = match &args.coordinator {
+        None => None,
+        Some(url) => {
+            let asker = PolicyAsker::new(url, args)?;
+            let policy = asker.ask(&facts)?;
+            let config = settings::detect_config(&base, policy.as_ref());
+            if config != base {
+                facts = detect::detect(host.as_ref(), &config);
+                asker.ask(&facts)?;
+            }
+            policy
+        }
+    };
+    let report = Effective::resolve(&own, policy.as_ref()).report(
+        sources,
+        args.coordinator.is_some(),
+        policy.as_ref().map(|p| p.name.as_str()),
+    );
     let mut out = std::io::stdout().lock();
     if args.json {
-        let json = serde_json::to_string_pretty(&facts)
-            .map_err(|e| Error::parse("facts as JSON", e.to_string()))?;
+        #[derive(serde::Serialize)]
+        struct CheckJson<'a> {
+            #[serde(flatten)]
+            facts: &'a NodeFacts,
+            settings: &'a Report,
+        }
+        let json = serde_json::to_string_pretty(&CheckJson {
+            facts: &facts,
+            settings: &report,
+        })
+        .map_err(|e| Error::parse("facts as JSON", e.to_string()))?;
         writeln!(out, "{json}").map_err(|e| Error::io("write", "stdout", e))?;
     } else {
-        write!(out, "{}", render_facts(&facts)).map_err(|e| Error::io("write", "stdout", e))?;
+        write!(out, "{}{}", render_facts(&facts), render_settings(&report))
+            .map_err(|e| Error::io("write", "stdout", e))?;
     }
     Ok(if facts.errors.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)
     })
+}
+
+/// Where the flags `check` shows came from: the command line, the environment, or defaults.
+fn agent_sources(matches: &clap::ArgMatches) -> AgentSources {
+    let source = |id: &str| match matches.value_source(id) {
+        Some(ValueSource::CommandLine) => "flag",
+        Some(ValueSource::EnvVariable) => "env",
+        _ => "default",
+    };
+    AgentSources {
+        upgrade: source("upgrade"),
+        sentinel_files: source("sentinels"),
+        sentinel_command: source("sentinel_command"),
+        reboot_command: source("reboot_command"),
+    }
+}
+
+/// Asks the coordinator for the node's policy the way the daemon learns it: by reporting the
+/// node's facts.
+struct PolicyAsker {
+    runtime: tokio::runtime::Runtime,
+    client: daemon::Client,
+    node: String,
+}
+
+impl PolicyAsker {
+    fn new(url: &str, args: &CheckArgs) -> Result<PolicyAsker> {
+        let node = args
+            .node
+            .clone()
+            .ok_or_else(|| Error::Refused("--coordinator needs --node".into()))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("start runtime", "/", e))?;
+        let auth = TokenAuth {
+            token_file: args.token_file.clone(),
+        };
+        // The lazy channel needs a runtime to be built in.
+        let client = runtime.block_on(async { daemon::client(url, &args.tls, auth) })?;
+        Ok(PolicyAsker {
+            runtime,
+            client,
+            node,
+        })
+    }
+
+    fn ask(&self, facts: &NodeFacts) -> Result<Option<NodePolicy>> {
+        let mut client = self.client.clone();
+        let req = rota_proto::v1::ReportFactsRequest {
+            node: self.node.clone(),
+            facts: Some(facts.into()),
+        };
+        let answer = self
+            .runtime
+            .block_on(client.report_facts(req))
+            .map_err(|s| Error::Rpc(Box::new(s)))?;
+        answer
+            .into_inner()
+            .policy
+            .map(|p| rota_proto::convert::node_policy("policy", p))
+            .transpose()
+            .map_err(|e| Error::parse("the coordinator's policy", e.to_string()))
+    }
+}
+
+/// The settings part of `check`'s human form.
+pub fn render_settings(r: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let consulted = match (&r.policy, r.policy_consulted) {
+        (Some(name), _) => format!("policy {name} from the coordinator"),
+        (None, true) => {
+            "the coordinator names no policy for this node (no single valid MaintenancePolicy selects it)".into()
+        }
+        (None, false) => "no policy consulted (pass --coordinator to see the pool's)".into(),
+    };
+    let _ = writeln!(s, "settings: {consulted}");
+    for (name, shown) in [
+        ("upgrade", &r.upgrade),
+        ("holds", &r.holds),
+        ("sentinel files", &r.sentinel_files),
+        ("sentinel command", &r.sentinel_command),
+        ("reboot command", &r.reboot_command),
+        ("reboot mode", &r.reboot_mode),
+    ] {
+        let value = match &shown.value {
+            serde_json::Value::String(text) => text.clone(),
+            serde_json::Value::Array(items) if items.is_empty() => "-".into(),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                .collect::<Vec<_>>()
+                .join(" "),
+            serde_json::Value::Null => "-".into(),
+            other => other.to_string(),
+        };
+        let _ = writeln!(s, "  {:<17} {value} ({})", format!("{name}:"), shown.source);
+    }
+    s
 }
 
 /// The human form of `check`.
@@ -563,7 +750,7 @@ fn confirm() -> Result<bool> {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, FromArgMatches};
 
     use super::*;
 
@@ -606,7 +793,7 @@ mod tests {
     fn the_daemon_config_follows_the_flags() {
         let defaults = run_args(&[]).daemon_config();
         assert_eq!(defaults.node, "n1");
-        assert_eq!(defaults.policy, UpgradePolicy::Security);
+        assert_eq!(defaults.upgrade, UpgradePolicy::Security);
         assert_eq!(defaults.refresh_interval, Duration::from_secs(3600));
         assert_eq!(defaults.retry_interval, Duration::from_secs(5));
         assert_eq!(defaults.exec.detect, defaults.detect);
@@ -619,7 +806,7 @@ mod tests {
             "--reboot-timeout=7",
         ])
         .daemon_config();
-        assert_eq!(set.policy, UpgradePolicy::All);
+        assert_eq!(set.upgrade, UpgradePolicy::All);
         assert_eq!(
             set.refresh_interval,
             Duration::from_secs(60),
@@ -632,5 +819,44 @@ mod tests {
         );
         assert_eq!(set.exec.detect, set.detect);
         assert_eq!(set.exec.shutdown_wait, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn check_tells_flags_from_defaults_and_says_when_no_policy_was_consulted() {
+        let matches = Cli::command()
+            .try_get_matches_from([
+                "rota-agent",
+                "check",
+                "--upgrade=all",
+                "--reboot-command=signal",
+            ])
+            .unwrap();
+        let check = matches.subcommand_matches("check").unwrap();
+        let sources = agent_sources(check);
+        assert_eq!(sources.upgrade, "flag");
+        assert_eq!(sources.reboot_command, "flag");
+        // Unless the test's environment sets them.
+        if std::env::var_os("ROTA_SENTINELS").is_none() {
+            assert_eq!(sources.sentinel_files, "default");
+        }
+        let Command::Check(args) = Cli::from_arg_matches(&matches).unwrap().command else {
+            panic!("not check");
+        };
+        let own = Own {
+            upgrade: args.upgrade.upgrade,
+            sentinel_files: args.detect.config().sentinel_files,
+            sentinel_command: None,
+            reboot_method: args.reboot.method(),
+        };
+        let text = render_settings(&Effective::resolve(&own, None).report(&sources, false, None));
+        assert!(text.contains("no policy consulted"), "{text}");
+        assert!(text.contains("upgrade:          all (flag)"), "{text}");
+        assert!(text.contains("reboot command:   signal (flag)"), "{text}");
+        assert!(text.contains("holds:            - (default)"), "{text}");
+        // --coordinator needs the node's name.
+        assert!(
+            Cli::try_parse_from(["rota-agent", "check", "--coordinator=https://c:9443"]).is_err()
+                || std::env::var_os("ROTA_NODE_NAME").is_some()
+        );
     }
 }

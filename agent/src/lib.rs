@@ -5,7 +5,8 @@
 //!
 //! Layout: `host/` (where commands and files go), `detect/` (what the node needs),
 //! `packages/` (apt, dnf), `ops/` (one granted operation: a pure state machine and its
-//! executor), `state.rs` (what survives a reboot), `daemon/` (the `run` loop against the
+//! executor), `settings.rs` (the agent's flags under its pool's policy), `state.rs` (what
+//! survives a reboot), `daemon/` (the `run` loop against the
 //! coordinator), `cli.rs` (the `rota-agent` command line).
 
 pub mod cli;
@@ -15,6 +16,7 @@ mod error;
 pub mod host;
 pub mod ops;
 pub mod packages;
+pub mod settings;
 pub mod state;
 pub mod tls;
 

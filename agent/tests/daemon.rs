@@ -1,199 +1,26 @@
-//! `rota-agent run` against a fake coordinator: a tonic server on a loopback port in this
-//! process that grants every request at once and records what the agent says. The node is an
-//! in-memory host.
+//! `rota-agent run` against a fake coordinator (`common/coordinator.rs`) that grants every
+//! request at once and records what the agent says. The node is an in-memory host.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+mod common;
 use rota_core::model::{Operation, UpgradeReboot};
 
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rota_agent::daemon::{self, DaemonConfig, TokenAuth, machine::UpgradePolicy};
+use common::coordinator::{FakeCoordinator, Script};
+use rota_agent::daemon::{DaemonConfig, TokenAuth, machine::UpgradePolicy};
 use rota_agent::detect::DetectConfig;
 use rota_agent::host::memory::exited;
 use rota_agent::host::{Host, MemoryHost};
 use rota_agent::ops::{ExecutorConfig, OperationRecord, Outcome};
 use rota_agent::state;
 use rota_proto::v1 as pb;
-use rota_proto::v1::agent_server::{Agent, AgentServer};
-use tokio::sync::{Notify, watch};
-use tokio_stream::Stream;
-use tonic::{Request, Response, Status};
-
-#[derive(Default)]
-struct Seen {
-    facts: Vec<pb::NodeFacts>,
-    requests: Vec<pb::Operation>,
-    progress: Vec<String>,
-    progress_messages: Vec<String>,
-    completes: Vec<pb::CompleteRequest>,
-    tokens: Vec<String>,
-}
-
-struct FakeCoordinator {
-    seen: Arc<Mutex<Seen>>,
-    slot: watch::Sender<pb::SlotStatus>,
-    completed: Arc<Notify>,
-    next_token: u64,
-    /// Whether the health gate fails the slot after a completion (VERIFYING, then FAILED)
-    /// rather than releasing it (DONE).
-    gate_fails: bool,
-}
-
-impl FakeCoordinator {
-    fn auth(&self, meta: &tonic::metadata::MetadataMap) {
-        let token = meta
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        self.seen.lock().unwrap().tokens.push(token);
-    }
-}
-
-#[tonic::async_trait]
-impl Agent for FakeCoordinator {
-    async fn report_facts(
-        &self,
-        req: Request<pb::ReportFactsRequest>,
-    ) -> Result<Response<pb::ReportFactsResponse>, Status> {
-        self.auth(req.metadata());
-        let facts = req.into_inner().facts.unwrap_or_default();
-        self.seen.lock().unwrap().facts.push(facts);
-        Ok(Response::new(pb::ReportFactsResponse {}))
-    }
-
-    async fn request_slot(
-        &self,
-        req: Request<pb::RequestSlotRequest>,
-    ) -> Result<Response<pb::SlotStatus>, Status> {
-        self.auth(req.metadata());
-        let req = req.into_inner();
-        let op = req.operation.clone().unwrap_or_default();
-        self.seen.lock().unwrap().requests.push(op.clone());
-        let granted = pb::SlotStatus {
-            node: req.node,
-            phase: pb::SlotPhase::Granted as i32,
-            operation: Some(op),
-            token: self.next_token,
-            lease_ttl_seconds: 30,
-            ..Default::default()
-        };
-        self.slot.send_replace(granted.clone());
-        Ok(Response::new(granted))
-    }
-
-    type WatchSlotStream = Pin<Box<dyn Stream<Item = Result<pb::SlotStatus, Status>> + Send>>;
-
-    async fn watch_slot(
-        &self,
-        req: Request<pb::WatchSlotRequest>,
-    ) -> Result<Response<Self::WatchSlotStream>, Status> {
-        self.auth(req.metadata());
-        let stream = tokio_stream::StreamExt::map(
-            tokio_stream::wrappers::WatchStream::new(self.slot.subscribe()),
-            Ok,
-        );
-        Ok(Response::new(Box::pin(stream)))
-    }
-
-    async fn renew(
-        &self,
-        _req: Request<pb::RenewRequest>,
-    ) -> Result<Response<pb::RenewResponse>, Status> {
-        Ok(Response::new(pb::RenewResponse {
-            lease_ttl_seconds: 30,
-        }))
-    }
-
-    async fn report_progress(
-        &self,
-        req: Request<pb::ReportProgressRequest>,
-    ) -> Result<Response<pb::ReportProgressResponse>, Status> {
-        let r = req.into_inner();
-        let mut seen = self.seen.lock().unwrap();
-        seen.progress.push(r.step);
-        seen.progress_messages.push(r.message);
-        Ok(Response::new(pb::ReportProgressResponse {}))
-    }
-
-    async fn complete(
-        &self,
-        req: Request<pb::CompleteRequest>,
-    ) -> Result<Response<pb::SlotStatus>, Status> {
-        let r = req.into_inner();
-        let status = |phase: pb::SlotPhase| pb::SlotStatus {
-            node: r.node.clone(),
-            phase: phase as i32,
-            token: r.token,
-            ..Default::default()
-        };
-        let (answer, then) = if self.gate_fails {
-            (
-                status(pb::SlotPhase::Verifying),
-                status(pb::SlotPhase::Failed),
-            )
-        } else {
-            (status(pb::SlotPhase::Done), status(pb::SlotPhase::Done))
-        };
-        self.seen.lock().unwrap().completes.push(r);
-        self.slot.send_replace(then);
-        self.completed.notify_one();
-        Ok(Response::new(answer))
-    }
-
-    async fn release(
-        &self,
-        _req: Request<pb::ReleaseRequest>,
-    ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        Ok(Response::new(pb::ReleaseResponse {}))
-    }
-}
-
-struct Harness {
-    seen: Arc<Mutex<Seen>>,
-    completed: Arc<Notify>,
-    url: String,
-}
-
-async fn start_coordinator(token: u64) -> Harness {
-    start_coordinator_with(token, false).await
-}
-
-async fn start_coordinator_with(token: u64, gate_fails: bool) -> Harness {
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let completed = Arc::new(Notify::new());
-    let (slot, _) = watch::channel(pb::SlotStatus {
-        node: "node-a".into(),
-        phase: pb::SlotPhase::Idle as i32,
-        ..Default::default()
-    });
-    let fake = FakeCoordinator {
-        seen: seen.clone(),
-        slot,
-        completed: completed.clone(),
-        next_token: token,
-        gate_fails,
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AgentServer::new(fake))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    Harness {
-        seen,
-        completed,
-        url,
-    }
-}
 
 fn config(policy: UpgradePolicy) -> DaemonConfig {
     DaemonConfig {
         node: "node-a".into(),
-        policy,
+        upgrade: policy,
         detect: DetectConfig::default(),
         exec: ExecutorConfig {
             health_command: vec!["health".into()],
@@ -214,56 +41,22 @@ fn node() -> MemoryHost {
     host
 }
 
-/// Runs the daemon until the fake coordinator got a completion (or a deadline passes).
-async fn run_until_complete(
-    host: MemoryHost,
-    harness: &Harness,
-    cfg: DaemonConfig,
-    auth: TokenAuth,
-) {
-    let plaintext = rota_agent::tls::TlsArgs {
-        insecure_plaintext: true,
-        ..Default::default()
-    };
-    let client = daemon::client(&harness.url, &plaintext, auth).unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let shared: Arc<dyn Host> = Arc::new(host.clone());
-    let agent = tokio::spawn(daemon::run(cfg, shared, client, async move {
-        let _ = stop_rx.await;
-    }));
-    tokio::time::timeout(Duration::from_secs(30), harness.completed.notified())
-        .await
-        .expect("no completion within 30 s");
-    // The executor removes its state right after the coordinator took the completion.
-    let state_path = std::path::Path::new(state::DEFAULT_STATE_PATH);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while host.exists(state_path).unwrap() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "state not cleared within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    stop_tx.send(()).unwrap();
-    agent.await.unwrap().unwrap();
-}
-
 #[tokio::test]
 async fn a_security_upgrade_is_requested_granted_performed_and_completed() {
-    let harness = start_coordinator(7).await;
+    let harness = FakeCoordinator::start("node-a", Script::default()).await;
     let token_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(token_file.path(), "t0ken\n").unwrap();
     let host = node();
-    run_until_complete(
-        host.clone(),
-        &harness,
-        config(UpgradePolicy::Security),
-        TokenAuth {
-            token_file: Some(token_file.path().to_path_buf()),
-        },
-    )
-    .await;
-    let seen = harness.seen.lock().unwrap();
+    harness
+        .run_until_complete(
+            Arc::new(host.clone()),
+            config(UpgradePolicy::Security),
+            TokenAuth {
+                token_file: Some(token_file.path().to_path_buf()),
+            },
+        )
+        .await;
+    let seen = harness.seen();
     let facts = &seen.facts[0];
     assert_eq!(facts.boot_id, "boot-1");
     assert_eq!(facts.pending_upgrades.len(), 1);
@@ -308,7 +101,14 @@ async fn a_security_upgrade_is_requested_granted_performed_and_completed() {
 
 #[tokio::test]
 async fn after_a_reboot_the_agent_resumes_and_completes_with_the_persisted_token() {
-    let harness = start_coordinator(99).await;
+    let harness = FakeCoordinator::start(
+        "node-a",
+        Script {
+            token: 99,
+            ..Script::default()
+        },
+    )
+    .await;
     let host = node();
     // The previous boot persisted a reboot in flight under token 5.
     let mut record = OperationRecord::new(
@@ -324,14 +124,14 @@ async fn after_a_reboot_the_agent_resumes_and_completes_with_the_persisted_token
         &record,
     )
     .unwrap();
-    run_until_complete(
-        host.clone(),
-        &harness,
-        config(UpgradePolicy::None),
-        TokenAuth::default(),
-    )
-    .await;
-    let seen = harness.seen.lock().unwrap();
+    harness
+        .run_until_complete(
+            Arc::new(host.clone()),
+            config(UpgradePolicy::None),
+            TokenAuth::default(),
+        )
+        .await;
+    let seen = harness.seen();
     assert_eq!(seen.completes.len(), 1);
     let done = &seen.completes[0];
     assert_eq!(done.token, 5);
@@ -347,17 +147,25 @@ async fn after_a_reboot_the_agent_resumes_and_completes_with_the_persisted_token
 /// its state.
 #[tokio::test]
 async fn a_failed_health_gate_after_an_upgrade_without_reboot_rolls_the_packages_back() {
-    let harness = start_coordinator_with(8, true).await;
-    let host = node();
-    run_until_complete(
-        host.clone(),
-        &harness,
-        config(UpgradePolicy::Security),
-        TokenAuth::default(),
+    let harness = FakeCoordinator::start(
+        "node-a",
+        Script {
+            token: 8,
+            gate_fails: true,
+            ..Script::default()
+        },
     )
     .await;
+    let host = node();
+    harness
+        .run_until_complete(
+            Arc::new(host.clone()),
+            config(UpgradePolicy::Security),
+            TokenAuth::default(),
+        )
+        .await;
     assert_eq!(host.installed("curl").unwrap(), "7.88.1-10", "rolled back");
-    let seen = harness.seen.lock().unwrap();
+    let seen = harness.seen();
     assert_eq!(
         seen.completes.len(),
         1,

@@ -275,7 +275,7 @@ fn rollback_restores_the_previous_versions() {
     let Some(root) = root() else { return };
     let host = root.host();
     let pm = host.packages().unwrap();
-    let changes = pm.upgrade(UpgradeScope::All).unwrap();
+    let changes = pm.upgrade(&UpgradeScope::All.into()).unwrap();
     let changed: Vec<&str> = changes.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(changed, ["kernel-core-rota", "ordinary", "secpkg"]);
     pm.rollback(&changes).unwrap();

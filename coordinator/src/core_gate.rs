@@ -13,7 +13,7 @@ use futures::stream::BoxStream;
 use jiff::SignedDuration;
 
 use rota_core::agent_api::AgentCore;
-use rota_core::model::{FencingToken, NodeFacts, Operation};
+use rota_core::model::{FencingToken, NodeFacts, NodePolicy, Operation};
 use rota_core::slots::{self, Completion, Release, SlotView};
 
 /// The agents' calls go to the core that the leader's controller installed; a replica that
@@ -85,7 +85,7 @@ trait DynCore: Send + Sync {
         &'a self,
         node: &'a str,
         facts: NodeFacts,
-    ) -> BoxFuture<'a, slots::Result<()>>;
+    ) -> BoxFuture<'a, slots::Result<Option<NodePolicy>>>;
     fn request_slot<'a>(
         &'a self,
         node: &'a str,
@@ -123,7 +123,7 @@ impl<C: AgentCore> DynCore for C {
         &'a self,
         node: &'a str,
         facts: NodeFacts,
-    ) -> BoxFuture<'a, slots::Result<()>> {
+    ) -> BoxFuture<'a, slots::Result<Option<NodePolicy>>> {
         Box::pin(AgentCore::report_facts(self, node, facts))
     }
     fn request_slot<'a>(
@@ -173,7 +173,11 @@ impl<C: AgentCore> DynCore for C {
 impl AgentCore for CoreGate {
     type SlotUpdates = BoxStream<'static, SlotView>;
 
-    async fn report_facts(&self, node: &str, facts: NodeFacts) -> slots::Result<()> {
+    async fn report_facts(
+        &self,
+        node: &str,
+        facts: NodeFacts,
+    ) -> slots::Result<Option<NodePolicy>> {
         self.core()?.report_facts(node, facts).await
     }
 

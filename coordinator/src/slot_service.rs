@@ -6,6 +6,10 @@
 //! memory when it cannot be persisted. Only then is the node's [`SlotView`] published on its watch
 //! channel (what `WatchSlot` streams) and the [`Transition`] sent as a [`SlotEvent`] to whoever
 //! records Events and metrics.
+//!
+//! The service also knows each node's pool policy ([`SlotService::set_policies`], from the
+//! controller's passes): `ReportFacts` answers with it, and every view carries it — from the
+//! grant on, the policy in force when the slot was granted.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -16,11 +20,11 @@ use tokio_stream::wrappers::WatchStream;
 
 use rota_core::agent_api::AgentCore;
 use rota_core::clock::Clock;
-use rota_core::model::{FencingToken, NodeFacts, NodeName, Operation, Origin};
+use rota_core::model::{FencingToken, NodeFacts, NodeName, NodePolicy, Operation, Origin};
 use rota_core::slots::persist::encode_entry;
 use rota_core::slots::{
-    Completion, CompletionReport, Error, Ledger, LedgerResult, LedgerStore, Release, Result,
-    SlotView, Transition, Waiting,
+    Completion, CompletionReport, Error, Ledger, LedgerResult, LedgerStore, NodeState, Release,
+    Result, SlotView, Transition, Waiting,
 };
 
 /// Settings of the slot service.
@@ -57,6 +61,22 @@ struct Guarded {
 struct NodeChannel {
     view: watch::Sender<SlotView>,
     facts: Option<Arc<NodeFacts>>,
+    /// The policy of the node's pool now.
+    policy: Option<Arc<NodePolicy>>,
+    /// The policy in force when the current slot was granted (in memory: after a failover, the
+    /// pool's policy when the new leader first shows the granted slot).
+    granted: Option<(FencingToken, Arc<NodePolicy>)>,
+}
+
+impl NodeChannel {
+    fn new(view: SlotView) -> Self {
+        NodeChannel {
+            view: watch::Sender::new(view),
+            facts: None,
+            policy: None,
+            granted: None,
+        }
+    }
 }
 
 /// The live, persisted slot ledger with per-node watch channels and the nodes' facts.
@@ -82,13 +102,7 @@ impl<S: LedgerStore> SlotService<S> {
         let nodes = stored
             .nodes
             .keys()
-            .map(|node| {
-                let channel = NodeChannel {
-                    view: watch::Sender::new(ledger.view(node)),
-                    facts: None,
-                };
-                (node.clone(), channel)
-            })
+            .map(|node| (node.clone(), NodeChannel::new(ledger.view(node))))
             .collect();
         let (events, receiver) = mpsc::unbounded_channel();
         let service = SlotService {
@@ -116,10 +130,7 @@ impl<S: LedgerStore> SlotService<S> {
         let view = guarded.ledger.view(node);
         self.write_nodes()
             .entry(node.to_owned())
-            .or_insert_with(|| NodeChannel {
-                view: watch::Sender::new(view),
-                facts: None,
-            });
+            .or_insert_with(|| NodeChannel::new(view));
     }
 
     /// Forgets a deleted Node: frees any slot it held and ends its watch streams. The Node's
@@ -164,6 +175,36 @@ impl<S: LedgerStore> SlotService<S> {
         Ok(())
     }
 
+    /// Sets every node's pool policy (nodes missing from `policies` have none) and publishes
+    /// the views whose policy changed. A granted slot's view keeps the policy of its grant.
+    pub async fn set_policies(&self, policies: &HashMap<NodeName, Arc<NodePolicy>>) {
+        let guarded = self.guarded.lock().await;
+        let changed: Vec<NodeName> = {
+            let mut nodes = self.write_nodes();
+            nodes
+                .iter_mut()
+                .filter_map(|(node, channel)| {
+                    let policy = policies.get(node).cloned();
+                    (channel.policy != policy).then(|| {
+                        channel.policy = policy;
+                        node.clone()
+                    })
+                })
+                .collect()
+        };
+        for node in changed {
+            let view = self.with_policy(guarded.ledger.view(&node));
+            self.publish(&node, view);
+        }
+    }
+
+    /// The policy of the node's pool, if one valid policy selects it.
+    pub fn policy(&self, node: &str) -> Option<NodePolicy> {
+        self.read_nodes()
+            .get(node)
+            .and_then(|c| c.policy.as_deref().cloned())
+    }
+
     /// The node's latest facts.
     pub fn facts(&self, node: &str) -> Option<Arc<NodeFacts>> {
         self.read_nodes().get(node).and_then(|c| c.facts.clone())
@@ -189,7 +230,8 @@ impl<S: LedgerStore> SlotService<S> {
     /// The node's current view.
     pub async fn view(&self, node: &str) -> Result<SlotView> {
         self.ensure_known(node)?;
-        Ok(self.guarded.lock().await.ledger.view(node))
+        let view = self.guarded.lock().await.ledger.view(node);
+        Ok(self.with_policy(view))
     }
 
     /// Reads the ledger (e.g. `queue()` and `slots()` for the scheduler's snapshot).
@@ -342,7 +384,7 @@ impl<S: LedgerStore> SlotService<S> {
         let mut guarded = self.guarded.lock().await;
         for (node, waiting) in updates {
             if guarded.ledger.set_waiting(&node, waiting) {
-                self.publish(&node, guarded.ledger.view(&node));
+                self.publish(&node, self.with_policy(guarded.ledger.view(&node)));
             }
         }
     }
@@ -381,7 +423,7 @@ impl<S: LedgerStore> SlotService<S> {
             guarded.ledger.rollback(checkpoint);
             return Err(err);
         }
-        let view = guarded.ledger.view(node);
+        let view = self.with_policy(guarded.ledger.view(node));
         self.publish(node, view.clone());
         if let Some(transition) = transition {
             tracing::info!(
@@ -412,6 +454,31 @@ impl<S: LedgerStore> SlotService<S> {
         let annotations = encode_entry(node, guarded.ledger.entry(node))?;
         self.store.store_node(node, &annotations).await?;
         Ok(())
+    }
+
+    /// The view with the node's policy: the pool's now, or from the grant on the one in force
+    /// at the grant (recorded the first time the granted slot is shown).
+    fn with_policy(&self, mut view: SlotView) -> SlotView {
+        let mut nodes = self.write_nodes();
+        let Some(channel) = nodes.get_mut(&view.node) else {
+            return view;
+        };
+        let granted = matches!(
+            view.state,
+            NodeState::Granted | NodeState::Verifying | NodeState::Failed
+        );
+        let policy = match view.token.filter(|_| granted) {
+            Some(token) => match &channel.granted {
+                Some((t, policy)) if *t == token => Some(policy.clone()),
+                _ => {
+                    channel.granted = channel.policy.clone().map(|p| (token, p));
+                    channel.policy.clone()
+                }
+            },
+            None => channel.policy.clone(),
+        };
+        view.policy = policy.as_deref().cloned();
+        view
     }
 
     fn publish(&self, node: &str, view: SlotView) {
@@ -453,8 +520,9 @@ impl<S: LedgerStore> SlotService<S> {
 impl<S: LedgerStore> AgentCore for SlotService<S> {
     type SlotUpdates = WatchStream<SlotView>;
 
-    async fn report_facts(&self, node: &str, facts: NodeFacts) -> Result<()> {
-        SlotService::report_facts(self, node, facts)
+    async fn report_facts(&self, node: &str, facts: NodeFacts) -> Result<Option<NodePolicy>> {
+        SlotService::report_facts(self, node, facts)?;
+        Ok(self.policy(node))
     }
 
     async fn request_slot(&self, node: &str, operation: Operation) -> Result<SlotView> {

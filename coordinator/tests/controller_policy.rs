@@ -361,3 +361,55 @@ async fn a_manual_reboot_and_a_pending_upgrade_become_one_maintenance() -> Resul
     coordinator.wait_granted("a", WITHIN).await?;
     coordinator.stop().await
 }
+
+/// The controller resolves each node's pool: its agent gets the pool's policy with every facts
+/// answer and with the grant; a node no pool selects gets none.
+#[tokio::test]
+async fn agents_get_their_pools_policy_with_facts_and_grants() -> Result<()> {
+    use rota_core::model::NodePolicy;
+    use rota_core::policy::crd::{RebootMode, UpgradeMode};
+
+    let cluster = Cluster::start(true).await?;
+    cluster.add_node("a", &[("pool", "workers")])?;
+    cluster.add_node("stray", &[("pool", "nobody")])?;
+    let mut workers = spec("workers");
+    workers.upgrade.mode = UpgradeMode::All;
+    workers.upgrade.holds = vec!["openssl".into()];
+    workers.reboot.mode = RebootMode::Never;
+    workers.reboot.sentinel_files = Some(vec!["/run/needs-reboot".into()]);
+    workers.reboot.sentinel_command = vec!["/usr/local/bin/needs-reboot".into()];
+    workers.reboot.command = vec!["/usr/local/sbin/reboot-now".into()];
+    cluster.create_policy("workers", workers)?;
+    let coordinator = Running::start(
+        &cluster,
+        settings(),
+        Arc::new(rota_core::clock::SystemClock),
+    )
+    .await?;
+    let want = NodePolicy {
+        name: "workers".into(),
+        upgrade_mode: UpgradeMode::All,
+        holds: vec!["openssl".into()],
+        sentinel_files: Some(vec!["/run/needs-reboot".into()]),
+        sentinel_command: vec!["/usr/local/bin/needs-reboot".into()],
+        reboot_command: vec!["/usr/local/sbin/reboot-now".into()],
+        reboot_mode: RebootMode::Never,
+    };
+    // The first pass resolves the pools; until then the answer may carry none.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while coordinator.report("a", "a-boot-1").await?.as_ref() != Some(&want) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pool's policy never came with a facts answer"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(coordinator.report("stray", "s-boot-1").await?, None);
+
+    coordinator.request("a", Operation::KubeletRestart).await?;
+    let granted = coordinator
+        .wait_view("a", WITHIN, |v| v.state == NodeState::Granted)
+        .await?;
+    assert_eq!(granted.policy.as_ref(), Some(&want));
+    coordinator.stop().await
+}

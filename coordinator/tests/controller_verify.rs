@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, ObjectMeta, OwnerReference, Time,
 };
 use rota_core::controller::verify::{Verdict, abandoned, recovered, verify};
-use rota_core::model::{FencingToken, Operation, Origin, Slot, SlotPhase};
+use rota_core::model::{FencingToken, Operation, Origin, Slot, SlotPhase, UpgradeReboot};
 use rota_core::policy::{Health, NamespacedName};
 use rota_core::slots::{CompletionReport, HeldSlot};
 
@@ -417,7 +417,7 @@ fn verdicts() {
             held(
                 Operation::PackageUpgrade {
                     security_only: true,
-                    reboot_if_required: true,
+                    reboot: UpgradeReboot::IfRequired,
                     packages: Vec::new(),
                 },
                 before,

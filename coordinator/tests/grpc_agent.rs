@@ -587,3 +587,72 @@ async fn release_withdraws_a_request_or_gives_a_slot_back() {
     assert_eq!(h.core.read(|l| l.slots().count()).await, 0);
     h.shutdown().await.unwrap();
 }
+
+/// The pool's policy reaches the agent: with every `ReportFacts` answer, and with a grant the
+/// policy in force at the grant, even when the pool's policy changes while the slot is held.
+#[tokio::test]
+async fn the_nodes_policy_comes_with_facts_answers_and_grants() {
+    use rota_core::model::NodePolicy;
+    use rota_core::policy::crd::{RebootMode, UpgradeMode};
+    use std::collections::HashMap;
+
+    let h = Harness::start().await.unwrap();
+    let mut n1 = h.client(Some("token-n1"));
+    let answer = n1.report_facts(facts("n1", "boot-a")).await.unwrap();
+    assert_eq!(answer.into_inner().policy, None, "no pool selects n1 yet");
+
+    let at_grant = NodePolicy {
+        name: "workers".into(),
+        upgrade_mode: UpgradeMode::None,
+        holds: vec!["openssl".into()],
+        sentinel_files: Some(vec!["/run/needs-reboot".into()]),
+        sentinel_command: vec![],
+        reboot_command: vec!["/usr/local/sbin/reboot-now".into()],
+        reboot_mode: RebootMode::Never,
+    };
+    let policies = HashMap::from([("n1".to_owned(), Arc::new(at_grant.clone()))]);
+    h.core.set_policies(&policies).await;
+    let answer = n1.report_facts(facts("n1", "boot-a")).await.unwrap();
+    assert_eq!(
+        answer.into_inner().policy,
+        Some(pb::NodePolicy::from(&at_grant))
+    );
+
+    n1.request_slot(request("n1", reboot())).await.unwrap();
+    let mut watch = n1
+        .watch_slot(pb::WatchSlotRequest { node: "n1".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let token = h.core.admit("n1", true).await.unwrap();
+    h.core.drained("n1", token).await.unwrap();
+    let granted = until_phase(&mut watch, pb::SlotPhase::Granted)
+        .await
+        .unwrap();
+    let policy = rota_proto::convert::node_policy("policy", granted.policy.unwrap()).unwrap();
+    assert_eq!(policy, at_grant);
+
+    // The pool's policy changes while the slot is held: facts answers follow it, the grant keeps
+    // the one it was made under.
+    let changed = NodePolicy {
+        upgrade_mode: UpgradeMode::All,
+        reboot_mode: RebootMode::WhenRequired,
+        ..at_grant.clone()
+    };
+    let policies = HashMap::from([("n1".to_owned(), Arc::new(changed.clone()))]);
+    h.core.set_policies(&policies).await;
+    let answer = n1.report_facts(facts("n1", "boot-a")).await.unwrap();
+    assert_eq!(
+        answer.into_inner().policy,
+        Some(pb::NodePolicy::from(&changed))
+    );
+    let view = h.core.view("n1").await.unwrap();
+    assert_eq!(view.state, NodeState::Granted);
+    assert_eq!(view.policy, Some(at_grant));
+
+    // A node no pool selects any more gets none.
+    h.core.set_policies(&HashMap::new()).await;
+    let answer = n1.report_facts(facts("n1", "boot-a")).await.unwrap();
+    assert_eq!(answer.into_inner().policy, None);
+    h.shutdown().await.unwrap();
+}

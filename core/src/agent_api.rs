@@ -8,7 +8,7 @@ use std::future::Future;
 use futures_core::Stream;
 use jiff::SignedDuration;
 
-use crate::model::{FencingToken, NodeFacts, Operation};
+use crate::model::{FencingToken, NodeFacts, NodePolicy, Operation};
 use crate::slots::{self, Completion, Release, SlotView};
 
 /// What the gRPC edge needs from the coordinator's core. Node names and tokens are validated
@@ -19,12 +19,13 @@ pub trait AgentCore: Send + Sync + 'static {
     /// the node is deleted.
     type SlotUpdates: Stream<Item = SlotView> + Send + Unpin + 'static;
 
-    /// Stores the node's facts.
+    /// Stores the node's facts; returns the policy of the node's pool, `None` when no single
+    /// valid policy selects the node (the agent then follows its own settings).
     fn report_facts(
         &self,
         node: &str,
         facts: NodeFacts,
-    ) -> impl Future<Output = slots::Result<()>> + Send;
+    ) -> impl Future<Output = slots::Result<Option<NodePolicy>>> + Send;
 
     /// Queues (idempotently) a request for `operation`.
     fn request_slot(

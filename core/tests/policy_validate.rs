@@ -190,6 +190,11 @@ fn every_invalid_input_is_reported_with_field_and_reason() {
             "empty",
         ),
         (
+            json!({"upgrade": {"holds": ["openssl libssl3"]}}),
+            "spec.upgrade.holds[0]",
+            "whitespace",
+        ),
+        (
             json!({"reboot": {"sentinelFiles": ["var/run/reboot-required"]}}),
             "spec.reboot.sentinelFiles[0]",
             "absolute",
@@ -243,8 +248,8 @@ fn defaults_and_parsed_values() {
     assert_eq!(p.max_failures, 1);
     assert_eq!(p.drain.timeout, SignedDuration::from_mins(15));
     assert_eq!(p.drain.grace_period_seconds, None);
-    assert_eq!(p.reboot.sentinel_files, ["/var/run/reboot-required"]);
-    assert_eq!(p.reboot.command, ["systemctl", "reboot"]);
+    assert_eq!(p.reboot.sentinel_files, None, "unset: the agent's own");
+    assert!(p.reboot.command.is_empty(), "unset: the agent's own");
     assert!(p.windows.is_empty() && p.blackouts.is_empty());
     assert_eq!(p.control_plane.max_unavailable, 1);
     assert!(!p.control_plane.allow_etcd_quorum_loss);
@@ -275,7 +280,7 @@ fn defaults_and_parsed_values() {
         p.upgrade.kubernetes_version,
         Some(KubeVersion::new(1, 33, 2))
     );
-    assert!(p.reboot.sentinel_files.is_empty());
+    assert_eq!(p.reboot.sentinel_files, Some(vec![]), "explicitly off");
     assert_eq!(
         p.health.required_daemon_sets,
         [NamespacedName::new("kube-system", "kube-proxy")]

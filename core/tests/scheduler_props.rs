@@ -22,7 +22,9 @@ use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
-use rota_core::model::{FencingToken, Operation, Origin, Slot, SlotPhase, SlotRequest};
+use rota_core::model::{
+    FencingToken, Operation, Origin, Slot, SlotPhase, SlotRequest, UpgradeReboot,
+};
 use rota_core::policy::{KubeVersion, MaintenancePolicySpec, NamespacedName, validate};
 use rota_core::scheduler::{
     ControlPlanePod, EvictablePod, NodeState, PdbState, Plan, Pool, Snapshot, schedule,
@@ -404,7 +406,7 @@ impl Case {
                     },
                     None if r.package => Operation::PackageUpgrade {
                         security_only: false,
-                        reboot_if_required: true,
+                        reboot: UpgradeReboot::IfRequired,
                         packages: Vec::new(),
                     },
                     None => Operation::Reboot,

@@ -11,7 +11,9 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use rota_core::drain::PdbRef;
 use rota_core::drain::pdb::PdbIndex;
-use rota_core::model::{FencingToken, Operation, Origin, Slot, SlotPhase, SlotRequest};
+use rota_core::model::{
+    FencingToken, Operation, Origin, Slot, SlotPhase, SlotRequest, UpgradeReboot,
+};
 use rota_core::policy::{
     KubeVersion, MaintenancePolicySpec, NamespacedName, ValidatedPolicy, validate,
 };
@@ -1151,7 +1153,7 @@ fn upgrade_mode_none_refuses_package_upgrades_from_any_origin() {
     let package = |node: &str, origin: Origin| SlotRequest {
         operation: Operation::PackageUpgrade {
             security_only: true,
-            reboot_if_required: true,
+            reboot: UpgradeReboot::IfRequired,
             packages: Vec::new(),
         },
         origin,

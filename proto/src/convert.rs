@@ -7,8 +7,10 @@
 use std::fmt;
 
 use rota_core::model::{
-    FencingToken, Impact, NodeFacts, NodeName, Operation, PackagePin, PendingPackage, UpgradeReboot,
+    FencingToken, Impact, NodeFacts, NodeName, NodePolicy, Operation, PackagePin, PendingPackage,
+    UpgradeReboot,
 };
+use rota_core::policy::crd::{RebootMode, UpgradeMode};
 
 use crate::v1 as pb;
 
@@ -229,6 +231,77 @@ pub fn facts(value: Option<pb::NodeFacts>) -> Result<NodeFacts, Invalid> {
     })
 }
 
+/// The policy of a `ReportFactsResponse` or a `SlotStatus`, as the agent reads it.
+pub fn node_policy(field: &str, p: pb::NodePolicy) -> Result<NodePolicy, Invalid> {
+    let upgrade_mode = match pb::UpgradeMode::try_from(p.upgrade_mode) {
+        Ok(pb::UpgradeMode::None) => UpgradeMode::None,
+        Ok(pb::UpgradeMode::Security) => UpgradeMode::Security,
+        Ok(pb::UpgradeMode::All) => UpgradeMode::All,
+        Ok(pb::UpgradeMode::Unspecified) | Err(_) => {
+            return Err(invalid(
+                format!("{field}.upgrade_mode"),
+                format!("{} is not NONE, SECURITY or ALL", p.upgrade_mode),
+            ));
+        }
+    };
+    let reboot_mode = match pb::RebootMode::try_from(p.reboot_mode) {
+        Ok(pb::RebootMode::WhenRequired) => RebootMode::WhenRequired,
+        Ok(pb::RebootMode::Never) => RebootMode::Never,
+        Ok(pb::RebootMode::Unspecified) | Err(_) => {
+            return Err(invalid(
+                format!("{field}.reboot_mode"),
+                format!("{} is not WHEN_REQUIRED or NEVER", p.reboot_mode),
+            ));
+        }
+    };
+    let sentinel_files = p
+        .sentinel_files
+        .map(|files| {
+            list(
+                &format!("{field}.sentinel_files.paths"),
+                files.paths,
+                MAX_LIST_ENTRIES,
+                absolute_path,
+            )
+        })
+        .transpose()?;
+    Ok(NodePolicy {
+        name: required_ident(&format!("{field}.name"), p.name)?,
+        upgrade_mode,
+        holds: list(
+            &format!("{field}.holds"),
+            p.holds,
+            MAX_PACKAGES,
+            required_ident,
+        )?,
+        sentinel_files,
+        sentinel_command: argv(&format!("{field}.sentinel_command"), p.sentinel_command)?,
+        reboot_command: argv(&format!("{field}.reboot_command"), p.reboot_command)?,
+        reboot_mode,
+    })
+}
+
+/// An absolute host path.
+fn absolute_path(field: &str, value: String) -> Result<String, Invalid> {
+    if !value.starts_with('/') {
+        return Err(invalid(field, format!("{value:?} is not an absolute path")));
+    }
+    text(field, value, MAX_TEXT_BYTES)
+}
+
+/// A command line (argv), possibly empty; a program name must not be empty.
+fn argv(field: &str, values: Vec<String>) -> Result<Vec<String>, Invalid> {
+    if values
+        .first()
+        .is_some_and(|program| program.trim().is_empty())
+    {
+        return Err(invalid(format!("{field}[0]"), "the program name is empty"));
+    }
+    list(field, values, MAX_LIST_ENTRIES, |f, v| {
+        text(f, v, MAX_TEXT_BYTES)
+    })
+}
+
 fn pending_package(field: &str, p: pb::PendingPackage) -> Result<PendingPackage, Invalid> {
     let impact = match pb::Impact::try_from(p.impact) {
         // An agent that could not tell: the rules the agent itself applies.
@@ -335,6 +408,131 @@ impl From<&NodeFacts> for pb::NodeFacts {
             errors: f.errors.clone(),
             reboot_packages: f.reboot_packages.clone(),
             package_backend: f.package_backend.clone(),
+        }
+    }
+}
+
+impl From<&NodePolicy> for pb::NodePolicy {
+    fn from(p: &NodePolicy) -> Self {
+        let upgrade_mode = match p.upgrade_mode {
+            UpgradeMode::None => pb::UpgradeMode::None,
+            UpgradeMode::Security => pb::UpgradeMode::Security,
+            UpgradeMode::All => pb::UpgradeMode::All,
+        };
+        let reboot_mode = match p.reboot_mode {
+            RebootMode::WhenRequired => pb::RebootMode::WhenRequired,
+            RebootMode::Never => pb::RebootMode::Never,
+        };
+        pb::NodePolicy {
+            name: p.name.clone(),
+            upgrade_mode: upgrade_mode.into(),
+            holds: p.holds.clone(),
+            sentinel_files: p.sentinel_files.as_ref().map(|paths| pb::SentinelFiles {
+                paths: paths.clone(),
+            }),
+            sentinel_command: p.sentinel_command.clone(),
+            reboot_command: p.reboot_command.clone(),
+            reboot_mode: reboot_mode.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> NodePolicy {
+        NodePolicy {
+            name: "workers".into(),
+            upgrade_mode: UpgradeMode::All,
+            holds: vec!["openssl".into()],
+            sentinel_files: Some(vec!["/run/needs-reboot".into()]),
+            sentinel_command: vec!["/usr/local/bin/needs-reboot".into()],
+            reboot_command: vec!["/sbin/shutdown".into(), "-r".into(), "now".into()],
+            reboot_mode: RebootMode::Never,
+        }
+    }
+
+    #[test]
+    fn node_policies_round_trip_with_set_and_unset_fields() {
+        let unset = NodePolicy {
+            upgrade_mode: UpgradeMode::None,
+            holds: vec![],
+            sentinel_files: None,
+            sentinel_command: vec![],
+            reboot_command: vec![],
+            reboot_mode: RebootMode::WhenRequired,
+            ..policy()
+        };
+        let off = NodePolicy {
+            sentinel_files: Some(vec![]),
+            upgrade_mode: UpgradeMode::Security,
+            ..policy()
+        };
+        for p in [policy(), unset, off] {
+            assert_eq!(node_policy("policy", pb::NodePolicy::from(&p)), Ok(p));
+        }
+    }
+
+    #[test]
+    fn bad_node_policies_are_refused_with_their_field() {
+        let good = pb::NodePolicy::from(&policy());
+        let cases = [
+            (
+                pb::NodePolicy {
+                    upgrade_mode: 0,
+                    ..good.clone()
+                },
+                "policy.upgrade_mode",
+            ),
+            (
+                pb::NodePolicy {
+                    reboot_mode: 9,
+                    ..good.clone()
+                },
+                "policy.reboot_mode",
+            ),
+            (
+                pb::NodePolicy {
+                    name: String::new(),
+                    ..good.clone()
+                },
+                "policy.name",
+            ),
+            (
+                pb::NodePolicy {
+                    holds: vec!["open ssl".into()],
+                    ..good.clone()
+                },
+                "policy.holds[0]",
+            ),
+            (
+                pb::NodePolicy {
+                    sentinel_files: Some(pb::SentinelFiles {
+                        paths: vec!["run/x".into()],
+                    }),
+                    ..good.clone()
+                },
+                "policy.sentinel_files.paths[0]",
+            ),
+            (
+                pb::NodePolicy {
+                    reboot_command: vec![" ".into()],
+                    ..good.clone()
+                },
+                "policy.reboot_command[0]",
+            ),
+            (
+                pb::NodePolicy {
+                    sentinel_command: vec!["x".repeat(MAX_TEXT_BYTES + 1)],
+                    ..good
+                },
+                "policy.sentinel_command[0]",
+            ),
+        ];
+        for (bad, field) in cases {
+            let err = node_policy("policy", bad).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
         }
     }
 }

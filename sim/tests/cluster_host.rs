@@ -79,7 +79,9 @@ async fn a_reboot_through_the_host_cycles_the_node() {
             .iter()
             .any(|p| p.name == "linux-image-amd64")
     );
-    packages.upgrade(UpgradeScope::SecurityOnly).unwrap();
+    packages
+        .upgrade(&UpgradeScope::SecurityOnly.into())
+        .unwrap();
     drop(packages);
     assert!(
         agent_host

@@ -78,7 +78,7 @@ async fn maintain(cluster: &ClusterHandle, node: &str, daemonsets: usize) {
     let old_boot = host.boot_id().unwrap();
     host.packages()
         .unwrap()
-        .upgrade(UpgradeScope::SecurityOnly)
+        .upgrade(&UpgradeScope::SecurityOnly.into())
         .unwrap();
     host.reboot(&RebootMethod::Systemctl).unwrap();
     let key = ResourceKey::new(GroupResource::core("nodes"), None, node);

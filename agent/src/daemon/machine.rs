@@ -1,41 +1,54 @@
 //! The daemon's decisions, apart from I/O: what to report, which slot to ask for, when to
-//! start an operation. The runner feeds it inputs and performs the actions it returns.
-use rota_core::model::NodeFacts;
+//! start an operation, and which settings hold: the agent's own, overridden by its pool's policy
+//! ([`crate::settings`]). The runner feeds it inputs and performs the actions it returns.
+use std::path::PathBuf;
 
-use rota_core::model::{Operation, UpgradeReboot};
+use rota_core::model::{NodeFacts, NodePolicy, Operation, UpgradeReboot};
 
 use super::proto::{SlotPhase, SlotView};
+use crate::detect::DetectConfig;
+pub use crate::settings::UpgradePolicy;
+use crate::settings::{self, Effective, Own};
 
-/// Which package upgrades the agent asks slots for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum UpgradePolicy {
-    /// None: only reboots when the node needs one.
-    None,
-    /// Security upgrades.
-    Security,
-    /// Every upgrade.
-    All,
-}
-
-/// The operation the node needs, if any: pending upgrades (per policy) first, with a reboot
-/// afterwards if required, else a reboot when one is required.
-pub fn desired_operation(facts: &NodeFacts, policy: UpgradePolicy) -> Option<Operation> {
-    let upgrades = match policy {
+/// The operation the node needs, if any: pending upgrades (per `upgrade`) first, with a reboot
+/// afterwards if required and `reboots`, else a reboot when one is required and `reboots`.
+pub fn desired_operation(
+    facts: &NodeFacts,
+    upgrade: UpgradePolicy,
+    reboots: bool,
+) -> Option<Operation> {
+    let upgrades = match upgrade {
         UpgradePolicy::None => false,
         UpgradePolicy::Security => facts.actionable_upgrades(true).next().is_some(),
         UpgradePolicy::All => facts.actionable_upgrades(false).next().is_some(),
     };
     if upgrades {
         Some(Operation::PackageUpgrade {
-            security_only: policy == UpgradePolicy::Security,
-            reboot: UpgradeReboot::IfRequired,
+            security_only: upgrade == UpgradePolicy::Security,
+            reboot: if reboots {
+                UpgradeReboot::IfRequired
+            } else {
+                UpgradeReboot::Never
+            },
             packages: Vec::new(),
         })
-    } else if facts.reboot_required {
+    } else if facts.reboot_required && reboots {
         Some(Operation::Reboot)
     } else {
         None
     }
+}
+
+/// Why a granted operation is given back instead of performed: a package upgrade under a policy
+/// that allows none (`upgrade.mode: none`).
+pub fn refusal(operation: &Operation, settings: &Effective) -> Option<String> {
+    let upgrade = matches!(operation, Operation::PackageUpgrade { .. });
+    (upgrade && settings.upgrade.value == UpgradePolicy::None).then(|| {
+        format!(
+            "{} allows no package upgrades (upgrade.mode none)",
+            settings.upgrade.source
+        )
+    })
 }
 
 /// What happened.
@@ -55,6 +68,8 @@ pub enum Input {
     ResendFacts,
     /// A slot request did not reach the coordinator.
     RequestFailed,
+    /// The coordinator answered a facts report with the node's policy (`None`: no pool's).
+    Policy(Option<NodePolicy>),
 }
 
 /// What to do.
@@ -72,6 +87,8 @@ pub enum Action {
         token: u64,
         /// The operation.
         operation: Operation,
+        /// The pool's policy of the grant; it wins over the agent's flags.
+        policy: Option<NodePolicy>,
     },
     /// The coordinator's health gate failed the slot after the operation completed: roll its
     /// packages back (ends with [`Input::OperationEnded`]).
@@ -84,12 +101,25 @@ pub enum Action {
         /// Fencing token of the slot.
         token: u64,
     },
+    /// Give a granted slot back without performing its operation.
+    Decline {
+        /// Fencing token.
+        token: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Detect again: the settings detection follows changed, so the facts are stale.
+    Detect,
+    /// Watch these sentinel files from now on.
+    WatchSentinels(Vec<PathBuf>),
 }
 
 /// The daemon's memory.
 #[derive(Clone, Debug)]
 pub struct Daemon {
-    policy: UpgradePolicy,
+    own: Own,
+    /// The pool's policy from the latest facts answer; `None` until the first answer.
+    policy: Option<Option<NodePolicy>>,
     facts: Option<Box<NodeFacts>>,
     requested: Option<Operation>,
     slot: Option<SlotPhase>,
@@ -101,11 +131,12 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// A daemon asking for upgrades per `policy`. `resumed` is the token of an operation
+    /// A daemon with the agent's own settings `own`. `resumed` is the token of an operation
     /// resumed from the persisted state at start.
-    pub fn new(policy: UpgradePolicy, resumed: Option<u64>) -> Self {
+    pub fn new(own: Own, resumed: Option<u64>) -> Self {
         Daemon {
-            policy,
+            own,
+            policy: None,
             facts: None,
             requested: None,
             slot: None,
@@ -119,6 +150,20 @@ impl Daemon {
     /// Whether an operation is running.
     pub fn running(&self) -> Option<u64> {
         self.running
+    }
+
+    /// The settings in force: the agent's own under the pool's latest policy.
+    pub fn settings(&self) -> Effective {
+        Effective::resolve(&self.own, self.latest_policy())
+    }
+
+    /// Detection as `base` configures it under the pool's latest policy.
+    pub fn detect_config(&self, base: &DetectConfig) -> DetectConfig {
+        settings::detect_config(base, self.latest_policy())
+    }
+
+    fn latest_policy(&self) -> Option<&NodePolicy> {
+        self.policy.as_ref().and_then(Option::as_ref)
     }
 
     /// Takes an input, returns the actions.
@@ -140,11 +185,7 @@ impl Daemon {
                     SlotPhase::Granted => {
                         let fresh = self.running.is_none() && !self.finished.contains(&slot.token);
                         if fresh && let Some(operation) = slot.operation {
-                            self.running = Some(slot.token);
-                            actions.push(Action::Start {
-                                token: slot.token,
-                                operation,
-                            });
+                            actions.push(self.grant(slot.token, operation, slot.policy));
                         }
                     }
                     SlotPhase::Idle | SlotPhase::Done => {
@@ -169,6 +210,7 @@ impl Daemon {
                 self.awaiting_verdict = Some(token);
                 self.follow_verdict(&mut actions);
             }
+            Input::Policy(policy) => self.on_policy(policy, &mut actions),
             Input::OperationEnded(token) => {
                 if self.running == Some(token) {
                     self.running = None;
@@ -208,10 +250,56 @@ impl Daemon {
         }
     }
 
+    /// Starts a granted operation under the grant's policy (the latest known one when the
+    /// grant carries none), or declines it when that policy does not allow it.
+    fn grant(&mut self, token: u64, operation: Operation, policy: Option<NodePolicy>) -> Action {
+        let policy = policy.or_else(|| self.latest_policy().cloned());
+        let settings = Effective::resolve(&self.own, policy.as_ref());
+        match refusal(&operation, &settings) {
+            Some(reason) => {
+                self.finished.push(token);
+                self.requested = None;
+                Action::Decline { token, reason }
+            }
+            None => {
+                self.running = Some(token);
+                Action::Start {
+                    token,
+                    operation,
+                    policy,
+                }
+            }
+        }
+    }
+
+    /// A facts answer: a changed policy that changes what detection looks at makes the facts
+    /// stale (detect again, then decide); otherwise decide on the facts at hand.
+    fn on_policy(&mut self, policy: Option<NodePolicy>, actions: &mut Vec<Action>) {
+        if self.policy.as_ref() == Some(&policy) {
+            return;
+        }
+        let before = self.settings();
+        self.policy = Some(policy);
+        let after = self.settings();
+        if after.sentinel_files.value != before.sentinel_files.value {
+            actions.push(Action::WatchSentinels(after.sentinel_files.value.clone()));
+        }
+        let detection_changed = after.sentinel_files.value != before.sentinel_files.value
+            || after.sentinel_command.value != before.sentinel_command.value
+            || after.holds.value != before.holds.value;
+        if detection_changed {
+            self.facts = None;
+            actions.push(Action::Detect);
+        } else {
+            self.reconcile(actions);
+        }
+    }
+
     /// Asks for what the node needs, or withdraws what it no longer needs, while nothing is
-    /// admitted yet.
+    /// admitted yet — and only once the coordinator said which policy holds (so that nothing is
+    /// asked for that the policy forbids).
     fn reconcile(&mut self, actions: &mut Vec<Action>) {
-        if self.running.is_some() {
+        if self.running.is_some() || self.policy.is_none() {
             return;
         }
         let admitted = matches!(
@@ -226,7 +314,8 @@ impl Daemon {
         let Some(facts) = &self.facts else {
             return;
         };
-        let desired = desired_operation(facts, self.policy);
+        let settings = self.settings();
+        let desired = desired_operation(facts, settings.upgrade.value, settings.reboots());
         if desired == self.requested {
             return;
         }
@@ -241,7 +330,37 @@ impl Daemon {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::RebootMethod;
     use rota_core::model::{Impact, PendingPackage};
+    use rota_core::policy::crd::{RebootMode, UpgradeMode};
+
+    fn own(upgrade: UpgradePolicy) -> Own {
+        Own {
+            upgrade,
+            sentinel_files: vec![PathBuf::from("/var/run/reboot-required")],
+            sentinel_command: None,
+            reboot_method: RebootMethod::Systemctl,
+        }
+    }
+
+    /// A daemon that has heard from the coordinator that no pool's policy applies.
+    fn daemon(upgrade: UpgradePolicy, resumed: Option<u64>) -> Daemon {
+        let mut d = Daemon::new(own(upgrade), resumed);
+        assert!(d.on(Input::Policy(None)).is_empty());
+        d
+    }
+
+    fn pool(upgrade_mode: UpgradeMode, reboot_mode: RebootMode) -> NodePolicy {
+        NodePolicy {
+            name: "workers".into(),
+            upgrade_mode,
+            holds: vec![],
+            sentinel_files: None,
+            sentinel_command: vec![],
+            reboot_command: vec![],
+            reboot_mode,
+        }
+    }
 
     fn facts(reboot: bool, security: bool) -> NodeFacts {
         NodeFacts {
@@ -265,21 +384,22 @@ mod tests {
             operation: op,
             lease_ttl_seconds: 60,
             waiting_reasons: vec![],
+            policy: None,
         }
     }
 
     #[test]
     fn policy_decides_the_operation() {
         assert_eq!(
-            desired_operation(&facts(false, false), UpgradePolicy::Security),
+            desired_operation(&facts(false, false), UpgradePolicy::Security, true),
             None
         );
         assert_eq!(
-            desired_operation(&facts(true, false), UpgradePolicy::Security),
+            desired_operation(&facts(true, false), UpgradePolicy::Security, true),
             Some(Operation::Reboot)
         );
         assert!(matches!(
-            desired_operation(&facts(false, true), UpgradePolicy::Security),
+            desired_operation(&facts(false, true), UpgradePolicy::Security, true),
             Some(Operation::PackageUpgrade {
                 security_only: true,
                 reboot: UpgradeReboot::IfRequired,
@@ -287,14 +407,14 @@ mod tests {
             })
         ));
         assert_eq!(
-            desired_operation(&facts(false, true), UpgradePolicy::None),
+            desired_operation(&facts(false, true), UpgradePolicy::None, true),
             None
         );
     }
 
     #[test]
     fn request_grant_start_once() {
-        let mut d = Daemon::new(UpgradePolicy::None, None);
+        let mut d = daemon(UpgradePolicy::None, None);
         let a = d.on(Input::Facts(Box::new(facts(true, false))));
         assert!(matches!(a[0], Action::ReportFacts(_)));
         assert_eq!(a[1], Action::RequestSlot(Operation::Reboot));
@@ -321,7 +441,8 @@ mod tests {
             a,
             vec![Action::Start {
                 token: 5,
-                operation: Operation::Reboot
+                operation: Operation::Reboot,
+                policy: None,
             }]
         );
         // A repeated GRANTED (stream reconnect) does not start it twice.
@@ -353,7 +474,7 @@ mod tests {
 
     #[test]
     fn a_failed_request_is_retried_with_the_next_resend() {
-        let mut d = Daemon::new(UpgradePolicy::None, None);
+        let mut d = daemon(UpgradePolicy::None, None);
         d.on(Input::Facts(Box::new(facts(true, false))));
         assert!(d.on(Input::RequestFailed).is_empty());
         let a = d.on(Input::ResendFacts);
@@ -368,7 +489,7 @@ mod tests {
 
     #[test]
     fn a_queued_request_that_is_no_longer_needed_is_withdrawn() {
-        let mut d = Daemon::new(UpgradePolicy::None, None);
+        let mut d = daemon(UpgradePolicy::None, None);
         d.on(Input::Facts(Box::new(facts(true, false))));
         d.on(Input::Slot(slot(
             SlotPhase::Queued,
@@ -378,7 +499,7 @@ mod tests {
         let a = d.on(Input::Facts(Box::new(facts(false, false))));
         assert_eq!(a.last(), Some(&Action::Withdraw));
         // But never once admitted.
-        let mut d = Daemon::new(UpgradePolicy::None, None);
+        let mut d = daemon(UpgradePolicy::None, None);
         d.on(Input::Facts(Box::new(facts(true, false))));
         d.on(Input::Slot(slot(
             SlotPhase::Draining,
@@ -401,7 +522,7 @@ mod tests {
                 packages: vec![],
             })
         };
-        let mut d = Daemon::new(UpgradePolicy::All, None);
+        let mut d = daemon(UpgradePolicy::All, None);
         d.on(Input::Slot(slot(SlotPhase::Granted, 4, up())));
         d.on(Input::OperationEnded(4));
         assert!(d.on(Input::AwaitingVerdict(4)).is_empty(), "granted: wait");
@@ -425,7 +546,7 @@ mod tests {
         );
 
         // The verdict seen before the operation's end (and after an agent restart).
-        let mut d = Daemon::new(UpgradePolicy::All, Some(5));
+        let mut d = daemon(UpgradePolicy::All, Some(5));
         d.on(Input::Slot(slot(SlotPhase::Failed, 5, up())));
         d.on(Input::OperationEnded(5));
         assert_eq!(
@@ -439,7 +560,7 @@ mod tests {
             (SlotPhase::Idle, 0),
             (SlotPhase::Failed, 7),
         ] {
-            let mut d = Daemon::new(UpgradePolicy::All, Some(6));
+            let mut d = daemon(UpgradePolicy::All, Some(6));
             d.on(Input::OperationEnded(6));
             d.on(Input::AwaitingVerdict(6));
             assert_eq!(
@@ -452,7 +573,7 @@ mod tests {
 
     #[test]
     fn a_resumed_operation_blocks_new_requests() {
-        let mut d = Daemon::new(UpgradePolicy::All, Some(9));
+        let mut d = daemon(UpgradePolicy::All, Some(9));
         let a = d.on(Input::Facts(Box::new(facts(true, true))));
         assert_eq!(a.len(), 1, "{a:?}");
         assert!(
@@ -471,6 +592,181 @@ mod tests {
         assert!(
             !a.iter().any(|a| matches!(a, Action::RequestSlot(_))),
             "{a:?}"
+        );
+    }
+
+    fn requests(actions: &[Action]) -> Vec<&Operation> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::RequestSlot(op) => Some(op),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nothing_is_requested_before_the_coordinator_names_the_policy() {
+        let mut d = Daemon::new(own(UpgradePolicy::All), None);
+        let a = d.on(Input::Facts(Box::new(facts(false, true))));
+        assert_eq!(a.len(), 1, "only the report: {a:?}");
+        // The answer says the pool upgrades nothing: still nothing to ask for.
+        let a = d.on(Input::Policy(Some(pool(
+            UpgradeMode::None,
+            RebootMode::WhenRequired,
+        ))));
+        assert!(requests(&a).is_empty(), "{a:?}");
+        // Answers without a policy leave the agent's own flags in force.
+        let a = d.on(Input::Policy(None));
+        assert_eq!(
+            requests(&a),
+            [&Operation::PackageUpgrade {
+                security_only: false,
+                reboot: UpgradeReboot::IfRequired,
+                packages: vec![],
+            }]
+        );
+    }
+
+    #[test]
+    fn the_policys_upgrade_mode_decides_which_upgrades_are_asked_for() {
+        for (mode, pending_security, want) in [
+            (UpgradeMode::None, true, None),
+            (UpgradeMode::Security, false, None),
+            (UpgradeMode::Security, true, Some(true)),
+            (UpgradeMode::All, false, Some(false)),
+        ] {
+            // The flags say the opposite of the policy each time; the policy wins.
+            let flag = match mode {
+                UpgradeMode::All => UpgradePolicy::None,
+                _ => UpgradePolicy::All,
+            };
+            let mut d = Daemon::new(own(flag), None);
+            d.on(Input::Facts(Box::new(facts(false, pending_security))));
+            let a = d.on(Input::Policy(Some(pool(mode, RebootMode::WhenRequired))));
+            let asked: Vec<bool> = requests(&a)
+                .into_iter()
+                .map(|op| match op {
+                    Operation::PackageUpgrade { security_only, .. } => *security_only,
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            assert_eq!(asked, want.into_iter().collect::<Vec<_>>(), "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn under_reboot_mode_never_no_reboot_is_asked_for() {
+        let never = pool(UpgradeMode::All, RebootMode::Never);
+        let mut d = Daemon::new(own(UpgradePolicy::All), None);
+        d.on(Input::Facts(Box::new(NodeFacts {
+            reboot_required: true,
+            ..NodeFacts::default()
+        })));
+        let a = d.on(Input::Policy(Some(never.clone())));
+        assert!(requests(&a).is_empty(), "{a:?}");
+        // An upgrade is asked for, without the reboot.
+        let a = d.on(Input::Facts(Box::new(facts(true, false))));
+        assert_eq!(
+            requests(&a),
+            [&Operation::PackageUpgrade {
+                security_only: false,
+                reboot: UpgradeReboot::Never,
+                packages: vec![],
+            }]
+        );
+        assert_eq!(
+            desired_operation(&facts(true, false), UpgradePolicy::None, false),
+            None
+        );
+    }
+
+    #[test]
+    fn a_grant_runs_under_its_own_policy_or_is_declined() {
+        let upgrade = Operation::PackageUpgrade {
+            security_only: false,
+            reboot: UpgradeReboot::IfRequired,
+            packages: vec![],
+        };
+        let latest = pool(UpgradeMode::All, RebootMode::WhenRequired);
+        let at_grant = pool(UpgradeMode::Security, RebootMode::Never);
+        let mut d = Daemon::new(own(UpgradePolicy::All), None);
+        d.on(Input::Policy(Some(latest.clone())));
+        let a = d.on(Input::Slot(SlotView {
+            policy: Some(at_grant.clone()),
+            ..slot(SlotPhase::Granted, 4, Some(upgrade.clone()))
+        }));
+        assert_eq!(
+            a,
+            [Action::Start {
+                token: 4,
+                operation: upgrade.clone(),
+                policy: Some(at_grant),
+            }]
+        );
+        d.on(Input::OperationEnded(4));
+        // A grant without a policy runs under the latest one known.
+        let a = d.on(Input::Slot(slot(
+            SlotPhase::Granted,
+            5,
+            Some(upgrade.clone()),
+        )));
+        assert!(
+            matches!(&a[..], [Action::Start { policy: Some(p), .. }] if *p == latest),
+            "{a:?}"
+        );
+        d.on(Input::OperationEnded(5));
+        // A package upgrade under a policy that allows none is given back, once.
+        let none = pool(UpgradeMode::None, RebootMode::WhenRequired);
+        let grant = SlotView {
+            policy: Some(none),
+            ..slot(SlotPhase::Granted, 6, Some(upgrade))
+        };
+        let a = d.on(Input::Slot(grant.clone()));
+        assert!(
+            matches!(&a[..], [Action::Decline { token: 6, reason }] if reason.contains("policy workers allows no package upgrades")),
+            "{a:?}"
+        );
+        assert_eq!(d.running(), None);
+        assert!(d.on(Input::Slot(grant)).is_empty());
+    }
+
+    #[test]
+    fn a_policy_that_changes_detection_makes_the_facts_stale() {
+        let mut d = daemon(UpgradePolicy::All, None);
+        d.on(Input::Facts(Box::new(facts(false, false))));
+        let sentinels = NodePolicy {
+            sentinel_files: Some(vec!["/run/needs-reboot".into()]),
+            ..pool(UpgradeMode::All, RebootMode::WhenRequired)
+        };
+        let a = d.on(Input::Policy(Some(sentinels.clone())));
+        assert_eq!(
+            a,
+            [
+                Action::WatchSentinels(vec![PathBuf::from("/run/needs-reboot")]),
+                Action::Detect
+            ]
+        );
+        // The stale facts are neither sent again nor decided on; fresh ones are reported.
+        assert!(d.on(Input::ResendFacts).is_empty());
+        let a = d.on(Input::Facts(Box::new(facts(false, false))));
+        assert!(matches!(&a[..], [Action::ReportFacts(_)]), "{a:?}");
+        // Holds and the sentinel command change detection too; the same policy again changes
+        // nothing.
+        assert!(d.on(Input::Policy(Some(sentinels.clone()))).is_empty());
+        let holds = NodePolicy {
+            holds: vec!["curl".into()],
+            ..sentinels.clone()
+        };
+        assert_eq!(d.on(Input::Policy(Some(holds))), [Action::Detect]);
+        let command = NodePolicy {
+            sentinel_command: vec!["needs-reboot".into()],
+            ..sentinels
+        };
+        assert_eq!(d.on(Input::Policy(Some(command))), [Action::Detect]);
+        assert_eq!(
+            d.settings().sentinel_command.value,
+            Some(vec!["needs-reboot".to_string()])
         );
     }
 }

@@ -4,13 +4,15 @@
 //! after a reboot, from the new boot.
 //!
 //! Event-driven: detection runs at start, when a sentinel file appears or disappears
-//! (inotify on its directory), after an operation, and on the package-refresh timer; nothing
-//! polls. The decisions are in [`machine`]; this module only performs them.
+//! (inotify on its directory), after an operation, when the pool's policy changes what it looks
+//! at, and on the package-refresh timer; nothing polls. The pool's policy comes with every
+//! answer to a facts report and with the grant; the agent's flags are only defaults under it
+//! ([`crate::settings`]). The decisions are in [`machine`]; this module only performs them.
 
 pub mod machine;
 pub mod proto;
 mod watch;
-use rota_core::model::{NodeFacts, Operation};
+use rota_core::model::{NodeFacts, NodePolicy, Operation};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,26 +28,40 @@ use tonic::transport::Channel;
 use crate::detect::{self, DetectConfig};
 use crate::host::Host;
 use crate::ops::{CompleteAck, Completion, Executor, ExecutorConfig, Reporter};
+use crate::settings::Own;
 use crate::tls::{self, TlsArgs};
 use crate::{Error, Result, state};
 use machine::{Action, Daemon, Input, UpgradePolicy};
 use proto::SlotView;
+use watch::SentinelWatch;
 
 /// What the daemon needs besides its host and client.
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
     /// The node's name.
     pub node: String,
-    /// Which upgrades to ask for.
-    pub policy: UpgradePolicy,
-    /// Detection.
+    /// Which upgrades to ask for (the pool's policy overrides it).
+    pub upgrade: UpgradePolicy,
+    /// Detection (the pool's policy overrides the sentinels and adds holds).
     pub detect: DetectConfig,
-    /// Execution.
+    /// Execution (the pool's policy overrides the reboot method).
     pub exec: ExecutorConfig,
     /// Interval of package list refreshes.
     pub refresh_interval: Duration,
     /// Back-off before reconnecting a broken watch or retrying a failed completion.
     pub retry_interval: Duration,
+}
+
+impl DaemonConfig {
+    /// The agent's own values of what the pool's policy overrides.
+    pub fn own(&self) -> Own {
+        Own {
+            upgrade: self.upgrade,
+            sentinel_files: self.detect.sentinel_files.clone(),
+            sentinel_command: self.detect.sentinel_command.clone(),
+            reboot_method: self.exec.reboot_method.clone(),
+        }
+    }
 }
 
 /// Adds the agent's bearer token to every call.
@@ -94,6 +110,7 @@ enum Event {
     AwaitingVerdict(u64),
     ResendFacts,
     RequestFailed,
+    Policy(Option<NodePolicy>),
 }
 
 /// How often the facts are sent again even when unchanged (the protocol's 30 s).
@@ -119,7 +136,7 @@ pub async fn run(
                 detail: e.to_string(),
             })??
     };
-    let mut daemon = Daemon::new(config.policy, resumed.as_ref().map(|r| r.token));
+    let mut daemon = Daemon::new(config.own(), resumed.as_ref().map(|r| r.token));
     let mut tasks = tokio::task::JoinSet::new();
     let lease_ttl = Arc::new(std::sync::atomic::AtomicU32::new(60));
     if let Some(record) = resumed {
@@ -136,17 +153,11 @@ pub async fn run(
         );
     }
     tasks.spawn(watch_slot(config.clone(), client.clone(), tx.clone()));
-    {
-        let (host, files, tx) = (
-            host.clone(),
-            config.detect.sentinel_files.clone(),
-            tx.clone(),
-        );
-        std::thread::Builder::new()
-            .name("sentinel-watch".into())
-            .spawn(move || watch::sentinels(host, files, tx))
-            .map_err(|e| Error::io("start sentinel watcher", "/", e))?;
-    }
+    let mut _sentinel_watch = SentinelWatch::start(
+        host.clone(),
+        config.detect.sentinel_files.clone(),
+        tx.clone(),
+    )?;
     tasks.spawn(refresh_timer(
         config.refresh_interval,
         tx.clone(),
@@ -175,7 +186,7 @@ pub async fn run(
                     detect_again = Some(pending || refresh);
                 } else {
                     detecting = true;
-                    spawn_detect(&host, &config, refresh, &tx);
+                    spawn_detect(&host, daemon.detect_config(&config.detect), refresh, &tx);
                 }
                 continue;
             }
@@ -183,7 +194,7 @@ pub async fn run(
                 detecting = false;
                 if let Some(refresh) = detect_again.take() {
                     detecting = true;
-                    spawn_detect(&host, &config, refresh, &tx);
+                    spawn_detect(&host, daemon.detect_config(&config.detect), refresh, &tx);
                 }
                 Input::Facts(facts)
             }
@@ -200,9 +211,18 @@ pub async fn run(
             Event::AwaitingVerdict(token) => Input::AwaitingVerdict(token),
             Event::ResendFacts => Input::ResendFacts,
             Event::RequestFailed => Input::RequestFailed,
+            Event::Policy(policy) => Input::Policy(policy),
         };
         for action in daemon.on(input) {
-            perform(action, &mut tasks, &config, &host, &client, &tx, &lease_ttl).await;
+            match action {
+                Action::WatchSentinels(files) => {
+                    tracing::info!(?files, "watching the policy's sentinel files");
+                    _sentinel_watch = SentinelWatch::start(host.clone(), files, tx.clone())?;
+                }
+                action => {
+                    perform(action, &mut tasks, &config, &host, &client, &tx, &lease_ttl).await;
+                }
+            }
         }
     }
     tasks.abort_all();
@@ -211,12 +231,11 @@ pub async fn run(
 
 fn spawn_detect(
     host: &Arc<dyn Host>,
-    config: &Arc<DaemonConfig>,
+    mut detect: DetectConfig,
     refresh: bool,
     tx: &mpsc::Sender<Event>,
 ) {
     let host = host.clone();
-    let mut detect = config.detect.clone();
     detect.refresh = refresh;
     let tx = tx.clone();
     tokio::task::spawn_blocking(move || {
@@ -246,8 +265,24 @@ async fn perform(
                 node,
                 facts: Some(pb::NodeFacts::from(facts.as_ref())),
             };
-            if let Err(e) = c.report_facts(req).await {
-                tracing::warn!(error = %e, "reporting facts failed");
+            match c.report_facts(req).await {
+                Ok(resp) => {
+                    let policy = resp
+                        .into_inner()
+                        .policy
+                        .map(|p| rota_proto::convert::node_policy("policy", p))
+                        .transpose();
+                    match policy {
+                        Ok(policy) => {
+                            let _ = tx.send(Event::Policy(policy)).await;
+                        }
+                        Err(e) => tracing::warn!(
+                            error = %e,
+                            "the coordinator sent an invalid policy; keeping the previous one"
+                        ),
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reporting facts failed"),
             }
         }
         Action::RequestSlot(op) => {
@@ -281,13 +316,18 @@ async fn perform(
         }
         Action::Start { .. } | Action::RollBack { .. } => {
             let (token, run) = match action {
-                Action::Start { token, operation } => {
+                Action::Start {
+                    token,
+                    operation,
+                    policy,
+                } => {
                     tracing::info!(
                         token,
                         operation = operation.name(),
+                        policy = policy.as_ref().map(|p| p.name.as_str()),
                         "slot granted; starting"
                     );
-                    (token, Run::Start(operation))
+                    (token, Run::Start(operation, policy))
                 }
                 Action::RollBack { token } => {
                     tracing::warn!(
@@ -318,13 +358,30 @@ async fn perform(
                 Err(e) => tracing::error!(token, error = %e, "dropping the rollback data failed"),
             }
         }
+        Action::Decline { token, reason } => {
+            tracing::warn!(token, %reason, "giving the granted slot back");
+            let req = pb::ReleaseRequest {
+                node,
+                token,
+                reason,
+            };
+            if let Err(e) = c.release(req).await {
+                tracing::warn!(token, error = %e, "giving the slot back failed");
+            }
+        }
+        Action::Detect => {
+            let _ = tx.send(Event::Detect { refresh: false }).await;
+        }
+        Action::WatchSentinels(_) => {
+            // Performed by the loop, which owns the watcher.
+        }
     }
 }
 
 /// Which way an operation's thread drives its record.
 enum Run {
-    /// A new grant.
-    Start(Operation),
+    /// A new grant, under its policy.
+    Start(Operation, Option<NodePolicy>),
     /// The persisted operation, after an agent restart or a reboot.
     Resume,
     /// The persisted operation that awaits the verdict: the health gate failed its slot.
@@ -394,12 +451,13 @@ fn execute(
     run: Run,
 ) -> Result<bool> {
     let first = match run {
-        Run::Start(op) => Some(Executor::start(
+        Run::Start(op, policy) => Some(Executor::start_granted(
             host,
             &config.exec,
             reporter,
             token,
             op,
+            policy,
             jiff::Timestamp::now(),
         )?),
         Run::RollBack => {

@@ -3,7 +3,7 @@
 
 use rota_proto::v1 as pb;
 
-use rota_core::model::Operation;
+use rota_core::model::{NodePolicy, Operation};
 use rota_proto::convert as wire;
 
 use crate::{Error, Result};
@@ -40,6 +40,8 @@ pub struct SlotView {
     pub lease_ttl_seconds: u32,
     /// Why it waits, for logs.
     pub waiting_reasons: Vec<String>,
+    /// The pool's policy; with a grant, the one the operation runs under.
+    pub policy: Option<NodePolicy>,
 }
 
 impl TryFrom<&pb::SlotStatus> for SlotView {
@@ -70,12 +72,19 @@ impl TryFrom<&pb::SlotStatus> for SlotView {
                 "a grant without a token or an operation",
             ));
         }
+        let policy = s
+            .policy
+            .clone()
+            .map(|p| wire::node_policy("policy", p))
+            .transpose()
+            .map_err(|e| Error::parse("slot status", e.to_string()))?;
         Ok(SlotView {
             phase,
             token: s.token,
             operation,
             lease_ttl_seconds: s.lease_ttl_seconds,
             waiting_reasons: s.waiting_reasons.clone(),
+            policy,
         })
     }
 }

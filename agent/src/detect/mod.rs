@@ -35,6 +35,9 @@ pub struct DetectConfig {
     pub packages: bool,
     /// Whether to refresh the package lists first (`apt-get update`).
     pub refresh: bool,
+    /// Packages held on top of the package manager's own holds (the pool's policy): reported
+    /// as held, like those.
+    pub holds: Vec<String>,
 }
 
 impl Default for DetectConfig {
@@ -45,6 +48,7 @@ impl Default for DetectConfig {
             command_timeout: Duration::from_secs(30),
             packages: true,
             refresh: false,
+            holds: Vec::new(),
         }
     }
 }
@@ -87,7 +91,10 @@ pub fn detect(host: &dyn Host, config: &DetectConfig) -> NodeFacts {
                 facts.package_backend = pm.name().to_string();
                 let refreshed = if config.refresh { pm.refresh() } else { Ok(()) };
                 match refreshed.and_then(|()| pm.upgradable()) {
-                    Ok(p) => facts.pending_upgrades = p,
+                    Ok(mut p) => {
+                        crate::packages::mark_held(&mut p, &config.holds);
+                        facts.pending_upgrades = p;
+                    }
                     Err(e) => errors.push(format!("pending upgrades: {e}")),
                 }
             }

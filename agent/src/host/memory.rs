@@ -18,7 +18,7 @@ use super::{CommandOutput, ExitStatus, Host, HostCommand, RebootMethod};
 use crate::detect::version::VersionScheme;
 use crate::packages::{
     InstallPurpose, KUBERNETES_PACKAGES, PackageChange, PackageManager, RepairOutcome,
-    UpgradeScope, check_pins, diff,
+    UpgradeSelection, check_pins, diff,
 };
 use crate::{Error, Result};
 
@@ -414,11 +414,11 @@ impl PackageManager for MemoryPackages<'_> {
         Ok(out)
     }
 
-    fn upgrade(&self, scope: UpgradeScope) -> Result<Vec<PackageChange>> {
+    fn upgrade(&self, selection: &UpgradeSelection) -> Result<Vec<PackageChange>> {
         let pins: Vec<PackagePin> = self
             .upgradable()?
             .into_iter()
-            .filter(|p| scope.selects(p))
+            .filter(|p| selection.selects(p))
             .map(|p| PackagePin {
                 name: p.name,
                 version: p.candidate_version,

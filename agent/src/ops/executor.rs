@@ -1,6 +1,6 @@
 //! Performs the effects of an [`OperationRecord`] through a [`Host`] and persists the record
 //! after every transition.
-use rota_core::model::{Impact, Operation, PackagePin};
+use rota_core::model::{Impact, NodePolicy, Operation, PackagePin};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,8 +11,8 @@ use super::machine::{Effect, OperationRecord, Outcome, Phase};
 use crate::detect::{self, DetectConfig};
 use crate::host::{Host, HostCommand, RebootMethod};
 use crate::packages::{InstallPurpose, KUBERNETES_PACKAGES, PackageManager, diff};
-use crate::state;
 use crate::{Error, Result};
+use crate::{settings, state};
 
 /// How the executor performs effects.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,7 +95,8 @@ pub struct Executor<'a> {
 }
 
 impl<'a> Executor<'a> {
-    /// Starts `operation` under `token` and persists it before anything is done.
+    /// Starts `operation` under `token` with no pool policy (a manual `rota-agent upgrade`)
+    /// and persists it before anything is done.
     pub fn start(
         host: &'a dyn Host,
         config: &'a ExecutorConfig,
@@ -104,7 +105,22 @@ impl<'a> Executor<'a> {
         operation: Operation,
         now: Timestamp,
     ) -> Result<Self> {
-        let record = OperationRecord::new(token, operation, host.boot_id()?, now);
+        Self::start_granted(host, config, reporter, token, operation, None, now)
+    }
+
+    /// Starts a granted `operation` under `token` and the pool's `policy` of the grant (which
+    /// wins over the agent's flags, see [`OperationRecord::policy`]), and persists it before
+    /// anything is done.
+    pub fn start_granted(
+        host: &'a dyn Host,
+        config: &'a ExecutorConfig,
+        reporter: &'a dyn Reporter,
+        token: u64,
+        operation: Operation,
+        policy: Option<NodePolicy>,
+        now: Timestamp,
+    ) -> Result<Self> {
+        let record = OperationRecord::new(token, operation, host.boot_id()?, now).under(policy);
         state::save(host, &config.state_path, &record)?;
         Ok(Executor {
             host,
@@ -226,7 +242,7 @@ impl<'a> Executor<'a> {
                     pm.installed()
                 })
                 .map_or_else(failed, Outcome::Prepared),
-            Effect::Upgrade(scope) => self.change(|pm| pm.upgrade(scope)),
+            Effect::Upgrade(selection) => self.change(|pm| pm.upgrade(&selection)),
             Effect::Install(pins, purpose) => self.change(|pm| pm.install_versions(&pins, purpose)),
             Effect::InstallKubernetes(version) => self.change(|pm| {
                 let pins = self.kubernetes_pins(pm, &version)?;
@@ -248,7 +264,10 @@ impl<'a> Executor<'a> {
                 let family = crate::packages::read_os_release(self.host)
                     .ok()
                     .and_then(|o| o.family());
-                let check = detect::reboot_check(self.host, &self.config.detect, family);
+                // The grant's policy may name other sentinels than the agent's flags.
+                let detect =
+                    settings::detect_config(&self.config.detect, self.record.policy.as_ref());
+                let check = detect::reboot_check(self.host, &detect, family);
                 if !check.reasons.is_empty() {
                     Outcome::RebootRequired(true)
                 } else if !check.errors.is_empty() {
@@ -257,10 +276,16 @@ impl<'a> Executor<'a> {
                     Outcome::RebootRequired(false)
                 }
             }
-            Effect::Reboot => self
-                .host
-                .reboot(&self.config.reboot_method)
-                .map_or_else(failed, |()| Outcome::Done),
+            Effect::Reboot => {
+                let method = settings::reboot_method(
+                    &self.config.reboot_method,
+                    self.record.policy.as_ref(),
+                );
+                tracing::info!(token = self.record.token, method = ?method.value, source = %method.source, "rebooting");
+                self.host
+                    .reboot(&method.value)
+                    .map_or_else(failed, |()| Outcome::Done)
+            }
             Effect::AwaitShutdown => {
                 // The host is going down and takes this process with it; returning means it
                 // did not.

@@ -13,15 +13,19 @@
 //!   coordinator took the completion ([`Phase::AwaitVerdict`]): when the coordinator's health
 //!   gate then fails the slot, the agent rolls the packages back ([`OperationRecord::gate_failed`]),
 //!   once — the record is gone afterwards.
+//! - the pool's policy of the grant ([`OperationRecord::policy`]) wins over the operation's own
+//!   terms: its upgrade mode narrows the upgrade, its holds never move, and under
+//!   `reboot.mode: never` a required reboot is reported, not performed.
 
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use rota_core::model::{Impact, Operation, PackagePin, UpgradeReboot};
+use rota_core::model::{Impact, NodePolicy, Operation, PackagePin, UpgradeReboot};
+use rota_core::policy::crd::UpgradeMode;
 
-use crate::packages::{InstallPurpose, PackageChange, UpgradeScope};
+use crate::packages::{InstallPurpose, PackageChange, UpgradeScope, UpgradeSelection};
 
 /// How many times a reboot may be requested for one grant.
 pub const MAX_REBOOT_ATTEMPTS: u32 = 2;
@@ -127,6 +131,13 @@ pub struct OperationRecord {
     pub after_verdict: bool,
     /// When the operation started.
     pub started_at: Timestamp,
+    /// The pool's policy of the grant; `None` for a manual `rota-agent upgrade` (or a grant
+    /// from a coordinator that sends none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<NodePolicy>,
+    /// A reboot was required after the upgrade but the policy never reboots.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reboot_withheld: bool,
 }
 
 /// A side effect for the executor to perform.
@@ -135,8 +146,8 @@ pub enum Effect {
     /// Repair an interrupted package database, then snapshot installed versions
     /// ([`Outcome::Prepared`]).
     Prepare,
-    /// Apply the pending upgrades of `scope` ([`Outcome::Changed`]).
-    Upgrade(UpgradeScope),
+    /// Apply the pending upgrades `selection` selects ([`Outcome::Changed`]).
+    Upgrade(UpgradeSelection),
     /// Install exact versions ([`Outcome::Changed`]).
     Install(Vec<PackagePin>, InstallPurpose),
     /// Install the Kubernetes packages at `version`, resolved to package versions
@@ -223,6 +234,8 @@ impl OperationRecord {
             recoveries: 0,
             after_verdict: false,
             started_at: now,
+            policy: None,
+            reboot_withheld: false,
         };
         match record.operation {
             Operation::Reboot => record.enter_reboot(),
@@ -230,6 +243,12 @@ impl OperationRecord {
             Operation::PackageUpgrade { .. } | Operation::KubernetesUpgrade { .. } => {}
         }
         record
+    }
+
+    /// The same operation under the pool's policy of its grant.
+    pub fn under(mut self, policy: Option<NodePolicy>) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// The effect the current phase calls for; `None` once done.
@@ -243,10 +262,18 @@ impl OperationRecord {
                     ..
                 } => {
                     if packages.is_empty() {
-                        Effect::Upgrade(if *security_only {
-                            UpgradeScope::SecurityOnly
-                        } else {
-                            UpgradeScope::All
+                        let security_only = *security_only
+                            || self
+                                .policy
+                                .as_ref()
+                                .is_some_and(|p| p.upgrade_mode == UpgradeMode::Security);
+                        Effect::Upgrade(UpgradeSelection {
+                            scope: if security_only {
+                                UpgradeScope::SecurityOnly
+                            } else {
+                                UpgradeScope::All
+                            },
+                            holds: self.policy_holds().to_vec(),
                         })
                     } else {
                         Effect::Install(packages.clone(), InstallPurpose::Named)
@@ -298,7 +325,10 @@ impl OperationRecord {
         self.phase = match (phase, outcome) {
             (Phase::Prepare, Outcome::Prepared(versions)) => {
                 self.versions_before = versions;
-                match self.kubernetes_skew_problem() {
+                match self
+                    .kubernetes_skew_problem()
+                    .or_else(|| self.policy_problem())
+                {
                     Some(problem) => finished(false, problem),
                     None => Phase::ChangePackages,
                 }
@@ -333,6 +363,10 @@ impl OperationRecord {
                 self.fail_with_rollback(format!("package change failed: {message}"))
             }
             (Phase::KubeadmUpgrade, Outcome::Done) => Phase::RestartKubelet,
+            (Phase::CheckReboot, Outcome::RebootRequired(true)) if !self.may_reboot() => {
+                self.reboot_withheld = true;
+                self.restart_or_verify()
+            }
             (Phase::CheckReboot, Outcome::RebootRequired(true)) => {
                 self.enter_reboot();
                 std::mem::replace(&mut self.phase, Phase::Done)
@@ -561,18 +595,22 @@ impl OperationRecord {
                     Phase::RestartKubelet
                 }
             }
+            // Under a policy that never reboots the check still runs, so that the completion
+            // says the reboot is still required.
             Operation::PackageUpgrade {
                 reboot: UpgradeReboot::IfRequired,
                 ..
             } => Phase::CheckReboot,
-            // A human's reboot joined the upgrade: reboot whatever the upgrade needs.
+            // A human's reboot joined the upgrade: reboot whatever the upgrade needs, unless
+            // the policy never reboots.
             Operation::PackageUpgrade {
                 reboot: UpgradeReboot::Always,
                 ..
-            } => {
+            } if self.policy_reboots() => {
                 self.enter_reboot();
                 std::mem::replace(&mut self.phase, Phase::Done)
             }
+            Operation::PackageUpgrade { .. } if !self.policy_reboots() => Phase::CheckReboot,
             _ => self.restart_or_verify(),
         }
     }
@@ -605,7 +643,48 @@ impl OperationRecord {
         if self.rebooted {
             parts.push("rebooted".into());
         }
+        if self.reboot_withheld {
+            let name = self.policy.as_ref().map_or("", |p| p.name.as_str());
+            parts.push(format!(
+                "reboot still required: policy {name} never reboots (reboot.mode never)"
+            ));
+        }
         parts.join(", ")
+    }
+
+    /// Whether a reboot required after the upgrade happens: the operation asks for it and the
+    /// grant's policy allows it.
+    fn may_reboot(&self) -> bool {
+        self.operation.may_reboot() && self.policy_reboots()
+    }
+
+    /// Whether the grant's policy lets a required reboot happen.
+    fn policy_reboots(&self) -> bool {
+        self.policy.as_ref().is_none_or(NodePolicy::reboots)
+    }
+
+    fn policy_holds(&self) -> &[String] {
+        self.policy.as_ref().map_or(&[], |p| p.holds.as_slice())
+    }
+
+    /// A package upgrade the grant's policy does not allow: none at all under
+    /// `upgrade.mode: none`, and never a package it holds.
+    fn policy_problem(&self) -> Option<String> {
+        let (Operation::PackageUpgrade { packages, .. }, Some(policy)) =
+            (&self.operation, &self.policy)
+        else {
+            return None;
+        };
+        if policy.upgrade_mode == UpgradeMode::None {
+            return Some(format!(
+                "policy {} allows no package upgrades (upgrade.mode none)",
+                policy.name
+            ));
+        }
+        packages
+            .iter()
+            .find(|pin| policy.holds.contains(&pin.name))
+            .map(|pin| format!("{} is held by policy {}", pin.name, policy.name))
     }
 
     /// A Kubernetes upgrade moves one minor version at a time and never down.
@@ -679,7 +758,10 @@ mod tests {
             "libc6".into(),
             "1".into(),
         )])));
-        assert_eq!(r.next_effect(), Some(Effect::Upgrade(UpgradeScope::All)));
+        assert_eq!(
+            r.next_effect(),
+            Some(Effect::Upgrade(UpgradeScope::All.into()))
+        );
         r.on(Outcome::Changed(vec![change("libc6", "1", "2")]));
         assert_eq!(r.next_effect(), Some(Effect::CheckRebootRequired));
         r.on(Outcome::RebootRequired(true));
@@ -844,7 +926,7 @@ mod tests {
         r.on(Outcome::Prepared(BTreeMap::new()));
         assert_eq!(
             r.next_effect(),
-            Some(Effect::Upgrade(UpgradeScope::SecurityOnly))
+            Some(Effect::Upgrade(UpgradeScope::SecurityOnly.into()))
         );
         r.on(Outcome::Changed(vec![change("containerd", "1.6", "1.7")]));
         assert_eq!(r.next_effect(), Some(Effect::RestartKubelet));
@@ -970,5 +1052,127 @@ mod tests {
         let json = serde_json::to_string(&r).unwrap();
         let back: OperationRecord = serde_json::from_str(&json).unwrap();
         assert_eq!(back, r);
+    }
+
+    fn pool(
+        upgrade_mode: UpgradeMode,
+        reboot_mode: rota_core::policy::crd::RebootMode,
+    ) -> NodePolicy {
+        NodePolicy {
+            name: "workers".into(),
+            upgrade_mode,
+            holds: vec!["openssl".into()],
+            sentinel_files: None,
+            sentinel_command: vec![],
+            reboot_command: vec![],
+            reboot_mode,
+        }
+    }
+
+    #[test]
+    fn the_grants_policy_narrows_the_upgrade_and_adds_its_holds() {
+        use rota_core::policy::crd::RebootMode;
+        let mut r =
+            record(upgrade()).under(Some(pool(UpgradeMode::Security, RebootMode::WhenRequired)));
+        r.on(Outcome::Prepared(BTreeMap::new()));
+        assert_eq!(
+            r.next_effect(),
+            Some(Effect::Upgrade(UpgradeSelection {
+                scope: UpgradeScope::SecurityOnly,
+                holds: vec!["openssl".into()],
+            }))
+        );
+        let mut r = record(upgrade()).under(Some(pool(UpgradeMode::All, RebootMode::WhenRequired)));
+        r.on(Outcome::Prepared(BTreeMap::new()));
+        assert!(matches!(
+            r.next_effect(),
+            Some(Effect::Upgrade(UpgradeSelection {
+                scope: UpgradeScope::All,
+                ..
+            }))
+        ));
+        // The policy survives the state file.
+        let back: OperationRecord =
+            serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn the_grants_policy_refuses_what_it_does_not_allow() {
+        use rota_core::policy::crd::RebootMode;
+        let mut none =
+            record(upgrade()).under(Some(pool(UpgradeMode::None, RebootMode::WhenRequired)));
+        none.on(Outcome::Prepared(BTreeMap::new()));
+        assert!(
+            matches!(&none.phase, Phase::Finished { success: false, message } if message.contains("upgrade.mode none")),
+            "{:?}",
+            none.phase
+        );
+        let named = Operation::PackageUpgrade {
+            security_only: false,
+            reboot: UpgradeReboot::IfRequired,
+            packages: vec![PackagePin {
+                name: "openssl".into(),
+                version: "3.0.15".into(),
+            }],
+        };
+        let mut held = record(named).under(Some(pool(UpgradeMode::All, RebootMode::WhenRequired)));
+        held.on(Outcome::Prepared(BTreeMap::new()));
+        assert!(
+            matches!(&held.phase, Phase::Finished { success: false, message } if message.contains("openssl is held by policy workers")),
+            "{:?}",
+            held.phase
+        );
+    }
+
+    #[test]
+    fn under_reboot_mode_never_a_required_reboot_is_reported_not_performed() {
+        use rota_core::policy::crd::RebootMode;
+        let mut r = record(upgrade()).under(Some(pool(UpgradeMode::All, RebootMode::Never)));
+        r.on(Outcome::Prepared(BTreeMap::from([(
+            "libc6".into(),
+            "1".into(),
+        )])));
+        r.on(Outcome::Changed(vec![change("libc6", "1", "2")]));
+        assert_eq!(r.next_effect(), Some(Effect::CheckRebootRequired));
+        r.on(Outcome::RebootRequired(true));
+        assert_eq!(
+            r.next_effect(),
+            Some(Effect::CheckHealth {
+                kubelet_version: None
+            }),
+            "no reboot"
+        );
+        assert_eq!(r.reboot_attempts, 0);
+        r.on(Outcome::Healthy);
+        let Some(Effect::Complete {
+            success,
+            rebooted,
+            message,
+            ..
+        }) = r.next_effect()
+        else {
+            panic!("expected completion, got {:?}", r.phase);
+        };
+        assert!(success && !rebooted);
+        assert!(message.contains("reboot still required"), "{message}");
+        // An upgrade asked for without a reboot still checks, to report it.
+        let mut r = record(Operation::PackageUpgrade {
+            security_only: false,
+            reboot: UpgradeReboot::Never,
+            packages: vec![],
+        })
+        .under(Some(pool(UpgradeMode::All, RebootMode::Never)));
+        r.on(Outcome::Prepared(BTreeMap::new()));
+        r.on(Outcome::Changed(vec![change("libc6", "1", "2")]));
+        r.on(Outcome::RebootRequired(true));
+        assert!(r.reboot_withheld);
+        assert_eq!(r.reboot_attempts, 0);
+        // The same upgrade under whenRequired reboots.
+        let mut r = record(upgrade()).under(Some(pool(UpgradeMode::All, RebootMode::WhenRequired)));
+        r.on(Outcome::Prepared(BTreeMap::new()));
+        r.on(Outcome::Changed(vec![change("libc6", "1", "2")]));
+        r.on(Outcome::RebootRequired(true));
+        assert_eq!(r.next_effect(), Some(Effect::Reboot));
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::{
     InstallPurpose, KUBERNETES_PACKAGES, PackageChange, PackageManager, RepairOutcome,
-    UpgradeScope, check_pins, diff,
+    UpgradeSelection, check_pins, diff,
 };
 use crate::host::{Host, HostCommand, tail};
 use crate::{Error, Result};
@@ -167,11 +167,11 @@ impl PackageManager for Apt<'_> {
         Ok(pending)
     }
 
-    fn upgrade(&self, scope: UpgradeScope) -> Result<Vec<PackageChange>> {
+    fn upgrade(&self, selection: &UpgradeSelection) -> Result<Vec<PackageChange>> {
         let specs: Vec<String> = self
             .upgradable()?
             .into_iter()
-            .filter(|p| scope.selects(p))
+            .filter(|p| selection.selects(p))
             .map(|p| format!("{}={}", p.name, p.candidate_version))
             .collect();
         if specs.is_empty() {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::{
     InstallPurpose, KUBERNETES_PACKAGES, PackageChange, PackageManager, RepairOutcome,
-    UpgradeScope, check_pins, diff,
+    UpgradeSelection, check_pins, diff,
 };
 use crate::detect::version::VersionScheme;
 use crate::host::{ExitStatus, Host, HostCommand};
@@ -119,11 +119,11 @@ impl PackageManager for Dnf<'_> {
         Ok(pending)
     }
 
-    fn upgrade(&self, scope: UpgradeScope) -> Result<Vec<PackageChange>> {
+    fn upgrade(&self, selection: &UpgradeSelection) -> Result<Vec<PackageChange>> {
         let specs: Vec<String> = self
             .upgradable()?
             .into_iter()
-            .filter(|p| scope.selects(p))
+            .filter(|p| selection.selects(p))
             .map(|p| format!("{}-{}", p.name, p.candidate_version))
             .collect();
         if specs.is_empty() {

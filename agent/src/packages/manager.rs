@@ -29,6 +29,32 @@ impl UpgradeScope {
     }
 }
 
+/// What a plain upgrade applies: the pending upgrades of `scope`, except what the package
+/// manager holds and what `holds` names (the pool's `upgrade.holds`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeSelection {
+    /// Security only, or everything.
+    pub scope: UpgradeScope,
+    /// Packages held on top of the package manager's own holds.
+    pub holds: Vec<String>,
+}
+
+impl UpgradeSelection {
+    /// Whether this selection applies `p`.
+    pub fn selects(&self, p: &PendingPackage) -> bool {
+        self.scope.selects(p) && !self.holds.contains(&p.name)
+    }
+}
+
+impl From<UpgradeScope> for UpgradeSelection {
+    fn from(scope: UpgradeScope) -> Self {
+        UpgradeSelection {
+            scope,
+            holds: Vec::new(),
+        }
+    }
+}
+
 /// One package that changed.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PackageChange {
@@ -81,9 +107,9 @@ pub trait PackageManager {
     /// whether a plain upgrade leaves it alone ([`PendingPackage::blocked`]). Sorted by name.
     fn upgradable(&self) -> Result<Vec<PendingPackage>>;
 
-    /// Applies the pending upgrades selected by `scope` ([`UpgradeScope::selects`]): holds and
-    /// [`KUBERNETES_PACKAGES`] never move.
-    fn upgrade(&self, scope: UpgradeScope) -> Result<Vec<PackageChange>>;
+    /// Applies the pending upgrades `selection` selects ([`UpgradeSelection::selects`]): holds
+    /// (the package manager's and the selection's) and [`KUBERNETES_PACKAGES`] never move.
+    fn upgrade(&self, selection: &UpgradeSelection) -> Result<Vec<PackageChange>>;
 
     /// Installs exactly these versions under the rules of `purpose`; refuses (changing nothing)
     /// what `purpose` does not allow.

@@ -1,7 +1,8 @@
 //! OS package management behind the [`PackageManager`] trait, with the apt and dnf backends.
 //!
 //! Rules every backend keeps:
-//! - package holds (`apt-mark hold`, dnf versionlock) are honoured by plain upgrades;
+//! - package holds (`apt-mark hold`, dnf versionlock) and the pool's policy holds
+//!   ([`UpgradeSelection::holds`], [`mark_held`]) are honoured by plain upgrades;
 //! - `kubelet`, `kubeadm` and `kubectl` ([`KUBERNETES_PACKAGES`]) never move in a plain upgrade,
 //!   only through [`InstallPurpose::Kubernetes`] (a Kubernetes upgrade operation) or a rollback;
 //! - every change returns the versions before and after, so it can be rolled back.
@@ -13,12 +14,13 @@ pub mod manager;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use rota_core::model::PackagePin;
+use rota_core::model::{Blocked, PackagePin, PendingPackage};
 
 pub use apt::Apt;
 pub use dnf::Dnf;
 pub use manager::{
-    InstallPurpose, KUBERNETES_PACKAGES, PackageChange, PackageManager, RepairOutcome, UpgradeScope,
+    InstallPurpose, KUBERNETES_PACKAGES, PackageChange, PackageManager, RepairOutcome,
+    UpgradeScope, UpgradeSelection,
 };
 
 use crate::detect::os::{OsFamily, OsRelease};
@@ -49,6 +51,17 @@ pub fn read_os_release(host: &dyn Host) -> Result<OsRelease> {
         "os-release",
         "neither /etc/os-release nor /usr/lib/os-release exists",
     ))
+}
+
+/// Marks the pending upgrades of packages in `holds` (the pool's policy holds) as held, as the
+/// package manager marks its own holds: a plain upgrade leaves them alone.
+pub fn mark_held(pending: &mut [PendingPackage], holds: &[String]) {
+    for p in pending
+        .iter_mut()
+        .filter(|p| p.blocked.is_none() && holds.contains(&p.name))
+    {
+        p.blocked = Some(Blocked::Held);
+    }
 }
 
 /// The packages whose installed version differs between two snapshots (name → version).

@@ -1,7 +1,10 @@
-//! What the real-package suites share: prerequisites, the cached Debian base, per-test copies
-//! of a prepared root, and running the agent binary on it.
+//! What the agent's suites share: prerequisites, the cached Debian base, per-test copies of a
+//! prepared root, running the agent binary on it, and a fake coordinator for the daemon.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+pub mod coordinator;
+pub mod debian;
 use rota_core::model::NodeFacts;
 
 use std::fs;

@@ -46,5 +46,6 @@ pub fn slot_status(view: &SlotView) -> pb::SlotStatus {
         waiting_reasons: view.waiting_reasons.clone(),
         lease_ttl_seconds: ttl_seconds(view.lease_ttl),
         message: view.message.clone(),
+        policy: view.policy.as_ref().map(pb::NodePolicy::from),
     }
 }

@@ -135,11 +135,14 @@ impl<C: AgentCore, A: Authenticator> Agent for AgentGrpc<C, A> {
         let node = self.authorize(&request, &request.get_ref().node).await?;
         let facts =
             wire::facts(request.into_inner().facts).map_err(|e| status::invalid_argument(&e))?;
-        self.core
+        let policy = self
+            .core
             .report_facts(&node, facts)
             .await
             .map_err(|e| status::from_slots(&e))?;
-        Ok(Response::new(pb::ReportFactsResponse {}))
+        Ok(Response::new(pb::ReportFactsResponse {
+            policy: policy.as_ref().map(pb::NodePolicy::from),
+        }))
     }
 
     async fn request_slot(

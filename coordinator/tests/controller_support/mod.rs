@@ -28,7 +28,7 @@ use rota_coordinator::leader::Leadership;
 use rota_coordinator::metrics::Metrics;
 use rota_coordinator::notify::Notifier;
 use rota_core::agent_api::AgentCore;
-use rota_core::model::{FencingToken, NodeFacts, Operation};
+use rota_core::model::{FencingToken, NodeFacts, NodePolicy, Operation};
 use rota_core::policy::{MaintenancePolicy, MaintenancePolicySpec};
 use rota_core::slots::{Completion, NodeState, SlotView};
 use rota_sim::apiserver::{
@@ -430,8 +430,8 @@ impl Running {
     }
 
     /// The agent of `node` reports facts with this boot id (retrying until the coordinator
-    /// serves agents).
-    pub async fn report(&self, node: &str, boot_id: &str) -> Result<()> {
+    /// serves agents); returns the node's policy as the coordinator answers.
+    pub async fn report(&self, node: &str, boot_id: &str) -> Result<Option<NodePolicy>> {
         let facts = NodeFacts {
             boot_id: boot_id.into(),
             kubelet_version: "v1.33.1".into(),

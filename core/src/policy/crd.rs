@@ -244,7 +244,7 @@ pub struct UpgradeSpec {
     /// Which package upgrades to apply. Default `security`.
     #[serde(default)]
     pub mode: UpgradeMode,
-    /// Packages never upgraded (held).
+    /// Packages never upgraded (held), on top of the holds of the nodes' package managers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub holds: Vec<String>,
     /// Target kubelet version, e.g. `v1.33.2`; nodes move one minor version at a time,
@@ -271,14 +271,17 @@ pub struct RebootSpec {
     /// Default `whenRequired`.
     #[serde(default)]
     pub mode: RebootMode,
-    /// Absolute host paths whose existence means a reboot is required. Default
-    /// `[/var/run/reboot-required]`; an explicit empty list turns sentinel files off.
+    /// Absolute host paths whose existence means a reboot is required; an explicit empty list
+    /// turns sentinel files off. Unset: the agent's `--sentinel` (by default
+    /// `/var/run/reboot-required` and `/run/reboot-required`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sentinel_files: Option<Vec<String>>,
-    /// A command run in the host (argv); exit status 0 means a reboot is required.
+    /// A command run in the host (argv); exit status 0 means a reboot is required. Unset: the
+    /// agent's `--sentinel-command` (by default none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sentinel_command: Vec<String>,
-    /// The reboot command (argv) run in the host. Default `[systemctl, reboot]`.
+    /// The reboot command (argv) run in the host. Unset: the agent's `--reboot-command` (by
+    /// default `systemctl reboot`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
 }

@@ -18,8 +18,8 @@ pub use selector::{Selector, SelectorProblem};
 pub use validate::{
     AlertFilter, AlertSource, Backoff, Blockers, ControlPlane, DEFAULT_BACKOFF_INITIAL,
     DEFAULT_BACKOFF_MAX, DEFAULT_CONTROL_PLANE_MAX_UNAVAILABLE, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_READY_TIMEOUT, DEFAULT_SENTINEL_FILE, Drain, Health, MaxUnavailable, NamespacedName,
-    PolicyError, Reboot, Upgrade, ValidatedPolicy, validate,
+    DEFAULT_READY_TIMEOUT, Drain, Health, MaxUnavailable, NamespacedName, PolicyError, Reboot,
+    Upgrade, ValidatedPolicy, validate,
 };
 pub use version::{KubeVersion, VersionError};
 pub use window::{BlackoutPeriod, ClosedReason, Window, WindowState};

@@ -97,16 +97,19 @@ pub struct Upgrade {
     pub kubernetes_version: Option<KubeVersion>,
 }
 
-/// Reboot settings with defaults applied.
+/// Reboot settings, checked. What the policy leaves unset stays unset: the agents' own
+/// settings (their flags) apply there.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reboot {
     /// Whether nodes reboot.
     pub mode: RebootMode,
-    /// Absolute host paths whose existence means a reboot is required.
-    pub sentinel_files: Vec<String>,
-    /// Host command (argv) whose exit status 0 means a reboot is required; empty: none.
+    /// Absolute host paths whose existence means a reboot is required; `None`: the agent's own
+    /// (an empty list turns sentinel files off).
+    pub sentinel_files: Option<Vec<String>>,
+    /// Host command (argv) whose exit status 0 means a reboot is required; empty: the agent's
+    /// own.
     pub sentinel_command: Vec<String>,
-    /// Reboot command (argv).
+    /// Reboot command (argv); empty: the agent's own.
     pub command: Vec<String>,
 }
 
@@ -270,8 +273,6 @@ pub const DEFAULT_BACKOFF_MAX: SignedDuration = SignedDuration::from_mins(30);
 /// Default `controlPlane.maxUnavailable`: with the three stacked etcd members of a usual kubeadm
 /// control plane, one down keeps quorum; two down lose it.
 pub const DEFAULT_CONTROL_PLANE_MAX_UNAVAILABLE: u32 = 1;
-/// Default reboot sentinel file (as kured and Debian/Ubuntu's update-notifier use it).
-pub const DEFAULT_SENTINEL_FILE: &str = "/var/run/reboot-required";
 
 /// Checks a spec. Returns the policy, or every problem found (not just the first), each with its
 /// field path, so that one `kubectl apply` round trip is enough to fix them all.
@@ -522,6 +523,11 @@ impl Validator {
         for (i, hold) in u.holds.iter().enumerate() {
             if hold.trim().is_empty() {
                 self.error(format!("spec.upgrade.holds[{i}]"), "empty package name");
+            } else if hold.chars().any(char::is_whitespace) {
+                self.error(
+                    format!("spec.upgrade.holds[{i}]"),
+                    format!("{hold:?} is not a package name (it contains whitespace)"),
+                );
             }
         }
         let kubernetes_version = u.kubernetes_version.as_deref().and_then(|text| {
@@ -537,11 +543,8 @@ impl Validator {
     }
 
     fn reboot(&mut self, r: &RebootSpec) -> Reboot {
-        let sentinel_files = r
-            .sentinel_files
-            .clone()
-            .unwrap_or_else(|| vec![DEFAULT_SENTINEL_FILE.to_owned()]);
-        for (i, path) in sentinel_files.iter().enumerate() {
+        let sentinel_files = r.sentinel_files.clone();
+        for (i, path) in sentinel_files.iter().flatten().enumerate() {
             if !path.starts_with('/') {
                 self.error(
                     format!("spec.reboot.sentinelFiles[{i}]"),
@@ -551,16 +554,11 @@ impl Validator {
         }
         self.argv(&r.sentinel_command, "spec.reboot.sentinelCommand");
         self.argv(&r.command, "spec.reboot.command");
-        let command = if r.command.is_empty() {
-            vec!["systemctl".to_owned(), "reboot".to_owned()]
-        } else {
-            r.command.clone()
-        };
         Reboot {
             mode: r.mode,
             sentinel_files,
             sentinel_command: r.sentinel_command.clone(),
-            command,
+            command: r.command.clone(),
         }
     }
 

@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 use jiff::{SignedDuration, Timestamp};
 
 use super::transition::{NodeState, TransitionReason};
-use crate::model::{FencingToken, NodeName, Operation, PackagePin, Slot, SlotRequest};
+use crate::model::{FencingToken, NodeName, NodePolicy, Operation, PackagePin, Slot, SlotRequest};
 
 /// The latest progress note of a granted operation (`ReportProgress`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -195,6 +195,10 @@ pub struct SlotView {
     pub lease_ttl: SignedDuration,
     /// Human-readable detail of the latest transition.
     pub message: String,
+    /// The policy of the node's pool; from the grant on, the one in force when the slot was
+    /// granted (what the agent performs the operation under). `None` when no single valid
+    /// policy selects the node.
+    pub policy: Option<NodePolicy>,
 }
 
 /// The agent's report that its operation finished (`Complete`).

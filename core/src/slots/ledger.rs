@@ -213,7 +213,7 @@ impl Ledger {
         self.slots().filter(move |s| s.lease_expires_at <= now)
     }
 
-    /// What the node's agent sees.
+    /// What the node's agent sees, without its policy (the ledger does not know pools).
     pub fn view(&self, node: &str) -> SlotView {
         let mut view = SlotView {
             node: node.to_owned(),
@@ -224,6 +224,7 @@ impl Ledger {
             waiting_reasons: Vec::new(),
             lease_ttl: self.lease_ttl,
             message: String::new(),
+            policy: None,
         };
         let Some(entry) = self.entries.get(node) else {
             return view;

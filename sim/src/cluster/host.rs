@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use rota_agent::host::memory::exited;
 use rota_agent::host::{CommandOutput, Host, HostCommand, MemoryHost, RebootMethod};
 use rota_agent::packages::{
-    InstallPurpose, PackageChange, PackageManager, RepairOutcome, UpgradeScope,
+    InstallPurpose, PackageChange, PackageManager, RepairOutcome, UpgradeSelection,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -348,8 +348,8 @@ impl PackageManager for SimPackages<'_> {
         self.inner.upgradable()
     }
 
-    fn upgrade(&self, scope: UpgradeScope) -> rota_agent::Result<Vec<PackageChange>> {
-        let mut changes = self.inner.upgrade(scope)?;
+    fn upgrade(&self, selection: &UpgradeSelection) -> rota_agent::Result<Vec<PackageChange>> {
+        let mut changes = self.inner.upgrade(selection)?;
         self.host.install_kernel_images(&mut changes);
         Ok(changes)
     }
@@ -385,6 +385,7 @@ impl PackageManager for SimPackages<'_> {
 mod tests {
     use super::*;
     use crate::cluster::scenario::AvailablePackage;
+    use rota_agent::packages::UpgradeScope;
 
     fn spec() -> HostSpec {
         HostSpec {
@@ -429,7 +430,7 @@ mod tests {
         let pm = host.packages().unwrap();
         let pending = pm.upgradable().unwrap();
         assert_eq!(pending.len(), 2);
-        let changes = pm.upgrade(UpgradeScope::SecurityOnly).unwrap();
+        let changes = pm.upgrade(&UpgradeScope::SecurityOnly.into()).unwrap();
         let names: Vec<&str> = changes.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, vec!["linux-image-6.1.0-31-amd64", KERNEL_PACKAGE]);
         assert!(
@@ -477,7 +478,7 @@ mod tests {
         assert_eq!(facts.pending_upgrades.len(), 2);
         host.packages()
             .unwrap()
-            .upgrade(UpgradeScope::SecurityOnly)
+            .upgrade(&UpgradeScope::SecurityOnly.into())
             .unwrap();
         let facts = rota_agent::detect::detect(&host, &rota_agent::detect::DetectConfig::default());
         assert!(facts.reboot_required, "{facts:?}");

@@ -123,7 +123,7 @@ impl Default for KuredOptions {
 /// timer: the kernel update leaves the reboot sentinel behind.
 pub fn unattended_upgrade(host: &SimHost) -> Result<()> {
     let packages = host.packages()?;
-    packages.upgrade(UpgradeScope::All)?;
+    packages.upgrade(&UpgradeScope::All.into())?;
     Ok(())
 }
 

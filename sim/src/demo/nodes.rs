@@ -403,7 +403,7 @@ mod tests {
         assert_eq!(args.token_file.as_deref(), Some(token_file.as_path()));
         let config = args.daemon_config();
         assert_eq!(config.node, "n1");
-        assert_eq!(config.policy, setup.options.upgrade);
+        assert_eq!(config.upgrade, setup.options.upgrade);
         assert_eq!(config.retry_interval, setup.options.retry_interval);
         assert_eq!(config.exec.shutdown_wait, Duration::from_secs(5));
     }

@@ -38,6 +38,7 @@ use crate::events::{EventSink, Reason};
 use crate::metrics::{Metrics, Outcome};
 use crate::notify::{Notification, PauseCause};
 use crate::store::{ClusterCache, KubeLedgerStore, WriteGate};
+use rota_core::cluster::ClusterState;
 use rota_core::controller::annotations::{MAINTENANCE_REQUESTED, RELEASE};
 use rota_core::controller::decide::{
     self, AdmitAction, Decisions, DrainStart, ManualAction, PoolGauges, ReleaseAction, SlotAction,
@@ -45,8 +46,9 @@ use rota_core::controller::decide::{
 use rota_core::controller::drained::{AfterDrain, DrainEnd, after_drain};
 use rota_core::controller::pools::{PolicyBook, PolicyChange};
 use rota_core::controller::snapshot::pool_of;
-use rota_core::model::{FencingToken, NodeName};
+use rota_core::model::{FencingToken, NodeName, NodePolicy};
 use rota_core::policy::{Backoff, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, MaintenancePolicy};
+use rota_core::scheduler::Pool;
 use rota_core::slots::{
     self, Holding, LedgerError, NodeEntry, Release, StoreError, Transition, TransitionReason,
 };
@@ -293,11 +295,12 @@ impl<'a> Term<'a> {
             .iter()
             .map(|(n, r)| (n.clone(), r.token))
             .collect();
-        let (decisions, policy_changes) = {
+        let (decisions, policy_changes, node_policies) = {
             let cache = self.cache.read();
             let changes = self.book.update(cache.policies());
-            self.alerts
-                .set_urls(rota_core::blockers::urls(&self.book.pools()));
+            let pools = self.book.pools();
+            self.alerts.set_urls(rota_core::blockers::urls(&pools));
+            let node_policies = node_policies(&cache, &pools);
             let alerts = self.alerts.reports();
             let decisions = decide::decide(&decide::Input {
                 cache: &cache,
@@ -311,7 +314,7 @@ impl<'a> Term<'a> {
                 blocked_timeout: self.coordinator.settings.drain_blocked_timeout,
                 now,
             });
-            (decisions, changes)
+            (decisions, changes, node_policies)
         };
         self.expiry_reported.retain(|(node, token)| {
             matches!(
@@ -319,13 +322,15 @@ impl<'a> Term<'a> {
                 Some(Holding::Held(h)) if h.slot.token == *token
             )
         });
-        self.perform(decisions, policy_changes, now).await
+        self.perform(decisions, policy_changes, &node_policies, now)
+            .await
     }
 
     async fn perform(
         &mut self,
         decisions: Decisions,
         policy_changes: Vec<PolicyChange>,
+        node_policies: &HashMap<NodeName, Arc<NodePolicy>>,
         now: Timestamp,
     ) -> Result<(), TermEnd> {
         let Decisions {
@@ -351,6 +356,7 @@ impl<'a> Term<'a> {
         for node in add_nodes {
             self.service.node_added(&node).await;
         }
+        self.service.set_policies(node_policies).await;
         for node in delete_nodes {
             if let Some(running) = self.running.remove(&node) {
                 running.cancel.cancel();
@@ -536,4 +542,26 @@ fn log_refusal(node: &str, action: &str, error: &slots::Error) {
         slots::Error::NotLeading => debug!(node, action, "not leading any more"),
         other => warn!(node, action, error = %other, "slot change failed; retrying"),
     }
+}
+
+/// What each node's agent follows: the policy of its pool (one shared value per pool), for the
+/// nodes that exactly one pool selects.
+fn node_policies(cache: &ClusterState, pools: &[Pool]) -> HashMap<NodeName, Arc<NodePolicy>> {
+    let per_pool: HashMap<&str, Arc<NodePolicy>> = pools
+        .iter()
+        .map(|p| {
+            (
+                p.name.as_str(),
+                Arc::new(NodePolicy::of(&p.name, &p.policy)),
+            )
+        })
+        .collect();
+    cache
+        .nodes()
+        .iter()
+        .filter_map(|(name, node)| {
+            let pool = pool_of(node, pools)?;
+            Some((name.clone(), per_pool.get(pool.name.as_str())?.clone()))
+        })
+        .collect()
 }
