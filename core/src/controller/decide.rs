@@ -538,12 +538,16 @@ mod tests {
     }
 
     /// A Ready node with this kubelet boot id.
+    /// A cordoned node whose kubelet reported it Ready at 2023-11-14T22:30:00Z.
     fn node(name: &str, boot_id: &str) -> k8s_openapi::api::core::v1::Node {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": name},
             "spec": {"unschedulable": true},
             "status": {
-                "conditions": [{"type": "Ready", "status": "True"}],
+                "conditions": [{
+                    "type": "Ready", "status": "True",
+                    "lastHeartbeatTime": "2023-11-14T22:30:00Z",
+                }],
                 "nodeInfo": {
                     "bootID": boot_id, "architecture": "", "containerRuntimeVersion": "",
                     "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": "",
