@@ -442,6 +442,33 @@ async fn malformed_requests_are_refused() {
             n1.report_facts(facts("n1", "")).await.map(|_| ()),
         ),
         (
+            "a reason that forges a log line and drives a terminal",
+            n1.release(pb::ReleaseRequest {
+                node: "n1".into(),
+                token: 0,
+                reason: "done\n2026-12-05T00:00:00Z INFO forged\u{1b}[2J".into(),
+            })
+            .await
+            .map(|_| ()),
+        ),
+        (
+            "a boot id with NUL and ESC",
+            n1.report_facts(facts("n1", "boot\u{0}\u{1b}[31m"))
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "a progress step with a newline",
+            n1.report_progress(pb::ReportProgressRequest {
+                node: "n1".into(),
+                token: 1,
+                step: "rebooting\nDONE".into(),
+                message: String::new(),
+            })
+            .await
+            .map(|_| ()),
+        ),
+        (
             "long reason",
             n1.release(pb::ReleaseRequest {
                 node: "n1".into(),
@@ -470,6 +497,78 @@ async fn malformed_requests_are_refused() {
         0,
         "nothing was written for a malformed request"
     );
+    h.shutdown().await.unwrap();
+}
+
+/// Bytes, sent and received as they are: a client that can send what no generated client would.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+struct RawBytes;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawBytes;
+    type Decoder = RawBytes;
+
+    fn encoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+
+    fn decoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+}
+
+impl tonic::codec::Encoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        let bytes = bytes::Buf::copy_to_bytes(buf, bytes::Buf::remaining(buf));
+        Ok(Some(bytes.to_vec()))
+    }
+}
+
+/// A body that is not a protobuf message is a malformed request (INVALID_ARGUMENT), not a fault
+/// of the coordinator (INTERNAL), and changes nothing.
+#[tokio::test]
+async fn an_undecodable_request_is_invalid_argument() {
+    let h = Harness::start().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(h.channel.clone());
+    // Field 1 (node) as a length-delimited string claiming 100 bytes, with 2 there.
+    let garbage = vec![0x0a, 0x64, b'n', b'1'];
+    for method in ["RequestSlot", "ReportFacts", "Release"] {
+        grpc.ready().await.unwrap();
+        let mut request = Request::new(garbage.clone());
+        request.metadata_mut().insert(
+            "authorization",
+            MetadataValue::try_from("Bearer token-n1").unwrap(),
+        );
+        let path = format!("/rota.v1.Agent/{method}").parse().unwrap();
+        let err = grpc
+            .unary::<Vec<u8>, Vec<u8>, RawCodec>(request, path, RawCodec)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{method}: {err:?}");
+        assert!(err.message().contains("malformed message"), "{err:?}");
+    }
+    assert_eq!(h.core.store().writes(), 0);
     h.shutdown().await.unwrap();
 }
 

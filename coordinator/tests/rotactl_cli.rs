@@ -651,3 +651,66 @@ async fn watch_gives_up_at_its_timeout() {
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("not done within 2s"), "{}", run.stderr);
 }
+
+/// Text from annotations (anyone with Node patch rights) and from agents (through their
+/// reports) never reaches the terminal raw: no escape sequence, no forged line. Names that are
+/// not Kubernetes object names (`worker-03/status` would be another API path) are refused
+/// before any request, and change nothing.
+#[tokio::test]
+async fn hostile_text_and_names_never_reach_the_terminal_raw() {
+    let c = cluster().await;
+    let mut entry = queued("n1", Origin::Agent, 60);
+    if let Holding::Queued(q) = &mut entry.holding {
+        q.note = "waiting\n2026-12-05 INFO node n2 released\u{1b}[2J".into();
+    }
+    c.node("n1", &[], Some(&entry));
+    c.store
+        .modify_as::<Node>(None, "n1", |n| {
+            n.metadata.annotations.get_or_insert_default().insert(
+                "rota.dev/maintenance-requested".into(),
+                "reboot\u{1b}]0;owned\u{7}".into(),
+            );
+        })
+        .unwrap();
+    let mut event = new_event("e1", "n1", "SlotAdmitted", 30);
+    event.note = Some("admitted\n\u{1b}[31mFORGED ROW\u{1b}[0m".into());
+    c.store.create_as(&event).unwrap();
+    c.policy("workers", MaintenancePolicySpec::default()).await;
+
+    for args in [&["status"][..], &["history", "n1"][..]] {
+        let out = c.ok(args).await;
+        assert!(
+            !out.chars().any(|ch| ch.is_control() && ch != '\n'),
+            "rotactl {args:?} printed a control character:\n{out:?}"
+        );
+        assert!(
+            !out.lines()
+                .any(|l| l.starts_with("2026-12-05") || l.starts_with("FORGED")),
+            "rotactl {args:?} printed a forged line:\n{out}"
+        );
+    }
+    assert!(c.ok(&["status"]).await.contains("\\u{1b}[2J"));
+
+    for args in [
+        &["reboot", "n1/status"][..],
+        &["release", "-y", "n1/../n2"][..],
+        &["pause", "workers/status"][..],
+        &["status", "--pool", "Workers"][..],
+    ] {
+        let run = c.rotactl(args).await;
+        assert_ne!(run.code, 0, "rotactl {args:?} was accepted");
+        assert!(
+            run.stderr.contains("not a valid Kubernetes object name"),
+            "rotactl {args:?}: {}",
+            run.stderr
+        );
+    }
+    assert!(!c.paused("workers").await);
+    assert_eq!(
+        c.annotations("n1")
+            .get("rota.dev/maintenance-requested")
+            .map(String::as_str),
+        Some("reboot\u{1b}]0;owned\u{7}"),
+        "the refused reboot wrote nothing"
+    );
+}

@@ -18,3 +18,4 @@ pub mod node;
 pub mod policy;
 pub mod scheduler;
 pub mod slots;
+pub mod text;

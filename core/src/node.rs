@@ -51,6 +51,25 @@ pub fn zone(node: &Node) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// Whether `name` is a valid object name of Nodes and cluster-scoped custom resources: a
+/// lower-case RFC 1123 subdomain (dot-separated labels of `a-z`, `0-9` and `-`, each at most 63
+/// characters, starting and ending alphanumeric; at most 253 in all). A name with `/` in it
+/// would otherwise become a different API path (`worker-03/status`).
+pub fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            let bytes = label.as_bytes();
+            !bytes.is_empty()
+                && bytes.len() <= 63
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+                && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+                && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -108,5 +127,27 @@ mod tests {
         let worker = node(&[], Some(false), None);
         assert!(!is_control_plane(&worker) && !is_unschedulable(&worker) && !is_ready(&worker));
         assert_eq!(zone(&worker), None);
+    }
+
+    #[test]
+    fn object_names_are_rfc_1123_subdomains() {
+        for good in ["worker-03", "a", "node.example.com", "1-2", &"a".repeat(63)] {
+            assert!(super::is_dns_subdomain(good), "{good}");
+        }
+        for bad in [
+            "",
+            "worker-03/status",
+            "Worker",
+            "-a",
+            "a-",
+            "a..b",
+            "a_b",
+            "a b",
+            "n1/../n2",
+            &"a".repeat(64),
+            &"a.".repeat(127),
+        ] {
+            assert!(!super::is_dns_subdomain(bad), "{bad}");
+        }
     }
 }

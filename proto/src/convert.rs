@@ -11,6 +11,7 @@ use rota_core::model::{
     UpgradeReboot,
 };
 use rota_core::policy::crd::{RebootMode, UpgradeMode};
+use rota_core::text::printable_within;
 
 use crate::v1 as pb;
 
@@ -55,17 +56,7 @@ pub fn node_name(field: &str, value: &str) -> Result<NodeName, Invalid> {
             ),
         ));
     }
-    let labels_ok = value.split('.').all(|label| {
-        let bytes = label.as_bytes();
-        !bytes.is_empty()
-            && bytes.len() <= 63
-            && bytes
-                .iter()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-            && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
-            && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
-    });
-    if !labels_ok {
+    if !rota_core::node::is_dns_subdomain(value) {
         return Err(invalid(
             field,
             format!("{value:?} is not a valid node name (lower-case RFC 1123 subdomain)"),
@@ -82,12 +73,23 @@ pub fn token(field: &str, value: u64) -> Result<FencingToken, Invalid> {
     Ok(FencingToken(value))
 }
 
-/// Free text up to `max` bytes.
+/// Free text up to `max` bytes, without control characters: no newline, escape sequence or NUL
+/// reaches a log line, an Event or a terminal through an agent. Senders make their text
+/// printable first ([`rota_core::text::printable_within`]).
 pub fn text(field: &str, value: String, max: usize) -> Result<String, Invalid> {
     if value.len() > max {
         return Err(invalid(
             field,
             format!("is {} bytes; at most {max} are accepted", value.len()),
+        ));
+    }
+    if let Some((at, c)) = value.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(invalid(
+            field,
+            format!(
+                "contains the control character {} at byte {at}; send printable text",
+                c.escape_default()
+            ),
         ));
     }
     Ok(value)
@@ -381,6 +383,15 @@ impl From<&PackagePin> for pb::PackagePin {
 
 /// Facts as the agent sends them: blocked upgrades stay home (a plain upgrade leaves them
 /// alone, so they are not the coordinator's business).
+/// Free text an agent sends, made to pass [`text`]: a detection error quotes a command's output,
+/// which has newlines.
+fn sendable(texts: &[String]) -> Vec<String> {
+    texts
+        .iter()
+        .map(|t| printable_within(t, MAX_TEXT_BYTES))
+        .collect()
+}
+
 impl From<&NodeFacts> for pb::NodeFacts {
     fn from(f: &NodeFacts) -> Self {
         pb::NodeFacts {
@@ -388,7 +399,7 @@ impl From<&NodeFacts> for pb::NodeFacts {
             kernel_running: f.kernel_running.clone(),
             kernels_installed: f.kernels_installed.clone(),
             reboot_required: f.reboot_required,
-            reboot_reasons: f.reboot_reasons.clone(),
+            reboot_reasons: sendable(&f.reboot_reasons),
             pending_upgrades: f
                 .pending_upgrades
                 .iter()
@@ -405,7 +416,7 @@ impl From<&NodeFacts> for pb::NodeFacts {
             container_runtime_version: f.container_runtime_version.clone(),
             os_image: f.os_image.clone(),
             agent_version: f.agent_version.clone(),
-            errors: f.errors.clone(),
+            errors: sendable(&f.errors),
             reboot_packages: f.reboot_packages.clone(),
             package_backend: f.package_backend.clone(),
         }

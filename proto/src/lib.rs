@@ -1,5 +1,6 @@
 //! rota's gRPC API, package `rota.v1`, and its conversions to and from rota's domain model.
 
+pub mod codec;
 pub mod convert;
 
 /// Generated protobuf messages and tonic services of `rota.v1`.

@@ -18,6 +18,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rota_core::text::printable_within;
+use rota_proto::convert::MAX_TEXT_BYTES;
 use rota_proto::v1 as pb;
 use rota_proto::v1::agent_client::AgentClient;
 use tokio::sync::mpsc;
@@ -363,7 +365,7 @@ async fn perform(
             let req = pb::ReleaseRequest {
                 node,
                 token,
-                reason,
+                reason: printable_within(&reason, MAX_TEXT_BYTES),
             };
             if let Err(e) = c.release(req).await {
                 tracing::warn!(token, error = %e, "giving the slot back failed");
@@ -500,8 +502,8 @@ impl Reporter for GrpcReporter {
         let req = pb::ReportProgressRequest {
             node: self.node.clone(),
             token,
-            step: step.to_string(),
-            message: message.to_string(),
+            step: printable_within(step, MAX_TEXT_BYTES),
+            message: printable_within(message, MAX_TEXT_BYTES),
         };
         if let Err(e) = self.runtime.block_on(c.report_progress(req)) {
             tracing::warn!(error = %e, step, "reporting progress failed");
@@ -514,7 +516,7 @@ impl Reporter for GrpcReporter {
             node: self.node.clone(),
             token,
             success: done.success,
-            message: done.message.clone(),
+            message: printable_within(&done.message, MAX_TEXT_BYTES),
             boot_id: done.boot_id.clone(),
             rebooted: done.rebooted,
             changed: done.changed.iter().map(pb::PackagePin::from).collect(),

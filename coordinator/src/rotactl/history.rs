@@ -4,6 +4,7 @@
 //! On a real API server `core/v1` and `events.k8s.io/v1` are two views of the same objects, so
 //! an Event seen through both is shown once (same uid).
 
+use rota_core::text::printable;
 use std::collections::BTreeSet;
 use std::io::Write;
 
@@ -197,11 +198,11 @@ pub fn print(
                     event
                         .time
                         .map_or_else(|| "-".to_owned(), |t| t.strftime("%F %T").to_string()),
-                    event.kind.clone(),
-                    event.reason.clone(),
-                    event.source.clone(),
+                    printable(&event.kind),
+                    printable(&event.reason),
+                    printable(&event.source),
                     event.count.to_string(),
-                    event.message.clone(),
+                    printable(&event.message),
                 ]);
             }
             writeln!(out, "{}", table.trim_fmt())?;

@@ -110,7 +110,7 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
         /// Only nodes of this pool (MaintenancePolicy).
-        #[arg(long)]
+        #[arg(long, value_parser = object_name)]
         pool: Option<String>,
         /// Only nodes that are queued, hold a slot, or have a pending request or release.
         #[arg(long)]
@@ -120,12 +120,14 @@ pub enum Command {
     /// blackouts), drained with its PodDisruptionBudgets respected.
     Reboot {
         /// The node.
+        #[arg(value_parser = object_name)]
         node: String,
     },
     /// Upgrade a node's packages (then reboot if the upgrade requires it), ahead of automatic
     /// maintenance.
     Upgrade {
         /// The node.
+        #[arg(value_parser = object_name)]
         node: String,
         /// Security updates only.
         #[arg(long)]
@@ -134,16 +136,19 @@ pub enum Command {
     /// Restart a node's kubelet, drained first, ahead of automatic maintenance.
     KubeletRestart {
         /// The node.
+        #[arg(value_parser = object_name)]
         node: String,
     },
     /// Stop admitting nodes of a pool (nodes in maintenance finish).
     Pause {
         /// The MaintenancePolicy (may be left out when there is exactly one).
+        #[arg(value_parser = object_name)]
         policy: Option<String>,
     },
     /// Resume a paused pool; also closes an open circuit breaker.
     Resume {
         /// The MaintenancePolicy (may be left out when there is exactly one).
+        #[arg(value_parser = object_name)]
         policy: Option<String>,
         /// How long to wait for the coordinator to see the pause when closing a circuit
         /// breaker.
@@ -154,6 +159,7 @@ pub enum Command {
     /// capacity is free again.
     Release {
         /// The node.
+        #[arg(value_parser = object_name)]
         node: String,
         /// Do not ask for confirmation.
         #[arg(short = 'y', long)]
@@ -162,6 +168,7 @@ pub enum Command {
     /// A node's Events (rota's and everyone else's), oldest first.
     History {
         /// The node.
+        #[arg(value_parser = object_name)]
         node: String,
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
@@ -183,6 +190,20 @@ pub enum Command {
 }
 
 /// Runs the command; the exit code is 0 on success.
+/// A node or MaintenancePolicy name from the command line: checked before it goes anywhere near
+/// an API path.
+fn object_name(value: &str) -> std::result::Result<String, String> {
+    if rota_core::node::is_dns_subdomain(value) {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "{:?} is not a valid Kubernetes object name (lower-case RFC 1123 subdomain: a-z, \
+             0-9, '-' and '.', at most 253 characters)",
+            rota_core::text::printable(value)
+        ))
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let client = client(cli.kubeconfig.as_deref(), cli.context.as_deref()).await?;
     let mut out = std::io::stdout();

@@ -7,6 +7,7 @@
 //! and why a node waits comes from its policy's `status.waitingReasons`, its request's back-off
 //! and note, and the pool's pause and circuit breaker.
 
+use rota_core::text::printable;
 use std::collections::BTreeMap;
 use std::io::Write;
 
@@ -215,6 +216,12 @@ pub fn build(nodes: &[Node], policies: &[MaintenancePolicy], now: Timestamp) -> 
     let pools: Vec<PoolView> = policies.iter().map(|p| pool_view(p, &views)).collect();
     for view in &mut views {
         explain_wait(view, policies);
+        // Annotations are anyone's with Node patch rights, and agents' text reaches them:
+        // nothing from there drives the terminal or forges a line.
+        for detail in &mut view.detail {
+            *detail = printable(detail);
+        }
+        view.requested = view.requested.as_deref().map(printable);
     }
     views.sort_by(|a, b| a.node.cmp(&b.node));
     let mut pools = pools;
