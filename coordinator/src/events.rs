@@ -9,6 +9,7 @@
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use rota_core::text::printable_within;
 
 use rota_core::policy::MaintenancePolicy;
 use rota_core::slots::{Transition, TransitionReason};
@@ -305,17 +306,10 @@ impl EventSink {
     }
 }
 
-/// The API server refuses notes over 1 kB; keep the start, on a character boundary.
+/// The API server refuses notes over 1 kB: keep the start, on a character boundary, with
+/// control characters escaped (a note can quote an agent or an annotation).
 fn truncate_note(note: &str) -> String {
-    const MAX: usize = 1024;
-    if note.len() <= MAX {
-        return note.to_owned();
-    }
-    let mut end = MAX - 3;
-    while !note.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &note[..end])
+    printable_within(note, 1024)
 }
 
 #[cfg(test)]
@@ -355,7 +349,8 @@ mod tests {
         let note = "é".repeat(800);
         let cut = truncate_note(&note);
         assert!(cut.len() <= 1024);
-        assert!(cut.ends_with("..."));
+        assert!(cut.ends_with('…'));
+        assert_eq!(truncate_note("a\nb\u{1b}"), "a\\nb\\u{1b}");
         assert_eq!(truncate_note("short"), "short");
     }
 
