@@ -193,6 +193,9 @@ impl Binaries {
     }
 }
 
+/// util-linux's `setpriv`, when the machine has it.
+const SETPRIV: &str = "/usr/bin/setpriv";
+
 /// A component process, in a process group of its own; the whole group is killed on drop.
 #[derive(Debug)]
 struct Process {
@@ -211,7 +214,18 @@ impl Process {
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).map_err(io(format!("create {}", log.display())))?;
         let err = out.try_clone().map_err(io("clone a log file handle"))?;
-        let child = Command::new(binaries.path(name))
+        // util-linux's setpriv execs the component with a parent-death signal, so that it dies
+        // with the test process even when that is killed outright (no Drop runs then).
+        let mut command = if Path::new(SETPRIV).is_file() {
+            let mut command = Command::new(SETPRIV);
+            command
+                .args(["--pdeathsig", "KILL", "--"])
+                .arg(binaries.path(name));
+            command
+        } else {
+            Command::new(binaries.path(name))
+        };
+        let child = command
             .args(args)
             .stdin(Stdio::null())
             .stdout(out)
@@ -275,14 +289,20 @@ impl Drop for Process {
     }
 }
 
-/// A free TCP port on the loopback interface (free when asked; the component binds it soon after).
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io("find a free port"))?;
-    let port = listener
-        .local_addr()
-        .map_err(io("read a bound port"))?
-        .port();
-    Ok(port)
+/// `N` distinct free TCP ports on the loopback interface (free when asked; the components bind
+/// them soon after). All are held open together, so none is handed out twice.
+fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    let listeners = (0..N)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io("find a free port")))
+        .collect::<Result<Vec<_>>>()?;
+    let mut ports = [0; N];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener
+            .local_addr()
+            .map_err(io("read a bound port"))?
+            .port();
+    }
+    Ok(ports)
 }
 
 /// A running control plane. Dropping it stops every component, newest first, and removes its
@@ -363,13 +383,7 @@ impl ControlPlane {
             apiserver_port,
             kcm_port,
             scheduler_port,
-        ] = [
-            free_port()?,
-            free_port()?,
-            free_port()?,
-            free_port()?,
-            free_port()?,
-        ];
+        ] = free_ports()?;
         let server = format!("https://127.0.0.1:{apiserver_port}");
 
         // etcd: plain HTTP on loopback, no fsync (the data dies with the test).
