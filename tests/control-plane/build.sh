@@ -36,7 +36,8 @@ fi
 start=$SECONDS
 rm -rf "$root/bin.new" "$stamp"
 mkdir -p "$root/bin.new"
-export GOFLAGS=-trimpath CGO_ENABLED=0 GOTOOLCHAIN=local
+# No VCS stamp: the binaries depend on the pins only, not on the commit of this repository.
+export GOFLAGS="-trimpath -buildvcs=false" CGO_ENABLED=0 GOTOOLCHAIN=local
 minor="${k8s_version#v1.}"; minor="${minor%%.*}"
 ldflags="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
