@@ -196,10 +196,43 @@ impl Binaries {
 /// util-linux's `setpriv`, when the machine has it.
 const SETPRIV: &str = "/usr/bin/setpriv";
 
+/// Starts `program` with `args` in `dir`, in a process group of its own, its output appended to
+/// `log`.
+fn launch(name: &str, program: &Path, args: &[String], dir: &Path, log: &Path) -> Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(io(format!("open {}", log.display())))?;
+    let err = out.try_clone().map_err(io("clone a log file handle"))?;
+    // util-linux's setpriv execs the component with a parent-death signal, so that it dies with
+    // the test process even when that is killed outright (no Drop runs then).
+    let mut command = if Path::new(SETPRIV).is_file() {
+        let mut command = Command::new(SETPRIV);
+        command.args(["--pdeathsig", "KILL", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    };
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .current_dir(dir)
+        // A group of its own: stopping it reaches anything it started.
+        .process_group(0)
+        .spawn()
+        .map_err(io(format!("start {name}")))
+}
+
 /// A component process, in a process group of its own; the whole group is killed on drop.
 #[derive(Debug)]
 struct Process {
     name: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+    dir: PathBuf,
     child: Child,
     log: PathBuf,
 }
@@ -211,31 +244,24 @@ impl Process {
         args: &[String],
         dir: &Path,
     ) -> Result<Process> {
+        let program = binaries.path(name);
         let log = dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).map_err(io(format!("create {}", log.display())))?;
-        let err = out.try_clone().map_err(io("clone a log file handle"))?;
-        // util-linux's setpriv execs the component with a parent-death signal, so that it dies
-        // with the test process even when that is killed outright (no Drop runs then).
-        let mut command = if Path::new(SETPRIV).is_file() {
-            let mut command = Command::new(SETPRIV);
-            command
-                .args(["--pdeathsig", "KILL", "--"])
-                .arg(binaries.path(name));
-            command
-        } else {
-            Command::new(binaries.path(name))
-        };
-        let child = command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .current_dir(dir)
-            // A group of its own: stopping it reaches anything it started.
-            .process_group(0)
-            .spawn()
-            .map_err(io(format!("start {name}")))?;
-        Ok(Process { name, child, log })
+        let child = launch(name, &program, args, dir, &log)?;
+        Ok(Process {
+            name,
+            program,
+            args: args.to_vec(),
+            dir: dir.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    /// Stops the process and starts it again with the same arguments (its log goes on).
+    fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.child = launch(self.name, &self.program, &self.args, &self.dir, &self.log)?;
+        Ok(())
     }
 
     /// `Err(Exited)` when the process has exited.
@@ -551,6 +577,19 @@ impl ControlPlane {
     pub async fn client_for(&self, user: &str, groups: &[&str]) -> Result<kube::Client> {
         let name = user.replace(':', "-");
         client_from_kubeconfig_file(&self.kubeconfig_for(&name, user, groups)?).await
+    }
+
+    /// Stops kube-apiserver and starts it again on the same port with the same flags; returns
+    /// once it is ready again, with how long it was away (about 7 s). It stops listening at
+    /// SIGTERM at once but does not exit while watches are open, so this ends in SIGKILL after
+    /// the 5 s grace period: a crash as much as a restart. Its clients' watches end and re-list;
+    /// custom resources answer 429 "storage is (re)initializing" for a moment after `/readyz`.
+    pub async fn restart_apiserver(&mut self) -> Result<Duration> {
+        let started = Instant::now();
+        self.apiserver.restart()?;
+        let admin = self.admin_client().await?;
+        wait_ready(&mut self.apiserver, &admin, "/readyz").await?;
+        Ok(started.elapsed())
     }
 
     /// The end of each component's log, for a failing test's message.
