@@ -208,6 +208,29 @@ async fn the_real_control_plane_enforces_what_a_cluster_does() {
     assert_ne!(other.authenticated, Some(true), "{other:?}");
 
     done("token request and review");
+    // The same ServiceAccount's token for the API server itself (no audience asked for): RBAC,
+    // which grants it nothing, refuses it the Nodes.
+    let api_token = accounts
+        .create_token_request("agent", &pp, &TokenRequest::default())
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    let as_agent = cp.kubeconfig_with_token("agent", &api_token).unwrap();
+    let kubectl_as_agent = Kubectl::new(&std::fs::read_to_string(as_agent).unwrap());
+    let out = kubectl_as_agent
+        .command(&["get", "nodes"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("\"system:serviceaccount:default:agent\" cannot list resource \"nodes\""),
+        "{stderr}"
+    );
+
     // The Node authorizer: node a reads the Secret its pod mounts (once its graph has the pod),
     // and is refused any other.
     let node_a = cp

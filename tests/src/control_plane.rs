@@ -465,7 +465,8 @@ impl ControlPlane {
             d,
         )?;
         let admin = ca.client("rota-tests-admin", &["system:masters"])?;
-        let admin_kubeconfig = write_kubeconfig(d, "admin", &server, &ca_file, &admin)?;
+        let admin_kubeconfig =
+            write_kubeconfig(d, "admin", &server, &ca_file, Credentials::Cert(&admin))?;
         let admin_client = client_from_kubeconfig_file(&admin_kubeconfig).await?;
         wait_ready(&mut apiserver, &admin_client, "/readyz").await?;
 
@@ -484,8 +485,13 @@ impl ControlPlane {
             ]
         };
         let kcm_identity = ca.client("system:kube-controller-manager", &[])?;
-        let kcm_kubeconfig =
-            write_kubeconfig(d, "controller-manager", &server, &ca_file, &kcm_identity)?;
+        let kcm_kubeconfig = write_kubeconfig(
+            d,
+            "controller-manager",
+            &server,
+            &ca_file,
+            Credentials::Cert(&kcm_identity),
+        )?;
         let mut kcm_args = serving_flags(kcm_port, &kcm_kubeconfig.display().to_string());
         kcm_args.extend([
             "--controllers=*".to_owned(),
@@ -503,8 +509,13 @@ impl ControlPlane {
         let mut controller_manager =
             Process::spawn("kube-controller-manager", &binaries, &kcm_args, d)?;
         let scheduler_identity = ca.client("system:kube-scheduler", &[])?;
-        let scheduler_kubeconfig =
-            write_kubeconfig(d, "scheduler", &server, &ca_file, &scheduler_identity)?;
+        let scheduler_kubeconfig = write_kubeconfig(
+            d,
+            "scheduler",
+            &server,
+            &ca_file,
+            Credentials::Cert(&scheduler_identity),
+        )?;
         let mut scheduler = Process::spawn(
             "kube-scheduler",
             &binaries,
@@ -565,7 +576,27 @@ impl ControlPlane {
     pub fn kubeconfig_for(&self, name: &str, user: &str, groups: &[&str]) -> Result<PathBuf> {
         let identity = self.ca.client(user, groups)?;
         let ca_file = self.dir.path().join("ca.crt").display().to_string();
-        write_kubeconfig(self.dir.path(), name, &self.server, &ca_file, &identity)
+        write_kubeconfig(
+            self.dir.path(),
+            name,
+            &self.server,
+            &ca_file,
+            Credentials::Cert(&identity),
+        )
+    }
+
+    /// A kubeconfig that authenticates with the bearer `token` (a ServiceAccount's, from a
+    /// TokenRequest), named after `name`, in [`Self::dir`]: how a process runs as a
+    /// ServiceAccount under the RBAC it is granted.
+    pub fn kubeconfig_with_token(&self, name: &str, token: &str) -> Result<PathBuf> {
+        let ca_file = self.dir.path().join("ca.crt").display().to_string();
+        write_kubeconfig(
+            self.dir.path(),
+            name,
+            &self.server,
+            &ca_file,
+            Credentials::Token(token),
+        )
     }
 
     /// A client as the admin. Like every client made here, it does not retry 429/503/504.
@@ -607,19 +638,39 @@ impl ControlPlane {
     }
 }
 
+/// How a kubeconfig's user authenticates.
+enum Credentials<'a> {
+    /// A client certificate (written beside the kubeconfig).
+    Cert(&'a KeyedCert),
+    /// A bearer token (a ServiceAccount's JWT).
+    Token(&'a str),
+}
+
 /// Writes `<name>.kubeconfig` in `dir`, for `server` trusting the CA in `ca_file`, authenticated
-/// by `identity` (whose files are written beside it).
+/// with `credentials`.
 fn write_kubeconfig(
     dir: &Path,
     name: &str,
     server: &str,
     ca_file: &str,
-    identity: &KeyedCert,
+    credentials: Credentials<'_>,
 ) -> Result<PathBuf> {
-    let cert = dir.join(format!("{name}.crt"));
-    let key = dir.join(format!("{name}.key"));
-    std::fs::write(&cert, &identity.cert_pem).map_err(io(format!("write {}", cert.display())))?;
-    std::fs::write(&key, &identity.key_pem).map_err(io(format!("write {}", key.display())))?;
+    let user = match credentials {
+        Credentials::Cert(identity) => {
+            let cert = dir.join(format!("{name}.crt"));
+            let key = dir.join(format!("{name}.key"));
+            std::fs::write(&cert, &identity.cert_pem)
+                .map_err(io(format!("write {}", cert.display())))?;
+            std::fs::write(&key, &identity.key_pem)
+                .map_err(io(format!("write {}", key.display())))?;
+            format!(
+                "client-certificate: {}\n    client-key: {}",
+                cert.display(),
+                key.display()
+            )
+        }
+        Credentials::Token(token) => format!("token: {token}"),
+    };
     let kubeconfig = format!(
         "apiVersion: v1
 kind: Config
@@ -631,17 +682,14 @@ clusters:
 users:
 - name: {name}
   user:
-    client-certificate: {}
-    client-key: {}
+    {user}
 contexts:
 - name: {name}
   context:
     cluster: rota-tests
     user: {name}
 current-context: {name}
-",
-        cert.display(),
-        key.display()
+"
     );
     let path = dir.join(format!("{name}.kubeconfig"));
     std::fs::write(&path, kubeconfig).map_err(io(format!("write {}", path.display())))?;
@@ -675,7 +723,7 @@ async fn probe_client(
         &name,
         &format!("https://127.0.0.1:{port}"),
         ca_file,
-        identity,
+        Credentials::Cert(identity),
     )?;
     client_from_kubeconfig_file(&path).await
 }
