@@ -484,15 +484,16 @@ impl ControlPlane {
                 "--profiling=false".to_owned(),
             ]
         };
-        let kcm_identity = ca.client("system:kube-controller-manager", &[])?;
-        let kcm_kubeconfig = write_kubeconfig(
-            d,
-            "controller-manager",
-            &server,
-            &ca_file,
-            Credentials::Cert(&kcm_identity),
-        )?;
-        let mut kcm_args = serving_flags(kcm_port, &kcm_kubeconfig.display().to_string());
+        // Each component's own kubeconfig: a client certificate for the user the bootstrap RBAC
+        // policy grants that component's role.
+        let identity_kubeconfig = |name: &str, user: &str| -> Result<String> {
+            let identity = ca.client(user, &[])?;
+            let path = write_kubeconfig(d, name, &server, &ca_file, Credentials::Cert(&identity))?;
+            Ok(path.display().to_string())
+        };
+        let kcm_kubeconfig =
+            identity_kubeconfig("controller-manager", "system:kube-controller-manager")?;
+        let mut kcm_args = serving_flags(kcm_port, &kcm_kubeconfig);
         kcm_args.extend([
             "--controllers=*".to_owned(),
             "--use-service-account-credentials=true".to_owned(),
@@ -508,18 +509,11 @@ impl ControlPlane {
         ]);
         let mut controller_manager =
             Process::spawn("kube-controller-manager", &binaries, &kcm_args, d)?;
-        let scheduler_identity = ca.client("system:kube-scheduler", &[])?;
-        let scheduler_kubeconfig = write_kubeconfig(
-            d,
-            "scheduler",
-            &server,
-            &ca_file,
-            Credentials::Cert(&scheduler_identity),
-        )?;
+        let scheduler_kubeconfig = identity_kubeconfig("scheduler", "system:kube-scheduler")?;
         let mut scheduler = Process::spawn(
             "kube-scheduler",
             &binaries,
-            &serving_flags(scheduler_port, &scheduler_kubeconfig.display().to_string()),
+            &serving_flags(scheduler_port, &scheduler_kubeconfig),
             d,
         )?;
 
@@ -575,28 +569,19 @@ impl ControlPlane {
     /// (`system:node:a` in `system:nodes` is node `a`). Named after `name`, in [`Self::dir`].
     pub fn kubeconfig_for(&self, name: &str, user: &str, groups: &[&str]) -> Result<PathBuf> {
         let identity = self.ca.client(user, groups)?;
-        let ca_file = self.dir.path().join("ca.crt").display().to_string();
-        write_kubeconfig(
-            self.dir.path(),
-            name,
-            &self.server,
-            &ca_file,
-            Credentials::Cert(&identity),
-        )
+        self.kubeconfig_with(name, Credentials::Cert(&identity))
     }
 
     /// A kubeconfig that authenticates with the bearer `token` (a ServiceAccount's, from a
     /// TokenRequest), named after `name`, in [`Self::dir`]: how a process runs as a
     /// ServiceAccount under the RBAC it is granted.
     pub fn kubeconfig_with_token(&self, name: &str, token: &str) -> Result<PathBuf> {
+        self.kubeconfig_with(name, Credentials::Token(token))
+    }
+
+    fn kubeconfig_with(&self, name: &str, credentials: Credentials<'_>) -> Result<PathBuf> {
         let ca_file = self.dir.path().join("ca.crt").display().to_string();
-        write_kubeconfig(
-            self.dir.path(),
-            name,
-            &self.server,
-            &ca_file,
-            Credentials::Token(token),
-        )
+        write_kubeconfig(self.dir.path(), name, &self.server, &ca_file, credentials)
     }
 
     /// A client as the admin. Like every client made here, it does not retry 429/503/504.
