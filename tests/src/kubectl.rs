@@ -1,6 +1,7 @@
-//! The real `kubectl`, pointed at an emulated API server, in a throw-away home of its own (its
-//! kubeconfig and discovery cache), as the kubectl suites and an on-call engineer's commands in
-//! the e2e suites run it.
+//! The real `kubectl` — the one built with the control plane, at its pinned version — pointed at
+//! an API server (emulated or real), in a throw-away home of its own (its kubeconfig and
+//! discovery cache), as the kubectl suites and an on-call engineer's commands in the e2e suites
+//! run it.
 
 // Helpers outside #[test] functions fail the test the same way the tests do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -10,26 +11,32 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-/// The `kubectl` the suites run (CI installs it).
-pub const KUBECTL: &str = "/usr/bin/kubectl";
+use crate::control_plane::Binaries;
 
 /// A `kubectl` home: a kubeconfig for one API server and a discovery cache.
 #[derive(Debug)]
 pub struct Kubectl {
     dir: tempfile::TempDir,
     kubeconfig: PathBuf,
+    binary: PathBuf,
 }
 
 impl Kubectl {
     /// A home whose kubeconfig is `kubeconfig` (the API server's own, e.g.
-    /// `ServerHandle::kubeconfig`).
+    /// `ServerHandle::kubeconfig`). Panics, saying how to build it, when the pinned `kubectl`
+    /// is not built (`tests/control-plane/build.sh`).
     pub fn new(kubeconfig: &str) -> Self {
+        let binary = match Binaries::find() {
+            Ok(binaries) => binaries.kubectl(),
+            Err(e) => panic!("kubectl: {e}"),
+        };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kubeconfig");
         std::fs::write(&path, kubeconfig).unwrap();
         Kubectl {
             dir,
             kubeconfig: path,
+            binary,
         }
     }
 
@@ -40,7 +47,7 @@ impl Kubectl {
 
     /// `kubectl ARGS`, not started; killed when dropped.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(KUBECTL);
+        let mut cmd = Command::new(&self.binary);
         cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
         // Keep kubectl's discovery cache inside the test's directory.
         cmd.env("HOME", self.dir.path())
