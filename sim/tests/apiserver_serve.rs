@@ -1,5 +1,6 @@
-//! `rota-sim serve` as a process: it prints its URL, writes a kubeconfig kubectl can use, and
-//! exits cleanly on SIGTERM.
+//! `rota-sim serve` as a process: it prints its URL, writes a kubeconfig a client can use, and
+//! exits cleanly on SIGTERM. (The real kubectl, built at its pinned version, reads the same
+//! kubeconfig — `ServerHandle::kubeconfig` — in rota-tests' `kubectl_cli` suite.)
 
 // Helpers outside #[test] functions fail the test the same way the tests do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -31,20 +32,21 @@ async fn serve_writes_a_kubeconfig_and_stops_on_sigterm() {
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     let config = std::fs::read_to_string(&kubeconfig).unwrap();
     assert!(config.contains(&format!("server: {url}")));
-    let out = Command::new("/usr/bin/kubectl")
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .args(["get", "namespaces", "-o", "name"])
-        .env("HOME", dir.path())
-        .output()
+    let parsed = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(parsed, &Default::default())
         .await
         .unwrap();
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(kube::Client::try_from(config).unwrap());
+    let listed = namespaces.list(&Default::default()).await.unwrap();
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        listed
+            .items
+            .iter()
+            .any(|n| n.metadata.name.as_deref() == Some("kube-system")),
+        "{:?}",
+        listed.items
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("namespace/kube-system"));
     let pid = child.id().unwrap();
     let killed = Command::new("kill")
         .args(["-TERM", &pid.to_string()])

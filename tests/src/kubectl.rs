@@ -40,6 +40,13 @@ impl Kubectl {
         }
     }
 
+    /// For a suite: [`Kubectl::new`], or `None` after saying on stderr that the pinned kubectl
+    /// is not built and how to build it — except under `CI`, where that fails the test
+    /// ([`Binaries::for_test`]), as the root-only suites do.
+    pub fn for_test(kubeconfig: &str) -> Option<Self> {
+        Binaries::for_test().map(|_| Kubectl::new(kubeconfig))
+    }
+
     /// The home's directory (for manifests the test writes).
     pub fn dir(&self) -> &Path {
         self.dir.path()
