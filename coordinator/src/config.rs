@@ -143,8 +143,9 @@ pub struct AgentAuthArgs {
     /// Audience of the agents' projected tokens.
     #[clap(long, env = "ROTA_TOKEN_AUDIENCE", default_value = "rota")]
     pub token_audience: String,
-    /// How long an accepted token is trusted before it is reviewed again.
-    #[clap(long, env = "ROTA_TOKEN_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
+    /// How long an accepted token is trusted before it is reviewed again (at most 5m: a
+    /// deleted agent pod's token stops working within it).
+    #[clap(long, env = "ROTA_TOKEN_CACHE_TTL", default_value = "60s", value_parser = parse_token_cache_ttl)]
     pub token_cache_ttl: Duration,
     /// Most tokens kept in the cache.
     #[clap(long, env = "ROTA_TOKEN_CACHE_SIZE", default_value_t = 16_384)]
@@ -253,6 +254,22 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|e| format!("not a duration ({e}); write e.g. 10s or 1m30s"))?;
     Duration::try_from(signed).map_err(|_| "a duration cannot be negative".to_owned())
+}
+
+/// Longest `--token-cache-ttl`.
+const MAX_TOKEN_CACHE_TTL: Duration = Duration::from_secs(300);
+
+/// How long an accepted token is trusted: bounded, since revoking it (deleting its pod) only
+/// takes effect when its entry expires.
+fn parse_token_cache_ttl(s: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(s)?;
+    if ttl > MAX_TOKEN_CACHE_TTL {
+        return Err(format!(
+            "at most {}s: a revoked agent token stays accepted until its cache entry expires",
+            MAX_TOKEN_CACHE_TTL.as_secs()
+        ));
+    }
+    Ok(ttl)
 }
 
 /// A duration that must not be zero (a zero poll interval would spin).
@@ -386,8 +403,12 @@ mod tests {
                 "--in-cluster",
                 "--kubeconfig=/k",
             ],
+            vec!["rota-coordinator", "--pod-name=p", "--token-cache-ttl=1h"],
         ] {
             assert!(Config::try_parse_from(&args).is_err(), "{args:?}");
         }
+        let bounded =
+            Config::try_parse_from(["rota-coordinator", "--pod-name=p", "--token-cache-ttl=5m"]);
+        assert!(bounded.is_ok(), "{bounded:?}");
     }
 }

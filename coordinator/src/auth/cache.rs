@@ -1,4 +1,8 @@
 //! A bounded cache of authentication outcomes with explicit `now` (pure, no clock of its own).
+//!
+//! Entries are keyed by the SHA-256 digest of the token, never by its text: a flood of large
+//! garbage tokens costs 32 bytes of key each, however long they are, and the cache holds no
+//! credential. A refusal's reason is cut to [`MAX_REASON_BYTES`].
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -34,6 +38,19 @@ impl Default for CacheConfig {
 /// A cached outcome: the caller's node, or why the token was refused.
 pub type Outcome = Result<NodeName, String>;
 
+/// Longest reason kept for a refused token.
+pub const MAX_REASON_BYTES: usize = 256;
+
+/// A token's cache key: its SHA-256 digest.
+type Key = [u8; 32];
+
+fn key(token: &str) -> Key {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut key = [0; 32];
+    key.copy_from_slice(digest.as_ref());
+    key
+}
+
 #[derive(Clone, Debug)]
 struct Entry {
     outcome: Outcome,
@@ -44,7 +61,7 @@ struct Entry {
 #[derive(Debug)]
 pub struct Cache {
     config: CacheConfig,
-    entries: HashMap<String, Entry>,
+    entries: HashMap<Key, Entry>,
 }
 
 impl Cache {
@@ -58,9 +75,10 @@ impl Cache {
 
     /// The outcome for `token` if it is cached and still fresh at `now`.
     pub fn get(&mut self, token: &str, now: Instant) -> Option<Outcome> {
-        let entry = self.entries.get(token)?;
+        let key = key(token);
+        let entry = self.entries.get(&key)?;
         if now >= entry.expires {
-            self.entries.remove(token);
+            self.entries.remove(&key);
             return None;
         }
         Some(entry.outcome.clone())
@@ -86,7 +104,22 @@ impl Cache {
         if self.config.failure_ttl.is_zero() {
             return;
         }
+        let why = rota_core::text::printable_within(&why, MAX_REASON_BYTES);
         self.insert(token, Err(why), now + self.config.failure_ttl, now);
+    }
+
+    /// Bytes the entries hold (keys, outcomes, expiry), for the bound on memory.
+    pub fn footprint(&self) -> usize {
+        self.entries
+            .values()
+            .map(|e| {
+                let text = match &e.outcome {
+                    Ok(node) => node.len(),
+                    Err(why) => why.len(),
+                };
+                std::mem::size_of::<Key>() + std::mem::size_of::<Entry>() + text
+            })
+            .sum()
     }
 
     /// How many entries are held.
@@ -103,21 +136,21 @@ impl Cache {
         if expires <= now || self.config.capacity == 0 {
             return;
         }
-        if !self.entries.contains_key(token) && self.entries.len() >= self.config.capacity {
+        let key = key(token);
+        if !self.entries.contains_key(&key) && self.entries.len() >= self.config.capacity {
             self.entries.retain(|_, e| e.expires > now);
             if self.entries.len() >= self.config.capacity {
                 let soonest = self
                     .entries
                     .iter()
                     .min_by_key(|(_, e)| e.expires)
-                    .map(|(k, _)| k.clone());
-                if let Some(key) = soonest {
-                    self.entries.remove(&key);
+                    .map(|(k, _)| *k);
+                if let Some(soonest) = soonest {
+                    self.entries.remove(&soonest);
                 }
             }
         }
-        self.entries
-            .insert(token.to_owned(), Entry { outcome, expires });
+        self.entries.insert(key, Entry { outcome, expires });
     }
 }
 
@@ -174,6 +207,23 @@ mod tests {
         });
         off.refuse("bad", "expired".into(), now);
         assert!(off.is_empty());
+    }
+
+    /// 1,000 distinct 15 KB garbage tokens, each refused with a long reason: the cache holds a
+    /// digest and a short reason for each, not 15 MB of tokens.
+    #[test]
+    fn garbage_tokens_cost_a_digest_not_their_length() {
+        let now = Instant::now();
+        let mut cache = Cache::new(config(16_384));
+        for i in 0..1000 {
+            let token = format!("{i:05}{}", "x".repeat(15_000));
+            cache.refuse(&token, format!("not a JWT: {}", "\u{1b}".repeat(500)), now);
+            assert!(cache.get(&token, now).is_some());
+        }
+        assert_eq!(cache.len(), 1000);
+        let per_entry = cache.footprint() / cache.len();
+        assert!(per_entry <= 400, "{per_entry} bytes per refused token");
+        assert_eq!(cache.get("00000", now), None, "a prefix is another token");
     }
 
     #[test]
