@@ -16,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use rota_coordinator::rotactl::Output;
 use rota_coordinator::rotactl::status::{self, Filter};
 use rota_core::policy::MaintenancePolicy;
+use rota_core::scheduler::ControlPlanePod;
 use rota_sim::apiserver::{GroupResource, ListOptions, ResourceKey};
 use rota_sim::demo::{Fleet, POLICY_NAME};
 use rota_tests::e2e::{
@@ -106,15 +107,7 @@ async fn an_unhealthy_etcd_member_holds_the_control_plane_until_it_recovers() {
             |fleet| {
                 let missing: Vec<String> = control_plane
                     .iter()
-                    .flat_map(|node| {
-                        [
-                            "etcd",
-                            "kube-apiserver",
-                            "kube-controller-manager",
-                            "kube-scheduler",
-                        ]
-                        .map(|c| format!("{c}-{node}"))
-                    })
+                    .flat_map(|node| ControlPlanePod::COMPONENTS.map(|c| format!("{c}-{node}")))
                     .filter(|name| static_pod_ready(fleet, name) != Some(true))
                     .collect();
                 if missing.is_empty() {

@@ -161,6 +161,9 @@ pub struct Decisions {
     pub statuses: Vec<(String, MaintenancePolicyStatus)>,
     /// Gauges per pool.
     pub gauges: BTreeMap<String, PoolGauges>,
+    /// Each node's pool, for the nodes exactly one pool selects (as the scheduler saw them):
+    /// whose policy its agent follows.
+    pub node_pools: HashMap<NodeName, String>,
     /// When the next pass is due even if nothing changes (a window opens, a back-off or a
     /// verification ends, a lease expires).
     pub next_wake: Option<Timestamp>,
@@ -283,6 +286,14 @@ pub fn decide(input: &Input<'_>) -> Decisions {
         now,
     });
     let plan = scheduler::schedule(&snapshot, now);
+    out.node_pools = snapshot
+        .nodes
+        .iter()
+        .filter_map(|n| match n.pools.as_slice() {
+            [pool] => Some((n.name.clone(), pool.clone())),
+            _ => None,
+        })
+        .collect();
     let admitted: HashSet<&str> = plan.admit.iter().map(|a| a.node.as_str()).collect();
     for admission in &plan.admit {
         let Some(node) = cache.node(&admission.node) else {

@@ -12,6 +12,7 @@
 //! version. After a start the node is Ready once [`Timings::node_ready`] passed, unless a fault
 //! keeps it down.
 
+use rota_core::scheduler::ControlPlanePod;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -252,49 +253,44 @@ fn static_pods(node: &Value, kubelet_version: Option<&str>) -> Vec<Value> {
     } else {
         format!("v{version}")
     };
-    [
-        "etcd",
-        "kube-apiserver",
-        "kube-controller-manager",
-        "kube-scheduler",
-    ]
-    .into_iter()
-    .map(|component| {
-        let image = if component == "etcd" {
-            ETCD_IMAGE.to_owned()
-        } else {
-            format!("registry.k8s.io/{component}:{version}")
-        };
-        let hash = format!("{:016x}", rand::random::<u64>());
-        json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": format!("{component}-{name}"),
-                "namespace": KUBE_SYSTEM,
-                "labels": {"component": component, "tier": "control-plane"},
-                "annotations": {
-                    "kubernetes.io/config.hash": hash,
-                    "kubernetes.io/config.mirror": hash,
-                    "kubernetes.io/config.source": "file",
+    ControlPlanePod::COMPONENTS
+        .into_iter()
+        .map(|component| {
+            let image = if component == ControlPlanePod::ETCD {
+                ETCD_IMAGE.to_owned()
+            } else {
+                format!("registry.k8s.io/{component}:{version}")
+            };
+            let hash = format!("{:016x}", rand::random::<u64>());
+            json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": format!("{component}-{name}"),
+                    "namespace": KUBE_SYSTEM,
+                    "labels": {"component": component, "tier": "control-plane"},
+                    "annotations": {
+                        "kubernetes.io/config.hash": hash,
+                        "kubernetes.io/config.mirror": hash,
+                        "kubernetes.io/config.source": "file",
+                    },
+                    "ownerReferences": [{
+                        "apiVersion": "v1", "kind": "Node", "name": name,
+                        "uid": meta::uid(node), "controller": true,
+                    }],
                 },
-                "ownerReferences": [{
-                    "apiVersion": "v1", "kind": "Node", "name": name,
-                    "uid": meta::uid(node), "controller": true,
-                }],
-            },
-            "spec": {
-                "nodeName": name,
-                "hostNetwork": true,
-                "priorityClassName": "system-node-critical",
-                "priority": 2_000_001_000,
-                "containers": [{"name": component, "image": image}],
-                "tolerations": [{"operator": "Exists", "effect": "NoExecute"}],
-            },
-            "status": {"phase": "Pending"},
+                "spec": {
+                    "nodeName": name,
+                    "hostNetwork": true,
+                    "priorityClassName": "system-node-critical",
+                    "priority": 2_000_001_000,
+                    "containers": [{"name": component, "image": image}],
+                    "tolerations": [{"operator": "Exists", "effect": "NoExecute"}],
+                },
+                "status": {"phase": "Pending"},
+            })
         })
-    })
-    .collect()
+        .collect()
 }
 
 fn lease_object(node: &Value, now: jiff::Timestamp) -> Value {

@@ -11,6 +11,7 @@
 //!
 //! Objects are API objects in JSON, as the store keeps them.
 
+use rota_core::scheduler::ControlPlanePod;
 use std::collections::BTreeMap;
 
 use rand::rngs::StdRng;
@@ -32,10 +33,6 @@ pub const KUBELET_PATCH: &str = "1.33.1-1.1";
 pub const INITIAL_KERNEL: (&str, &str) = ("6.1.0-28-amd64", "6.1.119-1");
 /// The kernel update every node has pending, and its metapackage version.
 pub const KERNEL_UPDATE: (&str, &str) = ("6.1.0-31-amd64", "6.1.129-1");
-/// Mirror pods of kubeadm's static pods on each control-plane node: etcd, kube-apiserver,
-/// kube-controller-manager and kube-scheduler.
-pub const STATIC_PODS_PER_CONTROL_PLANE_NODE: usize = 4;
-
 /// The label of a control-plane node.
 pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
 /// The zone label.
@@ -429,7 +426,7 @@ impl Scenario {
             + replicas(&self.statefulsets)
             + self.daemonsets.len() * self.nodes.len()
             + self.pods.len()
-            + STATIC_PODS_PER_CONTROL_PLANE_NODE * self.control_plane_names().len()
+            + ControlPlanePod::COMPONENTS.len() * self.control_plane_names().len()
     }
 }
 

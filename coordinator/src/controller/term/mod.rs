@@ -38,7 +38,6 @@ use crate::events::{EventSink, Reason};
 use crate::metrics::{Metrics, Outcome};
 use crate::notify::{Notification, PauseCause};
 use crate::store::{ClusterCache, KubeLedgerStore, WriteGate};
-use rota_core::cluster::ClusterState;
 use rota_core::controller::annotations::{MAINTENANCE_REQUESTED, RELEASE};
 use rota_core::controller::decide::{
     self, AdmitAction, Decisions, DrainStart, ManualAction, PoolGauges, ReleaseAction, SlotAction,
@@ -295,12 +294,11 @@ impl<'a> Term<'a> {
             .iter()
             .map(|(n, r)| (n.clone(), r.token))
             .collect();
-        let (decisions, policy_changes, node_policies) = {
+        let (decisions, policy_changes, pools) = {
             let cache = self.cache.read();
             let changes = self.book.update(cache.policies());
             let pools = self.book.pools();
             self.alerts.set_urls(rota_core::blockers::urls(&pools));
-            let node_policies = node_policies(&cache, &pools);
             let alerts = self.alerts.reports();
             let decisions = decide::decide(&decide::Input {
                 cache: &cache,
@@ -314,8 +312,9 @@ impl<'a> Term<'a> {
                 blocked_timeout: self.coordinator.settings.drain_blocked_timeout,
                 now,
             });
-            (decisions, changes, node_policies)
+            (decisions, changes, pools)
         };
+        let node_policies = node_policies(&decisions.node_pools, &pools);
         self.expiry_reported.retain(|(node, token)| {
             matches!(
                 entries.get(node).map(|e| &e.holding),
@@ -348,6 +347,7 @@ impl<'a> Term<'a> {
             statuses,
             gauges,
             next_wake,
+            node_pools: _,
         } = decisions;
         self.next_wake = next_wake;
         for change in policy_changes {
@@ -546,7 +546,10 @@ fn log_refusal(node: &str, action: &str, error: &slots::Error) {
 
 /// What each node's agent follows: the policy of its pool (one shared value per pool), for the
 /// nodes that exactly one pool selects.
-fn node_policies(cache: &ClusterState, pools: &[Pool]) -> HashMap<NodeName, Arc<NodePolicy>> {
+fn node_policies(
+    node_pools: &HashMap<NodeName, String>,
+    pools: &[Pool],
+) -> HashMap<NodeName, Arc<NodePolicy>> {
     let per_pool: HashMap<&str, Arc<NodePolicy>> = pools
         .iter()
         .map(|p| {
@@ -556,12 +559,8 @@ fn node_policies(cache: &ClusterState, pools: &[Pool]) -> HashMap<NodeName, Arc<
             )
         })
         .collect();
-    cache
-        .nodes()
+    node_pools
         .iter()
-        .filter_map(|(name, node)| {
-            let pool = pool_of(node, pools)?;
-            Some((name.clone(), per_pool.get(pool.name.as_str())?.clone()))
-        })
+        .filter_map(|(node, pool)| Some((node.clone(), per_pool.get(pool.as_str())?.clone())))
         .collect()
 }
