@@ -2,8 +2,8 @@
 //! repository are described in `common/debian.rs`.
 //!
 //! Needs root, `debootstrap`, `dpkg-deb` and `dpkg-scanpackages` (and, for the first run on a
-//! machine, Debian's mirror). Without them the tests fail when `CI` is set and are skipped
-//! with a message otherwise.
+//! machine, Debian's mirror). Without them the tests fail, saying what is missing, unless
+//! `ROTA_SKIP_ROOT_SUITES=1` is set outside CI (`common::prerequisites`).
 
 // Test helpers outside `#[test]` functions: a failed set-up step should stop the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -6,7 +6,7 @@
 //! ignored: the assertions are on what dpkg installed, which sentinel was honoured and which
 //! reboot command ran. The agent's own flags say the opposite of the policy wherever they can.
 //!
-//! Needs what `apt_root.rs` needs; skipped (or failing in CI) the same way.
+//! Needs what `apt_root.rs` needs; failing (or skipped on request) the same way.
 
 // Test helpers outside `#[test]` functions: a failed set-up step should stop the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -23,6 +23,8 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use rota_coordinator::kube_client::{ConfigSource, Retry, client_from_config, load_config};
 
+use crate::prerequisites;
+
 pub use pki::{Ca, KeyedCert};
 
 /// What can go wrong starting the control plane.
@@ -166,17 +168,18 @@ impl Binaries {
         }
     }
 
-    /// For a suite: the binaries, or `None` after saying on stderr what is missing and how to
-    /// build it — except under `CI=true`, where a missing control plane fails the test
-    /// (panics) instead of skipping it.
+    /// For a suite: the binaries, or `None` when they are missing and the developer asked to
+    /// skip such suites ([`prerequisites::SKIP_CONTROL_PLANE`]); otherwise a missing control
+    /// plane fails the test, saying how to build it.
     pub fn for_test() -> Option<Binaries> {
         match Binaries::find() {
             Ok(binaries) => Some(binaries),
-            Err(e) if std::env::var_os("CI").is_some() => {
-                panic!("{e}")
-            }
             Err(e) => {
-                eprintln!("skipped: {e}");
+                prerequisites::skip_or_fail(
+                    "the real control plane's suite",
+                    &e.to_string(),
+                    prerequisites::SKIP_CONTROL_PLANE,
+                );
                 None
             }
         }

@@ -10,3 +10,4 @@
 pub mod control_plane;
 pub mod e2e;
 pub mod kubectl;
+pub mod prerequisites;

@@ -5,6 +5,8 @@
 
 pub mod coordinator;
 pub mod debian;
+#[path = "../../../tests/src/prerequisites.rs"]
+pub mod prerequisites;
 use rota_core::model::NodeFacts;
 
 use std::fs;
@@ -78,16 +80,17 @@ pub fn missing_prerequisite() -> Option<String> {
     .map(|t| format!("{t} is not installed"))
 }
 
-/// Resolves a prepared root: `None` (with a message) when the suite must be skipped on a
-/// developer machine; a panic in CI.
+/// Resolves a prepared root: `None` when the root suites cannot run here and the developer
+/// asked to skip them ([`prerequisites::SKIP_ROOT_SUITES`]); otherwise a failure saying why.
 pub fn prepared_or_skip(base: &Result<PathBuf, String>) -> Option<&Path> {
     match base {
         Ok(p) => Some(p.as_path()),
-        Err(why) if std::env::var_os("CI").is_some() => {
-            panic!("the real-package suite cannot run in CI: {why}")
-        }
         Err(why) => {
-            eprintln!("skipping the real-package suite: {why}");
+            prerequisites::skip_or_fail(
+                "the real-package suite",
+                why,
+                prerequisites::SKIP_ROOT_SUITES,
+            );
             None
         }
     }
