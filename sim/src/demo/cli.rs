@@ -16,7 +16,7 @@ use super::fleet::{Fleet, FleetOptions, Scheduler, demo_policy};
 use super::kured::KuredOptions;
 use super::nodes::AgentOptions;
 use super::progress::Printer;
-use super::report::{Report, render_comparison};
+use super::report::{Report, makespan_ratio, render_comparison};
 use super::{Error, Result};
 use crate::cluster::FaultArgs;
 use crate::cluster::args::parse_duration;
@@ -67,9 +67,10 @@ pub struct DemoArgs {
     /// kured's `--period` at the simulation's scale (1 h → 60 s).
     #[clap(long, env = "ROTA_DEMO_KURED_PERIOD", default_value = "60s", value_parser = parse_duration)]
     pub kured_period: Duration,
-    /// kured's `--concurrency`.
-    #[clap(long, env = "ROTA_DEMO_KURED_CONCURRENCY", default_value_t = 1)]
-    pub kured_concurrency: usize,
+    /// kured's `--concurrency` (default: rota's `--max-unavailable`, so that a comparison
+    /// measures how nodes are scheduled, not how many go at once; kured's own default is 1).
+    #[clap(long, env = "ROTA_DEMO_KURED_CONCURRENCY")]
+    pub kured_concurrency: Option<usize>,
     /// kured's `--drain-timeout` at the simulation's scale (0: wait forever, kured's default).
     #[clap(long, env = "ROTA_DEMO_KURED_DRAIN_TIMEOUT", default_value = "0s", value_parser = parse_duration)]
     pub kured_drain_timeout: Duration,
@@ -124,23 +125,66 @@ impl DemoArgs {
                     policy: Some(Box::new(spec)),
                 }
             }
-            PolicyChoice::Kured => Scheduler::Kured(KuredOptions {
-                period: self.kured_period,
-                concurrency: self.kured_concurrency.max(1),
-                drain_timeout: (!self.kured_drain_timeout.is_zero())
-                    .then_some(self.kured_drain_timeout),
-                lock_release_delay: self.kured_lock_release_delay,
-                seed: self.seed,
-                ..KuredOptions::default()
-            }),
+            PolicyChoice::Kured => Scheduler::Kured(self.kured()),
         };
         Ok(options)
     }
+
+    /// The kured model as the flags set it: `--kured-concurrency` defaults to
+    /// `--max-unavailable`.
+    fn kured(&self) -> KuredOptions {
+        let concurrency = self
+            .kured_concurrency
+            .unwrap_or(usize::try_from(self.max_unavailable).unwrap_or(1));
+        KuredOptions {
+            period: self.kured_period,
+            concurrency: concurrency.max(1),
+            drain_timeout: (!self.kured_drain_timeout.is_zero())
+                .then_some(self.kured_drain_timeout),
+            lock_release_delay: self.kured_lock_release_delay,
+            seed: self.seed,
+            ..KuredOptions::default()
+        }
+    }
+
+    /// What `--compare` runs against rota: the kured model as the flags set it (by default at
+    /// rota's concurrency), and, when that differs, the model at kured's own defaults
+    /// (`--concurrency 1`, `--period 1h`), the way most clusters run it.
+    pub fn kured_comparisons(&self) -> Vec<KuredOptions> {
+        let configured = self.kured();
+        let defaults = KuredOptions {
+            seed: self.seed,
+            ..KuredOptions::default()
+        };
+        let same = configured.concurrency == defaults.concurrency
+            && configured.period == defaults.period
+            && configured.drain_timeout == defaults.drain_timeout
+            && configured.lock_release_delay == defaults.lock_release_delay;
+        if same {
+            vec![configured]
+        } else {
+            vec![configured, defaults]
+        }
+    }
+}
+
+/// The name a kured run goes by in a comparison: its concurrency and period, which decide its
+/// makespan more than anything else.
+fn kured_label(options: &KuredOptions) -> String {
+    format!(
+        "kured (concurrency {}, period {:.0} s)",
+        options.concurrency,
+        options.period.as_secs_f64()
+    )
 }
 
 /// Runs one rollout with live progress and returns its report.
 pub async fn run_one(args: &DemoArgs, policy: PolicyChoice) -> Result<Report> {
-    let options = args.fleet_options(policy)?;
+    run_fleet(args, args.fleet_options(policy)?).await
+}
+
+/// Runs the rollout of `options` with live progress and returns its report.
+async fn run_fleet(args: &DemoArgs, options: FleetOptions) -> Result<Report> {
     println!(
         "{}: {} nodes (seed {}), at most {} down at once — starting the emulated cluster…",
         options.scheduler.name(),
@@ -181,23 +225,34 @@ pub async fn run(args: DemoArgs) -> Result<u8> {
     if args.compare {
         let rota = run_one(&args, PolicyChoice::Rota).await?;
         println!("{}", rota.render());
-        let kured = run_one(&args, PolicyChoice::Kured).await?;
-        println!("{}", kured.render());
-        println!("{}", render_comparison(&rota, &kured));
+        let mut others = Vec::new();
+        for kured in args.kured_comparisons() {
+            let label = kured_label(&kured);
+            let mut options = args.fleet_options(PolicyChoice::Kured)?;
+            options.scheduler = Scheduler::Kured(kured);
+            let mut report = run_fleet(&args, options).await?;
+            report.scheduler = label;
+            println!("{}", report.render());
+            others.push(report);
+        }
+        let others: Vec<&Report> = others.iter().collect();
+        println!("{}", render_comparison(&rota, &others));
         if let Some(path) = &args.report {
-            let ratio = if rota.makespan_seconds > 0.0 {
-                kured.makespan_seconds / rota.makespan_seconds
-            } else {
-                0.0
-            };
             let json = serde_json::json!({
                 "rota": rota,
-                "kured": kured,
-                "kuredOverRotaMakespan": ratio,
+                "kured": others
+                    .iter()
+                    .map(|other| serde_json::json!({
+                        "report": other,
+                        "overRotaMakespan": makespan_ratio(&rota, other),
+                    }))
+                    .collect::<Vec<_>>(),
             });
             write_report(path, &json)?;
         }
-        return Ok(exit_code(&[&rota, &kured]));
+        let mut all = vec![&rota];
+        all.extend(others);
+        return Ok(exit_code(&all));
     }
     let report = run_one(&args, args.policy).await?;
     println!("{}", report.render());
@@ -265,6 +320,21 @@ mod tests {
         };
         assert_eq!(k.drain_timeout, None, "kured's default: no drain timeout");
         assert_eq!(k.period, Duration::from_secs(60));
+        assert_eq!(k.concurrency, 2, "by default at rota's concurrency");
+        let compared = cli.demo.kured_comparisons();
+        assert_eq!(
+            compared.len(),
+            2,
+            "at rota's concurrency and at kured's defaults"
+        );
+        assert_eq!(compared[1].concurrency, 1);
+        assert_eq!(compared[1].period, Duration::from_secs(60));
+        assert_eq!(
+            kured_label(&compared[0]),
+            "kured (concurrency 2, period 60 s)"
+        );
+        let defaults = Cli::try_parse_from(["x", "--kured-concurrency", "1"]).unwrap();
+        assert_eq!(defaults.demo.kured_comparisons().len(), 1);
         let timed = Cli::try_parse_from(["x", "--kured-drain-timeout", "15s"]).unwrap();
         let Scheduler::Kured(k) = timed
             .demo

@@ -498,48 +498,59 @@ impl Report {
     }
 }
 
-/// Two reports side by side, with the ratio of their makespans (`other / rota`).
-pub fn render_comparison(rota: &Report, other: &Report) -> String {
-    let mut table = Table::new();
-    table
-        .load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header(vec![
-            format!("{} nodes, seed {}", rota.nodes, rota.seed),
-            rota.scheduler.clone(),
-            other.scheduler.clone(),
-        ]);
-    for ((label, a), (_, b)) in rota.rows().into_iter().zip(other.rows()) {
-        table.add_row(vec![label.to_string(), a, b]);
-    }
-    let ratio = if rota.makespan_seconds > 0.0 {
+/// How many times as long `other` took as `rota` (0 when rota's makespan is 0).
+pub fn makespan_ratio(rota: &Report, other: &Report) -> f64 {
+    if rota.makespan_seconds > 0.0 {
         other.makespan_seconds / rota.makespan_seconds
     } else {
         0.0
-    };
+    }
+}
+
+/// rota's report beside `others`' (each named by its scheduler label, which for kured carries
+/// its concurrency and period), with each one's makespan over rota's.
+pub fn render_comparison(rota: &Report, others: &[&Report]) -> String {
+    let mut table = Table::new();
+    let mut header = vec![
+        format!("{} nodes, seed {}", rota.nodes, rota.seed),
+        rota.scheduler.clone(),
+    ];
+    header.extend(others.iter().map(|o| o.scheduler.clone()));
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header);
+    let columns: Vec<Vec<(&'static str, String)>> = std::iter::once(rota)
+        .chain(others.iter().copied())
+        .map(Report::rows)
+        .collect();
+    for (i, (label, _)) in columns[0].iter().enumerate() {
+        let mut row = vec![label.to_string()];
+        row.extend(columns.iter().map(|c| c[i].1.clone()));
+        table.add_row(row);
+    }
     let mut out = format!("{table}\n");
-    let _ = writeln!(
-        out,
-        "makespan: {} {:.1} s, {} {:.1} s — {} takes {ratio:.1}× as long as {}",
-        rota.scheduler,
-        rota.makespan_seconds,
-        other.scheduler,
-        other.makespan_seconds,
-        other.scheduler,
-        rota.scheduler
-    );
-    let _ = writeln!(
-        out,
-        "{}: lower bound {}",
-        rota.scheduler, rota.lower_bound_formula
-    );
-    let _ = writeln!(
-        out,
-        "{}: lower bound {}",
-        other.scheduler, other.lower_bound_formula
-    );
+    for other in others {
+        let _ = writeln!(
+            out,
+            "makespan: {} {:.1} s, {} {:.1} s — {:.1}× as long as {}",
+            rota.scheduler,
+            rota.makespan_seconds,
+            other.scheduler,
+            other.makespan_seconds,
+            makespan_ratio(rota, other),
+            rota.scheduler
+        );
+    }
+    for report in std::iter::once(rota).chain(others.iter().copied()) {
+        let _ = writeln!(
+            out,
+            "{}: lower bound {}",
+            report.scheduler, report.lower_bound_formula
+        );
+    }
     let _ = writeln!(out, "time scale: {TIME_SCALE}");
-    for report in [rota, other] {
+    for report in std::iter::once(rota).chain(others.iter().copied()) {
         for violation in &report.invariant_violations {
             let _ = writeln!(out, "INVARIANT BROKEN ({}): {violation}", report.scheduler);
         }
@@ -642,7 +653,14 @@ mod tests {
         assert!(report.render().contains("makespan / lower bound"));
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["makespanSeconds"], 15.0);
-        let text = render_comparison(&report, &report);
-        assert!(text.contains("1.0×"), "{text}");
+        let mut slower = report.clone();
+        slower.scheduler = "kured (concurrency 2, period 60 s)".into();
+        slower.makespan_seconds = 30.0;
+        let text = render_comparison(&report, &[&report, &slower]);
+        assert!(text.contains("1.0× as long"), "{text}");
+        assert!(
+            text.contains("kured (concurrency 2, period 60 s) 30.0 s — 2.0× as long"),
+            "{text}"
+        );
     }
 }
