@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use rota_sim::apiserver::Store;
 use rota_sim::apiserver::serve::{self, ServeOptions};
 use rota_sim::cluster::{Cluster, ClusterArgs};
+use rota_sim::demo::campaign::CampaignArgs;
 use rota_sim::demo::cli::DemoArgs;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -31,6 +32,9 @@ struct Cli {
 enum Command {
     /// Roll maintenance through an emulated cluster with rota (the default).
     Demo(DemoArgs),
+    /// Run rota through many seeded scenarios with random faults; exit 1 if any broke an
+    /// invariant or left a healthy node unfinished.
+    Campaign(CampaignArgs),
     /// Serve the emulated API server until SIGINT/SIGTERM.
     Serve(ServeArgs),
 }
@@ -89,6 +93,16 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             let code = rota_sim::demo::cli::run(args)
                 .await
                 .context("the demo failed")?;
+            return Ok(std::process::ExitCode::from(code));
+        }
+        Command::Campaign(args) => {
+            init_tracing(
+                &cli.log_format,
+                "warn,rota_coordinator::drain=error,rota_coordinator::replica=error",
+            );
+            let code = rota_sim::demo::campaign::run(args)
+                .await
+                .context("the campaign failed")?;
             return Ok(std::process::ExitCode::from(code));
         }
         Command::Serve(args) => {

@@ -358,33 +358,9 @@ mod tests {
     #[test]
     fn exit_codes() {
         let report = |done: usize, violations: Vec<String>| Report {
-            scheduler: "rota".into(),
-            seed: 1,
-            nodes: 2,
-            max_unavailable: 1,
-            time_scale: String::new(),
-            stopped: super::super::report::Stopped::AllDone,
-            makespan_seconds: 1.0,
-            per_node_cycle_seconds: 1.0,
-            per_node_cycle_definition: String::new(),
-            lower_bound_seconds: 1.0,
-            lower_bound_formula: String::new(),
-            makespan_over_lower_bound: 1.0,
-            max_unavailable_observed: 1,
-            max_control_plane_unavailable_observed: 1,
-            pdb_violations: 0,
-            pdb_violation_details: Vec::new(),
-            evictions: 0,
-            pods_disrupted: 0,
             nodes_done: done,
-            nodes_failed: 0,
-            failed_nodes: Vec::new(),
-            nodes_not_started: 0,
-            maintained_exactly_once: true,
-            maintained_more_than_once: Default::default(),
-            fencing_tokens_unique: None,
-            fencing_tokens_issued: None,
             invariant_violations: violations,
+            ..Report::example()
         };
         assert_eq!(exit_code(&[&report(2, vec![])]), 0);
         assert_eq!(exit_code(&[&report(1, vec![])]), 2);

@@ -6,9 +6,11 @@
 //! - [`report`]: the summary computed from the emulator's own record ([`Report`]).
 //! - [`progress`]: the live view of a rollout.
 //! - [`cli`]: `rota-sim demo` (the binary's default).
+//! - [`campaign`]: `rota-sim campaign`, many seeded rollouts with random faults.
 //! - `coordinator`, `nodes`, `process`, `record`: how the replicas, the per-node daemons and
 //!   their processes run, and the record of persisted fencing tokens.
 
+pub mod campaign;
 pub mod cli;
 mod coordinator;
 pub mod fleet;

@@ -559,6 +559,42 @@ pub fn render_comparison(rota: &Report, others: &[&Report]) -> String {
 }
 
 #[cfg(test)]
+impl Report {
+    /// A report of a finished two-node rollout that held every invariant, for tests to vary.
+    pub(crate) fn example() -> Report {
+        Report {
+            scheduler: "rota".into(),
+            seed: 1,
+            nodes: 2,
+            max_unavailable: 1,
+            time_scale: String::new(),
+            stopped: Stopped::AllDone,
+            makespan_seconds: 1.0,
+            per_node_cycle_seconds: 1.0,
+            per_node_cycle_definition: String::new(),
+            lower_bound_seconds: 1.0,
+            lower_bound_formula: String::new(),
+            makespan_over_lower_bound: 1.0,
+            max_unavailable_observed: 1,
+            max_control_plane_unavailable_observed: 1,
+            pdb_violations: 0,
+            pdb_violation_details: Vec::new(),
+            evictions: 0,
+            pods_disrupted: 0,
+            nodes_done: 2,
+            nodes_failed: 0,
+            failed_nodes: Vec::new(),
+            nodes_not_started: 0,
+            maintained_exactly_once: true,
+            maintained_more_than_once: Default::default(),
+            fencing_tokens_unique: Some(true),
+            fencing_tokens_issued: Some(2),
+            invariant_violations: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

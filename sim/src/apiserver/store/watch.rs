@@ -261,6 +261,14 @@ impl Store {
         )))
     }
 
+    /// Forgets the watch history, as an etcd compaction does: a watch resuming from any
+    /// resourceVersion older than the newest now gets 410 Expired and must list again.
+    pub fn compact(&self) {
+        let mut state = self.lock();
+        state.history.clear();
+        state.history_floor = state.rv;
+    }
+
     /// Every store write of every resource, for in-process controllers. A receiver that lags
     /// behind gets `RecvError::Lagged` and should resynchronise from lists.
     pub fn subscribe_all(&self) -> broadcast::Receiver<Arc<StoreEvent>> {
@@ -276,6 +284,24 @@ mod tests {
     use super::*;
     use crate::apiserver::PatchKind;
     use crate::apiserver::store::ResourceKey;
+
+    #[test]
+    fn compaction_expires_every_older_resource_version() {
+        let store = Store::new();
+        let a = store
+            .create(&pods(), Some("default"), pod("a", None))
+            .unwrap();
+        let rv_a = meta::resource_version(&a).unwrap();
+        store
+            .create(&pods(), Some("default"), pod("b", None))
+            .unwrap();
+        let newest = store.resource_version();
+        let resume = |rv| store.subscribe(&pods(), None, &ListOptions::default(), Some(rv));
+        assert!(resume(rv_a).is_ok(), "held before the compaction");
+        store.compact();
+        assert_eq!(resume(rv_a).err().unwrap().code(), 410);
+        assert!(resume(newest).is_ok(), "the newest version resumes");
+    }
 
     #[tokio::test]
     async fn watch_resumes_and_expires() {

@@ -1,0 +1,667 @@
+//! `rota-sim campaign`: rota through many seeded scenarios, each with a random size,
+//! `maxUnavailable`, number of coordinator replicas and a random handful of faults — killed
+//! coordinators, a leader killed mid-drain, an agent killed mid-upgrade, API errors and
+//! latency, watches dropped with the history compacted (so they resume into 410 Gone), a node
+//! that never returns, a kubelet that fails after its upgrade — judged like the demo.
+//!
+//! Run `i` of a campaign started at seed `S` uses seed `S + i`, which decides everything about
+//! it: `rota-sim campaign --runs 1 --seed S+i` replays it. A run passes when no invariant broke
+//! (budgets, nodes down at once, control-plane nodes down at once, nodes maintained twice), no
+//! fencing token was granted twice, and every node without an injected node fault is done.
+//! The exit status is 1 when any run failed.
+
+use std::collections::BTreeSet;
+use std::fmt::{self, Write as _};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rota_core::model::SlotPhase;
+use serde::Serialize;
+
+use super::fleet::{Fleet, FleetOptions, Scheduler, slot_phase};
+use super::report::{Report, Stopped};
+use super::{Error, Result};
+use crate::apiserver::{FaultConfig, GroupResource, ListOptions};
+use crate::cluster::args::parse_duration;
+use crate::cluster::{Faults, Scenario};
+
+/// Flags of `rota-sim campaign`.
+#[derive(Clone, Debug, Args)]
+pub struct CampaignArgs {
+    /// Scenarios to run.
+    #[clap(long, env = "ROTA_CAMPAIGN_RUNS", default_value_t = 10)]
+    pub runs: usize,
+    /// Seed of the first scenario; scenario `i` uses `seed + i`.
+    #[clap(long, env = "ROTA_CAMPAIGN_SEED", default_value_t = 1)]
+    pub seed: u64,
+    /// Fewest nodes of a scenario.
+    #[clap(long, env = "ROTA_CAMPAIGN_MIN_NODES", default_value_t = 6)]
+    pub min_nodes: usize,
+    /// Most nodes of a scenario.
+    #[clap(long, env = "ROTA_CAMPAIGN_MAX_NODES", default_value_t = 24)]
+    pub max_nodes: usize,
+    /// How long one scenario may take before its unfinished nodes count as stuck.
+    #[clap(long, env = "ROTA_CAMPAIGN_RUN_TIMEOUT", default_value = "4m", value_parser = parse_duration)]
+    pub run_timeout: Duration,
+    /// Write every run's outcome as JSON to this file.
+    #[clap(long, env = "ROTA_CAMPAIGN_REPORT")]
+    pub report: Option<PathBuf>,
+}
+
+impl Default for CampaignArgs {
+    fn default() -> Self {
+        CampaignArgs {
+            runs: 10,
+            seed: 1,
+            min_nodes: 6,
+            max_nodes: 24,
+            run_timeout: Duration::from_secs(240),
+            report: None,
+        }
+    }
+}
+
+/// One injected fault.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Fault {
+    /// Coordinator replica `replica` dies `after` the rollout started and stays down for `down`.
+    KillCoordinator {
+        /// Which replica.
+        replica: usize,
+        /// When, from the rollout's start.
+        after: Duration,
+        /// How long it stays down.
+        down: Duration,
+    },
+    /// The leading replica dies while a node drains and stays down for `down`.
+    KillLeaderMidDrain {
+        /// How long it stays down.
+        down: Duration,
+    },
+    /// The agent of a node that is upgrading (its slot granted, drained) dies and stays down
+    /// for `down`.
+    KillAgentMidUpgrade {
+        /// How long it stays down.
+        down: Duration,
+    },
+    /// This share of API requests fails with one of `codes`.
+    ApiErrors {
+        /// Share of requests, 0..1.
+        rate: f64,
+        /// The status codes.
+        codes: Vec<u16>,
+    },
+    /// Every API request waits this long.
+    Latency {
+        /// The added latency.
+        latency: Duration,
+    },
+    /// Every `every`, the API server forgets its watch history and drops every watch, so that
+    /// clients resume from a resourceVersion that is gone (410) and list again.
+    WatchDropsAndCompaction {
+        /// The period.
+        every: Duration,
+    },
+    /// The node stays down after its reboot.
+    NeverReturns {
+        /// The node.
+        node: String,
+    },
+    /// The node's kubelet stays NotReady after its upgrade.
+    KubeletFails {
+        /// The node.
+        node: String,
+    },
+}
+
+impl Fault {
+    /// The node this fault takes out for good, if any.
+    fn broken_node(&self) -> Option<&str> {
+        match self {
+            Fault::NeverReturns { node } | Fault::KubeletFails { node } => Some(node),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = |d: &Duration| d.as_secs_f64();
+        match self {
+            Fault::KillCoordinator {
+                replica,
+                after,
+                down,
+            } => write!(
+                f,
+                "coordinator {replica} killed at {:.1} s for {:.1} s",
+                s(after),
+                s(down)
+            ),
+            Fault::KillLeaderMidDrain { down } => {
+                write!(f, "leader killed mid-drain for {:.1} s", s(down))
+            }
+            Fault::KillAgentMidUpgrade { down } => {
+                write!(f, "agent killed mid-upgrade for {:.1} s", s(down))
+            }
+            Fault::ApiErrors { rate, codes } => {
+                write!(f, "API errors {:.0}% {codes:?}", rate * 100.0)
+            }
+            Fault::Latency { latency } => {
+                write!(f, "API latency {} ms", latency.as_millis())
+            }
+            Fault::WatchDropsAndCompaction { every } => {
+                write!(
+                    f,
+                    "watches dropped + history compacted every {:.1} s",
+                    s(every)
+                )
+            }
+            Fault::NeverReturns { node } => write!(f, "{node} never returns"),
+            Fault::KubeletFails { node } => write!(f, "{node}'s kubelet fails after upgrade"),
+        }
+    }
+}
+
+/// Everything one run does, drawn from its seed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunPlan {
+    /// The scenario's seed (replay: `--runs 1 --seed SEED`).
+    pub seed: u64,
+    /// Nodes of the cluster.
+    pub nodes: usize,
+    /// rota's `maxUnavailable`.
+    pub max_unavailable: u32,
+    /// Coordinator replicas.
+    pub coordinators: usize,
+    /// The faults injected.
+    pub faults: Vec<Fault>,
+    /// The campaign's fewest and most nodes, which the plan was drawn with.
+    pub size_range: (usize, usize),
+}
+
+/// The kinds of fault a plan draws from.
+const FAULT_KINDS: usize = 8;
+
+impl RunPlan {
+    /// The plan of the run with `seed`, its size between `min_nodes` and `max_nodes`.
+    pub fn draw(seed: u64, min_nodes: usize, max_nodes: usize) -> RunPlan {
+        // Not the scenario's own stream: the same seed must give the demo's cluster.
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_ca3e_0000_0000);
+        let nodes = rng.random_range(min_nodes.max(2)..=max_nodes.max(min_nodes.max(2)));
+        let max_unavailable =
+            rng.random_range(1..=u32::try_from(nodes / 4).unwrap_or(1).clamp(1, 4));
+        let mut coordinators = rng.random_range(1..=3usize);
+        let workers = Scenario::generate(nodes, seed).worker_names();
+        let mut kinds: Vec<usize> = (0..FAULT_KINDS).collect();
+        let count = rng.random_range(1..=3usize);
+        let mut faults = Vec::new();
+        let mut broken = BTreeSet::new();
+        for _ in 0..count {
+            let kind = kinds.swap_remove(rng.random_range(0..kinds.len()));
+            let down = Duration::from_millis(rng.random_range(500..=4000));
+            let fault = match kind {
+                0 => {
+                    coordinators = coordinators.max(2);
+                    Fault::KillCoordinator {
+                        replica: rng.random_range(0..coordinators),
+                        after: Duration::from_millis(rng.random_range(0..=8000)),
+                        down,
+                    }
+                }
+                1 => {
+                    coordinators = coordinators.max(2);
+                    Fault::KillLeaderMidDrain { down }
+                }
+                2 => Fault::KillAgentMidUpgrade { down },
+                3 => Fault::ApiErrors {
+                    rate: f64::from(rng.random_range(1..=10u32)) / 100.0,
+                    codes: vec![500, 429, 503],
+                },
+                4 => Fault::Latency {
+                    latency: Duration::from_millis(rng.random_range(2..=40)),
+                },
+                5 => Fault::WatchDropsAndCompaction {
+                    every: Duration::from_millis(rng.random_range(1000..=5000)),
+                },
+                kind => {
+                    let candidates: Vec<&String> =
+                        workers.iter().filter(|w| !broken.contains(*w)).collect();
+                    // Leave most of the fleet healthy: at most one broken node per four.
+                    if candidates.is_empty() || broken.len() >= (nodes / 4).max(1) {
+                        continue;
+                    }
+                    let node = candidates[rng.random_range(0..candidates.len())].clone();
+                    broken.insert(node.clone());
+                    if kind == 6 {
+                        Fault::NeverReturns { node }
+                    } else {
+                        Fault::KubeletFails { node }
+                    }
+                }
+            };
+            faults.push(fault);
+        }
+        RunPlan {
+            seed,
+            nodes,
+            max_unavailable,
+            coordinators,
+            faults,
+            size_range: (min_nodes, max_nodes),
+        }
+    }
+
+    /// The command that runs this plan again.
+    pub fn replay(&self) -> String {
+        format!(
+            "rota-sim campaign --runs 1 --seed {} --min-nodes {} --max-nodes {}",
+            self.seed, self.size_range.0, self.size_range.1
+        )
+    }
+
+    /// Nodes a fault takes out for good: they are not expected to finish.
+    pub fn broken_nodes(&self) -> BTreeSet<String> {
+        self.faults
+            .iter()
+            .filter_map(Fault::broken_node)
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn describe(&self) -> String {
+        let faults: Vec<String> = self.faults.iter().map(ToString::to_string).collect();
+        format!(
+            "{} nodes, maxUnavailable {}, {} coordinator{}; {}",
+            self.nodes,
+            self.max_unavailable,
+            self.coordinators,
+            if self.coordinators == 1 { "" } else { "s" },
+            faults.join(", ")
+        )
+    }
+}
+
+/// What one run showed.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunOutcome {
+    /// What was run.
+    pub plan: RunPlan,
+    /// The run's report (invariants, makespan, bounds).
+    pub report: Report,
+    /// Nodes a fault took out for good.
+    pub broken: BTreeSet<String>,
+    /// Nodes without a node fault that were not done when the run ended, and why.
+    pub stuck: Vec<(String, String)>,
+    /// A fencing token was persisted on more than one node.
+    pub double_grant: bool,
+    /// The run's wall-clock duration, seconds.
+    pub seconds: f64,
+}
+
+impl RunOutcome {
+    /// Whether the run held every invariant and finished every healthy node.
+    pub fn passed(&self) -> bool {
+        self.report.invariant_violations.is_empty() && !self.double_grant && self.stuck.is_empty()
+    }
+
+    /// One line for the campaign's output.
+    pub fn line(&self, index: usize, runs: usize) -> String {
+        let r = &self.report;
+        let mut line = format!(
+            "run {}/{runs} seed {}: {} — {}/{} done",
+            index + 1,
+            self.plan.seed,
+            self.plan.describe(),
+            r.nodes_done,
+            r.nodes,
+        );
+        if !self.broken.is_empty() {
+            let _ = write!(line, " ({} broken by a fault)", self.broken.len());
+        }
+        let _ = write!(
+            line,
+            ", makespan {:.1} s ({:.2}× bound), most down {}/{}",
+            r.makespan_seconds,
+            r.makespan_over_lower_bound,
+            r.max_unavailable_observed,
+            r.max_unavailable
+        );
+        if self.passed() {
+            line.push_str(": ok");
+        } else {
+            let mut why: Vec<String> = r.invariant_violations.clone();
+            if self.double_grant {
+                why.push("a fencing token was granted twice".into());
+            }
+            for (node, reason) in &self.stuck {
+                why.push(format!("{node} stuck: {reason}"));
+            }
+            let _ = write!(
+                line,
+                ": FAILED ({}); replay: {}",
+                why.join("; "),
+                self.plan.replay()
+            );
+        }
+        line
+    }
+}
+
+/// Whether some node holds a slot in `phase`, and which.
+fn node_in_phase(fleet: &Fleet, phase: SlotPhase) -> Option<String> {
+    let nodes = fleet
+        .store()
+        .list(&GroupResource::core("nodes"), None, &ListOptions::default())
+        .ok()?;
+    nodes
+        .items
+        .iter()
+        .find(|n| slot_phase(n) == Some(phase))
+        .and_then(|n| n.pointer("/metadata/name"))
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string)
+}
+
+/// Waits (up to `limit`) for a node in `phase`.
+async fn wait_phase(fleet: &Fleet, phase: SlotPhase, limit: Duration) -> Option<String> {
+    fleet
+        .wait_for(&format!("a node {}", phase.as_str()), limit, |f| {
+            node_in_phase(f, phase).ok_or_else(|| "none yet".to_string())
+        })
+        .await
+        .ok()
+}
+
+/// Injects `fault` into the running `fleet`; returns once it is over.
+async fn inject(fleet: &Fleet, fault: &Fault, limit: Duration) -> Result<()> {
+    match fault {
+        Fault::KillCoordinator {
+            replica,
+            after,
+            down,
+        } => {
+            tokio::time::sleep(*after).await;
+            fleet.kill_coordinator(*replica).await?;
+            tokio::time::sleep(*down).await;
+            fleet.restart_coordinator(*replica).await?;
+        }
+        Fault::KillLeaderMidDrain { down } => {
+            if wait_phase(fleet, SlotPhase::Draining, limit)
+                .await
+                .is_some()
+                && let Some(leader) = fleet.leader()
+            {
+                fleet.kill_coordinator(leader).await?;
+                tokio::time::sleep(*down).await;
+                fleet.restart_coordinator(leader).await?;
+            }
+        }
+        Fault::KillAgentMidUpgrade { down } => {
+            if let Some(node) = wait_phase(fleet, SlotPhase::Granted, limit).await {
+                fleet.kill_agent(&node).await?;
+                tokio::time::sleep(*down).await;
+                fleet.restart_agent(&node).await?;
+            }
+        }
+        Fault::ApiErrors { rate, codes } => {
+            let cluster = fleet.cluster()?;
+            let mut faults = cluster.faults();
+            faults.api.error_rate = *rate;
+            faults.api.error_codes.clone_from(codes);
+            cluster.set_faults(faults);
+        }
+        Fault::Latency { latency } => {
+            let cluster = fleet.cluster()?;
+            let mut faults = cluster.faults();
+            faults.api.latency = *latency;
+            cluster.set_faults(faults);
+        }
+        Fault::WatchDropsAndCompaction { every } => {
+            let mut ticks = tokio::time::interval(*every);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                fleet.store().compact();
+                fleet.server()?.faults().drop_watches();
+            }
+        }
+        // Set before the fleet starts: they act when the node reboots or its kubelet starts.
+        Fault::NeverReturns { .. } | Fault::KubeletFails { .. } => {}
+    }
+    Ok(())
+}
+
+/// Injects `plan`'s faults until every node outside `broken` is done (true) or `timeout`.
+async fn until_healthy_done(
+    fleet: &Fleet,
+    plan: &RunPlan,
+    broken: &BTreeSet<String>,
+    timeout: Duration,
+) -> bool {
+    let expected = plan.nodes - broken.len();
+    let healthy_done = fleet.wait_for("every healthy node done", timeout, |f| {
+        let done = f.done_nodes();
+        let healthy = done.iter().filter(|n| !broken.contains(*n)).count();
+        if healthy == expected {
+            Ok(())
+        } else {
+            Err(format!("{healthy}/{expected} healthy nodes done"))
+        }
+    });
+    let injections = futures::future::join_all(
+        plan.faults
+            .iter()
+            .map(|fault| inject(fleet, fault, timeout)),
+    );
+    tokio::pin!(healthy_done, injections);
+    let mut injected = false;
+    loop {
+        tokio::select! {
+            finished = &mut healthy_done => return finished.is_ok(),
+            results = &mut injections, if !injected => {
+                injected = true;
+                for result in results {
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "a fault could not be injected");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs `plan` to its end: every node without a node fault done, or `timeout`.
+pub async fn run_plan(plan: &RunPlan, timeout: Duration) -> Result<RunOutcome> {
+    let began = std::time::Instant::now();
+    let mut options = FleetOptions::new(plan.nodes, plan.seed, plan.max_unavailable);
+    if let Scheduler::Rota { coordinators, .. } = &mut options.scheduler {
+        coordinators.replicas = plan.coordinators;
+        coordinators.tls = true;
+    }
+    let broken = plan.broken_nodes();
+    let mut faults = Faults::none();
+    for fault in &plan.faults {
+        match fault {
+            Fault::NeverReturns { node } => faults = faults.with_never_return(node),
+            Fault::KubeletFails { node } => faults = faults.with_kubelet_failure(node),
+            _ => {}
+        }
+    }
+    options.faults = faults;
+    let fleet = Fleet::start(options).await?;
+    let finished = until_healthy_done(&fleet, plan, &broken, timeout).await;
+    // The judgement reads the store directly; the API faults stop mattering here.
+    if let Ok(cluster) = fleet.cluster() {
+        let mut faults = cluster.faults();
+        faults.api = FaultConfig::default();
+        cluster.set_faults(faults);
+    }
+    let stopped = if fleet.done_nodes().len() == plan.nodes {
+        Stopped::AllDone
+    } else {
+        Stopped::Deadline
+    };
+    let report = fleet.report(stopped);
+    let stuck = if finished {
+        Vec::new()
+    } else {
+        fleet
+            .not_done_reasons()
+            .into_iter()
+            .filter(|(node, _)| !broken.contains(node))
+            .collect()
+    };
+    let double_grant = report.fencing_tokens_unique == Some(false);
+    fleet.shutdown().await;
+    Ok(RunOutcome {
+        plan: plan.clone(),
+        report,
+        broken,
+        stuck,
+        double_grant,
+        seconds: began.elapsed().as_secs_f64(),
+    })
+}
+
+/// The campaign's summary of `outcomes`.
+pub fn summary(outcomes: &[RunOutcome]) -> String {
+    let failed: Vec<&RunOutcome> = outcomes.iter().filter(|o| !o.passed()).collect();
+    let violations: usize = outcomes
+        .iter()
+        .map(|o| o.report.invariant_violations.len())
+        .sum();
+    let double_grants = outcomes.iter().filter(|o| o.double_grant).count();
+    let stuck: usize = outcomes.iter().map(|o| o.stuck.len()).sum();
+    let mut ratios: Vec<f64> = outcomes
+        .iter()
+        .filter(|o| o.report.makespan_over_lower_bound > 0.0)
+        .map(|o| o.report.makespan_over_lower_bound)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios.get(ratios.len() / 2).copied().unwrap_or(0.0);
+    let worst = ratios.last().copied().unwrap_or(0.0);
+    let mut out = format!(
+        "campaign: {} runs, {} passed, {} failed; invariant violations {violations}, double grants {double_grants}, stuck nodes {stuck}; makespan over bound median {median:.2}, worst {worst:.2}",
+        outcomes.len(),
+        outcomes.len() - failed.len(),
+        failed.len(),
+    );
+    for outcome in failed {
+        let _ = write!(out, "\nreplay: {}", outcome.plan.replay());
+    }
+    out
+}
+
+/// Runs the campaign `args` describe, printing a line per run; the outcomes.
+pub async fn run_campaign(args: &CampaignArgs) -> Result<Vec<RunOutcome>> {
+    if args.min_nodes > args.max_nodes {
+        return Err(Error::Invalid(format!(
+            "--min-nodes {} is above --max-nodes {}",
+            args.min_nodes, args.max_nodes
+        )));
+    }
+    let mut outcomes = Vec::new();
+    for i in 0..args.runs {
+        let seed = args.seed.wrapping_add(i as u64);
+        let plan = RunPlan::draw(seed, args.min_nodes, args.max_nodes);
+        let outcome = run_plan(&plan, args.run_timeout).await?;
+        println!("{}", outcome.line(i, args.runs));
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+/// `rota-sim campaign`: the exit status is 1 when any run failed.
+pub async fn run(args: CampaignArgs) -> Result<u8> {
+    let outcomes = run_campaign(&args).await?;
+    println!("{}", summary(&outcomes));
+    if let Some(path) = &args.report {
+        let text = serde_json::to_string_pretty(&outcomes)
+            .map_err(|e| Error::Invalid(format!("report: {e}")))?;
+        std::fs::write(path, text + "\n")?;
+    }
+    Ok(u8::from(outcomes.iter().any(|o| !o.passed())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_are_replayable_and_cover_every_fault() {
+        assert_eq!(RunPlan::draw(7, 6, 24), RunPlan::draw(7, 6, 24));
+        let plans: Vec<RunPlan> = (0..200).map(|s| RunPlan::draw(s, 6, 24)).collect();
+        let kinds: BTreeSet<String> = plans
+            .iter()
+            .flat_map(|p| p.faults.iter())
+            .map(|f| {
+                serde_json::to_value(f).unwrap()["kind"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(kinds.len(), FAULT_KINDS, "{kinds:?}");
+        for plan in &plans {
+            assert!((6..=24).contains(&plan.nodes), "{plan:?}");
+            assert!(!plan.faults.is_empty(), "{plan:?}");
+            assert!(plan.max_unavailable >= 1);
+            assert!(
+                plan.broken_nodes().len() <= (plan.nodes / 4).max(1),
+                "{plan:?}"
+            );
+            let scenario = Scenario::generate(plan.nodes, plan.seed);
+            for node in plan.broken_nodes() {
+                assert!(
+                    scenario.worker_names().contains(&node),
+                    "{node} is no worker"
+                );
+            }
+            let kills_leader = plan.faults.iter().any(|f| {
+                matches!(
+                    f,
+                    Fault::KillLeaderMidDrain { .. } | Fault::KillCoordinator { .. }
+                )
+            });
+            assert!(!kills_leader || plan.coordinators >= 2, "{plan:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_run_says_how_to_replay_it() {
+        let plan = RunPlan::draw(3, 6, 12);
+        let report = Report::example();
+        let mut outcome = RunOutcome {
+            plan,
+            report,
+            broken: BTreeSet::new(),
+            stuck: Vec::new(),
+            double_grant: false,
+            seconds: 1.0,
+        };
+        assert!(outcome.passed(), "{}", outcome.line(0, 1));
+        assert!(outcome.line(0, 1).ends_with(": ok"));
+        outcome.double_grant = true;
+        assert!(!outcome.passed());
+        let line = outcome.line(0, 1);
+        assert!(line.contains("granted twice"), "{line}");
+        assert!(
+            line.contains(
+                "replay: rota-sim campaign --runs 1 --seed 3 --min-nodes 6 --max-nodes 12"
+            ),
+            "{line}"
+        );
+        let text = summary(&[outcome]);
+        assert!(
+            text.contains("1 failed") && text.contains("double grants 1"),
+            "{text}"
+        );
+    }
+}
