@@ -19,12 +19,14 @@ use clap::Args;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rota_core::model::SlotPhase;
+use rota_core::policy::conditions;
 use serde::Serialize;
+use serde_json::Value;
 
-use super::fleet::{Fleet, FleetOptions, Scheduler, slot_phase};
+use super::fleet::{Fleet, FleetOptions, POLICY_NAME, Scheduler, slot_phase};
 use super::report::{Report, Stopped};
 use super::{Error, Result};
-use crate::apiserver::{FaultConfig, GroupResource, ListOptions};
+use crate::apiserver::{FaultConfig, GroupResource, ListOptions, ResourceKey, meta};
 use crate::cluster::args::parse_duration;
 use crate::cluster::{Faults, Scenario};
 
@@ -299,6 +301,9 @@ pub struct RunOutcome {
     pub broken: BTreeSet<String>,
     /// Nodes without a node fault that were not done when the run ended, and why.
     pub stuck: Vec<(String, String)>,
+    /// rota stopped the rollout because of the broken nodes (circuit open, or failed nodes
+    /// holding its capacity), as it should, before every healthy node was done.
+    pub halted: bool,
     /// A fencing token was persisted on more than one node.
     pub double_grant: bool,
     /// The run's wall-clock duration, seconds.
@@ -324,6 +329,9 @@ impl RunOutcome {
         );
         if !self.broken.is_empty() {
             let _ = write!(line, " ({} broken by a fault)", self.broken.len());
+        }
+        if self.halted {
+            line.push_str(", halted by rota for the broken nodes");
         }
         let _ = write!(
             line,
@@ -438,21 +446,89 @@ async fn inject(fleet: &Fleet, fault: &Fault, limit: Duration) -> Result<()> {
     Ok(())
 }
 
-/// Injects `plan`'s faults until every node outside `broken` is done (true) or `timeout`.
-async fn until_healthy_done(
+/// How the rollout stands, judged from the objects.
+#[derive(Debug, PartialEq, Eq)]
+enum Progress {
+    /// Healthy nodes are still on their way.
+    Running(String),
+    /// Every node without a node fault is done.
+    HealthyDone,
+    /// rota stopped the rollout because of the broken nodes — its circuit breaker is open, or
+    /// failed nodes hold all of its capacity — and every healthy node is done or untouched.
+    Halted,
+}
+
+/// Where `fleet`'s rollout stands, `broken` being the nodes a fault took out.
+fn progress(fleet: &Fleet, broken: &BTreeSet<String>, max_unavailable: u32) -> Progress {
+    let done = fleet.done_nodes();
+    let waiting = fleet.not_done_reasons();
+    let healthy_waiting: Vec<(&String, &String)> = waiting
+        .iter()
+        .filter(|(n, _)| !broken.contains(*n))
+        .collect();
+    if healthy_waiting.is_empty() {
+        return Progress::HealthyDone;
+    }
+    let nodes = fleet
+        .store()
+        .list(&GroupResource::core("nodes"), None, &ListOptions::default())
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let failed = nodes
+        .iter()
+        .filter(|n| slot_phase(n) == Some(SlotPhase::Failed))
+        .count();
+    let policy = fleet.store().get(&ResourceKey::new(
+        GroupResource::new("rota.dev", "maintenancepolicies"),
+        None,
+        POLICY_NAME,
+    ));
+    let circuit_open = policy.is_ok_and(|p| {
+        p.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|conditions| {
+                conditions.iter().any(|c| {
+                    c.get("type").and_then(Value::as_str) == Some(conditions::CIRCUIT_OPEN)
+                        && c.get("status").and_then(Value::as_str) == Some("True")
+                })
+            })
+    });
+    let capacity_held = u32::try_from(failed).unwrap_or(u32::MAX) >= max_unavailable;
+    let untouched: BTreeSet<String> = untouched_nodes(&nodes);
+    if (circuit_open || capacity_held)
+        && healthy_waiting.iter().all(|(n, _)| untouched.contains(*n))
+    {
+        return Progress::Halted;
+    }
+    let (node, why) = healthy_waiting[0];
+    Progress::Running(format!(
+        "{}/{} done; {node}: {why}",
+        done.len(),
+        nodes.len()
+    ))
+}
+
+/// Nodes rota has not touched (or has given back): Ready, schedulable, holding no slot.
+fn untouched_nodes(nodes: &[std::sync::Arc<Value>]) -> BTreeSet<String> {
+    nodes
+        .iter()
+        .filter(|n| meta::node_ready(n) && !meta::node_unschedulable(n) && slot_phase(n).is_none())
+        .map(|n| meta::name(n).to_string())
+        .collect()
+}
+
+/// Injects `plan`'s faults until the rollout is over (healthy nodes done, or halted because of
+/// broken nodes) or `timeout`; how it ended (`None`: the timeout).
+async fn until_over(
     fleet: &Fleet,
     plan: &RunPlan,
     broken: &BTreeSet<String>,
     timeout: Duration,
-) -> bool {
-    let expected = plan.nodes - broken.len();
-    let healthy_done = fleet.wait_for("every healthy node done", timeout, |f| {
-        let done = f.done_nodes();
-        let healthy = done.iter().filter(|n| !broken.contains(*n)).count();
-        if healthy == expected {
-            Ok(())
-        } else {
-            Err(format!("{healthy}/{expected} healthy nodes done"))
+) -> Option<Progress> {
+    let over = fleet.wait_for("the rollout over", timeout, |f| {
+        match progress(f, broken, plan.max_unavailable) {
+            Progress::Running(why) => Err(why),
+            ended => Ok(ended),
         }
     });
     let injections = futures::future::join_all(
@@ -460,11 +536,11 @@ async fn until_healthy_done(
             .iter()
             .map(|fault| inject(fleet, fault, timeout)),
     );
-    tokio::pin!(healthy_done, injections);
+    tokio::pin!(over, injections);
     let mut injected = false;
     loop {
         tokio::select! {
-            finished = &mut healthy_done => return finished.is_ok(),
+            ended = &mut over => return ended.ok(),
             results = &mut injections, if !injected => {
                 injected = true;
                 for result in results {
@@ -496,7 +572,7 @@ pub async fn run_plan(plan: &RunPlan, timeout: Duration) -> Result<RunOutcome> {
     }
     options.faults = faults;
     let fleet = Fleet::start(options).await?;
-    let finished = until_healthy_done(&fleet, plan, &broken, timeout).await;
+    let ended = until_over(&fleet, plan, &broken, timeout).await;
     // The judgement reads the store directly; the API faults stop mattering here.
     if let Ok(cluster) = fleet.cluster() {
         let mut faults = cluster.faults();
@@ -509,15 +585,21 @@ pub async fn run_plan(plan: &RunPlan, timeout: Duration) -> Result<RunOutcome> {
         Stopped::Deadline
     };
     let report = fleet.report(stopped);
-    let stuck = if finished {
-        Vec::new()
-    } else {
-        fleet
-            .not_done_reasons()
-            .into_iter()
-            .filter(|(node, _)| !broken.contains(node))
-            .collect()
-    };
+    // Stuck: a healthy node that is neither done nor untouched when the rollout is over, or
+    // any unfinished healthy node when it never got there.
+    let untouched = fleet
+        .store()
+        .list(&GroupResource::core("nodes"), None, &ListOptions::default())
+        .map(|l| untouched_nodes(&l.items))
+        .unwrap_or_default();
+    let stuck = fleet
+        .not_done_reasons()
+        .into_iter()
+        .filter(|(node, _)| {
+            !broken.contains(node) && (ended.is_none() || !untouched.contains(node))
+        })
+        .collect();
+    let halted = ended == Some(Progress::Halted);
     let double_grant = report.fencing_tokens_unique == Some(false);
     fleet.shutdown().await;
     Ok(RunOutcome {
@@ -525,6 +607,7 @@ pub async fn run_plan(plan: &RunPlan, timeout: Duration) -> Result<RunOutcome> {
         report,
         broken,
         stuck,
+        halted,
         double_grant,
         seconds: began.elapsed().as_secs_f64(),
     })
@@ -643,6 +726,7 @@ mod tests {
             report,
             broken: BTreeSet::new(),
             stuck: Vec::new(),
+            halted: false,
             double_grant: false,
             seconds: 1.0,
         };
