@@ -1,5 +1,5 @@
-//! The `rota-sim` binary: `demo --compare` on a small cluster prints both schedulers' numbers
-//! and their ratio, writes the same numbers as JSON, and exits 0 when every invariant held.
+//! The `rota-sim` binary: `demo --compare` on a small cluster prints rota's numbers beside the
+//! kured model's (at rota's concurrency and at one node) and the ratios, writes the same numbers as JSON, and exits 0 when every invariant held.
 
 use std::process::Command;
 
@@ -28,17 +28,28 @@ fn demo_compare_prints_both_makespans_and_writes_the_report() {
     assert!(stdout.contains("[rota "), "{stdout}");
     assert!(!stdout.contains('\u{1b}'), "{stdout}");
 
+    // kured at rota's concurrency (3) and at its own default (1), each named with its period.
+    assert!(
+        stdout.contains("kured (concurrency 3, period 3 s)")
+            && stdout.contains("kured (concurrency 1, period 3 s)"),
+        "{stdout}"
+    );
+
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    for scheduler in ["rota", "kured"] {
-        assert_eq!(json[scheduler]["scheduler"], scheduler);
-        assert_eq!(json[scheduler]["nodesDone"], 6, "{json}");
-        assert_eq!(json[scheduler]["pdbViolations"], 0, "{json}");
+    assert_eq!(json["rota"]["scheduler"], "rota");
+    let kured = json["kured"].as_array().unwrap();
+    assert_eq!(kured.len(), 2, "{json}");
+    for report in std::iter::once(&json["rota"]).chain(kured.iter().map(|k| &k["report"])) {
+        assert_eq!(report["nodesDone"], 6, "{json}");
+        assert_eq!(report["pdbViolations"], 0, "{json}");
     }
-    let ratio = json["kuredOverRotaMakespan"].as_f64().unwrap();
-    let expected = json["kured"]["makespanSeconds"].as_f64().unwrap()
-        / json["rota"]["makespanSeconds"].as_f64().unwrap();
-    assert!((ratio - expected).abs() < 1e-9, "{json}");
+    for k in kured {
+        let ratio = k["overRotaMakespan"].as_f64().unwrap();
+        let expected = k["report"]["makespanSeconds"].as_f64().unwrap()
+            / json["rota"]["makespanSeconds"].as_f64().unwrap();
+        assert!((ratio - expected).abs() < 1e-9, "{json}");
+    }
 }
 
 #[test]
