@@ -686,7 +686,7 @@ current-context: {name}
 
 /// A client from a kubeconfig file, without kube's retry of 429/503/504: a test sees every
 /// answer of the real server as it is (a PDB's 429 at once, not after minutes of backoff).
-async fn client_from_kubeconfig_file(path: &Path) -> Result<kube::Client> {
+pub async fn client_from_kubeconfig_file(path: &Path) -> Result<kube::Client> {
     let source = ConfigSource::Kubeconfig {
         path: path.to_owned(),
         context: None,

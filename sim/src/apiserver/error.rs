@@ -63,6 +63,10 @@ pub enum Error {
         /// Field errors, each message already prefixed with its field.
         causes: Vec<Cause>,
     },
+    /// 422 without field causes: a patch that cannot be applied (a failed `test`, a missing
+    /// path), as upstream answers it.
+    #[error("{0}")]
+    Unprocessable(String),
     /// 400.
     #[error("{0}")]
     BadRequest(String),
@@ -145,7 +149,7 @@ impl Error {
         match self {
             Error::NotFound { .. } | Error::UnknownResource => 404,
             Error::AlreadyExists { .. } | Error::Conflict { .. } => 409,
-            Error::Invalid { .. } => 422,
+            Error::Invalid { .. } | Error::Unprocessable(_) => 422,
             Error::BadRequest(_) => 400,
             Error::Forbidden { .. } => 403,
             Error::MethodNotAllowed => 405,
@@ -165,7 +169,7 @@ impl Error {
             Error::NotFound { .. } | Error::UnknownResource => "NotFound",
             Error::AlreadyExists { .. } => "AlreadyExists",
             Error::Conflict { .. } => "Conflict",
-            Error::Invalid { .. } => "Invalid",
+            Error::Invalid { .. } | Error::Unprocessable(_) => "Invalid",
             Error::BadRequest(_) => "BadRequest",
             Error::Forbidden { .. } => "Forbidden",
             Error::MethodNotAllowed => "MethodNotAllowed",

@@ -65,15 +65,10 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 pub fn json_patch(target: &mut Value, patch: &Value) -> Result<()> {
     let ops: json_patch::Patch = serde_json::from_value(patch.clone())
         .map_err(|e| Error::BadRequest(format!("error decoding patch: {e}")))?;
-    json_patch::patch(target, &ops.0).map_err(|e| Error::Invalid {
-        kind: String::new(),
-        group: String::new(),
-        name: String::new(),
-        causes: vec![super::error::Cause {
-            reason: "FieldValueInvalid".into(),
-            message: format!("the server rejected our request due to an error in our request: {e}"),
-            field: None,
-        }],
+    json_patch::patch(target, &ops.0).map_err(|e| {
+        Error::Unprocessable(format!(
+            "the server rejected our request due to an error in our request: {e}"
+        ))
     })
 }
 

@@ -326,15 +326,15 @@ mod tests {
         );
         assert_eq!(compared[1].concurrency, 1);
         assert_eq!(compared[1].period, Duration::from_secs(60));
+        assert_eq!(
+            kured_label(&compared[0]),
+            "kured (concurrency 2, period 60 s)"
+        );
         let faster = Cli::try_parse_from(["x", "--kured-period", "5s"]).unwrap();
         let compared = faster.demo.kured_comparisons();
         assert_eq!(compared[0].concurrency, 3);
         assert_eq!(compared[1].concurrency, 1);
         assert!(compared.iter().all(|k| k.period == Duration::from_secs(5)));
-        assert_eq!(
-            kured_label(&compared[0]),
-            "kured (concurrency 2, period 60 s)"
-        );
         let defaults = Cli::try_parse_from(["x", "--kured-concurrency", "1"]).unwrap();
         assert_eq!(defaults.demo.kured_comparisons().len(), 1);
         let timed = Cli::try_parse_from(["x", "--kured-drain-timeout", "15s"]).unwrap();

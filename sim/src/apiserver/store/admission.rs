@@ -163,6 +163,9 @@ pub(super) fn prepare_update(
     };
     let mut new = Value::Object(new);
     preserve_system_fields(&mut new, old, info);
+    if info.group.is_empty() && info.plural == "pods" && part == Part::Main {
+        check_pod_spec_update(info, old, &new)?;
+    }
     if info.tracks_generation {
         let mut generation = old
             .pointer("/metadata/generation")
@@ -177,6 +180,51 @@ pub(super) fn prepare_update(
     }
     validate(info, &new)?;
     Ok(new)
+}
+
+/// What an update may change in a pod's spec, as upstream: container and init-container
+/// images, `activeDeadlineSeconds`, `terminationGracePeriodSeconds`, `tolerations` and
+/// `schedulingGates` — and `nodeName` when it was empty (what a binding does; upstream only
+/// through `pods/binding`).
+fn mutable_pod_spec_fields_cleared(spec: &Value, unbound: bool) -> Value {
+    let mut spec = spec.clone();
+    if let Some(map) = spec.as_object_mut() {
+        for field in [
+            "activeDeadlineSeconds",
+            "terminationGracePeriodSeconds",
+            "tolerations",
+            "schedulingGates",
+        ] {
+            map.remove(field);
+        }
+        if unbound {
+            map.remove("nodeName");
+        }
+        for list in ["containers", "initContainers"] {
+            if let Some(containers) = map.get_mut(list).and_then(Value::as_array_mut) {
+                for c in containers.iter_mut().filter_map(Value::as_object_mut) {
+                    c.remove("image");
+                }
+            }
+        }
+    }
+    spec
+}
+
+fn check_pod_spec_update(info: &ResourceInfo, old: &Value, new: &Value) -> Result<()> {
+    let unbound = meta::str_at(old, "/spec/nodeName").is_empty();
+    let spec =
+        |o: &Value| mutable_pod_spec_fields_cleared(o.get("spec").unwrap_or(&Value::Null), unbound);
+    if spec(old) == spec(new) {
+        return Ok(());
+    }
+    Err(invalid_field(
+        info,
+        meta::name(old),
+        "FieldValueForbidden",
+        "spec",
+        "Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".into(),
+    ))
 }
 
 fn kind_mismatch(kind: &str, info: &ResourceInfo) -> Error {
