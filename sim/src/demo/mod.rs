@@ -10,6 +10,7 @@
 //! - `coordinator`, `nodes`, `process`, `record`: how the replicas, the per-node daemons and
 //!   their processes run, and the record of persisted fencing tokens.
 
+pub mod bound;
 pub mod campaign;
 pub mod cli;
 mod coordinator;
