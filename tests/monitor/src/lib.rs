@@ -43,7 +43,7 @@ pub use model::Cause;
 pub use tracker::DEFAULT_POOL;
 use tracker::{Change, Kind, Object, Pool, Tracker};
 pub use verdict::{
-    LostPod, MaxUnavailable, Peak, TimelineEntry, Unavailability, Verdict, Violation,
+    BudgetNow, LostPod, MaxUnavailable, Peak, TimelineEntry, Unavailability, Verdict, Violation,
 };
 
 /// Errors of the monitor.

@@ -23,7 +23,7 @@ use crate::model::{
     desired_healthy,
 };
 use crate::verdict::{
-    LostPod, Peak, TIMELINE_LIMIT, TimelineEntry, Unavailability, Verdict, Violation,
+    BudgetNow, LostPod, Peak, TIMELINE_LIMIT, TimelineEntry, Unavailability, Verdict, Violation,
 };
 
 /// The pool of nodes no configured pool selects.
@@ -409,11 +409,7 @@ impl Tracker {
                 .pools
                 .insert(pool.name.clone(), Peak::default());
         }
-        let ids: Vec<String> = self.budgets.keys().cloned().collect();
-        for id in ids {
-            let healthy = self.healthy_set(&id);
-            self.healthy.insert(id, healthy);
-        }
+        self.judge_budgets(now, &[]);
         self.update_peaks(now);
         self.note(
             now,
@@ -614,6 +610,19 @@ impl Tracker {
                 Some(before) => before.difference(&healthy).cloned().collect(),
                 None => Vec::new(),
             };
+            let lowest = self
+                .verdict
+                .budgets
+                .get(&id)
+                .map_or(count, |b| b.lowest_healthy.min(count));
+            self.verdict.budgets.insert(
+                id.clone(),
+                BudgetNow {
+                    healthy: count,
+                    desired: desired.as_ref().ok().copied(),
+                    lowest_healthy: lowest,
+                },
+            );
             if let Err(why) = &desired {
                 let why = why.to_string();
                 if self.verdict.not_computable.get(&id) != Some(&why) {
@@ -697,6 +706,7 @@ impl Tracker {
                 self.note(now, format!("node {n} available"));
             }
             self.unavailable = unavailable;
+            self.verdict.unavailable_now = self.unavailable.iter().cloned().collect();
         }
         let mut pools: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut control_plane = Vec::new();

@@ -108,6 +108,18 @@ pub struct LostPod {
     pub terminating: bool,
 }
 
+/// A budget as the monitor sees it now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetNow {
+    /// Healthy pods now.
+    pub healthy: i32,
+    /// Desired healthy pods now (`None`: not computable).
+    pub desired: Option<i32>,
+    /// The fewest healthy pods seen since the monitor started.
+    pub lowest_healthy: i32,
+}
+
 /// One line of the monitor's timeline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -135,6 +147,10 @@ pub struct Verdict {
     /// Budgets whose desired healthy count could not be computed at some point, with why
     /// (the latest reason).
     pub not_computable: BTreeMap<String, String>,
+    /// Every budget now, by `namespace/name`.
+    pub budgets: BTreeMap<String, BudgetNow>,
+    /// The nodes unavailable now.
+    pub unavailable_now: Vec<String>,
     /// Watch errors and re-lists after the first list.
     pub watch_restarts: u32,
     /// A re-list found objects changed or gone that no event had shown: the monitor may have
