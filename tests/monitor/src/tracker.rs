@@ -208,7 +208,16 @@ impl Tracker {
                     return;
                 }
                 self.verdict.watch_restarts += 1;
-                let (missed, removed) = self.replace(kind, objects);
+                // Pods that appeared while the watch was away are added only after the rest of
+                // the re-list was judged: a replacement is assumed to come after the pod it
+                // replaces, so a dip the watch missed is not hidden by the pod that ended it.
+                let (known, arrived): (Vec<Object>, Vec<Object>) =
+                    objects.into_iter().partition(|o| match o {
+                        Object::Pod(p) => self.pods.contains_key(&p.uid),
+                        _ => true,
+                    });
+                let (missed, removed) = self.replace(kind, known);
+                let missed = missed || !arrived.is_empty();
                 if missed {
                     self.verdict.lost_track = true;
                 }
@@ -223,7 +232,13 @@ impl Tracker {
                         }
                     ),
                 );
-                gone = removed;
+                self.remember(&removed);
+                if self.ready {
+                    self.evaluate(now, &removed);
+                }
+                for object in arrived {
+                    self.upsert(object);
+                }
             }
             Change::WatchError(kind, message) => {
                 self.verdict.watch_restarts += 1;
@@ -231,14 +246,18 @@ impl Tracker {
                 return;
             }
         }
-        for g in &gone {
+        self.remember(&gone);
+        if self.ready {
+            self.evaluate(now, &gone);
+        }
+    }
+
+    fn remember(&mut self, gone: &[Gone]) {
+        for g in gone {
             self.recently_gone.push_back(g.clone());
             if self.recently_gone.len() > GONE_MEMORY {
                 self.recently_gone.pop_front();
             }
-        }
-        if self.ready {
-            self.evaluate(now, &gone);
         }
     }
 
@@ -1029,6 +1048,23 @@ mod tests {
         assert!(v.lost_track);
         assert_eq!(v.watch_restarts, 1);
         assert!(v.violations.is_empty(), "2 healthy, 2 desired: {v:?}");
+        // Two pods gone unseen and their replacements already Ready: the re-list judges the
+        // departures before the arrivals, so the dip the watch missed is still flagged.
+        let mut tr = tracker();
+        let pods = [pod("p3", "n3"), pod("p4", "n4"), pod("p5", "n4")]
+            .into_iter()
+            .map(Object::Pod)
+            .collect();
+        tr.apply(Change::Relisted(Kind::Pods, pods), t(1));
+        let v = tr.verdict();
+        assert!(v.lost_track);
+        assert_eq!(v.violations.len(), 2, "{v:?}");
+        assert!(
+            v.violations
+                .iter()
+                .all(|v| v.cause == Cause::Deletion && v.healthy == 1)
+        );
+        assert_eq!(v.budgets["ns/web"].healthy, 3);
         // A re-list identical to what the events showed is no lost track.
         let mut tr = tracker();
         let pods = [pod("p1", "n1"), pod("p2", "n2"), pod("p3", "n3")]

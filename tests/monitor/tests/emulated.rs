@@ -45,8 +45,11 @@ async fn env(min_available: i32) -> Env {
 }
 
 async fn env_with(min_available: i32, timings: Timings) -> Env {
+    env_on(Store::new(), min_available, timings, Faults::none()).await
+}
+
+async fn env_on(store: Store, min_available: i32, timings: Timings, faults: Faults) -> Env {
     init_logs();
-    let store = Store::new();
     let server = ApiServer::start(store.clone(), (Ipv4Addr::LOCALHOST, 0).into())
         .await
         .unwrap();
@@ -83,7 +86,8 @@ async fn env_with(min_available: i32, timings: Timings) -> Env {
         "metadata": {"name": APP, "namespace": NS},
         "spec": {"minAvailable": min_available, "selector": {"matchLabels": {"app": APP}}},
     }));
-    let cluster = Cluster::start(store, &scenario, timings, Faults::none()).unwrap();
+    let mut cluster = Cluster::start(store, &scenario, timings, faults).unwrap();
+    cluster.drive_api_faults(server.faults().clone());
     cluster.wait_settled(WAIT).await.unwrap();
     let mut config = kube::Config::new(server.url().parse().unwrap());
     // A 429 must come back to the test, not be retried inside the client.
@@ -413,5 +417,48 @@ async fn a_cordon_drain_reboot_is_not_flagged() {
     );
     assert_eq!(verdict.max_unavailable.control_plane.count, 0, "{text}");
     assert!(!verdict.lost_track, "{text}");
+    env.monitor.stop().await;
+}
+
+/// Watches dropped every 300 ms on a server that keeps only 20 events of history: the
+/// monitor's watches resume or, with their resourceVersion gone (410), re-list — and the
+/// raw DELETE is still flagged, once, with nothing else made up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_watches_and_re_lists_are_survived() {
+    let faults = Faults {
+        drop_watches_every: Some(Duration::from_millis(300)),
+        ..Faults::none()
+    };
+    let store = Store::with_config(20, rota_core::clock::system());
+    let env = env_on(store, 3, Timings::default(), faults).await;
+    // Enough churn that resuming watches find their history gone.
+    for node in &workers(&env)[..2] {
+        env.cordon(node, true).await;
+        env.cordon(node, false).await;
+    }
+    env.monitor
+        .wait_for("a watch restart", WAIT, |v| {
+            (v.watch_restarts > 0).then_some(())
+        })
+        .await
+        .unwrap();
+    let guarded = env.guarded().await;
+    let (pod, _) = guarded.iter().next().unwrap();
+    Api::<Pod>::namespaced(env.client.clone(), NS)
+        .delete(pod, &DeleteParams::default())
+        .await
+        .unwrap();
+    env.monitor
+        .wait_for("the delete flagged", WAIT, |v| {
+            (!v.violations.is_empty()).then_some(())
+        })
+        .await
+        .unwrap();
+    let verdict = env.wait_recovered().await;
+    let text = verdict.render();
+    assert_eq!(verdict.violations.len(), 1, "{text}");
+    assert_eq!(verdict.violations[0].pod, format!("{NS}/{pod}"), "{text}");
+    assert!(verdict.pods_lost_to_reboots.is_empty(), "{text}");
+    println!("{text}");
     env.monitor.stop().await;
 }
