@@ -730,4 +730,72 @@ mod tests {
         let text = render_comparison(&report, &report);
         assert!(text.contains("1.0×"), "{text}");
     }
+
+    #[test]
+    fn safety_comes_from_the_monitor_with_the_audit_as_a_cross_check() {
+        let mut audit = AuditLog::default();
+        audit.record_node(record(0, "a", true, false));
+        audit.record_node(record(1, "a", false, true));
+        let mut verdict = Verdict::default();
+        verdict.max_unavailable.overall.count = 2;
+        verdict.max_unavailable.control_plane.count = 2;
+        verdict.violations.push(rota_monitor::Violation {
+            time: at(1),
+            pdb: "web/api".into(),
+            pod: "web/api-1".into(),
+            pod_uid: "u1".into(),
+            node: Some("a".into()),
+            cause: rota_monitor::Cause::NodeDown,
+            healthy: 1,
+            desired: 2,
+        });
+        verdict.pods_lost_to_reboots.push(rota_monitor::LostPod {
+            time: at(1),
+            pod: "web/api-1".into(),
+            node: "a".into(),
+            cause: rota_monitor::Cause::NodeDown,
+            terminating: false,
+        });
+        verdict.lost_track = true;
+        let input = ReportInput {
+            scheduler: "rota",
+            seed: 1,
+            nodes: vec!["a".into(), "b".into()],
+            max_unavailable: 1,
+            control_plane: BTreeSet::from(["a".to_string()]),
+            audit: &audit,
+            verdict: &verdict,
+            maintenance_counts: BTreeMap::new(),
+            done: BTreeSet::new(),
+            reasons: BTreeMap::new(),
+            started: at(0),
+            ended: at(5),
+            stopped: Stopped::Stalled,
+            api_tokens: None,
+            host_tokens: None,
+        };
+        let report = Report::compute(&input);
+        assert_eq!(report.pdb_violations, 1);
+        assert!(report.pdb_violation_details[0].contains("node down"));
+        assert_eq!(report.pods_lost_to_reboots, 1);
+        assert_eq!(report.max_unavailable_observed, 2);
+        assert_eq!(report.max_control_plane_unavailable_observed, 2);
+        assert!(report.monitor_lost_track);
+        // The audit saw no violation and one node down: kept, labelled, not the verdict.
+        assert_eq!(report.audit_cross_check.pdb_violations, 0);
+        assert_eq!(report.audit_cross_check.max_unavailable, 1);
+        assert_eq!(
+            report.invariant_violations.len(),
+            5,
+            "{:?}",
+            report.invariant_violations
+        );
+        let text = report.render();
+        assert!(text.contains("PDB violations (monitor)"), "{text}");
+        assert!(text.contains("emulator audit cross-check"), "{text}");
+        assert!(
+            text.contains("pod lost without eviction: web/api-1 on a"),
+            "{text}"
+        );
+    }
 }
