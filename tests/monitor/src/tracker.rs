@@ -325,8 +325,9 @@ impl Tracker {
         }
     }
 
-    /// Replaces every object of `kind` by `objects`; returns whether anything differed from
-    /// what the events had shown, and the pods that vanished.
+    /// Replaces every object of `kind` by `objects`; returns whether anything judged differed
+    /// from what the events had shown (a new resourceVersion alone does not), and the pods
+    /// that vanished.
     fn replace(&mut self, kind: Kind, objects: Vec<Object>) -> (bool, Vec<Gone>) {
         let mut missed = false;
         let mut gone = Vec::new();
@@ -356,7 +357,15 @@ impl Tracker {
                 }
                 for o in &objects {
                     if let Object::Pod(p) = o
-                        && self.pods.get(&p.uid).is_none_or(|t| t.facts != *p)
+                        && self.pods.get(&p.uid).is_none_or(|t| {
+                            PodFacts {
+                                resource_version: None,
+                                ..t.facts.clone()
+                            } != PodFacts {
+                                resource_version: None,
+                                ..p.clone()
+                            }
+                        })
                     {
                         missed = true;
                     }
@@ -373,8 +382,17 @@ impl Tracker {
                 missed |= self.nodes.keys().any(|n| !fresh.contains(n.as_str()));
                 self.nodes.retain(|n, _| fresh.contains(n.as_str()));
                 for o in &objects {
+                    // A heartbeat changes the resourceVersion and nothing judged.
                     if let Object::Node(n) = o
-                        && self.nodes.get(&n.name) != Some(n)
+                        && self.nodes.get(&n.name).is_none_or(|known| {
+                            NodeFacts {
+                                resource_version: None,
+                                ..known.clone()
+                            } != NodeFacts {
+                                resource_version: None,
+                                ..n.clone()
+                            }
+                        })
                     {
                         missed = true;
                     }
@@ -1073,9 +1091,23 @@ mod tests {
             .collect();
         tr.apply(Change::Relisted(Kind::Pods, pods), t(1));
         tr.apply(Change::WatchError(Kind::Nodes, "gone".into()), t(1));
+        // Nodes that only heartbeat meanwhile (a new resourceVersion) are no lost track either.
+        let nodes = [
+            node("n1", "a"),
+            node("n2", "a"),
+            node("n3", "b"),
+            node("n4", "b"),
+        ]
+        .into_iter()
+        .map(|mut n| {
+            n.resource_version = Some(999);
+            Object::Node(n)
+        })
+        .collect();
+        tr.apply(Change::Relisted(Kind::Nodes, nodes), t(2));
         let v = tr.verdict();
         assert!(!v.lost_track);
-        assert_eq!(v.watch_restarts, 2);
+        assert_eq!(v.watch_restarts, 3);
     }
 
     #[test]
