@@ -489,6 +489,17 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn a_percentage_is_the_least_count_covering_it(p in 0i32..=100, total in 0i32..100_000) {
+            let scaled = IntOrPercent::Percent(p).scaled(total);
+            // ceil(p × total / 100), in integers: scaled covers the share, one less would not.
+            proptest::prop_assert!(i64::from(scaled) * 100 >= i64::from(p) * i64::from(total));
+            proptest::prop_assert!((i64::from(scaled) - 1) * 100 < i64::from(p) * i64::from(total));
+            proptest::prop_assert!(scaled <= total);
+        }
+    }
+
     #[test]
     fn percentages_round_up() {
         let p = IntOrPercent::Percent;
