@@ -1,6 +1,7 @@
 //! End to end: nodes rota cannot finish. A node that never comes back from its reboot keeps
 //! its capacity and opens the circuit breaker; a node whose pod's PodDisruptionBudget allows
-//! no disruption waits, named, without holding capacity, while the others finish.
+//! no disruption waits, named, without holding capacity, while the others finish. And a node
+//! rebooted behind rota's back is caught by the fleet's safety monitor.
 
 // Helpers outside #[test] functions fail the test the same way the tests do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -280,5 +281,56 @@ async fn a_drain_blocked_by_a_pdb_gives_its_slot_back() {
     assert_eq!(fleet.maintenance_counts()[&blocked], 0);
     assert_eq!(report.nodes_done, others, "{}", report.render());
     assert_safe(&fleet, &report);
+    fleet.shutdown().await;
+}
+
+/// A node rebooted behind rota's back (rota paused, nothing drained): the fleet's safety
+/// monitor sees the pods lost with it, and the report — which takes its safety numbers from
+/// the monitor — says the invariants broke, while rota itself maintained nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reboot_behind_rotas_back_is_caught_by_the_monitor() {
+    use rota_agent::host::{Host, RebootMethod};
+    let mut options = options(6, 5, 1, 1);
+    rota_settings(&mut options).1.paused = true;
+    let fleet = start(options).await;
+    let victim = e2e::workers(&fleet)
+        .into_iter()
+        .find(|n| {
+            rota_sim::cluster::pods_on(fleet.store(), n)
+                .iter()
+                .any(|p| meta::namespace(p) == "web" || meta::namespace(p) == "shop")
+        })
+        .expect("a worker running a Deployment's pod");
+    fleet
+        .cluster()
+        .unwrap()
+        .host(&victim)
+        .unwrap()
+        .reboot(&RebootMethod::Systemctl)
+        .unwrap();
+    let verdict = fleet
+        .monitor()
+        .unwrap()
+        .wait_for("the reboot and its lost pods", WAIT, |v| {
+            (v.reboots.get(&victim) == Some(&1) && !v.pods_lost_to_reboots.is_empty())
+                .then(|| v.clone())
+        })
+        .await
+        .unwrap();
+    assert!(
+        verdict
+            .pods_lost_to_reboots
+            .iter()
+            .all(|p| p.node == victim),
+        "{}",
+        verdict.render()
+    );
+    let report = fleet.report(Stopped::Stalled);
+    assert_eq!(
+        report.pods_lost_to_reboots,
+        verdict.pods_lost_to_reboots.len()
+    );
+    assert!(!report.invariants_hold(), "{}", report.render());
+    assert!(fleet.persisted_tokens().is_empty(), "rota granted nothing");
     fleet.shutdown().await;
 }

@@ -1,5 +1,6 @@
 //! What every end-to-end scenario shares: the fleet's settings for fast, secure runs and the
-//! invariants, checked from the emulator's own record (never from what rota reports).
+//! invariants, checked from the independent safety monitor's verdict (never from what rota
+//! reports, nor from the emulator's own budget maths).
 //!
 //! Every fleet runs the real coordinators and agents with TLS (a CA the coordinator bootstraps
 //! into Secrets) and token authentication (projected service-account tokens checked by
@@ -146,7 +147,34 @@ pub async fn run(fleet: &Fleet, deadline: Duration, stall: Duration) -> (Report,
 /// allowed, never two control-plane nodes down at once, no node maintained twice, no fencing token persisted on or acted with by two
 /// nodes, and every token an agent acted with was persisted for its own node by a coordinator.
 pub fn assert_safe(fleet: &Fleet, report: &Report) {
-    let text = report.render();
+    let verdict = fleet.verdict();
+    let text = format!("{}\n{}", report.render(), verdict.render());
+    assert!(
+        !verdict.lost_track,
+        "the safety monitor missed changes\n{text}"
+    );
+    assert!(
+        verdict.violations.is_empty(),
+        "PDB violations: {:?}\n{text}",
+        verdict.violations
+    );
+    assert!(
+        verdict.max_unavailable.overall.count <= report.max_unavailable,
+        "{:?} down at once, {} allowed\n{text}",
+        verdict.max_unavailable.overall,
+        report.max_unavailable
+    );
+    assert!(
+        verdict.max_unavailable.control_plane.count <= 1,
+        "{:?} control-plane nodes down at once\n{text}",
+        verdict.max_unavailable.control_plane
+    );
+    let maintained: Vec<String> = fleet.persisted_tokens().into_values().flatten().collect();
+    let lost: Vec<_> = verdict.pods_lost_on(&maintained).collect();
+    assert!(
+        lost.is_empty(),
+        "pods lost on nodes rota maintained: {lost:?}\n{text}"
+    );
     assert_eq!(
         report.pdb_violations, 0,
         "PDB violations: {:?}\n{text}",

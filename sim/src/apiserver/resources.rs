@@ -171,6 +171,7 @@ const BUILTINS: &[Builtin] = &[
     ("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"], false, false, false),
     ("", "v1", "services", "Service", true, &["svc"], true, false, true),
     ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true, &["pdb"], true, true, false),
+    ("", "v1", "replicationcontrollers", "ReplicationController", true, &["rc"], true, true, true),
     ("apps", "v1", "deployments", "Deployment", true, &["deploy"], true, true, true),
     ("apps", "v1", "replicasets", "ReplicaSet", true, &["rs"], true, true, true),
     ("apps", "v1", "statefulsets", "StatefulSet", true, &["sts"], true, true, true),

@@ -15,8 +15,12 @@
 //!
 //! Every coordinator and every node daemon is a [`Process`](super::process) of its own: killing
 //! one (`kill_coordinator`, `kill_agent`) drops everything it had in memory and every
-//! connection it held. The helpers wait on the store with deadlines; [`Fleet::report`] is
-//! computed from the emulator's audit record and the hosts (see [`super::report`]).
+//! connection it held. The helpers wait on the store with deadlines.
+//!
+//! Before the scheduler starts, the fleet starts rota's independent safety monitor
+//! ([`rota_monitor`]) against the emulator's HTTP API, like any client: [`Fleet::report`] takes
+//! its PDB violations and unavailability peaks from the monitor's verdict, and the rest from
+//! the hosts and the emulator's record (see [`super::report`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -34,6 +38,7 @@ use rota_core::model::SlotPhase;
 use rota_core::policy::crd::{BackoffSpec, DrainSpec, HealthSpec, UpgradeMode, UpgradeSpec};
 use rota_core::policy::{MaintenancePolicy, MaintenancePolicySpec};
 use rota_core::slots::persist::{REQUEST_ANNOTATION, SLOT_ANNOTATION};
+use rota_monitor::{Monitor, MonitorConfig, PoolConfig, Verdict};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -365,6 +370,8 @@ pub struct Fleet {
     expectations: BTreeMap<String, Expectation>,
     rollout_started: Option<Timestamp>,
     kured: Option<Arc<KuredSetup>>,
+    /// The independent safety monitor, started before the scheduler.
+    monitor: Option<Monitor>,
     /// Holds the agents' token files.
     workdir: tempfile::TempDir,
 }
@@ -400,6 +407,7 @@ impl Fleet {
             install_systemctl(host);
         }
         cluster.wait_settled(options.settle_timeout).await?;
+        let monitor = start_monitor(&server.url(), &options).await?;
 
         let cancel = CancellationToken::new();
         let (slot_record, record_task) = SlotRecord::start(&store, cancel.clone());
@@ -424,6 +432,7 @@ impl Fleet {
             host_tokens: HostTokenLog::default(),
             rollout_started: None,
             kured: None,
+            monitor: Some(monitor),
             workdir,
         };
         match fleet.options.scheduler.clone() {
@@ -600,6 +609,19 @@ impl Fleet {
     /// The emulator's audit record so far.
     pub fn audit(&self) -> AuditLog {
         self.store.audit()
+    }
+
+    /// The safety monitor (until [`Fleet::shutdown`]).
+    pub fn monitor(&self) -> Result<&Monitor> {
+        self.monitor.as_ref().ok_or(Error::Stopped)
+    }
+
+    /// The safety monitor's verdict so far (an empty one once the fleet is shut down).
+    pub fn verdict(&self) -> Verdict {
+        self.monitor
+            .as_ref()
+            .map(Monitor::verdict)
+            .unwrap_or_default()
     }
 
     /// The fencing tokens persisted on Nodes so far, as the store saw them.
@@ -913,9 +935,11 @@ impl Fleet {
         }
     }
 
-    /// The report of the rollout so far, computed from the emulator's record and the hosts.
+    /// The report of the rollout so far: safety from the monitor's verdict, the rest from the
+    /// emulator's record and the hosts.
     pub fn report(&self, stopped: Stopped) -> Report {
         let audit = self.store.audit();
+        let verdict = self.verdict();
         let started = self.rollout_started.unwrap_or_else(|| self.store.now());
         let rota = self.kured.is_none();
         let input = ReportInput {
@@ -928,6 +952,7 @@ impl Fleet {
                 .max_unavailable(self.expectations.len()),
             control_plane: self.scenario.control_plane_names().into_iter().collect(),
             audit: &audit,
+            verdict: &verdict,
             maintenance_counts: self.maintenance_counts(),
             done: self.done_nodes(),
             reasons: self.not_done_reasons(),
@@ -942,6 +967,9 @@ impl Fleet {
 
     /// Stops every process, the cluster and the API server.
     pub async fn shutdown(mut self) {
+        if let Some(monitor) = self.monitor.take() {
+            monitor.stop().await;
+        }
         self.daemon_cancel.cancel();
         for task in std::mem::take(&mut self.daemon_tasks) {
             let _ = task.await;
@@ -963,6 +991,33 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
+}
+
+/// Starts the safety monitor against the API server at `url`, counting the policy's nodes as
+/// one pool.
+async fn start_monitor(url: &str, options: &FleetOptions) -> Result<Monitor> {
+    let url = url
+        .parse()
+        .map_err(|e| Error::Invalid(format!("API server URL {url}: {e}")))?;
+    let client = kube::Client::try_from(kube::Config::new(url))?;
+    let pools = match &options.scheduler {
+        Scheduler::Rota {
+            policy: Some(policy),
+            ..
+        } => vec![PoolConfig {
+            name: POLICY_NAME.into(),
+            selector: policy.node_selector.clone(),
+        }],
+        _ => Vec::new(),
+    };
+    Ok(Monitor::start(
+        client,
+        MonitorConfig {
+            pools,
+            initial_sync_timeout: options.settle_timeout,
+        },
+    )
+    .await?)
 }
 
 /// The scenario without its workload whose PodDisruptionBudget allows no disruption.

@@ -3,7 +3,8 @@
 //! - [`fleet`]: the harness — emulator, simulated cluster, real coordinator replicas and one
 //!   real agent per node ([`Fleet`]); also what the end-to-end tests drive.
 //! - [`kured`]: a documented model of kured's behaviour on the same cluster.
-//! - [`report`]: the summary computed from the emulator's own record ([`Report`]).
+//! - [`report`]: the summary computed from the safety monitor's verdict and the hosts' own
+//!   record ([`Report`]).
 //! - [`progress`]: the live view of a rollout.
 //! - [`cli`]: `rota-sim demo` (the binary's default).
 //! - [`campaign`]: `rota-sim campaign`, many seeded rollouts with random faults.
@@ -27,7 +28,7 @@ pub use fleet::{Fleet, FleetOptions, POLICY_NAME, Scheduler, demo_policy, slot_p
 pub use kured::KuredOptions;
 pub use nodes::AgentOptions;
 pub use progress::{NodeState, NodeView, Snapshot};
-pub use report::{Report, Stopped, render_comparison};
+pub use report::{AuditCrossCheck, Report, Stopped, render_comparison};
 
 /// Errors of the demo and its harness.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,9 @@ pub enum Error {
     /// A Kubernetes client call failed.
     #[error("Kubernetes client: {0}")]
     Kube(#[from] kube::Error),
+    /// The safety monitor could not start.
+    #[error("safety monitor: {0}")]
+    Monitor(#[from] rota_monitor::Error),
     /// Local I/O failed (threads, sockets, files).
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),

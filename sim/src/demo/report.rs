@@ -1,5 +1,13 @@
-//! The summary of a rollout, computed from the emulator's own record and the simulated hosts —
-//! never from what rota (or the kured model) reports about itself.
+//! The summary of a rollout, computed from rota's independent safety monitor, the emulator's
+//! own record and the simulated hosts — never from what rota (or the kured model) reports
+//! about itself.
+//!
+//! The safety numbers — PDB violations, the most nodes (and control-plane nodes) unavailable at
+//! once, pods lost to node outages or reboots without an eviction — come from the **safety
+//! monitor's verdict** ([`rota_monitor`]): it watched the emulator's API like any client and
+//! judged from the objects, sharing no code with the emulator's eviction gate, disruption
+//! controller or audit. The emulator audit's own counts are kept as a labelled secondary
+//! cross-check (`auditCrossCheck`).
 //!
 //! Definitions (also printed with the numbers):
 //! - a node's **cycle** is the total time the emulator saw it unavailable (NotReady or
@@ -22,6 +30,8 @@ use std::fmt::Write as _;
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+
+use rota_monitor::Verdict;
 
 use crate::apiserver::{AuditLog, NodeRecord};
 
@@ -63,6 +73,8 @@ pub struct ReportInput<'a> {
     pub control_plane: BTreeSet<String>,
     /// The emulator's audit record.
     pub audit: &'a AuditLog,
+    /// The safety monitor's verdict.
+    pub verdict: &'a Verdict,
     /// Reboots plus kubelet restarts per node, from the hosts.
     pub maintenance_counts: BTreeMap<String, u32>,
     /// Nodes done at the end.
@@ -110,15 +122,27 @@ pub struct Report {
     pub lower_bound_formula: String,
     /// Makespan over lower bound (0 when the lower bound is 0).
     pub makespan_over_lower_bound: f64,
-    /// The most nodes unavailable at any moment.
+    /// The most nodes unavailable at any moment, from the safety monitor.
     pub max_unavailable_observed: usize,
     /// The most control-plane nodes unavailable at any moment (more than one risks etcd's
-    /// quorum), from the emulator's node records.
+    /// quorum), from the safety monitor.
     pub max_control_plane_unavailable_observed: usize,
-    /// Evictions that took a PDB below its desired healthy pods.
+    /// Moments a PDB fell below its desired healthy pods because of a disruption (eviction,
+    /// deletion, node outage or reboot), from the safety monitor.
     pub pdb_violations: usize,
     /// One line per violation.
     pub pdb_violation_details: Vec<String>,
+    /// Pods lost to a node outage or reboot without an eviction, from the safety monitor.
+    pub pods_lost_to_reboots: usize,
+    /// One line per lost pod.
+    pub pods_lost_details: Vec<String>,
+    /// The safety monitor's watch errors and re-lists.
+    pub monitor_watch_restarts: u32,
+    /// The safety monitor missed changes (a re-list showed what no event had).
+    pub monitor_lost_track: bool,
+    /// The emulator audit's own numbers: a secondary cross-check of the monitor, not the
+    /// verdict.
+    pub audit_cross_check: AuditCrossCheck,
     /// Accepted evictions.
     pub evictions: usize,
     /// Distinct (pod, node) pairs deleted during the rollout.
@@ -142,6 +166,19 @@ pub struct Report {
     pub fencing_tokens_issued: Option<usize>,
     /// Broken invariants, in words; empty when every invariant held.
     pub invariant_violations: Vec<String>,
+}
+
+/// What the emulator's audit record says, beside the monitor: evictions it accepted that left a
+/// PDB short, and the unavailability peaks it recorded.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditCrossCheck {
+    /// Accepted evictions that left a PDB below its desired healthy pods.
+    pub pdb_violations: usize,
+    /// The most nodes unavailable at once.
+    pub max_unavailable: usize,
+    /// The most control-plane nodes unavailable at once.
+    pub max_control_plane_unavailable: usize,
 }
 
 fn seconds(d: jiff::SignedDuration) -> f64 {
@@ -245,21 +282,37 @@ impl Report {
             "ceil(N / maxUnavailable) × per-node cycle = ceil({n} / {k}) × {cycle:.2} s = {rounds} × {cycle:.2} s = {lower_bound:.2} s"
         );
 
-        let violations = input.audit.pdb_violations();
-        let pdb_violation_details = violations
+        let verdict = input.verdict;
+        let pdb_violation_details: Vec<String> =
+            verdict.violations.iter().map(ToString::to_string).collect();
+        let pods_lost_details: Vec<String> = verdict
+            .pods_lost_to_reboots
             .iter()
-            .map(|v| {
+            .map(|p| {
                 format!(
-                    "{}/{} on {}: PDB {} left with {} healthy, {} desired",
-                    v.namespace,
-                    v.pod,
-                    v.node.as_deref().unwrap_or("?"),
-                    v.pdb.as_deref().unwrap_or("?"),
-                    v.current_healthy.unwrap_or_default(),
-                    v.desired_healthy.unwrap_or_default()
+                    "{} on {} ({}{})",
+                    p.pod,
+                    p.node,
+                    p.cause,
+                    if p.terminating {
+                        ", was terminating"
+                    } else {
+                        ""
+                    }
                 )
             })
-            .collect::<Vec<_>>();
+            .collect();
+        let audit_cross_check = AuditCrossCheck {
+            pdb_violations: input.audit.pdb_violations().len(),
+            max_unavailable: input
+                .audit
+                .unavailable_timeline()
+                .iter()
+                .map(|p| p.unavailable)
+                .max()
+                .unwrap_or(0),
+            max_control_plane_unavailable: input.audit.max_unavailable_among(&input.control_plane),
+        };
         let pods_disrupted = input
             .audit
             .pod_deletions
@@ -268,16 +321,8 @@ impl Report {
             .map(|d| (&d.namespace, &d.pod, &d.node))
             .collect::<BTreeSet<_>>()
             .len();
-        let max_unavailable_observed = input
-            .audit
-            .unavailable_timeline()
-            .iter()
-            .map(|p| p.unavailable)
-            .max()
-            .unwrap_or(0);
-
-        let max_control_plane_unavailable_observed =
-            input.audit.max_unavailable_among(&input.control_plane);
+        let max_unavailable_observed = verdict.max_unavailable.overall.count;
+        let max_control_plane_unavailable_observed = verdict.max_unavailable.control_plane.count;
 
         let failed_nodes: Vec<String> = input
             .nodes
@@ -305,8 +350,18 @@ impl Report {
             .all(|n| input.maintenance_counts.get(n).copied().unwrap_or(0) == 1);
 
         let mut invariant_violations = Vec::new();
-        if !violations.is_empty() {
-            invariant_violations.push(format!("{} PDB violation(s)", violations.len()));
+        if !verdict.violations.is_empty() {
+            invariant_violations.push(format!("{} PDB violation(s)", verdict.violations.len()));
+        }
+        if !verdict.pods_lost_to_reboots.is_empty() {
+            invariant_violations.push(format!(
+                "{} pod(s) lost to a node outage or reboot without an eviction",
+                verdict.pods_lost_to_reboots.len()
+            ));
+        }
+        if verdict.lost_track {
+            invariant_violations
+                .push("the safety monitor missed changes; it cannot vouch for the run".into());
         }
         if max_unavailable_observed > k {
             invariant_violations.push(format!(
@@ -380,8 +435,13 @@ impl Report {
             makespan_over_lower_bound: ratio,
             max_unavailable_observed,
             max_control_plane_unavailable_observed,
-            pdb_violations: violations.len(),
+            pdb_violations: verdict.violations.len(),
             pdb_violation_details,
+            pods_lost_to_reboots: verdict.pods_lost_to_reboots.len(),
+            pods_lost_details,
+            monitor_watch_restarts: verdict.watch_restarts,
+            monitor_lost_track: verdict.lost_track,
+            audit_cross_check,
             evictions: input.audit.evictions.len(),
             pods_disrupted,
             nodes_done: input.done.len(),
@@ -421,20 +481,33 @@ impl Report {
                 format!("{:.2}", self.makespan_over_lower_bound),
             ),
             (
-                "most nodes unavailable at once",
+                "most nodes unavailable at once (monitor)",
                 format!(
                     "{} (allowed {})",
                     self.max_unavailable_observed, self.max_unavailable
                 ),
             ),
             (
-                "most control-plane nodes unavailable at once",
+                "most control-plane nodes unavailable at once (monitor)",
                 format!(
                     "{} (allowed 1)",
                     self.max_control_plane_unavailable_observed
                 ),
             ),
-            ("PDB violations", self.pdb_violations.to_string()),
+            ("PDB violations (monitor)", self.pdb_violations.to_string()),
+            (
+                "pods lost to reboots without eviction (monitor)",
+                self.pods_lost_to_reboots.to_string(),
+            ),
+            (
+                "emulator audit cross-check",
+                format!(
+                    "{} PDB violations, most down {}, control plane {}",
+                    self.audit_cross_check.pdb_violations,
+                    self.audit_cross_check.max_unavailable,
+                    self.audit_cross_check.max_control_plane_unavailable
+                ),
+            ),
             ("evictions", self.evictions.to_string()),
             ("pods disrupted", self.pods_disrupted.to_string()),
             (
@@ -489,8 +562,17 @@ impl Report {
         if !self.failed_nodes.is_empty() {
             let _ = writeln!(out, "failed nodes: {}", self.failed_nodes.join(", "));
         }
+        let _ = writeln!(
+            out,
+            "safety: judged by the independent safety monitor from API objects (watch restarts {}, lost track: {}); the emulator audit's numbers are a secondary cross-check",
+            self.monitor_watch_restarts,
+            if self.monitor_lost_track { "YES" } else { "no" }
+        );
         for detail in &self.pdb_violation_details {
             let _ = writeln!(out, "PDB violation: {detail}");
+        }
+        for detail in &self.pods_lost_details {
+            let _ = writeln!(out, "pod lost without eviction: {detail}");
         }
         for violation in &self.invariant_violations {
             let _ = writeln!(out, "INVARIANT BROKEN: {violation}");
@@ -579,6 +661,11 @@ impl Report {
             max_control_plane_unavailable_observed: 1,
             pdb_violations: 0,
             pdb_violation_details: Vec::new(),
+            pods_lost_to_reboots: 0,
+            pods_lost_details: Vec::new(),
+            monitor_watch_restarts: 0,
+            monitor_lost_track: false,
+            audit_cross_check: Default::default(),
             evictions: 0,
             pods_disrupted: 0,
             nodes_done: 2,
@@ -645,6 +732,8 @@ mod tests {
             audit.record_node(record(t, node, ready, cordoned));
         }
         let done: BTreeSet<String> = ["a", "b", "c"].map(String::from).into();
+        let mut verdict = Verdict::default();
+        verdict.max_unavailable.overall.count = 2;
         let input = ReportInput {
             scheduler: "rota",
             seed: 1,
@@ -652,6 +741,7 @@ mod tests {
             max_unavailable: 2,
             control_plane: BTreeSet::from(["a".to_string()]),
             audit: &audit,
+            verdict: &verdict,
             maintenance_counts: [("a", 1), ("b", 1), ("c", 2)]
                 .map(|(n, c)| (n.to_string(), c))
                 .into(),
@@ -696,6 +786,74 @@ mod tests {
         assert!(text.contains("1.0× as long"), "{text}");
         assert!(
             text.contains("kured (concurrency 2, period 60 s) 30.0 s — 2.0× as long"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn safety_comes_from_the_monitor_with_the_audit_as_a_cross_check() {
+        let mut audit = AuditLog::default();
+        audit.record_node(record(0, "a", true, false));
+        audit.record_node(record(1, "a", false, true));
+        let mut verdict = Verdict::default();
+        verdict.max_unavailable.overall.count = 2;
+        verdict.max_unavailable.control_plane.count = 2;
+        verdict.violations.push(rota_monitor::Violation {
+            time: at(1),
+            pdb: "web/api".into(),
+            pod: "web/api-1".into(),
+            pod_uid: "u1".into(),
+            node: Some("a".into()),
+            cause: rota_monitor::Cause::NodeDown,
+            healthy: 1,
+            desired: 2,
+        });
+        verdict.pods_lost_to_reboots.push(rota_monitor::LostPod {
+            time: at(1),
+            pod: "web/api-1".into(),
+            node: "a".into(),
+            cause: rota_monitor::Cause::NodeDown,
+            terminating: false,
+        });
+        verdict.lost_track = true;
+        let input = ReportInput {
+            scheduler: "rota",
+            seed: 1,
+            nodes: vec!["a".into(), "b".into()],
+            max_unavailable: 1,
+            control_plane: BTreeSet::from(["a".to_string()]),
+            audit: &audit,
+            verdict: &verdict,
+            maintenance_counts: BTreeMap::new(),
+            done: BTreeSet::new(),
+            reasons: BTreeMap::new(),
+            started: at(0),
+            ended: at(5),
+            stopped: Stopped::Stalled,
+            api_tokens: None,
+            host_tokens: None,
+        };
+        let report = Report::compute(&input);
+        assert_eq!(report.pdb_violations, 1);
+        assert!(report.pdb_violation_details[0].contains("node down"));
+        assert_eq!(report.pods_lost_to_reboots, 1);
+        assert_eq!(report.max_unavailable_observed, 2);
+        assert_eq!(report.max_control_plane_unavailable_observed, 2);
+        assert!(report.monitor_lost_track);
+        // The audit saw no violation and one node down: kept, labelled, not the verdict.
+        assert_eq!(report.audit_cross_check.pdb_violations, 0);
+        assert_eq!(report.audit_cross_check.max_unavailable, 1);
+        assert_eq!(
+            report.invariant_violations.len(),
+            5,
+            "{:?}",
+            report.invariant_violations
+        );
+        let text = report.render();
+        assert!(text.contains("PDB violations (monitor)"), "{text}");
+        assert!(text.contains("emulator audit cross-check"), "{text}");
+        assert!(
+            text.contains("pod lost without eviction: web/api-1 on a"),
             "{text}"
         );
     }
