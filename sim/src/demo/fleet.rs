@@ -18,9 +18,10 @@
 //! connection it held. The helpers wait on the store with deadlines.
 //!
 //! Before the scheduler starts, the fleet starts rota's independent safety monitor
-//! ([`rota_monitor`]) against the emulator's HTTP API, like any client: [`Fleet::report`] takes
-//! its PDB violations and unavailability peaks from the monitor's verdict, and the rest from
-//! the hosts and the emulator's record (see [`super::report`]).
+//! ([`rota_monitor`]) against the emulator's HTTP API, like any client — through its own
+//! fault-free front of the same store, so that injected API faults blind rota, not the judge.
+//! [`Fleet::report`] takes its PDB violations and unavailability peaks from the monitor's
+//! verdict, and the rest from the hosts and the emulator's record (see [`super::report`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -355,6 +356,10 @@ pub struct Fleet {
     scenario: Scenario,
     store: Store,
     server: Option<ServerHandle>,
+    /// A second HTTP front of the same store, with no injected faults, that only the safety
+    /// monitor uses: the observer must not lose sight of the cluster through the faults the
+    /// system under test is put through (errors, latency, dropped watches).
+    observer_server: Option<ServerHandle>,
     cluster: Option<ClusterHandle>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -407,7 +412,9 @@ impl Fleet {
             install_systemctl(host);
         }
         cluster.wait_settled(options.settle_timeout).await?;
-        let monitor = start_monitor(&server.url(), &options).await?;
+        let observer_server =
+            ApiServer::start(store.clone(), (Ipv4Addr::LOCALHOST, 0).into()).await?;
+        let monitor = start_monitor(&observer_server.url(), &options).await?;
 
         let cancel = CancellationToken::new();
         let (slot_record, record_task) = SlotRecord::start(&store, cancel.clone());
@@ -419,6 +426,7 @@ impl Fleet {
             scenario,
             store,
             server: Some(server),
+            observer_server: Some(observer_server),
             cluster: Some(cluster),
             cancel: cancel.clone(),
             tasks: vec![record_task],
@@ -981,7 +989,10 @@ impl Fleet {
         if let Some(cluster) = self.cluster.take() {
             cluster.shutdown().await;
         }
-        if let Some(server) = self.server.take() {
+        for server in [self.server.take(), self.observer_server.take()]
+            .into_iter()
+            .flatten()
+        {
             server.shutdown().await;
         }
     }
