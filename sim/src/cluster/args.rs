@@ -56,9 +56,17 @@ pub struct ClusterArgs {
     /// Time from a kubelet start to the node's readiness.
     #[clap(long, env = "ROTA_SIM_NODE_READY", value_parser = parse_duration)]
     pub node_ready: Option<Duration>,
-    /// Interval of kubelet heartbeats.
+    /// Interval of kubelet heartbeats (node Lease renewals).
     #[clap(long, env = "ROTA_SIM_HEARTBEAT", value_parser = parse_duration)]
     pub heartbeat: Option<Duration>,
+    /// How long the node-lifecycle controller waits for a silent kubelet before the node
+    /// turns `Unknown` (the node-monitor grace period).
+    #[clap(long, env = "ROTA_SIM_NODE_MONITOR_GRACE", value_parser = parse_duration)]
+    pub node_monitor_grace: Option<Duration>,
+    /// Simulated length of one second that objects state (grace periods,
+    /// `tolerationSeconds`, probe delays).
+    #[clap(long, env = "ROTA_SIM_KUBE_SECOND", value_parser = parse_duration)]
+    pub kube_second: Option<Duration>,
     /// The faults to inject.
     #[clap(flatten)]
     pub fault_flags: FaultArgs,
@@ -79,6 +87,11 @@ impl ClusterArgs {
             reboot: self.reboot.unwrap_or(defaults.reboot),
             node_ready: self.node_ready.unwrap_or(defaults.node_ready),
             heartbeat: self.heartbeat.unwrap_or(defaults.heartbeat),
+            node_monitor_grace: self
+                .node_monitor_grace
+                .unwrap_or(defaults.node_monitor_grace),
+            kube_second: self.kube_second.unwrap_or(defaults.kube_second),
+            ..defaults
         }
         .scaled(self.time_scale)
     }

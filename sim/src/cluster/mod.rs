@@ -1,6 +1,6 @@
 //! The simulated cluster around the emulated API server: one kubelet per node, the workload
-//! controllers (Deployments, ReplicaSets, StatefulSets, DaemonSets, garbage collection), a
-//! scheduler, seeded scenarios and in-memory hosts that rota's real agent code runs against.
+//! controllers (Deployments, ReplicaSets, StatefulSets, DaemonSets, garbage collection), the
+//! node-lifecycle controller with its taint-based eviction, a scheduler, seeded scenarios and in-memory hosts that rota's real agent code runs against.
 //!
 //! Everything talks to the API server's in-process [`Store`](crate::apiserver::Store) and is
 //! driven by its change stream plus timers for the simulated delays ([`Timings`]); nothing
@@ -14,6 +14,7 @@ pub mod faults;
 mod handle;
 pub mod host;
 mod kubelet;
+pub mod lifecycle;
 mod objects;
 pub mod scenario;
 mod scheduler;
@@ -62,19 +63,37 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How long simulated things take. The defaults are small so that a rolling reboot of a
 /// 24-node cluster with three nodes at a time finishes in seconds.
+///
+/// Durations that Kubernetes objects state in seconds (a pod's `terminationGracePeriodSeconds`,
+/// a toleration's `tolerationSeconds`, a readiness probe's delay, a `preStop` sleep) run at
+/// [`Timings::kube_second`] per second: 25 ms by default, so that the defaults below keep the
+/// proportions of a real cluster at 1/40 of its pace (a 40 s node-monitor grace period is 1 s,
+/// a 10 s Lease renewal 250 ms, a ~1 min reboot 1.5 s, the default 300 s of
+/// `tolerationSeconds` 7.5 s).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timings {
-    /// From a pod's binding to its Ready condition (containers started, readiness passed).
+    /// From a pod's binding to its Ready condition (containers started, readiness passed) for
+    /// a pod without a readiness probe delay; a probe's `initialDelaySeconds` adds to it.
     pub pod_start: Duration,
-    /// The longest a terminating pod takes to stop; it stops after
-    /// `min(its grace period, pod_stop)`.
+    /// How long a terminating pod's containers take to stop when nothing holds them (a
+    /// `preStop` sleep adds to it); never longer than the pod's grace period.
     pub pod_stop: Duration,
     /// How long a rebooting node is down before its kubelet starts again.
     pub reboot: Duration,
     /// From a kubelet start (boot or restart) to the node's Ready condition.
     pub node_ready: Duration,
-    /// Interval of the kubelet's heartbeats (node Lease and `lastHeartbeatTime`).
+    /// Interval of the kubelet's node Lease renewals (upstream: every 10 s, a quarter of the
+    /// 40 s lease), the heartbeat the node-lifecycle controller follows.
     pub heartbeat: Duration,
+    /// Interval at which a kubelet whose status did not change still refreshes the node's
+    /// `lastHeartbeatTime` (upstream `nodeStatusReportFrequency`, 5 min); every change of
+    /// the node's status is written at once.
+    pub node_status_report: Duration,
+    /// How long the node-lifecycle controller waits for a silent kubelet before it marks the
+    /// node `Unknown` and taints it unreachable (upstream `--node-monitor-grace-period`, 40 s).
+    pub node_monitor_grace: Duration,
+    /// One second of the durations that objects state in seconds (see above).
+    pub kube_second: Duration,
 }
 
 impl Default for Timings {
@@ -84,7 +103,10 @@ impl Default for Timings {
             pod_stop: Duration::from_millis(200),
             reboot: Duration::from_millis(1500),
             node_ready: Duration::from_millis(300),
-            heartbeat: Duration::from_secs(10),
+            heartbeat: Duration::from_millis(250),
+            node_status_report: Duration::from_millis(7500),
+            node_monitor_grace: Duration::from_secs(1),
+            kube_second: Duration::from_millis(25),
         }
     }
 }
@@ -105,8 +127,44 @@ impl Timings {
             reboot: scale(self.reboot),
             node_ready: scale(self.node_ready),
             heartbeat: scale(self.heartbeat),
+            node_status_report: scale(self.node_status_report),
+            node_monitor_grace: scale(self.node_monitor_grace),
+            kube_second: scale(self.kube_second),
         }
     }
+
+    /// `seconds` as an object states them (grace periods, `tolerationSeconds`), in simulated
+    /// time; negative counts as 0.
+    pub fn kube_seconds(&self, seconds: i64) -> Duration {
+        self.kube_second
+            .saturating_mul(u32::try_from(seconds.max(0)).unwrap_or(u32::MAX))
+    }
+
+    /// How long `pod` takes from its (re)start to Ready: [`Timings::pod_start`] plus the
+    /// longest `initialDelaySeconds` of its containers' readiness probes.
+    pub fn pod_start_time(&self, pod: &serde_json::Value) -> Duration {
+        self.pod_start + self.kube_seconds(pod_seconds(pod, "/readinessProbe/initialDelaySeconds"))
+    }
+
+    /// How long `pod`'s containers take to stop once it is deleted with `grace` seconds:
+    /// [`Timings::pod_stop`] plus the longest `preStop` sleep of its containers, cut at the
+    /// grace period (the kubelet kills what is still running then).
+    pub fn pod_stop_time(&self, pod: &serde_json::Value, grace: i64) -> Duration {
+        let wants =
+            self.pod_stop + self.kube_seconds(pod_seconds(pod, "/lifecycle/preStop/sleep/seconds"));
+        wants.min(self.kube_seconds(grace))
+    }
+}
+
+/// The largest integer at `pointer` over the pod's containers (0 when none has it).
+fn pod_seconds(pod: &serde_json::Value, pointer: &str) -> i64 {
+    pod.pointer("/spec/containers")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.pointer(pointer).and_then(serde_json::Value::as_i64))
+        .max()
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -120,5 +178,28 @@ mod tests {
         assert_eq!(t.pod_start, Duration::from_millis(600));
         assert_eq!(Timings::default().scaled(f64::NAN), Timings::default());
         assert_eq!(Timings::default().scaled(-1.0), Timings::default());
+        assert_eq!(t.kube_seconds(300), Duration::from_secs(15));
+    }
+
+    #[test]
+    fn pod_times_follow_probes_pre_stop_hooks_and_grace() {
+        let t = Timings::default();
+        let plain = serde_json::json!({"spec": {"containers": [{"name": "c"}]}});
+        assert_eq!(t.pod_start_time(&plain), t.pod_start);
+        assert_eq!(t.pod_stop_time(&plain, 30), t.pod_stop);
+        assert_eq!(t.pod_stop_time(&plain, 0), Duration::ZERO);
+        let slow = serde_json::json!({"spec": {"containers": [
+            {"name": "a", "readinessProbe": {"initialDelaySeconds": 40}},
+            {"name": "b", "lifecycle": {"preStop": {"sleep": {"seconds": 20}}}},
+        ]}});
+        assert_eq!(
+            t.pod_start_time(&slow),
+            t.pod_start + Duration::from_secs(1)
+        );
+        assert_eq!(
+            t.pod_stop_time(&slow, 60),
+            t.pod_stop + Duration::from_millis(500)
+        );
+        assert_eq!(t.pod_stop_time(&slow, 10), Duration::from_millis(250));
     }
 }

@@ -373,6 +373,7 @@ fn apply_defaults(info: &ResourceInfo, obj: &mut Value) {
             set_default(map, &["spec", "schedulerName"], json!("default-scheduler"));
             set_default(map, &["spec", "serviceAccountName"], json!("default"));
             set_default(map, &["status", "phase"], json!("Pending"));
+            default_toleration_seconds(map);
         }
         ("", "namespaces") => {
             set_default(map, &["spec", "finalizers"], json!(["kubernetes"]));
@@ -382,6 +383,44 @@ fn apply_defaults(info: &ResourceInfo, obj: &mut Value) {
             set_default(map, &["spec", "replicas"], json!(1));
         }
         _ => {}
+    }
+}
+
+/// The taints the DefaultTolerationSeconds admission plugin makes every pod tolerate.
+const DEFAULT_TOLERATED_TAINTS: [&str; 2] = [
+    "node.kubernetes.io/not-ready",
+    "node.kubernetes.io/unreachable",
+];
+/// How long (upstream `--default-unreachable-toleration-seconds` and
+/// `--default-not-ready-toleration-seconds`).
+const DEFAULT_TOLERATION_SECONDS: i64 = 300;
+
+/// The DefaultTolerationSeconds admission plugin: a pod that does not tolerate the not-ready or
+/// unreachable `NoExecute` taint gets a toleration of it for 300 s.
+fn default_toleration_seconds(pod: &mut Map<String, Value>) {
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let tolerations = spec
+        .entry("tolerations")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    let Some(list) = tolerations.as_array_mut() else {
+        return;
+    };
+    for key in DEFAULT_TOLERATED_TAINTS {
+        let tolerated = list.iter().any(|t| {
+            let effect = t.get("effect").and_then(Value::as_str).unwrap_or_default();
+            let tkey = t.get("key").and_then(Value::as_str).unwrap_or_default();
+            let exists = t.get("operator").and_then(Value::as_str) == Some("Exists");
+            (effect.is_empty() || effect == "NoExecute")
+                && (tkey == key || (tkey.is_empty() && exists))
+        });
+        if !tolerated {
+            list.push(json!({
+                "key": key, "operator": "Exists", "effect": "NoExecute",
+                "tolerationSeconds": DEFAULT_TOLERATION_SECONDS,
+            }));
+        }
     }
 }
 
