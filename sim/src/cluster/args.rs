@@ -67,6 +67,10 @@ pub struct ClusterArgs {
     /// `tolerationSeconds`, probe delays).
     #[clap(long, env = "ROTA_SIM_KUBE_SECOND", value_parser = parse_duration)]
     pub kube_second: Option<Duration>,
+    /// Leave only this share of spare CPU on the workers (e.g. `0.15`), so that draining a
+    /// few of them can leave pods Pending (see `Scenario::tighten_capacity`).
+    #[clap(long, env = "ROTA_SIM_TIGHT_CAPACITY")]
+    pub tight_capacity: Option<f64>,
     /// The faults to inject.
     #[clap(flatten)]
     pub fault_flags: FaultArgs,
@@ -75,7 +79,11 @@ pub struct ClusterArgs {
 impl ClusterArgs {
     /// The scenario these flags ask for.
     pub fn scenario(&self) -> Scenario {
-        Scenario::generate(self.nodes, self.seed)
+        let mut scenario = Scenario::generate(self.nodes, self.seed);
+        if let Some(headroom) = self.tight_capacity {
+            scenario.tighten_capacity(headroom);
+        }
+        scenario
     }
 
     /// The timings: defaults, overridden per flag, then scaled.

@@ -185,7 +185,7 @@ fn node_object(spec: &NodeSpec, host: &SimHost, now: jiff::Timestamp) -> Value {
         "ephemeral-storage": "101430960Ki", "hugepages-2Mi": "0",
     });
     let allocatable = json!({
-        "cpu": "3800m", "memory": "15862584Ki", "pods": MAX_PODS.to_string(),
+        "cpu": spec.allocatable_cpu, "memory": spec.allocatable_memory, "pods": MAX_PODS.to_string(),
         "ephemeral-storage": "93478772582", "hugepages-2Mi": "0",
     });
     let mut node = json!({
@@ -1036,6 +1036,7 @@ fn ready_status(pod: &mut Value, now: jiff::Timestamp) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn timers_fire_in_order() {
