@@ -12,7 +12,8 @@
 //! the node keeps its last status until the node-lifecycle controller ([`super::lifecycle`])
 //! marks it `Unknown`, and its pods stay bound with their stale status (still Ready) unless that
 //! controller marks them not Ready or evicts them. After [`Timings::reboot`] the host boots (new
-//! boot id, newest kernel) and the kubelet starts again and resyncs every pod bound to it: pods
+//! boot id, newest kernel) and the kubelet starts again; [`Timings::pod_resync`] later it
+//! resyncs every pod bound to it (until then they show their status from before): pods
 //! deleted meanwhile are finished off, the others (DaemonSet and mirror pods included) have
 //! their containers restarted (`restartCount` + 1, Ready `False`, then `True` again after their
 //! start-up time). A kubelet restart keeps the containers running and reports the installed
@@ -96,6 +97,7 @@ enum Timer {
     Heartbeat { epoch: u64 },
     NodeReady { epoch: u64 },
     Boot { epoch: u64 },
+    PodResync { epoch: u64 },
 }
 
 /// The Ready condition's possible states as a kubelet reports them, with upstream's reasons
@@ -384,6 +386,8 @@ struct Kubelet {
     up: bool,
     /// The Ready status the kubelet reports.
     readiness: Readiness,
+    /// Whether the kubelet follows its pods; false from a boot until its first pod sync.
+    synced: bool,
     /// When it last wrote the node's status.
     last_report: Instant,
     /// Changes at every kubelet start and power-off; timers of an older epoch are stale.
@@ -409,6 +413,7 @@ pub(crate) async fn run(
         ctx,
         up: true,
         readiness: Readiness::Ready,
+        synced: true,
         last_report: Instant::now(),
         epoch: 0,
         pods: HashMap::new(),
@@ -431,8 +436,9 @@ pub(crate) async fn run(
                 None => return,
             },
             update = updates.recv() => match update {
-                // A kubelet that is down sees nothing; it lists its pods when it starts.
-                Some(_) if !kubelet.up => {}
+                // A kubelet that is down (or not yet synced after a boot) sees nothing; it
+                // lists its pods when it syncs.
+                Some(_) if !kubelet.up || !kubelet.synced => {}
                 Some(PodUpdate::Present(pod)) => kubelet.on_pod(&pod),
                 Some(PodUpdate::Gone(pod)) => {
                     kubelet.pods.remove(meta::uid(&pod));
@@ -519,6 +525,11 @@ impl Kubelet {
                     self.set_readiness(Readiness::Ready, None);
                 }
                 Timer::Boot { epoch } if epoch == self.epoch && !self.up => self.boot(),
+                Timer::PodResync { epoch } if epoch == self.epoch && self.up => {
+                    self.restart_pods_after_boot();
+                    self.synced = true;
+                    self.resync();
+                }
                 _ => {}
             }
         }
@@ -550,6 +561,8 @@ impl Kubelet {
     /// good when the upgrade fault hits), pods followed again; after a boot (`rebooted`) their
     /// containers start anew.
     fn start_kubelet(&mut self, rebooted: bool) {
+        // A restart before the first pod sync after a boot still owes that sync.
+        let rebooted = rebooted || !self.synced;
         self.up = true;
         self.epoch += 1;
         let version = self.ctx.host.kubelet_version();
@@ -571,13 +584,17 @@ impl Kubelet {
         self.schedule_heartbeat();
         self.ensure_static_pods();
         if rebooted {
-            self.restart_pods_after_boot();
+            self.synced = false;
+            let at = Instant::now() + self.ctx.timings.pod_resync;
+            self.timers.add(at, Timer::PodResync { epoch: self.epoch });
+        } else {
+            self.resync();
         }
-        self.resync();
     }
 
-    /// After a boot no container of the node runs: pods deleted while it was down are
-    /// finished off, the others (DaemonSet and mirror pods too) restart in place.
+    /// The first pod sync after a boot ([`Timings::pod_resync`] after the kubelet started): no
+    /// container of the node runs, so pods deleted while it was down are finished off and the
+    /// others (DaemonSet and mirror pods too) restart in place.
     fn restart_pods_after_boot(&mut self) {
         let selector = format!("spec.nodeName={}", self.node());
         let list = match self

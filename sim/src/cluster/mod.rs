@@ -82,6 +82,10 @@ pub struct Timings {
     pub reboot: Duration,
     /// From a kubelet start (boot or restart) to the node's Ready condition.
     pub node_ready: Duration,
+    /// From a kubelet start after a boot to its first sync of the pods bound to it (their
+    /// restarted status). Until then the API shows their status from before the reboot, and
+    /// a node that rebooted within [`Timings::node_monitor_grace`] still has them Ready.
+    pub pod_resync: Duration,
     /// Interval of the kubelet's node Lease renewals (upstream: every 10 s, a quarter of the
     /// 40 s lease), the heartbeat the node-lifecycle controller follows.
     pub heartbeat: Duration,
@@ -103,6 +107,7 @@ impl Default for Timings {
             pod_stop: Duration::from_millis(200),
             reboot: Duration::from_millis(1500),
             node_ready: Duration::from_millis(300),
+            pod_resync: Duration::from_millis(100),
             heartbeat: Duration::from_millis(250),
             node_status_report: Duration::from_millis(7500),
             node_monitor_grace: Duration::from_secs(1),
@@ -126,6 +131,7 @@ impl Timings {
             pod_stop: scale(self.pod_stop),
             reboot: scale(self.reboot),
             node_ready: scale(self.node_ready),
+            pod_resync: scale(self.pod_resync),
             heartbeat: scale(self.heartbeat),
             node_status_report: scale(self.node_status_report),
             node_monitor_grace: scale(self.node_monitor_grace),
