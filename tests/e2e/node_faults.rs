@@ -288,11 +288,14 @@ async fn a_drain_blocked_by_a_pdb_gives_its_slot_back() {
     fleet.shutdown().await;
 }
 
+/// A DaemonSet pod as a release found it: name, Ready, restartCount.
+type DaemonPodState = (String, bool, i64);
+
 /// What the tracker of [`the_health_gate_waits_for_daemon_pods_restarted_after_the_reboot`]
-/// saw: per release, the node's DaemonSet pods then (name, Ready, restartCount).
+/// saw: per release, the node's DaemonSet pods then.
 #[derive(Debug, Default)]
 struct Releases {
-    seen: Vec<(String, Vec<(String, bool, i64)>)>,
+    seen: Vec<(String, Vec<DaemonPodState>)>,
     /// A node was Ready with a new boot id while a DaemonSet pod of it still showed Ready from
     /// before its reboot (the window the gate must not pass in).
     stale_window: bool,
@@ -428,7 +431,7 @@ async fn the_health_gate_waits_for_daemon_pods_restarted_after_the_reboot() {
     );
     e2e::assert_complete(&fleet, &report);
     tracker.abort();
-    let record = record.lock().unwrap();
+    let record = std::mem::take(&mut *record.lock().unwrap());
     assert!(
         !record.lagged,
         "the event stream lagged; the record is incomplete"
