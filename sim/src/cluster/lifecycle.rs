@@ -545,7 +545,8 @@ mod tests {
         );
         assert_eq!(wanted_taints("False")[1], (NOT_READY_TAINT, "NoExecute"));
         let cp = json!({"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"});
-        let tainted = merge_taints(std::slice::from_ref(&cp), &wanted_taints("Unknown"), "t1").unwrap();
+        let tainted =
+            merge_taints(std::slice::from_ref(&cp), &wanted_taints("Unknown"), "t1").unwrap();
         assert_eq!(tainted.len(), 3);
         assert_eq!(tainted[2]["timeAdded"], "t1");
         assert!(tainted[1].get("timeAdded").is_none());

@@ -66,10 +66,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// Durations that Kubernetes objects state in seconds (a pod's `terminationGracePeriodSeconds`,
 /// a toleration's `tolerationSeconds`, a readiness probe's delay, a `preStop` sleep) run at
-/// [`Timings::kube_second`] per second: 25 ms by default, so that the defaults below keep the
-/// proportions of a real cluster at 1/40 of its pace (a 40 s node-monitor grace period is 1 s,
-/// a 10 s Lease renewal 250 ms, a ~1 min reboot 1.5 s, the default 300 s of
-/// `tolerationSeconds` 7.5 s).
+/// [`Timings::kube_second`] per second: 1/60 s by default, the scale of the whole simulation
+/// (one simulated second stands for one real minute: a 1.5 s reboot for 90 s, the default 300 s
+/// of `tolerationSeconds` are 5 s, a 30 s grace period 0.5 s). The node-monitor grace period is
+/// 1 s (60 s; upstream's default is 50 s since 1.32, 40 s before) and Lease renewals come every
+/// 250 ms (15 s; upstream 10 s): the same four renewals per grace period as upstream, and wide
+/// enough that a simulated kubelet delayed by a busy machine (debug builds on two cores) does
+/// not go `Unknown`. With 24 nodes that is about 100 Lease writes a second, which the store and
+/// its watchers bear easily; the node objects themselves are written only on changes and every
+/// [`Timings::node_status_report`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timings {
     /// From a pod's binding to its Ready condition (containers started, readiness passed) for
@@ -109,9 +114,9 @@ impl Default for Timings {
             node_ready: Duration::from_millis(300),
             pod_resync: Duration::from_millis(100),
             heartbeat: Duration::from_millis(250),
-            node_status_report: Duration::from_millis(7500),
+            node_status_report: Duration::from_secs(5),
             node_monitor_grace: Duration::from_secs(1),
-            kube_second: Duration::from_millis(25),
+            kube_second: Duration::from_secs(1) / 60,
         }
     }
 }
@@ -162,6 +167,37 @@ impl Timings {
     }
 }
 
+impl Timings {
+    /// The time one node's maintenance cannot go below, whatever the coordinator does, given
+    /// the pods bound to it: its slowest evicted pod stops (DaemonSet and mirror pods are not
+    /// evicted), the node reboots and its kubelet reports Ready, and the kubelet's first pod
+    /// sync restarts the DaemonSet and mirror pods, the slowest of which must be Ready again.
+    pub fn node_cycle<'a>(
+        &self,
+        pods: impl IntoIterator<Item = &'a serde_json::Value>,
+    ) -> Duration {
+        let mut slowest_stop = Duration::ZERO;
+        let mut slowest_restart = Duration::ZERO;
+        for pod in pods {
+            let stays = crate::apiserver::meta::controller_ref(pod).is_some_and(|r| {
+                r.get("kind").and_then(serde_json::Value::as_str) == Some("DaemonSet")
+            }) || pod
+                .pointer("/metadata/annotations/kubernetes.io~1config.mirror")
+                .is_some();
+            if stays {
+                slowest_restart = slowest_restart.max(self.pod_start_time(pod));
+            } else {
+                let grace = pod
+                    .pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(serde_json::Value::as_i64)
+                    .unwrap_or(30);
+                slowest_stop = slowest_stop.max(self.pod_stop_time(pod, grace));
+            }
+        }
+        slowest_stop + self.reboot + self.node_ready.max(self.pod_resync + slowest_restart)
+    }
+}
+
 /// The largest integer at `pointer` over the pod's containers (0 when none has it).
 fn pod_seconds(pod: &serde_json::Value, pointer: &str) -> i64 {
     pod.pointer("/spec/containers")
@@ -178,13 +214,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_node_cycle_is_its_slowest_drain_the_reboot_and_its_slowest_restart() {
+        let t = Timings::default();
+        let slow_stop = serde_json::json!({"spec": {
+            "terminationGracePeriodSeconds": 60,
+            "containers": [{"name": "db", "lifecycle": {"preStop": {"sleep": {"seconds": 30}}}}],
+        }});
+        let daemon = serde_json::json!({
+            "metadata": {"ownerReferences": [{"kind": "DaemonSet", "name": "cni", "controller": true}]},
+            "spec": {"containers": [{"name": "cni", "readinessProbe": {"initialDelaySeconds": 30}}]},
+        });
+        let plain = serde_json::json!({"spec": {"containers": [{"name": "web"}]}});
+        let cycle = t.node_cycle([&slow_stop, &daemon, &plain]);
+        let expected = t.pod_stop
+            + t.kube_seconds(30)
+            + t.reboot
+            + t.pod_resync
+            + t.pod_start
+            + t.kube_seconds(30);
+        assert_eq!(cycle, expected);
+        assert_eq!(t.node_cycle([]), t.reboot + t.node_ready);
+    }
+
+    #[test]
     fn scaling_timings() {
         let t = Timings::default().scaled(2.0);
         assert_eq!(t.reboot, Duration::from_secs(3));
         assert_eq!(t.pod_start, Duration::from_millis(600));
         assert_eq!(Timings::default().scaled(f64::NAN), Timings::default());
         assert_eq!(Timings::default().scaled(-1.0), Timings::default());
-        assert_eq!(t.kube_seconds(300), Duration::from_secs(15));
+        // One simulated second per real minute: 300 s of a toleration are 5 s, 10 s at half pace.
+        assert!((Timings::default().kube_seconds(300).as_secs_f64() - 5.0).abs() < 1e-3);
+        assert!((t.kube_seconds(300).as_secs_f64() - 10.0).abs() < 1e-3);
     }
 
     #[test]
@@ -198,14 +259,8 @@ mod tests {
             {"name": "a", "readinessProbe": {"initialDelaySeconds": 40}},
             {"name": "b", "lifecycle": {"preStop": {"sleep": {"seconds": 20}}}},
         ]}});
-        assert_eq!(
-            t.pod_start_time(&slow),
-            t.pod_start + Duration::from_secs(1)
-        );
-        assert_eq!(
-            t.pod_stop_time(&slow, 60),
-            t.pod_stop + Duration::from_millis(500)
-        );
-        assert_eq!(t.pod_stop_time(&slow, 10), Duration::from_millis(250));
+        assert_eq!(t.pod_start_time(&slow), t.pod_start + t.kube_seconds(40));
+        assert_eq!(t.pod_stop_time(&slow, 60), t.pod_stop + t.kube_seconds(20));
+        assert_eq!(t.pod_stop_time(&slow, 10), t.kube_seconds(10));
     }
 }
