@@ -458,9 +458,10 @@ impl Scenario {
         scenario
     }
 
-    /// Lower every worker's allocatable CPU so that the workloads' requests fill the workers
-    /// but for `headroom` (0.15: 15 % spare): taking a few workers out (a rollout draining
-    /// them) can leave pods `Pending` as `Unschedulable`. Control-plane nodes keep theirs.
+    /// Lower the workers' allocatable CPU so that they have room for the workloads' pods and
+    /// `headroom` more (0.1: 10 % more pods, counted in pods of the largest request and dealt
+    /// out over the workers): taking a few workers out (a rollout draining them) can leave pods
+    /// `Pending` as `Unschedulable`. Control-plane nodes keep theirs.
     pub fn tighten_capacity(&mut self, headroom: f64) {
         let workers = self.nodes.iter().filter(|n| !n.control_plane).count();
         if workers == 0 {
@@ -482,6 +483,17 @@ impl Scenario {
         let workload = replicated(&self.deployments)
             + replicated(&self.statefulsets)
             + self.pods.iter().map(cpu).sum::<u128>();
+        // Room is counted in pods of the largest request, since a node's spare CPU smaller
+        // than a pod is no room at all.
+        let pod = self
+            .deployments
+            .iter()
+            .chain(&self.statefulsets)
+            .map(|o| cpu(&o["spec"]["template"]))
+            .chain(self.pods.iter().map(cpu))
+            .max()
+            .unwrap_or(0)
+            .max(1);
         let daemons: u128 = self
             .daemonsets
             .iter()
@@ -492,10 +504,18 @@ impl Scenario {
         } else {
             0.0
         };
-        let share = (workload as f64 / workers as f64 * (1.0 + headroom)).ceil() as u128;
-        let allocatable = format!("{}m", daemons + share);
-        for node in self.nodes.iter_mut().filter(|n| !n.control_plane) {
-            node.allocatable_cpu.clone_from(&allocatable);
+        // Room for this many pods in all, dealt out over the workers (some get one more).
+        let room = (workload as f64 * (1.0 + headroom) / pod as f64).ceil() as u128;
+        let workers = workers as u128;
+        for (i, node) in self
+            .nodes
+            .iter_mut()
+            .filter(|n| !n.control_plane)
+            .enumerate()
+        {
+            let pods = room / workers + u128::from((i as u128) < room % workers);
+            // Half a pod more leaves room for small DaemonSets added later (rota's agent).
+            node.allocatable_cpu = format!("{}m", daemons + pods * pod + pod / 2);
         }
     }
 
@@ -866,15 +886,30 @@ mod tests {
     fn tight_capacity_leaves_little_room() {
         let mut s = Scenario::generate(24, 1);
         s.tighten_capacity(0.15);
-        let worker = s.nodes.iter().find(|n| !n.control_plane).unwrap();
         let cp = s.nodes.iter().find(|n| n.control_plane).unwrap();
         assert_eq!(cp.allocatable_cpu, DEFAULT_ALLOCATABLE_CPU);
-        let millis: u128 = worker
-            .allocatable_cpu
-            .trim_end_matches('m')
-            .parse()
-            .unwrap();
-        assert!(millis < 3800 && millis > 200, "{millis}");
+        let pods: u128 = s
+            .deployments
+            .iter()
+            .chain(&s.statefulsets)
+            .map(|w| w["spec"]["replicas"].as_u64().unwrap() as u128)
+            .sum::<u128>()
+            + s.pods.len() as u128;
+        // Every pod of the scenario requests 100m; the two DaemonSets 200m per node.
+        let room: u128 = s
+            .nodes
+            .iter()
+            .filter(|n| !n.control_plane)
+            .map(|n| {
+                let millis: u128 = n.allocatable_cpu.trim_end_matches('m').parse().unwrap();
+                (millis - 200) / 100
+            })
+            .sum();
+        assert!(room >= pods, "room for {room} pods, {pods} to run");
+        assert!(
+            room <= pods + pods * 15 / 100 + 1,
+            "room for {room} pods, {pods} to run"
+        );
     }
 
     #[test]

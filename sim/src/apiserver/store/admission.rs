@@ -529,6 +529,36 @@ mod tests {
     use crate::apiserver::store::Store;
 
     #[test]
+    fn pods_tolerate_not_ready_and_unreachable_for_300_seconds() {
+        let store = Store::new();
+        let created = store
+            .create(&pods(), Some("default"), pod("plain", None))
+            .unwrap();
+        let tolerations = created["spec"]["tolerations"].as_array().unwrap().clone();
+        for key in DEFAULT_TOLERATED_TAINTS {
+            assert!(
+                tolerations.contains(&json!({"key": key, "operator": "Exists",
+                    "effect": "NoExecute", "tolerationSeconds": 300})),
+                "{tolerations:?}"
+            );
+        }
+        // A pod that already tolerates one (a DaemonSet pod: forever) keeps its own.
+        let mut daemon = pod("daemon", None);
+        daemon["spec"]["tolerations"] = json!([
+            {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"},
+        ]);
+        let created = store.create(&pods(), Some("default"), daemon).unwrap();
+        let tolerations = created["spec"]["tolerations"].as_array().unwrap();
+        assert_eq!(tolerations.len(), 2);
+        assert!(tolerations[0].get("tolerationSeconds").is_none());
+        assert_eq!(tolerations[1]["key"], "node.kubernetes.io/not-ready");
+        let mut everything = pod("everything", None);
+        everything["spec"]["tolerations"] = json!([{"operator": "Exists"}]);
+        let created = store.create(&pods(), Some("default"), everything).unwrap();
+        assert_eq!(created["spec"]["tolerations"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
     fn missing_namespace_and_invalid_names() {
         let store = Store::new();
         let mut elsewhere = pod("a", None);
