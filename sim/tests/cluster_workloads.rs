@@ -1,6 +1,7 @@
 //! The simulated cluster's workloads: pods start and become Ready, replacements land on
-//! schedulable nodes, StatefulSet replacements keep their names, DaemonSets cover every node,
-//! PDB statuses settle to what the scenario promises.
+//! schedulable nodes (and wait `Unschedulable` when none has CPU left), StatefulSet
+//! replacements keep their names, DaemonSets cover every node, PDB statuses settle to what the
+//! scenario promises.
 
 // Helpers outside #[test] functions fail the test the same way the tests do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
