@@ -188,6 +188,22 @@ async fn measure(nodes: usize) -> Result<Measurement> {
         (waiting == queued && status.nodes == i32::try_from(nodes).ok()?).then_some(())
     })
     .await?;
+    // The queue's Events (one `SlotQueued` per request) may be posted after the status that
+    // shows the queue: the start-up is over once they are all in, and then the steady state
+    // begins.
+    wait_until("the queue's Events", Duration::from_secs(20), || {
+        let posted = names
+            .iter()
+            .filter(|n| {
+                cluster
+                    .events_about(n)
+                    .iter()
+                    .any(|(reason, _)| reason == "SlotQueued")
+            })
+            .count();
+        (posted == queued).then_some(())
+    })
+    .await?;
     let sync_requests = counter.count();
 
     let start = counter.count();

@@ -1,6 +1,8 @@
-//! Simulated hosts driving their nodes: a reboot cycle through the host (NotReady, pods gone,
-//! Ready again with a new boot id and the new kernel, DaemonSet pods back), a kubelet restart
-//! after a kubelet upgrade, agent state surviving the reboot, and the node faults.
+//! Simulated hosts driving their nodes: a reboot cycle through the host (the node looks Ready
+//! until the node-monitor grace period passed, then `Unknown` and tainted unreachable; its pods
+//! stay bound and restart in place after the boot, with a new boot id and the new kernel), a
+//! kubelet restart after a kubelet upgrade, agent state surviving the reboot, and the node
+//! faults (a node that never returns loses its evictable pods to the taint manager).
 
 // Helpers outside #[test] functions fail the test the same way the tests do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -95,25 +97,56 @@ async fn a_reboot_through_the_host_cycles_the_node() {
         )
         .unwrap();
 
+    let uids = |store: &Store| {
+        let mut uids: Vec<String> = pods_on(store, &name)
+            .iter()
+            .map(|p| meta::uid(p).to_string())
+            .collect();
+        uids.sort();
+        uids
+    };
+    let pods_before = uids(&store);
+    let ds_before: Vec<String> = daemon_pods(&store, &name)
+        .iter()
+        .map(|p| meta::uid(p).to_string())
+        .collect();
     let mut power = host.power();
     agent_host.reboot(&RebootMethod::Systemctl).unwrap();
-    cluster
-        .wait_for("the node to go down with its pods", SETTLE, |store| {
-            let n = node(store, &name);
-            let (status, reason, _) = ready_condition(&n);
-            let left = pods_on(store, &name).len();
-            if status == "Unknown" && reason == "NodeStatusUnknown" && left == 0 {
-                Ok(())
-            } else {
-                Err(format!("Ready={status}, {left} pods left"))
-            }
-        })
-        .await
-        .unwrap();
     tokio::time::timeout(SETTLE, power.wait_for(|p| !p.is_up()))
         .await
         .unwrap()
         .unwrap();
+    // Nothing is written at power-off: the node and its DaemonSet pods still look Ready.
+    assert!(meta::node_ready(&node(&store, &name)));
+    assert!(
+        daemon_pods(&store, &name)
+            .iter()
+            .all(|p| meta::pod_ready(p))
+    );
+    cluster
+        .wait_for("the node to turn Unknown, tainted, its pods kept", SETTLE, |store| {
+            let n = node(store, &name);
+            let (status, reason, _) = ready_condition(&n);
+            let unreachable = n["spec"]["taints"].as_array().is_some_and(|ts| {
+                ts.iter().any(|t| {
+                    t["key"] == "node.kubernetes.io/unreachable"
+                        && t["effect"] == "NoExecute"
+                        && t["timeAdded"].is_string()
+                })
+            });
+            let daemons_unready = daemon_pods(store, &name).iter().all(|p| !meta::pod_ready(p));
+            if status == "Unknown" && reason == "NodeStatusUnknown" && unreachable && daemons_unready
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "Ready={status} ({reason}), unreachable taint: {unreachable}, daemon pods not Ready: {daemons_unready}"
+                ))
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(uids(&store), pods_before, "a reboot deletes no pod");
 
     let new_boot = cluster.wait_node_ready(&name, SETTLE).await.unwrap();
     assert_ne!(new_boot, old_boot);
@@ -143,13 +176,21 @@ async fn a_reboot_through_the_host_cycles_the_node() {
     );
 
     cluster
-        .wait_until("the DaemonSet pods to be back and Ready", SETTLE, |store| {
+        .wait_until("the DaemonSet pods to be Ready again", SETTLE, |store| {
             let pods = daemon_pods(store, &name);
             pods.len() == scenario.daemonsets.len() && pods.iter().all(|p| meta::pod_ready(p))
         })
         .await
         .unwrap();
     cluster.wait_settled(SETTLE).await.unwrap();
+    // The same pods, restarted in place: one more restart, a new container start.
+    for pod in daemon_pods(&store, &name) {
+        assert!(ds_before.contains(&meta::uid(&pod).to_string()));
+        assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 1);
+    }
+    assert_eq!(uids(&store), pods_before);
+    let taints = node(&store, &name)["spec"]["taints"].clone();
+    assert!(!taints.to_string().contains("unreachable"), "{taints}");
     cluster.shutdown().await;
 }
 
@@ -233,11 +274,50 @@ async fn a_node_that_never_returns_stays_down_until_powered_on() {
         .unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err}");
     assert_eq!(host.power_state(), PowerState::Down);
-    assert!(pods_on(cluster.store(), &victim).is_empty());
+    // The taint manager deletes what does not tolerate the unreachable taint for ever (300 s
+    // of tolerationSeconds, scaled); with no kubelet to stop them they stay Terminating.
+    // DaemonSet pods stay.
+    let evicted = cluster
+        .wait_for(
+            "the taint manager to evict the workloads",
+            SETTLE,
+            |store| {
+                let pods = pods_on(store, &victim);
+                let (daemons, others): (Vec<_>, Vec<_>) = pods.iter().partition(|p| {
+                    meta::controller_ref(p).and_then(|r| r["kind"].as_str()) == Some("DaemonSet")
+                });
+                let by_taint = |p: &Value| {
+                    meta::is_terminating(p)
+                        && p["status"]["conditions"].as_array().is_some_and(|cs| {
+                            cs.iter().any(|c| {
+                                c["type"] == "DisruptionTarget"
+                                    && c["reason"] == "DeletionByTaintManager"
+                            })
+                        })
+                };
+                if daemons.iter().any(|p| meta::is_terminating(p)) {
+                    return Err("a DaemonSet pod is being deleted".to_string());
+                }
+                let waiting = others.iter().filter(|p| !by_taint(p)).count();
+                if waiting == 0 {
+                    Ok(others.len())
+                } else {
+                    Err(format!(
+                        "{waiting} of {} pods not evicted yet",
+                        others.len()
+                    ))
+                }
+            },
+        )
+        .await
+        .unwrap();
+    assert!(evicted > 0);
 
     cluster.power_on(&victim).unwrap();
     let boot = cluster.wait_node_ready(&victim, SETTLE).await.unwrap();
     assert_ne!(boot, old_boot);
+    // Back up, the kubelet finishes off the evicted pods.
+    cluster.wait_settled(SETTLE).await.unwrap();
     cluster.shutdown().await;
 }
 

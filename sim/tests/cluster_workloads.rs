@@ -1,6 +1,7 @@
 //! The simulated cluster's workloads: pods start and become Ready, replacements land on
-//! schedulable nodes, StatefulSet replacements keep their names, DaemonSets cover every node,
-//! PDB statuses settle to what the scenario promises.
+//! schedulable nodes (and wait `Unschedulable` when none has CPU left), StatefulSet
+//! replacements keep their names, DaemonSets cover every node, PDB statuses settle to what the
+//! scenario promises.
 
 // Helpers outside #[test] functions fail the test the same way the tests do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -408,5 +409,82 @@ async fn scaling_and_deleting_a_deployment() {
         sets.iter()
             .all(|rs| !meta::name(rs).starts_with(&format!("{name}-")))
     );
+    cluster.shutdown().await;
+}
+
+/// With capacity tightened to what the workloads need, a worker taken out leaves the pods
+/// evicted from it `Pending` (`PodScheduled=False`, `Unschedulable`, insufficient CPU) until it
+/// is schedulable again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_wait_unschedulable_when_no_node_has_room() {
+    let mut scenario = Scenario::generate(8, 5);
+    scenario.tighten_capacity(0.0);
+    let cluster = Cluster::start_with_disruption_controller(
+        Store::new(),
+        &scenario,
+        Timings::default(),
+        Faults::none(),
+    )
+    .unwrap();
+    cluster.wait_settled(SETTLE).await.unwrap();
+    let store = cluster.store();
+    let worker = scenario
+        .worker_names()
+        .into_iter()
+        .filter(|w| Some(w) != scenario.blocked_node.as_ref())
+        .max_by_key(|w| pods_on(store, w).len())
+        .unwrap();
+    let node_key = ResourceKey::new(GroupResource::core("nodes"), None, &worker);
+    store
+        .patch(
+            &node_key,
+            &PatchKind::Merge,
+            &json!({"spec": {"unschedulable": true}}),
+        )
+        .unwrap();
+    let evicted: Vec<Value> = pods_on(store, &worker)
+        .iter()
+        .filter(|p| meta::controller_ref(p).and_then(|r| r["kind"].as_str()) == Some("ReplicaSet"))
+        .map(|p| (**p).clone())
+        .collect();
+    assert!(!evicted.is_empty());
+    for pod in &evicted {
+        store
+            .delete(
+                &ResourceKey::for_object(pods(), pod),
+                &DeleteOptions::default(),
+            )
+            .unwrap();
+    }
+    let message = cluster
+        .wait_for("a replacement to wait for room", SETTLE, |store| {
+            list(store, pods(), None)
+                .iter()
+                .filter(|p| meta::str_at(p, "/spec/nodeName").is_empty())
+                .filter_map(|p| {
+                    p["status"]["conditions"].as_array().and_then(|cs| {
+                        cs.iter()
+                            .find(|c| {
+                                c["type"] == "PodScheduled"
+                                    && c["status"] == "False"
+                                    && c["reason"] == "Unschedulable"
+                            })
+                            .map(|c| meta::str_at(c, "/message").to_string())
+                    })
+                })
+                .find(|message| message.contains("Insufficient cpu"))
+                .ok_or_else(|| "no pod waits for CPU".to_string())
+        })
+        .await
+        .unwrap();
+    assert!(message.contains("Insufficient cpu"), "{message}");
+    store
+        .patch(
+            &node_key,
+            &PatchKind::Merge,
+            &json!({"spec": {"unschedulable": null}}),
+        )
+        .unwrap();
+    cluster.wait_settled(SETTLE).await.unwrap();
     cluster.shutdown().await;
 }

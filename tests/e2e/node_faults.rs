@@ -1,18 +1,22 @@
-//! End to end: nodes rota cannot finish. A node that never comes back from its reboot keeps
-//! its capacity and opens the circuit breaker; a node whose pod's PodDisruptionBudget allows
-//! no disruption waits, named, without holding capacity, while the others finish. And a node
-//! rebooted behind rota's back is caught by the fleet's safety monitor.
+//! End to end: nodes rota cannot finish, or must not finish too early. A node that never comes
+//! back from its reboot keeps its capacity and opens the circuit breaker; a node whose pod's
+//! PodDisruptionBudget allows no disruption waits, named, without holding capacity, while the
+//! others finish; a node back from a reboot quicker than the node-monitor grace period is not
+//! released on its DaemonSet pods' status from before the reboot. And a node rebooted behind
+//! rota's back is caught by the fleet's safety monitor.
 
 // Helpers outside #[test] functions fail the test the same way the tests do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use rota_core::model::SlotPhase;
 use rota_core::slots::persist::SLOT_ANNOTATION;
-use rota_sim::apiserver::{GroupResource, PatchKind, ResourceKey, meta};
-use rota_sim::cluster::Faults;
+use rota_sim::apiserver::{EventType, GroupResource, ListOptions, PatchKind, ResourceKey, meta};
+use rota_sim::cluster::{Faults, Timings};
 use rota_sim::demo::{Stopped, slot_phase};
 use rota_tests::e2e::{
     self, Timeline, WAIT, annotation, assert_safe, condition, events_about, node, options, policy,
@@ -20,6 +24,7 @@ use rota_tests::e2e::{
     waiting_reason,
 };
 use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
 
 /// When the lease of `node`'s slot expires, as persisted.
 fn lease_expiry(node: &Value) -> Option<Timestamp> {
@@ -332,5 +337,177 @@ async fn a_reboot_behind_rotas_back_is_caught_by_the_monitor() {
     );
     assert!(!report.invariants_hold(), "{}", report.render());
     assert!(fleet.persisted_tokens().is_empty(), "rota granted nothing");
+    fleet.shutdown().await;
+}
+
+/// A DaemonSet pod as a release found it: name, Ready, restartCount.
+type DaemonPodState = (String, bool, i64);
+
+/// What the tracker of [`the_health_gate_waits_for_daemon_pods_restarted_after_the_reboot`]
+/// saw: per release, the node's DaemonSet pods then.
+#[derive(Debug, Default)]
+struct Releases {
+    seen: Vec<(String, Vec<DaemonPodState>)>,
+    /// A node was Ready with a new boot id while a DaemonSet pod of it still showed Ready from
+    /// before its reboot (the window the gate must not pass in).
+    stale_window: bool,
+    /// The event stream lagged: the record is incomplete.
+    lagged: bool,
+}
+
+fn is_daemon_pod(pod: &Value) -> bool {
+    meta::controller_ref(pod).and_then(|r| r["kind"].as_str()) == Some("DaemonSet")
+}
+
+fn restart_count(pod: &Value) -> i64 {
+    pod.pointer("/status/containerStatuses/0/restartCount")
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
+}
+
+/// A reboot quicker than the node-monitor grace period never turns the node `Unknown`, so its
+/// pods are never marked not Ready: after the boot the node is Ready with its new boot id while
+/// its DaemonSet pods still show `Ready=True` from before, until the kubelet's first pod sync.
+/// rota's health gate must not pass on that stale status: at every release, followed event by
+/// event, the node's DaemonSet pods had restarted (`restartCount` ≥ 1) and were Ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_gate_waits_for_daemon_pods_restarted_after_the_reboot() {
+    let mut options = options(6, 44, 1, 1);
+    options.timings = Timings {
+        reboot: Duration::from_millis(400),
+        node_ready: Duration::from_millis(100),
+        node_monitor_grace: Duration::from_secs(5),
+        pod_resync: Duration::from_millis(1500),
+        ..Timings::default()
+    };
+    let began = std::time::Instant::now();
+    let fleet = start(options).await;
+    let store = fleet.store().clone();
+    let mut events = store.subscribe_all();
+    let nodes = GroupResource::core("nodes");
+    let pods = GroupResource::core("pods");
+    // The state the events start from.
+    let mut held: HashMap<String, bool> = HashMap::new();
+    let mut boot_ids: HashMap<String, String> = HashMap::new();
+    for n in store
+        .list(&nodes, None, &ListOptions::default())
+        .unwrap()
+        .items
+    {
+        held.insert(
+            meta::name(&n).to_string(),
+            annotation(&n, SLOT_ANNOTATION).is_some(),
+        );
+        boot_ids.insert(
+            meta::name(&n).to_string(),
+            meta::str_at(&n, "/status/nodeInfo/bootID").to_string(),
+        );
+    }
+    let mut daemon_pods: HashMap<String, Arc<Value>> = store
+        .list(&pods, None, &ListOptions::default())
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| is_daemon_pod(p))
+        .map(|p| (meta::uid(&p).to_string(), p))
+        .collect();
+    let mut node_objects: HashMap<String, Arc<Value>> = HashMap::new();
+    let record = Arc::new(Mutex::new(Releases::default()));
+    let tracker = {
+        let record = record.clone();
+        tokio::spawn(async move {
+            loop {
+                let event = match events.recv().await {
+                    Ok(event) => event,
+                    Err(RecvError::Lagged(_)) => {
+                        record.lock().unwrap().lagged = true;
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                let object = event.object.clone();
+                let on_node = |pods: &HashMap<String, Arc<Value>>, node: &str| -> Vec<Arc<Value>> {
+                    pods.values()
+                        .filter(|p| meta::str_at(p, "/spec/nodeName") == node)
+                        .cloned()
+                        .collect()
+                };
+                if event.resource == pods && is_daemon_pod(&object) {
+                    if event.event_type == EventType::Deleted {
+                        daemon_pods.remove(meta::uid(&object));
+                    } else {
+                        daemon_pods.insert(meta::uid(&object).to_string(), object.clone());
+                    }
+                } else if event.resource == nodes && event.event_type != EventType::Deleted {
+                    let name = meta::name(&object).to_string();
+                    let now_held = annotation(&object, SLOT_ANNOTATION).is_some();
+                    let was_held = held.insert(name.clone(), now_held).unwrap_or(false);
+                    if was_held && !now_held {
+                        let state = on_node(&daemon_pods, &name)
+                            .iter()
+                            .map(|p| {
+                                (
+                                    meta::name(p).to_string(),
+                                    meta::pod_ready(p),
+                                    restart_count(p),
+                                )
+                            })
+                            .collect();
+                        record.lock().unwrap().seen.push((name.clone(), state));
+                    }
+                    node_objects.insert(name, object.clone());
+                } else {
+                    continue;
+                }
+                // The stale window: Ready with a new boot id, a DaemonSet pod Ready from before.
+                for (name, node) in &node_objects {
+                    let rebooted = boot_ids.get(name).map(String::as_str)
+                        != Some(meta::str_at(node, "/status/nodeInfo/bootID"));
+                    if rebooted
+                        && meta::node_ready(node)
+                        && on_node(&daemon_pods, name)
+                            .iter()
+                            .any(|p| meta::pod_ready(p) && restart_count(p) == 0)
+                    {
+                        record.lock().unwrap().stale_window = true;
+                    }
+                }
+            }
+        })
+    };
+    let (report, took) = e2e::run(&fleet, WAIT, Duration::from_secs(60)).await;
+    print_timing(
+        "the health gate after quick reboots",
+        took.max(began.elapsed()),
+        &report,
+    );
+    e2e::assert_complete(&fleet, &report);
+    tracker.abort();
+    let record = std::mem::take(&mut *record.lock().unwrap());
+    assert!(
+        !record.lagged,
+        "the event stream lagged; the record is incomplete"
+    );
+    assert!(
+        record.stale_window,
+        "no node was ever Ready after its reboot with stale DaemonSet pods: the scenario did not test the gate"
+    );
+    assert_eq!(
+        record.seen.len(),
+        fleet.scenario().nodes.len(),
+        "{record:?}"
+    );
+    for (node, pods) in &record.seen {
+        assert!(
+            !pods.is_empty(),
+            "{node} had no DaemonSet pod at its release"
+        );
+        for (pod, ready, restarts) in pods {
+            assert!(
+                *ready && *restarts >= 1,
+                "{node} was released while its DaemonSet pod {pod} showed Ready={ready} with {restarts} restarts: the gate passed on status from before the reboot"
+            );
+        }
+    }
     fleet.shutdown().await;
 }

@@ -56,9 +56,21 @@ pub struct ClusterArgs {
     /// Time from a kubelet start to the node's readiness.
     #[clap(long, env = "ROTA_SIM_NODE_READY", value_parser = parse_duration)]
     pub node_ready: Option<Duration>,
-    /// Interval of kubelet heartbeats.
+    /// Interval of kubelet heartbeats (node Lease renewals).
     #[clap(long, env = "ROTA_SIM_HEARTBEAT", value_parser = parse_duration)]
     pub heartbeat: Option<Duration>,
+    /// How long the node-lifecycle controller waits for a silent kubelet before the node
+    /// turns `Unknown` (the node-monitor grace period).
+    #[clap(long, env = "ROTA_SIM_NODE_MONITOR_GRACE", value_parser = parse_duration)]
+    pub node_monitor_grace: Option<Duration>,
+    /// Simulated length of one second that objects state (grace periods,
+    /// `tolerationSeconds`, probe delays).
+    #[clap(long, env = "ROTA_SIM_KUBE_SECOND", value_parser = parse_duration)]
+    pub kube_second: Option<Duration>,
+    /// Leave only this share of spare CPU on the workers (e.g. `0.15`), so that draining a
+    /// few of them can leave pods Pending (see `Scenario::tighten_capacity`).
+    #[clap(long, env = "ROTA_SIM_TIGHT_CAPACITY")]
+    pub tight_capacity: Option<f64>,
     /// The faults to inject.
     #[clap(flatten)]
     pub fault_flags: FaultArgs,
@@ -67,7 +79,11 @@ pub struct ClusterArgs {
 impl ClusterArgs {
     /// The scenario these flags ask for.
     pub fn scenario(&self) -> Scenario {
-        Scenario::generate(self.nodes, self.seed)
+        let mut scenario = Scenario::generate(self.nodes, self.seed);
+        if let Some(headroom) = self.tight_capacity {
+            scenario.tighten_capacity(headroom);
+        }
+        scenario
     }
 
     /// The timings: defaults, overridden per flag, then scaled.
@@ -79,6 +95,11 @@ impl ClusterArgs {
             reboot: self.reboot.unwrap_or(defaults.reboot),
             node_ready: self.node_ready.unwrap_or(defaults.node_ready),
             heartbeat: self.heartbeat.unwrap_or(defaults.heartbeat),
+            node_monitor_grace: self
+                .node_monitor_grace
+                .unwrap_or(defaults.node_monitor_grace),
+            kube_second: self.kube_second.unwrap_or(defaults.kube_second),
+            ..defaults
         }
         .scaled(self.time_scale)
     }

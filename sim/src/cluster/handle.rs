@@ -15,7 +15,7 @@ use super::host::{KubeletCommand, SimHost};
 use super::kubelet::{self, KubeletContext};
 use super::objects::{self, apps, nodes, pods};
 use super::scenario::Scenario;
-use super::{Error, Result, Timings, scheduler, workloads};
+use super::{Error, Result, Timings, lifecycle, scheduler, workloads};
 use crate::apiserver::{
     Faults as ApiFaults, GroupResource, ListOptions, ResourceKey, Store, disruption, meta,
 };
@@ -56,8 +56,8 @@ fn create_all(store: &Store, resource: GroupResource, objects: &[Value]) -> Resu
 
 impl Cluster {
     /// Create `scenario`'s nodes (registered and Ready, as in a cluster that is already
-    /// running) and objects in `store`, and start the kubelets, the workload controllers and
-    /// the scheduler. Must be called inside a Tokio runtime.
+    /// running) and objects in `store`, and start the kubelets, the workload controllers, the
+    /// node-lifecycle controller and the scheduler. Must be called inside a Tokio runtime.
     ///
     /// The disruption controller belongs to the API server; an in-process set-up without the
     /// HTTP server can start it with [`Cluster::start_with_disruption_controller`].
@@ -118,6 +118,11 @@ impl Cluster {
         }
         tasks.push(runtime.spawn(workloads::run(store.clone(), cancel.clone())));
         tasks.push(runtime.spawn(scheduler::run(store.clone(), cancel.clone())));
+        tasks.push(runtime.spawn(lifecycle::run(
+            store.clone(),
+            timings.clone(),
+            cancel.clone(),
+        )));
         tracing::info!(
             nodes = scenario.nodes.len(),
             seed = scenario.seed,

@@ -3,9 +3,10 @@
 //!
 //! The files, package database, holds, boot id and running kernel live in an agent
 //! [`MemoryHost`]; this layer adds what ties the host to the cluster:
-//! - [`Host::reboot`] takes the node through its reboot cycle (NotReady, pods gone, boot with a
-//!   new boot id and the newest installed kernel, Ready again); `/run` is a tmpfs and is
-//!   emptied, every other file survives, as a host path does;
+//! - [`Host::reboot`] takes the node through its reboot cycle (the kubelet falls silent, the
+//!   node turns `Unknown` once the node-monitor grace period passed, its pods stay bound; boot
+//!   with a new boot id and the newest installed kernel, pods restarted in place, Ready again);
+//!   `/run` is a tmpfs and is emptied, every other file survives, as a host path does;
 //! - [`Host::restart_unit`] of `kubelet` restarts the simulated kubelet, which then reports the
 //!   installed kubelet package's version;
 //! - installing a kernel package (`linux-image-amd64`) installs the kernel image it depends on

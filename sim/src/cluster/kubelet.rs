@@ -1,21 +1,28 @@
 //! One simulated kubelet per node.
 //!
 //! It registers its Node (labels, taints, addresses, capacity, `nodeInfo` read from the host)
-//! and keeps its Lease and `lastHeartbeatTime` fresh. It runs the pods bound to it, following a
-//! watch of `spec.nodeName=NODE`: a new pod is `Running` at once and `Ready` after
-//! [`Timings::pod_start`]; a pod with a `deletionTimestamp` is removed (deleted with grace 0)
-//! after `min(grace, Timings::pod_stop)`.
+//! and renews its Lease every [`Timings::heartbeat`]; it writes the node's status when it
+//! changes, when the API shows another Ready status than the kubelet's own (the node-lifecycle
+//! controller marked it `Unknown`), and otherwise every [`Timings::node_status_report`]. It
+//! runs the pods bound to it, following a watch of `spec.nodeName=NODE`: a new pod is
+//! `Running` at once and `Ready` after [`Timings::pod_start_time`]; a pod with a
+//! `deletionTimestamp` is removed (deleted with grace 0) after [`Timings::pod_stop_time`].
 //!
-//! Its host drives the rest: a reboot takes the node down (Ready `Unknown`, every pod gone,
-//! DaemonSet pods too), and after [`Timings::reboot`] the host boots (new boot id, newest
-//! kernel) and the kubelet starts again; a kubelet restart reports the installed kubelet
-//! version. After a start the node is Ready once [`Timings::node_ready`] passed, unless a fault
-//! keeps it down.
+//! Its host drives the rest. A power-off silences the kubelet and changes nothing in the API:
+//! the node keeps its last status until the node-lifecycle controller ([`super::lifecycle`])
+//! marks it `Unknown`, and its pods stay bound with their stale status (still Ready) unless that
+//! controller marks them not Ready or evicts them. After [`Timings::reboot`] the host boots (new
+//! boot id, newest kernel) and the kubelet starts again; [`Timings::pod_resync`] later it
+//! resyncs every pod bound to it (until then they show their status from before): pods
+//! deleted meanwhile are finished off, the others (DaemonSet and mirror pods included) have
+//! their containers restarted (`restartCount` + 1, Ready `False`, then `True` again after their
+//! start-up time). A kubelet restart keeps the containers running and reports the installed
+//! kubelet version. After a start the node is Ready once [`Timings::node_ready`] passed, unless
+//! a fault keeps it down.
 
 use rota_core::scheduler::ControlPlanePod;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
@@ -90,15 +97,16 @@ enum Timer {
     Heartbeat { epoch: u64 },
     NodeReady { epoch: u64 },
     Boot { epoch: u64 },
+    PodResync { epoch: u64 },
 }
 
-/// The Ready condition's possible states, with upstream's reasons and messages.
+/// The Ready condition's possible states as a kubelet reports them, with upstream's reasons
+/// and messages (`Unknown` is the node-lifecycle controller's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Readiness {
     Ready,
     Starting,
     Failed,
-    Unknown,
 }
 
 impl Readiness {
@@ -114,11 +122,6 @@ impl Readiness {
                 "False",
                 "KubeletNotReady",
                 "PLEG is not healthy: pleg has yet to be successful",
-            ),
-            Readiness::Unknown => (
-                "Unknown",
-                "NodeStatusUnknown",
-                "Kubelet stopped posting node status.",
             ),
         }
     }
@@ -160,25 +163,11 @@ const PRESSURE_CONDITIONS: [(&str, &str, &str); 3] = [
     ),
 ];
 
-/// A pressure condition's status, reason and message under `readiness`.
-fn pressure(
-    readiness: Readiness,
-    reason: &'static str,
-    message: &'static str,
-) -> (&'static str, &'static str, &'static str) {
-    if readiness == Readiness::Unknown {
-        Readiness::Unknown.condition()
-    } else {
-        ("False", reason, message)
-    }
-}
-
 fn node_conditions(readiness: Readiness, now: &str) -> Value {
     let mut conditions: Vec<Value> = PRESSURE_CONDITIONS
         .iter()
         .map(|&(kind, reason, message)| {
-            let (status, reason, message) = pressure(readiness, reason, message);
-            json!({"type": kind, "status": status, "reason": reason, "message": message,
+            json!({"type": kind, "status": "False", "reason": reason, "message": message,
                    "lastHeartbeatTime": now, "lastTransitionTime": now})
         })
         .collect();
@@ -198,7 +187,7 @@ fn node_object(spec: &NodeSpec, host: &SimHost, now: jiff::Timestamp) -> Value {
         "ephemeral-storage": "101430960Ki", "hugepages-2Mi": "0",
     });
     let allocatable = json!({
-        "cpu": "3800m", "memory": "15862584Ki", "pods": MAX_PODS.to_string(),
+        "cpu": spec.allocatable_cpu, "memory": spec.allocatable_memory, "pods": MAX_PODS.to_string(),
         "ephemeral-storage": "93478772582", "hugepages-2Mi": "0",
     });
     let mut node = json!({
@@ -395,6 +384,12 @@ struct Kubelet {
     ctx: KubeletContext,
     node_key: ResourceKey,
     up: bool,
+    /// The Ready status the kubelet reports.
+    readiness: Readiness,
+    /// Whether the kubelet follows its pods; false from a boot until its first pod sync.
+    synced: bool,
+    /// When it last wrote the node's status.
+    last_report: Instant,
     /// Changes at every kubelet start and power-off; timers of an older epoch are stale.
     epoch: u64,
     pods: HashMap<String, Tracked>,
@@ -417,6 +412,9 @@ pub(crate) async fn run(
         first_version: ctx.host.kubelet_version(),
         ctx,
         up: true,
+        readiness: Readiness::Ready,
+        synced: true,
+        last_report: Instant::now(),
         epoch: 0,
         pods: HashMap::new(),
         timers: Timers::new(),
@@ -438,8 +436,9 @@ pub(crate) async fn run(
                 None => return,
             },
             update = updates.recv() => match update {
-                // A kubelet that is down sees nothing; it lists its pods when it starts.
-                Some(_) if !kubelet.up => {}
+                // A kubelet that is down (or not yet synced after a boot) sees nothing; it
+                // lists its pods when it syncs.
+                Some(_) if !kubelet.up || !kubelet.synced => {}
                 Some(PodUpdate::Present(pod)) => kubelet.on_pod(&pod),
                 Some(PodUpdate::Gone(pod)) => {
                     kubelet.pods.remove(meta::uid(&pod));
@@ -506,7 +505,7 @@ impl Kubelet {
             }
             KubeletCommand::RestartKubelet if self.up => {
                 tracing::info!(node = self.node(), "kubelet restarting");
-                self.start_kubelet();
+                self.start_kubelet(false);
             }
             KubeletCommand::PowerOn if !self.up => self.boot(),
             _ => {}
@@ -526,6 +525,11 @@ impl Kubelet {
                     self.set_readiness(Readiness::Ready, None);
                 }
                 Timer::Boot { epoch } if epoch == self.epoch && !self.up => self.boot(),
+                Timer::PodResync { epoch } if epoch == self.epoch && self.up => {
+                    self.restart_pods_after_boot();
+                    self.synced = true;
+                    self.resync();
+                }
                 _ => {}
             }
         }
@@ -536,27 +540,29 @@ impl Kubelet {
         self.timers.add(at, Timer::Heartbeat { epoch: self.epoch });
     }
 
-    /// The host goes down: the node stops reporting, its pods are gone.
+    /// The host goes down: the kubelet falls silent and its containers stop. Nothing is
+    /// written: the node and its pods keep their last status.
     fn power_off(&mut self) {
         self.up = false;
         self.epoch += 1;
         self.pods.clear();
         self.timers.clear();
         self.ctx.host.set_power(PowerState::Down);
-        self.set_readiness(Readiness::Unknown, None);
-        self.delete_all_pods();
     }
 
     fn boot(&mut self) {
         let boot_id = self.ctx.host.boot();
         tracing::info!(node = self.node(), %boot_id, "node booted");
         self.ctx.host.set_power(PowerState::Up { boot_id });
-        self.start_kubelet();
+        self.start_kubelet(true);
     }
 
     /// A kubelet process starts: fresh node info, NotReady until `node_ready` passed (or for
-    /// good when the upgrade fault hits), pods followed again.
-    fn start_kubelet(&mut self) {
+    /// good when the upgrade fault hits), pods followed again; after a boot (`rebooted`) their
+    /// containers start anew.
+    fn start_kubelet(&mut self, rebooted: bool) {
+        // A restart before the first pod sync after a boot still owes that sync.
+        let rebooted = rebooted || !self.synced;
         self.up = true;
         self.epoch += 1;
         let version = self.ctx.host.kubelet_version();
@@ -574,9 +580,54 @@ impl Kubelet {
             let at = Instant::now() + self.ctx.timings.node_ready;
             self.timers.add(at, Timer::NodeReady { epoch: self.epoch });
         }
+        self.heartbeat();
         self.schedule_heartbeat();
         self.ensure_static_pods();
-        self.resync();
+        if rebooted {
+            self.synced = false;
+            let at = Instant::now() + self.ctx.timings.pod_resync;
+            self.timers.add(at, Timer::PodResync { epoch: self.epoch });
+        } else {
+            self.resync();
+        }
+    }
+
+    /// The first pod sync after a boot ([`Timings::pod_resync`] after the kubelet started): no
+    /// container of the node runs, so pods deleted while it was down are finished off and the
+    /// others (DaemonSet and mirror pods too) restart in place.
+    fn restart_pods_after_boot(&mut self) {
+        let selector = format!("spec.nodeName={}", self.node());
+        let list = match self
+            .ctx
+            .store
+            .list(&pods(), None, &ListOptions::fields(&selector))
+        {
+            Ok(list) => list.items,
+            Err(e) => {
+                tracing::warn!(node = self.node(), error = %e, "kubelet cannot list its pods");
+                return;
+            }
+        };
+        let now = self.ctx.store.now();
+        for pod in list {
+            let key = ResourceKey::for_object(pods(), &pod);
+            let uid = meta::uid(&pod).to_string();
+            if meta::pod_terminal(&pod) {
+                continue;
+            }
+            if meta::is_terminating(&pod) {
+                self.pod_stopped(&key, &uid);
+                continue;
+            }
+            if pod.pointer("/status/containerStatuses").is_none() {
+                // Never started: the resync starts it.
+                continue;
+            }
+            self.pods.insert(uid.clone(), Tracked::default());
+            self.write_pod_status(&key, &uid, "restarting pod", |p| restarted_status(p, now));
+            let at = Instant::now() + self.ctx.timings.pod_start_time(&pod);
+            self.timers.add(at, Timer::PodReady { key, uid });
+        }
     }
 
     /// A control-plane node's kubelet runs kubeadm's static pods from its manifest directory
@@ -602,10 +653,13 @@ impl Kubelet {
         }
     }
 
+    /// The node leaves the cluster: its host goes down for good, and its pods go with its Node
+    /// object (as the pod garbage collector deletes the pods of a node that is gone).
     fn remove(&mut self) {
         if self.up {
             self.power_off();
         }
+        self.delete_all_pods();
         let store = &self.ctx.store;
         let lease = ResourceKey::new(leases(), Some("kube-node-lease"), self.node());
         for key in [lease, self.node_key.clone()] {
@@ -672,7 +726,9 @@ impl Kubelet {
 
     /// Write the node's conditions for `readiness` (and a new `nodeInfo` in the same write,
     /// so nobody sees the new version with the old readiness).
-    fn set_readiness(&self, readiness: Readiness, info: Option<Value>) {
+    fn set_readiness(&mut self, readiness: Readiness, info: Option<Value>) {
+        self.readiness = readiness;
+        self.last_report = Instant::now();
         let store_now = self.ctx.store.now();
         self.write_node_status(|status, now| {
             if let Some(info) = &info {
@@ -688,18 +744,34 @@ impl Kubelet {
                 store_now,
             );
             for (kind, reason, message) in PRESSURE_CONDITIONS {
-                let (value, reason, message) = pressure(readiness, reason, message);
-                objects::set_condition(status, kind, value, Some(reason), Some(message), store_now);
+                objects::set_condition(
+                    status,
+                    kind,
+                    "False",
+                    Some(reason),
+                    Some(message),
+                    store_now,
+                );
             }
-            // The node lifecycle controller keeps the last heartbeat of a silent kubelet.
-            if readiness != Readiness::Unknown {
-                stamp_heartbeats(status, now);
-            }
+            stamp_heartbeats(status, now);
         });
     }
 
-    fn heartbeat(&self) {
-        self.write_node_status(stamp_heartbeats);
+    /// Renew the Lease, and write the node's status when the API shows another Ready status
+    /// than the kubelet reports or the report is due.
+    fn heartbeat(&mut self) {
+        let reported = self.readiness.condition().0;
+        let shown = self.ctx.store.get(&self.node_key).ok().and_then(|n| {
+            n.pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .and_then(|cs| cs.iter().find(|c| meta::str_at(c, "/type") == "Ready"))
+                .map(|c| meta::str_at(c, "/status").to_string())
+        });
+        if shown.as_deref() != Some(reported)
+            || self.last_report.elapsed() >= self.ctx.timings.node_status_report
+        {
+            self.set_readiness(self.readiness, None);
+        }
         let store = &self.ctx.store;
         let lease = ResourceKey::new(leases(), Some("kube-node-lease"), self.node());
         let renew = meta::format_micro_time(store.now());
@@ -739,8 +811,7 @@ impl Kubelet {
                     .and_then(Value::as_i64)
                     .unwrap_or(0)
                     .max(0);
-                let grace = Duration::from_secs(u64::try_from(grace).unwrap_or(0));
-                let at = Instant::now() + grace.min(self.ctx.timings.pod_stop);
+                let at = Instant::now() + self.ctx.timings.pod_stop_time(pod, grace);
                 self.timers.add(at, Timer::PodStopped { key, uid });
             }
             return;
@@ -754,7 +825,7 @@ impl Kubelet {
             return;
         }
         self.start_pod(&key, &uid, pod);
-        let at = Instant::now() + self.ctx.timings.pod_start;
+        let at = Instant::now() + self.ctx.timings.pod_start_time(pod);
         self.timers.add(at, Timer::PodReady { key, uid });
     }
 
@@ -919,6 +990,52 @@ fn running_status(pod: &mut Value, host_ip: &str, pod_ip: &str, now: jiff::Times
     status["containerStatuses"] = json!(statuses);
 }
 
+/// The pod's containers started again after the node rebooted: each one's `restartCount`
+/// grows, the last run is recorded as terminated, and the pod is not Ready until its start-up
+/// time passed.
+fn restarted_status(pod: &mut Value, now: jiff::Timestamp) {
+    let time = meta::format_time(now);
+    let status = &mut pod["status"];
+    let names: Vec<String> = status
+        .get("containerStatuses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|c| meta::str_at(c, "/name").to_string())
+        .collect();
+    let unready = format!("containers with unready status: [{}]", names.join(" "));
+    for kind in ["Ready", "ContainersReady"] {
+        objects::set_condition(
+            status,
+            kind,
+            "False",
+            Some("ContainersNotReady"),
+            Some(&unready),
+            now,
+        );
+    }
+    if let Some(statuses) = status
+        .get_mut("containerStatuses")
+        .and_then(Value::as_array_mut)
+    {
+        for s in statuses {
+            let started = s
+                .pointer("/state/running/startedAt")
+                .cloned()
+                .unwrap_or(Value::Null);
+            let restarts = s.get("restartCount").and_then(Value::as_i64).unwrap_or(0);
+            s["lastState"] = json!({"terminated": {
+                "exitCode": 255, "reason": "Unknown", "startedAt": started, "finishedAt": time,
+                "containerID": s.get("containerID").cloned().unwrap_or(Value::Null),
+            }});
+            s["state"] = json!({"running": {"startedAt": time}});
+            s["restartCount"] = json!(restarts + 1);
+            s["containerID"] = json!(container_id());
+            s["ready"] = json!(false);
+        }
+    }
+}
+
 fn ready_status(pod: &mut Value, now: jiff::Timestamp) {
     let status = &mut pod["status"];
     objects::set_condition(status, "Ready", "True", None, None, now);
@@ -936,6 +1053,7 @@ fn ready_status(pod: &mut Value, now: jiff::Timestamp) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn timers_fire_in_order() {
@@ -974,12 +1092,36 @@ mod tests {
     }
 
     #[test]
+    fn a_reboot_restarts_containers_and_unreadies_the_pod() {
+        let t = jiff::Timestamp::from_second(1_700_000_000).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        let later = jiff::Timestamp::from_second(1_700_000_100).unwrap_or(t);
+        let mut pod = json!({
+            "metadata": {"name": "p", "namespace": "default"},
+            "spec": {"containers": [{"name": "c", "image": "i"}]},
+        });
+        running_status(&mut pod, "10.0.0.1", "10.244.0.2", t);
+        ready_status(&mut pod, t);
+        let id = pod["status"]["containerStatuses"][0]["containerID"].clone();
+        restarted_status(&mut pod, later);
+        assert!(!meta::pod_ready(&pod));
+        let c = &pod["status"]["containerStatuses"][0];
+        assert_eq!(c["restartCount"], 1);
+        assert_eq!(c["ready"], false);
+        assert_eq!(c["lastState"]["terminated"]["containerID"], id);
+        assert_ne!(c["containerID"], id);
+        assert_eq!(c["state"]["running"]["startedAt"], meta::format_time(later));
+        ready_status(&mut pod, later);
+        assert!(meta::pod_ready(&pod));
+        let ready = pod["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(ready["lastTransitionTime"], meta::format_time(later));
+    }
+
+    #[test]
     fn readiness_conditions() {
-        let c = node_conditions(Readiness::Unknown, "t");
-        assert!(
-            c.as_array()
-                .is_some_and(|c| c.iter().all(|c| c["status"] == "Unknown"))
-        );
         let c = node_conditions(Readiness::Ready, "t");
         assert_eq!(c[3]["status"], "True");
         assert_eq!(c[0]["status"], "False");

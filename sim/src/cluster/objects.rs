@@ -99,6 +99,88 @@ pub(crate) fn untolerated_taint<'a>(
         .find(|t| !tolerates(tolerations, t))
 }
 
+/// A resource quantity (`100m`, `1.5`, `128Mi`, `2G`, `1e3`) in thousandths of its unit
+/// (millicores for CPU, millibytes for memory), rounded up; `None` when it does not parse.
+pub(crate) fn quantity_milli(text: &str) -> Option<u128> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    // The quantity in thousandths is number × num / den.
+    let (num, den): (u128, u128) = match suffix {
+        "" => (1000, 1),
+        "m" => (1, 1),
+        "k" => (1_000_000, 1),
+        "M" => (1_000_000_000, 1),
+        "G" => (1_000_000_000_000, 1),
+        "T" => (1_000_000_000_000_000, 1),
+        "Ki" => (1000 << 10, 1),
+        "Mi" => (1000 << 20, 1),
+        "Gi" => (1000 << 30, 1),
+        "Ti" => (1000 << 40, 1),
+        s if s.starts_with(['e', 'E']) => {
+            let exponent: i32 = s[1..].parse().ok()?;
+            let power = 10u128.checked_pow(exponent.unsigned_abs())?;
+            if exponent >= 0 {
+                (1000u128.checked_mul(power)?, 1)
+            } else {
+                (1000, power)
+            }
+        }
+        _ => return None,
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() {
+        return None;
+    }
+    let digits = format!("{whole}{fraction}");
+    let value: u128 = digits.parse().ok()?;
+    let den = den.checked_mul(10u128.checked_pow(u32::try_from(fraction.len()).ok()?)?)?;
+    Some(value.checked_mul(num)?.div_ceil(den))
+}
+
+/// What a pod requests: CPU in millicores and memory in millibytes, summed over its
+/// containers (its init containers run first, so their largest request counts if larger).
+pub(crate) fn pod_requests(pod: &Value) -> (u128, u128) {
+    let of = |containers: Option<&Value>, resource: &str| -> Vec<u128> {
+        containers
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                c.pointer(&format!("/resources/requests/{resource}"))
+                    .and_then(Value::as_str)
+                    .and_then(quantity_milli)
+                    .unwrap_or(0)
+            })
+            .collect()
+    };
+    let spec = pod.get("spec");
+    let total = |resource: &str| {
+        let app: u128 = of(spec.and_then(|s| s.get("containers")), resource)
+            .iter()
+            .sum();
+        let init = of(spec.and_then(|s| s.get("initContainers")), resource)
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        app.max(init)
+    };
+    (total("cpu"), total("memory"))
+}
+
+/// A node's allocatable CPU (millicores) and memory (millibytes).
+pub(crate) fn node_allocatable(node: &Value) -> (u128, u128) {
+    let get = |resource: &str| {
+        node.pointer(&format!("/status/allocatable/{resource}"))
+            .and_then(Value::as_str)
+            .and_then(quantity_milli)
+            .unwrap_or(0)
+    };
+    (get("cpu"), get("memory"))
+}
+
 /// A pod spec's tolerations.
 pub(crate) fn tolerations_of(pod_spec: Option<&Value>) -> Vec<Value> {
     pod_spec
@@ -213,6 +295,29 @@ pub(crate) fn is_not_found(e: &ApiError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(quantity_milli("100m"), Some(100));
+        assert_eq!(quantity_milli("3800m"), Some(3800));
+        assert_eq!(quantity_milli("4"), Some(4000));
+        assert_eq!(quantity_milli("1.5"), Some(1500));
+        assert_eq!(quantity_milli("128Mi"), Some(128 * 1024 * 1024 * 1000));
+        assert_eq!(quantity_milli("2G"), Some(2_000_000_000_000));
+        assert_eq!(quantity_milli("1e3"), Some(1_000_000));
+        assert_eq!(quantity_milli("lots"), None);
+        assert_eq!(quantity_milli("1Qi"), None);
+        let pod = json!({"spec": {
+            "containers": [
+                {"resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}},
+                {"resources": {"requests": {"cpu": "250m"}}},
+            ],
+            "initContainers": [{"resources": {"requests": {"cpu": "1"}}}],
+        }});
+        assert_eq!(pod_requests(&pod), (1000, 64 * 1024 * 1024 * 1000));
+        assert_eq!(quantity_milli("0.1"), Some(100));
+        assert_eq!(quantity_milli("15862584Ki"), Some(15_862_584 * 1024 * 1000));
+    }
 
     #[test]
     fn tolerations_match_like_upstream() {

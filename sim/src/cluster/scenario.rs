@@ -39,6 +39,14 @@ pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// The hostname label.
 pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+/// A node's allocatable CPU unless [`Scenario::tighten_capacity`] lowered it (4 cores less
+/// what kubeadm reserves).
+pub const DEFAULT_ALLOCATABLE_CPU: &str = "3800m";
+/// A node's allocatable memory.
+pub const DEFAULT_ALLOCATABLE_MEMORY: &str = "15862584Ki";
+/// Added to the seed for the draws of pod start-up and termination times, so that they leave
+/// the rest of a seed's scenario as it was before they existed.
+const TIMING_SEED: u64 = 0x7469_6d69_6e67;
 
 const DEBIAN_OS_RELEASE: &str = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nVERSION=\"12 (bookworm)\"\nVERSION_CODENAME=bookworm\nID=debian\n";
 
@@ -91,6 +99,10 @@ pub struct NodeSpec {
     pub pod_cidr: String,
     /// `nodeInfo.systemUUID`.
     pub system_uuid: String,
+    /// Allocatable CPU (a quantity: `3800m`) the scheduler fits requests into.
+    pub allocatable_cpu: String,
+    /// Allocatable memory (a quantity: `15862584Ki`).
+    pub allocatable_memory: String,
     /// The host.
     pub host: HostSpec,
 }
@@ -104,6 +116,73 @@ pub struct PdbExpectation {
     pub name: String,
     /// Expected `status.disruptionsAllowed`.
     pub disruptions_allowed: i32,
+}
+
+/// How a workload's pods start and stop, drawn per workload: the simulated kubelet reads them
+/// from the pod spec (see [`Timings::pod_start_time`](super::Timings::pod_start_time) and
+/// [`Timings::pod_stop_time`](super::Timings::pod_stop_time)), so a drain of a node with a
+/// slow workload is slow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodTiming {
+    /// The readiness probe's `initialDelaySeconds` (0: no probe).
+    pub readiness_delay: i64,
+    /// The `preStop` hook's sleep in seconds (0: no hook): how long the pod takes to stop.
+    pub pre_stop: i64,
+    /// `terminationGracePeriodSeconds`.
+    pub grace: i64,
+}
+
+impl PodTiming {
+    /// A stateless workload's: most start within seconds and stop at once; some have a slow
+    /// readiness probe (a JVM warming up), some drain connections for a long time.
+    fn stateless(rng: &mut StdRng, grace: i64) -> PodTiming {
+        let readiness_delay = match rng.random_range(0..10) {
+            0..=5 => rng.random_range(0..=5),
+            6..=8 => rng.random_range(10..=20),
+            _ => rng.random_range(30..=60),
+        };
+        let (pre_stop, grace) = match rng.random_range(0..20) {
+            0..=11 => (0, grace),
+            12..=16 => {
+                let pre_stop = rng.random_range(2..=10);
+                (pre_stop, grace.max(pre_stop + 5))
+            }
+            _ => {
+                let pre_stop = rng.random_range(20..=45);
+                (pre_stop, grace.max(pre_stop + 15))
+            }
+        };
+        PodTiming {
+            readiness_delay,
+            pre_stop,
+            grace,
+        }
+    }
+
+    /// A database's: slow to become Ready and to stop.
+    fn stateful(rng: &mut StdRng) -> PodTiming {
+        PodTiming {
+            readiness_delay: rng.random_range(15..=40),
+            pre_stop: rng.random_range(10..=30),
+            grace: 60,
+        }
+    }
+
+    /// Write these into a pod template (its first container).
+    fn apply(self, template: &mut Value) {
+        template["spec"]["terminationGracePeriodSeconds"] = json!(self.grace);
+        let container = &mut template["spec"]["containers"][0];
+        if self.readiness_delay > 0 {
+            container["readinessProbe"] = json!({
+                "httpGet": {"path": "/healthz", "port": 8080},
+                "initialDelaySeconds": self.readiness_delay,
+                "periodSeconds": 5,
+            });
+        }
+        if self.pre_stop > 0 {
+            container["lifecycle"] = json!({"preStop": {"sleep": {"seconds": self.pre_stop}}});
+        }
+    }
 }
 
 /// A generated cluster.
@@ -252,6 +331,7 @@ impl Scenario {
     /// A cluster of `nodes` nodes generated from `seed`.
     pub fn generate(nodes: usize, seed: u64) -> Scenario {
         let mut rng = StdRng::seed_from_u64(seed);
+        let mut timing_rng = StdRng::seed_from_u64(seed.wrapping_add(TIMING_SEED));
         let control_planes = if nodes >= 6 { 3 } else { nodes.min(1) };
         let workers = nodes - control_planes;
         let node_specs = generate_nodes(&mut rng, control_planes, workers);
@@ -311,9 +391,9 @@ impl Scenario {
             let empty_dir = rng.random_bool(0.3);
             let grace = [30, 30, 30, 10, 60][rng.random_range(0..5)];
             let image = format!("registry.local/{name}:1.{}.0", rng.random_range(0..20));
-            scenario.deployments.push(deployment(
-                ns, &name, replicas, &image, grace, empty_dir, None,
-            ));
+            let mut workload = deployment(ns, &name, replicas, &image, grace, empty_dir, None);
+            PodTiming::stateless(&mut timing_rng, grace).apply(&mut workload["spec"]["template"]);
+            scenario.deployments.push(workload);
             let budget = match rng.random_range(0..5) {
                 0 => Some(Budget::MaxUnavailable(1)),
                 1 => Some(Budget::MinAvailable(replicas - 1)),
@@ -334,9 +414,9 @@ impl Scenario {
                 10 + i,
                 rng.random_range(0..10)
             );
-            scenario
-                .statefulsets
-                .push(statefulset("data", &name, 3, &image, parallel));
+            let mut workload = statefulset("data", &name, 3, &image, parallel);
+            PodTiming::stateful(&mut timing_rng).apply(&mut workload["spec"]["template"]);
+            scenario.statefulsets.push(workload);
             let budget = if rng.random_bool(0.5) {
                 Budget::MaxUnavailable(1)
             } else {
@@ -376,6 +456,67 @@ impl Scenario {
             pin(&unmanaged_pods_node),
         ));
         scenario
+    }
+
+    /// Lower the workers' allocatable CPU so that they have room for the workloads' pods and
+    /// `headroom` more (0.1: 10 % more pods, counted in pods of the largest request and dealt
+    /// out over the workers): taking a few workers out (a rollout draining them) can leave pods
+    /// `Pending` as `Unschedulable`. Control-plane nodes keep theirs.
+    pub fn tighten_capacity(&mut self, headroom: f64) {
+        let workers = self.nodes.iter().filter(|n| !n.control_plane).count();
+        if workers == 0 {
+            return;
+        }
+        let cpu =
+            |template: &Value| super::objects::pod_requests(&json!({"spec": template["spec"]})).0;
+        let replicated = |objs: &[Value]| -> u128 {
+            objs.iter()
+                .map(|o| {
+                    let replicas = o
+                        .pointer("/spec/replicas")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(1);
+                    u128::from(replicas) * cpu(&o["spec"]["template"])
+                })
+                .sum()
+        };
+        let workload = replicated(&self.deployments)
+            + replicated(&self.statefulsets)
+            + self.pods.iter().map(cpu).sum::<u128>();
+        // Room is counted in pods of the largest request, since a node's spare CPU smaller
+        // than a pod is no room at all.
+        let pod = self
+            .deployments
+            .iter()
+            .chain(&self.statefulsets)
+            .map(|o| cpu(&o["spec"]["template"]))
+            .chain(self.pods.iter().map(cpu))
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let daemons: u128 = self
+            .daemonsets
+            .iter()
+            .map(|d| cpu(&d["spec"]["template"]))
+            .sum();
+        let headroom = if headroom.is_finite() {
+            headroom.max(0.0)
+        } else {
+            0.0
+        };
+        // Room for this many pods in all, dealt out over the workers (some get one more).
+        let room = (workload as f64 * (1.0 + headroom) / pod as f64).ceil() as u128;
+        let workers = workers as u128;
+        for (i, node) in self
+            .nodes
+            .iter_mut()
+            .filter(|n| !n.control_plane)
+            .enumerate()
+        {
+            let pods = room / workers + u128::from((i as u128) < room % workers);
+            // Half a pod more leaves room for small DaemonSets added later (rota's agent).
+            node.allocatable_cpu = format!("{}m", daemons + pods * pod + pod / 2);
+        }
     }
 
     fn add_pdb(&mut self, ns: &str, name: &str, budget: Budget, replicas: i32) {
@@ -469,6 +610,8 @@ fn generate_nodes(rng: &mut StdRng, control_planes: usize, workers: usize) -> Ve
             internal_ip: format!("10.0.{zone_index}.{}", 10 + index),
             pod_cidr: format!("10.{}.{}.0/24", 244 + index / 256, index % 256),
             system_uuid: uuid(rng),
+            allocatable_cpu: DEFAULT_ALLOCATABLE_CPU.to_string(),
+            allocatable_memory: DEFAULT_ALLOCATABLE_MEMORY.to_string(),
             name,
             zone,
             control_plane,
@@ -710,6 +853,63 @@ mod tests {
         let single = Scenario::generate(1, 1);
         assert!(single.nodes[0].taints.is_empty());
         assert_eq!(single.blocked_node.as_deref(), Some("cp-1"));
+    }
+
+    #[test]
+    fn workloads_draw_their_start_and_stop_times_from_the_seed() {
+        let a = Scenario::generate(24, 7);
+        assert_eq!(a, Scenario::generate(24, 7));
+        let probes = a
+            .deployments
+            .iter()
+            .chain(&a.statefulsets)
+            .filter(|w| {
+                w.pointer("/spec/template/spec/containers/0/readinessProbe")
+                    .is_some()
+            })
+            .count();
+        assert!(probes > 0);
+        for w in a.deployments.iter().chain(&a.statefulsets) {
+            let spec = &w["spec"]["template"]["spec"];
+            let pre_stop = spec
+                .pointer("/containers/0/lifecycle/preStop/sleep/seconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            let grace = spec["terminationGracePeriodSeconds"].as_i64().unwrap_or(0);
+            assert!(pre_stop < grace, "{w}");
+        }
+        let b = Scenario::generate(24, 8);
+        assert_ne!(a.deployments, b.deployments);
+    }
+
+    #[test]
+    fn tight_capacity_leaves_little_room() {
+        let mut s = Scenario::generate(24, 1);
+        s.tighten_capacity(0.15);
+        let cp = s.nodes.iter().find(|n| n.control_plane).unwrap();
+        assert_eq!(cp.allocatable_cpu, DEFAULT_ALLOCATABLE_CPU);
+        let pods: u128 = s
+            .deployments
+            .iter()
+            .chain(&s.statefulsets)
+            .map(|w| w["spec"]["replicas"].as_u64().unwrap() as u128)
+            .sum::<u128>()
+            + s.pods.len() as u128;
+        // Every pod of the scenario requests 100m; the two DaemonSets 200m per node.
+        let room: u128 = s
+            .nodes
+            .iter()
+            .filter(|n| !n.control_plane)
+            .map(|n| {
+                let millis: u128 = n.allocatable_cpu.trim_end_matches('m').parse().unwrap();
+                (millis - 200) / 100
+            })
+            .sum();
+        assert!(room >= pods, "room for {room} pods, {pods} to run");
+        assert!(
+            room <= pods + pods * 15 / 100 + 1,
+            "room for {room} pods, {pods} to run"
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! A simple scheduler: binds pending pods to Ready, schedulable (not cordoned) nodes whose
-//! labels match the pod's `nodeSelector` and whose taints it tolerates, with spread: the node
+//! labels match the pod's `nodeSelector`, whose taints it tolerates and whose allocatable CPU
+//! and memory hold the pod's requests beside those of the pods already bound there (terminating
+//! ones included, as upstream's `NodeResourcesFit`), with spread: the node
 //! with the fewest pods of the same owner, then the fewest pods. A pod that fits nowhere stays
 //! Pending with a `PodScheduled=False` condition saying why, and is tried again when a node
 //! changes in a way that matters (readiness, cordon, labels, taints) or a pod leaves one.
@@ -23,6 +25,8 @@ enum Misfit {
     Selector,
     Taint,
     TooManyPods,
+    Cpu,
+    Memory,
 }
 
 impl Misfit {
@@ -33,6 +37,8 @@ impl Misfit {
             Misfit::Selector => "node(s) didn't match Pod's node affinity/selector",
             Misfit::Taint => "node(s) had untolerated taint(s)",
             Misfit::TooManyPods => "Too many pods",
+            Misfit::Cpu => "Insufficient cpu",
+            Misfit::Memory => "Insufficient memory",
         }
     }
 }
@@ -47,6 +53,10 @@ struct Candidate<'a> {
     labels: Option<&'a Map<String, Value>>,
     pods: usize,
     by_owner: HashMap<String, usize>,
+    /// Allocatable CPU and memory (milli-units).
+    allocatable: (u128, u128),
+    /// Requested by the pods bound to it (milli-units).
+    requested: (u128, u128),
 }
 
 impl<'a> Candidate<'a> {
@@ -59,7 +69,20 @@ impl<'a> Candidate<'a> {
             labels: objects::labels(node),
             pods: 0,
             by_owner: HashMap::new(),
+            allocatable: objects::node_allocatable(node),
+            requested: (0, 0),
         }
+    }
+
+    /// Count `pod` as bound here.
+    fn add(&mut self, pod: &Value) {
+        self.pods += 1;
+        if let Some(owner) = objects::controller_uid(pod) {
+            *self.by_owner.entry(owner.to_string()).or_insert(0) += 1;
+        }
+        let (cpu, memory) = objects::pod_requests(pod);
+        self.requested.0 += cpu;
+        self.requested.1 += memory;
     }
 }
 
@@ -69,6 +92,7 @@ struct Needs<'a> {
     selector: Option<&'a Value>,
     tolerations: Vec<Value>,
     tolerates_cordon: bool,
+    requests: (u128, u128),
 }
 
 impl<'a> Needs<'a> {
@@ -81,6 +105,7 @@ impl<'a> Needs<'a> {
             selector: spec.and_then(|s| s.get("nodeSelector")),
             tolerates_cordon: objects::tolerates(&tolerations, &cordon),
             tolerations,
+            requests: objects::pod_requests(pod),
         }
     }
 }
@@ -100,6 +125,12 @@ fn misfit(needs: &Needs<'_>, candidate: &Candidate<'_>) -> Option<Misfit> {
     }
     if candidate.pods >= MAX_PODS as usize {
         return Some(Misfit::TooManyPods);
+    }
+    if candidate.requested.0 + needs.requests.0 > candidate.allocatable.0 {
+        return Some(Misfit::Cpu);
+    }
+    if candidate.requested.1 + needs.requests.1 > candidate.allocatable.1 {
+        return Some(Misfit::Memory);
     }
     None
 }
@@ -192,10 +223,7 @@ fn schedule_pending(store: &Store) -> crate::apiserver::Result<bool> {
             continue;
         }
         if let Some(&i) = index.get(meta::str_at(pod, "/spec/nodeName")) {
-            candidates[i].pods += 1;
-            if let Some(owner) = objects::controller_uid(pod) {
-                *candidates[i].by_owner.entry(owner.to_string()).or_insert(0) += 1;
-            }
+            candidates[i].add(pod);
         }
     }
     let mut left = false;
@@ -212,10 +240,7 @@ fn schedule_pending(store: &Store) -> crate::apiserver::Result<bool> {
             Ok(i) => {
                 let node = candidates[i].name.to_string();
                 if bind(store, pod, &node)? {
-                    candidates[i].pods += 1;
-                    if let Some(owner) = objects::controller_uid(pod) {
-                        *candidates[i].by_owner.entry(owner.to_string()).or_insert(0) += 1;
-                    }
+                    candidates[i].add(pod);
                 }
             }
             Err(reasons) => {
@@ -317,8 +342,42 @@ mod tests {
         json!({
             "metadata": {"name": name, "labels": labels},
             "spec": {"unschedulable": cordoned},
-            "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+            "status": {
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+                "allocatable": {"cpu": "3800m", "memory": "15862584Ki"},
+            },
         })
+    }
+
+    fn requesting(cpu: &str, memory: &str) -> Value {
+        let mut p = pod(None, None);
+        p["spec"]["containers"] =
+            json!([{"name": "c", "resources": {"requests": {"cpu": cpu, "memory": memory}}}]);
+        p
+    }
+
+    #[test]
+    fn requests_must_fit_beside_the_bound_pods() {
+        let a = node("a", true, false, json!({}));
+        let b = node("b", true, false, json!({}));
+        let mut busy = Candidate::new(&a);
+        for _ in 0..3 {
+            busy.add(&requesting("1", "1Gi"));
+        }
+        // b runs more pods (without requests), so a comes first when the pod fits there.
+        let idle = Candidate {
+            pods: 5,
+            ..Candidate::new(&b)
+        };
+        // 3 cores of 3.8 taken on a: a 1-core pod only fits on b.
+        let candidates = [busy, idle];
+        assert_eq!(choose(&requesting("1", "1Gi"), &candidates), Ok(1));
+        assert_eq!(choose(&requesting("800m", "1Gi"), &candidates), Ok(0));
+        let reasons = choose(&requesting("4", "1Gi"), &candidates).unwrap_err();
+        assert_eq!(reasons.get(&Misfit::Cpu), Some(&2));
+        assert!(unschedulable_message(2, &reasons).contains("2 Insufficient cpu"));
+        let reasons = choose(&requesting("100m", "20Gi"), &candidates).unwrap_err();
+        assert_eq!(reasons.get(&Misfit::Memory), Some(&2));
     }
 
     fn pod(owner: Option<&str>, selector: Option<Value>) -> Value {

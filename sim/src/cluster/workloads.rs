@@ -727,12 +727,31 @@ fn sync_statefulset(store: &Store, ns: &str, name: &str) -> SyncResult {
 /// tolerates the node's taints (cordons do not count: daemon pods tolerate them).
 /// `tolerations` are the daemon pod's ([`daemon_tolerations`]).
 fn should_run(template: &Value, tolerations: &[Value], node: &Value) -> bool {
+    selects(template, node) && objects::untolerated_taint(node, tolerations, &[]).is_none()
+}
+
+/// Whether a daemon pod already on `node` keeps running there: as [`should_run`], but only
+/// `NoExecute` taints count (upstream `NodeShouldRunDaemonPod`'s `shouldContinueRunning`), so
+/// an unreachable node's `NoSchedule` taint does not remove its daemon pods.
+fn should_continue(template: &Value, tolerations: &[Value], node: &Value) -> bool {
+    selects(template, node) && no_execute_tolerated(node, tolerations)
+}
+
+fn selects(template: &Value, node: &Value) -> bool {
     !meta::is_terminating(node)
         && objects::map_selects(
             template.pointer("/spec/nodeSelector"),
             objects::labels(node),
         )
-        && objects::untolerated_taint(node, tolerations, &[]).is_none()
+}
+
+fn no_execute_tolerated(node: &Value, tolerations: &[Value]) -> bool {
+    node.pointer("/spec/taints")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|t| meta::str_at(t, "/effect") == "NoExecute")
+        .all(|t| objects::tolerates(tolerations, t))
 }
 
 fn daemon_tolerations(spec: Option<&Value>) -> Vec<Value> {
@@ -771,8 +790,10 @@ fn sync_daemonset(store: &Store, ns: &str, name: &str) -> SyncResult {
         let here = by_node.remove(node_name).unwrap_or_default();
         let mut running: Vec<&&Arc<Value>> = here.iter().filter(|p| active(p)).collect();
         if !eligible {
-            for pod in running {
-                delete_pod(store, pod, None)?;
+            if !should_continue(&template, &tolerations, node) {
+                for pod in running {
+                    delete_pod(store, pod, None)?;
+                }
             }
             continue;
         }

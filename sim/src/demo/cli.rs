@@ -65,6 +65,10 @@ pub struct DemoArgs {
     /// drained).
     #[clap(long, env = "ROTA_DEMO_KEEP_BLOCKED_PDB")]
     pub keep_blocked_pdb: bool,
+    /// Leave the workers only this share of spare CPU (e.g. `0.15`), so that the nodes a
+    /// rollout drains can leave pods Pending.
+    #[clap(long, env = "ROTA_DEMO_TIGHT_CAPACITY")]
+    pub tight_capacity: Option<f64>,
     /// kured's `--period` at the simulation's scale (1 h → 60 s).
     #[clap(long, env = "ROTA_DEMO_KURED_PERIOD", default_value = "60s", value_parser = parse_duration)]
     pub kured_period: Duration,
@@ -112,6 +116,7 @@ impl DemoArgs {
         let mut options = FleetOptions::new(self.nodes, self.seed, self.max_unavailable);
         options.faults = self.fault_flags.faults();
         options.keep_blocked_pdb = self.keep_blocked_pdb;
+        options.tight_capacity = self.tight_capacity;
         options.scheduler = match policy {
             PolicyChoice::Rota => {
                 let mut spec = demo_policy(self.max_unavailable);

@@ -179,6 +179,8 @@ pub struct FleetOptions {
     pub scheduler: Scheduler,
     /// How long the cluster may take to settle before the scheduler starts.
     pub settle_timeout: Duration,
+    /// Leave the workers only this share of spare CPU (see [`Scenario::tighten_capacity`]).
+    pub tight_capacity: Option<f64>,
 }
 
 impl FleetOptions {
@@ -192,6 +194,7 @@ impl FleetOptions {
             keep_blocked_pdb: false,
             scheduler: Scheduler::rota(max_unavailable),
             settle_timeout: Duration::from_secs(60),
+            tight_capacity: None,
         }
     }
 }
@@ -400,6 +403,9 @@ impl Fleet {
         let mut scenario = Scenario::generate(options.nodes, options.seed);
         if !options.keep_blocked_pdb {
             remove_blocked_workload(&mut scenario);
+        }
+        if let Some(headroom) = options.tight_capacity {
+            scenario.tighten_capacity(headroom);
         }
         let mut cluster = Cluster::start(
             store.clone(),

@@ -421,6 +421,7 @@ fn apply_defaults(info: &ResourceInfo, obj: &mut Value) {
             set_default(map, &["spec", "schedulerName"], json!("default-scheduler"));
             set_default(map, &["spec", "serviceAccountName"], json!("default"));
             set_default(map, &["status", "phase"], json!("Pending"));
+            default_toleration_seconds(map);
         }
         ("", "namespaces") => {
             set_default(map, &["spec", "finalizers"], json!(["kubernetes"]));
@@ -430,6 +431,44 @@ fn apply_defaults(info: &ResourceInfo, obj: &mut Value) {
             set_default(map, &["spec", "replicas"], json!(1));
         }
         _ => {}
+    }
+}
+
+/// The taints the DefaultTolerationSeconds admission plugin makes every pod tolerate.
+const DEFAULT_TOLERATED_TAINTS: [&str; 2] = [
+    "node.kubernetes.io/not-ready",
+    "node.kubernetes.io/unreachable",
+];
+/// How long (upstream `--default-unreachable-toleration-seconds` and
+/// `--default-not-ready-toleration-seconds`).
+const DEFAULT_TOLERATION_SECONDS: i64 = 300;
+
+/// The DefaultTolerationSeconds admission plugin: a pod that does not tolerate the not-ready or
+/// unreachable `NoExecute` taint gets a toleration of it for 300 s.
+fn default_toleration_seconds(pod: &mut Map<String, Value>) {
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let tolerations = spec
+        .entry("tolerations")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    let Some(list) = tolerations.as_array_mut() else {
+        return;
+    };
+    for key in DEFAULT_TOLERATED_TAINTS {
+        let tolerated = list.iter().any(|t| {
+            let effect = t.get("effect").and_then(Value::as_str).unwrap_or_default();
+            let tkey = t.get("key").and_then(Value::as_str).unwrap_or_default();
+            let exists = t.get("operator").and_then(Value::as_str) == Some("Exists");
+            (effect.is_empty() || effect == "NoExecute")
+                && (tkey == key || (tkey.is_empty() && exists))
+        });
+        if !tolerated {
+            list.push(json!({
+                "key": key, "operator": "Exists", "effect": "NoExecute",
+                "tolerationSeconds": DEFAULT_TOLERATION_SECONDS,
+            }));
+        }
     }
 }
 
@@ -536,6 +575,36 @@ mod tests {
     use crate::apiserver::PatchKind;
     use crate::apiserver::resources::GroupResource;
     use crate::apiserver::store::Store;
+
+    #[test]
+    fn pods_tolerate_not_ready_and_unreachable_for_300_seconds() {
+        let store = Store::new();
+        let created = store
+            .create(&pods(), Some("default"), pod("plain", None))
+            .unwrap();
+        let tolerations = created["spec"]["tolerations"].as_array().unwrap().clone();
+        for key in DEFAULT_TOLERATED_TAINTS {
+            assert!(
+                tolerations.contains(&json!({"key": key, "operator": "Exists",
+                    "effect": "NoExecute", "tolerationSeconds": 300})),
+                "{tolerations:?}"
+            );
+        }
+        // A pod that already tolerates one (a DaemonSet pod: forever) keeps its own.
+        let mut daemon = pod("daemon", None);
+        daemon["spec"]["tolerations"] = json!([
+            {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"},
+        ]);
+        let created = store.create(&pods(), Some("default"), daemon).unwrap();
+        let tolerations = created["spec"]["tolerations"].as_array().unwrap();
+        assert_eq!(tolerations.len(), 2);
+        assert!(tolerations[0].get("tolerationSeconds").is_none());
+        assert_eq!(tolerations[1]["key"], "node.kubernetes.io/not-ready");
+        let mut everything = pod("everything", None);
+        everything["spec"]["tolerations"] = json!([{"operator": "Exists"}]);
+        let created = store.create(&pods(), Some("default"), everything).unwrap();
+        assert_eq!(created["spec"]["tolerations"].as_array().unwrap().len(), 1);
+    }
 
     #[test]
     fn missing_namespace_and_invalid_names() {
