@@ -58,7 +58,14 @@ impl Cluster {
             if let Some(node) = node {
                 spec["nodeName"] = json!(node);
             }
-            json!({"metadata": {"name": name}, "spec": spec})
+            // Agents are the pods of the agents' DaemonSet.
+            let owners = match sa {
+                "rota-agent" => {
+                    json!([{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "rota-agent", "uid": "ds-uid", "controller": true}])
+                }
+                _ => json!([]),
+            };
+            json!({"metadata": {"name": name, "ownerReferences": owners}, "spec": spec})
         };
         create("pods", Some(NS), pod("agent-n1", "rota-agent", Some("n1")));
         create("pods", Some(NS), pod("agent-n2", "rota-agent", Some("n2")));
@@ -95,6 +102,7 @@ impl Cluster {
                 audience: "rota".into(),
                 namespace: NS.into(),
                 service_account: "rota-agent".into(),
+                daemon_set: "rota-agent".into(),
             },
             cache,
         )
@@ -118,6 +126,7 @@ fn no_cache() -> CacheConfig {
         ttl: Duration::ZERO,
         failure_ttl: Duration::ZERO,
         capacity: 0,
+        refusal_budget: 0,
     }
 }
 
@@ -219,6 +228,7 @@ async fn accepted_tokens_are_cached_refusals_only_briefly() {
         ttl: Duration::from_secs(60),
         failure_ttl: Duration::ZERO,
         capacity: 16,
+        ..CacheConfig::default()
     });
     let token = cluster.token("agent-n1", "rota", HOUR);
     assert_eq!(auth.authenticate(&bearer(&token)).await.unwrap(), "n1");
