@@ -238,10 +238,14 @@ impl ReplicaBuilder {
             config.token_cache(),
         )
         .with_review_limit(config.token_reviews());
+        // Revokes cached agent identities when their pods go; ends only with the replica.
         let pod_watch = authenticator.watch_pods();
+        let stopped = stop.clone();
         tasks.spawn(async move {
-            let ended = pod_watch.await;
-            ("agent pod watch", Err(BoxError::from(ended)))
+            tokio::select! {
+                ended = pod_watch => ("agent pod watch", Err(BoxError::from(ended))),
+                () = stopped.cancelled() => ("agent pod watch", Ok(())),
+            }
         });
         serve_grpc(
             &mut tasks,
