@@ -317,9 +317,19 @@ async fn report(channel: Channel, node: &str, token: &str) -> Result<(), tonic::
 /// Sends `body` as the raw body of a `ReportFacts` call (no codec on the client side), with
 /// `token` if given; the call's status code, read from the response headers or trailers.
 async fn raw_call(channel: &mut Channel, token: Option<&str>, body: tonic::body::Body) -> Code {
+    raw_call_to(channel, "/rota.v1.Agent/ReportFacts", token, body).await
+}
+
+/// [`raw_call`] to another path.
+async fn raw_call_to(
+    channel: &mut Channel,
+    path: &str,
+    token: Option<&str>,
+    body: tonic::body::Body,
+) -> Code {
     let mut request = http::Request::builder()
         .method("POST")
-        .uri("/rota.v1.Agent/ReportFacts")
+        .uri(path)
         .header("content-type", "application/grpc")
         .header("te", "trailers");
     if let Some(token) = token {
@@ -396,6 +406,10 @@ async fn an_unauthenticated_body_is_never_read() {
     }
     // The garbage token was reviewed once; the malformed ones never.
     assert_eq!(harness.reviews(), 1);
+    // A made-up method is UNIMPLEMENTED before any check, as the generated service answers
+    // it (the call metrics count all of them under one label).
+    let made_up = raw_call_to(&mut channel, "/rota.v1.Agent/MadeUp", None, full(vec![])).await;
+    assert_eq!(made_up, Code::Unimplemented);
     // A real agent's call on the same connection still goes through.
     report(channel, "n1", &harness.token("n1")).await.unwrap();
 }

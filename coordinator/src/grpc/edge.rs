@@ -96,12 +96,13 @@ pub fn server(limits: &EdgeLimits) -> tonic::transport::Server {
 
 /// The most bytes (length prefix included) the request body of the method at `path` may have:
 /// the methods whose messages carry package lists get [`MAX_MESSAGE_BYTES`], the others
-/// [`SMALL_REQUEST_BYTES`].
-pub fn request_limit(path: &str) -> usize {
-    let method = path.strip_prefix("/rota.v1.Agent/").unwrap_or_default();
+/// [`SMALL_REQUEST_BYTES`]; `None` for a path that is no method of `rota.v1.Agent`.
+pub fn request_limit(path: &str) -> Option<usize> {
+    let method = path.strip_prefix("/rota.v1.Agent/")?;
     match method {
-        "ReportFacts" | "RequestSlot" | "Complete" => MAX_MESSAGE_BYTES + 5,
-        _ => SMALL_REQUEST_BYTES,
+        "ReportFacts" | "RequestSlot" | "Complete" => Some(MAX_MESSAGE_BYTES + 5),
+        "WatchSlot" | "Renew" | "ReportProgress" | "Release" => Some(SMALL_REQUEST_BYTES),
+        _ => None,
     }
 }
 
@@ -225,6 +226,11 @@ where
         let mut inner = self.inner.clone();
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
+            // Answered before anything else, as the generated service would: the metrics then
+            // count every unknown path under one label, not one per path a client makes up.
+            let Some(limit) = request_limit(parts.uri.path()) else {
+                return Ok(Status::unimplemented("no such method").into_http());
+            };
             let metadata = MetadataMap::from_headers(std::mem::take(&mut parts.headers));
             let caller = auth.authenticate(&metadata).await;
             parts.headers = metadata.into_headers();
@@ -243,7 +249,6 @@ where
                 )
                 .into_http());
             };
-            let limit = request_limit(parts.uri.path());
             parts.extensions.insert(Caller(caller));
             let body = LimitedBody::new(body, limit);
             let response = inner.call(http::Request::from_parts(parts, body)).await;
@@ -427,20 +432,18 @@ mod tests {
         for big in ["ReportFacts", "RequestSlot", "Complete"] {
             assert_eq!(
                 request_limit(&format!("/rota.v1.Agent/{big}")),
-                MAX_MESSAGE_BYTES + 5
+                Some(MAX_MESSAGE_BYTES + 5)
             );
         }
-        for small in ["WatchSlot", "Renew", "ReportProgress", "Release", "Nope"] {
+        for small in ["WatchSlot", "Renew", "ReportProgress", "Release"] {
             assert_eq!(
                 request_limit(&format!("/rota.v1.Agent/{small}")),
-                SMALL_REQUEST_BYTES
+                Some(SMALL_REQUEST_BYTES)
             );
         }
-        assert_eq!(
-            request_limit("/other.Service/ReportFacts"),
-            SMALL_REQUEST_BYTES
-        );
-        assert_eq!(request_limit("/"), SMALL_REQUEST_BYTES);
+        for unknown in ["/rota.v1.Agent/Nope", "/other.Service/ReportFacts", "/"] {
+            assert_eq!(request_limit(unknown), None, "{unknown}");
+        }
     }
 
     #[test]
