@@ -117,13 +117,8 @@ impl TokenReviewAuthenticator {
             .map_err(AuthError::Unauthenticated)?;
         let pod = match self.pods.get(&claim.pod) {
             Lookup::Found(pod) => pod,
-            Lookup::Gone => {
-                return Err(AuthError::Unauthenticated(format!(
-                    "the token's pod {} is gone",
-                    claim.pod
-                )));
-            }
-            Lookup::Unknown => self.get_pod(&claim.pod).await?,
+            // The review just found the pod: the watch may lag behind a new one, ask.
+            Lookup::Gone | Lookup::Unknown => self.get_pod(&claim.pod).await?,
         };
         let node =
             review::check_pod(&claim, &pod, &self.identity).map_err(AuthError::Unauthenticated)?;
