@@ -3,7 +3,8 @@
 //! coordinator serves it (`edge::server`, `edge::limit_connections`). A caller without a valid
 //! token never has its body read; a flood of garbage tokens makes at most the rate limit's
 //! TokenReviews; the concurrency and connection caps hold; an agent that was known before the
-//! flood keeps working through it.
+//! flood keeps working through it. Only a pod of the agents' DaemonSet speaks for its node, and
+//! only while that pod exists.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -29,7 +30,9 @@ use rota_core::model::{FencingToken, NodeFacts, NodePolicy, Operation};
 use rota_core::slots::{self, Completion, MemoryStore, Release, SlotView};
 use rota_proto::v1 as pb;
 use rota_proto::v1::agent_client::AgentClient;
-use rota_sim::apiserver::{ApiServer, GroupResource, ServerHandle, Store};
+use rota_sim::apiserver::{
+    ApiServer, DeleteOptions, GroupResource, ResourceKey, ServerHandle, Store,
+};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{RwLock, oneshot};
@@ -615,4 +618,63 @@ fn spawn_report(
 ) -> tokio::task::JoinHandle<Result<(), tonic::Status>> {
     let token = token.to_owned();
     tokio::spawn(async move { report(channel, node, &token).await })
+}
+
+/// Through the edge: a pod running as the agents' service account on n1 but not controlled by
+/// the agents' DaemonSet is refused (#14 finding 3); the agent of n2, known and cached, is
+/// refused as soon as its pod's deletion is seen (finding 4).
+#[tokio::test]
+async fn an_impostor_pod_and_a_deleted_agent_are_refused_at_the_edge() {
+    let harness = Harness::start(EdgeLimits::default(), RateLimit::default()).await;
+    harness
+        .store
+        .create(
+            &GroupResource::core("pods"),
+            Some(NS),
+            json!({"metadata": {"name": "debug-n1"},
+                   "spec": {"nodeName": "n1", "serviceAccountName": "rota-agent",
+                            "containers": [{"name": "shell", "image": "busybox"}]}}),
+        )
+        .unwrap();
+    let impostor = harness
+        .store
+        .issue_service_account_token(NS, "debug-n1", "rota", Duration::from_secs(3600))
+        .unwrap();
+    let channel = harness.channel().await;
+    let refused = report(channel.clone(), "n1", &impostor).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(
+        refused.message().contains("not run by the DaemonSet"),
+        "{refused:?}"
+    );
+
+    let agent = harness.token("n2");
+    report(channel.clone(), "n2", &agent).await.unwrap();
+    harness
+        .store
+        .delete(
+            &ResourceKey::new(GroupResource::core("pods"), Some(NS), "agent-n2"),
+            &DeleteOptions {
+                grace_period_seconds: Some(0),
+                ..DeleteOptions::default()
+            },
+        )
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match report(channel.clone(), "n2", &agent).await {
+            Ok(()) => {}
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the deleted agent is still accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The other agent is unaffected.
+    report(channel, "n1", &harness.token("n1")).await.unwrap();
 }
