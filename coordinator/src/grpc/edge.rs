@@ -287,7 +287,7 @@ impl Refusals {
             tracing::warn!(
                 refused = ?summary.counts,
                 over_seconds = summary.over.as_secs(),
-                "agent calls refused (bad or unknown credentials, or over the limits)"
+                "agent calls refused (bad or unknown credentials, over the limits, or the TokenReview API failing)"
             );
         }
     }
