@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser};
 
-use crate::auth::{AgentIdentity, CacheConfig};
+use crate::auth::{AgentIdentity, CacheConfig, RateLimit};
 use crate::controller::Settings;
+use crate::grpc::EdgeLimits;
 use crate::kube_client::ConfigSource;
 use crate::leader::ElectionConfig;
 use crate::notify::NotifyArgs;
@@ -90,6 +91,14 @@ pub struct ListenArgs {
     /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz`.
     #[clap(long, env = "ROTA_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
+    /// Most open gRPC connections (one per agent, plus rotactl); more are closed at once.
+    /// Raise it above the number of nodes on very large clusters (and the memory limit with it).
+    #[clap(long, env = "ROTA_GRPC_MAX_CONNECTIONS", default_value_t = EdgeLimits::default().max_connections)]
+    pub grpc_max_connections: usize,
+    /// Most authenticated gRPC calls handled at once, all connections together; more get
+    /// RESOURCE_EXHAUSTED.
+    #[clap(long, env = "ROTA_GRPC_MAX_CONCURRENT_CALLS", default_value_t = EdgeLimits::default().max_concurrent_calls)]
+    pub grpc_max_concurrent_calls: usize,
 }
 
 /// This replica's identity.
@@ -140,6 +149,16 @@ pub struct AgentAuthArgs {
     /// Service account of the agents; tokens of any other are refused.
     #[clap(long, env = "ROTA_AGENT_SERVICE_ACCOUNT", default_value = "rota-agent")]
     pub agent_service_account: String,
+    /// The agents' DaemonSet: a token is only accepted from a pod this DaemonSet controls.
+    #[clap(long, env = "ROTA_AGENT_DAEMONSET", default_value = "rota-agent")]
+    pub agent_daemonset: String,
+    /// Unknown tokens sent to the TokenReview API per second, at most; beyond it (after the
+    /// burst) callers with new tokens get UNAVAILABLE and retry.
+    #[clap(long, env = "ROTA_TOKEN_REVIEW_RATE", default_value_t = RateLimit::default().rate, value_parser = parse_rate)]
+    pub token_review_rate: f64,
+    /// Unknown tokens reviewed at once after a quiet period.
+    #[clap(long, env = "ROTA_TOKEN_REVIEW_BURST", default_value_t = RateLimit::default().burst)]
+    pub token_review_burst: u32,
     /// Audience of the agents' projected tokens.
     #[clap(long, env = "ROTA_TOKEN_AUDIENCE", default_value = "rota")]
     pub token_audience: String,
@@ -222,6 +241,24 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| self.identity.namespace.clone()),
             service_account: self.agents.agent_service_account.clone(),
+            daemon_set: self.agents.agent_daemonset.clone(),
+        }
+    }
+
+    /// How many unknown tokens are reviewed.
+    pub fn token_reviews(&self) -> RateLimit {
+        RateLimit {
+            rate: self.agents.token_review_rate,
+            burst: self.agents.token_review_burst,
+        }
+    }
+
+    /// The limits of the agents' gRPC edge.
+    pub fn edge_limits(&self) -> EdgeLimits {
+        EdgeLimits {
+            max_connections: self.listen.grpc_max_connections,
+            max_concurrent_calls: self.listen.grpc_max_concurrent_calls,
+            ..EdgeLimits::default()
         }
     }
 
@@ -270,6 +307,15 @@ fn parse_token_cache_ttl(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(ttl)
+}
+
+/// A rate that is a finite number, not negative.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s.parse().map_err(|e| format!("not a number ({e})"))?;
+    if !rate.is_finite() || rate < 0.0 {
+        return Err("the rate must be a finite number, not negative".to_owned());
+    }
+    Ok(rate)
 }
 
 /// A duration that must not be zero (a zero poll interval would spin).
@@ -321,6 +367,9 @@ mod tests {
             "system:serviceaccount:rota-system:rota-agent"
         );
         assert_eq!(agents.audience, "rota");
+        assert_eq!(agents.daemon_set, "rota-agent");
+        assert_eq!(config.token_reviews(), RateLimit::default());
+        assert_eq!(config.edge_limits(), EdgeLimits::default());
         assert!(config.election.leader_elect);
         assert_eq!(config.identity.node_name, None);
         assert_eq!(
@@ -361,8 +410,14 @@ mod tests {
             "--prometheus-interval=1m",
             "--prometheus-timeout=5s",
             "--pass-interval=100ms",
+            "--agent-daemonset=agents-ds",
+            "--token-review-rate=2.5",
+            "--grpc-max-connections=10",
         ])
         .unwrap();
+        assert_eq!(config.agent_identity().daemon_set, "agents-ds");
+        assert_eq!(config.token_reviews().rate, 2.5);
+        assert_eq!(config.edge_limits().max_connections, 10);
         let alerts = config.controller().alerts;
         assert_eq!(alerts.interval, Duration::from_secs(60));
         assert_eq!(alerts.timeout, Duration::from_secs(5));

@@ -19,6 +19,7 @@
 //! | `rota_leader` | gauge | | 1 while this replica leads |
 //! | `rota_grpc_requests_total` | counter | method, code | agents' gRPC calls by method and final status code |
 //! | `rota_grpc_request_duration_seconds` | histogram | method | duration of a call until its final status (for the `WatchSlot` stream: its lifetime) |
+//! | `rota_grpc_auth_refusals_total` | counter | reason | calls and connections the gRPC edge refused before any handler ran: `unauthenticated` (bad, unknown or foreign credential), `throttled` (too many new tokens to review), `unavailable` (the TokenReview API failed), `busy` (over the concurrent-call limit), `connections` (over the connection cap) |
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -63,6 +64,12 @@ struct OutcomeLabels {
 struct GrpcLabels {
     method: String,
     code: String,
+}
+
+/// Labels of the edge's refusals.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
 }
 
 /// Labels of gRPC durations.
@@ -112,6 +119,7 @@ struct Families {
     leader: Gauge,
     grpc_requests: Family<GrpcLabels, Counter>,
     grpc_duration: HistogramFamily<MethodLabels>,
+    grpc_refusals: Family<ReasonLabels, Counter>,
 }
 
 /// The coordinator's metrics; clones share them. Every setter is cheap and never fails.
@@ -218,6 +226,12 @@ impl Metrics {
             Unit::Seconds,
             grpc_duration.clone(),
         );
+        let grpc_refusals = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "grpc_auth_refusals",
+            "Calls and connections the agents' gRPC edge refused before any handler ran, by reason",
+            grpc_refusals.clone(),
+        );
         Metrics {
             inner: Arc::new(Families {
                 registry,
@@ -235,6 +249,7 @@ impl Metrics {
                 leader,
                 grpc_requests,
                 grpc_duration,
+                grpc_refusals,
             }),
         }
     }
@@ -350,6 +365,14 @@ impl Metrics {
         for family in [&f.evictions, &f.evictions_blocked, &f.leases_expired] {
             family.remove(&labels);
         }
+    }
+
+    /// The gRPC edge refused a call or connection for `reason` (a fixed label).
+    pub fn grpc_refused(&self, reason: &'static str) {
+        self.inner
+            .grpc_refusals
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// One gRPC call of `method` ended with `code` after `elapsed`.

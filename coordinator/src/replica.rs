@@ -39,7 +39,7 @@ use crate::config::Config;
 use crate::controller::Coordinator;
 use crate::core_gate::CoreGate;
 use crate::events::EventSink;
-use crate::grpc::{AgentGrpc, Authenticator};
+use crate::grpc::{AgentGrpc, Authenticator, EdgeLimits, edge};
 use crate::handover::{self, Handover};
 use crate::http::{self, Readiness};
 use crate::kube_client::{self, Clients};
@@ -47,12 +47,6 @@ use crate::leader::{LeaderElector, Leadership};
 use crate::metrics::{MeteredGrpc, Metrics};
 use crate::notify::{self, Notifier};
 use crate::tls::{self, ServerTls};
-
-/// How often the gRPC server pings an idle agent connection.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-/// How long a ping may go unanswered before the connection is dropped: a vanished agent (its
-/// node rebooted) frees its `WatchSlot` stream within a minute, not when TCP gives up.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The error a task ended with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -242,7 +236,17 @@ impl ReplicaBuilder {
             clients.default.clone(),
             config.agent_identity(),
             config.token_cache(),
-        );
+        )
+        .with_review_limit(config.token_reviews());
+        // Revokes cached agent identities when their pods go; ends only with the replica.
+        let pod_watch = authenticator.watch_pods();
+        let stopped = stop.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                ended = pod_watch => ("agent pod watch", Err(BoxError::from(ended))),
+                () = stopped.cancelled() => ("agent pod watch", Ok(())),
+            }
+        });
         serve_grpc(
             &mut tasks,
             server_tls,
@@ -250,6 +254,7 @@ impl ReplicaBuilder {
             AgentServer {
                 gate: agents.clone(),
                 authenticator,
+                limits: config.edge_limits(),
                 metrics: metrics.clone(),
                 stop: stop.clone(),
             },
@@ -439,6 +444,7 @@ fn elect(
 struct AgentServer<A> {
     gate: CoreGate,
     authenticator: A,
+    limits: EdgeLimits,
     metrics: Metrics,
     stop: CancellationToken,
 }
@@ -480,14 +486,16 @@ where
     let AgentServer {
         gate,
         authenticator,
+        limits,
         metrics,
         stop,
     } = server;
-    let agent = AgentGrpc::new(Arc::new(gate), authenticator);
+    let agent = AgentGrpc::new(Arc::new(gate), authenticator)
+        .with_limits(limits)
+        .with_metrics(metrics.clone());
     let streams = agent.shutdown_handle();
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+    let incoming = edge::limit_connections(incoming, limits.max_connections, Some(metrics.clone()));
+    edge::server(&limits)
         .add_service(MeteredGrpc::new(agent.into_service(), metrics))
         .serve_with_incoming_shutdown(incoming, async move {
             stop.cancelled().await;

@@ -58,7 +58,14 @@ impl Cluster {
             if let Some(node) = node {
                 spec["nodeName"] = json!(node);
             }
-            json!({"metadata": {"name": name}, "spec": spec})
+            // Agents are the pods of the agents' DaemonSet.
+            let owners = match sa {
+                "rota-agent" => {
+                    json!([{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "rota-agent", "uid": "ds-uid", "controller": true}])
+                }
+                _ => json!([]),
+            };
+            json!({"metadata": {"name": name, "ownerReferences": owners}, "spec": spec})
         };
         create("pods", Some(NS), pod("agent-n1", "rota-agent", Some("n1")));
         create("pods", Some(NS), pod("agent-n2", "rota-agent", Some("n2")));
@@ -95,6 +102,7 @@ impl Cluster {
                 audience: "rota".into(),
                 namespace: NS.into(),
                 service_account: "rota-agent".into(),
+                daemon_set: "rota-agent".into(),
             },
             cache,
         )
@@ -118,6 +126,7 @@ fn no_cache() -> CacheConfig {
         ttl: Duration::ZERO,
         failure_ttl: Duration::ZERO,
         capacity: 0,
+        refusal_budget: 0,
     }
 }
 
@@ -219,6 +228,7 @@ async fn accepted_tokens_are_cached_refusals_only_briefly() {
         ttl: Duration::from_secs(60),
         failure_ttl: Duration::ZERO,
         capacity: 16,
+        ..CacheConfig::default()
     });
     let token = cluster.token("agent-n1", "rota", HOUR);
     assert_eq!(auth.authenticate(&bearer(&token)).await.unwrap(), "n1");
@@ -328,4 +338,109 @@ async fn the_edge_refuses_a_token_of_a_pod_on_another_node() {
     assert_eq!(foreign.code(), Code::Unauthenticated, "{foreign:?}");
     let _ = stop.send(());
     server.await.unwrap().unwrap();
+}
+
+/// Finding 3 of #14: a pod running as the agents' service account on a node, but not a pod of
+/// the agents' DaemonSet (a debug pod, a copy of the agent someone started), is refused.
+#[tokio::test]
+async fn a_pod_not_run_by_the_agents_daemonset_is_refused() {
+    let cluster = Cluster::start().await;
+    let auth = cluster.authenticator(no_cache());
+    let pod = |name: &str, owners: serde_json::Value| {
+        json!({"metadata": {"name": name, "ownerReferences": owners},
+               "spec": {"nodeName": "n1", "serviceAccountName": "rota-agent",
+                        "containers": [{"name": "agent", "image": "rota-agent"}]}})
+    };
+    let owner = |kind: &str, name: &str, controller: bool| json!([{"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "x", "controller": controller}]);
+    let impostors = [
+        ("bare", json!([])),
+        ("other-ds", owner("DaemonSet", "node-exporter", true)),
+        ("replicaset", owner("ReplicaSet", "rota-agent", true)),
+        ("not-controller", owner("DaemonSet", "rota-agent", false)),
+    ];
+    for (name, owners) in impostors {
+        cluster
+            .store
+            .create(&GroupResource::core("pods"), Some(NS), pod(name, owners))
+            .unwrap();
+        let token = cluster.token(name, "rota", HOUR);
+        refused(
+            auth.authenticate(&bearer(&token)).await,
+            "not run by the DaemonSet rota-agent",
+        );
+    }
+    // The DaemonSet's own pod on that node is accepted.
+    let token = cluster.token("agent-n1", "rota", HOUR);
+    assert_eq!(auth.authenticate(&bearer(&token)).await.unwrap(), "n1");
+}
+
+/// Finding 4 of #14: with the pod watch running, a cached identity is refused as soon as the
+/// watch sees its pod deleted (before: accepted until the cache entry expired, a minute).
+#[tokio::test]
+async fn a_deleted_pods_token_is_refused_once_the_deletion_is_seen() {
+    let cluster = Cluster::start().await;
+    let auth = Arc::new(cluster.authenticator(CacheConfig {
+        ttl: Duration::from_secs(300),
+        ..CacheConfig::default()
+    }));
+    let watch = tokio::spawn(auth.watch_pods());
+    let token = cluster.token("agent-n1", "rota", HOUR);
+    assert_eq!(auth.authenticate(&bearer(&token)).await.unwrap(), "n1");
+    // The cache answers now (a review would fail once the pod is gone; the cache would not).
+    cluster.delete_pod("agent-n1");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match auth.authenticate(&bearer(&token)).await {
+            Err(AuthError::Unauthenticated(why)) => {
+                assert!(why.contains("is gone"), "{why}");
+                break;
+            }
+            Ok(node) => assert_eq!(node, "n1"),
+            Err(other) => panic!("{other:?}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the deleted pod's token is still accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // And it stays refused; the other agent is unaffected.
+    refused(auth.authenticate(&bearer(&token)).await, "");
+    let other = cluster.token("agent-n2", "rota", HOUR);
+    assert_eq!(auth.authenticate(&bearer(&other)).await.unwrap(), "n2");
+    watch.abort();
+}
+
+/// A pod deleted and re-created under the same name (a DaemonSet rollout does this) does not
+/// inherit the old pod's cached identity: its UID differs.
+#[tokio::test]
+async fn a_replaced_pods_old_token_is_refused() {
+    let cluster = Cluster::start().await;
+    let auth = Arc::new(cluster.authenticator(CacheConfig::default()));
+    let watch = tokio::spawn(auth.watch_pods());
+    let old = cluster.token("agent-n2", "rota", HOUR);
+    assert_eq!(auth.authenticate(&bearer(&old)).await.unwrap(), "n2");
+    cluster.delete_pod("agent-n2");
+    cluster
+        .store
+        .create(
+            &GroupResource::core("pods"),
+            Some(NS),
+            json!({"metadata": {"name": "agent-n2", "ownerReferences": [
+                     {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "rota-agent", "uid": "ds-uid", "controller": true}]},
+                   "spec": {"nodeName": "n2", "serviceAccountName": "rota-agent",
+                            "containers": [{"name": "agent", "image": "rota-agent"}]}}),
+        )
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while auth.authenticate(&bearer(&old)).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replaced pod's token is still accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let new = cluster.token("agent-n2", "rota", HOUR);
+    assert_eq!(auth.authenticate(&bearer(&new)).await.unwrap(), "n2");
+    watch.abort();
 }

@@ -740,6 +740,7 @@ fn exported_series() -> BTreeSet<String> {
         tonic::Code::Ok,
         std::time::Duration::from_millis(3),
     );
+    metrics.grpc_refused("unauthenticated");
     let text = metrics.encode().unwrap();
     let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
     let documented = read("coordinator/src/metrics.rs")

@@ -25,7 +25,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::client::ClientBuilder;
 use rota_coordinator::auth::TokenReviewAuthenticator;
@@ -749,11 +749,19 @@ async fn every_request_of_a_real_run_is_in_the_table_and_every_row_is_used() -> 
     })
     .await?;
 
-    // An agent proves its node.
+    // An agent (a pod of the agents' DaemonSet) proves its node.
     cluster.store.create_as(&Pod {
         metadata: ObjectMeta {
             name: Some("rota-agent-a".into()),
             namespace: Some(SYSTEM_NS.into()),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "DaemonSet".into(),
+                name: "rota-agent".into(),
+                uid: "ds-uid".into(),
+                controller: Some(true),
+                ..OwnerReference::default()
+            }]),
             ..ObjectMeta::default()
         },
         spec: Some(serde_json::from_value(json!({

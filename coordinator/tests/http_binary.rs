@@ -47,7 +47,7 @@ async fn two_replicas_elect_serve_and_hand_over_on_sigterm() {
         .create(
             &GroupResource::core("pods"),
             Some(NS),
-            json!({"metadata": {"name": "agent-n1"}, "spec": {"nodeName": "n1", "serviceAccountName": "rota-agent", "containers": [{"name": "agent", "image": "rota-agent"}]}}),
+            json!({"metadata": {"name": "agent-n1", "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "rota-agent", "uid": "ds-uid", "controller": true}]}, "spec": {"nodeName": "n1", "serviceAccountName": "rota-agent", "containers": [{"name": "agent", "image": "rota-agent"}]}}),
         )
         .unwrap();
     let token = store

@@ -2,7 +2,9 @@
 //!
 //! Entries are keyed by the SHA-256 digest of the token, never by its text: a flood of large
 //! garbage tokens costs 32 bytes of key each, however long they are, and the cache holds no
-//! credential. A refusal's reason is cut to [`MAX_REASON_BYTES`].
+//! credential. A refusal's reason is cut to [`MAX_REASON_BYTES`], and refusals together hold at
+//! most [`CacheConfig::refusal_budget`] bytes: a flood of unknown tokens can push out other
+//! refusals, never accepted tokens, and never grows the cache past that budget.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,6 +25,8 @@ pub struct CacheConfig {
     pub failure_ttl: Duration,
     /// Most tokens kept; the entries closest to expiry go first when full.
     pub capacity: usize,
+    /// Most bytes the refusals may hold together; the refusal closest to expiry goes first.
+    pub refusal_budget: usize,
 }
 
 impl Default for CacheConfig {
@@ -31,12 +35,25 @@ impl Default for CacheConfig {
             ttl: Duration::from_secs(60),
             failure_ttl: Duration::from_secs(5),
             capacity: 16_384,
+            refusal_budget: 1024 * 1024,
         }
     }
 }
 
-/// A cached outcome: the caller's node, or why the token was refused.
-pub type Outcome = Result<NodeName, String>;
+/// Who an accepted token speaks for: the node, and the agent pod the token is bound to (a
+/// cached identity is only good while that very pod exists).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// The caller's node.
+    pub node: NodeName,
+    /// The agent pod's name (in the agents' namespace).
+    pub pod: String,
+    /// That pod's UID.
+    pub pod_uid: String,
+}
+
+/// A cached outcome: who the caller is, or why the token was refused.
+pub type Outcome = Result<Accepted, String>;
 
 /// Longest reason kept for a refused token.
 pub const MAX_REASON_BYTES: usize = 256;
@@ -57,11 +74,23 @@ struct Entry {
     expires: Instant,
 }
 
+impl Entry {
+    fn footprint(&self) -> usize {
+        let text = match &self.outcome {
+            Ok(who) => who.node.len() + who.pod.len() + who.pod_uid.len(),
+            Err(why) => why.len(),
+        };
+        std::mem::size_of::<Key>() + std::mem::size_of::<Entry>() + text
+    }
+}
+
 /// Outcomes by token.
 #[derive(Debug)]
 pub struct Cache {
     config: CacheConfig,
     entries: HashMap<Key, Entry>,
+    /// Bytes held by refusals.
+    refused_bytes: usize,
 }
 
 impl Cache {
@@ -70,6 +99,7 @@ impl Cache {
         Cache {
             config,
             entries: HashMap::new(),
+            refused_bytes: 0,
         }
     }
 
@@ -78,7 +108,9 @@ impl Cache {
         let key = key(token);
         let entry = self.entries.get(&key)?;
         if now >= entry.expires {
-            self.entries.remove(&key);
+            if let Some(entry) = self.entries.remove(&key) {
+                self.release(&entry);
+            }
             return None;
         }
         Some(entry.outcome.clone())
@@ -88,7 +120,7 @@ impl Cache {
     pub fn accept(
         &mut self,
         token: &str,
-        node: NodeName,
+        accepted: Accepted,
         now: Instant,
         token_expiry: Option<Instant>,
     ) {
@@ -96,7 +128,7 @@ impl Cache {
         if let Some(expiry) = token_expiry {
             expires = expires.min(expiry);
         }
-        self.insert(token, Ok(node), expires, now);
+        self.insert(token, Ok(accepted), expires, now);
     }
 
     /// Remembers a refused token for the short failure TTL.
@@ -108,18 +140,21 @@ impl Cache {
         self.insert(token, Err(why), now + self.config.failure_ttl, now);
     }
 
+    /// Forgets `token` (its pod is gone).
+    pub fn forget(&mut self, token: &str) {
+        if let Some(entry) = self.entries.remove(&key(token)) {
+            self.release(&entry);
+        }
+    }
+
     /// Bytes the entries hold (keys, outcomes, expiry), for the bound on memory.
     pub fn footprint(&self) -> usize {
-        self.entries
-            .values()
-            .map(|e| {
-                let text = match &e.outcome {
-                    Ok(node) => node.len(),
-                    Err(why) => why.len(),
-                };
-                std::mem::size_of::<Key>() + std::mem::size_of::<Entry>() + text
-            })
-            .sum()
+        self.entries.values().map(Entry::footprint).sum()
+    }
+
+    /// Bytes the refusals hold (at most [`CacheConfig::refusal_budget`]).
+    pub fn refusal_footprint(&self) -> usize {
+        self.refused_bytes
     }
 
     /// How many entries are held.
@@ -137,20 +172,69 @@ impl Cache {
             return;
         }
         let key = key(token);
-        if !self.entries.contains_key(&key) && self.entries.len() >= self.config.capacity {
-            self.entries.retain(|_, e| e.expires > now);
-            if self.entries.len() >= self.config.capacity {
-                let soonest = self
-                    .entries
-                    .iter()
-                    .min_by_key(|(_, e)| e.expires)
-                    .map(|(k, _)| *k);
-                if let Some(soonest) = soonest {
-                    self.entries.remove(&soonest);
-                }
+        if let Some(old) = self.entries.remove(&key) {
+            self.release(&old);
+        }
+        let entry = Entry { outcome, expires };
+        let size = entry.footprint();
+        let refusal = entry.outcome.is_err();
+        if refusal && size > self.config.refusal_budget {
+            return;
+        }
+        if self.entries.len() >= self.config.capacity
+            || (refusal && self.refused_bytes + size > self.config.refusal_budget)
+        {
+            self.purge(now);
+        }
+        if self.entries.len() >= self.config.capacity {
+            self.evict_soonest(|_| true);
+        }
+        while refusal && self.refused_bytes + size > self.config.refusal_budget {
+            if !self.evict_soonest(|e| e.outcome.is_err()) {
+                break;
             }
         }
-        self.entries.insert(key, Entry { outcome, expires });
+        if refusal {
+            self.refused_bytes += size;
+        }
+        self.entries.insert(key, entry);
+    }
+
+    /// Drops the expired entries.
+    fn purge(&mut self, now: Instant) {
+        let mut freed = 0;
+        self.entries.retain(|_, e| {
+            let keep = e.expires > now;
+            if !keep && e.outcome.is_err() {
+                freed += e.footprint();
+            }
+            keep
+        });
+        self.refused_bytes = self.refused_bytes.saturating_sub(freed);
+    }
+
+    /// Drops the entry closest to expiry among those `which` selects; false if there is none.
+    fn evict_soonest(&mut self, which: impl Fn(&Entry) -> bool) -> bool {
+        let soonest = self
+            .entries
+            .iter()
+            .filter(|(_, e)| which(e))
+            .min_by_key(|(_, e)| e.expires)
+            .map(|(k, _)| *k);
+        match soonest.and_then(|k| self.entries.remove(&k)) {
+            Some(entry) => {
+                self.release(&entry);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Accounts for an entry that left.
+    fn release(&mut self, entry: &Entry) {
+        if entry.outcome.is_err() {
+            self.refused_bytes = self.refused_bytes.saturating_sub(entry.footprint());
+        }
     }
 }
 
@@ -163,6 +247,15 @@ mod tests {
             ttl: Duration::from_secs(60),
             failure_ttl: Duration::from_secs(5),
             capacity,
+            refusal_budget: 1024 * 1024,
+        }
+    }
+
+    fn who(node: &str) -> Accepted {
+        Accepted {
+            node: node.into(),
+            pod: format!("agent-{node}"),
+            pod_uid: format!("uid-{node}"),
         }
     }
 
@@ -170,10 +263,10 @@ mod tests {
     fn accepted_tokens_expire_after_the_ttl() {
         let now = Instant::now();
         let mut cache = Cache::new(config(10));
-        cache.accept("t", "n1".into(), now, None);
+        cache.accept("t", who("n1"), now, None);
         assert_eq!(
             cache.get("t", now + Duration::from_secs(59)),
-            Some(Ok("n1".into()))
+            Some(Ok(who("n1")))
         );
         assert_eq!(cache.get("t", now + Duration::from_secs(60)), None);
         assert!(cache.is_empty());
@@ -183,11 +276,11 @@ mod tests {
     fn a_token_never_outlives_its_own_expiry() {
         let now = Instant::now();
         let mut cache = Cache::new(config(10));
-        cache.accept("t", "n1".into(), now, Some(now + Duration::from_secs(3)));
+        cache.accept("t", who("n1"), now, Some(now + Duration::from_secs(3)));
         assert!(cache.get("t", now + Duration::from_secs(2)).is_some());
         assert_eq!(cache.get("t", now + Duration::from_secs(3)), None);
         // Already expired: not cached at all.
-        cache.accept("old", "n1".into(), now, Some(now));
+        cache.accept("old", who("n1"), now, Some(now));
         assert_eq!(cache.get("old", now), None);
     }
 
@@ -230,17 +323,42 @@ mod tests {
     fn size_is_bounded_and_the_soonest_to_expire_goes_first() {
         let now = Instant::now();
         let mut cache = Cache::new(config(3));
-        cache.accept("a", "n1".into(), now, None);
+        cache.accept("a", who("n1"), now, None);
         cache.refuse("b", "no".into(), now);
-        cache.accept("c", "n3".into(), now, None);
-        cache.accept("d", "n4".into(), now, None);
+        cache.accept("c", who("n3"), now, None);
+        cache.accept("d", who("n4"), now, None);
         assert_eq!(cache.len(), 3);
         assert_eq!(cache.get("b", now), None, "the refusal expires first");
         for key in ["a", "c", "d"] {
             assert!(cache.get(key, now).is_some(), "{key}");
         }
         // Replacing an entry does not evict another.
-        cache.accept("a", "n1".into(), now, None);
+        cache.accept("a", who("n1"), now, None);
         assert_eq!(cache.len(), 3);
+    }
+
+    /// A flood of refusals stays within the byte budget, pushing out older refusals only:
+    /// accepted tokens stay.
+    #[test]
+    fn refusals_stay_within_their_byte_budget() {
+        let now = Instant::now();
+        let mut cache = Cache::new(CacheConfig {
+            refusal_budget: 10_000,
+            ..config(16_384)
+        });
+        cache.accept("good", who("n1"), now, None);
+        for i in 0..10_000 {
+            cache.refuse(&format!("garbage-{i}"), "x".repeat(200), now);
+            assert!(cache.refusal_footprint() <= 10_000);
+        }
+        assert!(cache.refusal_footprint() > 5_000, "the budget is used");
+        assert!(cache.get("garbage-9999", now).is_some(), "the newest stays");
+        assert_eq!(cache.get("good", now), Some(Ok(who("n1"))));
+        // Forgetting gives the bytes back.
+        let before = cache.refusal_footprint();
+        cache.forget("garbage-9999");
+        assert!(cache.refusal_footprint() < before);
+        cache.forget("good");
+        assert_eq!(cache.get("good", now), None);
     }
 }

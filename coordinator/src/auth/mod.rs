@@ -1,15 +1,26 @@
 //! Agent identity: the TokenReview-backed [`Authenticator`] of the gRPC edge.
 //!
 //! An agent sends its projected service-account token (audience `rota`) as
-//! `authorization: Bearer TOKEN`. [`TokenReviewAuthenticator`] asks the API server to review it
-//! ([`review::claim`] checks the answer: authenticated, for our audience, of the agents' service
-//! account) and returns the node the token's pod runs on: the `node-name` claim, or on clusters
-//! before Kubernetes 1.30 the pod's `spec.nodeName` (the pod's UID must match the token's).
+//! `authorization: Bearer TOKEN`. [`TokenReviewAuthenticator`] checks, cheapest first:
+//!
+//! 1. the token's shape ([`crate::grpc::token_shape`]: length, alphabet);
+//! 2. the cache of recent outcomes (keyed by the token's digest). An accepted token is only
+//!    good while its pod exists: the pod watch ([`pods`]) drops it as soon as the pod is
+//!    deleted or replaced;
+//! 3. a token bucket ([`throttle`]): unknown tokens beyond its rate are refused with
+//!    `UNAVAILABLE` without asking the API server, so a flood of garbage costs it nothing;
+//! 4. the TokenReview ([`review::claim`]: authenticated, for our audience, of the agents'
+//!    service account), then the pod the token is bound to ([`review::check_pod`]): it must be
+//!    controlled by the agents' DaemonSet and run on the node it claims.
+//!
 //! The edge then refuses calls for any other node. Accepted tokens are cached for a minute at
-//! most (never past the token's own expiry), refusals for a few seconds, API failures not at all.
+//! most (never past the token's own expiry), refusals for a few seconds within a byte budget,
+//! API failures not at all.
 
 pub mod cache;
+pub mod pods;
 pub mod review;
+pub mod throttle;
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -21,8 +32,10 @@ use kube::api::{Api, PostParams};
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 
-pub use cache::{Cache, CacheConfig};
-pub use review::{AgentIdentity, Claim};
+pub use cache::{Accepted, Cache, CacheConfig};
+pub use pods::{AgentPods, Lookup};
+pub use review::{AgentIdentity, AgentPod, Claim};
+pub use throttle::{RateLimit, TokenBucket};
 
 use crate::grpc::{AuthError, Authenticator, bearer_token};
 use rota_core::model::NodeName;
@@ -36,6 +49,8 @@ pub struct TokenReviewAuthenticator {
     client: kube::Client,
     identity: AgentIdentity,
     cache: Mutex<Cache>,
+    reviews: Mutex<TokenBucket>,
+    pods: AgentPods,
 }
 
 impl std::fmt::Debug for TokenReviewAuthenticator {
@@ -47,23 +62,44 @@ impl std::fmt::Debug for TokenReviewAuthenticator {
 }
 
 impl TokenReviewAuthenticator {
-    /// An authenticator accepting tokens of `identity`, caching as `cache` says. The client
-    /// needs `create` on `tokenreviews` and `get` on pods in the agents' namespace.
+    /// An authenticator accepting tokens of `identity`, caching as `cache` says and reviewing
+    /// unknown tokens at the default [`RateLimit`]. The client needs `create` on
+    /// `tokenreviews`, and `get`, `list` and `watch` on pods in the agents' namespace.
+    ///
+    /// Run [`Self::watch_pods`] beside it: until that watch has listed the agents' pods, each
+    /// review looks its pod up with a `get` and cached identities cannot be revoked.
     pub fn new(client: kube::Client, identity: AgentIdentity, cache: CacheConfig) -> Self {
         TokenReviewAuthenticator {
             client,
             identity,
             cache: Mutex::new(Cache::new(cache)),
+            reviews: Mutex::new(TokenBucket::new(RateLimit::default())),
+            pods: AgentPods::default(),
         }
+    }
+
+    /// Reviews at most `limit` unknown tokens.
+    #[must_use]
+    pub fn with_review_limit(self, limit: RateLimit) -> Self {
+        TokenReviewAuthenticator {
+            reviews: Mutex::new(TokenBucket::new(limit)),
+            ..self
+        }
+    }
+
+    /// Follows the agents' pods (never returns unless the watch ends: supervise it).
+    pub fn watch_pods(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.identity.namespace);
+        self.pods.clone().follow(api)
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Reviews `token` and resolves the caller's node. `Err(Unauthenticated)` outcomes are
+    /// Reviews `token` and checks the pod it is bound to. `Err(Unauthenticated)` outcomes are
     /// final for this token; `Err(Unavailable)` ones are worth retrying.
-    async fn resolve(&self, token: &str) -> Result<NodeName, AuthError> {
+    async fn resolve(&self, token: &str) -> Result<Accepted, AuthError> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_owned()),
@@ -79,23 +115,23 @@ impl TokenReviewAuthenticator {
                 .map_err(|e| AuthError::Unavailable(format!("TokenReview failed: {e}")))?;
         let claim = review::claim(reviewed.status.as_ref(), &self.identity)
             .map_err(AuthError::Unauthenticated)?;
-        match claim {
-            Claim::Node(node) => Ok(node),
-            Claim::Pod {
-                namespace,
-                name,
-                uid,
-            } => self.node_of_pod(&namespace, &name, uid.as_deref()).await,
-        }
+        let pod = match self.pods.get(&claim.pod) {
+            Lookup::Found(pod) => pod,
+            // The review just found the pod: the watch may lag behind a new one, ask.
+            Lookup::Gone | Lookup::Unknown => self.get_pod(&claim.pod).await?,
+        };
+        let node =
+            review::check_pod(&claim, &pod, &self.identity).map_err(AuthError::Unauthenticated)?;
+        Ok(Accepted {
+            node,
+            pod: claim.pod,
+            pod_uid: pod.uid,
+        })
     }
 
-    /// The node a pod runs on (clusters without the node-name claim).
-    async fn node_of_pod(
-        &self,
-        namespace: &str,
-        name: &str,
-        uid: Option<&str>,
-    ) -> Result<NodeName, AuthError> {
+    /// Reads a pod from the API server (before the pod watch has listed).
+    async fn get_pod(&self, name: &str) -> Result<AgentPod, AuthError> {
+        let namespace = &self.identity.namespace;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let pod = tokio::time::timeout(API_TIMEOUT, pods.get_opt(name))
             .await
@@ -104,21 +140,23 @@ impl TokenReviewAuthenticator {
             .ok_or_else(|| {
                 AuthError::Unauthenticated(format!("the token's pod {namespace}/{name} is gone"))
             })?;
-        if let Some(uid) = uid
-            && pod.metadata.uid.as_deref() != Some(uid)
-        {
-            return Err(AuthError::Unauthenticated(format!(
-                "the token's pod {namespace}/{name} was replaced"
-            )));
+        Ok(AgentPod::of(&pod))
+    }
+
+    /// A cached identity, unless its pod is gone or replaced (then it is forgotten).
+    fn still_valid(&self, token: &str, accepted: Accepted) -> Result<NodeName, AuthError> {
+        match self.pods.get(&accepted.pod) {
+            Lookup::Found(pod) if pod.uid == accepted.pod_uid => Ok(accepted.node),
+            // Before the first listing the identity was checked by a `get` at most a TTL ago.
+            Lookup::Unknown => Ok(accepted.node),
+            Lookup::Found(_) | Lookup::Gone => {
+                self.cache().forget(token);
+                Err(AuthError::Unauthenticated(format!(
+                    "the token's pod {} is gone",
+                    accepted.pod
+                )))
+            }
         }
-        pod.spec
-            .and_then(|s| s.node_name)
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| {
-                AuthError::Unauthenticated(format!(
-                    "the token's pod {namespace}/{name} is not scheduled to a node"
-                ))
-            })
     }
 }
 
@@ -135,25 +173,38 @@ fn expiry_instant(token: &str, now: Instant) -> Option<Instant> {
 
 impl Authenticator for TokenReviewAuthenticator {
     async fn authenticate(&self, metadata: &MetadataMap) -> Result<NodeName, AuthError> {
-        let token = bearer_token(metadata)?.to_owned();
-        if let Some(outcome) = self.cache().get(&token, Instant::now()) {
-            return outcome.map_err(AuthError::Unauthenticated);
+        let token = bearer_token(metadata)?;
+        let cached = self.cache().get(token, Instant::now());
+        match cached {
+            Some(Ok(accepted)) => return self.still_valid(token, accepted),
+            Some(Err(why)) => return Err(AuthError::Unauthenticated(why)),
+            None => {}
         }
-        let outcome = self.resolve(&token).await;
+        let allowed = self
+            .reviews
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .try_take(Instant::now());
+        if !allowed {
+            return Err(AuthError::Throttled);
+        }
+        let outcome = self.resolve(token).await;
         let now = Instant::now();
-        match &outcome {
-            Ok(node) => {
+        match outcome {
+            Ok(accepted) => {
+                let node = accepted.node.clone();
                 self.cache()
-                    .accept(&token, node.clone(), now, expiry_instant(&token, now));
+                    .accept(token, accepted, now, expiry_instant(token, now));
+                Ok(node)
             }
             Err(AuthError::Unauthenticated(why)) => {
-                tracing::info!(reason = %why, "agent token refused");
-                self.cache().refuse(&token, why.clone(), now);
+                // Logged (rate-limited) and counted by the edge.
+                self.cache().refuse(token, why.clone(), now);
+                Err(AuthError::Unauthenticated(why))
             }
-            Err(AuthError::Unavailable(why)) => {
-                tracing::warn!(reason = %why, "cannot check an agent's token");
-            }
+            // Counted and summed up by the edge (reason `unavailable`): an API outage during
+            // a flood must not log a line per call.
+            Err(other) => Err(other),
         }
-        outcome
     }
 }

@@ -1,10 +1,13 @@
-//! Reading a TokenReview's answer: pure checks of audience and service account, and the
-//! caller's claim (node, or pod on clusters before Kubernetes 1.30).
+//! Reading a TokenReview's answer: pure checks of audience and service account, the caller's
+//! claim (its pod, and on Kubernetes ≥ 1.30 its node), and of the pod the claim names: only a
+//! pod of the agents' DaemonSet, on the node it claims, speaks for that node. Any other pod
+//! running as the agents' service account (a debug pod, a copy someone started) is refused.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jiff::Timestamp;
 use k8s_openapi::api::authentication::v1::TokenReviewStatus;
+use k8s_openapi::api::core::v1::Pod;
 
 use rota_core::model::NodeName;
 
@@ -24,6 +27,9 @@ pub struct AgentIdentity {
     pub namespace: String,
     /// The agents' service account.
     pub service_account: String,
+    /// The DaemonSet (in `namespace`) whose pods are the agents; a token is only good when its
+    /// pod is controlled by this DaemonSet.
+    pub daemon_set: String,
 }
 
 impl AgentIdentity {
@@ -37,21 +43,83 @@ impl AgentIdentity {
     }
 }
 
-/// What a valid review says about the caller.
+/// What a valid review says about the caller: the pod its token is bound to.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Claim {
-    /// The token is bound to a pod on this node.
-    Node(NodeName),
-    /// The token is bound to this pod; its `spec.nodeName` tells the node.
-    Pod {
-        /// The pod's namespace (the service account's).
-        namespace: String,
-        /// The pod's name.
-        name: String,
-        /// The pod's UID, when the review reports it (a pod re-created under the same name
-        /// must not inherit the token).
-        uid: Option<String>,
-    },
+pub struct Claim {
+    /// The pod's name (in the agents' namespace, the service account's).
+    pub pod: String,
+    /// The pod's UID, when the review reports it (a pod re-created under the same name must
+    /// not inherit the token).
+    pub pod_uid: Option<String>,
+    /// The pod's node, when the review reports it (Kubernetes ≥ 1.30).
+    pub node: Option<NodeName>,
+}
+
+/// What the authenticator needs to know of a pod in the agents' namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentPod {
+    /// The pod's UID.
+    pub uid: String,
+    /// The node it is bound to; empty while unscheduled.
+    pub node: String,
+    /// Kind and name of its controller (the owner reference with `controller: true`).
+    pub controller: Option<(String, String)>,
+}
+
+impl AgentPod {
+    /// The facts of `pod`.
+    pub fn of(pod: &Pod) -> AgentPod {
+        let controller = pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .map(|o| (o.kind.clone(), o.name.clone()));
+        AgentPod {
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            node: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+            controller,
+        }
+    }
+}
+
+/// Checks that the claim's pod (`pod`, looked up by the claim's name) is an agent of
+/// `identity`'s DaemonSet on the node it claims, and returns that node.
+pub fn check_pod(
+    claim: &Claim,
+    pod: &AgentPod,
+    identity: &AgentIdentity,
+) -> Result<NodeName, String> {
+    let name = &claim.pod;
+    if let Some(uid) = &claim.pod_uid
+        && *uid != pod.uid
+    {
+        return Err(format!("the token's pod {name} was replaced"));
+    }
+    let agent = matches!(&pod.controller, Some((kind, owner)) if kind == "DaemonSet" && *owner == identity.daemon_set);
+    if !agent {
+        return Err(format!(
+            "the token's pod {name} is not run by the DaemonSet {}",
+            identity.daemon_set
+        ));
+    }
+    if pod.node.is_empty() {
+        return Err(format!("the token's pod {name} is not scheduled to a node"));
+    }
+    if let Some(node) = &claim.node
+        && *node != pod.node
+    {
+        return Err(format!(
+            "the token names node {node} but its pod {name} runs on {}",
+            pod.node
+        ));
+    }
+    Ok(pod.node.clone())
 }
 
 /// Checks a review's status against `identity` and returns the caller's claim, or why the
@@ -95,15 +163,12 @@ pub fn claim(
             .filter(|v| !v.is_empty())
             .cloned()
     };
-    if let Some(node) = extra(NODE_NAME_EXTRA) {
-        return Ok(Claim::Node(node));
-    }
     let pod = extra(POD_NAME_EXTRA)
         .ok_or_else(|| "the token is not bound to a pod (no pod-name claim)".to_owned())?;
-    Ok(Claim::Pod {
-        namespace: identity.namespace.clone(),
-        name: pod,
-        uid: extra(POD_UID_EXTRA),
+    Ok(Claim {
+        pod,
+        pod_uid: extra(POD_UID_EXTRA),
+        node: extra(NODE_NAME_EXTRA),
     })
 }
 
@@ -130,6 +195,7 @@ mod tests {
             audience: "rota".into(),
             namespace: "rota-system".into(),
             service_account: "rota-agent".into(),
+            daemon_set: "rota-agent".into(),
         }
     }
 
@@ -154,30 +220,89 @@ mod tests {
     const AGENT: &str = "system:serviceaccount:rota-system:rota-agent";
 
     #[test]
-    fn the_node_claim_wins() {
+    fn the_claim_names_the_pod_and_its_node() {
         let s = status(
             AGENT,
             &["rota"],
-            &[(NODE_NAME_EXTRA, "n1"), (POD_NAME_EXTRA, "agent-x")],
-        );
-        assert_eq!(claim(Some(&s), &identity()), Ok(Claim::Node("n1".into())));
-    }
-
-    #[test]
-    fn without_a_node_claim_the_pod_is_named() {
-        let s = status(
-            AGENT,
-            &["rota"],
-            &[(POD_NAME_EXTRA, "agent-x"), (POD_UID_EXTRA, "u1")],
+            &[
+                (NODE_NAME_EXTRA, "n1"),
+                (POD_NAME_EXTRA, "agent-x"),
+                (POD_UID_EXTRA, "u1"),
+            ],
         );
         assert_eq!(
             claim(Some(&s), &identity()),
-            Ok(Claim::Pod {
-                namespace: "rota-system".into(),
-                name: "agent-x".into(),
-                uid: Some("u1".into())
+            Ok(Claim {
+                pod: "agent-x".into(),
+                pod_uid: Some("u1".into()),
+                node: Some("n1".into()),
             })
         );
+        let s = status(AGENT, &["rota"], &[(POD_NAME_EXTRA, "agent-x")]);
+        assert_eq!(
+            claim(Some(&s), &identity()),
+            Ok(Claim {
+                pod: "agent-x".into(),
+                pod_uid: None,
+                node: None,
+            })
+        );
+    }
+
+    #[test]
+    fn only_the_daemon_sets_pod_on_the_claimed_node_speaks_for_it() {
+        let id = identity();
+        let agent = AgentPod {
+            uid: "u1".into(),
+            node: "n1".into(),
+            controller: Some(("DaemonSet".into(), "rota-agent".into())),
+        };
+        let claim = |uid: Option<&str>, node: Option<&str>| Claim {
+            pod: "agent-x".into(),
+            pod_uid: uid.map(Into::into),
+            node: node.map(Into::into),
+        };
+        assert_eq!(
+            check_pod(&claim(Some("u1"), Some("n1")), &agent, &id),
+            Ok("n1".into())
+        );
+        assert_eq!(check_pod(&claim(None, None), &agent, &id), Ok("n1".into()));
+        let with = |f: &dyn Fn(&mut AgentPod)| {
+            let mut pod = agent.clone();
+            f(&mut pod);
+            pod
+        };
+        let cases = [
+            (claim(Some("u0"), Some("n1")), agent.clone(), "was replaced"),
+            (claim(None, Some("n2")), agent.clone(), "runs on n1"),
+            (
+                claim(None, None),
+                with(&|p| p.controller = None),
+                "not run by the DaemonSet",
+            ),
+            (
+                claim(None, None),
+                with(&|p| p.controller = Some(("DaemonSet".into(), "other".into()))),
+                "not run by the DaemonSet",
+            ),
+            (
+                claim(None, None),
+                with(&|p| p.controller = Some(("ReplicaSet".into(), "rota-agent".into()))),
+                "not run by the DaemonSet",
+            ),
+            (
+                claim(None, None),
+                with(&|p| p.node.clear()),
+                "not scheduled",
+            ),
+        ];
+        for (claim, pod, expected) in cases {
+            let err = check_pod(&claim, &pod, &id).unwrap_err();
+            assert!(
+                err.contains(expected),
+                "{err:?} should mention {expected:?}"
+            );
+        }
     }
 
     #[test]

@@ -3,7 +3,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use rota_proto::convert as wire;
@@ -15,56 +14,104 @@ use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 
 use super::auth::Authenticator;
+use super::edge::{self, Caller, Edge, EdgeLimits};
 use super::{MAX_MESSAGE_BYTES, convert, status};
+use crate::metrics::Metrics;
 use rota_core::agent_api::AgentCore;
 use rota_core::model::NodeName;
 use rota_core::slots::{Release, SlotView};
 
-/// The `rota.v1.Agent` gRPC service: authenticates, validates and forwards to the core.
+/// The `rota.v1.Agent` gRPC service: authenticates (before any body is read, see
+/// [`edge`](super::edge)), validates and forwards to the core.
 ///
 /// [`serve`] runs it on plain connections. With TLS or other server settings, build the tonic
-/// server yourself: `Server::builder().tls_config(..)?.add_service(agent.into_service())
-/// .serve_with_incoming_shutdown(incoming, async { signal.await; handle.shutdown() })`, with
-/// `handle` taken from [`AgentGrpc::shutdown_handle`] before `into_service`.
+/// server yourself — from [`edge::server`] to keep the edge's HTTP/2 limits —:
+/// `edge::server(&limits).tls_config(..)?.add_service(agent.into_service())
+/// .serve_with_incoming_shutdown(edge::limit_connections(incoming, ..), async { signal.await;
+/// handle.shutdown() })`, with `handle` taken from [`AgentGrpc::shutdown_handle`] before
+/// `into_service`.
 pub struct AgentGrpc<C, A> {
-    core: Arc<C>,
-    auth: A,
-    shutdown: watch::Sender<bool>,
+    handler: Handler<C>,
+    auth: Arc<A>,
+    limits: EdgeLimits,
+    metrics: Option<Metrics>,
 }
 
+/// The service [`AgentGrpc::into_service`] builds: the edge in front of the handlers.
+pub type AgentService<C, A> = Edge<A, AgentServer<Handler<C>>>;
+
 impl<C: AgentCore, A: Authenticator> AgentGrpc<C, A> {
-    /// A service over `core` that identifies callers with `auth`.
+    /// A service over `core` that identifies callers with `auth`, with the default
+    /// [`EdgeLimits`].
     pub fn new(core: Arc<C>, auth: A) -> Self {
         AgentGrpc {
-            core,
-            auth,
-            shutdown: watch::Sender::new(false),
+            handler: Handler {
+                core,
+                shutdown: watch::Sender::new(false),
+            },
+            auth: Arc::new(auth),
+            limits: EdgeLimits::default(),
+            metrics: None,
         }
+    }
+
+    /// With these limits.
+    #[must_use]
+    pub fn with_limits(self, limits: EdgeLimits) -> Self {
+        AgentGrpc { limits, ..self }
+    }
+
+    /// Counting the edge's refusals into `metrics`.
+    #[must_use]
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        AgentGrpc {
+            metrics: Some(metrics),
+            ..self
+        }
+    }
+
+    /// The limits the service was built with (for [`edge::server`] and
+    /// [`edge::limit_connections`]).
+    pub fn limits(&self) -> EdgeLimits {
+        self.limits
     }
 
     /// A handle that ends every open `WatchSlot` stream (call it when the server shuts down, so
     /// that graceful shutdown does not wait on streams that never end).
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle(self.shutdown.clone())
+        ShutdownHandle(self.handler.shutdown.clone())
     }
 
-    /// The tonic service with rota's message-size limits.
-    pub fn into_service(self) -> AgentServer<Self> {
-        AgentServer::new(self)
+    /// The tonic service with rota's edge and message-size limits.
+    pub fn into_service(self) -> AgentService<C, A> {
+        let server = AgentServer::new(self.handler)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Edge::new(
+            self.auth,
+            server,
+            self.limits.max_concurrent_calls,
+            self.metrics,
+        )
     }
+}
 
-    /// Authenticates the caller, validates the node it names, and checks they match.
-    async fn authorize<T>(&self, request: &Request<T>, node: &str) -> Result<NodeName, Status> {
-        let caller = self
-            .auth
-            .authenticate(request.metadata())
-            .await
-            .map_err(|e| status::unauthenticated(&e))?;
+/// The `rota.v1.Agent` handlers, behind the [`Edge`] that authenticated the caller.
+pub struct Handler<C> {
+    core: Arc<C>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl<C: AgentCore> Handler<C> {
+    /// Validates the node a request names and checks that it is the caller's own.
+    fn authorize<T>(request: &Request<T>, node: &str) -> Result<NodeName, Status> {
+        // Set by the edge for every call it lets through.
+        let Some(Caller(caller)) = request.extensions().get::<Caller>() else {
+            return Err(Status::unauthenticated("the caller is not authenticated"));
+        };
         let node = wire::node_name("node", node).map_err(|e| status::invalid_argument(&e))?;
-        if caller != node {
-            return Err(status::permission_denied(&caller, &node));
+        if *caller != node {
+            return Err(status::permission_denied(caller, &node));
         }
         Ok(node)
     }
@@ -96,9 +143,9 @@ where
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let handle = agent.shutdown_handle();
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+    let limits = agent.limits();
+    let incoming = edge::limit_connections(incoming, limits.max_connections, agent.metrics.clone());
+    edge::server(&limits)
         .add_service(agent.into_service())
         .serve_with_incoming_shutdown(incoming, async move {
             signal.await;
@@ -127,12 +174,12 @@ where
 }
 
 #[tonic::async_trait]
-impl<C: AgentCore, A: Authenticator> Agent for AgentGrpc<C, A> {
+impl<C: AgentCore> Agent for Handler<C> {
     async fn report_facts(
         &self,
         request: Request<pb::ReportFactsRequest>,
     ) -> Result<Response<pb::ReportFactsResponse>, Status> {
-        let node = self.authorize(&request, &request.get_ref().node).await?;
+        let node = Self::authorize(&request, &request.get_ref().node)?;
         let facts =
             wire::facts(request.into_inner().facts).map_err(|e| status::invalid_argument(&e))?;
         let policy = self
@@ -149,7 +196,7 @@ impl<C: AgentCore, A: Authenticator> Agent for AgentGrpc<C, A> {
         &self,
         request: Request<pb::RequestSlotRequest>,
     ) -> Result<Response<pb::SlotStatus>, Status> {
-        let node = self.authorize(&request, &request.get_ref().node).await?;
+        let node = Self::authorize(&request, &request.get_ref().node)?;
         let operation = wire::operation(request.into_inner().operation)
             .map_err(|e| status::invalid_argument(&e))?;
         let view = self
@@ -166,7 +213,7 @@ impl<C: AgentCore, A: Authenticator> Agent for AgentGrpc<C, A> {
         &self,
         request: Request<pb::WatchSlotRequest>,
     ) -> Result<Response<Self::WatchSlotStream>, Status> {
-        let node = self.authorize(&request, &request.get_ref().node).await?;
+        let node = Self::authorize(&request, &request.get_ref().node)?;
         let shutdown = self.shutdown.subscribe();
         if *shutdown.borrow() {
             return Err(Status::unavailable("the coordinator is shutting down"));
@@ -182,7 +229,7 @@ impl<C: AgentCore, A: Authenticator> Agent for AgentGrpc<C, A> {
         &self,
         request: Request<pb::RenewRequest>,
     ) -> Result<Response<pb::RenewResponse>, Status> {
-        let node = self.authorize(&request, &request.get_ref().node).await?;
+        let node = Self::authorize(&request, &request.get_ref().node)?;
         let token = wire::token("token", request.get_ref().token)
             .map_err(|e| status::invalid_argument(&e))?;
         let ttl = self
@@ -199,7 +246,7 @@ impl<C: AgentCore, A: Authenticator> Agent for AgentGrpc<C, A> {
         &self,
         request: Request<pb::ReportProgressRequest>,
     ) -> Result<Response<pb::ReportProgressResponse>, Status> {
-        let node = self.authorize(&request, &request.get_ref().node).await?;
+        let node = Self::authorize(&request, &request.get_ref().node)?;
         let req = request.into_inner();
         let parsed = wire::token("token", req.token).and_then(|token| {
             let step = wire::text("step", req.step, wire::MAX_IDENT_BYTES)?;
@@ -218,7 +265,7 @@ impl<C: AgentCore, A: Authenticator> Agent for AgentGrpc<C, A> {
         &self,
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::SlotStatus>, Status> {
-        let node = self.authorize(&request, &request.get_ref().node).await?;
+        let node = Self::authorize(&request, &request.get_ref().node)?;
         let req = request.into_inner();
         let parsed =
             wire::token("token", req.token).and_then(|t| Ok((t, convert::completion(req)?)));
@@ -235,7 +282,7 @@ impl<C: AgentCore, A: Authenticator> Agent for AgentGrpc<C, A> {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let node = self.authorize(&request, &request.get_ref().node).await?;
+        let node = Self::authorize(&request, &request.get_ref().node)?;
         let req = request.into_inner();
         let release = match req.token {
             0 => Release::Withdraw,

@@ -15,7 +15,7 @@ pub fn invalid_argument(err: &Invalid) -> Status {
 pub fn unauthenticated(err: &AuthError) -> Status {
     match err {
         AuthError::Unauthenticated(_) => Status::unauthenticated(err.to_string()),
-        AuthError::Unavailable(_) => Status::unavailable(err.to_string()),
+        AuthError::Unavailable(_) | AuthError::Throttled => Status::unavailable(err.to_string()),
     }
 }
 
