@@ -23,7 +23,11 @@ fn demo_compare_prints_both_makespans_and_writes_the_report() {
     );
     assert!(stdout.contains("makespan: rota"), "{stdout}");
     assert!(stdout.contains("× as long as rota"), "{stdout}");
-    assert!(stdout.contains("ceil(6 / 3)"), "{stdout}");
+    assert!(
+        stdout.contains("lower bound: max(longest cycle"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ceil(6 / 3) × measured"), "{stdout}");
     // Not a terminal: plain progress lines, no cursor movement.
     assert!(stdout.contains("[rota "), "{stdout}");
     assert!(!stdout.contains('\u{1b}'), "{stdout}");

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// One node's intrinsic cycle.
+/// One node's intrinsic cycle ([`crate::cluster::Timings::node_cycle`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeCycle {
@@ -21,43 +21,23 @@ pub struct NodeCycle {
     pub node: String,
     /// Whether it is a control-plane node (one at a time).
     pub control_plane: bool,
-    /// Its slowest evictable pod's termination, seconds.
-    pub drain_seconds: f64,
-    /// Down: from shutdown to the kubelet's start, seconds.
-    pub reboot_seconds: f64,
-    /// From the kubelet's start to the node and its DaemonSet pods Ready, seconds.
-    pub back_seconds: f64,
+    /// The cycle, seconds.
+    pub seconds: f64,
 }
 
 impl NodeCycle {
-    /// The cycle of a node that reboots: `pod_stops` are its evictable pods' termination
-    /// times, `daemon_starts` its DaemonSet pods' times from the kubelet's start to Ready.
-    pub fn rebooting(
-        node: &str,
-        control_plane: bool,
-        pod_stops: impl IntoIterator<Item = Duration>,
-        reboot: Duration,
-        node_ready: Duration,
-        daemon_starts: impl IntoIterator<Item = Duration>,
-    ) -> NodeCycle {
-        let drain = pod_stops.into_iter().max().unwrap_or_default();
-        let back = daemon_starts
-            .into_iter()
-            .max()
-            .unwrap_or_default()
-            .max(node_ready);
+    /// `node`'s cycle of `cycle`.
+    pub fn new(node: &str, control_plane: bool, cycle: Duration) -> NodeCycle {
         NodeCycle {
             node: node.to_string(),
             control_plane,
-            drain_seconds: drain.as_secs_f64(),
-            reboot_seconds: reboot.as_secs_f64(),
-            back_seconds: back.as_secs_f64(),
+            seconds: cycle.as_secs_f64(),
         }
     }
 
     /// The whole cycle, seconds.
     pub fn seconds(&self) -> f64 {
-        self.drain_seconds + self.reboot_seconds + self.back_seconds
+        self.seconds
     }
 }
 
@@ -92,8 +72,8 @@ pub fn lower_bound(cycles: &[NodeCycle], k: usize) -> Bound {
     if let Some(longest) = longest {
         let _ = write!(
             formula,
-            "; a cycle is the slowest pod's termination + reboot + kubelet and DaemonSet pods Ready (longest: {} = {:.2} + {:.2} + {:.2} s)",
-            longest.node, longest.drain_seconds, longest.reboot_seconds, longest.back_seconds
+            "; a node's cycle is its slowest pod's termination + reboot + kubelet and DaemonSet pods Ready again, from the scenario's timings (longest: {})",
+            longest.node
         );
     }
     Bound { seconds, formula }
@@ -103,23 +83,10 @@ pub fn lower_bound(cycles: &[NodeCycle], k: usize) -> Bound {
 mod tests {
     use super::*;
 
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    #[test]
-    fn a_cycle_is_the_slowest_pod_the_reboot_and_the_slowest_return() {
-        let c = NodeCycle::rebooting("w", false, [ms(200), ms(900)], ms(1500), ms(300), [ms(400)]);
-        assert!((c.seconds() - 2.8).abs() < 1e-9, "{c:?}");
-        let bare = NodeCycle::rebooting("w", false, [], ms(1500), ms(300), []);
-        assert!((bare.seconds() - 1.8).abs() < 1e-9, "{bare:?}");
-    }
-
     #[test]
     fn the_bound_is_the_largest_of_its_three_terms() {
-        let node = |name: &str, cp: bool, secs: u64| {
-            NodeCycle::rebooting(name, cp, [], Duration::from_secs(secs), Duration::ZERO, [])
-        };
+        let node =
+            |name: &str, cp: bool, secs: u64| NodeCycle::new(name, cp, Duration::from_secs(secs));
         // Spread over k dominates.
         let workers: Vec<NodeCycle> = (0..6).map(|i| node(&format!("w{i}"), false, 2)).collect();
         assert_eq!(lower_bound(&workers, 3).seconds, 4.0);

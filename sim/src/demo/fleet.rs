@@ -46,6 +46,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::bound::NodeCycle;
 use super::coordinator::{
     self, CoordinatorOptions, Replica, ReplicaAddrs, Routes, SYSTEM_NAMESPACE,
 };
@@ -377,6 +378,8 @@ pub struct Fleet {
     host_tokens: HostTokenLog,
     expectations: BTreeMap<String, Expectation>,
     rollout_started: Option<Timestamp>,
+    /// Each rebooting node's intrinsic cycle, from the settled cluster before the rollout.
+    intrinsic_cycles: Vec<NodeCycle>,
     kured: Option<Arc<KuredSetup>>,
     /// The independent safety monitor, started before the scheduler.
     monitor: Option<Monitor>,
@@ -418,6 +421,12 @@ impl Fleet {
             install_systemctl(host);
         }
         cluster.wait_settled(options.settle_timeout).await?;
+        let intrinsic_cycles = intrinsic_cycles(
+            &store,
+            &scenario,
+            &expectations(&scenario, options.scheduler.upgrade()),
+            &options.timings,
+        );
         let observer_server =
             ApiServer::start(store.clone(), (Ipv4Addr::LOCALHOST, 0).into()).await?;
         let monitor = start_monitor(&observer_server.url(), &options).await?;
@@ -445,6 +454,7 @@ impl Fleet {
             slot_record,
             host_tokens: HostTokenLog::default(),
             rollout_started: None,
+            intrinsic_cycles,
             kured: None,
             monitor: Some(monitor),
             workdir,
@@ -973,6 +983,7 @@ impl Fleet {
             started,
             ended: self.store.now(),
             stopped,
+            intrinsic_cycles: &self.intrinsic_cycles,
             api_tokens: rota.then(|| (self.slot_record.tokens(), !self.slot_record.incomplete())),
             host_tokens: rota.then(|| self.host_tokens.tokens()),
         };
@@ -1035,6 +1046,36 @@ async fn start_monitor(url: &str, options: &FleetOptions) -> Result<Monitor> {
         },
     )
     .await?)
+}
+
+/// The intrinsic cycle ([`Timings::node_cycle`]) of every node that must reboot (its expected
+/// kernel is not the one it runs), from the pods bound to it now.
+fn intrinsic_cycles(
+    store: &Store,
+    scenario: &Scenario,
+    expectations: &BTreeMap<String, Expectation>,
+    timings: &Timings,
+) -> Vec<NodeCycle> {
+    let pods = store
+        .list(&GroupResource::core("pods"), None, &ListOptions::default())
+        .map(|l| l.items)
+        .unwrap_or_default();
+    scenario
+        .nodes
+        .iter()
+        .filter(|n| {
+            expectations
+                .get(&n.name)
+                .is_some_and(|e| e.kernel != n.host.kernel)
+        })
+        .map(|n| {
+            let on_node = pods
+                .iter()
+                .filter(|p| meta::str_at(p, "/spec/nodeName") == n.name)
+                .map(|p| &**p);
+            NodeCycle::new(&n.name, n.control_plane, timings.node_cycle(on_node))
+        })
+        .collect()
 }
 
 /// The scenario without its workload whose PodDisruptionBudget allows no disruption.
