@@ -612,6 +612,59 @@ impl Tracker {
         for pod in lost.values() {
             self.lose(pod, name, Cause::Reboot, now);
         }
+        self.reattribute_to_reboot(name, &lost, now);
+    }
+
+    /// Pods and nodes arrive on separate watches, and a kubelet back from a reboot may show
+    /// its pods restarting (not Ready) before the node's new boot ID is seen: such a pod
+    /// was judged "not a disruption" on a healthy node. Once the reboot is seen, the latest
+    /// such judgement of each pod bound through it, if the pod has not been healthy since, is
+    /// a departure by reboot — a violation when it left its budget below the desired count.
+    fn reattribute_to_reboot(
+        &mut self,
+        name: &str,
+        lost: &BTreeMap<String, PodFacts>,
+        now: Timestamp,
+    ) {
+        let uid_of: BTreeMap<String, String> =
+            lost.values().map(|p| (p.id(), p.uid.clone())).collect();
+        let mut seen = BTreeSet::new();
+        let mut moved = Vec::new();
+        for (index, u) in self.verdict.unavailability.iter().enumerate().rev() {
+            let Some(uid) = uid_of.get(&u.pod) else {
+                continue;
+            };
+            if u.node.as_deref() != Some(name) || !seen.insert(u.pod.clone()) {
+                continue;
+            }
+            let healthy_since = self.healthy.get(&u.pdb).is_some_and(|h| h.contains(uid));
+            if !healthy_since {
+                moved.push((index, uid.clone()));
+            }
+        }
+        // Highest index first, so that the earlier indices stay valid.
+        for (index, uid) in moved {
+            let u = self.verdict.unavailability.remove(index);
+            let Some(desired) = u.desired.filter(|d| u.healthy < *d) else {
+                continue;
+            };
+            let v = Violation {
+                time: u.time,
+                pdb: u.pdb,
+                pod: u.pod,
+                pod_uid: uid,
+                node: u.node,
+                cause: Cause::Reboot,
+                healthy: u.healthy,
+                desired,
+            };
+            tracing::warn!(violation = %v, "PDB violation (seen once the reboot was)");
+            self.note(
+                now,
+                format!("VIOLATION {v} (its node's reboot seen after it)"),
+            );
+            self.verdict.violations.push(v);
+        }
     }
 
     fn lose(&mut self, pod: &PodFacts, node: &str, cause: Cause, now: Timestamp) {
@@ -1001,6 +1054,39 @@ mod tests {
         assert_eq!(v.pods_lost_to_reboots.len(), 1);
         assert_eq!(v.pods_lost_to_reboots[0].cause, Cause::Reboot);
         assert_eq!(v.reboots.get("n2"), Some(&1));
+    }
+
+    #[test]
+    fn a_restart_seen_before_its_nodes_reboot_is_a_reboot() {
+        let mut tr = tracker();
+        // After an evicted p1, the budget (minAvailable 2) is at its limit. n2's kubelet,
+        // back from an undrained reboot, shows p2 restarting before the node's new boot ID
+        // arrives: a crash on a healthy node at first, a departure by reboot once it does.
+        tr.apply(Change::Applied(Object::Pod(evicted(pod("p1", "n1")))), t(1));
+        let mut p2 = pod("p2", "n2");
+        p2.ready = false;
+        tr.apply(Change::Applied(Object::Pod(p2.clone())), t(2));
+        assert!(tr.verdict().violations.is_empty());
+        assert_eq!(tr.verdict().unavailability.len(), 1);
+        let mut n2 = node("n2", "a");
+        n2.boot_id = "n2-boot-2".into();
+        tr.apply(Change::Applied(Object::Node(n2)), t(3));
+        let v = tr.verdict();
+        assert_eq!(v.violations.len(), 1, "{v:?}");
+        assert_eq!(v.violations[0].pod, p2.id());
+        assert_eq!(v.violations[0].cause, Cause::Reboot);
+        assert_eq!(
+            v.violations[0].time,
+            t(2),
+            "when it went, not when it was understood"
+        );
+        assert!(v.unavailability.is_empty(), "{v:?}");
+        // A crash on a node that does not reboot stays a crash.
+        let mut p3 = pod("p3", "n3");
+        p3.ready = false;
+        tr.apply(Change::Applied(Object::Pod(p3)), t(4));
+        tr.apply(Change::Applied(Object::Node(node("n3", "b"))), t(5));
+        assert_eq!(tr.verdict().violations.len(), 1);
     }
 
     #[test]
