@@ -398,6 +398,19 @@ async fn watcher_survives_drops_and_expiry(config: watcher::Config) {
     })
     .await;
     task.abort();
+    // The late pod arrived through a fresh list (the history it was in had expired), which saw
+    // the early one again: the relist replaced the watcher's view rather than patching it.
+    let seen = seen.lock().clone();
+    let early = seen.iter().filter(|p| *p == "early").count();
+    assert!(
+        early >= 2,
+        "the relist did not list the early pod again: {seen:?}"
+    );
+    let late_at = seen.iter().position(|p| p == "late").unwrap();
+    assert!(
+        seen[..late_at].iter().filter(|p| *p == "early").count() >= 2,
+        "the late pod came before the relist: {seen:?}"
+    );
 }
 
 #[tokio::test]

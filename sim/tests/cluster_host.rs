@@ -53,6 +53,15 @@ fn ready_condition(node: &Value) -> (String, String, String) {
     (s("status"), s("reason"), s("message"))
 }
 
+/// Asserts that `node` does not become Ready within five times the kubelet's start-up.
+async fn stays_not_ready(cluster: &ClusterHandle, node: &str) {
+    let err = cluster
+        .wait_node_ready(node, cluster.timings().node_ready * 5)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+}
+
 fn daemon_pods(store: &Store, node: &str) -> Vec<Arc<Value>> {
     pods_on(store, node)
         .into_iter()
@@ -358,11 +367,44 @@ async fn a_kubelet_that_fails_after_an_upgrade_stays_not_ready() {
         .await
         .unwrap();
     assert!(message.contains("PLEG is not healthy"));
-    let err = cluster
-        .wait_node_ready(&name, cluster.timings().node_ready * 5)
+    stays_not_ready(&cluster, &name).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubelet_that_fails_after_a_reboot_stays_not_ready_with_a_new_boot_id() {
+    let scenario = Scenario::generate(4, 6);
+    let name = scenario.worker_names()[0].clone();
+    let (_, cluster) = start(
+        4,
+        6,
+        Faults::none().with_kubelet_failure_after_reboot(&name),
+    )
+    .await;
+    let host = cluster.host(&name).unwrap().clone();
+    // Before any reboot, a kubelet restart is harmless.
+    host.restart_unit("kubelet").unwrap();
+    cluster.wait_node_ready(&name, SETTLE).await.unwrap();
+    let old_boot = host.boot_id().unwrap();
+
+    host.reboot(&RebootMethod::Systemctl).unwrap();
+    let boot = cluster
+        .wait_for("the node back with a failing kubelet", SETTLE, |store| {
+            let n = node(store, &name);
+            let (status, _, message) = ready_condition(&n);
+            let boot = meta::str_at(&n, "/status/nodeInfo/bootID").to_string();
+            if boot != old_boot && status == "False" && message.contains("PLEG") {
+                Ok(boot)
+            } else {
+                Err(format!("boot {boot}, Ready={status}: {message}"))
+            }
+        })
         .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+        .unwrap();
+    assert_eq!(host.power_state(), PowerState::Up { boot_id: boot });
+    // It stays NotReady, through a kubelet restart too.
+    host.restart_unit("kubelet").unwrap();
+    stays_not_ready(&cluster, &name).await;
     cluster.shutdown().await;
 }
 

@@ -121,6 +121,13 @@ pub struct FaultArgs {
     /// Nodes whose kubelet stays NotReady after a kubelet upgrade (comma-separated).
     #[clap(long, env = "ROTA_SIM_FAULT_KUBELET_FAILS", value_delimiter = ',')]
     pub fault_kubelet_fails: Vec<String>,
+    /// Nodes whose kubelet stays NotReady once the node has rebooted (comma-separated).
+    #[clap(
+        long,
+        env = "ROTA_SIM_FAULT_KUBELET_FAILS_AFTER_REBOOT",
+        value_delimiter = ','
+    )]
+    pub fault_kubelet_fails_after_reboot: Vec<String>,
     /// Share of API requests answered with an error (0..=1).
     #[clap(long, env = "ROTA_SIM_API_ERROR_RATE", default_value = "0", value_parser = parse_rate)]
     pub api_error_rate: f64,
@@ -141,6 +148,11 @@ impl FaultArgs {
         Faults {
             never_return: self.fault_never_return.iter().cloned().collect(),
             kubelet_fails_after_upgrade: self.fault_kubelet_fails.iter().cloned().collect(),
+            kubelet_fails_after_reboot: self
+                .fault_kubelet_fails_after_reboot
+                .iter()
+                .cloned()
+                .collect(),
             api: FaultConfig {
                 error_rate: self.api_error_rate,
                 error_codes: self.api_error_codes.clone(),
@@ -186,6 +198,8 @@ mod tests {
             "429,503",
             "--fault-kubelet-fails",
             "worker-03",
+            "--fault-kubelet-fails-after-reboot",
+            "worker-04",
             "--drop-watches-every",
             "5s",
         ])
@@ -200,6 +214,7 @@ mod tests {
         assert_eq!(f.api.latency, Duration::from_millis(20));
         assert_eq!(f.api.error_codes, vec![429, 503]);
         assert!(f.kubelet_fails("worker-03"));
+        assert!(f.kubelet_fails_after_reboot("worker-04") && !f.kubelet_fails("worker-04"));
         assert_eq!(f.drop_watches_every, Some(Duration::from_secs(5)));
         assert_eq!(cli.cluster.scenario(), Scenario::generate(6, 9));
     }

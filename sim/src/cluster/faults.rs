@@ -1,6 +1,7 @@
 //! Every fault the simulation can inject, in one configuration for the CLI, the demo and the
 //! end-to-end tests: nodes that never come back from a reboot, kubelets that fail after an
-//! upgrade, and (applied to the HTTP layer) API errors, latency and dropped watches.
+//! upgrade or after a reboot, and (applied to the HTTP layer) API errors, latency and dropped
+//! watches.
 //!
 //! The configuration can change while the cluster runs ([`crate::cluster::ClusterHandle::set_faults`]);
 //! node faults are read when the node reboots or its kubelet starts.
@@ -22,6 +23,9 @@ pub struct Faults {
     /// Nodes whose kubelet stays NotReady once it starts with a kubelet version other than the
     /// one the node started with (a broken kubelet upgrade).
     pub kubelet_fails_after_upgrade: BTreeSet<String>,
+    /// Nodes whose kubelet stays NotReady once the node has rebooted (a kernel or a
+    /// configuration the boot picks up breaks it), whatever its version.
+    pub kubelet_fails_after_reboot: BTreeSet<String>,
     /// Errors and latency of the API server's HTTP layer.
     pub api: FaultConfig,
     /// Close every open watch stream this often.
@@ -42,6 +46,17 @@ impl Faults {
     /// Whether `node`'s kubelet fails after an upgrade.
     pub fn kubelet_fails(&self, node: &str) -> bool {
         self.kubelet_fails_after_upgrade.contains(node)
+    }
+
+    /// Whether `node`'s kubelet fails once the node has rebooted.
+    pub fn kubelet_fails_after_reboot(&self, node: &str) -> bool {
+        self.kubelet_fails_after_reboot.contains(node)
+    }
+
+    /// Sets `node`'s kubelet to fail after the node's next reboot.
+    pub fn with_kubelet_failure_after_reboot(mut self, node: &str) -> Self {
+        self.kubelet_fails_after_reboot.insert(node.to_string());
+        self
     }
 
     /// Sets `node` to stay down after its next reboot.
@@ -94,7 +109,10 @@ mod tests {
     fn node_faults() {
         let f = Faults::none()
             .with_never_return("w1")
-            .with_kubelet_failure("w2");
+            .with_kubelet_failure("w2")
+            .with_kubelet_failure_after_reboot("w3");
+        assert!(f.kubelet_fails_after_reboot("w3"));
+        assert!(!f.kubelet_fails("w3") && !f.kubelet_fails_after_reboot("w2"));
         assert!(f.never_returns("w1"));
         assert!(!f.never_returns("w2"));
         assert!(f.kubelet_fails("w2"));

@@ -396,6 +396,8 @@ struct Kubelet {
     timers: Timers<Timer>,
     /// The kubelet version the node started with (a different one is an upgrade).
     first_version: Option<String>,
+    /// The node has booted since the simulation started it.
+    rebooted: bool,
     next_ip: u32,
 }
 
@@ -410,6 +412,7 @@ pub(crate) async fn run(
     let mut kubelet = Kubelet {
         node_key: ResourceKey::new(nodes(), None, &ctx.spec.name),
         first_version: ctx.host.kubelet_version(),
+        rebooted: false,
         ctx,
         up: true,
         readiness: Readiness::Ready,
@@ -554,6 +557,7 @@ impl Kubelet {
         let boot_id = self.ctx.host.boot();
         tracing::info!(node = self.node(), %boot_id, "node booted");
         self.ctx.host.set_power(PowerState::Up { boot_id });
+        self.rebooted = true;
         self.start_kubelet(true);
     }
 
@@ -566,13 +570,18 @@ impl Kubelet {
         self.up = true;
         self.epoch += 1;
         let version = self.ctx.host.kubelet_version();
-        let failed = self.faults().kubelet_fails(self.node()) && version != self.first_version;
+        let faults = self.faults();
+        let upgraded = version != self.first_version;
+        let failed = (faults.kubelet_fails(self.node()) && upgraded)
+            || (faults.kubelet_fails_after_reboot(self.node()) && self.rebooted);
         let info = node_info(&self.ctx.spec, &self.ctx.host);
         if failed {
             tracing::warn!(
                 node = self.node(),
                 ?version,
-                "fault: kubelet fails after upgrade"
+                upgraded,
+                rebooted = self.rebooted,
+                "fault: the kubelet fails"
             );
             self.set_readiness(Readiness::Failed, Some(info));
         } else {

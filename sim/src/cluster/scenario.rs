@@ -19,6 +19,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 use super::host::{CONTAINERD_PACKAGE, KERNEL_PACKAGE, KUBELET_PACKAGE};
+use crate::apiserver::meta;
 
 /// The zones nodes are spread over.
 pub const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
@@ -37,6 +38,8 @@ pub const KERNEL_UPDATE: (&str, &str) = ("6.1.0-31-amd64", "6.1.129-1");
 pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
 /// The zone label.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// The Deployment (in namespace `legacy`) whose PodDisruptionBudget allows no disruption.
+pub const BLOCKED_WORKLOAD: &str = "license-server";
 /// The hostname label.
 pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 /// A node's allocatable CPU unless [`Scenario::tighten_capacity`] lowered it (4 cores less
@@ -432,14 +435,14 @@ impl Scenario {
         };
         scenario.deployments.push(deployment(
             "legacy",
-            "license-server",
+            BLOCKED_WORKLOAD,
             1,
             "registry.local/license-server:4.2",
             30,
             false,
             Some(pin(&blocked_node)),
         ));
-        scenario.add_pdb("legacy", "license-server", Budget::MinAvailable(1), 1);
+        scenario.add_pdb("legacy", BLOCKED_WORKLOAD, Budget::MinAvailable(1), 1);
 
         scenario.pods.push(bare_pod(
             "batch",
@@ -456,6 +459,32 @@ impl Scenario {
             pin(&unmanaged_pods_node),
         ));
         scenario
+    }
+
+    /// The Deployments that run on workers (`(namespace, name)`), the blocked one aside.
+    pub fn worker_deployments(&self) -> Vec<(String, String)> {
+        self.deployments
+            .iter()
+            .filter(|d| meta::name(d) != BLOCKED_WORKLOAD)
+            .map(|d| (meta::namespace(d).to_string(), meta::name(d).to_string()))
+            .collect()
+    }
+
+    /// Make the pods of Deployment `namespace/name` take `seconds` to stop (a `preStop` hook
+    /// that long, draining long-lived connections, and a grace period 15 s beyond it). Returns
+    /// whether the Deployment exists.
+    pub fn slow_down_termination(&mut self, namespace: &str, name: &str, seconds: i64) -> bool {
+        let Some(deployment) = self
+            .deployments
+            .iter_mut()
+            .find(|d| meta::namespace(d) == namespace && meta::name(d) == name)
+        else {
+            return false;
+        };
+        let spec = &mut deployment["spec"]["template"]["spec"];
+        spec["terminationGracePeriodSeconds"] = json!(seconds + 15);
+        spec["containers"][0]["lifecycle"] = json!({"preStop": {"sleep": {"seconds": seconds}}});
+        true
     }
 
     /// Lower the workers' allocatable CPU so that they have room for the workloads' pods and

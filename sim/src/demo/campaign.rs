@@ -1,8 +1,10 @@
-//! `rota-sim campaign`: rota through many seeded scenarios, each with a random size,
-//! `maxUnavailable`, number of coordinator replicas and a random handful of faults — killed
-//! coordinators, a leader killed mid-drain, an agent killed mid-upgrade, API errors and
-//! latency, watches dropped with the history compacted (so they resume into 410 Gone), a node
-//! that never returns, a kubelet that fails after its upgrade — judged like the demo.
+//! `rota-sim campaign`: rota through many seeded scenarios, each with a random size, PDB
+//! shapes (from the scenario's seed), `maxUnavailable`, number of coordinator replicas, one or
+//! two pools, and a random handful of faults — killed coordinators, a leader killed mid-drain,
+//! an agent killed mid-upgrade, API errors and latency, watches dropped with the history
+//! compacted (so they resume into 410 Gone), a node that never returns, a kubelet that fails
+//! after its reboot, pods slow to terminate, workers short of room for evicted pods — judged
+//! like the demo, by the independent safety monitor.
 //!
 //! Run `i` of a campaign started at seed `S` uses seed `S + i`, which decides everything about
 //! it: `rota-sim campaign --runs 1 --seed S+i` replays it. A run passes when no invariant broke
@@ -10,24 +12,26 @@
 //! fencing token was granted twice, and every node without an injected node fault is done.
 //! The exit status is 1 when any run failed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rota_core::model::SlotPhase;
-use rota_core::policy::conditions;
+use rota_core::policy::{Selector, conditions};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::fleet::{Fleet, FleetOptions, POLICY_NAME, Scheduler, slot_phase};
+use super::fleet::{Fleet, FleetOptions, Scheduler, demo_policy, slot_phase};
 use super::report::{Report, Stopped};
 use super::{Error, Result};
 use crate::apiserver::{FaultConfig, GroupResource, ListOptions, ResourceKey, meta};
 use crate::cluster::args::parse_duration;
+use crate::cluster::scenario::{ZONE_LABEL, ZONES};
 use crate::cluster::{Faults, Scenario};
 
 /// Flags of `rota-sim campaign`.
@@ -113,10 +117,26 @@ pub enum Fault {
         /// The node.
         node: String,
     },
-    /// The node's kubelet stays NotReady after its upgrade.
+    /// The node's kubelet stays NotReady once the node has rebooted.
     KubeletFails {
         /// The node.
         node: String,
+    },
+    /// The pods of a Deployment take `seconds` (simulated) to stop, as if draining long-lived
+    /// connections: a drain waits for them, or times out and tries again later.
+    SlowTermination {
+        /// The Deployment's namespace.
+        namespace: String,
+        /// The Deployment.
+        name: String,
+        /// How long each pod takes to stop, in simulated seconds.
+        seconds: i64,
+    },
+    /// The workers have room for only this share more pods than they run: pods evicted by a
+    /// drain may stay Pending, holding their budgets down.
+    CapacityExhaustion {
+        /// Spare room, as a share of the running pods.
+        headroom: f64,
     },
 }
 
@@ -164,7 +184,15 @@ impl fmt::Display for Fault {
                 )
             }
             Fault::NeverReturns { node } => write!(f, "{node} never returns"),
-            Fault::KubeletFails { node } => write!(f, "{node}'s kubelet fails after upgrade"),
+            Fault::KubeletFails { node } => write!(f, "{node}'s kubelet fails after its reboot"),
+            Fault::SlowTermination {
+                namespace,
+                name,
+                seconds,
+            } => write!(f, "pods of {namespace}/{name} take {seconds} s to stop"),
+            Fault::CapacityExhaustion { headroom } => {
+                write!(f, "workers with {:.0}% spare room", headroom * 100.0)
+            }
         }
     }
 }
@@ -181,14 +209,46 @@ pub struct RunPlan {
     pub max_unavailable: u32,
     /// Coordinator replicas.
     pub coordinators: usize,
+    /// A second pool: the nodes of one zone under their own policy and `maxUnavailable`
+    /// (the main policy takes the other zones).
+    pub pool: Option<ZonePool>,
     /// The faults injected.
     pub faults: Vec<Fault>,
     /// The campaign's fewest and most nodes, which the plan was drawn with.
     pub size_range: (usize, usize),
 }
 
+/// A pool of the nodes of one zone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ZonePool {
+    /// The zone (`topology.kubernetes.io/zone`).
+    pub zone: String,
+    /// The pool's `maxUnavailable`.
+    pub max_unavailable: u32,
+}
+
+impl ZonePool {
+    /// The policy's name.
+    fn name(&self) -> String {
+        format!("pool-{}", self.zone)
+    }
+
+    /// `zone In [the zone]` (`NotIn` for the main policy).
+    fn selector(&self, operator: &str) -> LabelSelector {
+        LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: ZONE_LABEL.into(),
+                operator: operator.into(),
+                values: Some(vec![self.zone.clone()]),
+            }]),
+            ..LabelSelector::default()
+        }
+    }
+}
+
 /// The kinds of fault a plan draws from.
-const FAULT_KINDS: usize = 8;
+const FAULT_KINDS: usize = 10;
 
 impl RunPlan {
     /// The plan of the run with `seed`, its size between `min_nodes` and `max_nodes`.
@@ -199,7 +259,14 @@ impl RunPlan {
         let max_unavailable =
             rng.random_range(1..=u32::try_from(nodes / 4).unwrap_or(1).clamp(1, 4));
         let mut coordinators = rng.random_range(1..=3usize);
-        let workers = Scenario::generate(nodes, seed).worker_names();
+        // A third of the runs split the fleet into two pools.
+        let pool = (nodes >= 8 && rng.random_range(0..3) == 0).then(|| ZonePool {
+            zone: ZONES[rng.random_range(0..ZONES.len())].to_string(),
+            max_unavailable: rng.random_range(1..=2),
+        });
+        let scenario = Scenario::generate(nodes, seed);
+        let workers = scenario.worker_names();
+        let deployments = scenario.worker_deployments();
         let mut kinds: Vec<usize> = (0..FAULT_KINDS).collect();
         let count = rng.random_range(1..=3usize);
         let mut faults = Vec::new();
@@ -231,6 +298,23 @@ impl RunPlan {
                 5 => Fault::WatchDropsAndCompaction {
                     every: Duration::from_millis(rng.random_range(1000..=5000)),
                 },
+                8 => {
+                    if deployments.is_empty() {
+                        continue;
+                    }
+                    let (namespace, name) =
+                        deployments[rng.random_range(0..deployments.len())].clone();
+                    // From 5 to 25 simulated minutes: some within the drain's timeout, some
+                    // beyond it (the demo policy's 15 s stand for 15 min).
+                    Fault::SlowTermination {
+                        namespace,
+                        name,
+                        seconds: rng.random_range(300..=1500),
+                    }
+                }
+                9 => Fault::CapacityExhaustion {
+                    headroom: f64::from(rng.random_range(0..=10u32)) / 100.0,
+                },
                 kind => {
                     let candidates: Vec<&String> =
                         workers.iter().filter(|w| !broken.contains(*w)).collect();
@@ -254,6 +338,7 @@ impl RunPlan {
             nodes,
             max_unavailable,
             coordinators,
+            pool,
             faults,
             size_range: (min_nodes, max_nodes),
         }
@@ -278,14 +363,40 @@ impl RunPlan {
 
     fn describe(&self) -> String {
         let faults: Vec<String> = self.faults.iter().map(ToString::to_string).collect();
+        let pool = self.pool.as_ref().map_or(String::new(), |p| {
+            format!(" ({} maxUnavailable {})", p.name(), p.max_unavailable)
+        });
         format!(
-            "{} nodes, maxUnavailable {}, {} coordinator{}; {}",
+            "{} nodes, maxUnavailable {}{pool}, {} coordinator{}; {}",
             self.nodes,
             self.max_unavailable,
             self.coordinators,
             if self.coordinators == 1 { "" } else { "s" },
             faults.join(", ")
         )
+    }
+
+    /// The scheduler: rota with the demo's policy over every node, or, with a second pool,
+    /// over the other zones' nodes and the pool's own policy over its zone's.
+    fn scheduler(&self) -> Scheduler {
+        let mut scheduler = Scheduler::rota(self.max_unavailable);
+        if let Scheduler::Rota {
+            coordinators,
+            policy,
+            pools,
+            ..
+        } = &mut scheduler
+        {
+            coordinators.replicas = self.coordinators;
+            coordinators.tls = true;
+            if let (Some(pool), Some(policy)) = (&self.pool, policy.as_mut()) {
+                policy.node_selector = pool.selector("NotIn");
+                let mut own = demo_policy(pool.max_unavailable);
+                own.node_selector = pool.selector("In");
+                pools.push((pool.name(), own));
+            }
+        }
+        scheduler
     }
 }
 
@@ -440,8 +551,12 @@ async fn inject(fleet: &Fleet, fault: &Fault, limit: Duration) -> Result<()> {
                 fleet.server()?.faults().drop_watches();
             }
         }
-        // Set before the fleet starts: they act when the node reboots or its kubelet starts.
-        Fault::NeverReturns { .. } | Fault::KubeletFails { .. } => {}
+        // Set before the fleet starts: they act when the node reboots or its kubelet starts,
+        // or shape the scenario.
+        Fault::NeverReturns { .. }
+        | Fault::KubeletFails { .. }
+        | Fault::SlowTermination { .. }
+        | Fault::CapacityExhaustion { .. } => {}
     }
     Ok(())
 }
@@ -458,8 +573,31 @@ enum Progress {
     Halted,
 }
 
-/// Where `fleet`'s rollout stands, `broken` being the nodes a fault took out.
-fn progress(fleet: &Fleet, broken: &BTreeSet<String>, max_unavailable: u32) -> Progress {
+/// One of rota's policies, as the campaign judges whether it halted.
+struct PoolView {
+    name: String,
+    selector: Selector,
+    max_unavailable: usize,
+}
+
+impl PoolView {
+    /// `scheduler`'s policies.
+    fn of(scheduler: &Scheduler, pool_size: &dyn Fn(&LabelSelector) -> usize) -> Vec<PoolView> {
+        scheduler
+            .pool_limits(pool_size)
+            .into_iter()
+            .map(|(name, selector, max_unavailable)| PoolView {
+                name,
+                selector: Selector::parse(&selector).unwrap_or_else(|_| Selector::everything()),
+                max_unavailable,
+            })
+            .collect()
+    }
+}
+
+/// Where `fleet`'s rollout stands, `broken` being the nodes a fault took out and `pools` rota's
+/// policies.
+fn progress(fleet: &Fleet, broken: &BTreeSet<String>, pools: &[PoolView]) -> Progress {
     let done = fleet.done_nodes();
     let waiting = fleet.not_done_reasons();
     let healthy_waiting: Vec<(&String, &String)> = waiting
@@ -474,30 +612,38 @@ fn progress(fleet: &Fleet, broken: &BTreeSet<String>, max_unavailable: u32) -> P
         .list(&GroupResource::core("nodes"), None, &ListOptions::default())
         .map(|l| l.items)
         .unwrap_or_default();
-    let failed = nodes
+    let labels = |n: &Value| -> BTreeMap<String, String> {
+        n.pointer("/metadata/labels")
+            .and_then(|l| serde_json::from_value(l.clone()).ok())
+            .unwrap_or_default()
+    };
+    let pool_of = |n: &Value| {
+        let labels = labels(n);
+        pools.iter().position(|p| p.selector.matches(&labels))
+    };
+    // A pool has halted when its circuit breaker is open or its failed nodes hold all of its
+    // capacity.
+    let halted: Vec<bool> = pools
         .iter()
-        .filter(|n| slot_phase(n) == Some(SlotPhase::Failed))
-        .count();
-    let policy = fleet.store().get(&ResourceKey::new(
-        GroupResource::new("rota.dev", "maintenancepolicies"),
-        None,
-        POLICY_NAME,
-    ));
-    let circuit_open = policy.is_ok_and(|p| {
-        p.pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .is_some_and(|conditions| {
-                conditions.iter().any(|c| {
-                    c.get("type").and_then(Value::as_str) == Some(conditions::CIRCUIT_OPEN)
-                        && c.get("status").and_then(Value::as_str) == Some("True")
-                })
-            })
-    });
-    let capacity_held = u32::try_from(failed).unwrap_or(u32::MAX) >= max_unavailable;
+        .enumerate()
+        .map(|(i, pool)| {
+            let failed = nodes
+                .iter()
+                .filter(|n| pool_of(n) == Some(i) && slot_phase(n) == Some(SlotPhase::Failed))
+                .count();
+            circuit_open(fleet, &pool.name) || failed >= pool.max_unavailable
+        })
+        .collect();
     let untouched: BTreeSet<String> = untouched_nodes(&nodes);
-    if (circuit_open || capacity_held)
-        && healthy_waiting.iter().all(|(n, _)| untouched.contains(*n))
-    {
+    let excused = |name: &str| {
+        untouched.contains(name)
+            && nodes
+                .iter()
+                .find(|n| meta::name(n) == name)
+                .and_then(|n| pool_of(n))
+                .is_some_and(|i| halted[i])
+    };
+    if healthy_waiting.iter().all(|(n, _)| excused(n)) {
         return Progress::Halted;
     }
     let (node, why) = healthy_waiting[0];
@@ -506,6 +652,25 @@ fn progress(fleet: &Fleet, broken: &BTreeSet<String>, max_unavailable: u32) -> P
         done.len(),
         nodes.len()
     ))
+}
+
+/// Whether the circuit breaker of MaintenancePolicy `policy` is open.
+fn circuit_open(fleet: &Fleet, policy: &str) -> bool {
+    let policy = fleet.store().get(&ResourceKey::new(
+        GroupResource::new("rota.dev", "maintenancepolicies"),
+        None,
+        policy,
+    ));
+    policy.is_ok_and(|p| {
+        p.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|conditions| {
+                conditions.iter().any(|c| {
+                    c.get("type").and_then(Value::as_str) == Some(conditions::CIRCUIT_OPEN)
+                        && c.get("status").and_then(Value::as_str) == Some("True")
+                })
+            })
+    })
 }
 
 /// Nodes rota has not touched (or has given back): Ready, schedulable, holding no slot.
@@ -525,8 +690,16 @@ async fn until_over(
     broken: &BTreeSet<String>,
     timeout: Duration,
 ) -> Option<Progress> {
+    let limits = fleet.pool_limits();
+    let pools = PoolView::of(&plan.scheduler(), &|_| 0)
+        .into_iter()
+        .map(|mut p| {
+            p.max_unavailable = limits.get(&p.name).copied().unwrap_or(p.max_unavailable);
+            p
+        })
+        .collect::<Vec<_>>();
     let over = fleet.wait_for("the rollout over", timeout, |f| {
-        match progress(f, broken, plan.max_unavailable) {
+        match progress(f, broken, &pools) {
             Progress::Running(why) => Err(why),
             ended => Ok(ended),
         }
@@ -557,16 +730,21 @@ async fn until_over(
 pub async fn run_plan(plan: &RunPlan, timeout: Duration) -> Result<RunOutcome> {
     let began = std::time::Instant::now();
     let mut options = FleetOptions::new(plan.nodes, plan.seed, plan.max_unavailable);
-    if let Scheduler::Rota { coordinators, .. } = &mut options.scheduler {
-        coordinators.replicas = plan.coordinators;
-        coordinators.tls = true;
-    }
+    options.scheduler = plan.scheduler();
     let broken = plan.broken_nodes();
     let mut faults = Faults::none();
     for fault in &plan.faults {
         match fault {
             Fault::NeverReturns { node } => faults = faults.with_never_return(node),
-            Fault::KubeletFails { node } => faults = faults.with_kubelet_failure(node),
+            Fault::KubeletFails { node } => faults = faults.with_kubelet_failure_after_reboot(node),
+            Fault::SlowTermination {
+                namespace,
+                name,
+                seconds,
+            } => options
+                .slow_termination
+                .push((namespace.clone(), name.clone(), *seconds)),
+            Fault::CapacityExhaustion { headroom } => options.tight_capacity = Some(*headroom),
             _ => {}
         }
     }
@@ -706,6 +884,17 @@ mod tests {
                     scenario.worker_names().contains(&node),
                     "{node} is no worker"
                 );
+            }
+            for fault in &plan.faults {
+                if let Fault::SlowTermination {
+                    namespace, name, ..
+                } = fault
+                {
+                    assert!(
+                        scenario.clone().slow_down_termination(namespace, name, 60),
+                        "{fault}"
+                    );
+                }
             }
             let kills_leader = plan.faults.iter().any(|f| {
                 matches!(

@@ -129,6 +129,7 @@ impl DemoArgs {
                     },
                     agents: AgentOptions::default(),
                     policy: Some(Box::new(spec)),
+                    pools: Vec::new(),
                 }
             }
             PolicyChoice::Kured => Scheduler::Kured(self.kured()),

@@ -30,14 +30,14 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResourceExt;
 use rota_agent::daemon::machine::UpgradePolicy;
 use rota_agent::host::ExitStatus;
 use rota_core::model::SlotPhase;
 use rota_core::policy::crd::{BackoffSpec, DrainSpec, HealthSpec, UpgradeMode, UpgradeSpec};
-use rota_core::policy::{MaintenancePolicy, MaintenancePolicySpec};
+use rota_core::policy::{MaintenancePolicy, MaintenancePolicySpec, Selector};
 use rota_core::slots::persist::{REQUEST_ANNOTATION, SLOT_ANNOTATION};
 use rota_monitor::{Monitor, MonitorConfig, PoolConfig, Verdict};
 use serde_json::{Value, json};
@@ -61,7 +61,7 @@ use crate::apiserver::{
     ApiServer, AuditLog, GroupResource, ListOptions, ResourceKey, ServerHandle, Store, meta,
 };
 use crate::cluster::host::KERNEL_PACKAGE;
-use crate::cluster::scenario::{INITIAL_KUBELET, KERNEL_UPDATE};
+use crate::cluster::scenario::{BLOCKED_WORKLOAD, INITIAL_KUBELET, KERNEL_UPDATE};
 use crate::cluster::{Cluster, ClusterHandle, Faults, Scenario, SimHost, Timings};
 
 /// The name of the MaintenancePolicy the fleet applies.
@@ -78,6 +78,9 @@ pub enum Scheduler {
         agents: AgentOptions,
         /// The policy applied at start (`None`: call [`Fleet::apply_policy`] later).
         policy: Option<Box<MaintenancePolicySpec>>,
+        /// More pools, each its own MaintenancePolicy (name, spec) applied at start; their
+        /// node selectors and the main policy's should not overlap.
+        pools: Vec<(String, MaintenancePolicySpec)>,
     },
     /// The kured model.
     Kured(KuredOptions),
@@ -90,6 +93,7 @@ impl Scheduler {
             coordinators: CoordinatorOptions::default(),
             agents: AgentOptions::default(),
             policy: Some(Box::new(demo_policy(max_unavailable))),
+            pools: Vec::new(),
         }
     }
 
@@ -109,22 +113,44 @@ impl Scheduler {
         }
     }
 
-    /// Most nodes the scheduler may take down at once.
+    /// Most nodes the scheduler may take down at once, `nodes` being the fleet's nodes: for
+    /// rota, the sum over its pools (see [`Scheduler::pool_limits`]), percentages taken of
+    /// every node.
     pub fn max_unavailable(&self, nodes: usize) -> usize {
         match self {
-            Scheduler::Rota { policy, .. } => policy
-                .as_ref()
-                .and_then(|p| p.max_unavailable.as_ref())
-                .map(|m| match m {
-                    IntOrString::Int(n) => usize::try_from(*n).unwrap_or(1),
-                    IntOrString::String(p) => {
-                        let percent: usize = p.trim_end_matches('%').parse().unwrap_or(0);
-                        (nodes * percent / 100).max(1)
-                    }
-                })
-                .unwrap_or(1),
+            Scheduler::Rota { .. } => self
+                .pool_limits(&|_: &LabelSelector| nodes)
+                .iter()
+                .map(|(_, _, k)| k)
+                .sum::<usize>()
+                .max(1),
             Scheduler::Kured(options) => options.concurrency.max(1),
         }
+    }
+
+    /// Each of rota's policies (the main one first): its name, node selector and most nodes
+    /// unavailable at once, a percentage taken of the `pool_size` nodes its selector matches.
+    pub fn pool_limits(
+        &self,
+        pool_size: &dyn Fn(&LabelSelector) -> usize,
+    ) -> Vec<(String, LabelSelector, usize)> {
+        let Scheduler::Rota { policy, pools, .. } = self else {
+            return Vec::new();
+        };
+        let limit = |spec: &MaintenancePolicySpec| match &spec.max_unavailable {
+            Some(IntOrString::Int(n)) => usize::try_from(*n).unwrap_or(1),
+            Some(IntOrString::String(p)) => {
+                let percent: usize = p.trim_end_matches('%').parse().unwrap_or(0);
+                (pool_size(&spec.node_selector) * percent / 100).max(1)
+            }
+            None => 1,
+        };
+        policy
+            .iter()
+            .map(|spec| (POLICY_NAME.to_string(), spec.as_ref()))
+            .chain(pools.iter().map(|(name, spec)| (name.clone(), spec)))
+            .map(|(name, spec)| (name, spec.node_selector.clone(), limit(spec)))
+            .collect()
     }
 }
 
@@ -182,6 +208,9 @@ pub struct FleetOptions {
     pub settle_timeout: Duration,
     /// Leave the workers only this share of spare CPU (see [`Scenario::tighten_capacity`]).
     pub tight_capacity: Option<f64>,
+    /// Deployments (`namespace`, `name`) whose pods take this many (simulated) seconds to stop
+    /// (see [`Scenario::slow_down_termination`]).
+    pub slow_termination: Vec<(String, String, i64)>,
 }
 
 impl FleetOptions {
@@ -196,6 +225,7 @@ impl FleetOptions {
             scheduler: Scheduler::rota(max_unavailable),
             settle_timeout: Duration::from_secs(60),
             tight_capacity: None,
+            slow_termination: Vec::new(),
         }
     }
 }
@@ -410,6 +440,13 @@ impl Fleet {
         if let Some(headroom) = options.tight_capacity {
             scenario.tighten_capacity(headroom);
         }
+        for (namespace, name, seconds) in &options.slow_termination {
+            if !scenario.slow_down_termination(namespace, name, *seconds) {
+                return Err(Error::Invalid(format!(
+                    "no Deployment {namespace}/{name} to slow down"
+                )));
+            }
+        }
         let mut cluster = Cluster::start(
             store.clone(),
             &scenario,
@@ -464,7 +501,12 @@ impl Fleet {
                 coordinators,
                 agents,
                 policy,
-            } => fleet.start_rota(coordinators, agents, policy).await?,
+                pools,
+            } => {
+                fleet
+                    .start_rota(coordinators, agents, policy, pools)
+                    .await?
+            }
             Scheduler::Kured(kured) => fleet.start_kured(kured)?,
         }
         Ok(fleet)
@@ -475,6 +517,7 @@ impl Fleet {
         coordinators: CoordinatorOptions,
         agents: AgentOptions,
         policy: Option<Box<MaintenancePolicySpec>>,
+        pools: Vec<(String, MaintenancePolicySpec)>,
     ) -> Result<()> {
         let store = self.store.clone();
         create_namespace(&store, SYSTEM_NAMESPACE)?;
@@ -482,6 +525,9 @@ impl Fleet {
         store.create_as(&MaintenancePolicy::crd())?;
         if let Some(spec) = policy {
             self.apply_policy(*spec)?;
+        }
+        for (name, spec) in pools {
+            self.apply_named_policy(&name, spec)?;
         }
 
         let api_url = self.api_url()?;
@@ -576,8 +622,13 @@ impl Fleet {
 
     /// Creates (or replaces the spec of) the fleet's MaintenancePolicy; the rollout starts now.
     pub fn apply_policy(&mut self, spec: MaintenancePolicySpec) -> Result<()> {
+        self.apply_named_policy(POLICY_NAME, spec)
+    }
+
+    /// Creates (or replaces the spec of) the MaintenancePolicy `name`; the rollout starts now.
+    pub fn apply_named_policy(&mut self, name: &str, spec: MaintenancePolicySpec) -> Result<()> {
         let resource = GroupResource::new("rota.dev", "maintenancepolicies");
-        let key = ResourceKey::new(resource.clone(), None, POLICY_NAME);
+        let key = ResourceKey::new(resource.clone(), None, name);
         match self.store.get(&key) {
             Ok(existing) => {
                 let mut updated = (*existing).clone();
@@ -586,13 +637,33 @@ impl Fleet {
                 self.store.update(&key, updated)?;
             }
             Err(_) => {
-                let policy = serde_json::to_value(MaintenancePolicy::new(POLICY_NAME, spec))
+                let policy = serde_json::to_value(MaintenancePolicy::new(name, spec))
                     .map_err(|e| Error::Invalid(format!("policy: {e}")))?;
                 self.store.create(&resource, None, policy)?;
             }
         }
         self.rollout_started.get_or_insert(self.store.now());
         Ok(())
+    }
+
+    /// Each of rota's policies by name: its node selector and the most nodes it may take down
+    /// at once (a percentage taken of the scenario's nodes it selects).
+    pub fn pool_limits(&self) -> BTreeMap<String, usize> {
+        let size = |selector: &LabelSelector| match Selector::parse(selector) {
+            Ok(selector) => self
+                .scenario
+                .nodes
+                .iter()
+                .filter(|n| selector.matches(&n.labels))
+                .count(),
+            Err(_) => 0,
+        };
+        self.options
+            .scheduler
+            .pool_limits(&size)
+            .into_iter()
+            .map(|(name, _, limit)| (name, limit))
+            .collect()
     }
 
     /// The in-process store of the emulated API server.
@@ -974,6 +1045,7 @@ impl Fleet {
                 .options
                 .scheduler
                 .max_unavailable(self.expectations.len()),
+            pool_limits: self.pool_limits(),
             control_plane: self.scenario.control_plane_names().into_iter().collect(),
             audit: &audit,
             verdict: &verdict,
@@ -1021,23 +1093,19 @@ impl Drop for Fleet {
     }
 }
 
-/// Starts the safety monitor against the API server at `url`, counting the policy's nodes as
+/// Starts the safety monitor against the API server at `url`, counting each policy's nodes as
 /// one pool.
 async fn start_monitor(url: &str, options: &FleetOptions) -> Result<Monitor> {
     let url = url
         .parse()
         .map_err(|e| Error::Invalid(format!("API server URL {url}: {e}")))?;
     let client = kube::Client::try_from(kube::Config::new(url))?;
-    let pools = match &options.scheduler {
-        Scheduler::Rota {
-            policy: Some(policy),
-            ..
-        } => vec![PoolConfig {
-            name: POLICY_NAME.into(),
-            selector: policy.node_selector.clone(),
-        }],
-        _ => Vec::new(),
-    };
+    let pools = options
+        .scheduler
+        .pool_limits(&|_: &LabelSelector| 0)
+        .into_iter()
+        .map(|(name, selector, _)| PoolConfig { name, selector })
+        .collect();
     Ok(Monitor::start(
         client,
         MonitorConfig {
@@ -1080,10 +1148,13 @@ fn intrinsic_cycles(
 
 /// The scenario without its workload whose PodDisruptionBudget allows no disruption.
 fn remove_blocked_workload(scenario: &mut Scenario) {
-    const BLOCKED: &str = "license-server";
-    scenario.deployments.retain(|d| meta::name(d) != BLOCKED);
-    scenario.pdbs.retain(|p| meta::name(p) != BLOCKED);
-    scenario.expected_pdbs.retain(|p| p.name != BLOCKED);
+    scenario
+        .deployments
+        .retain(|d| meta::name(d) != BLOCKED_WORKLOAD);
+    scenario.pdbs.retain(|p| meta::name(p) != BLOCKED_WORKLOAD);
+    scenario
+        .expected_pdbs
+        .retain(|p| p.name != BLOCKED_WORKLOAD);
     scenario.blocked_node = None;
 }
 

@@ -71,6 +71,9 @@ pub struct ReportInput<'a> {
     /// Most nodes the scheduler may take down at once (rota's `maxUnavailable`, kured's
     /// `--concurrency`).
     pub max_unavailable: usize,
+    /// Each pool's own limit, by the pool's name in the monitor's verdict (rota's policies;
+    /// empty for kured).
+    pub pool_limits: BTreeMap<String, usize>,
     /// The control-plane nodes (at most one may be unavailable at a time).
     pub control_plane: BTreeSet<String>,
     /// The emulator's audit record.
@@ -380,6 +383,18 @@ impl Report {
             invariant_violations.push(format!(
                 "{max_unavailable_observed} nodes unavailable at once, more than {k}"
             ));
+        }
+        for (pool, limit) in &input.pool_limits {
+            let peak = verdict
+                .max_unavailable
+                .pools
+                .get(pool)
+                .map_or(0, |p| p.count);
+            if peak > *limit {
+                invariant_violations.push(format!(
+                    "{peak} nodes of pool {pool} unavailable at once, more than {limit}"
+                ));
+            }
         }
         if max_control_plane_unavailable_observed > 1 {
             invariant_violations.push(format!(
@@ -763,11 +778,21 @@ mod tests {
         let done: BTreeSet<String> = ["a", "b", "c"].map(String::from).into();
         let mut verdict = Verdict::default();
         verdict.max_unavailable.overall.count = 2;
+        for (pool, count) in [("x", 2), ("y", 1)] {
+            verdict.max_unavailable.pools.insert(
+                pool.into(),
+                rota_monitor::Peak {
+                    count,
+                    ..Default::default()
+                },
+            );
+        }
         let input = ReportInput {
             scheduler: "rota",
             seed: 1,
             nodes: vec!["a".into(), "b".into(), "c".into()],
             max_unavailable: 2,
+            pool_limits: [("x".to_string(), 1), ("y".to_string(), 1)].into(),
             control_plane: BTreeSet::from(["a".to_string()]),
             audit: &audit,
             verdict: &verdict,
@@ -807,7 +832,14 @@ mod tests {
         assert_eq!(report.fencing_tokens_unique, Some(false));
         assert_eq!(
             report.invariant_violations.len(),
-            2,
+            3,
+            "{:?}",
+            report.invariant_violations
+        );
+        assert!(
+            report
+                .invariant_violations
+                .contains(&"2 nodes of pool x unavailable at once, more than 1".to_string()),
             "{:?}",
             report.invariant_violations
         );
@@ -857,6 +889,7 @@ mod tests {
             seed: 1,
             nodes: vec!["a".into(), "b".into()],
             max_unavailable: 1,
+            pool_limits: BTreeMap::new(),
             control_plane: BTreeSet::from(["a".to_string()]),
             audit: &audit,
             verdict: &verdict,
