@@ -27,7 +27,10 @@ fn demo_compare_prints_both_makespans_and_writes_the_report() {
         stdout.contains("lower bound: max(longest cycle"),
         "{stdout}"
     );
-    assert!(stdout.contains("ceil(6 / 3) × measured"), "{stdout}");
+    assert!(
+        stdout.contains("measured-cycle bound") && stdout.contains("= ceil(6 / 3) × "),
+        "{stdout}"
+    );
     // Not a terminal: plain progress lines, no cursor movement.
     assert!(stdout.contains("[rota "), "{stdout}");
     assert!(!stdout.contains('\u{1b}'), "{stdout}");
