@@ -187,16 +187,28 @@ async fn an_expiring_certificate_is_renewed_by_the_same_ca() {
 async fn a_certificate_lacking_configured_names_or_from_another_ca_is_reissued() {
     let server = emulator().await;
     let first = start(&server, &TlsOptions::default()).await;
+    let overlap = SignedDuration::from_secs(60);
     let wider = TlsOptions {
         tls_extra_sans: vec!["rota.example.com".into(), "10.0.0.7".into()],
+        tls_ca_overlap: overlap.unsigned_abs(),
         ..TlsOptions::default()
     };
+    // The CA's name constraints do not cover the new names: the certificate stays as it is
+    // (a name outside the constraints would make agents refuse it) and a CA for the new names
+    // is staged in the trust bundle.
     let second = start(&server, &wider).await;
-    assert_ne!(second.cert_pem(), first.cert_pem());
+    assert_eq!(second.cert_pem(), first.cert_pem());
+    let staged = secret(&server, CA_SECRET).await;
+    let next = Ca::from_pem(&field(&staged, "next.crt"), &field(&staged, "next.key")).unwrap();
+    assert!(published_ca(&server).await.contains(next.cert_pem().trim()));
+    // Once the bundle has held it for the overlap, it signs a certificate with every name.
+    let now = Timestamp::now();
+    second.refresh(now).await.unwrap();
+    assert!(second.refresh(now + overlap).await.unwrap());
     let info = CertInfo::from_pem(&second.cert_pem()).unwrap();
+    assert!(next.issued(&info));
     assert!(info.dns_names.contains(&"rota.example.com".to_owned()));
     assert_eq!(info.ips, ["10.0.0.7".parse::<std::net::IpAddr>().unwrap()]);
-    assert_eq!(second.ca_pem(), first.ca_pem());
 
     // A certificate signed by some other CA is replaced by one of ours.
     let stranger = Ca::generate(Timestamp::now(), tls::pki::CA_VALIDITY).unwrap();
