@@ -50,7 +50,10 @@ pub async fn server_config(
 #[derive(Debug)]
 enum Source {
     Files { cert: PathBuf, key: PathBuf },
-    Secret { secrets: Api<Secret>, name: String },
+    Secret {
+        secrets: Box<Api<Secret>>,
+        name: String,
+    },
     Bootstrap(Box<Bootstrap>),
 }
 
@@ -119,7 +122,7 @@ impl ServerTls {
                 ));
             }
             (TlsSource::Secret, _) => Source::Secret {
-                secrets: Api::namespaced(client, namespace),
+                secrets: Box::new(Api::namespaced(client, namespace)),
                 name: options.tls_secret.clone(),
             },
             (TlsSource::Bootstrap, _) => Source::Bootstrap(Box::new(Bootstrap::new(
