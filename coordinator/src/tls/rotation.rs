@@ -39,7 +39,8 @@ impl Life {
     /// Whether less than `percent_left` % of the lifetime remains at `now` (or it is over).
     pub fn due(&self, percent_left: u8, now: Timestamp) -> bool {
         let lifetime = self.not_after.duration_since(self.not_before);
-        let left = lifetime * i32::from(percent_left) / 100;
+        // Divided first: a lifetime near the largest duration must not overflow.
+        let left = lifetime / 100 * i32::from(percent_left);
         match self.not_after.checked_sub(left) {
             Ok(rotate_at) => now >= rotate_at,
             Err(_) => true,
@@ -183,7 +184,11 @@ impl<C: Authority> Rotation<C> {
         match &self.next {
             None => {
                 let due = self.active.life().due(policy.threshold_percent, now);
-                let too_long = self.active.life().lifetime() > policy.validity + LIFETIME_SLACK;
+                let longest = policy
+                    .validity
+                    .checked_add(LIFETIME_SLACK)
+                    .unwrap_or(SignedDuration::MAX);
+                let too_long = self.active.life().lifetime() > longest;
                 if due || too_long || !facts.conforming {
                     steps.push(Step::Stage);
                 }
@@ -354,6 +359,39 @@ mod tests {
         state = step(state, Step::Retire, due + DAY * 2, 0);
         assert_eq!(state.bundle(), [2]);
         assert_eq!(state.plan(facts(false), &p, due + DAY * 3), []);
+    }
+
+    #[test]
+    fn a_ca_is_due_when_less_than_the_threshold_of_its_life_is_left() {
+        let life = ca(1, t0(), DAY * 100).life;
+        let table = [
+            (0, 33, false),
+            (66, 33, false),
+            (67, 33, true),
+            (100, 33, true),
+            (200, 33, true),
+            (49, 50, false),
+            (50, 50, true),
+            (9, 90, false),
+            (10, 90, true),
+        ];
+        for (days, percent, due) in table {
+            assert_eq!(
+                life.due(percent, t0() + DAY * days),
+                due,
+                "day {days}, {percent} %"
+            );
+        }
+        // Not valid yet counts as not due (the clock is behind; nothing to gain by rotating).
+        assert!(!life.due(33, t0() - DAY));
+        let forever = Life {
+            not_before: Timestamp::MIN,
+            not_after: Timestamp::MAX,
+        };
+        assert!(
+            !forever.due(10, t0()),
+            "no overflow near the largest duration"
+        );
     }
 
     #[test]

@@ -49,7 +49,10 @@ pub async fn server_config(
 /// Where the serving certificate comes from.
 #[derive(Debug)]
 enum Source {
-    Files { cert: PathBuf, key: PathBuf },
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
     Secret {
         secrets: Box<Api<Secret>>,
         name: String,
