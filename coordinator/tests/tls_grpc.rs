@@ -775,3 +775,46 @@ async fn a_certificate_from_a_secret_is_served_and_its_renewal_picked_up() {
         .unwrap_err();
     assert!(err.to_string().contains("absent-tls"), "{err}");
 }
+
+#[tokio::test]
+async fn the_agent_refuses_a_certificate_outside_the_cas_name_constraints() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = TlsOptions::default().subject_names(NS).unwrap();
+    let now = Timestamp::now();
+    // A CA as the bootstrap makes it, its key used (as a thief would) for a certificate that
+    // also names another host.
+    let ca = Ca::generate_for(&names, now, tls::pki::CA_VALIDITY).unwrap();
+    let wider = tls::SubjectNames::for_service(
+        "rota-coordinator",
+        NS,
+        "cluster.local",
+        &["kubernetes.default.svc".into()],
+    )
+    .unwrap();
+    let outside = ca
+        .issue_serving(&wider, now, tls::pki::SERVING_VALIDITY)
+        .unwrap();
+    let options = TlsOptions {
+        tls_cert_file: Some(write(dir.path(), "tls.crt", &outside.cert_pem)),
+        tls_key_file: Some(write(dir.path(), "tls.key", &outside.key_pem)),
+        ..TlsOptions::default()
+    };
+    let nowhere =
+        kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap())).unwrap();
+    let tls = tls::server_config(&options, nowhere, NS).await.unwrap();
+    let served = Served::start(&tls).await;
+    let mut agent = agent_client(&served, &write(dir.path(), "ca.crt", ca.cert_pem()));
+    let refused = agent_call(&mut agent).await.unwrap_err();
+    assert!(refused.contains("NameConstraint"), "{refused}");
+
+    // The same CA's certificate for the coordinator's names only is accepted, on the agent's
+    // next connection.
+    let inside = ca
+        .issue_serving(&names, now, tls::pki::SERVING_VALIDITY)
+        .unwrap();
+    write(dir.path(), "tls.crt", &inside.cert_pem);
+    write(dir.path(), "tls.key", &inside.key_pem);
+    assert!(tls.refresh(now).await.unwrap());
+    agent_call_until_ok(&mut agent).await.unwrap();
+    served.shutdown().await;
+}
