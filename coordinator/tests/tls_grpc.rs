@@ -229,6 +229,19 @@ fn client_identity(ca: &Ca) -> Identity {
     Identity::from_pem(cert.pem(), key.serialize_pem())
 }
 
+/// A server serving `cert` from the files `tls.crt` and `tls.key` in `dir`.
+async fn files_tls(dir: &Path, cert: &tls::KeyedCert) -> ServerTls {
+    let options = TlsOptions {
+        tls_cert_file: Some(write(dir, "tls.crt", &cert.cert_pem)),
+        tls_key_file: Some(write(dir, "tls.key", &cert.key_pem)),
+        ..TlsOptions::default()
+    };
+    // No Kubernetes API is needed with files: this client points nowhere.
+    let nowhere =
+        kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap())).unwrap();
+    tls::server_config(&options, nowhere, NS).await.unwrap()
+}
+
 fn new_ca() -> Ca {
     Ca::generate(Timestamp::now(), tls::pki::CA_VALIDITY).unwrap()
 }
@@ -452,15 +465,7 @@ async fn certificate_files_are_served_and_reloaded_when_they_change() {
     let first = first_ca
         .issue_serving(&names, now, tls::pki::SERVING_VALIDITY)
         .unwrap();
-    let options = TlsOptions {
-        tls_cert_file: Some(write(dir.path(), "tls.crt", &first.cert_pem)),
-        tls_key_file: Some(write(dir.path(), "tls.key", &first.key_pem)),
-        ..TlsOptions::default()
-    };
-    // No Kubernetes API is needed with files: this client points nowhere.
-    let nowhere =
-        kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap())).unwrap();
-    let tls = tls::server_config(&options, nowhere, NS).await.unwrap();
+    let tls = files_tls(dir.path(), &first).await;
     assert_eq!(tls.ca_pem(), None);
     let served = Served::start(&tls).await;
     connect_and_call(served.endpoint(first_ca.cert_pem(), SERVICE_NAME))
@@ -794,14 +799,7 @@ async fn the_agent_refuses_a_certificate_outside_the_cas_name_constraints() {
     let outside = ca
         .issue_serving(&wider, now, tls::pki::SERVING_VALIDITY)
         .unwrap();
-    let options = TlsOptions {
-        tls_cert_file: Some(write(dir.path(), "tls.crt", &outside.cert_pem)),
-        tls_key_file: Some(write(dir.path(), "tls.key", &outside.key_pem)),
-        ..TlsOptions::default()
-    };
-    let nowhere =
-        kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap())).unwrap();
-    let tls = tls::server_config(&options, nowhere, NS).await.unwrap();
+    let tls = files_tls(dir.path(), &outside).await;
     let served = Served::start(&tls).await;
     let mut agent = agent_client(&served, &write(dir.path(), "ca.crt", ca.cert_pem()));
     let refused = agent_call(&mut agent).await.unwrap_err();
