@@ -153,8 +153,9 @@ pub struct TlsOptions {
     /// --tls-source=secret serves, re-read every --tls-refresh-interval.
     #[arg(long, env = "ROTA_TLS_SECRET", default_value = SERVING_SECRET)]
     pub tls_secret: String,
-    /// Certificate chain (PEM) the gRPC server presents; with --tls-key-file. Without both,
-    /// the coordinator bootstraps its own CA into Secrets of its namespace.
+    /// Certificate chain (PEM) the gRPC server presents; with --tls-key-file (implies
+    /// --tls-source=files). Without both and without --tls-source, the coordinator bootstraps
+    /// its own CA into Secrets of its namespace.
     #[arg(
         long,
         env = "ROTA_TLS_CERT_FILE",
