@@ -779,6 +779,16 @@ async fn a_certificate_from_a_secret_is_served_and_its_renewal_picked_up() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("absent-tls"), "{err}");
+    // Certificate files with another source are a contradiction, not silently ignored.
+    let both = TlsOptions {
+        tls_cert_file: Some("/c".into()),
+        tls_key_file: Some("/k".into()),
+        ..absent
+    };
+    let err = tls::server_config(&both, kube_client(&cluster), NS)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("--tls-source=files"), "{err}");
 }
 
 #[tokio::test]
