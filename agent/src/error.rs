@@ -79,6 +79,9 @@ pub enum Error {
     /// The connection to the coordinator could not be made.
     #[error("coordinator connection: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// A connection to the coordinator failed before gRPC began (TCP, TLS, the CA bundle).
+    #[error("connecting to the coordinator: {0}")]
+    Connect(String),
 }
 
 impl Error {

@@ -1,5 +1,6 @@
 //! The agent's channel to the coordinator: TLS unless plain text is asked for explicitly, and
-//! the CA and client files checked when the channel is built.
+//! the CA and client files checked when the channel is built. (The bundle read again for each
+//! connection is exercised over the wire in the coordinator's `tls_rotation` suite.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -44,7 +45,7 @@ fn plain_http_is_refused_without_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     let tls = with_ca(dir.path());
     refused(
-        tls::endpoint("http://rota-coordinator.rota-system.svc:9443", &tls),
+        tls::channel("http://rota-coordinator.rota-system.svc:9443", &tls),
         "--insecure-plaintext",
     );
     refused(
@@ -61,8 +62,7 @@ async fn plain_http_is_allowed_with_the_flag() {
         insecure_plaintext: true,
         ..TlsArgs::default()
     };
-    let endpoint = tls::endpoint("http://127.0.0.1:9443", &tls).unwrap();
-    assert_eq!(endpoint.uri().scheme_str(), Some("http"));
+    tls::channel("http://127.0.0.1:9443", &tls).unwrap();
     daemon::client("http://127.0.0.1:9443", &tls, TokenAuth::default()).unwrap();
 }
 
@@ -78,7 +78,7 @@ fn an_address_without_a_known_scheme_is_refused() {
         "grpc://rota:9443",
         "ftp://x",
     ] {
-        refused(tls::endpoint(url, &tls), "https://");
+        refused(tls::channel(url, &tls), "https://");
     }
 }
 
@@ -86,25 +86,24 @@ fn an_address_without_a_known_scheme_is_refused() {
 async fn https_with_a_ca_file_builds_a_tls_endpoint() {
     let dir = tempfile::tempdir().unwrap();
     let tls = with_ca(dir.path());
-    let endpoint = tls::endpoint("https://10.96.0.10:9443", &tls).unwrap();
-    assert_eq!(endpoint.uri().scheme_str(), Some("https"));
+    tls::channel("https://10.96.0.10:9443", &tls).unwrap();
     daemon::client("https://10.96.0.10:9443", &tls, TokenAuth::default()).unwrap();
     // The flag does not weaken an https address.
     let flagged = TlsArgs {
         insecure_plaintext: true,
         ..tls
     };
-    tls::endpoint("https://10.96.0.10:9443", &flagged).unwrap();
+    tls::channel("https://10.96.0.10:9443", &flagged).unwrap();
 }
 
-#[test]
-fn a_missing_or_empty_ca_file_fails_at_start() {
+#[tokio::test]
+async fn a_missing_or_empty_ca_file_fails_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let missing = TlsArgs {
         ca_file: dir.path().join("absent.crt"),
         ..TlsArgs::default()
     };
-    let err = tls::endpoint("https://rota:9443", &missing).unwrap_err();
+    let err = tls::channel("https://rota:9443", &missing).unwrap_err();
     assert!(err.is_not_found(), "{err}");
     for (name, contents) in [
         ("empty.crt", ""),
@@ -115,15 +114,15 @@ fn a_missing_or_empty_ca_file_fails_at_start() {
             ca_file: write(dir.path(), name, contents),
             ..TlsArgs::default()
         };
-        match tls::endpoint("https://rota:9443", &bad) {
+        match tls::channel("https://rota:9443", &bad) {
             Err(Error::Parse { what, .. }) => assert!(what.contains(name), "{what}"),
             other => panic!("{name}: expected a parse error, got {other:?}"),
         }
     }
 }
 
-#[test]
-fn client_certificate_files_are_read_when_given() {
+#[tokio::test]
+async fn client_certificate_files_are_read_when_given() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = ca();
     let tls = TlsArgs {
@@ -131,11 +130,11 @@ fn client_certificate_files_are_read_when_given() {
         tls_client_key_file: Some(write(dir.path(), "client.key", &key)),
         ..with_ca(dir.path())
     };
-    tls::endpoint("https://rota:9443", &tls).unwrap();
+    tls::channel("https://rota:9443", &tls).unwrap();
     let missing_key = TlsArgs {
         tls_client_key_file: Some(dir.path().join("absent.key")),
         ..tls
     };
-    let err = tls::endpoint("https://rota:9443", &missing_key).unwrap_err();
+    let err = tls::channel("https://rota:9443", &missing_key).unwrap_err();
     assert!(err.is_not_found(), "{err}");
 }

@@ -1222,3 +1222,243 @@ fn the_dockerfile_builds_binaries_that_exist_into_the_images_the_manifests_name(
         );
     }
 }
+
+/// Every subject of a RoleBinding or ClusterRoleBinding in `docs` that may get, list or watch
+/// Secrets, as `kind/namespace/name` (wildcards in groups, resources and verbs count).
+fn secret_readers(docs: &[Value]) -> BTreeSet<String> {
+    let grants_secrets = |rules: &Value| {
+        rules.as_array().into_iter().flatten().any(|rule| {
+            let has = |field: &str, wanted: &[&str]| {
+                rule[field]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|v| v.as_str().is_some_and(|v| wanted.contains(&v)))
+            };
+            has("apiGroups", &["", "*"])
+                && has("resources", &["secrets", "*"])
+                && has("verbs", &["get", "list", "watch", "*"])
+        })
+    };
+    let mut readers = BTreeSet::new();
+    for binding in docs
+        .iter()
+        .filter(|d| d["kind"] == "RoleBinding" || d["kind"] == "ClusterRoleBinding")
+    {
+        let role_kind = binding["roleRef"]["kind"].as_str().unwrap();
+        let role_name = &binding["roleRef"]["name"];
+        let role = docs
+            .iter()
+            .find(|d| {
+                d["kind"] == role_kind
+                    && d["metadata"]["name"] == *role_name
+                    && (role_kind == "ClusterRole"
+                        || d["metadata"]["namespace"] == binding["metadata"]["namespace"])
+            })
+            .unwrap_or_else(|| panic!("{binding}: its role is not in deploy/"));
+        if !grants_secrets(&role["rules"]) {
+            continue;
+        }
+        for subject in binding["subjects"].as_array().into_iter().flatten() {
+            readers.insert(format!(
+                "{}/{}/{}",
+                subject["kind"].as_str().unwrap_or_default(),
+                subject["namespace"].as_str().unwrap_or_default(),
+                subject["name"].as_str().unwrap_or_default()
+            ));
+        }
+    }
+    readers
+}
+
+/// The Secrets a pod mounts as volumes (directly or projected).
+fn mounted_secrets(pod: &PodSpec) -> Vec<String> {
+    let mut mounted = Vec::new();
+    for volume in pod.volumes.iter().flatten() {
+        if let Some(secret) = &volume.secret {
+            mounted.push(secret.secret_name.clone().unwrap_or_default());
+        }
+        for source in volume
+            .projected
+            .iter()
+            .flat_map(|p| p.sources.iter().flatten())
+        {
+            if let Some(secret) = &source.secret {
+                mounted.push(secret.name.clone());
+            }
+        }
+    }
+    mounted
+}
+
+/// The CA's private key is read by the coordinator through the API and by nobody else: no
+/// binding lets any other subject read Secrets, and no pod mounts one (a mounted Secret is
+/// readable by the node's kubelet).
+#[test]
+fn only_the_coordinators_service_account_can_read_secrets() {
+    let coordinator = BTreeSet::from([format!("ServiceAccount/{NAMESPACE}/rota-coordinator")]);
+    for (what, docs) in [
+        ("deploy", kustomize("deploy")),
+        ("deploy/base", kustomize("deploy/base")),
+        ("deploy/cert-manager", kustomize("deploy/cert-manager")),
+        ("helm", helm_render(&helm_values())),
+    ] {
+        assert_eq!(secret_readers(&docs), coordinator, "{what}");
+        // The coordinator's own read is by name only: no list or watch of every Secret.
+        let role = find(&docs, "Role", "rota-coordinator");
+        for rule in role["rules"].as_array().unwrap() {
+            if rule["resources"]
+                .as_array()
+                .unwrap()
+                .contains(&"secrets".into())
+            {
+                let verbs = rule["verbs"].as_array().unwrap();
+                assert!(
+                    !verbs.contains(&"list".into()) && !verbs.contains(&"watch".into()),
+                    "{what}: {rule}"
+                );
+                if verbs.contains(&"get".into()) {
+                    let names: BTreeSet<_> = rule["resourceNames"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|n| n.as_str().unwrap())
+                        .collect();
+                    assert_eq!(
+                        names,
+                        BTreeSet::from([
+                            rota_coordinator::tls::CA_SECRET,
+                            rota_coordinator::tls::SERVING_SECRET
+                        ]),
+                        "{what}"
+                    );
+                }
+            }
+        }
+        for (kind, name) in [
+            ("Deployment", "rota-coordinator"),
+            ("DaemonSet", "rota-agent"),
+        ] {
+            let doc = find(&docs, kind, name);
+            let pod = if kind == "Deployment" {
+                pod_spec::<Deployment>(doc)
+            } else {
+                pod_spec::<DaemonSet>(doc)
+            };
+            assert_eq!(
+                mounted_secrets(&pod),
+                Vec::<String>::new(),
+                "{what}: {name}"
+            );
+        }
+    }
+
+    // The check finds a reader: the agents' service account bound to a Role that reads
+    // Secrets, and a wildcard ClusterRole bound to a group.
+    let mut docs = kustomize("deploy/base");
+    docs.extend(yaml_documents(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: peek, namespace: rota-system}
+rules: [{apiGroups: [""], resources: [secrets], verbs: [get]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: peek, namespace: rota-system}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: peek}
+subjects: [{kind: ServiceAccount, name: rota-agent, namespace: rota-system}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: everything}
+rules: [{apiGroups: ["*"], resources: ["*"], verbs: ["*"]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: everything}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: everything}
+subjects: [{kind: Group, name: ops}]
+"#,
+        "fixture",
+    ));
+    assert_eq!(
+        secret_readers(&docs),
+        BTreeSet::from([
+            "Group//ops".to_owned(),
+            format!("ServiceAccount/{NAMESPACE}/rota-agent"),
+            format!("ServiceAccount/{NAMESPACE}/rota-coordinator"),
+        ])
+    );
+}
+
+/// `deploy/cert-manager` builds, and its pieces fit: the coordinator serves the Secret the
+/// Certificate names, the Certificate carries every name the coordinator is reached by, and the
+/// agents mount the ConfigMap trust-manager's Bundle writes, under the key they read.
+#[test]
+fn the_cert_manager_overlay_builds_and_its_pieces_fit() {
+    let docs = kustomize("deploy/cert-manager");
+    let pod = pod_spec::<Deployment>(find(&docs, "Deployment", "rota-coordinator"));
+    let config = coordinator_config(&pod.containers[0]);
+    assert_eq!(
+        config.tls.source(),
+        rota_coordinator::tls::TlsSource::Secret
+    );
+
+    let certificate = find(&docs, "Certificate", "rota-coordinator");
+    assert_eq!(certificate["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(
+        certificate["spec"]["secretName"],
+        config.tls.tls_secret.as_str()
+    );
+    let dns: Vec<&str> = certificate["spec"]["dnsNames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    let names = config.tls.subject_names(NAMESPACE).unwrap();
+    assert_eq!(dns, names.dns());
+    assert!(dns.contains(&rota_agent::tls::DEFAULT_SERVER_NAME));
+    let issuer = &certificate["spec"]["issuerRef"];
+    find(
+        &docs,
+        issuer["kind"].as_str().unwrap(),
+        issuer["name"].as_str().unwrap(),
+    );
+
+    let bundle = find(&docs, "Bundle", "rota-ca");
+    let agent = pod_spec::<DaemonSet>(find(&docs, "DaemonSet", "rota-agent"));
+    let ca_volume = agent
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| v.config_map.as_ref())
+        .expect("the agents mount the CA ConfigMap");
+    assert_eq!(ca_volume.name, "rota-ca");
+    let ca_file = env_value(&agent.containers[0], "ROTA_CA_FILE").unwrap();
+    assert_eq!(
+        Path::new(&ca_file).file_name().unwrap().to_str().unwrap(),
+        bundle["spec"]["target"]["configMap"]["key"]
+            .as_str()
+            .unwrap()
+    );
+    let target_ns = &bundle["spec"]["target"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"];
+    assert_eq!(target_ns, NAMESPACE);
+    // The example CA it trusts is the one its ClusterIssuer signs with.
+    let source = bundle["spec"]["sources"][0]["secret"]["name"]
+        .as_str()
+        .unwrap();
+    let ca_issuer = find(&docs, "ClusterIssuer", issuer["name"].as_str().unwrap());
+    assert_eq!(ca_issuer["spec"]["ca"]["secretName"], source);
+
+    // Everything of the base is there, unchanged but for the coordinator's TLS source.
+    let base = by_id(kustomize("deploy/base"));
+    let overlay = by_id(docs.clone());
+    for (id, object) in &base {
+        if id.0 == "Deployment" {
+            continue;
+        }
+        assert_eq!(overlay.get(id), Some(object), "{id:?}");
+    }
+}

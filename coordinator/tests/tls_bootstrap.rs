@@ -187,16 +187,28 @@ async fn an_expiring_certificate_is_renewed_by_the_same_ca() {
 async fn a_certificate_lacking_configured_names_or_from_another_ca_is_reissued() {
     let server = emulator().await;
     let first = start(&server, &TlsOptions::default()).await;
+    let overlap = SignedDuration::from_secs(60);
     let wider = TlsOptions {
         tls_extra_sans: vec!["rota.example.com".into(), "10.0.0.7".into()],
+        tls_ca_overlap: overlap.unsigned_abs(),
         ..TlsOptions::default()
     };
+    // The CA's name constraints do not cover the new names: the certificate stays as it is
+    // (a name outside the constraints would make agents refuse it) and a CA for the new names
+    // is staged in the trust bundle.
     let second = start(&server, &wider).await;
-    assert_ne!(second.cert_pem(), first.cert_pem());
+    assert_eq!(second.cert_pem(), first.cert_pem());
+    let staged = secret(&server, CA_SECRET).await;
+    let next = Ca::from_pem(&field(&staged, "next.crt"), &field(&staged, "next.key")).unwrap();
+    assert!(published_ca(&server).await.contains(next.cert_pem().trim()));
+    // Once the bundle has held it for the overlap, it signs a certificate with every name.
+    let now = Timestamp::now();
+    second.refresh(now).await.unwrap();
+    assert!(second.refresh(now + overlap).await.unwrap());
     let info = CertInfo::from_pem(&second.cert_pem()).unwrap();
+    assert!(next.issued(&info));
     assert!(info.dns_names.contains(&"rota.example.com".to_owned()));
     assert_eq!(info.ips, ["10.0.0.7".parse::<std::net::IpAddr>().unwrap()]);
-    assert_eq!(second.ca_pem(), first.ca_pem());
 
     // A certificate signed by some other CA is replaced by one of ours.
     let stranger = Ca::generate(Timestamp::now(), tls::pki::CA_VALIDITY).unwrap();
@@ -248,6 +260,80 @@ async fn an_operators_own_ca_is_used_and_a_stale_published_copy_is_replaced() {
     assert_eq!(tls.ca_pem().as_deref(), Some(own.cert_pem()));
     assert!(own.issued(&CertInfo::from_pem(&tls.cert_pem()).unwrap()));
     assert_eq!(published_ca(&server).await, own.cert_pem());
+    // Unconstrained and ten years long, but not rota's: it is never rotated.
+    tls.refresh(Timestamp::now() + SignedDuration::from_hours(24 * 3000))
+        .await
+        .unwrap();
+    let after = secret(&server, CA_SECRET).await;
+    assert!(!after.data.unwrap().contains_key("next.crt"));
+}
+
+#[tokio::test]
+async fn the_ca_is_made_constrained_in_a_secret_of_its_own_type() {
+    let server = emulator().await;
+    start(&server, &TlsOptions::default()).await;
+    let stored = secret(&server, CA_SECRET).await;
+    assert_eq!(stored.type_.as_deref(), Some(tls::CA_SECRET_TYPE));
+    assert_eq!(
+        stored.metadata.labels.as_ref().unwrap()[tls::SECRET_LABEL],
+        "ca"
+    );
+    let ca = stored_ca(&server).await;
+    let names = TlsOptions::default().subject_names(NS).unwrap();
+    assert_eq!(
+        ca.info().name_constraints,
+        Some(tls::Constraints::for_names(&names))
+    );
+    let life = ca.info().not_after.duration_since(ca.info().not_before);
+    assert!(life <= tls::pki::CA_VALIDITY + SignedDuration::from_hours(1));
+}
+
+#[tokio::test]
+async fn the_ten_year_ca_of_earlier_releases_is_rotated_out() {
+    let server = emulator().await;
+    // What earlier releases made: an Opaque Secret, labelled as the coordinator's, with an
+    // unconstrained ten-year CA.
+    let legacy = Ca::generate(Timestamp::now(), SignedDuration::from_hours(10 * 365 * 24)).unwrap();
+    let mut old = Secret::default();
+    old.metadata.name = Some(CA_SECRET.into());
+    old.metadata.labels = Some(
+        [(
+            "app.kubernetes.io/managed-by".to_owned(),
+            "rota-coordinator".to_owned(),
+        )]
+        .into(),
+    );
+    old.type_ = Some("Opaque".into());
+    old.data = Some(
+        [("ca.crt", legacy.cert_pem()), ("ca.key", legacy.key_pem())]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec())))
+            .collect(),
+    );
+    Api::<Secret>::namespaced(client(&server), NS)
+        .create(&PostParams::default(), &old)
+        .await
+        .unwrap();
+
+    let options = TlsOptions {
+        tls_ca_overlap: std::time::Duration::from_secs(60),
+        ..TlsOptions::default()
+    };
+    let tls = start(&server, &options).await;
+    // It still signs (agents trust only it so far); a constrained one-year CA is staged.
+    assert!(legacy.issued(&CertInfo::from_pem(&tls.cert_pem()).unwrap()));
+    let staged = secret(&server, CA_SECRET).await;
+    let next = Ca::from_pem(&field(&staged, "next.crt"), &field(&staged, "next.key")).unwrap();
+    assert!(next.info().name_constraints.is_some());
+    let now = Timestamp::now();
+    tls.refresh(now).await.unwrap();
+    assert!(
+        tls.refresh(now + SignedDuration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert!(next.issued(&CertInfo::from_pem(&tls.cert_pem()).unwrap()));
+    assert_eq!(stored_ca(&server).await.cert_pem(), next.cert_pem());
 }
 
 #[tokio::test]

@@ -93,13 +93,10 @@ impl Interceptor for TokenAuth {
 pub type Client = AgentClient<InterceptedService<Channel, TokenAuth>>;
 
 /// A client for `url` that connects lazily (the agent starts even while the coordinator is
-/// down). TLS as [`tls::endpoint`] decides: `http://` is refused without
-/// `--insecure-plaintext`.
+/// down). TLS as [`tls::channel`] decides: `http://` is refused without
+/// `--insecure-plaintext`, and the CA bundle is read again for every new connection.
 pub fn client(url: &str, tls: &TlsArgs, auth: TokenAuth) -> Result<Client> {
-    let endpoint = tls::endpoint(url, tls)?
-        .connect_timeout(Duration::from_secs(10))
-        .http2_keep_alive_interval(Duration::from_secs(30));
-    Ok(AgentClient::with_interceptor(endpoint.connect_lazy(), auth))
+    Ok(AgentClient::with_interceptor(tls::channel(url, tls)?, auth))
 }
 
 /// What the daemon's tasks tell its loop.

@@ -6,18 +6,19 @@ use std::net::IpAddr;
 
 use jiff::{SignedDuration, Timestamp};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
+    BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    NameConstraints, PublicKeyData, SanType,
 };
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use x509_parser::extensions::GeneralName;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
 
 use super::{Error, Result};
 
-/// How long a bootstrapped CA is valid. Agents trust it through a mounted ConfigMap, so it is
-/// long-lived; the serving certificates it signs are not.
-pub const CA_VALIDITY: SignedDuration = SignedDuration::from_hours(10 * 365 * 24);
+/// How long a bootstrapped CA is valid by default (`--tls-ca-validity`). It is rotated well
+/// before it expires (see [`super::rotation`]); the serving certificates it signs live shorter.
+pub const CA_VALIDITY: SignedDuration = SignedDuration::from_hours(365 * 24);
 
 /// How long a bootstrapped serving certificate is valid (it is renewed after two thirds).
 pub const SERVING_VALIDITY: SignedDuration = SignedDuration::from_hours(90 * 24);
@@ -45,6 +46,8 @@ pub struct CertInfo {
     pub ips: Vec<IpAddr>,
     /// Whether the basic constraints make it a CA.
     pub is_ca: bool,
+    /// The name constraints of a CA, `None` without the extension.
+    pub name_constraints: Option<Constraints>,
     /// The raw (DER) subject name.
     subject: Vec<u8>,
     /// The raw (DER) issuer name.
@@ -77,12 +80,22 @@ impl CertInfo {
                 _ => {}
             }
         }
+        let name_constraints =
+            cert.extensions()
+                .iter()
+                .find_map(|ext| match ext.parsed_extension() {
+                    ParsedExtension::NameConstraints(nc) => {
+                        Some(Constraints::from_x509(nc, ext.critical))
+                    }
+                    _ => None,
+                });
         Ok(CertInfo {
             not_before: timestamp(validity.not_before.timestamp())?,
             not_after: timestamp(validity.not_after.timestamp())?,
             dns_names,
             ips,
             is_ca: cert.is_ca(),
+            name_constraints,
             subject: cert.subject().as_raw().to_vec(),
             issuer: cert.issuer().as_raw().to_vec(),
             public_key: cert.public_key().subject_public_key.data.to_vec(),
@@ -104,6 +117,114 @@ impl CertInfo {
     /// The certificate in DER.
     pub fn der(&self) -> &[u8] {
         &self.der
+    }
+}
+
+/// A CA's name constraints, as far as rota uses them: DNS names and IP ranges (address and
+/// mask bytes, as the extension encodes them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Constraints {
+    /// Whether the extension is marked critical.
+    pub critical: bool,
+    /// Permitted DNS subtrees (a name and its subdomains), lower-cased.
+    pub permitted_dns: Vec<String>,
+    /// Permitted IP ranges.
+    pub permitted_ips: Vec<Vec<u8>>,
+    /// Excluded IP ranges.
+    pub excluded_ips: Vec<Vec<u8>>,
+}
+
+impl Constraints {
+    fn from_x509(nc: &x509_parser::extensions::NameConstraints<'_>, critical: bool) -> Self {
+        let mut out = Constraints {
+            critical,
+            ..Constraints::default()
+        };
+        for subtree in nc.permitted_subtrees.iter().flatten() {
+            match &subtree.base {
+                GeneralName::DNSName(dns) => out.permitted_dns.push(dns.to_ascii_lowercase()),
+                GeneralName::IPAddress(range) => out.permitted_ips.push(range.to_vec()),
+                _ => {}
+            }
+        }
+        for subtree in nc.excluded_subtrees.iter().flatten() {
+            if let GeneralName::IPAddress(range) = &subtree.base {
+                out.excluded_ips.push(range.to_vec());
+            }
+        }
+        out
+    }
+
+    /// The constraints of a CA that may only issue certificates for `names`: their DNS names
+    /// (a wildcard's parent domain), their IP addresses as single-address ranges, and, when
+    /// there are none, every IP address excluded, so that no leaf can carry one.
+    pub fn for_names(names: &SubjectNames) -> Constraints {
+        let mut permitted_dns: Vec<String> = Vec::new();
+        for dns in names.dns() {
+            let base = dns.strip_prefix("*.").unwrap_or(dns).to_owned();
+            if !permitted_dns.contains(&base) {
+                permitted_dns.push(base);
+            }
+        }
+        let subnets = |ips: &[IpAddr], prefix_v4, prefix_v6| -> Vec<Vec<u8>> {
+            ips.iter()
+                .map(|ip| cidr_bytes(&cidr(*ip, prefix_v4, prefix_v6)))
+                .collect()
+        };
+        let any = [IpAddr::from([0u8; 4]), IpAddr::from([0u8; 16])];
+        Constraints {
+            critical: true,
+            permitted_dns,
+            permitted_ips: subnets(names.ips(), 32, 128),
+            excluded_ips: if names.ips().is_empty() {
+                subnets(&any, 0, 0)
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    fn to_rcgen(&self) -> Result<NameConstraints> {
+        let range = |bytes: &Vec<u8>| -> Result<GeneralSubtree> {
+            let subnet = match bytes.len() {
+                8 => <[u8; 4]>::try_from(&bytes[..4])
+                    .ok()
+                    .zip(<[u8; 4]>::try_from(&bytes[4..]).ok())
+                    .map(|(addr, mask)| CidrSubnet::V4(addr, mask)),
+                32 => <[u8; 16]>::try_from(&bytes[..16])
+                    .ok()
+                    .zip(<[u8; 16]>::try_from(&bytes[16..]).ok())
+                    .map(|(addr, mask)| CidrSubnet::V6(addr, mask)),
+                _ => None,
+            };
+            subnet
+                .map(GeneralSubtree::IpAddress)
+                .ok_or_else(|| Error::invalid("name constraint", "not an IP range"))
+        };
+        Ok(NameConstraints {
+            permitted_subtrees: self
+                .permitted_dns
+                .iter()
+                .map(|dns| Ok(GeneralSubtree::DnsName(dns.clone())))
+                .chain(self.permitted_ips.iter().map(range))
+                .collect::<Result<_>>()?,
+            excluded_subtrees: self.excluded_ips.iter().map(range).collect::<Result<_>>()?,
+        })
+    }
+}
+
+fn cidr(ip: IpAddr, prefix_v4: u8, prefix_v6: u8) -> CidrSubnet {
+    match ip {
+        IpAddr::V4(v4) => CidrSubnet::from_v4_prefix(v4.octets(), prefix_v4),
+        IpAddr::V6(v6) => CidrSubnet::from_v6_prefix(v6.octets(), prefix_v6),
+    }
+}
+
+/// The extension's encoding of a range: the address, then the mask.
+fn cidr_bytes(subnet: &CidrSubnet) -> Vec<u8> {
+    match subnet {
+        CidrSubnet::V4(addr, mask) => addr.iter().chain(mask).copied().collect(),
+        CidrSubnet::V6(addr, mask) => addr.iter().chain(mask).copied().collect(),
     }
 }
 
@@ -235,6 +356,41 @@ impl SubjectNames {
         &self.ips
     }
 
+    /// The names (and addresses) a CA with `constraints` may certify: all without them. A
+    /// serving certificate carries only these, since one name outside a CA's constraints makes
+    /// verifiers refuse the whole certificate.
+    pub fn permitted_by(&self, constraints: Option<&Constraints>) -> SubjectNames {
+        let Some(c) = constraints else {
+            return self.clone();
+        };
+        let dns_ok = |name: &String| {
+            c.permitted_dns.is_empty()
+                || c.permitted_dns
+                    .iter()
+                    .any(|base| name == base || name.ends_with(&format!(".{base}")))
+        };
+        let ip_ok = |ip: &IpAddr| {
+            let bytes: Vec<u8> = match ip {
+                IpAddr::V4(v4) => v4.octets().to_vec(),
+                IpAddr::V6(v6) => v6.octets().to_vec(),
+            };
+            let within = |range: &Vec<u8>| {
+                range.len() == 2 * bytes.len()
+                    && bytes
+                        .iter()
+                        .zip(&range[..bytes.len()])
+                        .zip(&range[bytes.len()..])
+                        .all(|((b, addr), mask)| b & mask == addr & mask)
+            };
+            (c.permitted_ips.is_empty() || c.permitted_ips.iter().any(within))
+                && !c.excluded_ips.iter().any(within)
+        };
+        SubjectNames {
+            dns: self.dns.iter().filter(|d| dns_ok(d)).cloned().collect(),
+            ips: self.ips.iter().filter(|ip| ip_ok(ip)).copied().collect(),
+        }
+    }
+
     /// The names (and addresses) that `cert` does not carry.
     pub fn missing_from(&self, cert: &CertInfo) -> Vec<String> {
         let dns = self
@@ -312,10 +468,35 @@ impl std::fmt::Debug for Ca {
 }
 
 impl Ca {
-    /// A new self-signed CA (ECDSA P-256), valid from shortly before `now` for `validity`.
+    /// A new self-signed CA (ECDSA P-256) without name constraints, valid from shortly before
+    /// `now` for `validity`. The bootstrap uses [`Ca::generate_for`]; this is the shape of a
+    /// CA an operator might bring.
     pub fn generate(now: Timestamp, validity: SignedDuration) -> Result<Ca> {
+        Ca::generate_with(None, now, validity)
+    }
+
+    /// A new self-signed CA (ECDSA P-256) that can only certify `names`: critical name
+    /// constraints ([`Constraints::for_names`]) make verifiers refuse any other name it signs,
+    /// so its key, if stolen, cannot impersonate anything but the coordinator.
+    pub fn generate_for(
+        names: &SubjectNames,
+        now: Timestamp,
+        validity: SignedDuration,
+    ) -> Result<Ca> {
+        Ca::generate_with(Some(Constraints::for_names(names)), now, validity)
+    }
+
+    fn generate_with(
+        constraints: Option<Constraints>,
+        now: Timestamp,
+        validity: SignedDuration,
+    ) -> Result<Ca> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
+        params.name_constraints = constraints
+            .as_ref()
+            .map(Constraints::to_rcgen)
+            .transpose()?;
         // A name of its own (from its key) per CA: clients tell CAs apart by name first, so a
         // client trusting another rota CA gets "unknown issuer", not a signature mismatch.
         let key_id: String = params
@@ -478,6 +659,7 @@ mod tests {
             dns_names: vec!["rota-coordinator".into()],
             ips: vec![],
             is_ca: false,
+            name_constraints: None,
             subject: vec![],
             issuer: vec![],
             public_key: vec![],
@@ -667,5 +849,154 @@ mod tests {
         assert!(err.to_string().contains("not make it a CA"), "{err}");
         assert!(Ca::from_pem("garbage", ca.key_pem()).is_err());
         assert!(Ca::from_pem(ca.cert_pem(), "garbage").is_err());
+    }
+
+    /// What a rustls client trusting only `ca` says about `leaf` presented as `name`.
+    fn verify(ca: &Ca, leaf: &KeyedCert, name: &str, now: Timestamp) -> Result<(), rustls::Error> {
+        use rustls::client::danger::ServerCertVerifier;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(first_certificate(ca.cert_pem()).unwrap())
+            .unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let seconds = u64::try_from(now.as_second()).unwrap();
+        verifier
+            .verify_server_cert(
+                &first_certificate(&leaf.cert_pem).unwrap(),
+                &[],
+                &rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap(),
+                &[],
+                rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+                    seconds,
+                )),
+            )
+            .map(|_| ())
+    }
+
+    #[test]
+    fn a_constrained_ca_certifies_only_the_coordinators_names() {
+        let now = at("2030-06-01T00:00:00Z");
+        let names =
+            SubjectNames::for_service("rota-coordinator", "ops", "cluster.local", &[]).unwrap();
+        let ca = Ca::generate_for(&names, now, CA_VALIDITY).unwrap();
+        let constraints = ca.info().name_constraints.clone().unwrap();
+        assert!(constraints.critical);
+        assert_eq!(constraints, Constraints::for_names(&names));
+        assert_eq!(constraints.permitted_dns, names.dns());
+        assert_eq!(
+            constraints.excluded_ips.len(),
+            2,
+            "every IPv4 and IPv6 address"
+        );
+
+        let good = ca.issue_serving(&names, now, SERVING_VALIDITY).unwrap();
+        for name in names.dns() {
+            verify(&ca, &good, name, now).unwrap();
+        }
+        // The same CA signing any other name, or an address: refused, whichever name is asked.
+        for extra in [
+            "evil.example.com",
+            "kubernetes.default.svc",
+            "10.0.0.1",
+            "rota-coordinator.other",
+        ] {
+            let wider = SubjectNames::for_service(
+                "rota-coordinator",
+                "ops",
+                "cluster.local",
+                &[extra.to_owned()],
+            )
+            .unwrap();
+            let bad = ca.issue_serving(&wider, now, SERVING_VALIDITY).unwrap();
+            let err = verify(&ca, &bad, "rota-coordinator.ops.svc", now).unwrap_err();
+            assert!(
+                format!("{err:?}").contains("NameConstraint"),
+                "{extra}: {err:?}"
+            );
+            let alone = SubjectNames {
+                dns: vec![],
+                ips: vec![],
+            };
+            let mut only = alone.clone();
+            only.add(extra).unwrap();
+            let leaf = ca.issue_serving(&only, now, SERVING_VALIDITY).unwrap();
+            let asked = extra
+                .parse::<IpAddr>()
+                .map_or(extra.to_owned(), |ip| ip.to_string());
+            assert!(verify(&ca, &leaf, &asked, now).is_err(), "{extra} accepted");
+        }
+        // An unconstrained CA (an operator's) signs anything: the constraint is what refuses.
+        let open = Ca::generate(now, CA_VALIDITY).unwrap();
+        let leaf = open
+            .issue_serving(
+                &SubjectNames::for_service("evil", "x", "cluster.local", &[]).unwrap(),
+                now,
+                SERVING_VALIDITY,
+            )
+            .unwrap();
+        verify(&open, &leaf, "evil.x.svc", now).unwrap();
+    }
+
+    #[test]
+    fn configured_addresses_are_permitted_and_only_they() {
+        let now = at("2030-06-01T00:00:00Z");
+        let names = SubjectNames::for_service(
+            "rota-coordinator",
+            "ops",
+            "cluster.local",
+            &["10.96.0.10".into(), "*.rota.example".into()],
+        )
+        .unwrap();
+        let ca = Ca::generate_for(&names, now, CA_VALIDITY).unwrap();
+        let leaf = ca.issue_serving(&names, now, SERVING_VALIDITY).unwrap();
+        verify(&ca, &leaf, "10.96.0.10", now).unwrap();
+        verify(&ca, &leaf, "a.rota.example", now).unwrap();
+        let other_ip = SubjectNames::for_service(
+            "rota-coordinator",
+            "ops",
+            "cluster.local",
+            &["10.96.0.11".into()],
+        )
+        .unwrap();
+        let bad = ca.issue_serving(&other_ip, now, SERVING_VALIDITY).unwrap();
+        assert!(verify(&ca, &bad, "rota-coordinator.ops.svc", now).is_err());
+    }
+
+    #[test]
+    fn only_permitted_names_are_kept_for_a_constrained_ca() {
+        let names =
+            SubjectNames::for_service("rota-coordinator", "ops", "cluster.local", &[]).unwrap();
+        let wider = SubjectNames::for_service(
+            "rota-coordinator",
+            "ops",
+            "cluster.local",
+            &[
+                "rota.example.com".into(),
+                "10.0.0.7".into(),
+                "x.rota-coordinator.ops".into(),
+            ],
+        )
+        .unwrap();
+        let constraints = Constraints::for_names(&names);
+        let kept = wider.permitted_by(Some(&constraints));
+        assert_eq!(
+            kept.dns(),
+            [
+                "rota-coordinator",
+                "rota-coordinator.ops",
+                "rota-coordinator.ops.svc",
+                "rota-coordinator.ops.svc.cluster.local",
+                "x.rota-coordinator.ops",
+            ]
+        );
+        assert!(kept.ips().is_empty());
+        assert_eq!(wider.permitted_by(None), wider);
+        let with_ip = Constraints::for_names(&wider);
+        assert_eq!(wider.permitted_by(Some(&with_ip)), wider);
     }
 }

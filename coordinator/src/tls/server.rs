@@ -17,9 +17,12 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use super::bootstrap::Bootstrap;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+
+use super::bootstrap::{Bootstrap, secret_field};
 use super::pki::CertInfo;
-use super::{Error, Result, TlsOptions};
+use super::{Error, Result, TlsOptions, TlsSource};
 
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,7 +49,14 @@ pub async fn server_config(
 /// Where the serving certificate comes from.
 #[derive(Debug)]
 enum Source {
-    Files { cert: PathBuf, key: PathBuf },
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    Secret {
+        secrets: Box<Api<Secret>>,
+        name: String,
+    },
     Bootstrap(Box<Bootstrap>),
 }
 
@@ -96,15 +106,33 @@ impl ServerTls {
         namespace: &str,
         now: Timestamp,
     ) -> Result<ServerTls> {
-        let source = match (&options.tls_cert_file, &options.tls_key_file) {
-            (Some(cert), Some(key)) => Source::Files {
+        let files = (&options.tls_cert_file, &options.tls_key_file);
+        let source = match (options.source(), files) {
+            (TlsSource::Files, (Some(cert), Some(key))) => Source::Files {
                 cert: cert.clone(),
                 key: key.clone(),
             },
-            _ => Source::Bootstrap(Box::new(Bootstrap::new(
+            (TlsSource::Files, _) => {
+                return Err(Error::invalid(
+                    "--tls-source=files",
+                    "needs --tls-cert-file and --tls-key-file",
+                ));
+            }
+            (TlsSource::Secret | TlsSource::Bootstrap, (Some(_), _) | (_, Some(_))) => {
+                return Err(Error::invalid(
+                    "--tls-cert-file",
+                    "only goes with --tls-source=files",
+                ));
+            }
+            (TlsSource::Secret, _) => Source::Secret {
+                secrets: Box::new(Api::namespaced(client, namespace)),
+                name: options.tls_secret.clone(),
+            },
+            (TlsSource::Bootstrap, _) => Source::Bootstrap(Box::new(Bootstrap::new(
                 client,
                 namespace,
                 options.subject_names(namespace)?,
+                options.rotation_policy()?,
             ))),
         };
         let client_ca = options.tls_client_ca_file.clone();
@@ -126,8 +154,8 @@ impl ServerTls {
         self.current().config.clone()
     }
 
-    /// The bootstrapped CA certificate (PEM) clients should trust; `None` with certificate
-    /// files.
+    /// The CA certificates (PEM) clients should trust: the bootstrap's trust bundle, or the
+    /// Secret's `ca.crt`; `None` with certificate files.
     pub fn ca_pem(&self) -> Option<String> {
         self.current().material.ca_pem.clone()
     }
@@ -263,6 +291,22 @@ async fn load(source: &Source, client_ca: Option<&Path>, now: Timestamp) -> Resu
             client_ca_pem,
             ca_pem: None,
         }),
+        Source::Secret { secrets, name } => {
+            let secret = secrets.get(name).await.map_err(|source| Error::Kube {
+                action: format!("reading Secret {name}"),
+                source,
+            })?;
+            let ca_pem = match secret.data.as_ref().and_then(|data| data.get("ca.crt")) {
+                Some(_) => Some(secret_field(&secret, name, "ca.crt")?),
+                None => None,
+            };
+            Ok(Material {
+                cert_pem: secret_field(&secret, name, "tls.crt")?,
+                key_pem: secret_field(&secret, name, "tls.key")?,
+                client_ca_pem,
+                ca_pem,
+            })
+        }
         Source::Bootstrap(bootstrap) => {
             let done = bootstrap.ensure(now).await?;
             Ok(Material {
