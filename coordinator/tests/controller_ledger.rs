@@ -175,7 +175,7 @@ async fn a_replayed_genuine_slot_annotation_is_not_adopted_after_a_restart() -> 
 
 #[tokio::test]
 async fn genuine_state_survives_restarts_and_tokens_continue() -> Result<()> {
-    let cluster = cluster_with(&["a", "b"]).await?;
+    let cluster = cluster_with(&["a", "b", "c"]).await?;
     let first = start(&cluster).await?;
     first.report("a", "a-boot-1").await?;
     first.request("a", Operation::Reboot).await?;
@@ -233,24 +233,43 @@ async fn genuine_state_survives_restarts_and_tokens_continue() -> Result<()> {
         second.wait_granted("b", WITHIN).await?,
         FencingToken(token.0 + 1)
     );
+    second.report("c", "c-boot-1").await?;
+    second.request("c", Operation::Reboot).await?;
+    wait_until("c's queued request is persisted", WITHIN, || {
+        ledger_object(&cluster, "c").map(|_| ())
+    })
+    .await?;
     second.stop().await?;
 
-    // A deleted Node's ledger object goes with it.
-    cluster
-        .store
-        .delete_as::<k8s_openapi::api::core::v1::Node>(
-            None,
-            "b",
-            &rota_sim::apiserver::DeleteOptions::default(),
-        )?;
+    // A Node deleted while no coordinator leads leaves its ledger object behind: the next
+    // load deletes it, so that a new Node of that name starts clean. One deleted while the
+    // coordinator runs takes its ledger object with it at once.
+    delete_node(&cluster, "c")?;
     let third = start(&cluster).await?;
     third.report("a", "a-boot-2").await?;
+    wait_until("c's ledger object is deleted", WITHIN, || {
+        ledger_object(&cluster, "c").is_none().then_some(())
+    })
+    .await?;
+    assert!(ledger_object(&cluster, "b").is_some());
+    delete_node(&cluster, "b")?;
     wait_until("b's ledger object is deleted", WITHIN, || {
         ledger_object(&cluster, "b").is_none().then_some(())
     })
     .await?;
     assert!(ledger_object(&cluster, "a").is_some());
     third.stop().await
+}
+
+fn delete_node(cluster: &Cluster, node: &str) -> Result<()> {
+    cluster
+        .store
+        .delete_as::<k8s_openapi::api::core::v1::Node>(
+            None,
+            node,
+            &rota_sim::apiserver::DeleteOptions::default(),
+        )?;
+    Ok(())
 }
 
 #[tokio::test]
