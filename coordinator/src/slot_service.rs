@@ -143,8 +143,8 @@ impl<S: LedgerStore> SlotService<S> {
         for mismatch in mismatches {
             tracing::warn!(
                 node = mismatch.node,
-                why = %mismatch.why,
-                found = ?mismatch.found,
+                reason = mismatch.why.as_str(),
+                detail = mismatch.describe(),
                 "slot annotations disagree with the ledger: not adopted, repairing"
             );
             if let Err(error) = store.store_mirror(&mismatch.node, &mismatch.expected).await {

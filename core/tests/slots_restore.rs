@@ -10,7 +10,7 @@ use rota_core::slots::persist::{
     LEDGER_OBJECT_PREFIX, NodeAnnotations, PersistError, SLOT_ANNOTATION, encode_entry,
     ledger_object_name,
 };
-use rota_core::slots::{Disagreement, Ledger, NodeState, Release, StoredState, restore};
+use rota_core::slots::{Disagreement, Ledger, Mismatch, NodeState, Release, StoredState, restore};
 
 const TTL: SignedDuration = SignedDuration::from_secs(60);
 
@@ -127,6 +127,17 @@ fn a_forged_slot_is_not_adopted_and_does_not_raise_the_counter() {
         "{}",
         mismatch.describe()
     );
+    // Whatever was forged, the description stays one bounded, printable line.
+    let huge = Mismatch {
+        found: NodeAnnotations {
+            slot: Some(format!("\u{1b}[2J\n{}", "x".repeat(200_000))),
+            ..NodeAnnotations::default()
+        },
+        ..mismatch.clone()
+    };
+    let line = huge.describe();
+    assert!(line.len() < 1024, "{}", line.len());
+    assert!(!line.contains('\n') && !line.contains('\u{1b}'), "{line}");
     assert!(restored.adopted.is_empty() && !restored.migrating);
 }
 

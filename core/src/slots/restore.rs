@@ -32,6 +32,7 @@ use super::entry::NodeEntry;
 use super::ledger::Ledger;
 use super::persist::{NodeAnnotations, PersistError, StoredState, decode_records};
 use crate::model::NodeName;
+use crate::text::printable_within;
 
 /// Why a node's mirror was not adopted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,19 +101,20 @@ pub struct Mismatch {
     pub expected: NodeAnnotations,
 }
 
+/// The most of one record a [`Mismatch::describe`] quotes (annotations can be 256 KiB).
+const QUOTE: usize = 300;
+
 impl Mismatch {
-    /// A one-line description for logs and Events.
+    /// A one-line description for logs and Events: printable, and bounded however large the
+    /// annotations found were.
     pub fn describe(&self) -> String {
         let slot = |a: &NodeAnnotations| {
-            a.slot
-                .as_deref()
-                .or(a.request.as_deref())
-                .unwrap_or("none")
-                .to_owned()
+            let record = a.slot.as_deref().or(a.request.as_deref()).unwrap_or("none");
+            printable_within(record, QUOTE)
         };
         format!(
             "{}; not adopted, annotations rewritten from the ledger (found {}, ledger holds {})",
-            self.why,
+            printable_within(&self.why.to_string(), QUOTE),
             slot(&self.found),
             slot(&self.expected)
         )
