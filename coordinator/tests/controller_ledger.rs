@@ -338,3 +338,45 @@ async fn a_cluster_left_by_the_annotation_ledger_migrates_once() -> Result<()> {
     assert_eq!(second.wait_granted("c", WITHIN).await?, FencingToken(6));
     second.stop().await
 }
+
+#[tokio::test]
+async fn another_writer_of_a_ledger_object_makes_the_leader_reload() -> Result<()> {
+    let cluster = cluster_with(&["a"]).await?;
+    let running = start(&cluster).await?;
+    running.report("a", "a-boot-1").await?;
+    running.request("a", Operation::Reboot).await?;
+    let token = running.wait_granted("a", WITHIN).await?;
+    running.agents.renew("a", token).await?;
+
+    // Someone else writes a's ledger object (another coordinator that believes it leads).
+    cluster
+        .store
+        .modify_as::<ConfigMap>(Some(SYSTEM_NS), "rota-slot-a", |cm| {
+            cm.metadata
+                .labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert("touched".into(), "yes".into());
+        })?;
+    let refused = running.agents.renew("a", token).await;
+    assert!(
+        matches!(
+            refused,
+            Err(rota_core::slots::Error::Store(
+                rota_core::slots::StoreError::Conflict { .. }
+            ))
+        ),
+        "{refused:?}"
+    );
+    // The term ends, the ledger is read again, and the slot is served from what it holds.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while let Err(error) = running.agents.renew("a", token).await {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "renewals still refused after the conflict: {error}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let view = view_now(&running, "a").await?;
+    assert_eq!((view.state, view.token), (NodeState::Granted, Some(token)));
+    running.stop().await
+}
