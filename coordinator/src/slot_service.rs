@@ -102,7 +102,7 @@ impl<S: LedgerStore> SlotService<S> {
     /// The ledger objects are the truth ([`restore`]): before serving, every annotation mirror
     /// that disagrees is rewritten from them (and reported as [`SlotEvent::Mismatch`]), the
     /// ledger objects of deleted Nodes are deleted, and a migration from annotations writes the
-    /// adopted entries' ledger objects and marks the counter.
+    /// adopted entries' ledger objects (deleting the others) and marks the counter.
     pub async fn load(
         store: S,
         config: SlotServiceConfig,
@@ -114,7 +114,7 @@ impl<S: LedgerStore> SlotService<S> {
             mismatches,
             adopted,
             migrating,
-            orphans,
+            discard,
         } = restore(config.lease_ttl, &stored)?;
         let mut counter_version = stored.counter_version;
         if migrating {
@@ -123,7 +123,11 @@ impl<S: LedgerStore> SlotService<S> {
                     .store_node(node, &encode_entry(node, ledger.entry(node))?)
                     .await?;
             }
-            // Marks the counter: no later load adopts an annotation.
+            // Every other ledger object must be gone before the counter is marked: once it is,
+            // the objects are the truth.
+            for node in &discard {
+                store.forget_node(node).await?;
+            }
             let version = store
                 .store_counter(stored.last_token, counter_version.as_deref())
                 .await?;
@@ -133,10 +137,11 @@ impl<S: LedgerStore> SlotService<S> {
                 refused = mismatches.len(),
                 "slot ledger migrated from node annotations to ledger objects"
             );
-        }
-        for node in &orphans {
-            if let Err(error) = store.forget_node(node).await {
-                tracing::warn!(node, %error, "the ledger object of a deleted node was not deleted");
+        } else {
+            for node in &discard {
+                if let Err(error) = store.forget_node(node).await {
+                    tracing::warn!(node, %error, "a deleted node's ledger object was not deleted");
+                }
             }
         }
         let (events, receiver) = mpsc::unbounded_channel();

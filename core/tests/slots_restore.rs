@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use jiff::{SignedDuration, Timestamp};
-use rota_core::model::{Operation, Origin};
+use rota_core::model::{FencingToken, Operation, Origin};
 use rota_core::slots::persist::{
     LEDGER_OBJECT_PREFIX, NodeAnnotations, PersistError, SLOT_ANNOTATION, encode_entry,
     ledger_object_name,
@@ -185,7 +185,7 @@ fn genuine_state_is_restored_and_orphans_are_found() {
     assert!(restored.mismatches.is_empty(), "{:?}", restored.mismatches);
     assert_eq!(restored.ledger.entry("n1"), ledger.entry("n1"));
     assert_eq!(restored.ledger.view("n1").state, NodeState::Granted);
-    assert_eq!(restored.orphans, vec!["gone".to_owned()]);
+    assert_eq!(restored.discard, vec!["gone".to_owned()]);
     assert!(restored.ledger.entry("gone").is_none());
     assert_eq!(restored.ledger.last_issued_token(), 2);
 }
@@ -255,23 +255,42 @@ fn migration_adopts_only_what_the_counter_issued_once() {
 }
 
 #[test]
-fn a_node_with_a_ledger_object_is_never_migrated_from_its_annotations() {
-    // A migration interrupted after some ledger objects were written: those stay the truth.
-    let mut ledger = Ledger::new(TTL);
-    let written = granted(&mut ledger, "a", 0).unwrap();
+fn a_migration_trusts_annotations_over_ledger_objects_left_from_before_a_downgrade() {
+    // Ledger objects written before a downgrade to the annotation ledger: a held a slot, b had
+    // a request queued.
+    let mut before = Ledger::new(TTL);
+    let stale_a = granted(&mut before, "a", 0).unwrap();
+    before
+        .request("b", Operation::Reboot, Origin::Agent, at(1))
+        .unwrap();
+    let stale_b = encode_entry("b", before.entry("b")).unwrap();
+    // The downgraded version went on: a's slot ended, b's request went (its annotations were
+    // cleared by hand since), c got token 2.
+    let mut after = before.clone();
+    after
+        .release("a", Release::Holder(FencingToken(1)), "done", at(5))
+        .unwrap();
+    after.release("b", Release::Withdraw, "", at(5)).unwrap();
+    let now_a = encode_entry("a", after.entry("a")).unwrap();
+    let now_c = granted(&mut after, "c", 6).unwrap();
     let stored = StoredState {
-        last_token: 800,
-        counter_version: Some("7".into()),
-        nodes: BTreeMap::from([(
-            "a".to_owned(),
-            BTreeMap::from([(SLOT_ANNOTATION.to_owned(), forged(777))]),
-        )]),
-        ledger: BTreeMap::from([("a".to_owned(), written)]),
+        last_token: 2,
+        counter_version: Some("9".into()),
+        nodes: BTreeMap::from([
+            ("a".to_owned(), mirror(&now_a)),
+            ("b".to_owned(), mirror(&NodeAnnotations::default())),
+            ("c".to_owned(), mirror(&now_c)),
+        ]),
+        ledger: BTreeMap::from([("a".to_owned(), stale_a), ("b".to_owned(), stale_b)]),
         legacy: true,
     };
     let restored = restore(TTL, &stored).unwrap();
-    assert_eq!(restored.ledger.entry("a"), ledger.entry("a"));
-    assert!(restored.adopted.is_empty());
-    assert_eq!(restored.mismatches.len(), 1);
-    assert_eq!(restored.mismatches[0].why, Disagreement::Differs);
+    assert!(restored.migrating);
+    assert!(restored.mismatches.is_empty(), "{:?}", restored.mismatches);
+    assert_eq!(restored.adopted, vec!["a".to_owned(), "c".to_owned()]);
+    assert_eq!(restored.discard, vec!["b".to_owned()]);
+    for node in ["a", "c"] {
+        assert_eq!(restored.ledger.entry(node), after.entry(node), "{node}");
+    }
+    assert_eq!(restored.ledger.entry("b"), None);
 }

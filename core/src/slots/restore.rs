@@ -10,13 +10,17 @@
 //! # Migration
 //!
 //! A version that kept the ledger only in annotations left the fencing counter without the
-//! ledger marker ([`StoredState::legacy`]), and no ledger objects. Only that load adopts
-//! annotations, and only those that could have been the coordinator's own: every token they
-//! name at most the counter (which only the coordinator writes), no token named by two nodes,
-//! every record readable. Anything else is a [`Mismatch`] and is removed. The coordinator then
-//! writes a ledger object for every adopted entry and marks the counter, so no later load
-//! adopts an annotation again. A cluster that never issued a token (no counter) has nothing to
-//! migrate: its annotations cannot be the coordinator's slots.
+//! ledger marker ([`StoredState::legacy`]). Only that load adopts annotations, and only those
+//! that could have been the coordinator's own: every token they name at most the counter (which
+//! only the coordinator writes), no token named by two nodes, every record readable. Anything
+//! else is a [`Mismatch`] and is removed. The coordinator then writes a ledger object for every
+//! adopted entry, deletes every other ledger object, and marks the counter, so no later load
+//! adopts an annotation again. Ledger objects found in a migration are not trusted over the
+//! annotations: they are older than the counter's last write (left before a downgrade to the
+//! annotation ledger, which then went on without them), or written by a migration interrupted
+//! before it marked the counter, and then equal to the annotations it adopted. A cluster that
+//! never issued a token (no counter) has nothing to migrate: its annotations cannot be the
+//! coordinator's slots.
 //!
 //! What this cannot tell apart: a slot forged before the upgrade with a token the counter had
 //! issued to nobody else on another node. The upgrade's Events and the
@@ -133,9 +137,10 @@ pub struct Restored {
     pub adopted: Vec<NodeName>,
     /// Whether this load migrates (the counter must be written with its marker).
     pub migrating: bool,
-    /// Ledger objects of nodes that no longer exist (deleted while no coordinator led): to
-    /// delete, so that a new Node of that name starts clean.
-    pub orphans: Vec<NodeName>,
+    /// Ledger objects to delete: of nodes that no longer exist (deleted while no coordinator
+    /// led), so that a new Node of that name starts clean; in a migration, every one whose node
+    /// adopted nothing.
+    pub discard: Vec<NodeName>,
 }
 
 /// Rebuilds the ledger from `stored` (what a starting coordinator does).
@@ -144,24 +149,17 @@ pub struct Restored {
 /// a slot that might be held could break `maxUnavailable`. An unreadable *annotation* is only a
 /// [`Mismatch`]: a Node patcher must not be able to stop the coordinator.
 pub fn restore(lease_ttl: SignedDuration, stored: &StoredState) -> Result<Restored, PersistError> {
-    let orphans = stored
-        .ledger
-        .keys()
-        .filter(|node| !stored.nodes.contains_key(*node))
-        .cloned()
-        .collect();
     let mut entries = Vec::new();
     let mut mismatches = Vec::new();
     let mut candidates = Vec::new();
     for (node, annotations) in &stored.nodes {
         let found = NodeAnnotations::from_annotations(annotations);
-        let Some(expected) = stored.ledger.get(node).cloned().or_else(|| {
-            // Outside a migration, no ledger object means no entry.
-            (!stored.legacy).then(NodeAnnotations::default)
-        }) else {
+        if stored.legacy {
             candidates.push((node, found));
             continue;
-        };
+        }
+        // No ledger object: no entry.
+        let expected = stored.ledger.get(node).cloned().unwrap_or_default();
         if let Some(entry) = decode_records(node, &expected)? {
             entries.push((node.clone(), entry));
         }
@@ -175,12 +173,20 @@ pub fn restore(lease_ttl: SignedDuration, stored: &StoredState) -> Result<Restor
         }
     }
     let adopted = migrate(stored.last_token, candidates, &mut entries, &mut mismatches);
+    let discard = stored
+        .ledger
+        .keys()
+        .filter(|node| {
+            !stored.nodes.contains_key(*node) || (stored.legacy && !adopted.contains(*node))
+        })
+        .cloned()
+        .collect();
     Ok(Restored {
         ledger: Ledger::from_persisted(lease_ttl, stored.last_token, entries),
         mismatches,
         adopted,
         migrating: stored.legacy,
-        orphans,
+        discard,
     })
 }
 
@@ -196,8 +202,8 @@ fn tokens(entry: &NodeEntry) -> impl Iterator<Item = u64> {
 }
 
 /// Adopts the annotations a previous version could have written (see the module's docs):
-/// `candidates` are the nodes without a ledger object in a migration, `entries` what the ledger
-/// objects hold. Returns the adopted nodes.
+/// `candidates` are every node's annotations in a migration (none otherwise). Returns the
+/// adopted nodes.
 fn migrate(
     counter: u64,
     candidates: Vec<(&NodeName, NodeAnnotations)>,

@@ -61,7 +61,8 @@ pub trait LedgerStore: Send + Sync + 'static {
         annotations: &NodeAnnotations,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Deletes the ledger object of a node that no longer exists, if there is one.
+    /// Deletes the node's ledger object (the node is gone, or a migration discards it), if
+    /// there is one.
     fn forget_node(&self, node: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
