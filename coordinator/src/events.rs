@@ -82,6 +82,9 @@ pub enum Reason {
     InvalidRequest,
     /// A MaintenancePolicy's spec is invalid; the last valid one stays in force.
     PolicyInvalid,
+    /// The node's `rota.dev/` slot annotations disagreed with its ledger object when the leader
+    /// loaded the ledger (forged, replayed or stale): not adopted, rewritten from the ledger.
+    LedgerMismatch,
 }
 
 impl Reason {
@@ -113,6 +116,7 @@ impl Reason {
             Reason::MaintenanceRequested => "MaintenanceRequested",
             Reason::InvalidRequest => "InvalidRequest",
             Reason::PolicyInvalid => "PolicyInvalid",
+            Reason::LedgerMismatch => "LedgerMismatch",
         }
     }
 
@@ -129,6 +133,7 @@ impl Reason {
                 | Reason::CircuitOpen
                 | Reason::InvalidRequest
                 | Reason::PolicyInvalid
+                | Reason::LedgerMismatch
         )
     }
 
@@ -157,6 +162,7 @@ impl Reason {
             | Reason::PoolResumed
             | Reason::CircuitOpen
             | Reason::PolicyInvalid => "Rollout",
+            Reason::LedgerMismatch => "Restore",
         }
     }
 }

@@ -19,6 +19,7 @@
 //! | `rota_leader` | gauge | | 1 while this replica leads |
 //! | `rota_grpc_requests_total` | counter | method, code | agents' gRPC calls by method and final status code |
 //! | `rota_grpc_request_duration_seconds` | histogram | method | duration of a call until its final status (for the `WatchSlot` stream: its lifetime) |
+//! | `rota_ledger_mismatches_total` | counter | reason | nodes whose `rota.dev/` slot annotations disagreed with their ledger object when the leader loaded the ledger, and were not adopted but repaired: `differs` (forged, replayed or stale), and in the one-time migration from annotations `unreadable`, `not_issued` (a token above the fencing counter), `reused` (a token named by two nodes) |
 //! | `rota_grpc_auth_refusals_total` | counter | reason | calls and connections the gRPC edge refused before any handler ran: `unauthenticated` (bad, unknown or foreign credential), `throttled` (too many new tokens to review), `unavailable` (the TokenReview API failed), `busy` (over the concurrent-call limit), `connections` (over the connection cap) |
 
 use std::pin::Pin;
@@ -120,6 +121,7 @@ struct Families {
     grpc_requests: Family<GrpcLabels, Counter>,
     grpc_duration: HistogramFamily<MethodLabels>,
     grpc_refusals: Family<ReasonLabels, Counter>,
+    ledger_mismatches: Family<ReasonLabels, Counter>,
 }
 
 /// The coordinator's metrics; clones share them. Every setter is cheap and never fails.
@@ -232,6 +234,12 @@ impl Metrics {
             "Calls and connections the agents' gRPC edge refused before any handler ran, by reason",
             grpc_refusals.clone(),
         );
+        let ledger_mismatches = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "ledger_mismatches",
+            "Nodes whose slot annotations disagreed with their ledger object on load (not adopted, repaired), by reason",
+            ledger_mismatches.clone(),
+        );
         Metrics {
             inner: Arc::new(Families {
                 registry,
@@ -250,6 +258,7 @@ impl Metrics {
                 grpc_requests,
                 grpc_duration,
                 grpc_refusals,
+                ledger_mismatches,
             }),
         }
     }
@@ -365,6 +374,15 @@ impl Metrics {
         for family in [&f.evictions, &f.evictions_blocked, &f.leases_expired] {
             family.remove(&labels);
         }
+    }
+
+    /// A node's slot annotations disagreed with its ledger object on load, for `reason` (a
+    /// fixed label).
+    pub fn ledger_mismatch(&self, reason: &'static str) {
+        self.inner
+            .ledger_mismatches
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// The gRPC edge refused a call or connection for `reason` (a fixed label).

@@ -2,8 +2,8 @@
 //! agents' API ([`AgentCore`]) that the edge forwards their calls to.
 //!
 //! Every change goes through one lock, is persisted through the [`LedgerStore`] before anyone is
-//! told about it (the fencing counter first, then the node's annotations), and is undone in
-//! memory when it cannot be persisted. Only then is the node's [`SlotView`] published on its watch
+//! told about it (the fencing counter first, then the node's ledger object and its annotation
+//! mirror), and is undone in memory when it cannot be persisted. Only then is the node's [`SlotView`] published on its watch
 //! channel (what `WatchSlot` streams) and the [`Transition`] sent as a [`SlotEvent`] to whoever
 //! records Events and metrics.
 //!
@@ -23,8 +23,8 @@ use rota_core::clock::Clock;
 use rota_core::model::{FencingToken, NodeFacts, NodeName, NodePolicy, Operation, Origin};
 use rota_core::slots::persist::encode_entry;
 use rota_core::slots::{
-    Completion, CompletionReport, Error, Ledger, LedgerResult, LedgerStore, NodeState, Release,
-    Result, SlotView, Transition, Waiting,
+    Completion, CompletionReport, Error, Ledger, LedgerResult, LedgerStore, Mismatch, NodeState,
+    Release, Restored, Result, SlotView, StoreError, Transition, Waiting, restore,
 };
 
 /// Settings of the slot service.
@@ -49,6 +49,12 @@ pub enum SlotEvent {
     Transition(Transition),
     /// A node reported facts that differ from the previous ones: re-run the scheduler.
     FactsChanged(NodeName),
+    /// On load: the node's annotation mirror disagreed with its ledger object and was not
+    /// adopted (the mirror was repaired already, if it could be): record an Event and count it.
+    Mismatch(Mismatch),
+    /// Another writer changed the ledger (a 409 on a ledger object or the counter): this
+    /// replica's view is stale; end the term and load again.
+    Conflict(String),
 }
 
 struct Guarded {
@@ -92,23 +98,74 @@ impl<S: LedgerStore> SlotService<S> {
     /// Loads the persisted ledger from `store` (what a starting or failed-over coordinator does)
     /// and registers every Node the store knows. Returns the service and the receiver of its
     /// events.
+    ///
+    /// The ledger objects are the truth ([`restore`]): before serving, every annotation mirror
+    /// that disagrees is rewritten from them (and reported as [`SlotEvent::Mismatch`]), the
+    /// ledger objects of deleted Nodes are deleted, and a migration from annotations writes the
+    /// adopted entries' ledger objects (deleting the others) and marks the counter.
     pub async fn load(
         store: S,
         config: SlotServiceConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<(Self, mpsc::UnboundedReceiver<SlotEvent>)> {
         let stored = store.load().await?;
-        let ledger = Ledger::from_stored(config.lease_ttl, &stored)?;
+        let Restored {
+            ledger,
+            mismatches,
+            adopted,
+            migrating,
+            discard,
+        } = restore(config.lease_ttl, &stored)?;
+        let mut counter_version = stored.counter_version;
+        if migrating {
+            for node in &adopted {
+                store
+                    .store_node(node, &encode_entry(node, ledger.entry(node))?)
+                    .await?;
+            }
+            // Every other ledger object must be gone before the counter is marked: once it is,
+            // the objects are the truth.
+            for node in &discard {
+                store.forget_node(node).await?;
+            }
+            let version = store
+                .store_counter(stored.last_token, counter_version.as_deref())
+                .await?;
+            counter_version = Some(version);
+            tracing::info!(
+                adopted = adopted.len(),
+                refused = mismatches.len(),
+                "slot ledger migrated from node annotations to ledger objects"
+            );
+        } else {
+            for node in &discard {
+                if let Err(error) = store.forget_node(node).await {
+                    tracing::warn!(node, %error, "a deleted node's ledger object was not deleted");
+                }
+            }
+        }
+        let (events, receiver) = mpsc::unbounded_channel();
+        for mismatch in mismatches {
+            tracing::warn!(
+                node = mismatch.node,
+                reason = mismatch.why.as_str(),
+                detail = mismatch.describe(),
+                "slot annotations disagree with the ledger: not adopted, repairing"
+            );
+            if let Err(error) = store.store_mirror(&mismatch.node, &mismatch.expected).await {
+                tracing::warn!(node = mismatch.node, %error, "the annotation mirror was not repaired");
+            }
+            let _ = events.send(SlotEvent::Mismatch(mismatch));
+        }
         let nodes = stored
             .nodes
             .keys()
             .map(|node| (node.clone(), NodeChannel::new(ledger.view(node))))
             .collect();
-        let (events, receiver) = mpsc::unbounded_channel();
         let service = SlotService {
             guarded: Mutex::new(Guarded {
                 persisted_token: stored.last_token,
-                counter_version: stored.counter_version,
+                counter_version,
                 ledger,
             }),
             store,
@@ -133,13 +190,17 @@ impl<S: LedgerStore> SlotService<S> {
             .or_insert_with(|| NodeChannel::new(view));
     }
 
-    /// Forgets a deleted Node: frees any slot it held and ends its watch streams. The Node's
-    /// annotations went with it, so nothing is written.
+    /// Forgets a deleted Node: frees any slot it held, deletes its ledger object (its
+    /// annotations went with it) and ends its watch streams.
     pub async fn node_deleted(&self, node: &str) -> Option<Transition> {
         let mut guarded = self.guarded.lock().await;
         let now = self.clock.now();
         let transition = guarded.ledger.node_deleted(node, now);
         self.write_nodes().remove(node);
+        // Best effort: a ledger object left behind is found and deleted by the next load.
+        if let Err(error) = self.store.forget_node(node).await {
+            tracing::warn!(node, %error, "the deleted node's ledger object was not deleted");
+        }
         if let Some(transition) = &transition {
             self.emit(SlotEvent::Transition(transition.clone()));
         }
@@ -417,6 +478,13 @@ impl<S: LedgerStore> SlotService<S> {
         if changed && let Err(err) = self.persist(&mut guarded, node).await {
             if matches!(err, Error::NotLeading) {
                 tracing::debug!(node, "slot change not persisted (not leading); undone");
+            } else if let Error::Store(StoreError::Conflict { what, .. }) = &err {
+                tracing::warn!(
+                    node,
+                    what,
+                    "slot change not persisted: another writer; undone"
+                );
+                self.emit(SlotEvent::Conflict(what.clone()));
             } else {
                 tracing::warn!(node, error = %err, "slot change not persisted; undone");
             }

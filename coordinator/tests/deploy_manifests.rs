@@ -741,6 +741,7 @@ fn exported_series() -> BTreeSet<String> {
         std::time::Duration::from_millis(3),
     );
     metrics.grpc_refused("unauthenticated");
+    metrics.ledger_mismatch("differs");
     let text = metrics.encode().unwrap();
     let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
     let documented = read("coordinator/src/metrics.rs")

@@ -201,6 +201,18 @@ impl LedgerStore for GateClosed {
     ) -> Result<(), StoreError> {
         Err(StoreError::NotLeading)
     }
+
+    async fn store_mirror(
+        &self,
+        _node: &str,
+        _annotations: &slots::persist::NodeAnnotations,
+    ) -> Result<(), StoreError> {
+        Err(StoreError::NotLeading)
+    }
+
+    async fn forget_node(&self, _node: &str) -> Result<(), StoreError> {
+        Err(StoreError::NotLeading)
+    }
 }
 
 #[tokio::test]

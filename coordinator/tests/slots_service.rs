@@ -3,6 +3,7 @@
 use rota_coordinator::slot_service::{SlotEvent, SlotService, SlotServiceConfig};
 use rota_core::clock::{Clock, ManualClock};
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -129,7 +130,7 @@ async fn a_change_that_cannot_be_persisted_is_undone() {
 
 #[tokio::test]
 async fn another_writer_of_the_counter_stops_admissions() {
-    let (svc, _) = service(MemoryStore::with_nodes(["n1"]), clock())
+    let (svc, mut events) = service(MemoryStore::with_nodes(["n1"]), clock())
         .await
         .unwrap();
     svc.request("n1", Operation::Reboot, Origin::Agent)
@@ -143,6 +144,35 @@ async fn another_writer_of_the_counter_stops_admissions() {
     );
     assert_eq!(svc.view("n1").await.unwrap().state, NodeState::Queued);
     assert_eq!(svc.store().snapshot().last_token, 10);
+    // The controller hears of it whichever call met the conflict (it ends its term and
+    // reloads).
+    let mut conflicts = 0;
+    while let Ok(event) = events.try_recv() {
+        if let SlotEvent::Conflict(what) = event {
+            assert!(what.contains("fencing counter"), "{what}");
+            conflicts += 1;
+        }
+    }
+    assert_eq!(conflicts, 1);
+}
+
+#[tokio::test]
+async fn a_restart_reports_and_repairs_a_disagreeing_mirror() {
+    let store = MemoryStore::with_nodes(["n1", "n2"]);
+    let mut forged = BTreeMap::new();
+    forged.insert(SLOT_ANNOTATION.to_owned(), "{not even json".to_owned());
+    let mut state = store.snapshot();
+    state.nodes.insert("n2".into(), forged);
+    let (svc, mut events) = service(MemoryStore::from_state(state), clock())
+        .await
+        .unwrap();
+    let Ok(SlotEvent::Mismatch(mismatch)) = events.try_recv() else {
+        panic!("no mismatch reported");
+    };
+    assert_eq!(mismatch.node, "n2");
+    assert_eq!(svc.view("n2").await.unwrap().state, NodeState::Idle);
+    assert!(svc.store().snapshot().nodes["n2"].is_empty(), "repaired");
+    assert!(events.try_recv().is_err(), "only n2 disagreed");
 }
 
 #[tokio::test]

@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 
 use jiff::{SignedDuration, Timestamp};
 use rota_core::model::{Operation, Origin};
+use rota_core::slots::persist::NodeAnnotations;
 use rota_core::slots::persist::{
     LAST_ANNOTATION, REQUEST_ANNOTATION, SLOT_ANNOTATION, decode_counter, decode_entry,
     encode_counter, encode_entry,
 };
-use rota_core::slots::{Ledger, PersistError, Release, StoredState};
+use rota_core::slots::{Ledger, PersistError, Release, StoredState, restore};
 use serde_json::{Value, json};
 
 const TTL: SignedDuration = SignedDuration::from_secs(60);
@@ -155,13 +156,26 @@ fn untrustworthy_state_is_refused_with_the_node_and_key() {
         Err(PersistError::UnknownOutcome { .. })
     ));
 
-    // A whole store with one bad node does not rebuild: the coordinator must not guess.
+    // A whole store with one bad ledger object does not rebuild: the coordinator must not
+    // guess.
     let stored = StoredState {
         last_token: 4,
         counter_version: None,
-        nodes: BTreeMap::from([("n7".to_owned(), garbage)]),
+        nodes: BTreeMap::from([("n7".to_owned(), BTreeMap::new())]),
+        ledger: BTreeMap::from([("n7".to_owned(), NodeAnnotations::from_annotations(&garbage))]),
+        legacy: false,
     };
-    assert!(Ledger::from_stored(TTL, &stored).is_err());
+    assert!(restore(TTL, &stored).is_err());
+    // The same garbage in the annotation mirror only is a mismatch: a Node patcher must not be
+    // able to stop the coordinator.
+    let stored = StoredState {
+        nodes: BTreeMap::from([("n7".to_owned(), garbage)]),
+        ledger: BTreeMap::new(),
+        ..stored
+    };
+    let restored = restore(TTL, &stored).unwrap();
+    assert_eq!(restored.mismatches.len(), 1);
+    assert!(restored.ledger.entry("n7").is_none());
 }
 
 #[test]

@@ -9,7 +9,7 @@ use rota_core::model::{FencingToken, Operation, Origin};
 use rota_core::slots::CompletionReport;
 use rota_core::slots::persist::encode_entry;
 use rota_core::slots::{
-    Ledger, LedgerError, PersistError, Release, StoredState, Transition, TransitionReason,
+    Ledger, LedgerError, PersistError, Release, StoredState, Transition, TransitionReason, restore,
 };
 
 const NODES: [&str; 3] = ["a", "b", "c"];
@@ -127,21 +127,31 @@ fn resolve(ledger: &Ledger, node: &str, tok: &Tok, issued: &[FencingToken]) -> F
     }
 }
 
-/// Rebuilds the ledger from its persisted form only.
+/// Rebuilds the ledger from its persisted form only: ledger objects and their mirror, which
+/// must agree.
 fn round_trip(ledger: &Ledger, ttl: SignedDuration) -> Result<Ledger, PersistError> {
     let mut nodes = BTreeMap::new();
+    let mut objects = BTreeMap::new();
     for node in NODES {
         let mut annotations = BTreeMap::new();
         annotations.insert("unrelated.io/keep".to_owned(), "x".to_owned());
-        encode_entry(node, ledger.entry(node))?.apply_to(&mut annotations);
+        let records = encode_entry(node, ledger.entry(node))?;
+        records.apply_to(&mut annotations);
         nodes.insert(node.to_owned(), annotations);
+        if !records.is_empty() {
+            objects.insert(node.to_owned(), records);
+        }
     }
     let stored = StoredState {
         last_token: ledger.last_issued_token(),
         counter_version: Some("1".into()),
         nodes,
+        ledger: objects,
+        legacy: false,
     };
-    Ledger::from_stored(ttl, &stored)
+    let restored = restore(ttl, &stored)?;
+    assert!(restored.mismatches.is_empty(), "{:?}", restored.mismatches);
+    Ok(restored.ledger)
 }
 
 const FREEING: [TransitionReason; 6] = [

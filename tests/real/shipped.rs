@@ -2,8 +2,10 @@
 //! (the real server validates every manifest and the CRD's structural schema), then the
 //! `rota-coordinator` *binary* run as a process with a token of the ServiceAccount `deploy/`
 //! creates — so the ClusterRole and Roles in `deploy/` are exactly what it has. It must lead
-//! (its Lease), bootstrap its CA into the Secrets and ConfigMap its Role names, patch the
-//! MaintenancePolicy's status, answer `/readyz`, and never be refused a call. The same binary
+//! (its Lease), bootstrap its CA into the Secrets and ConfigMap its Role names, load its slot
+//! ledger (a list of its namespace's ledger ConfigMaps) and repair a forged slot annotation on a
+//! Node (with a `LedgerMismatch` Event), patch the MaintenancePolicy's status, answer
+//! `/readyz`, and never be refused a call. The same binary
 //! with a ServiceAccount `deploy/` grants nothing must be refused, and say so: the check can
 //! fail.
 
@@ -17,12 +19,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
-use kube::Api;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use kube::{Api, ResourceExt};
 use rota_tests::control_plane::{Binaries, ControlPlane};
 use rota_tests::kubectl::Kubectl;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 /// rota's namespace, as `deploy/` creates it.
@@ -194,6 +197,22 @@ async fn the_shipped_coordinator_runs_with_the_shipped_permissions() {
     assert_ne!(readyz(refused.http).await, Some(200), "{}", refused.log());
     drop(refused);
 
+    // Someone with Node patch rights forged a granted slot with token 777 on a Node.
+    let nodes: Api<Node> = Api::all(admin.clone());
+    let forged = json!({
+        "token": 777, "phase": "granted", "operation": {"kind": "reboot"}, "origin": "agent",
+        "requestedAt": "2024-01-01T00:00:00Z", "admittedAt": "2024-01-01T00:00:00Z",
+        "since": "2024-01-01T00:00:00Z", "grantedAt": "2024-01-01T00:00:00Z",
+        "leaseExpiresAt": "2099-01-01T00:00:00Z", "cordonedByRota": false
+    });
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": "worker-forged", "annotations": {"rota.dev/slot": forged.to_string()}}
+    }))
+    .unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+
     // With the shipped account it leads, bootstraps its CA and reports on the policy.
     let kubeconfig = kubeconfig_as(&cp, &admin, "rota-coordinator").await;
     let mut coordinator = Coordinator::start(&cp, &kubeconfig, "rota-coordinator-0");
@@ -251,6 +270,37 @@ async fn the_shipped_coordinator_runs_with_the_shipped_permissions() {
             .map(|c| (c["type"].clone(), c["status"].clone()))
             .collect::<Vec<(Value, Value)>>()
     );
+    // The forged slot was not adopted: the annotation is gone, an Event says why, and the
+    // fencing counter never saw the token.
+    eventually(&mut coordinator, "the forged annotation repaired", || {
+        let nodes = nodes.clone();
+        async move {
+            let node = nodes.get("worker-forged").await.ok()?;
+            (!node.annotations().contains_key("rota.dev/slot")).then_some(())
+        }
+    })
+    .await;
+    let events: Api<Event> = Api::namespaced(admin.clone(), "default");
+    eventually(&mut coordinator, "the LedgerMismatch Event", || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items
+                .into_iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("LedgerMismatch")
+                        && e.regarding.and_then(|r| r.name).as_deref() == Some("worker-forged")
+                })
+                .then_some(())
+        }
+    })
+    .await;
+    let counter = config_maps
+        .get_opt("rota-fencing")
+        .await
+        .unwrap()
+        .and_then(|cm| cm.data?.get("lastToken").cloned());
+    assert_ne!(counter.as_deref(), Some("777"));
     let log = coordinator.log();
     assert!(
         !log.to_lowercase().contains("forbidden"),

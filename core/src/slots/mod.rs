@@ -2,8 +2,10 @@
 //!
 //! - [`ledger`]: the pure per-node state machine and the fencing counter (no I/O, explicit `now`);
 //!   [`entry`] is what it keeps per node, [`transition`] what each change reports.
-//! - [`persist`]: the ledger's persisted form (node annotations under `rota.dev/`, the counter
-//!   ConfigMap) and the rebuild a restarted coordinator does.
+//! - [`persist`]: the ledger's persisted form (a ledger object per node in the coordinator's
+//!   namespace, mirrored as node annotations under `rota.dev/`; the counter ConfigMap).
+//! - [`restore`]: the rebuild a restarted coordinator does, which trusts the ledger objects and
+//!   reports (and repairs) every mirror that disagrees.
 //! - [`store`]: the [`LedgerStore`] trait the Kubernetes writer implements, and an in-memory one.
 //!
 //! The live ledger, `SlotService` in the coordinator (`coordinator/src/slot_service.rs`), is
@@ -32,12 +34,15 @@
 //!    force-released, the Node was deleted) means: stop that drain. Re-run the
 //!    scheduler on transitions and [`SlotEvent::FactsChanged`]. Lease expiry
 //!    (`read(|l| l.expired_leases(now).count())`) is for alerts only: it never frees a slot.
-//! 5. A [`StoreError::Conflict`] on the fencing counter means another coordinator writes it:
-//!    stop acting, and reload only after re-acquiring leadership.
+//! 5. A [`StoreError::Conflict`] on the fencing counter or a ledger object means another
+//!    coordinator writes them: stop acting, and reload only after re-acquiring leadership.
+//! 6. On load, every node whose annotation mirror disagreed with its ledger object
+//!    ([`Mismatch`]) was repaired already: record an Event and count it.
 
 pub mod entry;
 pub mod ledger;
 pub mod persist;
+pub mod restore;
 pub mod store;
 pub mod transition;
 
@@ -48,6 +53,7 @@ pub use entry::{
 pub use ledger::{Checkpoint, Ledger, LedgerError, LedgerResult, Release};
 pub use persist::PersistError;
 pub use persist::StoredState;
+pub use restore::{Disagreement, Mismatch, Restored, restore};
 pub use store::{LedgerStore, MemoryStore, StoreError};
 pub use transition::{NodeState, Transition, TransitionReason};
 

@@ -1,24 +1,31 @@
-//! The ledger's persisted form, and the rebuild a restarted coordinator does.
+//! The ledger's persisted form.
 //!
 //! State lives in the Kubernetes API, never only in memory:
-//! - each node's entry as JSON annotations on its Node: [`REQUEST_ANNOTATION`] (a queued
-//!   request), [`SLOT_ANNOTATION`] (a held slot: token, phase, operation, since, lease expiry,
-//!   boot id before, cordoned-by-rota) and [`LAST_ANNOTATION`] (how the latest slot ended);
+//! - each node's entry as three JSON records: [`REQUEST_ANNOTATION`] (a queued request),
+//!   [`SLOT_ANNOTATION`] (a held slot: token, phase, operation, since, lease expiry, boot id
+//!   before, cordoned-by-rota) and [`LAST_ANNOTATION`] (how the latest slot ended). The
+//!   authoritative copy is the node's *ledger object*, a ConfigMap named
+//!   [`ledger_object_name`] in the coordinator's namespace, where only the coordinator's
+//!   ServiceAccount may write ([`NodeAnnotations::to_ledger_data`]); the same records as
+//!   annotations on the Node are a readable mirror (rotactl, `kubectl describe`), written after
+//!   the ledger object and never trusted: anyone who may patch a Node (its own kubelet) can
+//!   write them. [`super::restore`] compares the two on load;
 //! - the cluster-wide fencing counter as the [`COUNTER_KEY`] of the ConfigMap
 //!   [`COUNTER_CONFIGMAP`], updated with optimistic concurrency (`metadata.resourceVersion`), so
-//!   two coordinators can never issue the same token.
+//!   two coordinators can never issue the same token. Its [`COUNTER_LEDGER_KEY`] marks a
+//!   counter written by a version that keeps ledger objects: a counter without it was left by
+//!   a version that kept the ledger only in annotations (see [`super::restore`] on migration).
 //!
 //! Everything here is pure encode/decode; the writes happen behind [`super::LedgerStore`].
 
 use std::collections::BTreeMap;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::entry::{
     CompletionReport, Finished, HeldSlot, Holding, NodeEntry, ProgressNote, QueuedRequest, Waiting,
 };
-use super::ledger::Ledger;
 use super::transition::TransitionReason;
 use crate::model::{FencingToken, NodeName, Operation, Origin, Slot, SlotPhase, SlotRequest};
 
@@ -29,8 +36,15 @@ pub struct StoredState {
     pub last_token: u64,
     /// The counter object's `resourceVersion`; `None` when it does not exist yet.
     pub counter_version: Option<String>,
-    /// Every Node with its annotations (the ledger reads only its own `rota.dev/` keys).
+    /// Every Node with its annotations (the ledger reads only its own `rota.dev/` keys: the
+    /// mirror).
     pub nodes: BTreeMap<NodeName, BTreeMap<String, String>>,
+    /// The authoritative records of every node with a ledger object (also of nodes that no
+    /// longer exist).
+    pub ledger: BTreeMap<NodeName, NodeAnnotations>,
+    /// The counter exists without [`COUNTER_LEDGER_KEY`]: a version that kept the ledger only in
+    /// annotations wrote it, and this load migrates.
+    pub legacy: bool,
 }
 
 /// Node annotation holding a queued request.
@@ -45,6 +59,59 @@ pub const LEDGER_ANNOTATIONS: [&str; 3] = [REQUEST_ANNOTATION, SLOT_ANNOTATION, 
 pub const COUNTER_CONFIGMAP: &str = "rota-fencing";
 /// Data key of the fencing counter in [`COUNTER_CONFIGMAP`]: the last issued token, decimal.
 pub const COUNTER_KEY: &str = "lastToken";
+/// Data key of [`COUNTER_CONFIGMAP`] saying where the ledger lives; its value is
+/// [`COUNTER_LEDGER_VALUE`].
+pub const COUNTER_LEDGER_KEY: &str = "ledger";
+/// Value of [`COUNTER_LEDGER_KEY`]: the ledger lives in per-node ledger objects.
+pub const COUNTER_LEDGER_VALUE: &str = "objects";
+/// Prefix of every ledger object's name.
+pub const LEDGER_OBJECT_PREFIX: &str = "rota-slot-";
+/// Label every ledger object carries (with [`LEDGER_COMPONENT_LABEL`]); the load lists by both.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY: &str = "rota";
+/// Label telling ledger objects from rota's other ConfigMaps.
+pub const LEDGER_COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+/// Value of [`LEDGER_COMPONENT_LABEL`].
+pub const LEDGER_COMPONENT: &str = "slot-ledger";
+/// Data key of a ledger object holding the real node name (the object's name may be cut).
+pub const LEDGER_NODE_KEY: &str = "node";
+/// Data keys of a ledger object's records, in the order of [`NodeAnnotations::entries`]
+/// (ConfigMap keys cannot hold the annotations' `/`).
+pub const LEDGER_RECORD_KEYS: [&str; 3] = ["request", "slot", "last-maintenance"];
+
+/// Longest Kubernetes object name (a DNS subdomain).
+const MAX_NAME: usize = 253;
+/// Hex digits of the hash that keeps cut names apart.
+const HASH_DIGITS: usize = 16;
+
+/// The name of `node`'s ledger object: [`LEDGER_OBJECT_PREFIX`] and the node name; a name too
+/// long for that (Node names may have 253 characters) is cut and ends with a hash of the whole
+/// name instead, so that two long names sharing a prefix stay apart. The object also holds the
+/// real name under [`LEDGER_NODE_KEY`].
+pub fn ledger_object_name(node: &str) -> String {
+    let whole = format!("{LEDGER_OBJECT_PREFIX}{node}");
+    if whole.len() <= MAX_NAME {
+        return whole;
+    }
+    let keep = MAX_NAME - LEDGER_OBJECT_PREFIX.len() - 1 - HASH_DIGITS;
+    // Node names are ASCII (DNS subdomains); a cut must not leave a label ending in '-' or '.'.
+    let cut = node.get(..keep).unwrap_or(node);
+    let cut = cut.trim_end_matches(['-', '.']);
+    format!(
+        "{LEDGER_OBJECT_PREFIX}{cut}-{:0width$x}",
+        fnv1a(node.as_bytes()),
+        width = HASH_DIGITS
+    )
+}
+
+/// 64-bit FNV-1a: stable across Rust versions and platforms (object names must not change
+/// with the compiler, as `std`'s hasher may).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
 
 /// Persisted state that cannot be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +141,15 @@ pub enum PersistError {
         node: NodeName,
         /// The outcome found.
         outcome: String,
+    },
+    /// A ledger object's data is not what the coordinator writes (only the coordinator, or an
+    /// administrator of its namespace, can write there).
+    #[error("ledger object {object}: {why}; fix or delete it")]
+    LedgerObject {
+        /// The object's name.
+        object: String,
+        /// What is wrong.
+        why: String,
     },
     /// The fencing counter is not a decimal `u64`.
     #[error("fencing counter {COUNTER_CONFIGMAP}/{COUNTER_KEY} is {value:?}, not a number")]
@@ -202,6 +278,70 @@ impl NodeAnnotations {
         serde_json::json!({ "metadata": { "annotations": annotations } })
     }
 
+    /// The ledger's annotations in a Node's annotation map (the mirror); other keys are ignored.
+    pub fn from_annotations(annotations: &BTreeMap<String, String>) -> Self {
+        let get = |key: &str| annotations.get(key).cloned();
+        NodeAnnotations {
+            request: get(REQUEST_ANNOTATION),
+            slot: get(SLOT_ANNOTATION),
+            last: get(LAST_ANNOTATION),
+        }
+    }
+
+    /// Whether no record is set (the node has no entry: its ledger object is deleted).
+    pub fn is_empty(&self) -> bool {
+        self.entries().iter().all(|(_, value)| value.is_none())
+    }
+
+    /// The data of `node`'s ledger object: the set records under [`LEDGER_RECORD_KEYS`] and the
+    /// node's name under [`LEDGER_NODE_KEY`].
+    pub fn to_ledger_data(&self, node: &str) -> BTreeMap<String, String> {
+        let mut data = BTreeMap::from([(LEDGER_NODE_KEY.to_owned(), node.to_owned())]);
+        for ((_, value), key) in self.entries().into_iter().zip(LEDGER_RECORD_KEYS) {
+            if let Some(value) = value {
+                data.insert(key.to_owned(), value.to_owned());
+            }
+        }
+        data
+    }
+
+    /// The node and its records from the data of the ledger object `object`, which must be
+    /// the name [`ledger_object_name`] gives that node. The records themselves are decoded by
+    /// [`decode_records`].
+    pub fn from_ledger_data(
+        object: &str,
+        data: &BTreeMap<String, String>,
+    ) -> Result<(NodeName, NodeAnnotations), PersistError> {
+        let wrong = |why: String| PersistError::LedgerObject {
+            object: object.to_owned(),
+            why,
+        };
+        let node = data
+            .get(LEDGER_NODE_KEY)
+            .ok_or_else(|| wrong(format!("no {LEDGER_NODE_KEY:?} key")))?;
+        if ledger_object_name(node) != object {
+            return Err(wrong(format!(
+                "it names node {node:?}, whose ledger object is {}",
+                ledger_object_name(node)
+            )));
+        }
+        if let Some(unknown) = data
+            .keys()
+            .find(|k| *k != LEDGER_NODE_KEY && !LEDGER_RECORD_KEYS.contains(&k.as_str()))
+        {
+            return Err(wrong(format!("unknown key {unknown:?}")));
+        }
+        let get = |i: usize| data.get(LEDGER_RECORD_KEYS[i]).cloned();
+        Ok((
+            node.clone(),
+            NodeAnnotations {
+                request: get(0),
+                slot: get(1),
+                last: get(2),
+            },
+        ))
+    }
+
     /// Applies them to a Node's annotation map the way the API server applies the merge patch.
     pub fn apply_to(&self, annotations: &mut BTreeMap<String, String>) {
         for (key, value) in self.entries() {
@@ -289,9 +429,19 @@ pub fn decode_entry(
     node: &str,
     annotations: &BTreeMap<String, String>,
 ) -> Result<Option<NodeEntry>, PersistError> {
-    let request: Option<RequestRecord> = from_json(node, REQUEST_ANNOTATION, annotations)?;
-    let slot: Option<SlotRecord> = from_json(node, SLOT_ANNOTATION, annotations)?;
-    let last: Option<LastRecord> = from_json(node, LAST_ANNOTATION, annotations)?;
+    decode_records(node, &NodeAnnotations::from_annotations(annotations))
+}
+
+/// Decodes a node's entry from its records (from its ledger object or its annotations).
+/// `None` when no record is set.
+pub fn decode_records(
+    node: &str,
+    records: &NodeAnnotations,
+) -> Result<Option<NodeEntry>, PersistError> {
+    let request: Option<RequestRecord> =
+        from_json(node, REQUEST_ANNOTATION, records.request.as_deref())?;
+    let slot: Option<SlotRecord> = from_json(node, SLOT_ANNOTATION, records.slot.as_deref())?;
+    let last: Option<LastRecord> = from_json(node, LAST_ANNOTATION, records.last.as_deref())?;
     let holding = match (request, slot) {
         (Some(_), Some(_)) => {
             return Err(PersistError::Inconsistent {
@@ -380,29 +530,6 @@ pub fn decode_counter(value: &str) -> Result<u64, PersistError> {
     })
 }
 
-impl Ledger {
-    /// Rebuilds the ledger from everything a store holds (what a restarted coordinator does).
-    ///
-    /// Fails closed: an unreadable annotation is an error naming the node and key, because
-    /// ignoring a slot that might be held could break `maxUnavailable`.
-    pub fn from_stored(
-        lease_ttl: SignedDuration,
-        stored: &StoredState,
-    ) -> Result<Ledger, PersistError> {
-        let mut entries = Vec::new();
-        for (node, annotations) in &stored.nodes {
-            if let Some(entry) = decode_entry(node, annotations)? {
-                entries.push((node.clone(), entry));
-            }
-        }
-        Ok(Ledger::from_persisted(
-            lease_ttl,
-            stored.last_token,
-            entries,
-        ))
-    }
-}
-
 fn to_json<T: Serialize>(node: &str, key: &'static str, value: &T) -> Result<String, PersistError> {
     serde_json::to_string(value).map_err(|source| PersistError::Encode {
         node: node.to_owned(),
@@ -414,16 +541,14 @@ fn to_json<T: Serialize>(node: &str, key: &'static str, value: &T) -> Result<Str
 fn from_json<T: for<'de> Deserialize<'de>>(
     node: &str,
     key: &'static str,
-    annotations: &BTreeMap<String, String>,
+    raw: Option<&str>,
 ) -> Result<Option<T>, PersistError> {
-    annotations
-        .get(key)
-        .map(|raw| {
-            serde_json::from_str(raw).map_err(|source| PersistError::Annotation {
-                node: node.to_owned(),
-                key,
-                source,
-            })
+    raw.map(|raw| {
+        serde_json::from_str(raw).map_err(|source| PersistError::Annotation {
+            node: node.to_owned(),
+            key,
+            source,
         })
-        .transpose()
+    })
+    .transpose()
 }

@@ -32,25 +32,38 @@ pub enum StoreError {
 /// Persistence of the ledger. The coordinator's Kubernetes writer implements it; one
 /// [`super::SlotService`] serialises every call, so implementations need no ordering of their own.
 pub trait LedgerStore: Send + Sync + 'static {
-    /// Reads the counter and every Node's annotations.
+    /// Reads the counter, every Node's annotations and every ledger object.
     fn load(&self) -> impl Future<Output = Result<StoredState, StoreError>> + Send;
 
-    /// Writes the counter's new value if its `resourceVersion` is still `expected` (`None`:
-    /// create it; it must not exist). Returns the new `resourceVersion`; a mismatch is
-    /// [`StoreError::Conflict`].
+    /// Writes the counter's new value (with the ledger marker) if its `resourceVersion` is
+    /// still `expected` (`None`: create it; it must not exist). Returns the new
+    /// `resourceVersion`; a mismatch is [`StoreError::Conflict`].
     fn store_counter(
         &self,
         last_token: u64,
         expected: Option<&str>,
     ) -> impl Future<Output = Result<String, StoreError>> + Send;
 
-    /// Writes one node's ledger annotations (`None` values remove keys), e.g. as a merge patch
-    /// built by [`NodeAnnotations::merge_patch`].
+    /// Writes one node's records: first its ledger object (replaced at the version last read or
+    /// written, a change by anyone else being [`StoreError::Conflict`]; deleted when every
+    /// record is `None`), then the same records as the Node's annotation mirror (`None` values
+    /// remove keys), e.g. as a merge patch built by [`NodeAnnotations::merge_patch`].
     fn store_node(
         &self,
         node: &str,
         annotations: &NodeAnnotations,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Rewrites only the Node's annotation mirror (a repair after a mismatch).
+    fn store_mirror(
+        &self,
+        node: &str,
+        annotations: &NodeAnnotations,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Deletes the node's ledger object (the node is gone, or a migration discards it), if
+    /// there is one.
+    fn forget_node(&self, node: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 #[derive(Debug, Default)]
@@ -62,7 +75,8 @@ struct MemoryState {
 }
 
 /// An in-memory [`LedgerStore`]: the counter behaves like an object with a `resourceVersion`,
-/// writes to unknown nodes fail like a patch of a missing Node, and failures can be injected.
+/// ledger objects and annotation mirrors are written together, writes to unknown nodes fail
+/// like a patch of a missing Node, and failures can be injected.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     state: Mutex<MemoryState>,
@@ -107,7 +121,7 @@ impl MemoryStore {
         self.lock().stored.nodes.entry(node.to_owned()).or_default();
     }
 
-    /// Deletes a Node with its annotations (as the cluster would).
+    /// Deletes a Node with its annotations (as the cluster would; its ledger object stays).
     pub fn delete_node(&self, node: &str) {
         self.lock().stored.nodes.remove(node);
     }
@@ -138,6 +152,22 @@ impl MemoryStore {
     fn lock(&self) -> MutexGuard<'_, MemoryState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// The state, for a write: fails when failures are injected.
+    fn writable(&self) -> Result<MutexGuard<'_, MemoryState>, StoreError> {
+        let state = self.lock();
+        if state.failing {
+            return Err(injected_failure());
+        }
+        Ok(state)
+    }
+}
+
+fn missing(node: &str) -> StoreError {
+    StoreError::Backend(Box::new(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!("node {node} not found"),
+    )))
 }
 
 fn injected_failure() -> StoreError {
@@ -154,10 +184,7 @@ impl LedgerStore for MemoryStore {
         last_token: u64,
         expected: Option<&str>,
     ) -> Result<String, StoreError> {
-        let mut state = self.lock();
-        if state.failing {
-            return Err(injected_failure());
-        }
+        let mut state = self.writable()?;
         if state.stored.counter_version.as_deref() != expected {
             return Err(StoreError::Conflict {
                 what: "fencing counter".to_owned(),
@@ -168,6 +195,7 @@ impl LedgerStore for MemoryStore {
         let version = state.counter_generation.to_string();
         state.stored.last_token = last_token;
         state.stored.counter_version = Some(version.clone());
+        state.stored.legacy = false;
         state.writes += 1;
         Ok(version)
     }
@@ -177,18 +205,47 @@ impl LedgerStore for MemoryStore {
         node: &str,
         annotations: &NodeAnnotations,
     ) -> Result<(), StoreError> {
-        let mut state = self.lock();
-        if state.failing {
-            return Err(injected_failure());
+        let mut state = self.writable()?;
+        if !state.stored.nodes.contains_key(node) {
+            return Err(missing(node));
         }
-        let Some(existing) = state.stored.nodes.get_mut(node) else {
-            return Err(StoreError::Backend(Box::new(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("node {node} not found"),
-            ))));
-        };
-        annotations.apply_to(existing);
-        state.writes += 1;
+        if annotations.is_empty() {
+            state.stored.ledger.remove(node);
+        } else {
+            state
+                .stored
+                .ledger
+                .insert(node.to_owned(), annotations.clone());
+        }
+        mirror(&mut state, node, annotations)
+    }
+
+    async fn store_mirror(
+        &self,
+        node: &str,
+        annotations: &NodeAnnotations,
+    ) -> Result<(), StoreError> {
+        let mut state = self.writable()?;
+        mirror(&mut state, node, annotations)
+    }
+
+    async fn forget_node(&self, node: &str) -> Result<(), StoreError> {
+        let mut state = self.writable()?;
+        state.stored.ledger.remove(node);
         Ok(())
     }
+}
+
+/// Writes a Node's annotation mirror, failing like a patch of a missing Node.
+fn mirror(
+    state: &mut MemoryState,
+    node: &str,
+    annotations: &NodeAnnotations,
+) -> Result<(), StoreError> {
+    let Some(existing) = state.stored.nodes.get_mut(node) else {
+        return Err(missing(node));
+    };
+    annotations.apply_to(existing);
+    state.writes += 1;
+    Ok(())
 }

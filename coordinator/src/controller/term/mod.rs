@@ -184,6 +184,11 @@ impl<'a> Term<'a> {
                 () = shutdown.cancelled() => return TermEnd::Shutdown,
                 () = &mut lost => return TermEnd::LostLeadership,
                 Some(event) = slot_events.recv() => {
+                    if let SlotEvent::Conflict(what) = event {
+                        return TermEnd::Restart(Error::Conflict(format!(
+                            "{what} was changed by another writer"
+                        )));
+                    }
                     self.on_slot_event(event);
                     dirty = true;
                 }
@@ -217,8 +222,19 @@ impl<'a> Term<'a> {
 
     /// What the slot service reports: Events, metrics, the breaker, and drains to stop.
     fn on_slot_event(&mut self, event: SlotEvent) {
-        let SlotEvent::Transition(transition) = event else {
-            return;
+        let transition = match event {
+            SlotEvent::Transition(transition) => transition,
+            SlotEvent::Mismatch(mismatch) => {
+                self.metrics().ledger_mismatch(mismatch.why.as_str());
+                self.event(EventJob::Node {
+                    uid: self.node_uid(&mismatch.node),
+                    note: mismatch.describe(),
+                    node: mismatch.node,
+                    reason: Reason::LedgerMismatch,
+                });
+                return;
+            }
+            SlotEvent::FactsChanged(_) | SlotEvent::Conflict(_) => return,
         };
         let pool = self.pool_of(&transition.node);
         match transition.reason {
