@@ -511,3 +511,42 @@ async fn the_health_gate_waits_for_daemon_pods_restarted_after_the_reboot() {
     }
     fleet.shutdown().await;
 }
+
+/// Pods that take longer to stop than the drain's timeout (web/cart's: 1,000 simulated seconds
+/// against the demo policy's 15 s, which stand for 15 minutes), evicted one at a time under
+/// their budget, on a cluster of three workers and `maxUnavailable: 1` (seed 4 of the fault
+/// campaign, where rota once gave the half-drained node back, uncordoned it, drained the next
+/// node onto it and traded the same pods between two nodes until the run timed out). A drain
+/// that times out after pods went keeps its slot and its cordon and drains again; a pod whose
+/// eviction was accepted is waited for as long as its grace period allows: every node is done
+/// once, no slot is given back, and each node's token stays the one it was admitted with.
+/// (Either rule alone rescues this cluster; with neither, the test fails as the campaign did.
+/// `rota_core::controller::drained` tests the first on its own.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_slower_to_stop_than_the_drain_timeout_are_not_traded_between_nodes() {
+    let mut options = options(6, 4, 1, 1);
+    options.slow_termination = vec![("web".into(), "cart".into(), 1000)];
+    let fleet = start(options).await;
+    let (report, took) = e2e::run(&fleet, Duration::from_secs(300), WAIT).await;
+    print_timing("pods slower to stop than the drain timeout", took, &report);
+    e2e::assert_complete(&fleet, &report);
+    let workers = e2e::workers(&fleet);
+    for worker in &workers {
+        let given_back: Vec<(String, String)> = events_about(&fleet, worker)
+            .into_iter()
+            .filter(|(_, note)| note.contains("given back"))
+            .collect();
+        assert!(
+            given_back.is_empty(),
+            "{worker} gave its slot back: {given_back:?}"
+        );
+    }
+    let tokens = tokens_by_node(&fleet);
+    for worker in &workers {
+        assert_eq!(
+            tokens.get(worker).map(|t| t.len()),
+            Some(1),
+            "{worker} was admitted once: {tokens:?}"
+        );
+    }
+}

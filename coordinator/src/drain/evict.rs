@@ -239,9 +239,12 @@ pub(crate) async fn evict_pod(ctx: EvictionContext, pod: PodToEvict) -> PodRepor
         stats: DrainStats::default(),
         sink: ctx.progress.clone(),
     };
+    // The drain's deadline, unless the pod's eviction is accepted: then the kubelet has the
+    // pod's grace period to stop it, and the wait for that is not cut short (see `run`).
+    let (deadline_tx, deadline_rx) = watch::channel(ctx.deadline);
     let finish = tokio::select! {
-        finish = run(&ctx, &pod, &mut tracker) => finish,
-        () = sleep_until(ctx.deadline) => Finish::TimedOut,
+        finish = run(&ctx, &pod, &mut tracker, &deadline_tx) => finish,
+        () = until_deadline(deadline_rx) => Finish::TimedOut,
         () = ctx.cancel.cancelled() => Finish::Cancelled,
     };
     let progress = tracker.progress.clone();
@@ -273,7 +276,36 @@ pub(crate) async fn evict_pod(ctx: EvictionContext, pod: PodToEvict) -> PodRepor
     }
 }
 
-async fn run(ctx: &EvictionContext, target: &PodToEvict, tracker: &mut Tracker) -> Finish {
+/// Sleeps until the deadline `deadline` holds, following its changes.
+async fn until_deadline(mut deadline: watch::Receiver<Instant>) {
+    loop {
+        let at = *deadline.borrow_and_update();
+        tokio::select! {
+            () = sleep_until(at) => return,
+            changed = deadline.changed() => {
+                if changed.is_err() {
+                    sleep_until(at).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// How long after its eviction was accepted a pod may take to go: its grace period (the
+/// drain's override, or the pod's own, or Kubernetes' default of 30 s) and as much again, at
+/// least a minute, for the kubelet to report it gone.
+fn termination_allowance(grace_period_seconds: Option<i64>) -> Duration {
+    let grace = Duration::from_secs(u64::try_from(grace_period_seconds.unwrap_or(30)).unwrap_or(0));
+    grace + grace.max(Duration::from_secs(60))
+}
+
+async fn run(
+    ctx: &EvictionContext,
+    target: &PodToEvict,
+    tracker: &mut Tracker,
+    deadline: &watch::Sender<Instant>,
+) -> Finish {
     let pod = &target.pod;
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace);
     let body = eviction_body(pod, ctx.grace_period_seconds);
@@ -308,6 +340,24 @@ async fn run(ctx: &EvictionContext, target: &PodToEvict, tracker: &mut Tracker) 
                 tracker.count(|s| &mut s.evictions_succeeded);
                 debug!("eviction accepted; waiting for the pod to go");
                 tracker.set(PodProgress::WaitingForDeletion);
+                // The pod is stopping: a drain that gave up now would leave the node
+                // half-drained and gain nothing, so the wait lasts as long as the kubelet may
+                // take, and longer than the drain's timeout if need be.
+                let grace = ctx.grace_period_seconds.or_else(|| {
+                    pods.borrow()
+                        .index
+                        .get(&pod.namespace, &pod.name)
+                        .and_then(|p| p.spec.as_ref())
+                        .and_then(|spec| spec.termination_grace_period_seconds)
+                });
+                let stopped_by = Instant::now() + termination_allowance(grace);
+                deadline.send_if_modified(|at| {
+                    let later = stopped_by > *at;
+                    if later {
+                        *at = stopped_by;
+                    }
+                    later
+                });
                 let timeout = ctx.skip_wait_for_delete_timeout;
                 return wait_gone(&mut pods, pod, timeout, ctx.clock.as_ref()).await;
             }
@@ -476,6 +526,17 @@ mod tests {
     use kube::core::response::StatusDetails;
 
     use super::*;
+
+    #[test]
+    fn an_accepted_eviction_is_waited_for_as_long_as_the_grace_period_allows() {
+        // Kubernetes' default grace, a minute for the kubelet to report the pod gone.
+        assert_eq!(termination_allowance(None), Duration::from_secs(90));
+        assert_eq!(termination_allowance(Some(0)), Duration::from_secs(60));
+        // A long grace gets as much again.
+        assert_eq!(termination_allowance(Some(1800)), Duration::from_secs(3600));
+        // A negative grace (refused by the API server anyway) counts as none.
+        assert_eq!(termination_allowance(Some(-5)), Duration::from_secs(60));
+    }
 
     fn api_error(
         code: u16,

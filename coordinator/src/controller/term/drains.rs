@@ -15,6 +15,10 @@ pub(super) struct DrainDone {
 pub(super) struct Running {
     pub(super) token: FencingToken,
     pub(super) cancel: CancellationToken,
+    /// What it was started with, to start it again.
+    start: DrainStart,
+    /// Its place in the slot's drains in a row (1 for the first).
+    round: u32,
 }
 
 impl Term<'_> {
@@ -56,7 +60,7 @@ impl Term<'_> {
                 let deadline = now
                     .saturating_add(action.drain.timeout)
                     .unwrap_or(Timestamp::MAX);
-                self.spawn_drain(action.drain, token, deadline);
+                self.spawn_drain(action.drain, token, deadline, 1);
                 Ok(())
             }
             Err(slots::Error::Store(StoreError::Conflict { what, expected })) => {
@@ -71,26 +75,30 @@ impl Term<'_> {
         }
     }
 
+    /// Starts the `round`-th drain in a row of `start.node`'s slot `token`, until `deadline`.
     pub(super) fn spawn_drain(
         &mut self,
         start: DrainStart,
         token: FencingToken,
         deadline: Timestamp,
+        round: u32,
     ) {
-        let DrainStart {
-            node, pool, spec, ..
-        } = start;
-        if let Some(previous) = self.running.remove(&node) {
+        if let Some(previous) = self.running.remove(&start.node) {
             previous.cancel.cancel();
         }
         let cancel = CancellationToken::new();
         self.running.insert(
-            node.clone(),
+            start.node.clone(),
             Running {
                 token,
                 cancel: cancel.clone(),
+                start: start.clone(),
+                round,
             },
         );
+        let DrainStart {
+            node, pool, spec, ..
+        } = start;
         let left =
             Duration::try_from(deadline.duration_since(self.now())).unwrap_or(Duration::ZERO);
         let mut control = DrainControl::new(Instant::now() + left).with_cancel(cancel);
@@ -158,9 +166,10 @@ impl Term<'_> {
             pool,
             result,
         } = done;
-        if self.running.get(&node).is_some_and(|r| r.token == token) {
-            self.running.remove(&node);
-        }
+        let finished = match self.running.get(&node) {
+            Some(r) if r.token == token => self.running.remove(&node),
+            _ => None,
+        };
         if let (Some(pool), Ok(report)) = (&pool, &result) {
             for _ in 0..report.stats.evictions_succeeded {
                 self.metrics().eviction(pool);
@@ -182,7 +191,8 @@ impl Term<'_> {
             },
             |f| f.policy.drain.backoff,
         );
-        match after_drain(end, attempts, backoff, self.now()) {
+        let round = finished.as_ref().map_or(1, |r| r.round);
+        match after_drain(end, attempts, round, backoff, self.now()) {
             AfterDrain::Grant => {
                 self.attempts.remove(&node);
                 if let Err(error) = self.service.drained(&node, token).await {
@@ -190,6 +200,17 @@ impl Term<'_> {
                 }
             }
             AfterDrain::Nothing => {}
+            AfterDrain::DrainAgain { why } => {
+                // Without `finished`, another drain of the node already replaced this one.
+                if let Some(Running { start, .. }) = finished {
+                    info!(%node, token = token.0, %why, round = round + 1, "drain timed out after pods went; the node stays cordoned and drains again");
+                    let deadline = self
+                        .now()
+                        .saturating_add(start.timeout)
+                        .unwrap_or(Timestamp::MAX);
+                    self.spawn_drain(start, token, deadline, round + 1);
+                }
+            }
             AfterDrain::GiveBack {
                 not_before,
                 why,

@@ -432,7 +432,7 @@ impl<'a> Term<'a> {
                 .saturating_add(start.timeout)
                 .unwrap_or(Timestamp::MAX);
             info!(node = %start.node, token = token.0, "resuming the drain of a draining slot");
-            self.spawn_drain(start, token, deadline);
+            self.spawn_drain(start, token, deadline, 1);
         }
         self.service.set_waiting(waiting).await;
         for (policy, status) in statuses {
