@@ -10,7 +10,10 @@
 //! - Flags: the containers' environment is parsed by the binaries' own command lines, and what
 //!   it configures (ports, namespace, audience, service account, CA) matches the objects.
 //! - Alerts and the dashboard only use metrics the coordinator exports.
-//! - The Helm chart, rendered with its default values, equals the kustomize output.
+//! - The Helm chart, through the real `helm` (`helm lint --strict`, `helm template`; built by
+//!   `tests/control-plane/build.sh`): rendered with its default values it equals the kustomize
+//!   output; every value users of other charts expect changes what it should, and only that;
+//!   `values.schema.json` refuses bad values, naming the field.
 //! - The Dockerfile builds binaries that exist, into the images the manifests name.
 //!
 //! `ROTA_BLESS=1 cargo test -p rota-coordinator --test deploy_manifests` refreshes the chart's
@@ -19,7 +22,14 @@
 // Test helpers panic on bad fixtures, like the tests that call them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../tests/src/built.rs"]
+mod built;
+#[path = "../../tests/src/prerequisites.rs"]
+#[allow(dead_code)] // shared with the suites that need root
+mod prerequisites;
+
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, Parser};
@@ -230,8 +240,10 @@ fn every_manifest_parses_strictly() {
             }
         }
     }
-    for doc in helm_render(&helm_values()) {
-        strict(&doc);
+    if let Some(helm) = Helm::for_test() {
+        for doc in helm.template(&defaults()) {
+            strict(&doc);
+        }
     }
     let expected = [
         "ClusterRole",
@@ -832,154 +844,86 @@ fn collect_exprs(value: &Value, out: &mut Vec<String>) {
 // ---------------------------------------------------------------------------------------
 // Helm
 
-fn helm_values() -> Value {
-    yaml_documents(&read("deploy/helm/rota/values.yaml"), "values.yaml").remove(0)
+/// The real `helm`, the one `tests/control-plane/build.sh` builds at its pinned version, run on
+/// `deploy/helm/rota` as the release `rota` in `rota-system`, with a throw-away home of its own.
+struct Helm {
+    binary: PathBuf,
+    home: tempfile::TempDir,
 }
 
-/// Renders the chart's templates the way `helm template` does for the constructs the chart
-/// is limited to: `{{ .Values.x.y }}`, `{{ .Release.Namespace }}`, `` {{`raw`}} ``,
-/// `{{ if .Values.x }}` ... `{{ end }}`, `{{ .Files.Get "f" | nindent N }}` and the `{{-`/`-}}`
-/// whitespace trimming. Anything else fails: keep the chart minimal. `crds/` is included as
-/// Helm installs it, untemplated.
-fn helm_render(values: &Value) -> Vec<Value> {
-    let chart = repo("deploy/helm/rota");
-    let mut docs = Vec::new();
-    let mut crds: Vec<PathBuf> = std::fs::read_dir(chart.join("crds"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    crds.sort();
-    for path in crds {
-        docs.extend(yaml_documents(
-            &std::fs::read_to_string(&path).unwrap(),
-            "crd",
-        ));
-    }
-    let mut templates: Vec<PathBuf> = std::fs::read_dir(chart.join("templates"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    templates.sort();
-    for path in templates {
-        let text = std::fs::read_to_string(&path).unwrap();
-        let rendered = render_template(&text, values, &chart);
-        docs.extend(yaml_documents(&rendered, &path.display().to_string()));
-    }
-    docs
-}
-
-fn lookup<'a>(values: &'a Value, path: &str) -> &'a Value {
-    let found = path
-        .split('.')
-        .filter(|s| !s.is_empty())
-        .fold(values, |v, key| &v[key]);
-    assert!(!found.is_null(), "no value .Values.{path}");
-    found
-}
-
-fn scalar(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        other => panic!("not a scalar: {other}"),
-    }
-}
-
-fn render_template(text: &str, values: &Value, chart: &Path) -> String {
-    let mut out = String::new();
-    // Whether each enclosing `if` is true.
-    let mut conditions: Vec<bool> = Vec::new();
-    let mut rest = text;
-    let mut trim_next = false;
-    while let Some(start) = rest.find("{{") {
-        let mut literal = &rest[..start];
-        if trim_next {
-            literal = literal.trim_start();
-        }
-        let after = &rest[start + 2..];
-        // A raw string may contain "}}": the action ends after its closing backquote.
-        let search_from = match after.trim_start_matches('-').trim_start().strip_prefix('`') {
-            Some(raw) => {
-                let opening = after.len() - raw.len();
-                opening + raw.find('`').expect("unclosed raw string") + 1
-            }
-            None => 0,
-        };
-        let end = search_from + after[search_from..].find("}}").expect("unclosed action");
-        let mut action = &after[..end];
-        rest = &after[end + 2..];
-        let active = conditions.iter().all(|c| *c);
-        let mut piece = literal.to_owned();
-        if let Some(a) = action.strip_prefix('-') {
-            piece = piece.trim_end().to_owned();
-            action = a;
-        }
-        trim_next = false;
-        if let Some(a) = action.strip_suffix('-') {
-            trim_next = true;
-            action = a;
-        }
-        if active {
-            out.push_str(&piece);
-        }
-        let action = action.trim();
-        if let Some(raw) = action.strip_prefix('`').and_then(|a| a.strip_suffix('`')) {
-            if active {
-                out.push_str(raw);
-            }
-        } else if let Some(path) = action.strip_prefix("if .Values.") {
-            let v = &values
-                .pointer(&format!("/{}", path.replace('.', "/")))
-                .cloned()
-                .unwrap_or(Value::Null);
-            let truthy = match v {
-                Value::Bool(b) => *b,
-                Value::Null => false,
-                Value::String(s) => !s.is_empty(),
-                _ => true,
-            };
-            conditions.push(truthy);
-        } else if action == "end" {
-            conditions.pop().expect("end without if");
-        } else if action == ".Release.Namespace" {
-            if active {
-                out.push_str(NAMESPACE);
-            }
-        } else if let Some(path) = action.strip_prefix(".Values.") {
-            if active {
-                out.push_str(&scalar(lookup(values, path)));
-            }
-        } else if let Some(call) = action.strip_prefix(".Files.Get ") {
-            let (file, indent) = call
-                .split_once("| nindent ")
-                .expect("Files.Get | nindent N");
-            let file = file.trim().trim_matches('"');
-            let indent: usize = indent.trim().parse().unwrap();
-            if active {
-                let content = std::fs::read_to_string(chart.join(file)).unwrap();
-                let pad = " ".repeat(indent);
-                out.push('\n');
-                out.push_str(
-                    &content
-                        .split('\n')
-                        .map(|l| format!("{pad}{l}"))
-                        .collect::<Vec<_>>()
-                        .join("\n"),
+impl Helm {
+    /// The built helm; `None` when it is not built and the developer asked to skip such suites
+    /// (`ROTA_SKIP_CONTROL_PLANE=1`, outside CI); otherwise a missing helm fails the test,
+    /// saying how to build it.
+    fn for_test() -> Option<Helm> {
+        match built::helm() {
+            Ok(binary) => Some(Helm {
+                binary,
+                home: tempfile::tempdir().unwrap(),
+            }),
+            Err(why) => {
+                prerequisites::skip_or_fail(
+                    "the Helm chart's checks",
+                    &why,
+                    prerequisites::SKIP_CONTROL_PLANE,
                 );
+                None
             }
-        } else {
-            panic!("unsupported template action {{{{ {action} }}}}; keep the chart minimal");
         }
     }
-    let mut tail = rest;
-    if trim_next {
-        tail = tail.trim_start();
+
+    /// `helm COMMAND deploy/helm/rota` with `values` (over the chart's defaults) on stdin: its
+    /// stdout when it succeeds, else its stderr.
+    fn run(&self, command: &[&str], values: &Value) -> Result<String, String> {
+        let mut child = std::process::Command::new(&self.binary)
+            .args(command)
+            .arg(repo("deploy/helm/rota"))
+            .args(["--namespace", NAMESPACE, "--values", "-"])
+            .env("HELM_CACHE_HOME", self.home.path().join("cache"))
+            .env("HELM_CONFIG_HOME", self.home.path().join("config"))
+            .env("HELM_DATA_HOME", self.home.path().join("data"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // JSON is YAML.
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(values.to_string().as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        if output.status.success() {
+            Ok(String::from_utf8(output.stdout).unwrap())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
     }
-    out.push_str(tail);
-    assert!(conditions.is_empty(), "if without end");
-    out
+
+    /// `helm template --include-crds` (CRDs too, as `helm install` applies them): the objects,
+    /// or helm's error.
+    fn try_template(&self, values: &Value) -> Result<Vec<Value>, String> {
+        self.run(&["template", "rota", "--include-crds"], values)
+            .map(|out| yaml_documents(&out, "helm template"))
+    }
+
+    /// The objects the chart renders with `values`; helm must succeed.
+    fn template(&self, values: &Value) -> Vec<Value> {
+        self.try_template(values)
+            .unwrap_or_else(|e| panic!("helm template with {values}: {e}"))
+    }
+
+    /// `helm lint --strict` with `values`: its report, or its error.
+    fn lint(&self, values: &Value) -> Result<String, String> {
+        self.run(&["lint", "--strict"], values)
+    }
+}
+
+/// No values over the chart's defaults.
+fn defaults() -> Value {
+    serde_json::json!({})
 }
 
 /// Objects keyed by kind, namespace and name.
@@ -1004,7 +948,10 @@ fn by_id(docs: Vec<Value>) -> BTreeMap<(String, String, String), Value> {
 
 #[test]
 fn the_helm_chart_renders_what_kustomize_renders() {
-    let helm = by_id(helm_render(&helm_values()));
+    let Some(helm) = Helm::for_test() else {
+        return;
+    };
+    let rendered_by_helm = by_id(helm.template(&defaults()));
     // The chart installs into a namespace the operator creates (and labels for privileged
     // pods); everything else is the same.
     let rendered = by_id(
@@ -1013,19 +960,17 @@ fn the_helm_chart_renders_what_kustomize_renders() {
             .filter(|d| d["kind"] != "Namespace")
             .collect(),
     );
-    let helm_ids: BTreeSet<_> = helm.keys().collect();
+    let helm_ids: BTreeSet<_> = rendered_by_helm.keys().collect();
     let kustomize_ids: BTreeSet<_> = rendered.keys().collect();
     assert_eq!(helm_ids, kustomize_ids);
     for (id, object) in &rendered {
         assert_eq!(
-            &helm[id], object,
+            &rendered_by_helm[id], object,
             "{id:?} differs between Helm and kustomize"
         );
     }
 
-    let mut without_monitoring = helm_values();
-    without_monitoring["monitoring"]["enabled"] = Value::Bool(false);
-    let core = by_id(helm_render(&without_monitoring));
+    let core = by_id(helm.template(&serde_json::json!({"monitoring": {"enabled": false}})));
     let base = by_id(
         kustomize("deploy/base")
             .into_iter()
@@ -1040,20 +985,17 @@ fn the_helm_chart_renders_what_kustomize_renders() {
 }
 
 #[test]
-fn the_template_renderer_follows_helm() {
-    let values: Value = serde_json::json!({"a": {"b": "x", "on": true, "off": false}});
-    let chart = repo("deploy/helm/rota");
-    assert_eq!(
-        render_template(
-            "k: {{ .Values.a.b }}\n{{- if .Values.a.off }}\nno: 1\n{{- end }}\nz: {{`{{ $l }}`}}\n",
-            &values,
-            &chart
-        ),
-        "k: x\nz: {{ $l }}\n"
+fn the_chart_passes_helm_lint_strict() {
+    let Some(helm) = Helm::for_test() else {
+        return;
+    };
+    let report = helm
+        .lint(&defaults())
+        .unwrap_or_else(|e| panic!("helm lint --strict: {e}"));
+    assert!(
+        report.contains("1 chart(s) linted, 0 chart(s) failed"),
+        "{report}"
     );
-    let unsupported =
-        std::panic::catch_unwind(|| render_template("{{ include \"x\" . }}", &values, &chart));
-    assert!(unsupported.is_err());
 }
 
 /// The chart carries copies of generated files (Helm cannot reach outside its directory).
@@ -1297,12 +1239,15 @@ fn mounted_secrets(pod: &PodSpec) -> Vec<String> {
 #[test]
 fn only_the_coordinators_service_account_can_read_secrets() {
     let coordinator = BTreeSet::from([format!("ServiceAccount/{NAMESPACE}/rota-coordinator")]);
-    for (what, docs) in [
+    let mut renders = vec![
         ("deploy", kustomize("deploy")),
         ("deploy/base", kustomize("deploy/base")),
         ("deploy/cert-manager", kustomize("deploy/cert-manager")),
-        ("helm", helm_render(&helm_values())),
-    ] {
+    ];
+    if let Some(helm) = Helm::for_test() {
+        renders.push(("helm", helm.template(&defaults())));
+    }
+    for (what, docs) in renders {
         assert_eq!(secret_readers(&docs), coordinator, "{what}");
         // The coordinator's own read is by name only: no list or watch of every Secret.
         let role = find(&docs, "Role", "rota-coordinator");
