@@ -146,6 +146,7 @@ async fn the_demos_replicas_pass_the_check() {
         agents: AgentOptions::default(),
         // No policy: nothing is maintained, the check alone acts on the cluster.
         policy: None,
+        pools: Vec::new(),
     };
     let fleet = Fleet::start(options).await.unwrap();
     // The fleet starts once one replica leads; the other may still be starting.
