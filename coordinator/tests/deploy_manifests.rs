@@ -46,7 +46,7 @@ use rota_coordinator::metrics::Metrics;
 use rota_core::policy::{MaintenancePolicy, validate};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const NAMESPACE: &str = "rota-system";
 
@@ -267,7 +267,7 @@ fn every_manifest_parses_strictly() {
 
 #[test]
 fn a_misspelled_field_is_caught() {
-    let doc: Value = serde_json::json!({
+    let doc: Value = json!({
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
         "spec": {"replicas": 2, "selector": {}, "template": {"spec": {"containers": [
             {"name": "c", "image": "i", "securityContext": {"readOnlyRootFileSystem": true}}
@@ -636,6 +636,18 @@ fn the_coordinator_reads_its_environment_and_it_matches_the_objects() {
     );
 }
 
+/// `rota-agent run` with the global flags (logging) of the top-level command.
+fn agent_run_command() -> clap::Command {
+    let cli = rota_agent::cli::Cli::command();
+    let mut run = cli.find_subcommand("run").expect("rota-agent run").clone();
+    for arg in cli.get_arguments() {
+        if arg.is_global_set() {
+            run = run.arg(arg.clone());
+        }
+    }
+    run
+}
+
 #[test]
 fn the_agent_reads_its_environment_and_reaches_the_coordinators_service() {
     let docs = kustomize("deploy");
@@ -643,18 +655,9 @@ fn the_agent_reads_its_environment_and_reaches_the_coordinators_service() {
     let container = &pod.containers[0];
     let args = container.args.clone().unwrap_or_default();
     assert_eq!(args, ["run"]);
-    let cli = rota_agent::cli::Cli::command();
-    let run = cli.find_subcommand("run").expect("rota-agent run").clone();
-    // Global flags (logging) are defined on the top-level command.
-    let mut all = run.clone();
-    for arg in cli.get_arguments() {
-        if arg.is_global_set() {
-            all = all.arg(arg.clone());
-        }
-    }
     let downward = BTreeMap::from([("spec.nodeName", "node-1")]);
     let mut argv = vec!["rota-agent".to_owned(), "run".to_owned()];
-    argv.extend(env_as_args(container, &all, &downward));
+    argv.extend(env_as_args(container, &agent_run_command(), &downward));
     let parsed = rota_agent::cli::Cli::try_parse_from(&argv);
     assert!(parsed.is_ok(), "{argv:?}: {:?}", parsed.err());
 
@@ -873,7 +876,7 @@ impl Helm {
     }
 
     /// `helm COMMAND deploy/helm/rota` with `values` (over the chart's defaults) on stdin: its
-    /// stdout when it succeeds, else its stderr.
+    /// stdout when it succeeds, else its stdout and stderr (`helm lint` reports on stdout).
     fn run(&self, command: &[&str], values: &Value) -> Result<String, String> {
         let mut child = std::process::Command::new(&self.binary)
             .args(command)
@@ -898,7 +901,11 @@ impl Helm {
         if output.status.success() {
             Ok(String::from_utf8(output.stdout).unwrap())
         } else {
-            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+            Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ))
         }
     }
 
@@ -923,7 +930,7 @@ impl Helm {
 
 /// No values over the chart's defaults.
 fn defaults() -> Value {
-    serde_json::json!({})
+    json!({})
 }
 
 /// Objects keyed by kind, namespace and name.
@@ -946,41 +953,40 @@ fn by_id(docs: Vec<Value>) -> BTreeMap<(String, String, String), Value> {
         .collect()
 }
 
-#[test]
-fn the_helm_chart_renders_what_kustomize_renders() {
-    let Some(helm) = Helm::for_test() else {
-        return;
-    };
-    let rendered_by_helm = by_id(helm.template(&defaults()));
-    // The chart installs into a namespace the operator creates (and labels for privileged
-    // pods); everything else is the same.
-    let rendered = by_id(
-        kustomize("deploy")
-            .into_iter()
-            .filter(|d| d["kind"] != "Namespace")
-            .collect(),
-    );
-    let helm_ids: BTreeSet<_> = rendered_by_helm.keys().collect();
-    let kustomize_ids: BTreeSet<_> = rendered.keys().collect();
-    assert_eq!(helm_ids, kustomize_ids);
-    for (id, object) in &rendered {
-        assert_eq!(
-            &rendered_by_helm[id], object,
-            "{id:?} differs between Helm and kustomize"
-        );
-    }
-
-    let core = by_id(helm.template(&serde_json::json!({"monitoring": {"enabled": false}})));
-    let base = by_id(
-        kustomize("deploy/base")
+/// The chart with `values` renders, field for field, what `kubectl kustomize DIR` renders but
+/// its Namespace: the chart installs into a namespace the operator creates (and labels for
+/// privileged pods).
+fn assert_renders_like_kustomize(helm: &Helm, values: &Value, dir: &str) {
+    let rendered = by_id(helm.template(values));
+    let built = by_id(
+        kustomize(dir)
             .into_iter()
             .filter(|d| d["kind"] != "Namespace")
             .collect(),
     );
     assert_eq!(
-        core.keys().collect::<BTreeSet<_>>(),
-        base.keys().collect::<BTreeSet<_>>(),
-        "monitoring.enabled=false renders deploy/base"
+        rendered.keys().collect::<BTreeSet<_>>(),
+        built.keys().collect::<BTreeSet<_>>(),
+        "the objects of helm with {values} and of {dir}"
+    );
+    for (id, object) in &built {
+        assert_eq!(
+            &rendered[id], object,
+            "{id:?} differs between helm with {values} and {dir}"
+        );
+    }
+}
+
+#[test]
+fn the_helm_chart_renders_what_kustomize_renders() {
+    let Some(helm) = Helm::for_test() else {
+        return;
+    };
+    assert_renders_like_kustomize(&helm, &defaults(), "deploy");
+    assert_renders_like_kustomize(
+        &helm,
+        &json!({"monitoring": {"enabled": false}}),
+        "deploy/base",
     );
 }
 
@@ -996,6 +1002,458 @@ fn the_chart_passes_helm_lint_strict() {
         report.contains("1 chart(s) linted, 0 chart(s) failed"),
         "{report}"
     );
+}
+
+type Id = (String, String, String);
+
+fn id(kind: &str, namespace: &str, name: &str) -> Id {
+    (kind.to_owned(), namespace.to_owned(), name.to_owned())
+}
+
+fn coordinator_deployment() -> Id {
+    id("Deployment", NAMESPACE, "rota-coordinator")
+}
+
+fn agent_daemonset() -> Id {
+    id("DaemonSet", NAMESPACE, "rota-agent")
+}
+
+/// How many variables the first container of a Deployment or DaemonSet has.
+fn env_len(workload: &Value) -> usize {
+    workload["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+/// Removes what the JSON pointer `pointer` addresses in `value` (a field of an object, an
+/// element of a list) and returns it; `Null` when nothing is there.
+fn take(value: &mut Value, pointer: &str) -> Value {
+    let (parent, last) = pointer.rsplit_once('/').expect("a JSON pointer");
+    let last = last.replace("~1", "/").replace("~0", "~");
+    match value.pointer_mut(parent) {
+        Some(Value::Object(map)) => map.remove(&last).unwrap_or(Value::Null),
+        Some(Value::Array(list)) => match last.parse::<usize>() {
+            Ok(i) if i < list.len() => list.remove(i),
+            _ => Value::Null,
+        },
+        _ => Value::Null,
+    }
+}
+
+/// Values over the chart's defaults, and all that they change: at `pointer` of an object, the
+/// value found there (`Null`: nothing), and the objects only these values render.
+struct Case {
+    values: Value,
+    changes: Vec<(Id, String, Value)>,
+    added: Vec<Id>,
+}
+
+impl Case {
+    fn new(values: Value) -> Case {
+        Case {
+            values,
+            changes: Vec::new(),
+            added: Vec::new(),
+        }
+    }
+
+    fn at(mut self, object: Id, pointer: &str, want: Value) -> Case {
+        self.changes.push((object, pointer.to_owned(), want));
+        self
+    }
+
+    fn adds(mut self, object: Id) -> Case {
+        self.added.push(object);
+        self
+    }
+
+    /// Renders the values: each change is there, every object parses strictly, and with the
+    /// changes and the added objects taken out the render is the defaults' one.
+    fn check(&self, helm: &Helm, defaults: &BTreeMap<Id, Value>) -> BTreeMap<Id, Value> {
+        let values = &self.values;
+        let rendered = by_id(helm.template(values));
+        for doc in rendered.values() {
+            let group = doc["apiVersion"].as_str().unwrap_or_default();
+            // The cert-manager and trust-manager kinds have no strict type here; the test of
+            // the secret TLS source compares them with deploy/cert-manager.
+            if !group.contains("cert-manager.io") {
+                strict(doc);
+            }
+        }
+        let mut after = rendered.clone();
+        let mut before = defaults.clone();
+        for (object, pointer, want) in &self.changes {
+            let doc = after
+                .get_mut(object)
+                .unwrap_or_else(|| panic!("{values}: no {object:?}"));
+            assert_eq!(&take(doc, pointer), want, "{values}: {object:?} {pointer}");
+            if let Some(doc) = before.get_mut(object) {
+                take(doc, pointer);
+            }
+        }
+        for object in &self.added {
+            assert!(
+                after.remove(object).is_some() && !before.contains_key(object),
+                "{values} adds {object:?}"
+            );
+        }
+        for (object, doc) in &before {
+            assert_eq!(
+                after.get(object),
+                Some(doc),
+                "{values} changes {object:?} beyond {:?}",
+                self.changes
+            );
+        }
+        assert_eq!(
+            after.keys().collect::<Vec<_>>(),
+            before.keys().collect::<Vec<_>>(),
+            "{values}: the objects"
+        );
+        rendered
+    }
+}
+
+/// What users of kured's and cert-manager's charts expect to set, each through `helm template`:
+/// it lands where it should, and changes nothing else.
+#[test]
+fn every_value_lands_where_it_should_and_nowhere_else() {
+    let Some(helm) = Helm::for_test() else {
+        return;
+    };
+    let defaults = by_id(helm.template(&defaults()));
+    let pod = "/spec/template/spec";
+    let container = "/spec/template/spec/containers/0";
+    let digest = format!("sha256:{}", "0123456789abcdef".repeat(4));
+    let node_affinity = json!({"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "pool", "operator": "In", "values": ["infra"]}
+        ]}]
+    }});
+    let mut cases = vec![
+        // Maps merge with the defaults: the coordinator keeps its anti-affinity...
+        Case::new(json!({"coordinator": {"affinity": {"nodeAffinity": node_affinity}}})).at(
+            coordinator_deployment(),
+            &format!("{pod}/affinity/nodeAffinity"),
+            node_affinity.clone(),
+        ),
+        // ... unless null drops it.
+        Case::new(json!({"coordinator": {"affinity": null}})).at(
+            coordinator_deployment(),
+            &format!("{pod}/affinity"),
+            Value::Null,
+        ),
+        Case::new(json!({"agent": {"affinity": {"nodeAffinity": node_affinity}}})).at(
+            agent_daemonset(),
+            &format!("{pod}/affinity"),
+            json!({"nodeAffinity": node_affinity}),
+        ),
+    ];
+    for (component, object) in [
+        ("coordinator", coordinator_deployment()),
+        ("agent", agent_daemonset()),
+    ] {
+        let with = |field: &str, value: Value| json!({ component: { field: value } });
+        let resources = json!({
+            "requests": {"cpu": "1", "memory": "1Gi"},
+            "limits": {"cpu": "2", "memory": "2Gi"},
+        });
+        let toleration = json!([
+            {"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"}
+        ]);
+        let env = json!({"name": "TZ", "value": "UTC"});
+        let image = |values: Value, want: String| {
+            Case::new(with("image", values)).at(
+                object.clone(),
+                &format!("{container}/image"),
+                Value::String(want),
+            )
+        };
+        cases.extend([
+            Case::new(with("resources", resources.clone())).at(
+                object.clone(),
+                &format!("{container}/resources"),
+                resources,
+            ),
+            Case::new(with("tolerations", toleration.clone())).at(
+                object.clone(),
+                &format!("{pod}/tolerations"),
+                toleration,
+            ),
+            Case::new(with("nodeSelector", json!({"pool": "infra"}))).at(
+                object.clone(),
+                &format!("{pod}/nodeSelector"),
+                json!({"pool": "infra"}),
+            ),
+            Case::new(with("priorityClassName", "rota-critical".into())).at(
+                object.clone(),
+                &format!("{pod}/priorityClassName"),
+                "rota-critical".into(),
+            ),
+            Case::new(with(
+                "podAnnotations",
+                json!({"example.com/owner": "platform"}),
+            ))
+            .at(
+                object.clone(),
+                "/spec/template/metadata/annotations",
+                json!({"example.com/owner": "platform"}),
+            ),
+            Case::new(with("podLabels", json!({"team": "platform"}))).at(
+                object.clone(),
+                "/spec/template/metadata/labels/team",
+                "platform".into(),
+            ),
+            Case::new(with("extraEnv", json!([env]))).at(
+                object.clone(),
+                &format!("{container}/env/{}", env_len(&defaults[&object])),
+                env,
+            ),
+            image(
+                json!({"registry": "mirror.example:5000", "repository": "ops/rota", "tag": "2"}),
+                "mirror.example:5000/ops/rota:2".to_owned(),
+            ),
+            image(
+                json!({"digest": digest}),
+                format!("ghcr.io/rota-dev/rota-{component}@{digest}"),
+            ),
+            image(
+                json!({"registry": ""}),
+                format!("rota-dev/rota-{component}:0.1.0"),
+            ),
+            Case::new(with("image", json!({"pullPolicy": "Always"}))).at(
+                object.clone(),
+                &format!("{container}/imagePullPolicy"),
+                "Always".into(),
+            ),
+        ]);
+    }
+    cases.extend([
+        Case::new(json!({"coordinator": {"replicas": 3}})).at(
+            coordinator_deployment(),
+            "/spec/replicas",
+            3.into(),
+        ),
+        Case::new(json!({"coordinator": {"extraArgs": ["--slot-lease-ttl=2m"]}})).at(
+            coordinator_deployment(),
+            &format!("{container}/args"),
+            json!(["--slot-lease-ttl=2m"]),
+        ),
+        Case::new(json!({"agent": {"extraArgs": ["--reboot-timeout=900"]}})).at(
+            agent_daemonset(),
+            &format!("{container}/args/1"),
+            "--reboot-timeout=900".into(),
+        ),
+        Case::new(json!({"imagePullSecrets": [{"name": "regcred"}]}))
+            .at(
+                coordinator_deployment(),
+                &format!("{pod}/imagePullSecrets"),
+                json!([{"name": "regcred"}]),
+            )
+            .at(
+                agent_daemonset(),
+                &format!("{pod}/imagePullSecrets"),
+                json!([{"name": "regcred"}]),
+            ),
+    ]);
+    for case in &cases {
+        case.check(&helm, &defaults);
+    }
+}
+
+/// The flags and variables added with `extraArgs` and `extraEnv` are read by the binaries'
+/// own command lines, as the chart's own are.
+#[test]
+fn extra_args_and_env_reach_the_binaries() {
+    let Some(helm) = Helm::for_test() else {
+        return;
+    };
+    let docs = helm.template(&json!({
+        "coordinator": {
+            "extraArgs": ["--slot-lease-ttl=2m"],
+            "extraEnv": [{"name": "ROTA_TOKEN_CACHE_SIZE", "value": "100"}],
+        },
+        "agent": {
+            "extraArgs": ["--reboot-timeout=900"],
+            "extraEnv": [{"name": "ROTA_REFRESH", "value": "true"}],
+        },
+    }));
+    let pod = pod_spec::<Deployment>(find(&docs, "Deployment", "rota-coordinator"));
+    let config = coordinator_config(&pod.containers[0]);
+    assert_eq!(
+        config.controller.slot_lease_ttl,
+        std::time::Duration::from_secs(120)
+    );
+    assert_eq!(config.agents.token_cache_size, 100);
+
+    let pod = pod_spec::<DaemonSet>(find(&docs, "DaemonSet", "rota-agent"));
+    let container = &pod.containers[0];
+    let mut argv = vec!["rota-agent".to_owned()];
+    argv.extend(container.args.iter().flatten().cloned());
+    argv.extend(env_as_args(
+        container,
+        &agent_run_command(),
+        &BTreeMap::from([("spec.nodeName", "node-1")]),
+    ));
+    assert_eq!(argv[1..3], ["run", "--reboot-timeout=900"]);
+    assert!(argv.contains(&"--refresh".to_owned()), "{argv:?}");
+    let parsed = rota_agent::cli::Cli::try_parse_from(&argv);
+    assert!(parsed.is_ok(), "{argv:?}: {:?}", parsed.err());
+}
+
+/// `coordinator.tls.source=secret` renders what `deploy/cert-manager` adds to the base: with the
+/// example issuer chain, the same objects; with another Secret, the coordinator serves it and
+/// may read it, and nothing else may.
+#[test]
+fn the_secret_tls_source_renders_the_cert_manager_overlay() {
+    let Some(helm) = Helm::for_test() else {
+        return;
+    };
+    assert_renders_like_kustomize(
+        &helm,
+        &json!({
+            "coordinator": {"tls": {"source": "secret", "selfSignedCA": {"enabled": true}}},
+            "monitoring": {"enabled": false},
+        }),
+        "deploy/cert-manager",
+    );
+
+    let defaults = by_id(helm.template(&defaults()));
+    let env = "/spec/template/spec/containers/0/env";
+    let first = env_len(&defaults[&coordinator_deployment()]);
+    let docs = Case::new(json!({
+        "coordinator": {"tls": {"source": "secret", "secretName": "rota-grpc-tls",
+            "issuerRef": {"group": "cert-manager.io", "kind": "Issuer", "name": "corporate"}}},
+    }))
+    .at(
+        coordinator_deployment(),
+        &format!("{env}/{}", first + 1),
+        json!({"name": "ROTA_TLS_SECRET", "value": "rota-grpc-tls"}),
+    )
+    .at(
+        coordinator_deployment(),
+        &format!("{env}/{first}"),
+        json!({"name": "ROTA_TLS_SOURCE", "value": "secret"}),
+    )
+    .adds(id("Certificate", NAMESPACE, "rota-coordinator"))
+    .adds(id("Bundle", "", "rota-ca"))
+    .adds(id("Role", NAMESPACE, "rota-coordinator-tls"))
+    .adds(id("RoleBinding", NAMESPACE, "rota-coordinator-tls"))
+    .check(&helm, &defaults);
+    let docs: Vec<Value> = docs.into_values().collect();
+    let pod = pod_spec::<Deployment>(find(&docs, "Deployment", "rota-coordinator"));
+    let config = coordinator_config(&pod.containers[0]);
+    assert_eq!(
+        config.tls.source(),
+        rota_coordinator::tls::TlsSource::Secret
+    );
+    assert_eq!(config.tls.tls_secret, "rota-grpc-tls");
+    let certificate = find(&docs, "Certificate", "rota-coordinator");
+    assert_eq!(certificate["spec"]["secretName"], "rota-grpc-tls");
+    assert_eq!(certificate["spec"]["issuerRef"]["name"], "corporate");
+    let role = find(&docs, "Role", "rota-coordinator-tls");
+    assert_eq!(
+        role["rules"],
+        json!([{
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["rota-grpc-tls"],
+            "verbs": ["get"],
+        }])
+    );
+    assert_eq!(
+        secret_readers(&docs),
+        BTreeSet::from([format!("ServiceAccount/{NAMESPACE}/rota-coordinator")])
+    );
+}
+
+/// `values.schema.json` refuses bad values before anything renders, and helm's message names
+/// the field.
+#[test]
+fn the_values_schema_refuses_bad_values_naming_the_field() {
+    let Some(helm) = Helm::for_test() else {
+        return;
+    };
+    for (values, named) in [
+        (json!({"agent": {"upgrade": "sometimes"}}), "/agent/upgrade"),
+        (
+            json!({"coordinator": {"replicas": -1}}),
+            "/coordinator/replicas",
+        ),
+        (
+            json!({"coordinator": {"replicas": "two"}}),
+            "/coordinator/replicas",
+        ),
+        (
+            json!({"coordinatr": {"replicas": 3}}),
+            "'coordinatr' not allowed",
+        ),
+        (
+            json!({"agent": {"tolerence": []}}),
+            "'tolerence' not allowed",
+        ),
+        (
+            json!({"coordinator": {"tls": {"source": "files"}}}),
+            "/coordinator/tls/source",
+        ),
+        (
+            json!({"coordinator": {"tls": {"secretName": "Not_A_Name"}}}),
+            "/coordinator/tls/secretName",
+        ),
+        (
+            json!({"coordinator": {"logFormat": "yaml"}}),
+            "/coordinator/logFormat",
+        ),
+        (
+            json!({"agent": {"maxUnavailable": 0}}),
+            "/agent/maxUnavailable",
+        ),
+        (
+            json!({"agent": {"maxUnavailable": "150%"}}),
+            "/agent/maxUnavailable",
+        ),
+        (
+            json!({"coordinator": {"resources": {"limits": {"memory": "lots"}}}}),
+            "/coordinator/resources/limits/memory",
+        ),
+        (
+            json!({"agent": {"image": {"digest": "latest"}}}),
+            "/agent/image/digest",
+        ),
+        (
+            json!({"agent": {"podLabels": {"app.kubernetes.io/name": "x"}}}),
+            "/agent/podLabels/app.kubernetes.io~1name",
+        ),
+        (
+            json!({"coordinator": {"extraEnv": [{"value": "x"}]}}),
+            "/coordinator/extraEnv/0",
+        ),
+        (
+            json!({"imagePullSecrets": ["regcred"]}),
+            "/imagePullSecrets/0",
+        ),
+        (
+            json!({"monitoring": {"enabled": "yes"}}),
+            "/monitoring/enabled",
+        ),
+    ] {
+        for (what, result) in [
+            (
+                "helm template",
+                helm.try_template(&values).map(|_| String::new()),
+            ),
+            ("helm lint --strict", helm.lint(&values)),
+        ] {
+            let Err(error) = result else {
+                panic!("{what} accepts {values}");
+            };
+            assert!(
+                error.contains("values don't meet the specifications of the schema")
+                    && error.contains(named),
+                "{what} with {values}: the message does not name {named}: {error}"
+            );
+        }
+    }
 }
 
 /// The chart carries copies of generated files (Helm cannot reach outside its directory).
