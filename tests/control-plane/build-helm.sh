@@ -8,13 +8,13 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 
 command -v go >/dev/null 2>&1 || {
-  echo "helm.sh: 'go' is not on PATH; helm is built from its Go module (Go >= 1.26)" >&2
+  echo "build-helm.sh: 'go' is not on PATH; helm is built from its Go module (Go >= 1.26)" >&2
   exit 1
 }
 
 pinned() { awk -v m="$2" '($1 == "require" && $2 == m) || $1 == m { print ($1 == m ? $2 : $3); exit }' "$here/$1/go.mod"; }
 helm_version="$(pinned helm helm.sh/helm/v3)"
-[ -n "$helm_version" ] || { echo "helm.sh: cannot read the pinned version" >&2; exit 1; }
+[ -n "$helm_version" ] || { echo "build-helm.sh: cannot read the pinned version" >&2; exit 1; }
 
 root="${ROTA_CONTROL_PLANE_DIR:-/var/cache/rota-test/control-plane}/helm-${helm_version}"
 bin="$root/bin"
