@@ -1456,6 +1456,66 @@ fn the_values_schema_refuses_bad_values_naming_the_field() {
     }
 }
 
+/// The first column of the tables in the section "Helm" of `deploy/README.md`:
+/// `coordinator.replicas`, `<component>.resources`, ...
+fn documented_values() -> BTreeSet<String> {
+    let readme = read("deploy/README.md");
+    let (_, section) = readme.split_once("\n## Helm\n").expect("a section Helm");
+    let section = section.split("\n## ").next().unwrap_or_default();
+    section
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|cell| cell.split_once("` |").map(|(value, _)| value.to_owned()))
+        .collect()
+}
+
+/// Every value of `values.yaml` is in the README's table (a map either as a whole or each of
+/// its keys), and every row of the table is a value of `values.yaml`.
+#[test]
+fn the_readme_documents_every_value() {
+    let values = yaml_documents(&read("deploy/helm/rota/values.yaml"), "values.yaml").remove(0);
+    let documented = documented_values();
+    let as_documented = |path: &str| {
+        for component in ["coordinator.", "agent."] {
+            if let Some(rest) = path.strip_prefix(component) {
+                return format!("<component>.{rest}");
+            }
+        }
+        path.to_owned()
+    };
+    let mut undocumented = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut stack: Vec<(String, &Value)> = vec![(String::new(), &values)];
+    while let Some((path, value)) = stack.pop() {
+        let row = as_documented(&path);
+        if documented.contains(&path) || documented.contains(&row) {
+            seen.insert(if documented.contains(&path) {
+                path
+            } else {
+                row
+            });
+        } else if let Value::Object(map) = value {
+            let prefix = if path.is_empty() {
+                path
+            } else {
+                format!("{path}.")
+            };
+            stack.extend(map.iter().map(|(k, v)| (format!("{prefix}{k}"), v)));
+        } else {
+            undocumented.push(path);
+        }
+    }
+    assert_eq!(
+        undocumented,
+        Vec::<String>::new(),
+        "values deploy/README.md does not list"
+    );
+    assert_eq!(
+        documented, seen,
+        "rows of deploy/README.md's values table that are no value"
+    );
+}
+
 /// The chart carries copies of generated files (Helm cannot reach outside its directory).
 #[test]
 fn the_charts_copies_are_current() {
