@@ -995,13 +995,24 @@ fn the_chart_passes_helm_lint_strict() {
     let Some(helm) = Helm::for_test() else {
         return;
     };
-    let report = helm
-        .lint(&defaults())
-        .unwrap_or_else(|e| panic!("helm lint --strict: {e}"));
-    assert!(
-        report.contains("1 chart(s) linted, 0 chart(s) failed"),
-        "{report}"
-    );
+    for values in [
+        defaults(),
+        json!({"coordinator": {"tls": {"source": "secret", "secretName": "rota-grpc-tls",
+            "selfSignedCA": {"enabled": true}}}}),
+        json!({
+            "imagePullSecrets": [{"name": "regcred"}],
+            "agent": {"priorityClassName": "system-node-critical", "extraArgs": ["--refresh"],
+                "image": {"digest": format!("sha256:{}", "ab".repeat(32))}},
+        }),
+    ] {
+        let report = helm
+            .lint(&values)
+            .unwrap_or_else(|e| panic!("helm lint --strict with {values}: {e}"));
+        assert!(
+            report.contains("1 chart(s) linted, 0 chart(s) failed"),
+            "{values}: {report}"
+        );
+    }
 }
 
 type Id = (String, String, String);
