@@ -1036,6 +1036,16 @@ fn env_len(workload: &Value) -> usize {
         .map_or(0, Vec::len)
 }
 
+/// The JSON pointer of the variable `name` of the first container of a Deployment or
+/// DaemonSet.
+fn env_pointer(workload: &Value, name: &str) -> String {
+    let env = workload["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap();
+    let i = env.iter().position(|e| e["name"] == name).unwrap();
+    format!("/spec/template/spec/containers/0/env/{i}")
+}
+
 /// Removes what the JSON pointer `pointer` addresses in `value` (a field of an object, an
 /// element of a list) and returns it; `Null` when nothing is there.
 fn take(value: &mut Value, pointer: &str) -> Value {
@@ -1232,6 +1242,17 @@ fn every_value_lands_where_it_should_and_nowhere_else() {
                 json!({"registry": ""}),
                 format!("rota-dev/rota-{component}:0.1.0"),
             ),
+            // Quoted: a filter may hold what YAML would read otherwise.
+            Case::new(with("logFilter", "info,rota=debug: x".into())).at(
+                object.clone(),
+                &env_pointer(&defaults[&object], "ROTA_LOG"),
+                json!({"name": "ROTA_LOG", "value": "info,rota=debug: x"}),
+            ),
+            Case::new(with("logFormat", "plain".into())).at(
+                object.clone(),
+                &env_pointer(&defaults[&object], "ROTA_LOG_FORMAT"),
+                json!({"name": "ROTA_LOG_FORMAT", "value": "plain"}),
+            ),
             Case::new(with("image", json!({"pullPolicy": "Always"}))).at(
                 object.clone(),
                 &format!("{container}/imagePullPolicy"),
@@ -1240,6 +1261,21 @@ fn every_value_lands_where_it_should_and_nowhere_else() {
         ]);
     }
     cases.extend([
+        Case::new(json!({"agent": {"upgrade": "all"}})).at(
+            agent_daemonset(),
+            &env_pointer(&defaults[&agent_daemonset()], "ROTA_UPGRADE"),
+            json!({"name": "ROTA_UPGRADE", "value": "all"}),
+        ),
+        Case::new(json!({"agent": {"maxUnavailable": 3}})).at(
+            agent_daemonset(),
+            "/spec/updateStrategy/rollingUpdate/maxUnavailable",
+            3.into(),
+        ),
+        Case::new(json!({"monitoring": {"scrapeInterval": "1m"}})).at(
+            id("ServiceMonitor", NAMESPACE, "rota-coordinator"),
+            "/spec/endpoints/0/interval",
+            "1m".into(),
+        ),
         Case::new(json!({"coordinator": {"replicas": 3}})).at(
             coordinator_deployment(),
             "/spec/replicas",
