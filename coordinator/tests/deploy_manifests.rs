@@ -24,15 +24,17 @@
 
 #[path = "../../tests/src/built.rs"]
 mod built;
+#[path = "../../tests/src/helm.rs"]
+mod helm;
 #[path = "../../tests/src/prerequisites.rs"]
 #[allow(dead_code)] // shared with the suites that need root
 mod prerequisites;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, Parser};
+use helm::Helm;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, PodSpec, Service, ServiceAccount,
@@ -48,7 +50,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-const NAMESPACE: &str = "rota-system";
+const NAMESPACE: &str = helm::NAMESPACE;
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
@@ -241,7 +243,7 @@ fn every_manifest_parses_strictly() {
         }
     }
     if let Some(helm) = Helm::for_test() {
-        for doc in helm.template(&defaults()) {
+        for doc in render(&helm, &defaults()) {
             strict(&doc);
         }
     }
@@ -847,85 +849,16 @@ fn collect_exprs(value: &Value, out: &mut Vec<String>) {
 // ---------------------------------------------------------------------------------------
 // Helm
 
-/// The real `helm`, the one `tests/control-plane/build.sh` builds at its pinned version, run on
-/// `deploy/helm/rota` as the release `rota` in `rota-system`, with a throw-away home of its own.
-struct Helm {
-    binary: PathBuf,
-    home: tempfile::TempDir,
+/// `helm template` with `values` over the chart's defaults: the objects, or helm's error.
+fn try_render(helm: &Helm, values: &Value) -> Result<Vec<Value>, String> {
+    // JSON is YAML.
+    helm.template(&values.to_string())
+        .map(|out| yaml_documents(&out, "helm template"))
 }
 
-impl Helm {
-    /// The built helm; `None` when it is not built and the developer asked to skip such suites
-    /// (`ROTA_SKIP_CONTROL_PLANE=1`, outside CI); otherwise a missing helm fails the test,
-    /// saying how to build it.
-    fn for_test() -> Option<Helm> {
-        match built::helm() {
-            Ok(binary) => Some(Helm {
-                binary,
-                home: tempfile::tempdir().unwrap(),
-            }),
-            Err(why) => {
-                prerequisites::skip_or_fail(
-                    "the Helm chart's checks",
-                    &why,
-                    prerequisites::SKIP_CONTROL_PLANE,
-                );
-                None
-            }
-        }
-    }
-
-    /// `helm COMMAND deploy/helm/rota` with `values` (over the chart's defaults) on stdin: its
-    /// stdout when it succeeds, else its stdout and stderr (`helm lint` reports on stdout).
-    fn run(&self, command: &[&str], values: &Value) -> Result<String, String> {
-        let mut child = std::process::Command::new(&self.binary)
-            .args(command)
-            .arg(repo("deploy/helm/rota"))
-            .args(["--namespace", NAMESPACE, "--values", "-"])
-            .env("HELM_CACHE_HOME", self.home.path().join("cache"))
-            .env("HELM_CONFIG_HOME", self.home.path().join("config"))
-            .env("HELM_DATA_HOME", self.home.path().join("data"))
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        // JSON is YAML.
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(values.to_string().as_bytes())
-            .unwrap();
-        let output = child.wait_with_output().unwrap();
-        if output.status.success() {
-            Ok(String::from_utf8(output.stdout).unwrap())
-        } else {
-            Err(format!(
-                "{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            ))
-        }
-    }
-
-    /// `helm template --include-crds` (CRDs too, as `helm install` applies them): the objects,
-    /// or helm's error.
-    fn try_template(&self, values: &Value) -> Result<Vec<Value>, String> {
-        self.run(&["template", "rota", "--include-crds"], values)
-            .map(|out| yaml_documents(&out, "helm template"))
-    }
-
-    /// The objects the chart renders with `values`; helm must succeed.
-    fn template(&self, values: &Value) -> Vec<Value> {
-        self.try_template(values)
-            .unwrap_or_else(|e| panic!("helm template with {values}: {e}"))
-    }
-
-    /// `helm lint --strict` with `values`: its report, or its error.
-    fn lint(&self, values: &Value) -> Result<String, String> {
-        self.run(&["lint", "--strict"], values)
-    }
+/// The objects the chart renders with `values`; helm must succeed.
+fn render(helm: &Helm, values: &Value) -> Vec<Value> {
+    try_render(helm, values).unwrap_or_else(|e| panic!("helm template with {values}: {e}"))
 }
 
 /// No values over the chart's defaults.
@@ -957,7 +890,7 @@ fn by_id(docs: Vec<Value>) -> BTreeMap<(String, String, String), Value> {
 /// its Namespace: the chart installs into a namespace the operator creates (and labels for
 /// privileged pods).
 fn assert_renders_like_kustomize(helm: &Helm, values: &Value, dir: &str) {
-    let rendered = by_id(helm.template(values));
+    let rendered = by_id(render(helm, values));
     let built = by_id(
         kustomize(dir)
             .into_iter()
@@ -1006,7 +939,7 @@ fn the_chart_passes_helm_lint_strict() {
         }),
     ] {
         let report = helm
-            .lint(&values)
+            .lint(&values.to_string())
             .unwrap_or_else(|e| panic!("helm lint --strict with {values}: {e}"));
         assert!(
             report.contains("1 chart(s) linted, 0 chart(s) failed"),
@@ -1092,7 +1025,7 @@ impl Case {
     /// changes and the added objects taken out the render is the defaults' one.
     fn check(&self, helm: &Helm, defaults: &BTreeMap<Id, Value>) -> BTreeMap<Id, Value> {
         let values = &self.values;
-        let rendered = by_id(helm.template(values));
+        let rendered = by_id(render(helm, values));
         for doc in rendered.values() {
             let group = doc["apiVersion"].as_str().unwrap_or_default();
             // The cert-manager and trust-manager kinds have no strict type here; the test of
@@ -1142,7 +1075,7 @@ fn every_value_lands_where_it_should_and_nowhere_else() {
     let Some(helm) = Helm::for_test() else {
         return;
     };
-    let defaults = by_id(helm.template(&defaults()));
+    let defaults = by_id(render(&helm, &defaults()));
     let pod = "/spec/template/spec";
     let container = "/spec/template/spec/containers/0";
     let digest = format!("sha256:{}", "0123456789abcdef".repeat(4));
@@ -1315,16 +1248,19 @@ fn extra_args_and_env_reach_the_binaries() {
     let Some(helm) = Helm::for_test() else {
         return;
     };
-    let docs = helm.template(&json!({
-        "coordinator": {
-            "extraArgs": ["--slot-lease-ttl=2m"],
-            "extraEnv": [{"name": "ROTA_TOKEN_CACHE_SIZE", "value": "100"}],
-        },
-        "agent": {
-            "extraArgs": ["--reboot-timeout=900"],
-            "extraEnv": [{"name": "ROTA_REFRESH", "value": "true"}],
-        },
-    }));
+    let docs = render(
+        &helm,
+        &json!({
+            "coordinator": {
+                "extraArgs": ["--slot-lease-ttl=2m"],
+                "extraEnv": [{"name": "ROTA_TOKEN_CACHE_SIZE", "value": "100"}],
+            },
+            "agent": {
+                "extraArgs": ["--reboot-timeout=900"],
+                "extraEnv": [{"name": "ROTA_REFRESH", "value": "true"}],
+            },
+        }),
+    );
     let pod = pod_spec::<Deployment>(find(&docs, "Deployment", "rota-coordinator"));
     let config = coordinator_config(&pod.containers[0]);
     assert_eq!(
@@ -1365,7 +1301,7 @@ fn the_secret_tls_source_renders_the_cert_manager_overlay() {
         "deploy/cert-manager",
     );
 
-    let defaults = by_id(helm.template(&defaults()));
+    let defaults = by_id(render(&helm, &defaults()));
     let env = "/spec/template/spec/containers/0/env";
     let first = env_len(&defaults[&coordinator_deployment()]);
     let docs = Case::new(json!({
@@ -1487,9 +1423,9 @@ fn the_values_schema_refuses_bad_values_naming_the_field() {
         for (what, result) in [
             (
                 "helm template",
-                helm.try_template(&values).map(|_| String::new()),
+                try_render(&helm, &values).map(|_| String::new()),
             ),
-            ("helm lint --strict", helm.lint(&values)),
+            ("helm lint --strict", helm.lint(&values.to_string())),
         ] {
             let Err(error) = result else {
                 panic!("{what} accepts {values}");
@@ -1810,7 +1746,7 @@ fn only_the_coordinators_service_account_can_read_secrets() {
         ("deploy/cert-manager", kustomize("deploy/cert-manager")),
     ];
     if let Some(helm) = Helm::for_test() {
-        renders.push(("helm", helm.template(&defaults())));
+        renders.push(("helm", render(&helm, &defaults())));
     }
     for (what, docs) in renders {
         assert_eq!(secret_readers(&docs), coordinator, "{what}");

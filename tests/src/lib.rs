@@ -10,5 +10,6 @@
 pub mod built;
 pub mod control_plane;
 pub mod e2e;
+pub mod helm;
 pub mod kubectl;
 pub mod prerequisites;
