@@ -10,7 +10,10 @@
 //! - Flags: the containers' environment is parsed by the binaries' own command lines, and what
 //!   it configures (ports, namespace, audience, service account, CA) matches the objects.
 //! - Alerts and the dashboard only use metrics the coordinator exports.
-//! - The Helm chart, rendered with its default values, equals the kustomize output.
+//! - The Helm chart, through the real `helm` (`helm lint --strict`, `helm template`; built by
+//!   `tests/control-plane/build.sh`): rendered with its default values it equals the kustomize
+//!   output; every value users of other charts expect changes what it should, and only that;
+//!   `values.schema.json` refuses bad values, naming the field.
 //! - The Dockerfile builds binaries that exist, into the images the manifests name.
 //!
 //! `ROTA_BLESS=1 cargo test -p rota-coordinator --test deploy_manifests` refreshes the chart's
@@ -19,10 +22,19 @@
 // Test helpers panic on bad fixtures, like the tests that call them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../tests/src/built.rs"]
+mod built;
+#[path = "../../tests/src/helm.rs"]
+mod helm;
+#[path = "../../tests/src/prerequisites.rs"]
+#[allow(dead_code)] // shared with the suites that need root
+mod prerequisites;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, Parser};
+use helm::Helm;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, PodSpec, Service, ServiceAccount,
@@ -36,9 +48,9 @@ use rota_coordinator::metrics::Metrics;
 use rota_core::policy::{MaintenancePolicy, validate};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 
-const NAMESPACE: &str = "rota-system";
+const NAMESPACE: &str = helm::NAMESPACE;
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
@@ -230,8 +242,10 @@ fn every_manifest_parses_strictly() {
             }
         }
     }
-    for doc in helm_render(&helm_values()) {
-        strict(&doc);
+    if let Some(helm) = Helm::for_test() {
+        for doc in render(&helm, &defaults()) {
+            strict(&doc);
+        }
     }
     let expected = [
         "ClusterRole",
@@ -255,7 +269,7 @@ fn every_manifest_parses_strictly() {
 
 #[test]
 fn a_misspelled_field_is_caught() {
-    let doc: Value = serde_json::json!({
+    let doc: Value = json!({
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
         "spec": {"replicas": 2, "selector": {}, "template": {"spec": {"containers": [
             {"name": "c", "image": "i", "securityContext": {"readOnlyRootFileSystem": true}}
@@ -624,6 +638,18 @@ fn the_coordinator_reads_its_environment_and_it_matches_the_objects() {
     );
 }
 
+/// `rota-agent run` with the global flags (logging) of the top-level command.
+fn agent_run_command() -> clap::Command {
+    let cli = rota_agent::cli::Cli::command();
+    let mut run = cli.find_subcommand("run").expect("rota-agent run").clone();
+    for arg in cli.get_arguments() {
+        if arg.is_global_set() {
+            run = run.arg(arg.clone());
+        }
+    }
+    run
+}
+
 #[test]
 fn the_agent_reads_its_environment_and_reaches_the_coordinators_service() {
     let docs = kustomize("deploy");
@@ -631,18 +657,9 @@ fn the_agent_reads_its_environment_and_reaches_the_coordinators_service() {
     let container = &pod.containers[0];
     let args = container.args.clone().unwrap_or_default();
     assert_eq!(args, ["run"]);
-    let cli = rota_agent::cli::Cli::command();
-    let run = cli.find_subcommand("run").expect("rota-agent run").clone();
-    // Global flags (logging) are defined on the top-level command.
-    let mut all = run.clone();
-    for arg in cli.get_arguments() {
-        if arg.is_global_set() {
-            all = all.arg(arg.clone());
-        }
-    }
     let downward = BTreeMap::from([("spec.nodeName", "node-1")]);
     let mut argv = vec!["rota-agent".to_owned(), "run".to_owned()];
-    argv.extend(env_as_args(container, &all, &downward));
+    argv.extend(env_as_args(container, &agent_run_command(), &downward));
     let parsed = rota_agent::cli::Cli::try_parse_from(&argv);
     assert!(parsed.is_ok(), "{argv:?}: {:?}", parsed.err());
 
@@ -833,154 +850,21 @@ fn collect_exprs(value: &Value, out: &mut Vec<String>) {
 // ---------------------------------------------------------------------------------------
 // Helm
 
-fn helm_values() -> Value {
-    yaml_documents(&read("deploy/helm/rota/values.yaml"), "values.yaml").remove(0)
+/// `helm template` with `values` over the chart's defaults: the objects, or helm's error.
+fn try_render(helm: &Helm, values: &Value) -> Result<Vec<Value>, String> {
+    // JSON is YAML.
+    helm.template(&values.to_string())
+        .map(|out| yaml_documents(&out, "helm template"))
 }
 
-/// Renders the chart's templates the way `helm template` does for the constructs the chart
-/// is limited to: `{{ .Values.x.y }}`, `{{ .Release.Namespace }}`, `` {{`raw`}} ``,
-/// `{{ if .Values.x }}` ... `{{ end }}`, `{{ .Files.Get "f" | nindent N }}` and the `{{-`/`-}}`
-/// whitespace trimming. Anything else fails: keep the chart minimal. `crds/` is included as
-/// Helm installs it, untemplated.
-fn helm_render(values: &Value) -> Vec<Value> {
-    let chart = repo("deploy/helm/rota");
-    let mut docs = Vec::new();
-    let mut crds: Vec<PathBuf> = std::fs::read_dir(chart.join("crds"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    crds.sort();
-    for path in crds {
-        docs.extend(yaml_documents(
-            &std::fs::read_to_string(&path).unwrap(),
-            "crd",
-        ));
-    }
-    let mut templates: Vec<PathBuf> = std::fs::read_dir(chart.join("templates"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    templates.sort();
-    for path in templates {
-        let text = std::fs::read_to_string(&path).unwrap();
-        let rendered = render_template(&text, values, &chart);
-        docs.extend(yaml_documents(&rendered, &path.display().to_string()));
-    }
-    docs
+/// The objects the chart renders with `values`; helm must succeed.
+fn render(helm: &Helm, values: &Value) -> Vec<Value> {
+    try_render(helm, values).unwrap_or_else(|e| panic!("helm template with {values}: {e}"))
 }
 
-fn lookup<'a>(values: &'a Value, path: &str) -> &'a Value {
-    let found = path
-        .split('.')
-        .filter(|s| !s.is_empty())
-        .fold(values, |v, key| &v[key]);
-    assert!(!found.is_null(), "no value .Values.{path}");
-    found
-}
-
-fn scalar(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        other => panic!("not a scalar: {other}"),
-    }
-}
-
-fn render_template(text: &str, values: &Value, chart: &Path) -> String {
-    let mut out = String::new();
-    // Whether each enclosing `if` is true.
-    let mut conditions: Vec<bool> = Vec::new();
-    let mut rest = text;
-    let mut trim_next = false;
-    while let Some(start) = rest.find("{{") {
-        let mut literal = &rest[..start];
-        if trim_next {
-            literal = literal.trim_start();
-        }
-        let after = &rest[start + 2..];
-        // A raw string may contain "}}": the action ends after its closing backquote.
-        let search_from = match after.trim_start_matches('-').trim_start().strip_prefix('`') {
-            Some(raw) => {
-                let opening = after.len() - raw.len();
-                opening + raw.find('`').expect("unclosed raw string") + 1
-            }
-            None => 0,
-        };
-        let end = search_from + after[search_from..].find("}}").expect("unclosed action");
-        let mut action = &after[..end];
-        rest = &after[end + 2..];
-        let active = conditions.iter().all(|c| *c);
-        let mut piece = literal.to_owned();
-        if let Some(a) = action.strip_prefix('-') {
-            piece = piece.trim_end().to_owned();
-            action = a;
-        }
-        trim_next = false;
-        if let Some(a) = action.strip_suffix('-') {
-            trim_next = true;
-            action = a;
-        }
-        if active {
-            out.push_str(&piece);
-        }
-        let action = action.trim();
-        if let Some(raw) = action.strip_prefix('`').and_then(|a| a.strip_suffix('`')) {
-            if active {
-                out.push_str(raw);
-            }
-        } else if let Some(path) = action.strip_prefix("if .Values.") {
-            let v = &values
-                .pointer(&format!("/{}", path.replace('.', "/")))
-                .cloned()
-                .unwrap_or(Value::Null);
-            let truthy = match v {
-                Value::Bool(b) => *b,
-                Value::Null => false,
-                Value::String(s) => !s.is_empty(),
-                _ => true,
-            };
-            conditions.push(truthy);
-        } else if action == "end" {
-            conditions.pop().expect("end without if");
-        } else if action == ".Release.Namespace" {
-            if active {
-                out.push_str(NAMESPACE);
-            }
-        } else if let Some(path) = action.strip_prefix(".Values.") {
-            if active {
-                out.push_str(&scalar(lookup(values, path)));
-            }
-        } else if let Some(call) = action.strip_prefix(".Files.Get ") {
-            let (file, indent) = call
-                .split_once("| nindent ")
-                .expect("Files.Get | nindent N");
-            let file = file.trim().trim_matches('"');
-            let indent: usize = indent.trim().parse().unwrap();
-            if active {
-                let content = std::fs::read_to_string(chart.join(file)).unwrap();
-                let pad = " ".repeat(indent);
-                out.push('\n');
-                out.push_str(
-                    &content
-                        .split('\n')
-                        .map(|l| format!("{pad}{l}"))
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                );
-            }
-        } else {
-            panic!("unsupported template action {{{{ {action} }}}}; keep the chart minimal");
-        }
-    }
-    let mut tail = rest;
-    if trim_next {
-        tail = tail.trim_start();
-    }
-    out.push_str(tail);
-    assert!(conditions.is_empty(), "if without end");
-    out
+/// No values over the chart's defaults.
+fn defaults() -> Value {
+    json!({})
 }
 
 /// Objects keyed by kind, namespace and name.
@@ -1003,58 +887,617 @@ fn by_id(docs: Vec<Value>) -> BTreeMap<(String, String, String), Value> {
         .collect()
 }
 
-#[test]
-fn the_helm_chart_renders_what_kustomize_renders() {
-    let helm = by_id(helm_render(&helm_values()));
-    // The chart installs into a namespace the operator creates (and labels for privileged
-    // pods); everything else is the same.
-    let rendered = by_id(
-        kustomize("deploy")
-            .into_iter()
-            .filter(|d| d["kind"] != "Namespace")
-            .collect(),
-    );
-    let helm_ids: BTreeSet<_> = helm.keys().collect();
-    let kustomize_ids: BTreeSet<_> = rendered.keys().collect();
-    assert_eq!(helm_ids, kustomize_ids);
-    for (id, object) in &rendered {
-        assert_eq!(
-            &helm[id], object,
-            "{id:?} differs between Helm and kustomize"
-        );
-    }
-
-    let mut without_monitoring = helm_values();
-    without_monitoring["monitoring"]["enabled"] = Value::Bool(false);
-    let core = by_id(helm_render(&without_monitoring));
-    let base = by_id(
-        kustomize("deploy/base")
+/// The chart with `values` renders, field for field, what `kubectl kustomize DIR` renders but
+/// its Namespace: the chart installs into a namespace the operator creates (and labels for
+/// privileged pods).
+fn assert_renders_like_kustomize(helm: &Helm, values: &Value, dir: &str) {
+    let rendered = by_id(render(helm, values));
+    let built = by_id(
+        kustomize(dir)
             .into_iter()
             .filter(|d| d["kind"] != "Namespace")
             .collect(),
     );
     assert_eq!(
-        core.keys().collect::<BTreeSet<_>>(),
-        base.keys().collect::<BTreeSet<_>>(),
-        "monitoring.enabled=false renders deploy/base"
+        rendered.keys().collect::<BTreeSet<_>>(),
+        built.keys().collect::<BTreeSet<_>>(),
+        "the objects of helm with {values} and of {dir}"
+    );
+    for (id, object) in &built {
+        assert_eq!(
+            &rendered[id], object,
+            "{id:?} differs between helm with {values} and {dir}"
+        );
+    }
+}
+
+#[test]
+fn the_helm_chart_renders_what_kustomize_renders() {
+    let Some(helm) = Helm::for_test() else {
+        return;
+    };
+    assert_renders_like_kustomize(&helm, &defaults(), "deploy");
+    assert_renders_like_kustomize(
+        &helm,
+        &json!({"monitoring": {"enabled": false}}),
+        "deploy/base",
     );
 }
 
 #[test]
-fn the_template_renderer_follows_helm() {
-    let values: Value = serde_json::json!({"a": {"b": "x", "on": true, "off": false}});
-    let chart = repo("deploy/helm/rota");
-    assert_eq!(
-        render_template(
-            "k: {{ .Values.a.b }}\n{{- if .Values.a.off }}\nno: 1\n{{- end }}\nz: {{`{{ $l }}`}}\n",
-            &values,
-            &chart
+fn the_chart_passes_helm_lint_strict() {
+    let Some(helm) = Helm::for_test() else {
+        return;
+    };
+    for values in [
+        defaults(),
+        json!({"coordinator": {"tls": {"source": "secret", "secretName": "rota-grpc-tls",
+            "selfSignedCA": {"enabled": true}}}}),
+        json!({
+            "imagePullSecrets": [{"name": "regcred"}],
+            "agent": {"priorityClassName": "system-node-critical", "extraArgs": ["--refresh"],
+                "image": {"digest": format!("sha256:{}", "ab".repeat(32))}},
+        }),
+    ] {
+        let report = helm
+            .lint(&values.to_string())
+            .unwrap_or_else(|e| panic!("helm lint --strict with {values}: {e}"));
+        assert!(
+            report.contains("1 chart(s) linted, 0 chart(s) failed"),
+            "{values}: {report}"
+        );
+    }
+}
+
+type Id = (String, String, String);
+
+fn id(kind: &str, namespace: &str, name: &str) -> Id {
+    (kind.to_owned(), namespace.to_owned(), name.to_owned())
+}
+
+fn coordinator_deployment() -> Id {
+    id("Deployment", NAMESPACE, "rota-coordinator")
+}
+
+fn agent_daemonset() -> Id {
+    id("DaemonSet", NAMESPACE, "rota-agent")
+}
+
+/// How many variables the first container of a Deployment or DaemonSet has.
+fn env_len(workload: &Value) -> usize {
+    workload["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+/// The JSON pointer of the variable `name` of the first container of a Deployment or
+/// DaemonSet.
+fn env_pointer(workload: &Value, name: &str) -> String {
+    let env = workload["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap();
+    let i = env.iter().position(|e| e["name"] == name).unwrap();
+    format!("/spec/template/spec/containers/0/env/{i}")
+}
+
+/// Removes what the JSON pointer `pointer` addresses in `value` (a field of an object, an
+/// element of a list) and returns it; `Null` when nothing is there.
+fn take(value: &mut Value, pointer: &str) -> Value {
+    let (parent, last) = pointer.rsplit_once('/').expect("a JSON pointer");
+    let last = last.replace("~1", "/").replace("~0", "~");
+    match value.pointer_mut(parent) {
+        Some(Value::Object(map)) => map.remove(&last).unwrap_or(Value::Null),
+        Some(Value::Array(list)) => match last.parse::<usize>() {
+            Ok(i) if i < list.len() => list.remove(i),
+            _ => Value::Null,
+        },
+        _ => Value::Null,
+    }
+}
+
+/// Values over the chart's defaults, and all that they change: at `pointer` of an object, the
+/// value found there (`Null`: nothing), and the objects only these values render.
+struct Case {
+    values: Value,
+    changes: Vec<(Id, String, Value)>,
+    added: Vec<Id>,
+}
+
+impl Case {
+    fn new(values: Value) -> Case {
+        Case {
+            values,
+            changes: Vec::new(),
+            added: Vec::new(),
+        }
+    }
+
+    fn at(mut self, object: Id, pointer: &str, want: Value) -> Case {
+        self.changes.push((object, pointer.to_owned(), want));
+        self
+    }
+
+    fn adds(mut self, object: Id) -> Case {
+        self.added.push(object);
+        self
+    }
+
+    /// Renders the values: each change is there, every object parses strictly, and with the
+    /// changes and the added objects taken out the render is the defaults' one.
+    fn check(&self, helm: &Helm, defaults: &BTreeMap<Id, Value>) -> BTreeMap<Id, Value> {
+        let values = &self.values;
+        let rendered = by_id(render(helm, values));
+        for doc in rendered.values() {
+            let group = doc["apiVersion"].as_str().unwrap_or_default();
+            // The cert-manager and trust-manager kinds have no strict type here; the test of
+            // the secret TLS source compares them with deploy/cert-manager.
+            if !group.contains("cert-manager.io") {
+                strict(doc);
+            }
+        }
+        let mut after = rendered.clone();
+        let mut before = defaults.clone();
+        for (object, pointer, want) in &self.changes {
+            let doc = after
+                .get_mut(object)
+                .unwrap_or_else(|| panic!("{values}: no {object:?}"));
+            assert_eq!(&take(doc, pointer), want, "{values}: {object:?} {pointer}");
+            if let Some(doc) = before.get_mut(object) {
+                take(doc, pointer);
+            }
+        }
+        for object in &self.added {
+            assert!(
+                after.remove(object).is_some() && !before.contains_key(object),
+                "{values} adds {object:?}"
+            );
+        }
+        for (object, doc) in &before {
+            assert_eq!(
+                after.get(object),
+                Some(doc),
+                "{values} changes {object:?} beyond {:?}",
+                self.changes
+            );
+        }
+        assert_eq!(
+            after.keys().collect::<Vec<_>>(),
+            before.keys().collect::<Vec<_>>(),
+            "{values}: the objects"
+        );
+        rendered
+    }
+}
+
+/// What users of kured's and cert-manager's charts expect to set, each through `helm template`:
+/// it lands where it should, and changes nothing else.
+#[test]
+fn every_value_lands_where_it_should_and_nowhere_else() {
+    let Some(helm) = Helm::for_test() else {
+        return;
+    };
+    let defaults = by_id(render(&helm, &defaults()));
+    let pod = "/spec/template/spec";
+    let container = "/spec/template/spec/containers/0";
+    let digest = format!("sha256:{}", "0123456789abcdef".repeat(4));
+    let node_affinity = json!({"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "pool", "operator": "In", "values": ["infra"]}
+        ]}]
+    }});
+    let mut cases = vec![
+        // Maps merge with the defaults: the coordinator keeps its anti-affinity...
+        Case::new(json!({"coordinator": {"affinity": {"nodeAffinity": node_affinity}}})).at(
+            coordinator_deployment(),
+            &format!("{pod}/affinity/nodeAffinity"),
+            node_affinity.clone(),
         ),
-        "k: x\nz: {{ $l }}\n"
+        // ... unless null drops it.
+        Case::new(json!({"coordinator": {"affinity": null}})).at(
+            coordinator_deployment(),
+            &format!("{pod}/affinity"),
+            Value::Null,
+        ),
+        Case::new(json!({"agent": {"affinity": {"nodeAffinity": node_affinity}}})).at(
+            agent_daemonset(),
+            &format!("{pod}/affinity"),
+            json!({"nodeAffinity": node_affinity}),
+        ),
+    ];
+    for (component, object) in [
+        ("coordinator", coordinator_deployment()),
+        ("agent", agent_daemonset()),
+    ] {
+        let with = |field: &str, value: Value| json!({ component: { field: value } });
+        let resources = json!({
+            "requests": {"cpu": "1", "memory": "1Gi"},
+            "limits": {"cpu": "2", "memory": "2Gi"},
+        });
+        let toleration = json!([
+            {"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"}
+        ]);
+        let env = json!({"name": "TZ", "value": "UTC"});
+        let image = |values: Value, want: String| {
+            Case::new(with("image", values)).at(
+                object.clone(),
+                &format!("{container}/image"),
+                Value::String(want),
+            )
+        };
+        cases.extend([
+            Case::new(with("resources", resources.clone())).at(
+                object.clone(),
+                &format!("{container}/resources"),
+                resources,
+            ),
+            Case::new(with("tolerations", toleration.clone())).at(
+                object.clone(),
+                &format!("{pod}/tolerations"),
+                toleration,
+            ),
+            Case::new(with("nodeSelector", json!({"pool": "infra"}))).at(
+                object.clone(),
+                &format!("{pod}/nodeSelector"),
+                json!({"pool": "infra"}),
+            ),
+            Case::new(with("priorityClassName", "rota-critical".into())).at(
+                object.clone(),
+                &format!("{pod}/priorityClassName"),
+                "rota-critical".into(),
+            ),
+            Case::new(with(
+                "podAnnotations",
+                json!({"example.com/owner": "platform"}),
+            ))
+            .at(
+                object.clone(),
+                "/spec/template/metadata/annotations",
+                json!({"example.com/owner": "platform"}),
+            ),
+            Case::new(with("podLabels", json!({"team": "platform"}))).at(
+                object.clone(),
+                "/spec/template/metadata/labels/team",
+                "platform".into(),
+            ),
+            Case::new(with("extraEnv", json!([env]))).at(
+                object.clone(),
+                &format!("{container}/env/{}", env_len(&defaults[&object])),
+                env,
+            ),
+            image(
+                json!({"registry": "mirror.example:5000", "repository": "ops/rota", "tag": "2"}),
+                "mirror.example:5000/ops/rota:2".to_owned(),
+            ),
+            image(
+                json!({"digest": digest}),
+                format!("ghcr.io/rota-dev/rota-{component}@{digest}"),
+            ),
+            image(
+                json!({"registry": ""}),
+                format!("rota-dev/rota-{component}:0.1.0"),
+            ),
+            // Quoted: a filter may hold what YAML would read otherwise.
+            Case::new(with("logFilter", "info,rota=debug: x".into())).at(
+                object.clone(),
+                &env_pointer(&defaults[&object], "ROTA_LOG"),
+                json!({"name": "ROTA_LOG", "value": "info,rota=debug: x"}),
+            ),
+            Case::new(with("logFormat", "plain".into())).at(
+                object.clone(),
+                &env_pointer(&defaults[&object], "ROTA_LOG_FORMAT"),
+                json!({"name": "ROTA_LOG_FORMAT", "value": "plain"}),
+            ),
+            Case::new(with("image", json!({"pullPolicy": "Always"}))).at(
+                object.clone(),
+                &format!("{container}/imagePullPolicy"),
+                "Always".into(),
+            ),
+        ]);
+    }
+    cases.extend([
+        Case::new(json!({"agent": {"upgrade": "all"}})).at(
+            agent_daemonset(),
+            &env_pointer(&defaults[&agent_daemonset()], "ROTA_UPGRADE"),
+            json!({"name": "ROTA_UPGRADE", "value": "all"}),
+        ),
+        Case::new(json!({"agent": {"maxUnavailable": 3}})).at(
+            agent_daemonset(),
+            "/spec/updateStrategy/rollingUpdate/maxUnavailable",
+            3.into(),
+        ),
+        Case::new(json!({"monitoring": {"scrapeInterval": "1m"}})).at(
+            id("ServiceMonitor", NAMESPACE, "rota-coordinator"),
+            "/spec/endpoints/0/interval",
+            "1m".into(),
+        ),
+        Case::new(json!({"coordinator": {"replicas": 3}})).at(
+            coordinator_deployment(),
+            "/spec/replicas",
+            3.into(),
+        ),
+        Case::new(json!({"coordinator": {"extraArgs": ["--slot-lease-ttl=2m"]}})).at(
+            coordinator_deployment(),
+            &format!("{container}/args"),
+            json!(["--slot-lease-ttl=2m"]),
+        ),
+        Case::new(json!({"agent": {"extraArgs": ["--reboot-timeout=900"]}})).at(
+            agent_daemonset(),
+            &format!("{container}/args/1"),
+            "--reboot-timeout=900".into(),
+        ),
+        Case::new(json!({"imagePullSecrets": [{"name": "regcred"}]}))
+            .at(
+                coordinator_deployment(),
+                &format!("{pod}/imagePullSecrets"),
+                json!([{"name": "regcred"}]),
+            )
+            .at(
+                agent_daemonset(),
+                &format!("{pod}/imagePullSecrets"),
+                json!([{"name": "regcred"}]),
+            ),
+    ]);
+    for case in &cases {
+        case.check(&helm, &defaults);
+    }
+}
+
+/// The flags and variables added with `extraArgs` and `extraEnv` are read by the binaries'
+/// own command lines, as the chart's own are.
+#[test]
+fn extra_args_and_env_reach_the_binaries() {
+    let Some(helm) = Helm::for_test() else {
+        return;
+    };
+    let docs = render(
+        &helm,
+        &json!({
+            "coordinator": {
+                "extraArgs": ["--slot-lease-ttl=2m"],
+                "extraEnv": [{"name": "ROTA_TOKEN_CACHE_SIZE", "value": "100"}],
+            },
+            "agent": {
+                "extraArgs": ["--reboot-timeout=900"],
+                "extraEnv": [{"name": "ROTA_REFRESH", "value": "true"}],
+            },
+        }),
     );
-    let unsupported =
-        std::panic::catch_unwind(|| render_template("{{ include \"x\" . }}", &values, &chart));
-    assert!(unsupported.is_err());
+    let pod = pod_spec::<Deployment>(find(&docs, "Deployment", "rota-coordinator"));
+    let config = coordinator_config(&pod.containers[0]);
+    assert_eq!(
+        config.controller.slot_lease_ttl,
+        std::time::Duration::from_secs(120)
+    );
+    assert_eq!(config.agents.token_cache_size, 100);
+
+    let pod = pod_spec::<DaemonSet>(find(&docs, "DaemonSet", "rota-agent"));
+    let container = &pod.containers[0];
+    let mut argv = vec!["rota-agent".to_owned()];
+    argv.extend(container.args.iter().flatten().cloned());
+    argv.extend(env_as_args(
+        container,
+        &agent_run_command(),
+        &BTreeMap::from([("spec.nodeName", "node-1")]),
+    ));
+    assert_eq!(argv[1..3], ["run", "--reboot-timeout=900"]);
+    assert!(argv.contains(&"--refresh".to_owned()), "{argv:?}");
+    let parsed = rota_agent::cli::Cli::try_parse_from(&argv);
+    assert!(parsed.is_ok(), "{argv:?}: {:?}", parsed.err());
+}
+
+/// `coordinator.tls.source=secret` renders what `deploy/cert-manager` adds to the base: with the
+/// example issuer chain, the same objects; with another Secret, the coordinator serves it and
+/// may read it, and nothing else may.
+#[test]
+fn the_secret_tls_source_renders_the_cert_manager_overlay() {
+    let Some(helm) = Helm::for_test() else {
+        return;
+    };
+    assert_renders_like_kustomize(
+        &helm,
+        &json!({
+            "coordinator": {"tls": {"source": "secret", "selfSignedCA": {"enabled": true}}},
+            "monitoring": {"enabled": false},
+        }),
+        "deploy/cert-manager",
+    );
+
+    let defaults = by_id(render(&helm, &defaults()));
+    let env = "/spec/template/spec/containers/0/env";
+    let first = env_len(&defaults[&coordinator_deployment()]);
+    let docs = Case::new(json!({
+        "coordinator": {"tls": {"source": "secret", "secretName": "rota-grpc-tls",
+            "issuerRef": {"group": "cert-manager.io", "kind": "Issuer", "name": "corporate"}}},
+    }))
+    .at(
+        coordinator_deployment(),
+        &format!("{env}/{}", first + 1),
+        json!({"name": "ROTA_TLS_SECRET", "value": "rota-grpc-tls"}),
+    )
+    .at(
+        coordinator_deployment(),
+        &format!("{env}/{first}"),
+        json!({"name": "ROTA_TLS_SOURCE", "value": "secret"}),
+    )
+    .adds(id("Certificate", NAMESPACE, "rota-coordinator"))
+    .adds(id("Bundle", "", "rota-ca"))
+    .adds(id("Role", NAMESPACE, "rota-coordinator-tls"))
+    .adds(id("RoleBinding", NAMESPACE, "rota-coordinator-tls"))
+    .check(&helm, &defaults);
+    let docs: Vec<Value> = docs.into_values().collect();
+    let pod = pod_spec::<Deployment>(find(&docs, "Deployment", "rota-coordinator"));
+    let config = coordinator_config(&pod.containers[0]);
+    assert_eq!(
+        config.tls.source(),
+        rota_coordinator::tls::TlsSource::Secret
+    );
+    assert_eq!(config.tls.tls_secret, "rota-grpc-tls");
+    let certificate = find(&docs, "Certificate", "rota-coordinator");
+    assert_eq!(certificate["spec"]["secretName"], "rota-grpc-tls");
+    assert_eq!(certificate["spec"]["issuerRef"]["name"], "corporate");
+    let role = find(&docs, "Role", "rota-coordinator-tls");
+    assert_eq!(
+        role["rules"],
+        json!([{
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["rota-grpc-tls"],
+            "verbs": ["get"],
+        }])
+    );
+    assert_eq!(
+        secret_readers(&docs),
+        BTreeSet::from([format!("ServiceAccount/{NAMESPACE}/rota-coordinator")])
+    );
+}
+
+/// `values.schema.json` refuses bad values before anything renders, and helm's message names
+/// the field.
+#[test]
+fn the_values_schema_refuses_bad_values_naming_the_field() {
+    let Some(helm) = Helm::for_test() else {
+        return;
+    };
+    for (values, named) in [
+        (json!({"agent": {"upgrade": "sometimes"}}), "/agent/upgrade"),
+        (
+            json!({"coordinator": {"replicas": -1}}),
+            "/coordinator/replicas",
+        ),
+        (
+            json!({"coordinator": {"replicas": "two"}}),
+            "/coordinator/replicas",
+        ),
+        (
+            json!({"coordinatr": {"replicas": 3}}),
+            "'coordinatr' not allowed",
+        ),
+        (
+            json!({"agent": {"tolerence": []}}),
+            "'tolerence' not allowed",
+        ),
+        (
+            json!({"coordinator": {"tls": {"source": "files"}}}),
+            "/coordinator/tls/source",
+        ),
+        (
+            json!({"coordinator": {"tls": {"secretName": "Not_A_Name"}}}),
+            "/coordinator/tls/secretName",
+        ),
+        (
+            json!({"coordinator": {"logFormat": "yaml"}}),
+            "/coordinator/logFormat",
+        ),
+        (
+            json!({"agent": {"maxUnavailable": 0}}),
+            "/agent/maxUnavailable",
+        ),
+        (
+            json!({"agent": {"maxUnavailable": "150%"}}),
+            "/agent/maxUnavailable",
+        ),
+        (
+            json!({"coordinator": {"resources": {"limits": {"memory": "lots"}}}}),
+            "/coordinator/resources/limits/memory",
+        ),
+        (
+            json!({"agent": {"image": {"digest": "latest"}}}),
+            "/agent/image/digest",
+        ),
+        (
+            json!({"agent": {"podLabels": {"app.kubernetes.io/name": "x"}}}),
+            "/agent/podLabels/app.kubernetes.io~1name",
+        ),
+        (
+            json!({"coordinator": {"extraEnv": [{"value": "x"}]}}),
+            "/coordinator/extraEnv/0",
+        ),
+        (
+            json!({"imagePullSecrets": ["regcred"]}),
+            "/imagePullSecrets/0",
+        ),
+        (
+            json!({"monitoring": {"enabled": "yes"}}),
+            "/monitoring/enabled",
+        ),
+    ] {
+        for (what, result) in [
+            (
+                "helm template",
+                try_render(&helm, &values).map(|_| String::new()),
+            ),
+            ("helm lint --strict", helm.lint(&values.to_string())),
+        ] {
+            let Err(error) = result else {
+                panic!("{what} accepts {values}");
+            };
+            assert!(
+                error.contains("values don't meet the specifications of the schema")
+                    && error.contains(named),
+                "{what} with {values}: the message does not name {named}: {error}"
+            );
+        }
+    }
+}
+
+/// The first column of the tables in the section "Helm" of `deploy/README.md`:
+/// `coordinator.replicas`, `<component>.resources`, ...
+fn documented_values() -> BTreeSet<String> {
+    let readme = read("deploy/README.md");
+    let (_, section) = readme.split_once("\n## Helm\n").expect("a section Helm");
+    let section = section.split("\n## ").next().unwrap_or_default();
+    section
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|cell| cell.split_once("` |").map(|(value, _)| value.to_owned()))
+        .collect()
+}
+
+/// Every value of `values.yaml` is in the README's table (a map either as a whole or each of
+/// its keys), and every row of the table is a value of `values.yaml`.
+#[test]
+fn the_readme_documents_every_value() {
+    let values = yaml_documents(&read("deploy/helm/rota/values.yaml"), "values.yaml").remove(0);
+    let documented = documented_values();
+    let as_documented = |path: &str| {
+        for component in ["coordinator.", "agent."] {
+            if let Some(rest) = path.strip_prefix(component) {
+                return format!("<component>.{rest}");
+            }
+        }
+        path.to_owned()
+    };
+    let mut undocumented = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut stack: Vec<(String, &Value)> = vec![(String::new(), &values)];
+    while let Some((path, value)) = stack.pop() {
+        let row = as_documented(&path);
+        if documented.contains(&path) || documented.contains(&row) {
+            seen.insert(if documented.contains(&path) {
+                path
+            } else {
+                row
+            });
+        } else if let Value::Object(map) = value {
+            let prefix = if path.is_empty() {
+                path
+            } else {
+                format!("{path}.")
+            };
+            stack.extend(map.iter().map(|(k, v)| (format!("{prefix}{k}"), v)));
+        } else {
+            undocumented.push(path);
+        }
+    }
+    assert_eq!(
+        undocumented,
+        Vec::<String>::new(),
+        "values deploy/README.md does not list"
+    );
+    assert_eq!(
+        documented, seen,
+        "rows of deploy/README.md's values table that are no value"
+    );
 }
 
 /// The chart carries copies of generated files (Helm cannot reach outside its directory).
@@ -1298,12 +1741,15 @@ fn mounted_secrets(pod: &PodSpec) -> Vec<String> {
 #[test]
 fn only_the_coordinators_service_account_can_read_secrets() {
     let coordinator = BTreeSet::from([format!("ServiceAccount/{NAMESPACE}/rota-coordinator")]);
-    for (what, docs) in [
+    let mut renders = vec![
         ("deploy", kustomize("deploy")),
         ("deploy/base", kustomize("deploy/base")),
         ("deploy/cert-manager", kustomize("deploy/cert-manager")),
-        ("helm", helm_render(&helm_values())),
-    ] {
+    ];
+    if let Some(helm) = Helm::for_test() {
+        renders.push(("helm", render(&helm, &defaults())));
+    }
+    for (what, docs) in renders {
         assert_eq!(secret_readers(&docs), coordinator, "{what}");
         // The coordinator's own read is by name only: no list or watch of every Secret.
         let role = find(&docs, "Role", "rota-coordinator");

@@ -23,7 +23,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use rota_coordinator::kube_client::{ConfigSource, Retry, client_from_config, load_config};
 
-use crate::prerequisites;
+use crate::{built, prerequisites};
 
 pub use pki::{Ca, KeyedCert};
 
@@ -94,34 +94,17 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 
 /// The Kubernetes and etcd versions the wrapper modules pin (`v1.34.4`, `v3.6.16`).
 pub fn pinned_versions() -> Result<(String, String)> {
-    let kubernetes = go_mod_pin(
+    let kubernetes = built::go_mod_pin(
         include_str!("../control-plane/kubernetes/go.mod"),
         "k8s.io/kubernetes",
     )
     .ok_or(Error::NoPin("kubernetes"))?;
-    let etcd = go_mod_pin(
+    let etcd = built::go_mod_pin(
         include_str!("../control-plane/etcd/go.mod"),
         "go.etcd.io/etcd/server/v3",
     )
     .ok_or(Error::NoPin("etcd"))?;
     Ok((kubernetes, etcd))
-}
-
-/// The version a go.mod requires of `module` (in a one-line `require` or a `require` block).
-fn go_mod_pin(go_mod: &str, module: &str) -> Option<String> {
-    go_mod
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.starts_with("//"))
-        .find_map(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            match words.as_slice() {
-                ["require", m, version, ..] | [m, version, ..] if *m == module => {
-                    Some((*version).to_owned())
-                }
-                _ => None,
-            }
-        })
 }
 
 /// The built control-plane binaries, in the cache `tests/control-plane/build.sh` fills.
@@ -145,27 +128,9 @@ impl Binaries {
     /// the binaries are in `<root>/<k8s>-<etcd>/bin`, complete when `build.sh` wrote its stamp.
     pub fn find() -> Result<Binaries> {
         let (kubernetes, etcd) = pinned_versions()?;
-        let root = std::env::var_os("ROTA_CONTROL_PLANE_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/cache/rota-test/control-plane"))
-            .join(format!("{kubernetes}-{etcd}"));
-        let dir = root.join("bin");
-        let mut missing: Vec<String> = Self::NAMES
-            .iter()
-            .filter(|name| !dir.join(name).is_file())
-            .map(|name| (*name).to_owned())
-            .collect();
-        if !root.join("complete").is_file() {
-            missing.push("the stamp of a complete build".to_owned());
-        }
-        if missing.is_empty() {
-            Ok(Binaries { dir })
-        } else {
-            Err(Error::NotBuilt {
-                dir,
-                missing: missing.join(", "),
-            })
-        }
+        built::find(&format!("{kubernetes}-{etcd}"), &Self::NAMES)
+            .map(|dir| Binaries { dir })
+            .map_err(|built::NotBuilt { dir, missing }| Error::NotBuilt { dir, missing })
     }
 
     /// For a suite: the binaries, or `None` when they are missing and the developer asked to
@@ -777,15 +742,5 @@ mod tests {
         let (kubernetes, etcd) = pinned_versions().unwrap();
         assert!(kubernetes.starts_with("v1.34."), "{kubernetes}");
         assert!(etcd.starts_with("v3.6."), "{etcd}");
-    }
-
-    #[test]
-    fn reads_a_pin_from_a_require_block() {
-        let go_mod = "module x\n\nrequire (\n\tk8s.io/kubernetes v1.34.4\n\tfoo v1\n)\n";
-        assert_eq!(
-            go_mod_pin(go_mod, "k8s.io/kubernetes").as_deref(),
-            Some("v1.34.4")
-        );
-        assert_eq!(go_mod_pin(go_mod, "bar"), None);
     }
 }

@@ -7,7 +7,9 @@
 //! `real/` runs the real control plane ([`control_plane`]: kube-apiserver, etcd, the
 //! controller-manager and the scheduler, built from Go modules by `control-plane/build.sh`).
 
+pub mod built;
 pub mod control_plane;
 pub mod e2e;
+pub mod helm;
 pub mod kubectl;
 pub mod prerequisites;
