@@ -66,9 +66,11 @@ fn yaml_documents(text: &str, what: &str) -> Vec<Value> {
     docs.into_iter().filter(|d| !d.is_null()).collect()
 }
 
-/// `kubectl kustomize deploy/<dir>` (offline, with the machine's kubectl).
+/// `kubectl kustomize deploy/<dir>` (offline, with the pinned kubectl `build.sh` built).
 fn kustomize(dir: &str) -> Vec<Value> {
-    let output = std::process::Command::new("kubectl")
+    // The pinned kubectl that tests/control-plane/build.sh built, not one the machine has.
+    let kubectl = built::kubectl().unwrap_or_else(|e| panic!("{e}"));
+    let output = std::process::Command::new(kubectl)
         .arg("kustomize")
         .arg(repo(dir))
         .output()

@@ -12,6 +12,9 @@
 //!    be allowed by the table, and each row must have been used (rows the run cannot reach say
 //!    why).
 
+#[path = "../../tests/src/built.rs"]
+#[allow(dead_code)] // Only its kubectl is used here.
+mod built;
 mod controller_support;
 use rota_core::clock::OffsetClock;
 
@@ -315,7 +318,9 @@ fn repo(path: &str) -> PathBuf {
 
 /// `kubectl kustomize deploy/` as JSON documents.
 fn rendered() -> Result<Vec<Value>> {
-    let output = std::process::Command::new("kubectl")
+    // The pinned kubectl that tests/control-plane/build.sh built, not one the machine has.
+    let kubectl = built::kubectl().map_err(|e| anyhow::anyhow!(e))?;
+    let output = std::process::Command::new(kubectl)
         .arg("kustomize")
         .arg(repo("deploy"))
         .output()

@@ -59,6 +59,35 @@ pub fn go_mod_pin(go_mod: &str, module: &str) -> Option<String> {
         })
 }
 
+/// The cache directory name of the pinned control plane, `<kubernetes>-<etcd>` (e.g.
+/// `v1.34.4-v3.6.16`), from the wrapper modules' go.mod files.
+pub fn control_plane_versions() -> Result<String, String> {
+    let kubernetes = go_mod_pin(
+        include_str!("../control-plane/kubernetes/go.mod"),
+        "k8s.io/kubernetes",
+    )
+    .ok_or("tests/control-plane/kubernetes/go.mod pins no version of k8s.io/kubernetes")?;
+    let etcd = go_mod_pin(
+        include_str!("../control-plane/etcd/go.mod"),
+        "go.etcd.io/etcd/server/v3",
+    )
+    .ok_or("tests/control-plane/etcd/go.mod pins no version of go.etcd.io/etcd/server/v3")?;
+    Ok(format!("{kubernetes}-{etcd}"))
+}
+
+/// The `kubectl` of the pinned control plane (not one the machine happens to have), or why it
+/// cannot be used and how to build it.
+pub fn kubectl() -> Result<PathBuf, String> {
+    let versions = control_plane_versions()?;
+    match find(&versions, &["kubectl"]) {
+        Ok(dir) => Ok(dir.join("kubectl")),
+        Err(NotBuilt { dir, missing }) => Err(format!(
+            "kubectl {versions} is not built ({missing} missing in {}): run              tests/control-plane/build.sh",
+            dir.display()
+        )),
+    }
+}
+
 /// The `helm` that `tests/control-plane/helm/go.mod` pins, or why it cannot be used and how
 /// to build it.
 pub fn helm() -> Result<PathBuf, String> {
