@@ -9,7 +9,10 @@
 //! Run `i` of a campaign started at seed `S` uses seed `S + i`, which decides everything about
 //! it: `rota-sim campaign --runs 1 --seed S+i` replays it. A run passes when no invariant broke
 //! (budgets, nodes down at once, control-plane nodes down at once, nodes maintained twice), no
-//! fencing token was granted twice, and every node without an injected node fault is done.
+//! fencing token was granted twice, and every node without an injected node fault is done —
+//! or rota stopped for a reason it must stop for: its circuit breaker opened or failed nodes
+//! hold its capacity, or (with the workers short of room) the nodes left are held back by
+//! PodDisruptionBudgets whose pods have nowhere to go.
 //! The exit status is 1 when any run failed.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +26,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rota_core::model::SlotPhase;
 use rota_core::policy::{Selector, conditions};
+use rota_core::slots::persist::REQUEST_ANNOTATION;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -415,6 +419,10 @@ pub struct RunOutcome {
     /// rota stopped the rollout because of the broken nodes (circuit open, or failed nodes
     /// holding its capacity), as it should, before every healthy node was done.
     pub halted: bool,
+    /// The workers ran out of room (a capacity fault) and rota held the remaining healthy
+    /// nodes back under their budgets rather than break one: which, and how many pods were
+    /// unschedulable.
+    pub held_for_room: Option<String>,
     /// A fencing token was persisted on more than one node.
     pub double_grant: bool,
     /// The run's wall-clock duration, seconds.
@@ -443,6 +451,9 @@ impl RunOutcome {
         }
         if self.halted {
             line.push_str(", halted by rota for the broken nodes");
+        }
+        if let Some(why) = &self.held_for_room {
+            let _ = write!(line, ", out of room: {why}");
         }
         let _ = write!(
             line,
@@ -571,6 +582,10 @@ enum Progress {
     /// rota stopped the rollout because of the broken nodes — its circuit breaker is open, or
     /// failed nodes hold all of its capacity — and every healthy node is done or untouched.
     Halted,
+    /// The workers are out of room (a capacity fault): pods are Pending as unschedulable, and
+    /// every healthy node left is untouched, given back because a PodDisruptionBudget would not
+    /// let its drain finish — its pods have nowhere to go without breaking the budget.
+    NoRoom(String),
 }
 
 /// One of rota's policies, as the campaign judges whether it halted.
@@ -597,7 +612,12 @@ impl PoolView {
 
 /// Where `fleet`'s rollout stands, `broken` being the nodes a fault took out and `pools` rota's
 /// policies.
-fn progress(fleet: &Fleet, broken: &BTreeSet<String>, pools: &[PoolView]) -> Progress {
+fn progress(
+    fleet: &Fleet,
+    broken: &BTreeSet<String>,
+    pools: &[PoolView],
+    short_of_room: bool,
+) -> Progress {
     let done = fleet.done_nodes();
     let waiting = fleet.not_done_reasons();
     let healthy_waiting: Vec<(&String, &String)> = waiting
@@ -646,12 +666,55 @@ fn progress(fleet: &Fleet, broken: &BTreeSet<String>, pools: &[PoolView]) -> Pro
     if healthy_waiting.iter().all(|(n, _)| excused(n)) {
         return Progress::Halted;
     }
+    if short_of_room {
+        let held_by_budget = |name: &str| {
+            untouched.contains(name)
+                && nodes
+                    .iter()
+                    .find(|n| meta::name(n) == name)
+                    .is_some_and(|n| {
+                        n.pointer("/metadata/annotations")
+                            .and_then(|a| a.get(REQUEST_ANNOTATION))
+                            .and_then(Value::as_str)
+                            .is_some_and(|r| r.contains("PodDisruptionBudget"))
+                    })
+        };
+        let unschedulable = unschedulable_pods(fleet);
+        if unschedulable > 0 && healthy_waiting.iter().all(|(n, _)| held_by_budget(n)) {
+            let names: Vec<&str> = healthy_waiting.iter().map(|(n, _)| n.as_str()).collect();
+            return Progress::NoRoom(format!(
+                "{} held back by budgets, {unschedulable} pods unschedulable",
+                names.join(", ")
+            ));
+        }
+    }
     let (node, why) = healthy_waiting[0];
     Progress::Running(format!(
         "{}/{} done; {node}: {why}",
         done.len(),
         nodes.len()
     ))
+}
+
+/// Pods Pending because the scheduler found no node with room for them.
+fn unschedulable_pods(fleet: &Fleet) -> usize {
+    let pods = fleet
+        .store()
+        .list(&GroupResource::core("pods"), None, &ListOptions::default())
+        .map(|l| l.items)
+        .unwrap_or_default();
+    pods.iter()
+        .filter(|p| {
+            p.pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .is_some_and(|conditions| {
+                    conditions.iter().any(|c| {
+                        c.get("type").and_then(Value::as_str) == Some("PodScheduled")
+                            && c.get("reason").and_then(Value::as_str) == Some("Unschedulable")
+                    })
+                })
+        })
+        .count()
 }
 
 /// Whether the circuit breaker of MaintenancePolicy `policy` is open.
@@ -698,8 +761,12 @@ async fn until_over(
             p
         })
         .collect::<Vec<_>>();
+    let short_of_room = plan
+        .faults
+        .iter()
+        .any(|f| matches!(f, Fault::CapacityExhaustion { .. }));
     let over = fleet.wait_for("the rollout over", timeout, |f| {
-        match progress(f, broken, &pools) {
+        match progress(f, broken, &pools, short_of_room) {
             Progress::Running(why) => Err(why),
             ended => Ok(ended),
         }
@@ -778,6 +845,10 @@ pub async fn run_plan(plan: &RunPlan, timeout: Duration) -> Result<RunOutcome> {
         })
         .collect();
     let halted = ended == Some(Progress::Halted);
+    let held_for_room = match &ended {
+        Some(Progress::NoRoom(why)) => Some(why.clone()),
+        _ => None,
+    };
     let double_grant = report.fencing_tokens_unique == Some(false);
     fleet.shutdown().await;
     Ok(RunOutcome {
@@ -786,6 +857,7 @@ pub async fn run_plan(plan: &RunPlan, timeout: Duration) -> Result<RunOutcome> {
         broken,
         stuck,
         halted,
+        held_for_room,
         double_grant,
         seconds: began.elapsed().as_secs_f64(),
     })
@@ -916,6 +988,7 @@ mod tests {
             broken: BTreeSet::new(),
             stuck: Vec::new(),
             halted: false,
+            held_for_room: None,
             double_grant: false,
             seconds: 1.0,
         };
