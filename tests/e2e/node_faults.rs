@@ -518,7 +518,8 @@ async fn the_health_gate_waits_for_daemon_pods_restarted_after_the_reboot() {
 /// campaign, where rota once gave the half-drained node back, uncordoned it, drained the next
 /// node onto it and traded the same pods between two nodes until the run timed out). A drain
 /// that times out after pods went keeps its slot and its cordon and drains again; a pod whose
-/// eviction was accepted is waited for as long as its grace period allows: every node is done
+/// eviction was accepted is waited for as long as its grace period allows (up to the drain's
+/// length again): every node is done
 /// once, no slot is given back, and each node's token stays the one it was admitted with.
 /// (Either rule alone rescues this cluster; with neither, the test fails as the campaign did.
 /// `rota_core::controller::drained` tests the first on its own.)

@@ -200,6 +200,8 @@ pub(crate) struct EvictionContext {
     pub cancel: CancellationToken,
     /// When the drain gives up.
     pub deadline: Instant,
+    /// The latest a pod whose eviction was accepted is waited for (its grace period allowing).
+    pub stopping_deadline: Instant,
     /// Where to publish progress, if anyone follows it.
     pub progress: Option<watch::Sender<DrainProgress>>,
 }
@@ -240,7 +242,8 @@ pub(crate) async fn evict_pod(ctx: EvictionContext, pod: PodToEvict) -> PodRepor
         sink: ctx.progress.clone(),
     };
     // The drain's deadline, unless the pod's eviction is accepted: then the kubelet has the
-    // pod's grace period to stop it, and the wait for that is not cut short (see `run`).
+    // pod's grace period to stop it, and the wait for that is not cut short (see `run`), up to
+    // the context's `stopping_deadline`.
     let (deadline_tx, deadline_rx) = watch::channel(ctx.deadline);
     let finish = tokio::select! {
         finish = run(&ctx, &pod, &mut tracker, &deadline_tx) => finish,
@@ -350,7 +353,8 @@ async fn run(
                         .and_then(|p| p.spec.as_ref())
                         .and_then(|spec| spec.termination_grace_period_seconds)
                 });
-                let stopped_by = Instant::now() + termination_allowance(grace);
+                let stopped_by =
+                    (Instant::now() + termination_allowance(grace)).min(ctx.stopping_deadline);
                 deadline.send_if_modified(|at| {
                     let later = stopped_by > *at;
                     if later {

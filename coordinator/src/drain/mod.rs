@@ -220,6 +220,9 @@ impl Drainer {
             pdbs,
             cancel,
             deadline,
+            // A pod already stopping may be waited for past the deadline, by at most the
+            // drain's own length again: a node whose kubelet is gone never finishes it.
+            stopping_deadline: deadline + deadline.saturating_duration_since(Instant::now()),
             progress,
         };
         let mut tasks = JoinSet::new();
