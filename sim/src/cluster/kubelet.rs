@@ -668,7 +668,8 @@ impl Kubelet {
         if self.up {
             self.power_off();
         }
-        self.delete_all_pods();
+        // The Node first: while it exists, the DaemonSet controller recreates the pods deleted
+        // below on it, and nothing would ever remove those.
         let store = &self.ctx.store;
         let lease = ResourceKey::new(leases(), Some("kube-node-lease"), self.node());
         for key in [lease, self.node_key.clone()] {
@@ -678,6 +679,7 @@ impl Kubelet {
                 tracing::warn!(node = self.node(), error = %e, "removing the node failed");
             }
         }
+        self.delete_all_pods();
         tracing::info!(node = self.node(), "node removed");
     }
 
