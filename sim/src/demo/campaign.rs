@@ -596,10 +596,10 @@ struct PoolView {
 }
 
 impl PoolView {
-    /// `scheduler`'s policies.
-    fn of(scheduler: &Scheduler, pool_size: &dyn Fn(&LabelSelector) -> usize) -> Vec<PoolView> {
-        scheduler
-            .pool_limits(pool_size)
+    /// `fleet`'s policies.
+    fn of(fleet: &Fleet) -> Vec<PoolView> {
+        fleet
+            .pools()
             .into_iter()
             .map(|(name, selector, max_unavailable)| PoolView {
                 name,
@@ -753,14 +753,7 @@ async fn until_over(
     broken: &BTreeSet<String>,
     timeout: Duration,
 ) -> Option<Progress> {
-    let limits = fleet.pool_limits();
-    let pools = PoolView::of(&plan.scheduler(), &|_| 0)
-        .into_iter()
-        .map(|mut p| {
-            p.max_unavailable = limits.get(&p.name).copied().unwrap_or(p.max_unavailable);
-            p
-        })
-        .collect::<Vec<_>>();
+    let pools = PoolView::of(fleet);
     let short_of_room = plan
         .faults
         .iter()

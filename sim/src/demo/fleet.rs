@@ -646,9 +646,9 @@ impl Fleet {
         Ok(())
     }
 
-    /// Each of rota's policies by name: its node selector and the most nodes it may take down
-    /// at once (a percentage taken of the scenario's nodes it selects).
-    pub fn pool_limits(&self) -> BTreeMap<String, usize> {
+    /// Each of rota's policies (the main one first): its name, node selector and the most
+    /// nodes it may take down at once (a percentage taken of the scenario's nodes it selects).
+    pub fn pools(&self) -> Vec<(String, LabelSelector, usize)> {
         let size = |selector: &LabelSelector| match Selector::parse(selector) {
             Ok(selector) => self
                 .scenario
@@ -658,9 +658,12 @@ impl Fleet {
                 .count(),
             Err(_) => 0,
         };
-        self.options
-            .scheduler
-            .pool_limits(&size)
+        self.options.scheduler.pool_limits(&size)
+    }
+
+    /// Each of rota's policies by name, with the most nodes it may take down at once.
+    pub fn pool_limits(&self) -> BTreeMap<String, usize> {
+        self.pools()
             .into_iter()
             .map(|(name, _, limit)| (name, limit))
             .collect()
