@@ -77,12 +77,12 @@ impl Cluster {
         let mut kubelets = Vec::new();
         for spec in &scenario.nodes {
             let (host, commands) = SimHost::new(&spec.name, &spec.host);
-            kubelet::register(&store, spec, &host)?;
+            kubelet::register_in(&store, spec, &host)?;
             let (pod_tx, pod_rx) = tokio::sync::mpsc::unbounded_channel();
             routes.insert(spec.name.clone(), pod_tx);
             kubelets.push((
                 KubeletContext {
-                    store: store.clone(),
+                    api: store.clone(),
                     spec: spec.clone(),
                     host: host.clone(),
                     timings: timings.clone(),

@@ -33,21 +33,24 @@ use tokio_util::sync::CancellationToken;
 use super::Timings;
 use super::faults::Faults;
 use super::host::{KubeletCommand, PowerState, SimHost};
+use super::node_api::{CallResult, NodeApi};
 use super::objects::{self, leases, nodes, pods};
 use super::scenario::NodeSpec;
 use crate::apiserver::{
-    DeleteOptions, EventType, ListOptions, Part, Preconditions, ResourceKey, Store, StoreEvent,
-    meta,
+    DeleteOptions, EventType, Part, Preconditions, ResourceKey, Store, StoreEvent, meta,
 };
 
+/// Where kubelets keep their Leases.
+const NODE_LEASES: &str = "kube-node-lease";
 /// Pods a node accepts (the kubelet's default `maxPods`).
 pub(crate) const MAX_PODS: u32 = 110;
 /// Lease duration the kubelet announces.
 const LEASE_SECONDS: i64 = 40;
 
 /// Everything a kubelet needs.
-pub(crate) struct KubeletContext {
-    pub(crate) store: Store,
+pub(crate) struct KubeletContext<A> {
+    /// The API server, as the node sees it.
+    pub(crate) api: A,
     pub(crate) spec: NodeSpec,
     pub(crate) host: SimHost,
     pub(crate) timings: Timings,
@@ -288,7 +291,7 @@ fn lease_object(node: &Value, now: jiff::Timestamp) -> Value {
         "kind": "Lease",
         "metadata": {
             "name": meta::name(node),
-            "namespace": "kube-node-lease",
+            "namespace": NODE_LEASES,
             "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": meta::name(node), "uid": meta::uid(node)}],
         },
         "spec": {
@@ -300,10 +303,24 @@ fn lease_object(node: &Value, now: jiff::Timestamp) -> Value {
 }
 
 /// Register the node (Ready) and its Lease.
-pub(crate) fn register(store: &Store, spec: &NodeSpec, host: &SimHost) -> super::Result<()> {
+pub(crate) async fn register<A: NodeApi>(
+    api: &A,
+    spec: &NodeSpec,
+    host: &SimHost,
+) -> CallResult<()> {
+    let now = api.now();
+    let node = api.registration(node_object(spec, host, now));
+    let node = api.create(&nodes(), None, node).await?;
+    api.create(&leases(), Some(NODE_LEASES), lease_object(&node, now))
+        .await?;
+    Ok(())
+}
+
+/// [`register`] in the emulator's store, without waiting.
+pub(crate) fn register_in(store: &Store, spec: &NodeSpec, host: &SimHost) -> super::Result<()> {
     let now = store.now();
     let node = store.create(&nodes(), None, node_object(spec, host, now))?;
-    store.create(&leases(), Some("kube-node-lease"), lease_object(&node, now))?;
+    store.create(&leases(), Some(NODE_LEASES), lease_object(&node, now))?;
     Ok(())
 }
 
@@ -380,8 +397,8 @@ struct Tracked {
     stopping: bool,
 }
 
-struct Kubelet {
-    ctx: KubeletContext,
+struct Kubelet<A> {
+    ctx: KubeletContext<A>,
     node_key: ResourceKey,
     up: bool,
     /// The Ready status the kubelet reports.
@@ -403,8 +420,8 @@ struct Kubelet {
 
 /// Run a node's kubelet until `ctx.cancel`, the command channel closes, or the node is removed.
 /// The node must be registered ([`register`]); `updates` come from [`route_pods`].
-pub(crate) async fn run(
-    ctx: KubeletContext,
+pub(crate) async fn run<A: NodeApi>(
+    ctx: KubeletContext<A>,
     mut commands: mpsc::UnboundedReceiver<KubeletCommand>,
     mut updates: mpsc::UnboundedReceiver<PodUpdate>,
 ) {
@@ -423,8 +440,8 @@ pub(crate) async fn run(
         timers: Timers::new(),
         next_ip: 0,
     };
-    kubelet.ensure_static_pods();
-    kubelet.resync();
+    kubelet.ensure_static_pods().await;
+    kubelet.resync().await;
     kubelet.schedule_heartbeat();
     loop {
         let next = kubelet.timers.next();
@@ -432,24 +449,24 @@ pub(crate) async fn run(
             _ = cancel.cancelled() => return,
             command = commands.recv() => match command {
                 Some(KubeletCommand::Remove) => {
-                    kubelet.remove();
+                    kubelet.remove().await;
                     return;
                 }
-                Some(command) => kubelet.on_command(command),
+                Some(command) => kubelet.on_command(command).await,
                 None => return,
             },
             update = updates.recv() => match update {
                 // A kubelet that is down (or not yet synced after a boot) sees nothing; it
                 // lists its pods when it syncs.
                 Some(_) if !kubelet.up || !kubelet.synced => {}
-                Some(PodUpdate::Present(pod)) => kubelet.on_pod(&pod),
+                Some(PodUpdate::Present(pod)) => kubelet.on_pod(&pod).await,
                 Some(PodUpdate::Gone(pod)) => {
                     kubelet.pods.remove(meta::uid(&pod));
                 }
-                Some(PodUpdate::Resync) => kubelet.resync(),
+                Some(PodUpdate::Resync) => kubelet.resync().await,
                 None => return,
             },
-            _ = sleep_until(next) => kubelet.fire_due(),
+            _ = sleep_until(next) => kubelet.fire_due().await,
         }
     }
 }
@@ -461,7 +478,7 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-impl Kubelet {
+impl<A: NodeApi> Kubelet<A> {
     fn node(&self) -> &str {
         &self.ctx.spec.name
     }
@@ -471,18 +488,13 @@ impl Kubelet {
     }
 
     /// Take the node's pods as they are now (at start and after missed updates).
-    fn resync(&mut self) {
-        let selector = format!("spec.nodeName={}", self.node());
-        match self
-            .ctx
-            .store
-            .list(&pods(), None, &ListOptions::fields(&selector))
-        {
+    async fn resync(&mut self) {
+        match self.ctx.api.pods_on(self.node()).await {
             Ok(list) => {
-                let present: Vec<&str> = list.items.iter().map(|p| meta::uid(p)).collect();
+                let present: Vec<&str> = list.iter().map(|p| meta::uid(p)).collect();
                 self.pods.retain(|uid, _| present.contains(&uid.as_str()));
-                for pod in &list.items {
-                    self.on_pod(pod);
+                for pod in &list {
+                    self.on_pod(pod).await;
                 }
             }
             Err(e) => {
@@ -491,7 +503,7 @@ impl Kubelet {
         }
     }
 
-    fn on_command(&mut self, command: KubeletCommand) {
+    async fn on_command(&mut self, command: KubeletCommand) {
         match command {
             KubeletCommand::Reboot if self.up => {
                 tracing::info!(node = self.node(), "node rebooting");
@@ -508,30 +520,30 @@ impl Kubelet {
             }
             KubeletCommand::RestartKubelet if self.up => {
                 tracing::info!(node = self.node(), "kubelet restarting");
-                self.start_kubelet(false);
+                self.start_kubelet(false).await;
             }
-            KubeletCommand::PowerOn if !self.up => self.boot(),
+            KubeletCommand::PowerOn if !self.up => self.boot().await,
             _ => {}
         }
     }
 
-    fn fire_due(&mut self) {
+    async fn fire_due(&mut self) {
         while let Some(timer) = self.timers.pop_due(Instant::now()) {
             match timer {
-                Timer::PodReady { key, uid } => self.pod_ready(&key, &uid),
-                Timer::PodStopped { key, uid } => self.pod_stopped(&key, &uid),
+                Timer::PodReady { key, uid } => self.pod_ready(&key, &uid).await,
+                Timer::PodStopped { key, uid } => self.pod_stopped(&key, &uid).await,
                 Timer::Heartbeat { epoch } if epoch == self.epoch && self.up => {
-                    self.heartbeat();
+                    self.heartbeat().await;
                     self.schedule_heartbeat();
                 }
                 Timer::NodeReady { epoch } if epoch == self.epoch && self.up => {
-                    self.set_readiness(Readiness::Ready, None);
+                    self.set_readiness(Readiness::Ready, None).await;
                 }
-                Timer::Boot { epoch } if epoch == self.epoch && !self.up => self.boot(),
+                Timer::Boot { epoch } if epoch == self.epoch && !self.up => self.boot().await,
                 Timer::PodResync { epoch } if epoch == self.epoch && self.up => {
-                    self.restart_pods_after_boot();
+                    self.restart_pods_after_boot().await;
                     self.synced = true;
-                    self.resync();
+                    self.resync().await;
                 }
                 _ => {}
             }
@@ -553,18 +565,18 @@ impl Kubelet {
         self.ctx.host.set_power(PowerState::Down);
     }
 
-    fn boot(&mut self) {
+    async fn boot(&mut self) {
         let boot_id = self.ctx.host.boot();
         tracing::info!(node = self.node(), %boot_id, "node booted");
         self.ctx.host.set_power(PowerState::Up { boot_id });
         self.rebooted = true;
-        self.start_kubelet(true);
+        self.start_kubelet(true).await;
     }
 
     /// A kubelet process starts: fresh node info, NotReady until `node_ready` passed (or for
     /// good when the upgrade fault hits), pods followed again; after a boot (`rebooted`) their
     /// containers start anew.
-    fn start_kubelet(&mut self, rebooted: bool) {
+    async fn start_kubelet(&mut self, rebooted: bool) {
         // A restart before the first pod sync after a boot still owes that sync.
         let rebooted = rebooted || !self.synced;
         self.up = true;
@@ -583,41 +595,36 @@ impl Kubelet {
                 rebooted = self.rebooted,
                 "fault: the kubelet fails"
             );
-            self.set_readiness(Readiness::Failed, Some(info));
+            self.set_readiness(Readiness::Failed, Some(info)).await;
         } else {
-            self.set_readiness(Readiness::Starting, Some(info));
+            self.set_readiness(Readiness::Starting, Some(info)).await;
             let at = Instant::now() + self.ctx.timings.node_ready;
             self.timers.add(at, Timer::NodeReady { epoch: self.epoch });
         }
-        self.heartbeat();
+        self.heartbeat().await;
         self.schedule_heartbeat();
-        self.ensure_static_pods();
+        self.ensure_static_pods().await;
         if rebooted {
             self.synced = false;
             let at = Instant::now() + self.ctx.timings.pod_resync;
             self.timers.add(at, Timer::PodResync { epoch: self.epoch });
         } else {
-            self.resync();
+            self.resync().await;
         }
     }
 
     /// The first pod sync after a boot ([`Timings::pod_resync`] after the kubelet started): no
     /// container of the node runs, so pods deleted while it was down are finished off and the
     /// others (DaemonSet and mirror pods too) restart in place.
-    fn restart_pods_after_boot(&mut self) {
-        let selector = format!("spec.nodeName={}", self.node());
-        let list = match self
-            .ctx
-            .store
-            .list(&pods(), None, &ListOptions::fields(&selector))
-        {
-            Ok(list) => list.items,
+    async fn restart_pods_after_boot(&mut self) {
+        let list = match self.ctx.api.pods_on(self.node()).await {
+            Ok(list) => list,
             Err(e) => {
                 tracing::warn!(node = self.node(), error = %e, "kubelet cannot list its pods");
                 return;
             }
         };
-        let now = self.ctx.store.now();
+        let now = self.ctx.api.now();
         for pod in list {
             let key = ResourceKey::for_object(pods(), &pod);
             let uid = meta::uid(&pod).to_string();
@@ -625,7 +632,7 @@ impl Kubelet {
                 continue;
             }
             if meta::is_terminating(&pod) {
-                self.pod_stopped(&key, &uid);
+                self.pod_stopped(&key, &uid).await;
                 continue;
             }
             if pod.pointer("/status/containerStatuses").is_none() {
@@ -633,7 +640,8 @@ impl Kubelet {
                 continue;
             }
             self.pods.insert(uid.clone(), Tracked::default());
-            self.write_pod_status(&key, &uid, "restarting pod", |p| restarted_status(p, now));
+            self.write_pod_status(&key, &uid, "restarting pod", |p| restarted_status(p, now))
+                .await;
             let at = Instant::now() + self.ctx.timings.pod_start_time(&pod);
             self.timers.add(at, Timer::PodReady { key, uid });
         }
@@ -642,19 +650,19 @@ impl Kubelet {
     /// A control-plane node's kubelet runs kubeadm's static pods from its manifest directory
     /// and publishes a mirror pod for each: created here when missing (at start, and after a
     /// reboot removed them), then started like any other pod of the node.
-    fn ensure_static_pods(&self) {
+    async fn ensure_static_pods(&self) {
         if !self.ctx.spec.control_plane {
             return;
         }
-        let store = &self.ctx.store;
-        let Ok(node) = store.get(&self.node_key) else {
+        let api = &self.ctx.api;
+        let Ok(node) = api.get(&self.node_key).await else {
             return;
         };
         let version = self.ctx.host.kubelet_version();
         for pod in static_pods(&node, version.as_deref()) {
-            match store.create(&pods(), Some(KUBE_SYSTEM), pod) {
+            match api.create(&pods(), Some(KUBE_SYSTEM), pod).await {
                 Ok(_) => {}
-                Err(e) if e.code() == 409 => {}
+                Err(e) if e.code == 409 => {}
                 Err(e) => {
                     tracing::warn!(node = self.node(), error = %e, "creating a mirror pod failed")
                 }
@@ -664,36 +672,35 @@ impl Kubelet {
 
     /// The node leaves the cluster: its host goes down for good, and its pods go with its Node
     /// object (as the pod garbage collector deletes the pods of a node that is gone).
-    fn remove(&mut self) {
+    async fn remove(&mut self) {
         if self.up {
             self.power_off();
         }
         // The Node first: while it exists, the DaemonSet controller recreates the pods deleted
         // below on it, and nothing would ever remove those.
-        let store = &self.ctx.store;
-        let lease = ResourceKey::new(leases(), Some("kube-node-lease"), self.node());
+        let api = &self.ctx.api;
+        let lease = ResourceKey::new(leases(), Some(NODE_LEASES), self.node());
         for key in [lease, self.node_key.clone()] {
-            if let Err(e) = store.delete(&key, &DeleteOptions::default())
-                && !objects::is_not_found(&e)
+            if let Err(e) = api.delete(&key, &DeleteOptions::default()).await
+                && !e.not_found()
             {
                 tracing::warn!(node = self.node(), error = %e, "removing the node failed");
             }
         }
-        self.delete_all_pods();
+        self.delete_all_pods().await;
         tracing::info!(node = self.node(), "node removed");
     }
 
-    fn delete_all_pods(&self) {
-        let selector = format!("spec.nodeName={}", self.node());
-        let store = &self.ctx.store;
-        let list = match store.list(&pods(), None, &ListOptions::fields(&selector)) {
+    async fn delete_all_pods(&self) {
+        let api = &self.ctx.api;
+        let list = match api.pods_on(self.node()).await {
             Ok(list) => list,
             Err(e) => {
                 tracing::warn!(node = self.node(), error = %e, "listing pods failed");
                 return;
             }
         };
-        for pod in list.items {
+        for pod in list {
             let opts = DeleteOptions {
                 grace_period_seconds: Some(0),
                 preconditions: Preconditions {
@@ -702,8 +709,10 @@ impl Kubelet {
                 },
                 ..Default::default()
             };
-            if let Err(e) = store.delete(&ResourceKey::for_object(pods(), &pod), &opts)
-                && !objects::is_not_found(&e)
+            if let Err(e) = api
+                .delete(&ResourceKey::for_object(pods(), &pod), &opts)
+                .await
+                && !e.not_found()
             {
                 tracing::warn!(node = self.node(), pod = meta::name(&pod), error = %e, "deleting pod failed");
             }
@@ -711,21 +720,25 @@ impl Kubelet {
     }
 
     /// Read-modify-write of the node's status; `f` gets the status and the formatted time.
-    fn write_node_status(&self, mut f: impl FnMut(&mut Value, &str)) {
-        let now = meta::format_time(self.ctx.store.now());
-        let result = self.ctx.store.modify(&self.node_key, Part::Status, |node| {
-            if !node.get("status").is_some_and(Value::is_object) {
-                node["status"] = json!({});
-            }
-            f(&mut node["status"], &now);
-            Ok(true)
-        });
+    async fn write_node_status(&self, mut f: impl FnMut(&mut Value, &str) + Send) {
+        let now = meta::format_time(self.ctx.api.now());
+        let result = self
+            .ctx
+            .api
+            .modify(&self.node_key, Part::Status, |node| {
+                if !node.get("status").is_some_and(Value::is_object) {
+                    node["status"] = json!({});
+                }
+                f(&mut node["status"], &now);
+                true
+            })
+            .await;
         match result {
             Ok(_) => {}
-            Err(e) if objects::is_not_found(&e) && self.up => {
+            Err(e) if e.not_found() && self.up => {
                 // Someone deleted the Node: a running kubelet registers it again.
                 tracing::info!(node = self.node(), "node object gone, registering again");
-                if let Err(e) = register(&self.ctx.store, &self.ctx.spec, &self.ctx.host) {
+                if let Err(e) = register(&self.ctx.api, &self.ctx.spec, &self.ctx.host).await {
                     tracing::warn!(node = self.node(), error = %e, "registering the node failed");
                 }
             }
@@ -737,10 +750,10 @@ impl Kubelet {
 
     /// Write the node's conditions for `readiness` (and a new `nodeInfo` in the same write,
     /// so nobody sees the new version with the old readiness).
-    fn set_readiness(&mut self, readiness: Readiness, info: Option<Value>) {
+    async fn set_readiness(&mut self, readiness: Readiness, info: Option<Value>) {
         self.readiness = readiness;
         self.last_report = Instant::now();
-        let store_now = self.ctx.store.now();
+        let store_now = self.ctx.api.now();
         self.write_node_status(|status, now| {
             if let Some(info) = &info {
                 status["nodeInfo"] = info.clone();
@@ -765,14 +778,15 @@ impl Kubelet {
                 );
             }
             stamp_heartbeats(status, now);
-        });
+        })
+        .await;
     }
 
     /// Renew the Lease, and write the node's status when the API shows another Ready status
     /// than the kubelet reports or the report is due.
-    fn heartbeat(&mut self) {
+    async fn heartbeat(&mut self) {
         let reported = self.readiness.condition().0;
-        let shown = self.ctx.store.get(&self.node_key).ok().and_then(|n| {
+        let shown = self.ctx.api.get(&self.node_key).await.ok().and_then(|n| {
             n.pointer("/status/conditions")
                 .and_then(Value::as_array)
                 .and_then(|cs| cs.iter().find(|c| meta::str_at(c, "/type") == "Ready"))
@@ -781,23 +795,23 @@ impl Kubelet {
         if shown.as_deref() != Some(reported)
             || self.last_report.elapsed() >= self.ctx.timings.node_status_report
         {
-            self.set_readiness(self.readiness, None);
+            self.set_readiness(self.readiness, None).await;
         }
-        let store = &self.ctx.store;
-        let lease = ResourceKey::new(leases(), Some("kube-node-lease"), self.node());
-        let renew = meta::format_micro_time(store.now());
-        let result = store.modify(&lease, Part::Main, |l| {
-            l["spec"]["renewTime"] = json!(renew);
-            Ok(true)
-        });
+        let api = &self.ctx.api;
+        let lease = ResourceKey::new(leases(), Some(NODE_LEASES), self.node());
+        let renew = meta::format_micro_time(api.now());
+        let result = api
+            .modify(&lease, Part::Main, |l| {
+                l["spec"]["renewTime"] = json!(renew);
+                true
+            })
+            .await;
         if let Err(e) = result {
-            if objects::is_not_found(&e) {
-                if let Ok(node) = store.get(&self.node_key)
-                    && let Err(e) = store.create(
-                        &leases(),
-                        Some("kube-node-lease"),
-                        lease_object(&node, store.now()),
-                    )
+            if e.not_found() {
+                if let Ok(node) = api.get(&self.node_key).await
+                    && let Err(e) = api
+                        .create(&leases(), Some(NODE_LEASES), lease_object(&node, api.now()))
+                        .await
                 {
                     tracing::warn!(node = self.node(), error = %e, "creating the node lease failed");
                 }
@@ -807,7 +821,7 @@ impl Kubelet {
         }
     }
 
-    fn on_pod(&mut self, pod: &Value) {
+    async fn on_pod(&mut self, pod: &Value) {
         if meta::pod_terminal(pod) {
             return;
         }
@@ -835,7 +849,7 @@ impl Kubelet {
             // Already running (the kubelet restarted): adopt it.
             return;
         }
-        self.start_pod(&key, &uid, pod);
+        self.start_pod(&key, &uid, pod).await;
         let at = Instant::now() + self.ctx.timings.pod_start_time(pod);
         self.timers.add(at, Timer::PodReady { key, uid });
     }
@@ -858,48 +872,54 @@ impl Kubelet {
     }
 
     /// The pod's containers start: `Running`, not yet Ready.
-    fn start_pod(&mut self, key: &ResourceKey, uid: &str, pod: &Value) {
+    async fn start_pod(&mut self, key: &ResourceKey, uid: &str, pod: &Value) {
         let pod_ip = self.pod_ip(pod);
         let host_ip = self.ctx.spec.internal_ip.clone();
-        let now = self.ctx.store.now();
+        let now = self.ctx.api.now();
         self.write_pod_status(key, uid, "starting pod", |p| {
             running_status(p, &host_ip, &pod_ip, now)
-        });
+        })
+        .await;
     }
 
-    fn pod_ready(&mut self, key: &ResourceKey, uid: &str) {
+    async fn pod_ready(&mut self, key: &ResourceKey, uid: &str) {
         if !self.up || self.pods.get(uid).is_none_or(|t| t.stopping) {
             return;
         }
-        let now = self.ctx.store.now();
-        self.write_pod_status(key, uid, "marking pod ready", |p| ready_status(p, now));
+        let now = self.ctx.api.now();
+        self.write_pod_status(key, uid, "marking pod ready", |p| ready_status(p, now))
+            .await;
     }
 
     /// Change the status of the pod `uid` at `key` with `f`, unless the pod was replaced or is
     /// terminating meanwhile (a pod that is gone needs nothing; other failures are logged).
-    fn write_pod_status(
+    async fn write_pod_status(
         &self,
         key: &ResourceKey,
         uid: &str,
         action: &str,
-        mut f: impl FnMut(&mut Value),
+        mut f: impl FnMut(&mut Value) + Send,
     ) {
-        let result = self.ctx.store.modify(key, Part::Status, |p| {
-            if meta::uid(p) != uid || meta::is_terminating(p) {
-                return Ok(false);
-            }
-            f(p);
-            Ok(true)
-        });
+        let result = self
+            .ctx
+            .api
+            .modify(key, Part::Status, |p| {
+                if meta::uid(p) != uid || meta::is_terminating(p) {
+                    return false;
+                }
+                f(p);
+                true
+            })
+            .await;
         if let Err(e) = result
-            && !objects::is_not_found(&e)
+            && !e.not_found()
         {
             tracing::warn!(node = self.node(), pod = %key.name, error = %e, "{action} failed");
         }
     }
 
     /// The pod's containers stopped: the kubelet removes it for good.
-    fn pod_stopped(&mut self, key: &ResourceKey, uid: &str) {
+    async fn pod_stopped(&mut self, key: &ResourceKey, uid: &str) {
         let opts = DeleteOptions {
             grace_period_seconds: Some(0),
             preconditions: Preconditions {
@@ -908,9 +928,9 @@ impl Kubelet {
             },
             ..Default::default()
         };
-        match self.ctx.store.delete(key, &opts) {
+        match self.ctx.api.delete(key, &opts).await {
             Ok(_) => {}
-            Err(e) if objects::is_not_found(&e) || e.code() == 409 => {}
+            Err(e) if e.not_found() || e.code == 409 => {}
             Err(e) => {
                 tracing::warn!(node = self.node(), pod = %key.name, error = %e, "removing pod failed")
             }

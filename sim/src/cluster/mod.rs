@@ -15,6 +15,7 @@ mod handle;
 pub mod host;
 mod kubelet;
 pub mod lifecycle;
+mod node_api;
 mod objects;
 pub mod scenario;
 mod scheduler;
@@ -26,6 +27,7 @@ pub use args::{ClusterArgs, FaultArgs};
 pub use faults::Faults;
 pub use handle::{Cluster, ClusterHandle, pods_on, settled, wait_for};
 pub use host::{PowerState, SimHost};
+pub use node_api::{CallError, CallResult};
 pub use scenario::{HostSpec, NodeSpec, PdbExpectation, Scenario};
 
 /// Errors of the simulated cluster.
