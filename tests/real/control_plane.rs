@@ -7,8 +7,6 @@
 // Helpers outside #[test] functions fail the test the same way the tests do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
-
 use k8s_openapi::api::authentication::v1::{
     BoundObjectReference, TokenRequest, TokenRequestSpec, TokenReview, TokenReviewSpec,
 };
@@ -18,30 +16,9 @@ use kube::Api;
 use kube::api::{
     ApiResource, DynamicObject, EvictParams, GroupVersionKind, Patch, PatchParams, PostParams,
 };
-use rota_tests::control_plane::{Binaries, ControlPlane};
+use rota_tests::control_plane::{Binaries, ControlPlane, eventually};
 use rota_tests::kubectl::Kubectl;
 use serde_json::{Value, json};
-
-/// How long any one condition may take to hold.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Polls `check` until it returns `Some`, failing with `what` at the deadline.
-async fn eventually<T, F: Future<Output = Option<T>>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 fn from_json<T: k8s_openapi::serde::de::DeserializeOwned>(value: Value) -> T {
     serde_json::from_value(value).unwrap()

@@ -707,6 +707,28 @@ async fn wait_ready(process: &mut Process, client: &kube::Client, path: &str) ->
     })
 }
 
+/// How long [`eventually`] waits for one condition.
+pub const EVENTUALLY: Duration = Duration::from_secs(60);
+
+/// Polls `check` every 200 ms until it returns `Some`; panics with `what` after
+/// [`EVENTUALLY`]. For tests: state in the real API server, read with its clients.
+#[allow(clippy::panic)]
+pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {EVENTUALLY:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Waits until the controller-manager has made the `default` ServiceAccount of the `default`
 /// namespace: until then the ServiceAccount admission plugin refuses every pod there.
 async fn wait_for_default_service_account(

@@ -271,12 +271,17 @@ impl ClusterHandle {
         for task in &self.foreign {
             task.abort();
         }
-        for task in std::mem::take(&mut self.tasks) {
-            if let Err(e) = task.await
-                && e.is_panic()
-            {
-                tracing::error!(error = %e, "a simulated cluster task panicked");
-            }
+        join_all(std::mem::take(&mut self.tasks)).await;
+    }
+}
+
+/// Wait for `tasks` to end, logging those that panicked.
+pub(super) async fn join_all(tasks: Vec<JoinHandle<()>>) {
+    for task in tasks {
+        if let Err(e) = task.await
+            && e.is_panic()
+        {
+            tracing::error!(error = %e, "a simulated cluster task panicked");
         }
     }
 }

@@ -17,6 +17,7 @@ mod kubelet;
 pub mod lifecycle;
 mod node_api;
 mod objects;
+pub mod remote;
 pub mod scenario;
 mod scheduler;
 mod workloads;
@@ -28,6 +29,7 @@ pub use faults::Faults;
 pub use handle::{Cluster, ClusterHandle, pods_on, settled, wait_for};
 pub use host::{PowerState, SimHost};
 pub use node_api::{CallError, CallResult};
+pub use remote::{RemoteApi, RemoteNodes};
 pub use scenario::{HostSpec, NodeSpec, PdbExpectation, Scenario};
 
 /// Errors of the simulated cluster.
@@ -55,6 +57,14 @@ pub enum Error {
     /// [`Cluster::start`] was called outside a Tokio runtime.
     #[error("the simulated cluster must be started inside a Tokio runtime")]
     NoRuntime,
+    /// A simulated node's call to a real API server failed.
+    #[error("node {node}: {source}")]
+    Remote {
+        /// The node.
+        node: String,
+        /// What the API server answered.
+        source: CallError,
+    },
     /// The simulated cluster was shut down.
     #[error("the simulated cluster is shut down")]
     Stopped,
