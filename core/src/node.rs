@@ -34,6 +34,30 @@ pub fn is_ready(node: &Node) -> bool {
     ready_condition(node).is_some_and(|c| c.status == "True")
 }
 
+/// The taints the node-lifecycle controller puts on a node it does not see Ready, and lifts a
+/// moment after the kubelet reports Ready again: until then nothing new is scheduled there.
+pub const OUTAGE_TAINTS: [&str; 2] = [
+    "node.kubernetes.io/unreachable",
+    "node.kubernetes.io/not-ready",
+];
+
+/// The first of [`OUTAGE_TAINTS`] the node still carries.
+pub fn outage_taint(node: &Node) -> Option<&str> {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|t| t.key.as_str())
+        .find(|key| OUTAGE_TAINTS.contains(key))
+}
+
+/// Whether the node is back in service: Ready, and the node-lifecycle controller has lifted its
+/// outage taints (a node can report Ready for a moment while still tainted unreachable).
+pub fn is_in_service(node: &Node) -> bool {
+    is_ready(node) && outage_taint(node).is_none()
+}
+
 /// Whether the node carries a control-plane role label.
 pub fn is_control_plane(node: &Node) -> bool {
     node.metadata
@@ -127,6 +151,15 @@ mod tests {
         let worker = node(&[], Some(false), None);
         assert!(!is_control_plane(&worker) && !is_unschedulable(&worker) && !is_ready(&worker));
         assert_eq!(zone(&worker), None);
+        let mut back = node(&[], None, Some("True"));
+        assert!(is_in_service(&back) && outage_taint(&back).is_none());
+        back.spec.get_or_insert_default().taints = Some(vec![k8s_openapi::api::core::v1::Taint {
+            key: "node.kubernetes.io/unreachable".into(),
+            effect: "NoExecute".into(),
+            ..Default::default()
+        }]);
+        assert!(is_ready(&back) && !is_in_service(&back));
+        assert_eq!(outage_taint(&back), Some("node.kubernetes.io/unreachable"));
     }
 
     #[test]

@@ -631,6 +631,18 @@ mod tests {
         let mut stale = ClusterState::default();
         Indexed::insert(&mut stale, node("a", "boot-1"));
         assert_eq!(slot_actions(&stale, &ledger, at(1001)), vec![]);
+        // Ready, but the node-lifecycle controller has not lifted its unreachable taint yet.
+        let mut tainted = node("a", "boot-2");
+        if let Some(spec) = tainted.spec.as_mut() {
+            spec.taints = Some(vec![k8s_openapi::api::core::v1::Taint {
+                key: "node.kubernetes.io/unreachable".into(),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            }]);
+        }
+        let mut still_tainted = ClusterState::default();
+        Indexed::insert(&mut still_tainted, tainted);
+        assert_eq!(slot_actions(&still_tainted, &ledger, at(1001)), vec![]);
         assert_eq!(
             slot_actions(&cache, &ledger, at(1001)),
             vec![("a".to_owned(), token, SlotAction::Recovered)]

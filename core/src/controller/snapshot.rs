@@ -7,7 +7,7 @@
 //! per-node pod index.
 use crate::cluster::ClusterState;
 use crate::drain::DrainSpec;
-use crate::node::{self, is_control_plane, is_ready, is_unschedulable};
+use crate::node::{self, is_control_plane, is_in_service, is_unschedulable};
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -131,7 +131,7 @@ pub fn build(inputs: Inputs<'_>) -> Snapshot {
             let control_plane_pods = control_plane_pods(cache, &name);
             NodeState {
                 pools: node_pools,
-                ready: is_ready(node),
+                ready: is_in_service(node),
                 unschedulable: is_unschedulable(node),
                 cordoned_by_rota: node.annotations().contains_key(CORDONED),
                 control_plane: is_control_plane(node) || !control_plane_pods.is_empty(),

@@ -28,7 +28,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 
 use crate::model::Operation;
-use crate::node::{is_ready, ready_condition};
+use crate::node::{is_ready, outage_taint, ready_condition};
 use crate::policy::{Health, KubeVersion, NamespacedName};
 use crate::slots::{HeldSlot, RebootEvidence};
 
@@ -214,6 +214,11 @@ fn health_problems<'a>(
     {
         problems.push(format!(
             "the kubelet has not reported the node Ready since the maintenance began ({since})"
+        ));
+    } else if let Some(taint) = outage_taint(node) {
+        problems.push(format!(
+            "the node still carries the {taint} taint (the node-lifecycle controller has not \
+             seen it Ready yet)"
         ));
     }
     if let Operation::KubernetesUpgrade { version } = operation {

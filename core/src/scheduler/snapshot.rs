@@ -65,7 +65,8 @@ pub struct NodeState {
     /// Pools whose node selector selects the node. Normally one; none or several keep the node
     /// from being maintained (with a reason).
     pub pools: Vec<PoolName>,
-    /// The Node's `Ready` condition is `True`.
+    /// The Node's `Ready` condition is `True` and it carries none of the node-lifecycle
+    /// controller's outage taints ([`crate::node::is_in_service`]).
     pub ready: bool,
     /// `spec.unschedulable` (cordoned, by anyone).
     pub unschedulable: bool,
