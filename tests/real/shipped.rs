@@ -12,134 +12,17 @@
 // Helpers outside #[test] functions fail the test the same way the tests do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
-
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use kube::{Api, ResourceExt};
 use rota_tests::control_plane::{Binaries, ControlPlane};
 use rota_tests::kubectl::Kubectl;
+use rota_tests::shipped::{
+    Coordinator, NAMESPACE, apply_deploy, deploy_dir, eventually, kubeconfig_as, readyz,
+};
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
-
-/// rota's namespace, as `deploy/` creates it.
-const NAMESPACE: &str = "rota-system";
-/// How long the coordinator may take to lead and settle.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-/// The `rota-coordinator` binary of this build: `cargo test --workspace` builds it (the
-/// coordinator's own integration tests need it) next to this test's executable.
-fn coordinator_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let binary = dir.join("rota-coordinator");
-    assert!(
-        binary.exists(),
-        "{} is not built: run `cargo build -p rota-coordinator` (cargo test --workspace does)",
-        binary.display()
-    );
-    binary
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A kubeconfig with a fresh API token of ServiceAccount `account` in rota's namespace.
-async fn kubeconfig_as(cp: &ControlPlane, admin: &kube::Client, account: &str) -> PathBuf {
-    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), NAMESPACE);
-    let token = accounts
-        .create_token_request(account, &PostParams::default(), &TokenRequest::default())
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token;
-    cp.kubeconfig_with_token(account, &token).unwrap()
-}
-
-/// A running coordinator process and where it logs.
-struct Coordinator {
-    child: Child,
-    log: PathBuf,
-    http: SocketAddr,
-}
-
-impl Coordinator {
-    fn start(cp: &ControlPlane, kubeconfig: &Path, pod: &str) -> Coordinator {
-        let log = cp.dir().join(format!("{pod}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let http = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-        let grpc = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-        let child = Command::new(coordinator_binary())
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(["--pod-name", pod, "--namespace", NAMESPACE])
-            .args(["--grpc-addr", &grpc.to_string()])
-            .args(["--http-addr", &http.to_string()])
-            .env("ROTA_LOG", "info")
-            .env_remove("ROTA_IN_CLUSTER")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        Coordinator { child, log, http }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-/// The status `GET /readyz` on `addr` answers, if it answers.
-async fn readyz(addr: SocketAddr) -> Option<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.ok()?;
-    answer.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Polls `check` until it returns `Some`, failing with `what` and the coordinator's log at the
-/// deadline, or at once when the process exited.
-async fn eventually<T, F: Future<Output = Option<T>>>(
-    coordinator: &mut Coordinator,
-    what: &str,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        let exited = coordinator.child.try_wait().unwrap();
-        assert!(
-            exited.is_none() && tokio::time::Instant::now() < deadline,
-            "waiting for {what}: {}\n{}",
-            exited.map_or("timed out".to_string(), |s| format!(
-                "the coordinator exited ({s})"
-            )),
-            coordinator.log()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_coordinator_runs_with_the_shipped_permissions() {
@@ -149,46 +32,16 @@ async fn the_shipped_coordinator_runs_with_the_shipped_permissions() {
     let cp = ControlPlane::start(binaries).await.unwrap();
     let admin = cp.admin_client().await.unwrap();
     let kubectl = Kubectl::new(&std::fs::read_to_string(cp.admin_kubeconfig()).unwrap());
-    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
 
-    // deploy/ as a user applies it: the CRD, then the base (namespace, accounts, RBAC, the
-    // coordinator's Deployment and Service, the agents' DaemonSet), then a policy.
-    kubectl
-        .run(&["apply", "-k", &format!("{deploy}/crd")])
-        .await;
-    kubectl
-        .run(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/maintenancepolicies.rota.dev",
-        ])
-        .await;
-    let applied = kubectl
-        .run(&["apply", "-k", &format!("{deploy}/base")])
-        .await;
-    for object in [
-        "namespace/rota-system",
-        "serviceaccount/rota-coordinator",
-        "clusterrole.rbac.authorization.k8s.io/rota-coordinator",
-        "deployment.apps/rota-coordinator",
-        "daemonset.apps/rota-agent",
-    ] {
-        assert!(applied.contains(object), "{object} not applied:\n{applied}");
-    }
-    kubectl
-        .run(&[
-            "apply",
-            "-f",
-            &format!("{deploy}/crd/examples/maintenancepolicy.yaml"),
-        ])
-        .await;
+    apply_deploy(&kubectl).await;
+    let example = format!("{}/crd/examples/maintenancepolicy.yaml", deploy_dir());
+    kubectl.run(&["apply", "-f", &example]).await;
 
     // Without rota's permissions (the namespace's default account) the coordinator is refused
     // its Lease, never leads, and says why.
     let unprivileged = kubeconfig_as(&cp, &admin, "default").await;
     let mut refused = Coordinator::start(&cp, &unprivileged, "unprivileged");
-    let log = refused.log.clone();
+    let log = refused.log_path().to_path_buf();
     eventually(&mut refused, "the refusal in the log", || {
         let log = std::fs::read_to_string(&log).unwrap_or_default();
         async move { log.to_lowercase().contains("forbidden").then_some(()) }

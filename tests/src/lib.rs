@@ -13,3 +13,4 @@ pub mod e2e;
 pub mod helm;
 pub mod kubectl;
 pub mod prerequisites;
+pub mod shipped;

@@ -132,6 +132,7 @@ impl SimHost {
                 kernel_releases: Mutex::new(spec.kernel_releases.clone()),
             }),
         };
+        install_systemctl(&host);
         (host, rx)
     }
 
@@ -380,6 +381,24 @@ impl PackageManager for SimPackages<'_> {
     fn repair(&self) -> rota_agent::Result<RepairOutcome> {
         self.inner.repair()
     }
+}
+
+/// `systemctl is-active --quiet kubelet` on a simulated host: the kubelet runs whenever the
+/// host does (a kubelet that is up but unhealthy is the coordinator's to notice).
+fn install_systemctl(host: &SimHost) {
+    let probe = host.clone();
+    host.memory().on_command("systemctl", move |argv| {
+        let active = argv.get(1).map(String::as_str) == Some("is-active")
+            && argv
+                .last()
+                .is_some_and(|u| u.trim_end_matches(".service") == "kubelet")
+            && probe.power_state().is_up();
+        Ok(rota_agent::host::CommandOutput {
+            status: rota_agent::host::ExitStatus::Exited(if active { 0 } else { 3 }),
+            stdout: String::new(),
+            stderr: String::new(),
+        })
+    });
 }
 
 #[cfg(test)]

@@ -95,12 +95,30 @@ impl<T> Timers<T> {
 }
 
 enum Timer {
-    PodReady { key: ResourceKey, uid: String },
-    PodStopped { key: ResourceKey, uid: String },
-    Heartbeat { epoch: u64 },
-    NodeReady { epoch: u64 },
-    Boot { epoch: u64 },
-    PodResync { epoch: u64 },
+    PodReady {
+        key: ResourceKey,
+        uid: String,
+    },
+    PodStopped {
+        key: ResourceKey,
+        uid: String,
+    },
+    Heartbeat {
+        epoch: u64,
+    },
+    /// The periodic sync of the node's pods (upstream `syncFrequency`).
+    PodSync {
+        epoch: u64,
+    },
+    NodeReady {
+        epoch: u64,
+    },
+    Boot {
+        epoch: u64,
+    },
+    PodResync {
+        epoch: u64,
+    },
 }
 
 /// The Ready condition's possible states as a kubelet reports them, with upstream's reasons
@@ -443,6 +461,7 @@ pub(crate) async fn run<A: NodeApi>(
     kubelet.ensure_static_pods().await;
     kubelet.resync().await;
     kubelet.schedule_heartbeat();
+    kubelet.schedule_pod_sync();
     loop {
         let next = kubelet.timers.next();
         tokio::select! {
@@ -536,6 +555,12 @@ impl<A: NodeApi> Kubelet<A> {
                     self.heartbeat().await;
                     self.schedule_heartbeat();
                 }
+                Timer::PodSync { epoch } if epoch == self.epoch && self.up => {
+                    if self.synced {
+                        self.resync().await;
+                    }
+                    self.schedule_pod_sync();
+                }
                 Timer::NodeReady { epoch } if epoch == self.epoch && self.up => {
                     self.set_readiness(Readiness::Ready, None).await;
                 }
@@ -548,6 +573,11 @@ impl<A: NodeApi> Kubelet<A> {
                 _ => {}
             }
         }
+    }
+
+    fn schedule_pod_sync(&mut self) {
+        let at = Instant::now() + self.ctx.timings.pod_sync;
+        self.timers.add(at, Timer::PodSync { epoch: self.epoch });
     }
 
     fn schedule_heartbeat(&mut self) {
@@ -603,6 +633,7 @@ impl<A: NodeApi> Kubelet<A> {
         }
         self.heartbeat().await;
         self.schedule_heartbeat();
+        self.schedule_pod_sync();
         self.ensure_static_pods().await;
         if rebooted {
             self.synced = false;
@@ -849,7 +880,11 @@ impl<A: NodeApi> Kubelet<A> {
             // Already running (the kubelet restarted): adopt it.
             return;
         }
-        self.start_pod(&key, &uid, pod).await;
+        if !self.start_pod(&key, &uid, pod).await {
+            // Not tracked, so the next pod sync starts it again.
+            self.pods.remove(&uid);
+            return;
+        }
         let at = Instant::now() + self.ctx.timings.pod_start_time(pod);
         self.timers.add(at, Timer::PodReady { key, uid });
     }
@@ -871,15 +906,16 @@ impl<A: NodeApi> Kubelet<A> {
         format!("{prefix}.{}", self.next_ip + 1)
     }
 
-    /// The pod's containers start: `Running`, not yet Ready.
-    async fn start_pod(&mut self, key: &ResourceKey, uid: &str, pod: &Value) {
+    /// The pod's containers start: `Running`, not yet Ready. False when the API did not take
+    /// the pod's new status.
+    async fn start_pod(&mut self, key: &ResourceKey, uid: &str, pod: &Value) -> bool {
         let pod_ip = self.pod_ip(pod);
         let host_ip = self.ctx.spec.internal_ip.clone();
         let now = self.ctx.api.now();
         self.write_pod_status(key, uid, "starting pod", |p| {
             running_status(p, &host_ip, &pod_ip, now)
         })
-        .await;
+        .await
     }
 
     async fn pod_ready(&mut self, key: &ResourceKey, uid: &str) {
@@ -887,19 +923,26 @@ impl<A: NodeApi> Kubelet<A> {
             return;
         }
         let now = self.ctx.api.now();
-        self.write_pod_status(key, uid, "marking pod ready", |p| ready_status(p, now))
-            .await;
+        if !self
+            .write_pod_status(key, uid, "marking pod ready", |p| ready_status(p, now))
+            .await
+        {
+            let at = Instant::now() + self.ctx.timings.pod_sync;
+            let (key, uid) = (key.clone(), uid.to_string());
+            self.timers.add(at, Timer::PodReady { key, uid });
+        }
     }
 
     /// Change the status of the pod `uid` at `key` with `f`, unless the pod was replaced or is
-    /// terminating meanwhile (a pod that is gone needs nothing; other failures are logged).
+    /// terminating meanwhile (a pod that is gone needs nothing). False, and logged, when the
+    /// write failed.
     async fn write_pod_status(
         &self,
         key: &ResourceKey,
         uid: &str,
         action: &str,
         mut f: impl FnMut(&mut Value) + Send,
-    ) {
+    ) -> bool {
         let result = self
             .ctx
             .api
@@ -911,10 +954,12 @@ impl<A: NodeApi> Kubelet<A> {
                 true
             })
             .await;
-        if let Err(e) = result
-            && !e.not_found()
-        {
-            tracing::warn!(node = self.node(), pod = %key.name, error = %e, "{action} failed");
+        match result {
+            Err(e) if !e.not_found() => {
+                tracing::warn!(node = self.node(), pod = %key.name, error = %e, "{action} failed");
+                false
+            }
+            _ => true,
         }
     }
 

@@ -115,6 +115,9 @@ pub struct Timings {
     pub node_monitor_grace: Duration,
     /// One second of the durations that objects state in seconds (see above).
     pub kube_second: Duration,
+    /// Interval of the kubelet's periodic sync of its pods (upstream `syncFrequency`, 1 min):
+    /// it lists them again and starts what it missed or failed to start.
+    pub pod_sync: Duration,
 }
 
 impl Default for Timings {
@@ -129,6 +132,7 @@ impl Default for Timings {
             node_status_report: Duration::from_secs(5),
             node_monitor_grace: Duration::from_secs(1),
             kube_second: Duration::from_secs(1) / 60,
+            pod_sync: Duration::from_secs(1),
         }
     }
 }
@@ -153,6 +157,7 @@ impl Timings {
             node_status_report: scale(self.node_status_report),
             node_monitor_grace: scale(self.node_monitor_grace),
             kube_second: scale(self.kube_second),
+            pod_sync: scale(self.pod_sync),
         }
     }
 

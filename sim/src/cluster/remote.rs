@@ -424,6 +424,7 @@ impl Timings {
             node_status_report: Duration::from_secs(60),
             node_monitor_grace,
             kube_second: Duration::from_secs(1),
+            pod_sync: Duration::from_secs(2),
         }
     }
 }

@@ -641,15 +641,20 @@ fn progress(
         let labels = labels(n);
         pools.iter().position(|p| p.selector.matches(&labels))
     };
-    // A pool has halted when its circuit breaker is open or its failed nodes hold all of its
-    // capacity.
+    // A pool has halted when its circuit breaker is open or its broken nodes hold all of its
+    // capacity: a failed slot, or a node a fault keeps NotReady (once its slot is given back it
+    // still counts as unavailable, and rightly keeps the next node waiting).
     let halted: Vec<bool> = pools
         .iter()
         .enumerate()
         .map(|(i, pool)| {
             let failed = nodes
                 .iter()
-                .filter(|n| pool_of(n) == Some(i) && slot_phase(n) == Some(SlotPhase::Failed))
+                .filter(|n| {
+                    pool_of(n) == Some(i)
+                        && (slot_phase(n) == Some(SlotPhase::Failed)
+                            || (broken.contains(meta::name(n)) && !meta::node_ready(n)))
+                })
                 .count();
             circuit_open(fleet, &pool.name) || failed >= pool.max_unavailable
         })

@@ -34,7 +34,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResourceExt;
 use rota_agent::daemon::machine::UpgradePolicy;
-use rota_agent::host::ExitStatus;
 use rota_core::model::SlotPhase;
 use rota_core::policy::crd::{BackoffSpec, DrainSpec, HealthSpec, UpgradeMode, UpgradeSpec};
 use rota_core::policy::{MaintenancePolicy, MaintenancePolicySpec, Selector};
@@ -62,7 +61,7 @@ use crate::apiserver::{
 };
 use crate::cluster::host::KERNEL_PACKAGE;
 use crate::cluster::scenario::{BLOCKED_WORKLOAD, INITIAL_KUBELET, KERNEL_UPDATE};
-use crate::cluster::{Cluster, ClusterHandle, Faults, Scenario, SimHost, Timings};
+use crate::cluster::{Cluster, ClusterHandle, Faults, Scenario, Timings};
 
 /// The name of the MaintenancePolicy the fleet applies.
 pub const POLICY_NAME: &str = "fleet";
@@ -366,24 +365,6 @@ fn create_service_account(store: &Store, namespace: &str, name: &str) -> Result<
     }
 }
 
-/// `systemctl is-active --quiet kubelet` on a simulated host: the kubelet runs whenever the
-/// host does (a kubelet that is up but unhealthy is the coordinator's to notice).
-fn install_systemctl(host: &SimHost) {
-    let probe = host.clone();
-    host.memory().on_command("systemctl", move |argv| {
-        let active = argv.get(1).map(String::as_str) == Some("is-active")
-            && argv
-                .last()
-                .is_some_and(|u| u.trim_end_matches(".service") == "kubelet")
-            && probe.power_state().is_up();
-        Ok(rota_agent::host::CommandOutput {
-            status: ExitStatus::Exited(if active { 0 } else { 3 }),
-            stdout: String::new(),
-            stderr: String::new(),
-        })
-    });
-}
-
 /// A running fleet. [`Fleet::shutdown`] stops it; dropping it stops the harness's tasks too.
 pub struct Fleet {
     options: FleetOptions,
@@ -454,9 +435,6 @@ impl Fleet {
             options.faults.clone(),
         )?;
         cluster.drive_api_faults(server.faults().clone());
-        for host in cluster.hosts().values() {
-            install_systemctl(host);
-        }
         cluster.wait_settled(options.settle_timeout).await?;
         let intrinsic_cycles = intrinsic_cycles(
             &store,
@@ -1150,7 +1128,7 @@ fn intrinsic_cycles(
 }
 
 /// The scenario without its workload whose PodDisruptionBudget allows no disruption.
-fn remove_blocked_workload(scenario: &mut Scenario) {
+pub fn remove_blocked_workload(scenario: &mut Scenario) {
     scenario
         .deployments
         .retain(|d| meta::name(d) != BLOCKED_WORKLOAD);

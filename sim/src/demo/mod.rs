@@ -21,13 +21,17 @@ mod nodes;
 mod process;
 pub mod progress;
 mod record;
+mod remote;
 pub mod report;
 
 pub use coordinator::{AGENT_SERVICE_ACCOUNT, CoordinatorOptions, ReplicaAddrs, SYSTEM_NAMESPACE};
-pub use fleet::{Fleet, FleetOptions, POLICY_NAME, Scheduler, demo_policy, slot_phase};
+pub use fleet::{
+    Fleet, FleetOptions, POLICY_NAME, Scheduler, demo_policy, remove_blocked_workload, slot_phase,
+};
 pub use kured::KuredOptions;
 pub use nodes::AgentOptions;
 pub use progress::{NodeState, NodeView, Snapshot};
+pub use remote::RemoteAgents;
 pub use report::{AuditCrossCheck, Report, Stopped, render_comparison};
 
 /// Errors of the demo and its harness.

@@ -6,12 +6,17 @@
 //! pod with it), and starts it again after the boot, with a fresh service-account token bound
 //! to the new pod. The harness can also kill a node's daemon and start it again.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, ValueEnum};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
+use kube::Api;
+use kube::api::{ListParams, PostParams};
 use rota_agent::cli::{Cli, Command, RunArgs};
 use rota_agent::daemon::machine::UpgradePolicy;
 use rota_agent::host::Host;
@@ -58,11 +63,129 @@ pub(crate) struct AgentSetup {
     pub(crate) tokens: HostTokenLog,
 }
 
+/// What a rota agent needs on a node of a real cluster: the kubelet's own client for each node,
+/// with which it reads the agent's pod and the CA ConfigMap the pod mounts, and asks for the
+/// pod-bound token the pod's projected volume names, as a kubelet does.
+pub(crate) struct RemoteAgentSetup {
+    pub(crate) node_clients: BTreeMap<String, kube::Client>,
+    /// Where the coordinator's gRPC listener is (the Service's address in a real cluster).
+    pub(crate) coordinator: std::net::SocketAddr,
+    pub(crate) options: AgentOptions,
+    pub(crate) token_dir: PathBuf,
+    pub(crate) tokens: HostTokenLog,
+}
+
+/// The label of the shipped agent DaemonSet's pods (`deploy/base/agent.yaml`).
+pub(crate) const SHIPPED_AGENT_SELECTOR: &str = "app.kubernetes.io/name=rota-agent";
+
+/// How often a remote agent's supervisor looks for its pod.
+const REMOTE_POLL: Duration = Duration::from_millis(250);
+
+impl std::fmt::Debug for RemoteAgentSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteAgentSetup")
+            .field("nodes", &self.node_clients.keys().collect::<Vec<_>>())
+            .field("coordinator", &self.coordinator)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteAgentSetup {
+    fn client(&self, node: &str) -> Result<&kube::Client> {
+        self.node_clients
+            .get(node)
+            .ok_or_else(|| Error::Invalid(format!("no client for node {node}")))
+    }
+
+    /// The running agent pod bound to `node`, once the CA ConfigMap it mounts exists: what a
+    /// kubelet waits for before it starts the container. Read as the node.
+    async fn ready_pod(&self, node: &str) -> Option<String> {
+        let client = self.client(node).ok()?;
+        let pods: Api<Pod> = Api::all(client.clone());
+        let params = ListParams::default()
+            .labels(SHIPPED_AGENT_SELECTOR)
+            .fields(&format!("spec.nodeName={node}"));
+        let list = pods.list(&params).await.ok()?;
+        let pod = list.items.into_iter().find(|p| {
+            p.metadata.namespace.as_deref() == Some(SYSTEM_NAMESPACE)
+                && p.metadata.deletion_timestamp.is_none()
+                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        })?;
+        self.ca(client).await.ok()?;
+        pod.metadata.name
+    }
+
+    /// The CA certificate in the ConfigMap the agent's pod mounts.
+    async fn ca(&self, client: &kube::Client) -> Result<String> {
+        let maps: Api<ConfigMap> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+        maps.get(rota_coordinator::tls::CA_CONFIGMAP)
+            .await?
+            .data
+            .and_then(|d| d.get("ca.crt").cloned())
+            .filter(|ca| !ca.is_empty())
+            .ok_or_else(|| Error::Invalid("the coordinator's CA is not published".into()))
+    }
+
+    /// Start the agent of `pod` as its kubelet would: a token bound to the pod, with the
+    /// audience and expiry its projected volume asks for, requested as the node; the mounted CA.
+    async fn start(&self, node: &str, pod: &str, host: &SimHost) -> Result<Process> {
+        let client = self.client(node)?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+        let pod = pods.get(pod).await?;
+        let spec = pod.spec.clone().unwrap_or_default();
+        let projected = spec
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| v.projected.as_ref())
+            .flat_map(|p| p.sources.iter().flatten())
+            .find_map(|s| s.service_account_token.clone())
+            .ok_or_else(|| Error::Invalid("the agent's pod projects no token".into()))?;
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: projected.audience.into_iter().collect(),
+                expiration_seconds: projected.expiration_seconds,
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: pod.metadata.name.clone(),
+                    uid: pod.metadata.uid.clone(),
+                }),
+            },
+            ..TokenRequest::default()
+        };
+        let account = spec
+            .service_account_name
+            .unwrap_or_else(|| "default".into());
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+        let token = accounts
+            .create_token_request(&account, &PostParams::default(), &request)
+            .await?
+            .status
+            .ok_or_else(|| Error::Invalid("the token request has no status".into()))?
+            .token;
+        let token_file = self.token_dir.join(format!("{node}.token"));
+        std::fs::write(&token_file, token)?;
+        let ca_file = self.token_dir.join(format!("{node}.ca.crt"));
+        std::fs::write(&ca_file, self.ca(client).await?)?;
+        let flags = flags_for(
+            &self.options,
+            self.coordinator,
+            Some(&ca_file),
+            node,
+            &token_file,
+        )?;
+        spawn_agent(run_args(flags)?, node, host, &self.tokens)
+    }
+}
+
 /// Which daemon runs on the nodes.
 #[derive(Clone, Debug)]
 pub(crate) enum DaemonKind {
     /// rota's agent (DaemonSet `rota-system/rota-agent`).
     RotaAgent(Arc<AgentSetup>),
+    /// rota's agent as `deploy/` ships it, on simulated nodes of a real control plane.
+    RemoteAgent(Arc<RemoteAgentSetup>),
     /// The kured model (DaemonSet `kube-system/kured`).
     Kured(Arc<KuredSetup>),
 }
@@ -71,22 +194,38 @@ impl DaemonKind {
     /// Namespace and name of the daemon's DaemonSet.
     pub(crate) fn daemonset(&self) -> (&'static str, &'static str) {
         match self {
-            DaemonKind::RotaAgent(_) => (SYSTEM_NAMESPACE, "rota-agent"),
+            DaemonKind::RotaAgent(_) | DaemonKind::RemoteAgent(_) => {
+                (SYSTEM_NAMESPACE, "rota-agent")
+            }
             DaemonKind::Kured(_) => (super::kured::KURED_NAMESPACE, super::kured::KURED_NAME),
         }
     }
 
-    fn store(&self) -> &Store {
+    /// Waits until the daemon's pod on `node` may start (see [`DaemonKind::ready_to_start`]);
+    /// returns the pod's name.
+    async fn wait_ready(&self, node: &str) -> String {
         match self {
-            DaemonKind::RotaAgent(setup) => &setup.store,
-            DaemonKind::Kured(setup) => setup.store(),
+            DaemonKind::RotaAgent(setup) => {
+                until(&setup.store, |_| self.ready_to_start(node)).await
+            }
+            DaemonKind::Kured(setup) => until(setup.store(), |_| self.ready_to_start(node)).await,
+            DaemonKind::RemoteAgent(setup) => loop {
+                if let Some(pod) = setup.ready_pod(node).await {
+                    return pod;
+                }
+                tokio::time::sleep(REMOTE_POLL).await;
+            },
         }
     }
 
-    /// What the daemon's pod on `node` waits for before it starts: the pod running, and for
-    /// a TLS agent the coordinator's CA published (the pod mounts it). Returns the pod's name.
+    /// What the daemon's pod on `node` waits for before it starts in the emulator: the pod
+    /// running, and for a TLS agent the coordinator's CA published (the pod mounts it).
     fn ready_to_start(&self, node: &str) -> Option<String> {
-        let store = self.store();
+        let store = match self {
+            DaemonKind::RotaAgent(setup) => &setup.store,
+            DaemonKind::Kured(setup) => setup.store(),
+            DaemonKind::RemoteAgent(_) => return None,
+        };
         let (namespace, app) = self.daemonset();
         let pod = daemon_pod(store, namespace, app, node)?;
         if let DaemonKind::RotaAgent(setup) = self
@@ -98,9 +237,10 @@ impl DaemonKind {
         Some(pod)
     }
 
-    fn start(&self, node: &str, pod: &str, host: &SimHost) -> Result<Process> {
+    async fn start(&self, node: &str, pod: &str, host: &SimHost) -> Result<Process> {
         match self {
             DaemonKind::RotaAgent(setup) => start_agent(setup, node, pod, host),
+            DaemonKind::RemoteAgent(setup) => setup.start(node, pod, host).await,
             DaemonKind::Kured(setup) => setup.start(node, host),
         }
     }
@@ -151,8 +291,34 @@ impl Drop for AliveGuard {
 /// The command line of the agent's container in the DaemonSet pod on `node`: the Service's
 /// address, the projected token, the mounted CA (TLS), and the demo's timings.
 fn agent_flags(setup: &AgentSetup, node: &str, token_file: &Path) -> Result<Vec<String>> {
-    let upgrade = setup
-        .options
+    let ca_file = if setup.tls {
+        // The pod mounts the CA the coordinator published (ConfigMap `rota-ca`).
+        let ca = coordinator_ca(&setup.store)
+            .ok_or_else(|| Error::Invalid("the coordinator's CA is not published".into()))?;
+        let ca_file = setup.token_dir.join(format!("{node}.ca.crt"));
+        std::fs::write(&ca_file, ca)?;
+        Some(ca_file)
+    } else {
+        None
+    };
+    flags_for(
+        &setup.options,
+        setup.coordinator,
+        ca_file.as_deref(),
+        node,
+        token_file,
+    )
+}
+
+/// The agent's flags: plaintext unless it has the coordinator's CA in `ca_file`.
+fn flags_for(
+    options: &AgentOptions,
+    coordinator: std::net::SocketAddr,
+    ca_file: Option<&Path>,
+    node: &str,
+    token_file: &Path,
+) -> Result<Vec<String>> {
+    let upgrade = options
         .upgrade
         .to_possible_value()
         .ok_or_else(|| Error::Invalid("the agents' upgrade policy has no flag value".into()))?;
@@ -162,27 +328,19 @@ fn agent_flags(setup: &AgentSetup, node: &str, token_file: &Path) -> Result<Vec<
         format!("--node={node}"),
         format!("--token-file={}", token_file.display()),
         format!("--upgrade={}", upgrade.get_name()),
-        format!(
-            "--retry-interval-ms={}",
-            setup.options.retry_interval.as_millis()
-        ),
+        format!("--retry-interval-ms={}", options.retry_interval.as_millis()),
         // A simulated host goes down at once; no need to wait for it as for a real machine.
         "--reboot-timeout=5".to_owned(),
     ];
-    if setup.tls {
-        // The pod mounts the CA the coordinator published (ConfigMap `rota-ca`).
-        let ca = coordinator_ca(&setup.store)
-            .ok_or_else(|| Error::Invalid("the coordinator's CA is not published".into()))?;
-        let ca_file = setup.token_dir.join(format!("{node}.ca.crt"));
-        std::fs::write(&ca_file, ca)?;
+    if let Some(ca_file) = ca_file {
         flags.extend([
-            format!("--coordinator=https://{}", setup.coordinator),
+            format!("--coordinator=https://{coordinator}"),
             format!("--ca-file={}", ca_file.display()),
             format!("--tls-server-name={SERVICE_DNS_NAME}"),
         ]);
     } else {
         flags.extend([
-            format!("--coordinator=http://{}", setup.coordinator),
+            format!("--coordinator=http://{coordinator}"),
             "--insecure-plaintext".to_owned(),
         ]);
     }
@@ -217,12 +375,22 @@ fn start_agent(setup: &Arc<AgentSetup>, node: &str, pod: &str, host: &SimHost) -
     let token_file = setup.token_dir.join(format!("{node}.token"));
     std::fs::write(&token_file, token)?;
     let args = run_args(agent_flags(setup, node, &token_file)?)?;
+    spawn_agent(args, node, host, &setup.tokens)
+}
+
+/// Run the agent with `args` on `node`'s host as a [`Process`].
+fn spawn_agent(
+    args: RunArgs,
+    node: &str,
+    host: &SimHost,
+    tokens: &HostTokenLog,
+) -> Result<Process> {
     let alive = Arc::new(AtomicBool::new(true));
     let host: Arc<dyn Host> = Arc::new(ProcessHost::new(
         host.clone(),
         alive.clone(),
         Some(args.daemon_config().exec.state_path),
-        setup.tokens.clone(),
+        tokens.clone(),
     )?);
     let name = format!("agent-{node}");
     Process::spawn(&name, move || async move {
@@ -311,7 +479,7 @@ async fn supervise(
             () = cancel.cancelled() => return,
         };
         let pod = tokio::select! {
-            pod = until(kind.store(), |_| kind.ready_to_start(&node)) => pod,
+            pod = kind.wait_ready(&node) => pod,
             changed = power.changed() => {
                 if changed.is_err() {
                     return;
@@ -330,7 +498,7 @@ async fn supervise(
         if *power.borrow() != boot {
             continue;
         }
-        let process = match kind.start(&node, &pod, &host) {
+        let process = match kind.start(&node, &pod, &host).await {
             Ok(process) => process,
             Err(e) => {
                 tracing::warn!(%node, error = %e, "the node's daemon could not start; retrying");

@@ -1,0 +1,183 @@
+//! rota as `deploy/` ships it, on the real control plane: applying `deploy/` with the built
+//! kubectl, and running the `rota-coordinator` binary as a process with a token of a
+//! ServiceAccount `deploy/` creates, so the RBAC in `deploy/` is exactly what it has.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::Api;
+use kube::api::PostParams;
+use tokio::process::{Child, Command};
+
+use crate::control_plane::ControlPlane;
+use crate::kubectl::Kubectl;
+
+/// rota's namespace, as `deploy/` creates it.
+pub const NAMESPACE: &str = "rota-system";
+/// How long the coordinator may take to lead and settle.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The `rota-coordinator` binary of this build: `cargo test --workspace` builds it (the
+/// coordinator's own integration tests need it) next to this test's executable.
+pub fn coordinator_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let binary = dir.join("rota-coordinator");
+    assert!(
+        binary.exists(),
+        "{} is not built: run `cargo build -p rota-coordinator` (cargo test --workspace does)",
+        binary.display()
+    );
+    binary
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A kubeconfig with a fresh API token of ServiceAccount `account` in rota's namespace.
+pub async fn kubeconfig_as(cp: &ControlPlane, admin: &kube::Client, account: &str) -> PathBuf {
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), NAMESPACE);
+    let token = accounts
+        .create_token_request(account, &PostParams::default(), &TokenRequest::default())
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    cp.kubeconfig_with_token(account, &token).unwrap()
+}
+
+/// A running coordinator process and where it logs.
+pub struct Coordinator {
+    child: Child,
+    log: PathBuf,
+    /// Its HTTP listener (metrics, health).
+    pub http: SocketAddr,
+    /// Its gRPC listener (the agents').
+    pub grpc: SocketAddr,
+}
+
+impl Coordinator {
+    /// Start the binary as `pod`, with `kubeconfig`; it logs to a file in the control plane's
+    /// directory and is killed when dropped.
+    pub fn start(cp: &ControlPlane, kubeconfig: &Path, pod: &str) -> Coordinator {
+        let log = cp.dir().join(format!("{pod}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let http = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let grpc = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let child = Command::new(coordinator_binary())
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--pod-name", pod, "--namespace", NAMESPACE])
+            .args(["--grpc-addr", &grpc.to_string()])
+            .args(["--http-addr", &http.to_string()])
+            .env("ROTA_LOG", "info")
+            .env_remove("ROTA_IN_CLUSTER")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Coordinator {
+            child,
+            log,
+            http,
+            grpc,
+        }
+    }
+
+    /// Where it logs.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The status `GET /readyz` on `addr` answers, if it answers.
+pub async fn readyz(addr: SocketAddr) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.ok()?;
+    answer.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Polls `check` until it returns `Some`, failing with `what` and the coordinator's log at the
+/// deadline, or at once when the process exited.
+pub async fn eventually<T, F: Future<Output = Option<T>>>(
+    coordinator: &mut Coordinator,
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        let exited = coordinator.child.try_wait().unwrap();
+        assert!(
+            exited.is_none() && tokio::time::Instant::now() < deadline,
+            "waiting for {what}: {}\n{}",
+            exited.map_or("timed out".to_string(), |s| format!(
+                "the coordinator exited ({s})"
+            )),
+            coordinator.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The repository's `deploy/`.
+pub fn deploy_dir() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy")
+}
+
+/// Apply `deploy/` as a user does: the CRD (and wait until it is established), the base
+/// (namespace, accounts, RBAC, the coordinator's Deployment and Service, the agents' DaemonSet).
+pub async fn apply_deploy(kubectl: &Kubectl) {
+    let deploy = deploy_dir();
+    kubectl
+        .run(&["apply", "-k", &format!("{deploy}/crd")])
+        .await;
+    kubectl
+        .run(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/maintenancepolicies.rota.dev",
+        ])
+        .await;
+    let applied = kubectl
+        .run(&["apply", "-k", &format!("{deploy}/base")])
+        .await;
+    for object in [
+        "namespace/rota-system",
+        "serviceaccount/rota-coordinator",
+        "clusterrole.rbac.authorization.k8s.io/rota-coordinator",
+        "deployment.apps/rota-coordinator",
+        "daemonset.apps/rota-agent",
+    ] {
+        assert!(applied.contains(object), "{object} not applied:\n{applied}");
+    }
+}
