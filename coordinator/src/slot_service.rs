@@ -21,10 +21,11 @@ use tokio_stream::wrappers::WatchStream;
 use rota_core::agent_api::AgentCore;
 use rota_core::clock::Clock;
 use rota_core::model::{FencingToken, NodeFacts, NodeName, NodePolicy, Operation, Origin};
+use rota_core::slots::persist::NodeAnnotations;
 use rota_core::slots::persist::encode_entry;
 use rota_core::slots::{
-    Completion, CompletionReport, Error, Ledger, LedgerResult, LedgerStore, Mismatch, NodeState,
-    Release, Restored, Result, SlotView, StoreError, Transition, Waiting, restore,
+    Completion, CompletionReport, Disagreement, Error, Ledger, LedgerResult, LedgerStore, Mismatch,
+    NodeState, Release, Restored, Result, SlotView, StoreError, Transition, Waiting, restore,
 };
 
 /// Settings of the slot service.
@@ -59,6 +60,8 @@ pub enum SlotEvent {
 
 struct Guarded {
     ledger: Ledger,
+    /// When each node's records were last written (its mirror may not show in the cache yet).
+    written: HashMap<NodeName, Timestamp>,
     /// The counter value known to be persisted, and its `resourceVersion`.
     persisted_token: u64,
     counter_version: Option<String>,
@@ -145,6 +148,11 @@ impl<S: LedgerStore> SlotService<S> {
             }
         }
         let (events, receiver) = mpsc::unbounded_channel();
+        // Repaired just now: the cache may show the old mirror for a moment.
+        let written: HashMap<NodeName, Timestamp> = mismatches
+            .iter()
+            .map(|m| (m.node.clone(), clock.now()))
+            .collect();
         for mismatch in mismatches {
             tracing::warn!(
                 node = mismatch.node,
@@ -164,6 +172,7 @@ impl<S: LedgerStore> SlotService<S> {
             .collect();
         let service = SlotService {
             guarded: Mutex::new(Guarded {
+                written,
                 persisted_token: stored.last_token,
                 counter_version,
                 ledger,
@@ -520,8 +529,64 @@ impl<S: LedgerStore> SlotService<S> {
             guarded.counter_version = Some(version);
         }
         let annotations = encode_entry(node, guarded.ledger.entry(node))?;
+        guarded.written.insert(node.to_owned(), self.clock.now());
         self.store.store_node(node, &annotations).await?;
         Ok(())
+    }
+
+    /// Rewrites the annotation mirrors that disagree with the ledger, given each Node's
+    /// annotations as the cache shows them (`shown`), and reports each as
+    /// [`SlotEvent::Mismatch`]. A mirror write is best effort — a patch that failed, a Node
+    /// registered again without its annotations, someone's edit — so the controller calls this
+    /// as it goes, not only at load. Nodes written within `settle` are left alone (the cache may
+    /// not show that write yet). Returns whether a disagreement is left to look at again later
+    /// (one within `settle`, or a repair that failed).
+    pub async fn repair_mirrors(
+        &self,
+        shown: impl IntoIterator<Item = (NodeName, NodeAnnotations)>,
+        settle: SignedDuration,
+    ) -> bool {
+        let guarded = self.guarded.lock().await;
+        let now = self.clock.now();
+        let mut pending = false;
+        for (node, found) in shown {
+            if !self.is_known(&node) {
+                continue;
+            }
+            let Ok(expected) = encode_entry(&node, guarded.ledger.entry(&node)) else {
+                continue;
+            };
+            if found == expected {
+                continue;
+            }
+            if guarded
+                .written
+                .get(&node)
+                .is_some_and(|at| now.duration_since(*at) < settle)
+            {
+                pending = true;
+                continue;
+            }
+            let mismatch = Mismatch {
+                node: node.clone(),
+                why: Disagreement::Differs,
+                found,
+                expected,
+            };
+            tracing::warn!(
+                node,
+                detail = mismatch.describe(),
+                "slot annotations disagree with the ledger: repairing"
+            );
+            match self.store.store_mirror(&node, &mismatch.expected).await {
+                Ok(()) => self.emit(SlotEvent::Mismatch(mismatch)),
+                Err(error) => {
+                    tracing::warn!(node, %error, "the annotation mirror was not repaired");
+                    pending = true;
+                }
+            }
+        }
+        pending
     }
 
     /// The view with the node's policy: the pool's now, or from the grant on the one in force

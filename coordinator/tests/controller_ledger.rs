@@ -380,3 +380,45 @@ async fn another_writer_of_a_ledger_object_makes_the_leader_reload() -> Result<(
     assert_eq!((view.state, view.token), (NodeState::Granted, Some(token)));
     running.stop().await
 }
+
+/// The mirror is repaired while the coordinator runs, not only at its next start: a forged slot
+/// on an idle node is removed, and a granted slot's mirror that someone deleted (or a patch
+/// that failed, or a Node registered again without its annotations) is written back; each with
+/// a `LedgerMismatch` Event.
+#[tokio::test]
+async fn a_drifted_mirror_is_repaired_while_running() -> Result<()> {
+    let cluster = cluster_with(&["idle", "busy"]).await?;
+    let running = start(&cluster).await?;
+    running.report("idle", "idle-boot-1").await?;
+    running.report("busy", "busy-boot-1").await?;
+    running.request("busy", Operation::Reboot).await?;
+    let token = running.wait_granted("busy", WITHIN).await?;
+    let genuine = wait_until("the granted slot's mirror", WITHIN, || {
+        cluster
+            .annotations("busy")
+            .ok()?
+            .get(SLOT_ANNOTATION)
+            .cloned()
+    })
+    .await?;
+
+    cluster.annotate("idle", SLOT_ANNOTATION, Some(&slot_annotation(777)))?;
+    cluster.annotate("busy", SLOT_ANNOTATION, None)?;
+    wait_until("the forged slot removed", WITHIN, || {
+        let annotations = cluster.annotations("idle").ok()?;
+        (!annotations.contains_key(SLOT_ANNOTATION)).then_some(())
+    })
+    .await?;
+    wait_until("the granted slot's mirror written back", WITHIN, || {
+        let annotations = cluster.annotations("busy").ok()?;
+        (annotations.get(SLOT_ANNOTATION) == Some(&genuine)).then_some(())
+    })
+    .await?;
+    cluster.wait_event("idle", "LedgerMismatch", WITHIN).await?;
+    cluster.wait_event("busy", "LedgerMismatch", WITHIN).await?;
+    assert_eq!(mismatches(&running, "differs")?, 2);
+    let view = view_now(&running, "busy").await?;
+    assert_eq!(view.token, Some(token), "{view:?}");
+    assert!(cluster.counter().is_none_or(|c| c < 777));
+    running.stop().await
+}

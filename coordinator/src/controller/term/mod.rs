@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
@@ -48,11 +48,15 @@ use rota_core::controller::snapshot::pool_of;
 use rota_core::model::{FencingToken, NodeName, NodePolicy};
 use rota_core::policy::{Backoff, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, MaintenancePolicy};
 use rota_core::scheduler::Pool;
+use rota_core::slots::persist::NodeAnnotations;
 use rota_core::slots::{
     self, Holding, LedgerError, NodeEntry, Release, StoreError, Transition, TransitionReason,
 };
 
 type Service = SlotService<KubeLedgerStore>;
+
+/// How long after its own write a node's mirror may still show the old value in the cache.
+const MIRROR_SETTLE: Duration = Duration::from_secs(5);
 
 /// The actor of one term.
 pub(super) struct Term<'a> {
@@ -207,6 +211,28 @@ impl<'a> Term<'a> {
                 Ok(()) = alerts.changed() => dirty = true,
                 () = tokio::time::sleep_until(wake) => dirty = true,
             }
+        }
+    }
+
+    /// Compare the Nodes' slot annotations with the ledger and repair those that drifted;
+    /// come back once a disagreement that could not be settled yet can be.
+    async fn check_mirrors(&mut self, now: Timestamp) {
+        let empty = BTreeMap::new();
+        let shown: Vec<(NodeName, NodeAnnotations)> = {
+            let cache = self.cache.read();
+            cache
+                .nodes()
+                .iter()
+                .map(|(name, node)| {
+                    let annotations = node.metadata.annotations.as_ref().unwrap_or(&empty);
+                    (name.clone(), NodeAnnotations::from_annotations(annotations))
+                })
+                .collect()
+        };
+        let settle = SignedDuration::try_from(MIRROR_SETTLE).unwrap_or(SignedDuration::ZERO);
+        if self.service.repair_mirrors(shown, settle).await {
+            let again = now + settle;
+            self.next_wake = Some(self.next_wake.map_or(again, |at| at.min(again)));
         }
     }
 
@@ -366,6 +392,7 @@ impl<'a> Term<'a> {
             node_pools: _,
         } = decisions;
         self.next_wake = next_wake;
+        self.check_mirrors(now).await;
         for change in policy_changes {
             self.on_policy_change(change);
         }
