@@ -13,4 +13,5 @@ pub mod e2e;
 pub mod helm;
 pub mod kubectl;
 pub mod prerequisites;
+pub mod real_rollout;
 pub mod shipped;

@@ -63,6 +63,8 @@ pub async fn kubeconfig_as(cp: &ControlPlane, admin: &kube::Client, account: &st
 pub struct Coordinator {
     child: Child,
     log: PathBuf,
+    kubeconfig: PathBuf,
+    pod: String,
     /// Its HTTP listener (metrics, health).
     pub http: SocketAddr,
     /// Its gRPC listener (the agents').
@@ -74,10 +76,32 @@ impl Coordinator {
     /// directory and is killed when dropped.
     pub fn start(cp: &ControlPlane, kubeconfig: &Path, pod: &str) -> Coordinator {
         let log = cp.dir().join(format!("{pod}.log"));
-        let out = std::fs::File::create(&log).unwrap();
         let http = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let grpc = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-        let child = Command::new(coordinator_binary())
+        let child = Self::spawn(kubeconfig, pod, &log, http, grpc);
+        Coordinator {
+            child,
+            log,
+            kubeconfig: kubeconfig.to_path_buf(),
+            pod: pod.to_owned(),
+            http,
+            grpc,
+        }
+    }
+
+    fn spawn(
+        kubeconfig: &Path,
+        pod: &str,
+        log: &Path,
+        http: SocketAddr,
+        grpc: SocketAddr,
+    ) -> Child {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        Command::new(coordinator_binary())
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .args(["--pod-name", pod, "--namespace", NAMESPACE])
@@ -90,13 +114,14 @@ impl Coordinator {
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .unwrap();
-        Coordinator {
-            child,
-            log,
-            http,
-            grpc,
-        }
+            .unwrap()
+    }
+
+    /// Kill the process (SIGKILL, as a node failure or an OOM kill does) and start it again on
+    /// the same addresses, as its Deployment's next pod would be reached through the Service.
+    pub async fn kill_and_restart(&mut self) {
+        self.child.kill().await.unwrap();
+        self.child = Self::spawn(&self.kubeconfig, &self.pod, &self.log, self.http, self.grpc);
     }
 
     /// Where it logs.
