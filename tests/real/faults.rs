@@ -70,7 +70,10 @@ async fn the_shipped_rota_keeps_its_promises_through_faults_on_the_real_control_
         "the node whose budget allows no disruption was never rebooted"
     );
     let acted = assert_one_token_per_node(&agents);
-    assert!(!acted.contains(&blocked) && acted.contains(&lost), "{acted:?}");
+    assert!(
+        !acted.contains(&blocked) && acted.contains(&lost),
+        "{acted:?}"
+    );
     assert_eq!(acted.len(), NODES - 1, "{acted:?}");
     assert_never_refused(&rollout.coordinator);
     agents.shutdown().await;
