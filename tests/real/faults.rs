@@ -15,7 +15,8 @@ use kube::ResourceExt;
 use rota_sim::cluster::Faults;
 use rota_tests::control_plane::eventually;
 use rota_tests::real_rollout::{
-    RealRollout, SLOT_ANNOTATION, assert_never_refused, assert_one_token_per_node, assert_safe,
+    Install, RealRollout, SLOT_ANNOTATION, assert_never_refused, assert_one_token_per_node,
+    assert_safe,
 };
 
 const NODES: usize = 12;
@@ -24,7 +25,7 @@ const ROLLOUT_DEADLINE: Duration = Duration::from_secs(900);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_rota_keeps_its_promises_through_faults_on_the_real_control_plane() {
-    let Some(mut rollout) = RealRollout::start(NODES, 2, true).await else {
+    let Some(mut rollout) = RealRollout::start(NODES, 2, true, Install::Kustomize).await else {
         return;
     };
     let blocked = rollout.scenario.blocked_node.clone().unwrap();

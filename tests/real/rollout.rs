@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rota_tests::real_rollout::{
-    RealRollout, assert_never_refused, assert_one_token_per_node, assert_safe,
+    Install, RealRollout, assert_never_refused, assert_one_token_per_node, assert_safe,
 };
 
 const NODES: usize = 24;
@@ -22,7 +22,7 @@ const ROLLOUT_DEADLINE: Duration = Duration::from_secs(900);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_rota_rolls_24_nodes_on_the_real_control_plane() {
-    let Some(rollout) = RealRollout::start(NODES, 1, false).await else {
+    let Some(rollout) = RealRollout::start(NODES, 1, false, Install::Kustomize).await else {
         return;
     };
     let agents = rollout.begin(MAX_UNAVAILABLE).await;

@@ -83,6 +83,31 @@ impl Helm {
         }
     }
 
+    /// `helm ARGS` on the release in the cluster of `kubeconfig` (no chart, no values: `status`,
+    /// `uninstall`): its stdout, or its error.
+    pub fn on_cluster(&self, args: &[&str], kubeconfig: &Path) -> Result<String, String> {
+        let output = Command::new(&self.binary)
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--namespace", NAMESPACE])
+            .env("HELM_CACHE_HOME", self.home.path().join("cache"))
+            .env("HELM_CONFIG_HOME", self.home.path().join("config"))
+            .env("HELM_DATA_HOME", self.home.path().join("data"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        if output.status.success() {
+            Ok(String::from_utf8(output.stdout).unwrap())
+        } else {
+            Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        }
+    }
+
     /// `helm template --include-crds` (the CRDs too, as `helm install` applies them): the
     /// manifests, or helm's error.
     pub fn template(&self, values: &str) -> Result<String, String> {

@@ -23,6 +23,7 @@ use rota_sim::demo::{
 use serde_json::Value;
 
 use crate::control_plane::{Binaries, ControlPlane, NODE_MONITOR_GRACE_PERIOD, eventually};
+use crate::helm::Helm;
 use crate::kubectl::Kubectl;
 use crate::shipped::{Coordinator, apply_deploy, kubeconfig_as, readyz};
 
@@ -75,6 +76,15 @@ pub fn not_done(node: &Node, reboots: &BTreeMap<String, u32>) -> Option<String> 
     }
 }
 
+/// How rota is installed.
+#[derive(Clone, Debug)]
+pub enum Install {
+    /// `kubectl apply -k` of `deploy/crd` and `deploy/base`.
+    Kustomize,
+    /// `helm install rota deploy/helm/rota --create-namespace` with these values (YAML).
+    Helm(String),
+}
+
 /// Everything of one rollout on the real control plane.
 pub struct RealRollout {
     /// The control plane.
@@ -98,13 +108,35 @@ impl RealRollout {
     /// coordinator leading; `None` when the control plane is not built (outside CI: skipped).
     /// Pods' own seconds (grace periods, preStop sleeps, probe delays) run ten times faster on
     /// the simulated side; the real controllers' do not.
-    pub async fn start(nodes: usize, seed: u64, keep_blocked: bool) -> Option<RealRollout> {
+    pub async fn start(
+        nodes: usize,
+        seed: u64,
+        keep_blocked: bool,
+        install: Install,
+    ) -> Option<RealRollout> {
         let binaries = Binaries::for_test()?;
         crate::e2e::init_logs();
         let cp = ControlPlane::start(binaries).await.unwrap();
         let admin = cp.admin_client().await.unwrap();
-        let kubectl = Kubectl::new(&std::fs::read_to_string(cp.admin_kubeconfig()).unwrap());
-        apply_deploy(&kubectl).await;
+        match install {
+            Install::Kustomize => {
+                let kubeconfig = std::fs::read_to_string(cp.admin_kubeconfig()).unwrap();
+                apply_deploy(&Kubectl::new(&kubeconfig)).await;
+            }
+            Install::Helm(values) => {
+                let helm = Helm::for_test()?;
+                let kubeconfig = cp.admin_kubeconfig().display().to_string();
+                let args = [
+                    "install",
+                    "rota",
+                    "--create-namespace",
+                    "--kubeconfig",
+                    &kubeconfig,
+                ];
+                let installed = helm.run(&args, &values);
+                assert!(installed.is_ok(), "helm install: {installed:?}");
+            }
+        }
         let mut scenario = Scenario::generate(nodes, seed);
         if !keep_blocked {
             remove_blocked_workload(&mut scenario);

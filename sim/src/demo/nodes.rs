@@ -237,6 +237,28 @@ impl DaemonKind {
         Some(pod)
     }
 
+    /// Resolves once `pod` is deleted or being deleted (a DaemonSet rolling update replaces
+    /// it): its kubelet stops the container. The emulated cluster never replaces the pod of a
+    /// running daemon, so only a real cluster's pods are followed.
+    async fn pod_gone(&self, node: &str, pod: &str) {
+        let DaemonKind::RemoteAgent(setup) = self else {
+            return std::future::pending().await;
+        };
+        let Ok(client) = setup.client(node) else {
+            return std::future::pending().await;
+        };
+        let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+        loop {
+            tokio::time::sleep(REMOTE_POLL).await;
+            match pods.get(pod).await {
+                Ok(p) if p.metadata.deletion_timestamp.is_some() => return,
+                // Gone; the Node authorizer answers 403 for a pod no longer bound to the node.
+                Err(kube::Error::Api(status)) if matches!(status.code, 403 | 404) => return,
+                _ => {}
+            }
+        }
+    }
+
     async fn start(&self, node: &str, pod: &str, host: &SimHost) -> Result<Process> {
         match self {
             DaemonKind::RotaAgent(setup) => start_agent(setup, node, pod, host),
@@ -512,6 +534,7 @@ async fn supervise(
         // Run until the host leaves this boot, the harness intervenes, or the process ends.
         enum Ended {
             HostDown,
+            PodGone,
             Exited,
             Control(Option<Control>),
             Cancelled,
@@ -522,12 +545,16 @@ async fn supervise(
                 Err(_) => Ended::Cancelled,
             },
             () = process.exited() => Ended::Exited,
+            () = kind.pod_gone(&node, &pod) => Ended::PodGone,
             command = control.recv() => Ended::Control(command),
             () = cancel.cancelled() => Ended::Cancelled,
         };
         process.kill().await;
         match ended {
             Ended::HostDown => {}
+            Ended::PodGone => {
+                tracing::info!(%node, %pod, "the daemon's pod was deleted; its container stops");
+            }
             Ended::Exited => {
                 tracing::warn!(%node, "the node's daemon ended; starting it again");
                 tokio::select! {
