@@ -541,7 +541,7 @@ async fn second_budget_appearing_mid_drain_blocks_with_the_servers_refusal() -> 
 }
 
 #[tokio::test]
-async fn graceful_deletion_is_waited_for_until_the_kubelet_finishes() -> Result<()> {
+async fn graceful_deletion_is_waited_for_and_pods_bound_meanwhile_are_evicted_too() -> Result<()> {
     let cluster = cluster(&["n1"]).await?;
     let store = &cluster.store;
     let mut slow = pod("slow-1", "n1", "slow", Some(("ReplicaSet", "slow-9a")));
@@ -572,6 +572,9 @@ async fn graceful_deletion_is_waited_for_until_the_kubelet_finishes() -> Result<
         "drain finished before the pod was gone"
     );
 
+    // Meanwhile a pod is bound to the node (a scheduler that had not seen the cordon yet):
+    // not in the first plan, but evicted before the drain says the node is empty.
+    store.create_as(&web("late-1", "n1"))?;
     // The kubelet stops the containers and finishes the deletion.
     store.delete_as::<Pod>(
         Some(NS),
@@ -587,7 +590,8 @@ async fn graceful_deletion_is_waited_for_until_the_kubelet_finishes() -> Result<
     let DrainOutcome::Drained { evicted, .. } = &report.outcome else {
         bail!("expected a drained node, got {:?}", report.outcome);
     };
-    assert_eq!(names(evicted), ["slow-1"]);
+    assert_eq!(names(evicted), ["late-1", "slow-1"]);
+    assert!(pod_names(store, "n1")?.is_empty());
     Ok(())
 }
 

@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, instrument, warn};
 
 use rota_core::drain::{
-    BlockedBy, DrainOutcome, DrainProgress, DrainReport, DrainSpec, DrainStats, PodProgress, filter,
+    BlockedBy, DrainOutcome, DrainProgress, DrainReport, DrainSpec, DrainStats, PodProgress,
+    PodRef, filter,
 };
 
 use rota_core::clock::SharedClock;
@@ -176,38 +177,10 @@ impl Drainer {
             }
         }
 
-        let plan = {
-            let pods = pods.borrow().index.pods();
-            filter::plan(&pods, &pdbs.borrow().index, spec, self.clock.now())
-        };
-        if !plan.refusals.is_empty() {
-            let outcome = DrainOutcome::Refused {
-                errors: plan.refusals,
-            };
-            warn!(%outcome, "drain refused");
-            return Ok(report(outcome, DrainStats::default()));
-        }
-        for skipped in &plan.skipped {
-            info!(pod = %skipped.pod, reason = %skipped.reason, "pod skipped");
-        }
-        for target in plan.evict.iter().filter(|t| !t.warnings.is_empty()) {
-            warn!(pod = %target.pod, warnings = ?target.warnings, "evicting pod");
-        }
-        info!(
-            evict = plan.evict.len(),
-            skipped = plan.skipped.len(),
-            "draining"
-        );
-
-        if let Some(progress) = &progress {
-            progress.send_modify(|view| {
-                view.pods = plan
-                    .evict
-                    .iter()
-                    .map(|target| (target.pod.clone(), PodProgress::Evicting))
-                    .collect();
-            });
-        }
+        // Rounds: evict what the plan names, then plan again from the cache. A pod bound to the
+        // node around its cordon (a scheduler that had not seen it yet) may reach the cache
+        // only after the first plan; it is evicted in the next round rather than lost with the
+        // node. The drain is done when a round finds nothing new.
         let ctx = EvictionContext {
             client: self.eviction_client.clone(),
             grace_period_seconds: spec.grace_period_seconds,
@@ -216,53 +189,116 @@ impl Drainer {
             skip_wait_for_delete_timeout: spec.skip_wait_for_delete_timeout,
             requests: Arc::new(Semaphore::new(spec.max_parallel.max(1))),
             clock: self.clock.clone(),
-            pods,
-            pdbs,
-            cancel,
+            pods: pods.clone(),
+            pdbs: pdbs.clone(),
+            cancel: cancel.clone(),
             deadline,
             // A pod already stopping may be waited for past the deadline, by at most the
             // drain's own length again: a node whose kubelet is gone never finishes it.
             stopping_deadline: deadline + deadline.saturating_duration_since(Instant::now()),
             progress,
         };
-        let mut tasks = JoinSet::new();
-        let mut task_pods = HashMap::new();
-        for target in plan.evict {
-            let pod = target.pod.clone();
-            let span = info_span!("evict", node = %node, pod = %pod);
-            let handle = tasks.spawn(evict::evict_pod(ctx.clone(), target).instrument(span));
-            task_pods.insert(handle.id(), pod);
-        }
-        drop(ctx);
-
-        let mut reports = Vec::with_capacity(task_pods.len());
-        while let Some(joined) = tasks.join_next_with_id().await {
-            match joined {
-                Ok((_, pod_report)) => reports.push(pod_report),
-                Err(error) => {
-                    // Tasks do not panic and are not aborted while this loop runs; should one
-                    // still end that way, its pod counts as not evicted rather than as drained.
-                    warn!(%error, "eviction task failed");
-                    if let Some(pod) = task_pods.remove(&error.id()) {
-                        reports.push(PodReport {
-                            pod,
-                            finish: Finish::Unobserved,
-                            progress: PodProgress::Evicting,
-                            stats: DrainStats::default(),
-                        });
-                    }
+        let mut handled: BTreeSet<PodRef> = BTreeSet::new();
+        let mut reports: Vec<PodReport> = Vec::new();
+        let mut skipped: Vec<SkippedPod> = Vec::new();
+        loop {
+            let plan = {
+                let pods = pods.borrow().index.pods();
+                filter::plan(&pods, &pdbs.borrow().index, spec, self.clock.now())
+            };
+            if !plan.refusals.is_empty() {
+                let outcome = DrainOutcome::Refused {
+                    errors: plan.refusals,
+                };
+                warn!(%outcome, "drain refused");
+                return Ok(report(outcome, DrainStats::default()));
+            }
+            for skip in plan.skipped {
+                if handled.insert(skip.pod.clone()) {
+                    info!(pod = %skip.pod, reason = %skip.reason, "pod skipped");
+                    skipped.push(skip);
                 }
             }
+            let targets: Vec<_> = plan
+                .evict
+                .into_iter()
+                .filter(|t| handled.insert(t.pod.clone()))
+                .collect();
+            if targets.is_empty() {
+                break;
+            }
+            if !reports.is_empty() {
+                info!(
+                    pods = targets.len(),
+                    "pods bound to the node during the drain: evicting them too"
+                );
+            }
+            let round = evict_round(&ctx, node, targets).await;
+            let finished = round.iter().all(|r| r.finish == Finish::Evicted);
+            reports.extend(round);
+            if !finished || cancel.is_cancelled() {
+                break;
+            }
         }
+        drop(ctx);
 
         let mut stats = DrainStats::default();
         for pod_report in &reports {
             stats += pod_report.stats;
         }
-        let outcome = outcome(reports, plan.skipped);
+        let outcome = outcome(reports, skipped);
         info!(%outcome, ?stats, "drain finished");
         Ok(report(outcome, stats))
     }
+}
+
+/// Evicts `targets` from `node`, one task per pod under `ctx`, and reports each pod.
+async fn evict_round(
+    ctx: &EvictionContext,
+    node: &str,
+    targets: Vec<filter::PodToEvict>,
+) -> Vec<PodReport> {
+    for target in targets.iter().filter(|t| !t.warnings.is_empty()) {
+        warn!(pod = %target.pod, warnings = ?target.warnings, "evicting pod");
+    }
+    info!(evict = targets.len(), "draining");
+    if let Some(progress) = &ctx.progress {
+        progress.send_modify(|view| {
+            view.pods.extend(
+                targets
+                    .iter()
+                    .map(|target| (target.pod.clone(), PodProgress::Evicting)),
+            );
+        });
+    }
+    let mut tasks = JoinSet::new();
+    let mut task_pods = HashMap::new();
+    for target in targets {
+        let pod = target.pod.clone();
+        let span = info_span!("evict", node = %node, pod = %pod);
+        let handle = tasks.spawn(evict::evict_pod(ctx.clone(), target).instrument(span));
+        task_pods.insert(handle.id(), pod);
+    }
+    let mut reports = Vec::with_capacity(task_pods.len());
+    while let Some(joined) = tasks.join_next_with_id().await {
+        match joined {
+            Ok((_, pod_report)) => reports.push(pod_report),
+            Err(error) => {
+                // Tasks do not panic and are not aborted while this loop runs; should one
+                // still end that way, its pod counts as not evicted rather than as drained.
+                warn!(%error, "eviction task failed");
+                if let Some(pod) = task_pods.remove(&error.id()) {
+                    reports.push(PodReport {
+                        pod,
+                        finish: Finish::Unobserved,
+                        progress: PodProgress::Evicting,
+                        stats: DrainStats::default(),
+                    });
+                }
+            }
+        }
+    }
+    reports
 }
 
 /// How waiting for a watch's first list ended.
