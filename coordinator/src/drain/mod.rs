@@ -225,7 +225,18 @@ impl Drainer {
                 .filter(|t| handled.insert(t.pod.clone()))
                 .collect();
             if targets.is_empty() {
-                break;
+                // The cache may lag the API: ask the API itself which pods are bound to the
+                // node; one the cache has not shown yet is waited for and planned next round.
+                let unseen = self.unseen_pods(node, &handled).await;
+                if unseen.is_empty() {
+                    break;
+                }
+                info!(pods = ?unseen, "pods on the node the cache has not shown yet");
+                tokio::select! {
+                    _ = pods.changed() => continue,
+                    () = sleep_until(deadline) => break,
+                    () = cancel.cancelled() => break,
+                }
             }
             if !reports.is_empty() {
                 info!(
@@ -249,6 +260,36 @@ impl Drainer {
         let outcome = outcome(reports, skipped);
         info!(%outcome, ?stats, "drain finished");
         Ok(report(outcome, stats))
+    }
+}
+
+impl Drainer {
+    /// The pods the API server has bound to `node`, not finished and not `handled` (planned to
+    /// be evicted or skipped) yet, by name. Empty when the API cannot be asked (the cache's
+    /// view stands then).
+    async fn unseen_pods(&self, node: &str, handled: &BTreeSet<PodRef>) -> Vec<String> {
+        let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::all(self.eviction_client.clone());
+        let params = kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"));
+        let Ok(list) = pods.list(&params).await else {
+            return Vec::new();
+        };
+        list.items
+            .iter()
+            .filter(|pod| {
+                let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+                !matches!(phase, Some("Succeeded" | "Failed"))
+                    && pod.metadata.deletion_timestamp.is_none()
+                    && !handled.contains(&PodRef::of(pod))
+            })
+            .map(|pod| {
+                format!(
+                    "{}/{}",
+                    pod.metadata.namespace.as_deref().unwrap_or(""),
+                    pod.metadata.name.as_deref().unwrap_or("")
+                )
+            })
+            .collect()
     }
 }
 
