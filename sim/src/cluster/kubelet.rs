@@ -433,6 +433,9 @@ struct Kubelet<A> {
     first_version: Option<String>,
     /// The node has booted since the simulation started it.
     rebooted: bool,
+    /// The `nodeInfo` of the running kubelet (boot id, versions), sent with every status
+    /// write: a write that failed is made good by the next one.
+    info: Value,
     next_ip: u32,
 }
 
@@ -448,6 +451,7 @@ pub(crate) async fn run<A: NodeApi>(
         node_key: ResourceKey::new(nodes(), None, &ctx.spec.name),
         first_version: ctx.host.kubelet_version(),
         rebooted: false,
+        info: node_info(&ctx.spec, &ctx.host),
         ctx,
         up: true,
         readiness: Readiness::Ready,
@@ -779,16 +783,19 @@ impl<A: NodeApi> Kubelet<A> {
         }
     }
 
-    /// Write the node's conditions for `readiness` (and a new `nodeInfo` in the same write,
-    /// so nobody sees the new version with the old readiness).
+    /// Write the node's conditions for `readiness` and the running kubelet's `nodeInfo` (a new
+    /// one, from a kubelet start, in the same write, so nobody sees the new version with the
+    /// old readiness).
     async fn set_readiness(&mut self, readiness: Readiness, info: Option<Value>) {
         self.readiness = readiness;
         self.last_report = Instant::now();
+        if let Some(info) = info {
+            self.info = info;
+        }
+        let info = self.info.clone();
         let store_now = self.ctx.api.now();
         self.write_node_status(|status, now| {
-            if let Some(info) = &info {
-                status["nodeInfo"] = info.clone();
-            }
+            status["nodeInfo"] = info.clone();
             let (ready, reason, message) = readiness.condition();
             objects::set_condition(
                 status,
