@@ -115,4 +115,48 @@ async fn the_charts_renders_pass_the_api_servers_validation() {
         error.contains("must be less than or equal to cpu limit"),
         "{error}"
     );
+
+    // With the Prometheus operator's CRDs (from its Go module, at a pinned version), the whole
+    // of deploy/ — base and monitoring, as `kubectl apply -k deploy/` applies it — and the chart
+    // with its default values (monitoring on) pass the server's validation too.
+    let crds = rota_tests::built::monitoring_crds().unwrap_or_else(|e| panic!("{e}"));
+    kubectl
+        .run(&["apply", "--server-side", "-f", crds.to_str().unwrap()])
+        .await;
+    kubectl
+        .run(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/servicemonitors.monitoring.coreos.com",
+            "crd/prometheusrules.monitoring.coreos.com",
+        ])
+        .await;
+    let deploy = rota_tests::shipped::deploy_dir();
+    // The CRD of rota's own kind first: the base's objects do not need it, but a dry run of
+    // anything that names a MaintenancePolicy would.
+    kubectl
+        .run(&["apply", "-k", &format!("{deploy}/crd")])
+        .await;
+    let applied = kubectl
+        .run(&["apply", "--dry-run=server", "-k", deploy])
+        .await;
+    for object in [
+        "deployment.apps/rota-coordinator",
+        "daemonset.apps/rota-agent",
+        "servicemonitor.monitoring.coreos.com/rota-coordinator",
+        "prometheusrule.monitoring.coreos.com/rota",
+    ] {
+        assert!(
+            applied.contains(object),
+            "kubectl apply --dry-run=server -k deploy/: {object} not in\n{applied}"
+        );
+    }
+    let defaults = dry_run(&helm, &kubectl, &json!({}))
+        .await
+        .unwrap_or_else(|e| panic!("the server refuses the chart's defaults: {e}"));
+    assert!(
+        defaults.contains("prometheusrule.monitoring.coreos.com/"),
+        "{defaults}"
+    );
 }

@@ -19,10 +19,7 @@ pub struct NotBuilt {
 /// The bin directory of the build `versions` (e.g. `v1.34.4-v3.6.16`, `helm-v3.21.4`) when
 /// it holds every one of `names` and the build is complete.
 pub fn find(versions: &str, names: &[&str]) -> Result<PathBuf, NotBuilt> {
-    let root = std::env::var_os("ROTA_CONTROL_PLANE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/rota-test/control-plane"))
-        .join(versions);
+    let root = root().join(versions);
     let dir = root.join("bin");
     let mut missing: Vec<String> = names
         .iter()
@@ -40,6 +37,13 @@ pub fn find(versions: &str, names: &[&str]) -> Result<PathBuf, NotBuilt> {
             missing: missing.join(", "),
         })
     }
+}
+
+/// The cache root: `$ROTA_CONTROL_PLANE_DIR`, else `/var/cache/rota-test/control-plane`.
+fn root() -> PathBuf {
+    std::env::var_os("ROTA_CONTROL_PLANE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/rota-test/control-plane"))
 }
 
 /// The version a go.mod requires of `module` (in a one-line `require` or a `require` block).
@@ -104,6 +108,30 @@ pub fn helm() -> Result<PathBuf, String> {
              cache; set ROTA_CONTROL_PLANE_DIR to use another cache root)",
             dir.display()
         )),
+    }
+}
+
+/// The directory holding the Prometheus operator's CRDs for ServiceMonitor and PrometheusRule
+/// (the kinds of `deploy/monitoring`) at the version `tests/control-plane/prometheus-operator.version`
+/// pins, or why it cannot be used and how to fetch them. (The chart's suite in
+/// `rota-coordinator`, which includes this file, does not need them.)
+#[allow(dead_code)]
+pub fn monitoring_crds() -> Result<PathBuf, String> {
+    let version = include_str!("../control-plane/prometheus-operator.version").trim();
+    let name = format!("prometheus-operator-crds-{version}");
+    let files = [
+        "monitoring.coreos.com_servicemonitors.yaml",
+        "monitoring.coreos.com_prometheusrules.yaml",
+    ];
+    let dir = root().join(&name);
+    if dir.join("complete").is_file() && files.iter().all(|f| dir.join(f).is_file()) {
+        Ok(dir)
+    } else {
+        Err(format!(
+            "the Prometheus operator's CRDs {version} are not in {}: run \
+             tests/control-plane/build.sh (it fetches them from their Go module once)",
+            dir.display()
+        ))
     }
 }
 
