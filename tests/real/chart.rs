@@ -124,12 +124,9 @@ async fn the_charts_renders_pass_the_api_servers_validation() {
         .run(&["apply", "--server-side", "-f", crds.to_str().unwrap()])
         .await;
     kubectl
-        .run(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/servicemonitors.monitoring.coreos.com",
-            "crd/prometheusrules.monitoring.coreos.com",
+        .wait_established(&[
+            "servicemonitors.monitoring.coreos.com",
+            "prometheusrules.monitoring.coreos.com",
         ])
         .await;
     let deploy = rota_tests::shipped::deploy_dir();

@@ -321,12 +321,7 @@ async fn the_real_control_plane_enforces_what_a_cluster_does() {
         .run(&["apply", "-f", &format!("{deploy}/maintenancepolicy.yaml")])
         .await;
     kubectl
-        .run(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/maintenancepolicies.rota.dev",
-        ])
+        .wait_established(&["maintenancepolicies.rota.dev"])
         .await;
     kubectl
         .run(&[

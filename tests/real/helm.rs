@@ -20,7 +20,8 @@ use kube::{Api, ResourceExt};
 use rota_tests::control_plane::eventually;
 use rota_tests::helm::{Helm, NAMESPACE};
 use rota_tests::real_rollout::{
-    Install, RealRollout, assert_never_refused, assert_one_token_per_node, assert_safe, not_done,
+    Install, RealRollout, assert_each_node_maintained_once, assert_never_refused, assert_safe,
+    not_done,
 };
 
 const NODES: usize = 12;
@@ -100,12 +101,7 @@ async fn helm_install_upgrade_mid_rollout_and_uninstall_on_the_real_control_plan
         verdict.violations.len()
     );
     assert_safe(&verdict, MAX_UNAVAILABLE as usize);
-    assert!(
-        verdict.reboots.values().all(|&r| r == 1) && verdict.reboots.len() == NODES,
-        "every node maintained once: {:?}",
-        verdict.reboots
-    );
-    assert_eq!(assert_one_token_per_node(&agents).len(), NODES);
+    assert_each_node_maintained_once(&verdict, &agents, NODES);
     assert_never_refused(&rollout.coordinator);
 
     // helm uninstall: what helm made goes; what stays is what deploy/README.md lists.

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rota_tests::real_rollout::{
-    Install, RealRollout, assert_never_refused, assert_one_token_per_node, assert_safe,
+    Install, RealRollout, assert_each_node_maintained_once, assert_never_refused, assert_safe,
 };
 
 const NODES: usize = 24;
@@ -36,12 +36,7 @@ async fn the_shipped_rota_rolls_24_nodes_on_the_real_control_plane() {
         verdict.violations.len()
     );
     assert_safe(&verdict, MAX_UNAVAILABLE as usize);
-    assert!(
-        verdict.reboots.values().all(|&r| r == 1) && verdict.reboots.len() == NODES,
-        "every node rebooted once: {:?}",
-        verdict.reboots
-    );
-    assert_eq!(assert_one_token_per_node(&agents).len(), NODES);
+    assert_each_node_maintained_once(&verdict, &agents, NODES);
     assert_never_refused(&rollout.coordinator);
     agents.shutdown().await;
     rollout.nodes.shutdown().await;

@@ -50,16 +50,24 @@ impl Helm {
         }
     }
 
+    /// The built helm with its own cache, configuration and data directories.
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.binary);
+        command
+            .env("HELM_CACHE_HOME", self.home.path().join("cache"))
+            .env("HELM_CONFIG_HOME", self.home.path().join("config"))
+            .env("HELM_DATA_HOME", self.home.path().join("data"));
+        command
+    }
+
     /// `helm COMMAND <chart>` with `values` (YAML or JSON, over the chart's defaults) on stdin:
     /// its stdout when it succeeds, else its stdout and stderr (`helm lint` reports on stdout).
     pub fn run(&self, command: &[&str], values: &str) -> Result<String, String> {
-        let mut child = Command::new(&self.binary)
+        let mut child = self
+            .command()
             .args(command)
             .arg(chart())
             .args(["--namespace", NAMESPACE, "--values", "-"])
-            .env("HELM_CACHE_HOME", self.home.path().join("cache"))
-            .env("HELM_CONFIG_HOME", self.home.path().join("config"))
-            .env("HELM_DATA_HOME", self.home.path().join("data"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -88,14 +96,12 @@ impl Helm {
     /// includes this file, renders only.)
     #[allow(dead_code)]
     pub fn on_cluster(&self, args: &[&str], kubeconfig: &Path) -> Result<String, String> {
-        let output = Command::new(&self.binary)
+        let output = self
+            .command()
             .args(args)
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .args(["--namespace", NAMESPACE])
-            .env("HELM_CACHE_HOME", self.home.path().join("cache"))
-            .env("HELM_CONFIG_HOME", self.home.path().join("config"))
-            .env("HELM_DATA_HOME", self.home.path().join("data"))
             .stdin(Stdio::null())
             .output()
             .unwrap();

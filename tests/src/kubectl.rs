@@ -76,4 +76,13 @@ impl Kubectl {
         );
         stdout
     }
+
+    /// `kubectl wait --for=condition=Established` on the CustomResourceDefinitions `crds`
+    /// (their names, e.g. `maintenancepolicies.rota.dev`), for up to a minute.
+    pub async fn wait_established(&self, crds: &[&str]) -> String {
+        let names: Vec<String> = crds.iter().map(|crd| format!("crd/{crd}")).collect();
+        let mut args = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+        args.extend(names.iter().map(String::as_str));
+        self.run(&args).await
+    }
 }

@@ -280,6 +280,17 @@ pub fn assert_safe(verdict: &Verdict, max_unavailable: usize) {
     );
 }
 
+/// A rollout that finished every one of `nodes` nodes: the monitor saw each reboot exactly
+/// once, and each node's agent acted under exactly one fencing token of its own.
+pub fn assert_each_node_maintained_once(verdict: &Verdict, agents: &RemoteAgents, nodes: usize) {
+    assert!(
+        verdict.reboots.values().all(|&r| r == 1) && verdict.reboots.len() == nodes,
+        "every node maintained once: {:?}",
+        verdict.reboots
+    );
+    assert_eq!(assert_one_token_per_node(agents).len(), nodes);
+}
+
 /// No fencing token acted on two nodes, and no node acted under two tokens; returns the nodes
 /// that acted.
 pub fn assert_one_token_per_node(agents: &RemoteAgents) -> BTreeSet<String> {

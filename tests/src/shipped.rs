@@ -186,12 +186,7 @@ pub async fn apply_deploy(kubectl: &Kubectl) {
         .run(&["apply", "-k", &format!("{deploy}/crd")])
         .await;
     kubectl
-        .run(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/maintenancepolicies.rota.dev",
-        ])
+        .wait_established(&["maintenancepolicies.rota.dev"])
         .await;
     let applied = kubectl
         .run(&["apply", "-k", &format!("{deploy}/base")])
