@@ -32,19 +32,23 @@ fn lease_expiry(node: &Value) -> Option<Timestamp> {
     slot.get("leaseExpiresAt")?.as_str()?.parse().ok()
 }
 
-/// The first node to be admitted (control-plane nodes go first) never comes back from its
-/// reboot. Its verification times out, the slot fails and stays held (also once its lease
-/// expired: the capacity of a broken node is not freed), the circuit breaker opens at
-/// `maxFailures: 1`, and no node is admitted after that; the nodes already in maintenance
-/// finish.
+/// The first control-plane node to be admitted never comes back from its reboot. Its
+/// verification times out, the slot fails and stays held (also once its lease expired: the
+/// capacity of a broken node is not freed), the circuit breaker opens at `maxFailures: 1`, and
+/// no node is admitted after that; the nodes already in maintenance finish.
+///
+/// Every control-plane node is set never to return, because which of them is admitted first
+/// depends on which agent asks first: the first one fails, and the breaker (and the
+/// control-plane limit) keep the other two from ever being rebooted, so nodes are still queued
+/// when the breaker opens however the workers' slot races.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_never_comes_back_pauses_the_pool() {
-    let lost = "cp-1";
-    // Two at a time: while the lost node fails (lease and ready timeout, about 8 s), one slot
-    // works through the queue, which takes far longer, so nodes are still queued when the
-    // breaker opens.
+    // Two at a time: while the lost node fails (lease and ready timeout, about 8 s), the other
+    // slot works through the workers.
     let mut options = options(12, 41, 2, 2);
-    options.faults = Faults::none().with_never_return(lost);
+    options.faults = ["cp-1", "cp-2", "cp-3"]
+        .into_iter()
+        .fold(Faults::none(), Faults::with_never_return);
     let (coordinators, spec) = rota_settings(&mut options);
     coordinators.lease_ttl = SignedDuration::from_secs(5);
     spec.max_failures = 1;
@@ -72,6 +76,16 @@ async fn a_node_that_never_comes_back_pauses_the_pool() {
     )
     .await;
     let total = fleet.scenario().nodes.len() as i64;
+    let holders = slot_holders(&fleet);
+    let [lost] = holders
+        .iter()
+        .filter(|n| n.starts_with("cp-"))
+        .collect::<Vec<_>>()[..]
+    else {
+        panic!("one control-plane node holds a slot when the breaker opens: {holders:?}");
+    };
+    let lost = lost.clone();
+    let lost = lost.as_str();
     // Settled: only the lost node holds a slot (failed, its lease expired), and the coordinator
     // says every other node not done waits for the breaker.
     let waiting = fleet
