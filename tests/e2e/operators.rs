@@ -57,7 +57,7 @@ async fn kubectl_annotate(fleet: &Fleet, node: &str, annotation: &str) {
 /// queued before it — and the rollout finishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_request_goes_first() {
-    if rota_tests::control_plane::Binaries::for_test().is_none() {
+    if rota_tests::control_plane::binaries_for_test().is_none() {
         return;
     }
     let mut options = options(6, 51, 1, 2);

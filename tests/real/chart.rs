@@ -10,7 +10,7 @@
 // Helpers outside #[test] functions fail the test the same way the tests do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use rota_tests::control_plane::{Binaries, ControlPlane};
+use rota_tests::control_plane::{ControlPlane, binaries_for_test};
 use rota_tests::helm::{Helm, NAMESPACE};
 use rota_tests::kubectl::Kubectl;
 use serde_json::{Value, json};
@@ -41,7 +41,7 @@ async fn dry_run(helm: &Helm, kubectl: &Kubectl, values: &Value) -> Result<Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_charts_renders_pass_the_api_servers_validation() {
-    let Some(binaries) = Binaries::for_test() else {
+    let Some(binaries) = binaries_for_test() else {
         return;
     };
     let Some(helm) = Helm::for_test() else {

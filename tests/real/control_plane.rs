@@ -16,7 +16,7 @@ use kube::Api;
 use kube::api::{
     ApiResource, DynamicObject, EvictParams, GroupVersionKind, Patch, PatchParams, PostParams,
 };
-use rota_tests::control_plane::{Binaries, ControlPlane, eventually};
+use rota_tests::control_plane::{ControlPlane, binaries_for_test, eventually};
 use rota_tests::kubectl::Kubectl;
 use serde_json::{Value, json};
 
@@ -59,7 +59,7 @@ fn json_merge(into: &mut Value, from: Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_control_plane_enforces_what_a_cluster_does() {
-    let Some(binaries) = Binaries::for_test() else {
+    let Some(binaries) = binaries_for_test() else {
         return;
     };
     let mut cp = ControlPlane::start(binaries).await.unwrap();

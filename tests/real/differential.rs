@@ -30,7 +30,7 @@ use kube::api::{
     WatchEvent, WatchParams,
 };
 use rota_sim::apiserver::{ApiServer, ServerHandle, Store};
-use rota_tests::control_plane::{Binaries, ControlPlane, client_from_kubeconfig_file};
+use rota_tests::control_plane::{ControlPlane, binaries_for_test, client_from_kubeconfig_file};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -779,7 +779,7 @@ async fn emulator() -> (ServerHandle, Side) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_emulator_answers_as_kube_apiserver_does() {
-    let Some(binaries) = Binaries::for_test() else {
+    let Some(binaries) = binaries_for_test() else {
         return;
     };
     let cp = ControlPlane::start(binaries).await.unwrap();

@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use rota_sim::cluster::Faults;
 use rota_tests::control_plane::eventually;
 use rota_tests::real_rollout::{
-    Install, RealRollout, SLOT_ANNOTATION, assert_never_refused, assert_one_token_per_node,
+    RealRollout, SLOT_ANNOTATION, Setup, assert_never_refused, assert_one_token_per_node,
     assert_safe,
 };
 
@@ -25,7 +25,12 @@ const ROLLOUT_DEADLINE: Duration = Duration::from_secs(900);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_rota_keeps_its_promises_through_faults_on_the_real_control_plane() {
-    let Some(mut rollout) = RealRollout::start(NODES, 2, true, Install::Kustomize).await else {
+    let Some(mut rollout) = RealRollout::start(Setup {
+        keep_blocked: true,
+        ..Setup::new(NODES, 2)
+    })
+    .await
+    else {
         return;
     };
     let blocked = rollout.scenario.blocked_node.clone().unwrap();

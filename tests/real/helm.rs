@@ -20,8 +20,8 @@ use kube::{Api, ResourceExt};
 use rota_tests::control_plane::eventually;
 use rota_tests::helm::{Helm, NAMESPACE};
 use rota_tests::real_rollout::{
-    Install, RealRollout, assert_each_node_maintained_once, assert_never_refused, assert_safe,
-    not_done,
+    Install, RealRollout, Setup, assert_each_node_maintained_once, assert_never_refused,
+    assert_safe, not_done,
 };
 
 const NODES: usize = 12;
@@ -36,8 +36,11 @@ agent:\n  resources:\n    requests:\n      cpu: 20m\n      memory: 48Mi\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_upgrade_mid_rollout_and_uninstall_on_the_real_control_plane() {
-    let Some(mut rollout) =
-        RealRollout::start(NODES, 3, false, Install::Helm(VALUES.to_owned())).await
+    let Some(mut rollout) = RealRollout::start(Setup {
+        install: Install::Helm(VALUES.to_owned()),
+        ..Setup::new(NODES, 3)
+    })
+    .await
     else {
         return;
     };

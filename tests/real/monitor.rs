@@ -13,14 +13,14 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Api;
 use kube::api::{DeleteParams, EvictParams, Patch, PatchParams, PostParams};
 use rota_monitor::{Cause, Monitor, MonitorConfig};
-use rota_tests::control_plane::{Binaries, ControlPlane};
+use rota_tests::control_plane::{ControlPlane, binaries_for_test};
 use serde_json::json;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_monitor_judges_the_real_api_server() {
-    let Some(binaries) = Binaries::for_test() else {
+    let Some(binaries) = binaries_for_test() else {
         return;
     };
     let cp = ControlPlane::start(binaries).await.unwrap();

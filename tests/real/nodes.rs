@@ -13,7 +13,9 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use rota_agent::host::{Host, RebootMethod};
 use rota_sim::cluster::{Faults, RemoteNodes, Scenario, Timings};
-use rota_tests::control_plane::{Binaries, ControlPlane, NODE_MONITOR_GRACE_PERIOD, eventually};
+use rota_tests::control_plane::{
+    ControlPlane, NODE_MONITOR_GRACE_PERIOD, binaries_for_test, eventually,
+};
 use serde_json::json;
 
 const CONTROL_PLANE_ROLE: &str = "node-role.kubernetes.io/control-plane";
@@ -52,7 +54,7 @@ fn code(e: kube::Error) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_nodes_are_real_api_clients_under_node_restriction() {
-    let Some(binaries) = Binaries::for_test() else {
+    let Some(binaries) = binaries_for_test() else {
         return;
     };
     let cp = ControlPlane::start(binaries).await.unwrap();

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rota_tests::real_rollout::{
-    Install, RealRollout, assert_each_node_maintained_once, assert_never_refused, assert_safe,
+    RealRollout, Setup, assert_each_node_maintained_once, assert_never_refused, assert_safe,
 };
 
 const NODES: usize = 24;
@@ -22,7 +22,7 @@ const ROLLOUT_DEADLINE: Duration = Duration::from_secs(900);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_rota_rolls_24_nodes_on_the_real_control_plane() {
-    let Some(rollout) = RealRollout::start(NODES, 1, false, Install::Kustomize).await else {
+    let Some(rollout) = RealRollout::start(Setup::new(NODES, 1)).await else {
         return;
     };
     let agents = rollout.begin(MAX_UNAVAILABLE).await;

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use kube::{Api, ResourceExt};
-use rota_tests::control_plane::{Binaries, ControlPlane};
+use rota_tests::control_plane::{ControlPlane, binaries_for_test};
 use rota_tests::kubectl::Kubectl;
 use rota_tests::shipped::{
     Coordinator, NAMESPACE, apply_deploy, deploy_dir, eventually, kubeconfig_as, readyz,
@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_coordinator_runs_with_the_shipped_permissions() {
-    let Some(binaries) = Binaries::for_test() else {
+    let Some(binaries) = binaries_for_test() else {
         return;
     };
     let cp = ControlPlane::start(binaries).await.unwrap();

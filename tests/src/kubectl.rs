@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use crate::control_plane::Binaries;
+use crate::control_plane::{Binaries, binaries_for_test};
 
 /// A `kubectl` home: a kubeconfig for one API server and a discovery cache.
 #[derive(Debug)]
@@ -43,7 +43,12 @@ impl Kubectl {
     /// For a suite: [`Kubectl::new`], or `None` when the pinned kubectl is not built and the
     /// developer asked to skip such suites ([`Binaries::for_test`]).
     pub fn for_test(kubeconfig: &str) -> Option<Self> {
-        Binaries::for_test().map(|_| Kubectl::new(kubeconfig))
+        binaries_for_test().map(|_| Kubectl::new(kubeconfig))
+    }
+
+    /// The same kubectl and home as the set-up steps the demo shares with the suites take it.
+    pub fn shared(&self) -> rota_sim::real::rollout::Kubectl {
+        rota_sim::real::rollout::Kubectl::new(&self.binary, &self.kubeconfig, self.dir.path())
     }
 
     /// The home's directory (for manifests the test writes).

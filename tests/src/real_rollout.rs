@@ -9,72 +9,25 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
-use kube::{Api, ResourceExt};
-use rota_core::policy::MaintenancePolicy;
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::api::ListParams;
 use rota_monitor::{Monitor, MonitorConfig, Verdict};
-use rota_sim::cluster::{Faults, RemoteNodes, Scenario, Timings};
-use rota_sim::demo::{
-    AgentOptions, POLICY_NAME, RemoteAgents, demo_policy, remove_blocked_workload,
-};
-use serde_json::Value;
+use rota_sim::cluster::{RemoteNodes, Scenario};
+use rota_sim::demo::{AgentOptions, RemoteAgents, demo_policy, remove_blocked_workload};
+use rota_sim::real::rollout;
 
-use crate::control_plane::{Binaries, ControlPlane, NODE_MONITOR_GRACE_PERIOD, eventually};
+use crate::control_plane::{ControlPlane, NODE_MONITOR_GRACE_PERIOD, binaries_for_test};
 use crate::helm::Helm;
 use crate::kubectl::Kubectl;
-use crate::shipped::{Coordinator, apply_deploy, kubeconfig_as, readyz};
+use crate::shipped::{Coordinator, CoordinatorService, apply_deploy, kubeconfig_as, readyz};
 
-/// The slot mirror on a Node.
-pub const SLOT_ANNOTATION: &str = "rota.dev/slot";
+pub use rota_sim::real::rollout::{SLOT_ANNOTATION, not_done};
 
-/// Create `objects` (each with its `apiVersion` and `kind`) as the administrator, retrying for
-/// a while: a new namespace refuses pods until its ServiceAccount exists.
-pub async fn create_all(admin: &kube::Client, objects: &[Value]) {
-    for object in objects {
-        let api_version = object["apiVersion"].as_str().unwrap();
-        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-        let gvk = GroupVersionKind::gvk(group, version, object["kind"].as_str().unwrap());
-        let resource = ApiResource::from_gvk(&gvk);
-        let object: DynamicObject = serde_json::from_value(object.clone()).unwrap();
-        let api: Api<DynamicObject> = match object.namespace() {
-            Some(ns) => Api::namespaced_with(admin.clone(), &ns, &resource),
-            None => Api::all_with(admin.clone(), &resource),
-        };
-        let what = format!("{} {} created", gvk.kind, object.name_any());
-        eventually(&what, || async {
-            match api.create(&PostParams::default(), &object).await {
-                Ok(_) => Some(()),
-                Err(kube::Error::Api(status)) if status.code == 409 => Some(()),
-                Err(_) => None,
-            }
-        })
-        .await;
-    }
-}
-
-/// Why `node` is not done yet, if it is not: rebooted by rota, Ready, uncordoned, no slot.
-pub fn not_done(node: &Node, reboots: &BTreeMap<String, u32>) -> Option<String> {
-    let name = node.name_any();
-    let is_ready = node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    if reboots.get(&name).copied().unwrap_or(0) == 0 {
-        Some(format!("{name}: not rebooted"))
-    } else if !is_ready {
-        Some(format!("{name}: not Ready"))
-    } else if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
-        Some(format!("{name}: cordoned"))
-    } else if node.annotations().contains_key(SLOT_ANNOTATION) {
-        Some(format!("{name}: holds a slot"))
-    } else {
-        None
-    }
-}
+/// How long the set-up steps may take each.
+const STEP: Duration = Duration::from_secs(120);
 
 /// How rota is installed.
 #[derive(Clone, Debug)]
@@ -83,6 +36,42 @@ pub enum Install {
     Kustomize,
     /// `helm install rota deploy/helm/rota --create-namespace` with these values (YAML).
     Helm(String),
+}
+
+/// What a [`RealRollout`] is made of.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    /// How many nodes (three of them control-plane nodes from six on).
+    pub nodes: usize,
+    /// The seed of the demo scenario.
+    pub seed: u64,
+    /// Keep the scenario's workload whose budget allows no disruption.
+    pub keep_blocked: bool,
+    /// How rota is installed.
+    pub install: Install,
+    /// The controller-manager's `--node-monitor-grace-period`.
+    pub node_monitor_grace: Duration,
+    /// How long a simulated reboot lasts; by default half as long again as the grace period,
+    /// so that the real node-lifecycle controller marks a rebooting node Unknown.
+    pub reboot: Option<Duration>,
+    /// Run a second coordinator replica, a standby, as the Deployment in `deploy/` does.
+    pub standby: bool,
+}
+
+impl Setup {
+    /// `nodes` nodes of seed `seed`'s scenario without its blocked workload, installed with
+    /// kustomize, under the harness's short node-monitor grace period.
+    pub fn new(nodes: usize, seed: u64) -> Setup {
+        Setup {
+            nodes,
+            seed,
+            keep_blocked: false,
+            install: Install::Kustomize,
+            node_monitor_grace: NODE_MONITOR_GRACE_PERIOD,
+            reboot: None,
+            standby: false,
+        }
+    }
 }
 
 /// Everything of one rollout on the real control plane.
@@ -97,26 +86,35 @@ pub struct RealRollout {
     pub nodes: RemoteNodes,
     /// The independent safety monitor.
     pub monitor: Monitor,
-    /// The shipped coordinator binary.
+    /// The shipped coordinator binary: the replica that leads first.
     pub coordinator: Coordinator,
+    /// The second replica, when the setup asks for one: a standby until the first stops leading.
+    pub standby: Option<Coordinator>,
+    /// The coordinator's Service, which the agents connect to.
+    pub service: CoordinatorService,
     node_clients: BTreeMap<String, kube::Client>,
 }
 
 impl RealRollout {
-    /// The cluster with `nodes` nodes of seed `seed`'s scenario (with its workload whose budget
-    /// allows no disruption when `keep_blocked`), its pods running, the monitor watching, the
-    /// coordinator leading; `None` when the control plane is not built (outside CI: skipped).
-    /// Pods' own seconds (grace periods, preStop sleeps, probe delays) run ten times faster on
-    /// the simulated side; the real controllers' do not.
-    pub async fn start(
-        nodes: usize,
-        seed: u64,
-        keep_blocked: bool,
-        install: Install,
-    ) -> Option<RealRollout> {
-        let binaries = Binaries::for_test()?;
+    /// The cluster of `setup`, its pods running, the monitor watching, the coordinator
+    /// leading; `None` when the control plane is not built (outside CI: skipped). Pods' own
+    /// seconds (grace periods, preStop sleeps, probe delays) run ten times faster on the
+    /// simulated side; the real controllers' do not.
+    pub async fn start(setup: Setup) -> Option<RealRollout> {
+        let Setup {
+            nodes,
+            seed,
+            keep_blocked,
+            install,
+            node_monitor_grace,
+            reboot,
+            standby,
+        } = setup;
+        let binaries = binaries_for_test()?;
         crate::e2e::init_logs();
-        let cp = ControlPlane::start(binaries).await.unwrap();
+        let cp = ControlPlane::start_with_grace(binaries, node_monitor_grace)
+            .await
+            .unwrap();
         let admin = cp.admin_client().await.unwrap();
         match install {
             Install::Kustomize => {
@@ -141,52 +139,22 @@ impl RealRollout {
         if !keep_blocked {
             remove_blocked_workload(&mut scenario);
         }
-        let mut identities = Vec::new();
-        let mut node_clients = BTreeMap::new();
-        for spec in &scenario.nodes {
-            let user = format!("system:node:{}", spec.name);
-            let client = cp.client_for(&user, &["system:nodes"]).await.unwrap();
-            node_clients.insert(spec.name.clone(), client.clone());
-            identities.push((spec.clone(), client));
+        let mut timings = rollout::node_timings(node_monitor_grace);
+        if let Some(reboot) = reboot {
+            timings.reboot = reboot;
         }
-        let mut timings = Timings::for_real_control_plane(NODE_MONITOR_GRACE_PERIOD);
-        timings.kube_second = Duration::from_millis(100);
-        let sim = RemoteNodes::start(identities, &admin, timings, Faults::default())
+        let nodes = rollout::start_nodes(&cp, &admin, &scenario, timings)
             .await
             .unwrap();
-        for objects in [
-            &scenario.namespaces,
-            &scenario.daemonsets,
-            &scenario.deployments,
-            &scenario.statefulsets,
-            &scenario.pdbs,
-            &scenario.pods,
-        ] {
-            create_all(&admin, objects).await;
-        }
+        rollout::create_workloads(&admin, &scenario, STEP)
+            .await
+            .unwrap();
         let monitor = Monitor::start(admin.clone(), MonitorConfig::default())
             .await
             .unwrap();
-        let expected_pods = scenario.expected_pod_count();
-        let pods: Api<Pod> = Api::all(admin.clone());
-        eventually("the scenario's pods running and ready", || async {
-            let budgets = monitor.verdict().budgets;
-            let list = pods.list(&ListParams::default()).await.ok()?;
-            let ready = list
-                .items
-                .iter()
-                .filter(|p| {
-                    p.status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|cs| {
-                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                        })
-                })
-                .count();
-            (ready >= expected_pods && budgets.values().all(|b| b.desired.is_some())).then_some(())
-        })
-        .await;
+        rollout::wait_workloads_ready(&admin, &monitor, &scenario, STEP)
+            .await
+            .unwrap();
         let kubeconfig = kubeconfig_as(&cp, &admin, "rota-coordinator").await;
         let mut coordinator = Coordinator::start(&cp, &kubeconfig, "rota-coordinator-0");
         let http = coordinator.http;
@@ -194,29 +162,46 @@ impl RealRollout {
             (readyz(http).await == Some(200)).then_some(())
         })
         .await;
+        let standby = match standby {
+            false => None,
+            true => {
+                let mut standby = Coordinator::start(&cp, &kubeconfig, "rota-coordinator-1");
+                let http = standby.http;
+                crate::shipped::eventually(
+                    &mut standby,
+                    "the standby's /readyz 503",
+                    || async move { (readyz(http).await == Some(503)).then_some(()) },
+                )
+                .await;
+                Some(standby)
+            }
+        };
+        let replicas: Vec<&Coordinator> = std::iter::once(&coordinator)
+            .chain(standby.as_ref())
+            .collect();
+        let service = CoordinatorService::start(&replicas).await;
         Some(RealRollout {
             cp,
             admin,
             scenario,
-            nodes: sim,
+            nodes: nodes.sim,
             monitor,
             coordinator,
-            node_clients,
+            standby,
+            service,
+            node_clients: nodes.clients,
         })
     }
 
     /// Create the demo policy (`maxUnavailable`) and start the agents: the rollout begins.
     pub async fn begin(&self, max_unavailable: u32) -> RemoteAgents {
-        let policies: Api<MaintenancePolicy> = Api::all(self.admin.clone());
-        let policy = MaintenancePolicy::new(POLICY_NAME, demo_policy(max_unavailable));
-        policies
-            .create(&PostParams::default(), &policy)
+        rollout::create_policy(&self.admin, demo_policy(max_unavailable))
             .await
             .unwrap();
         RemoteAgents::start(
             &self.nodes,
             self.node_clients.clone(),
-            self.coordinator.grpc,
+            self.service.addr(),
             AgentOptions::default(),
         )
         .unwrap()
@@ -231,25 +216,16 @@ impl RealRollout {
     /// Waits until every node but `except` is done ([`not_done`]), failing with the pending
     /// ones and the coordinator's log after `deadline`; returns how long it took.
     pub async fn wait_done(&self, except: &BTreeSet<String>, deadline: Duration) -> Duration {
-        let started = Instant::now();
-        loop {
-            let reboots = self.monitor.verdict().reboots;
-            let pending: Vec<String> = self
-                .node_objects()
-                .await
-                .iter()
-                .filter(|n| !except.contains(&n.name_any()))
-                .filter_map(|n| not_done(n, &reboots))
-                .collect();
-            if pending.is_empty() {
-                return started.elapsed();
-            }
-            assert!(
-                started.elapsed() < deadline,
-                "not done after {deadline:?}: {pending:?}\n{}",
-                self.coordinator.log()
-            );
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        match rollout::wait_done(&self.admin, &self.monitor, except, deadline).await {
+            Ok(took) => took,
+            Err(pending) => panic!(
+                "not done after {deadline:?}: {pending:?}\n{}\n{}",
+                self.coordinator.log(),
+                self.standby
+                    .as_ref()
+                    .map(Coordinator::log)
+                    .unwrap_or_default()
+            ),
         }
     }
 }

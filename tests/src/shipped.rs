@@ -10,29 +10,32 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::Api;
-use kube::api::PostParams;
+use rota_sim::demo::{ReplicaAddrs, Service};
+use rota_sim::real::rollout;
 use tokio::process::{Child, Command};
 
 use crate::control_plane::ControlPlane;
 use crate::kubectl::Kubectl;
 
-/// rota's namespace, as `deploy/` creates it.
-pub const NAMESPACE: &str = "rota-system";
+pub use rota_sim::real::rollout::NAMESPACE;
 /// How long the coordinator may take to lead and settle.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
 /// The `rota-coordinator` binary of this build: `cargo test --workspace` builds it (the
 /// coordinator's own integration tests need it) next to this test's executable.
 pub fn coordinator_binary() -> PathBuf {
+    workspace_binary("rota-coordinator", "rota-coordinator")
+}
+
+/// Binary `name` of package `package` of this build, which `cargo test --workspace` builds
+/// (for the package's own integration tests) next to this test's executable.
+pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap();
-    let binary = dir.join("rota-coordinator");
+    let binary = dir.join(name);
     assert!(
         binary.exists(),
-        "{} is not built: run `cargo build -p rota-coordinator` (cargo test --workspace does)",
+        "{} is not built: run `cargo build -p {package}` (cargo test --workspace does)",
         binary.display()
     );
     binary
@@ -48,15 +51,9 @@ pub fn free_port() -> u16 {
 
 /// A kubeconfig with a fresh API token of ServiceAccount `account` in rota's namespace.
 pub async fn kubeconfig_as(cp: &ControlPlane, admin: &kube::Client, account: &str) -> PathBuf {
-    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), NAMESPACE);
-    let token = accounts
-        .create_token_request(account, &PostParams::default(), &TokenRequest::default())
+    rollout::service_account_kubeconfig(cp, admin, account)
         .await
         .unwrap()
-        .status
-        .unwrap()
-        .token;
-    cp.kubeconfig_with_token(account, &token).unwrap()
 }
 
 /// A running coordinator process and where it logs.
@@ -117,6 +114,11 @@ impl Coordinator {
             .unwrap()
     }
 
+    /// Kill the process (SIGKILL, as a node failure or an OOM kill does) for good.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+
     /// Kill the process (SIGKILL, as a node failure or an OOM kill does) and start it again on
     /// the same addresses, as its Deployment's next pod would be reached through the Service.
     pub async fn kill_and_restart(&mut self) {
@@ -132,6 +134,59 @@ impl Coordinator {
     /// What it logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The coordinator's Service in front of its replica processes: each replica's `/readyz` is
+/// probed every 250 ms and the endpoints follow (see [`Service`]); a replica that answers again
+/// after not answering is a new pod (a new generation). Stops probing when dropped.
+pub struct CoordinatorService {
+    service: std::sync::Arc<Service>,
+    prober: tokio::task::JoinHandle<()>,
+}
+
+impl CoordinatorService {
+    /// The Service in front of `replicas` (their addresses stay when they are restarted).
+    pub async fn start(replicas: &[&Coordinator]) -> CoordinatorService {
+        let service = std::sync::Arc::new(Service::start().await.unwrap());
+        let endpoints: Vec<ReplicaAddrs> = replicas
+            .iter()
+            .map(|c| ReplicaAddrs {
+                grpc: c.grpc,
+                http: c.http,
+            })
+            .collect();
+        let routes = service.clone();
+        let prober = tokio::spawn(async move {
+            let mut generations = vec![(0_u64, false); endpoints.len()];
+            loop {
+                for (index, addrs) in endpoints.iter().enumerate() {
+                    let answer = readyz(addrs.http).await;
+                    let (generation, answered) = &mut generations[index];
+                    if answer.is_some() && !*answered {
+                        *generation += 1;
+                    }
+                    *answered = answer.is_some();
+                    routes.set_endpoint(
+                        index,
+                        answer.map(|status| (*generation, *addrs, status == 200)),
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+        CoordinatorService { service, prober }
+    }
+
+    /// Where the agents connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.service.addr()
+    }
+}
+
+impl Drop for CoordinatorService {
+    fn drop(&mut self) {
+        self.prober.abort();
     }
 }
 
@@ -181,16 +236,7 @@ pub fn deploy_dir() -> &'static str {
 /// Apply `deploy/` as a user does: the CRD (and wait until it is established), the base
 /// (namespace, accounts, RBAC, the coordinator's Deployment and Service, the agents' DaemonSet).
 pub async fn apply_deploy(kubectl: &Kubectl) {
-    let deploy = deploy_dir();
-    kubectl
-        .run(&["apply", "-k", &format!("{deploy}/crd")])
-        .await;
-    kubectl
-        .wait_established(&["maintenancepolicies.rota.dev"])
-        .await;
-    let applied = kubectl
-        .run(&["apply", "-k", &format!("{deploy}/base")])
-        .await;
+    let applied = rollout::install(&kubectl.shared()).await.unwrap();
     for object in [
         "namespace/rota-system",
         "serviceaccount/rota-coordinator",

@@ -3,7 +3,8 @@
 //! It registers its Node (labels, taints, addresses, capacity, `nodeInfo` read from the host)
 //! and renews its Lease every [`Timings::heartbeat`]; it writes the node's status when it
 //! changes, when the API shows another Ready status than the kubelet's own (the node-lifecycle
-//! controller marked it `Unknown`), and otherwise every [`Timings::node_status_report`]. It
+//! controller marked it `Unknown`), again at the next pod sync or heartbeat when a write failed,
+//! and otherwise every [`Timings::node_status_report`]. It
 //! runs the pods bound to it, following a watch of `spec.nodeName=NODE`: a new pod is
 //! `Running` at once and `Ready` after [`Timings::pod_start_time`]; a pod with a
 //! `deletionTimestamp` is removed (deleted with grace 0) after [`Timings::pod_stop_time`].
@@ -21,7 +22,7 @@
 //! a fault keeps it down.
 
 use rota_core::scheduler::ControlPlanePod;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -423,8 +424,14 @@ struct Kubelet<A> {
     readiness: Readiness,
     /// Whether the kubelet follows its pods; false from a boot until its first pod sync.
     synced: bool,
+    /// The pods whose restart after the last boot the API server took (the first pod sync
+    /// after a boot is retried until every pod's is).
+    restarted: HashSet<String>,
     /// When it last wrote the node's status.
     last_report: Instant,
+    /// The last status write failed (the API server was away, say): the next heartbeat or pod
+    /// sync writes it again, whatever the API shows.
+    status_owed: bool,
     /// Changes at every kubelet start and power-off; timers of an older epoch are stale.
     epoch: u64,
     pods: HashMap<String, Tracked>,
@@ -456,7 +463,9 @@ pub(crate) async fn run<A: NodeApi>(
         up: true,
         readiness: Readiness::Ready,
         synced: true,
+        restarted: HashSet::new(),
         last_report: Instant::now(),
+        status_owed: false,
         epoch: 0,
         pods: HashMap::new(),
         timers: Timers::new(),
@@ -560,6 +569,9 @@ impl<A: NodeApi> Kubelet<A> {
                     self.schedule_heartbeat();
                 }
                 Timer::PodSync { epoch } if epoch == self.epoch && self.up => {
+                    if self.status_owed {
+                        self.set_readiness(self.readiness, None).await;
+                    }
                     if self.synced {
                         self.resync().await;
                     }
@@ -570,9 +582,15 @@ impl<A: NodeApi> Kubelet<A> {
                 }
                 Timer::Boot { epoch } if epoch == self.epoch && !self.up => self.boot().await,
                 Timer::PodResync { epoch } if epoch == self.epoch && self.up => {
-                    self.restart_pods_after_boot().await;
-                    self.synced = true;
-                    self.resync().await;
+                    if self.restart_pods_after_boot().await {
+                        self.synced = true;
+                        self.resync().await;
+                    } else {
+                        // The API server did not take it all (it is away): until it does, the
+                        // pods must not be adopted with their status from before the boot.
+                        let at = Instant::now() + self.ctx.timings.pod_sync;
+                        self.timers.add(at, Timer::PodResync { epoch });
+                    }
                 }
                 _ => {}
             }
@@ -641,6 +659,7 @@ impl<A: NodeApi> Kubelet<A> {
         self.ensure_static_pods().await;
         if rebooted {
             self.synced = false;
+            self.restarted.clear();
             let at = Instant::now() + self.ctx.timings.pod_resync;
             self.timers.add(at, Timer::PodResync { epoch: self.epoch });
         } else {
@@ -650,15 +669,18 @@ impl<A: NodeApi> Kubelet<A> {
 
     /// The first pod sync after a boot ([`Timings::pod_resync`] after the kubelet started): no
     /// container of the node runs, so pods deleted while it was down are finished off and the
-    /// others (DaemonSet and mirror pods too) restart in place.
-    async fn restart_pods_after_boot(&mut self) {
+    /// others (DaemonSet and mirror pods too) restart in place. False when a call failed: the
+    /// pass is made again, skipping the pods whose restart was written.
+    async fn restart_pods_after_boot(&mut self) -> bool {
+        self.ensure_static_pods().await;
         let list = match self.ctx.api.pods_on(self.node()).await {
             Ok(list) => list,
             Err(e) => {
                 tracing::warn!(node = self.node(), error = %e, "kubelet cannot list its pods");
-                return;
+                return false;
             }
         };
+        let mut complete = true;
         let now = self.ctx.api.now();
         for pod in list {
             let key = ResourceKey::for_object(pods(), &pod);
@@ -670,16 +692,23 @@ impl<A: NodeApi> Kubelet<A> {
                 self.pod_stopped(&key, &uid).await;
                 continue;
             }
-            if pod.pointer("/status/containerStatuses").is_none() {
-                // Never started: the resync starts it.
+            if pod.pointer("/status/containerStatuses").is_none() || self.restarted.contains(&uid) {
+                // Never started (the resync starts it), or restarted already.
                 continue;
             }
+            if !self
+                .write_pod_status(&key, &uid, "restarting pod", |p| restarted_status(p, now))
+                .await
+            {
+                complete = false;
+                continue;
+            }
+            self.restarted.insert(uid.clone());
             self.pods.insert(uid.clone(), Tracked::default());
-            self.write_pod_status(&key, &uid, "restarting pod", |p| restarted_status(p, now))
-                .await;
             let at = Instant::now() + self.ctx.timings.pod_start_time(&pod);
             self.timers.add(at, Timer::PodReady { key, uid });
         }
+        complete
     }
 
     /// A control-plane node's kubelet runs kubeadm's static pods from its manifest directory
@@ -755,7 +784,8 @@ impl<A: NodeApi> Kubelet<A> {
     }
 
     /// Read-modify-write of the node's status; `f` gets the status and the formatted time.
-    async fn write_node_status(&self, mut f: impl FnMut(&mut Value, &str) + Send) {
+    /// Whether it was written.
+    async fn write_node_status(&self, mut f: impl FnMut(&mut Value, &str) + Send) -> bool {
         let now = meta::format_time(self.ctx.api.now());
         let result = self
             .ctx
@@ -769,16 +799,19 @@ impl<A: NodeApi> Kubelet<A> {
             })
             .await;
         match result {
-            Ok(_) => {}
+            Ok(_) => true,
             Err(e) if e.not_found() && self.up => {
-                // Someone deleted the Node: a running kubelet registers it again.
+                // Someone deleted the Node: a running kubelet registers it again (and owes
+                // the new object its status).
                 tracing::info!(node = self.node(), "node object gone, registering again");
                 if let Err(e) = register(&self.ctx.api, &self.ctx.spec, &self.ctx.host).await {
                     tracing::warn!(node = self.node(), error = %e, "registering the node failed");
                 }
+                false
             }
             Err(e) => {
-                tracing::warn!(node = self.node(), error = %e, "updating node status failed")
+                tracing::warn!(node = self.node(), error = %e, "updating node status failed");
+                false
             }
         }
     }
@@ -788,40 +821,44 @@ impl<A: NodeApi> Kubelet<A> {
     /// old readiness).
     async fn set_readiness(&mut self, readiness: Readiness, info: Option<Value>) {
         self.readiness = readiness;
-        self.last_report = Instant::now();
         if let Some(info) = info {
             self.info = info;
         }
         let info = self.info.clone();
         let store_now = self.ctx.api.now();
-        self.write_node_status(|status, now| {
-            status["nodeInfo"] = info.clone();
-            let (ready, reason, message) = readiness.condition();
-            objects::set_condition(
-                status,
-                "Ready",
-                ready,
-                Some(reason),
-                Some(message),
-                store_now,
-            );
-            for (kind, reason, message) in PRESSURE_CONDITIONS {
+        let written = self
+            .write_node_status(|status, now| {
+                status["nodeInfo"] = info.clone();
+                let (ready, reason, message) = readiness.condition();
                 objects::set_condition(
                     status,
-                    kind,
-                    "False",
+                    "Ready",
+                    ready,
                     Some(reason),
                     Some(message),
                     store_now,
                 );
-            }
-            stamp_heartbeats(status, now);
-        })
-        .await;
+                for (kind, reason, message) in PRESSURE_CONDITIONS {
+                    objects::set_condition(
+                        status,
+                        kind,
+                        "False",
+                        Some(reason),
+                        Some(message),
+                        store_now,
+                    );
+                }
+                stamp_heartbeats(status, now);
+            })
+            .await;
+        self.status_owed = !written;
+        if written {
+            self.last_report = Instant::now();
+        }
     }
 
     /// Renew the Lease, and write the node's status when the API shows another Ready status
-    /// than the kubelet reports or the report is due.
+    /// than the kubelet reports, a write failed, or the report is due.
     async fn heartbeat(&mut self) {
         let reported = self.readiness.condition().0;
         let shown = self.ctx.api.get(&self.node_key).await.ok().and_then(|n| {
@@ -831,6 +868,7 @@ impl<A: NodeApi> Kubelet<A> {
                 .map(|c| meta::str_at(c, "/status").to_string())
         });
         if shown.as_deref() != Some(reported)
+            || self.status_owed
             || self.last_report.elapsed() >= self.ctx.timings.node_status_report
         {
             self.set_readiness(self.readiness, None).await;
@@ -970,7 +1008,8 @@ impl<A: NodeApi> Kubelet<A> {
         }
     }
 
-    /// The pod's containers stopped: the kubelet removes it for good.
+    /// The pod's containers stopped: the kubelet removes it for good (retrying while the API
+    /// server does not take it).
     async fn pod_stopped(&mut self, key: &ResourceKey, uid: &str) {
         let opts = DeleteOptions {
             grace_period_seconds: Some(0),
@@ -984,7 +1023,12 @@ impl<A: NodeApi> Kubelet<A> {
             Ok(_) => {}
             Err(e) if e.not_found() || e.code == 409 => {}
             Err(e) => {
-                tracing::warn!(node = self.node(), pod = %key.name, error = %e, "removing pod failed")
+                // Tried again at the next pod sync: the pod is already tracked as stopping, so
+                // nothing else would ever finish it.
+                tracing::warn!(node = self.node(), pod = %key.name, error = %e, "removing pod failed");
+                let at = Instant::now() + self.ctx.timings.pod_sync;
+                let (key, uid) = (key.clone(), uid.to_string());
+                self.timers.add(at, Timer::PodStopped { key, uid });
             }
         }
     }
@@ -1136,6 +1180,8 @@ fn ready_status(pod: &mut Value, now: jiff::Timestamp) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apiserver::GroupResource;
+    use crate::cluster::node_api::CallError;
     use std::time::Duration;
 
     #[test]
@@ -1201,6 +1247,221 @@ mod tests {
             .cloned()
             .unwrap_or_default();
         assert_eq!(ready["lastTransitionTime"], meta::format_time(later));
+    }
+
+    /// The emulator's store behind an API server that can be away: every call fails with no
+    /// answer (code 0) while it is.
+    #[derive(Clone)]
+    struct Away {
+        store: Store,
+        away: Arc<std::sync::atomic::AtomicBool>,
+        refused: Arc<std::sync::atomic::AtomicUsize>,
+        refused_deletes: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Away {
+        fn check(&self) -> CallResult<()> {
+            if self.away.load(std::sync::atomic::Ordering::SeqCst) {
+                self.refused
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Err(CallError {
+                    code: 0,
+                    message: "connection refused".into(),
+                })
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl NodeApi for Away {
+        fn now(&self) -> jiff::Timestamp {
+            self.store.now()
+        }
+        async fn create(
+            &self,
+            resource: &GroupResource,
+            namespace: Option<&str>,
+            obj: Value,
+        ) -> CallResult<Arc<Value>> {
+            self.check()?;
+            NodeApi::create(&self.store, resource, namespace, obj).await
+        }
+        async fn get(&self, key: &ResourceKey) -> CallResult<Arc<Value>> {
+            self.check()?;
+            NodeApi::get(&self.store, key).await
+        }
+        async fn pods_on(&self, node: &str) -> CallResult<Vec<Arc<Value>>> {
+            self.check()?;
+            self.store.pods_on(node).await
+        }
+        async fn delete(&self, key: &ResourceKey, opts: &DeleteOptions) -> CallResult<()> {
+            self.check().inspect_err(|_| {
+                self.refused_deletes
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })?;
+            NodeApi::delete(&self.store, key, opts).await
+        }
+        async fn modify<F>(&self, key: &ResourceKey, part: Part, edit: F) -> CallResult<()>
+        where
+            F: FnMut(&mut Value) -> bool + Send,
+        {
+            self.check()?;
+            NodeApi::modify(&self.store, key, part, edit).await
+        }
+    }
+
+    fn boot_id(store: &Store, node: &str) -> String {
+        let node = store.get(&ResourceKey::new(nodes(), None, node));
+        node.map(|n| meta::str_at(&n, "/status/nodeInfo/bootID").to_string())
+            .unwrap_or_default()
+    }
+
+    /// The API server away when the kubelet has something to write. A pod whose containers
+    /// stopped while it is away is removed once it is back. A reboot while it is away: the
+    /// kubelet's writes after the boot fail, and the node and its pod still show Ready from
+    /// before, so only the failed writes say what is owed. Within a pod sync of the API
+    /// server's return, not a status report period later, the node shows the new boot id and
+    /// the pod its restart.
+    #[tokio::test]
+    async fn writes_refused_while_the_api_server_is_away_are_made_good() {
+        let store = Store::new();
+        let api = Away {
+            store: store.clone(),
+            away: Arc::default(),
+            refused: Arc::default(),
+            refused_deletes: Arc::default(),
+        };
+        let spec = crate::cluster::Scenario::generate(1, 7).nodes[0].clone();
+        let (host, commands) = SimHost::new(&spec.name, &spec.host);
+        register(&api, &spec, &host).await.unwrap();
+        let (faults, _) = watch::channel(Faults::default());
+        let timings = Timings {
+            reboot: Duration::from_millis(50),
+            node_ready: Duration::from_millis(10),
+            heartbeat: Duration::from_secs(600),
+            node_status_report: Duration::from_secs(600),
+            pod_sync: Duration::from_millis(100),
+            ..Timings::for_real_control_plane(Duration::from_secs(40))
+        };
+        let cancel = CancellationToken::new();
+        let ctx = KubeletContext {
+            api: api.clone(),
+            spec: spec.clone(),
+            host: host.clone(),
+            timings,
+            faults: faults.subscribe(),
+            cancel: cancel.clone(),
+        };
+        let (updates, rx) = mpsc::unbounded_channel();
+        let kubelet = tokio::spawn(run(ctx, commands, rx));
+        let before = boot_id(&store, &spec.name);
+        assert!(!before.is_empty());
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"nodeName": spec.name, "containers": [{"name": "c", "image": "i"}]},
+        });
+        store.create(&pods(), Some("default"), pod).unwrap();
+        let pod_key = ResourceKey::new(pods(), Some("default"), "web");
+        let restarts_of = |key: &ResourceKey| {
+            let pod = store.get(key).unwrap();
+            let restarts = pod.pointer("/status/containerStatuses/0/restartCount");
+            (meta::pod_ready(&pod), restarts.and_then(Value::as_i64))
+        };
+        let restarts = || restarts_of(&pod_key);
+        let db = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "db", "namespace": "default"},
+            "spec": {"nodeName": spec.name, "terminationGracePeriodSeconds": 30,
+                     "containers": [{"name": "c", "image": "i"}]},
+        });
+        store.create(&pods(), Some("default"), db).unwrap();
+        let db_key = ResourceKey::new(pods(), Some("default"), "db");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while restarts() != (true, Some(0)) || restarts_of(&db_key) != (true, Some(0)) {
+            assert!(
+                Instant::now() < deadline,
+                "the pods never ran: {:?}",
+                restarts()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        // The kubelet learns of the deletion, then the API server goes away before the
+        // containers stop (300 ms).
+        store
+            .delete(
+                &db_key,
+                &DeleteOptions {
+                    grace_period_seconds: Some(30),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        api.away.store(true, std::sync::atomic::Ordering::SeqCst);
+        updates
+            .send(PodUpdate::Present(store.get(&db_key).unwrap()))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while api
+            .refused_deletes
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the kubelet never removed the pod"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        api.away.store(false, std::sync::atomic::Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.get(&db_key).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "the stopped pod was never removed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let refused_before = api.refused.load(std::sync::atomic::Ordering::SeqCst);
+
+        api.away.store(true, std::sync::atomic::Ordering::SeqCst);
+        host.send(KubeletCommand::Reboot).unwrap();
+        let mut power = host.power();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            power.wait_for(|p| matches!(p, PowerState::Up { boot_id } if *boot_id != before)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        // The kubelet's calls after the boot were refused for a while: its status writes
+        // (NotReady, then Ready 10 ms later) and several pod syncs.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while api.refused.load(std::sync::atomic::Ordering::SeqCst) < refused_before + 12 {
+            assert!(
+                Instant::now() < deadline,
+                "the kubelet wrote nothing after the boot"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(boot_id(&store, &spec.name), before);
+
+        assert_eq!(restarts(), (true, Some(0)));
+
+        api.away.store(false, std::sync::atomic::Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while boot_id(&store, &spec.name) == before || restarts() != (true, Some(1)) {
+            assert!(
+                Instant::now() < deadline,
+                "the new boot id and the pod's restart were never written: {:?}",
+                restarts()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cancel.cancel();
+        kubelet.await.unwrap();
     }
 
     #[test]

@@ -31,9 +31,22 @@ pub enum PolicyChoice {
     Kured,
 }
 
+/// Which API server the demo runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ControlPlaneChoice {
+    /// The embedded emulator (in this process, nothing to build).
+    Emulated,
+    /// A real kube-apiserver, etcd, controller-manager and scheduler, built from Go modules
+    /// by `tests/control-plane/build.sh` (rota only; no faults, no comparison).
+    Real,
+}
+
 /// Flags of `rota-sim demo`.
 #[derive(Clone, Debug, Args)]
 pub struct DemoArgs {
+    /// The API server to run against.
+    #[clap(long, env = "ROTA_DEMO_CONTROL_PLANE", value_enum, default_value_t = ControlPlaneChoice::Emulated)]
+    pub control_plane: ControlPlaneChoice,
     /// Nodes of the generated cluster (3 control-plane nodes from 6 on, 3 zones).
     #[clap(long, env = "ROTA_DEMO_NODES", default_value_t = 24)]
     pub nodes: usize,
@@ -94,7 +107,8 @@ pub struct DemoArgs {
 }
 
 impl DemoArgs {
-    fn windows(&self) -> Result<Vec<MaintenanceWindow>> {
+    /// The `--window` flags as the policy's maintenance windows.
+    pub(crate) fn windows(&self) -> Result<Vec<MaintenanceWindow>> {
         self.windows
             .iter()
             .map(|w| {
@@ -225,6 +239,9 @@ pub fn exit_code(reports: &[&Report]) -> u8 {
 
 /// `rota-sim demo`.
 pub async fn run(args: DemoArgs) -> Result<u8> {
+    if args.control_plane == ControlPlaneChoice::Real {
+        return crate::real::demo::run(&args).await;
+    }
     if args.compare {
         let rota = run_one(&args, PolicyChoice::Rota).await?;
         println!("{}", rota.render());

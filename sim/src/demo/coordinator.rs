@@ -138,7 +138,8 @@ impl Routes {
 struct ReplicaContext {
     index: usize,
     generation: u64,
-    api_url: String,
+    /// How the replica reaches the API server (and as whom).
+    kube: kube::Config,
     options: CoordinatorOptions,
     routes: watch::Sender<Routes>,
 }
@@ -205,12 +206,8 @@ fn config(ctx: &ReplicaContext) -> Result<Config> {
 /// Runs one replica, built as the `rota-coordinator` binary builds it, until it fails (the
 /// process is normally killed, never stopped).
 async fn run_replica(ctx: ReplicaContext) -> Result<()> {
-    let url = ctx
-        .api_url
-        .parse()
-        .map_err(|e| Error::Invalid(format!("API server URL {}: {e}", ctx.api_url)))?;
     let replica = replica::Replica::builder(config(&ctx)?)
-        .kube_config(kube::Config::new(url))
+        .kube_config(ctx.kube.clone())
         .start()
         .await?;
     let addrs = ReplicaAddrs {
@@ -253,24 +250,53 @@ async fn run_replica(ctx: ReplicaContext) -> Result<()> {
 /// The harness's handle on one replica's supervisor.
 pub(crate) type Replica = Supervisor;
 
-/// Starts the supervisor of replica `index`, which starts the replica at once.
-pub(crate) fn start_replica(
-    index: usize,
-    api_url: String,
-    options: CoordinatorOptions,
-    routes: watch::Sender<Routes>,
-    cancel: CancellationToken,
-) -> (Replica, tokio::task::JoinHandle<()>) {
-    let (replica, rx) = Supervisor::channel();
-    let ctx = ReplicaContext {
-        index,
-        generation: 0,
-        api_url,
-        options,
+/// The coordinator's replicas of a simulation, each supervised, and the Service in front of
+/// them.
+pub(crate) struct Replicas {
+    /// Where the agents connect: the Service.
+    pub(crate) service: SocketAddr,
+    /// Where each replica listens, and which leads.
+    pub(crate) routes: watch::Receiver<Routes>,
+    /// The supervisors, by index.
+    pub(crate) replicas: Vec<Replica>,
+    /// The Service's and the supervisors' tasks.
+    pub(crate) tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts `options.replicas` replicas (at least one) reaching the API server through `kube`,
+/// and their Service, until `cancel`.
+pub(crate) async fn start_replicas(
+    kube: kube::Config,
+    options: &CoordinatorOptions,
+    cancel: &CancellationToken,
+) -> Result<Replicas> {
+    let (routes_tx, routes) = watch::channel(Routes::default());
+    let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+    let service = listener.local_addr()?;
+    let mut tasks = vec![tokio::spawn(serve_proxy(
+        listener,
+        routes.clone(),
+        cancel.clone(),
+    ))];
+    let mut replicas = Vec::new();
+    for index in 0..options.replicas.max(1) {
+        let (replica, rx) = Supervisor::channel();
+        let ctx = ReplicaContext {
+            index,
+            generation: 0,
+            kube: kube.clone(),
+            options: options.clone(),
+            routes: routes_tx.clone(),
+        };
+        tasks.push(tokio::spawn(supervise(ctx, rx, cancel.clone())));
+        replicas.push(replica);
+    }
+    Ok(Replicas {
+        service,
         routes,
-    };
-    let task = tokio::spawn(supervise(ctx, rx, cancel));
-    (replica, task)
+        replicas,
+        tasks,
+    })
 }
 
 async fn supervise(
@@ -356,6 +382,68 @@ async fn supervise(
     }
 }
 
+/// The coordinator's Service in front of replicas that run elsewhere (the `rota-coordinator`
+/// binary as processes, against a real API server): the caller says where each replica listens
+/// and whether it passes `/readyz` (leads), as the endpoints controller does from readiness
+/// probes, and connections are routed as for the simulation's own replicas. Stops when dropped.
+pub struct Service {
+    routes: watch::Sender<Routes>,
+    addr: SocketAddr,
+    cancel: CancellationToken,
+}
+
+impl Service {
+    /// Listens on a free loopback port; no endpoints yet (connections are refused).
+    pub async fn start() -> Result<Service> {
+        let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let (routes, rx) = watch::channel(Routes::default());
+        let cancel = CancellationToken::new();
+        tokio::spawn(serve_proxy(listener, rx, cancel.clone()));
+        Ok(Service {
+            routes,
+            addr,
+            cancel,
+        })
+    }
+
+    /// Where the agents connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Replica `index`, in its `generation` (a new one each time it starts), listens at
+    /// `addrs` and leads or not; `None` when it does not answer at all, which ends its
+    /// connections. A replica that stops leading while another leads loses its connections too.
+    pub fn set_endpoint(&self, index: usize, endpoint: Option<(u64, ReplicaAddrs, bool)>) {
+        self.routes.send_if_modified(|r| {
+            let before = r.backends.get(&index).copied();
+            match endpoint {
+                Some((generation, addrs, leader)) => {
+                    r.backends.insert(
+                        index,
+                        Backend {
+                            generation,
+                            addrs,
+                            leader,
+                        },
+                    );
+                }
+                None => {
+                    r.backends.remove(&index);
+                }
+            }
+            r.backends.get(&index).copied() != before
+        });
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
 /// Accepts the agents' connections on `listener` and forwards each to a replica as
 /// [`Routes`] say (see the module docs), until `cancel`.
 pub(crate) async fn serve_proxy(
@@ -432,7 +520,7 @@ mod tests {
         let ctx = |index| ReplicaContext {
             index,
             generation: 1,
-            api_url: "http://127.0.0.1:1".into(),
+            kube: kube::Config::new("http://127.0.0.1:1".parse().unwrap()),
             options: options.clone(),
             routes: routes.clone(),
         };

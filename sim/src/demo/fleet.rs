@@ -40,7 +40,6 @@ use rota_core::policy::{MaintenancePolicy, MaintenancePolicySpec, Selector};
 use rota_core::slots::persist::{REQUEST_ANNOTATION, SLOT_ANNOTATION};
 use rota_monitor::{Monitor, MonitorConfig, PoolConfig, Verdict};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -509,27 +508,17 @@ impl Fleet {
         }
 
         let api_url = self.api_url()?;
-        let (routes_tx, routes) = watch::channel(Routes::default());
-        self.routes = routes.clone();
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-        let service = listener.local_addr()?;
+        let url = api_url
+            .parse()
+            .map_err(|e| Error::Invalid(format!("API server URL {api_url}: {e}")))?;
+        let started =
+            coordinator::start_replicas(kube::Config::new(url), &coordinators, &self.cancel)
+                .await?;
+        let service = started.service;
         self.service = Some(service);
-        self.tasks.push(tokio::spawn(coordinator::serve_proxy(
-            listener,
-            routes,
-            self.cancel.clone(),
-        )));
-        for index in 0..coordinators.replicas.max(1) {
-            let (replica, task) = coordinator::start_replica(
-                index,
-                api_url.clone(),
-                coordinators.clone(),
-                routes_tx.clone(),
-                self.cancel.clone(),
-            );
-            self.replicas.push(replica);
-            self.tasks.push(task);
-        }
+        self.routes = started.routes;
+        self.replicas = started.replicas;
+        self.tasks.extend(started.tasks);
         // The agents' DaemonSet goes in once a coordinator leads (deployed in that order, the
         // agents do not start by retrying against nobody).
         let mut leading = self.routes.clone();

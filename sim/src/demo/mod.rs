@@ -14,7 +14,7 @@
 pub mod bound;
 pub mod campaign;
 pub mod cli;
-mod coordinator;
+pub(crate) mod coordinator;
 pub mod fleet;
 pub mod kured;
 mod nodes;
@@ -24,7 +24,9 @@ mod record;
 mod remote;
 pub mod report;
 
-pub use coordinator::{AGENT_SERVICE_ACCOUNT, CoordinatorOptions, ReplicaAddrs, SYSTEM_NAMESPACE};
+pub use coordinator::{
+    AGENT_SERVICE_ACCOUNT, CoordinatorOptions, ReplicaAddrs, SYSTEM_NAMESPACE, Service,
+};
 pub use fleet::{
     Fleet, FleetOptions, POLICY_NAME, Scheduler, demo_policy, remove_blocked_workload, slot_phase,
 };
@@ -67,6 +69,9 @@ pub enum Error {
     /// The fleet (or the part asked for) is shut down.
     #[error("the fleet is shut down")]
     Stopped,
+    /// A step on the real control plane failed.
+    #[error(transparent)]
+    Real(#[from] crate::real::rollout::Error),
 }
 
 /// The result type of the demo.
