@@ -29,8 +29,8 @@ use kube::ResourceExt;
 use rota_monitor::TimelineEntry;
 use rota_tests::control_plane::eventually;
 use rota_tests::real_rollout::{
-    RealRollout, SLOT_ANNOTATION, Setup, assert_each_node_maintained_once, assert_never_refused,
-    assert_safe,
+    RealRollout, SLOT_ANNOTATION, Setup, assert_each_node_maintained_once,
+    assert_never_refused_but_during, assert_safe,
 };
 use rota_tests::shipped::readyz;
 
@@ -116,8 +116,10 @@ async fn the_shipped_rota_survives_an_api_server_restart_and_its_leaders_death()
     verdict.lost_track = false;
     assert_safe(&verdict, MAX_UNAVAILABLE as usize);
     assert_each_node_maintained_once(&verdict, &agents, NODES);
-    assert_never_refused(&rollout.coordinator);
-    assert_never_refused(rollout.standby.as_ref().unwrap());
+    // Nor were the coordinators refused a call, but by the restarted API server before its
+    // RBAC authorizer's caches filled (403 to everyone, whatever the roles say).
+    assert_never_refused_but_during(&rollout.coordinator, Some(&excused));
+    assert_never_refused_but_during(rollout.standby.as_ref().unwrap(), Some(&excused));
     agents.shutdown().await;
     rollout.nodes.shutdown().await;
 }

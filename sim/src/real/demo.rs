@@ -223,3 +223,70 @@ fn exit_code(verdict: &Verdict, max_unavailable: u32, unfinished: Option<&Vec<St
         0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    #[test]
+    fn the_exit_status_follows_the_monitor() {
+        let clean = Verdict::default();
+        assert_eq!(exit_code(&clean, 3, None), 0);
+        assert_eq!(exit_code(&clean, 3, Some(&vec!["a".into()])), 2);
+        let lost = Verdict {
+            lost_track: true,
+            ..Verdict::default()
+        };
+        assert_eq!(exit_code(&lost, 3, None), 1);
+        let peak = |count| rota_monitor::Peak {
+            count,
+            ..rota_monitor::Peak::default()
+        };
+        let too_many = Verdict {
+            max_unavailable: rota_monitor::MaxUnavailable {
+                overall: peak(4),
+                ..Default::default()
+            },
+            ..Verdict::default()
+        };
+        assert_eq!(exit_code(&too_many, 3, None), 1);
+        assert_eq!(exit_code(&too_many, 4, None), 0);
+        let control_plane = Verdict {
+            max_unavailable: rota_monitor::MaxUnavailable {
+                control_plane: peak(2),
+                ..Default::default()
+            },
+            ..Verdict::default()
+        };
+        assert_eq!(exit_code(&control_plane, 3, Some(&Vec::new())), 1);
+    }
+
+    #[test]
+    fn progress_names_the_nodes_in_maintenance() {
+        let node = |name: &str, slot: Option<&str>| Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                annotations: slot.map(|s| [(SLOT_ANNOTATION.to_owned(), s.to_owned())].into()),
+                ..ObjectMeta::default()
+            },
+            ..Node::default()
+        };
+        let nodes = [
+            node("a", None),
+            node("b", Some(r#"{"token":1,"phase":"draining"}"#)),
+            node("c", Some("not json")),
+            node("d", None),
+        ];
+        let reboots = [("a".to_owned(), 1)].into();
+        let except = ["d".to_owned()].into();
+        assert_eq!(
+            progress_line(&nodes, &reboots, &except, 2),
+            "done 1/3, rebooted 1; in maintenance: b draining"
+        );
+        assert_eq!(
+            progress_line(&nodes[..1], &BTreeMap::new(), &BTreeSet::new(), 1),
+            "done 0/1, rebooted 0; in maintenance: -"
+        );
+    }
+}
