@@ -414,6 +414,10 @@ pub(crate) async fn route_pods(
 #[derive(Default)]
 struct Tracked {
     stopping: bool,
+    /// Its containers stopped and the kubelet asked the API to remove it: while the pod is
+    /// still listed, every pod sync asks again, as a real kubelet's status manager does until
+    /// the object is gone (an answer may be lost, or a conflict, across an API server restart).
+    stopped: bool,
 }
 
 struct Kubelet<A> {
@@ -905,6 +909,10 @@ impl<A: NodeApi> Kubelet<A> {
         let key = ResourceKey::for_object(pods(), pod);
         if meta::is_terminating(pod) {
             let tracked = self.pods.entry(uid.clone()).or_default();
+            if tracked.stopped {
+                self.pod_stopped(&key, &uid).await;
+                return;
+            }
             if !tracked.stopping {
                 tracked.stopping = true;
                 let grace = pod
@@ -1011,6 +1019,9 @@ impl<A: NodeApi> Kubelet<A> {
     /// The pod's containers stopped: the kubelet removes it for good (retrying while the API
     /// server does not take it).
     async fn pod_stopped(&mut self, key: &ResourceKey, uid: &str) {
+        if let Some(tracked) = self.pods.get_mut(uid) {
+            tracked.stopped = true;
+        }
         let opts = DeleteOptions {
             grace_period_seconds: Some(0),
             preconditions: Preconditions {
