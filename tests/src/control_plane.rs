@@ -28,21 +28,16 @@ pub fn binaries_for_test() -> Option<Binaries> {
 /// How long [`eventually`] waits for one condition.
 pub const EVENTUALLY: Duration = Duration::from_secs(60);
 
-/// Polls `check` every 200 ms until it returns `Some`; panics with `what` after
-/// [`EVENTUALLY`]. For tests: state in the real API server, read with its clients.
+/// Polls `check` every 200 ms until it returns `Some` ([`rota_sim::real::rollout::poll`]);
+/// panics with `what` after [`EVENTUALLY`]. For tests: state in the real API server, read with
+/// its clients.
 #[allow(clippy::panic)]
 pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
-    mut check: impl FnMut() -> F,
+    check: impl FnMut() -> F,
 ) -> T {
-    let deadline = tokio::time::Instant::now() + EVENTUALLY;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!("timed out after {EVENTUALLY:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    match rota_sim::real::rollout::poll(what, EVENTUALLY, check).await {
+        Ok(value) => value,
+        Err(e) => panic!("{e}"),
     }
 }

@@ -1034,12 +1034,8 @@ impl<A: NodeApi> Kubelet<A> {
             Ok(_) => {}
             Err(e) if e.not_found() || e.code == 409 => {}
             Err(e) => {
-                // Tried again at the next pod sync: the pod is already tracked as stopping, so
-                // nothing else would ever finish it.
-                tracing::warn!(node = self.node(), pod = %key.name, error = %e, "removing pod failed");
-                let at = Instant::now() + self.ctx.timings.pod_sync;
-                let (key, uid) = (key.clone(), uid.to_string());
-                self.timers.add(at, Timer::PodStopped { key, uid });
+                // Asked again at the next pod sync (see `Tracked::stopped`).
+                tracing::warn!(node = self.node(), pod = %key.name, error = %e, "removing pod failed")
             }
         }
     }
