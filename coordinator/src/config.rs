@@ -9,6 +9,7 @@ use clap::{Args, Parser};
 
 use crate::auth::{AgentIdentity, CacheConfig, RateLimit};
 use crate::controller::Settings;
+use crate::fleetlock::FleetLockArgs;
 use crate::grpc::EdgeLimits;
 use crate::kube_client::ConfigSource;
 use crate::leader::ElectionConfig;
@@ -40,6 +41,9 @@ pub struct Config {
     /// TLS of the agents' gRPC server.
     #[clap(flatten)]
     pub tls: TlsOptions,
+    /// The FleetLock endpoint (Zincati and other FleetLock clients).
+    #[clap(flatten)]
+    pub fleetlock: FleetLockArgs,
     /// The controller.
     #[clap(flatten)]
     pub controller: ControllerArgs,

@@ -21,7 +21,7 @@ use rota_core::slots::{self, Completion, Release, SlotView};
 /// and reach the leader through the Service (which routes by `/readyz`).
 #[derive(Clone, Default)]
 pub struct CoreGate {
-    current: Arc<RwLock<Option<Arc<dyn DynCore>>>>,
+    current: Slot<dyn DynCore>,
 }
 
 impl std::fmt::Debug for CoreGate {
@@ -32,20 +32,64 @@ impl std::fmt::Debug for CoreGate {
     }
 }
 
-/// Removes the installed core when dropped (leader-only work ended).
-#[derive(Debug)]
-#[must_use = "the core is removed when the guard is dropped"]
+/// What the leader installs for its term: empty until then, and again once the [`Installed`]
+/// guard is dropped. Clones share it.
+pub struct Slot<T: ?Sized> {
+    current: Arc<RwLock<Option<Arc<T>>>>,
+}
+
+impl<T: ?Sized> Clone for Slot<T> {
+    fn clone(&self) -> Self {
+        Slot {
+            current: self.current.clone(),
+        }
+    }
+}
+
+impl<T: ?Sized> Default for Slot<T> {
+    fn default() -> Self {
+        Slot {
+            current: Arc::new(RwLock::new(None)),
+        }
+    }
+}
+
+impl<T: ?Sized + Send + Sync + 'static> Slot<T> {
+    /// Holds `value` until the returned guard is dropped.
+    pub fn install(&self, value: Arc<T>) -> Installed {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(value);
+        let current = self.current.clone();
+        Installed {
+            empty: Box::new(move || {
+                *current.write().unwrap_or_else(PoisonError::into_inner) = None;
+            }),
+        }
+    }
+
+    /// What is installed now.
+    pub fn get(&self) -> Option<Arc<T>> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Empties its [`Slot`] when dropped (leader-only work ended).
+#[must_use = "the slot is emptied when the guard is dropped"]
 pub struct Installed {
-    gate: CoreGate,
+    empty: Box<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for Installed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Installed").finish_non_exhaustive()
+    }
 }
 
 impl Drop for Installed {
     fn drop(&mut self) {
-        *self
-            .gate
-            .current
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = None;
+        (self.empty)();
     }
 }
 
@@ -57,24 +101,17 @@ impl CoreGate {
 
     /// Routes the agents' calls to `core` until the returned guard is dropped.
     pub fn install<C: AgentCore>(&self, core: Arc<C>) -> Installed {
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(core);
-        Installed { gate: self.clone() }
+        let core: Arc<dyn DynCore> = core;
+        self.current.install(core)
     }
 
     /// Whether a core is installed.
     pub fn is_open(&self) -> bool {
-        self.current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
+        self.current.get().is_some()
     }
 
     fn core(&self) -> slots::Result<Arc<dyn DynCore>> {
-        self.current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .ok_or(slots::Error::NotLeading)
+        self.current.get().ok_or(slots::Error::NotLeading)
     }
 }
 

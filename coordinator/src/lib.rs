@@ -8,6 +8,7 @@ pub mod controller;
 pub mod core_gate;
 pub mod drain;
 pub mod events;
+pub mod fleetlock;
 pub mod grpc;
 pub mod handover;
 pub mod http;

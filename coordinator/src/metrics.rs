@@ -20,6 +20,7 @@
 //! | `rota_grpc_requests_total` | counter | method, code | agents' gRPC calls by method and final status code |
 //! | `rota_grpc_request_duration_seconds` | histogram | method | duration of a call until its final status (for the `WatchSlot` stream: its lifetime) |
 //! | `rota_ledger_mismatches_total` | counter | reason | nodes whose `rota.dev/` slot annotations disagreed with their ledger object when the leader loaded the ledger, and were not adopted but repaired: `differs` (forged, replayed or stale), and in the one-time migration from annotations `unreadable`, `not_issued` (a token above the fencing counter), `reused` (a token named by two nodes) |
+//! | `rota_fleetlock_requests_total` | counter | endpoint, group, result | FleetLock requests (`pre-reboot`, `steady-state`) by result: `ok` or the protocol error kind; `group` is empty until the caller proved it belongs to a configured group |
 //! | `rota_grpc_auth_refusals_total` | counter | reason | calls and connections the gRPC edge refused before any handler ran: `unauthenticated` (bad, unknown or foreign credential), `throttled` (too many new tokens to review), `unavailable` (the TokenReview API failed), `busy` (over the concurrent-call limit), `connections` (over the connection cap) |
 
 use std::pin::Pin;
@@ -122,6 +123,15 @@ struct Families {
     grpc_duration: HistogramFamily<MethodLabels>,
     grpc_refusals: Family<ReasonLabels, Counter>,
     ledger_mismatches: Family<ReasonLabels, Counter>,
+    fleetlock_requests: Family<FleetLockLabels, Counter>,
+}
+
+/// Labels of FleetLock requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FleetLockLabels {
+    endpoint: &'static str,
+    group: String,
+    result: &'static str,
 }
 
 /// The coordinator's metrics; clones share them. Every setter is cheap and never fails.
@@ -240,6 +250,12 @@ impl Metrics {
             "Nodes whose slot annotations disagreed with their ledger object on load (not adopted, repaired), by reason",
             ledger_mismatches.clone(),
         );
+        let fleetlock_requests = Family::<FleetLockLabels, Counter>::default();
+        registry.register(
+            "fleetlock_requests",
+            "FleetLock requests by endpoint, group and result (ok or the protocol error kind)",
+            fleetlock_requests.clone(),
+        );
         Metrics {
             inner: Arc::new(Families {
                 registry,
@@ -259,6 +275,7 @@ impl Metrics {
                 grpc_duration,
                 grpc_refusals,
                 ledger_mismatches,
+                fleetlock_requests,
             }),
         }
     }
@@ -382,6 +399,20 @@ impl Metrics {
         self.inner
             .ledger_mismatches
             .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// A FleetLock request to `endpoint` ended with `result` (`ok` or a protocol error kind);
+    /// `group` only once the caller proved it belongs to it (else empty), so that callers
+    /// cannot grow the label set.
+    pub fn fleetlock_request(&self, endpoint: &'static str, group: &str, result: &'static str) {
+        self.inner
+            .fleetlock_requests
+            .get_or_create(&FleetLockLabels {
+                endpoint,
+                group: group.to_owned(),
+                result,
+            })
             .inc();
     }
 

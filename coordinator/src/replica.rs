@@ -39,6 +39,7 @@ use crate::config::Config;
 use crate::controller::Coordinator;
 use crate::core_gate::CoreGate;
 use crate::events::EventSink;
+use crate::fleetlock;
 use crate::grpc::{AgentGrpc, Authenticator, EdgeLimits, edge};
 use crate::handover::{self, Handover};
 use crate::http::{self, Readiness};
@@ -60,7 +61,7 @@ pub enum Error {
     /// A listen address could not be bound (or read back).
     #[error("binding the {what} address {addr}")]
     Bind {
-        /// `HTTP` or `gRPC`.
+        /// `HTTP`, `gRPC` or `FleetLock`.
         what: &'static str,
         /// The address asked for.
         addr: String,
@@ -247,6 +248,45 @@ impl ReplicaBuilder {
                 () = stopped.cancelled() => ("agent pod watch", Ok(())),
             }
         });
+        let fleetlock = fleetlock::Gate::default();
+        let fleetlock_addr = match (
+            &config.fleetlock.fleetlock_addr,
+            &config.fleetlock.fleetlock_tokens_dir,
+        ) {
+            (Some(addr), Some(tokens)) => {
+                let listener = bind("FleetLock", None, *addr).await?;
+                let addr = local_addr("FleetLock", &listener)?;
+                let router = fleetlock::router(
+                    fleetlock.clone(),
+                    fleetlock::Tokens::new(tokens),
+                    metrics.clone(),
+                );
+                let stopped = stop.clone().cancelled_owned();
+                let tls = server_tls
+                    .clone()
+                    .filter(|_| !config.fleetlock.fleetlock_insecure_plaintext);
+                match tls {
+                    Some(tls) => {
+                        let incoming = Box::pin(tls.incoming_http1(listener));
+                        tasks.spawn(async move {
+                            let served =
+                                fleetlock::serve_incoming(incoming, addr, router, stopped).await;
+                            ("FleetLock server", served.map_err(BoxError::from))
+                        });
+                    }
+                    None => {
+                        tracing::warn!(%addr, "serving FleetLock WITHOUT TLS: tokens travel in clear text");
+                        tasks.spawn(async move {
+                            let served = fleetlock::serve(listener, router, stopped).await;
+                            ("FleetLock server", served.map_err(BoxError::from))
+                        });
+                    }
+                }
+                tracing::info!(%addr, "serving FleetLock");
+                Some(addr)
+            }
+            _ => None,
+        };
         serve_grpc(
             &mut tasks,
             server_tls,
@@ -281,7 +321,8 @@ impl ReplicaBuilder {
             agents,
         )
         .with_readiness(readiness)
-        .with_notifier(notifier);
+        .with_notifier(notifier)
+        .with_fleetlock(fleetlock);
         let stopped = stop.clone();
         tasks.spawn(async move {
             let ran = controller.run(stopped).await;
@@ -292,6 +333,7 @@ impl ReplicaBuilder {
             leadership,
             grpc_addr,
             http_addr,
+            fleetlock_addr,
             tasks,
             stop,
             grace: config.shutdown.shutdown_grace,
@@ -304,6 +346,7 @@ pub struct Replica {
     leadership: Leadership,
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
+    fleetlock_addr: Option<SocketAddr>,
     tasks: JoinSet<Outcome>,
     stop: CancellationToken,
     grace: Duration,
@@ -338,6 +381,11 @@ impl Replica {
     /// The address of the metrics and probes server.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The address of the FleetLock endpoint, when it is served (`--fleetlock-addr`).
+    pub fn fleetlock_addr(&self) -> Option<SocketAddr> {
+        self.fleetlock_addr
     }
 
     /// Supervises the replica's tasks until it is stopped: `Ok` once every task ended after

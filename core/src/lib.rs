@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod controller;
 pub mod drain;
 pub mod election;
+pub mod fleetlock;
 pub mod model;
 pub mod node;
 pub mod policy;

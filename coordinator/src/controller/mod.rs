@@ -40,6 +40,7 @@ use tracing::{info, warn};
 use crate::blockers::AlertSettings;
 use crate::core_gate::CoreGate;
 use crate::events::EventSink;
+use crate::fleetlock;
 use crate::http::Readiness;
 use crate::kube_client::Clients;
 use crate::leader::{Leadership, NotLeading};
@@ -121,6 +122,7 @@ pub struct Coordinator {
     metrics: Metrics,
     leadership: Leadership,
     agents: CoreGate,
+    fleetlock: fleetlock::Gate,
     readiness: Option<Readiness>,
     notifier: Notifier,
     clock: Arc<dyn Clock>,
@@ -163,6 +165,7 @@ impl Coordinator {
             metrics,
             leadership,
             agents,
+            fleetlock: fleetlock::Gate::default(),
             readiness: None,
             notifier: Notifier::disabled(),
             clock: Arc::new(SystemClock),
@@ -179,6 +182,12 @@ impl Coordinator {
     /// pools.
     pub fn with_notifier(mut self, notifier: Notifier) -> Self {
         self.notifier = notifier;
+        self
+    }
+
+    /// Answers FleetLock clients through `gate` while this replica leads.
+    pub fn with_fleetlock(mut self, gate: fleetlock::Gate) -> Self {
+        self.fleetlock = gate;
         self
     }
 
@@ -276,6 +285,11 @@ impl Coordinator {
         };
         let service = Arc::new(service);
         let _installed = self.agents.install(service.clone());
+        let _fleetlock = self.fleetlock.install(Arc::new(fleetlock::Backend::new(
+            service.clone(),
+            cache.clone(),
+            self.clock.clone(),
+        )));
         let mut term = term::Term::new(self, cache, gate, service);
         term.run(slot_events, shutdown).await
     }

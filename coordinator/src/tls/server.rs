@@ -217,17 +217,42 @@ impl ServerTls {
         &self,
         listener: TcpListener,
     ) -> impl Stream<Item = std::io::Result<TlsStream<TcpStream>>> + Send + 'static {
+        self.incoming_for(listener, None)
+    }
+
+    /// [`ServerTls::incoming`] for an HTTP/1.1 server (the FleetLock endpoint): the same
+    /// certificate, offering `http/1.1` instead of gRPC's `h2` in ALPN.
+    pub fn incoming_http1(
+        &self,
+        listener: TcpListener,
+    ) -> impl Stream<Item = std::io::Result<TlsStream<TcpStream>>> + Send + 'static {
+        self.incoming_for(listener, Some(b"http/1.1".to_vec()))
+    }
+
+    fn incoming_for(
+        &self,
+        listener: TcpListener,
+        alpn: Option<Vec<u8>>,
+    ) -> impl Stream<Item = std::io::Result<TlsStream<TcpStream>>> + Send + 'static {
         let tls = self.clone();
         let handshakes = JoinSet::new();
         futures::stream::unfold(
-            (listener, handshakes, tls),
-            |(listener, mut handshakes, tls)| async move {
+            (listener, handshakes, tls, alpn),
+            |(listener, mut handshakes, tls, alpn)| async move {
                 loop {
                     tokio::select! {
                         accepted = listener.accept(), if handshakes.len() < MAX_PENDING_HANDSHAKES => {
                             match accepted {
                                 Ok((tcp, peer)) => {
-                                    let acceptor = TlsAcceptor::from(tls.config());
+                                    let config = match &alpn {
+                                        Some(protocol) => {
+                                            let mut config = (*tls.config()).clone();
+                                            config.alpn_protocols = vec![protocol.clone()];
+                                            Arc::new(config)
+                                        }
+                                        None => tls.config(),
+                                    };
+                                    let acceptor = TlsAcceptor::from(config);
                                     handshakes.spawn(handshake(acceptor, tcp, peer));
                                 }
                                 Err(e) => accept_failed(e).await,
@@ -235,7 +260,7 @@ impl ServerTls {
                         }
                         Some(done) = handshakes.join_next(), if !handshakes.is_empty() => {
                             if let Ok(Some(stream)) = done {
-                                return Some((Ok(stream), (listener, handshakes, tls)));
+                                return Some((Ok(stream), (listener, handshakes, tls, alpn)));
                             }
                         }
                     }

@@ -29,6 +29,8 @@ pub enum Origin {
     Manual,
     /// The node's agent, from what it detected.
     Agent,
+    /// A FleetLock client (Zincati) asking to reboot its host (`POST /v1/pre-reboot`).
+    FleetLock,
 }
 
 /// A queued request for a slot.

@@ -321,10 +321,10 @@ impl Ledger {
             Some(Holding::Queued(queued)) => {
                 let current = &queued.request;
                 let same_operation = current.operation == operation;
-                if same_operation && (current.origin == origin || origin == Origin::Agent) {
+                if same_operation && (current.origin == origin || origin != Origin::Manual) {
                     return Ok(None);
                 }
-                if !same_operation && current.origin == Origin::Manual && origin == Origin::Agent {
+                if !same_operation && current.origin == Origin::Manual && origin != Origin::Manual {
                     return Err(LedgerError::ManualRequestQueued {
                         node: node.to_owned(),
                         queued: current.operation.name(),
@@ -1099,6 +1099,7 @@ fn origin_name(origin: Origin) -> &'static str {
     match origin {
         Origin::Manual => "manual",
         Origin::Agent => "agent",
+        Origin::FleetLock => "FleetLock client",
     }
 }
 

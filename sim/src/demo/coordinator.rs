@@ -58,6 +58,9 @@ pub struct CoordinatorOptions {
     /// while its node is cordoned. A replica past the end runs on no known node and keeps
     /// the Lease (the default: the demo's replicas run outside the simulated cluster).
     pub nodes: Vec<String>,
+    /// Serve FleetLock (`--fleetlock-addr`) with the group tokens in this directory
+    /// (`--fleetlock-tokens-dir`); over TLS when `tls` is on.
+    pub fleetlock_tokens: Option<std::path::PathBuf>,
 }
 
 impl Default for CoordinatorOptions {
@@ -74,6 +77,7 @@ impl Default for CoordinatorOptions {
             lease_ttl: SignedDuration::from_secs(30),
             drain_blocked_timeout: Duration::from_secs(10),
             nodes: Vec::new(),
+            fleetlock_tokens: None,
         }
     }
 }
@@ -92,6 +96,8 @@ pub struct ReplicaAddrs {
 pub(crate) struct Backend {
     generation: u64,
     addrs: ReplicaAddrs,
+    /// Its FleetLock endpoint, when it serves one.
+    fleetlock: Option<SocketAddr>,
     leader: bool,
 }
 
@@ -108,6 +114,17 @@ impl Routes {
             .iter()
             .find(|(_, b)| b.leader)
             .map(|(index, _)| *index)
+    }
+
+    /// Where FleetLock clients are sent (as a Service routes by readiness): the leader's
+    /// FleetLock endpoint, else any live replica's (which answers `not_leader`).
+    pub(crate) fn fleetlock(&self) -> Option<SocketAddr> {
+        self.pick().and_then(|(_, backend)| backend.fleetlock)
+    }
+
+    /// Replica `index`'s FleetLock endpoint, if it lives and serves one.
+    pub(crate) fn fleetlock_of(&self, index: usize) -> Option<SocketAddr> {
+        self.backends.get(&index).and_then(|b| b.fleetlock)
     }
 
     /// Where the live replica `index` listens.
@@ -190,6 +207,10 @@ fn flags(ctx: &ReplicaContext) -> Vec<String> {
     if let Some(node) = options.nodes.get(ctx.index) {
         flags.push(format!("--node-name={node}"));
     }
+    if let Some(tokens) = &options.fleetlock_tokens {
+        flags.push("--fleetlock-addr=127.0.0.1:0".to_owned());
+        flags.push(format!("--fleetlock-tokens-dir={}", tokens.display()));
+    }
     flags
 }
 
@@ -214,6 +235,7 @@ async fn run_replica(ctx: ReplicaContext) -> Result<()> {
         grpc: replica.grpc_addr(),
         http: replica.http_addr(),
     };
+    let fleetlock = replica.fleetlock_addr();
     let (index, generation) = (ctx.index, ctx.generation);
     ctx.routes.send_modify(|r| {
         r.backends.insert(
@@ -221,6 +243,7 @@ async fn run_replica(ctx: ReplicaContext) -> Result<()> {
             Backend {
                 generation,
                 addrs,
+                fleetlock,
                 leader: false,
             },
         );
@@ -425,6 +448,7 @@ impl Service {
                         Backend {
                             generation,
                             addrs,
+                            fleetlock: None,
                             leader,
                         },
                     );
@@ -505,6 +529,7 @@ mod tests {
                 grpc: addr,
                 http: addr,
             },
+            fleetlock: None,
             leader,
         }
     }

@@ -54,6 +54,7 @@ use super::process::HostTokenLog;
 use super::progress::{NodeState, NodeView, Snapshot};
 use super::record::SlotRecord;
 use super::report::{Report, ReportInput, Stopped};
+use super::zincati::ZincatiSetup;
 use super::{Error, Result};
 use crate::apiserver::{
     ApiServer, AuditLog, GroupResource, ListOptions, ResourceKey, ServerHandle, Store, meta,
@@ -209,6 +210,10 @@ pub struct FleetOptions {
     /// Deployments (`namespace`, `name`) whose pods take this many (simulated) seconds to stop
     /// (see [`Scenario::slow_down_termination`]).
     pub slow_termination: Vec<(String, String, i64)>,
+    /// How many workers (the last ones) are image-based hosts that run Zincati instead of
+    /// rota's agent and ask the coordinator's FleetLock endpoint before they reboot, in the
+    /// group named after the main policy's pool. rota only.
+    pub fleetlock_hosts: usize,
 }
 
 impl FleetOptions {
@@ -224,6 +229,7 @@ impl FleetOptions {
             settle_timeout: Duration::from_secs(60),
             tight_capacity: None,
             slow_termination: Vec::new(),
+            fleetlock_hosts: 0,
         }
     }
 }
@@ -240,12 +246,22 @@ struct Expectation {
 /// `kubeadm` and `kubectl` never move in a package upgrade (rota moves them only through a
 /// `KubernetesUpgrade`, and unattended-upgrades is configured the same way), so the kubelet
 /// patch some hosts have pending stays pending.
-fn expectations(scenario: &Scenario, upgrade: UpgradePolicy) -> BTreeMap<String, Expectation> {
+fn expectations(
+    scenario: &Scenario,
+    upgrade: UpgradePolicy,
+    fleetlock: &BTreeSet<String>,
+) -> BTreeMap<String, Expectation> {
     let kubelet = format!("v{}", rota_agent::detect::upstream_version(INITIAL_KUBELET));
     scenario
         .nodes
         .iter()
         .map(|n| {
+            // Zincati stages the whole next image, whatever rota's policy says.
+            let upgrade = if fleetlock.contains(&n.name) {
+                UpgradePolicy::All
+            } else {
+                upgrade
+            };
             let kernel_offered = n.host.available.iter().any(|a| {
                 a.name == KERNEL_PACKAGE
                     && !n.host.holds.iter().any(|h| h == KERNEL_PACKAGE)
@@ -293,6 +309,22 @@ fn not_done(node: &Value, expect: &Expectation, busy: bool) -> Option<String> {
 
 fn node_done(node: &Value, expect: &Expectation, busy: bool) -> bool {
     not_done(node, expect, busy).is_none()
+}
+
+/// The last `count` workers of the scenario: the nodes that run Zincati.
+fn fleetlock_nodes(scenario: &Scenario, count: usize) -> BTreeSet<String> {
+    let workers: Vec<&String> = scenario
+        .nodes
+        .iter()
+        .filter(|n| !n.control_plane)
+        .map(|n| &n.name)
+        .collect();
+    workers
+        .iter()
+        .rev()
+        .take(count)
+        .map(|n| (*n).clone())
+        .collect()
 }
 
 fn annotation<'a>(node: &'a Value, key: &str) -> Option<&'a str> {
@@ -387,6 +419,9 @@ pub struct Fleet {
     slot_record: SlotRecord,
     host_tokens: HostTokenLog,
     expectations: BTreeMap<String, Expectation>,
+    /// The image-based nodes that run Zincati instead of rota's agent.
+    fleetlock_nodes: BTreeSet<String>,
+    zincati: Option<Arc<ZincatiSetup>>,
     rollout_started: Option<Timestamp>,
     /// Each rebooting node's intrinsic cycle, from the settled cluster before the rollout.
     intrinsic_cycles: Vec<NodeCycle>,
@@ -427,6 +462,7 @@ impl Fleet {
                 )));
             }
         }
+        let fleetlock = fleetlock_nodes(&scenario, options.fleetlock_hosts);
         let mut cluster = Cluster::start(
             store.clone(),
             &scenario,
@@ -438,7 +474,7 @@ impl Fleet {
         let intrinsic_cycles = intrinsic_cycles(
             &store,
             &scenario,
-            &expectations(&scenario, options.scheduler.upgrade()),
+            &expectations(&scenario, options.scheduler.upgrade(), &fleetlock),
             &options.timings,
         );
         let observer_server =
@@ -450,7 +486,9 @@ impl Fleet {
         let workdir = tempfile::tempdir()?;
         let (_, idle_routes) = watch::channel(Routes::default());
         let mut fleet = Fleet {
-            expectations: expectations(&scenario, options.scheduler.upgrade()),
+            expectations: expectations(&scenario, options.scheduler.upgrade(), &fleetlock),
+            fleetlock_nodes: fleetlock,
+            zincati: None,
             options,
             scenario,
             store,
@@ -507,6 +545,28 @@ impl Fleet {
             self.apply_named_policy(&name, spec)?;
         }
 
+        let mut coordinators = coordinators;
+        let fleetlock_token = if self.fleetlock_nodes.is_empty() {
+            None
+        } else {
+            // The group's token: the caller's, or a new one.
+            let dir = coordinators
+                .fleetlock_tokens
+                .clone()
+                .unwrap_or_else(|| self.workdir.path().join("fleetlock-tokens"));
+            std::fs::create_dir_all(&dir)?;
+            let file = dir.join(POLICY_NAME);
+            let token = match std::fs::read_to_string(&file) {
+                Ok(token) => token.trim().to_owned(),
+                Err(_) => {
+                    let token = format!("zincati-{:016x}", rand::random::<u64>());
+                    std::fs::write(&file, format!("{token}\n"))?;
+                    token
+                }
+            };
+            coordinators.fleetlock_tokens = Some(dir);
+            Some(token)
+        };
         let api_url = self.api_url()?;
         let url = api_url
             .parse()
@@ -537,6 +597,16 @@ impl Fleet {
             token_dir: self.workdir.path().to_path_buf(),
             tokens: self.host_tokens.clone(),
         });
+        if let Some(token) = fleetlock_token {
+            self.zincati = Some(Arc::new(ZincatiSetup {
+                routes: self.routes.clone(),
+                group: POLICY_NAME.to_owned(),
+                token,
+                tls: coordinators.tls,
+                store: store.clone(),
+                retry: Duration::from_millis(250),
+            }));
+        }
         self.start_daemons(DaemonKind::RotaAgent(setup))?;
         Ok(())
     }
@@ -579,8 +649,14 @@ impl Fleet {
         }
         let hosts = self.cluster()?.hosts().clone();
         for (node, host) in hosts {
+            let kind = match &self.zincati {
+                Some(zincati) if self.fleetlock_nodes.contains(&node) => {
+                    DaemonKind::Zincati(zincati.clone())
+                }
+                _ => kind.clone(),
+            };
             let (daemon, task) =
-                nodes::start_daemon(node.clone(), host, kind.clone(), self.daemon_cancel.clone());
+                nodes::start_daemon(node.clone(), host, kind, self.daemon_cancel.clone());
             self.daemons.insert(node, daemon);
             self.daemon_tasks.push(task);
         }
@@ -659,6 +735,33 @@ impl Fleet {
     /// The scenario the cluster was generated from (without the blocked workload unless kept).
     pub fn scenario(&self) -> &Scenario {
         &self.scenario
+    }
+
+    /// The nodes that run Zincati instead of rota's agent ([`FleetOptions::fleetlock_hosts`]).
+    pub fn fleetlock_nodes(&self) -> &BTreeSet<String> {
+        &self.fleetlock_nodes
+    }
+
+    /// Sends a FleetLock request to replica `index`'s endpoint (the leader's when `None`),
+    /// as any client would (over TLS when the coordinators serve it): the status and body.
+    pub async fn fleetlock_post(
+        &self,
+        index: Option<usize>,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<(u16, String)> {
+        let routes = self.routes.borrow().clone();
+        let addr = match index {
+            Some(index) => routes.fleetlock_of(index),
+            None => routes.fleetlock(),
+        }
+        .ok_or_else(|| Error::Coordinator("no such FleetLock endpoint".into()))?;
+        let tls = match self.zincati.as_ref().map(|z| z.tls) {
+            Some(true) => Some(super::zincati::client_config(&self.store)?),
+            _ => None,
+        };
+        super::zincati::post(addr, tls, path, headers, body).await
     }
 
     /// The options the fleet started with.
@@ -1167,8 +1270,8 @@ mod tests {
     #[test]
     fn expectations_follow_the_offered_updates() {
         let scenario = Scenario::generate(6, 3);
-        let all = expectations(&scenario, UpgradePolicy::All);
-        let none = expectations(&scenario, UpgradePolicy::None);
+        let all = expectations(&scenario, UpgradePolicy::All, &BTreeSet::new());
+        let none = expectations(&scenario, UpgradePolicy::None, &BTreeSet::new());
         for node in &scenario.nodes {
             assert_eq!(all[&node.name].kernel, KERNEL_UPDATE.0);
             assert_eq!(all[&node.name].kubelet, "v1.33.0");

@@ -23,6 +23,7 @@ pub mod progress;
 mod record;
 mod remote;
 pub mod report;
+mod zincati;
 
 pub use coordinator::{
     AGENT_SERVICE_ACCOUNT, CoordinatorOptions, ReplicaAddrs, SYSTEM_NAMESPACE, Service,

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::coordinator::{SERVICE_DNS_NAME, SYSTEM_NAMESPACE, TOKEN_AUDIENCE};
 use super::kured::KuredSetup;
 use super::process::{CRASH_BACKOFF, Control, HostTokenLog, Process, ProcessHost, Supervisor};
+use super::zincati::ZincatiSetup;
 use super::{Error, Result};
 use crate::apiserver::{GroupResource, ListOptions, ResourceKey, Store, meta};
 use crate::cluster::{PowerState, SimHost};
@@ -188,13 +189,16 @@ pub(crate) enum DaemonKind {
     RemoteAgent(Arc<RemoteAgentSetup>),
     /// The kured model (DaemonSet `kube-system/kured`).
     Kured(Arc<KuredSetup>),
+    /// The Zincati model: a host service, not a pod (an image-based node under FleetLock).
+    Zincati(Arc<ZincatiSetup>),
 }
 
 impl DaemonKind {
     /// Namespace and name of the daemon's DaemonSet.
     pub(crate) fn daemonset(&self) -> (&'static str, &'static str) {
         match self {
-            DaemonKind::RotaAgent(_) | DaemonKind::RemoteAgent(_) => {
+            // Zincati runs on the host; the agents' DaemonSet is the one the node has.
+            DaemonKind::RotaAgent(_) | DaemonKind::RemoteAgent(_) | DaemonKind::Zincati(_) => {
                 (SYSTEM_NAMESPACE, "rota-agent")
             }
             DaemonKind::Kured(_) => (super::kured::KURED_NAMESPACE, super::kured::KURED_NAME),
@@ -209,6 +213,8 @@ impl DaemonKind {
                 until(&setup.store, |_| self.ready_to_start(node)).await
             }
             DaemonKind::Kured(setup) => until(setup.store(), |_| self.ready_to_start(node)).await,
+            // A host service: it starts with the host.
+            DaemonKind::Zincati(_) => "zincati.service".to_owned(),
             DaemonKind::RemoteAgent(setup) => loop {
                 if let Some(pod) = setup.ready_pod(node).await {
                     return pod;
@@ -224,7 +230,7 @@ impl DaemonKind {
         let store = match self {
             DaemonKind::RotaAgent(setup) => &setup.store,
             DaemonKind::Kured(setup) => setup.store(),
-            DaemonKind::RemoteAgent(_) => return None,
+            DaemonKind::RemoteAgent(_) | DaemonKind::Zincati(_) => return None,
         };
         let (namespace, app) = self.daemonset();
         let pod = daemon_pod(store, namespace, app, node)?;
@@ -264,6 +270,7 @@ impl DaemonKind {
             DaemonKind::RotaAgent(setup) => start_agent(setup, node, pod, host),
             DaemonKind::RemoteAgent(setup) => setup.start(node, pod, host).await,
             DaemonKind::Kured(setup) => setup.start(node, host),
+            DaemonKind::Zincati(setup) => setup.start(node, host),
         }
     }
 }
