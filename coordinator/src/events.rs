@@ -85,6 +85,11 @@ pub enum Reason {
     /// The node's `rota.dev/` slot annotations disagreed with its ledger object when the leader
     /// loaded the ledger (forged, replayed or stale): not adopted, rewritten from the ledger.
     LedgerMismatch,
+    /// A FleetLock host that is not a Kubernetes node was given its pool's reboot lock
+    /// (recorded on the pool's MaintenancePolicy).
+    HostLocked,
+    /// A FleetLock host that is not a Kubernetes node gave its reboot lock back.
+    HostUnlocked,
 }
 
 impl Reason {
@@ -117,6 +122,8 @@ impl Reason {
             Reason::InvalidRequest => "InvalidRequest",
             Reason::PolicyInvalid => "PolicyInvalid",
             Reason::LedgerMismatch => "LedgerMismatch",
+            Reason::HostLocked => "FleetLockHostLocked",
+            Reason::HostUnlocked => "FleetLockHostUnlocked",
         }
     }
 
@@ -163,6 +170,8 @@ impl Reason {
             | Reason::CircuitOpen
             | Reason::PolicyInvalid => "Rollout",
             Reason::LedgerMismatch => "Restore",
+            Reason::HostLocked => "Admit",
+            Reason::HostUnlocked => "Release",
         }
     }
 }

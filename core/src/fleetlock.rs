@@ -24,6 +24,8 @@
 //!   the boot id from before, so that a kubelet slow to report the new boot is not taken for
 //!   one that did not reboot.
 
+use std::collections::BTreeMap;
+
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -186,10 +188,10 @@ pub fn parse(header: Option<&str>, body: &[u8]) -> Result<ClientParams, Refusal>
         )
     })?;
     let ClientParams { id, group } = &client_params;
-    if id.is_empty() || id.len() > MAX_ID || id.chars().any(char::is_control) {
+    if let Err(problem) = check_id(id) {
         return Err(Refusal::new(
             Kind::BadRequest,
-            format!("client_params.id must be 1 to {MAX_ID} printable characters"),
+            format!("client_params.id: {problem}"),
         ));
     }
     if !is_group(group) {
@@ -199,6 +201,15 @@ pub fn parse(header: Option<&str>, body: &[u8]) -> Result<ClientParams, Refusal>
         ));
     }
     Ok(client_params)
+}
+
+/// Whether `id` can be a FleetLock client id: 1 to [`MAX_ID`] printable characters.
+pub fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_ID || id.chars().any(char::is_control) {
+        Err(format!("a client id is 1 to {MAX_ID} printable characters"))
+    } else {
+        Ok(())
+    }
 }
 
 /// Whether `group` is a valid FleetLock group name.
@@ -261,7 +272,9 @@ pub fn resolve<'a>(
     }
 }
 
-fn normalize_id(id: &str) -> String {
+/// An id as rota compares them: lower case, without dashes (Zincati and systemd print
+/// machine ids both ways).
+pub fn normalize_id(id: &str) -> String {
     id.chars()
         .filter(|c| *c != '-')
         .map(|c| c.to_ascii_lowercase())
@@ -280,6 +293,66 @@ pub fn check_group(group: &str, node: &str, pool: Option<&str>) -> Result<(), Re
             Kind::WrongGroup,
             format!(
                 "node {node} is in no single pool: no MaintenancePolicy (or more than one) selects it"
+            ),
+        )),
+    }
+}
+
+/// What rota knows of one pool's FleetLock hosts that are not Kubernetes nodes (listed in
+/// `spec.fleetLock.hosts`), by normalized id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostPool {
+    /// Hosts holding a reboot lock, since when.
+    pub holders: BTreeMap<String, Timestamp>,
+    /// Hosts asking for one, since when.
+    pub requests: BTreeMap<String, Timestamp>,
+}
+
+/// The name a host that is not a Kubernetes node goes by where the scheduler expects a node
+/// name: never a valid Node name (a colon), so it cannot collide with one.
+pub fn host_key(id: &str) -> String {
+    format!("{HOST_KEY_PREFIX}{id}")
+}
+
+/// The host id behind a [`host_key`], or `None` for a Node's name.
+pub fn host_of_key(key: &str) -> Option<&str> {
+    key.strip_prefix(HOST_KEY_PREFIX)
+}
+
+const HOST_KEY_PREFIX: &str = "fleetlock-host:";
+
+/// The pool whose policy lists the host `id` (not a Kubernetes node), checked against the
+/// client's group.
+pub fn find_host<'a>(
+    id: &str,
+    group: &str,
+    listed: impl IntoIterator<Item = (&'a str, &'a [String])>,
+) -> Result<String, Refusal> {
+    let wanted = normalize_id(id);
+    let pools: Vec<&str> = listed
+        .into_iter()
+        .filter(|(_, hosts)| hosts.contains(&wanted))
+        .map(|(pool, _)| pool)
+        .collect();
+    match pools.as_slice() {
+        [pool] => {
+            check_group(group, id, Some(pool))?;
+            Ok((*pool).to_owned())
+        }
+        [] => Err(Refusal::new(
+            Kind::UnknownId,
+            format!(
+                "no Node has the machine id, Zincati id or name {:?}, and no MaintenancePolicy lists it in spec.fleetLock.hosts",
+                crate::text::printable(id)
+            ),
+        )),
+        many => Err(Refusal::new(
+            Kind::AmbiguousId,
+            format!(
+                "host {:?} is listed by {} policies: {}",
+                crate::text::printable(id),
+                many.len(),
+                many.join(", ")
             ),
         )),
     }
@@ -587,6 +660,38 @@ mod tests {
         let ambiguous = resolve("11111111111111111111111111111111", &nodes).unwrap_err();
         assert_eq!(ambiguous.kind, Kind::AmbiguousId);
         assert!(ambiguous.value.contains("b, c"), "{}", ambiguous.value);
+    }
+
+    #[test]
+    fn a_host_that_is_no_node_belongs_to_the_one_pool_that_lists_it() {
+        let a = vec!["975228d46dc94622b9bbe16671e2b58d".to_owned()];
+        let b = vec!["11111111111111111111111111111111".to_owned()];
+        let listed = || [("edge", a.as_slice()), ("storage", b.as_slice())];
+        assert_eq!(
+            find_host("975228D4-6DC9-4622-B9BB-E16671E2B58D", "edge", listed()),
+            Ok("edge".to_owned())
+        );
+        let kind = |id: &str, group: &str| find_host(id, group, listed()).map_err(|r| r.kind);
+        assert_eq!(
+            kind("975228d46dc94622b9bbe16671e2b58d", "storage"),
+            Err(Kind::WrongGroup)
+        );
+        assert_eq!(
+            kind("22222222222222222222222222222222", "edge"),
+            Err(Kind::UnknownId)
+        );
+        let twice = [("edge", a.as_slice()), ("other", a.as_slice())];
+        assert_eq!(
+            find_host(&a[0], "edge", twice).map_err(|r| r.kind),
+            Err(Kind::AmbiguousId)
+        );
+        let key = host_key(&a[0]);
+        assert_eq!(host_of_key(&key), Some(a[0].as_str()));
+        assert!(
+            !crate::node::is_dns_subdomain(&key),
+            "{key} could name a Node"
+        );
+        assert_eq!(host_of_key("worker-1"), None);
     }
 
     #[test]

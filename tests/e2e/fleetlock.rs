@@ -4,17 +4,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
 use rota_agent::host::Host;
+use rota_coordinator::fleetlock::hosts::HOSTS_CONFIGMAP;
 use rota_core::fleetlock::{PRE_REBOOT, PROTOCOL_HEADER, STEADY_STATE};
 use rota_core::slots::persist::{LEDGER_ANNOTATIONS, REQUEST_ANNOTATION};
+use rota_sim::apiserver::{GroupResource, ListOptions, ResourceKey, meta};
 use rota_sim::demo::{Fleet, Scheduler};
 use rota_tests::e2e::{
     WAIT, annotation, assert_complete, node, options, print_timing, run, start, tokens_by_node,
 };
 use serde_json::Value;
+use tokio::sync::broadcast::error::RecvError;
 
 /// Where Zincati marks the update it rebooted into (`rota_sim`'s Zincati model).
 const FINALIZED: &str = "/var/lib/zincati/finalized";
@@ -225,4 +229,184 @@ async fn refused_fleetlock_requests_change_nothing() {
     assert_eq!((got, answer.as_str()), (200, "{}"));
     assert_eq!(annotation(&node(&fleet, &host), REQUEST_ANNOTATION), None);
     fleet.shutdown().await;
+}
+
+/// What the emulator's record shows at one write.
+#[derive(Debug, Default)]
+struct Unavailable {
+    /// Nodes of the pool cordoned or not Ready, by name.
+    nodes: BTreeSet<String>,
+    /// Hosts holding a lock, from the hosts' ConfigMap.
+    hosts: BTreeSet<String>,
+}
+
+/// Follows every write the emulated API server makes, in order, and returns the most nodes
+/// and hosts unavailable at once (with an example), judged from Node objects (cordoned or
+/// not Ready) and the hosts' lock ConfigMap — not from rota's scheduler.
+fn follow_unavailable(fleet: &Fleet) -> tokio::task::JoinHandle<(usize, String, bool)> {
+    let mut events = fleet.store().subscribe_all();
+    tokio::spawn(async move {
+        let mut now = Unavailable::default();
+        let (mut most, mut example, mut lagged) = (0, String::new(), false);
+        loop {
+            let event = match events.recv().await {
+                Ok(event) => event,
+                Err(RecvError::Lagged(_)) => {
+                    lagged = true;
+                    continue;
+                }
+                Err(RecvError::Closed) => return (most, example, lagged),
+            };
+            let object = &event.object;
+            if event.resource == GroupResource::core("nodes") {
+                let name = meta::name(object).to_owned();
+                if meta::node_unschedulable(object) || !meta::node_ready(object) {
+                    now.nodes.insert(name);
+                } else {
+                    now.nodes.remove(&name);
+                }
+            } else if event.resource == GroupResource::core("configmaps")
+                && meta::name(object) == HOSTS_CONFIGMAP
+            {
+                now.hosts = object
+                    .pointer("/data/fleet")
+                    .and_then(Value::as_str)
+                    .and_then(|held| serde_json::from_str::<BTreeMap<String, Value>>(held).ok())
+                    .map(|held| held.into_keys().collect())
+                    .unwrap_or_default();
+            } else {
+                continue;
+            }
+            let count = now.nodes.len() + now.hosts.len();
+            if count > most {
+                most = count;
+                example = format!("{now:?}");
+            }
+        }
+    })
+}
+
+/// One host that is not a Kubernetes node, as Zincati on it behaves: pre-reboot until 200,
+/// a reboot, steady-state until 200. Returns how often it was refused.
+async fn plain_host(fleet: &Fleet, id: &str) -> usize {
+    let headers = [
+        (PROTOCOL_HEADER, "true"),
+        ("Authorization", "Bearer fleet-token"),
+    ];
+    let request = body(id, "fleet");
+    let mut refused = 0;
+    for (path, then) in [
+        (PRE_REBOOT, Duration::from_secs(2)),
+        (STEADY_STATE, Duration::ZERO),
+    ] {
+        loop {
+            match fleet.fleetlock_post(None, path, &headers, &request).await {
+                Ok((200, _)) => break,
+                Ok((status, answer)) => {
+                    assert!(
+                        [423, 503].contains(&status),
+                        "{id} {path}: {status} {answer}"
+                    );
+                    refused += 1;
+                }
+                Err(_) => refused += 1,
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The host reboots (it is no Kubernetes node: nothing in the cluster shows it).
+        tokio::time::sleep(then).await;
+    }
+    refused
+}
+
+/// Hosts that are not Kubernetes nodes, listed by the pool's policy, a Zincati node and agent
+/// nodes share one `maxUnavailable: 2`: the emulator's record — Node objects and the hosts'
+/// lock ConfigMap, every write in order — never shows more than two of them unavailable at
+/// once, every host got its lock and gave it back, and every node was maintained once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_that_are_no_nodes_share_the_pools_max_unavailable() {
+    let tokens = tempfile::tempdir().unwrap();
+    std::fs::write(tokens.path().join("fleet"), "fleet-token\n").unwrap();
+    let hosts = [
+        "0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a",
+        "0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b",
+        "0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c",
+    ];
+    let mut options = options(7, 5, 2, 2);
+    options.fleetlock_hosts = 1;
+    if let Scheduler::Rota {
+        coordinators,
+        policy: Some(policy),
+        ..
+    } = &mut options.scheduler
+    {
+        coordinators.fleetlock_tokens = Some(tokens.path().to_path_buf());
+        policy.fleet_lock.hosts = hosts.iter().map(|h| (*h).to_owned()).collect();
+    }
+    let fleet = start(options).await;
+    let record = follow_unavailable(&fleet);
+    let began = std::time::Instant::now();
+    let (rollout, refusals) = tokio::join!(
+        run(&fleet, Duration::from_secs(400), Duration::from_secs(90)),
+        futures::future::join_all(hosts.iter().map(|id| plain_host(&fleet, id))),
+    );
+    let (report, took) = rollout;
+    print_timing(
+        "hosts_that_are_no_nodes_share_the_pools_max_unavailable",
+        took,
+        &report,
+    );
+    println!(
+        "hosts done after {:?}, refused {refusals:?} times before their answers",
+        began.elapsed()
+    );
+    assert_complete(&fleet, &report);
+    // Every host gave its lock back.
+    let held = fleet
+        .store()
+        .get(&ResourceKey::new(
+            GroupResource::core("configmaps"),
+            Some("rota-system"),
+            HOSTS_CONFIGMAP,
+        ))
+        .unwrap();
+    assert_eq!(held.pointer("/data/fleet"), None, "{held}");
+    // An Event on the policy for every lock given and given back (recorded after the writes).
+    fleet
+        .wait_for("an Event for every host lock", WAIT, |fleet| {
+            let events = fleet
+                .store()
+                .list(
+                    &GroupResource::new("events.k8s.io", "events"),
+                    None,
+                    &ListOptions::default(),
+                )
+                .map_err(|e| e.to_string())?;
+            // Repeats of one reason on one object are folded into a series.
+            let count = |reason: &str| -> u64 {
+                events
+                    .items
+                    .iter()
+                    .filter(|e| meta::str_at(e, "/reason") == reason)
+                    .filter(|e| meta::str_at(e, "/regarding/kind") == "MaintenancePolicy")
+                    .map(|e| {
+                        e.pointer("/series/count")
+                            .and_then(Value::as_u64)
+                            .unwrap_or(1)
+                    })
+                    .sum()
+            };
+            let counts = (count("FleetLockHostLocked"), count("FleetLockHostUnlocked"));
+            if counts == (hosts.len() as u64, hosts.len() as u64) {
+                Ok(())
+            } else {
+                Err(format!("(locked, unlocked) Events: {counts:?}"))
+            }
+        })
+        .await
+        .unwrap();
+    fleet.shutdown().await;
+    let (most, example, lagged) = record.await.unwrap();
+    assert!(!lagged, "the record missed writes");
+    assert!(most <= 2, "{most} unavailable at once: {example}");
 }

@@ -73,6 +73,9 @@ pub enum Error {
     /// The cluster cache stopped following the cluster.
     #[error(transparent)]
     Cache(#[from] crate::store::Error),
+    /// The FleetLock hosts' locks could not be read or written.
+    #[error(transparent)]
+    HostLocks(#[from] fleetlock::hosts::Error),
 }
 
 /// Result alias of the controller.
@@ -284,13 +287,25 @@ impl Coordinator {
             Err(error) => return TermEnd::Restart(error.into()),
         };
         let service = Arc::new(service);
+        let hosts = match fleetlock::HostLocks::load(
+            self.clients.default.clone(),
+            &self.settings.namespace,
+            gate.clone(),
+            self.clock.clone(),
+        )
+        .await
+        {
+            Ok(hosts) => Arc::new(hosts),
+            Err(error) => return TermEnd::Restart(error.into()),
+        };
         let _installed = self.agents.install(service.clone());
         let _fleetlock = self.fleetlock.install(Arc::new(fleetlock::Backend::new(
             service.clone(),
             cache.clone(),
+            hosts.clone(),
             self.clock.clone(),
         )));
-        let mut term = term::Term::new(self, cache, gate, service);
+        let mut term = term::Term::new(self, cache, gate, service, hosts);
         term.run(slot_events, shutdown).await
     }
 }

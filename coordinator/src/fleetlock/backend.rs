@@ -16,6 +16,7 @@ use rota_core::model::{NodeName, Operation, Origin};
 use rota_core::node::ready_condition;
 use rota_core::slots::{self, Completion, LedgerStore, Release};
 
+use super::HostLocks;
 use crate::slot_service::SlotService;
 use crate::store::ClusterCache;
 
@@ -31,6 +32,7 @@ pub trait Locks: Send + Sync {
 pub struct Backend<S> {
     service: Arc<SlotService<S>>,
     cache: ClusterCache,
+    hosts: Arc<HostLocks>,
     clock: Arc<dyn Clock>,
     /// When a client first asked steady-state for a held slot: a kubelet report after it that
     /// still shows the boot id from before proves the host did not reboot.
@@ -41,18 +43,24 @@ pub struct Backend<S> {
 
 impl<S: LedgerStore> Backend<S> {
     /// Serves FleetLock clients from `service`, finding their Nodes in `cache`.
-    pub fn new(service: Arc<SlotService<S>>, cache: ClusterCache, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        service: Arc<SlotService<S>>,
+        cache: ClusterCache,
+        hosts: Arc<HostLocks>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Backend {
             service,
             cache,
+            hosts,
             clock,
             asked: Mutex::new(HashMap::new()),
             zincati: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The Node the client names, in the client's group.
-    fn node_of(&self, client: &ClientParams) -> Result<NodeName, Refusal> {
+    /// The Node the client names, or the listed host it is, in the client's group.
+    fn client_of(&self, client: &ClientParams) -> Result<Client, Refusal> {
         let identities = {
             let state = self.cache.read();
             let mut zincati = self.zincati.lock().unwrap_or_else(PoisonError::into_inner);
@@ -77,14 +85,54 @@ impl<S: LedgerStore> Backend<S> {
                 })
                 .collect::<Vec<_>>()
         };
-        let node = fleetlock::resolve(&client.id, &identities)?;
+        let node = match fleetlock::resolve(&client.id, &identities) {
+            Ok(node) => node,
+            Err(refusal) if refusal.kind == Kind::UnknownId => {
+                let listed: Vec<(String, Vec<String>)> = self
+                    .cache
+                    .read()
+                    .policies()
+                    .iter()
+                    .map(|(name, policy)| {
+                        let hosts = policy.spec.fleet_lock.hosts.iter();
+                        (
+                            name.clone(),
+                            hosts.map(|h| fleetlock::normalize_id(h)).collect(),
+                        )
+                    })
+                    .collect();
+                let pool = fleetlock::find_host(
+                    &client.id,
+                    &client.group,
+                    listed.iter().map(|(p, h)| (p.as_str(), h.as_slice())),
+                )?;
+                return Ok(Client::Host {
+                    pool,
+                    id: fleetlock::normalize_id(&client.id),
+                });
+            }
+            Err(refusal) => return Err(refusal),
+        };
         let pool = self.service.policy(&node).map(|p| p.name);
         fleetlock::check_group(&client.group, &node, pool.as_deref())?;
-        Ok(node)
+        Ok(Client::Node(node))
     }
 
     async fn pre_reboot(&self, client: &ClientParams) -> Result<(), Refusal> {
-        let node = self.node_of(client)?;
+        let node = match self.client_of(client)? {
+            Client::Node(node) => node,
+            Client::Host { pool, id } => {
+                return self.hosts.ask(&pool, &id).await.map_err(|reasons| {
+                    Refusal::new(
+                        Kind::Queued,
+                        format!(
+                            "reboot of host {id} in pool {pool} queued: {}",
+                            reasons.join("; ")
+                        ),
+                    )
+                });
+            }
+        };
         let view = self.service.view(&node).await.map_err(refused)?;
         let view = match fleetlock::pre_reboot(&view) {
             LockDecision::Request => self
@@ -106,7 +154,23 @@ impl<S: LedgerStore> Backend<S> {
     }
 
     async fn steady_state(&self, client: &ClientParams) -> Result<(), Refusal> {
-        let node = self.node_of(client)?;
+        let node = match self.client_of(client)? {
+            Client::Node(node) => node,
+            Client::Host { pool, id } => {
+                // Not a Kubernetes node: no health to check beyond the host's word.
+                return self
+                    .hosts
+                    .release(&pool, &id)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| {
+                        Refusal::new(
+                            Kind::Internal,
+                            format!("releasing the lock of host {id}: {e}"),
+                        )
+                    });
+            }
+        };
         let view = self.service.view(&node).await.map_err(refused)?;
         let (queued, slot) = self
             .service
@@ -208,6 +272,14 @@ impl<S: LedgerStore> Locks for Backend<S> {
     fn unlock<'a>(&'a self, client: &'a ClientParams) -> BoxFuture<'a, Result<(), Refusal>> {
         Box::pin(self.steady_state(client))
     }
+}
+
+/// Who a FleetLock client is.
+enum Client {
+    /// A Kubernetes Node.
+    Node(NodeName),
+    /// A host that is not a Kubernetes node, listed by `pool`'s policy; its normalized id.
+    Host { pool: String, id: String },
 }
 
 /// The Node's `status.nodeInfo.machineID`, lower case; `None` when empty.

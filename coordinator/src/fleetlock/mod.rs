@@ -16,6 +16,7 @@
 //!   `not_leader`, and is not ready, so the Service routes to the leader).
 
 mod backend;
+pub mod hosts;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,7 @@ use crate::core_gate::Slot;
 use crate::metrics::Metrics;
 
 pub use backend::{Backend, Locks};
+pub use hosts::HostLocks;
 
 /// The FleetLock endpoint's flags.
 #[derive(Clone, Debug, Args)]

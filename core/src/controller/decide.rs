@@ -20,6 +20,7 @@ use super::pools::{PolicyBook, PoolCounts};
 use super::snapshot::{self, Inputs, drain_spec, pool_of, pools_of};
 use super::verify::{self, Verdict};
 
+use crate::fleetlock::{self, HostPool};
 use crate::model::{FencingToken, NodeName, Operation, SlotPhase};
 use crate::policy::crd::RebootMode;
 use crate::policy::{DEFAULT_DRAIN_TIMEOUT, Health, MaintenancePolicyStatus};
@@ -46,6 +47,8 @@ pub struct Input<'a> {
     pub expiry_reported: &'a HashSet<(NodeName, FencingToken)>,
     /// Longest a budget may refuse one pod before a drain gives its slot back.
     pub blocked_timeout: Duration,
+    /// The FleetLock hosts that are not Kubernetes nodes, by pool.
+    pub hosts: &'a BTreeMap<String, HostPool>,
     /// Now.
     pub now: Timestamp,
 }
@@ -153,6 +156,10 @@ pub struct Decisions {
     pub expired_leases: Vec<(NodeName, FencingToken)>,
     /// Nodes to admit.
     pub admit: Vec<AdmitAction>,
+    /// FleetLock hosts that are not Kubernetes nodes to give a lock: `(pool, id)`.
+    pub admit_hosts: Vec<(String, String)>,
+    /// Why each FleetLock host that asks still waits: `(pool, id)` → reasons.
+    pub hosts_waiting: BTreeMap<(String, String), Vec<String>>,
     /// Draining slots without a running drain (after a restart, or a failed start).
     pub resume: Vec<(FencingToken, Timestamp, DrainStart)>,
     /// Queue positions and reasons to publish.
@@ -187,6 +194,7 @@ pub fn decide(input: &Input<'_>) -> Decisions {
         noticed,
         expiry_reported,
         blocked_timeout,
+        hosts,
         now,
     } = *input;
     let mut out = Decisions::default();
@@ -277,7 +285,7 @@ pub fn decide(input: &Input<'_>) -> Decisions {
             Holding::Idle | Holding::Queued(_) => None,
         })
         .collect();
-    let snapshot = snapshot::build(Inputs {
+    let mut snapshot = snapshot::build(Inputs {
         cache,
         pools: &pools,
         drain_specs: &drain_specs,
@@ -285,10 +293,12 @@ pub fn decide(input: &Input<'_>) -> Decisions {
         slots,
         now,
     });
+    snapshot::add_hosts(&mut snapshot, hosts);
     let plan = scheduler::schedule(&snapshot, now);
     out.node_pools = snapshot
         .nodes
         .iter()
+        .filter(|n| fleetlock::host_of_key(&n.name).is_none())
         .filter_map(|n| match n.pools.as_slice() {
             [pool] => Some((n.name.clone(), pool.clone())),
             _ => None,
@@ -296,6 +306,11 @@ pub fn decide(input: &Input<'_>) -> Decisions {
         .collect();
     let admitted: HashSet<&str> = plan.admit.iter().map(|a| a.node.as_str()).collect();
     for admission in &plan.admit {
+        if let Some(id) = fleetlock::host_of_key(&admission.node) {
+            out.admit_hosts
+                .push((admission.pool.clone(), id.to_owned()));
+            continue;
+        }
         let Some(node) = cache.node(&admission.node) else {
             continue;
         };
@@ -319,6 +334,12 @@ pub fn decide(input: &Input<'_>) -> Decisions {
         });
     }
     for (node, waiting) in &plan.waiting {
+        if let Some(id) = fleetlock::host_of_key(node) {
+            let pool = waiting.pool.clone().unwrap_or_default();
+            let reasons = waiting.reasons.iter().map(ToString::to_string).collect();
+            out.hosts_waiting.insert((pool, id.to_owned()), reasons);
+            continue;
+        }
         let note = match entries.get(node).map(|e| &e.holding) {
             Some(Holding::Queued(q)) => q.note.as_str(),
             _ => "",
@@ -589,9 +610,87 @@ mod tests {
             noticed: &HashMap::new(),
             expiry_reported: &HashSet::new(),
             blocked_timeout: Duration::from_secs(60),
+            hosts: &BTreeMap::new(),
             now,
         })
         .slot_actions
+    }
+
+    /// FleetLock hosts that are not Kubernetes nodes share their pool's `maxUnavailable` with
+    /// its nodes: a holder or an unavailable node holds the others back, first come first
+    /// served otherwise.
+    #[test]
+    fn hosts_that_are_no_nodes_count_with_the_pools_nodes() {
+        use crate::cluster::Indexed;
+        use crate::policy::MaintenancePolicy;
+        use k8s_openapi::api::core::v1::Node;
+        let at = |s: i64| Timestamp::constant(1_700_000_000 + s, 0);
+        let policy: MaintenancePolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "rota.dev/v1alpha1",
+            "kind": "MaintenancePolicy",
+            "metadata": {"name": "edge", "uid": "u1", "generation": 1},
+            "spec": {
+                "nodeSelector": {"matchLabels": {"pool": "edge"}},
+                "maxUnavailable": 1,
+                "fleetLock": {"hosts": ["aaaa", "BB-BB"]},
+            },
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let policies = BTreeMap::from([("edge".to_owned(), std::sync::Arc::new(policy))]);
+        let mut book = super::super::pools::PolicyBook::new();
+        book.update(&policies);
+        let decide_with = |cache: &ClusterState, hosts: &BTreeMap<String, HostPool>| {
+            decide(&Input {
+                cache,
+                book: &book,
+                alerts: &AlertReports::default(),
+                entries: &BTreeMap::new(),
+                known: &cache.nodes().keys().cloned().collect(),
+                draining: &HashMap::new(),
+                noticed: &HashMap::new(),
+                expiry_reported: &HashSet::new(),
+                blocked_timeout: Duration::from_secs(60),
+                hosts,
+                now: at(10),
+            })
+        };
+        let asking = |ids: &[&str], holders: &[&str]| {
+            let pool = HostPool {
+                holders: holders.iter().map(|h| ((*h).to_owned(), at(1))).collect(),
+                requests: ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| ((*id).to_owned(), at(2 + i64::try_from(i).unwrap_or(0))))
+                    .collect(),
+            };
+            BTreeMap::from([("edge".to_owned(), pool)])
+        };
+        let empty = ClusterState::default();
+        // Both ask: the first to ask gets the lock, the other waits for capacity.
+        let out = decide_with(&empty, &asking(&["bbbb", "aaaa"], &[]));
+        assert_eq!(
+            out.admit_hosts,
+            vec![("edge".to_owned(), "bbbb".to_owned())]
+        );
+        let waits = &out.hosts_waiting[&("edge".to_owned(), "aaaa".to_owned())];
+        assert!(waits.iter().any(|r| r.contains("unavailable")), "{waits:?}");
+        // A holder takes the pool's one place.
+        let out = decide_with(&empty, &asking(&["aaaa"], &["bbbb"]));
+        assert!(out.admit_hosts.is_empty(), "{:?}", out.admit_hosts);
+        // So does a cordoned node of the pool.
+        let mut cordoned = ClusterState::default();
+        let mut node = node("n1", "boot-1");
+        node.metadata.labels = Some(BTreeMap::from([("pool".to_owned(), "edge".to_owned())]));
+        Node::insert(&mut cordoned, node);
+        let out = decide_with(&cordoned, &asking(&["aaaa"], &[]));
+        assert!(out.admit_hosts.is_empty(), "{:?}", out.admit_hosts);
+        assert!(
+            out.hosts_waiting
+                .contains_key(&("edge".to_owned(), "aaaa".to_owned()))
+        );
+        // A host the policy does not list is never admitted.
+        let out = decide_with(&empty, &asking(&["cccc"], &[]));
+        assert!(out.admit_hosts.is_empty());
     }
 
     /// A node that never came back within the ready timeout fails its slot; once its agent

@@ -9,7 +9,7 @@ use crate::cluster::ClusterState;
 use crate::drain::DrainSpec;
 use crate::node::{self, is_control_plane, is_in_service, is_unschedulable};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -21,7 +21,8 @@ use super::pools::InForce;
 use crate::drain::filter::{RefusalReason, Verdict, classify};
 use crate::drain::pdb::PdbIndex;
 
-use crate::model::{Slot, SlotRequest};
+use crate::fleetlock::{self, HostPool};
+use crate::model::{FencingToken, Operation, Origin, Slot, SlotPhase, SlotRequest};
 use crate::policy::{KubeVersion, NamespacedName};
 use crate::scheduler::{ControlPlanePod, EvictablePod, NodeState, PdbState, Pool, Snapshot};
 
@@ -162,6 +163,56 @@ pub fn build(inputs: Inputs<'_>) -> Snapshot {
         slots,
         queue,
         pdbs,
+    }
+}
+
+/// Adds the pools' FleetLock hosts that are not Kubernetes nodes to `snapshot`, as nodes of
+/// their pool that are always Ready and run no pods ([`fleetlock::host_key`] names them): a
+/// lock holder as a held slot (it counts against `maxUnavailable` like a node under
+/// maintenance, even when its policy no longer lists it), a host that asks as a queued reboot
+/// request, so that hosts and nodes are scheduled by the same rules, in one decision.
+pub fn add_hosts(snapshot: &mut Snapshot, hosts: &BTreeMap<String, HostPool>) {
+    let listed: Vec<(String, Vec<String>)> = snapshot
+        .pools
+        .iter()
+        .map(|p| (p.name.clone(), p.policy.fleetlock_hosts.clone()))
+        .collect();
+    let none = HostPool::default();
+    for (pool, ids) in listed {
+        let known = hosts.get(&pool).unwrap_or(&none);
+        let everyone: BTreeSet<&String> = ids.iter().chain(known.holders.keys()).collect();
+        for id in everyone {
+            let key = fleetlock::host_key(id);
+            snapshot.nodes.push(NodeState {
+                name: key.clone(),
+                pools: vec![pool.clone()],
+                ready: true,
+                ..NodeState::default()
+            });
+            if let Some(since) = known.holders.get(id) {
+                snapshot.slots.push(Slot {
+                    node: key,
+                    operation: Operation::Reboot,
+                    origin: Origin::FleetLock,
+                    token: FencingToken(0),
+                    phase: SlotPhase::Granted,
+                    admitted_at: *since,
+                    phase_since: *since,
+                    granted_at: Some(*since),
+                    lease_expires_at: *since,
+                    boot_id_before: None,
+                    cordoned_by_rota: false,
+                });
+            } else if let Some(since) = known.requests.get(id) {
+                snapshot.queue.push(SlotRequest {
+                    node: key,
+                    operation: Operation::Reboot,
+                    origin: Origin::FleetLock,
+                    requested_at: *since,
+                    not_before: None,
+                });
+            }
+        }
     }
 }
 

@@ -125,6 +125,29 @@ pub struct MaintenancePolicySpec {
     /// The control-plane quorum guard, which holds whatever `maxUnavailable` says.
     #[serde(default, skip_serializing_if = "ControlPlaneSpec::is_default")]
     pub control_plane: ControlPlaneSpec,
+    /// FleetLock clients (Zincati) that are not Kubernetes nodes, admitted into this pool.
+    #[serde(default, skip_serializing_if = "FleetLockSpec::is_empty")]
+    pub fleet_lock: FleetLockSpec,
+}
+
+/// FleetLock clients of the pool beyond its Kubernetes nodes. A FleetLock client whose id
+/// names a Node takes that Node's slot (in the Node's pool); hosts that are not Kubernetes
+/// nodes (a bastion, an etcd or storage machine on Fedora CoreOS or Flatcar) are listed here and
+/// count with the pool's nodes against `maxUnavailable`, under the same windows, blackouts,
+/// pause and circuit breaker. Their group is the policy's name.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetLockSpec {
+    /// FleetLock ids (Zincati: the app-specific machine id it sends) of hosts that are not
+    /// Kubernetes nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+}
+
+impl FleetLockSpec {
+    fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
 }
 
 /// How many control-plane nodes may be unavailable at once. The guard holds across pools: the
@@ -171,6 +194,7 @@ impl Default for MaintenancePolicySpec {
             health: HealthSpec::default(),
             max_failures: default_max_failures(),
             control_plane: ControlPlaneSpec::default(),
+            fleet_lock: FleetLockSpec::default(),
         }
     }
 }

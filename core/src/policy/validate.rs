@@ -228,6 +228,9 @@ pub struct ValidatedPolicy {
     pub max_failures: u32,
     /// The control-plane quorum guard.
     pub control_plane: ControlPlane,
+    /// FleetLock ids of the pool's hosts that are not Kubernetes nodes, normalized
+    /// ([`crate::fleetlock::normalize_id`]), without repeats.
+    pub fleetlock_hosts: Vec<String>,
 }
 
 /// The control-plane quorum guard's settings.
@@ -338,6 +341,21 @@ pub fn validate(spec: &MaintenancePolicySpec) -> Result<ValidatedPolicy, Vec<Pol
             DEFAULT_CONTROL_PLANE_MAX_UNAVAILABLE
         }
     };
+    let mut fleetlock_hosts: Vec<String> = Vec::new();
+    for (i, host) in spec.fleet_lock.hosts.iter().enumerate() {
+        let field = format!("spec.fleetLock.hosts[{i}]");
+        match crate::fleetlock::check_id(host) {
+            Err(problem) => v.error(field, problem),
+            Ok(()) => {
+                let id = crate::fleetlock::normalize_id(host);
+                if fleetlock_hosts.contains(&id) {
+                    v.error(field, format!("{host:?} is listed twice"));
+                } else {
+                    fleetlock_hosts.push(id);
+                }
+            }
+        }
+    }
     match (node_selector, max_unavailable, drain, health) {
         (Some(node_selector), Some(max_unavailable), Some(drain), Some(health))
             if v.errors.is_empty() =>
@@ -358,6 +376,7 @@ pub fn validate(spec: &MaintenancePolicySpec) -> Result<ValidatedPolicy, Vec<Pol
                     max_unavailable: max_unavailable_control_plane,
                     allow_etcd_quorum_loss: spec.control_plane.allow_etcd_quorum_loss,
                 },
+                fleetlock_hosts,
             })
         }
         _ => Err(v.errors),

@@ -422,6 +422,8 @@ pub struct Fleet {
     /// The image-based nodes that run Zincati instead of rota's agent.
     fleetlock_nodes: BTreeSet<String>,
     zincati: Option<Arc<ZincatiSetup>>,
+    /// Whether the coordinators serve FleetLock over TLS.
+    fleetlock_tls: bool,
     rollout_started: Option<Timestamp>,
     /// Each rebooting node's intrinsic cycle, from the settled cluster before the rollout.
     intrinsic_cycles: Vec<NodeCycle>,
@@ -489,6 +491,7 @@ impl Fleet {
             expectations: expectations(&scenario, options.scheduler.upgrade(), &fleetlock),
             fleetlock_nodes: fleetlock,
             zincati: None,
+            fleetlock_tls: false,
             options,
             scenario,
             store,
@@ -567,6 +570,7 @@ impl Fleet {
             coordinators.fleetlock_tokens = Some(dir);
             Some(token)
         };
+        self.fleetlock_tls = coordinators.tls;
         let api_url = self.api_url()?;
         let url = api_url
             .parse()
@@ -757,9 +761,10 @@ impl Fleet {
             None => routes.fleetlock(),
         }
         .ok_or_else(|| Error::Coordinator("no such FleetLock endpoint".into()))?;
-        let tls = match self.zincati.as_ref().map(|z| z.tls) {
-            Some(true) => Some(super::zincati::client_config(&self.store)?),
-            _ => None,
+        let tls = if self.fleetlock_tls {
+            Some(super::zincati::client_config(&self.store)?)
+        } else {
+            None
         };
         super::zincati::post(addr, tls, path, headers, body).await
     }

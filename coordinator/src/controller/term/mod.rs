@@ -35,6 +35,7 @@ use super::{Coordinator, Error, TermEnd};
 use crate::blockers::AlertWatch;
 use crate::drain::{DrainControl, Drainer};
 use crate::events::{EventSink, Reason};
+use crate::fleetlock::HostLocks;
 use crate::metrics::{Metrics, Outcome};
 use crate::notify::{Notification, PauseCause};
 use crate::store::{ClusterCache, KubeLedgerStore, WriteGate};
@@ -64,6 +65,8 @@ pub(super) struct Term<'a> {
     cache: &'a ClusterCache,
     gate: WriteGate,
     service: Arc<Service>,
+    /// The locks of FleetLock hosts that are not Kubernetes nodes.
+    hosts: Arc<HostLocks>,
     nodes: Api<Node>,
     policies: Api<MaintenancePolicy>,
     drainer: Drainer,
@@ -99,6 +102,7 @@ impl<'a> Term<'a> {
         cache: &'a ClusterCache,
         gate: WriteGate,
         service: Arc<Service>,
+        hosts: Arc<HostLocks>,
     ) -> Self {
         let client = coordinator.clients.default.clone();
         let (events, receiver) = mpsc::unbounded_channel();
@@ -111,6 +115,7 @@ impl<'a> Term<'a> {
             cache,
             gate,
             service,
+            hosts,
             nodes: Api::all(client.clone()),
             policies: Api::all(client),
             drainer: Drainer::new(
@@ -172,6 +177,7 @@ impl<'a> Term<'a> {
         let interval = self.coordinator.settings.pass_interval;
         let mut dirty = true;
         let mut last_pass: Option<Instant> = None;
+        let hosts = self.hosts.clone();
         loop {
             let earliest = last_pass.map_or_else(Instant::now, |t| t + interval);
             if dirty && Instant::now() >= earliest {
@@ -209,9 +215,42 @@ impl<'a> Term<'a> {
                 }
                 Ok(()) = changes.changed() => dirty = true,
                 Ok(()) = alerts.changed() => dirty = true,
+                () = hosts.changed() => dirty = true,
                 () = tokio::time::sleep_until(wake) => dirty = true,
             }
         }
+    }
+
+    /// Gives the FleetLock hosts the pass admitted their locks, publishes why the others wait,
+    /// and records an Event on the pool's policy for every lock given or given back.
+    async fn lock_hosts(
+        &mut self,
+        admit: Vec<(String, String)>,
+        waiting: BTreeMap<(String, String), Vec<String>>,
+    ) {
+        for (pool, id) in admit {
+            match self.hosts.admit(&pool, &id).await {
+                Ok(()) => {
+                    info!(%pool, host = %id, "FleetLock host given its reboot lock");
+                    self.event(EventJob::Policy {
+                        uid: self.book.uid(&pool).map(str::to_owned),
+                        policy: pool,
+                        reason: Reason::HostLocked,
+                        note: format!("FleetLock host {id} may reboot"),
+                    });
+                }
+                Err(error) => warn!(%pool, host = %id, %error, "FleetLock host lock not given"),
+            }
+        }
+        for (pool, id) in self.hosts.take_released().await {
+            self.event(EventJob::Policy {
+                uid: self.book.uid(&pool).map(str::to_owned),
+                policy: pool,
+                reason: Reason::HostUnlocked,
+                note: format!("FleetLock host {id} reached steady state; its lock is released"),
+            });
+        }
+        self.hosts.set_waiting(waiting).await;
     }
 
     /// Compare the Nodes' slot annotations with the ledger and repair those that drifted;
@@ -331,6 +370,7 @@ impl<'a> Term<'a> {
             .read(|l| l.entries().map(|(n, e)| (n.clone(), e.clone())).collect())
             .await;
         let known: HashSet<NodeName> = self.service.nodes().into_iter().collect();
+        let hosts = self.hosts.snapshot().await;
         let draining: HashMap<NodeName, FencingToken> = self
             .running
             .iter()
@@ -352,6 +392,7 @@ impl<'a> Term<'a> {
                 noticed: &self.noticed,
                 expiry_reported: &self.expiry_reported,
                 blocked_timeout: self.coordinator.settings.drain_blocked_timeout,
+                hosts: &hosts,
                 now,
             });
             (decisions, changes, pools)
@@ -390,8 +431,11 @@ impl<'a> Term<'a> {
             gauges,
             next_wake,
             node_pools: _,
+            admit_hosts,
+            hosts_waiting,
         } = decisions;
         self.next_wake = next_wake;
+        self.lock_hosts(admit_hosts, hosts_waiting).await;
         self.check_mirrors(now).await;
         for change in policy_changes {
             self.on_policy_change(change);
