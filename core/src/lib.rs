@@ -16,6 +16,7 @@ pub mod election;
 pub mod model;
 pub mod node;
 pub mod policy;
+pub mod records;
 pub mod scheduler;
 pub mod slots;
 pub mod text;
