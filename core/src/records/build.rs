@@ -76,6 +76,12 @@ pub fn record_name(node: &str, token: FencingToken) -> String {
     format!("{prefix}{suffix}")
 }
 
+/// The token as the record keeps it (Kubernetes integers are signed; tokens never get near
+/// the limit).
+pub fn token_value(token: FencingToken) -> i64 {
+    i64::try_from(token.0).unwrap_or(i64::MAX)
+}
+
 /// A new record for the slot `transition` concerns, with `transition` applied; `None` when it
 /// concerns no slot (requests before admission).
 pub fn start(transition: &Transition, context: &RecordContext) -> Option<MaintenanceRecordSpec> {
@@ -84,7 +90,7 @@ pub fn start(transition: &Transition, context: &RecordContext) -> Option<Mainten
         node: transition.node.clone(),
         operation: transition.operation.name().to_owned(),
         operation_detail: operation_detail(&transition.operation),
-        token: token.0,
+        token: token_value(token),
         ..MaintenanceRecordSpec::default()
     };
     apply(&mut spec, transition, context);
@@ -93,7 +99,7 @@ pub fn start(transition: &Transition, context: &RecordContext) -> Option<Mainten
 
 /// Applies one transition of the record's slot (others are ignored). Idempotent.
 pub fn apply(spec: &mut MaintenanceRecordSpec, transition: &Transition, context: &RecordContext) {
-    if transition.token.map(|t| t.0) != Some(spec.token) || transition.node != spec.node {
+    if transition.token.map(token_value) != Some(spec.token) || transition.node != spec.node {
         return;
     }
     let at = transition.at;
@@ -138,7 +144,7 @@ pub fn apply(spec: &mut MaintenanceRecordSpec, transition: &Transition, context:
             set_once(&mut phases.granted, at);
             set_once(&mut phases.drained, context.drained_at.unwrap_or(at));
             if let Some(evicted) = &context.evicted {
-                spec.pods_evicted = u32::try_from(evicted.len()).unwrap_or(u32::MAX);
+                spec.pods_evicted = i32::try_from(evicted.len()).unwrap_or(i32::MAX);
                 spec.evicted_pods = evicted.iter().take(MAX_LISTED).cloned().collect();
             }
         }
@@ -178,7 +184,7 @@ pub fn apply(spec: &mut MaintenanceRecordSpec, transition: &Transition, context:
 
 /// What the ledger's slot says: origin, phase times, the agent's completion.
 fn from_slot(spec: &mut MaintenanceRecordSpec, held: &HeldSlot) {
-    if held.slot.token.0 != spec.token {
+    if token_value(held.slot.token) != spec.token {
         return;
     }
     spec.origin = match held.slot.origin {
@@ -194,7 +200,8 @@ fn from_slot(spec: &mut MaintenanceRecordSpec, held: &HeldSlot) {
     if let Some(completion) = &held.completion {
         set_once(&mut phases.completed, completion.at);
         spec.rebooted = Some(completion.rebooted);
-        spec.packages_changed_count = completion.changed_packages;
+        spec.packages_changed_count =
+            i32::try_from(completion.changed_packages).unwrap_or(i32::MAX);
         spec.packages_changed = join_packages(&spec.pending_packages, &completion.changed);
     }
 }

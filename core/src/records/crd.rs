@@ -101,13 +101,13 @@ pub struct MaintenanceRecordSpec {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub requested_by: String,
     /// The slot's fencing token.
-    pub token: u64,
+    pub token: i64,
     /// When each phase happened.
     #[serde(default)]
     pub phases: RecordPhases,
     /// Pods the drain evicted.
     #[serde(default)]
-    pub pods_evicted: u32,
+    pub pods_evicted: i32,
     /// Their `namespace/name` (at most [`super::MAX_LISTED`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub evicted_pods: Vec<String>,
@@ -127,7 +127,7 @@ pub struct MaintenanceRecordSpec {
     pub packages_changed: Vec<PackageChange>,
     /// How many packages the operation changed (all of them, even beyond the list's bound).
     #[serde(default)]
-    pub packages_changed_count: u32,
+    pub packages_changed_count: i32,
     /// Whether the agent reported a reboot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebooted: Option<bool>,

@@ -83,7 +83,8 @@ pub fn report<'a>(
             _ => line.not_performed += 1,
         }
         let changed = u32::try_from(record.packages_changed.len()).unwrap_or(u32::MAX);
-        line.packages_changed += record.packages_changed_count.max(changed);
+        let counted = u32::try_from(record.packages_changed_count).unwrap_or(0);
+        line.packages_changed += counted.max(changed);
         line.security_updates_applied += u32::try_from(
             record
                 .packages_changed

@@ -830,7 +830,7 @@ impl Ledger {
             now,
             uncordon,
         );
-        transition.held = Some(ended);
+        transition.held = Some(Box::new(ended));
         Ok(transition)
     }
 
@@ -843,7 +843,7 @@ impl Ledger {
             Holding::Held(held) => (
                 Some(held.slot.token),
                 held.slot.operation.clone(),
-                Some(held),
+                Some(Box::new(held)),
             ),
             Holding::Queued(queued) => (None, queued.request.operation, None),
             Holding::Idle => return None,
@@ -1008,7 +1008,7 @@ impl Ledger {
             message,
             at: now,
             uncordon: held.slot.cordoned_by_rota,
-            held: Some(held),
+            held: Some(Box::new(held)),
         })
     }
 
@@ -1077,7 +1077,7 @@ impl Ledger {
             at,
             uncordon,
             held: match self.entries.get(node).map(|e| &e.holding) {
-                Some(Holding::Held(held)) => Some(held.clone()),
+                Some(Holding::Held(held)) => Some(Box::new(held.clone())),
                 _ => None,
             },
         }

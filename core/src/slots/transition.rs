@@ -179,7 +179,7 @@ pub struct Transition {
     /// The slot as the transition left it; for a transition that ended a slot, as it was at
     /// its end (with the agent's completion report). `None` when no slot is held after the
     /// transition and none ended (requests, a drain that gave the slot back).
-    pub held: Option<HeldSlot>,
+    pub held: Option<Box<HeldSlot>>,
 }
 
 impl Transition {
