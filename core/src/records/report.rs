@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::crd::{MaintenanceRecordSpec, RecordOutcome};
 
@@ -13,7 +13,7 @@ use super::crd::{MaintenanceRecordSpec, RecordOutcome};
 pub const NO_POOL: &str = "(none)";
 
 /// One pool's line of the report.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolReport {
     /// The pool (MaintenancePolicy), or [`NO_POOL`].

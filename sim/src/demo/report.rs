@@ -179,6 +179,71 @@ pub struct Report {
     pub fencing_tokens_issued: Option<usize>,
     /// Broken invariants, in words; empty when every invariant held.
     pub invariant_violations: Vec<String>,
+    /// What rota's MaintenanceRecords say (`None`: the scheduler writes none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_records: Option<RecordsSummary>,
+}
+
+/// The MaintenanceRecords of a rollout: whether every maintenance has one, and the change
+/// report `rotactl report` prints from them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordsSummary {
+    /// Records written.
+    pub records: usize,
+    /// Nodes maintained (rebooted or kubelet-restarted, as their hosts say) more often than
+    /// they have records of an operation done, with both counts.
+    pub maintenances_without_record: Vec<String>,
+    /// The change report per pool (`rotactl report`).
+    pub change_report: Vec<rota_core::records::PoolReport>,
+    /// Its period: the rollout's start ...
+    pub since: Option<Timestamp>,
+    /// ... to the report.
+    pub until: Option<Timestamp>,
+}
+
+impl RecordsSummary {
+    /// Compares the records with how often each node was maintained, and reports them.
+    pub fn of(
+        records: &[rota_core::records::MaintenanceRecordSpec],
+        maintenance_counts: &BTreeMap<String, u32>,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> Self {
+        let maintenances_without_record = maintenance_counts
+            .iter()
+            .filter_map(|(node, &maintained)| {
+                let recorded = records
+                    .iter()
+                    .filter(|r| r.node == *node && r.phases.completed.is_some())
+                    .count();
+                (usize::try_from(maintained).unwrap_or(usize::MAX) > recorded)
+                    .then(|| format!("{node}: maintained {maintained} times, {recorded} records"))
+            })
+            .collect();
+        RecordsSummary {
+            records: records.len(),
+            maintenances_without_record,
+            change_report: rota_core::records::report(records, since),
+            since: Some(since),
+            until: Some(until),
+        }
+    }
+}
+
+impl Report {
+    /// Adds what the MaintenanceRecords say; a maintenance without a record breaks an
+    /// invariant.
+    pub fn with_records(mut self, summary: RecordsSummary) -> Self {
+        if !summary.maintenances_without_record.is_empty() {
+            self.invariant_violations.push(format!(
+                "maintenances without a MaintenanceRecord: {}",
+                summary.maintenances_without_record.join("; ")
+            ));
+        }
+        self.maintenance_records = Some(summary);
+        self
+    }
 }
 
 /// What the emulator's audit record says, beside the monitor: evictions it accepted that left a
@@ -483,6 +548,7 @@ impl Report {
             fencing_tokens_unique,
             fencing_tokens_issued,
             invariant_violations,
+            maintenance_records: None,
         }
     }
 
@@ -589,6 +655,24 @@ impl Report {
         }
         let mut out = format!("{table}\n");
         self.notes(&mut out);
+        if let Some(records) = &self.maintenance_records {
+            let _ = writeln!(
+                out,
+                "\n{} MaintenanceRecords; the change report (`rotactl report`):",
+                records.records
+            );
+            let mut text = Vec::new();
+            let since = records.since.unwrap_or_default();
+            let printed = rota_coordinator::rotactl::records::print_report(
+                &mut text,
+                &records.change_report,
+                since,
+                records.until.unwrap_or(since),
+            );
+            if printed.is_ok() {
+                out.push_str(&String::from_utf8_lossy(&text));
+            }
+        }
         out
     }
 
@@ -721,6 +805,7 @@ impl Report {
             fencing_tokens_unique: Some(true),
             fencing_tokens_issued: Some(2),
             invariant_violations: Vec::new(),
+            maintenance_records: None,
         }
     }
 }
