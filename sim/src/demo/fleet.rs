@@ -1042,7 +1042,7 @@ impl Fleet {
                 .map_or(started, |first| first.min(started));
             report.with_records(RecordsSummary::of(
                 &records,
-                &input.maintenance_counts,
+                &self.host_tokens.tokens(),
                 since,
                 input.ended,
             ))
@@ -1052,7 +1052,7 @@ impl Fleet {
     }
 
     /// Waits (up to `timeout`) until the records are settled: none in progress, and every
-    /// maintenance the hosts performed recorded as done. Records are written by a task of the
+    /// maintenance the agents performed recorded. Records are written by a task of the
     /// leader after each transition, so the last ones may trail the rollout by a moment.
     pub async fn wait_records_settled(&self, timeout: Duration) -> Result<()> {
         self.wait_for("maintenance records settled", timeout, |fleet| {
@@ -1063,7 +1063,7 @@ impl Fleet {
                 .count();
             let summary = RecordsSummary::of(
                 &records,
-                &fleet.maintenance_counts(),
+                &fleet.host_tokens(),
                 Timestamp::MIN,
                 Timestamp::MIN,
             );

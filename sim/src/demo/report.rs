@@ -191,8 +191,8 @@ pub struct Report {
 pub struct RecordsSummary {
     /// Records written.
     pub records: usize,
-    /// Nodes maintained (rebooted or kubelet-restarted, as their hosts say) more often than
-    /// they have records of an operation done, with both counts.
+    /// Maintenances the agents performed (a fencing token they acted with on their host) that
+    /// have no record, as `node (token N)`.
     pub maintenances_without_record: Vec<String>,
     /// The change report per pool (`rotactl report`).
     pub change_report: Vec<rota_core::records::PoolReport>,
@@ -203,23 +203,24 @@ pub struct RecordsSummary {
 }
 
 impl RecordsSummary {
-    /// Compares the records with how often each node was maintained, and reports them.
+    /// Compares the records with the maintenances the agents performed (each fencing token an
+    /// agent acted with, and its node: `host_tokens`), and reports them.
     pub fn of(
         records: &[rota_core::records::MaintenanceRecordSpec],
-        maintenance_counts: &BTreeMap<String, u32>,
+        host_tokens: &BTreeMap<u64, BTreeSet<String>>,
         since: Timestamp,
         until: Timestamp,
     ) -> Self {
-        let maintenances_without_record = maintenance_counts
+        let recorded: BTreeSet<(&str, i64)> =
+            records.iter().map(|r| (r.node.as_str(), r.token)).collect();
+        let maintenances_without_record = host_tokens
             .iter()
-            .filter_map(|(node, &maintained)| {
-                let recorded = records
-                    .iter()
-                    .filter(|r| r.node == *node && r.phases.completed.is_some())
-                    .count();
-                (usize::try_from(maintained).unwrap_or(usize::MAX) > recorded)
-                    .then(|| format!("{node}: maintained {maintained} times, {recorded} records"))
+            .flat_map(|(token, nodes)| nodes.iter().map(move |node| (node, *token)))
+            .filter(|(node, token)| {
+                let token = i64::try_from(*token).unwrap_or(i64::MAX);
+                !recorded.contains(&(node.as_str(), token))
             })
+            .map(|(node, token)| format!("{node} (token {token})"))
             .collect();
         RecordsSummary {
             records: records.len(),
@@ -941,6 +942,39 @@ mod tests {
             text.contains("kured (concurrency 2, period 60 s) 30.0 s — 2.0× as long"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn every_maintenance_an_agent_performed_needs_a_record() {
+        use rota_core::records::{MaintenanceRecordSpec, RecordOutcome};
+        let record = |node: &str, token: i64| MaintenanceRecordSpec {
+            node: node.into(),
+            token,
+            pool: Some("fleet".into()),
+            outcome: RecordOutcome::Succeeded,
+            ..MaintenanceRecordSpec::default()
+        };
+        let records = [record("n1", 1), record("n2", 2)];
+        let performed = BTreeMap::from([
+            (1, BTreeSet::from(["n1".to_string()])),
+            (2, BTreeSet::from(["n2".to_string()])),
+        ]);
+        let complete = RecordsSummary::of(&records, &performed, at(0), at(60));
+        assert!(complete.maintenances_without_record.is_empty());
+        let report = Report::example().with_records(complete);
+        assert!(report.invariants_hold(), "{}", report.render());
+        assert!(
+            report.render().contains("2 MaintenanceRecords"),
+            "{}",
+            report.render()
+        );
+
+        let mut more = performed.clone();
+        more.insert(3, BTreeSet::from(["n3".to_string()]));
+        let gaps = RecordsSummary::of(&records, &more, at(0), at(60));
+        assert_eq!(gaps.maintenances_without_record, ["n3 (token 3)"]);
+        let report = Report::example().with_records(gaps);
+        assert!(!report.invariants_hold());
     }
 
     #[test]
