@@ -14,9 +14,11 @@ use crate::grpc::EdgeLimits;
 use crate::kube_client::ConfigSource;
 use crate::leader::ElectionConfig;
 use crate::notify::NotifyArgs;
+use crate::records::RecordSettings;
 use crate::telemetry::LogFormat;
 use crate::tls::TlsOptions;
 use rota_core::election::Timings;
+use rota_core::records::Retention;
 
 /// rota's coordinator: hands out maintenance slots to node agents, drains nodes, and keeps the
 /// fleet's safety invariants.
@@ -47,6 +49,9 @@ pub struct Config {
     /// The controller.
     #[clap(flatten)]
     pub controller: ControllerArgs,
+    /// Maintenance records.
+    #[clap(flatten)]
+    pub records: RecordArgs,
     /// Chat notifications.
     #[clap(flatten)]
     pub notify: NotifyArgs,
@@ -199,6 +204,22 @@ pub struct ControllerArgs {
     pub prometheus_timeout: Duration,
 }
 
+/// Retention of the MaintenanceRecords the leader writes (one per maintenance).
+#[derive(Clone, Debug, Args)]
+pub struct RecordArgs {
+    /// Most MaintenanceRecords kept; the oldest that ended go first (0: no limit by count).
+    #[clap(long, env = "ROTA_RECORDS_KEEP", default_value_t = Retention::default().keep)]
+    pub records_keep: usize,
+    /// MaintenanceRecords that ended longer ago than this are deleted (0s: kept whatever
+    /// their age). Default 180 days.
+    #[clap(long, env = "ROTA_RECORDS_MAX_AGE", default_value = "4320h", value_parser = parse_duration)]
+    pub records_max_age: Duration,
+    /// How often the leader deletes the records retention no longer keeps (and once when it
+    /// starts to lead).
+    #[clap(long, env = "ROTA_RECORDS_PRUNE_INTERVAL", default_value = "10m", value_parser = parse_positive_duration)]
+    pub records_prune_interval: Duration,
+}
+
 /// Logging settings.
 #[derive(Clone, Debug, Args)]
 pub struct LogArgs {
@@ -276,6 +297,14 @@ impl Config {
         settings.pass_interval = self.controller.pass_interval;
         settings.alerts.interval = self.controller.prometheus_interval;
         settings.alerts.timeout = self.controller.prometheus_timeout;
+        settings.records = RecordSettings {
+            retention: Retention {
+                keep: self.records.records_keep,
+                max_age: jiff::SignedDuration::try_from(self.records.records_max_age)
+                    .unwrap_or(jiff::SignedDuration::MAX),
+            },
+            prune_interval: self.records.records_prune_interval,
+        };
         settings
     }
 
@@ -392,6 +421,8 @@ mod tests {
             Settings::new("rota-system").pass_interval
         );
         assert_eq!(settings.alerts, crate::blockers::AlertSettings::default());
+        assert_eq!(settings.records.retention, Retention::default());
+        assert_eq!(settings.records, RecordSettings::default());
     }
 
     #[test]
@@ -417,8 +448,18 @@ mod tests {
             "--agent-daemonset=agents-ds",
             "--token-review-rate=2.5",
             "--grpc-max-connections=10",
+            "--records-keep=100",
+            "--records-max-age=720h",
+            "--records-prune-interval=1m",
         ])
         .unwrap();
+        let records = config.controller().records;
+        assert_eq!(records.retention.keep, 100);
+        assert_eq!(
+            records.retention.max_age,
+            jiff::SignedDuration::from_hours(720)
+        );
+        assert_eq!(records.prune_interval, Duration::from_secs(60));
         assert_eq!(config.agent_identity().daemon_set, "agents-ds");
         assert_eq!(config.token_reviews().rate, 2.5);
         assert_eq!(config.edge_limits().max_connections, 10);

@@ -16,6 +16,7 @@ pub mod kube_client;
 pub mod leader;
 pub mod metrics;
 pub mod notify;
+pub mod records;
 pub mod replica;
 pub mod rotactl;
 pub mod shutdown;

@@ -21,6 +21,9 @@
 //! | `rota_grpc_request_duration_seconds` | histogram | method | duration of a call until its final status (for the `WatchSlot` stream: its lifetime) |
 //! | `rota_ledger_mismatches_total` | counter | reason | nodes whose `rota.dev/` slot annotations disagreed with their ledger object when the leader loaded the ledger, and were not adopted but repaired: `differs` (forged, replayed or stale), and in the one-time migration from annotations `unreadable`, `not_issued` (a token above the fencing counter), `reused` (a token named by two nodes) |
 //! | `rota_fleetlock_requests_total` | counter | endpoint, group, result | FleetLock requests (`pre-reboot`, `steady-state`) by result: `ok` or the protocol error kind; `group` is empty until the caller proved it belongs to a configured group |
+//! | `rota_maintenance_records_written_total` | counter | | MaintenanceRecords created or updated |
+//! | `rota_maintenance_records_pruned_total` | counter | | MaintenanceRecords deleted by retention (count and age) |
+//! | `rota_maintenance_record_failures_total` | counter | action | MaintenanceRecord writes given up after retries (`write`), and prune rounds that failed (`prune`) |
 //! | `rota_grpc_auth_refusals_total` | counter | reason | calls and connections the gRPC edge refused before any handler ran: `unauthenticated` (bad, unknown or foreign credential), `throttled` (too many new tokens to review), `unavailable` (the TokenReview API failed), `busy` (over the concurrent-call limit), `connections` (over the connection cap) |
 
 use std::pin::Pin;
@@ -74,6 +77,12 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+/// Labels of failed record work.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: &'static str,
+}
+
 /// Labels of gRPC durations.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
@@ -124,6 +133,9 @@ struct Families {
     grpc_refusals: Family<ReasonLabels, Counter>,
     ledger_mismatches: Family<ReasonLabels, Counter>,
     fleetlock_requests: Family<FleetLockLabels, Counter>,
+    records_written: Counter,
+    records_pruned: Counter,
+    record_failures: Family<ActionLabels, Counter>,
 }
 
 /// Labels of FleetLock requests.
@@ -256,6 +268,24 @@ impl Metrics {
             "FleetLock requests by endpoint, group and result (ok or the protocol error kind)",
             fleetlock_requests.clone(),
         );
+        let records_written = Counter::default();
+        registry.register(
+            "maintenance_records_written",
+            "MaintenanceRecords created or updated",
+            records_written.clone(),
+        );
+        let records_pruned = Counter::default();
+        registry.register(
+            "maintenance_records_pruned",
+            "MaintenanceRecords deleted by retention",
+            records_pruned.clone(),
+        );
+        let record_failures = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "maintenance_record_failures",
+            "MaintenanceRecord writes given up after retries (write) and failed prune rounds (prune)",
+            record_failures.clone(),
+        );
         Metrics {
             inner: Arc::new(Families {
                 registry,
@@ -276,6 +306,9 @@ impl Metrics {
                 grpc_refusals,
                 ledger_mismatches,
                 fleetlock_requests,
+                records_written,
+                records_pruned,
+                record_failures,
             }),
         }
     }
@@ -413,6 +446,27 @@ impl Metrics {
                 group: group.to_owned(),
                 result,
             })
+            .inc();
+    }
+
+    /// A MaintenanceRecord was created or updated.
+    pub fn record_written(&self) {
+        self.inner.records_written.inc();
+    }
+
+    /// `n` MaintenanceRecords were deleted by retention.
+    pub fn records_pruned(&self, n: usize) {
+        self.inner
+            .records_pruned
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
+    /// A MaintenanceRecord write was given up (`"write"`) or a prune round failed
+    /// (`"prune"`).
+    pub fn record_failed(&self, action: &'static str) {
+        self.inner
+            .record_failures
+            .get_or_create(&ActionLabels { action })
             .inc();
     }
 
@@ -612,6 +666,9 @@ mod tests {
         m.lease_expired("workers");
         m.set_leader(true);
         m.grpc_request("RequestSlot", Code::Ok, Duration::from_millis(3));
+        m.record_written();
+        m.records_pruned(3);
+        m.record_failed("write");
         let text = m.encode().unwrap();
         for expected in [
             "# TYPE rota_slots_held gauge",
@@ -632,6 +689,9 @@ mod tests {
             "rota_grpc_requests_total{method=\"RequestSlot\",code=\"Ok\"} 1",
             "# TYPE rota_grpc_request_duration_seconds histogram",
             "rota_grpc_request_duration_seconds_count{method=\"RequestSlot\"} 1",
+            "rota_maintenance_records_written_total 1",
+            "rota_maintenance_records_pruned_total 3",
+            "rota_maintenance_record_failures_total{action=\"write\"} 1",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }

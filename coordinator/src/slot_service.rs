@@ -24,8 +24,9 @@ use rota_core::model::{FencingToken, NodeFacts, NodeName, NodePolicy, Operation,
 use rota_core::slots::persist::NodeAnnotations;
 use rota_core::slots::persist::encode_entry;
 use rota_core::slots::{
-    Completion, CompletionReport, Disagreement, Error, Ledger, LedgerResult, LedgerStore, Mismatch,
-    NodeState, Release, Restored, Result, SlotView, StoreError, Transition, Waiting, restore,
+    Completion, CompletionReport, Disagreement, Error, Ledger, LedgerResult, LedgerStore,
+    MAX_CHANGED_PACKAGES, Mismatch, NodeState, Release, Restored, Result, SlotView, StoreError,
+    Transition, Waiting, restore,
 };
 
 /// Settings of the slot service.
@@ -402,12 +403,16 @@ impl<S: LedgerStore> SlotService<S> {
             );
         }
         self.apply(node, |ledger, now| {
+            let changed_packages = u32::try_from(completion.changed.len()).unwrap_or(u32::MAX);
+            let mut changed = completion.changed;
+            changed.truncate(MAX_CHANGED_PACKAGES);
             let report = CompletionReport {
                 success: completion.success,
                 message: completion.message,
                 boot_id: completion.boot_id,
                 rebooted: completion.rebooted,
-                changed_packages: u32::try_from(completion.changed.len()).unwrap_or(u32::MAX),
+                changed_packages,
+                changed,
                 at: now,
             };
             ledger.complete(node, token, report).map(|t| ((), t))

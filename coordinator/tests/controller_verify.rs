@@ -61,6 +61,7 @@ fn completion(success: bool, boot_after: Option<&str>) -> CompletionReport {
         boot_id: boot_after.map(str::to_owned),
         rebooted: boot_after.is_some(),
         changed_packages: 0,
+        changed: vec![],
         at: COMPLETED,
     }
 }

@@ -761,6 +761,9 @@ fn exported_series() -> BTreeSet<String> {
     );
     metrics.grpc_refused("unauthenticated");
     metrics.ledger_mismatch("differs");
+    metrics.record_written();
+    metrics.records_pruned(1);
+    metrics.record_failed("write");
     let text = metrics.encode().unwrap();
     let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
     let documented = read("coordinator/src/metrics.rs")
@@ -1509,6 +1512,10 @@ fn the_charts_copies_are_current() {
         (
             "deploy/crd/maintenancepolicy.yaml",
             "deploy/helm/rota/crds/maintenancepolicy.yaml",
+        ),
+        (
+            "deploy/crd/maintenancerecord.yaml",
+            "deploy/helm/rota/crds/maintenancerecord.yaml",
         ),
         (
             "deploy/monitoring/dashboards/rota.json",

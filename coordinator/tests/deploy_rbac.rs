@@ -140,6 +140,24 @@ const COORDINATOR_API: &[Access] = &[
     },
     Access {
         scope: Scope::Cluster,
+        group: "rota.dev",
+        resource: "maintenancerecords",
+        names: &[],
+        verbs: &["get", "list", "create", "update"],
+        why: "one MaintenanceRecord per maintenance: read, then created or replaced; retention lists them",
+        not_exercised: None,
+    },
+    Access {
+        scope: Scope::Cluster,
+        group: "rota.dev",
+        resource: "maintenancerecords",
+        names: &[],
+        verbs: &["delete"],
+        why: "retention deletes the records it no longer keeps",
+        not_exercised: Some("only when more records exist than retention keeps, or older ones"),
+    },
+    Access {
+        scope: Scope::Cluster,
         group: "authentication.k8s.io",
         resource: "tokenreviews",
         names: &[],
@@ -476,6 +494,7 @@ const KINDS: &[(&str, &str, &str)] = &[
     // kube-runtime's event Recorder writes events.k8s.io Events.
     ("Recorder", "events.k8s.io", "events"),
     ("MaintenancePolicy", "rota.dev", "maintenancepolicies"),
+    ("MaintenanceRecord", "rota.dev", "maintenancerecords"),
     (
         "CustomResourceDefinition",
         "apiextensions.k8s.io",

@@ -1,6 +1,6 @@
 //! The `rotactl` binary against the emulated API server, through a kubeconfig the test writes:
-//! what `status`, `history` and `watch` show, and what `reboot`, `upgrade`, `pause`, `resume`
-//! and `release` write.
+//! what `status`, `history`, `report` and `watch` show, and what `reboot`, `upgrade`, `pause`,
+//! `resume` and `release` write.
 
 // Test helpers panic on failure, like the tests that call them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -23,6 +23,10 @@ use rota_core::model::{
 };
 use rota_core::policy::crd::WaitingReasonSummary;
 use rota_core::policy::{MaintenancePolicy, MaintenancePolicySpec, MaintenancePolicyStatus};
+use rota_core::records::{
+    MaintenanceRecord, MaintenanceRecordSpec, NodeVersions, PackageChange, RecordOrigin,
+    RecordOutcome,
+};
 use rota_core::slots::persist::encode_entry;
 use rota_core::slots::{
     Finished, HeldSlot, Holding, NodeEntry, QueuedRequest, TransitionReason, Waiting,
@@ -50,10 +54,12 @@ async fn cluster() -> Cluster {
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
     let client = Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
-    Api::<CustomResourceDefinition>::all(client.clone())
-        .create(&PostParams::default(), &MaintenancePolicy::crd())
-        .await
-        .unwrap();
+    for crd in [MaintenancePolicy::crd(), MaintenanceRecord::crd()] {
+        Api::<CustomResourceDefinition>::all(client.clone())
+            .create(&PostParams::default(), &crd)
+            .await
+            .unwrap();
+    }
     Cluster {
         store,
         client,
@@ -586,8 +592,10 @@ async fn history_merges_both_event_apis_oldest_first() {
         })
         .unwrap();
 
-    let events: Value =
+    let history: Value =
         serde_json::from_str(&c.ok(&["history", "n1", "-o", "json"]).await).unwrap();
+    assert_eq!(history["records"], json!([]));
+    let events = &history["events"];
     let reasons: Vec<&str> = events
         .as_array()
         .unwrap()
@@ -602,8 +610,144 @@ async fn history_merges_both_event_apis_oldest_first() {
     assert_eq!(events[0]["source"], "rota-coordinator");
 
     let table = c.ok(&["history", "n1"]).await;
-    assert!(table.lines().next().unwrap().starts_with("AGE"), "{table}");
-    assert_eq!(table.lines().count(), 4, "{table}");
+    let mut lines = table.lines().skip_while(|l| !l.starts_with("AGE"));
+    assert!(lines.next().is_some(), "{table}");
+    assert_eq!(lines.count(), 3, "{table}");
+    assert!(table.starts_with("no maintenance records"), "{table}");
+}
+
+fn record(node: &str, token: i64, days_ago: i64, outcome: RecordOutcome) -> MaintenanceRecord {
+    let admitted = at(days_ago * 86_400);
+    let mut spec = MaintenanceRecordSpec {
+        node: node.into(),
+        pool: Some("workers".into()),
+        operation: "package-upgrade".into(),
+        origin: RecordOrigin::Manual,
+        requested_by: "rotactl".into(),
+        token,
+        outcome,
+        reason: "package-upgrade verified, \"all good\"".into(),
+        before: NodeVersions {
+            kernel: "6.1.0-13".into(),
+            ..NodeVersions::default()
+        },
+        after: Some(NodeVersions {
+            kernel: "6.1.0-18".into(),
+            ..NodeVersions::default()
+        }),
+        packages_changed: vec![
+            PackageChange {
+                name: "openssl".into(),
+                from: "3.0.11".into(),
+                to: "3.0.15".into(),
+                security: true,
+            },
+            PackageChange {
+                name: "curl".into(),
+                from: "7.88.1-10".into(),
+                to: "7.88.1-11".into(),
+                security: false,
+            },
+        ],
+        packages_changed_count: 2,
+        ..MaintenanceRecordSpec::default()
+    };
+    spec.phases.admitted = Some(Time(admitted));
+    if outcome == RecordOutcome::Succeeded {
+        spec.phases.verified = Some(Time(admitted + SignedDuration::from_secs(300)));
+        spec.phases.ended = spec.phases.verified.clone();
+        spec.duration = "5m0s".into();
+    } else {
+        spec.phases.failed = Some(Time(admitted + SignedDuration::from_secs(600)));
+    }
+    MaintenanceRecord::new(&format!("{node}-{token}"), spec)
+}
+
+#[tokio::test]
+async fn history_and_report_read_the_maintenance_records() {
+    let c = cluster().await;
+    c.node("n1", &[], None);
+    let api: Api<MaintenanceRecord> = Api::all(c.client.clone());
+    for r in [
+        record("n1", 1, 40, RecordOutcome::Succeeded),
+        record("n1", 5, 2, RecordOutcome::Succeeded),
+        record("n2", 6, 1, RecordOutcome::Failed),
+    ] {
+        let mut r = r;
+        r.metadata.labels = Some(BTreeMap::from([(
+            "rota.dev/node".to_string(),
+            r.spec.node.clone(),
+        )]));
+        api.create(&PostParams::default(), &r).await.unwrap();
+    }
+
+    // A node's history: its records (oldest first), then its Events.
+    let table = c.ok(&["history", "n1"]).await;
+    let first = table.lines().next().unwrap();
+    assert!(first.starts_with("STARTED"), "{table}");
+    let rows: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(
+        rows[0].contains("40d ago") && rows[1].contains("2d ago"),
+        "{table}"
+    );
+    assert!(rows[1].contains("manual (rotactl)"), "{table}");
+    assert!(rows[1].contains("6.1.0-13 -> 6.1.0-18"), "{table}");
+    assert!(table.contains("no Events about this node"), "{table}");
+
+    // Every node's records of the last week, as JSON and CSV.
+    let json: Value =
+        serde_json::from_str(&c.ok(&["history", "--since", "7d", "-o", "json"]).await).unwrap();
+    let names: Vec<&str> = json["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["n1-5", "n2-6"]);
+    assert_eq!(json["records"][0]["packagesChanged"][0]["from"], "3.0.11");
+    let csv = c.ok(&["history", "--since", "7d", "-o", "csv"]).await;
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(lines[0].starts_with("name,node,pool,operation,"), "{csv}");
+    assert!(
+        lines[1].starts_with("n1-5,n1,workers,package-upgrade,"),
+        "{csv}"
+    );
+    assert!(
+        lines[1].ends_with(",\"package-upgrade verified, \"\"all good\"\"\""),
+        "quoted: {csv}"
+    );
+
+    // The change report: the last 30 days, per pool.
+    let report: Value =
+        serde_json::from_str(&c.ok(&["report", "--since", "30d", "-o", "json"]).await).unwrap();
+    let pools = report["pools"].as_array().unwrap();
+    assert_eq!(pools.len(), 1, "{report}");
+    let workers = &pools[0];
+    assert_eq!(workers["pool"], "workers");
+    assert_eq!(workers["maintenances"], 2);
+    assert_eq!(workers["nodesMaintained"], 1);
+    assert_eq!(workers["failures"], 1);
+    assert_eq!(workers["medianCycleSeconds"], 300);
+    // Packages changed also in the failed maintenance: they were applied all the same.
+    assert_eq!(workers["securityUpdatesApplied"], 2);
+    assert_eq!(workers["packagesChanged"], 4);
+    let table = c.ok(&["report"]).await;
+    assert!(table.contains("MEDIAN CYCLE"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("workers") && l.contains("5m0s")),
+        "{table}"
+    );
+    let everything: Value =
+        serde_json::from_str(&c.ok(&["report", "--since", "60d", "-o", "json"]).await).unwrap();
+    assert_eq!(everything["pools"][0]["maintenances"], 3);
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@ pub mod fleetlock;
 pub mod model;
 pub mod node;
 pub mod policy;
+pub mod records;
 pub mod scheduler;
 pub mod slots;
 pub mod text;

@@ -1,13 +1,18 @@
-//! The checked-in CRD (`deploy/crd/maintenancepolicy.yaml`) is generated from the Rust types.
-//! Regenerate it with `ROTA_BLESS=1 cargo test -p rota-core --test policy_crd`.
+//! The checked-in CRDs (`deploy/crd/maintenancepolicy.yaml`, `deploy/crd/maintenancerecord.yaml`)
+//! are generated from the Rust types. Regenerate them with
+//! `ROTA_BLESS=1 cargo test -p rota-core --test policy_crd`.
 
 // Test helpers panic on bad fixtures, like the tests that call them.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::path::PathBuf;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, CustomResourceDefinitionVersion,
+};
 use kube_core::CustomResourceExt;
 use rota_core::policy::{MaintenancePolicy, MaintenancePolicySpec, validate};
+use rota_core::records::MaintenanceRecord;
 
 fn repo_file(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -15,20 +20,36 @@ fn repo_file(path: &str) -> PathBuf {
         .join(path)
 }
 
-fn generated() -> String {
-    let yaml = serde_saphyr::to_string(&MaintenancePolicy::crd()).expect("CRD serializes to YAML");
+fn generated(crd: &CustomResourceDefinition, source: &str) -> String {
+    let yaml = serde_saphyr::to_string(crd).expect("CRD serializes to YAML");
     format!(
-        "# Generated from core/src/policy/crd.rs; do not edit.\n\
+        "# Generated from {source}; do not edit.\n\
          # Regenerate: ROTA_BLESS=1 cargo test -p rota-core --test policy_crd\n{yaml}"
     )
 }
 
 #[test]
-fn checked_in_crd_matches_the_rust_types() {
-    let want = generated();
-    let path = repo_file("deploy/crd/maintenancepolicy.yaml");
+fn checked_in_crds_match_the_rust_types() {
+    for (crd, source, file) in [
+        (
+            MaintenancePolicy::crd(),
+            "core/src/policy/crd.rs",
+            "deploy/crd/maintenancepolicy.yaml",
+        ),
+        (
+            MaintenanceRecord::crd(),
+            "core/src/records/crd.rs",
+            "deploy/crd/maintenancerecord.yaml",
+        ),
+    ] {
+        check_in(&generated(&crd, source), file);
+    }
+}
+
+fn check_in(want: &str, file: &str) {
+    let path = repo_file(file);
     if std::env::var_os("ROTA_BLESS").is_some_and(|v| v == "1") {
-        std::fs::write(&path, &want).expect("write the CRD");
+        std::fs::write(&path, want).expect("write the CRD");
         return;
     }
     let have = std::fs::read_to_string(&path).unwrap_or_default();
@@ -52,8 +73,43 @@ fn checked_in_crd_matches_the_rust_types() {
         path.display(),
         first_difference + 1,
         line(&have),
-        line(&want),
+        line(want),
     );
+}
+
+fn printer_columns(version: &CustomResourceDefinitionVersion) -> Vec<&str> {
+    version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect()
+}
+
+#[test]
+fn the_record_crd_is_cluster_scoped_with_useful_printer_columns() {
+    let crd = MaintenanceRecord::crd();
+    assert_eq!(
+        crd.metadata.name.as_deref(),
+        Some("maintenancerecords.rota.dev")
+    );
+    assert_eq!(crd.spec.scope, "Cluster");
+    assert_eq!(crd.spec.names.short_names, Some(vec!["mrec".to_owned()]));
+    let columns = printer_columns(&crd.spec.versions[0]);
+    for wanted in [
+        "Node",
+        "Pool",
+        "Operation",
+        "Outcome",
+        "Origin",
+        "Started",
+        "Duration",
+    ] {
+        assert!(
+            columns.contains(&wanted),
+            "{wanted} missing from {columns:?}"
+        );
+    }
 }
 
 #[test]
@@ -74,12 +130,7 @@ fn crd_has_the_names_scope_and_subresources_kubectl_relies_on() {
             .and_then(|s| s.status.as_ref())
             .is_some()
     );
-    let columns: Vec<&str> = version
-        .additional_printer_columns
-        .iter()
-        .flatten()
-        .map(|c| c.name.as_str())
-        .collect();
+    let columns = printer_columns(version);
     for column in [
         "Paused",
         "MaxUnavailable",

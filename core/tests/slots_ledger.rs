@@ -19,6 +19,7 @@ fn report(success: bool, secs: i64) -> CompletionReport {
         boot_id: Some("boot-2".into()),
         rebooted: true,
         changed_packages: 3,
+        changed: vec![],
         at: at(secs),
     }
 }
@@ -716,6 +717,7 @@ fn reboot_evidence_compares_boot_ids() {
             boot_id: after.map(str::to_owned),
             rebooted,
             changed_packages: 0,
+            changed: vec![],
             at: at(3),
         };
         l.complete("n", t, report).unwrap();
@@ -748,6 +750,7 @@ fn long_reasons_are_cut_to_fit_annotations() {
                 boot_id: None,
                 rebooted: false,
                 changed_packages: 0,
+                changed: vec![],
                 at: at(63),
             },
         )

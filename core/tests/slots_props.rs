@@ -214,6 +214,12 @@ proptest! {
                         boot_id: Some("boot-2".into()),
                         rebooted: true,
                         changed_packages: 2,
+                        changed: ["openssl", "libc6"]
+                            .map(|name| rota_core::model::PackagePin {
+                                name: name.into(),
+                                version: "2.0".into(),
+                            })
+                            .into(),
                         at: now,
                     };
                     ledger.complete(NODES[*node], t, report)

@@ -55,8 +55,31 @@ fn assert_invariants(report: &Report, max_unavailable: usize) {
 async fn nine_nodes_are_maintained_once_within_the_budgets() {
     let fleet = Fleet::start(FleetOptions::new(9, 7, 3)).await.unwrap();
     fleet.wait_all_done(Duration::from_secs(180)).await.unwrap();
+    fleet
+        .wait_records_settled(Duration::from_secs(30))
+        .await
+        .unwrap();
     let report = fleet.report(Stopped::AllDone);
     fleet.shutdown().await;
+
+    // A MaintenanceRecord for every maintenance, and the change report made from them.
+    let records = report.maintenance_records.as_ref().unwrap();
+    assert!(
+        records.maintenances_without_record.is_empty(),
+        "{records:?}"
+    );
+    assert!(records.records >= 9, "{records:?}");
+    let maintained: u32 = records
+        .change_report
+        .iter()
+        .map(|p| p.nodes_maintained)
+        .sum();
+    assert_eq!(maintained, 9, "{}", report.render());
+    assert!(
+        report.render().contains("MEDIAN CYCLE"),
+        "the demo prints the rotactl report: {}",
+        report.render()
+    );
 
     assert_invariants(&report, 3);
     assert!(report.complete(), "{}", report.render());
@@ -111,8 +134,17 @@ async fn the_rollout_survives_its_leader_being_killed() {
     assert_ne!(successor, leader);
     fleet.restart_coordinator(leader).await.unwrap();
     fleet.wait_all_done(Duration::from_secs(180)).await.unwrap();
+    fleet
+        .wait_records_settled(Duration::from_secs(30))
+        .await
+        .unwrap();
     let report = fleet.report(Stopped::AllDone);
     fleet.shutdown().await;
     assert_invariants(&report, 2);
+    let records = report.maintenance_records.as_ref().unwrap();
+    assert!(
+        records.maintenances_without_record.is_empty(),
+        "the new leader continued the records: {records:?}"
+    );
     assert!(report.complete(), "{}", report.render());
 }

@@ -46,6 +46,7 @@ use crate::kube_client::Clients;
 use crate::leader::{Leadership, NotLeading};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
+use crate::records::RecordSettings;
 use crate::store::{CacheConfig, ClusterCache, KubeLedgerStore, WriteGate};
 use rota_core::clock::{Clock, SystemClock};
 
@@ -100,6 +101,8 @@ pub struct Settings {
     pub cache: CacheConfig,
     /// How the policies' Prometheus blockers are polled.
     pub alerts: AlertSettings,
+    /// Retention of the maintenance records.
+    pub records: RecordSettings,
 }
 
 impl Settings {
@@ -113,6 +116,7 @@ impl Settings {
             max_idle: Duration::from_secs(600),
             cache: CacheConfig::default(),
             alerts: AlertSettings::default(),
+            records: RecordSettings::default(),
         }
     }
 }

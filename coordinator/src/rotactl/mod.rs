@@ -6,7 +6,8 @@
 //! - [`actions`]: `reboot`/`upgrade`/`kubelet-restart` (the `rota.dev/maintenance-requested`
 //!   annotation the coordinator turns into a manual request), `pause`/`resume` (`spec.paused`)
 //!   and `release` (`rota.dev/release=true`).
-//! - [`history`]: a node's Events from `events.k8s.io/v1` and `core/v1`, oldest first.
+//! - [`history`]: a node's Events from `events.k8s.io/v1` and `core/v1`, oldest first;
+//! - [`records`]: the MaintenanceRecords (`history`) and the change report per pool (`report`).
 //! - [`watch`]: the rollout's progress, redrawn on every change (watches, no polling).
 //!
 //! `rotactl` never talks to the coordinator directly: everything it writes is an annotation or
@@ -14,6 +15,7 @@
 
 pub mod actions;
 pub mod history;
+pub mod records;
 pub mod status;
 pub mod watch;
 
@@ -100,6 +102,18 @@ pub enum Output {
     Json,
 }
 
+/// Output formats of `history`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum HistoryOutput {
+    /// Human-readable tables.
+    #[default]
+    Table,
+    /// JSON: `{"records": [...], "events": [...]}`.
+    Json,
+    /// CSV of the records, for spreadsheets and change tickets.
+    Csv,
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -165,11 +179,26 @@ pub enum Command {
         #[arg(short = 'y', long)]
         yes: bool,
     },
-    /// A node's Events (rota's and everyone else's), oldest first.
+    /// What rota did: the maintenance records (one per maintenance, kept for months) of a
+    /// node, or of every node with `--since`; with a node, also its Events (rota's and everyone
+    /// else's, kept about an hour), oldest first.
     History {
-        /// The node.
+        /// The node (every node when left out).
         #[arg(value_parser = object_name)]
-        node: String,
+        node: Option<String>,
+        /// Only maintenances admitted within this long, e.g. `7d`, `12h`.
+        #[arg(long, value_parser = parse_since)]
+        since: Option<Duration>,
+        /// Output format (`csv`: the records only).
+        #[arg(short = 'o', long, value_enum, default_value_t = HistoryOutput::Table)]
+        output: HistoryOutput,
+    },
+    /// A change report from the maintenance records, per pool: nodes maintained, failures,
+    /// median cycle time (admission to verification), security updates applied.
+    Report {
+        /// The period: maintenances admitted within this long, e.g. `30d`.
+        #[arg(long, default_value = "30d", value_parser = parse_since)]
+        since: Duration,
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
@@ -249,9 +278,43 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             };
             actions::release(&client, &mut out, &node, confirm, now).await?;
         }
-        Command::History { node, output } => {
-            let events = history::fetch(&client, &node).await?;
-            history::print(&mut out, &events, output, now)?;
+        Command::History {
+            node,
+            since,
+            output,
+        } => {
+            let since = since.map(|d| ago(now, d));
+            let found = records::fetch(&client, node.as_deref(), since).await?;
+            let events = match &node {
+                Some(node) if output != HistoryOutput::Csv => history::fetch(&client, node).await?,
+                _ => Vec::new(),
+            };
+            match output {
+                HistoryOutput::Csv => records::print_csv(&mut out, &found)?,
+                HistoryOutput::Json => {
+                    serde_json::to_writer_pretty(
+                        &mut out,
+                        &serde_json::json!({ "records": found, "events": events }),
+                    )?;
+                    std::io::Write::write_all(&mut out, b"\n")?;
+                }
+                HistoryOutput::Table => {
+                    records::print_table(&mut out, &found, now)?;
+                    if node.is_some() {
+                        std::io::Write::write_all(&mut out, b"\n")?;
+                        history::print(&mut out, &events, Output::Table, now)?;
+                    }
+                }
+            }
+        }
+        Command::Report { since, output } => {
+            let since = ago(now, since);
+            let found = records::fetch(&client, None, Some(since)).await?;
+            let report = rota_core::records::report(found.iter().map(|r| &r.spec), since);
+            match output {
+                Output::Table => records::print_report(&mut out, &report, since, now)?,
+                Output::Json => records::print_report_json(&mut out, &report, since)?,
+            }
         }
         Command::Watch {
             pool,
@@ -300,6 +363,26 @@ fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     Duration::try_from(signed).map_err(|_| "a duration cannot be negative".to_owned())
 }
 
+/// `7d`, `36h`, `90m`: a period back from now (days are 24 hours).
+fn parse_since(s: &str) -> std::result::Result<Duration, String> {
+    match s.strip_suffix('d').map(str::parse::<u64>) {
+        Some(Ok(days)) => days
+            .checked_mul(86_400)
+            .map(Duration::from_secs)
+            .ok_or_else(|| "too many days".to_owned()),
+        Some(Err(_)) => Err(format!("{s:?} is not a number of days; write e.g. 7d")),
+        None => parse_duration(s),
+    }
+}
+
+/// `now` minus `period`, saturating.
+fn ago(now: jiff::Timestamp, period: Duration) -> jiff::Timestamp {
+    jiff::SignedDuration::try_from(period)
+        .ok()
+        .and_then(|d| now.checked_sub(d).ok())
+        .unwrap_or(jiff::Timestamp::MIN)
+}
+
 /// `5s`, `3m`, `2h`, `4d`: how long ago, for tables.
 pub fn age(since: jiff::Timestamp, now: jiff::Timestamp) -> String {
     let seconds = now.as_second().saturating_sub(since.as_second()).max(0);
@@ -332,5 +415,14 @@ mod tests {
         assert_eq!(ago(3 * 3600), "3h");
         assert_eq!(ago(3 * 86_400), "3d");
         assert_eq!(ago(-50), "0s");
+    }
+
+    #[test]
+    fn periods_read_days_and_durations() {
+        assert_eq!(parse_since("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_since("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_since("90m"), Ok(Duration::from_secs(90 * 60)));
+        assert!(parse_since("xd").is_err());
+        assert!(parse_since("soon").is_err());
     }
 }

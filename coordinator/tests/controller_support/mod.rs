@@ -30,6 +30,7 @@ use rota_coordinator::notify::Notifier;
 use rota_core::agent_api::AgentCore;
 use rota_core::model::{FencingToken, NodeFacts, NodePolicy, Operation};
 use rota_core::policy::{MaintenancePolicy, MaintenancePolicySpec};
+use rota_core::records::MaintenanceRecord;
 use rota_core::slots::{Completion, NodeState, SlotView};
 use rota_sim::apiserver::{
     ApiServer, DeleteOptions, GroupResource, ListOptions, ResourceKey, ServerConfig, ServerHandle,
@@ -70,8 +71,10 @@ impl Cluster {
                 ..Namespace::default()
             })?;
         }
-        let crd: CustomResourceDefinition = MaintenancePolicy::crd();
-        store.create_as(&crd)?;
+        for crd in [MaintenancePolicy::crd(), MaintenanceRecord::crd()] {
+            let crd: CustomResourceDefinition = crd;
+            store.create_as(&crd)?;
+        }
         Ok(Cluster { store, server })
     }
 
@@ -437,6 +440,11 @@ impl Running {
             kubelet_version: "v1.33.1".into(),
             ..NodeFacts::default()
         };
+        self.report_facts(node, facts).await
+    }
+
+    /// The agent of `node` reports `facts` (retrying until the coordinator serves agents).
+    pub async fn report_facts(&self, node: &str, facts: NodeFacts) -> Result<Option<NodePolicy>> {
         retry(|| async { self.agents.report_facts(node, facts.clone()).await }).await
     }
 
@@ -503,6 +511,16 @@ impl Running {
             rebooted: boot_id_after.is_some(),
             changed: Vec::new(),
         };
+        self.complete_with(node, token, completion).await
+    }
+
+    /// The agent reports `completion`.
+    pub async fn complete_with(
+        &self,
+        node: &str,
+        token: FencingToken,
+        completion: Completion,
+    ) -> Result<SlotView> {
         retry(|| async { self.agents.complete(node, token, completion.clone()).await }).await
     }
 }

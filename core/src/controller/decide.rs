@@ -723,6 +723,7 @@ mod tests {
             boot_id: Some("boot-2".into()),
             rebooted: true,
             changed_packages: 0,
+            changed: vec![],
             at: at(1000),
         };
         assert!(ledger.complete("a", token, late).is_ok());

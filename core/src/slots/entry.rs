@@ -31,9 +31,16 @@ pub struct CompletionReport {
     pub rebooted: bool,
     /// How many packages the operation changed.
     pub changed_packages: u32,
+    /// The packages it changed, `(name, version after)` (at most
+    /// [`MAX_CHANGED_PACKAGES`] of them; `changed_packages` counts them all), for the
+    /// maintenance record.
+    pub changed: Vec<PackagePin>,
     /// When it was reported.
     pub at: Timestamp,
 }
+
+/// Most changed packages a [`CompletionReport`] keeps (it is persisted with the slot).
+pub const MAX_CHANGED_PACKAGES: usize = 512;
 
 /// Scheduler feedback for a queued request (not persisted: the next evaluation recomputes it).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -811,6 +811,7 @@ impl Ledger {
             not_before: Some(not_before),
         };
         let uncordon = held.slot.cordoned_by_rota;
+        let ended = held.clone();
         let operation = request.operation.clone();
         self.set_holding(
             node,
@@ -819,7 +820,7 @@ impl Ledger {
                 note: message.clone(),
             }),
         );
-        Ok(self.transition(
+        let mut transition = self.transition(
             node,
             NodeState::Draining,
             Some(token),
@@ -828,7 +829,9 @@ impl Ledger {
             message,
             now,
             uncordon,
-        ))
+        );
+        transition.held = Some(Box::new(ended));
+        Ok(transition)
     }
 
     /// The Node object is gone: forget it, freeing any slot it held. `None` when it had neither
@@ -836,9 +839,13 @@ impl Ledger {
     pub fn node_deleted(&mut self, node: &str, now: Timestamp) -> Option<Transition> {
         let entry = self.entries.remove(node)?;
         let from = entry.state();
-        let (token, operation) = match entry.holding {
-            Holding::Held(held) => (Some(held.slot.token), held.slot.operation),
-            Holding::Queued(queued) => (None, queued.request.operation),
+        let (token, operation, held) = match entry.holding {
+            Holding::Held(held) => (
+                Some(held.slot.token),
+                held.slot.operation.clone(),
+                Some(Box::new(held)),
+            ),
+            Holding::Queued(queued) => (None, queued.request.operation, None),
             Holding::Idle => return None,
         };
         Some(Transition {
@@ -851,6 +858,7 @@ impl Ledger {
             message: "node deleted".to_owned(),
             at: now,
             uncordon: false,
+            held,
         })
     }
 
@@ -995,11 +1003,12 @@ impl Ledger {
             from,
             to,
             token: Some(held.slot.token),
-            operation: held.slot.operation,
+            operation: held.slot.operation.clone(),
             reason,
             message,
             at: now,
             uncordon: held.slot.cordoned_by_rota,
+            held: Some(Box::new(held)),
         })
     }
 
@@ -1067,6 +1076,10 @@ impl Ledger {
             message,
             at,
             uncordon,
+            held: match self.entries.get(node).map(|e| &e.holding) {
+                Some(Holding::Held(held)) => Some(Box::new(held.clone())),
+                _ => None,
+            },
         }
     }
 }

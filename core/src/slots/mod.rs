@@ -47,8 +47,8 @@ pub mod store;
 pub mod transition;
 
 pub use entry::{
-    Completion, CompletionReport, Finished, HeldSlot, Holding, NodeEntry, ProgressNote,
-    QueuedRequest, RebootEvidence, SlotView, Waiting,
+    Completion, CompletionReport, Finished, HeldSlot, Holding, MAX_CHANGED_PACKAGES, NodeEntry,
+    ProgressNote, QueuedRequest, RebootEvidence, SlotView, Waiting,
 };
 pub use ledger::{Checkpoint, Ledger, LedgerError, LedgerResult, Release};
 pub use persist::PersistError;

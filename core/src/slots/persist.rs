@@ -27,7 +27,9 @@ use super::entry::{
     CompletionReport, Finished, HeldSlot, Holding, NodeEntry, ProgressNote, QueuedRequest, Waiting,
 };
 use super::transition::TransitionReason;
-use crate::model::{FencingToken, NodeName, Operation, Origin, Slot, SlotPhase, SlotRequest};
+use crate::model::{
+    FencingToken, NodeName, Operation, Origin, PackagePin, Slot, SlotPhase, SlotRequest,
+};
 
 /// Everything the ledger persisted, as read back by [`super::LedgerStore::load`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -227,6 +229,8 @@ struct CompletionRecord {
     rebooted: bool,
     #[serde(default)]
     changed_packages: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    changed: Vec<PackagePin>,
     at: Timestamp,
 }
 
@@ -404,6 +408,7 @@ pub fn encode_entry(
                     boot_id: c.boot_id.clone(),
                     rebooted: c.rebooted,
                     changed_packages: c.changed_packages,
+                    changed: c.changed.clone(),
                     at: c.at,
                 }),
             };
@@ -485,6 +490,7 @@ pub fn decode_records(
                 boot_id: c.boot_id,
                 rebooted: c.rebooted,
                 changed_packages: c.changed_packages,
+                changed: c.changed,
                 at: c.at,
             }),
         }),

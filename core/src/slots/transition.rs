@@ -5,6 +5,7 @@ use std::fmt;
 
 use jiff::Timestamp;
 
+use super::entry::HeldSlot;
 use crate::model::{FencingToken, NodeName, Operation, SlotPhase};
 
 /// Where a node stands, as agents and humans see it.
@@ -175,6 +176,10 @@ pub struct Transition {
     pub at: Timestamp,
     /// The transition ended a slot for which rota cordoned the node: uncordon it now.
     pub uncordon: bool,
+    /// The slot as the transition left it; for a transition that ended a slot, as it was at
+    /// its end (with the agent's completion report). `None` when no slot is held after the
+    /// transition and none ended (requests, a drain that gave the slot back).
+    pub held: Option<Box<HeldSlot>>,
 }
 
 impl Transition {

@@ -53,7 +53,7 @@ use super::nodes::{self, AgentOptions, AgentSetup, DaemonKind, NodeDaemon};
 use super::process::HostTokenLog;
 use super::progress::{NodeState, NodeView, Snapshot};
 use super::record::SlotRecord;
-use super::report::{Report, ReportInput, Stopped};
+use super::report::{RecordsSummary, Report, ReportInput, Stopped};
 use super::zincati::ZincatiSetup;
 use super::{Error, Result};
 use crate::apiserver::{
@@ -541,6 +541,7 @@ impl Fleet {
         create_namespace(&store, SYSTEM_NAMESPACE)?;
         create_service_account(&store, SYSTEM_NAMESPACE, coordinator::AGENT_SERVICE_ACCOUNT)?;
         store.create_as(&MaintenancePolicy::crd())?;
+        store.create_as(&rota_core::records::MaintenanceRecord::crd())?;
         if let Some(spec) = policy {
             self.apply_policy(*spec)?;
         }
@@ -1137,7 +1138,73 @@ impl Fleet {
             api_tokens: rota.then(|| (self.slot_record.tokens(), !self.slot_record.incomplete())),
             host_tokens: rota.then(|| self.host_tokens.tokens()),
         };
-        Report::compute(&input)
+        let report = Report::compute(&input);
+        if rota {
+            let records = self.maintenance_records();
+            // The cluster's every record is this rollout's, also those admitted before the
+            // rollout's start was noticed.
+            let since = records
+                .iter()
+                .filter_map(|r| r.phases.admitted.as_ref().map(|t| t.0))
+                .min()
+                .map_or(started, |first| first.min(started));
+            report.with_records(RecordsSummary::of(
+                &records,
+                &self.host_tokens.tokens(),
+                since,
+                input.ended,
+            ))
+        } else {
+            report
+        }
+    }
+
+    /// Waits (up to `timeout`) until the records are settled: none in progress, and every
+    /// maintenance the agents performed recorded. Records are written by a task of the
+    /// leader after each transition, so the last ones may trail the rollout by a moment.
+    pub async fn wait_records_settled(&self, timeout: Duration) -> Result<()> {
+        self.wait_for("maintenance records settled", timeout, |fleet| {
+            let records = fleet.maintenance_records();
+            let open = records
+                .iter()
+                .filter(|r| r.outcome == rota_core::records::RecordOutcome::InProgress)
+                .count();
+            let summary = RecordsSummary::of(
+                &records,
+                &fleet.host_tokens(),
+                Timestamp::MIN,
+                Timestamp::MIN,
+            );
+            if open == 0 && summary.maintenances_without_record.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{open} records in progress; {:?}",
+                    summary.maintenances_without_record
+                ))
+            }
+        })
+        .await
+    }
+
+    /// Every MaintenanceRecord the coordinators wrote.
+    pub fn maintenance_records(&self) -> Vec<rota_core::records::MaintenanceRecordSpec> {
+        let resource = GroupResource::new("rota.dev", "maintenancerecords");
+        self.store
+            .list(&resource, None, &ListOptions::default())
+            .map(|list| {
+                list.items
+                    .iter()
+                    .filter_map(|v| {
+                        serde_json::from_value::<rota_core::records::MaintenanceRecord>(
+                            (**v).clone(),
+                        )
+                        .ok()
+                    })
+                    .map(|r| r.spec)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Stops every process, the cluster and the API server.

@@ -179,6 +179,72 @@ pub struct Report {
     pub fencing_tokens_issued: Option<usize>,
     /// Broken invariants, in words; empty when every invariant held.
     pub invariant_violations: Vec<String>,
+    /// What rota's MaintenanceRecords say (`None`: the scheduler writes none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_records: Option<RecordsSummary>,
+}
+
+/// The MaintenanceRecords of a rollout: whether every maintenance has one, and the change
+/// report `rotactl report` prints from them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordsSummary {
+    /// Records written.
+    pub records: usize,
+    /// Maintenances the agents performed (a fencing token they acted with on their host) that
+    /// have no record, as `node (token N)`.
+    pub maintenances_without_record: Vec<String>,
+    /// The change report per pool (`rotactl report`).
+    pub change_report: Vec<rota_core::records::PoolReport>,
+    /// Its period: the rollout's start ...
+    pub since: Option<Timestamp>,
+    /// ... to the report.
+    pub until: Option<Timestamp>,
+}
+
+impl RecordsSummary {
+    /// Compares the records with the maintenances the agents performed (each fencing token an
+    /// agent acted with, and its node: `host_tokens`), and reports them.
+    pub fn of(
+        records: &[rota_core::records::MaintenanceRecordSpec],
+        host_tokens: &BTreeMap<u64, BTreeSet<String>>,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> Self {
+        let recorded: BTreeSet<(&str, i64)> =
+            records.iter().map(|r| (r.node.as_str(), r.token)).collect();
+        let maintenances_without_record = host_tokens
+            .iter()
+            .flat_map(|(token, nodes)| nodes.iter().map(move |node| (node, *token)))
+            .filter(|(node, token)| {
+                let token = i64::try_from(*token).unwrap_or(i64::MAX);
+                !recorded.contains(&(node.as_str(), token))
+            })
+            .map(|(node, token)| format!("{node} (token {token})"))
+            .collect();
+        RecordsSummary {
+            records: records.len(),
+            maintenances_without_record,
+            change_report: rota_core::records::report(records, since),
+            since: Some(since),
+            until: Some(until),
+        }
+    }
+}
+
+impl Report {
+    /// Adds what the MaintenanceRecords say; a maintenance without a record breaks an
+    /// invariant.
+    pub fn with_records(mut self, summary: RecordsSummary) -> Self {
+        if !summary.maintenances_without_record.is_empty() {
+            self.invariant_violations.push(format!(
+                "maintenances without a MaintenanceRecord: {}",
+                summary.maintenances_without_record.join("; ")
+            ));
+        }
+        self.maintenance_records = Some(summary);
+        self
+    }
 }
 
 /// What the emulator's audit record says, beside the monitor: evictions it accepted that left a
@@ -483,6 +549,7 @@ impl Report {
             fencing_tokens_unique,
             fencing_tokens_issued,
             invariant_violations,
+            maintenance_records: None,
         }
     }
 
@@ -589,6 +656,24 @@ impl Report {
         }
         let mut out = format!("{table}\n");
         self.notes(&mut out);
+        if let Some(records) = &self.maintenance_records {
+            let _ = writeln!(
+                out,
+                "\n{} MaintenanceRecords; the change report (`rotactl report`):",
+                records.records
+            );
+            let mut text = Vec::new();
+            let since = records.since.unwrap_or_default();
+            let printed = rota_coordinator::rotactl::records::print_report(
+                &mut text,
+                &records.change_report,
+                since,
+                records.until.unwrap_or(since),
+            );
+            if printed.is_ok() {
+                out.push_str(&String::from_utf8_lossy(&text));
+            }
+        }
         out
     }
 
@@ -721,6 +806,7 @@ impl Report {
             fencing_tokens_unique: Some(true),
             fencing_tokens_issued: Some(2),
             invariant_violations: Vec::new(),
+            maintenance_records: None,
         }
     }
 }
@@ -856,6 +942,39 @@ mod tests {
             text.contains("kured (concurrency 2, period 60 s) 30.0 s — 2.0× as long"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn every_maintenance_an_agent_performed_needs_a_record() {
+        use rota_core::records::{MaintenanceRecordSpec, RecordOutcome};
+        let record = |node: &str, token: i64| MaintenanceRecordSpec {
+            node: node.into(),
+            token,
+            pool: Some("fleet".into()),
+            outcome: RecordOutcome::Succeeded,
+            ..MaintenanceRecordSpec::default()
+        };
+        let records = [record("n1", 1), record("n2", 2)];
+        let performed = BTreeMap::from([
+            (1, BTreeSet::from(["n1".to_string()])),
+            (2, BTreeSet::from(["n2".to_string()])),
+        ]);
+        let complete = RecordsSummary::of(&records, &performed, at(0), at(60));
+        assert!(complete.maintenances_without_record.is_empty());
+        let report = Report::example().with_records(complete);
+        assert!(report.invariants_hold(), "{}", report.render());
+        assert!(
+            report.render().contains("2 MaintenanceRecords"),
+            "{}",
+            report.render()
+        );
+
+        let mut more = performed.clone();
+        more.insert(3, BTreeSet::from(["n3".to_string()]));
+        let gaps = RecordsSummary::of(&records, &more, at(0), at(60));
+        assert_eq!(gaps.maintenances_without_record, ["n3 (token 3)"]);
+        let report = Report::example().with_records(gaps);
+        assert!(!report.invariants_hold());
     }
 
     #[test]

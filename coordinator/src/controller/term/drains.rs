@@ -170,6 +170,9 @@ impl Term<'_> {
             Some(r) if r.token == token => self.running.remove(&node),
             _ => None,
         };
+        if let Ok(report) = &result {
+            self.remember_evicted(&node, token, report);
+        }
         if let (Some(pool), Ok(report)) = (&pool, &result) {
             for _ in 0..report.stats.evictions_succeeded {
                 self.metrics().eviction(pool);

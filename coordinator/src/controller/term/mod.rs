@@ -3,10 +3,13 @@
 //! - this file: the actor, its loop and passes, slot-service events, policy changes, statuses;
 //! - [`drains`]: admissions, the drain tasks, and what follows a drain;
 //! - [`requests`]: what humans ask through Node annotations;
-//! - [`events`]: the Kubernetes Events of the term, recorded in order by one task.
+//! - [`events`]: the Kubernetes Events of the term, recorded in order by one task;
+//! - [`records`]: what each slot transition adds to its MaintenanceRecord (written by
+//!   [`crate::records::write_records`], a task of the term).
 
 mod drains;
 mod events;
+mod records;
 mod requests;
 
 use drains::{DrainDone, Running};
@@ -82,6 +85,12 @@ pub(super) struct Term<'a> {
     busy: HashMap<String, bool>,
     events: mpsc::UnboundedSender<EventJob>,
     event_task: tokio::task::JoinHandle<()>,
+    records: mpsc::UnboundedSender<crate::records::RecordJob>,
+    record_task: tokio::task::JoinHandle<()>,
+    /// Who set each node's pending manual request (its field manager), until its admission.
+    requesters: HashMap<NodeName, String>,
+    /// The pods each slot's drains evicted, and when the last drain ended, until its grant.
+    evicted: HashMap<(NodeName, FencingToken), (Vec<String>, Timestamp)>,
     /// The policies' Prometheus alerts, polled for this term.
     alerts: AlertWatch,
     next_wake: Option<Timestamp>,
@@ -90,6 +99,7 @@ pub(super) struct Term<'a> {
 impl Drop for Term<'_> {
     fn drop(&mut self) {
         self.event_task.abort();
+        self.record_task.abort();
         for running in self.running.values() {
             running.cancel.cancel();
         }
@@ -109,6 +119,18 @@ impl<'a> Term<'a> {
         let event_task = tokio::spawn(
             record_events(coordinator.events.clone(), gate.clone(), receiver)
                 .instrument(info_span!("events")),
+        );
+        let (records, receiver) = mpsc::unbounded_channel();
+        let record_task = tokio::spawn(
+            crate::records::write_records(
+                coordinator.clients.default.clone(),
+                gate.clone(),
+                coordinator.metrics.clone(),
+                coordinator.clock.clone(),
+                coordinator.settings.records,
+                receiver,
+            )
+            .instrument(info_span!("records")),
         );
         Term {
             coordinator,
@@ -132,6 +154,10 @@ impl<'a> Term<'a> {
             busy: HashMap::new(),
             events,
             event_task,
+            records,
+            record_task,
+            requesters: HashMap::new(),
+            evicted: HashMap::new(),
             alerts: AlertWatch::spawn(coordinator.settings.alerts.clone()),
             next_wake: None,
         }
@@ -358,6 +384,7 @@ impl<'a> Term<'a> {
             info!(node = %transition.node, reason = transition.reason.as_str(), "slot left draining: stopping its drain");
             running.cancel.cancel();
         }
+        self.record(&transition);
         let uid = self.node_uid(&transition.node);
         self.event(EventJob::Transition(transition, uid));
     }

@@ -61,6 +61,7 @@ impl Term<'_> {
             .await
         {
             Ok(_) => {
+                self.remember_requester(&node).await;
                 self.noticed.remove(&(node.clone(), MAINTENANCE_REQUESTED));
                 if self
                     .remove_annotation(&node, MAINTENANCE_REQUESTED, resource_version)
