@@ -249,18 +249,14 @@ impl ReplicaBuilder {
             }
         });
         let fleetlock = fleetlock::Gate::default();
-        let fleetlock_addr = match (
-            &config.fleetlock.fleetlock_addr,
-            &config.fleetlock.fleetlock_tokens_dir,
-        ) {
+        let fleetlock_tokens = config
+            .fleetlock
+            .tokens(&clients.default, &config.identity.namespace);
+        let fleetlock_addr = match (&config.fleetlock.fleetlock_addr, fleetlock_tokens) {
             (Some(addr), Some(tokens)) => {
                 let listener = bind("FleetLock", None, *addr).await?;
                 let addr = local_addr("FleetLock", &listener)?;
-                let router = fleetlock::router(
-                    fleetlock.clone(),
-                    fleetlock::Tokens::new(tokens),
-                    metrics.clone(),
-                );
+                let router = fleetlock::router(fleetlock.clone(), tokens, metrics.clone());
                 let stopped = stop.clone().cancelled_owned();
                 let tls = server_tls
                     .clone()

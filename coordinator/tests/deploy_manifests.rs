@@ -764,6 +764,7 @@ fn exported_series() -> BTreeSet<String> {
     metrics.record_written();
     metrics.records_pruned(1);
     metrics.record_failed("write");
+    metrics.fleetlock_request("pre-reboot", "workers", "ok");
     let text = metrics.encode().unwrap();
     let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
     let documented = read("coordinator/src/metrics.rs")
@@ -1762,6 +1763,7 @@ fn only_the_coordinators_service_account_can_read_secrets() {
         assert_eq!(secret_readers(&docs), coordinator, "{what}");
         // The coordinator's own read is by name only: no list or watch of every Secret.
         let role = find(&docs, "Role", "rota-coordinator");
+        let mut readable = BTreeSet::new();
         for rule in role["rules"].as_array().unwrap() {
             if rule["resources"]
                 .as_array()
@@ -1774,23 +1776,26 @@ fn only_the_coordinators_service_account_can_read_secrets() {
                     "{what}: {rule}"
                 );
                 if verbs.contains(&"get".into()) {
-                    let names: BTreeSet<_> = rule["resourceNames"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|n| n.as_str().unwrap())
-                        .collect();
-                    assert_eq!(
-                        names,
-                        BTreeSet::from([
-                            rota_coordinator::tls::CA_SECRET,
-                            rota_coordinator::tls::SERVING_SECRET
-                        ]),
-                        "{what}"
+                    readable.extend(
+                        rule["resourceNames"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|n| n.as_str().unwrap().to_owned()),
                     );
                 }
             }
         }
+        // Its CA and serving certificate, and the FleetLock groups' tokens (read only).
+        let expected: BTreeSet<String> = [
+            rota_coordinator::tls::CA_SECRET,
+            rota_coordinator::tls::SERVING_SECRET,
+            "rota-fleetlock-tokens",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        assert_eq!(readable, expected, "{what}");
         for (kind, name) in [
             ("Deployment", "rota-coordinator"),
             ("DaemonSet", "rota-agent"),

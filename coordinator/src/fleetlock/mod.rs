@@ -18,8 +18,11 @@
 mod backend;
 pub mod hosts;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -30,9 +33,12 @@ use axum::routing::post;
 use base64::Engine;
 use clap::Args;
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
 use ring::{digest, hmac};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::Mutex;
 
 use rota_core::fleetlock::{
     self, ClientParams, Kind, PRE_REBOOT, PROTOCOL_HEADER, Refusal, STEADY_STATE, ZINCATI_APP_ID,
@@ -46,14 +52,21 @@ pub use hosts::HostLocks;
 
 /// The FleetLock endpoint's flags.
 #[derive(Clone, Debug, Args)]
+#[clap(group = clap::ArgGroup::new("fleetlock_tokens").multiple(false))]
 pub struct FleetLockArgs {
     /// Serve the FleetLock protocol (`/v1/pre-reboot`, `/v1/steady-state`) on this address,
-    /// for Zincati and other FleetLock clients. Off unless set.
-    #[clap(long, env = "ROTA_FLEETLOCK_ADDR", requires = "fleetlock_tokens_dir")]
+    /// for Zincati and other FleetLock clients. Off unless set; needs the groups' tokens
+    /// (`--fleetlock-tokens-secret` or `--fleetlock-tokens-dir`).
+    #[clap(long, env = "ROTA_FLEETLOCK_ADDR", requires = "fleetlock_tokens")]
     pub fleetlock_addr: Option<SocketAddr>,
-    /// Directory with one file per FleetLock group, named after the group, holding the token
-    /// its clients must present (mount a Secret here).
-    #[clap(long, env = "ROTA_FLEETLOCK_TOKENS_DIR")]
+    /// Secret in the coordinator's namespace with one key per FleetLock group, named after the
+    /// group, holding the token its clients must present (read through the API, at most every
+    /// 10 s; a group without a key is refused, and so is everyone while the Secret is missing).
+    #[clap(long, env = "ROTA_FLEETLOCK_TOKENS_SECRET", group = "fleetlock_tokens")]
+    pub fleetlock_tokens_secret: Option<String>,
+    /// Directory with one file per FleetLock group instead, named after the group, read on
+    /// each request.
+    #[clap(long, env = "ROTA_FLEETLOCK_TOKENS_DIR", group = "fleetlock_tokens")]
     pub fleetlock_tokens_dir: Option<PathBuf>,
     /// Serve FleetLock over plain HTTP even when the coordinator has a TLS certificate (behind
     /// a TLS-terminating proxy, or for local tests).
@@ -61,23 +74,112 @@ pub struct FleetLockArgs {
     pub fleetlock_insecure_plaintext: bool,
 }
 
+impl FleetLockArgs {
+    /// Where the groups' tokens come from, when FleetLock is served.
+    pub fn tokens(&self, client: &Client, namespace: &str) -> Option<Tokens> {
+        self.fleetlock_addr?;
+        match (&self.fleetlock_tokens_secret, &self.fleetlock_tokens_dir) {
+            (Some(secret), _) => Some(Tokens::secret(client.clone(), namespace, secret)),
+            (None, Some(dir)) => Some(Tokens::dir(dir)),
+            (None, None) => None,
+        }
+    }
+}
+
 /// Where the leader's [`Locks`] are installed for its term; closed otherwise.
 pub type Gate = Slot<dyn Locks>;
 
-/// The tokens of the groups: one file per group in a directory.
-#[derive(Clone, Debug)]
+/// How long the tokens read from a Secret are used before it is read again.
+const SECRET_TTL: Duration = Duration::from_secs(10);
+
+/// The groups' tokens: the keys of a Secret, or the files of a directory, named after the
+/// groups.
+#[derive(Clone)]
 pub struct Tokens {
-    dir: PathBuf,
+    source: TokenSource,
+}
+
+#[derive(Clone)]
+enum TokenSource {
+    Dir(PathBuf),
+    Secret {
+        api: Api<Secret>,
+        name: String,
+        /// The keys read last, and when.
+        cache: Arc<Mutex<Option<(Instant, BTreeMap<String, String>)>>>,
+    },
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            TokenSource::Dir(dir) => f.debug_tuple("Tokens::Dir").field(dir).finish(),
+            TokenSource::Secret { name, .. } => {
+                f.debug_tuple("Tokens::Secret").field(name).finish()
+            }
+        }
+    }
 }
 
 impl Tokens {
-    /// Tokens read from `dir` on each request.
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Tokens { dir: dir.into() }
+    /// Tokens read from the files of `dir` on each request.
+    pub fn dir(dir: impl Into<PathBuf>) -> Self {
+        Tokens {
+            source: TokenSource::Dir(dir.into()),
+        }
+    }
+
+    /// Tokens read from the keys of the Secret `name` in `namespace`.
+    pub fn secret(client: Client, namespace: &str, name: &str) -> Self {
+        Tokens {
+            source: TokenSource::Secret {
+                api: Api::namespaced(client, namespace),
+                name: name.to_owned(),
+                cache: Arc::new(Mutex::new(None)),
+            },
+        }
+    }
+
+    /// `group`'s token, if it has one.
+    async fn token_of(&self, group: &str) -> Option<String> {
+        match &self.source {
+            TokenSource::Dir(dir) => {
+                let text = std::fs::read_to_string(dir.join(group)).ok()?;
+                Some(text.trim().to_owned())
+            }
+            TokenSource::Secret { api, name, cache } => {
+                let mut cached = cache.lock().await;
+                let fresh = cached
+                    .as_ref()
+                    .is_some_and(|(read, _)| read.elapsed() < SECRET_TTL);
+                if !fresh {
+                    let keys = match api.get_opt(name).await {
+                        Ok(secret) => secret
+                            .and_then(|s| s.data)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter_map(|(k, v)| {
+                                String::from_utf8(v.0)
+                                    .ok()
+                                    .map(|v| (k, v.trim().to_owned()))
+                            })
+                            .collect(),
+                        Err(error) => {
+                            tracing::warn!(secret = %name, %error, "FleetLock tokens not readable; refusing every group");
+                            BTreeMap::new()
+                        }
+                    };
+                    *cached = Some((Instant::now(), keys));
+                }
+                cached
+                    .as_ref()
+                    .and_then(|(_, keys)| keys.get(group).cloned())
+            }
+        }
     }
 
     /// Whether `presented` is `group`'s token.
-    fn admits(&self, group: &str, presented: &str) -> Result<(), Refusal> {
+    async fn admits(&self, group: &str, presented: &str) -> Result<(), Refusal> {
         // Groups are `[a-zA-Z0-9.-]+`: one that starts with a dot could name `..` or a
         // Secret volume's own entries.
         let unknown = || {
@@ -89,7 +191,11 @@ impl Tokens {
         if group.starts_with('.') {
             return Err(unknown());
         }
-        let expected = read_token(&self.dir.join(group)).ok_or_else(unknown)?;
+        let expected = self
+            .token_of(group)
+            .await
+            .filter(|t| !t.is_empty())
+            .ok_or_else(unknown)?;
         // Digests of both, compared: the time taken says nothing about the token.
         let want = digest::digest(&digest::SHA256, expected.as_bytes());
         let got = digest::digest(&digest::SHA256, presented.as_bytes());
@@ -99,12 +205,6 @@ impl Tokens {
             Err(unknown())
         }
     }
-}
-
-fn read_token(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let token = text.trim();
-    (!token.is_empty()).then(|| token.to_owned())
 }
 
 /// The token of a request: `Bearer TOKEN`, or the password of `Basic`.
@@ -216,7 +316,7 @@ async fn answer(
             )),
         );
     };
-    if let Err(refusal) = state.tokens.admits(&client.group, &token) {
+    if let Err(refusal) = state.tokens.admits(&client.group, &token).await {
         return (None, Err(refusal));
     }
     let group = Some(client.group.clone());
@@ -337,15 +437,15 @@ mod tests {
         assert_eq!(presented_token(&headers), None);
     }
 
-    #[test]
-    fn a_group_is_admitted_only_with_its_own_token() {
+    #[tokio::test]
+    async fn a_group_is_admitted_only_with_its_own_token() {
         let dir =
             std::env::temp_dir().join(format!("rota-fleetlock-tokens-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("workers"), "s3cret\n").unwrap();
         std::fs::write(dir.join("empty"), "\n").unwrap();
-        let tokens = Tokens::new(&dir);
-        assert_eq!(tokens.admits("workers", "s3cret"), Ok(()));
+        let tokens = Tokens::dir(&dir);
+        assert_eq!(tokens.admits("workers", "s3cret").await, Ok(()));
         for (group, token) in [
             ("workers", "wrong"),
             ("workers", ""),
@@ -353,7 +453,7 @@ mod tests {
             ("empty", ""),
             ("..", "s3cret"),
         ] {
-            let refused = tokens.admits(group, token).unwrap_err();
+            let refused = tokens.admits(group, token).await.unwrap_err();
             assert_eq!(refused.kind, Kind::Unauthorized, "{group} {token}");
         }
         let _ = std::fs::remove_dir_all(&dir);
