@@ -99,23 +99,28 @@ pub struct Tokens {
     source: TokenSource,
 }
 
+/// The keys of a Secret as read last, and when.
+type Cached = Option<(Instant, BTreeMap<String, String>)>;
+
 #[derive(Clone)]
 enum TokenSource {
     Dir(PathBuf),
-    Secret {
-        api: Api<Secret>,
-        name: String,
-        /// The keys read last, and when.
-        cache: Arc<Mutex<Option<(Instant, BTreeMap<String, String>)>>>,
-    },
+    Secret(Box<SecretTokens>),
+}
+
+#[derive(Clone)]
+struct SecretTokens {
+    api: Api<Secret>,
+    name: String,
+    cache: Arc<Mutex<Cached>>,
 }
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.source {
             TokenSource::Dir(dir) => f.debug_tuple("Tokens::Dir").field(dir).finish(),
-            TokenSource::Secret { name, .. } => {
-                f.debug_tuple("Tokens::Secret").field(name).finish()
+            TokenSource::Secret(secret) => {
+                f.debug_tuple("Tokens::Secret").field(&secret.name).finish()
             }
         }
     }
@@ -132,11 +137,11 @@ impl Tokens {
     /// Tokens read from the keys of the Secret `name` in `namespace`.
     pub fn secret(client: Client, namespace: &str, name: &str) -> Self {
         Tokens {
-            source: TokenSource::Secret {
+            source: TokenSource::Secret(Box::new(SecretTokens {
                 api: Api::namespaced(client, namespace),
                 name: name.to_owned(),
                 cache: Arc::new(Mutex::new(None)),
-            },
+            })),
         }
     }
 
@@ -147,7 +152,8 @@ impl Tokens {
                 let text = std::fs::read_to_string(dir.join(group)).ok()?;
                 Some(text.trim().to_owned())
             }
-            TokenSource::Secret { api, name, cache } => {
+            TokenSource::Secret(secret) => {
+                let SecretTokens { api, name, cache } = secret.as_ref();
                 let mut cached = cache.lock().await;
                 let fresh = cached
                     .as_ref()
@@ -435,6 +441,50 @@ mod tests {
         assert_eq!(presented_token(&headers).as_deref(), Some("s3cret"));
         headers.insert(header::AUTHORIZATION, "Digest x".parse().unwrap());
         assert_eq!(presented_token(&headers), None);
+    }
+
+    /// Tokens from a Secret read through the API: a key per group; while the Secret is missing
+    /// every group is refused; a new token is taken once the cached read is older than its TTL.
+    #[tokio::test]
+    async fn tokens_come_from_the_secrets_keys() {
+        use rota_sim::apiserver::{ApiServer, Store};
+        use std::net::{Ipv4Addr, SocketAddr};
+        let server = ApiServer::start(Store::new(), SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .await
+            .unwrap();
+        let client =
+            kube::Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
+        let tokens = Tokens::secret(client.clone(), "rota-system", "rota-fleetlock-tokens");
+        let refused = tokens.admits("workers", "s3cret").await.unwrap_err();
+        assert_eq!(refused.kind, Kind::Unauthorized);
+        let secret: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "rota-fleetlock-tokens", "namespace": "rota-system"},
+            "data": {"workers": base64::engine::general_purpose::STANDARD.encode("s3cret\n")},
+        }))
+        .unwrap();
+        let namespace: k8s_openapi::api::core::v1::Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "rota-system"}}))
+                .unwrap();
+        Api::all(client.clone())
+            .create(&kube::api::PostParams::default(), &namespace)
+            .await
+            .unwrap();
+        let secrets: Api<Secret> = Api::namespaced(client, "rota-system");
+        secrets
+            .create(&kube::api::PostParams::default(), &secret)
+            .await
+            .unwrap();
+        // A fresh reader sees it at once (the first one keeps its cached read for a while).
+        let tokens = Tokens::secret(
+            secrets.clone().into_client(),
+            "rota-system",
+            "rota-fleetlock-tokens",
+        );
+        assert_eq!(tokens.admits("workers", "s3cret").await, Ok(()));
+        for (group, token) in [("workers", "other"), ("other", "s3cret")] {
+            let refused = tokens.admits(group, token).await.unwrap_err();
+            assert_eq!(refused.kind, Kind::Unauthorized, "{group} {token}");
+        }
     }
 
     #[tokio::test]
