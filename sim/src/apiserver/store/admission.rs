@@ -92,6 +92,7 @@ pub(super) fn prepare_create(
         m.remove("status");
     }
     apply_defaults(info, &mut obj);
+    merge_string_data(info, &mut obj);
     validate(info, &obj)?;
     Ok(obj)
 }
@@ -163,6 +164,7 @@ pub(super) fn prepare_update(
     };
     let mut new = Value::Object(new);
     preserve_system_fields(&mut new, old, info);
+    merge_string_data(info, &mut new);
     if info.group.is_empty() && info.plural == "pods" && part == Part::Main {
         check_pod_spec_update(info, old, &new)?;
     }
@@ -392,6 +394,34 @@ fn validate(info: &ResourceInfo, obj: &Value) -> Result<()> {
         _ => {}
     }
     Ok(())
+}
+
+/// A Secret's `stringData` is write-only: the API server merges it into `data` (base64,
+/// overriding a key of the same name) and never stores it.
+fn merge_string_data(info: &ResourceInfo, obj: &mut Value) {
+    use base64::Engine;
+    if !(info.group.is_empty() && info.plural == "secrets") {
+        return;
+    }
+    let Some(map) = obj.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(strings)) = map.remove("stringData") else {
+        return;
+    };
+    let data = map
+        .entry("data")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !data.is_object() {
+        *data = Value::Object(Map::new());
+    }
+    if let Some(data) = data.as_object_mut() {
+        for (key, value) in strings {
+            let text = value.as_str().unwrap_or_default();
+            let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+            data.insert(key, Value::String(encoded));
+        }
+    }
 }
 
 /// Defaults the API server fills in on create.
@@ -664,6 +694,28 @@ mod tests {
             .unwrap();
         assert_eq!(status["metadata"]["generation"], 2);
         assert_eq!(status["status"]["replicas"], 3);
+    }
+
+    #[test]
+    fn a_secrets_string_data_is_merged_into_its_data() {
+        let registry = crate::apiserver::resources::Registry::new();
+        let info = registry
+            .get(&crate::apiserver::GroupResource::core("secrets"))
+            .unwrap()
+            .clone();
+        let mut secret = json!({
+            "metadata": {"name": "s"},
+            "data": {"a": "b2xk", "keep": "a2VlcA=="},
+            "stringData": {"a": "new", "b": "two"},
+        });
+        merge_string_data(&info, &mut secret);
+        assert_eq!(
+            secret,
+            json!({
+                "metadata": {"name": "s"},
+                "data": {"a": "bmV3", "keep": "a2VlcA==", "b": "dHdv"},
+            })
+        );
     }
 
     #[test]
