@@ -11,6 +11,7 @@ use std::time::Duration;
 use rota_agent::host::Host;
 use rota_coordinator::fleetlock::hosts::HOSTS_CONFIGMAP;
 use rota_core::fleetlock::{PRE_REBOOT, PROTOCOL_HEADER, STEADY_STATE};
+use rota_core::policy::MaintenancePolicySpec;
 use rota_core::slots::persist::{LEDGER_ANNOTATIONS, REQUEST_ANNOTATION};
 use rota_sim::apiserver::{GroupResource, ListOptions, ResourceKey, meta};
 use rota_sim::demo::{Fleet, Scheduler};
@@ -409,4 +410,94 @@ async fn hosts_that_are_no_nodes_share_the_pools_max_unavailable() {
     let (most, example, lagged) = record.await.unwrap();
     assert!(!lagged, "the record missed writes");
     assert!(most <= 2, "{most} unavailable at once: {example}");
+}
+
+/// A pool of plain hosts with its own `maxUnavailable: 1` (a policy that selects no node and
+/// lists two hosts): the first host's lock survives the leader's death — the new leader, which
+/// read it from the API, holds the second host back naming the first — and passes to the second
+/// host once the first reaches steady state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_hosts_lock_survives_a_leader_failover() {
+    let tokens = tempfile::tempdir().unwrap();
+    std::fs::write(tokens.path().join("edge"), "edge-token\n").unwrap();
+    let (first, second) = (
+        "1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a",
+        "2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b",
+    );
+    let mut options = options(4, 3, 1, 2);
+    if let Scheduler::Rota {
+        coordinators,
+        pools,
+        ..
+    } = &mut options.scheduler
+    {
+        coordinators.fleetlock_tokens = Some(tokens.path().to_path_buf());
+        let edge: MaintenancePolicySpec = serde_json::from_value(serde_json::json!({
+            "nodeSelector": {"matchLabels": {"rota.dev/pool": "edge-hosts-only"}},
+            "maxUnavailable": 1,
+            "fleetLock": {"hosts": [first, second]},
+        }))
+        .unwrap();
+        pools.push(("edge".to_owned(), edge));
+    }
+    let fleet = start(options).await;
+    let headers = [
+        (PROTOCOL_HEADER, "true"),
+        ("Authorization", "Bearer edge-token"),
+    ];
+    let ask = |path: &'static str, id: &'static str| {
+        let fleet = &fleet;
+        async move {
+            fleet
+                .fleetlock_post(None, path, &headers, &body(id, "edge"))
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    let until_granted = |path: &'static str, id: &'static str| async move {
+        for _ in 0..600 {
+            if let Ok((200, _)) = ask(path, id).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{id}: {path} never answered 200");
+    };
+    until_granted(PRE_REBOOT, first).await;
+
+    let leader = fleet.leader().unwrap();
+    fleet.kill_coordinator(leader).await.unwrap();
+    fleet
+        .wait_for("another leader", WAIT, |f| match f.leader() {
+            Some(l) if l != leader => Ok(l),
+            other => Err(format!("leader {other:?}")),
+        })
+        .await
+        .unwrap();
+    // The new leader answers the second host, and holds it back because of the first.
+    let mut last = String::new();
+    let held_back = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok((status, answer)) = ask(PRE_REBOOT, second).await {
+                assert_ne!(
+                    status, 200,
+                    "the second host got a lock while the first held one"
+                );
+                if status == 423 && answer.contains(first) {
+                    return answer;
+                }
+                last = answer;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the new leader never named the first host's lock: {last}"));
+    assert!(held_back.contains("failed_lock_queued"), "{held_back}");
+
+    // The first host is back: its lock goes to the second.
+    until_granted(STEADY_STATE, first).await;
+    until_granted(PRE_REBOOT, second).await;
+    until_granted(STEADY_STATE, second).await;
+    fleet.shutdown().await;
 }
