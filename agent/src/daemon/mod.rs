@@ -102,12 +102,18 @@ pub fn client(url: &str, tls: &TlsArgs, auth: TokenAuth) -> Result<Client> {
 /// What the daemon's tasks tell its loop.
 #[derive(Clone)]
 enum Event {
-    Detect { refresh: bool },
+    Detect {
+        refresh: bool,
+    },
     Facts(Box<NodeFacts>),
     Slot(SlotView),
     OperationEnded(u64),
     AwaitingVerdict(u64),
     ResendFacts,
+    /// A facts report failed (the coordinator does not lead yet, or cannot be reached).
+    FactsNotReported,
+    /// Report the facts again after a failed report.
+    RetryFacts,
     RequestFailed,
     Policy(Option<NodePolicy>),
 }
@@ -171,6 +177,10 @@ pub async fn run(
 
     let mut detecting = false;
     let mut detect_again: Option<bool> = None;
+    // A failed facts report is retried after the retry interval, not only at the next
+    // periodic resend: until its first report is answered the agent knows no policy and asks
+    // for nothing. One retry is pending at a time.
+    let mut facts_retry_pending = false;
     tokio::pin!(shutdown);
     loop {
         let event = tokio::select! {
@@ -209,6 +219,21 @@ pub async fn run(
             }
             Event::AwaitingVerdict(token) => Input::AwaitingVerdict(token),
             Event::ResendFacts => Input::ResendFacts,
+            Event::FactsNotReported => {
+                if !facts_retry_pending {
+                    facts_retry_pending = true;
+                    let (tx, retry) = (tx.clone(), config.retry_interval);
+                    tasks.spawn(async move {
+                        tokio::time::sleep(retry).await;
+                        let _ = tx.send(Event::RetryFacts).await;
+                    });
+                }
+                continue;
+            }
+            Event::RetryFacts => {
+                facts_retry_pending = false;
+                Input::ResendFacts
+            }
             Event::RequestFailed => Input::RequestFailed,
             Event::Policy(policy) => Input::Policy(policy),
         };
@@ -281,7 +306,10 @@ async fn perform(
                         ),
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "reporting facts failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reporting facts failed; retrying");
+                    let _ = tx.try_send(Event::FactsNotReported);
+                }
             }
         }
         Action::RequestSlot(op) => {

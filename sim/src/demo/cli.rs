@@ -82,6 +82,10 @@ pub struct DemoArgs {
     /// rollout drains can leave pods Pending.
     #[clap(long, env = "ROTA_DEMO_TIGHT_CAPACITY")]
     pub tight_capacity: Option<f64>,
+    /// How many workers are image-based hosts that run Zincati instead of rota's agent and ask
+    /// the coordinator's FleetLock endpoint before they reboot (rota only).
+    #[clap(long, env = "ROTA_DEMO_FLEETLOCK_HOSTS", default_value_t = 0)]
+    pub fleetlock_hosts: usize,
     /// kured's `--period` at the simulation's scale (1 h → 60 s).
     #[clap(long, env = "ROTA_DEMO_KURED_PERIOD", default_value = "60s", value_parser = parse_duration)]
     pub kured_period: Duration,
@@ -131,6 +135,9 @@ impl DemoArgs {
         options.faults = self.fault_flags.faults();
         options.keep_blocked_pdb = self.keep_blocked_pdb;
         options.tight_capacity = self.tight_capacity;
+        if policy == PolicyChoice::Rota {
+            options.fleetlock_hosts = self.fleetlock_hosts;
+        }
         options.scheduler = match policy {
             PolicyChoice::Rota => {
                 let mut spec = demo_policy(self.max_unavailable);

@@ -70,7 +70,7 @@ impl ZincatiSetup {
         let node = node.to_owned();
         Process::spawn(&format!("zincati-{node}"), move || async move {
             let _alive = super::nodes::AliveGuard(alive);
-            if let Err(e) = run(&setup, &node, &sim_host, &process_host).await {
+            if let Err(e) = run(&setup, &node, &sim_host, Arc::new(process_host)).await {
                 tracing::warn!(%node, error = %e, "zincati stopped");
             }
         })
@@ -198,7 +198,7 @@ async fn run(
     setup: &ZincatiSetup,
     node: &str,
     sim_host: &SimHost,
-    host: &ProcessHost,
+    host: Arc<ProcessHost>,
 ) -> Result<()> {
     let machine_id = String::from_utf8_lossy(&host.read_file(Path::new("/etc/machine-id"))?)
         .trim()
@@ -215,7 +215,10 @@ async fn run(
     setup.until_granted(node, PRE_REBOOT, &id).await;
     host.write_file_atomic(Path::new(FINALIZED), b"finalized\n")?;
     tracing::info!(%node, "zincati: reboot slot granted; finalizing the update and rebooting");
-    host.reboot(&RebootMethod::Systemctl)?;
+    // The reboot call returns only once this process is gone: off the runtime's thread, so
+    // that the host going down can end the process.
+    let rebooting = host.clone();
+    let _ = tokio::task::spawn_blocking(move || rebooting.reboot(&RebootMethod::Systemctl)).await;
     std::future::pending::<()>().await;
     Ok(())
 }

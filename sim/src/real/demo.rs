@@ -43,6 +43,13 @@ pub async fn run(args: &DemoArgs) -> Result<u8> {
                 .into(),
         ));
     }
+    if args.fleetlock_hosts > 0 {
+        return Err(Error::Invalid(
+            "--control-plane real runs rota's agent on every node (--fleetlock-hosts needs the \
+             emulator)"
+                .into(),
+        ));
+    }
     if args.fault_flags.faults() != crate::cluster::Faults::default() {
         return Err(Error::Invalid(
             "--control-plane real injects no faults (the real-control-plane suites do)".into(),
