@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{NodeName, Operation, Origin, Slot, SlotPhase, SlotRequest};
+use crate::model::{FencingToken, NodeName, Operation, Origin, Slot, SlotPhase, SlotRequest};
 use crate::slots::{NodeState, SlotView};
 
 /// The header every request must carry, with the value `true`.
@@ -242,9 +242,10 @@ pub fn resolve<'a>(
     let matches: Vec<&NodeName> = nodes
         .into_iter()
         .filter(|n| {
-            n.name == id
-                || n.machine_id.as_deref().map(normalize_id) == Some(wanted.clone())
-                || n.zincati_id.as_deref().map(normalize_id) == Some(wanted.clone())
+            let is_wanted = |other: &Option<String>| {
+                other.as_deref().is_some_and(|o| normalize_id(o) == wanted)
+            };
+            n.name == id || is_wanted(&n.machine_id) || is_wanted(&n.zincati_id)
         })
         .map(|n| &n.name)
         .collect();
@@ -442,11 +443,16 @@ pub enum UnlockDecision {
     /// The host rebooted: complete the slot with this boot id (the health gate then runs) and
     /// answer that it is being verified.
     Complete {
+        /// The slot's fencing token.
+        token: FencingToken,
         /// The kubelet's boot id now.
         boot_id: String,
     },
     /// The host gives the slot back without having rebooted: release it, then 200.
-    GiveBack,
+    GiveBack {
+        /// The slot's fencing token.
+        token: FencingToken,
+    },
     /// Not yet.
     Refuse(Refusal),
 }
@@ -499,19 +505,22 @@ fn unlock_held(slot: &Slot, kubelet: &KubeletReport, asked_since: Timestamp) -> 
         && let Some(boot_id) = rebooted
     {
         // Whoever asked for the reboot, the host performed it.
-        return UnlockDecision::Complete { boot_id };
+        return UnlockDecision::Complete {
+            token: slot.token,
+            boot_id,
+        };
     }
     if !ours {
         // A human's or an agent's slot: the client holds nothing to release.
         return UnlockDecision::Unlocked;
     }
     if slot.phase == SlotPhase::Draining {
-        return UnlockDecision::GiveBack;
+        return UnlockDecision::GiveBack { token: slot.token };
     }
     let reported_since = kubelet.heartbeat.is_some_and(|h| h > asked_since);
     let same_boot = slot.boot_id_before.is_some() && slot.boot_id_before == kubelet.boot_id;
     if same_boot && reported_since {
-        return UnlockDecision::GiveBack;
+        return UnlockDecision::GiveBack { token: slot.token };
     }
     UnlockDecision::Refuse(Refusal::new(
         Kind::WaitingForKubelet,
@@ -526,7 +535,6 @@ fn unlock_held(slot: &Slot, kubelet: &KubeletReport, asked_since: Timestamp) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::FencingToken;
     use jiff::SignedDuration;
 
     fn at(secs: i64) -> Timestamp {
@@ -744,6 +752,7 @@ mod tests {
         assert_eq!(
             steady_state(&v, None, Some(&held), &kubelet("boot-2", 5), at(3)),
             UnlockDecision::Complete {
+                token: FencingToken(7),
                 boot_id: "boot-2".to_owned()
             }
         );
@@ -752,6 +761,7 @@ mod tests {
         assert_eq!(
             steady_state(&v, None, Some(&manual), &kubelet("boot-2", 5), at(3)),
             UnlockDecision::Complete {
+                token: FencingToken(7),
                 boot_id: "boot-2".to_owned()
             }
         );
@@ -769,7 +779,9 @@ mod tests {
         );
         assert_eq!(
             steady_state(&v, None, Some(&held), &kubelet("boot-1", 4), at(3)),
-            UnlockDecision::GiveBack
+            UnlockDecision::GiveBack {
+                token: FencingToken(7)
+            }
         );
         // A boot id that cannot be compared is never taken for "not rebooted".
         let unknown = slot(SlotPhase::Granted, Origin::FleetLock, None);
@@ -782,7 +794,9 @@ mod tests {
         let v = view(NodeState::Draining, Some(Operation::Reboot));
         assert_eq!(
             steady_state(&v, None, Some(&draining), &kubelet("boot-1", 0), at(3)),
-            UnlockDecision::GiveBack
+            UnlockDecision::GiveBack {
+                token: FencingToken(7)
+            }
         );
     }
 

@@ -13,10 +13,11 @@ use rota_coordinator::fleetlock::hosts::HOSTS_CONFIGMAP;
 use rota_core::fleetlock::{PRE_REBOOT, PROTOCOL_HEADER, STEADY_STATE};
 use rota_core::policy::MaintenancePolicySpec;
 use rota_core::slots::persist::{LEDGER_ANNOTATIONS, REQUEST_ANNOTATION};
-use rota_sim::apiserver::{GroupResource, ListOptions, ResourceKey, meta};
+use rota_sim::apiserver::{GroupResource, ResourceKey, meta};
 use rota_sim::demo::{Fleet, Scheduler};
 use rota_tests::e2e::{
-    WAIT, annotation, assert_complete, node, options, print_timing, run, start, tokens_by_node,
+    self, WAIT, annotation, assert_complete, node, options, print_timing, run, start,
+    tokens_by_node,
 };
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
@@ -300,20 +301,24 @@ async fn plain_host(fleet: &Fleet, id: &str) -> usize {
         (PRE_REBOOT, Duration::from_secs(2)),
         (STEADY_STATE, Duration::ZERO),
     ] {
-        loop {
-            match fleet.fleetlock_post(None, path, &headers, &request).await {
-                Ok((200, _)) => break,
-                Ok((status, answer)) => {
-                    assert!(
-                        [423, 503].contains(&status),
-                        "{id} {path}: {status} {answer}"
-                    );
-                    refused += 1;
+        let answered = tokio::time::timeout(WAIT, async {
+            loop {
+                match fleet.fleetlock_post(None, path, &headers, &request).await {
+                    Ok((200, _)) => break,
+                    Ok((status, answer)) => {
+                        assert!(
+                            [423, 503].contains(&status),
+                            "{id} {path}: {status} {answer}"
+                        );
+                        refused += 1;
+                    }
+                    Err(_) => refused += 1,
                 }
-                Err(_) => refused += 1,
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await;
+        assert!(answered.is_ok(), "{id}: {path} never answered 200");
         // The host reboots (it is no Kubernetes node: nothing in the cluster shows it).
         tokio::time::sleep(then).await;
     }
@@ -375,18 +380,10 @@ async fn hosts_that_are_no_nodes_share_the_pools_max_unavailable() {
     // An Event on the policy for every lock given and given back (recorded after the writes).
     fleet
         .wait_for("an Event for every host lock", WAIT, |fleet| {
-            let events = fleet
-                .store()
-                .list(
-                    &GroupResource::new("events.k8s.io", "events"),
-                    None,
-                    &ListOptions::default(),
-                )
-                .map_err(|e| e.to_string())?;
+            let events = e2e::events(fleet);
             // Repeats of one reason on one object are folded into a series.
             let count = |reason: &str| -> u64 {
                 events
-                    .items
                     .iter()
                     .filter(|e| meta::str_at(e, "/reason") == reason)
                     .filter(|e| meta::str_at(e, "/regarding/kind") == "MaintenancePolicy")

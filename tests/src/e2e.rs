@@ -503,18 +503,22 @@ impl Drop for Timeline {
     }
 }
 
-/// The Events rota recorded about `node`: (reason, note), oldest first.
-pub fn events_about(fleet: &Fleet, node: &str) -> Vec<(String, String)> {
-    let events = fleet
+/// Every `events.k8s.io/v1` Event in the fleet's store.
+pub fn events(fleet: &Fleet) -> Vec<Arc<Value>> {
+    fleet
         .store()
         .list(
             &GroupResource::new("events.k8s.io", "events"),
             None,
             &ListOptions::default(),
         )
-        .unwrap();
-    let mut about: Vec<(String, String, String)> = events
+        .unwrap()
         .items
+}
+
+/// The Events rota recorded about `node`: (reason, note), oldest first.
+pub fn events_about(fleet: &Fleet, node: &str) -> Vec<(String, String)> {
+    let mut about: Vec<(String, String, String)> = events(fleet)
         .iter()
         .filter(|e| meta::str_at(e, "/regarding/name") == node)
         .map(|e| {

@@ -213,10 +213,7 @@ impl<S: LedgerStore> Backend<S> {
                     .map_err(refused)?;
                 Ok(())
             }
-            UnlockDecision::GiveBack => {
-                let token = slot
-                    .map(|s| s.token)
-                    .ok_or_else(|| Refusal::new(Kind::Internal, "the slot went away; ask again"))?;
+            UnlockDecision::GiveBack { token } => {
                 self.service
                     .release(
                         &node,
@@ -228,10 +225,7 @@ impl<S: LedgerStore> Backend<S> {
                 self.forget(&node, token.0);
                 Ok(())
             }
-            UnlockDecision::Complete { boot_id } => {
-                let token = slot
-                    .map(|s| s.token)
-                    .ok_or_else(|| Refusal::new(Kind::Internal, "the slot went away; ask again"))?;
+            UnlockDecision::Complete { token, boot_id } => {
                 let completion = Completion {
                     success: true,
                     message: format!(

@@ -137,21 +137,18 @@ impl HostLocks {
         if hosts.holders.contains_key(id) {
             return Ok(());
         }
-        let first = !hosts.requests.contains_key(id);
-        hosts.requests.entry(id.to_owned()).or_insert(now);
-        state
-            .last_asked
-            .insert((pool.to_owned(), id.to_owned()), now);
-        if first {
+        if !hosts.requests.contains_key(id) {
+            hosts.requests.insert(id.to_owned(), now);
             self.changed.notify_one();
-            return Err(vec!["waiting for the scheduler".to_owned()]);
         }
-        let reasons = state
+        let key = (pool.to_owned(), id.to_owned());
+        state.last_asked.insert(key.clone(), now);
+        // A host that just asked has no reasons yet: the pass it woke has not run.
+        Err(state
             .waiting
-            .get(&(pool.to_owned(), id.to_owned()))
+            .get(&key)
             .cloned()
-            .unwrap_or_else(|| vec!["waiting for the scheduler".to_owned()]);
-        Err(reasons)
+            .unwrap_or_else(|| vec!["waiting for the scheduler".to_owned()]))
     }
 
     /// The controller gives host `id` of `pool` its lock (persisted before it counts as given).
