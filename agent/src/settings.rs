@@ -308,6 +308,7 @@ mod tests {
             sentinel_command: vec!["policy-check".into()],
             reboot_command: vec!["/sbin/shutdown".into(), "-r".into(), "now".into()],
             reboot_mode: RebootMode::Never,
+            etcd: Default::default(),
         }
     }
 

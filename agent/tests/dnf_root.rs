@@ -295,6 +295,7 @@ fn kubernetes_upgrade_moves_kubelet_and_restarts_it_through_systemctl() {
     let rec = common::Recorder::default();
     let op = Operation::KubernetesUpgrade {
         version: "1.30.2".into(),
+        kubeadm: rota_core::model::KubeadmStep::Node,
     };
     Executor::start(&host, &config, &rec, 3, op, Timestamp::now())
         .unwrap()

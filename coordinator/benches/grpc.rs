@@ -82,6 +82,7 @@ fn facts(i: usize) -> pb::NodeFacts {
         os_image: "Debian GNU/Linux 12 (bookworm)".into(),
         reboot_packages: vec!["linux-image-6.1.0-20-amd64".into()],
         package_backend: "apt".into(),
+        etcd: None,
         agent_version: "0.1.0".into(),
         errors: vec![],
     }

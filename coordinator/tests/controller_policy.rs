@@ -394,6 +394,7 @@ async fn agents_get_their_pools_policy_with_facts_and_grants() -> Result<()> {
         sentinel_command: vec!["/usr/local/bin/needs-reboot".into()],
         reboot_command: vec!["/usr/local/sbin/reboot-now".into()],
         reboot_mode: RebootMode::Never,
+        etcd: Default::default(),
     };
     // The first pass resolves the pools; until then the answer may carry none.
     let deadline = tokio::time::Instant::now() + WITHIN;

@@ -296,6 +296,7 @@ fn verdicts() {
             held(
                 Operation::KubernetesUpgrade {
                     version: "1.34.0".into(),
+                    kubeadm: rota_core::model::KubeadmStep::Node,
                 },
                 before,
                 completion(true, None),
@@ -311,6 +312,7 @@ fn verdicts() {
             held(
                 Operation::KubernetesUpgrade {
                     version: "1.34.0".into(),
+                    kubeadm: rota_core::model::KubeadmStep::Node,
                 },
                 before,
                 completion(true, None),

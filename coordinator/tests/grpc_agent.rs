@@ -412,6 +412,7 @@ async fn malformed_requests_are_refused() {
                     kind: Some(pb::operation::Kind::KubernetesUpgrade(
                         pb::KubernetesUpgrade {
                             version: "latest".into(),
+                            kubeadm: 0,
                         },
                     )),
                 }),
@@ -708,6 +709,7 @@ async fn the_nodes_policy_comes_with_facts_answers_and_grants() {
         sentinel_command: vec![],
         reboot_command: vec!["/usr/local/sbin/reboot-now".into()],
         reboot_mode: RebootMode::Never,
+        etcd: Default::default(),
     };
     let policies = HashMap::from([("n1".to_owned(), Arc::new(at_grant.clone()))]);
     h.core.set_policies(&policies).await;

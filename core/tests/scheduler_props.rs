@@ -403,6 +403,7 @@ impl Case {
                 operation: match r.upgrade_minor {
                     Some(minor) => Operation::KubernetesUpgrade {
                         version: format!("1.{minor}.0"),
+                        kubeadm: rota_core::model::KubeadmStep::Node,
                     },
                     None if r.package => Operation::PackageUpgrade {
                         security_only: false,

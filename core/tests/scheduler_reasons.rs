@@ -74,6 +74,7 @@ fn upgrade(node: &str, minute: i64, version: &str) -> SlotRequest {
     SlotRequest {
         operation: Operation::KubernetesUpgrade {
             version: version.into(),
+            kubeadm: rota_core::model::KubeadmStep::Node,
         },
         ..request(node, minute)
     }

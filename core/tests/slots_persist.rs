@@ -55,6 +55,7 @@ fn request_and_outcome_annotations() {
         "n1",
         Operation::KubernetesUpgrade {
             version: "1.33.2".into(),
+            kubeadm: rota_core::model::KubeadmStep::Node,
         },
         Origin::Agent,
         at(0),

@@ -110,6 +110,7 @@ fn operation(i: usize) -> Operation {
         1 => Operation::KubeletRestart,
         _ => Operation::KubernetesUpgrade {
             version: "1.33.2".into(),
+            kubeadm: rota_core::model::KubeadmStep::Node,
         },
     }
 }

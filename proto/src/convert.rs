@@ -7,7 +7,8 @@
 use std::fmt;
 
 use rota_core::model::{
-    FencingToken, Impact, NodeFacts, NodeName, NodePolicy, Operation, PackagePin, PendingPackage,
+    EtcdFacts, EtcdMember, EtcdSnapshot, EtcdSnapshotPolicy, FencingToken, Impact, KubeadmStep,
+    NodeFacts, NodeName, NodePolicy, Operation, PackagePin, PendingPackage, SnapshotBefore,
     UpgradeReboot,
 };
 use rota_core::policy::crd::{RebootMode, UpgradeMode};
@@ -160,6 +161,16 @@ pub fn operation(value: Option<pb::Operation>) -> Result<Operation, Invalid> {
         },
         Kind::KubernetesUpgrade(up) => Operation::KubernetesUpgrade {
             version: kubernetes_version("operation.kubernetes_upgrade.version", &up.version)?,
+            kubeadm: match pb::KubeadmStep::try_from(up.kubeadm) {
+                Ok(pb::KubeadmStep::Apply) => KubeadmStep::Apply,
+                Ok(pb::KubeadmStep::Node | pb::KubeadmStep::Unspecified) => KubeadmStep::Node,
+                Err(_) => {
+                    return Err(invalid(
+                        "operation.kubernetes_upgrade.kubeadm",
+                        format!("{} is not APPLY or NODE", up.kubeadm),
+                    ));
+                }
+            },
         },
     })
 }
@@ -171,15 +182,16 @@ pub fn pin(field: &str, pin: pb::PackagePin) -> Result<PackagePin, Invalid> {
     })
 }
 
-/// A Kubernetes version `MAJOR.MINOR.PATCH` (a leading `v` is dropped).
+/// A Kubernetes version `MAJOR.MINOR.PATCH`, or `MAJOR.MINOR` for a step of a longer walk (a
+/// leading `v` is dropped).
 pub fn kubernetes_version(field: &str, value: &str) -> Result<String, Invalid> {
     let bare = value.strip_prefix('v').unwrap_or(value);
     let parts: Vec<&str> = bare.split('.').collect();
     let numeric = |p: &&str| !p.is_empty() && p.len() <= 9 && p.bytes().all(|b| b.is_ascii_digit());
-    if parts.len() != 3 || !parts.iter().all(numeric) {
+    if !(2..=3).contains(&parts.len()) || !parts.iter().all(numeric) {
         return Err(invalid(
             field,
-            format!("{value:?} is not a Kubernetes version like 1.33.2"),
+            format!("{value:?} is not a Kubernetes version like 1.33.2 (or 1.33)"),
         ));
     }
     Ok(bare.to_owned())
@@ -230,6 +242,49 @@ pub fn facts(value: Option<pb::NodeFacts>) -> Result<NodeFacts, Invalid> {
         errors: list("facts.errors", f.errors, MAX_LIST_ENTRIES, |field, v| {
             text(field, v, MAX_TEXT_BYTES)
         })?,
+        etcd: f.etcd.map(etcd_facts).transpose()?.unwrap_or_default(),
+    })
+}
+
+fn etcd_facts(e: pb::EtcdFacts) -> Result<EtcdFacts, Invalid> {
+    let member = match pb::EtcdMember::try_from(e.member) {
+        Ok(pb::EtcdMember::Unspecified) => EtcdMember::None,
+        Ok(pb::EtcdMember::Stacked) => EtcdMember::Stacked,
+        Ok(pb::EtcdMember::External) => EtcdMember::External,
+        Err(_) => {
+            return Err(invalid(
+                "facts.etcd.member",
+                format!("{} is not STACKED or EXTERNAL", e.member),
+            ));
+        }
+    };
+    let snapshot = e
+        .snapshot
+        .map(|s| -> Result<EtcdSnapshot, Invalid> {
+            Ok(EtcdSnapshot {
+                path: absolute_path("facts.etcd.snapshot.path", s.path)?,
+                size_bytes: s.size_bytes,
+                revision: s.revision,
+                hash: s.hash,
+                total_keys: s.total_keys,
+                taken_at: jiff::Timestamp::from_second(s.taken_at_unix_seconds).map_err(|_| {
+                    invalid(
+                        "facts.etcd.snapshot.taken_at_unix_seconds",
+                        format!("{} is out of range", s.taken_at_unix_seconds),
+                    )
+                })?,
+            })
+        })
+        .transpose()?;
+    let error = text(
+        "facts.etcd.snapshot_error",
+        e.snapshot_error,
+        MAX_TEXT_BYTES,
+    )?;
+    Ok(EtcdFacts {
+        member,
+        snapshot,
+        snapshot_error: (!error.is_empty()).then_some(error),
     })
 }
 
@@ -280,6 +335,38 @@ pub fn node_policy(field: &str, p: pb::NodePolicy) -> Result<NodePolicy, Invalid
         sentinel_command: argv(&format!("{field}.sentinel_command"), p.sentinel_command)?,
         reboot_command: argv(&format!("{field}.reboot_command"), p.reboot_command)?,
         reboot_mode,
+        etcd: p
+            .etcd
+            .map(|e| etcd_policy(&format!("{field}.etcd"), e))
+            .transpose()?
+            .unwrap_or_default(),
+    })
+}
+
+fn etcd_policy(field: &str, e: pb::EtcdSnapshotPolicy) -> Result<EtcdSnapshotPolicy, Invalid> {
+    let before = match pb::SnapshotBefore::try_from(e.before) {
+        Ok(pb::SnapshotBefore::AllOperations) => SnapshotBefore::AllOperations,
+        Ok(pb::SnapshotBefore::KubernetesUpgrades) => SnapshotBefore::KubernetesUpgrades,
+        Ok(pb::SnapshotBefore::Never) => SnapshotBefore::Never,
+        Ok(pb::SnapshotBefore::Unspecified) | Err(_) => {
+            return Err(invalid(
+                format!("{field}.before"),
+                format!(
+                    "{} is not ALL_OPERATIONS, KUBERNETES_UPGRADES or NEVER",
+                    e.before
+                ),
+            ));
+        }
+    };
+    if e.max_age_seconds == 0 {
+        return Err(invalid(
+            format!("{field}.max_age_seconds"),
+            "must be more than zero",
+        ));
+    }
+    Ok(EtcdSnapshotPolicy {
+        before,
+        max_age_seconds: e.max_age_seconds,
     })
 }
 
@@ -352,9 +439,13 @@ impl From<&Operation> for pb::Operation {
                 } as i32,
                 packages: packages.iter().map(pb::PackagePin::from).collect(),
             }),
-            Operation::KubernetesUpgrade { version } => {
+            Operation::KubernetesUpgrade { version, kubeadm } => {
                 Kind::KubernetesUpgrade(pb::KubernetesUpgrade {
                     version: version.clone(),
+                    kubeadm: match kubeadm {
+                        KubeadmStep::Apply => pb::KubeadmStep::Apply,
+                        KubeadmStep::Node => pb::KubeadmStep::Node,
+                    } as i32,
                 })
             }
         };
@@ -419,6 +510,27 @@ impl From<&NodeFacts> for pb::NodeFacts {
             errors: sendable(&f.errors),
             reboot_packages: f.reboot_packages.clone(),
             package_backend: f.package_backend.clone(),
+            etcd: Some(pb::EtcdFacts {
+                member: match f.etcd.member {
+                    EtcdMember::None => pb::EtcdMember::Unspecified,
+                    EtcdMember::Stacked => pb::EtcdMember::Stacked,
+                    EtcdMember::External => pb::EtcdMember::External,
+                } as i32,
+                snapshot: f.etcd.snapshot.as_ref().map(|s| pb::EtcdSnapshot {
+                    path: s.path.clone(),
+                    size_bytes: s.size_bytes,
+                    revision: s.revision,
+                    hash: s.hash,
+                    total_keys: s.total_keys,
+                    taken_at_unix_seconds: s.taken_at.as_second(),
+                }),
+                snapshot_error: f
+                    .etcd
+                    .snapshot_error
+                    .as_deref()
+                    .map(|e| printable_within(e, MAX_TEXT_BYTES))
+                    .unwrap_or_default(),
+            }),
         }
     }
 }
@@ -444,6 +556,14 @@ impl From<&NodePolicy> for pb::NodePolicy {
             sentinel_command: p.sentinel_command.clone(),
             reboot_command: p.reboot_command.clone(),
             reboot_mode: reboot_mode.into(),
+            etcd: Some(pb::EtcdSnapshotPolicy {
+                before: match p.etcd.before {
+                    SnapshotBefore::AllOperations => pb::SnapshotBefore::AllOperations,
+                    SnapshotBefore::KubernetesUpgrades => pb::SnapshotBefore::KubernetesUpgrades,
+                    SnapshotBefore::Never => pb::SnapshotBefore::Never,
+                } as i32,
+                max_age_seconds: p.etcd.max_age_seconds,
+            }),
         }
     }
 }
@@ -461,6 +581,7 @@ mod tests {
             sentinel_command: vec!["/usr/local/bin/needs-reboot".into()],
             reboot_command: vec!["/sbin/shutdown".into(), "-r".into(), "now".into()],
             reboot_mode: RebootMode::Never,
+            etcd: Default::default(),
         }
     }
 

@@ -359,6 +359,7 @@ mod tests {
             sentinel_command: vec![],
             reboot_command: vec![],
             reboot_mode,
+            etcd: Default::default(),
         }
     }
 

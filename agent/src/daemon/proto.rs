@@ -109,6 +109,7 @@ mod tests {
             },
             Operation::KubernetesUpgrade {
                 version: "1.30.2".into(),
+                kubeadm: rota_core::model::KubeadmStep::Node,
             },
         ];
         for op in ops {
@@ -120,6 +121,7 @@ mod tests {
             kind: Some(pb::operation::Kind::KubernetesUpgrade(
                 pb::KubernetesUpgrade {
                     version: "1.30; rm -rf /".into(),
+                    kubeadm: 0,
                 },
             )),
         };

@@ -259,6 +259,7 @@ fn kubelet_restart_survives_every_crash() {
 fn kubernetes_upgrade_survives_every_crash() {
     let op = Operation::KubernetesUpgrade {
         version: "1.30.2".into(),
+        kubeadm: rota_core::model::KubeadmStep::Node,
     };
     every_crash_point(&|| host(true), op, &|host, done, crash| {
         assert!(done.success, "{crash:?}: {done:?}");

@@ -279,7 +279,7 @@ impl OperationRecord {
                         Effect::Install(packages.clone(), InstallPurpose::Named)
                     }
                 }
-                Operation::KubernetesUpgrade { version } => {
+                Operation::KubernetesUpgrade { version, .. } => {
                     Effect::InstallKubernetes(version.clone())
                 }
                 // Never entered for these operations; checking health is harmless.
@@ -295,7 +295,7 @@ impl OperationRecord {
             Phase::RestartKubelet => Effect::RestartKubelet,
             Phase::Verify => Effect::CheckHealth {
                 kubelet_version: match &self.operation {
-                    Operation::KubernetesUpgrade { version } => Some(version.clone()),
+                    Operation::KubernetesUpgrade { version, .. } => Some(version.clone()),
                     _ => None,
                 },
             },
@@ -689,7 +689,7 @@ impl OperationRecord {
 
     /// A Kubernetes upgrade moves one minor version at a time and never down.
     fn kubernetes_skew_problem(&self) -> Option<String> {
-        let Operation::KubernetesUpgrade { version } = &self.operation else {
+        let Operation::KubernetesUpgrade { version, .. } = &self.operation else {
             return None;
         };
         let Some(current) = self.versions_before.get("kubelet") else {
@@ -952,6 +952,7 @@ mod tests {
         };
         let mut ok = record(Operation::KubernetesUpgrade {
             version: "1.31.0".into(),
+            kubeadm: rota_core::model::KubeadmStep::Node,
         });
         ok.on(prepared("1.30.2-1.1"));
         assert_eq!(
@@ -978,7 +979,10 @@ mod tests {
             ("1.31.0-1.1", "1.30.9"),
             ("1.30.0", "2.0.0"),
         ] {
-            let mut r = record(Operation::KubernetesUpgrade { version: to.into() });
+            let mut r = record(Operation::KubernetesUpgrade {
+                version: to.into(),
+                kubeadm: rota_core::model::KubeadmStep::Node,
+            });
             r.on(prepared(from));
             assert!(
                 matches!(r.phase, Phase::Finished { success: false, .. }),
@@ -1066,6 +1070,7 @@ mod tests {
             sentinel_command: vec![],
             reboot_command: vec![],
             reboot_mode,
+            etcd: Default::default(),
         }
     }
 

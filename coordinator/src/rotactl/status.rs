@@ -393,7 +393,7 @@ pub fn operation_label(operation: &Operation) -> String {
             ..
         } => "security-upgrade".to_owned(),
         Operation::PackageUpgrade { .. } => "upgrade".to_owned(),
-        Operation::KubernetesUpgrade { version } => format!("kubernetes-upgrade {version}"),
+        Operation::KubernetesUpgrade { version, .. } => format!("kubernetes-upgrade {version}"),
         other => other.name().to_owned(),
     }
 }

@@ -221,7 +221,7 @@ fn health_problems<'a>(
              seen it Ready yet)"
         ));
     }
-    if let Operation::KubernetesUpgrade { version } = operation {
+    if let Operation::KubernetesUpgrade { version, .. } = operation {
         let running = node
             .status
             .as_ref()

@@ -130,6 +130,64 @@ pub struct NodeFacts {
     pub agent_version: String,
     /// Detection problems; never read as "maintenance required".
     pub errors: Vec<String>,
+    /// The node's etcd member and the agent's latest snapshot of it.
+    #[serde(default)]
+    pub etcd: EtcdFacts,
+}
+
+/// Which etcd a node runs, as kubeadm lays it out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EtcdMember {
+    /// No control plane on the node (a worker), or the agent could not tell.
+    #[default]
+    None,
+    /// A kubeadm control-plane node with a stacked etcd member (a static pod
+    /// `/etc/kubernetes/manifests/etcd.yaml`).
+    Stacked,
+    /// A kubeadm control-plane node whose API server uses an external etcd (no etcd manifest):
+    /// its snapshots are not rota's to take.
+    External,
+}
+
+/// A verified `etcdctl snapshot save` the agent took on its node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdSnapshot {
+    /// Where it is on the host.
+    pub path: String,
+    /// Its size in bytes.
+    pub size_bytes: u64,
+    /// The etcd revision it holds (`snapshot status`).
+    pub revision: u64,
+    /// Its hash (`snapshot status`).
+    pub hash: u64,
+    /// How many keys it holds (`snapshot status`).
+    pub total_keys: u64,
+    /// When it was saved.
+    pub taken_at: jiff::Timestamp,
+}
+
+/// The etcd facts of a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdFacts {
+    /// Which etcd the node runs.
+    #[serde(default)]
+    pub member: EtcdMember,
+    /// The newest verified snapshot the agent keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<EtcdSnapshot>,
+    /// Why the last snapshot attempt failed, when it did (after the snapshot above, if any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_error: Option<String>,
+}
+
+impl EtcdFacts {
+    /// The verified snapshot, when it was taken at or after `since`.
+    pub fn fresh_snapshot(&self, since: jiff::Timestamp) -> Option<&EtcdSnapshot> {
+        self.snapshot.as_ref().filter(|s| s.taken_at >= since)
+    }
 }
 
 impl NodeFacts {

@@ -10,7 +10,9 @@ mod node_policy;
 mod operation;
 mod slot;
 
-pub use facts::{Blocked, Impact, NodeFacts, PackagePin, PendingPackage};
-pub use node_policy::NodePolicy;
-pub use operation::{Operation, UpgradeReboot};
+pub use facts::{
+    Blocked, EtcdFacts, EtcdMember, EtcdSnapshot, Impact, NodeFacts, PackagePin, PendingPackage,
+};
+pub use node_policy::{EtcdSnapshotPolicy, NodePolicy, SnapshotBefore};
+pub use operation::{KubeadmStep, Operation, UpgradeReboot};
 pub use slot::{FencingToken, NodeName, Origin, Slot, SlotPhase, SlotRequest};

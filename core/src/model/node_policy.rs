@@ -4,10 +4,13 @@
 //! The agent's own flags are defaults; a field set here overrides them. Fields the policy leaves
 //! unset (`None`, an empty command) keep the agent's own value.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::ValidatedPolicy;
 use crate::policy::crd::{RebootMode, UpgradeMode};
+
+use super::Operation;
 
 /// The policy in force for one node, as the coordinator sends it to the node's agent
 /// (`ReportFactsResponse.policy`, and with a grant `SlotStatus.policy`).
@@ -33,6 +36,65 @@ pub struct NodePolicy {
     pub reboot_command: Vec<String>,
     /// Whether the node reboots at all (`reboot.mode`).
     pub reboot_mode: RebootMode,
+    /// Snapshots of a stacked etcd member before maintenance (`etcd`).
+    #[serde(default)]
+    pub etcd: EtcdSnapshotPolicy,
+}
+
+/// Which operations of a stacked-etcd control-plane node need a fresh verified etcd snapshot
+/// before the coordinator admits them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SnapshotBefore {
+    /// Kubernetes upgrades only.
+    KubernetesUpgrades,
+    /// Every operation (a kernel reboot of an etcd member too).
+    #[default]
+    AllOperations,
+    /// None: the cluster's etcd is backed up some other way.
+    Never,
+}
+
+impl SnapshotBefore {
+    /// Whether `operation` on a stacked-etcd control-plane node needs a snapshot first.
+    pub fn covers(self, operation: &Operation) -> bool {
+        match self {
+            SnapshotBefore::AllOperations => true,
+            SnapshotBefore::KubernetesUpgrades => {
+                matches!(operation, Operation::KubernetesUpgrade { .. })
+            }
+            SnapshotBefore::Never => false,
+        }
+    }
+}
+
+/// The pool's etcd snapshot rule, as its agents need it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdSnapshotPolicy {
+    /// Which operations need one.
+    pub before: SnapshotBefore,
+    /// How old a snapshot may be and still count, in seconds.
+    pub max_age_seconds: u64,
+}
+
+impl EtcdSnapshotPolicy {
+    /// The default `etcd.maxSnapshotAge`: one hour.
+    pub const DEFAULT_MAX_AGE_SECONDS: u64 = 3600;
+
+    /// Whether `operation` on a stacked-etcd control-plane node needs a snapshot first.
+    pub fn covers(&self, operation: &Operation) -> bool {
+        self.before.covers(operation)
+    }
+}
+
+impl Default for EtcdSnapshotPolicy {
+    fn default() -> Self {
+        Self {
+            before: SnapshotBefore::default(),
+            max_age_seconds: Self::DEFAULT_MAX_AGE_SECONDS,
+        }
+    }
 }
 
 impl NodePolicy {
@@ -46,6 +108,7 @@ impl NodePolicy {
             sentinel_command: policy.reboot.sentinel_command.clone(),
             reboot_command: policy.reboot.command.clone(),
             reboot_mode: policy.reboot.mode,
+            etcd: policy.etcd,
         }
     }
 
@@ -74,6 +137,7 @@ mod tests {
                 "sentinelCommand": ["/usr/local/bin/needs-reboot", "--quiet"],
                 "command": ["/sbin/shutdown", "-r", "now"],
             },
+            "etcd": {"snapshotBefore": "kubernetesUpgrades", "maxSnapshotAge": "30m"},
         })))
         .expect("valid");
         let node = NodePolicy::of("workers", &policy);
@@ -87,6 +151,10 @@ mod tests {
                 sentinel_command: vec!["/usr/local/bin/needs-reboot".into(), "--quiet".into()],
                 reboot_command: vec!["/sbin/shutdown".into(), "-r".into(), "now".into()],
                 reboot_mode: RebootMode::Never,
+                etcd: EtcdSnapshotPolicy {
+                    before: SnapshotBefore::KubernetesUpgrades,
+                    max_age_seconds: 1800,
+                },
             }
         );
         assert!(!node.reboots());

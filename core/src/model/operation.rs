@@ -33,13 +33,37 @@ pub enum Operation {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         packages: Vec<PackagePin>,
     },
-    /// Move the kubelet (and kubeadm, kubectl where installed) to this version, one minor at a
-    /// time.
+    /// Move the node to this Kubernetes version the kubeadm way, one minor at a time: kubeadm
+    /// first, then `kubeadm upgrade apply` (the first control-plane node) or `kubeadm upgrade
+    /// node` (every other node), then the kubelet and kubectl.
     #[serde(rename_all = "camelCase", alias = "kubernetes-upgrade")]
     KubernetesUpgrade {
-        /// Target version, e.g. `1.33.2`.
+        /// Target version: exact (`1.33.2`), or a minor (`1.33`) for a step of a longer walk,
+        /// which the node resolves to the newest patch its package source offers.
         version: String,
+        /// Which kubeadm upgrade the node runs.
+        #[serde(default, skip_serializing_if = "KubeadmStep::is_node")]
+        kubeadm: KubeadmStep,
     },
+}
+
+/// Which `kubeadm upgrade` a Kubernetes upgrade runs on its node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum KubeadmStep {
+    /// `kubeadm upgrade plan` then `kubeadm upgrade apply vX.Y.Z`: the first control-plane node
+    /// of a version, which moves the cluster's configuration and its own control plane.
+    Apply,
+    /// `kubeadm upgrade node`: every other control-plane node, and workers.
+    #[default]
+    Node,
+}
+
+impl KubeadmStep {
+    /// Whether this is the default step (`node`), which is not written.
+    pub fn is_node(&self) -> bool {
+        *self == KubeadmStep::Node
+    }
 }
 
 /// Whether a package upgrade reboots the node afterwards.

@@ -13,6 +13,8 @@ use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::model::SnapshotBefore;
+
 /// How one node pool is maintained: which nodes, how many at once, when, and how.
 // Several printer columns share a type; clippy reads that as a repeated attribute.
 #[allow(clippy::duplicated_attributes)]
@@ -128,6 +130,31 @@ pub struct MaintenancePolicySpec {
     /// FleetLock clients (Zincati) that are not Kubernetes nodes, admitted into this pool.
     #[serde(default, skip_serializing_if = "FleetLockSpec::is_empty")]
     pub fleet_lock: FleetLockSpec,
+    /// Snapshots of stacked etcd members before their nodes are maintained.
+    #[serde(default, skip_serializing_if = "EtcdSpec::is_default")]
+    pub etcd: EtcdSpec,
+}
+
+/// Before a control-plane node with a stacked etcd member (kubeadm's default layout) is
+/// maintained, its agent saves an etcd snapshot (`etcdctl snapshot save`) and verifies it; the
+/// coordinator admits the node only once the agent reported a verified snapshot younger than
+/// `maxSnapshotAge`. Nodes with an external etcd are skipped.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdSpec {
+    /// Which operations need a snapshot: `allOperations` (default: a kernel reboot of an etcd
+    /// member too), `kubernetesUpgrades`, or `never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_before: Option<SnapshotBefore>,
+    /// How old a snapshot may be and still count, e.g. `30m`. Default `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_snapshot_age: Option<String>,
+}
+
+impl EtcdSpec {
+    fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 /// FleetLock clients of the pool beyond its Kubernetes nodes. A FleetLock client whose id
@@ -195,6 +222,7 @@ impl Default for MaintenancePolicySpec {
             max_failures: default_max_failures(),
             control_plane: ControlPlaneSpec::default(),
             fleet_lock: FleetLockSpec::default(),
+            etcd: EtcdSpec::default(),
         }
     }
 }

@@ -12,12 +12,13 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use regex::Regex;
 
 use super::crd::{
-    BackoffSpec, BlockersSpec, DrainSpec, HealthSpec, MaintenancePolicySpec, MaintenanceWindow,
-    RebootMode, RebootSpec, UpgradeMode, UpgradeSpec, Weekday,
+    BackoffSpec, BlockersSpec, DrainSpec, EtcdSpec, HealthSpec, MaintenancePolicySpec,
+    MaintenanceWindow, RebootMode, RebootSpec, UpgradeMode, UpgradeSpec, Weekday,
 };
 use super::selector::Selector;
 use super::version::KubeVersion;
 use super::window::{self, BlackoutPeriod, Window, WindowState};
+use crate::model::EtcdSnapshotPolicy;
 
 /// One problem in a spec: where (`spec.windows[0].start`) and why.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -231,6 +232,8 @@ pub struct ValidatedPolicy {
     /// FleetLock ids of the pool's hosts that are not Kubernetes nodes, normalized
     /// ([`crate::fleetlock::normalize_id`]), without repeats.
     pub fleetlock_hosts: Vec<String>,
+    /// Snapshots of stacked etcd members before maintenance.
+    pub etcd: EtcdSnapshotPolicy,
 }
 
 /// The control-plane quorum guard's settings.
@@ -356,8 +359,9 @@ pub fn validate(spec: &MaintenancePolicySpec) -> Result<ValidatedPolicy, Vec<Pol
             }
         }
     }
-    match (node_selector, max_unavailable, drain, health) {
-        (Some(node_selector), Some(max_unavailable), Some(drain), Some(health))
+    let etcd = v.etcd(&spec.etcd);
+    match (node_selector, max_unavailable, drain, health, etcd) {
+        (Some(node_selector), Some(max_unavailable), Some(drain), Some(health), Some(etcd))
             if v.errors.is_empty() =>
         {
             Ok(ValidatedPolicy {
@@ -377,6 +381,7 @@ pub fn validate(spec: &MaintenancePolicySpec) -> Result<ValidatedPolicy, Vec<Pol
                     allow_etcd_quorum_loss: spec.control_plane.allow_etcd_quorum_loss,
                 },
                 fleetlock_hosts,
+                etcd,
             })
         }
         _ => Err(v.errors),
@@ -536,6 +541,19 @@ impl Validator {
                 None
             }
         }
+    }
+
+    fn etcd(&mut self, e: &EtcdSpec) -> Option<EtcdSnapshotPolicy> {
+        let default = EtcdSnapshotPolicy::default();
+        let max_age = self.duration(
+            e.max_snapshot_age.as_deref(),
+            SignedDuration::from_secs(default.max_age_seconds.cast_signed()),
+            "spec.etcd.maxSnapshotAge",
+        )?;
+        Some(EtcdSnapshotPolicy {
+            before: e.snapshot_before.unwrap_or(default.before),
+            max_age_seconds: max_age.as_secs().unsigned_abs(),
+        })
     }
 
     fn upgrade(&mut self, u: &UpgradeSpec) -> Upgrade {

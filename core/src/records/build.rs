@@ -256,7 +256,7 @@ fn changes_packages(operation: &Operation) -> bool {
 pub fn operation_detail(operation: &Operation) -> String {
     match operation {
         Operation::Reboot | Operation::KubeletRestart => String::new(),
-        Operation::KubernetesUpgrade { version } => format!("target {version}"),
+        Operation::KubernetesUpgrade { version, .. } => format!("target {version}"),
         Operation::PackageUpgrade {
             security_only,
             reboot,

@@ -348,7 +348,7 @@ impl<'a> Scheduler<'a> {
             pods.sort_unstable();
             reasons.push(WaitReason::BlockingPods { pods });
         }
-        if let Operation::KubernetesUpgrade { version } = &request.operation {
+        if let Operation::KubernetesUpgrade { version, .. } = &request.operation {
             // A version that does not parse is reported by the skew check below.
             if let Some(target) = pool.pool.policy.upgrade.kubernetes_version
                 && version.parse::<KubeVersion>().is_ok_and(|v| v != target)
