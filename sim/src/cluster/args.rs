@@ -128,6 +128,13 @@ pub struct FaultArgs {
         value_delimiter = ','
     )]
     pub fault_kubelet_fails_after_reboot: Vec<String>,
+    /// Nodes on which `kubeadm upgrade apply` fails (comma-separated).
+    #[clap(
+        long,
+        env = "ROTA_SIM_FAULT_KUBEADM_APPLY_FAILS",
+        value_delimiter = ','
+    )]
+    pub fault_kubeadm_apply_fails: Vec<String>,
     /// Share of API requests answered with an error (0..=1).
     #[clap(long, env = "ROTA_SIM_API_ERROR_RATE", default_value = "0", value_parser = parse_rate)]
     pub api_error_rate: f64,
@@ -153,6 +160,7 @@ impl FaultArgs {
                 .iter()
                 .cloned()
                 .collect(),
+            kubeadm_apply_fails: self.fault_kubeadm_apply_fails.iter().cloned().collect(),
             api: FaultConfig {
                 error_rate: self.api_error_rate,
                 error_codes: self.api_error_codes.clone(),
@@ -202,6 +210,8 @@ mod tests {
             "worker-04",
             "--drop-watches-every",
             "5s",
+            "--fault-kubeadm-apply-fails",
+            "cp-1",
         ])
         .unwrap();
         let t = cli.cluster.timings();
@@ -216,6 +226,7 @@ mod tests {
         assert!(f.kubelet_fails("worker-03"));
         assert!(f.kubelet_fails_after_reboot("worker-04") && !f.kubelet_fails("worker-04"));
         assert_eq!(f.drop_watches_every, Some(Duration::from_secs(5)));
+        assert!(f.kubeadm_apply_fails("cp-1"));
         assert_eq!(cli.cluster.scenario(), Scenario::generate(6, 9));
     }
 

@@ -1,7 +1,7 @@
 //! Every fault the simulation can inject, in one configuration for the CLI, the demo and the
 //! end-to-end tests: nodes that never come back from a reboot, kubelets that fail after an
-//! upgrade or after a reboot, and (applied to the HTTP layer) API errors, latency and dropped
-//! watches.
+//! upgrade or after a reboot, `kubeadm upgrade apply` failing on a node, and (applied to the
+//! HTTP layer) API errors, latency and dropped watches.
 //!
 //! The configuration can change while the cluster runs ([`crate::cluster::ClusterHandle::set_faults`]);
 //! node faults are read when the node reboots or its kubelet starts.
@@ -26,6 +26,9 @@ pub struct Faults {
     /// Nodes whose kubelet stays NotReady once the node has rebooted (a kernel or a
     /// configuration the boot picks up breaks it), whatever its version.
     pub kubelet_fails_after_reboot: BTreeSet<String>,
+    /// Nodes on which `kubeadm upgrade apply` fails (exit 1, the control plane left as it was,
+    /// as kubeadm rolls its static pod manifests back).
+    pub kubeadm_apply_fails: BTreeSet<String>,
     /// Errors and latency of the API server's HTTP layer.
     pub api: FaultConfig,
     /// Close every open watch stream this often.
@@ -51,6 +54,17 @@ impl Faults {
     /// Whether `node`'s kubelet fails once the node has rebooted.
     pub fn kubelet_fails_after_reboot(&self, node: &str) -> bool {
         self.kubelet_fails_after_reboot.contains(node)
+    }
+
+    /// Whether `kubeadm upgrade apply` fails on `node`.
+    pub fn kubeadm_apply_fails(&self, node: &str) -> bool {
+        self.kubeadm_apply_fails.contains(node)
+    }
+
+    /// Sets `kubeadm upgrade apply` to fail on `node`.
+    pub fn with_kubeadm_apply_failure(mut self, node: &str) -> Self {
+        self.kubeadm_apply_fails.insert(node.to_string());
+        self
     }
 
     /// Sets `node`'s kubelet to fail after the node's next reboot.
@@ -110,7 +124,9 @@ mod tests {
         let f = Faults::none()
             .with_never_return("w1")
             .with_kubelet_failure("w2")
-            .with_kubelet_failure_after_reboot("w3");
+            .with_kubelet_failure_after_reboot("w3")
+            .with_kubeadm_apply_failure("cp-1");
+        assert!(f.kubeadm_apply_fails("cp-1") && !f.kubeadm_apply_fails("w1"));
         assert!(f.kubelet_fails_after_reboot("w3"));
         assert!(!f.kubelet_fails("w3") && !f.kubelet_fails_after_reboot("w2"));
         assert!(f.never_returns("w1"));

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::faults::{self, Faults};
 use super::host::{KubeletCommand, SimHost};
+use super::kubeadm::KubeadmCluster;
 use super::kubelet::{self, KubeletContext};
 use super::objects::{self, apps, nodes, pods};
 use super::scenario::Scenario;
@@ -75,8 +76,18 @@ impl Cluster {
         let (faults, _) = watch::channel(faults);
         let mut hosts = BTreeMap::new();
         let mut kubelets = Vec::new();
+        // The snapshots of the control plane's etcd hold what the API server holds.
+        let etcd = store.clone();
+        let kubeadm = KubeadmCluster::new(
+            scenario.control_plane_version(),
+            Some(Arc::new(move || {
+                let keys = u64::try_from(etcd.object_count()).unwrap_or(u64::MAX);
+                (etcd.resource_version(), keys)
+            })),
+        );
         for spec in &scenario.nodes {
-            let (host, commands) = SimHost::new(&spec.name, &spec.host);
+            let (host, commands) =
+                SimHost::new(&spec.name, &spec.host, &kubeadm, faults.subscribe());
             kubelet::register_in(&store, spec, &host)?;
             let (pod_tx, pod_rx) = tokio::sync::mpsc::unbounded_channel();
             routes.insert(spec.name.clone(), pod_tx);

@@ -10,24 +10,36 @@
 //! - [`Host::restart_unit`] of `kubelet` restarts the simulated kubelet, which then reports the
 //!   installed kubelet package's version;
 //! - installing a kernel package (`linux-image-amd64`) installs the kernel image it depends on
-//!   (`/boot/vmlinuz-RELEASE`) and writes the reboot sentinel, as Debian's packages do.
+//!   (`/boot/vmlinuz-RELEASE`) and writes the reboot sentinel, as Debian's packages do;
+//! - a kubeadm host ([`HostSpec::control_plane`], [`HostSpec::kubernetes`]) has kubeadm's static
+//!   pod manifests, etcd tools and certificates, and per-minor Kubernetes package repositories
+//!   that follow its apt source list; `kubeadm`, `etcdctl` and `etcdutl` answer as
+//!   [`super::kubeadm`] describes, and a changed manifest reaches the kubelet, which restarts
+//!   the static pod.
 //!
 //! The agent calls these from blocking threads; the kubelet is told through a channel.
-use rota_core::model::{PackagePin, PendingPackage};
+use rota_core::model::{Blocked, Impact, PackagePin, PendingPackage};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use rota_agent::detect::version::VersionScheme;
 use rota_agent::host::memory::exited;
-use rota_agent::host::{CommandOutput, Host, HostCommand, MemoryHost, RebootMethod};
+use rota_agent::host::{CommandOutput, ExitStatus, Host, HostCommand, MemoryHost, RebootMethod};
 use rota_agent::packages::{
     InstallPurpose, PackageChange, PackageManager, RepairOutcome, UpgradeSelection,
 };
 use tokio::sync::{mpsc, watch};
 
+use super::faults::Faults;
+use super::kubeadm::{
+    self, ETCD_PKI, ETCDCTL, ETCDUTL, EtcdLayout, KEYRING, KUBERNETES_PACKAGES, KubeadmCluster,
+    KubernetesSources, MANIFESTS, SOURCES_LIST, StaticPod, ToolAction, ToolRecord,
+};
 use super::scenario::HostSpec;
+use rota_core::policy::KubeVersion;
 
 /// The Debian metapackage that pulls in the current kernel image.
 pub const KERNEL_PACKAGE: &str = "linux-image-amd64";
@@ -66,6 +78,8 @@ pub(crate) enum KubeletCommand {
     PowerOn,
     /// The node leaves the cluster (scale-down): its Node object and pods go away.
     Remove,
+    /// A static pod manifest changed: the kubelet runs what the manifests say now.
+    StaticPodsChanged,
 }
 
 struct Inner {
@@ -75,6 +89,16 @@ struct Inner {
     power: watch::Sender<PowerState>,
     /// `linux-image-amd64` version → the kernel release it installs.
     kernel_releases: Mutex<BTreeMap<String, String>>,
+    /// What kubeadm keeps in the cluster, shared with the cluster's other hosts.
+    kubeadm: KubeadmCluster,
+    /// The cluster's faults (`kubeadm upgrade apply` failing here).
+    faults: watch::Receiver<Faults>,
+    /// The Kubernetes package repositories, when the host installs from them.
+    sources: Option<KubernetesSources>,
+    /// The minors whose repositories the last refresh indexed.
+    indexed: Mutex<BTreeSet<String>>,
+    /// Every call of kubeadm and the etcd tools.
+    tools: Mutex<Vec<ToolRecord>>,
 }
 
 /// A simulated node's host. Clones share the host; `Arc::new(host.clone())` is an
@@ -94,11 +118,13 @@ impl std::fmt::Debug for SimHost {
 }
 
 impl SimHost {
-    /// A host for `node` as `spec` describes it, and the receiving end of its kubelet's
-    /// command channel.
+    /// A host for `node` as `spec` describes it, in the kubeadm cluster `kubeadm` with the
+    /// cluster's `faults`, and the receiving end of its kubelet's command channel.
     pub(crate) fn new(
         node: &str,
         spec: &HostSpec,
+        kubeadm: &KubeadmCluster,
+        faults: watch::Receiver<Faults>,
     ) -> (SimHost, mpsc::UnboundedReceiver<KubeletCommand>) {
         let memory = MemoryHost::debian();
         memory.put_file("/etc/os-release", &spec.os_release);
@@ -120,6 +146,37 @@ impl SimHost {
         for hold in &spec.holds {
             memory.hold(hold);
         }
+        if let Some(cp) = &spec.control_plane {
+            for (path, text) in kubeadm::initial_manifests(cp) {
+                memory.put_file(path, text);
+            }
+            memory.put_file(
+                kubeadm::ADMIN_CONF,
+                format!("apiVersion: v1\nkind: Config\n# kubeadm's admin kubeconfig on {node}\n"),
+            );
+            if cp.etcd == EtcdLayout::Stacked {
+                for file in ETCD_PKI {
+                    memory.put_file(file, format!("{file} of {node}\n"));
+                }
+                memory.put_file(ETCDCTL, "");
+                if cp.etcdutl {
+                    memory.put_file(ETCDUTL, "");
+                }
+            }
+        }
+        let mut indexed = BTreeSet::new();
+        if let Some(sources) = &spec.kubernetes {
+            let list = sources.sources_list(&sources.minor);
+            memory.put_file(SOURCES_LIST, &list);
+            memory.put_file(KEYRING, "");
+            for version in sources.releases.values().flatten() {
+                for name in KUBERNETES_PACKAGES {
+                    memory.add_available(name, version, false);
+                }
+            }
+            // As after the `apt-get update` that installed the packages.
+            indexed = sources.indexed(&list).unwrap_or_default();
+        }
         let boot_id = memory.boot_id().unwrap_or_default();
         let (commands, rx) = mpsc::unbounded_channel();
         let (power, _) = watch::channel(PowerState::Up { boot_id });
@@ -130,6 +187,11 @@ impl SimHost {
                 commands,
                 power,
                 kernel_releases: Mutex::new(spec.kernel_releases.clone()),
+                kubeadm: kubeadm.clone(),
+                faults,
+                sources: spec.kubernetes.clone(),
+                indexed: Mutex::new(indexed),
+                tools: Mutex::new(Vec::new()),
             }),
         };
         install_systemctl(&host);
@@ -164,6 +226,68 @@ impl SimHost {
             .memory
             .installed(KUBELET_PACKAGE)
             .map(|v| format!("v{}", rota_agent::detect::upstream_version(&v)))
+    }
+
+    /// The static pods kubeadm's manifests describe, by component (none on a worker).
+    pub fn static_pods(&self) -> BTreeMap<String, StaticPod> {
+        let memory = &self.inner.memory;
+        let names = memory.list_dir(Path::new(MANIFESTS)).unwrap_or_default();
+        names
+            .iter()
+            .filter(|n| n.ends_with(".yaml"))
+            .filter_map(|n| memory.file(format!("{MANIFESTS}/{n}")))
+            .filter_map(|text| kubeadm::parse_manifest(&String::from_utf8_lossy(&text)))
+            .map(|pod| (pod.component.clone(), pod))
+            .collect()
+    }
+
+    /// Every call of kubeadm and the etcd tools on this host, oldest first.
+    pub fn tool_log(&self) -> Vec<ToolRecord> {
+        self.inner.tools.lock().clone()
+    }
+
+    /// The minors whose Kubernetes package repositories the host's last refresh indexed.
+    pub fn kubernetes_minors(&self) -> BTreeSet<String> {
+        self.inner.indexed.lock().clone()
+    }
+
+    pub(crate) fn kubeadm_cluster(&self) -> &KubeadmCluster {
+        &self.inner.kubeadm
+    }
+
+    pub(crate) fn faults(&self) -> Faults {
+        self.inner.faults.borrow().clone()
+    }
+
+    pub(crate) fn record(&self, action: ToolAction, success: bool) {
+        self.inner.tools.lock().push(ToolRecord {
+            time: jiff::Timestamp::now(),
+            action,
+            success,
+        });
+    }
+
+    /// kubeadm moves the node's control-plane components to `version`: it rewrites their
+    /// manifests, and the kubelet restarts them.
+    pub(crate) fn write_static_pods(&self, version: KubeVersion) {
+        for (path, text) in kubeadm::upgraded_manifests(&self.static_pods(), version) {
+            self.inner.memory.put_file(path, text);
+        }
+        self.static_pods_changed();
+    }
+
+    fn static_pods_changed(&self) {
+        // A host whose kubelet is gone (a removed node) has nobody to tell.
+        let _ = self.send(KubeletCommand::StaticPodsChanged);
+    }
+
+    /// The Kubernetes package versions the indexed repositories offer (`None`: `name` is not
+    /// one of theirs, or the host does not install from them).
+    fn offered(&self, name: &str) -> Option<BTreeSet<String>> {
+        let sources = self.inner.sources.as_ref()?;
+        KUBERNETES_PACKAGES
+            .contains(&name)
+            .then(|| sources.offered(&self.inner.indexed.lock()))
     }
 
     /// The container runtime as a node reports it (`containerd://1.7.24`).
@@ -252,9 +376,13 @@ impl SimHost {
 
 impl Host for SimHost {
     /// `kubelet --version`, `containerd --version` and `uname -r` answer from the package
-    /// database and the running kernel, as the binaries on a host do; other commands go to
-    /// the handlers registered on [`SimHost::memory`].
+    /// database and the running kernel, as the binaries on a host do; `kubeadm`, `etcdctl`
+    /// and `etcdutl` as [`super::kubeadm`] describes; other commands go to the handlers
+    /// registered on [`SimHost::memory`].
     fn run(&self, cmd: &HostCommand) -> rota_agent::Result<CommandOutput> {
+        if let Some(output) = kubeadm::run(self, &cmd.argv) {
+            return Ok(output);
+        }
         let args: Vec<&str> = cmd.argv.iter().map(String::as_str).collect();
         let memory = &self.inner.memory;
         let installed = |name: &str| {
@@ -283,7 +411,12 @@ impl Host for SimHost {
     }
 
     fn write_file_atomic(&self, path: &Path, data: &[u8]) -> rota_agent::Result<()> {
-        self.inner.memory.write_file_atomic(path, data)
+        self.inner.memory.write_file_atomic(path, data)?;
+        if path.starts_with(MANIFESTS) {
+            // The kubelet watches its manifest directory.
+            self.static_pods_changed();
+        }
+        Ok(())
     }
 
     fn remove_file(&self, path: &Path) -> rota_agent::Result<bool> {
@@ -342,12 +475,65 @@ impl PackageManager for SimPackages<'_> {
         "sim-apt"
     }
 
+    /// `apt-get update`: the Kubernetes repositories the source list names now are indexed
+    /// (one that does not exist, or another base than the host's, fails the update).
     fn refresh(&self) -> rota_agent::Result<()> {
-        self.inner.refresh()
+        self.inner.refresh()?;
+        let Some(sources) = &self.host.inner.sources else {
+            return Ok(());
+        };
+        let list = self
+            .host
+            .inner
+            .memory
+            .file(SOURCES_LIST)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        match sources.indexed(&list) {
+            Ok(minors) => {
+                *self.host.inner.indexed.lock() = minors;
+                Ok(())
+            }
+            Err(stderr) => Err(rota_agent::Error::CommandFailed {
+                command: "apt-get update".into(),
+                status: ExitStatus::Exited(100),
+                stderr,
+            }),
+        }
     }
 
+    /// What the in-memory manager finds, with the Kubernetes packages' candidates taken from
+    /// the indexed repositories only.
     fn upgradable(&self) -> rota_agent::Result<Vec<PendingPackage>> {
-        self.inner.upgradable()
+        let mut pending = self.inner.upgradable()?;
+        if self.host.inner.sources.is_none() {
+            return Ok(pending);
+        }
+        pending.retain(|p| !KUBERNETES_PACKAGES.contains(&p.name.as_str()));
+        let installed = self.inner.installed()?;
+        let scheme = VersionScheme::Debian;
+        for name in KUBERNETES_PACKAGES {
+            let (Some(current), Some(offered)) = (installed.get(name), self.host.offered(name))
+            else {
+                continue;
+            };
+            let newest = offered
+                .into_iter()
+                .filter(|v| scheme.compare(v, current).is_gt())
+                .max_by(|a, b| scheme.compare(a, b));
+            if let Some(candidate) = newest {
+                pending.push(PendingPackage {
+                    name: name.to_owned(),
+                    current_version: current.clone(),
+                    candidate_version: candidate,
+                    security: false,
+                    impact: Impact::of_package(name),
+                    blocked: Some(Blocked::KubernetesPin),
+                });
+            }
+        }
+        pending.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(pending)
     }
 
     fn upgrade(&self, selection: &UpgradeSelection) -> rota_agent::Result<Vec<PackageChange>> {
@@ -356,11 +542,29 @@ impl PackageManager for SimPackages<'_> {
         Ok(changes)
     }
 
+    /// Installs the pinned versions; a Kubernetes package version the indexed repositories do
+    /// not offer fails as apt does.
     fn install_versions(
         &self,
         pins: &[PackagePin],
         purpose: InstallPurpose,
     ) -> rota_agent::Result<Vec<PackageChange>> {
+        for pin in pins {
+            if self
+                .host
+                .offered(&pin.name)
+                .is_some_and(|offered| !offered.contains(&pin.version))
+            {
+                return Err(rota_agent::Error::CommandFailed {
+                    command: format!("apt-get install {}={}", pin.name, pin.version),
+                    status: ExitStatus::Exited(100),
+                    stderr: format!(
+                        "E: Version '{}' for '{}' was not found",
+                        pin.version, pin.name
+                    ),
+                });
+            }
+        }
         let mut changes = self.inner.install_versions(pins, purpose)?;
         self.host.install_kernel_images(&mut changes);
         Ok(changes)
@@ -371,7 +575,18 @@ impl PackageManager for SimPackages<'_> {
     }
 
     fn available_versions(&self, name: &str) -> rota_agent::Result<Vec<String>> {
-        self.inner.available_versions(name)
+        let versions = self.inner.available_versions(name)?;
+        Ok(match self.host.offered(name) {
+            // Each version once: the installed one is also listed as available (rollbacks).
+            Some(offered) => {
+                let mut seen = BTreeSet::new();
+                versions
+                    .into_iter()
+                    .filter(|v| offered.contains(v) && seen.insert(v.clone()))
+                    .collect()
+            }
+            None => versions,
+        })
     }
 
     fn holds(&self) -> rota_agent::Result<Vec<String>> {
@@ -385,9 +600,13 @@ impl PackageManager for SimPackages<'_> {
 
 /// `systemctl is-active --quiet kubelet` on a simulated host: the kubelet runs whenever the
 /// host does (a kubelet that is up but unhealthy is the coordinator's to notice).
+/// `systemctl daemon-reload` succeeds (unit files take effect at the next restart).
 fn install_systemctl(host: &SimHost) {
     let probe = host.clone();
     host.memory().on_command("systemctl", move |argv| {
+        if argv.get(1).map(String::as_str) == Some("daemon-reload") {
+            return Ok(rota_agent::host::memory::exited(0, ""));
+        }
         let active = argv.get(1).map(String::as_str) == Some("is-active")
             && argv
                 .last()
@@ -404,7 +623,8 @@ fn install_systemctl(host: &SimHost) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::scenario::AvailablePackage;
+    use crate::cluster::kubeadm::{ControlPlaneHost, ETCD_IMAGE};
+    use crate::cluster::scenario::{AvailablePackage, KubernetesSetup};
     use rota_agent::packages::UpgradeScope;
 
     fn spec() -> HostSpec {
@@ -441,12 +661,19 @@ mod tests {
                 ("6.1.129-1".to_string(), "6.1.0-31-amd64".to_string()),
             ]),
             machine_id: "0123456789abcdef0123456789abcdef".into(),
+            control_plane: None,
+            kubernetes: None,
         }
+    }
+
+    fn new_host(node: &str, spec: &HostSpec) -> (SimHost, mpsc::UnboundedReceiver<KubeletCommand>) {
+        let (_, faults) = watch::channel(Faults::none());
+        SimHost::new(node, spec, &KubeadmCluster::default(), faults)
     }
 
     #[test]
     fn kernel_upgrade_installs_the_image_and_the_sentinel() {
-        let (host, _rx) = SimHost::new("w1", &spec());
+        let (host, _rx) = new_host("w1", &spec());
         let pm = host.packages().unwrap();
         let pending = pm.upgradable().unwrap();
         assert_eq!(pending.len(), 2);
@@ -466,7 +693,7 @@ mod tests {
 
     #[test]
     fn facts_for_the_node_status() {
-        let (host, _rx) = SimHost::new("w1", &spec());
+        let (host, _rx) = new_host("w1", &spec());
         assert_eq!(host.kubelet_version().as_deref(), Some("v1.33.0"));
         assert_eq!(host.container_runtime_version(), "containerd://1.7.24");
         assert_eq!(host.os_image(), "Debian GNU/Linux 12 (bookworm)");
@@ -476,7 +703,7 @@ mod tests {
 
     #[test]
     fn version_commands_answer_like_the_binaries() {
-        let (host, _rx) = SimHost::new("w1", &spec());
+        let (host, _rx) = new_host("w1", &spec());
         let run = |argv: &[&str]| {
             host.run(&HostCommand::new(argv.iter().copied()))
                 .unwrap()
@@ -510,7 +737,7 @@ mod tests {
 
     #[test]
     fn reboot_and_kubelet_restart_reach_the_kubelet() {
-        let (host, mut rx) = SimHost::new("w1", &spec());
+        let (host, mut rx) = new_host("w1", &spec());
         host.restart_unit("containerd").unwrap();
         host.restart_unit("kubelet.service").unwrap();
         host.reboot(&RebootMethod::Systemctl).unwrap();
@@ -523,7 +750,7 @@ mod tests {
 
     #[test]
     fn files_survive_boot_except_run() {
-        let (host, _rx) = SimHost::new("w1", &spec());
+        let (host, _rx) = new_host("w1", &spec());
         host.write_file_atomic(Path::new("/var/lib/rota/state.json"), b"{}")
             .unwrap();
         host.write_file_atomic(Path::new("/run/lock/x"), b"1")
@@ -537,5 +764,391 @@ mod tests {
             b"{}"
         );
         assert!(!host.exists(Path::new("/run/lock/x")).unwrap());
+    }
+
+    const SETUP: KubernetesSetup = KubernetesSetup {
+        version: KubeVersion::new(1, 30, 10),
+        newest_minor: KubeVersion::new(1, 32, 0),
+    };
+
+    /// A kubeadm host at 1.30.10 installing from the 1.30 to 1.32 repositories: a stacked-etcd
+    /// control-plane node when `control_plane`, else a worker.
+    fn kubeadm_spec(control_plane: bool, etcdutl: bool) -> HostSpec {
+        let mut spec = spec();
+        spec.available.retain(|a| a.name != KUBELET_PACKAGE);
+        for name in KUBERNETES_PACKAGES {
+            spec.installed.insert(name.into(), "1.30.10-1.1".into());
+            spec.holds.push(name.into());
+        }
+        spec.kubernetes = Some(SETUP.sources());
+        spec.control_plane = control_plane.then(|| ControlPlaneHost {
+            version: "v1.30.10".into(),
+            etcd: EtcdLayout::Stacked,
+            etcdutl,
+        });
+        spec
+    }
+
+    fn run(host: &SimHost, argv: &str) -> CommandOutput {
+        host.run(&HostCommand::new(argv.split_whitespace()))
+            .unwrap()
+    }
+
+    fn pin(name: &str, version: &str) -> PackagePin {
+        PackagePin {
+            name: name.into(),
+            version: version.into(),
+        }
+    }
+
+    /// Switches the host's Kubernetes repository to `minor` as an operator (or the agent)
+    /// does, refreshes, and installs kubeadm `version`.
+    fn install_kubeadm(host: &SimHost, minor: &str, version: &str) {
+        let list = SETUP.sources().sources_list(minor);
+        host.write_file_atomic(Path::new(SOURCES_LIST), list.as_bytes())
+            .unwrap();
+        let pm = host.packages().unwrap();
+        pm.refresh().unwrap();
+        pm.install_versions(&[pin("kubeadm", version)], InstallPurpose::Kubernetes)
+            .unwrap();
+    }
+
+    fn images(host: &SimHost) -> BTreeMap<String, String> {
+        host.static_pods()
+            .into_values()
+            .map(|p| (p.component, p.image))
+            .collect()
+    }
+
+    #[test]
+    fn kubernetes_packages_follow_the_source_list() {
+        let (host, _rx) = new_host("w1", &kubeadm_spec(false, false));
+        let pm = host.packages().unwrap();
+        let offered = pm.available_versions("kubeadm").unwrap();
+        assert_eq!(offered.len(), 15, "{offered:?}");
+        assert!(
+            offered.iter().all(|v| v.starts_with("1.30.")),
+            "{offered:?}"
+        );
+        let pending = pm.upgradable().unwrap();
+        let kubelet = pending.iter().find(|p| p.name == "kubelet").unwrap();
+        assert_eq!(kubelet.candidate_version, "1.30.14-1.1");
+        assert_eq!(kubelet.blocked, Some(Blocked::KubernetesPin));
+        assert_eq!(
+            pm.holds().unwrap(),
+            vec!["curl", "kubeadm", "kubectl", "kubelet"]
+        );
+
+        // Another minor's packages need the source list switched and the index refreshed.
+        let err = pm
+            .install_versions(&[pin("kubeadm", "1.31.4-1.1")], InstallPurpose::Kubernetes)
+            .unwrap_err();
+        assert!(err.to_string().contains("was not found"), "{err}");
+        let list = host.read_file(Path::new(SOURCES_LIST)).unwrap();
+        let list = String::from_utf8(list)
+            .unwrap()
+            .replace("/v1.30/", "/v1.31/");
+        host.write_file_atomic(Path::new(SOURCES_LIST), list.as_bytes())
+            .unwrap();
+        assert!(pm.available_versions("kubeadm").unwrap()[0].starts_with("1.30."));
+        pm.refresh().unwrap();
+        assert_eq!(
+            host.kubernetes_minors(),
+            BTreeSet::from(["1.31".to_string()])
+        );
+        let offered = pm.available_versions("kubelet").unwrap();
+        assert!(
+            offered.iter().all(|v| v.starts_with("1.31.")),
+            "{offered:?}"
+        );
+        assert_eq!(
+            pm.upgradable()
+                .unwrap()
+                .iter()
+                .find(|p| p.name == "kubeadm")
+                .unwrap()
+                .candidate_version,
+            "1.31.11-1.1"
+        );
+        let changes = pm
+            .install_versions(&[pin("kubeadm", "1.31.4-1.1")], InstallPurpose::Kubernetes)
+            .unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(host.memory().installed("kubeadm").unwrap(), "1.31.4-1.1");
+        assert!(
+            pm.install_versions(&[pin("kubelet", "1.32.0-1.1")], InstallPurpose::Kubernetes)
+                .is_err()
+        );
+
+        // A minor the repositories do not carry, or another base, fails the refresh and keeps
+        // the index.
+        for bad in [
+            list.replace("/v1.31/", "/v1.33/"),
+            list.replace("https://pkgs.k8s.io", "https://mirror.example.com"),
+        ] {
+            host.write_file_atomic(Path::new(SOURCES_LIST), bad.as_bytes())
+                .unwrap();
+            let err = pm.refresh().unwrap_err();
+            assert!(err.to_string().contains("apt-get update"), "{err}");
+            assert_eq!(
+                host.kubernetes_minors(),
+                BTreeSet::from(["1.31".to_string()])
+            );
+        }
+    }
+
+    #[test]
+    fn kubeadm_upgrades_the_control_plane_one_minor_at_a_time() {
+        let cluster = KubeadmCluster::new(Some(KubeVersion::new(1, 30, 10)), None);
+        let (_, faults) = watch::channel(Faults::none());
+        let (first, mut first_rx) =
+            SimHost::new("cp-1", &kubeadm_spec(true, true), &cluster, faults.clone());
+        let (second, _second_rx) =
+            SimHost::new("cp-2", &kubeadm_spec(true, true), &cluster, faults.clone());
+        let (worker, _worker_rx) = SimHost::new("w1", &kubeadm_spec(false, true), &cluster, faults);
+        let at = |v: &str| {
+            BTreeMap::from([
+                ("etcd".to_string(), ETCD_IMAGE.to_string()),
+                (
+                    "kube-apiserver".to_string(),
+                    format!("registry.k8s.io/kube-apiserver:{v}"),
+                ),
+                (
+                    "kube-controller-manager".to_string(),
+                    format!("registry.k8s.io/kube-controller-manager:{v}"),
+                ),
+                (
+                    "kube-scheduler".to_string(),
+                    format!("registry.k8s.io/kube-scheduler:{v}"),
+                ),
+            ])
+        };
+        assert_eq!(images(&first), at("v1.30.10"));
+        assert!(images(&worker).is_empty());
+        assert_eq!(run(&first, "kubeadm version -o short").stdout, "v1.30.10\n");
+
+        // kubeadm first: the plan refuses a target past the installed kubeadm.
+        let plan = run(&first, "kubeadm upgrade plan v1.31.4");
+        assert!(!plan.success());
+        assert!(
+            plan.stderr.contains("higher than the kubeadm version"),
+            "{}",
+            plan.stderr
+        );
+        install_kubeadm(&first, "1.31", "1.31.4-1.1");
+        let plan = run(&first, "kubeadm upgrade plan v1.31.4");
+        assert!(plan.success(), "{}", plan.stderr);
+        assert!(
+            plan.stdout.contains("kubeadm upgrade apply v1.31.4"),
+            "{}",
+            plan.stdout
+        );
+        assert!(
+            plan.stdout
+                .contains("kube-apiserver            cp-1      v1.30.10   v1.31.4")
+        );
+        // Never two minors at once, never down.
+        for (target, why) in [
+            ("v1.32.0", "too high"),
+            ("v1.29.3", "lower than the cluster"),
+        ] {
+            let out = run(&first, &format!("kubeadm upgrade plan {target}"));
+            assert!(
+                !out.success() && out.stderr.contains(why),
+                "{target}: {}",
+                out.stderr
+            );
+        }
+        // A worker has no admin kubeconfig to plan with.
+        install_kubeadm(&worker, "1.31", "1.31.4-1.1");
+        assert!(!run(&worker, "kubeadm upgrade plan v1.31.4").success());
+
+        let unconfirmed = run(&first, "kubeadm upgrade apply v1.31.4");
+        assert!(!unconfirmed.success());
+        assert!(unconfirmed.stderr.contains("didn't answer"));
+        assert_eq!(images(&first), at("v1.30.10"));
+        while first_rx.try_recv().is_ok() {}
+        let apply = run(&first, "kubeadm upgrade apply v1.31.4 --yes");
+        assert!(apply.success(), "{}", apply.stderr);
+        assert!(
+            apply
+                .stdout
+                .contains("SUCCESS! Your cluster was upgraded to \"v1.31.4\"")
+        );
+        assert_eq!(images(&first), at("v1.31.4"));
+        assert_eq!(
+            first_rx.try_recv().ok(),
+            Some(KubeletCommand::StaticPodsChanged)
+        );
+        assert_eq!(cluster.version(), Some(KubeVersion::new(1, 31, 4)));
+        assert_eq!(images(&second), at("v1.30.10"));
+
+        // The other control-plane node: kubeadm must have caught up with the cluster.
+        let stale = run(&second, "kubeadm upgrade node");
+        assert!(!stale.success());
+        assert!(
+            stale.stderr.contains("older than the cluster version"),
+            "{}",
+            stale.stderr
+        );
+        assert_eq!(images(&second), at("v1.30.10"));
+        install_kubeadm(&second, "1.31", "1.31.4-1.1");
+        let node = run(&second, "kubeadm upgrade node");
+        assert!(node.success(), "{}", node.stderr);
+        assert_eq!(images(&second), at("v1.31.4"));
+        let node = run(&worker, "kubeadm upgrade node");
+        assert!(node.success(), "{}", node.stderr);
+        assert!(node.stdout.contains("Not a control plane node"));
+        assert!(images(&worker).is_empty());
+        assert!(worker.exists(Path::new(kubeadm::KUBELET_CONFIG)).unwrap());
+
+        let log: Vec<(ToolAction, bool)> = second
+            .tool_log()
+            .into_iter()
+            .map(|r| (r.action, r.success))
+            .collect();
+        assert_eq!(
+            log,
+            vec![
+                (
+                    ToolAction::UpgradeNode {
+                        control_plane: None
+                    },
+                    false
+                ),
+                (
+                    ToolAction::UpgradeNode {
+                        control_plane: Some("v1.31.4".into())
+                    },
+                    true
+                ),
+            ]
+        );
+        let applies = first
+            .tool_log()
+            .iter()
+            .filter(|r| matches!(r.action, ToolAction::UpgradeApply { .. }) && r.success)
+            .count();
+        assert_eq!(applies, 1);
+    }
+
+    #[test]
+    fn a_failing_apply_leaves_the_control_plane_as_it_was() {
+        let cluster = KubeadmCluster::new(Some(KubeVersion::new(1, 30, 10)), None);
+        let (_, faults) = watch::channel(Faults::none().with_kubeadm_apply_failure("cp-1"));
+        let (host, mut rx) = SimHost::new("cp-1", &kubeadm_spec(true, true), &cluster, faults);
+        install_kubeadm(&host, "1.31", "1.31.4-1.1");
+        while rx.try_recv().is_ok() {}
+        assert!(run(&host, "kubeadm upgrade plan v1.31.4").success());
+        let apply = run(&host, "kubeadm upgrade apply v1.31.4 --yes");
+        assert_eq!(apply.status, ExitStatus::Exited(1));
+        assert!(
+            apply
+                .stderr
+                .contains("[upgrade/apply] FATAL: couldn't upgrade control plane"),
+            "{}",
+            apply.stderr
+        );
+        assert_eq!(cluster.version(), Some(KubeVersion::new(1, 30, 10)));
+        assert!(
+            images(&host)
+                .values()
+                .filter(|i| !i.contains("etcd"))
+                .all(|i| i.ends_with(":v1.30.10"))
+        );
+        assert!(rx.try_recv().is_err(), "the kubelet was told of a change");
+    }
+
+    #[test]
+    fn etcd_snapshots_are_saved_and_verified() {
+        let (host, _rx) = new_host("cp-1", &kubeadm_spec(true, true));
+        let save = "etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt --key=/etc/kubernetes/pki/etcd/healthcheck-client.key snapshot save /var/lib/rota/etcd/etcd-snapshot-1.db";
+        let out = run(&host, save);
+        assert!(out.success(), "{}", out.stderr);
+        assert_eq!(
+            out.stdout,
+            "Snapshot saved at /var/lib/rota/etcd/etcd-snapshot-1.db\n"
+        );
+        let file = host
+            .read_file(Path::new("/var/lib/rota/etcd/etcd-snapshot-1.db"))
+            .unwrap();
+        assert!(!file.is_empty());
+        let status = run(
+            &host,
+            "etcdutl --write-out=json snapshot status /var/lib/rota/etcd/etcd-snapshot-1.db",
+        );
+        assert!(status.success(), "{}", status.stderr);
+        let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+        let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+        assert_eq!(keys, vec!["hash", "revision", "totalKey", "totalSize"]);
+        assert_eq!(json["totalSize"], file.len());
+        assert!(json["revision"].as_u64().unwrap() > 0);
+        // A second snapshot sees a later revision.
+        let out = run(&host, &save.replace("-1.db", "-2.db"));
+        assert!(out.success());
+        let second = run(
+            &host,
+            "etcdutl --write-out=json snapshot status /var/lib/rota/etcd/etcd-snapshot-2.db",
+        );
+        let second: serde_json::Value = serde_json::from_str(&second.stdout).unwrap();
+        assert!(second["revision"].as_u64() > json["revision"].as_u64());
+
+        // What fails: a missing certificate, another endpoint, a missing or broken file.
+        let no_cert = run(&host, &save.replace("healthcheck-client.key", "nope.key"));
+        assert!(!no_cert.success());
+        assert!(no_cert.stderr.contains("no such file or directory"));
+        assert!(!run(&host, &save.replace("127.0.0.1", "10.0.0.9")).success());
+        assert!(!run(&host, "etcdutl snapshot status /var/lib/rota/etcd/none.db").success());
+        host.write_file_atomic(Path::new("/tmp/junk.db"), b"junk")
+            .unwrap();
+        let junk = run(
+            &host,
+            "etcdutl --write-out=json snapshot status /tmp/junk.db",
+        );
+        assert!(!junk.success() && junk.stderr.contains("invalid database"));
+        let log = host.tool_log();
+        assert_eq!(log.len(), 8, "{log:?}");
+        assert_eq!(log.iter().filter(|r| r.success).count(), 4);
+
+        // Without etcdutl, etcdctl's deprecated status answers the same.
+        let (old, _rx) = new_host("cp-2", &kubeadm_spec(true, false));
+        assert!(run(&old, save).success());
+        assert!(matches!(
+            old.run(&HostCommand::new(["etcdutl", "version"])),
+            Err(rota_agent::Error::CommandNotFound { .. })
+        ));
+        let status = run(
+            &old,
+            "etcdctl --write-out=json snapshot status /var/lib/rota/etcd/etcd-snapshot-1.db",
+        );
+        assert!(status.success() && status.stderr.contains("Deprecated"));
+        assert!(serde_json::from_str::<serde_json::Value>(&status.stdout).is_ok());
+
+        // A worker has no etcd member and no etcd tools.
+        let (worker, _rx) = new_host("w1", &kubeadm_spec(false, true));
+        assert!(matches!(
+            worker.run(&HostCommand::new(["etcdctl", "version"])),
+            Err(rota_agent::Error::CommandNotFound { .. })
+        ));
+        assert!(
+            !worker
+                .exists(Path::new("/etc/kubernetes/manifests/etcd.yaml"))
+                .unwrap()
+        );
+        assert!(
+            !worker
+                .exists(Path::new("/etc/kubernetes/manifests/kube-apiserver.yaml"))
+                .unwrap()
+        );
+        assert!(
+            host.exists(Path::new("/etc/kubernetes/manifests/etcd.yaml"))
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn daemon_reload_succeeds() {
+        let (host, _rx) = new_host("w1", &spec());
+        assert!(run(&host, "systemctl daemon-reload").success());
     }
 }

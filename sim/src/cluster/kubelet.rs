@@ -21,7 +21,6 @@
 //! kubelet version. After a start the node is Ready once [`Timings::node_ready`] passed, unless
 //! a fault keeps it down.
 
-use rota_core::scheduler::ControlPlanePod;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -34,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use super::Timings;
 use super::faults::Faults;
 use super::host::{KubeletCommand, PowerState, SimHost};
+use super::kubeadm::StaticPod;
 use super::node_api::{CallResult, NodeApi};
 use super::objects::{self, leases, nodes, pods};
 use super::scenario::NodeSpec;
@@ -249,30 +249,17 @@ fn node_object(spec: &NodeSpec, host: &SimHost, now: jiff::Timestamp) -> Value {
 /// Where kubeadm's static pods run.
 const KUBE_SYSTEM: &str = "kube-system";
 
-/// The etcd image kubeadm 1.33 deploys.
-const ETCD_IMAGE: &str = "registry.k8s.io/etcd:3.5.21-0";
-
-/// The mirror pods of a kubeadm control-plane node: etcd, kube-apiserver,
-/// kube-controller-manager and kube-scheduler, labelled `component` and `tier: control-plane`,
-/// annotated `kubernetes.io/config.mirror` and owned by the Node, as the kubelet publishes them.
-/// The control-plane images carry the kubelet's version (`kubeadm upgrade` moves them together).
-fn static_pods(node: &Value, kubelet_version: Option<&str>) -> Vec<Value> {
+/// The mirror pods of a kubeadm control-plane node, one per static pod manifest on its host
+/// (etcd, kube-apiserver, kube-controller-manager, kube-scheduler): labelled `component` and
+/// `tier: control-plane`, annotated `kubernetes.io/config.mirror` with the manifest's hash and
+/// owned by the Node, as the kubelet publishes them. Their images are the manifests': kubeadm
+/// moves them, not the kubelet package.
+fn static_pods(node: &Value, manifests: &BTreeMap<String, StaticPod>) -> Vec<Value> {
     let name = meta::name(node);
-    let version = kubelet_version.unwrap_or("v1.33.2");
-    let version = if version.starts_with('v') {
-        version.to_owned()
-    } else {
-        format!("v{version}")
-    };
-    ControlPlanePod::COMPONENTS
-        .into_iter()
-        .map(|component| {
-            let image = if component == ControlPlanePod::ETCD {
-                ETCD_IMAGE.to_owned()
-            } else {
-                format!("registry.k8s.io/{component}:{version}")
-            };
-            let hash = format!("{:016x}", rand::random::<u64>());
+    manifests
+        .values()
+        .map(|pod| {
+            let component = &pod.component;
             json!({
                 "apiVersion": "v1",
                 "kind": "Pod",
@@ -281,8 +268,8 @@ fn static_pods(node: &Value, kubelet_version: Option<&str>) -> Vec<Value> {
                     "namespace": KUBE_SYSTEM,
                     "labels": {"component": component, "tier": "control-plane"},
                     "annotations": {
-                        "kubernetes.io/config.hash": hash,
-                        "kubernetes.io/config.mirror": hash,
+                        "kubernetes.io/config.hash": pod.hash,
+                        "kubernetes.io/config.mirror": pod.hash,
                         "kubernetes.io/config.source": "file",
                     },
                     "ownerReferences": [{
@@ -295,7 +282,7 @@ fn static_pods(node: &Value, kubelet_version: Option<&str>) -> Vec<Value> {
                     "hostNetwork": true,
                     "priorityClassName": "system-node-critical",
                     "priority": 2_000_001_000,
-                    "containers": [{"name": component, "image": image}],
+                    "containers": [{"name": component, "image": pod.image}],
                     "tolerations": [{"operator": "Exists", "effect": "NoExecute"}],
                 },
                 "status": {"phase": "Pending"},
@@ -559,6 +546,10 @@ impl<A: NodeApi> Kubelet<A> {
                 self.start_kubelet(false).await;
             }
             KubeletCommand::PowerOn if !self.up => self.boot().await,
+            KubeletCommand::StaticPodsChanged if self.up => {
+                tracing::info!(node = self.node(), "static pod manifests changed");
+                self.ensure_static_pods().await;
+            }
             _ => {}
         }
     }
@@ -717,17 +708,40 @@ impl<A: NodeApi> Kubelet<A> {
 
     /// A control-plane node's kubelet runs kubeadm's static pods from its manifest directory
     /// and publishes a mirror pod for each: created here when missing (at start, and after a
-    /// reboot removed them), then started like any other pod of the node.
+    /// reboot removed them), then started like any other pod of the node. A mirror pod whose
+    /// manifest changed (another hash) is the old pod: the kubelet stops it and publishes the
+    /// new one, which starts afresh.
     async fn ensure_static_pods(&self) {
-        if !self.ctx.spec.control_plane {
+        let manifests = self.ctx.host.static_pods();
+        if manifests.is_empty() {
             return;
         }
         let api = &self.ctx.api;
         let Ok(node) = api.get(&self.node_key).await else {
             return;
         };
-        let version = self.ctx.host.kubelet_version();
-        for pod in static_pods(&node, version.as_deref()) {
+        for pod in static_pods(&node, &manifests) {
+            let key = ResourceKey::for_object(pods(), &pod);
+            if let Ok(current) = api.get(&key).await {
+                let hash = "/metadata/annotations/kubernetes.io~1config.hash";
+                if current.pointer(hash) == pod.pointer(hash) {
+                    continue;
+                }
+                let opts = DeleteOptions {
+                    grace_period_seconds: Some(0),
+                    preconditions: Preconditions {
+                        uid: Some(meta::uid(&current).to_string()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                if let Err(e) = api.delete(&key, &opts).await
+                    && !e.not_found()
+                {
+                    tracing::warn!(node = self.node(), pod = meta::name(&pod), error = %e, "replacing a mirror pod failed");
+                    continue;
+                }
+            }
             match api.create(&pods(), Some(KUBE_SYSTEM), pod).await {
                 Ok(_) => {}
                 Err(e) if e.code == 409 => {}
@@ -1340,9 +1354,14 @@ mod tests {
             refused_deletes: Arc::default(),
         };
         let spec = crate::cluster::Scenario::generate(1, 7).nodes[0].clone();
-        let (host, commands) = SimHost::new(&spec.name, &spec.host);
-        register(&api, &spec, &host).await.unwrap();
         let (faults, _) = watch::channel(Faults::default());
+        let (host, commands) = SimHost::new(
+            &spec.name,
+            &spec.host,
+            &crate::cluster::KubeadmCluster::default(),
+            faults.subscribe(),
+        );
+        register(&api, &spec, &host).await.unwrap();
         let timings = Timings {
             reboot: Duration::from_millis(50),
             node_ready: Duration::from_millis(10),

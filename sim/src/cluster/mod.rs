@@ -13,6 +13,7 @@ pub mod args;
 pub mod faults;
 mod handle;
 pub mod host;
+pub mod kubeadm;
 mod kubelet;
 pub mod lifecycle;
 mod node_api;
@@ -28,9 +29,10 @@ pub use args::{ClusterArgs, FaultArgs};
 pub use faults::Faults;
 pub use handle::{Cluster, ClusterHandle, pods_on, settled, wait_for};
 pub use host::{PowerState, SimHost};
+pub use kubeadm::{KubeadmCluster, ToolAction, ToolRecord};
 pub use node_api::{CallError, CallResult};
 pub use remote::{RemoteApi, RemoteNodes};
-pub use scenario::{HostSpec, NodeSpec, PdbExpectation, Scenario};
+pub use scenario::{HostSpec, KubernetesSetup, NodeSpec, PdbExpectation, Scenario};
 
 /// Errors of the simulated cluster.
 #[derive(Debug, thiserror::Error)]

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::faults::Faults;
 use super::host::{KubeletCommand, SimHost};
+use super::kubeadm::KubeadmCluster;
 use super::kubelet::{self, KubeletContext, PodSender, PodUpdate};
 use super::node_api::{CallError, CallResult, NodeApi, bound_to};
 use super::scenario::NodeSpec;
@@ -319,8 +320,17 @@ impl RemoteNodes {
         let mut hosts = BTreeMap::new();
         let mut tasks = Vec::new();
         let node_api: Api<k8s_openapi::api::core::v1::Node> = Api::all(admin.clone());
+        // No access to the real etcd's data: the snapshots count revisions of their own.
+        let kubeadm = KubeadmCluster::new(
+            nodes
+                .iter()
+                .find_map(|(n, _)| n.host.control_plane.as_ref())
+                .and_then(|cp| cp.version.parse().ok()),
+            None,
+        );
         for (spec, client) in nodes {
-            let (host, commands) = SimHost::new(&spec.name, &spec.host);
+            let (host, commands) =
+                SimHost::new(&spec.name, &spec.host, &kubeadm, faults.subscribe());
             let api = RemoteApi::new(client.clone());
             let failed = |source: CallError| Error::Remote {
                 node: spec.name.clone(),

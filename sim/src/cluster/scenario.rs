@@ -19,7 +19,11 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 use super::host::{CONTAINERD_PACKAGE, KERNEL_PACKAGE, KUBELET_PACKAGE};
+use super::kubeadm::{
+    ControlPlaneHost, EtcdLayout, KUBERNETES_PACKAGES, KubernetesSources, PACKAGES_BASE,
+};
 use crate::apiserver::meta;
+use rota_core::policy::KubeVersion;
 
 /// The zones nodes are spread over.
 pub const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
@@ -81,6 +85,11 @@ pub struct HostSpec {
     pub kernel_releases: BTreeMap<String, String>,
     /// `/etc/machine-id`.
     pub machine_id: String,
+    /// A kubeadm control-plane host's static pods and etcd (`None`: a worker).
+    pub control_plane: Option<ControlPlaneHost>,
+    /// The Kubernetes package repositories the host installs kubeadm, kubelet and kubectl
+    /// from (`None`: they are in [`HostSpec::available`] like any package).
+    pub kubernetes: Option<KubernetesSources>,
 }
 
 /// One node.
@@ -213,6 +222,55 @@ pub struct Scenario {
     pub blocked_node: Option<String>,
     /// The node the bare pods are pinned to: draining it needs `--force` (or a policy).
     pub unmanaged_pods_node: Option<String>,
+}
+
+/// A kubeadm cluster to upgrade: every node at `version`, the `pkgs.k8s.io` repositories
+/// carrying every minor from the nodes' up to `newest_minor`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubernetesSetup {
+    /// The version every node (kubelet, kubeadm, kubectl, control plane) runs at first.
+    pub version: KubeVersion,
+    /// The newest minor the repositories carry.
+    pub newest_minor: KubeVersion,
+}
+
+impl KubernetesSetup {
+    /// The repositories: for each minor, every patch release up to the newest one
+    /// ([`latest_patch`]), packaged as pkgs.k8s.io does (`1.31.4-1.1`).
+    pub fn sources(&self) -> KubernetesSources {
+        let releases = (self.version.minor..=self.newest_minor.minor.max(self.version.minor))
+            .map(|minor| {
+                let versions = (0..=latest_patch(minor))
+                    .map(|patch| format!("{}.{minor}.{patch}-1.1", self.version.major))
+                    .collect();
+                (format!("{}.{minor}", self.version.major), versions)
+            })
+            .collect();
+        KubernetesSources {
+            base: PACKAGES_BASE.to_owned(),
+            minor: self.version.short(),
+            releases,
+        }
+    }
+
+    /// The newest version the repositories offer: `newest_minor`'s latest patch.
+    pub fn newest(&self) -> KubeVersion {
+        let minor = self.newest_minor.minor.max(self.version.minor);
+        KubeVersion::new(self.version.major, minor, latest_patch(minor))
+    }
+}
+
+/// The latest patch release of a 1.x minor that the simulated repositories carry (the
+/// upstream patch lines as of mid 2025; later minors get three patches).
+pub fn latest_patch(minor: u32) -> u32 {
+    match minor {
+        ..=29 => 15,
+        30 => 14,
+        31 => 11,
+        32 => 7,
+        33 => 3,
+        _ => 2,
+    }
 }
 
 /// How a generated workload's PDB is shaped.
@@ -461,6 +519,40 @@ impl Scenario {
         scenario
     }
 
+    /// Makes the cluster a kubeadm cluster at `setup.version`: every node's kubeadm, kubelet
+    /// and kubectl at that version, held (as kubeadm's install instructions do) and installed
+    /// from per-minor repositories up to `setup.newest_minor`, and the control plane's static
+    /// pods at that version, each control-plane node with a stacked etcd member.
+    pub fn with_kubernetes(&mut self, setup: &KubernetesSetup) {
+        let sources = setup.sources();
+        let package = format!("{}-1.1", setup.version);
+        for node in &mut self.nodes {
+            let host = &mut node.host;
+            host.available
+                .retain(|a| !KUBERNETES_PACKAGES.contains(&a.name.as_str()));
+            for name in KUBERNETES_PACKAGES {
+                host.installed.insert(name.to_owned(), package.clone());
+                if !host.holds.iter().any(|h| h == name) {
+                    host.holds.push(name.to_owned());
+                }
+            }
+            host.kubernetes = Some(sources.clone());
+            host.control_plane = node.control_plane.then(|| ControlPlaneHost {
+                version: format!("v{}", setup.version),
+                etcd: EtcdLayout::Stacked,
+                etcdutl: true,
+            });
+        }
+    }
+
+    /// The version kubeadm deployed the control plane at (the first control-plane host's).
+    pub fn control_plane_version(&self) -> Option<KubeVersion> {
+        self.nodes
+            .iter()
+            .find_map(|n| n.host.control_plane.as_ref())
+            .and_then(|cp| cp.version.parse().ok())
+    }
+
     /// The Deployments that run on workers (`(namespace, name)`), the blocked one aside.
     pub fn worker_deployments(&self) -> Vec<(String, String)> {
         self.deployments
@@ -634,7 +726,15 @@ fn generate_nodes(rng: &mut StdRng, control_planes: usize, workers: usize) -> Ve
                 taints.push(json!({"key": CONTROL_PLANE_LABEL, "effect": "NoSchedule"}));
             }
         }
-        let host = generate_host(rng, index == 0);
+        let mut host = generate_host(rng, index == 0);
+        if control_plane {
+            // kubeadm deployed the control plane at the kubelets' version.
+            host.control_plane = Some(ControlPlaneHost {
+                version: format!("v{}", rota_agent::detect::upstream_version(INITIAL_KUBELET)),
+                etcd: EtcdLayout::Stacked,
+                etcdutl: true,
+            });
+        }
         nodes.push(NodeSpec {
             internal_ip: format!("10.0.{zone_index}.{}", 10 + index),
             pod_cidr: format!("10.{}.{}.0/24", 244 + index / 256, index % 256),
@@ -752,6 +852,8 @@ fn generate_host(rng: &mut StdRng, first: bool) -> HostSpec {
             (KERNEL_UPDATE.1.to_string(), KERNEL_UPDATE.0.to_string()),
         ]),
         machine_id: hex(rng, 32),
+        control_plane: None,
+        kubernetes: None,
     }
 }
 

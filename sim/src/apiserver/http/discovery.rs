@@ -4,15 +4,46 @@
 
 use serde_json::{Value, json};
 
-use crate::apiserver::error::{Error, Result};
-use crate::apiserver::resources::Registry;
+use rota_core::policy::KubeVersion;
 
-/// The Kubernetes version the emulator claims to be.
+use crate::apiserver::error::{Error, Result};
+use crate::apiserver::resources::{GroupResource, Registry};
+use crate::apiserver::{ListOptions, Store};
+
+/// The Kubernetes version the emulator claims to be when no kube-apiserver runs in it.
 pub const KUBERNETES_VERSION: (&str, &str, &str) = ("1", "33", "v1.33.1");
 
-/// `/version`.
-pub fn version() -> Value {
-    let (major, minor, git) = KUBERNETES_VERSION;
+/// `/version`: the version of the oldest kube-apiserver whose mirror pod runs in
+/// `kube-system` (a client behind a load balancer may reach any of them, and the oldest is
+/// the one the version skew policy counts), else [`KUBERNETES_VERSION`].
+pub fn version(store: &Store) -> Value {
+    let oldest = store
+        .list(
+            &GroupResource::core("pods"),
+            Some("kube-system"),
+            &ListOptions {
+                label_selector: Some("component=kube-apiserver".into()),
+                ..ListOptions::default()
+            },
+        )
+        .ok()
+        .into_iter()
+        .flat_map(|list| list.items)
+        .filter_map(|pod| {
+            let image = pod
+                .pointer("/spec/containers/0/image")?
+                .as_str()?
+                .to_owned();
+            image.rsplit_once(':')?.1.parse::<KubeVersion>().ok()
+        })
+        .min();
+    let (major, minor, git) = match oldest {
+        Some(v) => (v.major.to_string(), v.minor.to_string(), format!("v{v}")),
+        None => {
+            let (major, minor, git) = KUBERNETES_VERSION;
+            (major.to_owned(), minor.to_owned(), git.to_owned())
+        }
+    };
     json!({
         "major": major,
         "minor": minor,

@@ -371,7 +371,7 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         }
     }
     if path == "/version" || path == "/version/" {
-        return json_response(StatusCode::OK, &discovery::version());
+        return json_response(StatusCode::OK, &discovery::version(&app.store));
     }
     if method == Method::GET && (path == "/openapi/v3" || path.starts_with("/openapi/v3/")) {
         let registry = app.store.registry();

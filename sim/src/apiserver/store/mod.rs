@@ -157,6 +157,17 @@ impl Store {
         self.shared.state.lock().rv
     }
 
+    /// How many objects the store holds (the keys an etcd behind an API server would hold).
+    pub fn object_count(&self) -> usize {
+        self.shared
+            .state
+            .lock()
+            .objects
+            .values()
+            .map(BTreeMap::len)
+            .sum()
+    }
+
     pub(crate) fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
         self.shared.state.lock()
     }
