@@ -9,38 +9,21 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::json;
-
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 use rota_coordinator::rotactl::Output;
 use rota_coordinator::rotactl::status::{self, Filter};
 use rota_core::policy::MaintenancePolicy;
 use rota_core::scheduler::ControlPlanePod;
-use rota_sim::apiserver::{GroupResource, ListOptions, ResourceKey};
-use rota_sim::demo::{Fleet, POLICY_NAME};
+use rota_sim::apiserver::{GroupResource, ListOptions};
+use rota_sim::demo::Fleet;
 use rota_tests::e2e::{
     WAIT, assert_complete, first_unavailable, options, policy, print_timing, rota_settings, run,
-    start, waiting_reason, workers,
+    set_paused, start, waiting_reason, workers,
 };
 
 fn policies() -> GroupResource {
     GroupResource::new("rota.dev", "maintenancepolicies")
-}
-
-/// Unpauses the fleet's policy (retrying on write conflicts with the coordinator).
-fn resume(fleet: &Fleet) {
-    let key = ResourceKey::new(policies(), None, POLICY_NAME);
-    for _ in 0..20 {
-        let mut policy = (*fleet.store().get(&key).unwrap()).clone();
-        policy["spec"]["paused"] = json!(false);
-        match fleet.store().update(&key, policy) {
-            Ok(_) => return,
-            Err(e) if e.code() == 409 => continue,
-            Err(e) => panic!("resuming the policy: {e}"),
-        }
-    }
-    panic!("resuming the policy: conflicts all along");
 }
 
 /// The label of the pod that holds the sick node's own maintenance back.
@@ -154,7 +137,7 @@ async fn an_unhealthy_etcd_member_holds_the_control_plane_until_it_recovers() {
             }
         })
         .unwrap();
-    resume(&fleet);
+    set_paused(&fleet, false);
 
     // Workers are maintained; the healthy control-plane nodes wait for the sick member.
     let workers = workers(&fleet);

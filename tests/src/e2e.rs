@@ -208,7 +208,8 @@ pub fn assert_safe(fleet: &Fleet, report: &Report) {
     assert!(report.invariants_hold(), "{text}");
 }
 
-/// [`assert_safe`], and every node done, each maintained exactly once.
+/// [`assert_safe`], and every node done, each maintained exactly as often as planned (once,
+/// or once per minor of a Kubernetes upgrade).
 pub fn assert_complete(fleet: &Fleet, report: &Report) {
     assert_safe(fleet, report);
     let text = report.render();
@@ -216,8 +217,9 @@ pub fn assert_complete(fleet: &Fleet, report: &Report) {
     assert!(report.complete(), "{text}");
     assert!(report.maintained_exactly_once, "{text}");
     let counts = fleet.maintenance_counts();
+    let planned = fleet.options().expected_maintenances();
     assert_eq!(counts.len(), report.nodes, "{counts:?}");
-    assert!(counts.values().all(|c| *c == 1), "{counts:?}");
+    assert!(counts.values().all(|c| *c == planned), "{counts:?}");
 }
 
 /// The Node object of `node`.
@@ -390,6 +392,26 @@ pub fn policy(fleet: &Fleet) -> Value {
         POLICY_NAME,
     );
     (*fleet.store().get(&key).unwrap()).clone()
+}
+
+/// Pauses or resumes the fleet's policy (`spec.paused`), retrying on write conflicts with the
+/// coordinator.
+pub fn set_paused(fleet: &Fleet, paused: bool) {
+    let key = ResourceKey::new(
+        GroupResource::new("rota.dev", "maintenancepolicies"),
+        None,
+        POLICY_NAME,
+    );
+    for _ in 0..20 {
+        let mut policy = (*fleet.store().get(&key).unwrap()).clone();
+        policy["spec"]["paused"] = Value::Bool(paused);
+        match fleet.store().update(&key, policy) {
+            Ok(_) => return,
+            Err(e) if e.code() == 409 => continue,
+            Err(e) => panic!("setting paused={paused} on the policy: {e}"),
+        }
+    }
+    panic!("setting paused={paused} on the policy: conflicts all along");
 }
 
 /// The status (`True`/`False`) of the policy's condition `kind`.

@@ -13,14 +13,19 @@ use clap::{Args, ValueEnum};
 use rota_core::policy::crd::MaintenanceWindow;
 
 use super::coordinator::CoordinatorOptions;
-use super::fleet::{Fleet, FleetOptions, Scheduler, demo_policy};
+use super::fleet::{Fleet, FleetOptions, KubernetesUpgrade, Scheduler, demo_policy};
 use super::kured::KuredOptions;
 use super::nodes::AgentOptions;
 use super::progress::Printer;
 use super::report::{Report, Stopped, makespan_ratio, render_comparison};
 use super::{Error, Result};
 use crate::cluster::FaultArgs;
+use crate::cluster::KubernetesSetup;
 use crate::cluster::args::parse_duration;
+use rota_core::policy::KubeVersion;
+
+/// The version of the cluster `--kubernetes-upgrade` starts from.
+pub const DEMO_KUBERNETES_FROM: KubeVersion = KubeVersion::new(1, 30, 10);
 
 /// Who maintains the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -86,6 +91,12 @@ pub struct DemoArgs {
     /// the coordinator's FleetLock endpoint before they reboot (rota only).
     #[clap(long, env = "ROTA_DEMO_FLEETLOCK_HOSTS", default_value_t = 0)]
     pub fleetlock_hosts: usize,
+    /// Upgrade Kubernetes instead of patching packages: the cluster is a kubeadm cluster at
+    /// 1.30 (stacked etcd on its control-plane nodes, pkgs.k8s.io repositories up to this
+    /// minor) and the policy targets this minor's newest patch (or this exact version), one
+    /// minor at a time (rota only).
+    #[clap(long, env = "ROTA_DEMO_KUBERNETES_UPGRADE")]
+    pub kubernetes_upgrade: Option<String>,
     /// kured's `--period` at the simulation's scale (1 h → 60 s).
     #[clap(long, env = "ROTA_DEMO_KURED_PERIOD", default_value = "60s", value_parser = parse_duration)]
     pub kured_period: Duration,
@@ -129,6 +140,38 @@ impl DemoArgs {
             .collect()
     }
 
+    /// The Kubernetes upgrade `--kubernetes-upgrade` asks for: from [`DEMO_KUBERNETES_FROM`] to
+    /// the minor's newest patch (or the exact version given).
+    pub fn kubernetes(&self) -> Result<Option<KubernetesUpgrade>> {
+        let Some(text) = &self.kubernetes_upgrade else {
+            return Ok(None);
+        };
+        let asked: KubeVersion = text
+            .parse()
+            .map_err(|e| Error::Invalid(format!("--kubernetes-upgrade: {e}")))?;
+        let from = DEMO_KUBERNETES_FROM;
+        if asked.major != from.major || asked.minor <= from.minor {
+            return Err(Error::Invalid(format!(
+                "--kubernetes-upgrade {text}: the demo's cluster runs {from}; name a newer minor"
+            )));
+        }
+        let setup = KubernetesSetup {
+            version: from,
+            newest_minor: asked,
+        };
+        // `1.32` is a minor: its newest patch; `1.32.3` is exact.
+        let exact = text.trim_start_matches('v').split('.').count() == 3;
+        let target = if exact { asked } else { setup.newest() };
+        if target > setup.newest() {
+            return Err(Error::Invalid(format!(
+                "--kubernetes-upgrade {text}: the repositories' newest {} is {}",
+                target.short(),
+                setup.newest()
+            )));
+        }
+        Ok(Some(KubernetesUpgrade { setup, target }))
+    }
+
     /// The fleet for `policy`.
     pub fn fleet_options(&self, policy: PolicyChoice) -> Result<FleetOptions> {
         let mut options = FleetOptions::new(self.nodes, self.seed, self.max_unavailable);
@@ -155,6 +198,15 @@ impl DemoArgs {
             }
             PolicyChoice::Kured => Scheduler::Kured(self.kured()),
         };
+        if let Some(kubernetes) = self.kubernetes()? {
+            if policy != PolicyChoice::Rota {
+                return Err(Error::Invalid(
+                    "--kubernetes-upgrade runs rota only (kured does not upgrade Kubernetes)"
+                        .into(),
+                ));
+            }
+            options = options.with_kubernetes_upgrade(kubernetes.setup, kubernetes.target);
+        }
         Ok(options)
     }
 
@@ -217,6 +269,12 @@ async fn run_fleet(args: &DemoArgs, options: FleetOptions) -> Result<Report> {
         options.scheduler.max_unavailable(args.nodes)
     );
     let rota = matches!(options.scheduler, Scheduler::Rota { .. });
+    if let Some(kubernetes) = &options.kubernetes {
+        println!(
+            "a kubeadm cluster at {} (stacked etcd), upgraded to {} one minor at a time: control plane first",
+            kubernetes.setup.version, kubernetes.target
+        );
+    }
     let fleet = Fleet::start(options).await?;
     let mut printer = Printer::stdout(Duration::from_secs(2));
     let stopped = fleet
@@ -256,6 +314,12 @@ pub fn exit_code(reports: &[&Report]) -> u8 {
 pub async fn run(args: DemoArgs) -> Result<u8> {
     if args.control_plane == ControlPlaneChoice::Real {
         return crate::real::demo::run(&args).await;
+    }
+    if args.compare && args.kubernetes_upgrade.is_some() {
+        return Err(Error::Invalid(
+            "--kubernetes-upgrade cannot be compared with kured (kured does not upgrade Kubernetes)"
+                .into(),
+        ));
     }
     if args.compare {
         let rota = run_one(&args, PolicyChoice::Rota).await?;
@@ -393,6 +457,34 @@ mod tests {
                 .fleet_options(PolicyChoice::Rota)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn kubernetes_upgrade_flag() {
+        let cli = Cli::try_parse_from(["x", "--kubernetes-upgrade", "1.32"]).unwrap();
+        let options = cli.demo.fleet_options(PolicyChoice::Rota).unwrap();
+        let kubernetes = options.kubernetes.clone().unwrap();
+        assert_eq!(kubernetes.setup.version, DEMO_KUBERNETES_FROM);
+        assert_eq!(kubernetes.target, kubernetes.setup.newest());
+        assert_eq!(kubernetes.target.minor, 32);
+        assert_eq!(options.expected_maintenances(), 2);
+        let Scheduler::Rota { policy, .. } = &options.scheduler else {
+            panic!("not rota");
+        };
+        let upgrade = &policy.as_ref().unwrap().upgrade;
+        assert_eq!(
+            upgrade.kubernetes_version.as_deref(),
+            Some(kubernetes.target.to_string().as_str())
+        );
+        assert_eq!(upgrade.mode, rota_core::policy::crd::UpgradeMode::None);
+        let exact = Cli::try_parse_from(["x", "--kubernetes-upgrade", "v1.31.2"]).unwrap();
+        let exact = exact.demo.kubernetes().unwrap().unwrap();
+        assert_eq!(exact.target, KubeVersion::new(1, 31, 2));
+        for bad in ["1.30", "1.29", "1.31.99", "soon"] {
+            let cli = Cli::try_parse_from(["x", "--kubernetes-upgrade", bad]).unwrap();
+            assert!(cli.demo.kubernetes().is_err(), "{bad}");
+        }
+        assert!(cli.demo.fleet_options(PolicyChoice::Kured).is_err());
     }
 
     #[test]

@@ -60,8 +60,9 @@ use crate::apiserver::{
     ApiServer, AuditLog, GroupResource, ListOptions, ResourceKey, ServerHandle, Store, meta,
 };
 use crate::cluster::host::KERNEL_PACKAGE;
-use crate::cluster::scenario::{BLOCKED_WORKLOAD, INITIAL_KUBELET, KERNEL_UPDATE};
+use crate::cluster::scenario::{BLOCKED_WORKLOAD, INITIAL_KUBELET, KERNEL_UPDATE, KubernetesSetup};
 use crate::cluster::{Cluster, ClusterHandle, Faults, Scenario, Timings};
+use rota_core::policy::KubeVersion;
 
 /// The name of the MaintenancePolicy the fleet applies.
 pub const POLICY_NAME: &str = "fleet";
@@ -214,6 +215,51 @@ pub struct FleetOptions {
     /// rota's agent and ask the coordinator's FleetLock endpoint before they reboot, in the
     /// group named after the main policy's pool. rota only.
     pub fleetlock_hosts: usize,
+    /// Make the cluster a kubeadm cluster and upgrade its Kubernetes version (see
+    /// [`FleetOptions::with_kubernetes_upgrade`]).
+    pub kubernetes: Option<KubernetesUpgrade>,
+}
+
+/// A node's Kubernetes versions as the API shows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeVersions {
+    /// `status.nodeInfo.kubeletVersion`.
+    pub kubelet: String,
+    /// Its control-plane mirror pods' image tags, by component (empty on a worker).
+    pub control_plane: BTreeMap<String, String>,
+}
+
+impl std::fmt::Display for NodeVersions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "kubelet {}", self.kubelet)?;
+        for (component, version) in &self.control_plane {
+            write!(f, ", {component} {version}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A Kubernetes upgrade of the whole fleet: the cluster as `setup` describes it, the policy's
+/// `upgrade.kubernetesVersion` at `target`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubernetesUpgrade {
+    /// The cluster's version and package repositories.
+    pub setup: KubernetesSetup,
+    /// The version every node must reach.
+    pub target: KubeVersion,
+}
+
+impl KubernetesUpgrade {
+    /// How many times each node is maintained: once per minor (one minor at a time), once
+    /// for a patch upgrade, never when it is at the target already.
+    pub fn steps(&self) -> u32 {
+        let from = self.setup.version;
+        if self.target <= from {
+            0
+        } else {
+            (self.target.minor - from.minor).max(1)
+        }
+    }
 }
 
 impl FleetOptions {
@@ -230,7 +276,30 @@ impl FleetOptions {
             tight_capacity: None,
             slow_termination: Vec::new(),
             fleetlock_hosts: 0,
+            kubernetes: None,
         }
+    }
+
+    /// Makes the fleet a kubeadm cluster as `setup` describes it (stacked etcd on every
+    /// control-plane node) and has rota upgrade it to `target`: the main policy's
+    /// `upgrade.kubernetesVersion`, and no package upgrades (policy and agents), so that what
+    /// moves is the Kubernetes upgrade alone.
+    pub fn with_kubernetes_upgrade(mut self, setup: KubernetesSetup, target: KubeVersion) -> Self {
+        if let Scheduler::Rota { agents, policy, .. } = &mut self.scheduler {
+            agents.upgrade = UpgradePolicy::None;
+            if let Some(policy) = policy {
+                policy.upgrade.mode = UpgradeMode::None;
+                policy.upgrade.kubernetes_version = Some(target.to_string());
+            }
+        }
+        self.kubernetes = Some(KubernetesUpgrade { setup, target });
+        self
+    }
+
+    /// How many maintenances each node should have at the end: once per Kubernetes upgrade
+    /// step, else once.
+    pub fn expected_maintenances(&self) -> u32 {
+        self.kubernetes.as_ref().map_or(1, KubernetesUpgrade::steps)
     }
 }
 
@@ -242,7 +311,8 @@ struct Expectation {
 }
 
 /// What each node must show once maintained. The kernel update is installed when the upgrade
-/// policy covers it (it is a security update); the kubelet stays at its version: `kubelet`,
+/// policy covers it (it is a security update); in a Kubernetes upgrade the kubelet is at the
+/// target, else it stays at its version: `kubelet`,
 /// `kubeadm` and `kubectl` never move in a package upgrade (rota moves them only through a
 /// `KubernetesUpgrade`, and unattended-upgrades is configured the same way), so the kubelet
 /// patch some hosts have pending stays pending.
@@ -250,8 +320,12 @@ fn expectations(
     scenario: &Scenario,
     upgrade: UpgradePolicy,
     fleetlock: &BTreeSet<String>,
+    kubernetes: Option<&KubernetesUpgrade>,
 ) -> BTreeMap<String, Expectation> {
-    let kubelet = format!("v{}", rota_agent::detect::upstream_version(INITIAL_KUBELET));
+    let kubelet = match kubernetes {
+        Some(k) => format!("v{}", k.target),
+        None => format!("v{}", rota_agent::detect::upstream_version(INITIAL_KUBELET)),
+    };
     scenario
         .nodes
         .iter()
@@ -451,6 +525,9 @@ impl Fleet {
         let store = Store::new();
         let server = ApiServer::start(store.clone(), (Ipv4Addr::LOCALHOST, 0).into()).await?;
         let mut scenario = Scenario::generate(options.nodes, options.seed);
+        if let Some(kubernetes) = &options.kubernetes {
+            scenario.with_kubernetes(&kubernetes.setup);
+        }
         if !options.keep_blocked_pdb {
             remove_blocked_workload(&mut scenario);
         }
@@ -476,7 +553,12 @@ impl Fleet {
         let intrinsic_cycles = intrinsic_cycles(
             &store,
             &scenario,
-            &expectations(&scenario, options.scheduler.upgrade(), &fleetlock),
+            &expectations(
+                &scenario,
+                options.scheduler.upgrade(),
+                &fleetlock,
+                options.kubernetes.as_ref(),
+            ),
             &options.timings,
         );
         let observer_server =
@@ -488,7 +570,12 @@ impl Fleet {
         let workdir = tempfile::tempdir()?;
         let (_, idle_routes) = watch::channel(Routes::default());
         let mut fleet = Fleet {
-            expectations: expectations(&scenario, options.scheduler.upgrade(), &fleetlock),
+            expectations: expectations(
+                &scenario,
+                options.scheduler.upgrade(),
+                &fleetlock,
+                options.kubernetes.as_ref(),
+            ),
             fleetlock_nodes: fleetlock,
             zincati: None,
             fleetlock_tls: false,
@@ -950,6 +1037,46 @@ impl Fleet {
         Ok(crate::cluster::wait_for(&self.store, what, timeout, |_| check(self)).await?)
     }
 
+    /// Each node's Kubernetes versions now, from the API: the kubelet its Node reports, and the
+    /// images of its control-plane mirror pods.
+    pub fn kubernetes_versions(&self) -> BTreeMap<String, NodeVersions> {
+        let mirror_pods = self
+            .store
+            .list(
+                &GroupResource::core("pods"),
+                Some("kube-system"),
+                &ListOptions {
+                    label_selector: Some("tier=control-plane".into()),
+                    ..ListOptions::default()
+                },
+            )
+            .map(|l| l.items)
+            .unwrap_or_default();
+        self.nodes_now()
+            .iter()
+            .map(|node| {
+                let name = meta::name(node).to_string();
+                let control_plane = mirror_pods
+                    .iter()
+                    .filter(|p| meta::str_at(p, "/spec/nodeName") == name)
+                    .map(|p| {
+                        let image = meta::str_at(p, "/spec/containers/0/image");
+                        let tag = image.rsplit_once(':').map_or(image, |(_, tag)| tag);
+                        (
+                            meta::str_at(p, "/metadata/labels/component").to_string(),
+                            tag.to_string(),
+                        )
+                    })
+                    .collect();
+                let versions = NodeVersions {
+                    kubelet: meta::str_at(node, "/status/nodeInfo/kubeletVersion").to_string(),
+                    control_plane,
+                };
+                (name, versions)
+            })
+            .collect()
+    }
+
     /// Reboots plus kubelet restarts each host performed.
     pub fn maintenance_counts(&self) -> BTreeMap<String, u32> {
         let Some(cluster) = &self.cluster else {
@@ -1129,6 +1256,15 @@ impl Fleet {
             audit: &audit,
             verdict: &verdict,
             maintenance_counts: self.maintenance_counts(),
+            expected_maintenances: self.options.expected_maintenances(),
+            kubernetes_versions: if self.options.kubernetes.is_some() {
+                self.kubernetes_versions()
+                    .into_iter()
+                    .map(|(node, v)| (node, v.to_string()))
+                    .collect()
+            } else {
+                BTreeMap::new()
+            },
             done: self.done_nodes(),
             reasons: self.not_done_reasons(),
             started,
@@ -1342,8 +1478,8 @@ mod tests {
     #[test]
     fn expectations_follow_the_offered_updates() {
         let scenario = Scenario::generate(6, 3);
-        let all = expectations(&scenario, UpgradePolicy::All, &BTreeSet::new());
-        let none = expectations(&scenario, UpgradePolicy::None, &BTreeSet::new());
+        let all = expectations(&scenario, UpgradePolicy::All, &BTreeSet::new(), None);
+        let none = expectations(&scenario, UpgradePolicy::None, &BTreeSet::new(), None);
         for node in &scenario.nodes {
             assert_eq!(all[&node.name].kernel, KERNEL_UPDATE.0);
             assert_eq!(all[&node.name].kubelet, "v1.33.0");

@@ -29,7 +29,8 @@ pub use coordinator::{
     AGENT_SERVICE_ACCOUNT, CoordinatorOptions, ReplicaAddrs, SYSTEM_NAMESPACE, Service,
 };
 pub use fleet::{
-    Fleet, FleetOptions, POLICY_NAME, Scheduler, demo_policy, remove_blocked_workload, slot_phase,
+    Fleet, FleetOptions, KubernetesUpgrade, NodeVersions, POLICY_NAME, Scheduler, demo_policy,
+    remove_blocked_workload, slot_phase,
 };
 pub use kured::KuredOptions;
 pub use nodes::AgentOptions;

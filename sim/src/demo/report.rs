@@ -82,6 +82,11 @@ pub struct ReportInput<'a> {
     pub verdict: &'a Verdict,
     /// Reboots plus kubelet restarts per node, from the hosts.
     pub maintenance_counts: BTreeMap<String, u32>,
+    /// How many maintenances each node should have: 1, or one per minor of a Kubernetes
+    /// upgrade.
+    pub expected_maintenances: u32,
+    /// Each node's Kubernetes versions at the end, in words (empty: no Kubernetes upgrade).
+    pub kubernetes_versions: BTreeMap<String, String>,
     /// Nodes done at the end.
     pub done: BTreeSet<String>,
     /// Why the others are not.
@@ -168,9 +173,10 @@ pub struct Report {
     pub failed_nodes: Vec<String>,
     /// Nodes never touched.
     pub nodes_not_started: usize,
-    /// Whether every node was maintained (rebooted or kubelet-restarted) exactly once.
+    /// Whether every node was maintained (rebooted or kubelet-restarted) exactly as often as
+    /// planned: once, or once per minor of a Kubernetes upgrade.
     pub maintained_exactly_once: bool,
-    /// Nodes maintained more than once, with the count.
+    /// Nodes maintained more often than planned, with the count.
     pub maintained_more_than_once: BTreeMap<String, u32>,
     /// Whether no fencing token was persisted on, or acted with by, two nodes (`None`: the
     /// scheduler has no fencing tokens).
@@ -182,6 +188,9 @@ pub struct Report {
     /// What rota's MaintenanceRecords say (`None`: the scheduler writes none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance_records: Option<RecordsSummary>,
+    /// After a Kubernetes upgrade: each node's kubelet and control-plane versions at the end.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kubernetes_versions: BTreeMap<String, String>,
 }
 
 /// The MaintenanceRecords of a rollout: whether every maintenance has one, and the change
@@ -420,16 +429,17 @@ impl Report {
             .iter()
             .filter(|n| !input.done.contains(*n) && !touched.contains(*n))
             .count();
+        let planned = input.expected_maintenances.max(1);
         let maintained_more_than_once: BTreeMap<String, u32> = input
             .maintenance_counts
             .iter()
-            .filter(|(_, c)| **c > 1)
+            .filter(|(_, c)| **c > planned)
             .map(|(n, c)| (n.clone(), *c))
             .collect();
         let maintained_exactly_once = input
             .nodes
             .iter()
-            .all(|n| input.maintenance_counts.get(n).copied().unwrap_or(0) == 1);
+            .all(|n| input.maintenance_counts.get(n).copied().unwrap_or(0) == planned);
 
         let mut invariant_violations = Vec::new();
         if !verdict.violations.is_empty() {
@@ -550,6 +560,7 @@ impl Report {
             fencing_tokens_issued,
             invariant_violations,
             maintenance_records: None,
+            kubernetes_versions: input.kubernetes_versions.clone(),
         }
     }
 
@@ -656,6 +667,12 @@ impl Report {
         }
         let mut out = format!("{table}\n");
         self.notes(&mut out);
+        if !self.kubernetes_versions.is_empty() {
+            let _ = writeln!(out, "\nKubernetes versions at the end:");
+            for (node, versions) in &self.kubernetes_versions {
+                let _ = writeln!(out, "  {node:<10} {versions}");
+            }
+        }
         if let Some(records) = &self.maintenance_records {
             let _ = writeln!(
                 out,
@@ -807,6 +824,7 @@ impl Report {
             fencing_tokens_issued: Some(2),
             invariant_violations: Vec::new(),
             maintenance_records: None,
+            kubernetes_versions: BTreeMap::new(),
         }
     }
 }
@@ -882,6 +900,8 @@ mod tests {
             control_plane: BTreeSet::from(["a".to_string()]),
             audit: &audit,
             verdict: &verdict,
+            expected_maintenances: 1,
+            kubernetes_versions: BTreeMap::new(),
             maintenance_counts: [("a", 1), ("b", 1), ("c", 2)]
                 .map(|(n, c)| (n.to_string(), c))
                 .into(),
@@ -1013,6 +1033,8 @@ mod tests {
             audit: &audit,
             verdict: &verdict,
             maintenance_counts: BTreeMap::new(),
+            expected_maintenances: 1,
+            kubernetes_versions: BTreeMap::new(),
             done: BTreeSet::new(),
             reasons: BTreeMap::new(),
             started: at(0),
