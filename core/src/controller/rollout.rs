@@ -151,3 +151,182 @@ fn crash_looping(pod: &Pod) -> bool {
         .filter_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.as_deref())
         .any(|reason| reason == "CrashLoopBackOff")
 }
+
+/// One node's line of a rollout plan (`rotactl plan`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanRow {
+    /// The node.
+    pub node: NodeName,
+    /// Whether it runs the control plane.
+    pub control_plane: bool,
+    /// Its kubelet now.
+    pub from: Option<String>,
+    /// The version of its next step (`1.31` resolves to the newest 1.31 patch on the node), or
+    /// empty when it is at the target.
+    pub to: String,
+    /// `apply`, `node`, or empty.
+    pub kubeadm: String,
+    /// Whether an etcd snapshot of its stacked member must be fresh before it is admitted.
+    pub snapshot: bool,
+    /// Where it is: `at target`, `in maintenance`, `next` (admissible now), `waiting`.
+    pub state: String,
+    /// Why it waits (empty unless `waiting`).
+    pub blocked: Vec<String>,
+}
+
+/// A pool's rollout plan.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolPlan {
+    /// The pool.
+    pub pool: String,
+    /// Its `upgrade.kubernetesVersion`.
+    pub target: String,
+    /// The rollout's phase as the coordinator last wrote it, with its message.
+    pub phase: Option<String>,
+    /// Why the target is refused (a downgrade), if it is.
+    pub refusals: Vec<String>,
+    /// Every node of the pool, in the order the rollout takes them.
+    pub rows: Vec<PlanRow>,
+}
+
+/// What each pool's rollout would do, and in which order, without changing anything: every
+/// node's next step and what blocks it now, as the scheduler sees it (the etcd snapshots the
+/// agents reported are the coordinator's alone; a step that needs one says so).
+pub fn preview(
+    cache: &ClusterState,
+    book: &PolicyBook,
+    entries: &BTreeMap<NodeName, NodeEntry>,
+    blocked_timeout: std::time::Duration,
+    now: jiff::Timestamp,
+) -> Vec<PoolPlan> {
+    use crate::scheduler::ControlPlanePod;
+
+    let pools = book.pools();
+    let drain_specs: std::collections::HashMap<String, crate::drain::DrainSpec> = pools
+        .iter()
+        .map(|p| {
+            (
+                p.name.clone(),
+                super::snapshot::drain_spec(book.in_force(&p.name), blocked_timeout),
+            )
+        })
+        .collect();
+    let slots: Vec<crate::model::Slot> = entries
+        .values()
+        .filter_map(|e| match &e.holding {
+            Holding::Held(h) => Some(h.slot.clone()),
+            _ => None,
+        })
+        .collect();
+    let base = |queue: Vec<crate::model::SlotRequest>| {
+        super::snapshot::build(super::snapshot::Inputs {
+            cache,
+            pools: &pools,
+            drain_specs: &drain_specs,
+            queue,
+            slots: slots.clone(),
+            etcd: &BTreeMap::new(),
+            now,
+        })
+    };
+    let snapshot = base(Vec::new());
+    let versions = ClusterVersions::of(&snapshot.nodes, snapshot.api_server_version);
+    let mut plans = Vec::new();
+    for pool in &pools {
+        let Some(target) = pool.policy.upgrade.kubernetes_version else {
+            continue;
+        };
+        let phase = book
+            .rollout(&pool.name)
+            .filter(|r| r.target == target)
+            .map(|r| format!("{}: {}", r.phase, r.message));
+        let (rollout, refusals) =
+            match upgrade::plan(&pool.name, target, &snapshot.nodes, &versions) {
+                Ok(rollout) => (rollout, Vec::new()),
+                Err(refusals) => (
+                    upgrade::Rollout::default(),
+                    refusals.iter().map(ToString::to_string).collect(),
+                ),
+            };
+        let queue = rollout
+            .steps
+            .iter()
+            .map(|step| crate::model::SlotRequest {
+                node: step.node.clone(),
+                operation: step.operation.clone(),
+                origin: Origin::Rollout,
+                requested_at: now,
+                not_before: None,
+            })
+            .collect();
+        let schedule = crate::scheduler::schedule(&base(queue), now);
+        let node = |name: &str| snapshot.nodes.iter().find(|n| n.name == name);
+        let mut rows = Vec::new();
+        for step in &rollout.steps {
+            let stacked = node(&step.node).is_some_and(|n| {
+                n.control_plane_pods
+                    .iter()
+                    .any(|p| p.component == ControlPlanePod::ETCD)
+            });
+            let held = matches!(
+                entries.get(&step.node).map(|e| &e.holding),
+                Some(Holding::Held(_))
+            );
+            let waiting = schedule.waiting.get(&step.node);
+            let (state, blocked) = if held {
+                ("in maintenance", Vec::new())
+            } else if let Some(w) = waiting {
+                (
+                    "waiting",
+                    w.reasons.iter().map(ToString::to_string).collect(),
+                )
+            } else {
+                ("next", Vec::new())
+            };
+            rows.push(PlanRow {
+                node: step.node.clone(),
+                control_plane: step.control_plane,
+                from: Some(step.from.to_string()),
+                to: step.to().to_owned(),
+                kubeadm: if step.applies() { "apply" } else { "node" }.to_owned(),
+                snapshot: stacked && pool.policy.etcd.covers(&step.operation),
+                state: state.to_owned(),
+                blocked,
+            });
+        }
+        for name in &rollout.at_target {
+            rows.push(PlanRow {
+                node: name.clone(),
+                control_plane: node(name).is_some_and(|n| n.control_plane),
+                from: Some(target.to_string()),
+                to: String::new(),
+                kubeadm: String::new(),
+                snapshot: false,
+                state: "at target".to_owned(),
+                blocked: Vec::new(),
+            });
+        }
+        for name in &rollout.unknown {
+            rows.push(PlanRow {
+                node: name.clone(),
+                control_plane: node(name).is_some_and(|n| n.control_plane),
+                from: None,
+                to: String::new(),
+                kubeadm: String::new(),
+                snapshot: false,
+                state: "waiting".to_owned(),
+                blocked: vec!["the node reports no kubelet version".to_owned()],
+            });
+        }
+        plans.push(PoolPlan {
+            pool: pool.name.clone(),
+            target: target.to_string(),
+            phase,
+            refusals,
+            rows,
+        });
+    }
+    plans
+}
