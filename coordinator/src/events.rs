@@ -90,6 +90,13 @@ pub enum Reason {
     HostLocked,
     /// A FleetLock host that is not a Kubernetes node gave its reboot lock back.
     HostUnlocked,
+    /// A pool's Kubernetes upgrade rollout moved to another phase (on its MaintenancePolicy).
+    KubernetesUpgradePhase,
+    /// A pool's Kubernetes upgrade pre-flight failed, or its target was refused: the pool is
+    /// held (pre-flight) or nothing is upgraded (refused).
+    KubernetesUpgradeStopped,
+    /// A control-plane node uses an external etcd: rota takes no snapshot of it.
+    EtcdSnapshotSkipped,
 }
 
 impl Reason {
@@ -124,6 +131,9 @@ impl Reason {
             Reason::LedgerMismatch => "LedgerMismatch",
             Reason::HostLocked => "FleetLockHostLocked",
             Reason::HostUnlocked => "FleetLockHostUnlocked",
+            Reason::KubernetesUpgradePhase => "KubernetesUpgradePhase",
+            Reason::KubernetesUpgradeStopped => "KubernetesUpgradeStopped",
+            Reason::EtcdSnapshotSkipped => "EtcdSnapshotSkipped",
         }
     }
 
@@ -141,6 +151,7 @@ impl Reason {
                 | Reason::InvalidRequest
                 | Reason::PolicyInvalid
                 | Reason::LedgerMismatch
+                | Reason::KubernetesUpgradeStopped
         )
     }
 
@@ -172,6 +183,8 @@ impl Reason {
             Reason::LedgerMismatch => "Restore",
             Reason::HostLocked => "Admit",
             Reason::HostUnlocked => "Release",
+            Reason::KubernetesUpgradePhase | Reason::KubernetesUpgradeStopped => "Rollout",
+            Reason::EtcdSnapshotSkipped => "Snapshot",
         }
     }
 }

@@ -166,6 +166,7 @@ fn pool(url: &str, filter: Option<(&str, bool)>) -> Result<Pool> {
         failures: 0,
         firing_alerts: Vec::new(),
         alerts_unknown: None,
+        rollout_held: None,
     })
 }
 

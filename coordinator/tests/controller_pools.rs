@@ -83,7 +83,7 @@ fn an_invalid_spec_keeps_the_last_valid_one_in_force_but_pauses_at_once() {
     assert!(in_force.paused, "a pause in an invalid spec still pauses");
 
     let status = book
-        .status_update("workers", PoolCounts::default(), Vec::new(), now())
+        .status_update("workers", PoolCounts::default(), Vec::new(), None, now())
         .expect("a first status");
     assert_eq!(status.observed_generation, Some(2));
     let valid = condition(&status, "Valid");
@@ -105,7 +105,7 @@ fn a_policy_never_valid_defines_no_pool() {
     book.update(&cached(policy(1, json!({"maxUnavailable": 0}))));
     assert!(book.pools().is_empty());
     let status = book
-        .status_update("workers", PoolCounts::default(), Vec::new(), now())
+        .status_update("workers", PoolCounts::default(), Vec::new(), None, now())
         .unwrap();
     assert!(
         condition(&status, "Valid")
@@ -128,7 +128,7 @@ fn failures_open_the_breaker_and_a_pause_and_resume_resets_it() {
     let pool = &book.pools()[0];
     assert!(pool.policy.circuit_open(pool.failures));
     let status = book
-        .status_update("workers", PoolCounts::default(), Vec::new(), now())
+        .status_update("workers", PoolCounts::default(), Vec::new(), None, now())
         .unwrap();
     assert_eq!(status.failed, 3);
     assert_eq!(condition(&status, "CircuitOpen").status, "True");
@@ -161,7 +161,7 @@ fn the_count_survives_a_restart_through_the_status() {
 
     // A resume that happened while no coordinator ran: the last status said Paused.
     let mut status = book
-        .status_update("workers", PoolCounts::default(), Vec::new(), now())
+        .status_update("workers", PoolCounts::default(), Vec::new(), None, now())
         .unwrap();
     status.conditions.retain(|c| c.type_ != "Paused");
     status.conditions.push(Condition {
@@ -196,11 +196,11 @@ fn a_status_is_written_only_when_it_changes() {
         waiting: 1,
     };
     let status = book
-        .status_update("workers", counts, Vec::new(), now())
+        .status_update("workers", counts, Vec::new(), None, now())
         .unwrap();
     book.mark_written("workers", status.clone());
     assert_eq!(
-        book.status_update("workers", counts, Vec::new(), now()),
+        book.status_update("workers", counts, Vec::new(), None, now()),
         None,
         "written, and the watch has not delivered it yet"
     );
@@ -213,7 +213,7 @@ fn a_status_is_written_only_when_it_changes() {
         .checked_add(jiff::SignedDuration::from_mins(5))
         .unwrap();
     assert_eq!(
-        book.status_update("workers", counts, Vec::new(), later),
+        book.status_update("workers", counts, Vec::new(), None, later),
         None
     );
 
@@ -223,7 +223,7 @@ fn a_status_is_written_only_when_it_changes() {
         ..counts
     };
     let status = book
-        .status_update("workers", changed, Vec::new(), later)
+        .status_update("workers", changed, Vec::new(), None, later)
         .expect("a change");
     assert_eq!(status.done, 2);
     assert_eq!(

@@ -858,3 +858,138 @@ async fn hostile_text_and_names_never_reach_the_terminal_raw() {
         "the refused reboot wrote nothing"
     );
 }
+
+/// A kubeadm node at `version`: control-plane nodes with their static kube-apiserver and etcd
+/// mirror pods.
+fn kubeadm_node(cluster: &Cluster, name: &str, control_plane: bool, version: &str) {
+    let mut labels = BTreeMap::from([("pool".to_owned(), "all".to_owned())]);
+    if control_plane {
+        labels.insert(
+            "node-role.kubernetes.io/control-plane".to_owned(),
+            String::new(),
+        );
+    }
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "nodeInfo": {"kubeletVersion": format!("v{version}"), "machineID": "", "systemUUID": "",
+                "bootID": "b", "kernelVersion": "", "osImage": "", "containerRuntimeVersion": "",
+                "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64"},
+        }
+    }))
+    .unwrap();
+    cluster.store.create_as(&node).unwrap();
+    if !control_plane {
+        return;
+    }
+    for (component, image) in [
+        (
+            "kube-apiserver",
+            format!("registry.k8s.io/kube-apiserver:v{version}"),
+        ),
+        ("etcd", "registry.k8s.io/etcd:3.5.15-0".to_owned()),
+    ] {
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("{component}-{name}"), "namespace": "kube-system",
+                "labels": {"component": component, "tier": "control-plane"}},
+            "spec": {"nodeName": name, "containers": [{"name": component, "image": image}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+        }))
+        .unwrap();
+        cluster.store.create_as(&pod).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn plan_shows_the_rollout_order_and_kubernetes_upgrade_refuses_a_downgrade() {
+    let cluster = cluster().await;
+    for (name, control_plane) in [("cp-2", true), ("cp-1", true), ("w-1", false)] {
+        kubeadm_node(&cluster, name, control_plane, "1.30.9");
+    }
+    cluster
+        .policy(
+            "all",
+            serde_json::from_value(json!({
+                "nodeSelector": {"matchLabels": {"pool": "all"}},
+                "maxUnavailable": 2,
+                "controlPlane": {"allowEtcdQuorumLoss": true},
+            }))
+            .unwrap(),
+        )
+        .await;
+    let nothing = cluster.ok(&["plan"]).await;
+    assert!(
+        nothing.contains("no pool sets upgrade.kubernetesVersion"),
+        "{nothing}"
+    );
+
+    // A downgrade changes nothing.
+    let run = cluster
+        .rotactl(&["kubernetes-upgrade", "--to", "1.29.3", "all"])
+        .await;
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stderr
+            .contains("cp-1 runs 1.30.9, newer than the target 1.29.3"),
+        "{}",
+        run.stderr
+    );
+    let policy = cluster.policies().get("all").await.unwrap();
+    assert_eq!(policy.spec.upgrade.kubernetes_version, None);
+
+    let set = cluster
+        .ok(&["kubernetes-upgrade", "--to", "1.32.4", "all"])
+        .await;
+    assert!(
+        set.contains("upgrade.kubernetesVersion set to 1.32.4"),
+        "{set}"
+    );
+    let policy = cluster.policies().get("all").await.unwrap();
+    assert_eq!(
+        policy.spec.upgrade.kubernetes_version.as_deref(),
+        Some("1.32.4")
+    );
+
+    let plan = cluster.ok(&["plan", "all", "-o", "json"]).await;
+    let plans: Value = serde_json::from_str(&plan).unwrap();
+    let rows = plans[0]["rows"].as_array().unwrap();
+    let order: Vec<(&str, &str, &str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["node"].as_str().unwrap(),
+                r["to"].as_str().unwrap(),
+                r["kubeadm"].as_str().unwrap(),
+                r["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("cp-1", "1.31", "apply", "next"),
+            ("cp-2", "1.31", "node", "waiting"),
+            ("w-1", "1.31", "node", "waiting"),
+        ]
+    );
+    assert_eq!(rows[0]["snapshot"], true, "{plan}");
+    assert_eq!(rows[2]["snapshot"], false, "{plan}");
+    let why = |i: usize| rows[i]["blocked"].to_string();
+    assert!(
+        why(1).contains("kubeadm upgrade apply v1.31.0"),
+        "{}",
+        why(1)
+    );
+    assert!(why(2).contains("control-plane nodes first"), "{}", why(2));
+
+    let table = cluster.ok(&["plan"]).await;
+    assert!(
+        table.contains("pool all: Kubernetes 1.32.4 — not started"),
+        "{table}"
+    );
+    assert!(table.contains("control-plane"), "{table}");
+    let status = cluster.ok(&["status"]).await;
+    assert!(status.contains("KUBERNETES UPGRADE"), "{status}");
+    assert!(status.contains("1.32.4 PreFlight"), "{status}");
+}

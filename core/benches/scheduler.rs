@@ -79,6 +79,7 @@ fn fleet(now: Timestamp) -> (Snapshot, Duration) {
         failures: 0,
         firing_alerts: vec!["Watchdog".to_owned()],
         alerts_unknown: None,
+        rollout_held: None,
     })
     .collect();
 
@@ -149,6 +150,7 @@ fn fleet(now: Timestamp) -> (Snapshot, Duration) {
                         pod: NamespacedName::new("kube-system", format!("{component}-{i}")),
                         component: (*component).to_owned(),
                         ready: true,
+                        version: None,
                     })
                     .collect()
             } else {
@@ -158,6 +160,7 @@ fn fleet(now: Timestamp) -> (Snapshot, Duration) {
             zone: Some(format!("zone-{}", i % 3)),
             evictable_pods,
             blocking_pods: Vec::new(),
+            etcd: Default::default(),
         });
     }
     let coverage = started.elapsed();

@@ -72,6 +72,14 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
+    /// Every pod of `namespace` (a scan of every pod: for occasional checks, not every pass).
+    pub fn pods_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Arc<Pod>> + 'a {
+        self.pods
+            .iter()
+            .filter(move |(key, _)| key.namespace == namespace)
+            .map(|(_, pod)| pod)
+    }
+
     /// Every Node, by name.
     pub fn nodes(&self) -> &BTreeMap<String, Arc<Node>> {
         &self.nodes

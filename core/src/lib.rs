@@ -21,3 +21,4 @@ pub mod records;
 pub mod scheduler;
 pub mod slots;
 pub mod text;
+pub mod upgrade;

@@ -121,6 +121,7 @@ impl NodeCase {
             pod: NamespacedName::new("kube-system", format!("{component}-{}", node_name(i))),
             component: component.to_owned(),
             ready,
+            version: None,
         };
         let mut pods = vec![pod("kube-apiserver", self.static_pods_ready)];
         pods.extend(self.etcd.map(|ready| pod("etcd", ready)));
@@ -339,6 +340,7 @@ impl Case {
                         Vec::new()
                     },
                     alerts_unknown: p.alerts_unknown.then(|| "connection refused".to_owned()),
+                    rollout_held: None,
                 }
             })
             .collect();
@@ -373,6 +375,7 @@ impl Case {
                 } else {
                     Vec::new()
                 },
+                etcd: Default::default(),
             })
             .collect();
         let slots = self

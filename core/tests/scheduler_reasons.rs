@@ -40,6 +40,7 @@ fn pool(name: &str, spec: serde_json::Value) -> Pool {
         failures: 0,
         firing_alerts: Vec::new(),
         alerts_unknown: None,
+        rollout_held: None,
     }
 }
 
@@ -75,6 +76,16 @@ fn upgrade(node: &str, minute: i64, version: &str) -> SlotRequest {
         operation: Operation::KubernetesUpgrade {
             version: version.into(),
             kubeadm: rota_core::model::KubeadmStep::Node,
+        },
+        ..request(node, minute)
+    }
+}
+
+fn apply(node: &str, minute: i64, version: &str) -> SlotRequest {
+    SlotRequest {
+        operation: Operation::KubernetesUpgrade {
+            version: version.into(),
+            kubeadm: rota_core::model::KubeadmStep::Apply,
         },
         ..request(node, minute)
     }
@@ -643,7 +654,7 @@ fn version_skew_rules() {
     unknown.kubelet_version = None;
     let nodes = vec![cp1, cp2, node("w1", "all"), unknown];
     let queue = vec![
-        upgrade("cp1", 0, "v1.35.0"),
+        apply("cp1", 0, "v1.35.0"),
         upgrade("w1", 1, "1.34.0"),
         upgrade("unknown", 2, "1.33.2"),
         upgrade("cp2", 3, "1.33.0"),
@@ -660,6 +671,8 @@ fn version_skew_rules() {
         [
             "version skew: 1.33.1 to 1.35.0 skips a minor version (one minor at a time)",
             "version skew: control plane 1.35 would be more than one minor ahead of API server 1.33",
+            "version skew: the control plane moves one minor at a time (1.33.1 still runs on it, \
+             1.35.0 would be two minors ahead)",
         ]
     );
     assert_eq!(
@@ -681,21 +694,66 @@ fn version_skew_rules() {
         ["version skew: 1.33.0 would downgrade the kubelet from 1.34.0"]
     );
 
-    // The allowed path: control plane one minor ahead of the API server, then workers.
+    // The allowed path: the first control-plane node applies one minor ahead of the API
+    // server; `kubeadm upgrade node` elsewhere waits for it; workers wait for the control plane.
     let mut snap = snap;
-    snap.queue = vec![upgrade("cp1", 0, "1.34.0"), upgrade("w1", 1, "1.33.5")];
+    snap.nodes.pop();
+    snap.nodes[1].kubelet_version = Some(KubeVersion::new(1, 33, 1));
+    snap.queue = vec![
+        apply("cp1", 0, "1.34.0"),
+        upgrade("cp2", 1, "1.34.0"),
+        upgrade("w1", 2, "1.33.5"),
+    ];
     let plan = schedule(&snap, now());
     assert_eq!(admitted(&plan), ["cp1"]);
     assert_eq!(
-        reasons(&plan, "w1"),
-        ["version skew: control-plane nodes first (cp1 not at 1.33.5 yet)"]
+        reasons(&plan, "cp2"),
+        [
+            "kubeadm: `kubeadm upgrade apply v1.34.0` must run on the first control-plane node \
+             before `kubeadm upgrade node`",
+            "control plane: at most 1 control-plane node unavailable at a time (unavailable: cp1 \
+             (admitted now))",
+        ]
     );
-    // Once cp1 runs 1.34.0, workers follow (re-requesting the running version is no downgrade).
+    assert_eq!(
+        reasons(&plan, "w1"),
+        ["version skew: control-plane nodes first (cp1, cp2 not at 1.33.5 yet)"]
+    );
+    // Once cp1's kube-apiserver runs 1.34.0 (its static pod's image), cp2 follows with
+    // `kubeadm upgrade node`; a worker asking for `apply` is refused.
     snap.nodes[0].kubelet_version = Some(KubeVersion::new(1, 34, 0));
+    snap.nodes[0].control_plane_pods = vec![static_pod("cp1", "kube-apiserver", "v1.34.0")];
+    snap.queue = vec![upgrade("cp2", 1, "1.34.0"), apply("w1", 2, "1.34.0")];
     let plan = schedule(&snap, now());
-    assert_eq!(admitted(&plan), ["cp1", "w1"]);
+    assert_eq!(admitted(&plan), ["cp2"]);
+    assert_eq!(
+        reasons(&plan, "w1"),
+        [
+            "kubeadm: `kubeadm upgrade apply` runs on control-plane nodes only",
+            "version skew: kubelet 1.34 would be newer than API server 1.33",
+            "version skew: control-plane nodes first (cp2 not at 1.34.0 yet)",
+        ]
+    );
+    // The whole control plane at 1.34: workers follow; the control plane may not go to 1.35
+    // while a kubelet is more than three minors behind it.
+    snap.nodes[1].kubelet_version = Some(KubeVersion::new(1, 34, 0));
+    snap.nodes[1].control_plane_pods = vec![static_pod("cp2", "kube-apiserver", "v1.34.0")];
+    snap.api_server_version = Some(KubeVersion::new(1, 34, 0));
+    snap.nodes[2].kubelet_version = Some(KubeVersion::new(1, 31, 9));
+    snap.queue = vec![apply("cp1", 0, "1.35.0"), upgrade("w1", 1, "1.32.0")];
+    let plan = schedule(&snap, now());
+    assert_eq!(admitted(&plan), ["w1"]);
+    assert_eq!(
+        reasons(&plan, "cp1"),
+        [
+            "version skew: kubelets of w1 would be more than 3 minors behind kube-apiserver 1.35; \
+          upgrade them first"
+        ]
+    );
 
     snap.api_server_version = None;
+    snap.nodes[0].control_plane_pods.clear();
+    snap.nodes[1].control_plane_pods.clear();
     snap.queue = vec![
         upgrade("w1", 0, "1.34.0"),
         upgrade("cp1", 1, "not-a-version"),
@@ -706,6 +764,15 @@ fn version_skew_rules() {
         reasons(&plan, "cp1"),
         ["version skew: \"not-a-version\" is not a Kubernetes version"]
     );
+}
+
+fn static_pod(node: &str, component: &str, tag: &str) -> ControlPlanePod {
+    ControlPlanePod {
+        pod: NamespacedName::new("kube-system", format!("{component}-{node}")),
+        component: component.into(),
+        ready: true,
+        version: tag.parse().ok(),
+    }
 }
 
 #[test]
@@ -958,6 +1025,7 @@ fn control_plane(name: &str, pool: &str, etcd: Option<bool>) -> NodeState {
         pod: NamespacedName::new("kube-system", format!("{component}-{name}")),
         component: component.into(),
         ready,
+        version: None,
     };
     let mut pods = vec![
         static_pod("kube-apiserver", true),

@@ -34,6 +34,7 @@ pub fn code(err: &slots::Error) -> Code {
             LedgerError::StaleToken { .. }
             | LedgerError::SlotHeld { .. }
             | LedgerError::ManualRequestQueued { .. }
+            | LedgerError::RolloutRequestQueued { .. }
             | LedgerError::WrongState { .. }
             | LedgerError::BackingOff { .. } => Code::FailedPrecondition,
             LedgerError::TokensExhausted => Code::ResourceExhausted,

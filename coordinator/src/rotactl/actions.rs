@@ -30,7 +30,7 @@ pub enum Confirm {
     Ask,
 }
 
-fn params() -> PatchParams {
+pub(super) fn params() -> PatchParams {
     PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
@@ -70,7 +70,7 @@ pub async fn request(
 }
 
 /// The policy named, or the only one; a clear error otherwise.
-async fn resolve_policy(
+pub(super) async fn resolve_policy(
     policies: &Api<MaintenancePolicy>,
     name: Option<&str>,
 ) -> Result<MaintenancePolicy> {
@@ -150,12 +150,20 @@ pub async fn resume(
     let policy = resolve_policy(&policies, name).await?;
     let name = policy.name_any();
     let circuit_open = has_condition(&policy, conditions::CIRCUIT_OPEN);
-    if circuit_open && !has_condition(&policy, conditions::PAUSED) {
-        writeln!(
-            out,
-            "pool {name}: the circuit breaker is open; pausing first so that the coordinator \
-             resets its failure count"
-        )?;
+    let preflight_failed = policy
+        .status
+        .as_ref()
+        .and_then(|s| s.kubernetes_upgrade.as_ref())
+        .is_some_and(|k| k.phase == rota_core::upgrade::Phase::PreflightFailed.as_str());
+    if (circuit_open || preflight_failed) && !has_condition(&policy, conditions::PAUSED) {
+        let why = if circuit_open {
+            "the circuit breaker is open; pausing first so that the coordinator resets its \
+             failure count"
+        } else {
+            "the Kubernetes upgrade's pre-flight failed; pausing first so that the coordinator \
+             runs it again"
+        };
+        writeln!(out, "pool {name}: {why}")?;
         let paused = set_paused(&policies, &name, true).await?;
         wait_for_pause_seen(&policies, &name, paused.metadata.generation, timeout).await?;
     } else if !policy.spec.paused {

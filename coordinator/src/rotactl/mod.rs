@@ -15,6 +15,7 @@
 
 pub mod actions;
 pub mod history;
+pub mod plan;
 pub mod records;
 pub mod status;
 pub mod watch;
@@ -203,6 +204,28 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// What each pool's Kubernetes upgrade rollout would do and in which order: per node the
+    /// operation, versions from and to, whether an etcd snapshot is needed, and what blocks it
+    /// now. Changes nothing.
+    Plan {
+        /// Only this pool (MaintenancePolicy).
+        #[arg(value_parser = object_name)]
+        pool: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Upgrade a pool's nodes to a Kubernetes version the kubeadm way (sets the policy's
+    /// `upgrade.kubernetesVersion`): control plane first, one minor at a time, an etcd snapshot
+    /// before each control-plane node. A downgrade is refused before anything changes.
+    KubernetesUpgrade {
+        /// The target version, e.g. `1.32.4`.
+        #[arg(long)]
+        to: String,
+        /// The MaintenancePolicy (may be left out when there is exactly one).
+        #[arg(value_parser = object_name)]
+        pool: Option<String>,
+    },
     /// Follow the rollout: each pool's progress and the nodes in maintenance, redrawn on every
     /// change.
     Watch {
@@ -315,6 +338,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 Output::Table => records::print_report(&mut out, &report, since, now)?,
                 Output::Json => records::print_report_json(&mut out, &report, since)?,
             }
+        }
+        Command::Plan { pool, output } => {
+            plan::plan(&client, &mut out, pool.as_deref(), output, now).await?;
+        }
+        Command::KubernetesUpgrade { to, pool } => {
+            plan::kubernetes_upgrade(&client, &mut out, pool.as_deref(), &to, now).await?;
         }
         Command::Watch {
             pool,

@@ -52,6 +52,10 @@ pub struct PoolView {
     pub failed: u32,
     /// Why queued nodes wait, as the coordinator last wrote it: `reason: count`.
     pub waiting_reasons: Vec<String>,
+    /// The Kubernetes upgrade rollout's target and phase (`1.32.4 ControlPlane`), when the
+    /// policy sets a target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes_upgrade: Option<String>,
 }
 
 /// One node.
@@ -363,6 +367,19 @@ fn pool_view(policy: &MaintenancePolicy, nodes: &[NodeView]) -> PoolView {
             .flat_map(|s| &s.waiting_reasons)
             .map(|r| format!("{}: {}", r.reason, r.count))
             .collect(),
+        kubernetes_upgrade: policy
+            .status
+            .as_ref()
+            .and_then(|s| s.kubernetes_upgrade.as_ref())
+            .map(|k| format!("{} {}", k.target, k.phase))
+            .or_else(|| {
+                policy
+                    .spec
+                    .upgrade
+                    .kubernetes_version
+                    .as_ref()
+                    .map(|t| format!("{t} PreFlight"))
+            }),
     };
     for node in members {
         view.nodes += 1;
@@ -429,9 +446,10 @@ pub fn plain_table(header: &[&str]) -> Table {
     table
 }
 
-/// The pools' progress.
+/// The pools' progress; with a Kubernetes upgrade column when a pool has a target.
 pub fn pools_table(pools: &[PoolView]) -> Table {
-    let mut table = plain_table(&[
+    let upgrades = pools.iter().any(|p| p.kubernetes_upgrade.is_some());
+    let mut header = vec![
         "POOL",
         "STATE",
         "NODES",
@@ -440,7 +458,11 @@ pub fn pools_table(pools: &[PoolView]) -> Table {
         "WAITING",
         "FAILED",
         "WHY WAITING",
-    ]);
+    ];
+    if upgrades {
+        header.push("KUBERNETES UPGRADE");
+    }
+    let mut table = plain_table(&header);
     for pool in pools {
         let state = match (pool.circuit_open, pool.paused, &pool.invalid) {
             (true, _, _) => "circuit open",
@@ -448,16 +470,21 @@ pub fn pools_table(pools: &[PoolView]) -> Table {
             (false, false, Some(_)) => "invalid spec",
             (false, false, None) => "active",
         };
-        table.add_row(vec![
-            pool.name.clone(),
-            state.to_owned(),
-            pool.nodes.to_string(),
-            pool.done.to_string(),
-            pool.in_progress.to_string(),
-            pool.waiting.to_string(),
-            pool.failed.to_string(),
-            dash(pool.waiting_reasons.join(", ")),
-        ]);
+        table.add_row(
+            vec![
+                pool.name.clone(),
+                state.to_owned(),
+                pool.nodes.to_string(),
+                pool.done.to_string(),
+                pool.in_progress.to_string(),
+                pool.waiting.to_string(),
+                pool.failed.to_string(),
+                dash(pool.waiting_reasons.join(", ")),
+            ]
+            .into_iter()
+            .chain(upgrades.then(|| dash(pool.kubernetes_upgrade.clone().unwrap_or_default())))
+            .collect::<Vec<_>>(),
+        );
     }
     table
 }

@@ -180,6 +180,9 @@ fn progress_line(pool: &PoolView) -> String {
     } else if pool.paused {
         line.push_str(" (paused)");
     }
+    if let Some(upgrade) = &pool.kubernetes_upgrade {
+        line.push_str(&format!(", Kubernetes {upgrade}"));
+    }
     line
 }
 
@@ -200,6 +203,7 @@ mod tests {
             waiting: 5,
             failed: 0,
             waiting_reasons: Vec::new(),
+            kubernetes_upgrade: None,
         };
         assert_eq!(
             progress_line(&pool),

@@ -17,15 +17,17 @@ use super::annotations::{
     AnnotationError, CORDONED, MAINTENANCE_REQUESTED, ManualRequest, RELEASE, parse_release,
 };
 use super::pools::{PolicyBook, PoolCounts};
+use super::rollout::{self, RolloutDecision};
 use super::snapshot::{self, Inputs, drain_spec, pool_of, pools_of};
 use super::verify::{self, Verdict};
 
 use crate::fleetlock::{self, HostPool};
-use crate::model::{FencingToken, NodeName, Operation, SlotPhase};
+use crate::model::{EtcdFacts, FencingToken, NodeName, Operation, SlotPhase};
 use crate::policy::crd::RebootMode;
 use crate::policy::{DEFAULT_DRAIN_TIMEOUT, Health, MaintenancePolicyStatus};
 use crate::scheduler::{self, SequentialPdb, WaitReason};
 use crate::slots::{Holding, NodeEntry, NodeState, TransitionReason, Waiting};
+use crate::upgrade::Phase;
 
 /// Everything one pass looks at.
 pub struct Input<'a> {
@@ -49,6 +51,10 @@ pub struct Input<'a> {
     pub blocked_timeout: Duration,
     /// The FleetLock hosts that are not Kubernetes nodes, by pool.
     pub hosts: &'a BTreeMap<String, HostPool>,
+    /// What the agents reported about their nodes' etcd members, by node.
+    pub etcd: &'a BTreeMap<NodeName, EtcdFacts>,
+    /// Why the API server's `/readyz` did not answer `ok` when last asked, if it did not.
+    pub api_not_ready: Option<&'a str>,
     /// Now.
     pub now: Timestamp,
 }
@@ -168,6 +174,10 @@ pub struct Decisions {
     pub statuses: Vec<(String, MaintenancePolicyStatus)>,
     /// Gauges per pool.
     pub gauges: BTreeMap<String, PoolGauges>,
+    /// The pools' Kubernetes upgrade rollouts, with the requests to queue for them.
+    pub rollouts: Vec<RolloutDecision>,
+    /// Queued rollout requests no rollout wants any more (the target moved or went).
+    pub rollout_withdraw: Vec<NodeName>,
     /// Each node's pool, for the nodes exactly one pool selects (as the scheduler saw them):
     /// whose policy its agent follows.
     pub node_pools: HashMap<NodeName, String>,
@@ -195,6 +205,8 @@ pub fn decide(input: &Input<'_>) -> Decisions {
         expiry_reported,
         blocked_timeout,
         hosts,
+        etcd,
+        api_not_ready,
         now,
     } = *input;
     let mut out = Decisions::default();
@@ -291,9 +303,19 @@ pub fn decide(input: &Input<'_>) -> Decisions {
         drain_specs: &drain_specs,
         queue,
         slots,
+        etcd,
         now,
     });
     snapshot::add_hosts(&mut snapshot, hosts);
+    let (rollouts, rollout_withdraw) =
+        rollout::decide(&snapshot, book, cache, entries, api_not_ready);
+    for decided in &rollouts {
+        if decided.state.phase == Phase::PreflightFailed
+            && let Some(pool) = snapshot.pools.iter_mut().find(|p| p.name == decided.pool)
+        {
+            pool.rollout_held = Some(decided.state.message.clone());
+        }
+    }
     let plan = scheduler::schedule(&snapshot, now);
     out.node_pools = snapshot
         .nodes
@@ -488,21 +510,32 @@ pub fn decide(input: &Input<'_>) -> Decisions {
         if let Some((c, g)) = counts.get_mut(&pool.name) {
             g.paused = pool.policy.paused;
             g.circuit_open = pool.policy.circuit_open(pool.failures);
-            if let Some(status) =
-                book.status_update(&pool.name, *c, plan.waiting_summary(&pool.name), now)
-            {
+            let rollout = rollouts
+                .iter()
+                .find(|r| r.pool == pool.name)
+                .map(|r| &r.state);
+            if let Some(status) = book.status_update(
+                &pool.name,
+                *c,
+                plan.waiting_summary(&pool.name),
+                rollout,
+                now,
+            ) {
                 out.statuses.push((pool.name.clone(), status));
             }
         }
     }
     for name in book.names() {
         if !counts.contains_key(name)
-            && let Some(status) = book.status_update(name, PoolCounts::default(), Vec::new(), now)
+            && let Some(status) =
+                book.status_update(name, PoolCounts::default(), Vec::new(), None, now)
         {
             out.statuses.push((name.clone(), status));
         }
     }
     out.gauges = counts.into_iter().map(|(k, (_, g))| (k, g)).collect();
+    out.rollouts = rollouts;
+    out.rollout_withdraw = rollout_withdraw;
     out
 }
 
@@ -611,6 +644,8 @@ mod tests {
             expiry_reported: &HashSet::new(),
             blocked_timeout: Duration::from_secs(60),
             hosts: &BTreeMap::new(),
+            etcd: &BTreeMap::new(),
+            api_not_ready: None,
             now,
         })
         .slot_actions
@@ -651,6 +686,8 @@ mod tests {
                 expiry_reported: &HashSet::new(),
                 blocked_timeout: Duration::from_secs(60),
                 hosts,
+                etcd: &BTreeMap::new(),
+                api_not_ready: None,
                 now: at(10),
             })
         };

@@ -13,5 +13,6 @@ pub mod annotations;
 pub mod decide;
 pub mod drained;
 pub mod pools;
+pub mod rollout;
 pub mod snapshot;
 pub mod verify;

@@ -17,13 +17,14 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube_core::ResourceExt;
 
-use crate::policy::crd::WaitingReasonSummary;
+use crate::policy::crd::{KubernetesUpgradeStatus, WaitingReasonSummary};
 use crate::policy::window::ClosedReason;
 use crate::policy::{
     MaintenancePolicy, MaintenancePolicySpec, MaintenancePolicyStatus, PolicyError,
     ValidatedPolicy, conditions, validate,
 };
 use crate::scheduler::Pool;
+use crate::upgrade::{Phase, RolloutState};
 
 /// What changed about a policy, for Events.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +78,19 @@ struct Entry {
     /// The status last written, and the `resourceVersion` observed when it was written: until
     /// the watch delivers the write, the observed status is older than what was written.
     written: Option<(Option<String>, MaintenancePolicyStatus)>,
+    /// A human resumed the pool and no status written since says so: a failed pre-flight of
+    /// its Kubernetes upgrade runs again.
+    resumed: bool,
+}
+
+/// A resume lets a failed pre-flight run again.
+fn retry_preflight(status: &mut MaintenancePolicyStatus) {
+    if let Some(rollout) = status.kubernetes_upgrade.as_mut()
+        && rollout.phase == Phase::PreflightFailed.as_str()
+    {
+        rollout.phase = Phase::PreFlight.as_str().to_owned();
+        rollout.message = "resumed: the pre-flight runs again".to_owned();
+    }
 }
 
 /// Every policy the controller knows.
@@ -147,6 +161,12 @@ impl PolicyBook {
                             policy: name.clone(),
                         });
                     }
+                    let observed = object.status.clone().map(|mut s| {
+                        if resumed {
+                            retry_preflight(&mut s);
+                        }
+                        s
+                    });
                     self.entries.insert(
                         name.clone(),
                         Entry {
@@ -156,9 +176,10 @@ impl PolicyBook {
                             problems: Vec::new(),
                             paused,
                             failures,
-                            observed: None,
+                            observed,
                             observed_version: None,
                             written: None,
+                            resumed,
                         },
                     );
                     match self.entries.get_mut(name) {
@@ -167,8 +188,16 @@ impl PolicyBook {
                     }
                 }
             };
-            entry.observed = object.status.clone();
-            entry.observed_version = object.resource_version();
+            if entry.observed_version != object.resource_version() {
+                entry.observed = object.status.clone();
+                entry.observed_version = object.resource_version();
+                if entry.resumed {
+                    // The resume is not in the status yet: a failed pre-flight runs again.
+                    for status in entry.observed.iter_mut() {
+                        retry_preflight(status);
+                    }
+                }
+            }
             if entry.paused != paused {
                 changes.push(if paused {
                     PolicyChange::Paused {
@@ -176,6 +205,13 @@ impl PolicyBook {
                     }
                 } else {
                     entry.failures = 0;
+                    entry.resumed = true;
+                    for status in entry.observed.iter_mut() {
+                        retry_preflight(status);
+                    }
+                    if let Some((_, written)) = entry.written.as_mut() {
+                        retry_preflight(written);
+                    }
                     PolicyChange::Resumed {
                         policy: name.clone(),
                     }
@@ -224,9 +260,26 @@ impl PolicyBook {
                     failures: entry.failures,
                     firing_alerts: Vec::new(),
                     alerts_unknown: None,
+                    rollout_held: None,
                 })
             })
             .collect()
+    }
+
+    /// The pool's Kubernetes upgrade rollout as last decided (written, else observed in the
+    /// policy's status).
+    pub fn rollout(&self, pool: &str) -> Option<RolloutState> {
+        let entry = self.entries.get(pool)?;
+        let status = match &entry.written {
+            Some((version, written)) if *version == entry.observed_version => Some(written),
+            _ => entry.observed.as_ref(),
+        }?;
+        let rollout = status.kubernetes_upgrade.as_ref()?;
+        Some(RolloutState {
+            target: rollout.target.parse().ok()?,
+            phase: rollout.phase.parse().ok()?,
+            message: rollout.message.clone(),
+        })
     }
 
     /// The spec a pool runs on.
@@ -269,6 +322,7 @@ impl PolicyBook {
         pool: &str,
         counts: PoolCounts,
         waiting_reasons: Vec<WaitingReasonSummary>,
+        rollout: Option<&RolloutState>,
         now: Timestamp,
     ) -> Option<MaintenancePolicyStatus> {
         let entry = self.entries.get(pool)?;
@@ -371,6 +425,11 @@ impl PolicyBook {
             failed: i32::try_from(entry.failures).unwrap_or(i32::MAX),
             waiting_reasons,
             conditions: conditions_now,
+            kubernetes_upgrade: rollout.map(|r| KubernetesUpgradeStatus {
+                target: r.target.to_string(),
+                phase: r.phase.as_str().to_owned(),
+                message: r.message.clone(),
+            }),
         };
         let unchanged = entry.observed.as_ref() == Some(&status)
             || entry.written.as_ref().is_some_and(|(version, written)| {
@@ -383,6 +442,7 @@ impl PolicyBook {
     pub fn mark_written(&mut self, pool: &str, status: MaintenancePolicyStatus) {
         if let Some(entry) = self.entries.get_mut(pool) {
             entry.written = Some((entry.observed_version.clone(), status));
+            entry.resumed = false;
         }
     }
 }

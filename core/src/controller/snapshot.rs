@@ -22,7 +22,9 @@ use crate::drain::filter::{RefusalReason, Verdict, classify};
 use crate::drain::pdb::PdbIndex;
 
 use crate::fleetlock::{self, HostPool};
-use crate::model::{FencingToken, Operation, Origin, Slot, SlotPhase, SlotRequest};
+use crate::model::{
+    EtcdFacts, FencingToken, NodeName, Operation, Origin, Slot, SlotPhase, SlotRequest,
+};
 use crate::policy::{KubeVersion, NamespacedName};
 use crate::scheduler::{ControlPlanePod, EvictablePod, NodeState, PdbState, Pool, Snapshot};
 
@@ -86,6 +88,8 @@ pub struct Inputs<'a> {
     pub queue: Vec<SlotRequest>,
     /// Held slots.
     pub slots: Vec<Slot>,
+    /// What the agents reported about their nodes' etcd members, by node.
+    pub etcd: &'a BTreeMap<NodeName, EtcdFacts>,
     /// Now.
     pub now: Timestamp,
 }
@@ -98,6 +102,7 @@ pub fn build(inputs: Inputs<'_>) -> Snapshot {
         drain_specs,
         queue,
         slots,
+        etcd,
         now,
     } = inputs;
     let pdb_index = cache.pdb_index();
@@ -145,6 +150,7 @@ pub fn build(inputs: Inputs<'_>) -> Snapshot {
                 zone: node::zone(node).map(str::to_owned),
                 evictable_pods,
                 blocking_pods,
+                etcd: etcd.get(&name).cloned().unwrap_or_default(),
                 name,
             }
         })
@@ -231,9 +237,24 @@ fn control_plane_pods(cache: &ClusterState, node: &str) -> Vec<ControlPlanePod> 
                     pod: pod_key(pod),
                     component: component.clone(),
                     ready: pod_ready(pod),
+                    version: image_version_of(pod, component),
                 })
         })
         .collect()
+}
+
+/// The Kubernetes version of a static pod's image: its container named after the component
+/// (kubeadm names it so), else its first container.
+fn image_version_of(pod: &Pod, component: &str) -> Option<KubeVersion> {
+    if component == ControlPlanePod::ETCD {
+        return None;
+    }
+    let containers = &pod.spec.as_ref()?.containers;
+    let container = containers
+        .iter()
+        .find(|c| c.name == component)
+        .or_else(|| containers.first())?;
+    crate::upgrade::image_version(container.image.as_deref()?)
 }
 
 /// Where kubeadm's static control-plane pods run.

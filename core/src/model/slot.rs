@@ -31,6 +31,17 @@ pub enum Origin {
     Agent,
     /// A FleetLock client (Zincati) asking to reboot its host (`POST /v1/pre-reboot`).
     FleetLock,
+    /// The coordinator, for the pool's Kubernetes upgrade rollout (`upgrade.kubernetesVersion`).
+    Rollout,
+}
+
+impl Origin {
+    /// Whose requests an agent's or a FleetLock client's may not replace: a human's, and the
+    /// rollout's (the agent would otherwise replace it with its package upgrade at every facts
+    /// report, and the rollout put it back at every pass).
+    pub fn outranks_automatic(self) -> bool {
+        matches!(self, Origin::Manual | Origin::Rollout)
+    }
 }
 
 /// A queued request for a slot.

@@ -444,6 +444,23 @@ pub struct MaintenancePolicyStatus {
     /// `Valid`, `Paused`, `CircuitOpen`, `WindowOpen` (see [`super::conditions`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The rollout of `upgrade.kubernetesVersion`, when the policy sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_upgrade: Option<KubernetesUpgradeStatus>,
+}
+
+/// Where the pool's Kubernetes upgrade rollout is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesUpgradeStatus {
+    /// The target version.
+    pub target: String,
+    /// `PreFlight`, `PreflightFailed` (the pool is held until it is paused and resumed),
+    /// `Refused`, `ControlPlane`, `Workers`, `Verifying` or `Verified`.
+    pub phase: String,
+    /// What the phase waits for, or why it stopped.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 /// How many queued nodes wait for one kind of reason.

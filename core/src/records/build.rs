@@ -191,6 +191,7 @@ fn from_slot(spec: &mut MaintenanceRecordSpec, held: &HeldSlot) {
         Origin::Manual => RecordOrigin::Manual,
         Origin::Agent => RecordOrigin::Schedule,
         Origin::FleetLock => RecordOrigin::FleetLock,
+        Origin::Rollout => RecordOrigin::Rollout,
     };
     let phases = &mut spec.phases;
     set_once(&mut phases.requested, held.requested_at);

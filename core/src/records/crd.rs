@@ -157,6 +157,8 @@ pub enum RecordOrigin {
     /// A FleetLock client (Zincati) asked to reboot its host.
     #[serde(rename = "fleetlock")]
     FleetLock,
+    /// The pool's Kubernetes upgrade rollout (`upgrade.kubernetesVersion`).
+    Rollout,
 }
 
 impl RecordOrigin {
@@ -165,6 +167,7 @@ impl RecordOrigin {
         match self {
             RecordOrigin::Schedule => "schedule",
             RecordOrigin::Manual => "manual",
+            RecordOrigin::Rollout => "rollout",
             RecordOrigin::FleetLock => "fleetlock",
         }
     }

@@ -54,10 +54,40 @@ use crate::policy::window::ClosedReason;
 use crate::policy::{KubeVersion, NamespacedName, ValidatedPolicy};
 
 pub use plan::{Admission, Plan, SequentialPdb, Unavailability, WaitReason, Waiting};
-pub use skew::SkewViolation;
+pub use skew::{SkewViolation, check as check_skew};
 pub use snapshot::{ControlPlanePod, EvictablePod, NodeState, PdbState, Pool, PoolName, Snapshot};
 
-use skew::ControlPlane;
+use skew::Skew;
+
+/// Why `operation` on `node` waits for an etcd snapshot, if it does: a stacked-etcd member
+/// whose agent has not reported a verified snapshot younger than the policy's
+/// `etcd.maxSnapshotAge` (for the operations `etcd.snapshotBefore` names).
+fn etcd_snapshot(
+    node: &NodeState,
+    policy: &ValidatedPolicy,
+    operation: &Operation,
+    now: Timestamp,
+) -> Option<WaitReason> {
+    if node.etcd.member != crate::model::EtcdMember::Stacked || !policy.etcd.covers(operation) {
+        return None;
+    }
+    let max_age = jiff::SignedDuration::from_secs(
+        i64::try_from(policy.etcd.max_age_seconds).unwrap_or(i64::MAX),
+    );
+    let since = now.checked_sub(max_age).unwrap_or(Timestamp::MIN);
+    if node.etcd.fresh_snapshot(since).is_some() {
+        return None;
+    }
+    Some(match &node.etcd.snapshot_error {
+        Some(error) => WaitReason::EtcdSnapshotFailed {
+            error: error.clone(),
+        },
+        None => WaitReason::EtcdSnapshotNeeded {
+            max_age_seconds: policy.etcd.max_age_seconds,
+            newest: node.etcd.snapshot.as_ref().map(|s| s.taken_at),
+        },
+    })
+}
 
 /// Decides which queued nodes to admit at `now`, and why the others wait.
 pub fn schedule(snapshot: &Snapshot, now: Timestamp) -> Plan {
@@ -120,6 +150,11 @@ impl<'a> PoolState<'a> {
         let mut gates = Vec::new();
         if policy.paused {
             gates.push(WaitReason::Paused);
+        }
+        if let Some(reason) = &pool.rollout_held {
+            gates.push(WaitReason::RolloutHeld {
+                reason: reason.clone(),
+            });
         }
         if policy.circuit_open(pool.failures) {
             gates.push(WaitReason::CircuitOpen {
@@ -210,7 +245,7 @@ struct Scheduler<'a> {
     slots: HashMap<&'a str, &'a Slot>,
     pools: HashMap<&'a str, PoolState<'a>>,
     budgets: HashMap<&'a NamespacedName, Budget>,
-    control_plane: ControlPlane<'a>,
+    skew: Skew,
     guard: control_plane::Guard<'a>,
 }
 
@@ -288,7 +323,7 @@ impl<'a> Scheduler<'a> {
             slots,
             pools,
             budgets,
-            control_plane: ControlPlane::new(&snapshot.nodes),
+            skew: Skew::new(&snapshot.nodes, snapshot.api_server_version),
             guard,
         }
     }
@@ -348,10 +383,11 @@ impl<'a> Scheduler<'a> {
             pods.sort_unstable();
             reasons.push(WaitReason::BlockingPods { pods });
         }
-        if let Operation::KubernetesUpgrade { version, .. } = &request.operation {
+        if let Operation::KubernetesUpgrade { version, kubeadm } = &request.operation {
             // A version that does not parse is reported by the skew check below.
             if let Some(target) = pool.pool.policy.upgrade.kubernetes_version
-                && version.parse::<KubeVersion>().is_ok_and(|v| v != target)
+                && version.parse::<KubeVersion>().is_ok()
+                && !crate::upgrade::leads_to(version, target)
             {
                 reasons.push(WaitReason::NotTargetVersion {
                     requested: version.clone(),
@@ -359,12 +395,18 @@ impl<'a> Scheduler<'a> {
                 });
             }
             reasons.extend(
-                self.control_plane
-                    .check(node, version, self.snapshot.api_server_version)
+                self.skew
+                    .check(node, version, *kubeadm)
                     .into_iter()
                     .map(WaitReason::VersionSkew),
             );
         }
+        reasons.extend(etcd_snapshot(
+            node,
+            &pool.pool.policy,
+            &request.operation,
+            self.now,
+        ));
 
         let already_unavailable = pool.unavailable.contains_key(node.name.as_str());
         let after = pool.unavailable.len() + usize::from(!already_unavailable);

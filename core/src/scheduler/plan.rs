@@ -230,6 +230,24 @@ pub enum WaitReason {
         /// The policy's `upgrade.kubernetesVersion`.
         target: KubeVersion,
     },
+    /// A stacked etcd member waits for its agent to report a verified snapshot young enough.
+    EtcdSnapshotNeeded {
+        /// The policy's `etcd.maxSnapshotAge`, in seconds.
+        max_age_seconds: u64,
+        /// When the newest verified snapshot was taken, if there is one.
+        newest: Option<jiff::Timestamp>,
+    },
+    /// The pool's Kubernetes upgrade pre-flight failed: nothing is admitted until a human
+    /// pauses and resumes the pool.
+    RolloutHeld {
+        /// What failed.
+        reason: String,
+    },
+    /// The agent's last etcd snapshot failed.
+    EtcdSnapshotFailed {
+        /// Why.
+        error: String,
+    },
 }
 
 impl WaitReason {
@@ -258,6 +276,9 @@ impl WaitReason {
             WaitReason::AlertsUnknown { .. } => "AlertsUnknown",
             WaitReason::VersionSkew(_) => "VersionSkew",
             WaitReason::NotTargetVersion { .. } => "NotTargetVersion",
+            WaitReason::EtcdSnapshotNeeded { .. } => "EtcdSnapshotNeeded",
+            WaitReason::RolloutHeld { .. } => "RolloutHeld",
+            WaitReason::EtcdSnapshotFailed { .. } => "EtcdSnapshotFailed",
         }
     }
 }
@@ -417,6 +438,22 @@ impl fmt::Display for WaitReason {
                 "Kubernetes upgrade to {requested} requested, but the policy's \
                  upgrade.kubernetesVersion is {target}"
             ),
+            WaitReason::EtcdSnapshotNeeded {
+                max_age_seconds,
+                newest: Some(at),
+            } => write!(
+                f,
+                "etcd snapshot: the newest verified one ({at}) is older than \
+                 etcd.maxSnapshotAge ({max_age_seconds} s); the agent takes a new one"
+            ),
+            WaitReason::EtcdSnapshotNeeded { newest: None, .. } => f.write_str(
+                "etcd snapshot: waiting for the agent to save and verify one of this \
+                 stacked etcd member",
+            ),
+            WaitReason::RolloutHeld { reason } => write!(f, "Kubernetes upgrade held: {reason}"),
+            WaitReason::EtcdSnapshotFailed { error } => {
+                write!(f, "etcd snapshot failed: {error}")
+            }
         }
     }
 }

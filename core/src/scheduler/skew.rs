@@ -1,16 +1,24 @@
-//! The Kubernetes version skew policy, for `KubernetesUpgrade` requests.
+//! The Kubernetes version skew policy, for `KubernetesUpgrade` requests (the upstream policy;
+//! versions from [`ClusterVersions`]).
 //!
-//! - A kubelet is never newer than the API server (minor versions). The API server version is the
-//!   oldest kube-apiserver in the cluster; a control-plane node's upgrade moves its own API server,
-//!   so there the target may be one minor ahead of it, never more.
 //! - One minor version at a time, never down.
+//! - A worker's kubelet is never newer than the oldest kube-apiserver (minor versions).
 //! - Control-plane nodes first: a worker waits until every control-plane kubelet runs at least the
 //!   target version.
+//! - A control-plane node's upgrade moves its own kube-apiserver, so there the target may be one
+//!   minor ahead of the oldest kube-apiserver, never more; and the whole control plane moves one
+//!   minor at a time: no control-plane node goes to minor m+1 while anything on the control plane
+//!   (a kubelet, a kube-apiserver, controller-manager or scheduler) is still below m.
+//! - No kubelet may fall more than three minors behind the new kube-apiserver.
+//! - `kubeadm upgrade apply` first: on a control-plane node, `kubeadm upgrade node` waits until a
+//!   kube-apiserver runs the target (the apply moved the cluster's configuration); `apply` runs
+//!   only on control-plane nodes.
 
 use std::fmt;
 
-use crate::model::NodeName;
+use crate::model::{KubeadmStep, NodeName};
 use crate::policy::KubeVersion;
+use crate::upgrade::{ClusterVersions, KUBELET_MAX_MINORS_BEHIND};
 
 use super::snapshot::NodeState;
 use super::{LISTED, list_with_more};
@@ -64,6 +72,30 @@ pub enum SkewViolation {
         /// How many there are in all.
         total: usize,
     },
+    /// A control-plane node would go a minor further while the control plane is not all at the
+    /// minor before.
+    ControlPlaneNotInStep {
+        /// Requested version.
+        target: KubeVersion,
+        /// The oldest version on the control plane.
+        floor: KubeVersion,
+    },
+    /// Kubelets that would end more than three minors behind the new kube-apiserver.
+    KubeletsTooFarBehind {
+        /// Requested version.
+        target: KubeVersion,
+        /// The first few such nodes, by name.
+        behind: Vec<NodeName>,
+        /// How many there are in all.
+        total: usize,
+    },
+    /// `kubeadm upgrade node` on a control-plane node before any kube-apiserver runs the target.
+    ApplyFirst {
+        /// Requested version.
+        target: KubeVersion,
+    },
+    /// `kubeadm upgrade apply` asked of a worker.
+    ApplyOnWorker,
 }
 
 impl fmt::Display for SkewViolation {
@@ -109,88 +141,139 @@ impl fmt::Display for SkewViolation {
                 "version skew: control-plane nodes first ({} not at {target} yet)",
                 list_with_more(behind, *total)
             ),
+            SkewViolation::ControlPlaneNotInStep { target, floor } => write!(
+                f,
+                "version skew: the control plane moves one minor at a time ({floor} still runs \
+                 on it, {target} would be two minors ahead)"
+            ),
+            SkewViolation::KubeletsTooFarBehind {
+                target,
+                behind,
+                total,
+            } => write!(
+                f,
+                "version skew: kubelets of {} would be more than {KUBELET_MAX_MINORS_BEHIND} \
+                 minors behind kube-apiserver {}; upgrade them first",
+                list_with_more(behind, *total),
+                target.short()
+            ),
+            SkewViolation::ApplyFirst { target } => write!(
+                f,
+                "kubeadm: `kubeadm upgrade apply v{target}` must run on the first control-plane \
+                 node before `kubeadm upgrade node`"
+            ),
+            SkewViolation::ApplyOnWorker => {
+                f.write_str("kubeadm: `kubeadm upgrade apply` runs on control-plane nodes only")
+            }
         }
     }
 }
 
-/// Control-plane nodes and their kubelet versions, gathered once per decision.
+/// The cluster's versions, gathered once per decision.
 #[derive(Debug, Default)]
-pub(crate) struct ControlPlane<'a> {
-    nodes: Vec<(&'a str, Option<KubeVersion>)>,
+pub(crate) struct Skew {
+    versions: ClusterVersions,
 }
 
-impl<'a> ControlPlane<'a> {
-    pub(crate) fn new(nodes: &'a [NodeState]) -> Self {
-        let mut nodes: Vec<_> = nodes
-            .iter()
-            .filter(|n| n.control_plane)
-            .map(|n| (n.name.as_str(), n.kubelet_version))
-            .collect();
-        nodes.sort_unstable();
-        Self { nodes }
+impl Skew {
+    pub(crate) fn new(nodes: &[NodeState], reported_api_server: Option<KubeVersion>) -> Self {
+        Self {
+            versions: ClusterVersions::of(nodes, reported_api_server),
+        }
     }
 
-    /// Every violation of upgrading `node` to `target` (empty: allowed).
+    /// Every violation of upgrading `node` to `target` with `step` (empty: allowed).
     pub(crate) fn check(
         &self,
         node: &NodeState,
         target: &str,
-        api_server: Option<KubeVersion>,
+        step: KubeadmStep,
     ) -> Vec<SkewViolation> {
-        let Ok(target) = target.parse::<KubeVersion>() else {
-            return vec![SkewViolation::InvalidTarget {
-                version: target.to_owned(),
-            }];
-        };
-        let mut violations = Vec::new();
-        match node.kubelet_version {
-            None => violations.push(SkewViolation::UnknownKubeletVersion),
-            Some(from) if target < from => {
-                violations.push(SkewViolation::Downgrade { from, to: target });
-            }
-            Some(from) if target.major != from.major || target.minor > from.minor + 1 => {
-                violations.push(SkewViolation::MoreThanOneMinor { from, to: target });
-            }
-            Some(_) => {}
-        }
-        match api_server {
-            None => violations.push(SkewViolation::UnknownApiServerVersion),
-            Some(api) if node.control_plane => {
-                if target.minor_version() > (api.major, api.minor + 1) {
-                    violations.push(SkewViolation::ControlPlaneTooFarAhead {
-                        target,
-                        api_server: api,
-                    });
-                }
-            }
-            Some(api) => {
-                if target.minor_version() > api.minor_version() {
-                    violations.push(SkewViolation::NewerThanApiServer {
-                        target,
-                        api_server: api,
-                    });
-                }
-            }
-        }
-        if !node.control_plane {
-            let behind: Vec<&str> = self
-                .nodes
-                .iter()
-                .filter(|(_, version)| version.is_none_or(|v| v < target))
-                .map(|(name, _)| *name)
-                .collect();
-            if !behind.is_empty() {
-                violations.push(SkewViolation::ControlPlaneFirst {
-                    target,
-                    total: behind.len(),
-                    behind: behind
-                        .iter()
-                        .take(LISTED)
-                        .map(|n| (*n).to_owned())
-                        .collect(),
-                });
-            }
-        }
-        violations
+        check(&self.versions, node, target, step)
     }
+}
+
+/// Every violation of upgrading `node` to `target` with `step` in a cluster at `versions`.
+pub fn check(
+    versions: &ClusterVersions,
+    node: &NodeState,
+    target: &str,
+    step: KubeadmStep,
+) -> Vec<SkewViolation> {
+    let Ok(target) = target.parse::<KubeVersion>() else {
+        return vec![SkewViolation::InvalidTarget {
+            version: target.to_owned(),
+        }];
+    };
+    let mut violations = Vec::new();
+    match node.kubelet_version {
+        None => violations.push(SkewViolation::UnknownKubeletVersion),
+        Some(from) if target < from => {
+            violations.push(SkewViolation::Downgrade { from, to: target });
+        }
+        Some(from) if target.major != from.major || target.minor > from.minor + 1 => {
+            violations.push(SkewViolation::MoreThanOneMinor { from, to: target });
+        }
+        Some(_) => {}
+    }
+    let Some(api) = versions.api_server_min() else {
+        violations.push(SkewViolation::UnknownApiServerVersion);
+        return violations;
+    };
+    if node.control_plane {
+        if target.minor_version() > (api.major, api.minor + 1) {
+            violations.push(SkewViolation::ControlPlaneTooFarAhead {
+                target,
+                api_server: api,
+            });
+        }
+        if let Some(floor) = versions.control_plane_floor()
+            && target.minor_version() > (floor.major, floor.minor + 1)
+        {
+            violations.push(SkewViolation::ControlPlaneNotInStep { target, floor });
+        }
+        let oldest_allowed = (
+            target.major,
+            target.minor.saturating_sub(KUBELET_MAX_MINORS_BEHIND),
+        );
+        let behind = versions.kubelets_below(oldest_allowed);
+        if !behind.is_empty() {
+            violations.push(SkewViolation::KubeletsTooFarBehind {
+                target,
+                total: behind.len(),
+                behind: behind.into_iter().take(LISTED).collect(),
+            });
+        }
+        if step == KubeadmStep::Node && versions.api_server_max().is_none_or(|max| max < target) {
+            violations.push(SkewViolation::ApplyFirst { target });
+        }
+    } else {
+        if step == KubeadmStep::Apply {
+            violations.push(SkewViolation::ApplyOnWorker);
+        }
+        if target.minor_version() > api.minor_version() {
+            violations.push(SkewViolation::NewerThanApiServer {
+                target,
+                api_server: api,
+            });
+        }
+        let behind: Vec<&str> = versions
+            .control_plane
+            .iter()
+            .filter(|cp| cp.kubelet.is_none_or(|v| v < target))
+            .map(|cp| cp.node.as_str())
+            .collect();
+        if !behind.is_empty() {
+            violations.push(SkewViolation::ControlPlaneFirst {
+                target,
+                total: behind.len(),
+                behind: behind
+                    .iter()
+                    .take(LISTED)
+                    .map(|n| (*n).to_owned())
+                    .collect(),
+            });
+        }
+    }
+    violations
 }

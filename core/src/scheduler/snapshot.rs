@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::model::{NodeName, Slot, SlotRequest};
+use crate::model::{EtcdFacts, NodeName, Slot, SlotRequest};
 use crate::policy::{KubeVersion, NamespacedName, ValidatedPolicy};
 
 /// The name of a pool: the name of its `MaintenancePolicy`.
@@ -47,6 +47,8 @@ pub struct Pool {
     /// cannot be checked holds the whole pool back rather than silently allowing maintenance.
     /// Ignored when the policy has no Prometheus blocker.
     pub alerts_unknown: Option<String>,
+    /// Why the pool is held by its Kubernetes upgrade rollout (a failed pre-flight), if it is.
+    pub rollout_held: Option<String>,
 }
 
 impl Pool {
@@ -91,6 +93,8 @@ pub struct NodeState {
     /// Pods on the node that match the pool's blocker selectors
     /// ([`crate::policy::Blockers::blocks_pod`]).
     pub blocking_pods: Vec<NamespacedName>,
+    /// What the node's agent last reported about its etcd member and snapshots.
+    pub etcd: EtcdFacts,
 }
 
 impl NodeState {
@@ -116,6 +120,9 @@ pub struct ControlPlanePod {
     pub component: String,
     /// Its `Ready` condition is `True` and it is not being deleted.
     pub ready: bool,
+    /// The version of its image's tag (`registry.k8s.io/kube-apiserver:v1.31.4`), for the
+    /// Kubernetes components; `None` for etcd or a tag that is no Kubernetes version.
+    pub version: Option<KubeVersion>,
 }
 
 impl ControlPlanePod {

@@ -61,6 +61,19 @@ pub enum LedgerError {
         /// The operation the agent asked for.
         requested: &'static str,
     },
+    /// An agent or FleetLock client asked to replace a queued request of the Kubernetes
+    /// upgrade rollout, which takes precedence.
+    #[error(
+        "node {node} has a {queued} request of the Kubernetes upgrade rollout queued; a request for {requested} cannot replace it"
+    )]
+    RolloutRequestQueued {
+        /// The node.
+        node: NodeName,
+        /// The queued operation.
+        queued: &'static str,
+        /// The operation asked for.
+        requested: &'static str,
+    },
     /// The operation needs the node in another state.
     #[error("node {node} is {state}: cannot {action}")]
     WrongState {
@@ -326,6 +339,16 @@ impl Ledger {
                 }
                 if !same_operation && current.origin == Origin::Manual && origin != Origin::Manual {
                     return Err(LedgerError::ManualRequestQueued {
+                        node: node.to_owned(),
+                        queued: current.operation.name(),
+                        requested: operation.name(),
+                    });
+                }
+                if !same_operation
+                    && current.origin == Origin::Rollout
+                    && !origin.outranks_automatic()
+                {
+                    return Err(LedgerError::RolloutRequestQueued {
                         node: node.to_owned(),
                         queued: current.operation.name(),
                         requested: operation.name(),
@@ -1113,6 +1136,7 @@ fn origin_name(origin: Origin) -> &'static str {
         Origin::Manual => "manual",
         Origin::Agent => "agent",
         Origin::FleetLock => "FleetLock client",
+        Origin::Rollout => "Kubernetes upgrade rollout",
     }
 }
 

@@ -11,6 +11,7 @@ mod drains;
 mod events;
 mod records;
 mod requests;
+mod rollout;
 
 use drains::{DrainDone, Running};
 use events::{EventJob, record_events};
@@ -94,6 +95,8 @@ pub(super) struct Term<'a> {
     /// The policies' Prometheus alerts, polled for this term.
     alerts: AlertWatch,
     next_wake: Option<Timestamp>,
+    /// Nodes whose external etcd was reported in an Event.
+    external_etcd_noted: HashSet<NodeName>,
 }
 
 impl Drop for Term<'_> {
@@ -160,6 +163,7 @@ impl<'a> Term<'a> {
             evicted: HashMap::new(),
             alerts: AlertWatch::spawn(coordinator.settings.alerts.clone()),
             next_wake: None,
+            external_etcd_noted: HashSet::new(),
         }
     }
 
@@ -403,6 +407,13 @@ impl<'a> Term<'a> {
             .iter()
             .map(|(n, r)| (n.clone(), r.token))
             .collect();
+        let api_not_ready = self.api_not_ready().await;
+        let etcd: BTreeMap<NodeName, rota_core::model::EtcdFacts> = self
+            .service
+            .all_facts()
+            .into_iter()
+            .map(|(node, facts)| (node, facts.etcd.clone()))
+            .collect();
         let (decisions, policy_changes, pools) = {
             let cache = self.cache.read();
             let changes = self.book.update(cache.policies());
@@ -420,6 +431,8 @@ impl<'a> Term<'a> {
                 expiry_reported: &self.expiry_reported,
                 blocked_timeout: self.coordinator.settings.drain_blocked_timeout,
                 hosts: &hosts,
+                etcd: &etcd,
+                api_not_ready: api_not_ready.as_deref(),
                 now,
             });
             (decisions, changes, pools)
@@ -460,6 +473,8 @@ impl<'a> Term<'a> {
             node_pools: _,
             admit_hosts,
             hosts_waiting,
+            rollouts,
+            rollout_withdraw,
         } = decisions;
         self.next_wake = next_wake;
         self.lock_hosts(admit_hosts, hosts_waiting).await;
@@ -521,6 +536,7 @@ impl<'a> Term<'a> {
                 ),
             });
         }
+        self.perform_rollouts(rollouts, rollout_withdraw).await;
         self.announce_rollouts(&gauges, &admit);
         for action in admit {
             self.admit(action, now).await?;
