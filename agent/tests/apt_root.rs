@@ -1,5 +1,6 @@
 //! Real apt and dpkg in a throw-away Debian bookworm root (chroot): the prepared root and its
-//! repository are described in `common/debian.rs`.
+//! repository are described in `common/debian.rs`; the Kubernetes upgrade tests use its
+//! second root, a kubeadm node with the pkgs.k8s.io per-minor layout (`kubernetes_root`).
 //!
 //! Needs root, `debootstrap`, `dpkg-deb` and `dpkg-scanpackages` (and, for the first run on a
 //! machine, Debian's mirror). Without them the tests fail, saying what is missing, unless
