@@ -42,7 +42,7 @@ pub const DEFAULT_KEY: &str = "/etc/kubernetes/pki/etcd/healthcheck-client.key";
 /// Where the agent keeps its snapshots.
 pub const DEFAULT_SNAPSHOT_DIR: &str = "/var/lib/rota/etcd-snapshots";
 /// How many snapshots are kept.
-pub const DEFAULT_KEEP: usize = 3;
+pub const DEFAULT_KEEP: u16 = 3;
 
 impl Default for EtcdConfig {
     fn default() -> Self {
@@ -52,7 +52,7 @@ impl Default for EtcdConfig {
             cert: PathBuf::from(DEFAULT_CERT),
             key: PathBuf::from(DEFAULT_KEY),
             snapshot_dir: PathBuf::from(DEFAULT_SNAPSHOT_DIR),
-            keep: DEFAULT_KEEP,
+            keep: usize::from(DEFAULT_KEEP),
             timeout: Duration::from_secs(300),
         }
     }
