@@ -324,6 +324,38 @@ fn verdicts() {
             Want::Pending("kubelet runs v1.33.1, expected 1.34.0"),
         ),
         (
+            "Kubernetes upgrade to a minor: any patch of it",
+            held(
+                Operation::KubernetesUpgrade {
+                    version: "1.34".into(),
+                    kubeadm: rota_core::model::KubeadmStep::Node,
+                },
+                before,
+                completion(true, None),
+            ),
+            node(true, "boot-1", "v1.34.3"),
+            vec![],
+            health(&[]),
+            early,
+            Want::Healthy,
+        ),
+        (
+            "Kubernetes upgrade to a minor, kubelet still on the one before",
+            held(
+                Operation::KubernetesUpgrade {
+                    version: "1.34".into(),
+                    kubeadm: rota_core::model::KubeadmStep::Node,
+                },
+                before,
+                completion(true, None),
+            ),
+            node(true, "boot-1", "v1.33.1"),
+            vec![],
+            health(&[]),
+            early,
+            Want::Pending("kubelet runs v1.33.1, expected 1.34.x"),
+        ),
+        (
             "default: every DaemonSet pod on the node must be Ready",
             held(Operation::KubeletRestart, before, completion(true, None)),
             node(true, "boot-1", "v1.33.1"),
