@@ -996,9 +996,14 @@ mod tests {
         let node = run(&second, "kubeadm upgrade node");
         assert!(node.success(), "{}", node.stderr);
         assert_eq!(images(&second), at("v1.31.4"));
+        // A worker lags behind as the skew policy allows: its kubeadm may be older.
         let node = run(&worker, "kubeadm upgrade node");
         assert!(node.success(), "{}", node.stderr);
         assert!(node.stdout.contains("Not a control plane node"));
+        let (_, faults) = watch::channel(Faults::none());
+        let (lagging, _lagging_rx) =
+            SimHost::new("w2", &kubeadm_spec(false, true), &cluster, faults);
+        assert!(run(&lagging, "kubeadm upgrade node").success());
         assert!(images(&worker).is_empty());
         assert!(worker.exists(Path::new(kubeadm::KUBELET_CONFIG)).unwrap());
 

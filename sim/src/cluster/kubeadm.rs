@@ -659,12 +659,19 @@ fn upgrade_node(host: &SimHost, kubeadm: KubeVersion) -> CommandOutput {
             "upgrade/config",
             "unable to fetch the kubeadm-config ConfigMap: configmaps \"kubeadm-config\" not found",
         ),
-        Some(cluster) if kubeadm.minor_version() < cluster.minor_version() => fatal(
-            "upgrade/version",
-            &format!(
-                "the kubeadm version \"v{kubeadm}\" is older than the cluster version \"v{cluster}\"; upgrade kubeadm first"
-            ),
-        ),
+        // A control-plane node's kubeadm writes the cluster's control plane with its own
+        // templates: it must have caught up. A worker's only rewrites the kubelet's
+        // configuration, which a kubelet up to three minors older than the control plane runs.
+        Some(cluster)
+            if control_plane_node && kubeadm.minor_version() < cluster.minor_version() =>
+        {
+            fatal(
+                "upgrade/version",
+                &format!(
+                    "the kubeadm version \"v{kubeadm}\" is older than the cluster version \"v{cluster}\"; upgrade kubeadm first"
+                ),
+            )
+        }
         Some(cluster) => {
             let mut out = String::from(
                 "[upgrade] Reading configuration from the cluster...\n\
