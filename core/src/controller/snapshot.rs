@@ -23,7 +23,7 @@ use crate::drain::pdb::PdbIndex;
 
 use crate::fleetlock::{self, HostPool};
 use crate::model::{
-    EtcdFacts, FencingToken, NodeName, Operation, Origin, Slot, SlotPhase, SlotRequest,
+    EtcdFacts, EtcdMember, FencingToken, NodeName, Operation, Origin, Slot, SlotPhase, SlotRequest,
 };
 use crate::policy::{KubeVersion, NamespacedName};
 use crate::scheduler::{ControlPlanePod, EvictablePod, NodeState, PdbState, Pool, Snapshot};
@@ -135,6 +135,24 @@ pub fn build(inputs: Inputs<'_>) -> Snapshot {
                 (Vec::new(), Vec::new())
             };
             let control_plane_pods = control_plane_pods(cache, &name);
+            let etcd = match etcd.get(&name) {
+                Some(facts) => facts.clone(),
+                // The agent has not reported yet (a rollout can queue a node before its
+                // agent's first report): a node whose etcd static pod runs is a stacked
+                // member all the same, so the snapshot rule holds it until the agent reports
+                // a snapshot.
+                None => EtcdFacts {
+                    member: if control_plane_pods
+                        .iter()
+                        .any(|p| p.component == ControlPlanePod::ETCD)
+                    {
+                        EtcdMember::Stacked
+                    } else {
+                        EtcdMember::None
+                    },
+                    ..EtcdFacts::default()
+                },
+            };
             NodeState {
                 pools: node_pools,
                 ready: is_in_service(node),
@@ -150,7 +168,7 @@ pub fn build(inputs: Inputs<'_>) -> Snapshot {
                 zone: node::zone(node).map(str::to_owned),
                 evictable_pods,
                 blocking_pods,
-                etcd: etcd.get(&name).cloned().unwrap_or_default(),
+                etcd,
                 name,
             }
         })
