@@ -40,6 +40,10 @@ fn setup() -> KubernetesSetup {
     }
 }
 
+/// The policy's `etcd.maxSnapshotAge`: short, against a rollout of seconds, so that each
+/// maintenance of a control-plane node needs a snapshot of its own moments.
+const MAX_SNAPSHOT_AGE_SECONDS: i64 = 3;
+
 /// 9 nodes (3 control-plane, 6 workers), 3 at a time, the policy paused until the recorder runs.
 fn fleet_options(seed: u64) -> FleetOptions {
     let setup = setup();
@@ -47,6 +51,7 @@ fn fleet_options(seed: u64) -> FleetOptions {
     let mut options = options(9, seed, 3, 1).with_kubernetes_upgrade(setup, target);
     let (_, spec) = rota_settings(&mut options);
     spec.paused = true;
+    spec.etcd.max_snapshot_age = Some(format!("{MAX_SNAPSHOT_AGE_SECONDS}s"));
     options
 }
 
@@ -458,8 +463,11 @@ async fn a_kubeadm_cluster_is_upgraded_two_minors_control_plane_first() {
         assert_eq!(planned, 0, "{worker}: {:?}", logs[worker]);
     }
 
-    // Before each of its maintenances, each control-plane node saved an etcd snapshot and
-    // verified it.
+    // Before each of its maintenances, each control-plane node had saved an etcd snapshot and
+    // verified it, no older than the policy's maxSnapshotAge when the node went down (the
+    // coordinator admits, then cordons, within moments: half a second of slack).
+    let max_age = jiff::SignedDuration::from_secs(MAX_SNAPSHOT_AGE_SECONDS)
+        + jiff::SignedDuration::from_millis(500);
     for cp in &control_plane {
         let spans = unavailable_spans(&fleet, cp);
         assert_eq!(
@@ -467,22 +475,23 @@ async fn a_kubeadm_cluster_is_upgraded_two_minors_control_plane_first() {
             fleet.options().expected_maintenances(),
             "{cp} was unavailable {spans:?}"
         );
-        let mut since = Timestamp::MIN;
-        for (down, up) in spans {
-            let log = &logs[cp];
-            let saved = log.iter().find_map(|r| match &r.action {
-                ToolAction::SnapshotSave { path }
-                    if r.success && r.time > since && r.time <= down =>
-                {
-                    Some((path.clone(), r.time))
-                }
-                _ => None,
-            });
+        let log = &logs[cp];
+        for (down, _) in spans {
+            let saved = log
+                .iter()
+                .filter(|r| r.success && r.time <= down)
+                .filter_map(|r| match &r.action {
+                    ToolAction::SnapshotSave { path } => Some((path.clone(), r.time)),
+                    _ => None,
+                })
+                .next_back();
             let Some((path, saved_at)) = saved else {
-                panic!(
-                    "no etcd snapshot on {cp} between {since} and its maintenance at {down}: {log:?}"
-                );
+                panic!("no etcd snapshot on {cp} before its maintenance at {down}: {log:?}");
             };
+            assert!(
+                down.duration_since(saved_at) <= max_age,
+                "{cp}'s newest snapshot before its maintenance at {down} was saved at {saved_at}"
+            );
             let verified = log.iter().any(|r| {
                 r.success
                     && r.time >= saved_at
@@ -493,7 +502,6 @@ async fn a_kubeadm_cluster_is_upgraded_two_minors_control_plane_first() {
                 verified,
                 "{cp}'s snapshot {path} was not verified before {down}: {log:?}"
             );
-            since = up;
         }
     }
     // Workers have no etcd member: no snapshot there.
