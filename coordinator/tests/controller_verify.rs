@@ -324,6 +324,38 @@ fn verdicts() {
             Want::Pending("kubelet runs v1.33.1, expected 1.34.0"),
         ),
         (
+            "a step of a longer walk: any patch of the minor",
+            held(
+                Operation::KubernetesUpgrade {
+                    version: "1.34".into(),
+                    kubeadm: rota_core::model::KubeadmStep::Apply,
+                },
+                before,
+                completion(true, None),
+            ),
+            node(true, "boot-1", "v1.34.5"),
+            vec![],
+            health(&[]),
+            early,
+            Want::Healthy,
+        ),
+        (
+            "a step of a longer walk, kubelet still on the minor before",
+            held(
+                Operation::KubernetesUpgrade {
+                    version: "1.34".into(),
+                    kubeadm: rota_core::model::KubeadmStep::Node,
+                },
+                before,
+                completion(true, None),
+            ),
+            node(true, "boot-1", "v1.33.1"),
+            vec![],
+            health(&[]),
+            early,
+            Want::Pending("kubelet runs v1.33.1, expected 1.34"),
+        ),
+        (
             "default: every DaemonSet pod on the node must be Ready",
             held(Operation::KubeletRestart, before, completion(true, None)),
             node(true, "boot-1", "v1.33.1"),

@@ -233,6 +233,19 @@ fn health_problems<'a>(
             running.parse::<KubeVersion>(),
         ) {
             (Ok(target), Ok(now)) if target == now => {}
+            // A step of a longer walk names a minor: any patch of it will do.
+            (Ok(target), Ok(now))
+                if crate::upgrade::is_minor_only(version)
+                    && target.minor_version() == now.minor_version() => {}
+            (Ok(target), _) if crate::upgrade::is_minor_only(version) => problems.push(format!(
+                "kubelet runs {}, expected {}",
+                if running.is_empty() {
+                    "an unknown version"
+                } else {
+                    running
+                },
+                target.short()
+            )),
             (Ok(target), _) => problems.push(format!(
                 "kubelet runs {}, expected {target}",
                 if running.is_empty() {
