@@ -28,11 +28,7 @@ use super::{Root, sh};
 /// A copy of this run's prepared root, or `None` when the suite is skipped.
 pub fn root() -> Option<Root> {
     static BASE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let base = BASE.get_or_init(|| match super::missing_prerequisite() {
-        Some(why) => Err(why),
-        None => Ok(prepare()),
-    });
-    super::prepared_or_skip(base).map(Root::copy_of)
+    super::copy_of_prepared(&BASE, prepare)
 }
 
 /// A package file: (path in the package, content, mode).
@@ -196,11 +192,7 @@ pub fn kubernetes_list(base: &str, minor: &str) -> String {
 /// when the suite is skipped.
 pub fn kubernetes_root() -> Option<Root> {
     static BASE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let base = BASE.get_or_init(|| match super::missing_prerequisite() {
-        Some(why) => Err(why),
-        None => Ok(prepare_kubernetes()),
-    });
-    super::prepared_or_skip(base).map(Root::copy_of)
+    super::copy_of_prepared(&BASE, prepare_kubernetes)
 }
 
 /// A kubeadm node at 1.30.9: the pkgs.k8s.io layout served from `/srv/pkgs`
