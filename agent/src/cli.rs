@@ -15,6 +15,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::daemon::{self, DaemonConfig, TokenAuth};
 use crate::detect::{self, DetectConfig};
 use crate::host::{ChrootHost, Host, HostExecArgs, NamespaceHost, RebootMethod, host_exec_main};
+use crate::kubernetes::etcd::{self, EtcdConfig};
+use crate::kubernetes::{self, KubernetesConfig};
 use crate::ops::{CompleteAck, Completion, Executor, ExecutorConfig, Reporter};
 use crate::packages::UpgradeScope;
 use crate::settings::UpgradePolicy;
@@ -107,6 +109,79 @@ pub struct DetectArgs {
     /// Refresh package lists before looking for upgrades.
     #[arg(long, env = "ROTA_REFRESH")]
     pub refresh: bool,
+    /// Kubernetes upgrades and etcd snapshots.
+    #[command(flatten)]
+    pub kubernetes: KubernetesArgs,
+}
+
+/// Where a kubeadm node keeps what Kubernetes upgrades and etcd snapshots use; the defaults are
+/// kubeadm's and pkgs.k8s.io's layout.
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Kubernetes upgrades and etcd snapshots")]
+pub struct KubernetesArgs {
+    /// Base URL of the Kubernetes package repository (a mirror of
+    /// https://pkgs.k8s.io): a Kubernetes upgrade writes it into the repository file in place of
+    /// the base there, before `/core:/stable:/vX.Y/`. Unset: the base in the file is kept.
+    #[arg(long, env = "ROTA_KUBERNETES_REPOSITORY")]
+    pub kubernetes_repository: Option<String>,
+    /// The apt source file of the Kubernetes packages.
+    #[arg(long, env = "ROTA_APT_KUBERNETES_LIST", default_value = kubernetes::DEFAULT_APT_LIST)]
+    pub apt_kubernetes_list: PathBuf,
+    /// The dnf repository file of the Kubernetes packages.
+    #[arg(long, env = "ROTA_DNF_KUBERNETES_REPO", default_value = kubernetes::DEFAULT_DNF_REPO)]
+    pub dnf_kubernetes_repo: PathBuf,
+    /// kubeadm's static pod manifests: `etcd.yaml` there means a stacked etcd member,
+    /// `kube-apiserver.yaml` alone an external etcd.
+    #[arg(long, env = "ROTA_KUBEADM_MANIFESTS", default_value = kubernetes::DEFAULT_MANIFESTS)]
+    pub kubeadm_manifests: PathBuf,
+    /// The stacked etcd member's client endpoint for `etcdctl snapshot save`.
+    #[arg(long, env = "ROTA_ETCD_ENDPOINT", default_value = etcd::DEFAULT_ENDPOINT)]
+    pub etcd_endpoint: String,
+    /// etcd's CA certificate.
+    #[arg(long, env = "ROTA_ETCD_CACERT", default_value = etcd::DEFAULT_CACERT)]
+    pub etcd_cacert: PathBuf,
+    /// etcd client certificate.
+    #[arg(long, env = "ROTA_ETCD_CERT", default_value = etcd::DEFAULT_CERT)]
+    pub etcd_cert: PathBuf,
+    /// Its key.
+    #[arg(long, env = "ROTA_ETCD_KEY", default_value = etcd::DEFAULT_KEY)]
+    pub etcd_key: PathBuf,
+    /// Host directory of the agent's etcd snapshots.
+    #[arg(long, env = "ROTA_ETCD_SNAPSHOT_DIR", default_value = etcd::DEFAULT_SNAPSHOT_DIR)]
+    pub etcd_snapshot_dir: PathBuf,
+    /// How many snapshots are kept there (older ones are deleted).
+    #[arg(
+        long,
+        env = "ROTA_ETCD_SNAPSHOT_KEEP",
+        default_value_t = etcd::DEFAULT_KEEP,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub etcd_snapshot_keep: u16,
+}
+
+impl KubernetesArgs {
+    /// The configuration these flags name.
+    pub fn config(&self) -> KubernetesConfig {
+        KubernetesConfig {
+            repository_base: self
+                .kubernetes_repository
+                .clone()
+                .filter(|base| !base.trim().is_empty()),
+            apt_list: self.apt_kubernetes_list.clone(),
+            dnf_repo: self.dnf_kubernetes_repo.clone(),
+            manifests: self.kubeadm_manifests.clone(),
+            etcd: EtcdConfig {
+                endpoint: self.etcd_endpoint.clone(),
+                cacert: self.etcd_cacert.clone(),
+                cert: self.etcd_cert.clone(),
+                key: self.etcd_key.clone(),
+                snapshot_dir: self.etcd_snapshot_dir.clone(),
+                keep: usize::from(self.etcd_snapshot_keep),
+                ..EtcdConfig::default()
+            },
+            ..KubernetesConfig::default()
+        }
+    }
 }
 
 impl DetectArgs {
@@ -119,6 +194,7 @@ impl DetectArgs {
                 .as_ref()
                 .map(|c| c.split_whitespace().map(String::from).collect()),
             refresh: self.refresh,
+            kubernetes: self.kubernetes.config(),
             ..DetectConfig::default()
         }
     }
@@ -627,6 +703,22 @@ pub fn render_facts(f: &NodeFacts) -> String {
             p.name, p.current_version, p.candidate_version
         );
     }
+    let member = match f.etcd.member {
+        rota_core::model::EtcdMember::None => "none",
+        rota_core::model::EtcdMember::Stacked => "stacked",
+        rota_core::model::EtcdMember::External => "external (not backed up by rota)",
+    };
+    let _ = writeln!(s, "etcd member:     {member}");
+    if let Some(snap) = &f.etcd.snapshot {
+        let _ = writeln!(
+            s,
+            "etcd snapshot:   {} ({} bytes, revision {}, hash {}, {} keys, taken {})",
+            snap.path, snap.size_bytes, snap.revision, snap.hash, snap.total_keys, snap.taken_at
+        );
+    }
+    if let Some(e) = &f.etcd.snapshot_error {
+        let _ = writeln!(s, "etcd snapshot failed: {e}");
+    }
     if !f.errors.is_empty() {
         let _ = writeln!(s, "detection errors:");
         for e in &f.errors {
@@ -819,6 +911,56 @@ mod tests {
         );
         assert_eq!(set.exec.detect, set.detect);
         assert_eq!(set.exec.shutdown_wait, Duration::from_secs(7));
+
+        assert_eq!(defaults.detect.kubernetes, KubernetesConfig::default());
+        let k8s = run_args(&[
+            "--kubernetes-repository=https://mirror.example/k8s",
+            "--apt-kubernetes-list=/etc/apt/sources.list.d/k8s.list",
+            "--dnf-kubernetes-repo=/etc/yum.repos.d/k8s.repo",
+            "--kubeadm-manifests=/srv/manifests",
+            "--etcd-endpoint=https://10.0.0.1:2379",
+            "--etcd-cacert=/pki/ca.crt",
+            "--etcd-cert=/pki/c.crt",
+            "--etcd-key=/pki/c.key",
+            "--etcd-snapshot-dir=/backup/etcd",
+            "--etcd-snapshot-keep=7",
+        ])
+        .daemon_config()
+        .exec
+        .detect
+        .kubernetes;
+        assert_eq!(
+            k8s.repository_base.as_deref(),
+            Some("https://mirror.example/k8s")
+        );
+        assert_eq!(
+            k8s.apt_list,
+            PathBuf::from("/etc/apt/sources.list.d/k8s.list")
+        );
+        assert_eq!(k8s.dnf_repo, PathBuf::from("/etc/yum.repos.d/k8s.repo"));
+        assert_eq!(k8s.manifests, PathBuf::from("/srv/manifests"));
+        assert_eq!(k8s.etcd.endpoint, "https://10.0.0.1:2379");
+        assert_eq!(
+            (k8s.etcd.cacert, k8s.etcd.cert, k8s.etcd.key),
+            (
+                "/pki/ca.crt".into(),
+                "/pki/c.crt".into(),
+                "/pki/c.key".into()
+            )
+        );
+        assert_eq!(k8s.etcd.snapshot_dir, PathBuf::from("/backup/etcd"));
+        assert_eq!(k8s.etcd.keep, 7);
+        assert!(
+            Cli::try_parse_from([
+                "rota-agent",
+                "run",
+                "--coordinator=https://c:9443",
+                "--node=n1",
+                "--etcd-snapshot-keep=0"
+            ])
+            .is_err(),
+            "at least one snapshot is kept"
+        );
     }
 
     #[test]

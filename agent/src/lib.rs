@@ -4,7 +4,7 @@
 //! reboot, and reports back.
 //!
 //! Layout: `host/` (where commands and files go), `detect/` (what the node needs),
-//! `packages/` (apt, dnf), `ops/` (one granted operation: a pure state machine and its
+//! `packages/` (apt, dnf), `kubernetes/` (repository switch, kubeadm, etcd snapshots), `ops/` (one granted operation: a pure state machine and its
 //! executor), `settings.rs` (the agent's flags under its pool's policy), `state.rs` (what
 //! survives a reboot), `daemon/` (the `run` loop against the
 //! coordinator), `cli.rs` (the `rota-agent` command line).
@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod detect;
 mod error;
 pub mod host;
+pub mod kubernetes;
 pub mod ops;
 pub mod packages;
 pub mod settings;

@@ -1,5 +1,6 @@
 //! Real apt and dpkg in a throw-away Debian bookworm root (chroot): the prepared root and its
-//! repository are described in `common/debian.rs`.
+//! repository are described in `common/debian.rs`; the Kubernetes upgrade tests use its
+//! second root, a kubeadm node with the pkgs.k8s.io per-minor layout (`kubernetes_root`).
 //!
 //! Needs root, `debootstrap`, `dpkg-deb` and `dpkg-scanpackages` (and, for the first run on a
 //! machine, Debian's mirror). Without them the tests fail, saying what is missing, unless
@@ -9,12 +10,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use rota_core::model::{Blocked, Operation, PackagePin, UpgradeReboot};
+use rota_core::model::{Blocked, KubeadmStep, Operation, PackagePin, UpgradeReboot};
 
-use common::debian::root;
+use common::debian::{kubernetes_list, kubernetes_root, root};
 use common::names;
 use jiff::Timestamp;
-use rota_agent::detect::{self, DetectConfig};
+use rota_agent::detect;
 use rota_agent::host::{Host, HostCommand};
 use rota_agent::ops::{Executor, ExecutorConfig};
 use rota_agent::packages::{InstallPurpose, RepairOutcome, UpgradeScope};
@@ -154,34 +155,70 @@ fn plain_upgrade_keeps_holds_and_kubelet_and_leaves_the_sentinel() {
     );
 }
 
+fn kubernetes_list_now(root: &common::Root) -> String {
+    std::fs::read_to_string(root.path().join("etc/apt/sources.list.d/kubernetes.list")).unwrap()
+}
+
+fn holds(root: &common::Root) -> Vec<String> {
+    root.host().packages().unwrap().holds().unwrap()
+}
+
+/// The first control-plane node, 1.30 → 1.31 (a minor target): a verified etcd snapshot
+/// first, the repository switched (to a mirror base, `signed-by` kept), kubeadm, plan, apply,
+/// kubelet and kubectl at 1.31.4 and held, the kubelet restarted; `check` reports the snapshot.
 #[test]
-fn kubernetes_upgrade_moves_kubelet_and_restarts_it_through_systemctl() {
-    let Some(root) = root() else { return };
-    let host = root.host();
-    let config = ExecutorConfig::default();
-    let rec = common::Recorder::default();
-    let op = Operation::KubernetesUpgrade {
-        version: "1.30.2".into(),
-        kubeadm: rota_core::model::KubeadmStep::Node,
+fn first_control_plane_node_upgrades_the_kubeadm_way() {
+    let Some(root) = kubernetes_root() else {
+        return;
     };
-    Executor::start(&host, &config, &rec, 11, op, Timestamp::now())
-        .unwrap()
-        .run()
-        .unwrap();
-    let done = rec.0.lock().unwrap().pop().unwrap();
-    assert!(done.success, "{done:?}");
-    assert_eq!(
-        done.changed,
-        [PackagePin {
-            name: "kubelet".into(),
-            version: "1.30.2-1.1".into()
-        }]
+    common::make_control_plane(&root);
+    let started = std::time::Instant::now();
+    let done = common::kubernetes_upgrade(
+        &root,
+        "1.31",
+        KubeadmStep::Apply,
+        Some("file:///srv/mirror"),
     );
-    assert_eq!(root.version("kubelet").unwrap(), "1.30.2-1.1");
+    assert!(done.success, "{done:?}");
+    assert!(
+        done.message
+            .contains("Kubernetes v1.31.4 (kubeadm upgrade apply v1.31.4)"),
+        "{}",
+        done.message
+    );
+    for name in ["kubeadm", "kubelet", "kubectl"] {
+        assert_eq!(root.version(name).unwrap(), "1.31.4-1.1", "{name}");
+    }
     assert_eq!(
-        root.version("ordinary").unwrap(),
-        "1.0",
-        "nothing else moves"
+        holds(&root),
+        ["kubeadm", "kubectl", "kubelet"],
+        "held again"
+    );
+    assert_eq!(
+        kubernetes_list_now(&root),
+        kubernetes_list("file:///srv/mirror", "1.31")
+    );
+    // The snapshot came first, then its verification (etcdctl's: no etcdutl here).
+    let etcdctl = common::log_lines(root.path(), common::ETCDCTL_LOG);
+    assert_eq!(etcdctl.len(), 2, "{etcdctl:?}");
+    assert!(
+        etcdctl[0].starts_with(
+            "--endpoints=https://127.0.0.1:2379 --cacert=/etc/kubernetes/pki/etcd/ca.crt \
+         --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt \
+         --key=/etc/kubernetes/pki/etcd/healthcheck-client.key snapshot save \
+         /var/lib/rota/etcd-snapshots/etcd-snapshot-"
+        ),
+        "{etcdctl:?}"
+    );
+    assert!(
+        etcdctl[1].starts_with(
+            "--write-out=json snapshot status /var/lib/rota/etcd-snapshots/etcd-snapshot-"
+        ),
+        "{etcdctl:?}"
+    );
+    assert_eq!(
+        common::log_lines(root.path(), common::KUBEADM_LOG),
+        ["upgrade plan v1.31.4", "upgrade apply v1.31.4 --yes"]
     );
     assert_eq!(
         root.systemctl_calls(),
@@ -191,12 +228,130 @@ fn kubernetes_upgrade_moves_kubelet_and_restarts_it_through_systemctl() {
             "is-active --quiet kubelet"
         ]
     );
-    assert!(
-        !host.exists(&config.state_path).unwrap(),
-        "state is cleared"
+    let (_, facts) = root.check(&[]);
+    assert_eq!(facts.kubelet_version, "1.31.4");
+    assert_eq!(facts.etcd.member, rota_core::model::EtcdMember::Stacked);
+    let snapshot = facts.etcd.snapshot.expect("the snapshot is reported");
+    assert_eq!(
+        (snapshot.revision, snapshot.hash, snapshot.total_keys),
+        (48213, 3_700_895_328, 1187)
     );
-    let facts = detect::detect(&host, &DetectConfig::default());
-    assert_eq!(facts.kubelet_version, "1.30.2");
+    let on_disk =
+        std::fs::metadata(root.path().join(snapshot.path.trim_start_matches('/'))).unwrap();
+    assert_eq!(snapshot.size_bytes, on_disk.len());
+    assert_eq!(facts.etcd.snapshot_error, None);
+    eprintln!("apply upgrade took {:?}", started.elapsed());
+}
+
+/// Another node: an exact target, `kubeadm upgrade node`, no snapshot (no etcd member), the
+/// base of the file kept.
+#[test]
+fn other_nodes_upgrade_with_kubeadm_upgrade_node() {
+    let Some(root) = kubernetes_root() else {
+        return;
+    };
+    let done = common::kubernetes_upgrade(&root, "1.31.3", KubeadmStep::Node, None);
+    assert!(done.success, "{done:?}");
+    for name in ["kubeadm", "kubelet", "kubectl"] {
+        assert_eq!(root.version(name).unwrap(), "1.31.3-1.1", "{name}");
+    }
+    assert_eq!(holds(&root), ["kubeadm", "kubectl", "kubelet"]);
+    assert_eq!(
+        kubernetes_list_now(&root),
+        kubernetes_list("file:///srv/pkgs", "1.31")
+    );
+    assert_eq!(
+        common::log_lines(root.path(), common::KUBEADM_LOG),
+        ["upgrade node"]
+    );
+    assert!(common::log_lines(root.path(), common::ETCDCTL_LOG).is_empty());
+    assert_eq!(
+        root.systemctl_calls(),
+        [
+            "daemon-reload",
+            "restart kubelet",
+            "is-active --quiet kubelet"
+        ]
+    );
+}
+
+/// `kubeadm upgrade apply` fails: nothing is rolled back, the kubelet is not touched, and the
+/// message says what the node has.
+#[test]
+fn a_failed_kubeadm_apply_leaves_the_node_as_it_says() {
+    let Some(root) = kubernetes_root() else {
+        return;
+    };
+    common::make_control_plane(&root);
+    std::fs::write(root.path().join(common::FAIL_APPLY), "").unwrap();
+    let done = common::kubernetes_upgrade(&root, "1.31.4", KubeadmStep::Apply, None);
+    assert!(!done.success);
+    assert!(
+        done.message
+            .starts_with("kubeadm upgrade apply v1.31.4 failed: "),
+        "{}",
+        done.message
+    );
+    assert!(
+        done.message.contains("couldn't upgrade control plane"),
+        "{}",
+        done.message
+    );
+    assert!(
+        done.message.ends_with(
+            "kubeadm is 1.31.4-1.1, kubelet/kubectl still 1.30.9-1.1, repository at v1.31: \
+             the control plane may be partly upgraded; nothing was rolled back; the slot stays held"
+        ),
+        "{}",
+        done.message
+    );
+    assert_eq!(root.version("kubeadm").unwrap(), "1.31.4-1.1");
+    assert_eq!(root.version("kubelet").unwrap(), "1.30.9-1.1");
+    assert_eq!(
+        kubernetes_list_now(&root),
+        kubernetes_list("file:///srv/pkgs", "1.31")
+    );
+    assert!(
+        root.systemctl_calls().is_empty(),
+        "{:?}",
+        root.systemctl_calls()
+    );
+}
+
+/// The plan does not offer the target: before apply, so kubeadm goes back to 1.30.9 (held)
+/// and the repository file is restored.
+#[test]
+fn a_failure_before_apply_rolls_packages_and_repository_back() {
+    let Some(root) = kubernetes_root() else {
+        return;
+    };
+    common::make_control_plane(&root);
+    let before = kubernetes_list_now(&root);
+    std::fs::write(root.path().join(common::PLAN_OFFERS), "v1.31.3").unwrap();
+    let done = common::kubernetes_upgrade(&root, "1.31.4", KubeadmStep::Apply, None);
+    assert!(!done.success);
+    assert!(
+        done.message
+            .contains("does not offer `kubeadm upgrade apply v1.31.4`"),
+        "{}",
+        done.message
+    );
+    assert!(
+        done.message
+            .contains("rolled back kubeadm 1.31.4-1.1 to 1.30.9-1.1"),
+        "{}",
+        done.message
+    );
+    for name in ["kubeadm", "kubelet", "kubectl"] {
+        assert_eq!(root.version(name).unwrap(), "1.30.9-1.1", "{name}");
+    }
+    assert_eq!(holds(&root), ["kubeadm", "kubectl", "kubelet"]);
+    assert_eq!(kubernetes_list_now(&root), before);
+    assert_eq!(
+        common::log_lines(root.path(), common::KUBEADM_LOG),
+        ["upgrade plan v1.31.4"]
+    );
+    assert!(done.changed.is_empty(), "{:?}", done.changed);
 }
 
 #[test]

@@ -14,31 +14,28 @@
 //! - `ordinary` 1.0-1 → 1.1-1.
 //!
 //! `systemctl` is the same recording test double as in `apt_root.rs`.
+//!
+//! The Kubernetes upgrade tests use a second root ([`prepare_kubernetes`]): the pkgs.k8s.io
+//! per-minor rpm layout with kubeadm/kubelet/kubectl and etcdctl stand-ins
+//! (`common::kubeadm_script`, `common::etcdctl_script`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use rota_core::model::{Blocked, Operation};
+use rota_core::model::{Blocked, KubeadmStep};
 
 use std::fs;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use common::{Root, in_root, names};
-use jiff::Timestamp;
-use rota_agent::detect::{self, DetectConfig};
 use rota_agent::host::Host;
-use rota_agent::ops::{Executor, ExecutorConfig};
 use rota_agent::packages::UpgradeScope;
 
 /// A copy of this run's prepared root, or `None` when the suite is skipped.
 fn root() -> Option<Root> {
     static BASE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let base = BASE.get_or_init(|| match common::missing_prerequisite() {
-        Some(why) => Err(why),
-        None => Ok(prepare()),
-    });
-    common::prepared_or_skip(base).map(Root::copy_of)
+    common::copy_of_prepared(&BASE, prepare)
 }
 
 /// The Debian base with dnf and rpm from Debian's archive, once per machine.
@@ -287,24 +284,154 @@ fn rollback_restores_the_previous_versions() {
     );
 }
 
-#[test]
-fn kubernetes_upgrade_moves_kubelet_and_restarts_it_through_systemctl() {
-    let Some(root) = root() else { return };
-    let host = root.host();
-    let config = ExecutorConfig::default();
-    let rec = common::Recorder::default();
-    let op = Operation::KubernetesUpgrade {
-        version: "1.30.2".into(),
-        kubeadm: rota_core::model::KubeadmStep::Node,
+/// The dnf repository of the Kubernetes packages in the kubeadm guide's form, at `minor`,
+/// under `base`.
+fn kubernetes_repo(base: &str, minor: &str) -> String {
+    format!(
+        "[kubernetes]\nname=Kubernetes\nbaseurl={base}/core:/stable:/v{minor}/rpm/\nenabled=1\ngpgcheck=0\ngpgkey={base}/core:/stable:/v{minor}/rpm/repodata/repomd.xml.key\nexclude=kubelet kubeadm kubectl cri-tools kubernetes-cni\n"
+    )
+}
+
+/// A copy of this run's prepared Kubernetes node root, or `None` when the suite is skipped.
+fn kubernetes_root() -> Option<Root> {
+    static BASE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    common::copy_of_prepared(&BASE, prepare_kubernetes)
+}
+
+/// The dnf twin of the apt suite's Kubernetes node: `/srv/pkgs/core:/stable:/vX.Y/rpm/`
+/// repositories (createrepo_c) of kubeadm/kubelet/kubectl `-150500.1.1` rpms built here with the
+/// same stand-ins, `/srv/mirror` a link to them, etcdctl from a tools repository,
+/// kubeadm/kubelet/kubectl 1.30.9 installed and version-locked, `kubernetes.repo` at v1.30
+/// with the guide's `exclude=` line.
+fn prepare_kubernetes() -> PathBuf {
+    let root = common::fresh_root("rota-dnf-kubernetes-root", &dnf_tarball());
+    let stage = root.join("tmp/stage");
+    fs::create_dir_all(&stage).unwrap();
+    let mut script = String::new();
+    let packaged = |name: &str, version: &str, file: &str| {
+        body(
+            name,
+            version,
+            &format!(
+                "mkdir -p %{{buildroot}}/usr/bin\ncp /tmp/stage/{file} %{{buildroot}}/usr/bin/{name}\nchmod 755 %{{buildroot}}/usr/bin/{name}"
+            ),
+            &format!("/usr/bin/{name}"),
+            "",
+        )
     };
-    Executor::start(&host, &config, &rec, 3, op, Timestamp::now())
-        .unwrap()
-        .run()
-        .unwrap();
-    let done = rec.0.lock().unwrap().pop().unwrap();
+    for (minor, version) in common::KUBERNETES_VERSIONS {
+        for (name, text) in [
+            (
+                "kubelet",
+                format!("#!/bin/sh\necho 'Kubernetes v{version}'\n"),
+            ),
+            (
+                "kubectl",
+                format!("#!/bin/sh\necho 'Client Version: v{version}'\n"),
+            ),
+            ("kubeadm", common::kubeadm_script(version)),
+        ] {
+            let file = format!("{name}-{version}");
+            fs::write(stage.join(&file), text).unwrap();
+            script += &rpm_script(
+                name,
+                version,
+                "150500.1.1",
+                &format!("k8s-v{minor}"),
+                &packaged(name, version, &file),
+            );
+        }
+    }
+    fs::write(stage.join("etcdctl"), common::etcdctl_script()).unwrap();
+    script += &rpm_script(
+        "etcd",
+        "3.5.15",
+        "1",
+        "tools",
+        &packaged("etcdctl", "3.5.15", "etcdctl"),
+    );
+    script += r#"
+for minor in 1.30 1.31 1.32; do
+  createrepo_c -q /srv/rpm/k8s-v$minor
+  mkdir -p "/srv/pkgs/core:/stable:/v$minor"
+  ln -s /srv/rpm/k8s-v$minor "/srv/pkgs/core:/stable:/v$minor/rpm"
+done
+ln -s /srv/pkgs /srv/mirror
+createrepo_c -q /srv/rpm/tools
+mkdir -p /etc/yum.repos.d /etc/dnf/vars
+echo 39 > /etc/dnf/vars/releasever
+sed -i 's/^gpgcheck=.*/gpgcheck=False/' /etc/dnf/dnf.conf
+sed -i 's/^enabled.*/enabled=0/' /etc/dnf/plugins/local.conf
+cat > /etc/yum.repos.d/tools.repo <<'R'
+[tools]
+name=tools
+baseurl=file:///srv/rpm/tools
+gpgcheck=0
+R
+"#;
+    fs::write(
+        root.join("tmp/kubernetes.repo"),
+        kubernetes_repo("file:///srv/pkgs", "1.30"),
+    )
+    .unwrap();
+    script += r#"
+cp /tmp/kubernetes.repo /etc/yum.repos.d/kubernetes.repo
+dnf -q -y makecache >/dev/null
+dnf -q -y install --disableexcludes=all kubeadm-1.30.9 kubelet-1.30.9 kubectl-1.30.9 etcd >/dev/null
+dnf -q versionlock add kubeadm kubelet kubectl >/dev/null
+"#;
+    in_root(&root, &script);
+    fs::write(
+        root.join("etc/os-release"),
+        "NAME=\"Fedora Linux\"\nID=fedora\nVERSION_ID=39\nPRETTY_NAME=\"Fedora Linux 39 (rota test root)\"\n",
+    )
+    .unwrap();
+    common::install_systemctl_double(&root);
+    root
+}
+
+fn kubernetes_repo_now(root: &Root) -> String {
+    fs::read_to_string(root.path().join("etc/yum.repos.d/kubernetes.repo")).unwrap()
+}
+
+fn locks(root: &Root) -> Vec<String> {
+    root.host().packages().unwrap().holds().unwrap()
+}
+
+/// The first control-plane node, 1.30 → 1.31 with dnf: snapshot, `baseurl=`/`gpgkey=`
+/// switched (to a mirror), kubeadm, plan, apply, kubelet/kubectl, all version-locked again.
+#[test]
+fn first_control_plane_node_upgrades_the_kubeadm_way() {
+    let Some(root) = kubernetes_root() else {
+        return;
+    };
+    common::make_control_plane(&root);
+    let done = common::kubernetes_upgrade(
+        &root,
+        "1.31",
+        KubeadmStep::Apply,
+        Some("file:///srv/mirror"),
+    );
     assert!(done.success, "{done:?}");
-    assert_eq!(root.version("kubelet").unwrap(), "1.30.2-1");
-    assert_eq!(root.version("ordinary").unwrap(), "1.0-1");
+    for name in ["kubeadm", "kubelet", "kubectl"] {
+        assert_eq!(root.version(name).unwrap(), "1.31.4-150500.1.1", "{name}");
+    }
+    assert_eq!(
+        locks(&root),
+        ["kubeadm", "kubectl", "kubelet"],
+        "locked again"
+    );
+    assert_eq!(
+        kubernetes_repo_now(&root),
+        kubernetes_repo("file:///srv/mirror", "1.31")
+    );
+    assert_eq!(
+        common::log_lines(root.path(), common::KUBEADM_LOG),
+        ["upgrade plan v1.31.4", "upgrade apply v1.31.4 --yes"]
+    );
+    let etcdctl = common::log_lines(root.path(), common::ETCDCTL_LOG);
+    assert!(etcdctl[0].contains("snapshot save"), "{etcdctl:?}");
+    assert!(etcdctl[1].contains("snapshot status"), "{etcdctl:?}");
     assert_eq!(
         root.systemctl_calls(),
         [
@@ -313,8 +440,57 @@ fn kubernetes_upgrade_moves_kubelet_and_restarts_it_through_systemctl() {
             "is-active --quiet kubelet"
         ]
     );
-    assert_eq!(
-        detect::detect(&host, &DetectConfig::default()).kubelet_version,
-        "1.30.2"
+    let (_, facts) = root.check(&[]);
+    assert_eq!(facts.kubelet_version, "1.31.4");
+    assert!(facts.etcd.snapshot.is_some());
+}
+
+/// `kubeadm upgrade apply` fails: no rollback, the message says what the node has.
+#[test]
+fn a_failed_kubeadm_apply_leaves_the_node_as_it_says() {
+    let Some(root) = kubernetes_root() else {
+        return;
+    };
+    common::make_control_plane(&root);
+    fs::write(root.path().join(common::FAIL_APPLY), "").unwrap();
+    let done = common::kubernetes_upgrade(&root, "1.31.4", KubeadmStep::Apply, None);
+    assert!(!done.success);
+    assert!(
+        done.message.ends_with(
+            "kubeadm is 1.31.4-150500.1.1, kubelet/kubectl still 1.30.9-150500.1.1, repository at v1.31: \
+             the control plane may be partly upgraded; nothing was rolled back; the slot stays held"
+        ),
+        "{}",
+        done.message
     );
+    assert_eq!(root.version("kubelet").unwrap(), "1.30.9-150500.1.1");
+    assert_eq!(
+        kubernetes_repo_now(&root),
+        kubernetes_repo("file:///srv/pkgs", "1.31")
+    );
+}
+
+/// The plan does not offer the target: kubeadm is downgraded and locked again, the `.repo`
+/// file restored.
+#[test]
+fn a_failure_before_apply_rolls_packages_and_repository_back() {
+    let Some(root) = kubernetes_root() else {
+        return;
+    };
+    common::make_control_plane(&root);
+    let before = kubernetes_repo_now(&root);
+    fs::write(root.path().join(common::PLAN_OFFERS), "v1.31.3").unwrap();
+    let done = common::kubernetes_upgrade(&root, "1.31.4", KubeadmStep::Apply, None);
+    assert!(!done.success);
+    assert!(
+        done.message
+            .contains("rolled back kubeadm 1.31.4-150500.1.1 to 1.30.9-150500.1.1"),
+        "{}",
+        done.message
+    );
+    for name in ["kubeadm", "kubelet", "kubectl"] {
+        assert_eq!(root.version(name).unwrap(), "1.30.9-150500.1.1", "{name}");
+    }
+    assert_eq!(locks(&root), ["kubeadm", "kubectl", "kubelet"]);
+    assert_eq!(kubernetes_repo_now(&root), before);
 }

@@ -3,7 +3,7 @@
 //! ([`crate::settings`]). The runner feeds it inputs and performs the actions it returns.
 use std::path::PathBuf;
 
-use rota_core::model::{NodeFacts, NodePolicy, Operation, UpgradeReboot};
+use rota_core::model::{EtcdMember, NodeFacts, NodePolicy, Operation, UpgradeReboot};
 
 use super::proto::{SlotPhase, SlotView};
 use crate::detect::DetectConfig;
@@ -70,6 +70,13 @@ pub enum Input {
     RequestFailed,
     /// The coordinator answered a facts report with the node's policy (`None`: no pool's).
     Policy(Option<NodePolicy>),
+    /// An [`Action::EnsureEtcdSnapshot`] ended (`ok`: a fresh verified snapshot exists).
+    SnapshotEnded {
+        /// Whether it worked.
+        ok: bool,
+    },
+    /// Time to try a failed snapshot again.
+    SnapshotRetry,
 }
 
 /// What to do.
@@ -112,6 +119,14 @@ pub enum Action {
     Detect,
     /// Watch these sentinel files from now on.
     WatchSentinels(Vec<PathBuf>),
+    /// The node is queued for an operation whose admission waits for a fresh etcd snapshot:
+    /// make sure one younger than this exists (take it when not), then report the facts (ends
+    /// with [`Input::SnapshotEnded`]).
+    EnsureEtcdSnapshot {
+        /// Younger than this, in seconds: half the policy's `etcd.maxSnapshotAge`, so the
+        /// snapshot is still fresh enough when the slot comes.
+        max_age_seconds: u64,
+    },
 }
 
 /// The daemon's memory.
@@ -128,6 +143,13 @@ pub struct Daemon {
     running: Option<u64>,
     finished: Vec<u64>,
     awaiting_verdict: Option<u64>,
+    /// The queued request's operation and policy, from the latest QUEUED slot view.
+    queued: Option<(Operation, Option<NodePolicy>)>,
+    /// A snapshot check is under way.
+    snapshotting: bool,
+    /// The queued request's snapshot was checked (or failed; then a retry is scheduled): new
+    /// facts alone do not check again, the periodic resend and the retry do.
+    snapshot_checked: bool,
 }
 
 impl Daemon {
@@ -144,6 +166,9 @@ impl Daemon {
             running: resumed,
             finished: Vec::new(),
             awaiting_verdict: None,
+            queued: None,
+            snapshotting: false,
+            snapshot_checked: false,
         }
     }
 
@@ -176,8 +201,17 @@ impl Daemon {
                 }
                 self.facts = Some(facts);
                 self.reconcile(&mut actions);
+                self.ensure_snapshot(false, &mut actions);
             }
             Input::Slot(slot) => {
+                let queued = match (&slot.phase, &slot.operation) {
+                    (SlotPhase::Queued, Some(op)) => Some((op.clone(), slot.policy.clone())),
+                    _ => None,
+                };
+                if queued != self.queued {
+                    self.snapshot_checked = false;
+                }
+                self.queued = queued;
                 self.slot = Some(slot.phase);
                 self.slot_token = slot.token;
                 self.follow_verdict(&mut actions);
@@ -193,10 +227,8 @@ impl Daemon {
                         self.requested = None;
                         self.reconcile(&mut actions);
                     }
-                    SlotPhase::Queued
-                    | SlotPhase::Draining
-                    | SlotPhase::Verifying
-                    | SlotPhase::Failed => {}
+                    SlotPhase::Queued => self.ensure_snapshot(false, &mut actions),
+                    SlotPhase::Draining | SlotPhase::Verifying | SlotPhase::Failed => {}
                 }
             }
             Input::ResendFacts => {
@@ -204,7 +236,14 @@ impl Daemon {
                     actions.push(Action::ReportFacts(facts.clone()));
                 }
                 self.reconcile(&mut actions);
+                // A node queued for long needs its snapshot renewed before it gets too old.
+                self.ensure_snapshot(true, &mut actions);
             }
+            Input::SnapshotEnded { ok: _ } => {
+                self.snapshotting = false;
+                self.snapshot_checked = true;
+            }
+            Input::SnapshotRetry => self.ensure_snapshot(true, &mut actions),
             Input::RequestFailed => self.requested = None,
             Input::AwaitingVerdict(token) => {
                 self.awaiting_verdict = Some(token);
@@ -223,6 +262,33 @@ impl Daemon {
             }
         }
         actions
+    }
+
+    /// While the node is queued for an operation its policy's `etcd.snapshotBefore` covers and
+    /// it runs a stacked etcd member, asks for a snapshot check (one at a time; `again`: also
+    /// when this request was checked already).
+    fn ensure_snapshot(&mut self, again: bool, actions: &mut Vec<Action>) {
+        if self.snapshotting || (self.snapshot_checked && !again) || self.running.is_some() {
+            return;
+        }
+        let Some((operation, policy)) = &self.queued else {
+            return;
+        };
+        let stacked = self
+            .facts
+            .as_ref()
+            .is_some_and(|f| f.etcd.member == EtcdMember::Stacked);
+        let rule = policy
+            .as_ref()
+            .or(self.latest_policy())
+            .map_or_else(Default::default, |p| p.etcd);
+        if !stacked || !rule.covers(operation) {
+            return;
+        }
+        self.snapshotting = true;
+        actions.push(Action::EnsureEtcdSnapshot {
+            max_age_seconds: (rule.max_age_seconds / 2).max(1),
+        });
     }
 
     /// Acts on the coordinator's verdict on a completed operation that kept its versions
@@ -387,6 +453,106 @@ mod tests {
             waiting_reasons: vec![],
             policy: None,
         }
+    }
+
+    fn ensure(actions: &[Action]) -> Option<u64> {
+        actions.iter().find_map(|a| match a {
+            Action::EnsureEtcdSnapshot { max_age_seconds } => Some(*max_age_seconds),
+            _ => None,
+        })
+    }
+
+    /// Queued for an operation the policy covers on a stacked etcd member: a snapshot younger
+    /// than half the allowed age is made sure of, once per request, again at every periodic
+    /// resend and after a failure's retry; never elsewhere.
+    #[test]
+    fn a_queued_stacked_member_gets_its_snapshot_first() {
+        use rota_core::model::{EtcdMember, EtcdSnapshotPolicy, SnapshotBefore};
+        let policy = |before| NodePolicy {
+            etcd: EtcdSnapshotPolicy {
+                before,
+                max_age_seconds: 1800,
+            },
+            ..pool(UpgradeMode::None, RebootMode::WhenRequired)
+        };
+        let stacked = |member| NodeFacts {
+            reboot_required: true,
+            etcd: rota_core::model::EtcdFacts {
+                member,
+                ..Default::default()
+            },
+            ..NodeFacts::default()
+        };
+        let mut d = Daemon::new(own(UpgradePolicy::None), None);
+        d.on(Input::Policy(Some(policy(SnapshotBefore::AllOperations))));
+        // Queued before any facts: nothing known about etcd yet.
+        assert_eq!(
+            ensure(&d.on(Input::Slot(slot(
+                SlotPhase::Queued,
+                0,
+                Some(Operation::Reboot)
+            )))),
+            None
+        );
+        assert_eq!(
+            ensure(&d.on(Input::Facts(Box::new(stacked(EtcdMember::Stacked))))),
+            Some(900)
+        );
+        // One at a time.
+        assert_eq!(
+            ensure(&d.on(Input::Slot(slot(
+                SlotPhase::Queued,
+                0,
+                Some(Operation::Reboot)
+            )))),
+            None
+        );
+        assert!(d.on(Input::SnapshotEnded { ok: true }).is_empty());
+        // The facts it makes the runner report do not start another.
+        let mut fresh = stacked(EtcdMember::Stacked);
+        fresh.boot_id = "with-snapshot".into();
+        assert_eq!(ensure(&d.on(Input::Facts(Box::new(fresh)))), None);
+        assert_eq!(
+            ensure(&d.on(Input::ResendFacts)),
+            Some(900),
+            "renewed while queued"
+        );
+        d.on(Input::SnapshotEnded { ok: false });
+        assert_eq!(ensure(&d.on(Input::SnapshotRetry)), Some(900));
+        d.on(Input::SnapshotEnded { ok: true });
+        // Admitted: nothing more.
+        d.on(Input::Slot(slot(
+            SlotPhase::Draining,
+            3,
+            Some(Operation::Reboot),
+        )));
+        assert_eq!(ensure(&d.on(Input::ResendFacts)), None);
+
+        // Not covered, not stacked: never.
+        for (before, member) in [
+            (SnapshotBefore::KubernetesUpgrades, EtcdMember::Stacked),
+            (SnapshotBefore::Never, EtcdMember::Stacked),
+            (SnapshotBefore::AllOperations, EtcdMember::External),
+            (SnapshotBefore::AllOperations, EtcdMember::None),
+        ] {
+            let mut d = Daemon::new(own(UpgradePolicy::None), None);
+            d.on(Input::Policy(Some(policy(before))));
+            d.on(Input::Facts(Box::new(stacked(member))));
+            let a = d.on(Input::Slot(slot(
+                SlotPhase::Queued,
+                0,
+                Some(Operation::Reboot),
+            )));
+            assert_eq!(ensure(&a), None, "{before:?} {member:?}");
+            assert_eq!(ensure(&d.on(Input::ResendFacts)), None);
+        }
+        // The policy the slot carries wins over the latest facts answer.
+        let mut d = Daemon::new(own(UpgradePolicy::None), None);
+        d.on(Input::Policy(Some(policy(SnapshotBefore::Never))));
+        d.on(Input::Facts(Box::new(stacked(EtcdMember::Stacked))));
+        let mut queued = slot(SlotPhase::Queued, 0, Some(Operation::Reboot));
+        queued.policy = Some(policy(SnapshotBefore::AllOperations));
+        assert_eq!(ensure(&d.on(Input::Slot(queued))), Some(900));
     }
 
     #[test]

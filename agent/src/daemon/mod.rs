@@ -29,12 +29,14 @@ use tonic::transport::Channel;
 
 use crate::detect::{self, DetectConfig};
 use crate::host::Host;
+use crate::kubernetes::etcd;
 use crate::ops::{CompleteAck, Completion, Executor, ExecutorConfig, Reporter};
 use crate::settings::Own;
 use crate::tls::{self, TlsArgs};
 use crate::{Error, Result, state};
 use machine::{Action, Daemon, Input, UpgradePolicy};
 use proto::SlotView;
+use tracing::Instrument;
 use watch::SentinelWatch;
 
 /// What the daemon needs besides its host and client.
@@ -116,6 +118,10 @@ enum Event {
     RetryFacts,
     RequestFailed,
     Policy(Option<NodePolicy>),
+    SnapshotEnded {
+        ok: bool,
+    },
+    SnapshotRetry,
 }
 
 /// How often the facts are sent again even when unchanged (the protocol's 30 s).
@@ -236,6 +242,19 @@ pub async fn run(
             }
             Event::RequestFailed => Input::RequestFailed,
             Event::Policy(policy) => Input::Policy(policy),
+            Event::SnapshotEnded { ok } => {
+                // The facts say whether it worked (snapshot or error): report them now.
+                let _ = tx.try_send(Event::Detect { refresh: false });
+                if !ok {
+                    let (tx, retry) = (tx.clone(), config.retry_interval);
+                    tasks.spawn(async move {
+                        tokio::time::sleep(retry).await;
+                        let _ = tx.send(Event::SnapshotRetry).await;
+                    });
+                }
+                Input::SnapshotEnded { ok }
+            }
+            Event::SnapshotRetry => Input::SnapshotRetry,
         };
         for action in daemon.on(input) {
             match action {
@@ -398,6 +417,44 @@ async fn perform(
         }
         Action::Detect => {
             let _ = tx.send(Event::Detect { refresh: false }).await;
+        }
+        Action::EnsureEtcdSnapshot { max_age_seconds } => {
+            let (host, config, tx) = (host.clone(), config.clone(), tx.clone());
+            tasks.spawn(
+                async move {
+                    // etcdctl takes seconds to minutes: off the runtime's only worker thread.
+                    let result = tokio::task::spawn_blocking(move || {
+                        let k8s = &config.detect.kubernetes;
+                        etcd::ensure_fresh(
+                            host.as_ref(),
+                            &k8s.manifests,
+                            &k8s.etcd,
+                            Duration::from_secs(max_age_seconds),
+                            jiff::Timestamp::now(),
+                        )
+                    })
+                    .await;
+                    let ok = match result {
+                        Ok(Ok(snapshot)) => {
+                            tracing::info!(
+                                path = snapshot.as_ref().map(|s| s.path.as_str()),
+                                "a fresh etcd snapshot is ready for the queued operation"
+                            );
+                            true
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "etcd snapshot for the queued operation failed; retrying");
+                            false
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "etcd snapshot task failed");
+                            false
+                        }
+                    };
+                    let _ = tx.send(Event::SnapshotEnded { ok }).await;
+                }
+                .instrument(tracing::info_span!("etcd_snapshot", max_age_seconds)),
+            );
         }
         Action::WatchSentinels(_) => {
             // Performed by the loop, which owns the watcher.

@@ -13,6 +13,7 @@ use std::time::Duration;
 use rota_core::model::NodeFacts;
 
 use crate::host::{ExitStatus, Host, HostCommand, read_text_opt};
+use crate::kubernetes::{KubernetesConfig, etcd};
 use crate::packages::read_os_release;
 use crate::{Error, Result};
 use os::OsFamily;
@@ -38,6 +39,9 @@ pub struct DetectConfig {
     /// Packages held on top of the package manager's own holds (the pool's policy): reported
     /// as held, like those.
     pub holds: Vec<String>,
+    /// Where kubeadm's manifests and the etcd snapshots are (the etcd facts), and how
+    /// Kubernetes upgrades reach the package repository.
+    pub kubernetes: KubernetesConfig,
 }
 
 impl Default for DetectConfig {
@@ -49,6 +53,7 @@ impl Default for DetectConfig {
             packages: true,
             refresh: false,
             holds: Vec::new(),
+            kubernetes: KubernetesConfig::default(),
         }
     }
 }
@@ -103,6 +108,11 @@ pub fn detect(host: &dyn Host, config: &DetectConfig) -> NodeFacts {
     }
     facts.kubelet_version = kubelet_version(host, config.command_timeout, pm.as_deref().ok());
     facts.container_runtime_version = runtime_version(host, config.command_timeout);
+    let k8s = &config.kubernetes;
+    match etcd::facts(host, &k8s.manifests, &k8s.etcd) {
+        Ok(e) => facts.etcd = e,
+        Err(e) => errors.push(format!("etcd: {e}")),
+    }
     facts.errors = errors;
     facts
 }

@@ -7,7 +7,10 @@
 //!   ([`MemoryHost::boot`]: new boot id, `/run` emptied, newest installed kernel running);
 //! - installing a package whose impact is [`Impact::Reboot`] writes `/run/reboot-required`
 //!   (and `.pkgs`), as Debian's kernel and libc packages do;
-//! - commands are handled by closures registered per program; anything else does not exist.
+//! - commands are handled by closures registered per program; anything else does not exist;
+//! - packages added with [`MemoryHost::add_repository_package`] are offered only while a
+//!   file under `/etc/apt/sources.list.d` or `/etc/yum.repos.d` names their repository, as of
+//!   the last [`PackageManager::refresh`] (a switched Kubernetes repository needs a refresh).
 use rota_core::model::{Blocked, Impact, PackagePin, PendingPackage};
 
 use std::collections::BTreeMap;
@@ -57,6 +60,10 @@ struct State {
     installed: BTreeMap<String, String>,
     /// name → versions available from repositories, with "is security".
     available: BTreeMap<String, Vec<(String, bool)>>,
+    /// (repository URL, name, version) offered while a source file names the repository.
+    repository_packages: Vec<(String, String, String)>,
+    /// The repositories the source files named at the last refresh.
+    refreshed: Vec<String>,
     holds: Vec<String>,
     faults: PackageFaults,
 }
@@ -187,6 +194,45 @@ impl MemoryHost {
             .push((version.to_string(), security));
     }
 
+    /// Makes `version` of `name` available while a source file (`/etc/apt/sources.list.d/*`,
+    /// `/etc/yum.repos.d/*`) names `repository`, as of the last refresh; the current files
+    /// count as refreshed.
+    pub fn add_repository_package(&self, repository: &str, name: &str, version: &str) {
+        self.lock().repository_packages.push((
+            repository.to_string(),
+            name.to_string(),
+            version.to_string(),
+        ));
+        self.refresh_sources();
+    }
+
+    /// Reads the source files: which repositories' packages are offered now.
+    fn refresh_sources(&self) {
+        let mut s = self.lock();
+        let sources: Vec<String> = s
+            .files
+            .iter()
+            .filter(|(p, _)| {
+                p.starts_with("/etc/apt/sources.list.d") || p.starts_with("/etc/yum.repos.d")
+            })
+            .map(|(_, content)| String::from_utf8_lossy(content).into_owned())
+            .collect();
+        let mut named: Vec<String> = s
+            .repository_packages
+            .iter()
+            .map(|(repo, _, _)| repo.clone())
+            .filter(|repo| sources.iter().any(|text| text.contains(repo.as_str())))
+            .collect();
+        named.sort();
+        named.dedup();
+        s.refreshed = named;
+    }
+
+    /// Whether `holds` lists `name` (held with `apt-mark hold` or versionlock).
+    pub fn is_held(&self, name: &str) -> bool {
+        self.lock().holds.iter().any(|h| h == name)
+    }
+
     /// Holds `name`.
     pub fn hold(&self, name: &str) {
         self.lock().holds.push(name.to_string());
@@ -201,6 +247,18 @@ impl MemoryHost {
     pub fn installed(&self, name: &str) -> Option<String> {
         self.lock().installed.get(name).cloned()
     }
+}
+
+/// The versions of `name` offered now, with "is security".
+fn offered(s: &State, name: &str) -> Vec<(String, bool)> {
+    let mut versions = s.available.get(name).cloned().unwrap_or_default();
+    versions.extend(
+        s.repository_packages
+            .iter()
+            .filter(|(repo, n, _)| n == name && s.refreshed.contains(repo))
+            .map(|(_, _, v)| (v.clone(), false)),
+    );
+    versions
 }
 
 /// Host paths in memory are kept absolute and without `.`/`..`; `/var/run` is `/run`.
@@ -335,10 +393,9 @@ impl MemoryPackages<'_> {
                     stderr: format!("dpkg: error processing package {}", pin.name),
                 });
             }
-            let known = s
-                .available
-                .get(&pin.name)
-                .is_some_and(|v| v.iter().any(|(ver, _)| ver == &pin.version));
+            let known = offered(&s, &pin.name)
+                .iter()
+                .any(|(ver, _)| ver == &pin.version);
             if !known {
                 return Err(Error::Refused(format!(
                     "{} {} is not available",
@@ -379,6 +436,8 @@ impl PackageManager for MemoryPackages<'_> {
     }
 
     fn refresh(&self) -> Result<()> {
+        self.host.refresh_sources();
+        self.host.lock().events.push("refresh".into());
         Ok(())
     }
 
@@ -387,9 +446,7 @@ impl PackageManager for MemoryPackages<'_> {
         let scheme = VersionScheme::Debian;
         let mut out = Vec::new();
         for (name, current) in &s.installed {
-            let Some(versions) = s.available.get(name) else {
-                continue;
-            };
+            let versions = offered(&s, name);
             let newest = versions
                 .iter()
                 .filter(|(v, _)| scheme.compare(v, current).is_gt())
@@ -441,13 +498,8 @@ impl PackageManager for MemoryPackages<'_> {
     }
 
     fn available_versions(&self, name: &str) -> Result<Vec<String>> {
-        Ok(self
-            .host
-            .lock()
-            .available
-            .get(name)
-            .map(|v| v.iter().map(|(v, _)| v.clone()).collect())
-            .unwrap_or_default())
+        let s = self.host.lock();
+        Ok(offered(&s, name).into_iter().map(|(v, _)| v).collect())
     }
 
     fn holds(&self) -> Result<Vec<String>> {

@@ -1,6 +1,6 @@
 //! Performs the effects of an [`OperationRecord`] through a [`Host`] and persists the record
 //! after every transition.
-use rota_core::model::{Impact, NodePolicy, Operation, PackagePin};
+use rota_core::model::{Impact, KubeadmStep, NodePolicy, Operation, PackagePin};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,7 +10,8 @@ use jiff::Timestamp;
 use super::machine::{Effect, OperationRecord, Outcome, Phase};
 use crate::detect::{self, DetectConfig};
 use crate::host::{Host, HostCommand, RebootMethod};
-use crate::packages::{InstallPurpose, KUBERNETES_PACKAGES, PackageManager, diff};
+use crate::kubernetes::{etcd, kubeadm, repository};
+use crate::packages::{InstallPurpose, PackageManager, diff};
 use crate::{Error, Result};
 use crate::{settings, state};
 
@@ -30,7 +31,9 @@ pub struct ExecutorConfig {
     /// How long to wait for the host to go down after a reboot request before calling the
     /// reboot failed.
     pub shutdown_wait: Duration,
-    /// Reboot checks (sentinels, sentinel command) used after an upgrade.
+    /// Reboot checks (sentinels, sentinel command) used after an upgrade, and where the
+    /// Kubernetes repository, kubeadm's manifests and the etcd snapshots are
+    /// ([`DetectConfig::kubernetes`]).
     pub detect: DetectConfig,
 }
 
@@ -235,7 +238,33 @@ impl<'a> Executor<'a> {
     /// completion is an error (the caller retries).
     pub(super) fn perform(&self, effect: Effect) -> Result<Outcome> {
         tracing::info!(token = self.record.token, ?effect, "performing");
+        let k8s = &self.config.detect.kubernetes;
         let outcome = match effect {
+            Effect::EnsureEtcdSnapshot { max_age_seconds } => etcd::ensure_fresh(
+                self.host,
+                &k8s.manifests,
+                &k8s.etcd,
+                Duration::from_secs(max_age_seconds),
+                Timestamp::now(),
+            )
+            .map_or_else(failed, Outcome::Snapshot),
+            Effect::SaveRepository => {
+                repository::save(self.host, k8s).map_or_else(failed, Outcome::RepositorySaved)
+            }
+            Effect::SwitchRepository {
+                backup,
+                target,
+                package,
+            } => self
+                .switch_repository(&backup, &target, &package)
+                .map_or_else(failed, Outcome::Resolved),
+            Effect::KubeadmPlan(version) => kubeadm::plan(self.host, &version, k8s.kubeadm_timeout)
+                .map_or_else(failed, |()| Outcome::Done),
+            Effect::KubeadmUpgrade { step, version } => match step {
+                KubeadmStep::Apply => kubeadm::apply(self.host, &version, k8s.kubeadm_timeout),
+                KubeadmStep::Node => kubeadm::node(self.host, k8s.kubeadm_timeout),
+            }
+            .map_or_else(failed, |()| Outcome::Done),
             Effect::Prepare => self
                 .with_packages(|pm| {
                     pm.repair()?;
@@ -244,22 +273,16 @@ impl<'a> Executor<'a> {
                 .map_or_else(failed, Outcome::Prepared),
             Effect::Upgrade(selection) => self.change(|pm| pm.upgrade(&selection)),
             Effect::Install(pins, purpose) => self.change(|pm| pm.install_versions(&pins, purpose)),
-            Effect::InstallKubernetes(version) => self.change(|pm| {
-                let pins = self.kubernetes_pins(pm, &version)?;
+            Effect::InstallKubernetes { version, packages } => self.change(|pm| {
+                // A repeated install after a crash finds dpkg or rpm as the crash left them.
+                pm.repair()?;
+                let pins = self.kubernetes_pins(pm, &version, &packages)?;
                 pm.install_versions(&pins, InstallPurpose::Kubernetes)
             }),
             Effect::Recover => self.change(|pm| {
                 pm.repair()?;
                 Ok(Vec::new())
             }),
-            Effect::KubeadmUpgradeNode => {
-                let cmd = HostCommand::new(["kubeadm", "upgrade", "node"])
-                    .timeout(self.config.command_timeout);
-                self.host
-                    .run(&cmd)
-                    .and_then(|o| o.check(&cmd))
-                    .map_or_else(failed, |_| Outcome::Done)
-            }
             Effect::CheckRebootRequired => {
                 let family = crate::packages::read_os_release(self.host)
                     .ok()
@@ -297,8 +320,11 @@ impl<'a> Executor<'a> {
                 .restart_unit(&self.config.kubelet_unit)
                 .map_or_else(failed, |()| Outcome::Done),
             Effect::CheckHealth { kubelet_version } => self.check_health(kubelet_version),
-            Effect::Rollback(changes) => self
+            Effect::Rollback(changes, backup) => self
                 .with_packages(|pm| {
+                    if let Some(backup) = &backup {
+                        repository::restore(self.host, backup)?;
+                    }
                     pm.repair()?;
                     pm.rollback(&changes)?;
                     if changes
@@ -369,10 +395,40 @@ impl<'a> Executor<'a> {
         }
     }
 
-    /// The Kubernetes packages installed before, at the package version of `version`.
-    fn kubernetes_pins(&self, pm: &dyn PackageManager, version: &str) -> Result<Vec<PackagePin>> {
+    /// Switches the repository to the minor of `target`, refreshes, and resolves `target` to
+    /// the exact version the repository offers for `package`.
+    fn switch_repository(
+        &self,
+        backup: &repository::RepositoryBackup,
+        target: &str,
+        package: &str,
+    ) -> Result<String> {
+        let minor = repository::minor_of(target).ok_or_else(|| {
+            Error::Refused(format!(
+                "{target:?} is not a Kubernetes version like 1.31.4"
+            ))
+        })?;
+        repository::switch(self.host, &self.config.detect.kubernetes, backup, &minor)?;
+        let available = self.host.packages()?.available_versions(package)?;
+        let version = kubeadm::resolve(target, &available)?;
+        tracing::info!(
+            token = self.record.token,
+            target,
+            version,
+            "Kubernetes version resolved"
+        );
+        Ok(version)
+    }
+
+    /// `names` (Kubernetes packages installed before) at the package version of `version`.
+    fn kubernetes_pins(
+        &self,
+        pm: &dyn PackageManager,
+        version: &str,
+        names: &[String],
+    ) -> Result<Vec<PackagePin>> {
         let mut pins = Vec::new();
-        for name in KUBERNETES_PACKAGES {
+        for name in names {
             if !self.record.versions_before.contains_key(name) {
                 continue;
             }

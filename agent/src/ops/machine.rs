@@ -16,16 +16,31 @@
 //! - the pool's policy of the grant ([`OperationRecord::policy`]) wins over the operation's own
 //!   terms: its upgrade mode narrows the upgrade, its holds never move, and under
 //!   `reboot.mode: never` a required reboot is reported, not performed.
+//! - an operation the policy's `etcd.snapshotBefore` covers starts with a verified etcd snapshot
+//!   no older than `etcd.maxSnapshotAge` on a stacked-etcd node ([`Phase::EtcdSnapshot`]); it
+//!   changes nothing when that fails.
+//! - a Kubernetes upgrade goes the kubeadm way ([`crate::kubernetes`]): repository saved and
+//!   switched to the target minor, the target resolved, kubeadm, `kubeadm upgrade plan` and
+//!   `apply` (or `kubeadm upgrade node`), kubelet and kubectl, kubelet restart, verification.
+//!   Every step may be repeated after a crash or a reboot. A failure before the kubeadm upgrade
+//!   restores the repository file and rolls the packages back; from the kubeadm upgrade on
+//!   nothing is rolled back (the cluster's configuration may have moved): the failure says
+//!   which versions the node has and that its slot stays held.
 
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use rota_core::model::{Impact, NodePolicy, Operation, PackagePin, UpgradeReboot};
+use rota_core::model::{
+    EtcdSnapshot, Impact, KubeadmStep, NodePolicy, Operation, PackagePin, UpgradeReboot,
+};
 use rota_core::policy::crd::UpgradeMode;
 
-use crate::packages::{InstallPurpose, PackageChange, UpgradeScope, UpgradeSelection};
+use crate::kubernetes::repository::{RepositoryBackup, minor_of as repository_minor};
+use crate::packages::{
+    InstallPurpose, KUBERNETES_PACKAGES, PackageChange, UpgradeScope, UpgradeSelection,
+};
 
 /// How many times a reboot may be requested for one grant.
 pub const MAX_REBOOT_ATTEMPTS: u32 = 2;
@@ -36,8 +51,20 @@ pub const MAX_RECOVERIES: u32 = 2;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "kebab-case")]
 pub enum Phase {
+    /// Make sure a verified etcd snapshot no older than the policy allows exists (stacked
+    /// etcd members only), before anything else.
+    EtcdSnapshot,
     /// Repair an interrupted package database and record the versions before any change.
     Prepare,
+    /// Keep the Kubernetes repository file as it is (a Kubernetes upgrade).
+    SaveRepository,
+    /// Switch the Kubernetes repository to the target minor, refresh, resolve the exact
+    /// version.
+    SwitchRepository,
+    /// Install kubeadm at the target version.
+    InstallKubeadm,
+    /// `kubeadm upgrade plan`: the target must be offered (the `apply` step only).
+    KubeadmPlan,
     /// Change packages (upgrade, or install the Kubernetes version).
     ChangePackages,
     /// A change was interrupted: repair, find out what changed, then go on or give up.
@@ -46,8 +73,10 @@ pub enum Phase {
         /// The host restarted meanwhile: report, do not retry.
         boot_changed: bool,
     },
-    /// `kubeadm upgrade node`, where kubeadm is installed.
+    /// `kubeadm upgrade apply` (the first control-plane node) or `kubeadm upgrade node`.
     KubeadmUpgrade,
+    /// Install the kubelet and kubectl at the target version.
+    InstallKubelet,
     /// Check whether the node needs a reboot now (sentinel re-checked after the upgrade).
     CheckReboot,
     /// Request the reboot (the attempt counter was raised on entry).
@@ -87,7 +116,12 @@ impl Phase {
     /// Step name for progress reports.
     pub fn step(&self) -> &'static str {
         match self {
+            Phase::EtcdSnapshot => "etcd-snapshot",
             Phase::Prepare => "preparing",
+            Phase::SaveRepository | Phase::SwitchRepository => "switching-repository",
+            Phase::InstallKubeadm => "upgrading-kubeadm",
+            Phase::KubeadmPlan => "kubeadm-plan",
+            Phase::InstallKubelet => "upgrading-kubelet",
             Phase::ChangePackages => "upgrading",
             Phase::Recover { .. } => "recovering",
             Phase::KubeadmUpgrade => "kubeadm-upgrade",
@@ -138,26 +172,88 @@ pub struct OperationRecord {
     /// A reboot was required after the upgrade but the policy never reboots.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reboot_withheld: bool,
+    /// The verified etcd snapshot taken (or found fresh) before the operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_snapshot: Option<EtcdSnapshot>,
+    /// The Kubernetes repository file before the switch; a rollback restores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<RepositoryBackup>,
+    /// The exact version a Kubernetes upgrade installs (a minor target resolved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_version: Option<String>,
+    /// How far the kubeadm upgrade got: from its start on nothing is rolled back.
+    #[serde(default, skip_serializing_if = "KubeadmProgress::is_not_started")]
+    pub kubeadm: KubeadmProgress,
+}
+
+/// How far `kubeadm upgrade apply|node` got.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KubeadmProgress {
+    /// Not run yet.
+    #[default]
+    NotStarted,
+    /// Started (and maybe interrupted or failed).
+    Started,
+    /// It succeeded.
+    Done,
+}
+
+impl KubeadmProgress {
+    fn is_not_started(&self) -> bool {
+        *self == KubeadmProgress::NotStarted
+    }
 }
 
 /// A side effect for the executor to perform.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
+    /// On a stacked etcd member, find a verified snapshot no older than this or take one
+    /// ([`Outcome::Snapshot`]).
+    EnsureEtcdSnapshot {
+        /// How old the snapshot may be, in seconds.
+        max_age_seconds: u64,
+    },
     /// Repair an interrupted package database, then snapshot installed versions
     /// ([`Outcome::Prepared`]).
     Prepare,
+    /// Read the Kubernetes repository file ([`Outcome::RepositorySaved`]).
+    SaveRepository,
+    /// Write the repository file of `backup` switched to the minor of `target`, refresh, and
+    /// resolve `target` to the exact version the repository offers for `package`
+    /// ([`Outcome::Resolved`]).
+    SwitchRepository {
+        /// The file as it was.
+        backup: RepositoryBackup,
+        /// The target version (`1.31.4`, or a minor `1.31`).
+        target: String,
+        /// The package whose offered versions resolve the target (kubeadm).
+        package: String,
+    },
     /// Apply the pending upgrades `selection` selects ([`Outcome::Changed`]).
     Upgrade(UpgradeSelection),
     /// Install exact versions ([`Outcome::Changed`]).
     Install(Vec<PackagePin>, InstallPurpose),
-    /// Install the Kubernetes packages at `version`, resolved to package versions
-    /// ([`Outcome::Changed`]).
-    InstallKubernetes(String),
+    /// Install those of `packages` that were installed before at `version`, resolved to
+    /// package versions; held packages stay held ([`Outcome::Changed`]).
+    InstallKubernetes {
+        /// Exact upstream version, e.g. `1.31.4`.
+        version: String,
+        /// Which Kubernetes packages.
+        packages: Vec<String>,
+    },
+    /// `kubeadm upgrade plan vVERSION`: it must offer the version ([`Outcome::Done`]).
+    KubeadmPlan(String),
     /// Repair, then report every change since [`OperationRecord::versions_before`]
     /// ([`Outcome::Changed`]).
     Recover,
-    /// `kubeadm upgrade node` when kubeadm is installed ([`Outcome::Done`]).
-    KubeadmUpgradeNode,
+    /// `kubeadm upgrade apply vVERSION --yes` or `kubeadm upgrade node` ([`Outcome::Done`]).
+    KubeadmUpgrade {
+        /// Which.
+        step: KubeadmStep,
+        /// The exact version (for `apply`).
+        version: String,
+    },
     /// Check the reboot sentinels ([`Outcome::RebootRequired`]).
     CheckRebootRequired,
     /// Request a reboot ([`Outcome::Done`]).
@@ -171,9 +267,10 @@ pub enum Effect {
         /// Expected kubelet version.
         kubelet_version: Option<String>,
     },
-    /// Roll back these changes, restarting the kubelet if it or the runtime moved
+    /// Restore the repository file (when given, first, so the old versions are offered again),
+    /// then roll back these changes, restarting the kubelet if it or the runtime moved
     /// ([`Outcome::Changed`] with what *remains* changed since the versions before).
-    Rollback(Vec<PackageChange>),
+    Rollback(Vec<PackageChange>, Option<RepositoryBackup>),
     /// Report the end to the coordinator ([`Outcome::Done`], or [`Outcome::Verifying`] when
     /// the coordinator now verifies the node).
     Complete {
@@ -195,6 +292,12 @@ pub enum Outcome {
     Done,
     /// Installed versions before any change.
     Prepared(BTreeMap<String, String>),
+    /// The verified etcd snapshot (`None`: the node runs no stacked etcd member).
+    Snapshot(Option<EtcdSnapshot>),
+    /// The Kubernetes repository file as it was.
+    RepositorySaved(RepositoryBackup),
+    /// The repository is switched; the target is this exact version.
+    Resolved(String),
     /// Packages changed (possibly none).
     Changed(Vec<PackageChange>),
     /// A package change failed; `changes` is what changed anyway.
@@ -236,6 +339,10 @@ impl OperationRecord {
             started_at: now,
             policy: None,
             reboot_withheld: false,
+            etcd_snapshot: None,
+            repository: None,
+            kubernetes_version: None,
+            kubeadm: KubeadmProgress::NotStarted,
         };
         match record.operation {
             Operation::Reboot => record.enter_reboot(),
@@ -245,16 +352,99 @@ impl OperationRecord {
         record
     }
 
-    /// The same operation under the pool's policy of its grant.
+    /// The same operation under the pool's policy of its grant; called before anything was
+    /// performed. An operation the policy's `etcd.snapshotBefore` covers starts with the etcd
+    /// snapshot (a reboot's attempt counter is raised only when its reboot phase is entered).
     pub fn under(mut self, policy: Option<NodePolicy>) -> Self {
+        if policy
+            .as_ref()
+            .is_some_and(|p| p.etcd.covers(&self.operation))
+        {
+            self.reboot_attempts = 0;
+            self.phase = Phase::EtcdSnapshot;
+        }
         self.policy = policy;
         self
+    }
+
+    /// The first phase of the operation itself.
+    fn first_phase(&mut self) -> Phase {
+        match self.operation {
+            Operation::Reboot => {
+                self.enter_reboot();
+                std::mem::replace(&mut self.phase, Phase::Done)
+            }
+            Operation::KubeletRestart => Phase::RestartKubelet,
+            Operation::PackageUpgrade { .. } | Operation::KubernetesUpgrade { .. } => {
+                Phase::Prepare
+            }
+        }
+    }
+
+    /// The exact Kubernetes version once resolved, else the operation's target.
+    fn kubernetes_target(&self) -> Option<String> {
+        match &self.operation {
+            Operation::KubernetesUpgrade { version, .. } => Some(
+                self.kubernetes_version
+                    .clone()
+                    .unwrap_or_else(|| version.clone()),
+            ),
+            _ => None,
+        }
+    }
+
+    fn kubeadm_step(&self) -> KubeadmStep {
+        match &self.operation {
+            Operation::KubernetesUpgrade { kubeadm, .. } => *kubeadm,
+            _ => KubeadmStep::Node,
+        }
+    }
+
+    /// The Kubernetes packages of `names` installed before the operation.
+    fn installed_of(&self, names: &[&str]) -> Vec<String> {
+        names
+            .iter()
+            .filter(|n| self.versions_before.contains_key(**n))
+            .map(|n| n.to_string())
+            .collect()
     }
 
     /// The effect the current phase calls for; `None` once done.
     pub fn next_effect(&self) -> Option<Effect> {
         Some(match &self.phase {
+            Phase::EtcdSnapshot => Effect::EnsureEtcdSnapshot {
+                max_age_seconds: self
+                    .policy
+                    .as_ref()
+                    .map_or_else(Default::default, |p| p.etcd)
+                    .max_age_seconds,
+            },
             Phase::Prepare => Effect::Prepare,
+            Phase::SaveRepository => Effect::SaveRepository,
+            Phase::SwitchRepository => match (&self.repository, &self.operation) {
+                (Some(backup), Operation::KubernetesUpgrade { version, .. }) => {
+                    Effect::SwitchRepository {
+                        backup: backup.clone(),
+                        target: version.clone(),
+                        package: if self.versions_before.contains_key("kubeadm") {
+                            "kubeadm".into()
+                        } else {
+                            "kubelet".into()
+                        },
+                    }
+                }
+                // Never entered without a saved file; saving it again is harmless.
+                _ => Effect::SaveRepository,
+            },
+            Phase::InstallKubeadm => Effect::InstallKubernetes {
+                version: self.kubernetes_target().unwrap_or_default(),
+                packages: self.installed_of(&["kubeadm"]),
+            },
+            Phase::KubeadmPlan => Effect::KubeadmPlan(self.kubernetes_target().unwrap_or_default()),
+            Phase::InstallKubelet => Effect::InstallKubernetes {
+                version: self.kubernetes_target().unwrap_or_default(),
+                packages: self.installed_of(&["kubelet", "kubectl"]),
+            },
             Phase::ChangePackages => match &self.operation {
                 Operation::PackageUpgrade {
                     security_only,
@@ -279,27 +469,32 @@ impl OperationRecord {
                         Effect::Install(packages.clone(), InstallPurpose::Named)
                     }
                 }
-                Operation::KubernetesUpgrade { version, .. } => {
-                    Effect::InstallKubernetes(version.clone())
-                }
+                // Only records of agents from before the repository switch get here: the whole
+                // set at once, as they did.
+                Operation::KubernetesUpgrade { version, .. } => Effect::InstallKubernetes {
+                    version: version.clone(),
+                    packages: self.installed_of(&KUBERNETES_PACKAGES),
+                },
                 // Never entered for these operations; checking health is harmless.
                 Operation::Reboot | Operation::KubeletRestart => Effect::CheckHealth {
                     kubelet_version: None,
                 },
             },
             Phase::Recover { .. } => Effect::Recover,
-            Phase::KubeadmUpgrade => Effect::KubeadmUpgradeNode,
+            Phase::KubeadmUpgrade => Effect::KubeadmUpgrade {
+                step: self.kubeadm_step(),
+                version: self.kubernetes_target().unwrap_or_default(),
+            },
             Phase::CheckReboot => Effect::CheckRebootRequired,
             Phase::Reboot => Effect::Reboot,
             Phase::AwaitReboot => Effect::AwaitShutdown,
             Phase::RestartKubelet => Effect::RestartKubelet,
             Phase::Verify => Effect::CheckHealth {
-                kubelet_version: match &self.operation {
-                    Operation::KubernetesUpgrade { version, .. } => Some(version.clone()),
-                    _ => None,
-                },
+                kubelet_version: self.kubernetes_target(),
             },
-            Phase::RollBack { .. } => Effect::Rollback(self.changes.clone()),
+            Phase::RollBack { .. } => {
+                Effect::Rollback(self.changes.clone(), self.repository.clone())
+            }
             Phase::Finished { success, message } => Effect::Complete {
                 success: *success,
                 message: message.clone(),
@@ -323,6 +518,17 @@ impl OperationRecord {
     pub fn on(&mut self, outcome: Outcome) {
         let phase = std::mem::replace(&mut self.phase, Phase::Done);
         self.phase = match (phase, outcome) {
+            (Phase::EtcdSnapshot, Outcome::Snapshot(snapshot)) => {
+                self.etcd_snapshot = snapshot;
+                self.first_phase()
+            }
+            (Phase::EtcdSnapshot, Outcome::Failed(why)) => finished(
+                false,
+                format!(
+                    "etcd snapshot before the {} failed: {why}; nothing was changed",
+                    self.operation.name()
+                ),
+            ),
             (Phase::Prepare, Outcome::Prepared(versions)) => {
                 self.versions_before = versions;
                 match self
@@ -330,8 +536,43 @@ impl OperationRecord {
                     .or_else(|| self.policy_problem())
                 {
                     Some(problem) => finished(false, problem),
+                    None if matches!(self.operation, Operation::KubernetesUpgrade { .. }) => {
+                        Phase::SaveRepository
+                    }
                     None => Phase::ChangePackages,
                 }
+            }
+            (Phase::SaveRepository, Outcome::RepositorySaved(backup)) => {
+                self.repository = Some(backup);
+                Phase::SwitchRepository
+            }
+            (Phase::SwitchRepository, Outcome::Resolved(version)) => {
+                self.kubernetes_version = Some(version);
+                if self.versions_before.contains_key("kubeadm") {
+                    Phase::InstallKubeadm
+                } else {
+                    Phase::InstallKubelet
+                }
+            }
+            (Phase::InstallKubeadm, Outcome::Changed(c)) => {
+                self.merge_changes(c);
+                match self.kubeadm_step() {
+                    KubeadmStep::Apply => Phase::KubeadmPlan,
+                    KubeadmStep::Node => self.enter_kubeadm_upgrade(),
+                }
+            }
+            (Phase::KubeadmPlan, Outcome::Done) => self.enter_kubeadm_upgrade(),
+            (Phase::KubeadmUpgrade, Outcome::Failed(why)) => {
+                let what = self.kubeadm_command();
+                self.stuck(format!("{what} failed: {why}"))
+            }
+            (Phase::InstallKubelet, Outcome::Changed(c)) => {
+                self.merge_changes(c);
+                Phase::RestartKubelet
+            }
+            (Phase::InstallKubelet, Outcome::ChangeFailed { changes, message }) => {
+                self.merge_changes(changes);
+                self.stuck(format!("installing kubelet/kubectl failed: {message}"))
             }
             (Phase::ChangePackages, Outcome::Changed(c)) => {
                 self.merge_changes(c);
@@ -356,13 +597,21 @@ impl OperationRecord {
                 )
             }
             (
-                Phase::ChangePackages | Phase::Recover { .. },
+                Phase::ChangePackages | Phase::Recover { .. } | Phase::InstallKubeadm,
                 Outcome::ChangeFailed { changes, message },
             ) => {
                 self.merge_changes(changes);
                 self.fail_with_rollback(format!("package change failed: {message}"))
             }
-            (Phase::KubeadmUpgrade, Outcome::Done) => Phase::RestartKubelet,
+            (Phase::KubeadmUpgrade, Outcome::Done) => {
+                self.kubeadm = KubeadmProgress::Done;
+                if self.kubernetes_version.is_some() {
+                    Phase::InstallKubelet
+                } else {
+                    // A record from before the repository switch: its packages are in.
+                    Phase::RestartKubelet
+                }
+            }
             (Phase::CheckReboot, Outcome::RebootRequired(true)) if !self.may_reboot() => {
                 self.reboot_withheld = true;
                 self.restart_or_verify()
@@ -401,6 +650,21 @@ impl OperationRecord {
                 let message = format!("{reason}; rolled back {}", self.rolled_back(&remaining));
                 self.changes = remaining;
                 Phase::RolledBack { message }
+            }
+            (Phase::RollBack { reason }, Outcome::Changed(remaining))
+                if self.repository.is_some() =>
+            {
+                let undone = self.rolled_back(&remaining);
+                self.changes = remaining;
+                let file = self
+                    .repository
+                    .as_ref()
+                    .map(|b| b.path.display().to_string())
+                    .unwrap_or_default();
+                finished(
+                    false,
+                    format!("{reason}; rolled back {undone}; {file} restored"),
+                )
             }
             (Phase::RollBack { reason }, Outcome::Changed(remaining)) => {
                 self.changes = remaining;
@@ -477,7 +741,7 @@ impl OperationRecord {
             }
             _ if self.recoveries >= MAX_RECOVERIES => {
                 self.boot_id = boot_id_now.to_string();
-                finished(false, "the agent was interrupted too often".into())
+                self.stop("the agent was interrupted too often".into())
             }
             Phase::RollBack { reason } => {
                 self.recoveries += 1;
@@ -491,6 +755,27 @@ impl OperationRecord {
                 Phase::Recover {
                     boot_changed: boot_changed || earlier,
                 }
+            }
+            // Every step of a Kubernetes upgrade may run again, also on a new boot: the
+            // repository is rewritten from the saved file, installs are of exact versions,
+            // `kubeadm upgrade` is documented idempotent, a restart and a check are repeatable.
+            phase @ (Phase::EtcdSnapshot
+            | Phase::SaveRepository
+            | Phase::SwitchRepository
+            | Phase::InstallKubeadm
+            | Phase::KubeadmPlan
+            | Phase::KubeadmUpgrade
+            | Phase::InstallKubelet) => {
+                self.recoveries += 1;
+                self.boot_id = boot_id_now.to_string();
+                phase
+            }
+            phase @ (Phase::RestartKubelet | Phase::Verify)
+                if self.kubeadm != KubeadmProgress::NotStarted =>
+            {
+                self.recoveries += 1;
+                self.boot_id = boot_id_now.to_string();
+                phase
             }
             _ if boot_changed => {
                 self.boot_id = boot_id_now.to_string();
@@ -628,15 +913,118 @@ impl OperationRecord {
     }
 
     fn fail_with_rollback(&self, reason: String) -> Phase {
-        if self.rebooted || self.changes.is_empty() {
+        if self.kubeadm != KubeadmProgress::NotStarted {
+            self.stuck(reason)
+        } else if self.rebooted || (self.changes.is_empty() && self.repository.is_none()) {
             finished(false, reason)
         } else {
             Phase::RollBack { reason }
         }
     }
 
+    /// Ends without a rollback; from the kubeadm upgrade on, saying what state the node is in.
+    fn stop(&self, reason: String) -> Phase {
+        if self.kubeadm != KubeadmProgress::NotStarted {
+            self.stuck(reason)
+        } else {
+            finished(false, reason)
+        }
+    }
+
+    fn enter_kubeadm_upgrade(&mut self) -> Phase {
+        self.kubeadm = KubeadmProgress::Started;
+        Phase::KubeadmUpgrade
+    }
+
+    /// `kubeadm upgrade apply v1.31.4` or `kubeadm upgrade node`.
+    fn kubeadm_command(&self) -> String {
+        match self.kubeadm_step() {
+            KubeadmStep::Apply => format!(
+                "kubeadm upgrade apply v{}",
+                self.kubernetes_target().unwrap_or_default()
+            ),
+            KubeadmStep::Node => "kubeadm upgrade node".into(),
+        }
+    }
+
+    /// A Kubernetes upgrade that failed at or after its kubeadm upgrade: no rollback (the
+    /// cluster's configuration or this node's control plane may have moved already); the
+    /// message says which versions the node has, where its repository points, and what that
+    /// means.
+    fn stuck(&self, reason: String) -> Phase {
+        let mut groups: Vec<(bool, String, Vec<&str>)> = Vec::new();
+        // kubeadm first: it moves first.
+        for name in ["kubeadm", "kubelet", "kubectl"] {
+            let Some(before) = self.versions_before.get(name) else {
+                continue;
+            };
+            let now = self
+                .changes
+                .iter()
+                .find(|c| c.name == name)
+                .and_then(|c| c.after.clone())
+                .unwrap_or_else(|| before.clone());
+            let moved = &now != before;
+            match groups.iter_mut().find(|g| g.0 == moved && g.1 == now) {
+                Some(g) => g.2.push(name),
+                None => groups.push((moved, now, vec![name])),
+            }
+        }
+        let mut state: Vec<String> = groups
+            .iter()
+            .map(|(moved, version, names)| {
+                let names = names.join("/");
+                let verb = match (moved, names.contains('/')) {
+                    (true, true) => "are",
+                    (true, false) => "is",
+                    (false, _) => "still",
+                };
+                format!("{names} {verb} {version}")
+            })
+            .collect();
+        let target = self.kubernetes_target().unwrap_or_default();
+        if self.repository.is_some()
+            && let Some(minor) = repository_minor(&target)
+        {
+            state.push(format!("repository at v{minor}"));
+        }
+        let meaning = match (self.kubeadm, self.kubeadm_step()) {
+            (KubeadmProgress::Done, KubeadmStep::Apply) => format!(
+                "the control plane was upgraded to v{target} (kubeadm upgrade apply succeeded), this node's kubelet may not run it"
+            ),
+            (KubeadmProgress::Done, KubeadmStep::Node) => {
+                "kubeadm upgrade node succeeded, this node's kubelet may not run the new version"
+                    .into()
+            }
+            (_, KubeadmStep::Apply) => "the control plane may be partly upgraded".into(),
+            (_, KubeadmStep::Node) => {
+                "this node's kubeadm upgrade (its control-plane components or kubelet configuration) may be partly done".into()
+            }
+        };
+        finished(
+            false,
+            format!(
+                "{reason}; {}: {meaning}; nothing was rolled back; the slot stays held",
+                state.join(", ")
+            ),
+        )
+    }
+
     fn summary(&self) -> String {
         let mut parts = vec![format!("{} done", self.operation.name())];
+        if let Some(version) = &self.kubernetes_version {
+            parts.push(if self.kubeadm == KubeadmProgress::Done {
+                format!("Kubernetes v{version} ({})", self.kubeadm_command())
+            } else {
+                format!("Kubernetes v{version}")
+            });
+        }
+        if let Some(s) = &self.etcd_snapshot {
+            parts.push(format!(
+                "etcd snapshot {} (revision {}, {} bytes)",
+                s.path, s.revision, s.size_bytes
+            ));
+        }
         if !self.changes.is_empty() {
             parts.push(format!("{} package(s) changed", self.changes.len()));
         }
@@ -695,6 +1083,11 @@ impl OperationRecord {
         let Some(current) = self.versions_before.get("kubelet") else {
             return Some("kubelet is not installed".into());
         };
+        if self.kubeadm_step() == KubeadmStep::Apply
+            && !self.versions_before.contains_key("kubeadm")
+        {
+            return Some("kubeadm upgrade apply needs kubeadm, which is not installed".into());
+        }
         let current = crate::detect::upstream_version(current);
         let (Some(cur), Some(target)) = (minor_of(&current), minor_of(version)) else {
             return Some(format!("cannot compare kubelet {current} with {version}"));
@@ -862,7 +1255,7 @@ mod tests {
         assert!(r.gate_failed());
         assert_eq!(
             r.next_effect(),
-            Some(Effect::Rollback(vec![change("curl", "1", "2")]))
+            Some(Effect::Rollback(vec![change("curl", "1", "2")], None))
         );
         assert!(!r.gate_failed(), "a rollback starts once");
         r.on(Outcome::Changed(vec![]));
@@ -934,7 +1327,10 @@ mod tests {
         r.on(Outcome::Unhealthy("kubelet inactive".into()));
         assert_eq!(
             r.next_effect(),
-            Some(Effect::Rollback(vec![change("containerd", "1.6", "1.7")]))
+            Some(Effect::Rollback(
+                vec![change("containerd", "1.6", "1.7")],
+                None
+            ))
         );
         r.on(Outcome::Changed(vec![]));
         assert!(
@@ -942,53 +1338,319 @@ mod tests {
         );
     }
 
+    fn kubernetes(version: &str, kubeadm: KubeadmStep) -> OperationRecord {
+        record(Operation::KubernetesUpgrade {
+            version: version.into(),
+            kubeadm,
+        })
+    }
+
+    fn prepared_kubernetes(v: &str) -> Outcome {
+        Outcome::Prepared(BTreeMap::from([
+            ("kubelet".to_string(), v.to_string()),
+            ("kubeadm".to_string(), v.to_string()),
+            ("kubectl".to_string(), v.to_string()),
+        ]))
+    }
+
+    fn backup() -> RepositoryBackup {
+        RepositoryBackup {
+            kind: crate::kubernetes::repository::RepositoryKind::Apt,
+            path: "/etc/apt/sources.list.d/kubernetes.list".into(),
+            content: "deb https://pkgs.k8s.io/core:/stable:/v1.30/deb/ /\n".into(),
+        }
+    }
+
+    /// The first control-plane node of a minor: repository, kubeadm, plan, apply, kubelet and
+    /// kubectl, restart, check of the resolved version.
     #[test]
-    fn kubernetes_upgrades_move_one_minor_at_a_time() {
-        let prepared = |v: &str| {
-            Outcome::Prepared(BTreeMap::from([
-                ("kubelet".to_string(), v.to_string()),
-                ("kubeadm".to_string(), v.to_string()),
-            ]))
-        };
-        let mut ok = record(Operation::KubernetesUpgrade {
-            version: "1.31.0".into(),
-            kubeadm: rota_core::model::KubeadmStep::Node,
-        });
-        ok.on(prepared("1.30.2-1.1"));
+    fn a_kubernetes_upgrade_goes_the_kubeadm_way() {
+        let mut r = kubernetes("1.31", KubeadmStep::Apply);
+        r.on(prepared_kubernetes("1.30.9-1.1"));
+        assert_eq!(r.next_effect(), Some(Effect::SaveRepository));
+        r.on(Outcome::RepositorySaved(backup()));
         assert_eq!(
-            ok.next_effect(),
-            Some(Effect::InstallKubernetes("1.31.0".into()))
-        );
-        ok.on(Outcome::Changed(vec![change(
-            "kubelet",
-            "1.30.2-1.1",
-            "1.31.0-1.1",
-        )]));
-        assert_eq!(ok.next_effect(), Some(Effect::KubeadmUpgradeNode));
-        ok.on(Outcome::Done);
-        assert_eq!(ok.next_effect(), Some(Effect::RestartKubelet));
-        ok.on(Outcome::Done);
-        assert_eq!(
-            ok.next_effect(),
-            Some(Effect::CheckHealth {
-                kubelet_version: Some("1.31.0".into())
+            r.next_effect(),
+            Some(Effect::SwitchRepository {
+                backup: backup(),
+                target: "1.31".into(),
+                package: "kubeadm".into(),
             })
         );
+        r.on(Outcome::Resolved("1.31.4".into()));
+        assert_eq!(
+            r.next_effect(),
+            Some(Effect::InstallKubernetes {
+                version: "1.31.4".into(),
+                packages: vec!["kubeadm".into()],
+            })
+        );
+        r.on(Outcome::Changed(vec![change(
+            "kubeadm",
+            "1.30.9-1.1",
+            "1.31.4-1.1",
+        )]));
+        assert_eq!(r.next_effect(), Some(Effect::KubeadmPlan("1.31.4".into())));
+        r.on(Outcome::Done);
+        assert_eq!(
+            r.next_effect(),
+            Some(Effect::KubeadmUpgrade {
+                step: KubeadmStep::Apply,
+                version: "1.31.4".into()
+            })
+        );
+        r.on(Outcome::Done);
+        assert_eq!(
+            r.next_effect(),
+            Some(Effect::InstallKubernetes {
+                version: "1.31.4".into(),
+                packages: vec!["kubelet".into(), "kubectl".into()],
+            })
+        );
+        r.on(Outcome::Changed(vec![
+            change("kubeadm", "1.30.9-1.1", "1.31.4-1.1"),
+            change("kubectl", "1.30.9-1.1", "1.31.4-1.1"),
+            change("kubelet", "1.30.9-1.1", "1.31.4-1.1"),
+        ]));
+        assert_eq!(r.next_effect(), Some(Effect::RestartKubelet));
+        r.on(Outcome::Done);
+        assert_eq!(
+            r.next_effect(),
+            Some(Effect::CheckHealth {
+                kubelet_version: Some("1.31.4".into())
+            })
+        );
+        r.on(Outcome::Healthy);
+        let Some(Effect::Complete {
+            success,
+            message,
+            changed,
+            ..
+        }) = r.next_effect()
+        else {
+            panic!("{:?}", r.phase);
+        };
+        assert!(success, "{message}");
+        assert!(
+            message.contains("Kubernetes v1.31.4 (kubeadm upgrade apply v1.31.4)"),
+            "{message}"
+        );
+        assert_eq!(changed.len(), 3);
+
+        // Other nodes: no plan, `kubeadm upgrade node`.
+        let mut r = kubernetes("1.31.4", KubeadmStep::Node);
+        r.on(prepared_kubernetes("1.30.9-1.1"));
+        r.on(Outcome::RepositorySaved(backup()));
+        r.on(Outcome::Resolved("1.31.4".into()));
+        r.on(Outcome::Changed(vec![change(
+            "kubeadm",
+            "1.30.9-1.1",
+            "1.31.4-1.1",
+        )]));
+        assert_eq!(
+            r.next_effect(),
+            Some(Effect::KubeadmUpgrade {
+                step: KubeadmStep::Node,
+                version: "1.31.4".into()
+            })
+        );
+    }
+
+    #[test]
+    fn kubernetes_upgrades_move_one_minor_at_a_time() {
         for (from, to) in [
             ("1.29.0-1.1", "1.31.0"),
             ("1.31.0-1.1", "1.30.9"),
             ("1.30.0", "2.0.0"),
+            ("1.29.0-1.1", "1.31"),
         ] {
-            let mut r = record(Operation::KubernetesUpgrade {
-                version: to.into(),
-                kubeadm: rota_core::model::KubeadmStep::Node,
-            });
-            r.on(prepared(from));
+            let mut r = kubernetes(to, KubeadmStep::Node);
+            r.on(prepared_kubernetes(from));
             assert!(
                 matches!(r.phase, Phase::Finished { success: false, .. }),
                 "{from} -> {to}"
             );
         }
+        // `apply` needs kubeadm.
+        let mut r = kubernetes("1.31", KubeadmStep::Apply);
+        r.on(Outcome::Prepared(BTreeMap::from([(
+            "kubelet".to_string(),
+            "1.30.9-1.1".to_string(),
+        )])));
+        assert!(
+            matches!(&r.phase, Phase::Finished { success: false, message } if message.contains("needs kubeadm")),
+            "{:?}",
+            r.phase
+        );
+    }
+
+    /// Before the kubeadm upgrade a failure restores the repository and rolls back; from it on
+    /// nothing is rolled back and the message says what state the node is in.
+    #[test]
+    fn kubernetes_failures_before_and_after_the_kubeadm_upgrade() {
+        let to_plan = || {
+            let mut r = kubernetes("1.31.4", KubeadmStep::Apply);
+            r.on(prepared_kubernetes("1.30.9-1.1"));
+            r.on(Outcome::RepositorySaved(backup()));
+            r.on(Outcome::Resolved("1.31.4".into()));
+            r.on(Outcome::Changed(vec![change(
+                "kubeadm",
+                "1.30.9-1.1",
+                "1.31.4-1.1",
+            )]));
+            r
+        };
+        let mut r = to_plan();
+        r.on(Outcome::Failed(
+            "kubeadm upgrade plan does not offer it".into(),
+        ));
+        assert_eq!(
+            r.next_effect(),
+            Some(Effect::Rollback(
+                vec![change("kubeadm", "1.30.9-1.1", "1.31.4-1.1")],
+                Some(backup())
+            ))
+        );
+        r.on(Outcome::Changed(vec![]));
+        let Phase::Finished {
+            success: false,
+            message,
+        } = &r.phase
+        else {
+            panic!("{:?}", r.phase);
+        };
+        assert!(message.contains("does not offer it"), "{message}");
+        assert!(
+            message.contains("rolled back kubeadm 1.31.4-1.1 to 1.30.9-1.1"),
+            "{message}"
+        );
+        assert!(message.contains("kubernetes.list restored"), "{message}");
+
+        // A switch that fails restores the file even though no package moved.
+        let mut r = kubernetes("1.31.4", KubeadmStep::Node);
+        r.on(prepared_kubernetes("1.30.9-1.1"));
+        r.on(Outcome::RepositorySaved(backup()));
+        r.on(Outcome::Failed("apt-get update failed".into()));
+        assert_eq!(
+            r.next_effect(),
+            Some(Effect::Rollback(vec![], Some(backup())))
+        );
+
+        // The apply fails: nothing is rolled back.
+        let mut r = to_plan();
+        r.on(Outcome::Done);
+        r.on(Outcome::Failed(
+            "exit code 1: [ERROR] etcd unhealthy".into(),
+        ));
+        let Phase::Finished {
+            success: false,
+            message,
+        } = &r.phase
+        else {
+            panic!("{:?}", r.phase);
+        };
+        assert_eq!(
+            message,
+            "kubeadm upgrade apply v1.31.4 failed: exit code 1: [ERROR] etcd unhealthy; \
+             kubeadm is 1.31.4-1.1, kubelet/kubectl still 1.30.9-1.1, repository at v1.31: \
+             the control plane may be partly upgraded; nothing was rolled back; the slot stays held"
+        );
+        // After a successful apply, an unhealthy kubelet is reported the same way.
+        let mut r = to_plan();
+        r.on(Outcome::Done);
+        r.on(Outcome::Done);
+        r.on(Outcome::Changed(vec![
+            change("kubeadm", "1.30.9-1.1", "1.31.4-1.1"),
+            change("kubectl", "1.30.9-1.1", "1.31.4-1.1"),
+            change("kubelet", "1.30.9-1.1", "1.31.4-1.1"),
+        ]));
+        r.on(Outcome::Done);
+        r.on(Outcome::Unhealthy("kubelet inactive".into()));
+        let Phase::Finished {
+            success: false,
+            message,
+        } = &r.phase
+        else {
+            panic!("{:?}", r.phase);
+        };
+        assert!(
+            message.contains("kubeadm/kubelet/kubectl are 1.31.4-1.1"),
+            "{message}"
+        );
+        assert!(
+            message.contains("the control plane was upgraded to v1.31.4"),
+            "{message}"
+        );
+        assert!(message.contains("the slot stays held"), "{message}");
+    }
+
+    /// Every Kubernetes step runs again after a crash, also on a new boot.
+    #[test]
+    fn kubernetes_steps_resume_also_after_a_reboot() {
+        let mut r = kubernetes("1.31.4", KubeadmStep::Apply);
+        r.on(prepared_kubernetes("1.30.9-1.1"));
+        r.on(Outcome::RepositorySaved(backup()));
+        r.on(Outcome::Resolved("1.31.4".into()));
+        r.on(Outcome::Changed(vec![]));
+        r.on(Outcome::Done);
+        assert_eq!(r.phase, Phase::KubeadmUpgrade);
+        r.resume("boot-2");
+        assert_eq!(r.phase, Phase::KubeadmUpgrade);
+        assert_eq!(r.boot_id, "boot-2");
+        r.resume("boot-2");
+        assert_eq!(r.phase, Phase::KubeadmUpgrade);
+        r.resume("boot-2");
+        let Phase::Finished {
+            success: false,
+            message,
+        } = &r.phase
+        else {
+            panic!("{:?}", r.phase);
+        };
+        assert!(message.contains("interrupted too often"), "{message}");
+        assert!(message.contains("the slot stays held"), "{message}");
+    }
+
+    /// An operation the policy covers starts with the etcd snapshot; a reboot raises its
+    /// counter only when it reboots.
+    #[test]
+    fn covered_operations_start_with_the_etcd_snapshot() {
+        use rota_core::model::{EtcdSnapshotPolicy, SnapshotBefore};
+        use rota_core::policy::crd::RebootMode;
+        let policy = |before| NodePolicy {
+            etcd: EtcdSnapshotPolicy {
+                before,
+                max_age_seconds: 600,
+            },
+            ..pool(UpgradeMode::All, RebootMode::WhenRequired)
+        };
+        let r = record(Operation::Reboot).under(Some(policy(SnapshotBefore::AllOperations)));
+        assert_eq!(r.reboot_attempts, 0);
+        assert_eq!(
+            r.next_effect(),
+            Some(Effect::EnsureEtcdSnapshot {
+                max_age_seconds: 600
+            })
+        );
+        let mut stacked = r.clone();
+        stacked.on(Outcome::Snapshot(None));
+        assert_eq!(stacked.phase, Phase::Reboot);
+        assert_eq!(stacked.reboot_attempts, 1);
+        let mut failed = r;
+        failed.on(Outcome::Failed("etcdctl: context deadline exceeded".into()));
+        assert!(
+            matches!(&failed.phase, Phase::Finished { success: false, message } if message.contains("etcd snapshot before the reboot failed") && message.contains("nothing was changed")),
+            "{:?}",
+            failed.phase
+        );
+        // Not covered: the reboot as before.
+        let r = record(Operation::Reboot).under(Some(policy(SnapshotBefore::KubernetesUpgrades)));
+        assert_eq!(r.phase, Phase::Reboot);
+        let r = kubernetes("1.31", KubeadmStep::Node)
+            .under(Some(policy(SnapshotBefore::KubernetesUpgrades)));
+        assert_eq!(r.phase, Phase::EtcdSnapshot);
+        let r = kubernetes("1.31", KubeadmStep::Node).under(Some(policy(SnapshotBefore::Never)));
+        assert_eq!(r.phase, Phase::Prepare);
     }
 
     #[test]
@@ -1025,7 +1687,7 @@ mod tests {
         });
         assert_eq!(
             r.next_effect(),
-            Some(Effect::Rollback(vec![change("a", "1", "2")]))
+            Some(Effect::Rollback(vec![change("a", "1", "2")], None))
         );
         // Nothing changed: nothing to roll back.
         let mut r = record(upgrade());
@@ -1070,7 +1732,11 @@ mod tests {
             sentinel_command: vec![],
             reboot_command: vec![],
             reboot_mode,
-            etcd: Default::default(),
+            // These tests are about the rest of the policy; the snapshot has its own.
+            etcd: rota_core::model::EtcdSnapshotPolicy {
+                before: rota_core::model::SnapshotBefore::Never,
+                max_age_seconds: 3600,
+            },
         }
     }
 

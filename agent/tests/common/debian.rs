@@ -28,11 +28,7 @@ use super::{Root, sh};
 /// A copy of this run's prepared root, or `None` when the suite is skipped.
 pub fn root() -> Option<Root> {
     static BASE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let base = BASE.get_or_init(|| match super::missing_prerequisite() {
-        Some(why) => Err(why),
-        None => Ok(prepare()),
-    });
-    super::prepared_or_skip(base).map(Root::copy_of)
+    super::copy_of_prepared(&BASE, prepare)
 }
 
 /// A package file: (path in the package, content, mode).
@@ -181,5 +177,100 @@ fn prepare() -> PathBuf {
     let _ = fs::remove_file(root.join("run/reboot-required"));
     let _ = fs::remove_file(root.join("run/reboot-required.pkgs"));
     let _ = fs::remove_file(root.join("var/log/rota-systemctl.log"));
+    root
+}
+
+/// The apt source of the Kubernetes packages in the kubeadm guide's form, at `minor`, under
+/// `base`.
+pub fn kubernetes_list(base: &str, minor: &str) -> String {
+    format!(
+        "deb [signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.gpg trusted=yes] {base}/core:/stable:/v{minor}/deb/ /\n"
+    )
+}
+
+/// A copy of this run's prepared Kubernetes node root (see [`prepare_kubernetes`]), or `None`
+/// when the suite is skipped.
+pub fn kubernetes_root() -> Option<Root> {
+    static BASE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    super::copy_of_prepared(&BASE, prepare_kubernetes)
+}
+
+/// A kubeadm node at 1.30.9: the pkgs.k8s.io layout served from `/srv/pkgs`
+/// (`core:/stable:/v1.30/deb/` with 1.30.9, `v1.31` with 1.31.3 and 1.31.4, `v1.32` with
+/// 1.32.0: kubeadm, kubelet, kubectl, each `-1.1`), `/srv/mirror` the same (a link, to point
+/// `--kubernetes-repository` at), `etcdctl` from a tools repository, kubeadm/kubelet/kubectl
+/// 1.30.9-1.1 installed and held as the kubeadm guide does, `kubernetes.list` at v1.30.
+fn prepare_kubernetes() -> PathBuf {
+    let root = super::fresh_root("rota-apt-kubernetes-root", &super::base_tarball());
+    let work = tempfile::tempdir().unwrap();
+    let flat_repo = |dir: &Path| {
+        let packages = sh(Command::new("dpkg-scanpackages")
+            .args(["-m", ".", "/dev/null"])
+            .current_dir(dir));
+        fs::write(dir.join("Packages"), packages).unwrap();
+        fs::write(
+            dir.join("Release"),
+            "Origin: rota-test\nLabel: rota-test\nArchitectures: amd64 all\nDescription: rota test flat repository\n",
+        )
+        .unwrap();
+    };
+    for (minor, version) in super::KUBERNETES_VERSIONS {
+        let dir = root.join(format!("srv/pkgs/core:/stable:/v{minor}/deb"));
+        let full = format!("{version}-1.1");
+        let kubelet = format!("#!/bin/sh\necho 'Kubernetes v{version}'\n");
+        let kubectl = format!("#!/bin/sh\necho 'Client Version: v{version}'\n");
+        let kubeadm = super::kubeadm_script(version);
+        for (name, script) in [
+            ("kubelet", kubelet),
+            ("kubectl", kubectl),
+            ("kubeadm", kubeadm),
+        ] {
+            let bin = format!("usr/bin/{name}");
+            deb(
+                work.path(),
+                &dir,
+                name,
+                &full,
+                &[(bin.as_str(), script, 0o755)],
+                None,
+            );
+        }
+    }
+    for dir in ["v1.30", "v1.31", "v1.32"] {
+        flat_repo(&root.join(format!("srv/pkgs/core:/stable:/{dir}/deb")));
+    }
+    std::os::unix::fs::symlink("/srv/pkgs", root.join("srv/mirror")).unwrap();
+    let tools = root.join("srv/tools");
+    deb(
+        work.path(),
+        &tools,
+        "etcd-client",
+        "3.5.15-1",
+        &[("usr/bin/etcdctl", super::etcdctl_script(), 0o755)],
+        None,
+    );
+    flat_repo(&tools);
+
+    fs::write(root.join("etc/apt/sources.list"), "").unwrap();
+    fs::create_dir_all(root.join("etc/apt/keyrings")).unwrap();
+    fs::write(root.join("etc/apt/keyrings/kubernetes-apt-keyring.gpg"), "").unwrap();
+    fs::write(
+        root.join("etc/apt/sources.list.d/kubernetes.list"),
+        kubernetes_list("file:///srv/pkgs", "1.30"),
+    )
+    .unwrap();
+    fs::write(
+        root.join("etc/apt/sources.list.d/tools.list"),
+        "deb [trusted=yes] file:///srv/tools/ /\n",
+    )
+    .unwrap();
+    super::install_systemctl_double(&root);
+    super::in_root(
+        &root,
+        "apt-get -q update >/dev/null\n\
+         apt-get -q -y install kubeadm=1.30.9-1.1 kubelet=1.30.9-1.1 kubectl=1.30.9-1.1 etcd-client >/dev/null\n\
+         apt-mark hold kubelet kubeadm kubectl >/dev/null\n\
+         rm -f /var/log/rota-systemctl.log\n",
+    );
     root
 }

@@ -96,6 +96,19 @@ pub fn prepared_or_skip(base: &Result<PathBuf, String>) -> Option<&Path> {
     }
 }
 
+/// A copy of the root `prepare` builds once per run (kept in `base`), or `None` when the root
+/// suites cannot run here and the developer asked to skip them.
+pub fn copy_of_prepared(
+    base: &'static std::sync::OnceLock<Result<PathBuf, String>>,
+    prepare: fn() -> PathBuf,
+) -> Option<Root> {
+    let base = base.get_or_init(|| match missing_prerequisite() {
+        Some(why) => Err(why),
+        None => Ok(prepare()),
+    });
+    prepared_or_skip(base).map(Root::copy_of)
+}
+
 /// A cached tarball of a root: built by `build(dir)` the first time on this machine.
 pub fn cached_tarball(name: &str, build: impl FnOnce(&Path)) -> PathBuf {
     let tarball = PathBuf::from(format!("{CACHE_DIR}/{name}"));
@@ -255,4 +268,184 @@ impl Reporter for Recorder {
         self.0.lock().unwrap().push(c.clone());
         Ok(CompleteAck::Accepted)
     }
+}
+
+/// The Kubernetes package versions of the per-minor repositories (`core:/stable:/vX.Y`), as
+/// (minor, upstream version).
+pub const KUBERNETES_VERSIONS: [(&str, &str); 4] = [
+    ("1.30", "1.30.9"),
+    ("1.31", "1.31.3"),
+    ("1.31", "1.31.4"),
+    ("1.32", "1.32.0"),
+];
+
+/// Where the stand-ins record their arguments (in the root).
+pub const KUBEADM_LOG: &str = "var/log/rota-kubeadm.log";
+pub const ETCDCTL_LOG: &str = "var/log/rota-etcdctl.log";
+/// While this file exists in the root, `kubeadm upgrade apply` fails as a real one does.
+pub const FAIL_APPLY: &str = "etc/kubernetes/rota-fail-apply";
+/// When this file exists in the root, `kubeadm upgrade plan` offers the version it holds
+/// (e.g. `v1.31.3`) instead of its own.
+pub const PLAN_OFFERS: &str = "etc/kubernetes/rota-plan-offers";
+
+/// The stand-in of `kubeadm` VERSION: records its arguments; `upgrade plan` prints what the
+/// real one prints on a cluster one minor behind (component tables, then the apply command);
+/// `upgrade apply` and `upgrade node` say they succeeded, or fail while [`FAIL_APPLY`] exists.
+pub fn kubeadm_script(version: &str) -> String {
+    format!(
+        r#"#!/bin/sh
+# Test stand-in of kubeadm v{version}.
+echo "$*" >> /{KUBEADM_LOG}
+offer=v{version}
+[ -f /{PLAN_OFFERS} ] && offer=$(cat /{PLAN_OFFERS})
+case "$1 $2" in
+"upgrade plan")
+  cat <<PLAN
+[preflight] Running pre-flight checks.
+[upgrade/config] Reading configuration from the cluster...
+[upgrade] Running cluster health checks
+[upgrade] Fetching available versions to upgrade to
+[upgrade/versions] Cluster version: 1.30.9
+[upgrade/versions] kubeadm version: v{version}
+[upgrade/versions] Target version: $offer
+[upgrade/versions] Latest version in the v1.30 series: v1.30.9
+
+Components that must be upgraded manually after you have upgraded the control plane with 'kubeadm upgrade apply':
+COMPONENT   NODE     CURRENT   TARGET
+kubelet     cp-1     v1.30.9   $offer
+
+Upgrade to the latest stable version:
+
+COMPONENT                 NODE     CURRENT    TARGET
+kube-apiserver            cp-1     v1.30.9    $offer
+kube-controller-manager   cp-1     v1.30.9    $offer
+kube-scheduler            cp-1     v1.30.9    $offer
+kube-proxy                         1.30.9     $offer
+CoreDNS                            v1.11.1    v1.11.3
+etcd                      cp-1     3.5.15-0   3.5.15-0
+
+You can now apply the upgrade by executing the following command:
+
+	kubeadm upgrade apply $offer
+
+_____________________________________________________________________
+PLAN
+  ;;
+"upgrade apply")
+  if [ -f /{FAIL_APPLY} ]; then
+    echo '[upgrade/apply] FATAL: couldn'"'"'t upgrade control plane. kubeadm has tried to recover everything into the earlier state. Errors faced: timed out waiting for the condition' >&2
+    exit 1
+  fi
+  echo "[upgrade/successful] SUCCESS! Your cluster was upgraded to \"$3\". Enjoy!"
+  ;;
+"upgrade node")
+  echo "[upgrade] The configuration for this node was successfully updated!"
+  ;;
+*)
+  echo "kubeadm stand-in: unexpected $*" >&2
+  exit 2
+  ;;
+esac
+"#
+    )
+}
+
+/// The stand-in of `etcdctl`: records its arguments; `snapshot save FILE` writes a non-empty
+/// file; `--write-out=json snapshot status FILE` prints etcd's JSON status of it (with the
+/// deprecation warning etcdctl 3.5 prints, on standard error).
+pub fn etcdctl_script() -> String {
+    format!(
+        r#"#!/bin/sh
+# Test stand-in of etcdctl 3.5.
+echo "$*" >> /{ETCDCTL_LOG}
+for file; do :; done
+case "$*" in
+*"snapshot save"*)
+  mkdir -p "$(dirname "$file")"
+  printf 'etcd snapshot of revision 48213\n' > "$file.part" && mv "$file.part" "$file"
+  echo "Snapshot saved at $file"
+  ;;
+*"snapshot status"*)
+  echo 'Deprecated: Use `etcdutl snapshot status` instead.' >&2
+  [ -s "$file" ] || {{ echo "Error: stat $file: no such file or directory" >&2; exit 1; }}
+  size=$(wc -c < "$file")
+  echo "{{\"hash\":3700895328,\"revision\":48213,\"totalKey\":1187,\"totalSize\":$size}}"
+  ;;
+*)
+  echo "etcdctl stand-in: unexpected $*" >&2
+  exit 2
+  ;;
+esac
+"#
+    )
+}
+
+/// Lines of a stand-in's log in `root`.
+pub fn log_lines(root: &Path, log: &str) -> Vec<String> {
+    fs::read_to_string(root.join(log))
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// A pool whose Kubernetes upgrades wait for an etcd snapshot of at most an hour.
+pub fn kubernetes_policy() -> rota_core::model::NodePolicy {
+    rota_core::model::NodePolicy {
+        name: "control-plane".into(),
+        upgrade_mode: rota_core::policy::crd::UpgradeMode::Security,
+        holds: vec![],
+        sentinel_files: None,
+        sentinel_command: vec![],
+        reboot_command: vec![],
+        reboot_mode: rota_core::policy::crd::RebootMode::WhenRequired,
+        etcd: rota_core::model::EtcdSnapshotPolicy {
+            before: rota_core::model::SnapshotBefore::KubernetesUpgrades,
+            max_age_seconds: 3600,
+        },
+    }
+}
+
+/// Runs a granted Kubernetes upgrade to `version` with `step` on `root` under
+/// [`kubernetes_policy`], with the repository base `base` (`None`: the file's), and returns
+/// its completion.
+pub fn kubernetes_upgrade(
+    root: &Root,
+    version: &str,
+    step: rota_core::model::KubeadmStep,
+    base: Option<&str>,
+) -> Completion {
+    let host = root.host();
+    let mut config = rota_agent::ops::ExecutorConfig::default();
+    config.detect.kubernetes.repository_base = base.map(String::from);
+    let rec = Recorder::default();
+    let op = rota_core::model::Operation::KubernetesUpgrade {
+        version: version.into(),
+        kubeadm: step,
+    };
+    rota_agent::ops::Executor::start_granted(
+        &host,
+        &config,
+        &rec,
+        11,
+        op,
+        Some(kubernetes_policy()),
+        jiff::Timestamp::now(),
+    )
+    .unwrap()
+    .run()
+    .unwrap();
+    assert!(
+        !host.exists(&config.state_path).unwrap(),
+        "state is cleared"
+    );
+    rec.0.lock().unwrap().pop().expect("a completion")
+}
+
+/// Makes the root a stacked-etcd control-plane node (kubeadm's static pod manifests).
+pub fn make_control_plane(root: &Root) {
+    let manifests = root.path().join("etc/kubernetes/manifests");
+    fs::create_dir_all(&manifests).unwrap();
+    fs::write(manifests.join("etcd.yaml"), "kind: Pod\n").unwrap();
+    fs::write(manifests.join("kube-apiserver.yaml"), "kind: Pod\n").unwrap();
 }
