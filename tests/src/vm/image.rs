@@ -131,10 +131,11 @@ RestartSec=2
 WantedBy=multi-user.target
 ";
 
-/// The slow package's postinst: says it started, then waits (at most 10 minutes) for the test.
+/// The slow package's postinst: when it upgrades the package, says it started, then waits (at
+/// most 10 minutes) for the test.
 const SLOW_POSTINST: &str = "#!/bin/sh
 set -e
-if [ \"$1\" = configure ]; then
+if [ \"$1\" = configure ] && [ -n \"$2\" ]; then
   mkdir -p /run/rota-test
   date +%s.%N >> /run/rota-test/postinst-started
   i=0
@@ -303,6 +304,15 @@ pub fn image() -> Image {
         dir.file_name().unwrap().to_string_lossy(),
         std::process::id()
     ));
+    // Builds of runs that died half-way.
+    for entry in fs::read_dir(parent).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some((_, pid)) = name.strip_prefix("build-").and_then(|n| n.rsplit_once('.'))
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
     let _ = fs::remove_dir_all(&build);
     fs::create_dir_all(&build).unwrap();
     let root = build.join("root");
