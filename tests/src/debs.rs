@@ -74,15 +74,24 @@ pub fn index(repo: &Path, suites: &[(&str, &str)]) {
         let packages = run(Command::new("dpkg-scanpackages")
             .args(["-m", pool, "/dev/null"])
             .current_dir(repo));
+        // With the indexes' hashes and a date in the Release file: without them, a later
+        // `apt-get update` that adds another suite drops this one's lists.
+        let mut hashes = String::new();
         for arch in ["binary-amd64", "binary-all"] {
             let dir = repo.join(format!("dists/{suite}/main/{arch}"));
             fs::create_dir_all(&dir).unwrap();
-            fs::write(dir.join("Packages"), &packages).unwrap();
+            let index = dir.join("Packages");
+            fs::write(&index, &packages).unwrap();
+            let sum = run(Command::new("sha256sum").arg(&index));
+            let sum = sum.split_whitespace().next().unwrap_or_default();
+            hashes.push_str(&format!(" {sum} {} main/{arch}/Packages\n", packages.len()));
         }
+        let date = run(Command::new("date").args(["-Ru"]));
         fs::write(
             repo.join(format!("dists/{suite}/Release")),
             format!(
-                "Origin: rota-test\nLabel: {suite}\nSuite: {suite}\nCodename: {suite}\nArchitectures: amd64 all\nComponents: main\nDescription: rota test suite {suite}\n"
+                "Origin: rota-test\nLabel: {suite}\nSuite: {suite}\nCodename: {suite}\nDate: {}\nArchitectures: amd64 all\nComponents: main\nDescription: rota test suite {suite}\nSHA256:\n{hashes}",
+                date.trim()
             ),
         )
         .unwrap();

@@ -152,17 +152,15 @@ impl Guest {
         let announced = tokio::time::timeout(BOOT, boots.wait_for(|b| b.len() >= n)).await;
         assert!(
             matches!(announced, Ok(Ok(_))),
-            "the guest did not announce boot {n} within {BOOT:?}{}",
-            self.diagnostics()
+            "the guest did not announce boot {n} within {BOOT:?}"
         );
         let state = self
             .sh("systemctl is-system-running --wait || true", BOOT)
             .await;
         assert!(
             ["running", "degraded"].contains(&state.text.trim()),
-            "the guest did not finish booting: {}{}",
-            state.text,
-            self.diagnostics()
+            "the guest did not finish booting: {}",
+            state.text
         );
     }
 
@@ -171,10 +169,7 @@ impl Guest {
     pub async fn sh(&mut self, script: &str, timeout: Duration) -> Output {
         match self.try_sh(script, timeout).await {
             Some(out) => out,
-            None => panic!(
-                "no answer from the guest within {timeout:?} to:\n{script}{}",
-                self.diagnostics()
-            ),
+            None => panic!("no answer from the guest within {timeout:?} to:\n{script}"),
         }
     }
 
@@ -200,11 +195,9 @@ impl Guest {
     pub async fn ok(&mut self, script: &str) -> String {
         let out = self.sh(script, Duration::from_secs(180)).await;
         assert_eq!(
-            out.code,
-            0,
-            "in the guest:\n{script}\nfailed:\n{}{}",
-            out.text,
-            self.diagnostics()
+            out.code, 0,
+            "in the guest:\n{script}\nfailed:\n{}",
+            out.text
         );
         out.text
     }
@@ -215,13 +208,14 @@ impl Guest {
         String::from_utf8_lossy(&raw).into_owned()
     }
 
-    /// What a failure message shows: qemu's own output and the console's last lines.
+    /// What a failure message shows: qemu's own output and the whole console (every boot, and
+    /// the agent's and the kubelet's logs, which go there too).
     pub fn diagnostics(&self) -> String {
         let qemu = std::fs::read_to_string(self.dir.path().join("qemu.log")).unwrap_or_default();
-        let console = self.console();
-        let lines: Vec<&str> = console.lines().collect();
-        let tail = lines[lines.len().saturating_sub(150)..].join("\n");
-        format!("\n--- qemu ---\n{qemu}\n--- guest console (last 150 lines) ---\n{tail}\n")
+        format!(
+            "\n--- qemu ---\n{qemu}\n--- guest console ---\n{}\n",
+            self.console()
+        )
     }
 
     /// The guest's process id on the host.
@@ -237,6 +231,10 @@ impl Guest {
 
 impl Drop for Guest {
     fn drop(&mut self) {
+        // A failing test shows what the guest went through.
+        if std::thread::panicking() {
+            eprintln!("{}", self.diagnostics());
+        }
         self.reader.abort();
         // kill_on_drop sends SIGKILL to qemu; setpriv exec'd it, so the PID is qemu's.
         let _ = self.child.start_kill();

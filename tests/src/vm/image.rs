@@ -223,10 +223,14 @@ const ENABLE: [&str; 3] = ["systemd-networkd", "rota-vm-channel", "kubelet"];
 /// Units masked: apt's timers would take apt's lock in the middle of a test.
 const MASK: [&str; 2] = ["apt-daily.timer", "apt-daily-upgrade.timer"];
 
+/// Changed whenever what the image is made of changes in code the recipe's text does not hold
+/// (how `debs` writes a repository).
+const BUILD_FORMAT: u32 = 2;
+
 /// Everything the image is made of, as text: its hash names the cache directory.
 pub fn recipe() -> String {
     let mut text = format!(
-        "debootstrap --variant=minbase --include={INCLUDE} bookworm {MIRROR}\nsize {IMAGE_SIZE}\nenable {ENABLE:?}\nmask {MASK:?}\n{UPDATES:?}\n{KUBELET}\n{KUBELET_UNIT}\n{SLOW_POSTINST}\n{}\n{KUBELET_PACKAGE_VERSION}\n",
+        "format {BUILD_FORMAT}\ndebootstrap --variant=minbase --include={INCLUDE} bookworm {MIRROR}\nsize {IMAGE_SIZE}\nenable {ENABLE:?}\nmask {MASK:?}\n{UPDATES:?}\n{KUBELET}\n{KUBELET_UNIT}\n{SLOW_POSTINST}\n{}\n{KUBELET_PACKAGE_VERSION}\n",
         debs::kernel_postinst("linux-image-rota")
     );
     for (path, content, mode) in guest_files() {

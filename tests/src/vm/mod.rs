@@ -305,8 +305,8 @@ impl Cluster {
 }
 
 /// A guest that is a node of the cluster: its kubelet reports to the emulator; its agent (once
-/// started) talks to the coordinator. When a test fails, dropping it prints the guest's
-/// console (where the agent and the kubelet log too) and the cluster's side.
+/// started) talks to the coordinator. When a test fails, dropping it prints the cluster's side
+/// and the guest's console (where the agent and the kubelet log too).
 pub struct VmNode {
     /// The guest.
     pub guest: Guest,
@@ -429,17 +429,17 @@ WantedBy=multi-user.target
             .await
     }
 
-    /// Waits until the node's slot is gone and its last maintenance is recorded, and returns
-    /// that record.
+    /// Waits until the node's slot is gone, its last maintenance recorded and the node
+    /// uncordoned (a write of its own, after the release), and returns that record.
     pub async fn wait_released(&self) -> Value {
         let cluster = &self.cluster;
         poll_until(
-            "the slot released and the maintenance recorded",
+            "the slot released, the maintenance recorded and the node uncordoned",
             WAIT,
             Duration::from_millis(250),
             || match cluster.slot() {
-                None => cluster.last_maintenance(),
-                Some(_) => None,
+                None if !cluster.cordoned() => cluster.last_maintenance(),
+                _ => None,
             },
         )
         .await
@@ -454,7 +454,8 @@ WantedBy=multi-user.target
 impl Drop for VmNode {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("{}{}", self.guest.diagnostics(), self.cluster.diagnostics());
+            // The guest prints its console as it is dropped, after this.
+            eprintln!("{}", self.cluster.diagnostics());
         }
     }
 }
