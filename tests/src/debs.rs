@@ -13,7 +13,7 @@ use std::process::Command;
 pub type PackageFile<'a> = (&'a str, String, u32);
 
 /// Runs `cmd` and returns its standard output; panics with its output when it fails.
-fn run(cmd: &mut Command) -> String {
+pub fn run(cmd: &mut Command) -> String {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));

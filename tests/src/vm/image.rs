@@ -26,7 +26,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::debs;
+use crate::debs::{self, run};
 
 /// Where cached images live unless `ROTA_VM_CACHE` says otherwise.
 const DEFAULT_CACHE: &str = "/var/cache/rota-test/vm";
@@ -248,20 +248,6 @@ pub struct Image {
     pub kernel: PathBuf,
     /// Its initramfs.
     pub initrd: PathBuf,
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn sha256(text: &str) -> String {
