@@ -4,6 +4,9 @@
 //!
 //! Only `std`: the agent's suites include this file by path, as they do `prerequisites.rs`.
 
+// These helpers run only inside tests, and fail the test the same way the tests do.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
