@@ -18,7 +18,7 @@
 //! per test run, and every test works on its own copy.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
