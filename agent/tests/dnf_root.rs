@@ -35,11 +35,7 @@ use rota_agent::packages::UpgradeScope;
 /// A copy of this run's prepared root, or `None` when the suite is skipped.
 fn root() -> Option<Root> {
     static BASE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let base = BASE.get_or_init(|| match common::missing_prerequisite() {
-        Some(why) => Err(why),
-        None => Ok(prepare()),
-    });
-    common::prepared_or_skip(base).map(Root::copy_of)
+    common::copy_of_prepared(&BASE, prepare)
 }
 
 /// The Debian base with dnf and rpm from Debian's archive, once per machine.
@@ -299,11 +295,7 @@ fn kubernetes_repo(base: &str, minor: &str) -> String {
 /// A copy of this run's prepared Kubernetes node root, or `None` when the suite is skipped.
 fn kubernetes_root() -> Option<Root> {
     static BASE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let base = BASE.get_or_init(|| match common::missing_prerequisite() {
-        Some(why) => Err(why),
-        None => Ok(prepare_kubernetes()),
-    });
-    common::prepared_or_skip(base).map(Root::copy_of)
+    common::copy_of_prepared(&BASE, prepare_kubernetes)
 }
 
 /// The dnf twin of the apt suite's Kubernetes node: `/srv/pkgs/core:/stable:/vX.Y/rpm/`

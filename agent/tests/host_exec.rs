@@ -1,6 +1,8 @@
 //! The real hosts' command runner: the re-executed `__host-exec` helper entering a process's
-//! namespaces (`NamespaceHost`, here aimed at this test's own process since PID 1 of a sandbox
+//! namespaces (`NamespaceHost`, here aimed at this test's own process, since PID 1 of a sandbox
 //! may not be enterable) and a chroot (`ChrootHost` with the machine's own `/` as its root).
+//! The production path, `NamespaceHost` entering PID 1 of a booted machine from the agent's own
+//! mount namespace, runs in the VM suite (`tests/vm/`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

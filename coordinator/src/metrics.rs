@@ -15,6 +15,7 @@
 //! | `rota_pool_circuit_open` | gauge | pool | 1 while the circuit breaker holds the pool (too many failures) |
 //! | `rota_rollout_nodes_done` | gauge | pool | nodes of the rollout finished |
 //! | `rota_rollout_nodes_total` | gauge | pool | nodes the rollout covers |
+//! | `rota_kubernetes_upgrade_phase` | gauge | pool, phase | 1 for the phase the pool's Kubernetes upgrade rollout is in (`PreFlight`, `PreflightFailed`, `Refused`, `ControlPlane`, `Workers`, `Verifying`, `Verified`), 0 for the others |
 //! | `rota_slot_leases_expired_total` | counter | pool | slot leases that expired while held (the agent stopped renewing) |
 //! | `rota_leader` | gauge | | 1 while this replica leads |
 //! | `rota_grpc_requests_total` | counter | method, code | agents' gRPC calls by method and final status code |
@@ -54,6 +55,13 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabels {
     pool: String,
+}
+
+/// Labels of a pool's Kubernetes upgrade phase.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    pool: String,
+    phase: String,
 }
 
 /// Labels of maintenance outcomes.
@@ -124,6 +132,7 @@ struct Families {
     outcomes: Family<OutcomeLabels, Counter>,
     pool_paused: Family<PoolLabels, Gauge>,
     circuit_open: Family<PoolLabels, Gauge>,
+    kubernetes_phase: Family<PhaseLabels, Gauge>,
     rollout_done: Family<PoolLabels, Gauge>,
     rollout_total: Family<PoolLabels, Gauge>,
     leases_expired: Family<PoolLabels, Counter>,
@@ -216,6 +225,12 @@ impl Metrics {
             "1 while the pool's circuit breaker is open after too many failures",
             circuit_open.clone(),
         );
+        let kubernetes_phase = Family::<PhaseLabels, Gauge>::default();
+        registry.register(
+            "kubernetes_upgrade_phase",
+            "1 for the phase the pool's Kubernetes upgrade rollout is in, 0 for the others",
+            kubernetes_phase.clone(),
+        );
         let rollout_done = Family::<PoolLabels, Gauge>::default();
         registry.register(
             "rollout_nodes_done",
@@ -297,6 +312,7 @@ impl Metrics {
                 outcomes,
                 pool_paused,
                 circuit_open,
+                kubernetes_phase,
                 rollout_done,
                 rollout_total,
                 leases_expired,
@@ -379,6 +395,27 @@ impl Metrics {
             .set(i64::from(circuit_open));
     }
 
+    /// `pool`'s Kubernetes upgrade rollout is in `phase` (`None`: the pool has no target).
+    pub fn set_kubernetes_upgrade_phase(&self, pool: &str, phase: Option<&str>) {
+        for each in rota_core::upgrade::Phase::ALL {
+            let labels = PhaseLabels {
+                pool: pool.to_owned(),
+                phase: each.as_str().to_owned(),
+            };
+            match phase {
+                Some(now) => {
+                    self.inner
+                        .kubernetes_phase
+                        .get_or_create(&labels)
+                        .set(i64::from(now == each.as_str()));
+                }
+                None => {
+                    self.inner.kubernetes_phase.remove(&labels);
+                }
+            }
+        }
+    }
+
     /// `done` of `total` nodes of `pool`'s rollout are finished.
     pub fn set_rollout_progress(&self, pool: &str, done: usize, total: usize) {
         let labels = pool_labels(pool);
@@ -424,6 +461,7 @@ impl Metrics {
         for family in [&f.evictions, &f.evictions_blocked, &f.leases_expired] {
             family.remove(&labels);
         }
+        self.set_kubernetes_upgrade_phase(pool, None);
     }
 
     /// A node's slot annotations disagreed with its ledger object on load, for `reason` (a

@@ -324,23 +324,23 @@ fn verdicts() {
             Want::Pending("kubelet runs v1.33.1, expected 1.34.0"),
         ),
         (
-            "Kubernetes upgrade to a minor: any patch of it",
+            "a step of a longer walk: any patch of the minor",
             held(
                 Operation::KubernetesUpgrade {
                     version: "1.34".into(),
-                    kubeadm: rota_core::model::KubeadmStep::Node,
+                    kubeadm: rota_core::model::KubeadmStep::Apply,
                 },
                 before,
                 completion(true, None),
             ),
-            node(true, "boot-1", "v1.34.3"),
+            node(true, "boot-1", "v1.34.5"),
             vec![],
             health(&[]),
             early,
             Want::Healthy,
         ),
         (
-            "Kubernetes upgrade to a minor, kubelet still on the one before",
+            "a step of a longer walk, kubelet still on the minor before",
             held(
                 Operation::KubernetesUpgrade {
                     version: "1.34".into(),
@@ -353,7 +353,7 @@ fn verdicts() {
             vec![],
             health(&[]),
             early,
-            Want::Pending("kubelet runs v1.33.1, expected 1.34.x"),
+            Want::Pending("kubelet runs v1.33.1, expected 1.34"),
         ),
         (
             "default: every DaemonSet pod on the node must be Ready",

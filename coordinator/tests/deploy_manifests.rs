@@ -752,6 +752,7 @@ fn exported_series() -> BTreeSet<String> {
     metrics.maintenance_outcome("p", &Operation::Reboot, Outcome::Failed);
     metrics.set_pool_state("p", true, true);
     metrics.set_rollout_progress("p", 1, 2);
+    metrics.set_kubernetes_upgrade_phase("p", Some("PreflightFailed"));
     metrics.lease_expired("p");
     metrics.set_leader(true);
     metrics.grpc_request(

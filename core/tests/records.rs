@@ -147,6 +147,35 @@ fn fold(steps: &[(Transition, RecordContext)]) -> Option<MaintenanceRecordSpec> 
 }
 
 #[test]
+fn the_etcd_snapshot_the_admission_waited_for_is_recorded() -> TestResult {
+    let mut steps = successful_maintenance()?;
+    let snapshot = rota_core::model::EtcdSnapshot {
+        path: "/var/lib/rota/etcd-snapshots/etcd-snapshot-20231114T221325Z.db".into(),
+        size_bytes: 2_097_152,
+        revision: 48_211,
+        hash: 0x9d2c_41f0,
+        total_keys: 1_312,
+        taken_at: at(5),
+    };
+    if let Some(facts) = steps[1].1.facts.as_mut() {
+        facts.etcd = rota_core::model::EtcdFacts {
+            member: rota_core::model::EtcdMember::Stacked,
+            snapshot: Some(snapshot),
+            snapshot_error: None,
+        };
+    }
+    let spec = fold(&steps).ok_or("no record")?;
+    assert_eq!(
+        spec.etcd_snapshot.as_deref(),
+        Some(
+            "/var/lib/rota/etcd-snapshots/etcd-snapshot-20231114T221325Z.db (saved \
+             2023-11-14T22:13:25Z, revision 48211, 1312 keys, hash 9d2c41f0, 2097152 bytes)"
+        )
+    );
+    Ok(())
+}
+
+#[test]
 fn a_successful_maintenance_is_recorded_phase_by_phase() -> TestResult {
     let spec = fold(&successful_maintenance()?).ok_or("no record")?;
     assert_eq!(spec.node, "n1");
@@ -190,7 +219,10 @@ fn a_successful_maintenance_is_recorded_phase_by_phase() -> TestResult {
     );
     assert_eq!(spec.packages_changed_count, 3);
     assert_eq!(spec.rebooted, Some(true));
-    assert_eq!(spec.etcd_snapshot, None, "nothing takes snapshots yet");
+    assert_eq!(
+        spec.etcd_snapshot, None,
+        "a worker: no etcd member, no snapshot"
+    );
     assert_eq!(spec.outcome, RecordOutcome::Succeeded);
     assert_eq!(spec.duration, "2m0s");
     assert!(spec.reason.contains("verified"), "{}", spec.reason);

@@ -1289,3 +1289,73 @@ fn reboot_mode_never_refuses_reboots_from_any_origin() {
         ["b", "a", "c"]
     );
 }
+
+#[test]
+fn a_stacked_etcd_member_waits_for_a_fresh_verified_snapshot() {
+    use rota_core::model::{EtcdFacts, EtcdMember, EtcdSnapshot};
+    let saved = |minutes_old: i64| EtcdSnapshot {
+        path: "/var/lib/rota/etcd-snapshots/etcd-snapshot-1.db".into(),
+        size_bytes: 1024,
+        revision: 9,
+        hash: 1,
+        total_keys: 3,
+        taken_at: now() - SignedDuration::from_mins(minutes_old),
+    };
+    let member = |name: &str, etcd: EtcdFacts| {
+        let mut n = node(name, "cp");
+        n.etcd = etcd;
+        n
+    };
+    let stacked = |taken: Option<EtcdSnapshot>, error: Option<&str>| EtcdFacts {
+        member: EtcdMember::Stacked,
+        snapshot: taken,
+        snapshot_error: error.map(str::to_owned),
+    };
+    let nodes = vec![
+        member("none", stacked(None, None)),
+        member("stale", stacked(Some(saved(45)), None)),
+        member(
+            "failed",
+            stacked(Some(saved(45)), Some("etcdctl: context deadline exceeded")),
+        ),
+        member("fresh", stacked(Some(saved(5)), None)),
+        member(
+            "external",
+            EtcdFacts {
+                member: EtcdMember::External,
+                ..EtcdFacts::default()
+            },
+        ),
+        node("worker", "cp"),
+    ];
+    let queue = ["none", "stale", "failed", "fresh", "external", "worker"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| request(n, i64::try_from(i).unwrap()))
+        .collect();
+    let spec = |before: &str| json!({"maxUnavailable": 10, "etcd": {"snapshotBefore": before, "maxSnapshotAge": "30m"}});
+    let snap = snapshot(vec![pool("cp", spec("allOperations"))], nodes, queue);
+    let plan = schedule(&snap, now());
+    assert_eq!(admitted(&plan), ["fresh", "external", "worker"]);
+    assert_eq!(
+        reasons(&plan, "none"),
+        ["etcd snapshot: waiting for the agent to save and verify one of this stacked etcd member"]
+    );
+    assert_eq!(
+        reasons(&plan, "stale"),
+        [
+            "etcd snapshot: the newest verified one (2025-06-04T11:15:00Z) is older than \
+          etcd.maxSnapshotAge (1800 s); the agent takes a new one"
+        ]
+    );
+    assert_eq!(
+        reasons(&plan, "failed"),
+        ["etcd snapshot failed: etcdctl: context deadline exceeded"]
+    );
+    // A reboot is not a Kubernetes upgrade: `kubernetesUpgrades` lets it go without one.
+    let mut snap = snap;
+    snap.pools = vec![pool("cp", spec("kubernetesUpgrades"))];
+    assert_eq!(schedule(&snap, now()).admit.len(), 6);
+    snap.pools = vec![pool("cp", spec("never"))];
+    assert_eq!(schedule(&snap, now()).admit.len(), 6);
+}

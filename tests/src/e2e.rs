@@ -19,7 +19,7 @@ use rota_core::policy::conditions::CIRCUIT_OPEN;
 use rota_core::slots::persist::SLOT_ANNOTATION;
 use rota_proto::v1::RenewRequest;
 use rota_proto::v1::agent_client::AgentClient;
-use rota_sim::apiserver::{GroupResource, ListOptions, ResourceKey, meta};
+use rota_sim::apiserver::{GroupResource, ListOptions, ResourceKey, Store, meta};
 use rota_sim::cluster::Faults;
 use rota_sim::demo::{
     CoordinatorOptions, Fleet, FleetOptions, POLICY_NAME, Report, SYSTEM_NAMESPACE, Scheduler,
@@ -527,8 +527,12 @@ impl Drop for Timeline {
 
 /// Every `events.k8s.io/v1` Event in the fleet's store.
 pub fn events(fleet: &Fleet) -> Vec<Arc<Value>> {
-    fleet
-        .store()
+    events_in(fleet.store())
+}
+
+/// Every `events.k8s.io/v1` Event in `store`.
+pub fn events_in(store: &Store) -> Vec<Arc<Value>> {
+    store
         .list(
             &GroupResource::new("events.k8s.io", "events"),
             None,
@@ -540,7 +544,12 @@ pub fn events(fleet: &Fleet) -> Vec<Arc<Value>> {
 
 /// The Events rota recorded about `node`: (reason, note), oldest first.
 pub fn events_about(fleet: &Fleet, node: &str) -> Vec<(String, String)> {
-    let mut about: Vec<(String, String, String)> = events(fleet)
+    events_about_in(fleet.store(), node)
+}
+
+/// The Events rota recorded in `store` about `node`: (reason, note), oldest first.
+pub fn events_about_in(store: &Store, node: &str) -> Vec<(String, String)> {
+    let mut about: Vec<(String, String, String)> = events_in(store)
         .iter()
         .filter(|e| meta::str_at(e, "/regarding/name") == node)
         .map(|e| {

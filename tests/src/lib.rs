@@ -5,13 +5,16 @@
 //! and faults, with [`e2e`] as their common ground; `kubectl/` drives the real `kubectl`
 //! against the emulated API server, as the oracle of what a Kubernetes client expects from it;
 //! `real/` runs the real control plane ([`control_plane`]: kube-apiserver, etcd, the
-//! controller-manager and the scheduler, built from Go modules by `control-plane/build.sh`).
+//! controller-manager and the scheduler, built from Go modules by `control-plane/build.sh`);
+//! `vm/` boots a Debian guest under qemu where the real agent maintains a real machine ([`vm`]).
 
 pub mod built;
 pub mod control_plane;
+pub mod debs;
 pub mod e2e;
 pub mod helm;
 pub mod kubectl;
 pub mod prerequisites;
 pub mod real_rollout;
 pub mod shipped;
+pub mod vm;

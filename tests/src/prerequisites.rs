@@ -1,7 +1,7 @@
 //! What a suite does when this machine lacks what it needs (root, `debootstrap`, the built
 //! control plane or helm): it fails, saying what is missing and how to get it. A developer may
 //! skip such suites on purpose by setting the suite's variable to `1` (`ROTA_SKIP_ROOT_SUITES`,
-//! `ROTA_SKIP_CONTROL_PLANE`); the skip is then written straight to the terminal, past the
+//! `ROTA_SKIP_CONTROL_PLANE`, `ROTA_SKIP_VM_SUITE`); the skip is then written straight to the terminal, past the
 //! test harness's output capture, so `cargo test` shows it. Under `CI` nothing is skipped.
 //!
 //! The agent's root suites include this file by path (`agent/tests/common`), so both crates
@@ -11,6 +11,8 @@ use std::io::Write;
 
 /// The variable that skips the suites needing root and a Debian bootstrap.
 pub const SKIP_ROOT_SUITES: &str = "ROTA_SKIP_ROOT_SUITES";
+/// The variable that skips the VM suite (root, qemu, debootstrap).
+pub const SKIP_VM_SUITE: &str = "ROTA_SKIP_VM_SUITE";
 /// The variable that skips the suites needing what `tests/control-plane/build.sh` builds: the
 /// real control plane, `kubectl` and `helm`.
 pub const SKIP_CONTROL_PLANE: &str = "ROTA_SKIP_CONTROL_PLANE";

@@ -72,7 +72,13 @@ impl Coordinator {
     /// Start the binary as `pod`, with `kubeconfig`; it logs to a file in the control plane's
     /// directory and is killed when dropped.
     pub fn start(cp: &ControlPlane, kubeconfig: &Path, pod: &str) -> Coordinator {
-        let log = cp.dir().join(format!("{pod}.log"));
+        Self::start_logging_to(cp.dir(), kubeconfig, pod)
+    }
+
+    /// Start the binary as `pod`, with `kubeconfig` (any API server's: the real one's or the
+    /// emulator's); it logs to `POD.log` in `dir` and is killed when dropped.
+    pub fn start_logging_to(dir: &Path, kubeconfig: &Path, pod: &str) -> Coordinator {
+        let log = dir.join(format!("{pod}.log"));
         let http = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let grpc = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let child = Self::spawn(kubeconfig, pod, &log, http, grpc);

@@ -129,7 +129,8 @@ impl NamespaceHost {
     }
 
     /// The host whose namespaces and root are those of `pid`, with `helper_exe` (a
-    /// `rota-agent` binary) as the helper. Tests use their own PID.
+    /// `rota-agent` binary) as the helper. Unit tests use their own PID; the VM suite
+    /// (`tests/vm/`) runs [`NamespaceHost::new`] against PID 1 of a booted guest.
     pub fn with_target(pid: u32, helper_exe: PathBuf) -> Self {
         NamespaceHost(LocalHost {
             fs: RootFs::new(format!("/proc/{pid}/root")),

@@ -18,62 +18,20 @@
 //! per test run, and every test works on its own copy.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
 use super::{Root, sh};
 
+#[path = "../../../tests/src/debs.rs"]
+mod debs;
+use debs::{PackageFile as File, deb};
+
 /// A copy of this run's prepared root, or `None` when the suite is skipped.
 pub fn root() -> Option<Root> {
     static BASE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let base = BASE.get_or_init(|| match super::missing_prerequisite() {
-        Some(why) => Err(why),
-        None => Ok(prepare()),
-    });
-    super::prepared_or_skip(base).map(Root::copy_of)
-}
-
-/// A package file: (path in the package, content, mode).
-type File<'a> = (&'a str, String, u32);
-
-/// Builds `name_version_all.deb` into `pool`.
-fn deb(
-    work: &Path,
-    pool: &Path,
-    name: &str,
-    version: &str,
-    files: &[File],
-    postinst: Option<&str>,
-) {
-    let dir = work.join(format!("{name}_{version}"));
-    fs::create_dir_all(dir.join("DEBIAN")).unwrap();
-    fs::write(
-        dir.join("DEBIAN/control"),
-        format!(
-            "Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: rota tests <rota@example.invalid>\nSection: misc\nPriority: optional\nDescription: rota test package {name}\n"
-        ),
-    )
-    .unwrap();
-    if let Some(script) = postinst {
-        let p = dir.join("DEBIAN/postinst");
-        fs::write(&p, script).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let doc = format!("usr/share/doc/{name}/README");
-    let readme: File = (doc.as_str(), format!("{name} {version}\n"), 0o644);
-    for (path, content, mode) in files.iter().chain(std::iter::once(&readme)) {
-        let p = dir.join(path);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(&p, content).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(*mode)).unwrap();
-    }
-    fs::create_dir_all(pool).unwrap();
-    sh(Command::new("dpkg-deb")
-        .args(["--root-owner-group", "--build"])
-        .arg(&dir)
-        .arg(pool.join(format!("{name}_{version}_all.deb"))));
+    super::copy_of_prepared(&BASE, prepare)
 }
 
 fn kubelet_files(version: &str) -> Vec<(&'static str, String, u32)> {
@@ -83,8 +41,6 @@ fn kubelet_files(version: &str) -> Vec<(&'static str, String, u32)> {
         0o755,
     )]
 }
-
-const KERNEL_POSTINST: &str = "#!/bin/sh\nset -e\nif [ \"$1\" = configure ]; then\n  touch /var/run/reboot-required\n  echo linux-image-rota >> /var/run/reboot-required.pkgs\nfi\n";
 
 /// Builds the prepared root of this run: the base, the repository, the initial packages.
 fn prepare() -> PathBuf {
@@ -119,7 +75,7 @@ fn prepare() -> PathBuf {
             "linux-image-rota",
             version,
             &files,
-            Some(KERNEL_POSTINST),
+            Some(&debs::kernel_postinst("linux-image-rota")),
         );
     }
     for v in ["1.0", "1.1"] {
@@ -128,28 +84,15 @@ fn prepare() -> PathBuf {
     }
     deb(work.path(), &rota, "secpkg", "1.0", &[], None);
     deb(work.path(), &security, "secpkg", "1.0+sec1", &[], None);
-    for (suite, pool) in [("rota", "pool/rota"), ("rota-security", "pool/security")] {
-        let packages = sh(Command::new("dpkg-scanpackages")
-            .args(["-m", pool, "/dev/null"])
-            .current_dir(&repo));
-        for arch in ["binary-amd64", "binary-all"] {
-            let dir = repo.join(format!("dists/{suite}/main/{arch}"));
-            fs::create_dir_all(&dir).unwrap();
-            fs::write(dir.join("Packages"), &packages).unwrap();
-        }
-        fs::write(
-            repo.join(format!("dists/{suite}/Release")),
-            format!(
-                "Origin: rota-test\nLabel: {suite}\nSuite: {suite}\nCodename: {suite}\nArchitectures: amd64 all\nComponents: main\nDescription: rota test suite {suite}\n"
-            ),
-        )
-        .unwrap();
-    }
+    debs::index(
+        &repo,
+        &[("rota", "pool/rota"), ("rota-security", "pool/security")],
+    );
     // Only the local repository: the tests must not depend on the network after bootstrap.
     fs::write(root.join("etc/apt/sources.list"), "").unwrap();
     fs::write(
         root.join("etc/apt/sources.list.d/rota.list"),
-        "deb [trusted=yes] file:///srv/repo rota main\ndeb [trusted=yes] file:///srv/repo rota-security main\n",
+        debs::source_line("/srv/repo", "rota") + &debs::source_line("/srv/repo", "rota-security"),
     )
     .unwrap();
     super::install_systemctl_double(&root);
@@ -196,11 +139,7 @@ pub fn kubernetes_list(base: &str, minor: &str) -> String {
 /// when the suite is skipped.
 pub fn kubernetes_root() -> Option<Root> {
     static BASE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let base = BASE.get_or_init(|| match super::missing_prerequisite() {
-        Some(why) => Err(why),
-        None => Ok(prepare_kubernetes()),
-    });
-    super::prepared_or_skip(base).map(Root::copy_of)
+    super::copy_of_prepared(&BASE, prepare_kubernetes)
 }
 
 /// A kubeadm node at 1.30.9: the pkgs.k8s.io layout served from `/srv/pkgs`

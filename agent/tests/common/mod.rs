@@ -96,6 +96,19 @@ pub fn prepared_or_skip(base: &Result<PathBuf, String>) -> Option<&Path> {
     }
 }
 
+/// A copy of the root `prepare` builds once per run (kept in `base`), or `None` when the root
+/// suites cannot run here and the developer asked to skip them.
+pub fn copy_of_prepared(
+    base: &'static std::sync::OnceLock<Result<PathBuf, String>>,
+    prepare: fn() -> PathBuf,
+) -> Option<Root> {
+    let base = base.get_or_init(|| match missing_prerequisite() {
+        Some(why) => Err(why),
+        None => Ok(prepare()),
+    });
+    prepared_or_skip(base).map(Root::copy_of)
+}
+
 /// A cached tarball of a root: built by `build(dir)` the first time on this machine.
 pub fn cached_tarball(name: &str, build: impl FnOnce(&Path)) -> PathBuf {
     let tarball = PathBuf::from(format!("{CACHE_DIR}/{name}"));

@@ -72,7 +72,10 @@ pub fn decide(
         if phase_before == Phase::PreFlight {
             found.preflight = upgrade::preflight(&snapshot.nodes, &versions, &health());
         }
-        if rollout.steps.is_empty() && found.refusals.is_empty() {
+        // Verified stays verified while no node falls behind: the checks scan kube-system's
+        // pods, which is not worth doing at every pass once the rollout is over.
+        if rollout.steps.is_empty() && found.refusals.is_empty() && phase_before != Phase::Verified
+        {
             let members: Vec<&crate::scheduler::NodeState> = snapshot
                 .nodes
                 .iter()

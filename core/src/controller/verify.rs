@@ -228,22 +228,17 @@ fn health_problems<'a>(
             .and_then(|s| s.node_info.as_ref())
             .map(|i| i.kubelet_version.as_str())
             .unwrap_or_default();
-        // A minor target (`1.31`, a step of a longer walk) is whatever patch of that minor
-        // the node's repository offered: the kubelet need only run that minor.
-        let minor_only = version
-            .trim_start_matches('v')
-            .split(['-', '+'])
-            .next()
-            .is_some_and(|core| core.split('.').count() == 2);
         match (
             version.parse::<KubeVersion>(),
             running.parse::<KubeVersion>(),
         ) {
+            (Ok(target), Ok(now)) if target == now => {}
+            // A step of a longer walk names a minor: any patch of it will do.
             (Ok(target), Ok(now))
-                if target == now
-                    || (minor_only && target.minor_version() == now.minor_version()) => {}
-            (Ok(target), _) if minor_only => problems.push(format!(
-                "kubelet runs {}, expected {}.x",
+                if crate::upgrade::is_minor_only(version)
+                    && target.minor_version() == now.minor_version() => {}
+            (Ok(target), _) if crate::upgrade::is_minor_only(version) => problems.push(format!(
+                "kubelet runs {}, expected {}",
                 if running.is_empty() {
                     "an unknown version"
                 } else {

@@ -123,6 +123,23 @@ pub fn apply(spec: &mut MaintenanceRecordSpec, transition: &Transition, context:
             {
                 spec.before = versions;
             }
+            if spec.etcd_snapshot.is_none()
+                && let Some(snapshot) = context
+                    .facts
+                    .as_ref()
+                    .and_then(|f| f.etcd.snapshot.as_ref())
+            {
+                // The snapshot the admission waited for (a stacked etcd member's).
+                spec.etcd_snapshot = Some(format!(
+                    "{} (saved {}, revision {}, {} keys, hash {:08x}, {} bytes)",
+                    snapshot.path,
+                    snapshot.taken_at,
+                    snapshot.revision,
+                    snapshot.total_keys,
+                    snapshot.hash,
+                    snapshot.size_bytes
+                ));
+            }
             if spec.pending_packages.is_empty()
                 && changes_packages(&transition.operation)
                 && let Some(facts) = &context.facts

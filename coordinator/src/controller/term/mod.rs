@@ -536,6 +536,10 @@ impl<'a> Term<'a> {
                 ),
             });
         }
+        let rollout_phases: HashMap<String, &'static str> = rollouts
+            .iter()
+            .map(|r| (r.pool.clone(), r.state.phase.as_str()))
+            .collect();
         self.perform_rollouts(rollouts, rollout_withdraw).await;
         self.announce_rollouts(&gauges, &admit);
         for action in admit {
@@ -558,6 +562,8 @@ impl<'a> Term<'a> {
             metrics.set_drains_in_progress(pool, g.draining);
             metrics.set_pool_state(pool, g.paused, g.circuit_open);
             metrics.set_rollout_progress(pool, g.done, g.total);
+            let phase = rollout_phases.get(pool.as_str()).copied();
+            metrics.set_kubernetes_upgrade_phase(pool, phase);
         }
         Ok(())
     }
