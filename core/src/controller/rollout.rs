@@ -277,16 +277,28 @@ pub fn preview(
                 entries.get(&step.node).map(|e| &e.holding),
                 Some(Holding::Held(_))
             );
-            let waiting = schedule.waiting.get(&step.node);
-            let (state, blocked) = if held {
-                ("in maintenance", Vec::new())
-            } else if let Some(w) = waiting {
-                (
-                    "waiting",
-                    w.reasons.iter().map(ToString::to_string).collect(),
-                )
+            // The agents' snapshots are the coordinator's to know: the plan says a snapshot is
+            // needed (`snapshot`), not that one is missing.
+            let blocked: Vec<String> = if held {
+                Vec::new()
             } else {
-                ("next", Vec::new())
+                schedule
+                    .waiting
+                    .get(&step.node)
+                    .iter()
+                    .flat_map(|w| &w.reasons)
+                    .filter(|r| {
+                        !matches!(r, crate::scheduler::WaitReason::EtcdSnapshotNeeded { .. })
+                    })
+                    .map(ToString::to_string)
+                    .collect()
+            };
+            let state = if held {
+                "in maintenance"
+            } else if blocked.is_empty() {
+                "next"
+            } else {
+                "waiting"
             };
             rows.push(PlanRow {
                 node: step.node.clone(),

@@ -326,3 +326,63 @@ fn evictable(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::Indexed;
+
+    #[test]
+    fn an_etcd_static_pod_makes_a_stacked_member_until_the_agent_says_otherwise() {
+        let mut cache = ClusterState::default();
+        for name in ["cp-1", "w-1"] {
+            let node: Node = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+            }))
+            .unwrap_or_else(|e| panic!("{e}"));
+            Indexed::insert(&mut cache, node);
+        }
+        let etcd: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "etcd-cp-1", "namespace": KUBE_SYSTEM,
+                "labels": {"component": "etcd", "tier": "control-plane"}},
+            "spec": {"nodeName": "cp-1", "containers": [{"name": "etcd",
+                "image": "registry.k8s.io/etcd:3.5.15-0"}]},
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        Indexed::insert(&mut cache, etcd);
+        let build_with = |etcd: &BTreeMap<NodeName, EtcdFacts>| {
+            let snapshot = build(Inputs {
+                cache: &cache,
+                pools: &[],
+                drain_specs: &HashMap::new(),
+                queue: Vec::new(),
+                slots: Vec::new(),
+                etcd,
+                now: Timestamp::UNIX_EPOCH,
+            });
+            snapshot
+                .nodes
+                .into_iter()
+                .map(|n| (n.name, n.etcd.member))
+                .collect::<BTreeMap<_, _>>()
+        };
+        // Before the agents report: the etcd static pod tells.
+        assert_eq!(
+            build_with(&BTreeMap::new()),
+            BTreeMap::from([
+                ("cp-1".to_owned(), EtcdMember::Stacked),
+                ("w-1".to_owned(), EtcdMember::None),
+            ])
+        );
+        // The agent's report wins (an etcd pod that serves another cluster, say).
+        let reported = BTreeMap::from([(
+            "cp-1".to_owned(),
+            EtcdFacts {
+                member: EtcdMember::External,
+                ..EtcdFacts::default()
+            },
+        )]);
+        assert_eq!(build_with(&reported)["cp-1"], EtcdMember::External);
+    }
+}
