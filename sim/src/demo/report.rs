@@ -585,7 +585,11 @@ impl Report {
             ),
             (
                 "lower bound (intrinsic)",
-                format!("{:.1} s", self.lower_bound_seconds),
+                if self.has_intrinsic_bound() {
+                    format!("{:.1} s", self.lower_bound_seconds)
+                } else {
+                    "n/a (no reboot cycles in this scenario)".to_owned()
+                },
             ),
             (
                 "ceil(N / k) × measured cycle",
@@ -593,7 +597,11 @@ impl Report {
             ),
             (
                 "makespan / lower bound",
-                format!("{:.2}", self.makespan_over_lower_bound),
+                if self.has_intrinsic_bound() {
+                    format!("{:.2}", self.makespan_over_lower_bound)
+                } else {
+                    "n/a".to_owned()
+                },
             ),
             (
                 "most nodes unavailable at once (monitor)",
@@ -694,8 +702,16 @@ impl Report {
         out
     }
 
+    /// Whether the scenario's timings give a lower bound: its cycles are reboots; a Kubernetes
+    /// upgrade restarts kubelets, which the scenario does not time.
+    fn has_intrinsic_bound(&self) -> bool {
+        self.lower_bound_seconds > 0.0
+    }
+
     fn notes(&self, out: &mut String) {
-        let _ = writeln!(out, "lower bound: {}", self.lower_bound_formula);
+        if self.has_intrinsic_bound() {
+            let _ = writeln!(out, "lower bound: {}", self.lower_bound_formula);
+        }
         let _ = writeln!(
             out,
             "measured-cycle bound (how busy the slots were): {}",
