@@ -23,11 +23,10 @@ use rota_sim::apiserver::{EventType, GroupResource, ListOptions, meta};
 use rota_sim::cluster::{Faults, KubernetesSetup, ToolAction, ToolRecord};
 use rota_sim::demo::{Fleet, FleetOptions, Stopped, slot_phase};
 use rota_tests::e2e::{
-    WAIT, assert_complete, condition, first_unavailable, node, options, policy, print_timing,
-    rota_settings, run, set_paused, slot_holders, start,
+    WAIT, WriteFollower, assert_complete, condition, first_unavailable, follow_writes, node,
+    options, policy, print_timing, rota_settings, run, set_paused, slot_holders, start,
 };
 use serde_json::Value;
-use tokio::sync::broadcast::error::RecvError;
 
 /// The cluster's version at first.
 const FROM: KubeVersion = KubeVersion::new(1, 30, 10);
@@ -162,7 +161,6 @@ struct VersionRecord {
     strict: Vec<String>,
     /// (node, component or "kubelet", minor) → when the API first showed it.
     reached: BTreeMap<(String, String, u32), Timestamp>,
-    lagged: bool,
 }
 
 impl VersionRecord {
@@ -215,15 +213,32 @@ impl VersionRecord {
 /// Follows the fleet's store from now on (after reading what it holds now).
 struct Recorder {
     record: Arc<Mutex<VersionRecord>>,
-    task: tokio::task::JoinHandle<()>,
+    follower: WriteFollower,
 }
 
 impl Recorder {
     fn start(fleet: &Fleet) -> Recorder {
-        let mut events = fleet.store().subscribe_all();
         let control_plane: BTreeSet<String> =
             fleet.scenario().control_plane_names().into_iter().collect();
         let record = Arc::new(Mutex::new(VersionRecord::default()));
+        let shared = record.clone();
+        // Subscribed before the listing, so that no write falls between the two.
+        let follower = follow_writes(fleet.store(), move |event| {
+            let at = Timestamp::now();
+            let mut r = shared.lock().unwrap();
+            r.writes += 1;
+            if !r.apply(&event.resource, event.event_type, &event.object, at) {
+                return;
+            }
+            for v in r.now.violations(&control_plane) {
+                let line = format!("rv {}: {v}", event.resource_version);
+                r.violations.push(line);
+            }
+            for v in r.now.strict_kubelet_skew(&control_plane) {
+                let line = format!("rv {}: {v}", event.resource_version);
+                r.strict.push(line);
+            }
+        });
         {
             let mut r = record.lock().unwrap();
             let now = fleet.store().now();
@@ -237,59 +252,27 @@ impl Recorder {
                     r.apply(&resource, EventType::Added, &obj, now);
                 }
             }
+            let control_plane: BTreeSet<String> =
+                fleet.scenario().control_plane_names().into_iter().collect();
             let initial = r.now.violations(&control_plane);
             assert!(
                 initial.is_empty(),
                 "the cluster breaks the skew policy at first: {initial:?}"
             );
         }
-        let shared = record.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let event = match events.recv().await {
-                    Ok(event) => event,
-                    Err(RecvError::Lagged(_)) => {
-                        shared.lock().unwrap().lagged = true;
-                        continue;
-                    }
-                    Err(RecvError::Closed) => return,
-                };
-                let at = Timestamp::now();
-                let mut r = shared.lock().unwrap();
-                r.writes += 1;
-                if !r.apply(&event.resource, event.event_type, &event.object, at) {
-                    continue;
-                }
-                for v in r.now.violations(&control_plane) {
-                    let line = format!("rv {}: {v}", event.resource_version);
-                    r.violations.push(line);
-                }
-                for v in r.now.strict_kubelet_skew(&control_plane) {
-                    let line = format!("rv {}: {v}", event.resource_version);
-                    r.strict.push(line);
-                }
-            }
-        });
-        Recorder { record, task }
+        Recorder { record, follower }
     }
 
     fn take(&self) -> VersionRecord {
+        assert!(!self.follower.lagged(), "the recorder missed writes");
         let r = self.record.lock().unwrap();
-        assert!(!r.lagged, "the recorder missed writes");
         VersionRecord {
             now: r.now.clone(),
             writes: r.writes,
             violations: r.violations.clone(),
             strict: r.strict.clone(),
             reached: r.reached.clone(),
-            lagged: r.lagged,
         }
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

@@ -19,7 +19,7 @@ use rota_core::policy::conditions::CIRCUIT_OPEN;
 use rota_core::slots::persist::SLOT_ANNOTATION;
 use rota_proto::v1::RenewRequest;
 use rota_proto::v1::agent_client::AgentClient;
-use rota_sim::apiserver::{GroupResource, ListOptions, ResourceKey, Store, meta};
+use rota_sim::apiserver::{GroupResource, ListOptions, ResourceKey, Store, StoreEvent, meta};
 use rota_sim::cluster::Faults;
 use rota_sim::demo::{
     CoordinatorOptions, Fleet, FleetOptions, POLICY_NAME, Report, SYSTEM_NAMESPACE, Scheduler,
@@ -446,21 +446,62 @@ pub fn waiting_reason(policy: &Value, kind: &str) -> Option<(i64, BTreeMap<Strin
     Some((count, examples))
 }
 
+/// Calls `on_write` with every write `store` makes from now on, in order, on a task that ends
+/// when the returned follower is dropped; [`WriteFollower::lagged`] says whether it fell behind
+/// (then it missed writes, and what it concluded is not to be trusted).
+pub fn follow_writes(
+    store: &Store,
+    mut on_write: impl FnMut(&StoreEvent) + Send + 'static,
+) -> WriteFollower {
+    let mut events = store.subscribe_all();
+    let lagged = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fell_behind = lagged.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(event) => on_write(&event),
+                Err(RecvError::Lagged(_)) => {
+                    fell_behind.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    WriteFollower { task, lagged }
+}
+
+/// A task following a store's writes ([`follow_writes`]); stopped when dropped.
+pub struct WriteFollower {
+    task: tokio::task::JoinHandle<()>,
+    lagged: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl WriteFollower {
+    /// Whether it fell behind and missed writes.
+    pub fn lagged(&self) -> bool {
+        self.lagged.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for WriteFollower {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 #[derive(Debug, Default)]
 struct TimelineRecord {
     /// Token → the node it was first persisted on and the resourceVersion of that write.
     tokens: BTreeMap<u64, (String, u64)>,
     /// ResourceVersion of the first policy status with `CircuitOpen=True`.
     circuit_opened: Option<u64>,
-    /// The subscriber fell behind: the record may miss writes.
-    lagged: bool,
 }
 
 /// The order in which the API server saw slots admitted and the circuit breaker open, by
 /// resourceVersion (one global, increasing counter): what "after the breaker opened" means.
 pub struct Timeline {
     record: Arc<Mutex<TimelineRecord>>,
-    task: tokio::task::JoinHandle<()>,
+    follower: WriteFollower,
 }
 
 impl Timeline {
@@ -468,37 +509,26 @@ impl Timeline {
     /// before anything the scenarios ask about.
     pub fn start(fleet: &Fleet) -> Timeline {
         let record = Arc::new(Mutex::new(TimelineRecord::default()));
-        let mut events = fleet.store().subscribe_all();
         let shared = record.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let event = match events.recv().await {
-                    Ok(event) => event,
-                    Err(RecvError::Lagged(_)) => {
-                        shared.lock().unwrap().lagged = true;
-                        continue;
-                    }
-                    Err(RecvError::Closed) => return,
-                };
-                let rv = event.resource_version;
-                let mut record = shared.lock().unwrap();
-                if event.resource == GroupResource::core("nodes") {
-                    let token = annotation(&event.object, SLOT_ANNOTATION)
-                        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-                        .and_then(|s| s.get("token").and_then(Value::as_u64));
-                    if let Some(token) = token {
-                        let node = meta::name(&event.object).to_string();
-                        record.tokens.entry(token).or_insert((node, rv));
-                    }
-                } else if event.resource == GroupResource::new("rota.dev", "maintenancepolicies")
-                    && record.circuit_opened.is_none()
-                    && condition(&event.object, CIRCUIT_OPEN).as_deref() == Some("True")
-                {
-                    record.circuit_opened = Some(rv);
+        let follower = follow_writes(fleet.store(), move |event| {
+            let rv = event.resource_version;
+            let mut record = shared.lock().unwrap();
+            if event.resource == GroupResource::core("nodes") {
+                let token = annotation(&event.object, SLOT_ANNOTATION)
+                    .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+                    .and_then(|s| s.get("token").and_then(Value::as_u64));
+                if let Some(token) = token {
+                    let node = meta::name(&event.object).to_string();
+                    record.tokens.entry(token).or_insert((node, rv));
                 }
+            } else if event.resource == GroupResource::new("rota.dev", "maintenancepolicies")
+                && record.circuit_opened.is_none()
+                && condition(&event.object, CIRCUIT_OPEN).as_deref() == Some("True")
+            {
+                record.circuit_opened = Some(rv);
             }
         });
-        Timeline { record, task }
+        Timeline { record, follower }
     }
 
     /// Where the breaker opened, if it did.
@@ -508,20 +538,14 @@ impl Timeline {
 
     /// Tokens first persisted after resourceVersion `rv`, with their node.
     pub fn tokens_after(&self, rv: u64) -> Vec<(u64, String)> {
+        assert!(!self.follower.lagged(), "the timeline missed writes");
         let record = self.record.lock().unwrap();
-        assert!(!record.lagged, "the timeline missed writes");
         record
             .tokens
             .iter()
             .filter(|(_, (_, at))| *at > rv)
             .map(|(token, (node, _))| (*token, node.clone()))
             .collect()
-    }
-}
-
-impl Drop for Timeline {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

@@ -22,11 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use super::debs::{self, PackageFile as File, deb};
 use super::{Root, sh};
-
-#[path = "../../../tests/src/debs.rs"]
-mod debs;
-use debs::{PackageFile as File, deb};
 
 /// A copy of this run's prepared root, or `None` when the suite is skipped.
 pub fn root() -> Option<Root> {

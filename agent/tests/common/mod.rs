@@ -5,6 +5,8 @@
 
 pub mod coordinator;
 pub mod debian;
+#[path = "../../../tests/src/debs.rs"]
+pub mod debs;
 #[path = "../../../tests/src/prerequisites.rs"]
 pub mod prerequisites;
 use rota_core::model::NodeFacts;
@@ -22,19 +24,7 @@ const BASE_TARBALL: &str = "/var/cache/rota-test/bookworm-minbase.tar";
 const MIRROR: &str = "http://deb.debian.org/debian";
 
 /// Runs a command and returns its standard output; panics with its output on failure.
-pub fn sh(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+pub use debs::run as sh;
 
 /// Runs `script` with `sh -e` inside `root` (chroot) with a plain environment. The script is
 /// written to the root's `/tmp` so a failure message names the file, not its whole text.
