@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rota_agent::host::Host;
@@ -16,11 +17,10 @@ use rota_core::slots::persist::{LEDGER_ANNOTATIONS, REQUEST_ANNOTATION};
 use rota_sim::apiserver::{GroupResource, ResourceKey, meta};
 use rota_sim::demo::{Fleet, Scheduler};
 use rota_tests::e2e::{
-    self, WAIT, annotation, assert_complete, node, options, print_timing, run, start,
-    tokens_by_node,
+    self, WAIT, WriteFollower, annotation, assert_complete, node, options, print_timing, run,
+    start, tokens_by_node,
 };
 use serde_json::Value;
-use tokio::sync::broadcast::error::RecvError;
 
 /// Where Zincati marks the update it rebooted into (`rota_sim`'s Zincati model).
 const FINALIZED: &str = "/var/lib/zincati/finalized";
@@ -242,50 +242,52 @@ struct Unavailable {
     hosts: BTreeSet<String>,
 }
 
-/// Follows every write the emulated API server makes, in order, and returns the most nodes
-/// and hosts unavailable at once (with an example), judged from Node objects (cordoned or
-/// not Ready) and the hosts' lock ConfigMap — not from rota's scheduler.
-fn follow_unavailable(fleet: &Fleet) -> tokio::task::JoinHandle<(usize, String, bool)> {
-    let mut events = fleet.store().subscribe_all();
-    tokio::spawn(async move {
-        let mut now = Unavailable::default();
-        let (mut most, mut example, mut lagged) = (0, String::new(), false);
-        loop {
-            let event = match events.recv().await {
-                Ok(event) => event,
-                Err(RecvError::Lagged(_)) => {
-                    lagged = true;
-                    continue;
-                }
-                Err(RecvError::Closed) => return (most, example, lagged),
-            };
-            let object = &event.object;
-            if event.resource == GroupResource::core("nodes") {
-                let name = meta::name(object).to_owned();
-                if meta::node_unschedulable(object) || !meta::node_ready(object) {
-                    now.nodes.insert(name);
-                } else {
-                    now.nodes.remove(&name);
-                }
-            } else if event.resource == GroupResource::core("configmaps")
-                && meta::name(object) == HOSTS_CONFIGMAP
-            {
-                now.hosts = object
-                    .pointer("/data/fleet")
-                    .and_then(Value::as_str)
-                    .and_then(|held| serde_json::from_str::<BTreeMap<String, Value>>(held).ok())
-                    .map(|held| held.into_keys().collect())
-                    .unwrap_or_default();
+/// The most nodes and hosts unavailable at once so far (with an example), and the
+/// resourceVersion of the last write judged.
+#[derive(Debug, Default)]
+struct MostUnavailable {
+    now: Unavailable,
+    most: usize,
+    example: String,
+    seen: u64,
+}
+
+/// Follows every write the emulated API server makes, in order, judging the nodes and hosts
+/// unavailable at once from Node objects (cordoned or not Ready) and the hosts' lock ConfigMap
+/// — not from rota's scheduler.
+fn follow_unavailable(fleet: &Fleet) -> (Arc<Mutex<MostUnavailable>>, WriteFollower) {
+    let record = Arc::new(Mutex::new(MostUnavailable::default()));
+    let shared = record.clone();
+    let follower = e2e::follow_writes(fleet.store(), move |event| {
+        let mut r = shared.lock().unwrap();
+        r.seen = event.resource_version;
+        let object = &event.object;
+        if event.resource == GroupResource::core("nodes") {
+            let name = meta::name(object).to_owned();
+            if meta::node_unschedulable(object) || !meta::node_ready(object) {
+                r.now.nodes.insert(name);
             } else {
-                continue;
+                r.now.nodes.remove(&name);
             }
-            let count = now.nodes.len() + now.hosts.len();
-            if count > most {
-                most = count;
-                example = format!("{now:?}");
-            }
+        } else if event.resource == GroupResource::core("configmaps")
+            && meta::name(object) == HOSTS_CONFIGMAP
+        {
+            r.now.hosts = object
+                .pointer("/data/fleet")
+                .and_then(Value::as_str)
+                .and_then(|held| serde_json::from_str::<BTreeMap<String, Value>>(held).ok())
+                .map(|held| held.into_keys().collect())
+                .unwrap_or_default();
+        } else {
+            return;
         }
-    })
+        let count = r.now.nodes.len() + r.now.hosts.len();
+        if count > r.most {
+            r.most = count;
+            r.example = format!("{:?}", r.now);
+        }
+    });
+    (record, follower)
 }
 
 /// One host that is not a Kubernetes node, as Zincati on it behaves: pre-reboot until 200,
@@ -350,7 +352,7 @@ async fn hosts_that_are_no_nodes_share_the_pools_max_unavailable() {
         policy.fleet_lock.hosts = hosts.iter().map(|h| (*h).to_owned()).collect();
     }
     let fleet = start(options).await;
-    let record = follow_unavailable(&fleet);
+    let (record, follower) = follow_unavailable(&fleet);
     let began = std::time::Instant::now();
     let (rollout, refusals) = tokio::join!(
         run(&fleet, Duration::from_secs(400), Duration::from_secs(90)),
@@ -403,10 +405,27 @@ async fn hosts_that_are_no_nodes_share_the_pools_max_unavailable() {
         })
         .await
         .unwrap();
-    fleet.shutdown().await;
-    let (most, example, lagged) = record.await.unwrap();
-    assert!(!lagged, "the record missed writes");
+    // The verdict once the follower judged the last write (the store outlives the fleet's
+    // tasks, so its end is no signal).
+    let last = fleet.store().resource_version();
+    fleet
+        .wait_for("the record to reach the last write", WAIT, |_| {
+            let seen = record.lock().unwrap().seen;
+            if seen >= last {
+                Ok(())
+            } else {
+                Err(format!("at {seen} of {last}"))
+            }
+        })
+        .await
+        .unwrap();
+    assert!(!follower.lagged(), "the record missed writes");
+    let (most, example) = {
+        let r = record.lock().unwrap();
+        (r.most, r.example.clone())
+    };
     assert!(most <= 2, "{most} unavailable at once: {example}");
+    fleet.shutdown().await;
 }
 
 /// A pool of plain hosts with its own `maxUnavailable: 1` (a policy that selects no node and

@@ -308,7 +308,7 @@ pub fn decide(input: &Input<'_>) -> Decisions {
     });
     snapshot::add_hosts(&mut snapshot, hosts);
     let (rollouts, rollout_withdraw) =
-        rollout::decide(&snapshot, book, cache, entries, api_not_ready);
+        rollout::decide(&snapshot, book, cache, entries, etcd, api_not_ready);
     for decided in &rollouts {
         if decided.state.phase == Phase::PreflightFailed
             && let Some(pool) = snapshot.pools.iter_mut().find(|p| p.name == decided.pool)

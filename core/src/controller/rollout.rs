@@ -33,11 +33,15 @@ pub struct RolloutDecision {
 
 /// The rollouts of every pool with a target, and the rollout requests of nodes no rollout
 /// wants any more (to withdraw).
+///
+/// Only nodes whose agent has reported (`reported`) are asked: an agent performs the upgrade,
+/// and until it reported, its etcd member (and so the snapshot to wait for) is unknown.
 pub fn decide(
     snapshot: &Snapshot,
     book: &PolicyBook,
     cache: &ClusterState,
     entries: &BTreeMap<NodeName, NodeEntry>,
+    reported: &BTreeMap<NodeName, crate::model::EtcdFacts>,
     api_not_ready: Option<&str>,
 ) -> (Vec<RolloutDecision>, Vec<NodeName>) {
     let versions = ClusterVersions::of(&snapshot.nodes, snapshot.api_server_version);
@@ -87,7 +91,11 @@ pub fn decide(
         let state = upgrade::advance(previous.as_ref(), target, &found);
         let mut requests = Vec::new();
         if state.phase.requests() {
-            for step in &rollout.steps {
+            for step in rollout
+                .steps
+                .iter()
+                .filter(|s| reported.contains_key(&s.node))
+            {
                 wanted.insert(step.node.clone());
                 let queue = match entries.get(&step.node).map(|e| &e.holding) {
                     Some(Holding::Held(_)) => continue,

@@ -23,7 +23,7 @@ use crate::drain::pdb::PdbIndex;
 
 use crate::fleetlock::{self, HostPool};
 use crate::model::{
-    EtcdFacts, EtcdMember, FencingToken, NodeName, Operation, Origin, Slot, SlotPhase, SlotRequest,
+    EtcdFacts, FencingToken, NodeName, Operation, Origin, Slot, SlotPhase, SlotRequest,
 };
 use crate::policy::{KubeVersion, NamespacedName};
 use crate::scheduler::{ControlPlanePod, EvictablePod, NodeState, PdbState, Pool, Snapshot};
@@ -135,24 +135,10 @@ pub fn build(inputs: Inputs<'_>) -> Snapshot {
                 (Vec::new(), Vec::new())
             };
             let control_plane_pods = control_plane_pods(cache, &name);
-            let etcd = match etcd.get(&name) {
-                Some(facts) => facts.clone(),
-                // The agent has not reported yet (a rollout can queue a node before its
-                // agent's first report): a node whose etcd static pod runs is a stacked
-                // member all the same, so the snapshot rule holds it until the agent reports
-                // a snapshot.
-                None => EtcdFacts {
-                    member: if control_plane_pods
-                        .iter()
-                        .any(|p| p.component == ControlPlanePod::ETCD)
-                    {
-                        EtcdMember::Stacked
-                    } else {
-                        EtcdMember::None
-                    },
-                    ..EtcdFacts::default()
-                },
-            };
+            // Only an agent knows its node's etcd member: a node without rota's agent (a
+            // FleetLock host, say) takes no snapshots, so none is waited for; the rollout asks
+            // nothing of a node whose agent has not reported yet.
+            let etcd = etcd.get(&name).cloned().unwrap_or_default();
             NodeState {
                 pools: node_pools,
                 ready: is_in_service(node),
@@ -333,16 +319,14 @@ mod tests {
     use crate::cluster::Indexed;
 
     #[test]
-    fn an_etcd_static_pod_makes_a_stacked_member_until_the_agent_says_otherwise() {
+    fn the_etcd_member_is_what_the_agent_reported() {
         let mut cache = ClusterState::default();
-        for name in ["cp-1", "w-1"] {
-            let node: Node = serde_json::from_value(serde_json::json!({
-                "metadata": {"name": name},
-                "status": {"conditions": [{"type": "Ready", "status": "True"}]},
-            }))
-            .unwrap_or_else(|e| panic!("{e}"));
-            Indexed::insert(&mut cache, node);
-        }
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "cp-1"},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        Indexed::insert(&mut cache, node);
         let etcd: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "etcd-cp-1", "namespace": KUBE_SYSTEM,
                 "labels": {"component": "etcd", "tier": "control-plane"}},
@@ -351,7 +335,7 @@ mod tests {
         }))
         .unwrap_or_else(|e| panic!("{e}"));
         Indexed::insert(&mut cache, etcd);
-        let build_with = |etcd: &BTreeMap<NodeName, EtcdFacts>| {
+        let member = |etcd: &BTreeMap<NodeName, EtcdFacts>| {
             let snapshot = build(Inputs {
                 cache: &cache,
                 pools: &[],
@@ -361,28 +345,18 @@ mod tests {
                 etcd,
                 now: Timestamp::UNIX_EPOCH,
             });
-            snapshot
-                .nodes
-                .into_iter()
-                .map(|n| (n.name, n.etcd.member))
-                .collect::<BTreeMap<_, _>>()
+            snapshot.nodes[0].etcd.member
         };
-        // Before the agents report: the etcd static pod tells.
-        assert_eq!(
-            build_with(&BTreeMap::new()),
-            BTreeMap::from([
-                ("cp-1".to_owned(), EtcdMember::Stacked),
-                ("w-1".to_owned(), EtcdMember::None),
-            ])
-        );
-        // The agent's report wins (an etcd pod that serves another cluster, say).
+        // No agent (a FleetLock host, or one that has not reported): nobody would take the
+        // snapshot, so none is waited for.
+        assert_eq!(member(&BTreeMap::new()), crate::model::EtcdMember::None);
         let reported = BTreeMap::from([(
             "cp-1".to_owned(),
             EtcdFacts {
-                member: EtcdMember::External,
+                member: crate::model::EtcdMember::Stacked,
                 ..EtcdFacts::default()
             },
         )]);
-        assert_eq!(build_with(&reported)["cp-1"], EtcdMember::External);
+        assert_eq!(member(&reported), crate::model::EtcdMember::Stacked);
     }
 }
