@@ -414,6 +414,7 @@ impl<'a> Term<'a> {
             .into_iter()
             .map(|(node, facts)| (node, facts.etcd.clone()))
             .collect();
+        self.note_external_etcd(&etcd);
         let (decisions, policy_changes, pools) = {
             let cache = self.cache.read();
             let changes = self.book.update(cache.policies());

@@ -4,7 +4,9 @@
 
 use http::Request;
 use rota_core::controller::rollout::RolloutDecision;
-use rota_core::model::{EtcdMember, NodeName, Origin};
+use std::collections::BTreeMap;
+
+use rota_core::model::{EtcdFacts, EtcdMember, NodeName, Origin};
 use rota_core::slots::Release;
 use rota_core::upgrade::Phase;
 use tracing::{info, warn};
@@ -99,19 +101,17 @@ impl Term<'_> {
                 warn!(%node, error = %e, "withdrawing a rollout request failed");
             }
         }
-        self.note_external_etcd();
     }
 
-    /// One Event per control-plane node whose agent reports an external etcd: rota takes no
-    /// snapshot of it.
-    fn note_external_etcd(&mut self) {
-        for (node, facts) in self.service.all_facts() {
-            if facts.etcd.member == EtcdMember::External
-                && self.external_etcd_noted.insert(node.clone())
+    /// One Event per control-plane node whose agent reports an external etcd (from the pass's
+    /// map of the agents' etcd facts): rota takes no snapshot of it.
+    pub(super) fn note_external_etcd(&mut self, etcd: &BTreeMap<NodeName, EtcdFacts>) {
+        for (node, facts) in etcd {
+            if facts.member == EtcdMember::External && self.external_etcd_noted.insert(node.clone())
             {
                 self.event(EventJob::Node {
-                    uid: self.node_uid(&node),
-                    node,
+                    uid: self.node_uid(node),
+                    node: node.clone(),
                     reason: Reason::EtcdSnapshotSkipped,
                     note: "this control-plane node's API server uses an external etcd: rota \
                            takes no etcd snapshot before its maintenance; back that etcd up \
