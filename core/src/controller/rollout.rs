@@ -73,7 +73,7 @@ pub fn decide(
             .as_ref()
             .filter(|p| p.target == target)
             .map_or(Phase::PreFlight, |p| p.phase);
-        if phase_before == Phase::PreFlight {
+        if phase_before.runs_preflight() {
             found.preflight = upgrade::preflight(&snapshot.nodes, &versions, &health());
         }
         // Verified stays verified while no node falls behind: the checks scan kube-system's

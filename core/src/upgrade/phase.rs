@@ -59,6 +59,12 @@ impl Phase {
         }
     }
 
+    /// Whether the pre-flight runs next from this phase: before a rollout starts, and when a
+    /// refused target becomes possible (it never passed a pre-flight).
+    pub fn runs_preflight(self) -> bool {
+        matches!(self, Phase::PreFlight | Phase::Refused)
+    }
+
     /// Whether nodes are asked for their next step in this phase.
     pub fn requests(self) -> bool {
         matches!(
@@ -129,15 +135,11 @@ pub fn advance(
     let before = previous
         .filter(|p| p.target == target)
         .map_or(Phase::PreFlight, |p| p.phase);
-    let before = match before {
-        Phase::Refused => Phase::PreFlight,
-        other => other,
-    };
     match before {
         Phase::PreflightFailed => previous
             .cloned()
             .unwrap_or_else(|| state(Phase::PreflightFailed, String::new())),
-        Phase::PreFlight if !found.preflight.is_empty() => state(
+        phase if phase.runs_preflight() && !found.preflight.is_empty() => state(
             Phase::PreflightFailed,
             format!(
                 "pre-flight failed: {}; fix it, then pause and resume the pool",
@@ -249,6 +251,28 @@ mod tests {
             Phase::PreflightFailed
         );
         assert_eq!(advance(Some(&held), next, &healthy).phase, Phase::Workers);
+    }
+
+    #[test]
+    fn a_cleared_refusal_runs_the_preflight_first() {
+        let refused = advance(
+            None,
+            T,
+            &Findings {
+                refusals: vec!["w1 runs 1.33.0, newer than the target 1.32.4".into()],
+                ..Findings::default()
+            },
+        );
+        assert!(refused.phase.runs_preflight());
+        let found = Findings {
+            preflight: vec!["control-plane node cp-1 is not Ready".into()],
+            workers_behind: 1,
+            ..Findings::default()
+        };
+        assert_eq!(
+            advance(Some(&refused), T, &found).phase,
+            Phase::PreflightFailed
+        );
     }
 
     #[test]

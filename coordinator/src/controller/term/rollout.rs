@@ -26,7 +26,7 @@ impl Term<'_> {
                 .is_some_and(|target| {
                     self.book
                         .rollout(&pool.name)
-                        .is_none_or(|r| r.target != target || r.phase == Phase::PreFlight)
+                        .is_none_or(|r| r.target != target || r.phase.runs_preflight())
                 })
         });
         if !preflight {
