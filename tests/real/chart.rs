@@ -1,7 +1,7 @@
 //! The Helm chart against the real kube-apiserver: what `helm template` renders, with the
 //! default values and with every value the chart offers set, passes
 //! `kubectl apply --dry-run=server` — the API server's own validation and admission, which the
-//! strict parsing of `coordinator/tests/deploy_manifests.rs` does not do (formats, cross-field
+//! strict parsing of `coordinator/tests/it/deploy_manifests.rs` does not do (formats, cross-field
 //! rules). A render the values schema lets through but the server must refuse (a CPU request
 //! above its limit) is refused: the check can fail. Fails, saying how to build them, when the
 //! control plane or helm is not built (`tests/control-plane/build.sh`), unless

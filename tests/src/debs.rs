@@ -1,5 +1,5 @@
 //! Debian packages and a local apt repository built with `dpkg-deb` and `dpkg-scanpackages`, for
-//! the suites that run real apt: the agent's root suites (`agent/tests/common/debian.rs`, a
+//! the suites that run real apt: the agent's root suites (`agent/tests/it/common/debian.rs`, a
 //! chroot) and the VM suite ([`crate::vm`], a booted guest).
 //!
 //! Only `std`: the agent's suites include this file by path, as they do `prerequisites.rs`.

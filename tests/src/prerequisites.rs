@@ -4,7 +4,7 @@
 //! `ROTA_SKIP_CONTROL_PLANE`, `ROTA_SKIP_VM_SUITE`); the skip is then written straight to the terminal, past the
 //! test harness's output capture, so `cargo test` shows it. Under `CI` nothing is skipped.
 //!
-//! The agent's root suites include this file by path (`agent/tests/common`), so both crates
+//! The agent's root suites include this file by path (`agent/tests/it/common`), so both crates
 //! decide the same way.
 
 use std::io::Write;

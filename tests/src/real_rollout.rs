@@ -1,5 +1,5 @@
 //! A rollout of rota as shipped on simulated nodes of the real control plane, for the
-//! `real_rollout` and `real_faults` suites: `deploy/` applied with the built kubectl, the
+//! `real::rollout` and `real::faults` suites: `deploy/` applied with the built kubectl, the
 //! `rota-coordinator` binary under the ServiceAccount `deploy/` gives it, the demo scenario's
 //! nodes as real API clients (`system:node:<name>`) with its workloads and budgets run by the
 //! real scheduler and controllers, the independent monitor watching, and rota's agent on each

@@ -3,7 +3,6 @@
 //! only changes, however often the kubelets' heartbeats change the Nodes. Counted by a layer in
 //! the coordinator's own kube clients; the numbers are printed.
 
-mod controller_support;
 use rota_core::clock::OffsetClock;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +23,7 @@ use rota_core::model::Operation;
 use rota_core::policy::crd::MaintenanceWindow;
 use tokio::time::Instant;
 
-use controller_support::{Cluster, NS, Running, settings, spec, wait_until};
+use crate::controller_support::{Cluster, NS, Running, settings, spec, wait_until};
 
 /// Counts the requests a client sends, and remembers what they were.
 #[derive(Clone, Default)]

@@ -7,8 +7,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod binary_support;
-
 use std::net::SocketAddr;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -22,7 +20,7 @@ use rota_sim::demo::{AgentOptions, CoordinatorOptions, Fleet, FleetOptions, Sche
 use serde_json::json;
 use tonic::Code;
 
-use binary_support::{
+use crate::binary_support::{
     agent_channel, coordinator_store, emulator, eventually, get, start_binary, until,
 };
 

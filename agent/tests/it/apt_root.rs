@@ -9,11 +9,10 @@
 // Test helpers outside `#[test]` functions: a failed set-up step should stop the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 use rota_core::model::{Blocked, KubeadmStep, Operation, PackagePin, UpgradeReboot};
 
-use common::debian::{kubernetes_list, kubernetes_root, root};
-use common::names;
+use crate::common::debian::{kubernetes_list, kubernetes_root, root};
+use crate::common::names;
 use jiff::Timestamp;
 use rota_agent::detect;
 use rota_agent::host::{Host, HostCommand};
@@ -155,11 +154,11 @@ fn plain_upgrade_keeps_holds_and_kubelet_and_leaves_the_sentinel() {
     );
 }
 
-fn kubernetes_list_now(root: &common::Root) -> String {
+fn kubernetes_list_now(root: &crate::common::Root) -> String {
     std::fs::read_to_string(root.path().join("etc/apt/sources.list.d/kubernetes.list")).unwrap()
 }
 
-fn holds(root: &common::Root) -> Vec<String> {
+fn holds(root: &crate::common::Root) -> Vec<String> {
     root.host().packages().unwrap().holds().unwrap()
 }
 
@@ -171,9 +170,9 @@ fn first_control_plane_node_upgrades_the_kubeadm_way() {
     let Some(root) = kubernetes_root() else {
         return;
     };
-    common::make_control_plane(&root);
+    crate::common::make_control_plane(&root);
     let started = std::time::Instant::now();
-    let done = common::kubernetes_upgrade(
+    let done = crate::common::kubernetes_upgrade(
         &root,
         "1.31",
         KubeadmStep::Apply,
@@ -199,7 +198,7 @@ fn first_control_plane_node_upgrades_the_kubeadm_way() {
         kubernetes_list("file:///srv/mirror", "1.31")
     );
     // The snapshot came first, then its verification (etcdctl's: no etcdutl here).
-    let etcdctl = common::log_lines(root.path(), common::ETCDCTL_LOG);
+    let etcdctl = crate::common::log_lines(root.path(), crate::common::ETCDCTL_LOG);
     assert_eq!(etcdctl.len(), 2, "{etcdctl:?}");
     assert!(
         etcdctl[0].starts_with(
@@ -217,7 +216,7 @@ fn first_control_plane_node_upgrades_the_kubeadm_way() {
         "{etcdctl:?}"
     );
     assert_eq!(
-        common::log_lines(root.path(), common::KUBEADM_LOG),
+        crate::common::log_lines(root.path(), crate::common::KUBEADM_LOG),
         ["upgrade plan v1.31.4", "upgrade apply v1.31.4 --yes"]
     );
     assert_eq!(
@@ -250,7 +249,7 @@ fn other_nodes_upgrade_with_kubeadm_upgrade_node() {
     let Some(root) = kubernetes_root() else {
         return;
     };
-    let done = common::kubernetes_upgrade(&root, "1.31.3", KubeadmStep::Node, None);
+    let done = crate::common::kubernetes_upgrade(&root, "1.31.3", KubeadmStep::Node, None);
     assert!(done.success, "{done:?}");
     for name in ["kubeadm", "kubelet", "kubectl"] {
         assert_eq!(root.version(name).unwrap(), "1.31.3-1.1", "{name}");
@@ -261,10 +260,10 @@ fn other_nodes_upgrade_with_kubeadm_upgrade_node() {
         kubernetes_list("file:///srv/pkgs", "1.31")
     );
     assert_eq!(
-        common::log_lines(root.path(), common::KUBEADM_LOG),
+        crate::common::log_lines(root.path(), crate::common::KUBEADM_LOG),
         ["upgrade node"]
     );
-    assert!(common::log_lines(root.path(), common::ETCDCTL_LOG).is_empty());
+    assert!(crate::common::log_lines(root.path(), crate::common::ETCDCTL_LOG).is_empty());
     assert_eq!(
         root.systemctl_calls(),
         [
@@ -282,9 +281,9 @@ fn a_failed_kubeadm_apply_leaves_the_node_as_it_says() {
     let Some(root) = kubernetes_root() else {
         return;
     };
-    common::make_control_plane(&root);
-    std::fs::write(root.path().join(common::FAIL_APPLY), "").unwrap();
-    let done = common::kubernetes_upgrade(&root, "1.31.4", KubeadmStep::Apply, None);
+    crate::common::make_control_plane(&root);
+    std::fs::write(root.path().join(crate::common::FAIL_APPLY), "").unwrap();
+    let done = crate::common::kubernetes_upgrade(&root, "1.31.4", KubeadmStep::Apply, None);
     assert!(!done.success);
     assert!(
         done.message
@@ -325,10 +324,10 @@ fn a_failure_before_apply_rolls_packages_and_repository_back() {
     let Some(root) = kubernetes_root() else {
         return;
     };
-    common::make_control_plane(&root);
+    crate::common::make_control_plane(&root);
     let before = kubernetes_list_now(&root);
-    std::fs::write(root.path().join(common::PLAN_OFFERS), "v1.31.3").unwrap();
-    let done = common::kubernetes_upgrade(&root, "1.31.4", KubeadmStep::Apply, None);
+    std::fs::write(root.path().join(crate::common::PLAN_OFFERS), "v1.31.3").unwrap();
+    let done = crate::common::kubernetes_upgrade(&root, "1.31.4", KubeadmStep::Apply, None);
     assert!(!done.success);
     assert!(
         done.message
@@ -348,7 +347,7 @@ fn a_failure_before_apply_rolls_packages_and_repository_back() {
     assert_eq!(holds(&root), ["kubeadm", "kubectl", "kubelet"]);
     assert_eq!(kubernetes_list_now(&root), before);
     assert_eq!(
-        common::log_lines(root.path(), common::KUBEADM_LOG),
+        crate::common::log_lines(root.path(), crate::common::KUBEADM_LOG),
         ["upgrade plan v1.31.4"]
     );
     assert!(done.changed.is_empty(), "{:?}", done.changed);
@@ -400,7 +399,7 @@ fn rollback_restores_the_previous_versions() {
 /// A coordinator that takes a completion and verifies the node (its health gate may still
 /// fail the slot).
 #[derive(Default)]
-struct Verifying(common::Recorder);
+struct Verifying(crate::common::Recorder);
 
 impl rota_agent::ops::Reporter for Verifying {
     fn progress(&self, token: u64, step: &str, message: &str) {

@@ -11,16 +11,14 @@
 // Test helpers outside `#[test]` functions: a failed set-up step should stop the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::coordinator::{FakeCoordinator, RunningAgent, Script, Seen};
-use common::debian::root;
-use common::{AGENT, Root};
+use crate::common::coordinator::{FakeCoordinator, RunningAgent, Script, Seen};
+use crate::common::debian::root;
+use crate::common::{AGENT, Root};
 use rota_agent::daemon::{DaemonConfig, TokenAuth, machine::UpgradePolicy};
 use rota_agent::detect::DetectConfig;
 use rota_agent::host::Host;

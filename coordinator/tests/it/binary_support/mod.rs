@@ -2,7 +2,7 @@
 //! API server, asking its HTTP server (probes, metrics) until it says what is expected, and
 //! reaching its gRPC server as an agent does.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};

@@ -2,13 +2,12 @@
 //! request at once and records what the agent says. The node is an in-memory host.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-mod common;
 use rota_core::model::{Operation, UpgradeReboot};
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::coordinator::{FakeCoordinator, Script};
+use crate::common::coordinator::{FakeCoordinator, Script};
 use rota_agent::daemon::{DaemonConfig, TokenAuth, machine::UpgradePolicy};
 use rota_agent::detect::DetectConfig;
 use rota_agent::host::memory::exited;

@@ -3,7 +3,6 @@
 //! an unreachable Prometheus holds the pool (with the reason in the node's view and the
 //! policy's status) until the policy names one that answers.
 
-mod controller_support;
 use rota_core::clock::OffsetClock;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use controller_support::{Cluster, Running, settings, spec, wait_until};
+use crate::controller_support::{Cluster, Running, settings, spec, wait_until};
 
 const WITHIN: Duration = Duration::from_secs(15);
 

@@ -21,29 +21,28 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 use rota_core::model::{Blocked, KubeadmStep};
 
 use std::fs;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use common::{Root, in_root, names};
+use crate::common::{Root, in_root, names};
 use rota_agent::host::Host;
 use rota_agent::packages::UpgradeScope;
 
 /// A copy of this run's prepared root, or `None` when the suite is skipped.
 fn root() -> Option<Root> {
     static BASE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    common::copy_of_prepared(&BASE, prepare)
+    crate::common::copy_of_prepared(&BASE, prepare)
 }
 
 /// The Debian base with dnf and rpm from Debian's archive, once per machine.
 fn dnf_tarball() -> PathBuf {
-    let base = common::base_tarball();
-    common::cached_tarball("bookworm-dnf.tar", |dir| {
+    let base = crate::common::base_tarball();
+    crate::common::cached_tarball("bookworm-dnf.tar", |dir| {
         fs::create_dir_all(dir).unwrap();
-        common::sh(
+        crate::common::sh(
             std::process::Command::new("tar")
                 .arg("-C")
                 .arg(dir)
@@ -108,7 +107,7 @@ const UPDATEINFO: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 "#;
 
 fn prepare() -> PathBuf {
-    let root = common::fresh_root("rota-dnf-root", &dnf_tarball());
+    let root = crate::common::fresh_root("rota-dnf-root", &dnf_tarball());
     let kubelet = |v: &str| {
         body(
             "kubelet",
@@ -182,7 +181,7 @@ rm -f /run/reboot-required /run/reboot-required.pkgs
         "NAME=\"Fedora Linux\"\nID=fedora\nVERSION_ID=39\nPRETTY_NAME=\"Fedora Linux 39 (rota test root)\"\n",
     )
     .unwrap();
-    common::install_systemctl_double(&root);
+    crate::common::install_systemctl_double(&root);
     root
 }
 
@@ -295,7 +294,7 @@ fn kubernetes_repo(base: &str, minor: &str) -> String {
 /// A copy of this run's prepared Kubernetes node root, or `None` when the suite is skipped.
 fn kubernetes_root() -> Option<Root> {
     static BASE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    common::copy_of_prepared(&BASE, prepare_kubernetes)
+    crate::common::copy_of_prepared(&BASE, prepare_kubernetes)
 }
 
 /// The dnf twin of the apt suite's Kubernetes node: `/srv/pkgs/core:/stable:/vX.Y/rpm/`
@@ -304,7 +303,7 @@ fn kubernetes_root() -> Option<Root> {
 /// kubeadm/kubelet/kubectl 1.30.9 installed and version-locked, `kubernetes.repo` at v1.30
 /// with the guide's `exclude=` line.
 fn prepare_kubernetes() -> PathBuf {
-    let root = common::fresh_root("rota-dnf-kubernetes-root", &dnf_tarball());
+    let root = crate::common::fresh_root("rota-dnf-kubernetes-root", &dnf_tarball());
     let stage = root.join("tmp/stage");
     fs::create_dir_all(&stage).unwrap();
     let mut script = String::new();
@@ -319,7 +318,7 @@ fn prepare_kubernetes() -> PathBuf {
             "",
         )
     };
-    for (minor, version) in common::KUBERNETES_VERSIONS {
+    for (minor, version) in crate::common::KUBERNETES_VERSIONS {
         for (name, text) in [
             (
                 "kubelet",
@@ -329,7 +328,7 @@ fn prepare_kubernetes() -> PathBuf {
                 "kubectl",
                 format!("#!/bin/sh\necho 'Client Version: v{version}'\n"),
             ),
-            ("kubeadm", common::kubeadm_script(version)),
+            ("kubeadm", crate::common::kubeadm_script(version)),
         ] {
             let file = format!("{name}-{version}");
             fs::write(stage.join(&file), text).unwrap();
@@ -342,7 +341,7 @@ fn prepare_kubernetes() -> PathBuf {
             );
         }
     }
-    fs::write(stage.join("etcdctl"), common::etcdctl_script()).unwrap();
+    fs::write(stage.join("etcdctl"), crate::common::etcdctl_script()).unwrap();
     script += &rpm_script(
         "etcd",
         "3.5.15",
@@ -386,7 +385,7 @@ dnf -q versionlock add kubeadm kubelet kubectl >/dev/null
         "NAME=\"Fedora Linux\"\nID=fedora\nVERSION_ID=39\nPRETTY_NAME=\"Fedora Linux 39 (rota test root)\"\n",
     )
     .unwrap();
-    common::install_systemctl_double(&root);
+    crate::common::install_systemctl_double(&root);
     root
 }
 
@@ -405,8 +404,8 @@ fn first_control_plane_node_upgrades_the_kubeadm_way() {
     let Some(root) = kubernetes_root() else {
         return;
     };
-    common::make_control_plane(&root);
-    let done = common::kubernetes_upgrade(
+    crate::common::make_control_plane(&root);
+    let done = crate::common::kubernetes_upgrade(
         &root,
         "1.31",
         KubeadmStep::Apply,
@@ -426,10 +425,10 @@ fn first_control_plane_node_upgrades_the_kubeadm_way() {
         kubernetes_repo("file:///srv/mirror", "1.31")
     );
     assert_eq!(
-        common::log_lines(root.path(), common::KUBEADM_LOG),
+        crate::common::log_lines(root.path(), crate::common::KUBEADM_LOG),
         ["upgrade plan v1.31.4", "upgrade apply v1.31.4 --yes"]
     );
-    let etcdctl = common::log_lines(root.path(), common::ETCDCTL_LOG);
+    let etcdctl = crate::common::log_lines(root.path(), crate::common::ETCDCTL_LOG);
     assert!(etcdctl[0].contains("snapshot save"), "{etcdctl:?}");
     assert!(etcdctl[1].contains("snapshot status"), "{etcdctl:?}");
     assert_eq!(
@@ -451,9 +450,9 @@ fn a_failed_kubeadm_apply_leaves_the_node_as_it_says() {
     let Some(root) = kubernetes_root() else {
         return;
     };
-    common::make_control_plane(&root);
-    fs::write(root.path().join(common::FAIL_APPLY), "").unwrap();
-    let done = common::kubernetes_upgrade(&root, "1.31.4", KubeadmStep::Apply, None);
+    crate::common::make_control_plane(&root);
+    fs::write(root.path().join(crate::common::FAIL_APPLY), "").unwrap();
+    let done = crate::common::kubernetes_upgrade(&root, "1.31.4", KubeadmStep::Apply, None);
     assert!(!done.success);
     assert!(
         done.message.ends_with(
@@ -477,10 +476,10 @@ fn a_failure_before_apply_rolls_packages_and_repository_back() {
     let Some(root) = kubernetes_root() else {
         return;
     };
-    common::make_control_plane(&root);
+    crate::common::make_control_plane(&root);
     let before = kubernetes_repo_now(&root);
-    fs::write(root.path().join(common::PLAN_OFFERS), "v1.31.3").unwrap();
-    let done = common::kubernetes_upgrade(&root, "1.31.4", KubeadmStep::Apply, None);
+    fs::write(root.path().join(crate::common::PLAN_OFFERS), "v1.31.3").unwrap();
+    let done = crate::common::kubernetes_upgrade(&root, "1.31.4", KubeadmStep::Apply, None);
     assert!(!done.success);
     assert!(
         done.message

@@ -6,10 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../tests/src/prerequisites.rs"]
-#[allow(dead_code)] // shared with the suites that need the control plane
-mod prerequisites;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,10 +20,10 @@ fn root_or_skip() -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    prerequisites::skip_or_fail(
+    crate::common::prerequisites::skip_or_fail(
         "the host execution suite",
         "not running as root",
-        prerequisites::SKIP_ROOT_SUITES,
+        crate::common::prerequisites::SKIP_ROOT_SUITES,
     );
     false
 }

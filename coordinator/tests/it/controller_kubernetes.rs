@@ -3,8 +3,6 @@
 //! a stacked etcd member waits for a fresh verified snapshot from its agent, the phase is kept
 //! in the policy's status, and a failed pre-flight holds the whole pool until a pause and resume.
 
-mod controller_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +13,7 @@ use rota_core::model::{EtcdFacts, EtcdMember, EtcdSnapshot, KubeadmStep, NodeFac
 use rota_core::slots::NodeState;
 use serde_json::json;
 
-use controller_support::{Cluster, Running, settings, wait_until};
+use crate::controller_support::{Cluster, Running, settings, wait_until};
 
 const WITHIN: Duration = Duration::from_secs(20);
 

@@ -1,6 +1,6 @@
 //! The checked-in CRDs (`deploy/crd/maintenancepolicy.yaml`, `deploy/crd/maintenancerecord.yaml`)
 //! are generated from the Rust types. Regenerate them with
-//! `ROTA_BLESS=1 cargo test -p rota-core --test policy_crd`.
+//! `ROTA_BLESS=1 cargo test -p rota-core --test it policy_crd`.
 
 // Test helpers panic on bad fixtures, like the tests that call them.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -24,7 +24,7 @@ fn generated(crd: &CustomResourceDefinition, source: &str) -> String {
     let yaml = serde_saphyr::to_string(crd).expect("CRD serializes to YAML");
     format!(
         "# Generated from {source}; do not edit.\n\
-         # Regenerate: ROTA_BLESS=1 cargo test -p rota-core --test policy_crd\n{yaml}"
+         # Regenerate: ROTA_BLESS=1 cargo test -p rota-core --test it policy_crd\n{yaml}"
     )
 }
 
@@ -69,7 +69,7 @@ fn check_in(want: &str, file: &str) {
     };
     panic!(
         "{} is out of date (first difference at line {}):\n  checked in: {}\n  generated:  {}\n\
-         Regenerate it with ROTA_BLESS=1 cargo test -p rota-core --test policy_crd",
+         Regenerate it with ROTA_BLESS=1 cargo test -p rota-core --test it policy_crd",
         path.display(),
         first_difference + 1,
         line(&have),

@@ -1,7 +1,6 @@
 //! Fencing across coordinators: two that both believe they lead never issue one token twice,
 //! and a coordinator that loses its leadership stops serving at once.
 
-mod controller_support;
 use rota_core::clock::OffsetClock;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,7 +23,7 @@ use rota_sim::apiserver::Store;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use controller_support::{Cluster, Running, SYSTEM_NS, settings, spec, wait_until};
+use crate::controller_support::{Cluster, Running, SYSTEM_NS, settings, spec, wait_until};
 
 const WITHIN: Duration = Duration::from_secs(20);
 

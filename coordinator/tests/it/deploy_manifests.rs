@@ -16,25 +16,17 @@
 //!   `values.schema.json` refuses bad values, naming the field.
 //! - The Dockerfile builds binaries that exist, into the images the manifests name.
 //!
-//! `ROTA_BLESS=1 cargo test -p rota-coordinator --test deploy_manifests` refreshes the chart's
+//! `ROTA_BLESS=1 cargo test -p rota-coordinator --test it deploy_manifests` refreshes the chart's
 //! copies of the generated CRD and the dashboard.
 
 // Test helpers panic on bad fixtures, like the tests that call them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../tests/src/built.rs"]
-mod built;
-#[path = "../../tests/src/helm.rs"]
-mod helm;
-#[path = "../../tests/src/prerequisites.rs"]
-#[allow(dead_code)] // shared with the suites that need root
-mod prerequisites;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use crate::helm::Helm;
 use clap::{CommandFactory, Parser};
-use helm::Helm;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, PodSpec, Service, ServiceAccount,
@@ -50,7 +42,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-const NAMESPACE: &str = helm::NAMESPACE;
+const NAMESPACE: &str = crate::helm::NAMESPACE;
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
@@ -69,7 +61,7 @@ fn yaml_documents(text: &str, what: &str) -> Vec<Value> {
 /// `kubectl kustomize deploy/<dir>` (offline, with the pinned kubectl `build.sh` built).
 fn kustomize(dir: &str) -> Vec<Value> {
     // The pinned kubectl that tests/control-plane/build.sh built, not one the machine has.
-    let kubectl = built::kubectl().unwrap_or_else(|e| panic!("{e}"));
+    let kubectl = crate::built::kubectl().unwrap_or_else(|e| panic!("{e}"));
     let output = std::process::Command::new(kubectl)
         .arg("kustomize")
         .arg(repo(dir))
@@ -1532,7 +1524,7 @@ fn the_charts_copies_are_current() {
         assert!(
             read(copy) == want,
             "{copy} differs from {original}; refresh it with \
-             ROTA_BLESS=1 cargo test -p rota-coordinator --test deploy_manifests"
+             ROTA_BLESS=1 cargo test -p rota-coordinator --test it deploy_manifests"
         );
     }
 }

@@ -1,7 +1,6 @@
 //! The controller honours its policies and its humans: windows, pause, the circuit breaker, and
 //! the `rota.dev/` annotations on Nodes.
 
-mod controller_support;
 use std::sync::Arc;
 
 use rota_core::clock::OffsetClock;
@@ -16,7 +15,7 @@ use rota_core::model::{Operation, UpgradeReboot};
 use rota_core::policy::crd::MaintenanceWindow;
 use rota_core::slots::NodeState;
 
-use controller_support::{Cluster, Running, settings, spec, wait_until};
+use crate::controller_support::{Cluster, Running, settings, spec, wait_until};
 
 const WITHIN: Duration = Duration::from_secs(15);
 

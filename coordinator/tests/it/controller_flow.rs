@@ -1,7 +1,6 @@
 //! The controller loop against the emulated API server: a node's whole maintenance, drains
 //! blocked by a budget, restarts mid-drain, node deletion and expired leases.
 
-mod controller_support;
 use std::sync::Arc;
 
 use rota_core::clock::OffsetClock;
@@ -19,7 +18,7 @@ use rota_core::model::Operation;
 use rota_core::slots::NodeState;
 use rota_sim::apiserver::DeleteOptions;
 
-use controller_support::{Cluster, NS, Running, Webhook, settings, spec, wait_until};
+use crate::controller_support::{Cluster, NS, Running, Webhook, settings, spec, wait_until};
 use rota_coordinator::kube_client::Clients;
 use rota_coordinator::notify::{Notifier, NotifierConfig};
 use tokio_util::sync::CancellationToken;

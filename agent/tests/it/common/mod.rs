@@ -5,9 +5,9 @@
 
 pub mod coordinator;
 pub mod debian;
-#[path = "../../../tests/src/debs.rs"]
+#[path = "../../../../tests/src/debs.rs"]
 pub mod debs;
-#[path = "../../../tests/src/prerequisites.rs"]
+#[path = "../../../../tests/src/prerequisites.rs"]
 pub mod prerequisites;
 use rota_core::model::NodeFacts;
 

@@ -12,10 +12,6 @@
 //!    be allowed by the table, and each row must have been used (rows the run cannot reach say
 //!    why).
 
-#[path = "../../tests/src/built.rs"]
-#[allow(dead_code)] // Only its kubectl is used here.
-mod built;
-mod controller_support;
 use rota_core::clock::OffsetClock;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -43,7 +39,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{MetadataMap, MetadataValue};
 
-use controller_support::{Cluster, NS, Running, SYSTEM_NS, settings, spec, wait_until};
+use crate::controller_support::{Cluster, NS, Running, SYSTEM_NS, settings, spec, wait_until};
 
 /// Where a permission applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -364,7 +360,7 @@ fn repo(path: &str) -> PathBuf {
 /// `kubectl kustomize deploy/` as JSON documents.
 fn rendered() -> Result<Vec<Value>> {
     // The pinned kubectl that tests/control-plane/build.sh built, not one the machine has.
-    let kubectl = built::kubectl().map_err(|e| anyhow::anyhow!(e))?;
+    let kubectl = crate::built::kubectl().map_err(|e| anyhow::anyhow!(e))?;
     let output = std::process::Command::new(kubectl)
         .arg("kustomize")
         .arg(repo("deploy"))

@@ -4,7 +4,6 @@
 //! controller: the replacement became Ready), evicts the other, and only then does another node
 //! with a pod of that app get the budget.
 
-mod controller_support;
 use std::sync::Arc;
 
 use rota_core::clock::OffsetClock;
@@ -19,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rota_core::model::Operation;
 use rota_core::slots::NodeState;
 
-use controller_support::{Cluster, NS, Running, settings, spec, wait_until};
+use crate::controller_support::{Cluster, NS, Running, settings, spec, wait_until};
 
 const WITHIN: Duration = Duration::from_secs(15);
 

@@ -5,8 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod binary_support;
-
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -21,7 +19,7 @@ use tokio::time::Instant;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 
-use binary_support::{
+use crate::binary_support::{
     Binary, WITHIN, agent_channel, coordinator_store, emulator, free_addr, start_binary, until,
 };
 

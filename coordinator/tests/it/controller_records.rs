@@ -2,8 +2,6 @@
 //! and follows it phase by phase, a coordinator that starts later continues the same record,
 //! and retention deletes what it no longer keeps (never a maintenance in progress).
 
-mod controller_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +18,7 @@ use rota_core::records::{
 };
 use rota_core::slots::{Completion, NodeState};
 
-use controller_support::{Cluster, Running, settings, spec};
+use crate::controller_support::{Cluster, Running, settings, spec};
 
 const WITHIN: Duration = Duration::from_secs(15);
 

@@ -1,6 +1,6 @@
 //! `rota-sim serve` as a process: it prints its URL, writes a kubeconfig a client can use, and
 //! exits cleanly on SIGTERM. (The real kubectl, built at its pinned version, reads the same
-//! kubeconfig — `ServerHandle::kubeconfig` — in rota-tests' `kubectl_cli` suite.)
+//! kubeconfig — `ServerHandle::kubeconfig` — in rota-tests' `kubectl::cli` suite.)
 
 // Helpers outside #[test] functions fail the test the same way the tests do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

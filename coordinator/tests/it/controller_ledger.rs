@@ -5,8 +5,6 @@
 //! Genuine state survives restarts, and a cluster left by a version that kept the ledger only in
 //! annotations migrates once.
 
-mod controller_support;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +18,7 @@ use rota_core::model::{FencingToken, Operation};
 use rota_core::slots::NodeState;
 use rota_core::slots::persist::{LAST_ANNOTATION, SLOT_ANNOTATION};
 
-use controller_support::{Cluster, Running, SYSTEM_NS, settings, spec, wait_until};
+use crate::controller_support::{Cluster, Running, SYSTEM_NS, settings, spec, wait_until};
 
 const WITHIN: Duration = Duration::from_secs(20);
 
