@@ -33,6 +33,7 @@ async fn rollout_finishes_with_ten_percent_api_errors() {
         error_rate: 0.1,
         error_codes: vec![500, 429, 503],
         latency: Duration::ZERO,
+        not_ready: None,
     };
     let fleet = start(options).await;
     assert_eq!(fleet.server().unwrap().faults().config().error_rate, 0.1);

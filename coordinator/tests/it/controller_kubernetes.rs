@@ -312,3 +312,51 @@ async fn a_failed_preflight_holds_the_pool_until_it_is_paused_and_resumed() -> R
     );
     coordinator.stop().await
 }
+
+/// The pre-flight asks the API server's `/readyz` already on a term's first pass, when the
+/// policy's target was set before this coordinator started (the pass once decided from the last
+/// pass's policies, and a term's first pass has none).
+#[tokio::test]
+async fn an_api_server_that_is_not_ready_fails_the_preflight() -> Result<()> {
+    let cluster = cluster().await?;
+    let not_ready = |check: Option<&str>| {
+        cluster
+            .server
+            .faults()
+            .set(rota_sim::apiserver::FaultConfig {
+                not_ready: check.map(str::to_owned),
+                ..rota_sim::apiserver::FaultConfig::default()
+            });
+    };
+    not_ready(Some("etcd"));
+    let coordinator = Running::start(&cluster, settings(), Arc::new(SystemClock)).await?;
+    for node in ["cp-1", "cp-2", "w-1"] {
+        coordinator.report(node, &format!("{node}-boot-1")).await?;
+    }
+    let (_, message) = wait_until("a failed pre-flight", WITHIN, || {
+        phase(&cluster).filter(|(p, _)| p == "PreflightFailed")
+    })
+    .await?;
+    assert!(
+        message.contains("the API server is not ready (/readyz)") && message.contains("etcd"),
+        "{message}"
+    );
+    let cp1 = coordinator.wait_view("cp-1", WITHIN, |_| true).await?;
+    assert_eq!(cp1.state, NodeState::Idle);
+
+    // Ready again, paused and resumed: the rollout starts.
+    not_ready(None);
+    cluster.update_policy("all", |spec| spec.paused = true)?;
+    wait_until("the pause seen", WITHIN, || {
+        cluster
+            .condition("all", "Paused")
+            .filter(|(status, _)| status == "True")
+    })
+    .await?;
+    cluster.update_policy("all", |spec| spec.paused = false)?;
+    wait_until("the rollout past its pre-flight", WITHIN, || {
+        phase(&cluster).filter(|(p, _)| p == "ControlPlane")
+    })
+    .await?;
+    coordinator.stop().await
+}

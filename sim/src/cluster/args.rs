@@ -165,6 +165,7 @@ impl FaultArgs {
                 error_rate: self.api_error_rate,
                 error_codes: self.api_error_codes.clone(),
                 latency: self.api_latency.unwrap_or_default(),
+                not_ready: None,
             },
             drop_watches_every: self.drop_watches_every,
         }

@@ -407,6 +407,12 @@ impl<'a> Term<'a> {
             .iter()
             .map(|(n, r)| (n.clone(), r.token))
             .collect();
+        // The book first: whether the pre-flight asks `/readyz` depends on this pass's policies
+        // (a target just set, a term's first pass, a resumed pool), not the last pass's.
+        let policy_changes = {
+            let cache = self.cache.read();
+            self.book.update(cache.policies())
+        };
         let api_not_ready = self.api_not_ready().await;
         let etcd: BTreeMap<NodeName, rota_core::model::EtcdFacts> = self
             .service
@@ -415,9 +421,8 @@ impl<'a> Term<'a> {
             .map(|(node, facts)| (node, facts.etcd.clone()))
             .collect();
         self.note_external_etcd(&etcd);
-        let (decisions, policy_changes, pools) = {
+        let (decisions, pools) = {
             let cache = self.cache.read();
-            let changes = self.book.update(cache.policies());
             let pools = self.book.pools();
             self.alerts.set_urls(rota_core::blockers::urls(&pools));
             let alerts = self.alerts.reports();
@@ -436,7 +441,7 @@ impl<'a> Term<'a> {
                 api_not_ready: api_not_ready.as_deref(),
                 now,
             });
-            (decisions, changes, pools)
+            (decisions, pools)
         };
         let node_policies = node_policies(&decisions.node_pools, &pools);
         self.expiry_reported.retain(|(node, token)| {

@@ -22,6 +22,9 @@ pub struct FaultConfig {
     pub error_codes: Vec<u16>,
     /// Latency added before each API request is served.
     pub latency: Duration,
+    /// While set, `/readyz` answers 500 naming this failed check, as a kube-apiserver does when
+    /// one of its readiness checks (its etcd, say) fails.
+    pub not_ready: Option<String>,
 }
 
 struct Inner {
@@ -123,6 +126,7 @@ mod tests {
             error_rate: 1.0,
             error_codes: vec![503],
             latency: Duration::from_millis(5),
+            ..FaultConfig::default()
         });
         let (latency, err) = f.roll();
         assert_eq!(latency, Duration::from_millis(5));

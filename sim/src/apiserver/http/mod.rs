@@ -362,7 +362,17 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
 
     for probe in ["/healthz", "/readyz", "/livez"] {
         if path == probe || path.starts_with(&format!("{probe}/")) {
-            let mut resp = Response::new(Body::from("ok"));
+            let failed = app.faults.config().not_ready.filter(|_| probe == "/readyz");
+            let mut resp = match failed {
+                None => Response::new(Body::from("ok")),
+                Some(check) => {
+                    let mut resp = Response::new(Body::from(format!(
+                        "[-]{check} failed: reason withheld\nreadyz check failed\n"
+                    )));
+                    *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    resp
+                }
+            };
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; charset=utf-8"),
