@@ -242,14 +242,12 @@ struct Unavailable {
     hosts: BTreeSet<String>,
 }
 
-/// The most nodes and hosts unavailable at once so far (with an example), and the
-/// resourceVersion of the last write judged.
+/// The most nodes and hosts unavailable at once so far (with an example).
 #[derive(Debug, Default)]
 struct MostUnavailable {
     now: Unavailable,
     most: usize,
     example: String,
-    seen: u64,
 }
 
 /// Follows every write the emulated API server makes, in order, judging the nodes and hosts
@@ -260,7 +258,6 @@ fn follow_unavailable(fleet: &Fleet) -> (Arc<Mutex<MostUnavailable>>, WriteFollo
     let shared = record.clone();
     let follower = e2e::follow_writes(fleet.store(), move |event| {
         let mut r = shared.lock().unwrap();
-        r.seen = event.resource_version;
         let object = &event.object;
         if event.resource == GroupResource::core("nodes") {
             let name = meta::name(object).to_owned();
@@ -405,21 +402,8 @@ async fn hosts_that_are_no_nodes_share_the_pools_max_unavailable() {
         })
         .await
         .unwrap();
-    // The verdict once the follower judged the last write (the store outlives the fleet's
-    // tasks, so its end is no signal).
-    let last = fleet.store().resource_version();
-    fleet
-        .wait_for("the record to reach the last write", WAIT, |_| {
-            let seen = record.lock().unwrap().seen;
-            if seen >= last {
-                Ok(())
-            } else {
-                Err(format!("at {seen} of {last}"))
-            }
-        })
-        .await
-        .unwrap();
-    assert!(!follower.lagged(), "the record missed writes");
+    // The verdict once the follower judged the last write.
+    follower.caught_up(fleet.store()).await;
     let (most, example) = {
         let r = record.lock().unwrap();
         (r.most, r.example.clone())

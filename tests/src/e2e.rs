@@ -448,18 +448,24 @@ pub fn waiting_reason(policy: &Value, kind: &str) -> Option<(i64, BTreeMap<Strin
 
 /// Calls `on_write` with every write `store` makes from now on, in order, on a task that ends
 /// when the returned follower is dropped; [`WriteFollower::lagged`] says whether it fell behind
-/// (then it missed writes, and what it concluded is not to be trusted).
+/// (then it missed writes, and what it concluded is not to be trusted), and
+/// [`WriteFollower::caught_up`] waits until it has judged the store's last write.
 pub fn follow_writes(
     store: &Store,
     mut on_write: impl FnMut(&StoreEvent) + Send + 'static,
 ) -> WriteFollower {
     let mut events = store.subscribe_all();
+    // Subscribed first: every write after this resourceVersion reaches the task.
+    let (judged, seen) = tokio::sync::watch::channel(store.resource_version());
     let lagged = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let fell_behind = lagged.clone();
     let task = tokio::spawn(async move {
         loop {
             match events.recv().await {
-                Ok(event) => on_write(&event),
+                Ok(event) => {
+                    on_write(&event);
+                    judged.send_replace(event.resource_version);
+                }
                 Err(RecvError::Lagged(_)) => {
                     fell_behind.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
@@ -467,19 +473,37 @@ pub fn follow_writes(
             }
         }
     });
-    WriteFollower { task, lagged }
+    WriteFollower { task, lagged, seen }
 }
 
 /// A task following a store's writes ([`follow_writes`]); stopped when dropped.
 pub struct WriteFollower {
     task: tokio::task::JoinHandle<()>,
     lagged: Arc<std::sync::atomic::AtomicBool>,
+    /// The resourceVersion of the last write judged.
+    seen: tokio::sync::watch::Receiver<u64>,
 }
 
 impl WriteFollower {
     /// Whether it fell behind and missed writes.
     pub fn lagged(&self) -> bool {
         self.lagged.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until it has judged every write `store` had made when called (the store outlives
+    /// the fleet's tasks, so its end is no signal), then fails the test if it missed any.
+    pub async fn caught_up(&self, store: &Store) {
+        let last = store.resource_version();
+        let mut seen = self.seen.clone();
+        let judged = tokio::time::timeout(WAIT, seen.wait_for(|rv| *rv >= last))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        let at = *seen.borrow();
+        assert!(
+            judged,
+            "the follower judged writes up to {at}, not {last}, within {WAIT:?}"
+        );
+        assert!(!self.lagged(), "the follower fell behind and missed writes");
     }
 }
 
