@@ -20,12 +20,8 @@ use rota_core::slots::NodeEntry;
 use rota_core::slots::persist::decode_entry;
 use serde_json::json;
 
-use super::status::plain_table;
+use super::status::{dash, plain_table};
 use super::{Error, Output, Result};
-
-/// How long a budget may refuse one pod before a drain gives up: the coordinator's default,
-/// which the plan's scheduler needs for nothing it shows.
-const BLOCKED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 async fn list<K>(client: &Client, what: &str) -> Result<Vec<K>>
 where
@@ -93,7 +89,10 @@ async fn plans(
                 .map(|entry| (name, entry))
         })
         .collect();
-    Ok(preview(&cache, &book, &entries, BLOCKED_TIMEOUT, now))
+    // How long a budget may refuse one pod before a drain gives up: the plan shows nothing that
+    // depends on it, so the default does.
+    let blocked_timeout = rota_core::drain::DrainSpec::default().blocked_timeout;
+    Ok(preview(&cache, &book, &entries, blocked_timeout, now))
 }
 
 /// `rotactl plan [POOL]`.
@@ -118,7 +117,7 @@ pub async fn plan(
 }
 
 /// Prints plans as tables or JSON.
-pub fn print(out: &mut dyn Write, plans: &[PoolPlan], output: Output) -> Result<()> {
+fn print(out: &mut dyn Write, plans: &[PoolPlan], output: Output) -> Result<()> {
     if output == Output::Json {
         serde_json::to_writer_pretty(&mut *out, plans)?;
         writeln!(out)?;
@@ -160,24 +159,16 @@ pub fn print(out: &mut dyn Write, plans: &[PoolPlan], output: Output) -> Result<
                 }
                 .to_owned(),
                 row.from.clone().unwrap_or_else(|| "?".to_owned()),
-                dash(&row.to),
-                dash(&row.kubeadm),
+                dash(row.to.clone()),
+                dash(row.kubeadm.clone()),
                 if row.snapshot { "needed" } else { "-" }.to_owned(),
                 row.state.clone(),
-                dash(&row.blocked.join("; ")),
+                dash(row.blocked.join("; ")),
             ]);
         }
         writeln!(out, "{}", table.trim_fmt())?;
     }
     Ok(())
-}
-
-fn dash(s: &str) -> String {
-    if s.is_empty() {
-        "-".to_owned()
-    } else {
-        s.to_owned()
-    }
 }
 
 /// `rotactl kubernetes-upgrade --to VERSION [POOL]`: checks the plan with the new target (a

@@ -530,6 +530,7 @@ pub fn nodes_table(nodes: &[NodeView], now: Timestamp) -> Table {
     table
 }
 
-fn dash(s: String) -> String {
+/// `-` for an empty cell.
+pub(super) fn dash(s: String) -> String {
     if s.is_empty() { "-".to_owned() } else { s }
 }

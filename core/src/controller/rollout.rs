@@ -15,10 +15,8 @@ use crate::slots::{Holding, NodeEntry};
 use crate::upgrade::{self, ClusterHealth, ClusterVersions, Findings, Phase, RolloutState};
 
 use super::pools::PolicyBook;
+use super::snapshot::{KUBE_SYSTEM, finished};
 use super::verify::pod_ready;
-
-/// Where `kube-system` pods run.
-const KUBE_SYSTEM: &str = "kube-system";
 
 /// One pool's rollout, decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,10 +67,7 @@ pub fn decide(
         };
         found.control_plane_behind = rollout.steps.iter().filter(|s| s.control_plane).count();
         found.workers_behind = rollout.steps.len() - found.control_plane_behind;
-        let phase_before = previous
-            .as_ref()
-            .filter(|p| p.target == target)
-            .map_or(Phase::PreFlight, |p| p.phase);
+        let phase_before = upgrade::phase_before(previous.as_ref(), target);
         if phase_before.runs_preflight() {
             found.preflight = upgrade::preflight(&snapshot.nodes, &versions, &health());
         }
@@ -140,8 +135,7 @@ fn cluster_health(cache: &ClusterState, api_not_ready: Option<&str>) -> ClusterH
         if crash_looping(pod) {
             health.crash_looping.push(key.clone());
         }
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-        if !matches!(phase, Some("Succeeded" | "Failed")) && !pod_ready(pod) {
+        if !finished(pod) && !pod_ready(pod) {
             health.not_ready.push(key);
         }
     }
@@ -212,8 +206,6 @@ pub fn preview(
     blocked_timeout: std::time::Duration,
     now: jiff::Timestamp,
 ) -> Vec<PoolPlan> {
-    use crate::scheduler::ControlPlanePod;
-
     let pools = book.pools();
     let drain_specs: std::collections::HashMap<String, crate::drain::DrainSpec> = pools
         .iter()
@@ -276,11 +268,7 @@ pub fn preview(
         let node = |name: &str| snapshot.nodes.iter().find(|n| n.name == name);
         let mut rows = Vec::new();
         for step in &rollout.steps {
-            let stacked = node(&step.node).is_some_and(|n| {
-                n.control_plane_pods
-                    .iter()
-                    .any(|p| p.component == ControlPlanePod::ETCD)
-            });
+            let stacked = node(&step.node).is_some_and(crate::scheduler::NodeState::etcd_member);
             let held = matches!(
                 entries.get(&step.node).map(|e| &e.holding),
                 Some(Holding::Held(_))

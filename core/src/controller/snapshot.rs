@@ -261,10 +261,11 @@ fn image_version_of(pod: &Pod, component: &str) -> Option<KubeVersion> {
     crate::upgrade::image_version(container.image.as_deref()?)
 }
 
-/// Where kubeadm's static control-plane pods run.
-const KUBE_SYSTEM: &str = "kube-system";
+/// Where kubeadm's static control-plane pods (and the cluster's add-ons) run.
+pub(super) const KUBE_SYSTEM: &str = "kube-system";
 
-fn finished(pod: &Pod) -> bool {
+/// Whether the pod has ended (`Succeeded` or `Failed`).
+pub(super) fn finished(pod: &Pod) -> bool {
     matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Succeeded" | "Failed")

@@ -52,12 +52,11 @@ use crate::model::{NodeName, Operation, Origin, Slot, SlotRequest};
 use crate::policy::crd::{RebootMode, UpgradeMode};
 use crate::policy::window::ClosedReason;
 use crate::policy::{KubeVersion, NamespacedName, ValidatedPolicy};
+use crate::upgrade::ClusterVersions;
 
 pub use plan::{Admission, Plan, SequentialPdb, Unavailability, WaitReason, Waiting};
-pub use skew::{SkewViolation, check as check_skew};
+pub use skew::SkewViolation;
 pub use snapshot::{ControlPlanePod, EvictablePod, NodeState, PdbState, Pool, PoolName, Snapshot};
-
-use skew::Skew;
 
 /// Why `operation` on `node` waits for an etcd snapshot, if it does: a stacked-etcd member
 /// whose agent has not reported a verified snapshot younger than the policy's
@@ -245,7 +244,8 @@ struct Scheduler<'a> {
     slots: HashMap<&'a str, &'a Slot>,
     pools: HashMap<&'a str, PoolState<'a>>,
     budgets: HashMap<&'a NamespacedName, Budget>,
-    skew: Skew,
+    /// The cluster's versions, gathered once per decision.
+    versions: ClusterVersions,
     guard: control_plane::Guard<'a>,
 }
 
@@ -323,7 +323,7 @@ impl<'a> Scheduler<'a> {
             slots,
             pools,
             budgets,
-            skew: Skew::new(&snapshot.nodes, snapshot.api_server_version),
+            versions: ClusterVersions::of(&snapshot.nodes, snapshot.api_server_version),
             guard,
         }
     }
@@ -395,8 +395,7 @@ impl<'a> Scheduler<'a> {
                 });
             }
             reasons.extend(
-                self.skew
-                    .check(node, version, *kubeadm)
+                skew::check(&self.versions, node, version, *kubeadm)
                     .into_iter()
                     .map(WaitReason::VersionSkew),
             );

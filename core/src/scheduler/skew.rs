@@ -169,32 +169,8 @@ impl fmt::Display for SkewViolation {
     }
 }
 
-/// The cluster's versions, gathered once per decision.
-#[derive(Debug, Default)]
-pub(crate) struct Skew {
-    versions: ClusterVersions,
-}
-
-impl Skew {
-    pub(crate) fn new(nodes: &[NodeState], reported_api_server: Option<KubeVersion>) -> Self {
-        Self {
-            versions: ClusterVersions::of(nodes, reported_api_server),
-        }
-    }
-
-    /// Every violation of upgrading `node` to `target` with `step` (empty: allowed).
-    pub(crate) fn check(
-        &self,
-        node: &NodeState,
-        target: &str,
-        step: KubeadmStep,
-    ) -> Vec<SkewViolation> {
-        check(&self.versions, node, target, step)
-    }
-}
-
 /// Every violation of upgrading `node` to `target` with `step` in a cluster at `versions`.
-pub fn check(
+pub(crate) fn check(
     versions: &ClusterVersions,
     node: &NodeState,
     target: &str,

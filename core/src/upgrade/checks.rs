@@ -9,7 +9,6 @@
 //!   target, every static kube-apiserver, controller-manager and scheduler of the pool's
 //!   control-plane nodes running the target's image, every `kube-system` pod Ready.
 
-use crate::model::NodeName;
 use crate::policy::{KubeVersion, NamespacedName};
 use crate::scheduler::{ControlPlanePod, NodeState};
 
@@ -83,15 +82,4 @@ pub fn verify(
         problems.push(format!("{pod} is not Ready"));
     }
     problems
-}
-
-/// The control-plane nodes among `nodes`, by name (for messages).
-pub fn control_plane_names(nodes: &[NodeState]) -> Vec<NodeName> {
-    let mut names: Vec<NodeName> = nodes
-        .iter()
-        .filter(|n| n.control_plane)
-        .map(|n| n.name.clone())
-        .collect();
-    names.sort();
-    names
 }

@@ -9,7 +9,7 @@ pub mod rollout;
 pub mod versions;
 
 pub use checks::{ClusterHealth, preflight, verify};
-pub use phase::{Findings, Phase, RolloutState, advance};
+pub use phase::{Findings, Phase, RolloutState, advance, phase_before};
 pub use rollout::{Refusal, Rollout, Step, is_minor_only, leads_to, next_version, plan};
 
 pub use versions::{

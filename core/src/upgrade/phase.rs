@@ -117,6 +117,14 @@ pub struct Findings {
     pub verification: Vec<String>,
 }
 
+/// The phase a rollout towards `target` is in before this pass: the last pass's, or `PreFlight`
+/// when there was none or it went towards another version.
+pub fn phase_before(previous: Option<&RolloutState>, target: KubeVersion) -> Phase {
+    previous
+        .filter(|p| p.target == target)
+        .map_or(Phase::PreFlight, |p| p.phase)
+}
+
 /// The next state of a pool's rollout, from the last one (`previous`) and what this pass found.
 /// (A human's resume turns a `PreflightFailed` back into `PreFlight` before it gets here.)
 pub fn advance(
@@ -132,10 +140,7 @@ pub fn advance(
     if !found.refusals.is_empty() {
         return state(Phase::Refused, found.refusals.join("; "));
     }
-    let before = previous
-        .filter(|p| p.target == target)
-        .map_or(Phase::PreFlight, |p| p.phase);
-    match before {
+    match phase_before(previous, target) {
         Phase::PreflightFailed => previous
             .cloned()
             .unwrap_or_else(|| state(Phase::PreflightFailed, String::new())),

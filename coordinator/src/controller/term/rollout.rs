@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use rota_core::model::{EtcdFacts, EtcdMember, NodeName, Origin};
 use rota_core::slots::Release;
-use rota_core::upgrade::Phase;
+use rota_core::upgrade::{self, Phase};
 use tracing::{info, warn};
 
 use super::Term;
@@ -24,9 +24,8 @@ impl Term<'_> {
                 .upgrade
                 .kubernetes_version
                 .is_some_and(|target| {
-                    self.book
-                        .rollout(&pool.name)
-                        .is_none_or(|r| r.target != target || r.phase.runs_preflight())
+                    upgrade::phase_before(self.book.rollout(&pool.name).as_ref(), target)
+                        .runs_preflight()
                 })
         });
         if !preflight {
