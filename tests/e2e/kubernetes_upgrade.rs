@@ -202,7 +202,7 @@ impl VersionRecord {
             return self.now.components.remove(&key).is_some();
         }
         let image = meta::str_at(obj, "/spec/containers/0/image");
-        let Some(version) = image.rsplit_once(':').and_then(|(_, t)| t.parse().ok()) else {
+        let Some(version) = rota_core::upgrade::image_version(image) else {
             return false;
         };
         self.reach(&key.0, &key.1, version, at);

@@ -35,6 +35,7 @@ use jiff::Timestamp;
 use parking_lot::Mutex;
 use rota_agent::host::{CommandOutput, ExitStatus};
 use rota_core::policy::KubeVersion;
+use rota_core::upgrade::image_version;
 use serde_json::{Value, json};
 
 use super::host::SimHost;
@@ -101,17 +102,6 @@ impl KubernetesSources {
             "deb [signed-by={KEYRING}] {}/core:/stable:/v{minor}/deb/ /\n",
             self.base.trim_end_matches('/')
         )
-    }
-
-    /// The newest upstream version (`1.32.8`) the repository of `minor` offers.
-    pub fn newest(&self, minor: &str) -> Option<String> {
-        self.releases
-            .get(minor)?
-            .iter()
-            .map(|v| rota_agent::detect::upstream_version(v))
-            .filter_map(|v| v.parse::<KubeVersion>().ok())
-            .max()
-            .map(|v| v.to_string())
     }
 
     /// The repositories that `text` (a source list) names and that exist: their minors, or what
@@ -231,11 +221,6 @@ pub fn parse_manifest(text: &str) -> Option<StaticPod> {
     })
 }
 
-/// The version in an image's tag (`registry.k8s.io/kube-apiserver:v1.31.4` → 1.31.4).
-pub fn image_version(image: &str) -> Option<KubeVersion> {
-    image.rsplit_once(':')?.1.parse().ok()
-}
-
 /// FNV-1a, 64 bits: a stable content hash for manifests and snapshots.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -349,7 +334,16 @@ struct Args<'a> {
 }
 
 /// Flags that take the next argument as their value when written without `=`.
-const VALUE_FLAGS: [&str; 7] = ["endpoints", "cacert", "cert", "key", "write-out", "w", "o"];
+const VALUE_FLAGS: [&str; 8] = [
+    "endpoints",
+    "cacert",
+    "cert",
+    "key",
+    "write-out",
+    "w",
+    "o",
+    "output",
+];
 
 fn parse_args(argv: &[String]) -> Args<'_> {
     let mut words = Vec::new();

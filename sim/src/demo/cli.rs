@@ -160,7 +160,7 @@ impl DemoArgs {
             newest_minor: asked,
         };
         // `1.32` is a minor: its newest patch; `1.32.3` is exact.
-        let exact = text.trim_start_matches('v').split('.').count() == 3;
+        let exact = !rota_core::upgrade::is_minor_only(text);
         let target = if exact { asked } else { setup.newest() };
         if target > setup.newest() {
             return Err(Error::Invalid(format!(

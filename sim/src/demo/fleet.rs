@@ -550,17 +550,13 @@ impl Fleet {
         )?;
         cluster.drive_api_faults(server.faults().clone());
         cluster.wait_settled(options.settle_timeout).await?;
-        let intrinsic_cycles = intrinsic_cycles(
-            &store,
+        let expectations = expectations(
             &scenario,
-            &expectations(
-                &scenario,
-                options.scheduler.upgrade(),
-                &fleetlock,
-                options.kubernetes.as_ref(),
-            ),
-            &options.timings,
+            options.scheduler.upgrade(),
+            &fleetlock,
+            options.kubernetes.as_ref(),
         );
+        let intrinsic_cycles = intrinsic_cycles(&store, &scenario, &expectations, &options.timings);
         let observer_server =
             ApiServer::start(store.clone(), (Ipv4Addr::LOCALHOST, 0).into()).await?;
         let monitor = start_monitor(&observer_server.url(), &options).await?;
@@ -570,12 +566,7 @@ impl Fleet {
         let workdir = tempfile::tempdir()?;
         let (_, idle_routes) = watch::channel(Routes::default());
         let mut fleet = Fleet {
-            expectations: expectations(
-                &scenario,
-                options.scheduler.upgrade(),
-                &fleetlock,
-                options.kubernetes.as_ref(),
-            ),
+            expectations,
             fleetlock_nodes: fleetlock,
             zincati: None,
             fleetlock_tls: false,

@@ -8,7 +8,7 @@
 //! included — and, through `setpriv --pdeathsig`, when the test process dies outright.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -174,7 +174,7 @@ impl Guest {
     }
 
     /// [`Guest::sh`], `None` when no answer came (the guest rebooted, or it took too long).
-    pub async fn try_sh(&mut self, script: &str, timeout: Duration) -> Option<Output> {
+    async fn try_sh(&mut self, script: &str, timeout: Duration) -> Option<Output> {
         self.next_id += 1;
         let id = self.next_id;
         let (tx, rx) = oneshot::channel();
@@ -216,16 +216,6 @@ impl Guest {
             "\n--- qemu ---\n{qemu}\n--- guest console ---\n{}\n",
             self.console()
         )
-    }
-
-    /// The guest's process id on the host.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-
-    /// The directory of this guest's overlay, console and socket.
-    pub fn dir(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
     }
 }
 

@@ -16,7 +16,6 @@ pub mod guest;
 pub mod image;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -109,7 +108,8 @@ pub struct Cluster {
     server: ServerHandle,
     /// The coordinator process.
     pub coordinator: Coordinator,
-    dir: tempfile::TempDir,
+    /// Where the coordinator logs; removed with the cluster.
+    _dir: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -202,7 +202,7 @@ impl Cluster {
             store,
             server,
             coordinator,
-            dir,
+            _dir: dir,
         }
     }
 
@@ -297,11 +297,6 @@ impl Cluster {
             lines[lines.len().saturating_sub(80)..].join("\n")
         )
     }
-
-    /// Where the coordinator logs.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
 }
 
 /// A guest that is a node of the cluster: its kubelet reports to the emulator; its agent (once
@@ -312,7 +307,8 @@ pub struct VmNode {
     pub guest: Guest,
     /// The cluster.
     pub cluster: Cluster,
-    share: tempfile::TempDir,
+    /// The 9p share's directory on the host; removed with the node.
+    _share: tempfile::TempDir,
 }
 
 impl VmNode {
@@ -336,7 +332,7 @@ impl VmNode {
         let mut node = VmNode {
             guest,
             cluster,
-            share,
+            _share: share,
         };
         let port = node.cluster.api_port();
         node.guest
@@ -443,11 +439,6 @@ WantedBy=multi-user.target
             },
         )
         .await
-    }
-
-    /// The share's directory on the host.
-    pub fn share(&self) -> &Path {
-        self.share.path()
     }
 }
 

@@ -4,8 +4,6 @@
 
 use serde_json::{Value, json};
 
-use rota_core::policy::KubeVersion;
-
 use crate::apiserver::error::{Error, Result};
 use crate::apiserver::resources::{GroupResource, Registry};
 use crate::apiserver::{ListOptions, Store};
@@ -30,11 +28,7 @@ pub fn version(store: &Store) -> Value {
         .into_iter()
         .flat_map(|list| list.items)
         .filter_map(|pod| {
-            let image = pod
-                .pointer("/spec/containers/0/image")?
-                .as_str()?
-                .to_owned();
-            image.rsplit_once(':')?.1.parse::<KubeVersion>().ok()
+            rota_core::upgrade::image_version(pod.pointer("/spec/containers/0/image")?.as_str()?)
         })
         .min();
     let (major, minor, git) = match oldest {
