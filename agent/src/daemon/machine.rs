@@ -3,7 +3,7 @@
 //! ([`crate::settings`]). The runner feeds it inputs and performs the actions it returns.
 use std::path::PathBuf;
 
-use rota_core::model::{EtcdMember, NodeFacts, NodePolicy, Operation, UpgradeReboot};
+use rota_core::model::{EtcdMember, EtcdSnapshot, NodeFacts, NodePolicy, Operation, UpgradeReboot};
 
 use super::proto::{SlotPhase, SlotView};
 use crate::detect::DetectConfig;
@@ -74,6 +74,8 @@ pub enum Input {
     SnapshotEnded {
         /// Whether it worked.
         ok: bool,
+        /// The fresh snapshot it found or took.
+        snapshot: Option<EtcdSnapshot>,
     },
     /// Time to try a failed snapshot again.
     SnapshotRetry,
@@ -239,9 +241,15 @@ impl Daemon {
                 // A node queued for long needs its snapshot renewed before it gets too old.
                 self.ensure_snapshot(true, &mut actions);
             }
-            Input::SnapshotEnded { ok: _ } => {
+            Input::SnapshotEnded { ok, snapshot } => {
                 self.snapshotting = false;
                 self.snapshot_checked = true;
+                // The facts say whether it worked (a snapshot or an error): detect again when
+                // they would change, not every time a fresh snapshot is found still fresh.
+                let reported = self.facts.as_ref().and_then(|f| f.etcd.snapshot.as_ref());
+                if !ok || snapshot.as_ref() != reported {
+                    actions.push(Action::Detect);
+                }
             }
             Input::SnapshotRetry => self.ensure_snapshot(true, &mut actions),
             Input::RequestFailed => self.requested = None,
@@ -507,7 +515,13 @@ mod tests {
             )))),
             None
         );
-        assert!(d.on(Input::SnapshotEnded { ok: true }).is_empty());
+        assert!(
+            d.on(Input::SnapshotEnded {
+                ok: true,
+                snapshot: None,
+            })
+            .is_empty()
+        );
         // The facts it makes the runner report do not start another.
         let mut fresh = stacked(EtcdMember::Stacked);
         fresh.boot_id = "with-snapshot".into();
@@ -517,9 +531,15 @@ mod tests {
             Some(900),
             "renewed while queued"
         );
-        d.on(Input::SnapshotEnded { ok: false });
+        d.on(Input::SnapshotEnded {
+            ok: false,
+            snapshot: None,
+        });
         assert_eq!(ensure(&d.on(Input::SnapshotRetry)), Some(900));
-        d.on(Input::SnapshotEnded { ok: true });
+        d.on(Input::SnapshotEnded {
+            ok: true,
+            snapshot: None,
+        });
         // Admitted: nothing more.
         d.on(Input::Slot(slot(
             SlotPhase::Draining,
@@ -553,6 +573,36 @@ mod tests {
         let mut queued = slot(SlotPhase::Queued, 0, Some(Operation::Reboot));
         queued.policy = Some(policy(SnapshotBefore::AllOperations));
         assert_eq!(ensure(&d.on(Input::Slot(queued))), Some(900));
+    }
+
+    /// A snapshot check has the runner detect again only when the facts would change: a
+    /// snapshot they do not report yet, or a failure; not one they report already.
+    #[test]
+    fn a_snapshot_check_detects_again_only_when_the_facts_would_change() {
+        let snapshot = EtcdSnapshot {
+            path: "/var/lib/rota/etcd/etcd-snapshot-1.db".into(),
+            size_bytes: 4096,
+            revision: 42,
+            hash: 7,
+            total_keys: 12,
+            taken_at: jiff::Timestamp::UNIX_EPOCH,
+        };
+        let mut facts = NodeFacts::default();
+        facts.etcd.member = EtcdMember::Stacked;
+        let mut d = Daemon::new(own(UpgradePolicy::None), None);
+        d.on(Input::Facts(Box::new(facts.clone())));
+        let detects = |actions: Vec<Action>| {
+            actions
+                .iter()
+                .filter(|a| matches!(a, Action::Detect))
+                .count()
+        };
+        let ended = |ok, snapshot| Input::SnapshotEnded { ok, snapshot };
+        assert_eq!(detects(d.on(ended(true, Some(snapshot.clone())))), 1, "new");
+        facts.etcd.snapshot = Some(snapshot.clone());
+        d.on(Input::Facts(Box::new(facts)));
+        assert_eq!(detects(d.on(ended(true, Some(snapshot)))), 0, "reported");
+        assert_eq!(detects(d.on(ended(false, None))), 1, "failed");
     }
 
     #[test]

@@ -120,6 +120,7 @@ enum Event {
     Policy(Option<NodePolicy>),
     SnapshotEnded {
         ok: bool,
+        snapshot: Option<rota_core::model::EtcdSnapshot>,
     },
     SnapshotRetry,
 }
@@ -242,9 +243,7 @@ pub async fn run(
             }
             Event::RequestFailed => Input::RequestFailed,
             Event::Policy(policy) => Input::Policy(policy),
-            Event::SnapshotEnded { ok } => {
-                // The facts say whether it worked (snapshot or error): report them now.
-                let _ = tx.try_send(Event::Detect { refresh: false });
+            Event::SnapshotEnded { ok, snapshot } => {
                 if !ok {
                     let (tx, retry) = (tx.clone(), config.retry_interval);
                     tasks.spawn(async move {
@@ -252,7 +251,7 @@ pub async fn run(
                         let _ = tx.send(Event::SnapshotRetry).await;
                     });
                 }
-                Input::SnapshotEnded { ok }
+                Input::SnapshotEnded { ok, snapshot }
             }
             Event::SnapshotRetry => Input::SnapshotRetry,
         };
@@ -434,24 +433,24 @@ async fn perform(
                         )
                     })
                     .await;
-                    let ok = match result {
+                    let (ok, snapshot) = match result {
                         Ok(Ok(snapshot)) => {
                             tracing::info!(
                                 path = snapshot.as_ref().map(|s| s.path.as_str()),
                                 "a fresh etcd snapshot is ready for the queued operation"
                             );
-                            true
+                            (true, snapshot)
                         }
                         Ok(Err(e)) => {
                             tracing::warn!(error = %e, "etcd snapshot for the queued operation failed; retrying");
-                            false
+                            (false, None)
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "etcd snapshot task failed");
-                            false
+                            (false, None)
                         }
                     };
-                    let _ = tx.send(Event::SnapshotEnded { ok }).await;
+                    let _ = tx.send(Event::SnapshotEnded { ok, snapshot }).await;
                 }
                 .instrument(tracing::info_span!("etcd_snapshot", max_age_seconds)),
             );
