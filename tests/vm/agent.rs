@@ -18,7 +18,6 @@ use rota_core::model::NodeFacts;
 use rota_core::policy::MaintenancePolicySpec;
 use rota_core::policy::crd::{DrainSpec, HealthSpec, RebootSpec, UpgradeMode, UpgradeSpec};
 use rota_sim::apiserver::GroupResource;
-use rota_tests::e2e::poll_until;
 use rota_tests::vm::image::{POSTINST_RELEASE, POSTINST_STARTED, SHARE};
 use rota_tests::vm::{NAMESPACE, VmNode, WAIT, WORKLOAD_POD};
 use serde_json::Value;
@@ -306,11 +305,14 @@ async fn failing_reboot_command_fails_the_operation_and_keeps_the_slot() {
     vm.enable_suite("kernel-security").await;
     let boot = vm.guest.boot_id();
     vm.start_agent().await;
-    let cluster = &vm.cluster;
-    let slot = poll_until("the slot to fail", WAIT, Duration::from_millis(250), || {
-        cluster.slot().filter(|s| s["phase"] == "failed")
-    })
-    .await;
+    let slot = vm
+        .cluster
+        .wait("the slot to fail, with its Event", |cluster| {
+            let failed =
+                cluster.has_event("OperationFailed") || cluster.has_event("MaintenanceFailed");
+            cluster.slot().filter(|s| s["phase"] == "failed" && failed)
+        })
+        .await;
     let events = vm.cluster.events();
     let failure = events
         .iter()

@@ -37,9 +37,7 @@ const INCLUDE: &str = "systemd-sysv,udev,linux-image-amd64,kmod,curl,ca-certific
 const IMAGE_SIZE: &str = "3G";
 /// The repository inside the guest.
 pub const REPO: &str = "/srv/repo";
-/// The kubelet's version, as its package and `kubelet --version` say.
-pub const KUBELET_VERSION: &str = "1.30.1";
-/// The kubelet package's version.
+/// The kubelet package's version; its upstream part is what `kubelet --version` says.
 pub const KUBELET_PACKAGE_VERSION: &str = "1.30.1-1.1";
 /// Where the 9p share is mounted in the guest.
 pub const SHARE: &str = "/mnt/rota";
@@ -387,7 +385,11 @@ fn prepare_root(root: &Path) {
     let repo = root.join(REPO.trim_start_matches('/'));
     let work = tempfile::tempdir().unwrap();
     let base = repo.join("pool/rota");
-    let kubelet = KUBELET.replace("@VERSION@", KUBELET_VERSION);
+    // The upstream part of the package's version, which the recipe's hash covers.
+    let version = KUBELET_PACKAGE_VERSION
+        .split_once('-')
+        .map_or(KUBELET_PACKAGE_VERSION, |(upstream, _)| upstream);
+    let kubelet = KUBELET.replace("@VERSION@", version);
     let kubelet_files: Vec<debs::PackageFile> = vec![
         ("usr/bin/kubelet", kubelet, 0o755),
         (

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 pub use guest::{Guest, Output};
 pub use image::Image;
 
-use crate::e2e::{annotation, poll_until};
+use crate::e2e::annotation;
 use crate::prerequisites;
 use crate::shipped::{Coordinator, workspace_binary};
 
@@ -244,6 +244,11 @@ impl Cluster {
         crate::e2e::events_about_in(&self.store, NODE)
     }
 
+    /// Whether an Event with this reason about the node was recorded.
+    pub fn has_event(&self, reason: &str) -> bool {
+        self.events().iter().any(|(r, _)| r == reason)
+    }
+
     /// Whether the node is cordoned.
     pub fn cordoned(&self) -> bool {
         self.node().pointer("/spec/unschedulable") == Some(&json!(true))
@@ -268,21 +273,26 @@ impl Cluster {
             .unwrap()
     }
 
+    /// Waits (woken by the store's writes) until `check` answers, for [`WAIT`] at most.
+    pub async fn wait<T>(&self, what: &str, mut check: impl FnMut(&Cluster) -> Option<T>) -> T {
+        rota_sim::cluster::wait_for(&self.store, what, WAIT, |_| {
+            check(self).ok_or_else(|| "not yet".to_owned())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// The CA bundle the coordinator published (ConfigMap `rota-ca`), once it did.
     pub async fn ca(&self) -> String {
-        poll_until(
-            "the coordinator to publish its CA",
-            WAIT,
-            Duration::from_millis(200),
-            || {
-                self.get(
+        self.wait("the coordinator to publish its CA", |cluster| {
+            cluster
+                .get(
                     GroupResource::core("configmaps"),
                     Some(NAMESPACE),
                     "rota-ca",
                 )
                 .and_then(|cm| cm.pointer("/data/ca.crt")?.as_str().map(str::to_owned))
-            },
-        )
+        })
         .await
     }
 
@@ -346,14 +356,11 @@ impl VmNode {
 
     /// Waits until the kubelet reports the node Ready with boot id `boot`.
     pub async fn wait_ready(&self, boot: &str) {
-        let cluster = &self.cluster;
-        poll_until(
-            &format!("the node Ready in boot {boot}"),
-            WAIT,
-            Duration::from_millis(250),
-            || (cluster.ready_boot_id().as_deref() == Some(boot)).then_some(()),
-        )
-        .await;
+        self.cluster
+            .wait(&format!("the node Ready in boot {boot}"), |cluster| {
+                (cluster.ready_boot_id().as_deref() == Some(boot)).then_some(())
+            })
+            .await;
     }
 
     /// Enables the update suite `suite` in the guest's apt sources.
@@ -426,19 +433,20 @@ WantedBy=multi-user.target
     }
 
     /// Waits until the node's slot is gone, its last maintenance recorded and the node
-    /// uncordoned (a write of its own, after the release), and returns that record.
+    /// uncordoned (a write of its own, after the release) with its Event (written after the
+    /// uncordon, on the coordinator's Event task), and returns that record.
     pub async fn wait_released(&self) -> Value {
-        let cluster = &self.cluster;
-        poll_until(
-            "the slot released, the maintenance recorded and the node uncordoned",
-            WAIT,
-            Duration::from_millis(250),
-            || match cluster.slot() {
-                None if !cluster.cordoned() => cluster.last_maintenance(),
-                _ => None,
-            },
-        )
-        .await
+        self.cluster
+            .wait(
+                "the slot released, the maintenance recorded and the node uncordoned",
+                |cluster| match cluster.slot() {
+                    None if !cluster.cordoned() && cluster.has_event("Uncordoned") => {
+                        cluster.last_maintenance()
+                    }
+                    _ => None,
+                },
+            )
+            .await
     }
 }
 
